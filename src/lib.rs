@@ -6,3 +6,5 @@
 
 pub mod crypto;
 pub mod gstin;
+pub mod cli;
+pub mod sim;

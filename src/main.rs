@@ -1,1 +1,5 @@
-fn main() {}
+//! The `gstgate` binary: see `gstgate --help`.
+
+fn main() -> std::process::ExitCode {
+    gstgate::cli::main()
+}

@@ -1,0 +1,82 @@
+//! Command line: `serve`, `sim`, `check-config`, `hash-key`.
+//!
+//! This is the binary's edge: errors become `anyhow` reports printed once, and every
+//! subcommand returns an exit code instead of panicking.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use sha2::{Digest, Sha256};
+
+/// gstgate — an HTTP gateway for India's GST APIs.
+#[derive(Parser, Debug)]
+#[command(name = "gstgate", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the built-in GSP simulator (NIC e-invoice protocol) as a local sandbox.
+    Sim(crate::sim::SimArgs),
+    /// Print the SHA-256 digest of a caller API key, for `[[client]] api_key_sha256`.
+    HashKey {
+        /// The key; read from standard input when omitted (keeps it out of shell history).
+        key: Option<String>,
+    },
+}
+
+/// Parses the command line, runs the subcommand and maps its outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gstgate: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Sim(args) => {
+            let rt = runtime()?;
+            rt.block_on(crate::sim::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::HashKey { key } => {
+            let key = match key {
+                Some(k) => k,
+                None => {
+                    let mut line = String::new();
+                    std::io::stdin().read_line(&mut line)?;
+                    line
+                }
+            };
+            let key = key.trim();
+            anyhow::ensure!(!key.is_empty(), "the API key is empty");
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", hex_sha256(key.as_bytes()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Lower-case hex SHA-256, the form `api_key_sha256` takes.
+pub fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
