@@ -1,10 +1,524 @@
-//! The built-in GSP simulator (being written: see issue 2).
+//! The built-in GSP simulator: the server side of the NIC e-invoice protocol, with real RSA
+//! and AES, IST token expiry, same-token-within-validity, the force-refresh window and NIC's
+//! error codes (PROTOCOL.md §1), plus a control API for tests (`/_sim/…`, see `control.rs`).
+//!
+//! ASP developers run it as a local sandbox (`gstgate sim`); our integration tests and
+//! benchmarks run it in-process ([`start`]) as the upstream. Layout, by concept:
+//!
+//! - `einvoice.rs` — the e-invoice profile: login, data calls, error codes (table there);
+//! - `state.rs` — sessions, tokens, documents, counters, request log (and which lock, why);
+//! - `control.rs` — the `/_sim/` API; `faults.rs` — fault injection;
+//! - `server.rs` — accept loop and the intercept layer (log, count, fault, latency).
+//!
+//! E-way bill and GSTN profiles are meant to be sibling files with their own `routes()`,
+//! sharing the state, control API and faults.
+//!
+//! Token semantics: tokens belong to (GSTIN, username). A login while the current token is
+//! valid returns the same token, expiry and SEK (wrapped under the new AppKey).
+//! `ForceRefreshAccessToken: true` issues a new token and SEK only within `force_window` of
+//! expiry and is otherwise ignored. After a force refresh the previous token keeps working
+//! (with its own SEK) until its own expiry, as NIC's documentation implies; set
+//! `force_refresh_revokes_old` for the stricter behaviour some field reports describe.
+
+mod control;
+mod einvoice;
+mod faults;
+mod server;
+mod state;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::crypto::{CryptoError, KeyPair};
+use crate::gstin::Gstin;
+use state::{Counters, Documents, Knobs, RequestLog, Sessions, SimState};
+
+pub use einvoice::{financial_year, to_ist};
+pub use faults::{FaultMode, FaultRule};
+
+/// Token lifetime: NIC production's 360 minutes (the sandbox uses 60).
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(360 * 60);
+
+/// NIC honours `ForceRefreshAccessToken` only in the last 10 minutes of a token's life.
+pub const DEFAULT_FORCE_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// Where `gstgate sim` listens by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8081";
+
+/// The demo taxpayer's GSTIN (a documented valid GSTIN, PROTOCOL.md §5).
+pub const DEMO_GSTIN: &str = "27AAPFU0939F1ZV";
+/// The demo taxpayer's API username.
+pub const DEMO_USERNAME: &str = "demo_user";
+/// The demo taxpayer's API password.
+pub const DEMO_PASSWORD: &str = "demo_password";
+/// The demo API client id.
+pub const DEMO_CLIENT_ID: &str = "demo_client";
+/// The demo API client secret.
+pub const DEMO_CLIENT_SECRET: &str = "demo_secret";
+
+/// A taxpayer API user the simulator accepts.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SimUser {
+    /// The GSTIN the user logs in for (compared case-insensitively).
+    pub gstin: String,
+    /// API username (case-sensitive).
+    pub username: String,
+    /// API password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for SimUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimUser")
+            .field("gstin", &self.gstin)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl SimUser {
+    /// The demo user: [`DEMO_GSTIN`], [`DEMO_USERNAME`], [`DEMO_PASSWORD`].
+    pub fn demo() -> Self {
+        Self {
+            gstin: DEMO_GSTIN.into(),
+            username: DEMO_USERNAME.into(),
+            password: DEMO_PASSWORD.into(),
+        }
+    }
+}
+
+impl std::str::FromStr for SimUser {
+    type Err = String;
+    /// Parses `GSTIN:USERNAME:PASSWORD` (the password may contain ':').
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut it = s.splitn(3, ':');
+        let (Some(g), Some(u), Some(p)) = (it.next(), it.next(), it.next()) else {
+            return Err("expected GSTIN:USERNAME:PASSWORD".into());
+        };
+        // Shape only: sandbox GSTINs often fail the checksum (PROTOCOL.md §5).
+        let gstin = Gstin::parse(g).map_err(|e| format!("invalid GSTIN {g:?}: {e}"))?;
+        if u.is_empty() || p.is_empty() {
+            return Err("username and password must not be empty".into());
+        }
+        Ok(Self {
+            gstin: gstin.as_str().to_string(),
+            username: u.to_string(),
+            password: p.to_string(),
+        })
+    }
+}
+
+/// An API client (the GSP-issued client id and secret).
+#[derive(Clone, PartialEq, Eq)]
+pub struct SimClient {
+    /// Client id.
+    pub client_id: String,
+    /// Client secret.
+    pub client_secret: String,
+}
+
+impl std::fmt::Debug for SimClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimClient")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .finish()
+    }
+}
+
+impl SimClient {
+    /// The demo client: [`DEMO_CLIENT_ID`], [`DEMO_CLIENT_SECRET`].
+    pub fn demo() -> Self {
+        Self {
+            client_id: DEMO_CLIENT_ID.into(),
+            client_secret: DEMO_CLIENT_SECRET.into(),
+        }
+    }
+}
+
+impl std::str::FromStr for SimClient {
+    type Err = String;
+    /// Parses `ID:SECRET` (the secret may contain ':').
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            Some((id, secret)) if !id.is_empty() && !secret.is_empty() => Ok(Self {
+                client_id: id.to_string(),
+                client_secret: secret.to_string(),
+            }),
+            _ => Err("expected CLIENT_ID:CLIENT_SECRET".into()),
+        }
+    }
+}
+
+/// Everything the simulator is started with.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Address to listen on; port 0 picks an ephemeral port.
+    pub listen: SocketAddr,
+    /// PKCS#8 PEM private key: loaded if the file exists, else generated and written there (0600).
+    pub key_file: Option<PathBuf>,
+    /// Where to write the public key PEM (SubjectPublicKeyInfo).
+    pub public_key_out: Option<PathBuf>,
+    /// Lifetime of issued tokens.
+    pub token_ttl: Duration,
+    /// How close to expiry `ForceRefreshAccessToken` is honoured.
+    pub force_window: Duration,
+    /// Whether a force refresh invalidates the previous token at once (default: it lives on).
+    pub force_refresh_revokes_old: bool,
+    /// Users that may log in.
+    pub users: Vec<SimUser>,
+    /// API clients that may call.
+    pub clients: Vec<SimClient>,
+    /// Artificial latency on every data call.
+    pub latency: Duration,
+    /// Enriched-GSP mode: data calls also accept `Data` as a plain JSON object and answer plain.
+    pub plain: bool,
+    /// Load tests: a repeat generate answers success with the same IRN instead of 2150.
+    pub allow_duplicate_irn: bool,
+    /// HTTP status of `Status: 0` replies.
+    pub error_http_status: u16,
+}
+
+impl Default for SimConfig {
+    /// Loopback with an ephemeral port, NIC production timings, the demo user and client.
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            key_file: None,
+            public_key_out: None,
+            token_ttl: DEFAULT_TOKEN_TTL,
+            force_window: DEFAULT_FORCE_WINDOW,
+            force_refresh_revokes_old: false,
+            users: vec![SimUser::demo()],
+            clients: vec![SimClient::demo()],
+            latency: Duration::ZERO,
+            plain: false,
+            allow_duplicate_irn: false,
+            error_http_status: 200,
+        }
+    }
+}
+
+/// Why the simulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The listen address could not be bound (in use, not local, no permission).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The key file exists but could not be read or parsed, or could not be written.
+    #[error("key file {}: {reason}", path.display())]
+    KeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Key generation or encoding failed.
+    #[error("RSA key: {0}")]
+    Key(#[from] CryptoError),
+    /// The public key could not be written.
+    #[error("cannot write the public key to {}: {source}", path.display())]
+    PublicKeyOut {
+        /// The output path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A setting is out of range.
+    #[error("invalid simulator setting: {0}")]
+    Config(String),
+}
+
+/// A running simulator. Dropping the handle stops it too; [`SimHandle::shutdown`] also waits.
+pub struct SimHandle {
+    addr: SocketAddr,
+    public_key_pem: String,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl SimHandle {
+    /// The address it listens on (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The public key logins must be encrypted with, PEM (SubjectPublicKeyInfo).
+    pub fn public_key_pem(&self) -> &str {
+        &self.public_key_pem
+    }
+
+    /// `http://ADDR`, the base URL to point a client at.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, lets in-flight requests finish briefly, drops the rest, and waits.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        // The server task watches this channel; it stops whether sent to or dropped.
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Starts the simulator; returns once it is listening.
+pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
+    if StatusCode::from_u16(cfg.error_http_status).is_err()
+        || !(100..=599).contains(&cfg.error_http_status)
+    {
+        return Err(SimError::Config(format!(
+            "error_http_status {} is not an HTTP status",
+            cfg.error_http_status
+        )));
+    }
+    let keypair = load_or_generate_key(cfg.key_file.as_deref()).await?;
+    let public_key_pem = keypair.public_key().to_pem()?;
+    if let Some(path) = &cfg.public_key_out {
+        std::fs::write(path, &public_key_pem).map_err(|source| SimError::PublicKeyOut {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| SimError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| SimError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+
+    let state = Arc::new(SimState {
+        keypair,
+        public_key_pem: public_key_pem.clone(),
+        users: cfg.users,
+        clients: cfg.clients,
+        plain: cfg.plain,
+        allow_duplicate_irn: cfg.allow_duplicate_irn,
+        knobs: Mutex::new(Knobs {
+            latency: cfg.latency,
+            token_ttl: cfg.token_ttl,
+            force_window: cfg.force_window,
+            error_http_status: cfg.error_http_status,
+            force_refresh_revokes_old: cfg.force_refresh_revokes_old,
+        }),
+        sessions: Mutex::new(Sessions::default()),
+        documents: Mutex::new(Documents::default()),
+        counters: Mutex::new(Counters::default()),
+        requests: Mutex::new(RequestLog::default()),
+        rejected: Mutex::new(Default::default()),
+        faults: Mutex::new(Default::default()),
+    });
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(server::serve(listener, router(state), stop_rx));
+    tracing::info!(%addr, "sim: listening");
+    Ok(SimHandle {
+        addr,
+        public_key_pem,
+        stop,
+        task: Some(task),
+    })
+}
+
+/// The whole application: protocol routes behind the intercept layer, the control API beside.
+fn router(state: Arc<SimState>) -> Router {
+    // `.layer()` wraps the routes and the fallback added before it, so unknown paths are
+    // logged too; the control routes merged afterwards are not logged, counted or faulted.
+    let protocol =
+        einvoice::routes()
+            .fallback(server::not_found)
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                server::intercept,
+            ));
+    protocol.merge(control::routes()).with_state(state)
+}
+
+/// Loads the PKCS#8 key at `path`, or generates one (and writes it there when a path is given).
+async fn load_or_generate_key(path: Option<&Path>) -> Result<KeyPair, SimError> {
+    let key_err = |path: &Path, reason: String| SimError::KeyFile {
+        path: path.to_path_buf(),
+        reason,
+    };
+    if let Some(path) = path {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                return KeyPair::from_pkcs8_pem(&text)
+                    .map_err(|e| key_err(path, format!("not a PKCS#8 PEM private key ({e})")))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(key_err(path, e.to_string())),
+        }
+    }
+    // 2048-bit generation takes a noticeable fraction of a second: keep it off the runtime.
+    let pair = tokio::task::spawn_blocking(KeyPair::generate)
+        .await
+        .map_err(|e| SimError::Config(format!("key generation task failed: {e}")))??;
+    let Some(path) = path else { return Ok(pair) };
+    let pem = pair.to_pkcs8_pem()?;
+    // Write to a private temporary file, then hard-link it into place: the link fails if
+    // another simulator created the key meanwhile, and then that key is the one to use.
+    let tmp = path.with_extension(format!(
+        "tmp.{}.{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    write_private(&tmp, pem.as_bytes()).map_err(|e| key_err(&tmp, e.to_string()))?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(pair),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let text = std::fs::read_to_string(path).map_err(|e| key_err(path, e.to_string()))?;
+            KeyPair::from_pkcs8_pem(&text)
+                .map_err(|e| key_err(path, format!("not a PKCS#8 PEM private key ({e})")))
+        }
+        Err(e) => Err(key_err(path, e.to_string())),
+    }
+}
+
+/// Creates `path` readable by the owner only and writes `bytes`.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
 
 /// Command-line arguments of `gstgate sim`.
 #[derive(clap::Args, Debug)]
-pub struct SimArgs {}
+pub struct SimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// PKCS#8 PEM private key; generated and written there (mode 0600) if the file does not exist.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+    /// Write the public key (PEM) here, for the gateway's `public_key`.
+    #[arg(long)]
+    pub public_key_out: Option<PathBuf>,
+    /// Token lifetime (NIC production: 360 minutes; sandbox: 60).
+    #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
+    pub token_ttl: Duration,
+    /// How close to expiry `ForceRefreshAccessToken` is honoured.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub force_window: Duration,
+    /// A force refresh invalidates the previous token at once.
+    #[arg(long)]
+    pub force_refresh_revokes_old: bool,
+    /// A user, GSTIN:USERNAME:PASSWORD (repeatable; default: the demo user
+    /// 27AAPFU0939F1ZV:demo_user:demo_password).
+    #[arg(long = "user", value_name = "GSTIN:USERNAME:PASSWORD")]
+    pub users: Vec<SimUser>,
+    /// An API client, ID:SECRET (repeatable; default: demo_client:demo_secret).
+    #[arg(long = "client", value_name = "ID:SECRET")]
+    pub clients: Vec<SimClient>,
+    /// Artificial latency added to every data call.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub latency: Duration,
+    /// Enriched-GSP mode: data calls also accept and answer plain JSON `Data`.
+    #[arg(long)]
+    pub plain: bool,
+    /// A repeat generate answers success with the same IRN instead of 2150 (load tests).
+    #[arg(long)]
+    pub allow_duplicate_irn: bool,
+    /// HTTP status of `Status: 0` error replies.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(100..=599))]
+    pub error_http_status: u16,
+}
 
-/// Runs the simulator until interrupted.
-pub async fn run(_args: SimArgs) -> anyhow::Result<()> {
-    anyhow::bail!("the simulator is not built yet")
+impl SimArgs {
+    /// The configuration these arguments describe (demo user and client when none given).
+    pub fn into_config(self) -> SimConfig {
+        SimConfig {
+            listen: self.listen,
+            key_file: self.key_file,
+            public_key_out: self.public_key_out,
+            token_ttl: self.token_ttl,
+            force_window: self.force_window,
+            force_refresh_revokes_old: self.force_refresh_revokes_old,
+            users: if self.users.is_empty() {
+                vec![SimUser::demo()]
+            } else {
+                self.users
+            },
+            clients: if self.clients.is_empty() {
+                vec![SimClient::demo()]
+            } else {
+                self.clients
+            },
+            latency: self.latency,
+            plain: self.plain,
+            allow_duplicate_irn: self.allow_duplicate_irn,
+            error_http_status: self.error_http_status,
+        }
+    }
+}
+
+/// Runs the simulator until SIGINT or SIGTERM. Prints exactly one line to stdout once
+/// listening — `gstgate-sim listening on http://ADDR` — which scripts and tests wait for.
+pub async fn run(args: SimArgs) -> anyhow::Result<()> {
+    // Request logs go to stderr; a subscriber installed by the caller wins.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let handle = start(args.into_config()).await?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "gstgate-sim listening on {}", handle.base_url())?;
+        out.flush()?;
+    }
+    wait_for_signal().await?;
+    handle.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await?;
+    Ok(())
 }

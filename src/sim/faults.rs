@@ -1,0 +1,179 @@
+//! Fault injection: make the next requests fail the way real GSPs and networks fail, so tests
+//! can prove the gateway survives them.
+//!
+//! One fault rule is active at a time (`POST /_sim/faults` replaces it, `DELETE` clears it). A
+//! rule matches non-control requests whose path starts with its prefix (all of them when the
+//! prefix is null), login included, and is used up after `count` matches (never, when null).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use super::einvoice::ist_now;
+
+/// How a faulted request fails.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultMode {
+    /// HTTP 500 with an HTML error page, as a load balancer in front of a GSP sends.
+    #[serde(rename = "status_500")]
+    Status500,
+    /// HTTP 503 with an HTML error page.
+    #[serde(rename = "status_503")]
+    Status503,
+    /// The connection is closed without any response.
+    Reset,
+    /// HTTP 200 whose body is not JSON.
+    Garbage,
+    /// HTTP 200 `Status: 1` whose `Data` (or, on login, `Sek`) is base64 that decrypts under no key.
+    Undecryptable,
+    /// No answer at all, until the client gives up (or the simulator stops).
+    Hang,
+}
+
+/// The active fault rule.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct FaultRule {
+    /// How matching requests fail.
+    pub mode: FaultMode,
+    /// How many matching requests fail; `None` = until cleared.
+    #[serde(default)]
+    pub count: Option<u64>,
+    /// Only paths starting with this; `None` = every non-control path.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+}
+
+/// The slot holding the active rule.
+#[derive(Default)]
+pub struct Faults(Option<FaultRule>);
+
+impl Faults {
+    /// Installs a rule, replacing any previous one (a zero count installs nothing).
+    pub fn set(&mut self, rule: FaultRule) {
+        self.0 = (rule.count != Some(0)).then_some(rule);
+    }
+
+    /// Removes the rule.
+    pub fn clear(&mut self) {
+        self.0 = None;
+    }
+
+    /// The active rule, if any.
+    pub fn active(&self) -> Option<&FaultRule> {
+        self.0.as_ref()
+    }
+
+    /// If the rule matches `path`, uses up one count and returns its mode.
+    pub fn take(&mut self, path: &str) -> Option<FaultMode> {
+        let rule = self.0.as_mut()?;
+        if let Some(prefix) = &rule.path_prefix {
+            if !path.starts_with(prefix.as_str()) {
+                return None;
+            }
+        }
+        let mode = rule.mode;
+        if let Some(n) = rule.count.as_mut() {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.0 = None;
+            }
+        }
+        Some(mode)
+    }
+}
+
+/// Lets a handler close its own connection: the connection task drops the connection when
+/// notified (see `server.rs`). Inserted into every request's extensions.
+#[derive(Clone)]
+pub struct ConnKill(pub Arc<Notify>);
+
+/// Produces the faulty reply. `Reset` and `Hang` never return: the first has the connection
+/// dropped under it, the second waits until the connection goes away.
+pub async fn respond(mode: FaultMode, is_auth: bool, kill: Option<ConnKill>) -> Response {
+    match mode {
+        FaultMode::Status500 => html_error(StatusCode::INTERNAL_SERVER_ERROR),
+        FaultMode::Status503 => html_error(StatusCode::SERVICE_UNAVAILABLE),
+        FaultMode::Garbage => (
+            StatusCode::OK,
+            // A lying content type is the realistic case: a proxy's error page served as JSON.
+            [(header::CONTENT_TYPE, "application/json")],
+            Body::from(&b"\x1f\x8b<<sim garbage>> {\"Status\":1, not json"[..]),
+        )
+            .into_response(),
+        FaultMode::Undecryptable => {
+            let bad = undecryptable_b64();
+            let data = if is_auth {
+                json!({
+                    "ClientId": "sim",
+                    "UserName": "sim",
+                    "AuthToken": "SimFaultToken0000000000000",
+                    "Sek": bad,
+                    "TokenExpiry": ist_now(),
+                })
+            } else {
+                json!(bad)
+            };
+            axum::Json(json!({"Status": 1, "Data": data, "ErrorDetails": null, "InfoDtls": null}))
+                .into_response()
+        }
+        FaultMode::Reset => {
+            if let Some(k) = kill {
+                k.0.notify_one();
+            }
+            std::future::pending().await
+        }
+        FaultMode::Hang => std::future::pending().await,
+    }
+}
+
+/// Base64 of 45 random bytes: not a multiple of the AES block size, so it fails to decrypt
+/// under every key (random whole blocks would pass the padding check about 1 time in 256).
+fn undecryptable_b64() -> String {
+    let mut b = [0u8; 45];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    crate::crypto::b64_encode(&b)
+}
+
+fn html_error(status: StatusCode) -> Response {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let page = format!(
+        "<html><head><title>{code} {reason}</title></head><body><center><h1>{code} {reason}</h1></center><hr><center>sim</center></body></html>\n",
+        code = status.as_u16()
+    );
+    (status, [(header::CONTENT_TYPE, "text/html")], page).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counted_rule_is_used_up_and_prefix_filters() {
+        let mut f = Faults::default();
+        f.set(FaultRule {
+            mode: FaultMode::Garbage,
+            count: Some(2),
+            path_prefix: Some("/eicore/".into()),
+        });
+        assert_eq!(f.take("/eivital/v1.04/auth"), None);
+        assert_eq!(f.take("/eicore/v1.03/Invoice"), Some(FaultMode::Garbage));
+        assert_eq!(f.take("/eicore/v1.03/Invoice"), Some(FaultMode::Garbage));
+        assert_eq!(f.take("/eicore/v1.03/Invoice"), None);
+        assert!(f.active().is_none());
+    }
+
+    #[test]
+    fn undecryptable_data_never_decrypts() {
+        let k = crate::crypto::AesKey::random();
+        for _ in 0..50 {
+            assert!(k.decrypt_b64(&undecryptable_b64()).is_err());
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The simulator's HTTP plumbing: the accept loop, per-connection control, and the intercept
+//! layer every protocol request passes through (log, count, fault, latency).
+//!
+//! The accept loop is hand-written rather than `axum::serve` because the `reset` fault must be
+//! able to drop one connection without answering, and `hang` connections must not keep the
+//! simulator from stopping: each connection task selects between serving, its kill switch and
+//! the shutdown signal.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tower::ServiceExt as _;
+
+use super::einvoice::{header_gstin, is_auth_path};
+use super::faults::{self, ConnKill};
+use super::state::{lock, LoggedRequest, SimState, LOGGED_BODY_MAX};
+
+/// Largest request body the simulator reads (NIC's limit is of the same order).
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// How long in-flight requests get to finish at shutdown before their connections are dropped
+/// (hanging requests never finish on their own).
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+
+/// Accepts connections until `shutdown` fires (or its sender is dropped).
+pub async fn serve(listener: TcpListener, app: Router, mut shutdown: watch::Receiver<bool>) {
+    let mut conns = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    conns.spawn(serve_connection(stream, app.clone(), shutdown.clone()));
+                }
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    tracing::warn!(error = %e, "sim: accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE * 2, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    conns.abort_all();
+}
+
+async fn serve_connection(stream: TcpStream, app: Router, mut shutdown: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    let kill = Arc::new(Notify::new());
+    let conn_kill = ConnKill(kill.clone());
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(conn_kill.clone());
+        app.clone().oneshot(req.map(Body::new))
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        // Dropping the connection closes the socket with no response written.
+        _ = kill.notified() => {}
+        _ = shutdown.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(SHUTDOWN_GRACE, conn.as_mut()).await;
+        }
+    }
+}
+
+/// What kind of protocol request this is, for the counters.
+#[derive(PartialEq, Eq)]
+enum Kind {
+    Auth,
+    Data,
+    Unrouted,
+}
+
+/// The layer in front of every protocol route (and the 404 fallback): buffers the body, logs
+/// the request, counts it, applies an active fault, adds the artificial latency to data calls.
+pub async fn intercept(State(sim): State<Arc<SimState>>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response(),
+    };
+    let path = parts.uri.path().to_string();
+    log_request(&sim, &parts, &bytes);
+
+    let kind = if is_auth_path(&path) {
+        Kind::Auth
+    } else if parts.extensions.get::<MatchedPath>().is_some() {
+        Kind::Data
+    } else {
+        Kind::Unrouted
+    };
+    let gstin = header_gstin(&parts.headers);
+    match kind {
+        Kind::Auth => lock(&sim.counters).bump(gstin.as_deref(), |c| c.auth_calls += 1),
+        Kind::Data => lock(&sim.counters).bump(gstin.as_deref(), |c| c.requests += 1),
+        Kind::Unrouted => {}
+    }
+
+    let fault = lock(&sim.faults).take(&path);
+    if let Some(mode) = fault {
+        tracing::info!(path = %path, ?mode, "sim: injecting fault");
+        return faults::respond(
+            mode,
+            kind == Kind::Auth,
+            parts.extensions.get::<ConnKill>().cloned(),
+        )
+        .await;
+    }
+    if kind == Kind::Data {
+        let latency = lock(&sim.knobs).latency;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+    }
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+fn log_request(sim: &SimState, parts: &axum::http::request::Parts, body: &[u8]) {
+    let mut headers: BTreeMap<String, String> = BTreeMap::new();
+    for (name, value) in &parts.headers {
+        let v = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        headers
+            .entry(name.as_str().to_string())
+            .and_modify(|e| {
+                e.push_str(", ");
+                e.push_str(&v);
+            })
+            .or_insert(v);
+    }
+    let truncated = body.len() > LOGGED_BODY_MAX;
+    let entry = LoggedRequest {
+        at: chrono::Utc::now().to_rfc3339(),
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_string(),
+        query: parts.uri.query().map(str::to_string),
+        headers,
+        body: String::from_utf8_lossy(&body[..body.len().min(LOGGED_BODY_MAX)]).into_owned(),
+        body_truncated: truncated,
+    };
+    lock(&sim.requests).push(entry);
+}
+
+/// The answer to paths the simulator does not know.
+pub async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        "no such path on the gstgate simulator\n",
+    )
+        .into_response()
+}
