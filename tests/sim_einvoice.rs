@@ -404,7 +404,7 @@ async fn login_generate_and_duplicate_reports_the_existing_irn() {
 
 #[tokio::test]
 async fn repeat_login_within_validity_returns_the_same_token_expiry_and_sek() {
-    let (_sim, asp) = sim().await;
+    let (sim, asp) = sim().await;
     let a = asp.login(false).await;
     let b = asp.login(false).await;
     assert_eq!(a.token, b.token);
@@ -421,6 +421,24 @@ async fn repeat_login_within_validity_returns_the_same_token_expiry_and_sek() {
     assert_eq!(counters["auth_calls"], 3);
     assert_eq!(counters["new_tokens"], 1);
     assert_eq!(counters["force_refreshes"], 0);
+
+    // Concurrent cold logins of another user get one token between them.
+    let asp_b = std::sync::Arc::new(Asp::new(&sim, GSTIN_B));
+    let logins: Vec<_> = (0..8)
+        .map(|_| {
+            let asp_b = asp_b.clone();
+            tokio::spawn(async move { asp_b.login(false).await.token })
+        })
+        .collect();
+    let mut tokens = std::collections::HashSet::new();
+    for l in logins {
+        tokens.insert(l.await.unwrap());
+    }
+    assert_eq!(tokens.len(), 1);
+    let counters = asp.counters().await;
+    assert_eq!(counters["per_gstin"][GSTIN_B]["new_tokens"], 1);
+    assert_eq!(counters["per_gstin"][GSTIN_B]["auth_calls"], 8);
+    assert_eq!(counters["per_gstin"][GSTIN]["new_tokens"], 1);
 }
 
 #[tokio::test]
@@ -659,7 +677,7 @@ async fn data_calls_check_token_gstin_user_revocation_and_rejection() {
 
 #[tokio::test]
 async fn each_fault_mode_fails_the_way_it_says() {
-    let (_sim, asp) = sim().await;
+    let (sim, asp) = sim().await;
     let s = asp.login(false).await;
     let master = format!("/eivital/v1.04/Master/gstin/{GSTIN}");
     let fault = |mode: &str, count: Value, prefix: Value| json!({"mode": mode, "count": count, "path_prefix": prefix});
@@ -781,6 +799,24 @@ async fn each_fault_mode_fails_the_way_it_says() {
         .unwrap_key(r.json["Data"]["Sek"].as_str().unwrap())
         .is_err());
     assert_eq!(asp.login(false).await.token, s.token);
+
+    // A hanging request does not keep the simulator from stopping.
+    asp.control(
+        post.clone(),
+        "/_sim/faults",
+        fault("hang", Value::Null, Value::Null),
+    )
+    .await;
+    let hung = asp.data_request(&s, reqwest::Method::GET, &master);
+    let pending = tokio::spawn(async move { hung.send().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    sim.shutdown().await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert!(
+        pending.await.unwrap().is_err(),
+        "the hung request fails once the simulator stops"
+    );
 }
 
 #[tokio::test]
@@ -907,6 +943,13 @@ async fn key_file_is_generated_private_and_reused() {
     .await
     .unwrap();
     assert_eq!(a.public_key_pem(), b.public_key_pem());
+
+    // Debug output of the configuration never shows a password or client secret.
+    let debug = format!("{:?}", config());
+    assert!(
+        !debug.contains(PASSWORD) && !debug.contains(CLIENT_SECRET),
+        "{debug}"
+    );
 
     // A bad key file and a taken port are errors, not panics.
     let bad = dir.path().join("bad.pem");

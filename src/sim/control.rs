@@ -1,7 +1,17 @@
 //! The control API under `/_sim/`: counters, revocation, token rejection, knobs, faults, the
 //! request log and the public key — for tests and sandbox users.
 //!
-//! There is no authentication here on purpose: this is a simulator bound to loopback by
+//! | endpoint | effect |
+//! |---|---|
+//! | `GET /_sim/counters`, `POST /_sim/counters/reset` | totals and per-GSTIN counts of logins, forced refreshes, new tokens, 1005 replies, data calls |
+//! | `POST /_sim/revoke {"gstin","username"}` | every token of that user dies at once; the next login issues a new one |
+//! | `POST /_sim/reject-tokens {"gstin","enabled"}` | every data call for that GSTIN is answered 1005 (or no longer) |
+//! | `GET`/`POST /_sim/knobs` | read / partially update `latency_ms`, `token_ttl_secs` (new tokens only), `force_window_secs`, `error_http_status`, `force_refresh_revokes_old` |
+//! | `GET`/`POST`/`DELETE /_sim/faults` | read / replace / clear the fault rule (see `faults.rs`) |
+//! | `GET /_sim/requests?limit=n`, `DELETE /_sim/requests` | the last n (≤ 200) protocol requests, oldest first: method, path, query, headers, body |
+//! | `GET /_sim/public-key` | the RSA public key, PEM |
+//!
+//! Control calls are not logged, counted or faulted. There is no authentication here on purpose: this is a simulator bound to loopback by
 //! default, and its whole point is that a test can reach in and change it. Never expose a
 //! simulator port to a network you do not trust.
 

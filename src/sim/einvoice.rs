@@ -20,7 +20,7 @@
 //! | 2142 | `irnbydocdetails` without `doctype`, `docnum` or `docdate` |
 //! | 2155 | `SellerDtls.Gstin` missing |
 //! | 2143 | `SellerDtls.Gstin` is not the header GSTIN, or the IRN belongs to another GSTIN |
-//! | 2150 | the document already has an IRN (`InfoDtls` `DUPIRN` carries AckNo/AckDt/Irn) |
+//! | 2150 | the document already has an IRN, cancelled or not (`InfoDtls` `DUPIRN` carries AckNo/AckDt/Irn); with `allow_duplicate_irn` the existing IRN is answered as a success instead |
 //! | 2148 | unknown IRN (never generated, or evicted from the bounded store) |
 //! | 9999 | cancelling an IRN that is already cancelled ("Invoice is not active") |
 //! | 3028 | master lookup of a GSTIN that fails the shape or checksum check |
@@ -222,6 +222,8 @@ fn login(sim: &SimState, h: &HeaderMap, body: &[u8]) -> Result<Value, NicError> 
         NicError::new("1013", "Decryption of password failed (was the payload encrypted with this server's public key?)")
     };
     let cipher = b64_decode(&env.data).map_err(|_| decrypt_failed())?;
+    // RSA-2048 decryption takes about a millisecond; inline is fine because logins are rare
+    // by protocol design (one per token lifetime per user).
     let plain = sim.keypair.decrypt(&cipher).map_err(|_| decrypt_failed())?;
     // The JSON is base64-encoded before RSA (PROTOCOL.md §1).
     let json_bytes = std::str::from_utf8(&plain)

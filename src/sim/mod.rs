@@ -13,6 +13,10 @@
 //! E-way bill and GSTN profiles are meant to be sibling files with their own `routes()`,
 //! sharing the state, control API and faults.
 //!
+//! `plain` ("enriched GSP") mode: a POST whose `Data` is a JSON object is answered with a
+//! plain `Data` object, one whose `Data` is a string is answered encrypted, and GETs (which
+//! carry no body to tell) are answered plain.
+//!
 //! Token semantics: tokens belong to (GSTIN, username). A login while the current token is
 //! valid returns the same token, expiry and SEK (wrapped under the new AppKey).
 //! `ForceRefreshAccessToken: true` issues a new token and SEK only within `force_window` of

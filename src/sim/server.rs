@@ -17,6 +17,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper_util::rt::TokioIo;
+
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
@@ -68,7 +69,9 @@ async fn serve_connection(stream: TcpStream, app: Router, mut shutdown: watch::R
         req.extensions_mut().insert(conn_kill.clone());
         app.clone().oneshot(req.map(Body::new))
     });
+    // The timer drives hyper's header-read timeout (30 s), so a silent client cannot pin a task.
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive(true)
         .serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
@@ -100,6 +103,12 @@ pub async fn intercept(State(sim): State<Arc<SimState>>, req: Request, next: Nex
         Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response(),
     };
     let path = parts.uri.path().to_string();
+    if path.starts_with("/_sim/") {
+        // An unknown control path reached the fallback: not a protocol request.
+        return next
+            .run(Request::from_parts(parts, Body::from(bytes)))
+            .await;
+    }
     log_request(&sim, &parts, &bytes);
 
     let kind = if is_auth_path(&path) {

@@ -30,6 +30,9 @@ pub const REQUEST_LOG_LEN: usize = 200;
 /// Bytes of each logged request body kept in the ring buffer.
 pub const LOGGED_BODY_MAX: usize = 64 * 1024;
 
+/// Longest token lifetime honoured (ten years): longer knob values are capped.
+const MAX_TOKEN_TTL: Duration = Duration::from_secs(3650 * 24 * 3600);
+
 /// Length of an issued AuthToken (NIC's are around 25 alphanumerics).
 const TOKEN_LEN: usize = 26;
 
@@ -156,8 +159,9 @@ impl Sessions {
         // Drop expired tokens whenever a token is issued: the live set is bounded by the number
         // of configured users times the tokens one user can hold within a TTL.
         self.tokens.retain(|_, g| g.expires_at > now);
-        let ttl =
-            chrono::Duration::from_std(knobs.token_ttl).unwrap_or(chrono::Duration::days(3650));
+        // Capped so that `now + ttl` cannot overflow whatever a knob was set to.
+        let ttl = chrono::Duration::from_std(knobs.token_ttl.min(MAX_TOKEN_TTL))
+            .unwrap_or(chrono::Duration::days(3650));
         let session = Session {
             token: new_token(),
             sek: AesKey::random(),
