@@ -482,6 +482,14 @@ async fn force_refresh_is_honoured_only_inside_the_window_and_the_old_token_live
     );
     assert_eq!(c["per_gstin"][GSTIN]["force_refreshes"], 1);
 
+    let sessions = asp
+        .control(reqwest::Method::GET, "/_sim/sessions", Value::Null)
+        .await;
+    let listed = &sessions["sessions"][0];
+    assert_eq!(listed["token"], new.token.as_str());
+    assert_eq!(listed["previous_token"], old.token.as_str());
+    assert_eq!(listed["token_expiry"], new.expiry.as_str());
+
     // The stricter knob: a force refresh revokes the previous token at once.
     asp.control(
         reqwest::Method::POST,
@@ -683,7 +691,7 @@ async fn each_fault_mode_fails_the_way_it_says() {
     let fault = |mode: &str, count: Value, prefix: Value| json!({"mode": mode, "count": count, "path_prefix": prefix});
     let post = reqwest::Method::POST;
 
-    for (mode, status) in [("status_500", 500), ("status_503", 503)] {
+    for (mode, status) in [("status_500", 500), ("status503", 503)] {
         asp.control(
             post.clone(),
             "/_sim/faults",

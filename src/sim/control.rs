@@ -9,6 +9,7 @@
 //! | `GET`/`POST /_sim/knobs` | read / partially update `latency_ms`, `token_ttl_secs` (new tokens only), `force_window_secs`, `error_http_status`, `force_refresh_revokes_old` |
 //! | `GET`/`POST`/`DELETE /_sim/faults` | read / replace / clear the fault rule (see `faults.rs`) |
 //! | `GET /_sim/requests?limit=n`, `DELETE /_sim/requests` | the last n (≤ 200) protocol requests, oldest first: method, path, query, headers, body |
+//! | `GET /_sim/sessions` | live sessions: GSTIN, user, token, SEK (base64), IST expiry, previous still-valid token — secrets on purpose, so tests can check nothing else leaks them |
 //! | `GET /_sim/public-key` | the RSA public key, PEM |
 //!
 //! Control calls are not logged, counted or faulted. There is no authentication here on purpose: this is a simulator bound to loopback by
@@ -44,6 +45,7 @@ pub fn routes() -> Router<Arc<SimState>> {
         )
         .route("/_sim/requests", get(requests).delete(clear_requests))
         .route("/_sim/public-key", get(public_key))
+        .route("/_sim/sessions", get(sessions))
 }
 
 /// A 400 with a JSON `{"error": …}` body.
@@ -213,6 +215,11 @@ async fn requests(State(sim): State<Arc<SimState>>, Query(q): Query<RequestsQuer
 async fn clear_requests(State(sim): State<Arc<SimState>>) -> Json<Value> {
     *lock(&sim.requests) = Default::default();
     Json(json!({"ok": true}))
+}
+
+async fn sessions(State(sim): State<Arc<SimState>>) -> Json<Value> {
+    let views = lock(&sim.sessions).views(chrono::Utc::now());
+    Json(json!({"sessions": views}))
 }
 
 async fn public_key(State(sim): State<Arc<SimState>>) -> Response {

@@ -22,10 +22,10 @@ use super::einvoice::ist_now;
 #[serde(rename_all = "snake_case")]
 pub enum FaultMode {
     /// HTTP 500 with an HTML error page, as a load balancer in front of a GSP sends.
-    #[serde(rename = "status_500")]
+    #[serde(rename = "status_500", alias = "status500")]
     Status500,
     /// HTTP 503 with an HTML error page.
-    #[serde(rename = "status_503")]
+    #[serde(rename = "status_503", alias = "status503")]
     Status503,
     /// The connection is closed without any response.
     Reset,

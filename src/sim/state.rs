@@ -200,6 +200,55 @@ impl Sessions {
     }
 }
 
+/// One session as `/_sim/sessions` shows it. This exposes live tokens and SEKs on purpose:
+/// tests use them to prove that nothing else (logs, problem bodies) ever does.
+#[derive(Clone, Debug, Serialize)]
+pub struct SessionView {
+    /// GSTIN.
+    pub gstin: String,
+    /// Username.
+    pub username: String,
+    /// The current AuthToken.
+    pub token: String,
+    /// The current SEK, base64.
+    pub sek: String,
+    /// Expiry of the current token, IST `yyyy-MM-dd HH:mm:ss`.
+    pub token_expiry: String,
+    /// The newest other token of this user that is still valid (after a force refresh).
+    pub previous_token: Option<String>,
+}
+
+impl Sessions {
+    /// Every session with a live current token, ordered by GSTIN and username.
+    pub fn views(&self, now: DateTime<Utc>) -> Vec<SessionView> {
+        let mut out: Vec<SessionView> = self
+            .current
+            .iter()
+            .filter(|(_, s)| s.expires_at > now && self.tokens.contains_key(&s.token))
+            .map(|((gstin, username), s)| SessionView {
+                gstin: gstin.clone(),
+                username: username.clone(),
+                token: s.token.clone(),
+                sek: crate::crypto::b64_encode(s.sek.as_bytes()),
+                token_expiry: super::einvoice::to_ist(s.expires_at),
+                previous_token: self
+                    .tokens
+                    .iter()
+                    .filter(|(t, g)| {
+                        **t != s.token
+                            && g.expires_at > now
+                            && &g.gstin == gstin
+                            && &g.username == username
+                    })
+                    .max_by_key(|(_, g)| g.expires_at)
+                    .map(|(t, _)| t.clone()),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.gstin, &a.username).cmp(&(&b.gstin, &b.username)));
+        out
+    }
+}
+
 /// A random, unguessable AuthToken.
 fn new_token() -> String {
     let mut rng = rand::rngs::OsRng;
