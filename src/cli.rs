@@ -4,10 +4,14 @@
 //! subcommand returns an exit code instead of panicking.
 
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::telemetry::LogFormat;
 
 /// gstgate — an HTTP gateway for India's GST APIs.
 #[derive(Parser, Debug)]
@@ -21,6 +25,21 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, short, env = "GSTGATE_CONFIG")]
+        config: PathBuf,
+        /// Log line format.
+        #[arg(long, value_enum, default_value = "pretty", env = "GSTGATE_LOG_FORMAT")]
+        log_format: LogFormat,
+    },
+    /// Validate a configuration file without starting (exit status 1 and the reason if invalid).
+    CheckConfig {
+        /// Configuration file (TOML).
+        #[arg(long, short, env = "GSTGATE_CONFIG")]
+        config: PathBuf,
+    },
     /// Run the built-in GSP simulator (NIC e-invoice protocol) as a local sandbox.
     Sim(crate::sim::SimArgs),
     /// Print the SHA-256 digest of a caller API key, for `[[client]] api_key_sha256`.
@@ -44,6 +63,27 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Serve { config, log_format } => {
+            crate::telemetry::init(log_format);
+            let config = Config::load(&config)?;
+            let rt = runtime()?;
+            rt.block_on(crate::server::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config: path } => {
+            let config = Config::load(&path)?;
+            config.check_files(&path)?;
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "{}: ok ({} upstream(s), {} credential(s), {} client(s))",
+                path.display(),
+                config.upstreams.len(),
+                config.credentials.len(),
+                config.clients.len()
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Sim(args) => {
             let rt = runtime()?;
             rt.block_on(crate::sim::run(args))?;

@@ -307,9 +307,9 @@ mod tests {
     #[test]
     fn aes_matches_known_vector() {
         // NIST SP 800-38A F.1.5 ECB-AES256 block 1, followed by one block of PKCS#7 padding.
-        let key = AesKey::from_slice(
-            &hex("603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4"),
-        )
+        let key = AesKey::from_slice(&hex(
+            "603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4",
+        ))
         .unwrap();
         let c = key.encrypt(&hex("6bc1bee22e409f96e93d7e117393172a"));
         assert_eq!(&c[..16], hex("f3eed1bdb5d2a03c064b5a7e3db181f8").as_slice());
@@ -323,14 +323,17 @@ mod tests {
         let wrapped = app.encrypt_b64(sek.as_bytes());
         assert_eq!(app.unwrap_key(&wrapped).unwrap().as_bytes(), sek.as_bytes());
         let short = app.encrypt_b64(&[1u8; 16]);
-        assert_eq!(app.unwrap_key(&short).unwrap_err(), CryptoError::KeyLength(16));
+        assert_eq!(
+            app.unwrap_key(&short).unwrap_err(),
+            CryptoError::KeyLength(16)
+        );
     }
 
     #[test]
     fn rsa_round_trip_and_length_limit() {
         let pair = KeyPair::generate().unwrap();
-        let public = PublicKey::from_pem_or_cert(pair.public_key().to_pem().unwrap().as_bytes())
-            .unwrap();
+        let public =
+            PublicKey::from_pem_or_cert(pair.public_key().to_pem().unwrap().as_bytes()).unwrap();
         assert_eq!(public.max_plaintext(), 245);
         let c = public.encrypt(b"hello").unwrap();
         assert_eq!(pair.decrypt(&c).unwrap().as_slice(), b"hello");
@@ -344,7 +347,10 @@ mod tests {
 
     #[test]
     fn garbage_key_files_are_errors() {
-        assert!(PublicKey::from_pem_or_cert(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----").is_err());
+        assert!(PublicKey::from_pem_or_cert(
+            b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"
+        )
+        .is_err());
         assert!(PublicKey::from_pem_or_cert(b"hello").is_err());
     }
 
@@ -357,7 +363,10 @@ mod tests {
             k.verify_hmac_b64(b"eyJhIjoyfQ==", &mac),
             Err(CryptoError::HmacMismatch)
         );
-        assert_eq!(k.verify_hmac_b64(b"x", "%%%"), Err(CryptoError::HmacMismatch));
+        assert_eq!(
+            k.verify_hmac_b64(b"x", "%%%"),
+            Err(CryptoError::HmacMismatch)
+        );
     }
 
     #[test]

@@ -129,7 +129,12 @@ mod tests {
 
     #[test]
     fn documented_valid_gstins_pass_the_checksum() {
-        for g in ["27AAPFU0939F1ZV", "27AAACR5055K1Z7", "05AAACG2115R1ZN", "33GSPTN3741G1Z9"] {
+        for g in [
+            "27AAPFU0939F1ZV",
+            "27AAACR5055K1Z7",
+            "05AAACG2115R1ZN",
+            "33GSPTN3741G1Z9",
+        ] {
             assert!(Gstin::parse_strict(g).is_ok(), "{g}");
         }
     }
@@ -138,15 +143,24 @@ mod tests {
     fn sandbox_gstins_parse_but_fail_the_checksum() {
         for g in ["29AWGPV7107B1Z1", "22AAAAA0000A1Z5"] {
             let parsed = Gstin::parse(g).unwrap();
-            assert!(matches!(parsed.verify_checksum(), Err(GstinError::Checksum { .. })), "{g}");
+            assert!(
+                matches!(parsed.verify_checksum(), Err(GstinError::Checksum { .. })),
+                "{g}"
+            );
         }
     }
 
     #[test]
     fn shape_errors_name_the_position() {
         assert_eq!(Gstin::parse("27AAPFU0939F1Z"), Err(GstinError::Length(14)));
-        assert_eq!(Gstin::parse("2XAAPFU0939F1ZV"), Err(GstinError::Shape { position: 2 }));
-        assert_eq!(Gstin::parse("27AAPFU09X9F1ZV"), Err(GstinError::Shape { position: 10 }));
+        assert_eq!(
+            Gstin::parse("2XAAPFU0939F1ZV"),
+            Err(GstinError::Shape { position: 2 })
+        );
+        assert_eq!(
+            Gstin::parse("27AAPFU09X9F1ZV"),
+            Err(GstinError::Shape { position: 10 })
+        );
         assert_eq!(Gstin::parse("27AAPFU0939F1Z€"), Err(GstinError::Length(15)));
     }
 

@@ -2,9 +2,21 @@
 //!
 //! ASP backends send plain requests with a `gstin` header; gstgate authenticates the caller,
 //! owns the taxpayer's API session (login, token refresh, payload crypto) and forwards the
-//! request to the GSP. See `README.md` for use and `DESIGN` notes in each module.
+//! request to the GSP. The request path is in [`proxy`]; sessions in [`session`]; the
+//! API-specific protocol in [`upstream`]; the simulator used as a sandbox and in tests in
+//! [`sim`].
 
+pub mod admin;
+pub mod cli;
+pub mod clients;
+pub mod config;
 pub mod crypto;
 pub mod gstin;
-pub mod cli;
+pub mod metrics;
+pub mod problem;
+pub mod proxy;
+pub mod server;
+pub mod session;
 pub mod sim;
+pub mod telemetry;
+pub mod upstream;

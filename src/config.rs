@@ -1,0 +1,761 @@
+//! The configuration file (DESIGN.md §4, a contract): TOML schema, `${VAR}` interpolation and
+//! validation.
+//!
+//! Interpolation happens inside deserialization, field by field, so that every error — an
+//! unknown key, a missing environment variable, a malformed duration — comes out of the TOML
+//! parser with the line, the column and the offending key in it. Semantic checks that span
+//! several fields (an upstream named by a credential exists, a public key parses) run after.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+
+use crate::gstin::Gstin;
+
+/// NIC allows a forced refresh only in the last 10 minutes of a token's life (PROTOCOL.md §1).
+pub const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(10 * 60);
+/// NIC and GSTN tokens live 360 minutes.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(6 * 60 * 60);
+/// GSP help pages report a block after 5 logins in 15 minutes; stay one under it.
+pub const DEFAULT_MAX_LOGINS: u32 = 4;
+/// The window of the reported login limit.
+pub const DEFAULT_LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// A caller request body above this is refused with 413 (DESIGN.md §4 default).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+/// Request headers above this (all of them together) are refused.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Upstream responses above this are refused with 502: e-invoice replies are kilobytes, a
+/// GSTN return summary at most a few megabytes.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listeners and limits.
+    pub server: ServerConfig,
+    /// Where sessions live.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The GSP APIs gstgate fronts.
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Taxpayer API credentials.
+    #[serde(default, rename = "credential")]
+    pub credentials: Vec<CredentialConfig>,
+    /// Operator alerts.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+    /// ASP backends allowed to call gstgate.
+    #[serde(default, rename = "client")]
+    pub clients: Vec<ClientConfig>,
+    /// Run the built-in GSP simulator in-process (demo and sandboxes; not for production).
+    #[serde(default)]
+    pub simulator: Option<SimulatorConfig>,
+}
+
+/// `[server]`: listeners, admin token, limits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The proxy port ASP backends call.
+    #[serde(deserialize_with = "env_parse", default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Health, readiness, metrics and admin API.
+    #[serde(deserialize_with = "env_parse", default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// Bearer token for `/admin/*`; without it the admin API is disabled.
+    #[serde(default, deserialize_with = "env_secret_opt")]
+    pub admin_token: Option<SecretString>,
+    /// Largest caller request body.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Largest total size of a caller's request headers.
+    #[serde(default = "default_max_header")]
+    pub max_header_bytes: usize,
+    /// Time from accepting a request to sending its response, retries included.
+    #[serde(deserialize_with = "env_duration", default = "default_request_timeout")]
+    pub request_timeout: Duration,
+    /// How long a client may take to send its request headers.
+    #[serde(deserialize_with = "env_duration", default = "default_header_timeout")]
+    pub header_read_timeout: Duration,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    #[serde(deserialize_with = "env_duration", default = "default_shutdown_grace")]
+    pub shutdown_grace: Duration,
+}
+
+/// `[store]`: session storage backend.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `memory` (one process) or `redis` (replicas).
+    #[serde(default, deserialize_with = "env_parse")]
+    pub backend: StoreBackend,
+    /// Redis URL for the `redis` backend.
+    #[serde(default, deserialize_with = "env_string_opt")]
+    pub redis_url: Option<String>,
+    /// Base64 of 32 bytes: encrypts tokens and SEKs at rest in Redis.
+    #[serde(default, deserialize_with = "env_secret_opt")]
+    pub encryption_key: Option<SecretString>,
+}
+
+/// Session store backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreBackend {
+    /// In-process map: one gateway process.
+    #[default]
+    Memory,
+    /// Shared through Redis: several replicas.
+    Redis,
+}
+
+impl FromStr for StoreBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "memory" => Ok(Self::Memory),
+            "redis" => Ok(Self::Redis),
+            other => Err(format!(
+                "unknown store backend `{other}`, expected `memory` or `redis`"
+            )),
+        }
+    }
+}
+
+/// The kind of GST API an upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKind {
+    /// NIC e-invoice (IRP).
+    Einvoice,
+    /// NIC e-way bill.
+    Ewaybill,
+    /// GSTN taxpayer (returns) API.
+    Gstn,
+}
+
+impl FromStr for ApiKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "einvoice" => Ok(Self::Einvoice),
+            "ewaybill" => Ok(Self::Ewaybill),
+            "gstn" => Ok(Self::Gstn),
+            other => Err(format!(
+                "unknown api `{other}`, expected `einvoice`, `ewaybill` or `gstn`"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ApiKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Einvoice => "einvoice",
+            Self::Ewaybill => "ewaybill",
+            Self::Gstn => "gstn",
+        })
+    }
+}
+
+/// Who encrypts payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encryption {
+    /// gstgate encrypts requests and decrypts responses with the session key.
+    Gateway,
+    /// Bodies go through untouched (the GSP does the crypto, "enriched" APIs).
+    Passthrough,
+}
+
+impl FromStr for Encryption {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "gateway" => Ok(Self::Gateway),
+            "passthrough" => Ok(Self::Passthrough),
+            other => Err(format!(
+                "unknown encryption `{other}`, expected `gateway` or `passthrough`"
+            )),
+        }
+    }
+}
+
+/// Whether a bad GSTIN check character refuses the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChecksumPolicy {
+    /// Refuse with 400 `gstin_invalid` (production).
+    Enforce,
+    /// Log a warning and go on (sandboxes, whose sample GSTINs often fail the checksum).
+    Warn,
+}
+
+impl FromStr for ChecksumPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "enforce" => Ok(Self::Enforce),
+            "warn" => Ok(Self::Warn),
+            other => Err(format!(
+                "unknown gstin_checksum `{other}`, expected `enforce` or `warn`"
+            )),
+        }
+    }
+}
+
+/// `[[upstream]]`: one GSP API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Name used in metrics, logs, credentials and admin paths.
+    #[serde(deserialize_with = "env_parse")]
+    pub name: String,
+    /// Which protocol profile.
+    #[serde(deserialize_with = "env_parse")]
+    pub api: ApiKind,
+    /// Requests go to `base_url` + caller path.
+    #[serde(deserialize_with = "env_parse")]
+    pub base_url: String,
+    /// Path prefixes served by this upstream.
+    #[serde(deserialize_with = "env_vec")]
+    pub routes: Vec<String>,
+    /// The login path (relative to `base_url`).
+    #[serde(deserialize_with = "env_parse")]
+    pub auth_path: String,
+    /// PEM public key or X.509 certificate of the upstream.
+    #[serde(deserialize_with = "env_parse")]
+    pub public_key: PathBuf,
+    /// Who encrypts payloads.
+    #[serde(deserialize_with = "env_parse", default = "default_encryption")]
+    pub encryption: Encryption,
+    /// GSP/NIC client id.
+    #[serde(deserialize_with = "env_secret")]
+    pub client_id: SecretString,
+    /// GSP/NIC client secret.
+    #[serde(deserialize_with = "env_secret")]
+    pub client_secret: SecretString,
+    /// Refresh a session this long before its token expires.
+    #[serde(deserialize_with = "env_duration", default = "default_refresh_before")]
+    pub refresh_before: Duration,
+    /// GSTIN check-character policy.
+    #[serde(deserialize_with = "env_parse", default = "default_checksum")]
+    pub gstin_checksum: ChecksumPolicy,
+    /// Total time for one upstream call (headers and body).
+    #[serde(
+        deserialize_with = "env_duration",
+        default = "default_upstream_timeout"
+    )]
+    pub timeout: Duration,
+    /// Time to establish a connection to the upstream.
+    #[serde(deserialize_with = "env_duration", default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Token lifetime for APIs whose login reply carries no expiry (e-way bill).
+    #[serde(default, deserialize_with = "env_duration_opt")]
+    pub token_lifetime: Option<Duration>,
+    /// At most this many logins per credential per `login_window`.
+    #[serde(default = "default_max_logins")]
+    pub max_logins: u32,
+    /// The window of `max_logins`.
+    #[serde(deserialize_with = "env_duration", default = "default_login_window")]
+    pub login_window: Duration,
+    /// Sessions unused for this long are dropped instead of refreshed.
+    #[serde(deserialize_with = "env_duration", default = "default_idle_ttl")]
+    pub session_idle_ttl: Duration,
+    /// Largest upstream response body accepted.
+    #[serde(default = "default_max_response")]
+    pub max_response_bytes: usize,
+    /// Static extra headers sent on every call (GSP subscription keys…).
+    #[serde(default, deserialize_with = "env_map")]
+    pub headers: BTreeMap<String, SecretString>,
+    /// Overrides of the profile's header names (`client_id`, `client_secret`, `gstin`,
+    /// `user_name`, `auth_token`), for GSPs that spell them differently.
+    #[serde(default, deserialize_with = "env_map_plain")]
+    pub header_names: BTreeMap<String, String>,
+}
+
+/// `[[credential]]`: one taxpayer user's API login.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// The taxpayer.
+    #[serde(deserialize_with = "env_parse")]
+    pub gstin: String,
+    /// API user name created on the portal.
+    #[serde(deserialize_with = "env_parse")]
+    pub username: String,
+    /// API password.
+    #[serde(deserialize_with = "env_secret")]
+    pub password: SecretString,
+    /// Upstream names this credential logs in to.
+    #[serde(deserialize_with = "env_vec")]
+    pub upstreams: Vec<String>,
+    /// GSTN: the API-access period the taxpayer enabled on the portal.
+    #[serde(default, deserialize_with = "env_duration_opt")]
+    pub session_lifetime: Option<Duration>,
+}
+
+/// `[alerts]`: operator notifications.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// JSON alerts are POSTed here.
+    #[serde(default, deserialize_with = "env_string_opt")]
+    pub webhook_url: Option<String>,
+    /// Warn this long before a GSTN session needs a new OTP.
+    #[serde(default, deserialize_with = "env_duration_opt")]
+    pub otp_warning: Option<Duration>,
+}
+
+/// `[[client]]`: one ASP backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Name in logs.
+    #[serde(deserialize_with = "env_parse")]
+    pub name: String,
+    /// Lower-case hex SHA-256 of the API key (`gstgate hash-key`).
+    #[serde(deserialize_with = "env_parse")]
+    pub api_key_sha256: String,
+    /// GSTINs this client may act for; `"*"` for all.
+    #[serde(deserialize_with = "env_vec")]
+    pub gstins: Vec<String>,
+}
+
+/// `[simulator]`: an in-process GSP simulator, so the demo runs with one command and no
+/// credentials. Its users and clients are taken from `[[credential]]` and `[[upstream]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatorConfig {
+    /// Where the simulator listens; upstream `base_url`s point here.
+    #[serde(deserialize_with = "env_parse")]
+    pub listen: SocketAddr,
+    /// Private key file, generated on first start.
+    #[serde(deserialize_with = "env_parse")]
+    pub key_file: PathBuf,
+    /// Where the simulator writes its public key; upstream `public_key`s name this file.
+    #[serde(deserialize_with = "env_parse")]
+    pub public_key_out: PathBuf,
+    /// Lifetime of the simulator's tokens.
+    #[serde(deserialize_with = "env_duration", default = "default_token_lifetime")]
+    pub token_ttl: Duration,
+    /// The simulator's force-refresh window.
+    #[serde(deserialize_with = "env_duration", default = "default_refresh_before")]
+    pub force_window: Duration,
+    /// The demo's caller API key in plain text, so the ready line can print a working `curl`.
+    /// Only meaningful for a demo: production keys are stored as digests.
+    #[serde(default, deserialize_with = "env_string_opt")]
+    pub demo_api_key: Option<String>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+fn default_admin_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9090))
+}
+fn default_max_body() -> usize {
+    DEFAULT_MAX_BODY_BYTES
+}
+fn default_max_header() -> usize {
+    DEFAULT_MAX_HEADER_BYTES
+}
+fn default_max_response() -> usize {
+    DEFAULT_MAX_RESPONSE_BYTES
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_encryption() -> Encryption {
+    Encryption::Gateway
+}
+fn default_refresh_before() -> Duration {
+    DEFAULT_REFRESH_BEFORE
+}
+fn default_token_lifetime() -> Duration {
+    DEFAULT_TOKEN_LIFETIME
+}
+fn default_checksum() -> ChecksumPolicy {
+    ChecksumPolicy::Enforce
+}
+fn default_upstream_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_logins() -> u32 {
+    DEFAULT_MAX_LOGINS
+}
+fn default_login_window() -> Duration {
+    DEFAULT_LOGIN_WINDOW
+}
+fn default_idle_ttl() -> Duration {
+    Duration::from_secs(7 * 24 * 60 * 60)
+}
+
+/// Replaces every `${VAR}` in `text` with the environment variable's value; `$$` is a literal
+/// `$`. A missing variable is an error naming it.
+pub fn interpolate(text: &str) -> Result<String, String> {
+    interpolate_with(text, |name| std::env::var(name).ok())
+}
+
+fn interpolate_with(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix('{') {
+            let end = tail
+                .find('}')
+                .ok_or_else(|| "unterminated `${` (write `$$` for a literal `$`)".to_string())?;
+            let name = &tail[..end];
+            let valid =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                return Err(format!("`${{{name}}}` is not a valid variable name"));
+            }
+            let value =
+                lookup(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?;
+            out.push_str(&value);
+            rest = &tail[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn env_parse<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    let raw = String::deserialize(d)?;
+    let text = interpolate(&raw).map_err(serde::de::Error::custom)?;
+    text.parse().map_err(serde::de::Error::custom)
+}
+
+fn env_string_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    env_parse(d).map(Some)
+}
+
+fn env_secret<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    env_parse::<D, String>(d).map(SecretString::from)
+}
+
+fn env_secret_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+    env_secret(d).map(Some)
+}
+
+fn env_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let raw = String::deserialize(d)?;
+    let text = interpolate(&raw).map_err(serde::de::Error::custom)?;
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not a duration ({e}); write e.g. \"45s\", \"10m\", \"6h\""
+        ))
+    })
+}
+
+fn env_duration_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    env_duration(d).map(Some)
+}
+
+fn env_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let raw = Vec::<String>::deserialize(d)?;
+    raw.iter()
+        .map(|s| interpolate(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+fn env_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, SecretString>, D::Error> {
+    let raw = BTreeMap::<String, String>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| {
+            let v = interpolate(&v)
+                .map_err(|e| serde::de::Error::custom(format!("header `{k}`: {e}")))?;
+            Ok((k, SecretString::from(v)))
+        })
+        .collect()
+}
+
+fn env_map_plain<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw = BTreeMap::<String, String>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(k, v)| {
+            let v = interpolate(&v).map_err(|e| serde::de::Error::custom(format!("`{k}`: {e}")))?;
+            Ok((k, v))
+        })
+        .collect()
+}
+
+/// A configuration problem, with where it is.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// TOML syntax, unknown key, wrong type, missing variable: the parser's message names the
+    /// line and the key.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+    /// A rule spanning fields is broken.
+    #[error("{path}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Dotted key, e.g. `upstream[0].routes`.
+        key: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads, parses, interpolates and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` is used in messages and to resolve
+    /// relative file names.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// Checks the rules that span fields. Returns (key, message) of the first problem.
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.store.backend == StoreBackend::Redis {
+            return Err((
+                "store.backend".into(),
+                "the redis backend is not available in this version; use \"memory\"".into(),
+            ));
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err(("server.max_body_bytes".into(), "must be above 0".into()));
+        }
+        if self
+            .server
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.expose_secret().len() < 16)
+        {
+            return Err((
+                "server.admin_token".into(),
+                "must be at least 16 characters (it guards the admin API)".into(),
+            ));
+        }
+        if self.upstreams.is_empty() {
+            return Err((
+                "upstream".into(),
+                "at least one [[upstream]] is needed".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut prefixes = HashSet::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let key = |field: &str| format!("upstream[{i}].{field}");
+            if u.name.is_empty()
+                || !u
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err((key("name"), "use letters, digits, `-` and `_` only".into()));
+            }
+            if !names.insert(u.name.as_str()) {
+                return Err((
+                    key("name"),
+                    format!("`{}` is used by two upstreams", u.name),
+                ));
+            }
+            let url = reqwest::Url::parse(&u.base_url)
+                .map_err(|e| (key("base_url"), format!("not a URL: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                return Err((
+                    key("base_url"),
+                    "must be an http:// or https:// URL with a host".into(),
+                ));
+            }
+            if url.query().is_some() || url.fragment().is_some() {
+                return Err((key("base_url"), "must not have a query or fragment".into()));
+            }
+            if u.routes.is_empty() {
+                return Err((key("routes"), "at least one path prefix is needed".into()));
+            }
+            for r in &u.routes {
+                if !r.starts_with('/') {
+                    return Err((key("routes"), format!("`{r}` must start with `/`")));
+                }
+                if !prefixes.insert(r.as_str()) {
+                    return Err((key("routes"), format!("`{r}` is routed by two upstreams")));
+                }
+            }
+            if !u.auth_path.starts_with('/') {
+                return Err((key("auth_path"), "must start with `/`".into()));
+            }
+            if u.timeout.is_zero() || u.connect_timeout.is_zero() {
+                return Err((key("timeout"), "timeouts must be above 0".into()));
+            }
+            if u.max_logins == 0 {
+                return Err((key("max_logins"), "must be at least 1".into()));
+            }
+            for name in u.header_names.keys() {
+                if !crate::upstream::HEADER_ROLES.contains(&name.as_str()) {
+                    return Err((
+                        key("header_names"),
+                        format!(
+                            "unknown header role `{name}`, expected one of {}",
+                            crate::upstream::HEADER_ROLES.join(", ")
+                        ),
+                    ));
+                }
+            }
+            for (name, value) in u
+                .header_names
+                .iter()
+                .map(|(k, v)| (k, v.as_str()))
+                .chain(u.headers.iter().map(|(k, v)| (k, v.expose_secret())))
+            {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                    || http::HeaderValue::from_str(value).is_err()
+                {
+                    return Err((key("headers"), format!("`{name}` is not a valid header")));
+                }
+            }
+        }
+        let mut identities = HashSet::new();
+        for (i, c) in self.credentials.iter().enumerate() {
+            let key = |field: &str| format!("credential[{i}].{field}");
+            Gstin::parse(&c.gstin).map_err(|e| (key("gstin"), e.to_string()))?;
+            if c.username.is_empty() {
+                return Err((key("username"), "must not be empty".into()));
+            }
+            if c.upstreams.is_empty() {
+                return Err((key("upstreams"), "name at least one upstream".into()));
+            }
+            for u in &c.upstreams {
+                if !names.contains(u.as_str()) {
+                    return Err((key("upstreams"), format!("no [[upstream]] is named `{u}`")));
+                }
+                if !identities.insert((u.clone(), c.gstin.to_ascii_uppercase(), c.username.clone()))
+                {
+                    return Err((
+                        key("username"),
+                        format!(
+                            "`{}` for {} on `{u}` is configured twice",
+                            c.username, c.gstin
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut digests = HashSet::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            let key = |field: &str| format!("client[{i}].{field}");
+            let d = &c.api_key_sha256;
+            if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err((
+                    key("api_key_sha256"),
+                    "must be 64 hex digits (run `gstgate hash-key`)".into(),
+                ));
+            }
+            if !digests.insert(d.to_ascii_lowercase()) {
+                return Err((key("api_key_sha256"), "two clients share this key".into()));
+            }
+            if c.gstins.is_empty() {
+                return Err((key("gstins"), "list GSTINs or [\"*\"]".into()));
+            }
+            for g in &c.gstins {
+                if g != "*" {
+                    Gstin::parse(g).map_err(|e| (key("gstins"), format!("`{g}`: {e}")))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the public key files parse, except those the in-process simulator writes
+    /// at start-up (they need not exist yet).
+    pub fn check_files(&self, path: &Path) -> Result<(), ConfigError> {
+        let from_sim = self.simulator.as_ref().map(|s| s.public_key_out.as_path());
+        for (i, u) in self.upstreams.iter().enumerate() {
+            if Some(u.public_key.as_path()) == from_sim {
+                continue;
+            }
+            let invalid = |message: String| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: format!("upstream[{i}].public_key"),
+                message,
+            };
+            let bytes = std::fs::read(&u.public_key)
+                .map_err(|e| invalid(format!("cannot read {}: {e}", u.public_key.display())))?;
+            crate::crypto::PublicKey::from_pem_or_cert(&bytes)
+                .map_err(|e| invalid(format!("{}: {e}", u.public_key.display())))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interpolation_replaces_variables_and_escapes() {
+        let lookup = |n: &str| (n == "A").then(|| "x\"y".to_string());
+        assert_eq!(interpolate_with("p${A}q", lookup).unwrap(), "px\"yq");
+        assert_eq!(interpolate_with("$$5 and $x", lookup).unwrap(), "$5 and $x");
+        assert!(interpolate_with("${B}", lookup)
+            .unwrap_err()
+            .contains("`B`"));
+        assert!(interpolate_with("${A", lookup)
+            .unwrap_err()
+            .contains("unterminated"));
+        assert!(interpolate_with("${A-B}", lookup)
+            .unwrap_err()
+            .contains("not a valid"));
+    }
+}

@@ -1,0 +1,237 @@
+//! Prometheus metrics (DESIGN.md §6, a contract: names and labels are fixed).
+//!
+//! Counters and histograms are updated on the request path; the two session gauges are
+//! computed when scraped, from the session manager's own state, so they can never drift from
+//! it. No metric carries a GSTIN or username label (cardinality and privacy).
+
+use std::sync::atomic::AtomicI64;
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Latency buckets in seconds: a proxy hop is sub-millisecond, NIC answers in 0.1–3 s, and
+/// timeouts sit at 30–60 s.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0,
+];
+
+/// A label value shared cheaply between label sets (an upstream name).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Name(pub Arc<str>);
+
+impl From<Arc<str>> for Name {
+    fn from(s: Arc<str>) -> Self {
+        Self(s)
+    }
+}
+
+impl prometheus_client::encoding::EncodeLabelValue for Name {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, &self.0)
+    }
+}
+
+/// `upstream` + `status` class.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Upstream name (`none` when no route matched).
+    pub upstream: Name,
+    /// `2xx`, `4xx`…
+    pub status: &'static str,
+}
+
+/// `upstream` only.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabel {
+    /// Upstream name.
+    pub upstream: Name,
+}
+
+/// `upstream` + `result`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// Upstream name.
+    pub upstream: Name,
+    /// Outcome.
+    pub result: &'static str,
+}
+
+/// `upstream` + `trigger`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TriggerLabels {
+    /// Upstream name.
+    pub upstream: Name,
+    /// Why the token was (re)fetched.
+    pub trigger: &'static str,
+}
+
+/// Every metric gstgate exports.
+pub struct Metrics {
+    /// `gstgate_requests_total`.
+    pub requests: Family<RequestLabels, Counter>,
+    /// `gstgate_request_duration_seconds`.
+    pub request_duration: Family<UpstreamLabel, Histogram>,
+    /// `gstgate_upstream_request_duration_seconds`.
+    pub upstream_duration: Family<UpstreamLabel, Histogram>,
+    /// `gstgate_auth_requests_total`.
+    pub auth_requests: Family<ResultLabels, Counter>,
+    /// `gstgate_token_refreshes_total`.
+    pub token_refreshes: Family<TriggerLabels, Counter>,
+    /// `gstgate_token_rejected_retries_total`.
+    pub rejected_retries: Family<ResultLabels, Counter>,
+    /// `gstgate_inflight_requests`.
+    pub inflight: Gauge<i64, AtomicI64>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them (and `sessions`, the scrape-time collector of
+    /// the session gauges) in a new registry.
+    pub fn new(sessions: SessionGauges) -> (Arc<Self>, Registry) {
+        let m = Self {
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            upstream_duration: Family::new_with_constructor(latency_histogram),
+            auth_requests: Family::default(),
+            token_refreshes: Family::default(),
+            rejected_retries: Family::default(),
+            inflight: Gauge::default(),
+        };
+        let mut r = Registry::default();
+        r.register(
+            "gstgate_requests",
+            "Caller requests answered, by upstream and HTTP status class",
+            m.requests.clone(),
+        );
+        r.register(
+            "gstgate_request_duration_seconds",
+            "Time from receiving a caller request to answering it",
+            m.request_duration.clone(),
+        );
+        r.register(
+            "gstgate_upstream_request_duration_seconds",
+            "Time of each call to the upstream, logins included",
+            m.upstream_duration.clone(),
+        );
+        r.register(
+            "gstgate_auth_requests",
+            "Login calls to the upstream, by result",
+            m.auth_requests.clone(),
+        );
+        r.register(
+            "gstgate_token_refreshes",
+            "Sessions (re)established, by trigger",
+            m.token_refreshes.clone(),
+        );
+        r.register(
+            "gstgate_token_rejected_retries",
+            "Requests replayed after the upstream rejected the token, by outcome",
+            m.rejected_retries.clone(),
+        );
+        r.register(
+            "gstgate_inflight_requests",
+            "Caller requests being processed",
+            m.inflight.clone(),
+        );
+        r.register_collector(Box::new(sessions));
+        (Arc::new(m), r)
+    }
+}
+
+/// The status class label of an HTTP status.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Renders a registry as Prometheus text.
+pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+/// `upstream` + `state`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    upstream: Name,
+    state: &'static str,
+}
+
+/// Scrape-time collector of `gstgate_sessions` and `gstgate_session_min_ttl_seconds`.
+///
+/// It holds the session manager weakly, filled in once the manager exists: the manager needs
+/// the metrics first, and a strong reference both ways would be a cycle.
+#[derive(Debug, Default, Clone)]
+pub struct SessionGauges {
+    sessions: Arc<std::sync::OnceLock<std::sync::Weak<crate::session::Sessions>>>,
+}
+
+impl SessionGauges {
+    /// Connects the collector to the session manager.
+    pub fn attach(&self, sessions: &Arc<crate::session::Sessions>) {
+        let _ = self.sessions.set(Arc::downgrade(sessions));
+    }
+}
+
+impl prometheus_client::collector::Collector for SessionGauges {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::MetricType;
+
+        let Some(sessions) = self.sessions.get().and_then(std::sync::Weak::upgrade) else {
+            return Ok(());
+        };
+        let gauges = sessions.gauges();
+        {
+            let mut family = encoder.encode_descriptor(
+                "gstgate_sessions",
+                "Configured sessions by upstream and state",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (upstream, counts, _) in &gauges {
+                for (state, count) in crate::session::State::ALL.iter().zip(counts) {
+                    let labels = StateLabels {
+                        upstream: upstream.clone().into(),
+                        state: state.as_str(),
+                    };
+                    ConstGauge::new(*count as i64).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "gstgate_session_min_ttl_seconds",
+            "Shortest time to expiry of any valid session (0 when none is valid)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (upstream, _, min_ttl) in &gauges {
+            let labels = UpstreamLabel {
+                upstream: upstream.clone().into(),
+            };
+            ConstGauge::new(min_ttl.unwrap_or(0.0)).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,335 @@
+//! Gateway errors and their problem+json form (RFC 9457; DESIGN.md §5, a contract).
+//!
+//! One error type, [`GatewayError`], knows where a failure came from and what class it is;
+//! the HTTP status, the stable `code`, the `remedy` and whether a retry makes sense all derive
+//! from it in this one file. Nothing here ever carries a token, SEK or password: details are
+//! written by gstgate, and upstream text is limited to the upstream's error code and message.
+
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+use serde::Serialize;
+
+/// Where to read more about a problem code; `type` is this base plus the code.
+const TYPE_BASE: &str = "https://gstgate.dev/problems/";
+
+/// A failure the gateway answers itself, instead of relaying an upstream reply.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum GatewayError {
+    /// No API key, or one no client has.
+    #[error("missing or unknown API key")]
+    Unauthenticated,
+    /// No `gstin` header.
+    #[error("the `gstin` header is required")]
+    GstinMissing,
+    /// The `gstin` header is not a valid GSTIN.
+    #[error("invalid GSTIN: {0}")]
+    GstinInvalid(String),
+    /// The client may not act for this GSTIN.
+    #[error("this client is not allowed to act for GSTIN {0}")]
+    GstinNotAllowed(String),
+    /// No credential is configured for this GSTIN on this upstream.
+    #[error("no credential is configured for GSTIN {gstin} on upstream `{upstream}`")]
+    NoCredential {
+        /// Upstream name.
+        upstream: String,
+        /// The GSTIN.
+        gstin: String,
+    },
+    /// Several users exist for the GSTIN and the caller named none (or an unknown one).
+    #[error("GSTIN {gstin} has several users on `{upstream}`: send a `user_name` header naming one of them")]
+    UserRequired {
+        /// Upstream name.
+        upstream: String,
+        /// The GSTIN.
+        gstin: String,
+    },
+    /// No upstream serves this path.
+    #[error("no upstream serves path `{0}`")]
+    RouteNotFound(String),
+    /// The request body is over `max_body_bytes`.
+    #[error("request body exceeds the limit of {0} bytes")]
+    BodyTooLarge(usize),
+    /// The request body is not what the upstream needs (not JSON in gateway mode).
+    #[error("invalid request body: {0}")]
+    BodyInvalid(String),
+    /// The upstream refused the taxpayer's username/password; logins are stopped.
+    #[error("the upstream rejected the credentials for GSTIN {gstin} user `{username}`; logins are stopped until an operator resets them")]
+    CredentialsRejected {
+        /// The GSTIN.
+        gstin: String,
+        /// API user.
+        username: String,
+        /// The upstream's error code.
+        upstream_code: Option<String>,
+    },
+    /// The upstream refused gstgate's own configuration (client id/secret, public key).
+    #[error("the upstream rejected gstgate's configuration: {message}")]
+    UpstreamConfigRejected {
+        /// The upstream's error code.
+        upstream_code: Option<String>,
+        /// The upstream's message.
+        message: String,
+    },
+    /// gstgate's own login rate limit for this credential is reached.
+    #[error("login rate limit reached for this credential; retry in {retry_after_secs} s")]
+    LoginThrottled {
+        /// Seconds until the next login is allowed.
+        retry_after_secs: u64,
+    },
+    /// Logins keep failing for transient reasons; gstgate is backing off.
+    #[error("logins to the upstream are failing ({reason}); retry in {retry_after_secs} s")]
+    LoginBackoff {
+        /// Seconds until the next attempt.
+        retry_after_secs: u64,
+        /// The last failure, without secrets.
+        reason: String,
+    },
+    /// The upstream rejected the token again after one re-login and one replay.
+    #[error("the upstream rejected a fresh token as well")]
+    TokenRejected {
+        /// The upstream's error code.
+        upstream_code: Option<String>,
+    },
+    /// The upstream throttled us.
+    #[error("the upstream is throttling requests")]
+    UpstreamThrottled {
+        /// The upstream's error code.
+        upstream_code: Option<String>,
+    },
+    /// Could not reach the upstream, or it answered 5xx / a transient error code.
+    #[error("upstream unavailable: {0}")]
+    UpstreamUnavailable(String),
+    /// The upstream did not answer within its timeout.
+    #[error("the upstream did not answer within {0} ms")]
+    UpstreamTimeout(u128),
+    /// The upstream's reply could not be read: not JSON, undecryptable, bad HMAC, too large.
+    #[error("unreadable upstream response: {0}")]
+    UpstreamBadResponse(String),
+    /// The store or a dependency is not ready.
+    #[error("not ready: {0}")]
+    NotReady(String),
+    /// A bug or resource failure inside gstgate.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl GatewayError {
+    /// The HTTP status of the problem.
+    pub fn status(&self) -> StatusCode {
+        use GatewayError::*;
+        match self {
+            Unauthenticated => StatusCode::UNAUTHORIZED,
+            GstinMissing | GstinInvalid(_) | UserRequired { .. } | BodyInvalid(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            GstinNotAllowed(_) | NoCredential { .. } => StatusCode::FORBIDDEN,
+            RouteNotFound(_) => StatusCode::NOT_FOUND,
+            BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            LoginThrottled { .. } | UpstreamThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            CredentialsRejected { .. }
+            | UpstreamConfigRejected { .. }
+            | LoginBackoff { .. }
+            | TokenRejected { .. }
+            | UpstreamUnavailable(_)
+            | UpstreamBadResponse(_) => StatusCode::BAD_GATEWAY,
+            UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable problem code callers and dashboards key on.
+    pub fn code(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            Unauthenticated => "unauthenticated",
+            GstinMissing => "gstin_missing",
+            GstinInvalid(_) => "gstin_invalid",
+            GstinNotAllowed(_) => "gstin_not_allowed",
+            NoCredential { .. } => "credential_not_configured",
+            UserRequired { .. } => "user_required",
+            RouteNotFound(_) => "route_not_found",
+            BodyTooLarge(_) => "body_too_large",
+            BodyInvalid(_) => "body_invalid",
+            CredentialsRejected { .. } => "credentials_rejected",
+            UpstreamConfigRejected { .. } => "upstream_config_rejected",
+            LoginThrottled { .. } => "login_rate_limited",
+            LoginBackoff { .. } => "login_backoff",
+            TokenRejected { .. } => "token_rejected",
+            UpstreamThrottled { .. } => "upstream_throttled",
+            UpstreamUnavailable(_) => "upstream_unavailable",
+            UpstreamTimeout(_) => "upstream_timeout",
+            UpstreamBadResponse(_) => "upstream_bad_response",
+            NotReady(_) => "not_ready",
+            Internal(_) => "internal",
+        }
+    }
+
+    /// A short human title for the code.
+    fn title(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            Unauthenticated => "Unauthenticated",
+            GstinMissing => "GSTIN header missing",
+            GstinInvalid(_) => "Invalid GSTIN",
+            GstinNotAllowed(_) => "GSTIN not allowed",
+            NoCredential { .. } => "No credential configured",
+            UserRequired { .. } => "User name required",
+            RouteNotFound(_) => "No route",
+            BodyTooLarge(_) => "Request body too large",
+            BodyInvalid(_) => "Invalid request body",
+            CredentialsRejected { .. } => "Credentials rejected",
+            UpstreamConfigRejected { .. } => "Upstream rejected gateway configuration",
+            LoginThrottled { .. } => "Login rate limited",
+            LoginBackoff { .. } => "Upstream login failing",
+            TokenRejected { .. } => "Token rejected",
+            UpstreamThrottled { .. } => "Upstream throttling",
+            UpstreamUnavailable(_) => "Upstream unavailable",
+            UpstreamTimeout(_) => "Upstream timeout",
+            UpstreamBadResponse(_) => "Bad upstream response",
+            NotReady(_) => "Not ready",
+            Internal(_) => "Internal error",
+        }
+    }
+
+    /// The action that fixes it, in one sentence (the GST docs' troubleshooting table).
+    pub fn remedy(&self) -> &'static str {
+        use GatewayError::*;
+        match self {
+            Unauthenticated => "Send your API key in the `x-api-key` header (or `Authorization: Bearer`); ask the gateway operator for one.",
+            GstinMissing => "Send the taxpayer's GSTIN in the `gstin` header.",
+            GstinInvalid(_) => "Send a 15-character GSTIN as registered on the GST portal; check for typos in the last (check) character.",
+            GstinNotAllowed(_) => "Ask the gateway operator to add this GSTIN to your client's `gstins` list.",
+            NoCredential { .. } => "Ask the gateway operator to add a [[credential]] for this GSTIN and upstream.",
+            UserRequired { .. } => "Send a `user_name` header with one of the API users configured for this GSTIN.",
+            RouteNotFound(_) => "Use a path of the GST API this gateway fronts (e.g. /eicore/v1.03/Invoice); check the base URL.",
+            BodyTooLarge(_) => "Send a smaller body, or ask the operator to raise `server.max_body_bytes`.",
+            BodyInvalid(_) => "Send the plain JSON payload of the GST API; the gateway does the encryption.",
+            CredentialsRejected { .. } => "Correct the API user's password in the gateway config (or reset it on the e-invoice/GST portal), then POST /admin/sessions/{upstream}/{gstin}/refresh.",
+            UpstreamConfigRejected { .. } => "Check the upstream's client_id, client_secret and public key in the gateway config against the GSP's onboarding details.",
+            LoginThrottled { .. } => "Wait and retry: the gateway limits logins per user to stay below the upstream's lockout threshold.",
+            LoginBackoff { .. } => "Retry later; if it persists check the GSP's status and the gateway's /status page.",
+            TokenRejected { .. } => "Check that the API user belongs to this GSTIN and that no other system logs in with the same user; retry later.",
+            UpstreamThrottled { .. } => "Slow down and retry after a few minutes.",
+            UpstreamUnavailable(_) => "Retry with backoff; if it persists check the GSP's status page.",
+            UpstreamTimeout(_) => "Retry later, checking first whether the operation took effect (e.g. get the IRN by document details) to avoid duplicates.",
+            UpstreamBadResponse(_) => "Retry; if it persists the GSP or its session keys are misbehaving — contact the gateway operator.",
+            NotReady(_) => "Retry shortly; the gateway is starting or its store is unreachable.",
+            Internal(_) => "Retry; if it persists report it to the gateway operator with the x-request-id.",
+        }
+    }
+
+    /// The upstream's own error code, where it gave one.
+    pub fn upstream_code(&self) -> Option<&str> {
+        use GatewayError::*;
+        match self {
+            CredentialsRejected { upstream_code, .. }
+            | UpstreamConfigRejected { upstream_code, .. }
+            | TokenRejected { upstream_code }
+            | UpstreamThrottled { upstream_code } => upstream_code.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Seconds the caller should wait before retrying, where that is known.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            GatewayError::LoginThrottled { retry_after_secs }
+            | GatewayError::LoginBackoff {
+                retry_after_secs, ..
+            } => Some((*retry_after_secs).max(1)),
+            _ => None,
+        }
+    }
+
+    /// The problem document for this error.
+    pub fn problem(&self) -> Problem {
+        Problem {
+            kind: format!("{TYPE_BASE}{}", self.code()),
+            title: self.title(),
+            status: self.status().as_u16(),
+            detail: self.to_string(),
+            code: self.code(),
+            upstream_code: self.upstream_code().map(str::to_owned),
+            remedy: self.remedy(),
+            request_id: None,
+        }
+    }
+}
+
+/// An RFC 9457 problem document with gstgate's extension members.
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    /// URI naming the problem type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short summary of the type.
+    pub title: &'static str,
+    /// HTTP status.
+    pub status: u16,
+    /// What happened in this case.
+    pub detail: String,
+    /// Stable gstgate code.
+    pub code: &'static str,
+    /// The upstream's error code, when it gave one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_code: Option<String>,
+    /// What fixes it.
+    pub remedy: &'static str,
+    /// The request id, to quote to the operator.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// The error travels in the response extensions so the access log can name it.
+#[derive(Debug, Clone)]
+pub struct ErrorCode(pub &'static str);
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        build_response(&self, None)
+    }
+}
+
+/// The problem response with the request id filled in.
+pub fn problem_response(err: &GatewayError, request_id: &str) -> Response {
+    build_response(err, Some(request_id))
+}
+
+fn build_response(err: &GatewayError, request_id: Option<&str>) -> Response {
+    let mut problem = err.problem();
+    problem.request_id = request_id.map(str::to_owned);
+    // Serialising a struct of strings and integers cannot fail.
+    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    let mut res = (err.status(), body).into_response();
+    let headers = res.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if let Some(secs) = err.retry_after() {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    res.extensions_mut().insert(ErrorCode(err.code()));
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_carries_code_status_remedy_and_upstream_code() {
+        let e = GatewayError::CredentialsRejected {
+            gstin: "27AAPFU0939F1ZV".into(),
+            username: "u".into(),
+            upstream_code: Some("1019".into()),
+        };
+        let p = e.problem();
+        assert_eq!(p.status, 502);
+        assert_eq!(p.code, "credentials_rejected");
+        assert_eq!(p.upstream_code.as_deref(), Some("1019"));
+        assert!(p.kind.ends_with("credentials_rejected"));
+        assert!(!p.remedy.is_empty());
+    }
+}

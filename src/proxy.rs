@@ -1,0 +1,498 @@
+//! The request path (DESIGN.md §1), one function per phase, called in order from
+//! [`Proxy::process`]:
+//!
+//! 1. accept — request id, in-flight gauge, overall timeout ([`Proxy::serve`])
+//! 2. caller auth — API key → client
+//! 3. route — path prefix → upstream
+//! 4. identity — `gstin` (+ `user_name`) → allowed? → credential slot
+//! 5. session — a usable session, logging in single-flight if needed
+//! 6. build — forwardable caller headers + injected upstream headers, body encrypted
+//! 7. send — pooled client, timeouts, size cap
+//! 8. classify — read the body's status and error codes
+//! 9. respond — decrypt, pass through, or a problem
+//!
+//! A token rejection invalidates that session generation, gets a session once more and
+//! replays once: two upstream attempts at most, never a loop.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+
+use crate::clients::{Client, Clients};
+use crate::config::{ChecksumPolicy, Encryption};
+use crate::gstin::Gstin;
+use crate::metrics::{status_class, Metrics, RequestLabels, ResultLabels, UpstreamLabel};
+use crate::problem::{problem_response, ErrorCode, GatewayError};
+use crate::session::{Session, Sessions, Slot, Trigger};
+use crate::upstream::{Class, Upstream};
+
+/// Caller headers that never reach the upstream: hop-by-hop, framing, the caller's own
+/// credentials, and anything that could smuggle a token or client secret past the injection.
+const DROPPED_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    // gstgate must read the reply to classify and decrypt it.
+    "accept-encoding",
+    "x-api-key",
+    "authorization",
+    "authtoken",
+    "auth-token",
+    "client_id",
+    "client-id",
+    "client_secret",
+    "client-secret",
+    "clientid",
+    "gstin",
+    "user_name",
+];
+
+/// Upstream reply headers not relayed to the caller.
+const DROPPED_REPLY_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "trailer",
+    "upgrade",
+    "content-length",
+    "proxy-authenticate",
+    "set-cookie",
+];
+
+/// The `x-request-id` header.
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The proxy listener's state.
+pub struct Proxy {
+    clients: Clients,
+    upstreams: Vec<Arc<Upstream>>,
+    sessions: Arc<Sessions>,
+    metrics: Arc<Metrics>,
+    max_body_bytes: usize,
+    request_timeout: Duration,
+    no_route: Arc<str>,
+}
+
+/// What the access log line reports about a request.
+#[derive(Default)]
+struct Outcome {
+    client: Option<Arc<str>>,
+    upstream: Option<Arc<str>>,
+    gstin: Option<Gstin>,
+    upstream_status: Option<u16>,
+    upstream_code: Option<String>,
+    retries: u32,
+}
+
+/// Decrements the in-flight gauge however the request ends (including cancellation).
+struct Inflight<'a>(&'a Metrics);
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.dec();
+    }
+}
+
+impl Proxy {
+    /// Assembles the proxy from its parts.
+    pub fn new(
+        clients: Clients,
+        upstreams: Vec<Arc<Upstream>>,
+        sessions: Arc<Sessions>,
+        metrics: Arc<Metrics>,
+        max_body_bytes: usize,
+        request_timeout: Duration,
+    ) -> Self {
+        Self {
+            clients,
+            upstreams,
+            sessions,
+            metrics,
+            max_body_bytes,
+            request_timeout,
+            no_route: "none".into(),
+        }
+    }
+
+    /// Phase 1, accept: wraps [`Proxy::process`] with the request id, the overall timeout,
+    /// metrics and the access log line.
+    pub async fn serve<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<Body>, Infallible>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let started = Instant::now();
+        self.metrics.inflight.inc();
+        let _inflight = Inflight(&self.metrics);
+        let request_id = request_id(req.headers());
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let mut outcome = Outcome::default();
+        let result =
+            tokio::time::timeout(self.request_timeout, self.process(req, &mut outcome)).await;
+        let mut res = match result {
+            Ok(Ok(res)) => res,
+            Ok(Err(err)) => problem_response(&err, &request_id),
+            Err(_) => problem_response(
+                &GatewayError::UpstreamTimeout(self.request_timeout.as_millis()),
+                &request_id,
+            ),
+        };
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            res.headers_mut().insert(REQUEST_ID.clone(), v);
+        }
+        let status = res.status().as_u16();
+        let upstream = outcome
+            .upstream
+            .clone()
+            .unwrap_or_else(|| self.no_route.clone());
+        let elapsed = started.elapsed();
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                upstream: upstream.clone().into(),
+                status: status_class(status),
+            })
+            .inc();
+        self.metrics
+            .request_duration
+            .get_or_create(&UpstreamLabel {
+                upstream: upstream.clone().into(),
+            })
+            .observe(elapsed.as_secs_f64());
+        let error = res.extensions().get::<ErrorCode>().map(|c| c.0);
+        tracing::info!(
+            target: "gstgate::access",
+            request_id = %request_id,
+            client = outcome.client.as_deref(),
+            upstream = %upstream,
+            gstin = outcome.gstin.as_ref().map(Gstin::as_str),
+            method = %method,
+            path = %path,
+            status,
+            upstream_status = outcome.upstream_status,
+            upstream_code = outcome.upstream_code.as_deref(),
+            error,
+            retries = outcome.retries,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+        Ok(res)
+    }
+
+    /// Phases 2–9.
+    async fn process<B>(
+        &self,
+        req: Request<B>,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, GatewayError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let (parts, body) = req.into_parts();
+        let client = self.clients.authenticate(&parts.headers)?;
+        outcome.client = Some(client.name.clone());
+        let (index, upstream) = self.route(parts.uri.path())?;
+        outcome.upstream = Some(upstream.name.clone());
+        let slot = self.identity(&client, index, upstream, &parts.headers, outcome)?;
+        let body = self.read_body(&parts.headers, body).await?;
+
+        if upstream.is_auth_path(parts.uri.path()) {
+            let session = self.sessions.session(&slot, Trigger::Cold).await?;
+            return Ok(json_response(
+                StatusCode::OK,
+                upstream
+                    .profile
+                    .auth_answer(&slot.credential.username, session.expires_at),
+            ));
+        }
+
+        let path_and_query = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let forward = forwardable(&parts.headers);
+        let mut session = self.sessions.session(&slot, Trigger::Cold).await?;
+        let mut attempt = 0;
+        loop {
+            let (headers, wire) = build(upstream, &slot, &session, &forward, &parts.method, &body)?;
+            let (status, reply_headers, reply) = upstream
+                .send(parts.method.clone(), path_and_query, headers, wire)
+                .await?;
+            outcome.upstream_status = Some(status.as_u16());
+            let parsed = upstream.profile.read_reply(status, &reply);
+            outcome.upstream_code = parsed.verdict.code.clone();
+            let retried = attempt > 0;
+            let retry_label = |result: &'static str| ResultLabels {
+                upstream: upstream.name.clone().into(),
+                result,
+            };
+            match parsed.verdict.class {
+                Class::TokenRejected if !retried => {
+                    // Compare-and-invalidate: if another request already replaced this
+                    // generation, this one simply picks up the newer session.
+                    self.sessions.invalidate(&slot, session.generation);
+                    session = self
+                        .sessions
+                        .session(&slot, Trigger::Rejected)
+                        .await
+                        .inspect_err(|_| {
+                            self.metrics
+                                .rejected_retries
+                                .get_or_create(&retry_label("failed"))
+                                .inc();
+                        })?;
+                    attempt += 1;
+                    outcome.retries = 1;
+                    continue;
+                }
+                Class::TokenRejected => {
+                    self.metrics
+                        .rejected_retries
+                        .get_or_create(&retry_label("failed"))
+                        .inc();
+                    return Err(GatewayError::TokenRejected {
+                        upstream_code: parsed.verdict.code,
+                    });
+                }
+                _ if retried => {
+                    self.metrics
+                        .rejected_retries
+                        .get_or_create(&retry_label("recovered"))
+                        .inc();
+                }
+                _ => {}
+            }
+            return respond(
+                upstream,
+                &slot,
+                &session,
+                status,
+                &reply_headers,
+                reply,
+                parsed,
+            );
+        }
+    }
+
+    /// Phase 3, route: the upstream whose longest route prefix matches.
+    fn route(&self, path: &str) -> Result<(usize, &Arc<Upstream>), GatewayError> {
+        self.upstreams
+            .iter()
+            .enumerate()
+            .filter(|(_, u)| u.routes_path(path))
+            .max_by_key(|(_, u)| {
+                u.routes
+                    .iter()
+                    .filter(|r| path.starts_with(r.as_str()))
+                    .map(|r| r.len())
+                    .max()
+            })
+            .ok_or_else(|| GatewayError::RouteNotFound(path.chars().take(200).collect()))
+    }
+
+    /// Phase 4, identity: validated GSTIN, allowed for this client, with a credential.
+    fn identity(
+        &self,
+        client: &Client,
+        index: usize,
+        upstream: &Upstream,
+        headers: &HeaderMap,
+        outcome: &mut Outcome,
+    ) -> Result<Arc<Slot>, GatewayError> {
+        let raw = headers
+            .get("gstin")
+            .ok_or(GatewayError::GstinMissing)?
+            .to_str()
+            .map_err(|_| GatewayError::GstinInvalid("not ASCII".into()))?;
+        let gstin = Gstin::parse(raw).map_err(|e| GatewayError::GstinInvalid(e.to_string()))?;
+        if let Err(e) = gstin.verify_checksum() {
+            match upstream.checksum {
+                ChecksumPolicy::Enforce => return Err(GatewayError::GstinInvalid(e.to_string())),
+                ChecksumPolicy::Warn => {
+                    tracing::warn!(gstin = %gstin, upstream = %upstream.name, "GSTIN fails the checksum (gstin_checksum = \"warn\")");
+                }
+            }
+        }
+        outcome.gstin = Some(gstin.clone());
+        if !client.allows(&gstin) {
+            return Err(GatewayError::GstinNotAllowed(gstin.to_string()));
+        }
+        let user = headers
+            .get("user_name")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|u| !u.is_empty());
+        self.sessions.lookup(index, &gstin, user)
+    }
+
+    /// Reads the caller's body, refusing more than `max_body_bytes` (buffered so it can be
+    /// replayed after a token rejection).
+    async fn read_body<B>(&self, headers: &HeaderMap, body: B) -> Result<Bytes, GatewayError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
+            return Err(GatewayError::BodyTooLarge(self.max_body_bytes));
+        }
+        match http_body_util::Limited::new(body, self.max_body_bytes)
+            .collect()
+            .await
+        {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(GatewayError::BodyTooLarge(self.max_body_bytes))
+            }
+            Err(_) => Err(GatewayError::BodyInvalid(
+                "the request body could not be read".into(),
+            )),
+        }
+    }
+}
+
+/// The caller's id if it is sane, else a new random one.
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()))
+}
+
+/// The caller headers that may travel upstream.
+fn forwardable(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        if !DROPPED_HEADERS.contains(&name.as_str()) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// Phase 6, build: headers for this attempt (the session may have changed) and the body,
+/// encrypted with this session's SEK in gateway mode.
+fn build(
+    upstream: &Upstream,
+    slot: &Slot,
+    session: &Session,
+    forward: &HeaderMap,
+    method: &Method,
+    body: &Bytes,
+) -> Result<(HeaderMap, Bytes), GatewayError> {
+    let mut headers = forward.clone();
+    let ctx = upstream.header_context(slot.gstin_header(), slot.user_header());
+    upstream
+        .profile
+        .data_headers(&mut headers, &ctx, &session.token);
+    let wire = match upstream.encryption {
+        Encryption::Gateway => {
+            let encoded = upstream
+                .profile
+                .encode_request(method, body, &session.sek)?;
+            if !encoded.is_empty() {
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
+            Bytes::from(encoded)
+        }
+        Encryption::Passthrough => body.clone(),
+    };
+    Ok((headers, wire))
+}
+
+/// Phase 9, respond.
+fn respond(
+    upstream: &Upstream,
+    slot: &Slot,
+    session: &Session,
+    status: StatusCode,
+    reply_headers: &HeaderMap,
+    reply: Bytes,
+    parsed: crate::upstream::Reply,
+) -> Result<Response<Body>, GatewayError> {
+    let verdict = parsed.verdict.clone();
+    if parsed.envelope.is_none() {
+        // Every GST API answers JSON; anything else is an error page or garbage.
+        return Err(if status.is_server_error() {
+            GatewayError::UpstreamUnavailable(format!(
+                "the upstream answered HTTP {status} without a JSON body"
+            ))
+        } else if status == StatusCode::TOO_MANY_REQUESTS {
+            GatewayError::UpstreamThrottled {
+                upstream_code: None,
+            }
+        } else {
+            GatewayError::UpstreamBadResponse(format!("HTTP {status} with a body that is not JSON"))
+        });
+    }
+    match verdict.class {
+        Class::CredentialsRejected => {
+            return Err(GatewayError::CredentialsRejected {
+                gstin: slot.credential.gstin.to_string(),
+                username: slot.credential.username.to_string(),
+                upstream_code: verdict.code,
+            })
+        }
+        Class::Configuration => {
+            return Err(GatewayError::UpstreamConfigRejected {
+                upstream_code: verdict.code,
+                message: verdict.message.unwrap_or_else(|| "request refused".into()),
+            })
+        }
+        _ => {}
+    }
+    let body = if verdict.class == Class::Success && upstream.encryption == Encryption::Gateway {
+        Bytes::from(upstream.profile.decode_reply(parsed, &session.sek)?)
+    } else {
+        reply
+    };
+    let mut res = Response::new(Body::from(body));
+    *res.status_mut() = status;
+    let headers = res.headers_mut();
+    for (name, value) in reply_headers {
+        if !DROPPED_REPLY_HEADERS.contains(&name.as_str()) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    if upstream.encryption == Encryption::Gateway {
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    Ok(res)
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut res = Response::new(Body::from(body));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}

@@ -1,0 +1,331 @@
+//! Listeners and lifecycle: builds the gateway from its configuration, serves the proxy and
+//! admin ports, and shuts down gracefully on SIGTERM/SIGINT.
+//!
+//! Connections are served by hyper directly (not `axum::serve`) so that the header size limit
+//! and the header-read timeout — the slowloris defences — are ours to set. On a shutdown signal
+//! the listeners are closed at once (new connections are refused), idle keep-alive connections
+//! are closed, and in-flight requests get `shutdown_grace` to finish.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::Request;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt as _;
+
+use crate::admin::{self, Admin};
+use crate::clients::Clients;
+use crate::config::Config;
+use crate::metrics::{Metrics, SessionGauges};
+use crate::proxy::Proxy;
+use crate::session::Sessions;
+use crate::upstream::Upstream;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// An upstream could not be built.
+    #[error(transparent)]
+    Upstream(#[from] crate::upstream::UpstreamError),
+    /// A credential could not be turned into a session slot.
+    #[error(transparent)]
+    Sessions(#[from] crate::session::SessionsError),
+    /// The client table is invalid.
+    #[error("clients: {0}")]
+    Clients(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The in-process simulator could not start.
+    #[error("simulator: {0}")]
+    Simulator(String),
+}
+
+/// A running gateway.
+pub struct Running {
+    /// The proxy listener's address.
+    pub proxy_addr: SocketAddr,
+    /// The admin listener's address.
+    pub admin_addr: SocketAddr,
+    /// The in-process simulator's address, if the config runs one.
+    pub simulator_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    simulator: Option<crate::sim::SimHandle>,
+}
+
+impl Running {
+    /// Stops accepting, waits for in-flight requests (up to the grace period), then returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        if let Some(sim) = self.simulator {
+            sim.shutdown().await;
+        }
+    }
+}
+
+/// Builds everything from `config` and starts serving; returns once both ports listen.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let simulator = match &config.simulator {
+        Some(sim) => Some(start_simulator(&config, sim).await?),
+        None => None,
+    };
+    let gauges = SessionGauges::default();
+    let (metrics, registry) = Metrics::new(gauges.clone());
+    let upstreams = config
+        .upstreams
+        .iter()
+        .map(|u| Upstream::from_config(u, metrics.clone()).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sessions = Sessions::new(&upstreams, &config.credentials, metrics.clone())?;
+    gauges.attach(&sessions);
+    let clients = Clients::from_config(&config.clients).map_err(StartError::Clients)?;
+    let server = &config.server;
+    let proxy = Arc::new(Proxy::new(
+        clients,
+        upstreams,
+        sessions.clone(),
+        metrics,
+        server.max_body_bytes,
+        server.request_timeout,
+    ));
+    let admin = Arc::new(Admin {
+        sessions,
+        registry,
+        token: server.admin_token.clone(),
+    });
+
+    let bind = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })
+    };
+    let proxy_listener = bind(server.listen).await?;
+    let admin_listener = bind(server.admin_listen).await?;
+    let local = |l: &TcpListener, addr| {
+        l.local_addr()
+            .map_err(|source| StartError::Bind { addr, source })
+    };
+    let proxy_addr = local(&proxy_listener, server.listen)?;
+    let admin_addr = local(&admin_listener, server.admin_listen)?;
+
+    let (shutdown, watch_rx) = watch::channel(false);
+    let limits = Limits {
+        max_header_bytes: server.max_header_bytes,
+        header_read_timeout: server.header_read_timeout,
+        grace: server.shutdown_grace,
+    };
+    let proxy_task = tokio::spawn(serve(
+        proxy_listener,
+        limits,
+        watch_rx.clone(),
+        move |req| proxy.clone().serve(req),
+    ));
+    let router = admin::router(admin);
+    let admin_task = tokio::spawn(serve(
+        admin_listener,
+        limits,
+        watch_rx,
+        move |req: Request<Incoming>| {
+            let router = router.clone();
+            async move {
+                let res = router.oneshot(req).await;
+                Ok::<_, Infallible>(match res {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                })
+            }
+        },
+    ));
+    Ok(Running {
+        proxy_addr,
+        admin_addr,
+        simulator_addr: simulator.as_ref().map(|s| s.local_addr()),
+        shutdown,
+        tasks: vec![proxy_task, admin_task],
+        simulator,
+    })
+}
+
+async fn start_simulator(
+    config: &Config,
+    sim: &crate::config::SimulatorConfig,
+) -> Result<crate::sim::SimHandle, StartError> {
+    use secrecy::ExposeSecret;
+    let users = config
+        .credentials
+        .iter()
+        .map(|c| crate::sim::SimUser {
+            gstin: c.gstin.to_ascii_uppercase(),
+            username: c.username.clone(),
+            password: c.password.expose_secret().to_owned(),
+        })
+        .collect();
+    let clients = config
+        .upstreams
+        .iter()
+        .map(|u| crate::sim::SimClient {
+            client_id: u.client_id.expose_secret().to_owned(),
+            client_secret: u.client_secret.expose_secret().to_owned(),
+        })
+        .collect();
+    let cfg = crate::sim::SimConfig {
+        listen: sim.listen,
+        key_file: Some(sim.key_file.clone()),
+        public_key_out: Some(sim.public_key_out.clone()),
+        token_ttl: sim.token_ttl,
+        force_window: sim.force_window,
+        users,
+        clients,
+        ..crate::sim::SimConfig::default()
+    };
+    crate::sim::start(cfg)
+        .await
+        .map_err(|e| StartError::Simulator(e.to_string()))
+}
+
+#[derive(Clone, Copy)]
+struct Limits {
+    max_header_bytes: usize,
+    header_read_timeout: Duration,
+    grace: Duration,
+}
+
+/// hyper needs a read buffer of at least this many bytes.
+const MIN_HYPER_BUFFER: usize = 8192;
+
+async fn serve<F, Fut>(
+    listener: TcpListener,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<http::Response<axum::body::Body>, Infallible>> + Send + 'static,
+{
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(MIN_HYPER_BUFFER))
+        .keep_alive(true);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let handler = handler.clone();
+                let service = hyper::service::service_fn(handler);
+                let conn = http.serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    // Closing the listener is what makes new connections fail at once.
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(limits.grace) => {
+            tracing::warn!("shutdown grace period over; abandoning remaining connections");
+        }
+    }
+}
+
+/// Runs the gateway until SIGTERM or SIGINT: prints the ready line, then shuts down gracefully.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let demo_key = demo_key_hint(&config);
+    let running = start(config).await?;
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "gstgate ready: proxy http://{} admin http://{}",
+            running.proxy_addr, running.admin_addr
+        );
+        if let (Some(sim), Some((key, gstin))) = (running.simulator_addr, demo_key) {
+            let _ = writeln!(out, "simulator (GSP sandbox) on http://{sim}");
+            let _ = writeln!(out, "try:\n{}", demo_curl(running.proxy_addr, &key, &gstin));
+        }
+        let _ = out.flush();
+    }
+    tracing::info!(proxy = %running.proxy_addr, admin = %running.admin_addr, "gstgate ready");
+    shutdown_signal().await;
+    tracing::info!("shutting down: refusing new connections, finishing in-flight requests");
+    running.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The demo config may name its caller key in `GSTGATE_DEMO_KEY`-style comments; the ready
+/// line needs the plain key, which only the demo knows, so the demo config sets it in
+/// `[simulator] demo_api_key`.
+fn demo_key_hint(config: &Config) -> Option<(String, String)> {
+    let sim = config.simulator.as_ref()?;
+    let key = sim.demo_api_key.clone()?;
+    let gstin = config.credentials.first()?.gstin.to_ascii_uppercase();
+    Some((key, gstin))
+}
+
+fn demo_curl(proxy: SocketAddr, key: &str, gstin: &str) -> String {
+    let port = proxy.port();
+    let host = if proxy.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        proxy.ip().to_string()
+    };
+    let doc = format!("DEMO/{}", rand::random::<u16>());
+    let today = chrono::Utc::now().format("%d/%m/%Y");
+    format!(
+        "curl -s http://{host}:{port}/eicore/v1.03/Invoice -H 'x-api-key: {key}' -H 'gstin: {gstin}' -H 'content-type: application/json' -d '{{\"Version\":\"1.1\",\"TranDtls\":{{\"TaxSch\":\"GST\",\"SupTyp\":\"B2B\"}},\"DocDtls\":{{\"Typ\":\"INV\",\"No\":\"{doc}\",\"Dt\":\"{today}\"}},\"SellerDtls\":{{\"Gstin\":\"{gstin}\",\"LglNm\":\"Demo Seller\",\"Addr1\":\"1 Demo Road\",\"Loc\":\"Mumbai\",\"Pin\":400001,\"Stcd\":\"27\"}},\"BuyerDtls\":{{\"Gstin\":\"27AAACR5055K1Z7\",\"LglNm\":\"Demo Buyer\",\"Pos\":\"27\",\"Addr1\":\"2 Demo Road\",\"Loc\":\"Pune\",\"Pin\":411001,\"Stcd\":\"27\"}},\"ItemList\":[{{\"SlNo\":\"1\",\"IsServc\":\"N\",\"HsnCd\":\"1001\",\"Qty\":1,\"Unit\":\"NOS\",\"UnitPrice\":100,\"TotAmt\":100,\"AssAmt\":100,\"GstRt\":18,\"CgstAmt\":9,\"SgstAmt\":9,\"TotItemVal\":118}}],\"ValDtls\":{{\"AssVal\":100,\"CgstVal\":9,\"SgstVal\":9,\"TotInvVal\":118}}}}'"
+    )
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,172 @@
+//! The lockout guard (DESIGN.md §3): what stands between a burst of caller requests and an
+//! upstream that blocks taxpayers whose software hammers its login.
+//!
+//! * Credential and configuration rejections lock the credential out until an operator
+//!   resets it (or the config changes): retrying a wrong password only gets the user blocked.
+//! * Logins are rate-limited per credential (sliding window).
+//! * Transient failures back off exponentially with full jitter, so that many gateways or
+//!   many GSTINs failing together do not retry in lock-step.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use super::State;
+use crate::problem::GatewayError;
+
+/// First backoff step after a transient login failure.
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// Longest backoff between login attempts.
+const BACKOFF_CAP: Duration = Duration::from_secs(60);
+
+/// Per-credential login admission.
+#[derive(Debug)]
+pub struct Guard {
+    max_logins: u32,
+    window: Duration,
+    /// Send times of recent logins, oldest first.
+    recent: VecDeque<Instant>,
+    lockout: Option<(State, GatewayError)>,
+    failures: u32,
+    backoff_until: Option<Instant>,
+    last_failure: Option<String>,
+}
+
+impl Guard {
+    /// A guard allowing `max_logins` per `window`.
+    pub fn new(max_logins: u32, window: Duration) -> Self {
+        Self {
+            max_logins,
+            window,
+            recent: VecDeque::new(),
+            lockout: None,
+            failures: 0,
+            backoff_until: None,
+            last_failure: None,
+        }
+    }
+
+    /// Admits a login now, or says why not. An admitted login counts against the limit.
+    pub fn admit(&mut self, now: Instant) -> Result<(), GatewayError> {
+        if let Some((_, err)) = &self.lockout {
+            return Err(err.clone());
+        }
+        if let Some(until) = self.backoff_until.filter(|u| *u > now) {
+            return Err(GatewayError::LoginBackoff {
+                retry_after_secs: secs_ceil(until - now),
+                reason: self
+                    .last_failure
+                    .clone()
+                    .unwrap_or_else(|| "previous login failed".into()),
+            });
+        }
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= self.max_logins as usize {
+            let oldest = self.recent.front().copied().unwrap_or(now);
+            return Err(GatewayError::LoginThrottled {
+                retry_after_secs: secs_ceil((oldest + self.window).saturating_duration_since(now)),
+            });
+        }
+        self.recent.push_back(now);
+        Ok(())
+    }
+
+    /// A login succeeded: forget past failures.
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+        self.backoff_until = None;
+        self.last_failure = None;
+    }
+
+    /// A login failed transiently: back off.
+    pub fn failed(&mut self, now: Instant, reason: String) {
+        self.failures = self.failures.saturating_add(1);
+        let ceiling = BACKOFF_BASE
+            .saturating_mul(1u32 << self.failures.min(16))
+            .min(BACKOFF_CAP);
+        self.backoff_until = Some(now + ceiling.mul_f64(rand::random::<f64>()));
+        self.last_failure = Some(reason);
+    }
+
+    /// Stops all logins until [`Guard::reset`].
+    pub fn lock_out(&mut self, state: State, err: GatewayError) {
+        self.lockout = Some((state, err));
+    }
+
+    /// Clears a lockout and the backoff (operator action).
+    pub fn reset(&mut self) {
+        self.lockout = None;
+        self.succeeded();
+    }
+
+    /// The state a lockout imposes, if any.
+    pub fn locked_state(&self) -> Option<State> {
+        self.lockout.as_ref().map(|(s, _)| *s)
+    }
+
+    /// How long until the next attempt is worth making.
+    pub fn retry_delay(&self) -> Duration {
+        self.backoff_until
+            .map(|u| u.saturating_duration_since(Instant::now()))
+            .unwrap_or(BACKOFF_BASE)
+            .max(BACKOFF_BASE)
+    }
+}
+
+fn secs_ceil(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_admits_max_logins_per_window() {
+        let mut g = Guard::new(2, Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert!(g.admit(t0).is_ok());
+        assert!(g.admit(t0).is_ok());
+        let err = g.admit(t0 + Duration::from_secs(1)).unwrap_err();
+        assert!(matches!(
+            err,
+            GatewayError::LoginThrottled {
+                retry_after_secs: 59
+            }
+        ));
+        assert!(g.admit(t0 + Duration::from_secs(60)).is_ok());
+    }
+
+    #[test]
+    fn lockout_stops_logins_until_reset() {
+        let mut g = Guard::new(10, Duration::from_secs(60));
+        let err = GatewayError::CredentialsRejected {
+            gstin: "g".into(),
+            username: "u".into(),
+            upstream_code: Some("1019".into()),
+        };
+        g.lock_out(State::CredentialsRejected, err.clone());
+        assert_eq!(g.admit(Instant::now()).unwrap_err(), err);
+        assert_eq!(g.locked_state(), Some(State::CredentialsRejected));
+        g.reset();
+        assert!(g.admit(Instant::now()).is_ok());
+    }
+
+    #[test]
+    fn transient_failures_back_off_within_the_cap() {
+        let mut g = Guard::new(100, Duration::from_secs(60));
+        let now = Instant::now();
+        for _ in 0..20 {
+            g.failed(now, "x".into());
+        }
+        let until = g.backoff_until.unwrap();
+        assert!(until <= now + BACKOFF_CAP);
+        g.succeeded();
+        assert!(g.admit(now).is_ok());
+    }
+}

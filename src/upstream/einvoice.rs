@@ -1,0 +1,351 @@
+//! The NIC e-invoice (IRP) profile (PROTOCOL.md §1).
+
+use std::time::{Duration, SystemTime};
+
+use chrono::{FixedOffset, NaiveDateTime, TimeZone};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Map, Value};
+use zeroize::Zeroizing;
+
+use super::{Class, HeaderContext, Login, LoginFailure, LoginRequest, Profile, Reply, Verdict};
+use crate::crypto::{b64_encode, AesKey, PublicKey};
+use crate::problem::GatewayError;
+
+/// NIC issues a new token on `ForceRefreshAccessToken` only in its last 10 minutes.
+pub const FORCE_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// IST is UTC+05:30; NIC's `TokenExpiry` and `AckDt` are IST wall-clock times with no offset.
+const IST_OFFSET_SECS: i32 = 5 * 3600 + 30 * 60;
+
+/// The NIC e-invoice API.
+pub struct Einvoice;
+
+/// Parses NIC's `yyyy-MM-dd HH:mm:ss` IST timestamp into a UTC instant.
+pub fn parse_ist(text: &str) -> Option<SystemTime> {
+    let naive = NaiveDateTime::parse_from_str(text.trim(), "%Y-%m-%d %H:%M:%S").ok()?;
+    let ist = FixedOffset::east_opt(IST_OFFSET_SECS)?;
+    let at = ist.from_local_datetime(&naive).single()?;
+    Some(SystemTime::from(at))
+}
+
+/// Formats a UTC instant as NIC's IST `yyyy-MM-dd HH:mm:ss`.
+pub fn format_ist(at: SystemTime) -> String {
+    let utc: chrono::DateTime<chrono::Utc> = at.into();
+    match FixedOffset::east_opt(IST_OFFSET_SECS) {
+        Some(ist) => utc
+            .with_timezone(&ist)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string(),
+        None => utc.format("%Y-%m-%d %H:%M:%S").to_string(),
+    }
+}
+
+/// The class of a NIC e-invoice error code (PROTOCOL.md §1 table).
+fn classify_code(code: &str) -> Class {
+    match code {
+        "1005" => Class::TokenRejected,
+        "1008" | "1014" | "1017" | "1019" => Class::CredentialsRejected,
+        "1007" | "1010" | "1011" | "1012" | "1013" | "1016" | "1018" => Class::Configuration,
+        "1004" | "1006" | "1015" => Class::CallerInput,
+        "5001" | "5002" => Class::Transient,
+        _ => Class::Business,
+    }
+}
+
+/// `Status` arrives as `1` or `"1"`.
+fn status_of(envelope: &Map<String, Value>) -> Option<i64> {
+    match envelope.get("Status").or_else(|| envelope.get("status"))? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// The first `ErrorDetails` entry's code and message.
+fn first_error(envelope: &Map<String, Value>) -> (Option<String>, Option<String>) {
+    let first = envelope
+        .get("ErrorDetails")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first());
+    let text = |v: Option<&Value>| match v {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    match first {
+        Some(e) => (text(e.get("ErrorCode")), text(e.get("ErrorMessage"))),
+        None => (None, None),
+    }
+}
+
+/// Classifies a parsed envelope: any code of a stronger class wins over business codes.
+fn verdict_of(envelope: &Map<String, Value>) -> Verdict {
+    if status_of(envelope) == Some(1) {
+        return Verdict::success();
+    }
+    let (code, message) = first_error(envelope);
+    let mut class = code
+        .as_deref()
+        .map(classify_code)
+        .unwrap_or(Class::Business);
+    if let Some(all) = envelope.get("ErrorDetails").and_then(Value::as_array) {
+        for e in all {
+            if let Some(Value::String(c)) = e.get("ErrorCode") {
+                let k = classify_code(c);
+                if k != Class::Business && class == Class::Business {
+                    class = k;
+                }
+            }
+        }
+    }
+    Verdict {
+        class,
+        code,
+        message,
+    }
+}
+
+fn parse_envelope(body: &[u8]) -> Option<Map<String, Value>> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(m)) => Some(m),
+        _ => None,
+    }
+}
+
+impl Profile for Einvoice {
+    fn default_header_names(&self) -> [&'static str; 5] {
+        [
+            "client_id",
+            "client_secret",
+            "Gstin",
+            "user_name",
+            "AuthToken",
+        ]
+    }
+
+    fn force_window(&self) -> Option<Duration> {
+        Some(FORCE_WINDOW)
+    }
+
+    fn login_request(
+        &self,
+        username: &str,
+        password: &SecretString,
+        force: bool,
+        key: &PublicKey,
+    ) -> Result<LoginRequest, GatewayError> {
+        let app_key = AesKey::random();
+        let inner = Zeroizing::new(
+            serde_json::to_vec(&json!({
+                "UserName": username,
+                "Password": password.expose_secret(),
+                "AppKey": app_key.to_base64().as_str(),
+                "ForceRefreshAccessToken": force,
+            }))
+            .map_err(|e| GatewayError::Internal(e.to_string()))?,
+        );
+        // NIC base64-encodes the JSON before RSA, which is what makes long passwords overflow
+        // the 245-byte block: say so plainly instead of failing inside RSA.
+        let encoded = Zeroizing::new(b64_encode(&inner));
+        let sealed = key.encrypt(encoded.as_bytes()).map_err(|e| {
+            GatewayError::UpstreamConfigRejected {
+                upstream_code: None,
+                message: format!("login payload cannot be encrypted: {e}; the username or password is too long for the upstream's RSA key"),
+            }
+        })?;
+        let body = serde_json::to_vec(&json!({ "Data": b64_encode(&sealed) }))
+            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        Ok(LoginRequest { body, app_key })
+    }
+
+    fn login_headers(&self, out: &mut HeaderMap, ctx: &HeaderContext<'_>) {
+        out.insert(ctx.names.client_id.clone(), ctx.client_id.clone());
+        out.insert(ctx.names.client_secret.clone(), ctx.client_secret.clone());
+        out.insert(ctx.names.gstin.clone(), ctx.gstin.clone());
+    }
+
+    fn parse_login(&self, body: &[u8], app_key: &AesKey) -> Result<Login, LoginFailure> {
+        let envelope = parse_envelope(body)
+            .ok_or_else(|| LoginFailure::BadReply("login reply is not a JSON object".into()))?;
+        let verdict = verdict_of(&envelope);
+        if verdict.class != Class::Success {
+            return Err(LoginFailure::Refused(verdict));
+        }
+        let data = envelope
+            .get("Data")
+            .and_then(Value::as_object)
+            .ok_or_else(|| LoginFailure::BadReply("login reply has no Data object".into()))?;
+        let field = |name: &str| {
+            data.get(name)
+                .and_then(Value::as_str)
+                .ok_or_else(|| LoginFailure::BadReply(format!("login reply has no {name}")))
+        };
+        let token = SecretString::from(field("AuthToken")?.to_owned());
+        let sek = app_key
+            .unwrap_key(field("Sek")?)
+            .map_err(|e| LoginFailure::BadReply(format!("cannot decrypt the SEK: {e}")))?;
+        let expiry = field("TokenExpiry")?;
+        let expires_at = parse_ist(expiry).ok_or_else(|| {
+            LoginFailure::BadReply("TokenExpiry is not yyyy-MM-dd HH:mm:ss".into())
+        })?;
+        Ok(Login {
+            token,
+            sek,
+            expires_at: Some(expires_at),
+        })
+    }
+
+    fn data_headers(&self, out: &mut HeaderMap, ctx: &HeaderContext<'_>, token: &HeaderValue) {
+        out.insert(ctx.names.client_id.clone(), ctx.client_id.clone());
+        out.insert(ctx.names.client_secret.clone(), ctx.client_secret.clone());
+        out.insert(ctx.names.gstin.clone(), ctx.gstin.clone());
+        out.insert(ctx.names.user_name.clone(), ctx.user_name.clone());
+        out.insert(ctx.names.auth_token.clone(), token.clone());
+    }
+
+    fn encode_request(
+        &self,
+        method: &Method,
+        body: &[u8],
+        sek: &AesKey,
+    ) -> Result<Vec<u8>, GatewayError> {
+        if matches!(*method, Method::GET | Method::HEAD | Method::DELETE) && body.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Validate without building a tree: the upstream gets the caller's bytes, encrypted.
+        serde_json::from_slice::<serde::de::IgnoredAny>(body)
+            .map_err(|e| GatewayError::BodyInvalid(format!("not JSON: {e}")))?;
+        let data = sek.encrypt_b64(body);
+        let mut out = Vec::with_capacity(data.len() + 12);
+        out.extend_from_slice(b"{\"Data\":\"");
+        out.extend_from_slice(data.as_bytes());
+        out.extend_from_slice(b"\"}");
+        Ok(out)
+    }
+
+    fn read_reply(&self, status: StatusCode, body: &[u8]) -> Reply {
+        match parse_envelope(body) {
+            Some(envelope) => Reply {
+                verdict: verdict_of(&envelope),
+                envelope: Some(envelope),
+            },
+            None => Reply {
+                verdict: Verdict {
+                    class: if status.is_server_error() {
+                        Class::Transient
+                    } else if status == StatusCode::TOO_MANY_REQUESTS {
+                        Class::Throttled
+                    } else {
+                        Class::Business
+                    },
+                    code: None,
+                    message: None,
+                },
+                envelope: None,
+            },
+        }
+    }
+
+    fn decode_reply(&self, reply: Reply, sek: &AesKey) -> Result<Vec<u8>, GatewayError> {
+        let mut envelope = reply
+            .envelope
+            .ok_or_else(|| GatewayError::UpstreamBadResponse("the reply is not JSON".into()))?;
+        if let Some(Value::String(data)) = envelope.get("Data") {
+            let plain = sek.decrypt_b64(data).map_err(|e| {
+                GatewayError::UpstreamBadResponse(format!(
+                    "Data does not decrypt with the session key: {e}"
+                ))
+            })?;
+            let value: Value = serde_json::from_slice(&plain).map_err(|_| {
+                GatewayError::UpstreamBadResponse("decrypted Data is not JSON".into())
+            })?;
+            envelope.insert("Data".into(), value);
+        }
+        serde_json::to_vec(&envelope).map_err(|e| GatewayError::Internal(e.to_string()))
+    }
+
+    fn auth_answer(&self, username: &str, expires_at: SystemTime) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "Status": 1,
+            "Data": {
+                "UserName": username,
+                "AuthToken": "managed-by-gstgate",
+                "Sek": null,
+                "TokenExpiry": format_ist(expires_at),
+            },
+            "ErrorDetails": null,
+            "InfoDtls": null,
+        }))
+        .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_expiry_is_ist_not_utc() {
+        let at = parse_ist("2026-11-25 17:30:00").unwrap();
+        let utc: chrono::DateTime<chrono::Utc> = at.into();
+        assert_eq!(
+            utc.format("%Y-%m-%d %H:%M:%S").to_string(),
+            "2026-11-25 12:00:00"
+        );
+        assert_eq!(format_ist(at), "2026-11-25 17:30:00");
+        assert!(parse_ist("25/11/2026 17:30").is_none());
+    }
+
+    #[test]
+    fn classification_reads_the_body_and_lenient_status() {
+        let p = Einvoice;
+        let r = p.read_reply(StatusCode::OK, br#"{"Status":"1","Data":"x"}"#);
+        assert_eq!(r.verdict.class, Class::Success);
+        let r = p.read_reply(
+            StatusCode::OK,
+            br#"{"Status":0,"ErrorDetails":[{"ErrorCode":"1005","ErrorMessage":"Invalid Token"}]}"#,
+        );
+        assert_eq!(r.verdict.class, Class::TokenRejected);
+        assert_eq!(r.verdict.code.as_deref(), Some("1005"));
+        let r = p.read_reply(
+            StatusCode::OK,
+            br#"{"Status":0,"ErrorDetails":[{"ErrorCode":"2150","ErrorMessage":"Duplicate IRN"}]}"#,
+        );
+        assert_eq!(r.verdict.class, Class::Business);
+        let r = p.read_reply(StatusCode::BAD_GATEWAY, b"<html>bad gateway</html>");
+        assert_eq!(r.verdict.class, Class::Transient);
+        assert!(r.envelope.is_none());
+    }
+
+    #[test]
+    fn gateway_encoding_round_trips_and_rejects_non_json() {
+        let p = Einvoice;
+        let sek = AesKey::random();
+        let wire = p
+            .encode_request(&Method::POST, br#"{"a":1}"#, &sek)
+            .unwrap();
+        let v: Value = serde_json::from_slice(&wire).unwrap();
+        assert_eq!(
+            sek.decrypt_b64(v["Data"].as_str().unwrap()).unwrap(),
+            br#"{"a":1}"#
+        );
+        assert!(matches!(
+            p.encode_request(&Method::POST, b"a=1", &sek),
+            Err(GatewayError::BodyInvalid(_))
+        ));
+        let reply = format!(
+            r#"{{"Status":1,"Data":"{}","InfoDtls":null}}"#,
+            sek.encrypt_b64(br#"{"Irn":"x"}"#)
+        );
+        let r = p.read_reply(StatusCode::OK, reply.as_bytes());
+        let out: Value = serde_json::from_slice(&p.decode_reply(r, &sek).unwrap()).unwrap();
+        assert_eq!(out["Data"]["Irn"], "x");
+        assert_eq!(out["Status"], 1);
+        let r = p.read_reply(StatusCode::OK, br#"{"Status":1,"Data":"AAAA"}"#);
+        assert!(matches!(
+            p.decode_reply(r, &sek),
+            Err(GatewayError::UpstreamBadResponse(_))
+        ));
+    }
+}

@@ -1,0 +1,481 @@
+//! Upstream GSP APIs: one [`Profile`] per API kind, and the HTTP client that calls them.
+//!
+//! Profiles are the one place where NIC e-invoice, e-way bill and GSTN differ: how to log in,
+//! which headers a call carries, how a body is encrypted and a reply decrypted, and how a
+//! reply is classified. The rest of the gateway speaks only of sessions and [`Class`]es.
+
+pub mod einvoice;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::{ApiKind, ChecksumPolicy, Encryption, UpstreamConfig};
+use crate::crypto::{AesKey, PublicKey};
+use crate::metrics::{Metrics, UpstreamLabel};
+use crate::problem::GatewayError;
+
+/// The header roles whose names an upstream's `header_names` may override.
+pub const HEADER_ROLES: &[&str] = &[
+    "client_id",
+    "client_secret",
+    "gstin",
+    "user_name",
+    "auth_token",
+];
+
+/// What an upstream reply means to the gateway (DESIGN.md §1 step 8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// It worked.
+    Success,
+    /// The token is expired, revoked or does not match the headers: re-login once, replay once.
+    TokenRejected,
+    /// The taxpayer's username/password are wrong: never retry.
+    CredentialsRejected,
+    /// gstgate's own client id/secret/key are wrong: never retry.
+    Configuration,
+    /// The caller sent something wrong; pass the reply through.
+    CallerInput,
+    /// The upstream is having trouble; worth retrying later.
+    Transient,
+    /// The upstream asks us to slow down.
+    Throttled,
+    /// A business answer (duplicate IRN, validation error): pass through unchanged.
+    Business,
+}
+
+/// A classified upstream reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The class.
+    pub class: Class,
+    /// The first upstream error code, if any.
+    pub code: Option<String>,
+    /// The first upstream error message, if any.
+    pub message: Option<String>,
+}
+
+impl Verdict {
+    /// A success.
+    pub fn success() -> Self {
+        Self {
+            class: Class::Success,
+            code: None,
+            message: None,
+        }
+    }
+}
+
+/// What a successful login yields.
+pub struct Login {
+    /// The auth token.
+    pub token: SecretString,
+    /// The session encryption key.
+    pub sek: AesKey,
+    /// When the token expires (UTC), if the upstream says; else the profile's lifetime applies.
+    pub expires_at: Option<SystemTime>,
+}
+
+/// Why a login failed.
+#[derive(Debug)]
+pub enum LoginFailure {
+    /// The upstream answered with an error code.
+    Refused(Verdict),
+    /// The reply could not be understood or decrypted.
+    BadReply(String),
+}
+
+/// A login request body and the AppKey needed to unwrap the SEK of its reply.
+pub struct LoginRequest {
+    /// The encrypted request body.
+    pub body: Vec<u8>,
+    /// The AppKey sent in it.
+    pub app_key: AesKey,
+}
+
+/// A parsed upstream reply: the verdict, and the JSON envelope when the body was JSON.
+pub struct Reply {
+    /// The classification.
+    pub verdict: Verdict,
+    /// The parsed top-level JSON object.
+    pub envelope: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The header values a profile injects, precomputed so the request path does not allocate.
+pub struct HeaderContext<'a> {
+    /// The upstream's header names.
+    pub names: &'a HeaderNames,
+    /// Client id (sensitive).
+    pub client_id: &'a HeaderValue,
+    /// Client secret (sensitive).
+    pub client_secret: &'a HeaderValue,
+    /// The taxpayer's GSTIN.
+    pub gstin: &'a HeaderValue,
+    /// The API user name.
+    pub user_name: &'a HeaderValue,
+}
+
+/// The header names an upstream uses, after `header_names` overrides.
+#[derive(Debug, Clone)]
+pub struct HeaderNames {
+    /// Client id header.
+    pub client_id: HeaderName,
+    /// Client secret header.
+    pub client_secret: HeaderName,
+    /// GSTIN header.
+    pub gstin: HeaderName,
+    /// User name header.
+    pub user_name: HeaderName,
+    /// Auth token header.
+    pub auth_token: HeaderName,
+}
+
+/// The API-specific behaviour of an upstream.
+pub trait Profile: Send + Sync + 'static {
+    /// Default header names, in [`HEADER_ROLES`] order.
+    fn default_header_names(&self) -> [&'static str; 5];
+
+    /// The last stretch of a token's life in which a login issues a new token, if the API
+    /// has such a window (NIC e-invoice: 10 minutes).
+    fn force_window(&self) -> Option<Duration>;
+
+    /// Builds the encrypted login body.
+    fn login_request(
+        &self,
+        username: &str,
+        password: &SecretString,
+        force: bool,
+        key: &PublicKey,
+    ) -> Result<LoginRequest, GatewayError>;
+
+    /// Adds the login call's headers.
+    fn login_headers(&self, out: &mut HeaderMap, ctx: &HeaderContext<'_>);
+
+    /// Reads a login reply.
+    fn parse_login(&self, body: &[u8], app_key: &AesKey) -> Result<Login, LoginFailure>;
+
+    /// Adds a data call's headers.
+    fn data_headers(&self, out: &mut HeaderMap, ctx: &HeaderContext<'_>, token: &HeaderValue);
+
+    /// Wraps a caller's plain JSON body for the upstream (gateway encryption mode).
+    fn encode_request(
+        &self,
+        method: &Method,
+        body: &[u8],
+        sek: &AesKey,
+    ) -> Result<Vec<u8>, GatewayError>;
+
+    /// Parses and classifies a data reply.
+    fn read_reply(&self, status: StatusCode, body: &[u8]) -> Reply;
+
+    /// Turns a successful reply into the caller's plain JSON (gateway encryption mode).
+    fn decode_reply(&self, reply: Reply, sek: &AesKey) -> Result<Vec<u8>, GatewayError>;
+
+    /// The body gstgate answers a caller's login call with: a success that reveals neither
+    /// token nor SEK.
+    fn auth_answer(&self, username: &str, expires_at: SystemTime) -> Vec<u8>;
+}
+
+/// A configured upstream, ready to call.
+pub struct Upstream {
+    /// Name in metrics, logs and admin paths.
+    pub name: Arc<str>,
+    /// The API-specific behaviour.
+    pub profile: Box<dyn Profile>,
+    /// Base URL without a trailing slash.
+    pub base_url: String,
+    /// Path prefixes routed here.
+    pub routes: Vec<String>,
+    /// Login path.
+    pub auth_path: String,
+    /// The upstream's RSA key.
+    pub public_key: PublicKey,
+    /// Who encrypts payloads.
+    pub encryption: Encryption,
+    /// Client id header value (sensitive).
+    pub client_id: HeaderValue,
+    /// Client secret header value (sensitive).
+    pub client_secret: HeaderValue,
+    /// Header names.
+    pub names: HeaderNames,
+    /// Static extra headers (sensitive).
+    pub static_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Refresh this long before expiry.
+    pub refresh_before: Duration,
+    /// GSTIN checksum policy.
+    pub checksum: ChecksumPolicy,
+    /// Per-call timeout.
+    pub timeout: Duration,
+    /// Token lifetime when the login reply has no expiry.
+    pub token_lifetime: Duration,
+    /// Logins allowed per credential per window.
+    pub max_logins: u32,
+    /// Login-limit window.
+    pub login_window: Duration,
+    /// Idle sessions are dropped after this.
+    pub idle_ttl: Duration,
+    /// Largest reply accepted.
+    pub max_response_bytes: usize,
+    http: reqwest::Client,
+    metrics: Arc<Metrics>,
+    label: UpstreamLabel,
+}
+
+/// Why an upstream could not be built from its configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The public key file is missing or unreadable.
+    #[error("upstream `{name}`: cannot read public key {path}: {source}")]
+    KeyFile {
+        /// Upstream name.
+        name: String,
+        /// The file.
+        path: String,
+        /// I/O error.
+        source: std::io::Error,
+    },
+    /// The public key does not parse.
+    #[error("upstream `{name}`: public key {path}: {source}")]
+    Key {
+        /// Upstream name.
+        name: String,
+        /// The file.
+        path: String,
+        /// Parse error.
+        source: crate::crypto::CryptoError,
+    },
+    /// A configured value cannot be a header.
+    #[error("upstream `{name}`: {what} is not a valid HTTP header value")]
+    Header {
+        /// Upstream name.
+        name: String,
+        /// Which value.
+        what: String,
+    },
+    /// The HTTP client could not be built.
+    #[error("upstream `{name}`: HTTP client: {source}")]
+    Client {
+        /// Upstream name.
+        name: String,
+        /// reqwest error.
+        source: reqwest::Error,
+    },
+    /// This API kind is not implemented yet.
+    #[error("upstream `{name}`: api = \"{api}\" is not available in this version")]
+    Unsupported {
+        /// Upstream name.
+        name: String,
+        /// The API kind.
+        api: ApiKind,
+    },
+}
+
+fn sensitive(value: &str, name: &str, what: &str) -> Result<HeaderValue, UpstreamError> {
+    let mut v = HeaderValue::from_str(value).map_err(|_| UpstreamError::Header {
+        name: name.to_owned(),
+        what: what.to_owned(),
+    })?;
+    v.set_sensitive(true);
+    Ok(v)
+}
+
+fn header_name(value: &str, name: &str) -> Result<HeaderName, UpstreamError> {
+    HeaderName::from_bytes(value.as_bytes()).map_err(|_| UpstreamError::Header {
+        name: name.to_owned(),
+        what: format!("header name `{value}`"),
+    })
+}
+
+impl Upstream {
+    /// Builds an upstream from validated configuration: reads its key, builds its client.
+    pub fn from_config(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<Self, UpstreamError> {
+        let name = cfg.name.clone();
+        let profile: Box<dyn Profile> = match cfg.api {
+            ApiKind::Einvoice => Box::new(einvoice::Einvoice),
+            api => return Err(UpstreamError::Unsupported { name, api }),
+        };
+        let path = cfg.public_key.display().to_string();
+        let pem = std::fs::read(&cfg.public_key).map_err(|source| UpstreamError::KeyFile {
+            name: name.clone(),
+            path: path.clone(),
+            source,
+        })?;
+        let public_key =
+            PublicKey::from_pem_or_cert(&pem).map_err(|source| UpstreamError::Key {
+                name: name.clone(),
+                path,
+                source,
+            })?;
+        let defaults = profile.default_header_names();
+        let pick = |i: usize| -> Result<HeaderName, UpstreamError> {
+            let role = HEADER_ROLES[i];
+            header_name(
+                cfg.header_names
+                    .get(role)
+                    .map(String::as_str)
+                    .unwrap_or(defaults[i]),
+                &name,
+            )
+        };
+        let names = HeaderNames {
+            client_id: pick(0)?,
+            client_secret: pick(1)?,
+            gstin: pick(2)?,
+            user_name: pick(3)?,
+            auth_token: pick(4)?,
+        };
+        let static_headers = cfg
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                Ok((
+                    header_name(k, &name)?,
+                    sensitive(v.expose_secret(), &name, k)?,
+                ))
+            })
+            .collect::<Result<_, UpstreamError>>()?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(cfg.connect_timeout)
+            .timeout(cfg.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .user_agent(concat!("gstgate/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|source| UpstreamError::Client {
+                name: name.clone(),
+                source,
+            })?;
+        Ok(Self {
+            label: UpstreamLabel {
+                upstream: crate::metrics::Name(name.as_str().into()),
+            },
+            name: name.as_str().into(),
+            profile,
+            base_url: cfg.base_url.trim_end_matches('/').to_owned(),
+            routes: cfg.routes.clone(),
+            auth_path: cfg.auth_path.clone(),
+            public_key,
+            encryption: cfg.encryption,
+            client_id: sensitive(cfg.client_id.expose_secret(), &name, "client_id")?,
+            client_secret: sensitive(cfg.client_secret.expose_secret(), &name, "client_secret")?,
+            names,
+            static_headers,
+            refresh_before: cfg.refresh_before,
+            checksum: cfg.gstin_checksum,
+            timeout: cfg.timeout,
+            token_lifetime: cfg
+                .token_lifetime
+                .unwrap_or(crate::config::DEFAULT_TOKEN_LIFETIME),
+            max_logins: cfg.max_logins,
+            login_window: cfg.login_window,
+            idle_ttl: cfg.session_idle_ttl,
+            max_response_bytes: cfg.max_response_bytes,
+            http,
+            metrics,
+        })
+    }
+
+    /// Whether a request path belongs to this upstream.
+    pub fn routes_path(&self, path: &str) -> bool {
+        self.routes.iter().any(|r| path.starts_with(r.as_str()))
+    }
+
+    /// Whether a path is this upstream's login path (answered by gstgate itself).
+    pub fn is_auth_path(&self, path: &str) -> bool {
+        path.trim_end_matches('/')
+            .eq_ignore_ascii_case(self.auth_path.trim_end_matches('/'))
+    }
+
+    /// The header context for a GSTIN/user.
+    pub fn header_context<'a>(
+        &'a self,
+        gstin: &'a HeaderValue,
+        user_name: &'a HeaderValue,
+    ) -> HeaderContext<'a> {
+        HeaderContext {
+            names: &self.names,
+            client_id: &self.client_id,
+            client_secret: &self.client_secret,
+            gstin,
+            user_name,
+        }
+    }
+
+    /// Sends one request and reads the whole reply, within the timeout and size cap.
+    pub async fn send(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        mut headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), GatewayError> {
+        for (k, v) in &self.static_headers {
+            headers.insert(k.clone(), v.clone());
+        }
+        let url = format!("{}{}", self.base_url, path_and_query);
+        let started = Instant::now();
+        let result = self.exchange(method, url, headers, body).await;
+        self.metrics
+            .upstream_duration
+            .get_or_create(&self.label)
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        url: String,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), GatewayError> {
+        let mut res = self
+            .http
+            .request(method, url)
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        let status = res.status();
+        let headers = std::mem::take(res.headers_mut());
+        if let Some(len) = res.content_length() {
+            if len > self.max_response_bytes as u64 {
+                return Err(GatewayError::UpstreamBadResponse(format!(
+                    "response of {len} bytes exceeds the limit of {}",
+                    self.max_response_bytes
+                )));
+            }
+        }
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = res.chunk().await.map_err(|e| self.transport_error(&e))? {
+            if buf.len() + chunk.len() > self.max_response_bytes {
+                return Err(GatewayError::UpstreamBadResponse(format!(
+                    "response exceeds the limit of {} bytes",
+                    self.max_response_bytes
+                )));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok((status, headers, buf.freeze()))
+    }
+
+    /// Maps a transport error to a gateway error without echoing URLs or headers.
+    fn transport_error(&self, e: &reqwest::Error) -> GatewayError {
+        if e.is_timeout() {
+            GatewayError::UpstreamTimeout(self.timeout.as_millis())
+        } else if e.is_connect() {
+            GatewayError::UpstreamUnavailable("cannot connect to the upstream".into())
+        } else {
+            GatewayError::UpstreamUnavailable(
+                "the upstream closed the connection or sent an invalid HTTP response".into(),
+            )
+        }
+    }
+}
