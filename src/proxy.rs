@@ -371,7 +371,7 @@ impl Proxy {
 }
 
 /// The caller's id if it is sane, else a new random one.
-fn request_id(headers: &HeaderMap) -> String {
+pub(crate) fn request_id(headers: &HeaderMap) -> String {
     headers
         .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())

@@ -143,11 +143,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         move |req: Request<Incoming>| {
             let router = router.clone();
             async move {
-                let res = router.oneshot(req).await;
-                Ok::<_, Infallible>(match res {
+                let id = crate::proxy::request_id(req.headers());
+                let mut res = match router.oneshot(req).await {
                     Ok(r) => r,
                     Err(never) => match never {},
-                })
+                };
+                if let Ok(v) = http::HeaderValue::from_str(&id) {
+                    res.headers_mut()
+                        .insert(crate::proxy::REQUEST_ID.clone(), v);
+                }
+                Ok::<_, Infallible>(res)
             }
         },
     ));

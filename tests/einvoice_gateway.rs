@@ -1,0 +1,322 @@
+//! Issue 2 acceptance, request path: the real gateway binary in front of the real simulator.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[tokio::test]
+async fn generate_irn_through_gateway_returns_plain_irn_and_upstream_sees_headers_and_ciphertext() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+
+    let res = gw.generate(GSTIN, "INV/2026/001").await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().contains_key("x-request-id"));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["Status"], 1, "{body}");
+    let irn = body["Data"]["Irn"]
+        .as_str()
+        .expect("Data decrypted to an object with Irn");
+    assert!(is_hex64(irn), "{irn}");
+    assert!(body["Data"]["AckNo"].is_number());
+
+    let requests = sim.requests(20).await;
+    let data_call = requests
+        .iter()
+        .find(|r| r["path"] == "/eicore/v1.03/Invoice")
+        .expect("the simulator saw the generate call");
+    let h = &data_call["headers"];
+    let header = |name: &str| -> String {
+        h.as_object()
+            .unwrap()
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| panic!("header {name} missing in {h}"))
+    };
+    assert_eq!(header("client_id"), CLIENT_ID);
+    assert_eq!(header("client_secret"), CLIENT_SECRET);
+    assert_eq!(header("Gstin"), GSTIN);
+    assert_eq!(header("user_name"), USER);
+    let token = header("AuthToken");
+    assert!(token.len() >= 16 && token != "managed-by-gstgate");
+    assert!(h
+        .as_object()
+        .unwrap()
+        .keys()
+        .all(|k| !k.eq_ignore_ascii_case("x-api-key")));
+
+    // The body on the wire is {"Data": base64 ciphertext}, not the caller's JSON.
+    let wire: Value = serde_json::from_str(data_call["body"].as_str().unwrap()).unwrap();
+    let data = wire["Data"].as_str().expect("Data is a string");
+    let raw = gstgate::crypto::b64_decode(data).expect("Data is base64");
+    assert_eq!(raw.len() % 16, 0, "AES block multiple");
+    assert!(!data_call["body"].as_str().unwrap().contains("SellerDtls"));
+
+    // A second generate of the same document is a business error, passed through as sent.
+    let res = gw.generate(GSTIN, "INV/2026/001").await;
+    assert_eq!(res.status(), 200);
+    let dup: Value = res.json().await.unwrap();
+    assert_eq!(dup["Status"], 0);
+    assert_eq!(dup["ErrorDetails"][0]["ErrorCode"], "2150");
+    assert_eq!(dup["InfoDtls"][0]["Desc"]["Irn"], irn);
+}
+
+#[tokio::test]
+async fn passthrough_mode_forwards_bodies_untouched_and_still_injects_the_session() {
+    let sim = Sim::start(SimOpts {
+        plain: true,
+        ..SimOpts::default()
+    })
+    .await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            encryption: "passthrough",
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let envelope = json!({ "Data": invoice(GSTIN, "PT/1") });
+    let res = gw
+        .request(Method::POST, "/eicore/v1.03/Invoice")
+        .json(&envelope)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["Status"], 1, "{body}");
+    assert!(is_hex64(body["Data"]["Irn"].as_str().unwrap()));
+    let requests = sim.requests(10).await;
+    let call = requests
+        .iter()
+        .find(|r| r["path"] == "/eicore/v1.03/Invoice")
+        .unwrap();
+    let wire: Value = serde_json::from_str(call["body"].as_str().unwrap()).unwrap();
+    assert_eq!(wire, envelope, "passthrough must not alter the body");
+}
+
+#[tokio::test]
+async fn the_auth_path_is_answered_by_the_gateway_without_the_token_or_sek() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let res = gw
+        .request(Method::POST, "/eivital/v1.04/auth")
+        .json(&json!({"Data": "whatever the ASP used to send"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["Status"], 1);
+    assert!(body["Data"]["TokenExpiry"].as_str().is_some());
+    assert_eq!(body["Data"]["AuthToken"], "managed-by-gstgate");
+    assert!(body["Data"]["Sek"].is_null());
+    let real = sim.requests(10).await;
+    let data_token = real
+        .iter()
+        .filter_map(|r| r["headers"].as_object())
+        .flat_map(|h| h.iter())
+        .filter(|(k, _)| k.eq_ignore_ascii_case("AuthToken"))
+        .count();
+    assert_eq!(data_token, 0, "no data call was needed");
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 1);
+}
+
+#[tokio::test]
+async fn caller_errors_get_problems_and_never_reach_the_upstream() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let other = gstin_n(7);
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            clients: vec![("narrow".into(), API_KEY.into(), vec![GSTIN.into()])],
+            credentials: vec![
+                (GSTIN.into(), USER.into(), PASSWORD.into()),
+                (other.clone(), USER.into(), PASSWORD.into()),
+            ],
+            max_body_bytes: 4096,
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let url = |p: &str| format!("http://{}{p}", gw.proxy);
+
+    // GSTIN not allowed for this client: 403, and the simulator hears nothing.
+    expect_problem(gw.generate(&other, "X/1").await, 403, "gstin_not_allowed").await;
+    // No key, unknown key.
+    let res = gw
+        .http
+        .post(url("/eicore/v1.03/Invoice"))
+        .header("gstin", GSTIN)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(res, 401, "unauthenticated").await;
+    let res = gw
+        .http
+        .post(url("/eicore/v1.03/Invoice"))
+        .header("x-api-key", "wrong-key")
+        .header("gstin", GSTIN)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(res, 401, "unauthenticated").await;
+    // Malformed GSTIN, bad checksum, missing GSTIN.
+    for bad in ["27AAPFU0939F1Z", "27AAPFU0939F1ZX", "hello"] {
+        let res = gw
+            .request_for(Method::POST, "/eicore/v1.03/Invoice", bad)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        expect_problem(res, 400, "gstin_invalid").await;
+    }
+    let res = gw
+        .http
+        .post(url("/eicore/v1.03/Invoice"))
+        .header("x-api-key", API_KEY)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(res, 400, "gstin_missing").await;
+    // Unknown path: 404, never forwarded.
+    let res = gw
+        .request(Method::GET, "/somewhere/else")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(res, 404, "route_not_found").await;
+    // Body over the limit: 413 (declared and streamed).
+    let big = "x".repeat(5000);
+    let res = gw
+        .request(Method::POST, "/eicore/v1.03/Invoice")
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    expect_problem(res, 413, "body_too_large").await;
+    let stream = futures_util::stream::iter(vec![Ok::<_, std::io::Error>(big.into_bytes())]);
+    let res = gw
+        .request(Method::POST, "/eicore/v1.03/Invoice")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(res, 413, "body_too_large").await;
+
+    assert_eq!(
+        sim.counters().await["requests"],
+        0,
+        "nothing reached the upstream's data API"
+    );
+    assert_eq!(
+        sim.counters().await["auth_calls"],
+        0,
+        "no login for rejected callers"
+    );
+
+    // Non-JSON body in gateway mode: 400 after the session exists, still nothing forwarded.
+    let res = gw
+        .request(Method::POST, "/eicore/v1.03/Invoice")
+        .header("content-type", "application/json")
+        .body("not json {")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(res, 400, "body_invalid").await;
+    assert_eq!(sim.counters().await["requests"], 0);
+
+    // Still serving.
+    assert_eq!(gw.generate(GSTIN, "OK/1").await.status(), 200);
+}
+
+#[tokio::test]
+async fn upstream_down_hanging_or_garbled_gives_502_or_504_and_the_gateway_keeps_serving() {
+    let sim = Sim::start(SimOpts::default()).await;
+
+    // Down: a port nothing listens on (bind one, then close it).
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let down = Gateway::start(
+        &sim,
+        GwOpts {
+            base_url: Some(format!("http://{closed}")),
+            connect_timeout: "2s",
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let started = Instant::now();
+    let res = down.generate(GSTIN, "D/1").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "502 within the connect timeout"
+    );
+    expect_problem(res, 502, "upstream_unavailable").await;
+
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            timeout: "1500ms",
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    assert_eq!(gw.generate(GSTIN, "G/0").await.status(), 200);
+
+    // Hanging: 504 at the configured timeout.
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "hang", "count": 1, "path_prefix": "/eicore/"}),
+    )
+    .await;
+    let started = Instant::now();
+    let res = gw.generate(GSTIN, "G/1").await;
+    let took = started.elapsed();
+    expect_problem(res, 504, "upstream_timeout").await;
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+
+    // Garbage body, undecryptable Data, 5xx page, connection reset: 502.
+    for (mode, code) in [
+        ("garbage", "upstream_bad_response"),
+        ("undecryptable", "upstream_bad_response"),
+        ("status_500", "upstream_unavailable"),
+        ("reset", "upstream_unavailable"),
+    ] {
+        sim.control(
+            "/_sim/faults",
+            json!({"mode": mode, "count": 1, "path_prefix": "/eicore/"}),
+        )
+        .await;
+        let body = expect_problem(gw.generate(GSTIN, &format!("G/{mode}")).await, 502, code).await;
+        let text = body.to_string();
+        assert!(
+            !text.contains(CLIENT_SECRET) && !text.contains(PASSWORD),
+            "{text}"
+        );
+    }
+    sim.clear_faults().await;
+    assert_eq!(
+        gw.generate(GSTIN, "G/after").await.status(),
+        200,
+        "still serving"
+    );
+}

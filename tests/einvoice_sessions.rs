@@ -1,0 +1,336 @@
+//! Issue 2 acceptance, sessions: single-flight, proactive refresh (with IST expiry),
+//! transparent recovery, no loops, lockout — counted at the simulator and in /metrics.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+
+const AUTH_OK: &str = r#"gstgate_auth_requests_total{upstream="einvoice",result="success"}"#;
+
+#[tokio::test]
+async fn concurrent_cold_requests_cause_one_login_per_gstin() {
+    let gstins: Vec<String> = (0..20).map(gstin_n).collect();
+    let users: Vec<(String, String, String)> = gstins
+        .iter()
+        .map(|g| (g.clone(), USER.into(), PASSWORD.into()))
+        .collect();
+    let sim = Sim::start(SimOpts {
+        users: users.clone(),
+        ..SimOpts::default()
+    })
+    .await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            credentials: users,
+            ..GwOpts::default()
+        },
+    )
+    .await;
+
+    // 200 concurrent first requests for one GSTIN.
+    let first = &gstins[0];
+    let results = join_all((0..200).map(|i| {
+        let gw = &gw;
+        async move {
+            gw.generate(first, &format!("C/{i}"))
+                .await
+                .status()
+                .as_u16()
+        }
+    }))
+    .await;
+    assert!(results.iter().all(|s| *s == 200), "{results:?}");
+    assert_eq!(sim.count(first, "auth_calls").await, 1);
+
+    // 10 concurrent first requests for each of 19 more GSTINs: one login each.
+    let gw_ref = &gw;
+    let results = join_all(gstins[1..].iter().flat_map(|g| {
+        (0..10).map(move |i| async move {
+            gw_ref
+                .generate(g, &format!("M/{i}"))
+                .await
+                .status()
+                .as_u16()
+        })
+    }))
+    .await;
+    assert!(results.iter().all(|s| *s == 200));
+    assert_eq!(sim.counters().await["auth_calls"], 20);
+    for g in &gstins {
+        assert_eq!(sim.count(g, "auth_calls").await, 1, "{g}");
+    }
+    assert_eq!(gw.metric(AUTH_OK).await, 20.0);
+    assert_eq!(
+        gw.metric(r#"gstgate_token_refreshes_total{upstream="einvoice",trigger="cold"}"#)
+            .await,
+        20.0
+    );
+    assert_eq!(
+        gw.metric(r#"gstgate_sessions{upstream="einvoice",state="valid"}"#)
+            .await,
+        20.0
+    );
+}
+
+/// Also proves IST expiry parsing (acceptance 8): were `TokenExpiry` read as UTC, the gateway
+/// would believe each 6 s token lives 5 h 30 min longer, never refresh it, and the simulator
+/// would serve 1005s after the first 6 seconds.
+#[tokio::test]
+async fn steady_traffic_over_six_second_tokens_never_sees_an_expired_token() {
+    let sim = Sim::start(SimOpts {
+        token_ttl: "6s",
+        ..SimOpts::default()
+    })
+    .await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            refresh_before: "3s",
+            max_logins: 100,
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let until = Instant::now() + Duration::from_secs(30);
+    let workers = (0..4).map(|w| {
+        let gw = &gw;
+        async move {
+            let mut n = 0u32;
+            let mut failures = vec![];
+            while Instant::now() < until {
+                let res = gw.generate(GSTIN, &format!("S/{w}/{n}")).await;
+                let status = res.status();
+                let body: Value = res.json().await.unwrap();
+                if status != 200 || body["Status"] != 1 {
+                    failures.push(body);
+                }
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            (n, failures)
+        }
+    });
+    let results = join_all(workers).await;
+    let total: u32 = results.iter().map(|(n, _)| n).sum();
+    let failures: Vec<&Value> = results.iter().flat_map(|(_, f)| f).collect();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(total > 100, "traffic was steady ({total} requests)");
+    assert_eq!(
+        sim.count(GSTIN, "token_rejections").await,
+        0,
+        "no 1005 served"
+    );
+    let proactive = gw
+        .metric(r#"gstgate_token_refreshes_total{upstream="einvoice",trigger="proactive"}"#)
+        .await;
+    assert!(
+        proactive >= 4.0,
+        "several proactive refreshes, saw {proactive}"
+    );
+    assert!(sim.count(GSTIN, "force_refreshes").await >= 4);
+    assert_eq!(
+        gw.metric(
+            r#"gstgate_token_rejected_retries_total{upstream="einvoice",result="recovered"}"#
+        )
+        .await,
+        0.0
+    );
+    let min_ttl = gw
+        .metric(r#"gstgate_session_min_ttl_seconds{upstream="einvoice"}"#)
+        .await;
+    assert!(min_ttl > 0.0 && min_ttl <= 6.0, "min ttl {min_ttl}");
+}
+
+#[tokio::test]
+async fn revoked_session_is_recovered_transparently_with_one_login() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    assert_eq!(gw.generate(GSTIN, "R/0").await.status(), 200);
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 1);
+
+    sim.control("/_sim/revoke", json!({"gstin": GSTIN, "username": USER}))
+        .await;
+    let res = gw.generate(GSTIN, "R/1").await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["Status"], 1, "{body}");
+    assert_eq!(
+        sim.count(GSTIN, "auth_calls").await,
+        2,
+        "exactly one re-login"
+    );
+    assert_eq!(sim.count(GSTIN, "token_rejections").await, 1);
+
+    // Fifty concurrent requests all hitting the revoked token: one re-login.
+    sim.control("/_sim/revoke", json!({"gstin": GSTIN, "username": USER}))
+        .await;
+    let results = join_all((0..50).map(|i| {
+        let gw = &gw;
+        async move {
+            let res = gw.generate(GSTIN, &format!("R/c/{i}")).await;
+            (
+                res.status().as_u16(),
+                res.json::<Value>().await.unwrap()["Status"].clone(),
+            )
+        }
+    }))
+    .await;
+    assert!(
+        results.iter().all(|(s, st)| *s == 200 && *st == 1),
+        "{results:?}"
+    );
+    assert_eq!(
+        sim.count(GSTIN, "auth_calls").await,
+        3,
+        "one re-login for fifty rejections"
+    );
+    assert_eq!(
+        gw.metric(r#"gstgate_token_refreshes_total{upstream="einvoice",trigger="rejected"}"#)
+            .await,
+        2.0
+    );
+    let recovered = gw
+        .metric(r#"gstgate_token_rejected_retries_total{upstream="einvoice",result="recovered"}"#)
+        .await;
+    assert!(recovered >= 2.0, "recovered replays: {recovered}");
+}
+
+#[tokio::test]
+async fn a_gstin_whose_every_call_is_rejected_fails_after_exactly_two_attempts() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    sim.control(
+        "/_sim/reject-tokens",
+        json!({"gstin": GSTIN, "enabled": true}),
+    )
+    .await;
+    let body = expect_problem(gw.generate(GSTIN, "L/1").await, 502, "token_rejected").await;
+    assert_eq!(body["upstream_code"], "1005");
+    assert_eq!(
+        sim.count(GSTIN, "requests").await,
+        2,
+        "two upstream attempts, no loop"
+    );
+    assert_eq!(sim.count(GSTIN, "token_rejections").await, 2);
+    assert_eq!(
+        gw.metric(r#"gstgate_token_rejected_retries_total{upstream="einvoice",result="failed"}"#)
+            .await,
+        1.0
+    );
+    sim.control(
+        "/_sim/reject-tokens",
+        json!({"gstin": GSTIN, "enabled": false}),
+    )
+    .await;
+    assert_eq!(gw.generate(GSTIN, "L/2").await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_reported_once_and_never_retried() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            credentials: vec![(GSTIN.into(), USER.into(), "not-the-password".into())],
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let body = expect_problem(gw.generate(GSTIN, "W/0").await, 502, "credentials_rejected").await;
+    assert_eq!(body["upstream_code"], "1019");
+    assert!(!body.to_string().contains("not-the-password"));
+
+    let results = join_all((0..100).map(|i| {
+        let gw = &gw;
+        async move {
+            let res = gw.generate(GSTIN, &format!("W/{i}")).await;
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap()["code"].clone())
+        }
+    }))
+    .await;
+    assert!(results
+        .iter()
+        .all(|(s, c)| *s == 502 && c == "credentials_rejected"));
+    assert_eq!(
+        sim.count(GSTIN, "auth_calls").await,
+        1,
+        "no login after the rejection"
+    );
+    assert_eq!(
+        gw.metric(
+            r#"gstgate_auth_requests_total{upstream="einvoice",result="credentials_rejected"}"#
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        gw.metric(r#"gstgate_sessions{upstream="einvoice",state="credentials_rejected"}"#)
+            .await,
+        1.0
+    );
+
+    // The admin API shows the state, then an operator reset tries once more (still wrong).
+    let sessions: Value = gw
+        .http
+        .get(format!("http://{}/admin/sessions", gw.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sessions["sessions"][0]["state"], "credentials_rejected");
+    assert!(!sessions.to_string().contains("not-the-password"));
+    let res = gw
+        .http
+        .post(format!(
+            "http://{}/admin/sessions/einvoice/{GSTIN}/refresh",
+            gw.admin
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    expect_problem(res, 502, "credentials_rejected").await;
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 2);
+}
+
+#[tokio::test]
+async fn admin_refresh_forces_a_new_session_and_needs_the_token() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let url = format!(
+        "http://{}/admin/sessions/einvoice/{GSTIN}/refresh",
+        gw.admin
+    );
+    let res = gw.http.post(&url).send().await.unwrap();
+    expect_problem(res, 401, "unauthenticated").await;
+    let res = gw
+        .http
+        .post(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["generation"], 1);
+    assert_eq!(
+        gw.metric(r#"gstgate_token_refreshes_total{upstream="einvoice",trigger="manual"}"#)
+            .await,
+        1.0
+    );
+    assert_eq!(gw.generate(GSTIN, "A/1").await.status(), 200);
+    assert_eq!(
+        sim.count(GSTIN, "auth_calls").await,
+        1,
+        "the request used the admin's session"
+    );
+}

@@ -1,0 +1,291 @@
+//! Issue 2 acceptance, operations: metrics names, no secrets in logs, graceful shutdown,
+//! the demo config and `check-config`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::future::join_all;
+use serde_json::{json, Value};
+
+/// Every metric DESIGN.md §6 names.
+const METRIC_NAMES: &[&str] = &[
+    "gstgate_requests_total",
+    "gstgate_request_duration_seconds",
+    "gstgate_upstream_request_duration_seconds",
+    "gstgate_auth_requests_total",
+    "gstgate_token_refreshes_total",
+    "gstgate_token_rejected_retries_total",
+    "gstgate_sessions",
+    "gstgate_session_min_ttl_seconds",
+    "gstgate_inflight_requests",
+];
+
+#[tokio::test]
+async fn metrics_expose_every_contract_name_and_count_requests() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    assert_eq!(gw.generate(GSTIN, "M/1").await.status(), 200);
+    assert_eq!(gw.generate("27AAPFU0939F1ZX", "M/2").await.status(), 400);
+    // The replay path, so that the retry counter has a series too.
+    sim.control("/_sim/revoke", json!({"gstin": GSTIN, "username": USER}))
+        .await;
+    assert_eq!(gw.generate(GSTIN, "M/3").await.status(), 200);
+
+    let text = gw.metrics().await;
+    for name in METRIC_NAMES {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(name) && !l.starts_with('#')),
+            "{name} missing from:\n{text}"
+        );
+    }
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"gstgate_requests_total{upstream="einvoice",status="2xx"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"gstgate_requests_total{upstream="einvoice",status="4xx"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"gstgate_request_duration_seconds_count{upstream="einvoice"}"#
+        ),
+        3.0
+    );
+    // Two logins and three data calls reached the upstream.
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"gstgate_upstream_request_duration_seconds_count{upstream="einvoice"}"#
+        ),
+        5.0
+    );
+    assert_eq!(metric_value(&text, "gstgate_inflight_requests"), 0.0);
+    assert!(!text.contains(GSTIN), "no GSTIN label");
+    assert!(!text.contains(USER), "no username label");
+
+    let health = gw
+        .http
+        .get(format!("http://{}/healthz", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = gw
+        .http
+        .get(format!("http://{}/readyz", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_logs_even_at_trace_level() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            rust_log: "trace",
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    // A full scenario: login, data calls, a replay after revocation, a failed call.
+    for i in 0..3 {
+        assert_eq!(gw.generate(GSTIN, &format!("LOG/{i}")).await.status(), 200);
+    }
+    sim.control("/_sim/revoke", json!({"gstin": GSTIN, "username": USER}))
+        .await;
+    assert_eq!(gw.generate(GSTIN, "LOG/r").await.status(), 200);
+    sim.control("/_sim/faults", json!({"mode": "garbage", "count": 1}))
+        .await;
+    assert_eq!(gw.generate(GSTIN, "LOG/g").await.status(), 502);
+    let sessions = sim.get_json("/_sim/sessions").await;
+    let mut secrets: Vec<String> = vec![
+        PASSWORD.into(),
+        CLIENT_SECRET.into(),
+        API_KEY.into(),
+        ADMIN_TOKEN.into(),
+    ];
+    for s in sessions["sessions"].as_array().expect("sessions list") {
+        for key in ["token", "sek", "previous_token"] {
+            if let Some(v) = s[key].as_str() {
+                secrets.push(v.to_owned());
+            }
+        }
+    }
+    assert!(
+        secrets.len() >= 6,
+        "token and SEK of both sessions are checked: {secrets:?}"
+    );
+    // Let the trailing log lines of the last request arrive: the access line is written
+    // before the response, so one more request flushes everything before it.
+    assert_eq!(gw.generate(GSTIN, "LOG/last").await.status(), 200);
+    let logs = gw.logs.text();
+    assert!(logs.lines().count() > 20, "trace logging was on:\n{logs}");
+    assert!(logs.contains("\"request_id\""), "access log lines present");
+    for secret in &secrets {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a secret ({} chars) leaked into the logs",
+            secret.len()
+        );
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_connections() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let mut gw = Gateway::start(&sim, GwOpts::default()).await;
+    assert_eq!(gw.generate(GSTIN, "T/0").await.status(), 200);
+    sim.control("/_sim/knobs", json!({"latency_ms": 3000}))
+        .await;
+
+    let inflight = {
+        let gw = &gw;
+        join_all((0..20).map(|i| async move {
+            let res = gw.generate(GSTIN, &format!("T/inflight/{i}")).await;
+            (
+                res.status().as_u16(),
+                res.json::<Value>().await.unwrap()["Status"].clone(),
+            )
+        }))
+    };
+    let signal = async {
+        // The gauge is the signal that all 20 are inside the gateway.
+        loop {
+            if gw.metric("gstgate_inflight_requests").await == 20.0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &gw.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // New connections are refused while the 20 are still running.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match tokio::net::TcpStream::connect(gw.proxy).await {
+                Err(_) => break,
+                Ok(_) if tokio::time::Instant::now() < deadline => tokio::task::yield_now().await,
+                Ok(_) => panic!("still accepting connections 2 s after SIGTERM"),
+            }
+        }
+    };
+    let (results, ()) = tokio::join!(inflight, signal);
+    assert!(
+        results.iter().all(|(s, st)| *s == 200 && *st == 1),
+        "{results:?}"
+    );
+    let status = gw.wait().await;
+    assert!(status.success(), "clean exit: {status:?}");
+}
+
+fn check_config(text: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn check_config_names_unknown_keys_and_missing_variables() {
+    let demo =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml")).unwrap();
+    let (ok, out) = check_config(&demo, &[]);
+    assert!(ok, "{out}");
+
+    let typo = demo.replacen("refresh_before = \"10m\"", "refresh_befor = \"10m\"", 1);
+    let (ok, out) = check_config(&typo, &[]);
+    assert!(!ok);
+    assert!(out.contains("refresh_befor"), "{out}");
+    assert!(out.contains("line"), "line-precise: {out}");
+
+    let missing = demo.replacen(
+        "password = \"demo-password\"",
+        "password = \"${GSTGATE_TEST_UNSET_PWD}\"",
+        1,
+    );
+    let (ok, out) = check_config(&missing, &[]);
+    assert!(!ok);
+    assert!(out.contains("GSTGATE_TEST_UNSET_PWD"), "{out}");
+    assert!(out.contains("password"), "names the key: {out}");
+    let (ok, out) = check_config(&missing, &[("GSTGATE_TEST_UNSET_PWD", "x")]);
+    assert!(ok, "{out}");
+    assert!(!out.contains("demo-password"));
+}
+
+/// Starts `serve --config config/demo.toml` exactly as the README says (fixed ports 8080,
+/// 8081, 9090 on loopback) and runs the curl it prints, through reqwest.
+#[tokio::test]
+async fn the_demo_config_starts_as_is_and_its_curl_generates_an_irn() {
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["serve", "--config", "config/demo.toml"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let mut curl = None;
+    let mut ready = false;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("gstgate ready") {
+                ready = true;
+            }
+            if line.starts_with("curl ") {
+                curl = Some(line);
+                break;
+            }
+        }
+    })
+    .await
+    .expect("demo printed its curl line");
+    assert!(ready);
+    let curl = curl.unwrap();
+    let url = curl.split_whitespace().nth(2).unwrap();
+    let header = |name: &str| {
+        let start = curl.find(&format!("-H '{name}: ")).unwrap() + name.len() + 6;
+        curl[start..].split('\'').next().unwrap().to_owned()
+    };
+    let body = curl.split("-d '").nth(1).unwrap().trim_end_matches('\'');
+    let res = reqwest::Client::new()
+        .post(url)
+        .header("x-api-key", header("x-api-key"))
+        .header("gstin", header("gstin"))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["Status"], 1, "{v}");
+    assert_eq!(v["Data"]["Irn"].as_str().unwrap().len(), 64);
+    let _ = child.kill().await;
+}
