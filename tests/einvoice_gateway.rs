@@ -320,3 +320,174 @@ async fn upstream_down_hanging_or_garbled_gives_502_or_504_and_the_gateway_keeps
         "still serving"
     );
 }
+
+#[tokio::test]
+async fn static_gsp_headers_are_injected_and_the_caller_cannot_override_injected_ones() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            upstream_extra:
+                "[upstream.headers]\n\"Ocp-Apim-Subscription-Key\" = \"${TEST_GSP_KEY}\"\n".into(),
+            env: vec![("TEST_GSP_KEY".into(), "gsp-sub-key-42".into())],
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let res = gw
+        .request(Method::POST, "/eicore/v1.03/Invoice")
+        .header("AuthToken", "caller-forged-token")
+        .header("client_secret", "caller-forged-secret")
+        .header("x-custom-trace", "kept")
+        .json(&invoice(GSTIN, "H/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let requests = sim.requests(10).await;
+    let call = requests
+        .iter()
+        .find(|r| r["path"] == "/eicore/v1.03/Invoice")
+        .unwrap();
+    let headers = call["headers"].as_object().unwrap();
+    let get = |name: &str| -> Vec<String> {
+        headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(get("Ocp-Apim-Subscription-Key"), vec!["gsp-sub-key-42"]);
+    assert_eq!(get("client_secret"), vec![CLIENT_SECRET]);
+    assert_ne!(get("AuthToken"), vec!["caller-forged-token"]);
+    assert_eq!(get("x-custom-trace"), vec!["kept"]);
+    // The login carried the static header too.
+    let login = requests
+        .iter()
+        .find(|r| r["path"] == "/eivital/v1.04/auth")
+        .unwrap();
+    assert!(login["headers"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .any(|k| k.eq_ignore_ascii_case("Ocp-Apim-Subscription-Key")));
+}
+
+#[tokio::test]
+async fn logins_beyond_the_rate_limit_are_refused_without_calling_the_upstream() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            max_logins: 2,
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    assert_eq!(gw.generate(GSTIN, "RL/1").await.status(), 200);
+    sim.control("/_sim/revoke", json!({"gstin": GSTIN, "username": USER}))
+        .await;
+    assert_eq!(gw.generate(GSTIN, "RL/2").await.status(), 200);
+    sim.control("/_sim/revoke", json!({"gstin": GSTIN, "username": USER}))
+        .await;
+    let res = gw.generate(GSTIN, "RL/3").await;
+    assert!(res.headers().contains_key("retry-after"));
+    expect_problem(res, 429, "login_rate_limited").await;
+    assert_eq!(
+        sim.count(GSTIN, "auth_calls").await,
+        2,
+        "the third login was never sent"
+    );
+}
+
+#[tokio::test]
+async fn oversized_headers_and_upstream_replies_are_refused_and_redirects_not_followed() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            upstream_extra: "max_response_bytes = 512\n".into(),
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    // Request headers over the limit: refused by the HTTP layer, nothing forwarded.
+    let res = gw
+        .request(Method::POST, "/eicore/v1.03/Invoice")
+        .header("x-padding", "p".repeat(64 * 1024))
+        .json(&invoice(GSTIN, "B/1"))
+        .send()
+        .await;
+    match res {
+        Ok(r) => assert_eq!(r.status(), 431),
+        Err(e) => assert!(e.is_request() || e.is_connect(), "{e}"),
+    }
+    assert_eq!(sim.counters().await["auth_calls"], 0);
+    // An IRN reply (well over 512 bytes) exceeds the upstream response cap: 502.
+    expect_problem(
+        gw.generate(GSTIN, "B/2").await,
+        502,
+        "upstream_bad_response",
+    )
+    .await;
+
+    // An upstream that redirects: the redirect is not followed.
+    let redirector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let raddr = redirector.local_addr().unwrap();
+    let target = sim.url();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = redirector.accept().await else {
+                break;
+            };
+            let target = target.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 65536];
+                let _ = s.read(&mut buf).await;
+                let reply = format!(
+                    "HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}/eivital/v1.04/auth\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    let via_redirect = Gateway::start(
+        &sim,
+        GwOpts {
+            base_url: Some(format!("http://{raddr}")),
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let res = via_redirect.generate(GSTIN, "B/3").await;
+    assert_eq!(res.status(), 502);
+    assert_eq!(
+        sim.counters().await["auth_calls"],
+        1,
+        "only the first gateway's login reached the simulator"
+    );
+}
+
+#[tokio::test]
+async fn checksum_warn_mode_lets_sandbox_gstins_through() {
+    let sandbox = "29AWGPV7107B1Z1";
+    let sim = Sim::start(SimOpts {
+        users: vec![(sandbox.into(), USER.into(), PASSWORD.into())],
+        ..SimOpts::default()
+    })
+    .await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            credentials: vec![(sandbox.into(), USER.into(), PASSWORD.into())],
+            gstin_checksum: "warn",
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let res = gw.generate(sandbox, "SB/1").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["Status"], 1);
+    assert!(gw.logs.text().contains("checksum"), "a warning is logged");
+}

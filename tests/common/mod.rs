@@ -332,6 +332,10 @@ pub struct GwOpts {
     pub rust_log: &'static str,
     /// Extra environment.
     pub env: Vec<(String, String)>,
+    /// Extra TOML lines at the end of the `[[upstream]]` table (may open `[upstream.headers]`).
+    pub upstream_extra: String,
+    /// `gstin_checksum`.
+    pub gstin_checksum: &'static str,
 }
 
 impl Default for GwOpts {
@@ -349,6 +353,8 @@ impl Default for GwOpts {
             shutdown_grace: "30s",
             rust_log: "info",
             env: vec![],
+            upstream_extra: String::new(),
+            gstin_checksum: "enforce",
         }
     }
 }
@@ -379,10 +385,11 @@ encryption = "{enc}"
 client_id = "{CLIENT_ID}"
 client_secret = "${{TEST_CLIENT_SECRET}}"
 refresh_before = "{refresh}"
-gstin_checksum = "enforce"
+gstin_checksum = "{checksum}"
 timeout = "{timeout}"
 connect_timeout = "{connect}"
 max_logins = {max_logins}
+{extra}
 "#,
         max_body = o.max_body_bytes,
         grace = o.shutdown_grace,
@@ -392,6 +399,8 @@ max_logins = {max_logins}
         timeout = o.timeout,
         connect = o.connect_timeout,
         max_logins = o.max_logins,
+        checksum = o.gstin_checksum,
+        extra = o.upstream_extra,
     );
     for (g, u, p) in &o.credentials {
         s.push_str(&format!(
