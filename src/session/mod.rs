@@ -647,18 +647,18 @@ impl Sessions {
         }
     }
 
-    /// When to refresh a new session: `refresh_before` ahead of expiry, minus a little jitter
-    /// so sessions created together do not refresh together — but never in the first half of
-    /// its life, so a short-lived token cannot cause a refresh storm.
+    /// When to refresh a new session: `refresh_before` ahead of expiry, plus a little jitter
+    /// so sessions created together do not refresh together. The jitter moves the refresh
+    /// *later*, never earlier: with the default `refresh_before` equal to NIC's 10-minute force
+    /// window, an earlier refresh would fall outside the window and get the old token back.
+    /// Never in the first half of a token's life, so a short-lived token cannot cause a
+    /// refresh storm.
     fn refresh_at(&self, slot: &Slot, session: &Session, sent: Instant) -> Instant {
         let lifetime = session.deadline.saturating_duration_since(sent);
         let before = slot.upstream.refresh_before;
-        let jitter_cap = (before / 10).min(Duration::from_secs(30));
+        let jitter_cap = (before / 20).min(Duration::from_secs(30));
         let jitter = jitter_cap.mul_f64(rand::random::<f64>());
-        let target = session
-            .deadline
-            .checked_sub(before + jitter)
-            .unwrap_or(sent);
+        let target = session.deadline.checked_sub(before).unwrap_or(sent) + jitter;
         target.max(sent + lifetime / 2)
     }
 
