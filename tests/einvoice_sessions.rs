@@ -334,3 +334,48 @@ async fn admin_refresh_forces_a_new_session_and_needs_the_token() {
         "the request used the admin's session"
     );
 }
+
+/// Regression: a login that returns the same token (here an operator's refresh early in the
+/// token's life, outside NIC's force window) must not start a cycle of re-logins; the next
+/// login is the normal proactive one, `refresh_before` ahead of expiry.
+#[tokio::test]
+async fn an_early_refresh_that_gets_the_same_token_does_not_cause_more_logins() {
+    let sim = Sim::start(SimOpts {
+        token_ttl: "20s",
+        force_window: "5s",
+        ..SimOpts::default()
+    })
+    .await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            refresh_before: "5s",
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    assert_eq!(gw.generate(GSTIN, "E/1").await.status(), 200);
+    let res = gw
+        .http
+        .post(format!(
+            "http://{}/admin/sessions/einvoice/{GSTIN}/refresh",
+            gw.admin
+        ))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["generation"], 1, "same token, same session");
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 2);
+    // Nothing to wait for but the absence of logins: 8 s is past where the old schedule
+    // (a quarter of the remaining life) re-logged in, and before the proactive refresh at 15 s.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        sim.count(GSTIN, "auth_calls").await,
+        2,
+        "no login between the refresh and the proactive one"
+    );
+    assert_eq!(gw.generate(GSTIN, "E/2").await.status(), 200);
+}

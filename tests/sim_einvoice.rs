@@ -300,7 +300,7 @@ async fn login_generate_and_duplicate_reports_the_existing_irn() {
         .await;
     dup.assert_error("2150");
     let desc = &dup.json["InfoDtls"][0];
-    assert_eq!(desc["InfoCode"], "DUPIRN");
+    assert_eq!(desc["InfCd"], "DUPIRN");
     assert_eq!(desc["Desc"]["Irn"], irn.as_str());
     assert_eq!(desc["Desc"]["AckNo"], d["AckNo"]);
     assert_eq!(desc["Desc"]["AckDt"], d["AckDt"]);

@@ -37,6 +37,9 @@ pub use guard::Guard;
 /// it would likely arrive after expiry.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
 
+/// After a refresh got the old token back, never ask again sooner than this.
+const SAME_TOKEN_MIN_RETRY: Duration = Duration::from_secs(10);
+
 /// Why a session is being (re)established — the `trigger` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -426,12 +429,26 @@ impl Sessions {
         match current {
             Some(s) if s.generation == generation => {
                 if let Err(e) = self.login(slot, Trigger::Proactive).await {
+                    // Retry only when waiting can help, and no sooner than the guard allows:
+                    // a lockout needs an operator, and hammering a throttled login only
+                    // extends the block.
+                    let retry = match &e {
+                        GatewayError::CredentialsRejected { .. }
+                        | GatewayError::UpstreamConfigRejected { .. } => None,
+                        GatewayError::LoginThrottled { retry_after_secs }
+                        | GatewayError::LoginBackoff {
+                            retry_after_secs, ..
+                        } => Some(Duration::from_secs(*retry_after_secs)),
+                        _ => Some(slot.lock().guard.retry_delay()),
+                    };
                     tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
-                        error = %e, "proactive refresh failed; will retry");
-                    let retry = slot.lock().guard.retry_delay();
-                    if s.deadline > Instant::now() + retry {
-                        self.scheduler
-                            .schedule(id, generation, Instant::now() + retry);
+                        error = %e, retry_in_secs = retry.map(|r| r.as_secs_f64()),
+                        "proactive refresh failed");
+                    if let Some(retry) = retry {
+                        let at = Instant::now() + retry;
+                        if s.deadline > at {
+                            self.scheduler.schedule(id, generation, at);
+                        }
                     }
                 }
             }
@@ -463,7 +480,7 @@ impl Sessions {
             result,
         };
         match result {
-            Ok((login, sent_at, sent_instant)) => {
+            Ok((login, sent_at, sent_instant, server_date)) => {
                 self.metrics
                     .auth_requests
                     .get_or_create(&label("success"))
@@ -482,12 +499,17 @@ impl Sessions {
                         return Ok(existing);
                     }
                 }
-                let expires_at = login
-                    .expires_at
-                    .unwrap_or(sent_at + upstream.token_lifetime);
-                // Count the lifetime from when the login was sent, so clock error and
-                // latency make gstgate early, never late.
-                let lifetime = expires_at.duration_since(sent_at).unwrap_or(Duration::ZERO);
+                // The lifetime runs from when the login was sent, on the monotonic clock, so
+                // latency makes gstgate early, never late. An absolute expiry is measured
+                // against the upstream's own clock (its `Date` header) when it sent one, so a
+                // host clock running behind the upstream's cannot stretch a token's life.
+                let (expires_at, lifetime) = match login.expires_at {
+                    Some(at) => {
+                        let reference = server_date.unwrap_or(sent_at);
+                        (at, at.duration_since(reference).unwrap_or(Duration::ZERO))
+                    }
+                    None => (sent_at + upstream.token_lifetime, upstream.token_lifetime),
+                };
                 let mut token_header = HeaderValue::from_str(token).map_err(|_| {
                     GatewayError::UpstreamBadResponse(
                         "the token is not a valid header value".into(),
@@ -577,7 +599,13 @@ impl Sessions {
                     .auth_requests
                     .get_or_create(&label("error"))
                     .inc();
-                self.fail(slot, &mut st, Class::Transient, &err, now);
+                // A login that cannot even be built (credentials too long for the RSA key)
+                // will not get better by retrying.
+                let class = match err {
+                    GatewayError::UpstreamConfigRejected { .. } => Class::Configuration,
+                    _ => Class::Transient,
+                };
+                self.fail(slot, &mut st, class, &err, now);
                 Err(err)
             }
         }
@@ -604,12 +632,21 @@ impl Sessions {
             "login failed");
     }
 
-    /// Sends the login and reads the reply; returns when it was sent, by both clocks.
+    /// Sends the login and reads the reply; returns when it was sent, by both clocks, and the
+    /// upstream's clock reading from its `Date` header.
     async fn login_call(
         &self,
         slot: &Slot,
         force: bool,
-    ) -> Result<(crate::upstream::Login, SystemTime, Instant), LoginError> {
+    ) -> Result<
+        (
+            crate::upstream::Login,
+            SystemTime,
+            Instant,
+            Option<SystemTime>,
+        ),
+        LoginError,
+    > {
         let upstream = &slot.upstream;
         let req = upstream
             .profile
@@ -629,12 +666,12 @@ impl Sessions {
         );
         let sent_at = SystemTime::now();
         let sent_instant = Instant::now();
-        let (status, _, body) = upstream
+        let (status, reply_headers, body) = upstream
             .send(Method::POST, &upstream.auth_path, headers, req.body.into())
             .await
             .map_err(LoginError::Gateway)?;
         match upstream.profile.parse_login(&body, &req.app_key) {
-            Ok(login) => Ok((login, sent_at, sent_instant)),
+            Ok(login) => Ok((login, sent_at, sent_instant, server_date(&reply_headers))),
             Err(LoginFailure::Refused(v)) => Err(LoginError::Refused(v)),
             Err(LoginFailure::BadReply(why)) if status.is_server_error() => {
                 Err(LoginError::Gateway(GatewayError::UpstreamUnavailable(
@@ -662,14 +699,28 @@ impl Sessions {
         target.max(sent + lifetime / 2)
     }
 
-    /// After a refresh returned the same token: try again later, while the token lasts.
+    /// After a login returned the same token. Before the normal refresh time (an operator's
+    /// early refresh, a re-login after a rejection that the upstream did not honour), keep
+    /// the normal schedule; past it (the upstream's force window is narrower than
+    /// `refresh_before`), try again after a third of the remaining life, while that is worth it.
     fn schedule_after_same_token(&self, slot: &Slot, session: &Session) {
-        let remaining = session.deadline.saturating_duration_since(Instant::now());
-        let wait = (remaining / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
-        if remaining > wait {
-            self.scheduler
-                .schedule(slot.id, session.generation, Instant::now() + wait);
-        }
+        let now = Instant::now();
+        let normal = session
+            .deadline
+            .checked_sub(slot.upstream.refresh_before)
+            .filter(|t| *t > now);
+        let at = match normal {
+            Some(t) => t,
+            None => {
+                let remaining = session.deadline.saturating_duration_since(now);
+                if remaining < 3 * SAME_TOKEN_MIN_RETRY {
+                    // Too close to expiry to matter: the next caller logs in afresh.
+                    return;
+                }
+                now + (remaining / 3).max(SAME_TOKEN_MIN_RETRY)
+            }
+        };
+        self.scheduler.schedule(slot.id, session.generation, at);
     }
 
     /// Every slot, for the admin API and status page.
@@ -732,6 +783,14 @@ impl Sessions {
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
+}
+
+/// The upstream's `Date` header, rounded up by the second it may have truncated (so the
+/// token's remaining life is under- rather than over-estimated).
+fn server_date(headers: &HeaderMap) -> Option<SystemTime> {
+    let text = headers.get(http::header::DATE)?.to_str().ok()?;
+    let at = chrono::DateTime::parse_from_rfc2822(text).ok()?;
+    Some(SystemTime::from(at) + Duration::from_secs(1))
 }
 
 enum LoginError {

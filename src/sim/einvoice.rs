@@ -538,7 +538,7 @@ fn generate_irn(sim: &SimState, caller: &Caller, inv: Value) -> Result<Value, Ni
         }
         let mut e = NicError::new("2150", "Duplicate IRN");
         e.info = Some(json!([{
-            "InfoCode": "DUPIRN",
+            "InfCd": "DUPIRN",
             "Desc": {"AckNo": existing.ack_no, "AckDt": existing.ack_dt, "Irn": existing.irn},
         }]));
         return Err(e);

@@ -5,9 +5,12 @@ use std::time::{Duration, SystemTime};
 use chrono::{FixedOffset, NaiveDateTime, TimeZone};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::{json, Map, Value};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
+use super::envelope::Envelope;
 use super::{Class, HeaderContext, Login, LoginFailure, LoginRequest, Profile, Reply, Verdict};
 use crate::crypto::{b64_encode, AesKey, PublicKey};
 use crate::problem::GatewayError;
@@ -54,62 +57,66 @@ fn classify_code(code: &str) -> Class {
 }
 
 /// `Status` arrives as `1` or `"1"`.
-fn status_of(envelope: &Map<String, Value>) -> Option<i64> {
-    match envelope.get("Status").or_else(|| envelope.get("status"))? {
+fn status_of(envelope: &Envelope) -> Option<i64> {
+    match envelope
+        .get::<Value>("Status")
+        .or_else(|| envelope.get::<Value>("status"))?
+    {
         Value::Number(n) => n.as_i64(),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     }
 }
 
-/// The first `ErrorDetails` entry's code and message.
-fn first_error(envelope: &Map<String, Value>) -> (Option<String>, Option<String>) {
-    let first = envelope
-        .get("ErrorDetails")
-        .and_then(Value::as_array)
-        .and_then(|a| a.first());
-    let text = |v: Option<&Value>| match v {
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
+/// One `ErrorDetails` entry; codes arrive as strings or numbers.
+#[derive(Deserialize)]
+struct ErrorDetail {
+    #[serde(rename = "ErrorCode")]
+    code: Option<Value>,
+    #[serde(rename = "ErrorMessage")]
+    message: Option<Value>,
+}
+
+fn text(v: Option<Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s),
+        Value::Number(n) => Some(n.to_string()),
         _ => None,
-    };
-    match first {
-        Some(e) => (text(e.get("ErrorCode")), text(e.get("ErrorMessage"))),
-        None => (None, None),
     }
 }
 
-/// Classifies a parsed envelope: any code of a stronger class wins over business codes.
-fn verdict_of(envelope: &Map<String, Value>) -> Verdict {
+/// Classifies a parsed envelope: the first error code names the reply, but any code of a
+/// stronger class (token, credentials…) decides its class.
+fn verdict_of(envelope: &Envelope) -> Verdict {
     if status_of(envelope) == Some(1) {
         return Verdict::success();
     }
-    let (code, message) = first_error(envelope);
+    let details: Vec<ErrorDetail> = envelope.get("ErrorDetails").unwrap_or_default();
+    let mut codes = details.into_iter();
+    let Some(first) = codes.next() else {
+        return Verdict {
+            class: Class::Business,
+            code: None,
+            message: None,
+        };
+    };
+    let code = text(first.code);
     let mut class = code
         .as_deref()
         .map(classify_code)
         .unwrap_or(Class::Business);
-    if let Some(all) = envelope.get("ErrorDetails").and_then(Value::as_array) {
-        for e in all {
-            if let Some(Value::String(c)) = e.get("ErrorCode") {
-                let k = classify_code(c);
-                if k != Class::Business && class == Class::Business {
-                    class = k;
-                }
-            }
+    for other in codes {
+        if class != Class::Business {
+            break;
+        }
+        if let Some(c) = text(other.code) {
+            class = classify_code(&c);
         }
     }
     Verdict {
         class,
         code,
-        message,
-    }
-}
-
-fn parse_envelope(body: &[u8]) -> Option<Map<String, Value>> {
-    match serde_json::from_slice(body) {
-        Ok(Value::Object(m)) => Some(m),
-        _ => None,
+        message: text(first.message),
     }
 }
 
@@ -166,15 +173,14 @@ impl Profile for Einvoice {
     }
 
     fn parse_login(&self, body: &[u8], app_key: &AesKey) -> Result<Login, LoginFailure> {
-        let envelope = parse_envelope(body)
+        let envelope = Envelope::parse(body)
             .ok_or_else(|| LoginFailure::BadReply("login reply is not a JSON object".into()))?;
         let verdict = verdict_of(&envelope);
         if verdict.class != Class::Success {
             return Err(LoginFailure::Refused(verdict));
         }
-        let data = envelope
+        let data: serde_json::Map<String, Value> = envelope
             .get("Data")
-            .and_then(Value::as_object)
             .ok_or_else(|| LoginFailure::BadReply("login reply has no Data object".into()))?;
         let field = |name: &str| {
             data.get(name)
@@ -225,7 +231,7 @@ impl Profile for Einvoice {
     }
 
     fn read_reply(&self, status: StatusCode, body: &[u8]) -> Reply {
-        match parse_envelope(body) {
+        match Envelope::parse(body) {
             Some(envelope) => Reply {
                 verdict: verdict_of(&envelope),
                 envelope: Some(envelope),
@@ -251,18 +257,21 @@ impl Profile for Einvoice {
         let mut envelope = reply
             .envelope
             .ok_or_else(|| GatewayError::UpstreamBadResponse("the reply is not JSON".into()))?;
-        if let Some(Value::String(data)) = envelope.get("Data") {
-            let plain = sek.decrypt_b64(data).map_err(|e| {
+        if let Some(data) = envelope.get::<String>("Data") {
+            let plain = sek.decrypt_b64(&data).map_err(|e| {
                 GatewayError::UpstreamBadResponse(format!(
                     "Data does not decrypt with the session key: {e}"
                 ))
             })?;
-            let value: Value = serde_json::from_slice(&plain).map_err(|_| {
+            let plain = String::from_utf8(plain).map_err(|_| {
+                GatewayError::UpstreamBadResponse("decrypted Data is not UTF-8".into())
+            })?;
+            let value = RawValue::from_string(plain).map_err(|_| {
                 GatewayError::UpstreamBadResponse("decrypted Data is not JSON".into())
             })?;
-            envelope.insert("Data".into(), value);
+            envelope.set("Data", value);
         }
-        serde_json::to_vec(&envelope).map_err(|e| GatewayError::Internal(e.to_string()))
+        Ok(envelope.to_vec())
     }
 
     fn auth_answer(&self, username: &str, expires_at: SystemTime) -> Vec<u8> {

@@ -5,6 +5,7 @@
 //! reply is classified. The rest of the gateway speaks only of sessions and [`Class`]es.
 
 pub mod einvoice;
+pub mod envelope;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -102,7 +103,7 @@ pub struct Reply {
     /// The classification.
     pub verdict: Verdict,
     /// The parsed top-level JSON object.
-    pub envelope: Option<serde_json::Map<String, serde_json::Value>>,
+    pub envelope: Option<envelope::Envelope>,
 }
 
 /// The header values a profile injects, precomputed so the request path does not allocate.

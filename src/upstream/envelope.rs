@@ -1,0 +1,115 @@
+//! The JSON envelope of a GST API reply, read without building a tree.
+//!
+//! Members are kept in their original order as raw JSON text. The gateway reads the few it
+//! needs (status, error codes, `Data`) and replaces `Data` with its decrypted value; every
+//! other member goes back to the caller byte for byte — "all other fields pass through
+//! unchanged" (DESIGN.md §5) — and the large ones are never parsed at all.
+
+use std::fmt;
+
+use serde::de::{DeserializeOwned, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+
+/// A JSON object's members, in order, values as raw JSON.
+pub struct Envelope {
+    members: Vec<(String, Box<RawValue>)>,
+}
+
+impl Envelope {
+    /// Parses a JSON object; `None` for anything else (garbage, an array, an HTML page).
+    pub fn parse(body: &[u8]) -> Option<Self> {
+        serde_json::from_slice(body).ok()
+    }
+
+    /// The raw value of the first member named `key`.
+    pub fn raw(&self, key: &str) -> Option<&RawValue> {
+        self.members
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_ref())
+    }
+
+    /// The member named `key`, deserialised; `None` when absent or of another shape.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
+        serde_json::from_str(self.raw(key)?.get()).ok()
+    }
+
+    /// Replaces the value of `key` (or appends it).
+    pub fn set(&mut self, key: &str, value: Box<RawValue>) {
+        match self.members.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = value,
+            None => self.members.push((key.to_owned(), value)),
+        }
+    }
+
+    /// The envelope as JSON bytes.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let size = self
+            .members
+            .iter()
+            .map(|(k, v)| k.len() + v.get().len() + 4)
+            .sum::<usize>();
+        let mut out = Vec::with_capacity(size + 2);
+        out.push(b'{');
+        for (i, (k, v)) in self.members.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            // Writing a string into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut out, k);
+            out.push(b':');
+            out.extend_from_slice(v.get().as_bytes());
+        }
+        out.push(b'}');
+        out
+    }
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Members;
+        impl<'de> Visitor<'de> for Members {
+            type Value = Envelope;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
+                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(4));
+                while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
+                    members.push(entry);
+                }
+                Ok(Envelope { members })
+            }
+        }
+        d.deserialize_map(Members)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_keep_their_order_and_bytes_when_one_is_replaced() {
+        let text = br#"{"Status":1,"Data":"abc","InfoDtls":null,"Zeta":{"b":1, "a":2}}"#;
+        let mut e = Envelope::parse(text).unwrap();
+        assert_eq!(e.get::<i64>("Status"), Some(1));
+        assert_eq!(e.get::<String>("Data").as_deref(), Some("abc"));
+        e.set(
+            "Data",
+            RawValue::from_string(r#"{"Irn":"x"}"#.into()).unwrap(),
+        );
+        assert_eq!(
+            String::from_utf8(e.to_vec()).unwrap(),
+            r#"{"Status":1,"Data":{"Irn":"x"},"InfoDtls":null,"Zeta":{"b":1, "a":2}}"#
+        );
+    }
+
+    #[test]
+    fn non_objects_are_not_envelopes() {
+        assert!(Envelope::parse(b"[1,2]").is_none());
+        assert!(Envelope::parse(b"<html>").is_none());
+        assert!(Envelope::parse(b"{\"a\":").is_none());
+    }
+}
