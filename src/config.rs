@@ -548,8 +548,8 @@ impl Config {
         Self::parse(&text, path)
     }
 
-    /// Parses and validates configuration text; `path` is used in messages and to resolve
-    /// relative file names.
+    /// Parses and validates configuration text; `path` names the file in messages. Relative
+    /// file names in the config are relative to the working directory.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),

@@ -208,7 +208,7 @@ impl GatewayError {
             CredentialsRejected { .. } => "Correct the API user's password in the gateway config (or reset it on the e-invoice/GST portal), then POST /admin/sessions/{upstream}/{gstin}/refresh.",
             UpstreamConfigRejected { .. } => "Check the upstream's client_id, client_secret and public key in the gateway config against the GSP's onboarding details.",
             LoginThrottled { .. } => "Wait and retry: the gateway limits logins per user to stay below the upstream's lockout threshold.",
-            LoginBackoff { .. } => "Retry later; if it persists check the GSP's status and the gateway's /status page.",
+            LoginBackoff { .. } => "Retry later; if it persists check the GSP's status and the gateway's /admin/sessions.",
             TokenRejected { .. } => "Check that the API user belongs to this GSTIN and that no other system logs in with the same user; retry later.",
             UpstreamThrottled { .. } => "Slow down and retry after a few minutes.",
             UpstreamUnavailable(_) => "Retry with backoff; if it persists check the GSP's status page.",
