@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The gateway benchmark: generate-IRN requests/s and p50/p99 latency, in one run on this
+# machine, against the simulator directly, nginx (static headers), gstgate in passthrough mode
+# and gstgate in gateway-encryption mode. See BENCHMARKS.md.
+#
+#   bench/run.sh                          # 5 rounds × 10 s per target, refreshes BENCHMARKS.md
+#   bench/run.sh --rounds 3 --duration 5s --report none
+#   bench/run.sh --perf passthrough       # plus a perf profile of one more run
+#   bench/run.sh --help                   # every option (also settable as BENCH_* variables)
+#
+# Installs nginx and wrk from Debian when they are missing, then runs
+# `cargo bench --bench gateway` (release build of gstgate and of the orchestrator,
+# benches/gateway/main.rs). Run it on an otherwise idle machine: the report lists any other busy
+# process it saw.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/sbin:/sbin"
+
+missing=()
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
+command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+for arg in "$@"; do
+  if [[ "$arg" == --perf* ]] && ! command -v perf >/dev/null 2>&1; then missing+=(linux-perf); fi
+done
+
+if ((${#missing[@]})); then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "bench/run.sh: installing ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  if ! $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; then
+    # Debian 13 has no nginx-light any more; the nginx package is the same server.
+    missing=("${missing[@]/nginx-light/nginx}")
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  fi
+fi
+
+export BENCH_COMMAND="bench/run.sh${*:+ $*}"
+exec cargo bench --bench gateway -- "$@"
