@@ -3,6 +3,7 @@
 -- Configured through the environment so the same script serves every target:
 --   BENCH_BODY     path of the request body (sent as is)
 --   BENCH_HEADERS  path of a file with one "Name: value" header per line (optional)
+--   BENCH_DELAY_MS pause per connection between an answer and the next request (optional)
 -- Example, by hand:
 --   BENCH_BODY=body.json BENCH_HEADERS=headers.txt \
 --     wrk -t1 -c64 -d10s --latency -s bench/generate-irn.lua http://127.0.0.1:8080/eicore/v1.03/Invoice
@@ -29,6 +30,13 @@ if header_file and header_file ~= "" then
       wrk.headers[name] = value
     end
   end
+end
+
+-- BENCH_DELAY_MS > 0: each connection waits that long between an answer and its next request
+-- (a fixed offered load instead of as fast as possible; wrk excludes the pause from latency).
+local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "0") or 0
+if pause > 0 then
+  delay = function() return pause end
 end
 
 done = function(summary, latency, requests)

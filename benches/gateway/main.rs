@@ -79,6 +79,11 @@ struct Opts {
     /// Concurrent keep-alive connections held by wrk.
     #[arg(long, env = "BENCH_CONNECTIONS", default_value_t = 64)]
     connections: u32,
+    /// Offered load in requests/s (all connections together) instead of as fast as possible:
+    /// each connection waits connections/rate between an answer and its next request, so the
+    /// latencies are those of every target at the same load, below saturation. 0 = no limit.
+    #[arg(long, env = "BENCH_RATE", default_value_t = 0)]
+    rate: u32,
     /// wrk threads (one event loop each).
     #[arg(long, env = "BENCH_THREADS", default_value_t = 1)]
     threads: u32,
@@ -111,6 +116,10 @@ struct Opts {
     /// (proxy and upstream processes, DWARF call graphs) and add the result to the report.
     #[arg(long, env = "BENCH_PERF", value_enum, value_delimiter = ',')]
     perf: Vec<TargetKind>,
+    /// Extra environment for the two `gstgate serve` processes, KEY=VALUE (repeatable), for
+    /// experiments: `RUST_LOG=warn`, `GSTGATE_LOG_FORMAT=json`, `LD_PRELOAD=…`.
+    #[arg(long = "gstgate-env", value_name = "KEY=VALUE")]
+    gstgate_env: Vec<String>,
     /// Keep the scratch directory (configs, logs, wrk output) and print its path.
     #[arg(long, env = "BENCH_KEEP")]
     keep: bool,
@@ -399,26 +408,33 @@ fn run(opts: Opts) -> Result<()> {
             }
             TargetKind::Passthrough | TargetKind::Gateway => {
                 let gateway = kind == TargetKind::Gateway;
-                start_gstgate(&bin, &dir, &layout, &sim_url, &sim_pub, gateway).map(
-                    |(p, proxy, admin)| {
-                        procs.push(p);
-                        Target {
-                            kind,
-                            url: format!("{proxy}{INVOICE_PATH}"),
-                            body: if gateway {
-                                body_plain.clone()
-                            } else {
-                                body_envelope.clone()
-                            },
-                            headers: vec![
-                                ("x-api-key".into(), API_KEY.into()),
-                                ("gstin".into(), GSTIN.into()),
-                            ],
-                            proc_index: Some(procs.len() - 1),
-                            admin_url: Some(admin),
-                        }
-                    },
+                start_gstgate(
+                    &bin,
+                    &dir,
+                    &layout,
+                    &sim_url,
+                    &sim_pub,
+                    gateway,
+                    &opts.gstgate_env,
                 )
+                .map(|(p, proxy, admin)| {
+                    procs.push(p);
+                    Target {
+                        kind,
+                        url: format!("{proxy}{INVOICE_PATH}"),
+                        body: if gateway {
+                            body_plain.clone()
+                        } else {
+                            body_envelope.clone()
+                        },
+                        headers: vec![
+                            ("x-api-key".into(), API_KEY.into()),
+                            ("gstin".into(), GSTIN.into()),
+                        ],
+                        proc_index: Some(procs.len() - 1),
+                        admin_url: Some(admin),
+                    }
+                })
             }
         };
         match prepared {
@@ -557,11 +573,14 @@ fn run(opts: Opts) -> Result<()> {
         Some("none") => {}
         other => {
             let path = other.map_or_else(|| manifest.join("BENCHMARKS.md"), PathBuf::from);
-            let key = format!(
+            let mut key = format!(
                 "upstream={} pin={}",
                 opts.upstream.name(),
                 pin_name(opts.pin)
             );
+            if opts.rate > 0 {
+                let _ = write!(key, " rate={}", opts.rate);
+            }
             write_results_section(&path, &key, &report)?;
             eprintln!(
                 "gateway-bench: results section of {} refreshed",
@@ -662,6 +681,7 @@ fn start_gstgate(
     sim_url: &str,
     sim_pub: &Path,
     gateway: bool,
+    env: &[String],
 ) -> Result<(Proc, String, String)> {
     let (mode, (user, pass)) = if gateway {
         ("gateway", USER_GATEWAY)
@@ -708,6 +728,12 @@ gstins = ["*"]
     fs::write(&path, config)?;
     let mut cmd = pinned(layout.proxy.as_deref(), bin);
     cmd.arg("serve").arg("--config").arg(&path);
+    for kv in env {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--gstgate-env wants KEY=VALUE, not {kv:?}"))?;
+        cmd.env(k, v);
+    }
     let mut p = Proc::spawn(&format!("gstgate-{mode}"), cmd, dir)?;
     let line = p.wait_for_line("gstgate ready: proxy http://", Duration::from_secs(60))?;
     // "gstgate ready: proxy http://ADDR admin http://ADDR"
@@ -866,6 +892,7 @@ fn run_wrk(
         .arg(&script)
         .env("BENCH_BODY", &t.body)
         .env("BENCH_HEADERS", t.headers_file(dir))
+        .env("BENCH_DELAY_MS", delay_ms(opts).to_string())
         .output()
         .context("running wrk")?;
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -923,6 +950,16 @@ fn run_wrk(
         max_us: num("max_us")?,
         cpu_s,
     })
+}
+
+/// The pause wrk's `delay()` puts between an answer and the next request on one connection
+/// for `--rate` (0 = none); wrk counts it in whole milliseconds.
+fn delay_ms(opts: &Opts) -> u64 {
+    if opts.rate == 0 {
+        0
+    } else {
+        (u64::from(opts.connections) * 1000 / u64::from(opts.rate)).max(1)
+    }
 }
 
 /// "1m2.500s" → 62.5
@@ -1634,6 +1671,18 @@ impl Report<'_> {
             self.runs.iter().filter(|r| r.round == 1).map(|r| r.kind.name()).collect::<Vec<_>>().join(" → "),
             self.body_len
         );
+        if o.rate > 0 {
+            let _ = writeln!(
+                s,
+                "| offered load | `--rate {}`: each connection pauses {} ms between an answer and its next request (wrk `delay()`), ≈ {:.0} req/s in all when answers are fast |",
+                o.rate,
+                delay_ms(o),
+                f64::from(o.connections) * 1000.0 / delay_ms(o) as f64
+            );
+        }
+        if !o.gstgate_env.is_empty() {
+            let _ = writeln!(s, "| gstgate environment | `{}` |", o.gstgate_env.join(" "));
+        }
         let _ = writeln!(
             s,
             "| upstream | `--upstream {}`: {} |",
