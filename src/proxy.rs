@@ -139,7 +139,7 @@ impl Proxy {
         let _inflight = Inflight(&self.metrics);
         let request_id = request_id(req.headers());
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
+        let uri = req.uri().clone();
         let mut outcome = Outcome::default();
         let result =
             tokio::time::timeout(self.request_timeout, self.process(req, &mut outcome)).await;
@@ -176,12 +176,12 @@ impl Proxy {
         let error = res.extensions().get::<ErrorCode>().map(|c| c.0);
         tracing::info!(
             target: "gstgate::access",
-            request_id = %request_id,
+            request_id = request_id.as_str(),
             client = outcome.client.as_deref(),
-            upstream = %upstream,
+            upstream = &*upstream,
             gstin = outcome.gstin.as_ref().map(Gstin::as_str),
-            method = %method,
-            path = %path,
+            method = method.as_str(),
+            path = uri.path(),
             status,
             upstream_status = outcome.upstream_status,
             upstream_code = outcome.upstream_code.as_deref(),
@@ -226,11 +226,17 @@ impl Proxy {
             .path_and_query()
             .map(|p| p.as_str())
             .unwrap_or("/");
-        let forward = forwardable(&parts.headers);
         let mut session = self.sessions.session(&slot, Trigger::Cold).await?;
         let mut attempt = 0;
         loop {
-            let (headers, wire) = build(upstream, &slot, &session, &forward, &parts.method, &body)?;
+            let (headers, wire) = build(
+                upstream,
+                &slot,
+                &session,
+                &parts.headers,
+                &parts.method,
+                &body,
+            )?;
             let (status, reply_headers, reply) = upstream
                 .send(parts.method.clone(), path_and_query, headers, wire)
                 .await?;
@@ -284,7 +290,7 @@ impl Proxy {
                 &session,
                 status,
                 &reply_headers,
-                reply,
+                &reply,
                 parsed,
             );
         }
@@ -397,11 +403,11 @@ fn build(
     upstream: &Upstream,
     slot: &Slot,
     session: &Session,
-    forward: &HeaderMap,
+    caller: &HeaderMap,
     method: &Method,
     body: &Bytes,
 ) -> Result<(HeaderMap, Bytes), GatewayError> {
-    let mut headers = forward.clone();
+    let mut headers = forwardable(caller);
     let ctx = upstream.header_context(slot.gstin_header(), slot.user_header());
     upstream
         .profile
@@ -431,8 +437,8 @@ fn respond(
     session: &Session,
     status: StatusCode,
     reply_headers: &HeaderMap,
-    reply: Bytes,
-    parsed: crate::upstream::Reply,
+    reply: &Bytes,
+    parsed: crate::upstream::Reply<'_>,
 ) -> Result<Response<Body>, GatewayError> {
     let verdict = parsed.verdict.clone();
     if parsed.envelope.is_none() {
@@ -468,7 +474,7 @@ fn respond(
     let body = if verdict.class == Class::Success && upstream.encryption == Encryption::Gateway {
         Bytes::from(upstream.profile.decode_reply(parsed, &session.sek)?)
     } else {
-        reply
+        reply.clone()
     };
     let mut res = Response::new(Body::from(body));
     *res.status_mut() = status;

@@ -230,7 +230,7 @@ impl Profile for Einvoice {
         Ok(out)
     }
 
-    fn read_reply(&self, status: StatusCode, body: &[u8]) -> Reply {
+    fn read_reply<'a>(&self, status: StatusCode, body: &'a [u8]) -> Reply<'a> {
         match Envelope::parse(body) {
             Some(envelope) => Reply {
                 verdict: verdict_of(&envelope),
@@ -253,7 +253,7 @@ impl Profile for Einvoice {
         }
     }
 
-    fn decode_reply(&self, reply: Reply, sek: &AesKey) -> Result<Vec<u8>, GatewayError> {
+    fn decode_reply(&self, reply: Reply<'_>, sek: &AesKey) -> Result<Vec<u8>, GatewayError> {
         let mut envelope = reply
             .envelope
             .ok_or_else(|| GatewayError::UpstreamBadResponse("the reply is not JSON".into()))?;

@@ -1,24 +1,26 @@
 //! The JSON envelope of a GST API reply, read without building a tree.
 //!
-//! Members are kept in their original order as raw JSON text. The gateway reads the few it
-//! needs (status, error codes, `Data`) and replaces `Data` with its decrypted value; every
-//! other member goes back to the caller byte for byte — "all other fields pass through
-//! unchanged" (DESIGN.md §5) — and the large ones are never parsed at all.
+//! Members are kept in their original order as raw JSON text borrowed from the reply body. The
+//! gateway reads the few it needs (status, error codes, `Data`) and replaces `Data` with its
+//! decrypted value; every other member goes back to the caller byte for byte — "all other
+//! fields pass through unchanged" (DESIGN.md §5) — and none is copied or parsed into a tree.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-/// A JSON object's members, in order, values as raw JSON.
-pub struct Envelope {
-    members: Vec<(String, Box<RawValue>)>,
+/// A JSON object's members, in order, values as raw JSON borrowed from the body.
+pub struct Envelope<'a> {
+    members: Vec<(String, Cow<'a, RawValue>)>,
 }
 
-impl Envelope {
+impl<'a> Envelope<'a> {
     /// Parses a JSON object; `None` for anything else (garbage, an array, an HTML page).
-    pub fn parse(body: &[u8]) -> Option<Self> {
+    pub fn parse(body: &'a [u8]) -> Option<Self> {
         serde_json::from_slice(body).ok()
     }
 
@@ -38,8 +40,8 @@ impl Envelope {
     /// Replaces the value of `key` (or appends it).
     pub fn set(&mut self, key: &str, value: Box<RawValue>) {
         match self.members.iter_mut().find(|(k, _)| k == key) {
-            Some((_, v)) => *v = value,
-            None => self.members.push((key.to_owned(), value)),
+            Some((_, v)) => *v = Cow::Owned(value),
+            None => self.members.push((key.to_owned(), Cow::Owned(value))),
         }
     }
 
@@ -66,23 +68,23 @@ impl Envelope {
     }
 }
 
-impl<'de> Deserialize<'de> for Envelope {
+impl<'de: 'a, 'a> Deserialize<'de> for Envelope<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Members;
-        impl<'de> Visitor<'de> for Members {
-            type Value = Envelope;
+        struct Members<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Members<'a> {
+            type Value = Envelope<'a>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope<'a>, A::Error> {
                 let mut members = Vec::with_capacity(map.size_hint().unwrap_or(4));
-                while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
-                    members.push(entry);
+                while let Some((k, v)) = map.next_entry::<String, &'de RawValue>()? {
+                    members.push((k, Cow::Borrowed(v)));
                 }
                 Ok(Envelope { members })
             }
         }
-        d.deserialize_map(Members)
+        d.deserialize_map(Members(PhantomData))
     }
 }
 
