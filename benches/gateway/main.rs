@@ -1104,7 +1104,7 @@ fn profile_run(
         "proxy"
     };
     Ok(format!(
-        "#### {name}\n\n\
+        "###### {name}\n\n\
          Flat profile: `{flat_cmd}` for {secs} s ({rps_flat:.0} req/s meanwhile). In a VM \
          without a PMU, cpu-clock samples that fall while interrupts are disabled are charged \
          to the instruction that re-enables them, so kernel network work (loopback softirq, \
@@ -1533,10 +1533,23 @@ impl Machine {
             })
             .and_then(|kb| kb.parse::<u64>().ok())
             .map_or("?".into(), |kb| format!("{:.1} GiB", kb as f64 / 1048576.0));
-        let dirty = if run("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+        let dirty = if run(
+            "git",
+            &[
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                "src",
+                "Cargo.toml",
+                "Cargo.lock",
+            ],
+        )
+        .is_empty()
+        {
             ""
         } else {
-            " (with uncommitted changes)"
+            " with uncommitted changes in src/ or Cargo.*"
         };
         Machine {
             date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
@@ -1632,7 +1645,7 @@ impl Report<'_> {
         let mut s = String::new();
         let _ = writeln!(
             s,
-            "## Results: upstream `{}`, pinning `{}` ({})\n",
+            "#### Run: upstream `{}`, pinning `{}` ({})\n",
             o.upstream.name(),
             pin_name(o.pin),
             m.date
@@ -1716,7 +1729,7 @@ impl Report<'_> {
 
         let sums = self.summaries();
         let find = |k: TargetKind| sums.iter().find(|x| x.kind == k);
-        let _ = writeln!(s, "### Median of {} rounds\n", o.rounds);
+        let _ = writeln!(s, "##### Median of {} rounds\n", o.rounds);
         let ncores = sums.first().map_or(0, |x| x.core_busy.len());
         let core_cols: String = (0..ncores).map(|i| format!(" CPU{i} busy |")).collect();
         let core_rule: String = (0..ncores).map(|_| "---:|").collect();
@@ -1780,7 +1793,7 @@ impl Report<'_> {
             if checks == 0 { " — all passed".to_string() } else { format!(" — **{checks} post-run checks failed**") }
         );
 
-        let _ = writeln!(s, "\n### Goals\n");
+        let _ = writeln!(s, "\n##### Goals\n");
         let pt = find(TargetKind::Passthrough);
         let ng = find(TargetKind::Nginx);
         let gw = find(TargetKind::Gateway);
@@ -1821,7 +1834,7 @@ impl Report<'_> {
             }
         }
 
-        let _ = writeln!(s, "\n### Every run\n");
+        let _ = writeln!(s, "\n##### Every run\n");
         let _ = writeln!(
             s,
             "| round | target | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | non-2xx | socket errors | proxy µs/req (sys) | proxy ctx sw/req | upstream µs/req (sys) | upstream ctx sw/req | wrk µs/req | other CPU | steal | noisy processes |"
@@ -1868,7 +1881,7 @@ impl Report<'_> {
 
         let _ = writeln!(
             s,
-            "\n### Counters that moved (summed over the measured runs)\n"
+            "\n##### Counters that moved (summed over the measured runs)\n"
         );
         for x in &sums {
             let mut simc: BTreeMap<String, f64> = BTreeMap::new();
@@ -1907,7 +1920,7 @@ impl Report<'_> {
         }
 
         if let Some(p) = &self.profile {
-            let _ = writeln!(s, "\n### Profile\n\n{p}");
+            let _ = writeln!(s, "\n##### Profile\n\n{p}");
         }
         s
     }
