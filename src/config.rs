@@ -597,6 +597,15 @@ impl Config {
         let mut prefixes = HashSet::new();
         for (i, u) in self.upstreams.iter().enumerate() {
             let key = |field: &str| format!("upstream[{i}].{field}");
+            if u.api != ApiKind::Einvoice {
+                return Err((
+                    key("api"),
+                    format!(
+                        "api = \"{}\" is not available in this version; only \"einvoice\" is",
+                        u.api
+                    ),
+                ));
+            }
             if u.name.is_empty()
                 || !u
                     .name
@@ -742,6 +751,29 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn apis_not_built_yet_are_rejected_by_name() {
+        let text = r#"
+[server]
+[[upstream]]
+name = "ewb"
+api = "ewaybill"
+base_url = "http://127.0.0.1:1"
+routes = ["/ewaybillapi/"]
+auth_path = "/ewaybillapi/v1.03/auth"
+public_key = "k.pem"
+client_id = "a"
+client_secret = "b"
+"#;
+        let err = Config::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("upstream[0].api") && err.contains("ewaybill"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn interpolation_replaces_variables_and_escapes() {
