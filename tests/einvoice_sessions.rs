@@ -288,16 +288,7 @@ async fn a_wrong_password_is_reported_once_and_never_retried() {
         .unwrap();
     assert_eq!(sessions["sessions"][0]["state"], "credentials_rejected");
     assert!(!sessions.to_string().contains("not-the-password"));
-    let res = gw
-        .http
-        .post(format!(
-            "http://{}/admin/sessions/einvoice/{GSTIN}/refresh",
-            gw.admin
-        ))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let res = gw.admin_refresh(GSTIN).await;
     expect_problem(res, 502, "credentials_rejected").await;
     assert_eq!(sim.count(GSTIN, "auth_calls").await, 2);
 }
@@ -312,13 +303,7 @@ async fn admin_refresh_forces_a_new_session_and_needs_the_token() {
     );
     let res = gw.http.post(&url).send().await.unwrap();
     expect_problem(res, 401, "unauthenticated").await;
-    let res = gw
-        .http
-        .post(&url)
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let res = gw.admin_refresh(GSTIN).await;
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["generation"], 1);
@@ -355,16 +340,7 @@ async fn an_early_refresh_that_gets_the_same_token_does_not_cause_more_logins() 
     )
     .await;
     assert_eq!(gw.generate(GSTIN, "E/1").await.status(), 200);
-    let res = gw
-        .http
-        .post(format!(
-            "http://{}/admin/sessions/einvoice/{GSTIN}/refresh",
-            gw.admin
-        ))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let res = gw.admin_refresh(GSTIN).await;
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["generation"], 1, "same token, same session");

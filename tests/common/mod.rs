@@ -513,6 +513,19 @@ impl Gateway {
             .unwrap()
     }
 
+    /// `POST /admin/sessions/einvoice/{gstin}/refresh` with the admin token.
+    pub async fn admin_refresh(&self, gstin: &str) -> reqwest::Response {
+        self.http
+            .post(format!(
+                "http://{}/admin/sessions/einvoice/{gstin}/refresh",
+                self.admin
+            ))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// The Prometheus text of `/metrics`.
     pub async fn metrics(&self) -> String {
         self.http
