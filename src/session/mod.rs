@@ -237,6 +237,10 @@ pub struct SessionInfo {
     pub last_error: Option<String>,
     /// Session generation.
     pub generation: Option<u64>,
+    /// When the taxpayer's portal API session ends and a new OTP is needed (GSTN), RFC 3339 UTC.
+    pub session_ends_at: Option<String>,
+    /// Seconds until the portal API session ends (GSTN).
+    pub session_ends_in_secs: Option<u64>,
 }
 
 fn rfc3339(at: SystemTime) -> String {
@@ -748,6 +752,8 @@ impl Sessions {
                     last_refresh: st.last_refresh.map(rfc3339),
                     last_error: st.last_error.clone(),
                     generation: live.map(|s| s.generation),
+                    session_ends_at: None,
+                    session_ends_in_secs: None,
                 }
             })
             .collect()
