@@ -1,4 +1,5 @@
-//! The admin listener (DESIGN.md §6): health, readiness, metrics, and the sessions API.
+//! The admin listener (DESIGN.md §6): health, readiness, metrics, the sessions API and the
+//! GSTN OTP flow.
 //!
 //! Health and metrics stay open (probes and Prometheus scrape without secrets); everything
 //! under `/admin/` needs `Authorization: Bearer <server.admin_token>` and is disabled when no
@@ -6,6 +7,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -18,7 +20,7 @@ use subtle::ConstantTimeEq;
 
 use crate::gstin::Gstin;
 use crate::problem::GatewayError;
-use crate::session::Sessions;
+use crate::session::{Session, Sessions, Slot};
 
 /// The admin listener's state.
 pub struct Admin {
@@ -38,6 +40,11 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/metrics", get(metrics))
         .route("/admin/sessions", get(sessions))
         .route("/admin/sessions/{upstream}/{gstin}/refresh", post(refresh))
+        .route(
+            "/admin/sessions/{upstream}/{gstin}/otp-request",
+            post(otp_request),
+        )
+        .route("/admin/sessions/{upstream}/{gstin}/otp", post(otp))
         .fallback(|| async { GatewayError::RouteNotFound("admin".into()) })
         .with_state(admin)
 }
@@ -85,38 +92,105 @@ struct UserQuery {
     user: Option<String>,
 }
 
+/// The slot an admin path names, after the bearer check.
+fn slot_for(
+    admin: &Admin,
+    headers: &HeaderMap,
+    upstream: &str,
+    gstin: &str,
+    user: Option<&str>,
+) -> Result<Arc<Slot>, GatewayError> {
+    authorize(admin, headers)?;
+    let gstin = Gstin::parse(gstin).map_err(|e| GatewayError::GstinInvalid(e.to_string()))?;
+    admin
+        .sessions
+        .find(upstream, &gstin, user)
+        .ok_or_else(|| GatewayError::NoCredential {
+            upstream: upstream.to_owned(),
+            gstin: gstin.to_string(),
+        })
+}
+
+fn session_body(slot: &Slot, session: &Session) -> serde_json::Value {
+    serde_json::json!({
+        "upstream": &*slot.upstream.name,
+        "gstin": slot.credential.gstin.as_str(),
+        "username": &*slot.credential.username,
+        "generation": session.generation,
+        "expires_at": chrono::DateTime::<chrono::Utc>::from(session.expires_at).to_rfc3339(),
+    })
+}
+
 async fn refresh(
     State(admin): State<Arc<Admin>>,
     headers: HeaderMap,
     Path((upstream, gstin)): Path<(String, String)>,
     Query(q): Query<UserQuery>,
 ) -> Response {
-    if let Err(e) = authorize(&admin, &headers) {
-        return e.into_response();
-    }
-    let gstin = match Gstin::parse(&gstin) {
-        Ok(g) => g,
-        Err(e) => return GatewayError::GstinInvalid(e.to_string()).into_response(),
-    };
-    let Some(slot) = admin.sessions.find(&upstream, &gstin, q.user.as_deref()) else {
-        return GatewayError::NoCredential {
-            upstream,
-            gstin: gstin.to_string(),
-        }
-        .into_response();
+    let slot = match slot_for(&admin, &headers, &upstream, &gstin, q.user.as_deref()) {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
     };
     match admin.sessions.refresh_now(&slot).await {
-        Ok(s) => (
-            StatusCode::OK,
+        Ok(s) => (StatusCode::OK, Json(session_body(&slot, &s))).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST …/otp-request`: the upstream sends the taxpayer an OTP.
+async fn otp_request(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    Path((upstream, gstin)): Path<(String, String)>,
+    Query(q): Query<UserQuery>,
+) -> Response {
+    let slot = match slot_for(&admin, &headers, &upstream, &gstin, q.user.as_deref()) {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
+    };
+    match admin.sessions.request_otp(&slot).await {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
             Json(serde_json::json!({
-                "upstream": upstream,
-                "gstin": gstin.as_str(),
+                "status": "otp_requested",
+                "upstream": &*slot.upstream.name,
+                "gstin": slot.credential.gstin.as_str(),
                 "username": &*slot.credential.username,
-                "generation": s.generation,
-                "expires_at": chrono::DateTime::<chrono::Utc>::from(s.expires_at).to_rfc3339(),
+                "next": format!(
+                    "POST /admin/sessions/{}/{}/otp with {{\"otp\": \"<the OTP the taxpayer received>\"}}",
+                    slot.upstream.name, slot.credential.gstin
+                ),
             })),
         )
             .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The body of `POST …/otp`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OtpBody {
+    otp: String,
+}
+
+/// `POST …/otp` with `{"otp": "123456"}`: starts the GSTN session.
+async fn otp(
+    State(admin): State<Arc<Admin>>,
+    headers: HeaderMap,
+    Path((upstream, gstin)): Path<(String, String)>,
+    Query(q): Query<UserQuery>,
+    body: Bytes,
+) -> Response {
+    let slot = match slot_for(&admin, &headers, &upstream, &gstin, q.user.as_deref()) {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
+    };
+    let Ok(body) = serde_json::from_slice::<OtpBody>(&body) else {
+        return GatewayError::BodyInvalid("expected {\"otp\": \"123456\"}".into()).into_response();
+    };
+    match admin.sessions.submit_otp(&slot, &body.otp).await {
+        Ok(s) => (StatusCode::OK, Json(session_body(&slot, &s))).into_response(),
         Err(e) => e.into_response(),
     }
 }

@@ -26,6 +26,17 @@ pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(6 * 60 * 60);
 pub const DEFAULT_MAX_LOGINS: u32 = 4;
 /// The window of the reported login limit.
 pub const DEFAULT_LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// NIC e-way bill reportedly blocks a user for 15 minutes after 5 logins in 15 minutes
+/// (GSP help pages): a configured limit above it would walk into the block.
+pub const EWAYBILL_MAX_LOGINS: u32 = 5;
+/// GSTN's `ip-usr` when none is configured: the gateway stands in for the end user.
+pub const DEFAULT_IP_USR: &str = "127.0.0.1";
+/// The longest API-access period a taxpayer can enable on the GST portal.
+pub const MAX_SESSION_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The shortest API-access period the GST portal offers.
+pub const MIN_SESSION_LIFETIME: Duration = Duration::from_secs(6 * 3600);
+/// How long before a GSTN session needs a new OTP the operator is warned, by default.
+pub const DEFAULT_OTP_WARNING: Duration = Duration::from_secs(48 * 3600);
 /// A caller request body above this is refused with 413 (DESIGN.md §4 default).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 /// Request headers above this (all of them together) are refused.
@@ -271,8 +282,12 @@ pub struct UpstreamConfig {
     /// Static extra headers sent on every call (GSP subscription keys…).
     #[serde(default, deserialize_with = "env_map")]
     pub headers: BTreeMap<String, SecretString>,
+    /// The end user's IP address sent as GSTN's `ip-usr` header.
+    #[serde(deserialize_with = "env_parse", default = "default_ip_usr")]
+    pub ip_usr: String,
     /// Overrides of the profile's header names (`client_id`, `client_secret`, `gstin`,
-    /// `user_name`, `auth_token`), for GSPs that spell them differently.
+    /// `user_name`, `auth_token`, `state_cd`, `ip_usr`, `txn`), for GSPs that spell them
+    /// differently.
     #[serde(default, deserialize_with = "env_map_plain")]
     pub header_names: BTreeMap<String, String>,
 }
@@ -287,8 +302,8 @@ pub struct CredentialConfig {
     /// API user name created on the portal.
     #[serde(deserialize_with = "env_parse")]
     pub username: String,
-    /// API password.
-    #[serde(deserialize_with = "env_secret")]
+    /// API password (not used by GSTN, whose sessions start with an OTP).
+    #[serde(deserialize_with = "env_secret", default = "empty_secret")]
     pub password: SecretString,
     /// Upstream names this credential logs in to.
     #[serde(deserialize_with = "env_vec")]
@@ -381,6 +396,14 @@ fn default_encryption() -> Encryption {
 fn default_refresh_before() -> Duration {
     DEFAULT_REFRESH_BEFORE
 }
+fn empty_secret() -> SecretString {
+    SecretString::from(String::new())
+}
+
+fn default_ip_usr() -> String {
+    DEFAULT_IP_USR.to_owned()
+}
+
 fn default_token_lifetime() -> Duration {
     DEFAULT_TOKEN_LIFETIME
 }
@@ -597,15 +620,6 @@ impl Config {
         let mut prefixes = HashSet::new();
         for (i, u) in self.upstreams.iter().enumerate() {
             let key = |field: &str| format!("upstream[{i}].{field}");
-            if u.api != ApiKind::Einvoice {
-                return Err((
-                    key("api"),
-                    format!(
-                        "api = \"{}\" is not available in this version; only \"einvoice\" is",
-                        u.api
-                    ),
-                ));
-            }
             if u.name.is_empty()
                 || !u
                     .name
@@ -651,6 +665,18 @@ impl Config {
             if u.max_logins == 0 {
                 return Err((key("max_logins"), "must be at least 1".into()));
             }
+            if u.api == ApiKind::Ewaybill && u.max_logins > EWAYBILL_MAX_LOGINS {
+                return Err((
+                    key("max_logins"),
+                    format!("e-way bill blocks a user for 15 minutes after {EWAYBILL_MAX_LOGINS} logins in 15 minutes; use at most {EWAYBILL_MAX_LOGINS}"),
+                ));
+            }
+            if http::HeaderValue::from_str(&u.ip_usr).is_err() {
+                return Err((
+                    key("ip_usr"),
+                    "must be a valid header value (an IP address)".into(),
+                ));
+            }
             for name in u.header_names.keys() {
                 if !crate::upstream::HEADER_ROLES.contains(&name.as_str()) {
                     return Err((
@@ -682,12 +708,27 @@ impl Config {
             if c.username.is_empty() {
                 return Err((key("username"), "must not be empty".into()));
             }
+            if let Some(l) = c.session_lifetime {
+                if !(MIN_SESSION_LIFETIME..=MAX_SESSION_LIFETIME).contains(&l) {
+                    return Err((
+                        key("session_lifetime"),
+                        "the GST portal enables API access for 6 hours to 30 days: use a value in that range".into(),
+                    ));
+                }
+            }
             if c.upstreams.is_empty() {
                 return Err((key("upstreams"), "name at least one upstream".into()));
             }
             for u in &c.upstreams {
                 if !names.contains(u.as_str()) {
                     return Err((key("upstreams"), format!("no [[upstream]] is named `{u}`")));
+                }
+                let api = self.upstreams.iter().find(|x| x.name == *u).map(|x| x.api);
+                if api != Some(ApiKind::Gstn) && c.password.expose_secret().is_empty() {
+                    return Err((
+                        key("password"),
+                        format!("upstream `{u}` logs in with a password: set one"),
+                    ));
                 }
                 if !identities.insert((u.clone(), c.gstin.to_ascii_uppercase(), c.username.clone()))
                 {
@@ -753,8 +794,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn apis_not_built_yet_are_rejected_by_name() {
-        let text = r#"
+    fn limits_the_upstreams_impose_are_checked_by_name() {
+        let config = |extra_upstream: &str, extra_credential: &str| {
+            format!(
+                r#"
 [server]
 [[upstream]]
 name = "ewb"
@@ -765,14 +808,28 @@ auth_path = "/ewaybillapi/v1.03/auth"
 public_key = "k.pem"
 client_id = "a"
 client_secret = "b"
-"#;
-        let err = Config::parse(text, Path::new("c.toml"))
+{extra_upstream}
+[[credential]]
+gstin = "27AAPFU0939F1ZV"
+username = "u"
+password = "p"
+upstreams = ["ewb"]
+{extra_credential}
+"#
+            )
+        };
+        let parse = |text: String| Config::parse(&text, Path::new("c.toml"));
+        assert!(parse(config("max_logins = 5", "session_lifetime = \"6h\"")).is_ok());
+        let err = parse(config("max_logins = 6", "")).unwrap_err().to_string();
+        assert!(err.contains("upstream[0].max_logins"), "{err}");
+        let err = parse(config("", "session_lifetime = \"31d\""))
             .unwrap_err()
             .to_string();
-        assert!(
-            err.contains("upstream[0].api") && err.contains("ewaybill"),
-            "{err}"
-        );
+        assert!(err.contains("credential[0].session_lifetime"), "{err}");
+        let err = parse(config("", "session_lifetime = \"1h\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("6 hours"), "{err}");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! from it in this one file. Nothing here ever carries a token, SEK or password: details are
 //! written by gstgate, and upstream text is limited to the upstream's error code and message.
 
+use std::borrow::Cow;
+
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
 use serde::Serialize;
@@ -105,6 +107,38 @@ pub enum GatewayError {
     /// The upstream's reply could not be read: not JSON, undecryptable, bad HMAC, too large.
     #[error("unreadable upstream response: {0}")]
     UpstreamBadResponse(String),
+    /// A GSTN session needs the taxpayer's OTP; callers never trigger the OTP themselves.
+    #[error("GSTIN {gstin} has no GSTN session on `{upstream}`: {reason}")]
+    OtpRequired {
+        /// Upstream name.
+        upstream: String,
+        /// The GSTIN.
+        gstin: String,
+        /// Why (never started, portal session ended, refresh refused).
+        reason: String,
+    },
+    /// The OTP given to the admin API is malformed or the upstream refused it.
+    #[error("the OTP was refused: {detail}")]
+    OtpInvalid {
+        /// The upstream's error code.
+        upstream_code: Option<String>,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The taxpayer has not enabled API access on the GST portal.
+    #[error("API access is not enabled on the GST portal for GSTIN {gstin}")]
+    ApiAccessDisabled {
+        /// The GSTIN.
+        gstin: String,
+        /// The upstream's error code.
+        upstream_code: Option<String>,
+    },
+    /// The API user has too many live sessions with this GSP.
+    #[error("the API user has too many active sessions with this GSP")]
+    TooManySessions {
+        /// The upstream's error code.
+        upstream_code: Option<String>,
+    },
     /// The store or a dependency is not ready.
     #[error("not ready: {0}")]
     NotReady(String),
@@ -119,9 +153,11 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             Unauthenticated => StatusCode::UNAUTHORIZED,
-            GstinMissing | GstinInvalid(_) | UserRequired { .. } | BodyInvalid(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            GstinMissing
+            | GstinInvalid(_)
+            | UserRequired { .. }
+            | BodyInvalid(_)
+            | OtpInvalid { .. } => StatusCode::BAD_REQUEST,
             GstinNotAllowed(_) | NoCredential { .. } => StatusCode::FORBIDDEN,
             RouteNotFound(_) => StatusCode::NOT_FOUND,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -131,9 +167,11 @@ impl GatewayError {
             | LoginBackoff { .. }
             | TokenRejected { .. }
             | UpstreamUnavailable(_)
+            | ApiAccessDisabled { .. }
+            | TooManySessions { .. }
             | UpstreamBadResponse(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            NotReady(_) | OtpRequired { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -160,6 +198,10 @@ impl GatewayError {
             UpstreamUnavailable(_) => "upstream_unavailable",
             UpstreamTimeout(_) => "upstream_timeout",
             UpstreamBadResponse(_) => "upstream_bad_response",
+            OtpRequired { .. } => "otp_required",
+            OtpInvalid { .. } => "otp_invalid",
+            ApiAccessDisabled { .. } => "api_access_disabled",
+            TooManySessions { .. } => "too_many_sessions",
             NotReady(_) => "not_ready",
             Internal(_) => "internal",
         }
@@ -187,15 +229,27 @@ impl GatewayError {
             UpstreamUnavailable(_) => "Upstream unavailable",
             UpstreamTimeout(_) => "Upstream timeout",
             UpstreamBadResponse(_) => "Bad upstream response",
+            OtpRequired { .. } => "OTP required",
+            OtpInvalid { .. } => "OTP refused",
+            ApiAccessDisabled { .. } => "API access not enabled",
+            TooManySessions { .. } => "Too many sessions",
             NotReady(_) => "Not ready",
             Internal(_) => "Internal error",
         }
     }
 
     /// The action that fixes it, in one sentence (the GST docs' troubleshooting table).
-    pub fn remedy(&self) -> &'static str {
+    pub fn remedy(&self) -> Cow<'static, str> {
         use GatewayError::*;
-        match self {
+        if let OtpRequired {
+            upstream, gstin, ..
+        } = self
+        {
+            return Cow::Owned(format!(
+                "Ask the gateway operator to run POST /admin/sessions/{upstream}/{gstin}/otp-request (the taxpayer receives an OTP), then POST /admin/sessions/{upstream}/{gstin}/otp with {{\"otp\": \"<the OTP>\"}}."
+            ));
+        }
+        Cow::Borrowed(match self {
             Unauthenticated => "Send your API key in the `x-api-key` header (or `Authorization: Bearer`); ask the gateway operator for one.",
             GstinMissing => "Send the taxpayer's GSTIN in the `gstin` header.",
             GstinInvalid(_) => "Send a 15-character GSTIN as registered on the GST portal; check for typos in the last (check) character.",
@@ -216,7 +270,11 @@ impl GatewayError {
             UpstreamBadResponse(_) => "Retry; if it persists the GSP or its session keys are misbehaving — contact the gateway operator.",
             NotReady(_) => "Retry shortly; the gateway is starting or its store is unreachable.",
             Internal(_) => "Retry; if it persists report it to the gateway operator with the x-request-id.",
-        }
+            OtpRequired { .. } => "Start a GSTN session with the taxpayer's OTP through the admin API.",
+            OtpInvalid { .. } => "Request a new OTP with POST /admin/sessions/{upstream}/{gstin}/otp-request and submit the 6 digits the taxpayer receives, once.",
+            ApiAccessDisabled { .. } => "The taxpayer must enable API access on the GST portal (My Profile → Manage API Access, up to 30 days); then request a new OTP.",
+            TooManySessions { .. } => "Stop other software logging in with this API user, or wait for its sessions to expire, then request a new OTP.",
+        })
     }
 
     /// The upstream's own error code, where it gave one.
@@ -226,6 +284,9 @@ impl GatewayError {
             CredentialsRejected { upstream_code, .. }
             | UpstreamConfigRejected { upstream_code, .. }
             | TokenRejected { upstream_code }
+            | OtpInvalid { upstream_code, .. }
+            | ApiAccessDisabled { upstream_code, .. }
+            | TooManySessions { upstream_code }
             | UpstreamThrottled { upstream_code } => upstream_code.as_deref(),
             _ => None,
         }
@@ -275,7 +336,7 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_code: Option<String>,
     /// What fixes it.
-    pub remedy: &'static str,
+    pub remedy: Cow<'static, str>,
     /// The request id, to quote to the operator.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,

@@ -408,7 +408,7 @@ fn build(
     body: &Bytes,
 ) -> Result<(HeaderMap, Bytes), GatewayError> {
     let mut headers = forwardable(caller);
-    let ctx = upstream.header_context(slot.gstin_header(), slot.user_header());
+    let ctx = slot.header_context();
     upstream
         .profile
         .data_headers(&mut headers, &ctx, &session.token);
@@ -467,6 +467,17 @@ fn respond(
             return Err(GatewayError::UpstreamConfigRejected {
                 upstream_code: verdict.code,
                 message: verdict.message.unwrap_or_else(|| "request refused".into()),
+            })
+        }
+        Class::AccessDisabled => {
+            return Err(GatewayError::ApiAccessDisabled {
+                gstin: slot.credential.gstin.to_string(),
+                upstream_code: verdict.code,
+            })
+        }
+        Class::SessionLimit => {
+            return Err(GatewayError::TooManySessions {
+                upstream_code: verdict.code,
             })
         }
         _ => {}

@@ -93,6 +93,13 @@ impl Guard {
         self.last_failure = Some(reason);
     }
 
+    /// Holds logins off for at least `wait`: the upstream asked us to slow down.
+    pub fn hold_off(&mut self, now: Instant, wait: Duration) {
+        self.failures = self.failures.saturating_add(1);
+        self.backoff_until = Some(now + wait);
+        self.last_failure = Some("the upstream asked to retry later".into());
+    }
+
     /// Stops all logins until [`Guard::reset`].
     pub fn lock_out(&mut self, state: State, err: GatewayError) {
         self.lockout = Some((state, err));

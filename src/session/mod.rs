@@ -29,7 +29,9 @@ use crate::crypto::AesKey;
 use crate::gstin::Gstin;
 use crate::metrics::{Metrics, ResultLabels, TriggerLabels};
 use crate::problem::GatewayError;
-use crate::upstream::{Class, LoginFailure, Upstream};
+use crate::upstream::{
+    Class, Expiry, HeaderContext, Login, LoginFailure, LoginKind, Renewal, Upstream, Verdict,
+};
 
 pub use guard::Guard;
 
@@ -39,6 +41,23 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
 
 /// After a refresh got the old token back, never ask again sooner than this.
 const SAME_TOKEN_MIN_RETRY: Duration = Duration::from_secs(10);
+
+/// An API without a force-refresh (NIC e-way bill) logs in again this long after the token's
+/// expiry: gstgate counts the lifetime from when it *sent* the login, so the upstream's clock
+/// for the token runs a little later, and a login at the very deadline gets the old token back.
+const AT_EXPIRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Logins at expiry that still get the old token back are retried this many times, this far
+/// apart, before the callers waiting for them are answered with an error.
+const AT_EXPIRY_RETRIES: u32 = 3;
+const AT_EXPIRY_RETRY_GAP: Duration = Duration::from_secs(1);
+
+/// A GSTN session lasts this long when the credential does not say (the portal's longest
+/// API-access period).
+const DEFAULT_SESSION_LIFETIME: Duration = crate::config::MAX_SESSION_LIFETIME;
+
+/// The shortest OTP the admin API accepts and the longest; GSTN's are 6 digits.
+const OTP_DIGITS: std::ops::RangeInclusive<usize> = 4..=8;
 
 /// Why a session is being (re)established — the `trigger` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,13 +163,32 @@ pub struct Credential {
     /// API user name.
     pub username: Arc<str>,
     password: SecretString,
+    /// How long the taxpayer enabled API access for (GSTN).
+    pub session_lifetime: Duration,
     gstin_header: HeaderValue,
     user_header: HeaderValue,
+    state_header: HeaderValue,
+}
+
+/// The taxpayer's portal API session (GSTN): started with an OTP, ends when the API-access
+/// period the taxpayer enabled runs out.
+#[derive(Debug, Clone, Copy)]
+struct Portal {
+    /// When a new OTP will be needed, by the credential's `session_lifetime`.
+    ends_at: SystemTime,
 }
 
 /// The mutable part of a slot.
 struct SlotState {
+    /// The session callers use; cleared when the upstream rejects its token.
     session: Option<Arc<Session>>,
+    /// The upstream's latest session, kept after a rejection: a GSTN refresh proves
+    /// possession of its token and SEK. `None` for an OTP API means an OTP is needed.
+    latest: Option<Arc<Session>>,
+    /// The portal session (GSTN).
+    portal: Option<Portal>,
+    /// Logins that failed in a row, for the refresh-failing alert.
+    failures_in_a_row: u32,
     /// Set while a login runs.
     refreshing: bool,
     /// Why the last login failed, without secrets.
@@ -201,6 +239,19 @@ impl Slot {
         &self.credential.user_header
     }
 
+    /// The values the upstream's profile puts in headers for this slot.
+    pub fn header_context(&self) -> HeaderContext<'_> {
+        self.upstream.header_context(
+            &self.credential.gstin_header,
+            &self.credential.user_header,
+            &self.credential.state_header,
+        )
+    }
+
+    fn needs_otp(&self) -> bool {
+        self.upstream.profile.renewal() == Renewal::OtpThenRefresh
+    }
+
     fn state_now(&self, st: &SlotState, now: Instant) -> State {
         if let Some(s) = st.guard.locked_state() {
             return s;
@@ -210,6 +261,7 @@ impl Slot {
         }
         match &st.session {
             Some(s) if s.usable(now) => State::Valid,
+            _ if self.needs_otp() && st.latest.is_none() => State::NeedsOtp,
             _ if st.last_error.is_some() => State::Failed,
             _ => State::Cold,
         }
@@ -284,6 +336,8 @@ impl Sessions {
                 HeaderValue::from_str(gstin.as_str()).map_err(|e| err(e.to_string()))?;
             let user_header = HeaderValue::from_str(&c.username)
                 .map_err(|_| err("username is not a valid header value".into()))?;
+            let state_header =
+                HeaderValue::from_str(gstin.state_code()).map_err(|e| err(e.to_string()))?;
             for name in &c.upstreams {
                 let (u_idx, upstream) = upstreams
                     .iter()
@@ -298,11 +352,16 @@ impl Sessions {
                         gstin: gstin.clone(),
                         username: c.username.as_str().into(),
                         password: c.password.clone(),
+                        session_lifetime: c.session_lifetime.unwrap_or(DEFAULT_SESSION_LIFETIME),
                         gstin_header: gstin_header.clone(),
                         user_header: user_header.clone(),
+                        state_header: state_header.clone(),
                     },
                     state: Mutex::new(SlotState {
                         session: None,
+                        latest: None,
+                        portal: None,
+                        failures_in_a_row: 0,
                         refreshing: false,
                         last_error: None,
                         last_refresh: None,
@@ -411,6 +470,83 @@ impl Sessions {
         self.login(slot, Trigger::Manual).await
     }
 
+    /// Asks the upstream to send the taxpayer an OTP (GSTN). An operator's call: it clears a
+    /// lockout, but still counts against the login limit (each one is an SMS to the taxpayer).
+    pub async fn request_otp(&self, slot: &Slot) -> Result<(), GatewayError> {
+        self.require_otp_api(slot)?;
+        let _single_flight = slot.login.lock().await;
+        {
+            let mut st = slot.lock();
+            st.guard.reset();
+            st.guard.admit(Instant::now())?;
+        }
+        let sent = self.auth_call(slot, LoginKind::OtpRequest).await;
+        let label = |result: &'static str| ResultLabels {
+            upstream: slot.upstream.name.clone().into(),
+            result,
+        };
+        let outcome = sent.and_then(|sent| {
+            slot.upstream
+                .profile
+                .parse_ack(&sent.body)
+                .map_err(|f| login_failure(f, sent.status))
+        });
+        match outcome {
+            Ok(()) => {
+                self.metrics
+                    .auth_requests
+                    .get_or_create(&label("success"))
+                    .inc();
+                tracing::info!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
+                    user = %slot.credential.username, "OTP requested");
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics
+                    .auth_requests
+                    .get_or_create(&label("error"))
+                    .inc();
+                let err = self.refusal(slot, e);
+                tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
+                    code = err.code(), upstream_code = err.upstream_code(), "OTP request failed");
+                Err(err)
+            }
+        }
+    }
+
+    /// Starts a GSTN session with the OTP the taxpayer received; the portal session it opens
+    /// lasts the credential's `session_lifetime`.
+    pub async fn submit_otp(&self, slot: &Slot, otp: &str) -> Result<Arc<Session>, GatewayError> {
+        self.require_otp_api(slot)?;
+        let otp = otp.trim();
+        if !OTP_DIGITS.contains(&otp.len()) || !otp.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(GatewayError::OtpInvalid {
+                upstream_code: None,
+                detail: "an OTP is the 6 digits the taxpayer received".into(),
+            });
+        }
+        let _single_flight = slot.login.lock().await;
+        {
+            let mut st = slot.lock();
+            st.guard.reset();
+            st.guard.admit(Instant::now())?;
+            st.refreshing = true;
+        }
+        let result = self.login_call(slot, LoginKind::Otp(otp)).await;
+        self.settle(slot, Trigger::Manual, result, None, Instant::now(), true)
+    }
+
+    fn require_otp_api(&self, slot: &Slot) -> Result<(), GatewayError> {
+        if slot.needs_otp() {
+            Ok(())
+        } else {
+            Err(GatewayError::BodyInvalid(format!(
+                "upstream `{}` does not use OTP sessions",
+                slot.upstream.name
+            )))
+        }
+    }
+
     /// The scheduler's refresh of `generation`, if it is still current and in use.
     pub(crate) async fn refresh_due(&self, id: usize, generation: u64) {
         let Some(slot) = self.slots.get(id) else {
@@ -421,10 +557,13 @@ impl Sessions {
             if st.session.as_ref().map(|s| s.generation) != Some(generation) {
                 return;
             }
-            if st.last_used.elapsed() >= slot.upstream.idle_ttl {
+            // An idle GSTN session is kept alive all the same: dropping it would cost the
+            // taxpayer a new OTP, which is what gstgate exists to avoid.
+            if !slot.needs_otp() && st.last_used.elapsed() >= slot.upstream.idle_ttl {
                 tracing::info!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
                     "dropping idle session instead of refreshing it");
                 st.session = None;
+                st.latest = None;
                 return;
             }
         }
@@ -434,11 +573,13 @@ impl Sessions {
             Some(s) if s.generation == generation => {
                 if let Err(e) = self.login(slot, Trigger::Proactive).await {
                     // Retry only when waiting can help, and no sooner than the guard allows:
-                    // a lockout needs an operator, and hammering a throttled login only
-                    // extends the block.
+                    // a lockout or a missing OTP needs an operator, and hammering a
+                    // throttled login only extends the block.
                     let retry = match &e {
                         GatewayError::CredentialsRejected { .. }
-                        | GatewayError::UpstreamConfigRejected { .. } => None,
+                        | GatewayError::UpstreamConfigRejected { .. }
+                        | GatewayError::OtpRequired { .. }
+                        | GatewayError::ApiAccessDisabled { .. } => None,
                         GatewayError::LoginThrottled { retry_after_secs }
                         | GatewayError::LoginBackoff {
                             retry_after_secs, ..
@@ -450,9 +591,7 @@ impl Sessions {
                         "proactive refresh failed");
                     if let Some(retry) = retry {
                         let at = Instant::now() + retry;
-                        if s.deadline > at {
-                            self.scheduler.schedule(id, generation, at);
-                        }
+                        self.scheduler.schedule(slot.id, generation, at);
                     }
                 }
             }
@@ -460,158 +599,261 @@ impl Sessions {
         }
     }
 
-    /// Performs one login. Must be called with the slot's `login` lock held.
+    /// Renews the slot's session the way its API allows. Must be called with the slot's
+    /// `login` lock held.
     async fn login(&self, slot: &Slot, trigger: Trigger) -> Result<Arc<Session>, GatewayError> {
-        let upstream = &slot.upstream;
-        let now = Instant::now();
-        let current = {
+        let renewal = slot.upstream.profile.renewal();
+        let (current, latest) = {
             let mut st = slot.lock();
-            st.guard.admit(now)?;
-            st.refreshing = true;
-            st.session.clone()
+            if renewal == Renewal::OtpThenRefresh {
+                // Never start a GSTN session, or keep one past the API-access period the
+                // taxpayer enabled: either needs an OTP, which only an operator may request.
+                let reason = match st.portal {
+                    _ if st.latest.is_none() => Some("no session has been started with an OTP"),
+                    Some(p) if p.ends_at <= SystemTime::now() => {
+                        Some("the API-access period the taxpayer enabled has ended")
+                    }
+                    _ => None,
+                };
+                if let Some(reason) = reason {
+                    st.latest = None;
+                    st.portal = None;
+                    return Err(self.otp_required(slot, reason));
+                }
+            }
+            (st.session.clone(), st.latest.clone())
         };
-        // Ask for a new token only inside the API's force window; outside it the upstream
-        // ignores the flag (NIC) or may refuse it.
-        let force = match (&current, upstream.profile.force_window()) {
-            (Some(s), Some(window)) => s.deadline.saturating_duration_since(now) <= window,
-            _ => false,
-        };
-        let result = self.login_call(slot, force).await;
+        if let (Renewal::AtExpiry, Some(s)) = (renewal, &current) {
+            // Hold the requests that straddle the boundary until the token has expired by
+            // the upstream's clock too; a login before that returns the same token.
+            let at = s.deadline + AT_EXPIRY_DELAY;
+            if at > Instant::now() && s.deadline <= Instant::now() + EXPIRY_MARGIN {
+                tokio::time::sleep_until(at.into()).await;
+            }
+        }
+        let mut attempts = 0;
+        loop {
+            let now = Instant::now();
+            {
+                let mut st = slot.lock();
+                st.guard.admit(now)?;
+                st.refreshing = true;
+            }
+            let kind = match (renewal, &latest) {
+                (Renewal::ForceWindow(window), _) => LoginKind::Password {
+                    // Ask for a new token only inside the force window; outside it the
+                    // upstream ignores the flag (NIC) or may refuse it.
+                    force: current
+                        .as_ref()
+                        .is_some_and(|s| s.deadline.saturating_duration_since(now) <= window),
+                },
+                (Renewal::AtExpiry, _) => LoginKind::Password { force: false },
+                (Renewal::OtpThenRefresh, Some(l)) => LoginKind::Refresh {
+                    token: &l.token,
+                    sek: &l.sek,
+                },
+                (Renewal::OtpThenRefresh, None) => {
+                    slot.lock().refreshing = false;
+                    return Err(self.otp_required(slot, "no session to refresh"));
+                }
+            };
+            let result = self.login_call(slot, kind).await;
+            let stale_again = renewal == Renewal::AtExpiry
+                && attempts + 1 < AT_EXPIRY_RETRIES
+                && matches!((&result, &current), (Ok(sent), Some(c))
+                    if sent.login.token.expose_secret().as_bytes() == c.token.as_bytes()
+                        && !c.usable(Instant::now()));
+            if stale_again {
+                // The upstream still thinks the old token is alive: ask again shortly,
+                // holding the callers rather than handing them a token about to die.
+                slot.lock().refreshing = false;
+                attempts += 1;
+                tokio::time::sleep(AT_EXPIRY_RETRY_GAP).await;
+                continue;
+            }
+            return self.settle(slot, trigger, result, current, now, false);
+        }
+    }
+
+    fn otp_required(&self, slot: &Slot, reason: &str) -> GatewayError {
+        GatewayError::OtpRequired {
+            upstream: slot.upstream.name.to_string(),
+            gstin: slot.credential.gstin.to_string(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// Records the outcome of a login: the new session, or the failure and what it means
+    /// for further logins. `otp_start` marks the login that opens a portal session.
+    fn settle(
+        &self,
+        slot: &Slot,
+        trigger: Trigger,
+        result: Result<Sent, LoginError>,
+        current: Option<Arc<Session>>,
+        started: Instant,
+        otp_start: bool,
+    ) -> Result<Arc<Session>, GatewayError> {
+        let upstream = &slot.upstream;
         let mut st = slot.lock();
         st.refreshing = false;
         let label = |result: &'static str| ResultLabels {
             upstream: upstream.name.clone().into(),
             result,
         };
-        match result {
-            Ok((login, sent_at, sent_instant, server_date)) => {
+        let sent = match result {
+            Ok(sent) => sent,
+            Err(e) => {
+                let credentials =
+                    matches!(&e, LoginError::Refused(v) if v.class == Class::CredentialsRejected);
                 self.metrics
                     .auth_requests
-                    .get_or_create(&label("success"))
+                    .get_or_create(&label(if credentials {
+                        "credentials_rejected"
+                    } else {
+                        "error"
+                    }))
                     .inc();
-                st.guard.succeeded();
-                st.last_error = None;
-                st.last_refresh = Some(sent_at);
-                let token = login.token.expose_secret();
-                // The same token means the upstream kept the old session: keep its expiry
-                // rather than restarting the clock on it.
-                if let Some(existing) = st.session.clone().or(current) {
-                    if existing.token.as_bytes() == token.as_bytes() {
-                        st.session = Some(existing.clone());
-                        drop(st);
-                        self.schedule_after_same_token(slot, &existing);
-                        return Ok(existing);
+                let class = match &e {
+                    LoginError::Refused(v) => v.class,
+                    // A login that cannot even be built (credentials too long for the RSA
+                    // key) will not get better by retrying.
+                    LoginError::Gateway(GatewayError::UpstreamConfigRejected { .. }) => {
+                        Class::Configuration
                     }
-                }
-                // The lifetime runs from when the login was sent, on the monotonic clock, so
-                // latency makes gstgate early, never late. An absolute expiry is measured
-                // against the upstream's own clock (its `Date` header) when it sent one, so a
-                // host clock running behind the upstream's cannot stretch a token's life.
-                let (expires_at, lifetime) = match login.expires_at {
-                    Some(at) => {
-                        let reference = server_date.unwrap_or(sent_at);
-                        (at, at.duration_since(reference).unwrap_or(Duration::ZERO))
-                    }
-                    None => (sent_at + upstream.token_lifetime, upstream.token_lifetime),
+                    LoginError::Gateway(_) => Class::Transient,
                 };
-                let mut token_header = HeaderValue::from_str(token).map_err(|_| {
-                    GatewayError::UpstreamBadResponse(
-                        "the token is not a valid header value".into(),
-                    )
-                })?;
-                token_header.set_sensitive(true);
-                let session = Arc::new(Session {
-                    token: token_header,
-                    sek: login.sek,
-                    expires_at,
-                    deadline: sent_instant + lifetime,
-                    issued_at: sent_at,
-                    generation: st.next_generation,
-                });
-                st.next_generation += 1;
-                st.session = Some(session.clone());
+                let err = self.refusal(slot, e);
+                self.fail(slot, &mut st, class, &err, started);
+                return Err(err);
+            }
+        };
+        self.metrics
+            .auth_requests
+            .get_or_create(&label("success"))
+            .inc();
+        st.guard.succeeded();
+        st.failures_in_a_row = 0;
+        st.last_error = None;
+        st.last_refresh = Some(sent.at);
+        if otp_start {
+            st.portal = Some(Portal {
+                ends_at: sent.at + slot.credential.session_lifetime,
+            });
+        }
+        let Sent {
+            login,
+            at: sent_at,
+            instant: sent_instant,
+            server_date,
+            ..
+        } = sent;
+        let token = login.token.expose_secret();
+        // The same token means the upstream kept the old session: keep its expiry rather than
+        // restarting the clock on it.
+        if let Some(existing) = st.session.clone().or(current) {
+            if existing.token.as_bytes() == token.as_bytes() {
+                st.session = Some(existing.clone());
                 drop(st);
-                self.metrics
-                    .token_refreshes
-                    .get_or_create(&TriggerLabels {
-                        upstream: upstream.name.clone().into(),
-                        trigger: trigger.label(),
-                    })
-                    .inc();
-                tracing::info!(upstream = %upstream.name, gstin = %slot.credential.gstin,
-                    user = %slot.credential.username, trigger = trigger.label(),
-                    generation = session.generation, expires_in_secs = lifetime.as_secs(),
-                    "session established");
-                self.scheduler.schedule(
-                    slot.id,
-                    session.generation,
-                    self.refresh_at(slot, &session, sent_instant),
-                );
-                Ok(session)
+                self.schedule_after_same_token(slot, &existing);
+                return Ok(existing);
             }
-            Err(LoginError::Refused(verdict)) => {
-                let err = match verdict.class {
-                    Class::CredentialsRejected => {
-                        self.metrics
-                            .auth_requests
-                            .get_or_create(&label("credentials_rejected"))
-                            .inc();
-                        GatewayError::CredentialsRejected {
-                            gstin: slot.credential.gstin.to_string(),
-                            username: slot.credential.username.to_string(),
-                            upstream_code: verdict.code.clone(),
-                        }
-                    }
-                    Class::Configuration => {
-                        self.metrics
-                            .auth_requests
-                            .get_or_create(&label("error"))
-                            .inc();
-                        GatewayError::UpstreamConfigRejected {
-                            upstream_code: verdict.code.clone(),
-                            message: verdict
-                                .message
-                                .clone()
-                                .unwrap_or_else(|| "login refused".into()),
-                        }
-                    }
-                    Class::Throttled => {
-                        self.metrics
-                            .auth_requests
-                            .get_or_create(&label("error"))
-                            .inc();
-                        GatewayError::UpstreamThrottled {
-                            upstream_code: verdict.code.clone(),
-                        }
-                    }
-                    _ => {
-                        self.metrics
-                            .auth_requests
-                            .get_or_create(&label("error"))
-                            .inc();
-                        GatewayError::UpstreamUnavailable(format!(
-                            "login refused with code {}",
-                            verdict.code.as_deref().unwrap_or("(none)")
-                        ))
-                    }
-                };
-                self.fail(slot, &mut st, verdict.class, &err, now);
-                Err(err)
+        }
+        // The lifetime runs from when the login was sent, on the monotonic clock, so latency
+        // makes gstgate early, never late. An absolute expiry is measured against the
+        // upstream's own clock (its `Date` header) when it sent one, so a host clock running
+        // behind the upstream's cannot stretch a token's life.
+        let (expires_at, lifetime) = match login.expiry {
+            Expiry::At(at) => {
+                let reference = server_date.unwrap_or(sent_at);
+                (at, at.duration_since(reference).unwrap_or(Duration::ZERO))
             }
-            Err(LoginError::Gateway(err)) => {
-                self.metrics
-                    .auth_requests
-                    .get_or_create(&label("error"))
-                    .inc();
-                // A login that cannot even be built (credentials too long for the RSA key)
-                // will not get better by retrying.
-                let class = match err {
-                    GatewayError::UpstreamConfigRejected { .. } => Class::Configuration,
-                    _ => Class::Transient,
-                };
-                self.fail(slot, &mut st, class, &err, now);
-                Err(err)
-            }
+            Expiry::After(lifetime) => (sent_at + lifetime, lifetime),
+            Expiry::Unstated => (sent_at + upstream.token_lifetime, upstream.token_lifetime),
+        };
+        let mut token_header = HeaderValue::from_str(token).map_err(|_| {
+            GatewayError::UpstreamBadResponse("the token is not a valid header value".into())
+        })?;
+        token_header.set_sensitive(true);
+        let session = Arc::new(Session {
+            token: token_header,
+            sek: login.sek,
+            expires_at,
+            deadline: sent_instant + lifetime,
+            issued_at: sent_at,
+            generation: st.next_generation,
+        });
+        st.next_generation += 1;
+        st.session = Some(session.clone());
+        st.latest = Some(session.clone());
+        drop(st);
+        self.metrics
+            .token_refreshes
+            .get_or_create(&TriggerLabels {
+                upstream: upstream.name.clone().into(),
+                trigger: trigger.label(),
+            })
+            .inc();
+        tracing::info!(upstream = %upstream.name, gstin = %slot.credential.gstin,
+            user = %slot.credential.username, trigger = trigger.label(),
+            generation = session.generation, expires_in_secs = lifetime.as_secs(),
+            "session established");
+        self.scheduler.schedule(
+            slot.id,
+            session.generation,
+            self.refresh_at(slot, &session, sent_instant),
+        );
+        Ok(session)
+    }
+
+    /// The gateway error for a failed auth call.
+    fn refusal(&self, slot: &Slot, e: LoginError) -> GatewayError {
+        let verdict = match e {
+            LoginError::Gateway(err) => return err,
+            LoginError::Refused(v) => v,
+        };
+        let Verdict {
+            class,
+            code,
+            message,
+        } = verdict;
+        match class {
+            Class::CredentialsRejected => GatewayError::CredentialsRejected {
+                gstin: slot.credential.gstin.to_string(),
+                username: slot.credential.username.to_string(),
+                upstream_code: code,
+            },
+            Class::Configuration => GatewayError::UpstreamConfigRejected {
+                upstream_code: code,
+                message: message.unwrap_or_else(|| "login refused".into()),
+            },
+            Class::Throttled => GatewayError::UpstreamThrottled {
+                upstream_code: code,
+            },
+            Class::OtpRejected => GatewayError::OtpInvalid {
+                upstream_code: code,
+                detail: message.unwrap_or_else(|| "the upstream refused the OTP".into()),
+            },
+            Class::AccessDisabled => GatewayError::ApiAccessDisabled {
+                gstin: slot.credential.gstin.to_string(),
+                upstream_code: code,
+            },
+            Class::SessionLimit => GatewayError::TooManySessions {
+                upstream_code: code,
+            },
+            // A refresh whose token the upstream no longer knows: the portal session is
+            // over, and only a new OTP starts another.
+            Class::TokenRejected if slot.needs_otp() => self.otp_required(
+                slot,
+                &format!(
+                    "the upstream ended the session ({})",
+                    code.as_deref().unwrap_or("no code")
+                ),
+            ),
+            _ => GatewayError::UpstreamUnavailable(format!(
+                "login refused with code {}",
+                code.as_deref().unwrap_or("(none)")
+            )),
         }
     }
 
@@ -624,11 +866,25 @@ impl Sessions {
         now: Instant,
     ) {
         st.last_error = Some(err.to_string());
+        st.failures_in_a_row = st.failures_in_a_row.saturating_add(1);
         match class {
             Class::CredentialsRejected => {
                 st.guard.lock_out(State::CredentialsRejected, err.clone())
             }
             Class::Configuration => st.guard.lock_out(State::Failed, err.clone()),
+            // The session is gone; the operator's OTP calls clear the lockout.
+            Class::AccessDisabled => {
+                st.latest = None;
+                st.guard.lock_out(State::NeedsOtp, err.clone());
+            }
+            Class::TokenRejected if slot.needs_otp() => {
+                st.latest = None;
+                st.portal = None;
+            }
+            // A wrong OTP is the operator's typo: it changes nothing about the session.
+            Class::OtpRejected => {}
+            // NIC e-way bill's 118 says "try after 5 minutes".
+            Class::Throttled => st.guard.hold_off(now, slot.upstream.login_window / 3),
             _ => st.guard.failed(now, err.to_string()),
         }
         tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
@@ -636,65 +892,71 @@ impl Sessions {
             "login failed");
     }
 
-    /// Sends the login and reads the reply; returns when it was sent, by both clocks, and the
-    /// upstream's clock reading from its `Date` header.
-    async fn login_call(
-        &self,
-        slot: &Slot,
-        force: bool,
-    ) -> Result<
-        (
-            crate::upstream::Login,
-            SystemTime,
-            Instant,
-            Option<SystemTime>,
-        ),
-        LoginError,
-    > {
+    /// Sends a call to the auth endpoint and returns the raw reply.
+    async fn auth_call(&self, slot: &Slot, kind: LoginKind<'_>) -> Result<RawReply, LoginError> {
         let upstream = &slot.upstream;
+        let token = match &kind {
+            LoginKind::Refresh { token, .. } => Some((*token).clone()),
+            _ => None,
+        };
         let req = upstream
             .profile
             .login_request(
+                kind,
                 &slot.credential.username,
                 &slot.credential.password,
-                force,
                 &upstream.public_key,
             )
             .map_err(LoginError::Gateway)?;
         let mut headers = HeaderMap::new();
-        let ctx = upstream.header_context(slot.gstin_header(), slot.user_header());
-        upstream.profile.login_headers(&mut headers, &ctx);
+        upstream
+            .profile
+            .login_headers(&mut headers, &slot.header_context(), token.as_ref());
         headers.insert(
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        let sent_at = SystemTime::now();
-        let sent_instant = Instant::now();
-        let (status, reply_headers, body) = upstream
+        let at = SystemTime::now();
+        let instant = Instant::now();
+        let (status, headers, body) = upstream
             .send(Method::POST, &upstream.auth_path, headers, req.body.into())
             .await
             .map_err(LoginError::Gateway)?;
-        match upstream.profile.parse_login(&body, &req.app_key) {
-            Ok(login) => Ok((login, sent_at, sent_instant, server_date(&reply_headers))),
-            Err(LoginFailure::Refused(v)) => Err(LoginError::Refused(v)),
-            Err(LoginFailure::BadReply(why)) if status.is_server_error() => {
-                Err(LoginError::Gateway(GatewayError::UpstreamUnavailable(
-                    format!("login answered HTTP {status}: {why}"),
-                )))
-            }
-            Err(LoginFailure::BadReply(why)) => {
-                Err(LoginError::Gateway(GatewayError::UpstreamBadResponse(why)))
-            }
+        Ok(RawReply {
+            status,
+            server_date: server_date(&headers),
+            body,
+            app_key: req.app_key,
+            at,
+            instant,
+        })
+    }
+
+    /// Sends a login and reads the session out of its reply.
+    async fn login_call(&self, slot: &Slot, kind: LoginKind<'_>) -> Result<Sent, LoginError> {
+        let raw = self.auth_call(slot, kind).await?;
+        match slot.upstream.profile.parse_login(&raw.body, &raw.app_key) {
+            Ok(login) => Ok(Sent {
+                login,
+                at: raw.at,
+                instant: raw.instant,
+                server_date: raw.server_date,
+            }),
+            Err(f) => Err(login_failure(f, raw.status)),
         }
     }
 
-    /// When to refresh a new session: `refresh_before` ahead of expiry, plus a little jitter
-    /// so sessions created together do not refresh together. The jitter moves the refresh
-    /// *later*, never earlier: with the default `refresh_before` equal to NIC's 10-minute force
-    /// window, an earlier refresh would fall outside the window and get the old token back.
-    /// Never in the first half of a token's life, so a short-lived token cannot cause a
-    /// refresh storm.
+    /// When to refresh a new session. With a force window (or a refresh call): `refresh_before`
+    /// ahead of expiry, plus a little jitter so sessions created together do not refresh
+    /// together. The jitter moves the refresh *later*, never earlier: with the default
+    /// `refresh_before` equal to NIC's 10-minute force window, an earlier refresh would fall
+    /// outside the window and get the old token back. Never in the first half of a token's
+    /// life, so a short-lived token cannot cause a refresh storm. Without either (e-way bill):
+    /// just after expiry, when a login can issue a new token.
     fn refresh_at(&self, slot: &Slot, session: &Session, sent: Instant) -> Instant {
+        if slot.upstream.profile.renewal() == Renewal::AtExpiry {
+            return session.deadline + AT_EXPIRY_DELAY;
+        }
         let lifetime = session.deadline.saturating_duration_since(sent);
         let before = slot.upstream.refresh_before;
         let jitter_cap = (before / 20).min(Duration::from_secs(30));
@@ -752,8 +1014,10 @@ impl Sessions {
                     last_refresh: st.last_refresh.map(rfc3339),
                     last_error: st.last_error.clone(),
                     generation: live.map(|s| s.generation),
-                    session_ends_at: None,
-                    session_ends_in_secs: None,
+                    session_ends_at: st.portal.map(|p| rfc3339(p.ends_at)),
+                    session_ends_in_secs: st
+                        .portal
+                        .map(|p| p.ends_at.duration_since(wall).unwrap_or_default().as_secs()),
                 }
             })
             .collect()
@@ -799,7 +1063,37 @@ fn server_date(headers: &HeaderMap) -> Option<SystemTime> {
     Some(SystemTime::from(at) + Duration::from_secs(1))
 }
 
+/// Why an auth call failed, before it is turned into a gateway error.
 enum LoginError {
-    Refused(crate::upstream::Verdict),
+    Refused(Verdict),
     Gateway(GatewayError),
+}
+
+fn login_failure(f: LoginFailure, status: http::StatusCode) -> LoginError {
+    match f {
+        LoginFailure::Refused(v) => LoginError::Refused(v),
+        LoginFailure::BadReply(why) if status.is_server_error() => LoginError::Gateway(
+            GatewayError::UpstreamUnavailable(format!("login answered HTTP {status}: {why}")),
+        ),
+        LoginFailure::BadReply(why) => LoginError::Gateway(GatewayError::UpstreamBadResponse(why)),
+    }
+}
+
+/// An auth call's reply, with when it was sent by both clocks and the upstream's clock
+/// reading from its `Date` header.
+struct RawReply {
+    status: http::StatusCode,
+    server_date: Option<SystemTime>,
+    body: bytes::Bytes,
+    app_key: AesKey,
+    at: SystemTime,
+    instant: Instant,
+}
+
+/// A successful login and when it was sent.
+struct Sent {
+    login: Login,
+    at: SystemTime,
+    instant: Instant,
+    server_date: Option<SystemTime>,
 }

@@ -11,7 +11,10 @@ use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use super::envelope::Envelope;
-use super::{Class, HeaderContext, Login, LoginFailure, LoginRequest, Profile, Reply, Verdict};
+use super::{
+    Class, Expiry, HeaderContext, Login, LoginFailure, LoginKind, LoginRequest, Profile, Renewal,
+    Reply, Verdict, ROLE_COUNT,
+};
 use crate::crypto::{b64_encode, AesKey, PublicKey};
 use crate::problem::GatewayError;
 
@@ -121,27 +124,35 @@ fn verdict_of(envelope: &Envelope) -> Verdict {
 }
 
 impl Profile for Einvoice {
-    fn default_header_names(&self) -> [&'static str; 5] {
+    fn default_header_names(&self) -> [&'static str; ROLE_COUNT] {
         [
             "client_id",
             "client_secret",
             "Gstin",
             "user_name",
             "AuthToken",
+            "state-cd",
+            "ip-usr",
+            "txn",
         ]
     }
 
-    fn force_window(&self) -> Option<Duration> {
-        Some(FORCE_WINDOW)
+    fn renewal(&self) -> Renewal {
+        Renewal::ForceWindow(FORCE_WINDOW)
     }
 
     fn login_request(
         &self,
+        kind: LoginKind<'_>,
         username: &str,
         password: &SecretString,
-        force: bool,
         key: &PublicKey,
     ) -> Result<LoginRequest, GatewayError> {
+        let LoginKind::Password { force } = kind else {
+            return Err(GatewayError::Internal(
+                "e-invoice sessions have no OTP or refresh call".into(),
+            ));
+        };
         let app_key = AesKey::random();
         let inner = Zeroizing::new(
             serde_json::to_vec(&json!({
@@ -166,7 +177,12 @@ impl Profile for Einvoice {
         Ok(LoginRequest { body, app_key })
     }
 
-    fn login_headers(&self, out: &mut HeaderMap, ctx: &HeaderContext<'_>) {
+    fn login_headers(
+        &self,
+        out: &mut HeaderMap,
+        ctx: &HeaderContext<'_>,
+        _token: Option<&HeaderValue>,
+    ) {
         out.insert(ctx.names.client_id.clone(), ctx.client_id.clone());
         out.insert(ctx.names.client_secret.clone(), ctx.client_secret.clone());
         out.insert(ctx.names.gstin.clone(), ctx.gstin.clone());
@@ -198,7 +214,7 @@ impl Profile for Einvoice {
         Ok(Login {
             token,
             sek,
-            expires_at: Some(expires_at),
+            expiry: Expiry::At(expires_at),
         })
     }
 
@@ -237,17 +253,7 @@ impl Profile for Einvoice {
                 envelope: Some(envelope),
             },
             None => Reply {
-                verdict: Verdict {
-                    class: if status.is_server_error() {
-                        Class::Transient
-                    } else if status == StatusCode::TOO_MANY_REQUESTS {
-                        Class::Throttled
-                    } else {
-                        Class::Business
-                    },
-                    code: None,
-                    message: None,
-                },
+                verdict: super::non_json_verdict(status),
                 envelope: None,
             },
         }

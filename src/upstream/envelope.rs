@@ -45,6 +45,11 @@ impl<'a> Envelope<'a> {
         }
     }
 
+    /// Removes every member named `key`.
+    pub fn remove(&mut self, key: &str) {
+        self.members.retain(|(k, _)| k != key);
+    }
+
     /// The envelope as JSON bytes.
     pub fn to_vec(&self) -> Vec<u8> {
         let size = self

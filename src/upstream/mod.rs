@@ -6,6 +6,9 @@
 
 pub mod einvoice;
 pub mod envelope;
+pub mod ewaybill;
+pub mod gstn;
+pub mod sealed;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -26,7 +29,13 @@ pub const HEADER_ROLES: &[&str] = &[
     "gstin",
     "user_name",
     "auth_token",
+    "state_cd",
+    "ip_usr",
+    "txn",
 ];
+
+/// How many header roles there are.
+pub const ROLE_COUNT: usize = 8;
 
 /// What an upstream reply means to the gateway (DESIGN.md §1 step 8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +56,12 @@ pub enum Class {
     Throttled,
     /// A business answer (duplicate IRN, validation error): pass through unchanged.
     Business,
+    /// The OTP was wrong or already used.
+    OtpRejected,
+    /// The taxpayer has not enabled API access on the portal.
+    AccessDisabled,
+    /// The user has too many live sessions with this GSP.
+    SessionLimit,
 }
 
 /// A classified upstream reply.
@@ -71,14 +86,59 @@ impl Verdict {
     }
 }
 
+/// When a new token expires, as the upstream put it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// An absolute time (NIC e-invoice's `TokenExpiry`).
+    At(SystemTime),
+    /// A lifetime from issue (GSTN's `expiry` in minutes).
+    After(Duration),
+    /// The reply says nothing (NIC e-way bill): the upstream's `token_lifetime` applies.
+    Unstated,
+}
+
 /// What a successful login yields.
 pub struct Login {
     /// The auth token.
     pub token: SecretString,
     /// The session encryption key.
     pub sek: AesKey,
-    /// When the token expires (UTC), if the upstream says; else the profile's lifetime applies.
-    pub expires_at: Option<SystemTime>,
+    /// When the token expires.
+    pub expiry: Expiry,
+}
+
+/// How an API renews a session before its token expires (DESIGN.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// A password login inside the last stretch of a token's life issues a new token
+    /// (NIC e-invoice's `ForceRefreshAccessToken`); before it, the same token comes back.
+    ForceWindow(Duration),
+    /// A password login before expiry returns the same token and there is no way to force a
+    /// new one (NIC e-way bill): renew at expiry.
+    AtExpiry,
+    /// The first session needs an OTP the taxpayer receives; after that a refresh call
+    /// extends it without one for as long as the portal session lasts (GSTN).
+    OtpThenRefresh,
+}
+
+/// Which kind of call to the upstream's auth endpoint.
+pub enum LoginKind<'a> {
+    /// Username and password; `force` asks for a new token inside the force window.
+    Password {
+        /// Ask for a new token even if the current one is valid.
+        force: bool,
+    },
+    /// Ask the portal to send the taxpayer an OTP.
+    OtpRequest,
+    /// Exchange the OTP the taxpayer received for a session.
+    Otp(&'a str),
+    /// Extend a session without an OTP, proving possession of its token and SEK.
+    Refresh {
+        /// The session's current token.
+        token: &'a HeaderValue,
+        /// The session's current SEK.
+        sek: &'a AesKey,
+    },
 }
 
 /// Why a login failed.
@@ -119,6 +179,10 @@ pub struct HeaderContext<'a> {
     pub gstin: &'a HeaderValue,
     /// The API user name.
     pub user_name: &'a HeaderValue,
+    /// The GSTIN's two-digit state code.
+    pub state_cd: &'a HeaderValue,
+    /// The end user's IP address, as configured (GSTN's `ip-usr`).
+    pub ip_usr: &'a HeaderValue,
 }
 
 /// The header names an upstream uses, after `header_names` overrides.
@@ -134,31 +198,53 @@ pub struct HeaderNames {
     pub user_name: HeaderName,
     /// Auth token header.
     pub auth_token: HeaderName,
+    /// State code header (GSTN).
+    pub state_cd: HeaderName,
+    /// End-user IP header (GSTN).
+    pub ip_usr: HeaderName,
+    /// Per-request transaction id header (GSTN).
+    pub txn: HeaderName,
 }
 
 /// The API-specific behaviour of an upstream.
 pub trait Profile: Send + Sync + 'static {
     /// Default header names, in [`HEADER_ROLES`] order.
-    fn default_header_names(&self) -> [&'static str; 5];
+    fn default_header_names(&self) -> [&'static str; ROLE_COUNT];
 
-    /// The last stretch of a token's life in which a login issues a new token, if the API
-    /// has such a window (NIC e-invoice: 10 minutes).
-    fn force_window(&self) -> Option<Duration>;
+    /// How sessions are renewed before they expire.
+    fn renewal(&self) -> Renewal;
 
-    /// Builds the encrypted login body.
+    /// Builds the encrypted body of a call to the auth endpoint.
     fn login_request(
         &self,
+        kind: LoginKind<'_>,
         username: &str,
         password: &SecretString,
-        force: bool,
         key: &PublicKey,
     ) -> Result<LoginRequest, GatewayError>;
 
-    /// Adds the login call's headers.
-    fn login_headers(&self, out: &mut HeaderMap, ctx: &HeaderContext<'_>);
+    /// Adds the auth call's headers; `token` is the current token for a refresh.
+    fn login_headers(
+        &self,
+        out: &mut HeaderMap,
+        ctx: &HeaderContext<'_>,
+        token: Option<&HeaderValue>,
+    );
 
-    /// Reads a login reply.
+    /// Reads the reply to a call that yields a session (password, OTP or refresh).
     fn parse_login(&self, body: &[u8], app_key: &AesKey) -> Result<Login, LoginFailure>;
+
+    /// Reads the reply to a call that yields no session (an OTP request).
+    fn parse_ack(&self, body: &[u8]) -> Result<(), LoginFailure> {
+        let reply = self.read_reply(StatusCode::OK, body);
+        match (reply.envelope, reply.verdict.class) {
+            (None, _) => Err(LoginFailure::BadReply(
+                "the reply is not a JSON object".into(),
+            )),
+            (Some(_), Class::Success) => Ok(()),
+            (Some(_), _) => Err(LoginFailure::Refused(reply.verdict)),
+        }
+    }
 
     /// Adds a data call's headers.
     fn data_headers(&self, out: &mut HeaderMap, ctx: &HeaderContext<'_>, token: &HeaderValue);
@@ -182,6 +268,13 @@ pub trait Profile: Send + Sync + 'static {
     fn auth_answer(&self, username: &str, expires_at: SystemTime) -> Vec<u8>;
 }
 
+/// A fresh GSTN-style transaction id: 32 hex digits, unique per request.
+pub fn transaction_id() -> HeaderValue {
+    let text = format!("{:032x}", rand::random::<u128>());
+    // Hex digits are always a valid header value.
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("0"))
+}
+
 /// A configured upstream, ready to call.
 pub struct Upstream {
     /// Name in metrics, logs and admin paths.
@@ -202,6 +295,8 @@ pub struct Upstream {
     pub client_id: HeaderValue,
     /// Client secret header value (sensitive).
     pub client_secret: HeaderValue,
+    /// The `ip-usr` value sent to APIs that want the end user's IP (GSTN).
+    pub ip_usr: HeaderValue,
     /// Header names.
     pub names: HeaderNames,
     /// Static extra headers (sensitive).
@@ -266,14 +361,6 @@ pub enum UpstreamError {
         /// reqwest error.
         source: reqwest::Error,
     },
-    /// This API kind is not implemented yet.
-    #[error("upstream `{name}`: api = \"{api}\" is not available in this version")]
-    Unsupported {
-        /// Upstream name.
-        name: String,
-        /// The API kind.
-        api: ApiKind,
-    },
 }
 
 fn sensitive(value: &str, name: &str, what: &str) -> Result<HeaderValue, UpstreamError> {
@@ -298,7 +385,8 @@ impl Upstream {
         let name = cfg.name.clone();
         let profile: Box<dyn Profile> = match cfg.api {
             ApiKind::Einvoice => Box::new(einvoice::Einvoice),
-            api => return Err(UpstreamError::Unsupported { name, api }),
+            ApiKind::Ewaybill => Box::new(ewaybill::Ewaybill),
+            ApiKind::Gstn => Box::new(gstn::Gstn),
         };
         let path = cfg.public_key.display().to_string();
         let pem = std::fs::read(&cfg.public_key).map_err(|source| UpstreamError::KeyFile {
@@ -329,6 +417,9 @@ impl Upstream {
             gstin: pick(2)?,
             user_name: pick(3)?,
             auth_token: pick(4)?,
+            state_cd: pick(5)?,
+            ip_usr: pick(6)?,
+            txn: pick(7)?,
         };
         let static_headers = cfg
             .headers
@@ -371,6 +462,10 @@ impl Upstream {
             encryption: cfg.encryption,
             client_id: sensitive(cfg.client_id.expose_secret(), &name, "client_id")?,
             client_secret: sensitive(cfg.client_secret.expose_secret(), &name, "client_secret")?,
+            ip_usr: HeaderValue::from_str(&cfg.ip_usr).map_err(|_| UpstreamError::Header {
+                name: name.clone(),
+                what: "ip_usr".into(),
+            })?,
             names,
             static_headers,
             refresh_before: cfg.refresh_before,
@@ -404,6 +499,7 @@ impl Upstream {
         &'a self,
         gstin: &'a HeaderValue,
         user_name: &'a HeaderValue,
+        state_cd: &'a HeaderValue,
     ) -> HeaderContext<'a> {
         HeaderContext {
             names: &self.names,
@@ -411,6 +507,8 @@ impl Upstream {
             client_secret: &self.client_secret,
             gstin,
             user_name,
+            state_cd,
+            ip_usr: &self.ip_usr,
         }
     }
 
@@ -503,5 +601,20 @@ impl Upstream {
                 "the upstream closed the connection or sent an invalid HTTP response".into(),
             )
         }
+    }
+}
+
+/// The verdict on a reply that is not JSON: only the HTTP status says anything.
+pub(crate) fn non_json_verdict(status: StatusCode) -> Verdict {
+    Verdict {
+        class: if status.is_server_error() {
+            Class::Transient
+        } else if status == StatusCode::TOO_MANY_REQUESTS {
+            Class::Throttled
+        } else {
+            Class::Business
+        },
+        code: None,
+        message: None,
     }
 }

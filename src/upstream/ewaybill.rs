@@ -1,0 +1,281 @@
+//! The NIC e-way bill profile (PROTOCOL.md §2).
+//!
+//! Hyphenated headers, an `ACCESSTOKEN` login whose reply carries no expiry (the upstream's
+//! `token_lifetime` applies, 360 minutes by default), `{"action", "data"}` request bodies, and
+//! errors as a base64 string (or, in some documents, a plain object) holding a list of codes.
+
+use std::time::SystemTime;
+
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use super::envelope::Envelope;
+use super::sealed::{open_reply, seal_request, Layers};
+use super::{
+    Class, Expiry, HeaderContext, Login, LoginFailure, LoginKind, LoginRequest, Profile, Renewal,
+    Reply, Verdict, ROLE_COUNT,
+};
+use crate::crypto::{b64_decode, b64_encode, AesKey, PublicKey};
+use crate::problem::GatewayError;
+
+/// The NIC e-way bill API.
+pub struct Ewaybill;
+
+/// The class of an e-way bill error code (PROTOCOL.md §2).
+fn classify_code(code: &str) -> Class {
+    match code {
+        "105" | "106" | "238" => Class::TokenRejected,
+        "101" | "102" | "108" => Class::CredentialsRejected,
+        "103" | "104" | "110" | "237" => Class::Configuration,
+        "118" => Class::Throttled,
+        _ => Class::Business,
+    }
+}
+
+/// `status` arrives as `"1"` or `1`.
+fn status_of(envelope: &Envelope) -> Option<i64> {
+    match envelope.get::<Value>("status")? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// The error codes of a failed reply: `error` is base64 of `{"errorCodes":"238,102,"}`, or
+/// that object itself, with the codes as a comma-separated string or a number.
+fn error_codes(envelope: &Envelope) -> Vec<String> {
+    let object = match envelope.get::<Value>("error") {
+        Some(Value::String(text)) => b64_decode(&text)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok()),
+        Some(other) => Some(other),
+        None => None,
+    };
+    match object.as_ref().and_then(|o| o.get("errorCodes")) {
+        Some(Value::String(list)) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Some(Value::Number(n)) => vec![n.to_string()],
+        _ => Vec::new(),
+    }
+}
+
+fn verdict_of(envelope: &Envelope) -> Verdict {
+    if status_of(envelope) == Some(1) {
+        return Verdict::success();
+    }
+    let codes = error_codes(envelope);
+    // The first code names the reply; a code of a stronger class (token, credentials…)
+    // anywhere in the list decides what the gateway does.
+    let class = codes
+        .iter()
+        .map(|c| classify_code(c))
+        .find(|c| *c != Class::Business)
+        .unwrap_or(Class::Business);
+    Verdict {
+        class,
+        code: codes.into_iter().next(),
+        message: envelope.get::<String>("message"),
+    }
+}
+
+impl Profile for Ewaybill {
+    fn default_header_names(&self) -> [&'static str; ROLE_COUNT] {
+        [
+            "client-id",
+            "client-secret",
+            "Gstin",
+            "username",
+            "authtoken",
+            "state-cd",
+            "ip-usr",
+            "txn",
+        ]
+    }
+
+    fn renewal(&self) -> Renewal {
+        Renewal::AtExpiry
+    }
+
+    fn login_request(
+        &self,
+        kind: LoginKind<'_>,
+        username: &str,
+        password: &SecretString,
+        key: &PublicKey,
+    ) -> Result<LoginRequest, GatewayError> {
+        if !matches!(kind, LoginKind::Password { .. }) {
+            return Err(GatewayError::Internal(
+                "e-way bill sessions have no OTP or refresh call".into(),
+            ));
+        }
+        let app_key = AesKey::random();
+        let inner = Zeroizing::new(
+            serde_json::to_vec(&json!({
+                "action": "ACCESSTOKEN",
+                "username": username,
+                "password": password.expose_secret(),
+                "app_key": app_key.to_base64().as_str(),
+            }))
+            .map_err(|e| GatewayError::Internal(e.to_string()))?,
+        );
+        let encoded = Zeroizing::new(b64_encode(&inner));
+        let sealed = key.encrypt(encoded.as_bytes()).map_err(|e| {
+            GatewayError::UpstreamConfigRejected {
+                upstream_code: None,
+                message: format!("login payload cannot be encrypted: {e}; the username or password is too long for the upstream's RSA key"),
+            }
+        })?;
+        let body = serde_json::to_vec(&json!({ "Data": b64_encode(&sealed) }))
+            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        Ok(LoginRequest { body, app_key })
+    }
+
+    fn login_headers(
+        &self,
+        out: &mut HeaderMap,
+        ctx: &HeaderContext<'_>,
+        _token: Option<&HeaderValue>,
+    ) {
+        out.insert(ctx.names.client_id.clone(), ctx.client_id.clone());
+        out.insert(ctx.names.client_secret.clone(), ctx.client_secret.clone());
+        out.insert(ctx.names.gstin.clone(), ctx.gstin.clone());
+    }
+
+    fn parse_login(&self, body: &[u8], app_key: &AesKey) -> Result<Login, LoginFailure> {
+        let envelope = Envelope::parse(body)
+            .ok_or_else(|| LoginFailure::BadReply("login reply is not a JSON object".into()))?;
+        let verdict = verdict_of(&envelope);
+        if verdict.class != Class::Success {
+            return Err(LoginFailure::Refused(verdict));
+        }
+        let field = |name: &str| {
+            envelope
+                .get::<String>(name)
+                .ok_or_else(|| LoginFailure::BadReply(format!("login reply has no {name}")))
+        };
+        let token = SecretString::from(field("authtoken")?);
+        let sek = app_key
+            .unwrap_key(&field("sek")?)
+            .map_err(|e| LoginFailure::BadReply(format!("cannot decrypt the SEK: {e}")))?;
+        Ok(Login {
+            token,
+            sek,
+            expiry: Expiry::Unstated,
+        })
+    }
+
+    fn data_headers(&self, out: &mut HeaderMap, ctx: &HeaderContext<'_>, token: &HeaderValue) {
+        out.insert(ctx.names.client_id.clone(), ctx.client_id.clone());
+        out.insert(ctx.names.client_secret.clone(), ctx.client_secret.clone());
+        out.insert(ctx.names.gstin.clone(), ctx.gstin.clone());
+        out.insert(ctx.names.auth_token.clone(), token.clone());
+    }
+
+    fn encode_request(
+        &self,
+        method: &Method,
+        body: &[u8],
+        sek: &AesKey,
+    ) -> Result<Vec<u8>, GatewayError> {
+        if matches!(*method, Method::GET | Method::HEAD | Method::DELETE) && body.is_empty() {
+            return Ok(Vec::new());
+        }
+        seal_request(body, sek, Layers::Json, false)
+    }
+
+    fn read_reply<'a>(&self, status: StatusCode, body: &'a [u8]) -> Reply<'a> {
+        match Envelope::parse(body) {
+            Some(envelope) => Reply {
+                verdict: verdict_of(&envelope),
+                envelope: Some(envelope),
+            },
+            None => Reply {
+                verdict: super::non_json_verdict(status),
+                envelope: None,
+            },
+        }
+    }
+
+    fn decode_reply(&self, reply: Reply<'_>, sek: &AesKey) -> Result<Vec<u8>, GatewayError> {
+        let mut envelope = reply
+            .envelope
+            .ok_or_else(|| GatewayError::UpstreamBadResponse("the reply is not JSON".into()))?;
+        open_reply(&mut envelope, sek, Layers::Json)?;
+        Ok(envelope.to_vec())
+    }
+
+    fn auth_answer(&self, _username: &str, expires_at: SystemTime) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "status": "1",
+            "authtoken": "managed-by-gstgate",
+            "sek": null,
+            "tokenExpiry": super::einvoice::format_ist(expires_at),
+        }))
+        .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64_error(list: &str) -> String {
+        format!(
+            r#"{{"status":"0","error":"{}"}}"#,
+            b64_encode(format!(r#"{{"errorCodes":"{list}"}}"#).as_bytes())
+        )
+    }
+
+    #[test]
+    fn both_error_forms_are_decoded_and_classified() {
+        let p = Ewaybill;
+        let body = b64_error("238,");
+        let r = p.read_reply(StatusCode::OK, body.as_bytes());
+        assert_eq!(r.verdict.class, Class::TokenRejected);
+        assert_eq!(r.verdict.code.as_deref(), Some("238"));
+        let r = p.read_reply(
+            StatusCode::OK,
+            br#"{"status":"0","error":{"errorCodes":240}}"#,
+        );
+        assert_eq!(r.verdict.class, Class::Business);
+        assert_eq!(r.verdict.code.as_deref(), Some("240"));
+        let body = b64_error("604,102,");
+        let r = p.read_reply(StatusCode::OK, body.as_bytes());
+        assert_eq!(r.verdict.class, Class::CredentialsRejected);
+        assert_eq!(r.verdict.code.as_deref(), Some("604"));
+        for (code, class) in [
+            ("105", Class::TokenRejected),
+            ("106", Class::TokenRejected),
+            ("101", Class::CredentialsRejected),
+            ("108", Class::CredentialsRejected),
+            ("104", Class::Configuration),
+            ("118", Class::Throttled),
+            ("604", Class::Business),
+        ] {
+            let body = b64_error(code);
+            let r = p.read_reply(StatusCode::OK, body.as_bytes());
+            assert_eq!(r.verdict.class, class, "{code}");
+        }
+        let r = p.read_reply(StatusCode::OK, br#"{"status":"1","data":"x"}"#);
+        assert_eq!(r.verdict.class, Class::Success);
+    }
+
+    #[test]
+    fn post_replies_decrypt_with_the_sek() {
+        let p = Ewaybill;
+        let sek = AesKey::random();
+        let reply = format!(
+            r#"{{"status":"1","data":"{}"}}"#,
+            sek.encrypt_b64(br#"{"ewayBillNo":123}"#)
+        );
+        let r = p.read_reply(StatusCode::OK, reply.as_bytes());
+        let out: Value = serde_json::from_slice(&p.decode_reply(r, &sek).unwrap()).unwrap();
+        assert_eq!(out["data"]["ewayBillNo"], 123);
+    }
+}

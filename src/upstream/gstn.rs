@@ -1,0 +1,288 @@
+//! The GSTN taxpayer (returns) profile, through a GSP (PROTOCOL.md §3).
+//!
+//! A session starts with an OTP the taxpayer receives (`OTPREQUEST`, then `AUTHTOKEN`) and is
+//! then kept alive with `REFRESHTOKEN` — no OTP — for as long as the API access the taxpayer
+//! enabled on the portal lasts. The app key is 32 ASCII characters used as the AES key, RSA-
+//! encrypted as is for the OTP calls and AES-encrypted under the current SEK for a refresh.
+//! Data replies are sealed with a response key (`rek`) and carry one more base64 layer than
+//! e-way bill's.
+
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::envelope::Envelope;
+use super::sealed::{open_reply, seal_request, Layers};
+use super::{
+    transaction_id, Class, Expiry, HeaderContext, Login, LoginFailure, LoginKind, LoginRequest,
+    Profile, Renewal, Reply, Verdict, ROLE_COUNT,
+};
+use crate::crypto::{b64_encode, gstn_app_key, AesKey, PublicKey};
+use crate::problem::GatewayError;
+
+/// The longest token lifetime believed from a reply (a day): a garbled `expiry` must not
+/// keep a token in use for months.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+/// The GSTN taxpayer API.
+pub struct Gstn;
+
+/// The class of a GSTN error code (PROTOCOL.md §3).
+fn classify_code(code: &str) -> Class {
+    match code {
+        "AUTH4033" | "AUTH4038" => Class::TokenRejected,
+        "AUTH4034" => Class::OtpRejected,
+        "AUTH4037" => Class::AccessDisabled,
+        "AUTH403" => Class::SessionLimit,
+        "AUTH4041" | "TEC4002" => Class::Configuration,
+        _ => Class::Business,
+    }
+}
+
+/// `status_cd` arrives as `"1"` or `1`.
+fn status_of(envelope: &Envelope) -> Option<i64> {
+    match envelope.get::<Value>("status_cd")? {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorObject {
+    error_cd: Option<String>,
+    message: Option<String>,
+}
+
+fn verdict_of(envelope: &Envelope) -> Verdict {
+    if status_of(envelope) == Some(1) {
+        return Verdict::success();
+    }
+    let error: Option<ErrorObject> = envelope.get("error");
+    let (code, message) = error.map_or((None, None), |e| (e.error_cd, e.message));
+    Verdict {
+        class: code
+            .as_deref()
+            .map(classify_code)
+            .unwrap_or(Class::Business),
+        code,
+        message,
+    }
+}
+
+/// `expiry` is minutes, as a number or a string; fractions are honoured (the simulator uses
+/// them for tokens of a few seconds).
+fn lifetime_of(envelope: &Envelope) -> Option<Duration> {
+    let minutes = match envelope.get::<Value>("expiry")? {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => s.trim().parse().ok()?,
+        _ => return None,
+    };
+    (minutes.is_finite() && minutes > 0.0)
+        .then(|| Duration::from_secs_f64(minutes * 60.0).min(MAX_TOKEN_LIFETIME))
+}
+
+fn rsa_app_key(app_key: &AesKey, key: &PublicKey) -> Result<String, GatewayError> {
+    key.encrypt(app_key.as_bytes())
+        .map(|sealed| b64_encode(&sealed))
+        .map_err(|e| GatewayError::UpstreamConfigRejected {
+            upstream_code: None,
+            message: format!("the app key cannot be encrypted with the upstream's key: {e}"),
+        })
+}
+
+impl Profile for Gstn {
+    fn default_header_names(&self) -> [&'static str; ROLE_COUNT] {
+        [
+            "clientid",
+            "client-secret",
+            "gstin",
+            "username",
+            "auth-token",
+            "state-cd",
+            "ip-usr",
+            "txn",
+        ]
+    }
+
+    fn renewal(&self) -> Renewal {
+        Renewal::OtpThenRefresh
+    }
+
+    fn login_request(
+        &self,
+        kind: LoginKind<'_>,
+        username: &str,
+        _password: &SecretString,
+        key: &PublicKey,
+    ) -> Result<LoginRequest, GatewayError> {
+        let app_key = gstn_app_key();
+        let body = match kind {
+            LoginKind::OtpRequest => json!({
+                "action": "OTPREQUEST",
+                "username": username,
+                "app_key": rsa_app_key(&app_key, key)?,
+            }),
+            LoginKind::Otp(otp) => json!({
+                "action": "AUTHTOKEN",
+                "username": username,
+                "app_key": rsa_app_key(&app_key, key)?,
+                "otp": app_key.encrypt_b64(otp.as_bytes()),
+            }),
+            LoginKind::Refresh { token, sek } => json!({
+                "action": "REFRESHTOKEN",
+                "username": username,
+                "auth_token": token.to_str().map_err(|_| GatewayError::Internal("token is not text".into()))?,
+                "app_key": sek.encrypt_b64(app_key.as_bytes()),
+            }),
+            LoginKind::Password { .. } => {
+                return Err(GatewayError::Internal(
+                    "GSTN sessions start with an OTP, not a password".into(),
+                ))
+            }
+        };
+        let body = serde_json::to_vec(&body).map_err(|e| GatewayError::Internal(e.to_string()))?;
+        Ok(LoginRequest { body, app_key })
+    }
+
+    fn login_headers(
+        &self,
+        out: &mut HeaderMap,
+        ctx: &HeaderContext<'_>,
+        token: Option<&HeaderValue>,
+    ) {
+        out.insert(ctx.names.client_id.clone(), ctx.client_id.clone());
+        out.insert(ctx.names.client_secret.clone(), ctx.client_secret.clone());
+        out.insert(ctx.names.state_cd.clone(), ctx.state_cd.clone());
+        out.insert(ctx.names.ip_usr.clone(), ctx.ip_usr.clone());
+        out.insert(ctx.names.txn.clone(), transaction_id());
+        out.insert(ctx.names.user_name.clone(), ctx.user_name.clone());
+        out.insert(ctx.names.gstin.clone(), ctx.gstin.clone());
+        if let Some(token) = token {
+            out.insert(ctx.names.auth_token.clone(), token.clone());
+        }
+    }
+
+    fn parse_login(&self, body: &[u8], app_key: &AesKey) -> Result<Login, LoginFailure> {
+        let envelope = Envelope::parse(body)
+            .ok_or_else(|| LoginFailure::BadReply("login reply is not a JSON object".into()))?;
+        let verdict = verdict_of(&envelope);
+        if verdict.class != Class::Success {
+            return Err(LoginFailure::Refused(verdict));
+        }
+        let field = |name: &str| {
+            envelope
+                .get::<String>(name)
+                .ok_or_else(|| LoginFailure::BadReply(format!("login reply has no {name}")))
+        };
+        let token = SecretString::from(field("auth_token")?);
+        let sek = app_key
+            .unwrap_key(&field("sek")?)
+            .map_err(|e| LoginFailure::BadReply(format!("cannot decrypt the SEK: {e}")))?;
+        let lifetime = lifetime_of(&envelope).ok_or_else(|| {
+            LoginFailure::BadReply("login reply has no usable expiry (minutes)".into())
+        })?;
+        Ok(Login {
+            token,
+            sek,
+            expiry: Expiry::After(lifetime),
+        })
+    }
+
+    fn data_headers(&self, out: &mut HeaderMap, ctx: &HeaderContext<'_>, token: &HeaderValue) {
+        self.login_headers(out, ctx, Some(token));
+    }
+
+    fn encode_request(
+        &self,
+        method: &Method,
+        body: &[u8],
+        sek: &AesKey,
+    ) -> Result<Vec<u8>, GatewayError> {
+        if matches!(*method, Method::GET | Method::HEAD | Method::DELETE) && body.is_empty() {
+            return Ok(Vec::new());
+        }
+        seal_request(body, sek, Layers::Base64Json, true)
+    }
+
+    fn read_reply<'a>(&self, status: StatusCode, body: &'a [u8]) -> Reply<'a> {
+        match Envelope::parse(body) {
+            Some(envelope) => Reply {
+                verdict: verdict_of(&envelope),
+                envelope: Some(envelope),
+            },
+            None => Reply {
+                verdict: super::non_json_verdict(status),
+                envelope: None,
+            },
+        }
+    }
+
+    fn decode_reply(&self, reply: Reply<'_>, sek: &AesKey) -> Result<Vec<u8>, GatewayError> {
+        let mut envelope = reply
+            .envelope
+            .ok_or_else(|| GatewayError::UpstreamBadResponse("the reply is not JSON".into()))?;
+        open_reply(&mut envelope, sek, Layers::Base64Json)?;
+        Ok(envelope.to_vec())
+    }
+
+    fn auth_answer(&self, _username: &str, expires_at: SystemTime) -> Vec<u8> {
+        let minutes = expires_at
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .as_secs()
+            / 60;
+        serde_json::to_vec(&json!({
+            "status_cd": "1",
+            "auth_token": "managed-by-gstgate",
+            "expiry": minutes,
+            "sek": null,
+        }))
+        .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_are_classified() {
+        let p = Gstn;
+        for (code, class) in [
+            ("AUTH4033", Class::TokenRejected),
+            ("AUTH4038", Class::TokenRejected),
+            ("AUTH4034", Class::OtpRejected),
+            ("AUTH4037", Class::AccessDisabled),
+            ("AUTH403", Class::SessionLimit),
+            ("AUTH4041", Class::Configuration),
+            ("RET191106", Class::Business),
+        ] {
+            let body =
+                format!(r#"{{"status_cd":"0","error":{{"error_cd":"{code}","message":"m"}}}}"#);
+            let r = p.read_reply(StatusCode::OK, body.as_bytes());
+            assert_eq!(r.verdict.class, class, "{code}");
+            assert_eq!(r.verdict.code.as_deref(), Some(code));
+        }
+        let r = p.read_reply(StatusCode::OK, br#"{"status_cd":1,"data":"x"}"#);
+        assert_eq!(r.verdict.class, Class::Success);
+    }
+
+    #[test]
+    fn login_reply_honours_fractional_minutes_and_unwraps_the_sek() {
+        let app_key = gstn_app_key();
+        let sek = AesKey::random();
+        let body = format!(
+            r#"{{"status_cd":"1","auth_token":"t","expiry":0.1,"sek":"{}"}}"#,
+            app_key.encrypt_b64(sek.as_bytes())
+        );
+        let login = Gstn.parse_login(body.as_bytes(), &app_key).unwrap();
+        assert_eq!(login.expiry, Expiry::After(Duration::from_secs(6)));
+        assert_eq!(login.sek.as_bytes(), sek.as_bytes());
+        let body = r#"{"status_cd":"1","auth_token":"t","expiry":-1,"sek":"x"}"#;
+        assert!(Gstn.parse_login(body.as_bytes(), &app_key).is_err());
+    }
+}
