@@ -336,6 +336,13 @@ pub struct GwOpts {
     pub upstream_extra: String,
     /// `gstin_checksum`.
     pub gstin_checksum: &'static str,
+    /// The upstreams, by API kind; each is named after its kind and every credential logs
+    /// in to all of them.
+    pub apis: Vec<&'static str>,
+    /// Extra TOML lines in each `[[credential]]` table.
+    pub credential_extra: String,
+    /// Extra TOML at the end of the file (e.g. an `[alerts]` table).
+    pub extra_toml: String,
 }
 
 impl Default for GwOpts {
@@ -355,7 +362,23 @@ impl Default for GwOpts {
             env: vec![],
             upstream_extra: String::new(),
             gstin_checksum: "enforce",
+            apis: vec!["einvoice"],
+            credential_extra: String::new(),
+            extra_toml: String::new(),
         }
+    }
+}
+
+/// The path prefixes and auth path the simulator serves for an API kind.
+pub fn api_paths(api: &str) -> (&'static str, &'static str) {
+    match api {
+        "einvoice" => (
+            r#"["/eivital/", "/eicore/", "/eiewb/"]"#,
+            "/eivital/v1.04/auth",
+        ),
+        "ewaybill" => (r#"["/ewaybillapi/"]"#, "/ewaybillapi/v1.03/auth"),
+        "gstn" => (r#"["/taxpayerapi/"]"#, "/taxpayerapi/v1.0/authenticate"),
+        other => panic!("unknown api {other}"),
     }
 }
 
@@ -374,12 +397,20 @@ shutdown_grace = "{grace}"
 [store]
 backend = "memory"
 
+"#,
+        max_body = o.max_body_bytes,
+        grace = o.shutdown_grace,
+    );
+    for api in &o.apis {
+        let (routes, auth_path) = api_paths(api);
+        s.push_str(&format!(
+            r#"
 [[upstream]]
-name = "einvoice"
-api = "einvoice"
+name = "{api}"
+api = "{api}"
 base_url = "{base_url}"
-routes = ["/eivital/", "/eicore/", "/eiewb/"]
-auth_path = "/eivital/v1.04/auth"
+routes = {routes}
+auth_path = "{auth_path}"
 public_key = "{key}"
 encryption = "{enc}"
 client_id = "{CLIENT_ID}"
@@ -391,20 +422,22 @@ connect_timeout = "{connect}"
 max_logins = {max_logins}
 {extra}
 "#,
-        max_body = o.max_body_bytes,
-        grace = o.shutdown_grace,
-        key = public_key.display(),
-        enc = o.encryption,
-        refresh = o.refresh_before,
-        timeout = o.timeout,
-        connect = o.connect_timeout,
-        max_logins = o.max_logins,
-        checksum = o.gstin_checksum,
-        extra = o.upstream_extra,
-    );
+            key = public_key.display(),
+            enc = o.encryption,
+            refresh = o.refresh_before,
+            timeout = o.timeout,
+            connect = o.connect_timeout,
+            max_logins = o.max_logins,
+            checksum = o.gstin_checksum,
+            extra = o.upstream_extra,
+        ));
+    }
+    let upstreams: Vec<String> = o.apis.iter().map(|a| format!("\"{a}\"")).collect();
     for (g, u, p) in &o.credentials {
         s.push_str(&format!(
-            "\n[[credential]]\ngstin = \"{g}\"\nusername = \"{u}\"\npassword = \"{p}\"\nupstreams = [\"einvoice\"]\n"
+            "\n[[credential]]\ngstin = \"{g}\"\nusername = \"{u}\"\npassword = \"{p}\"\nupstreams = [{}]\n{}\n",
+            upstreams.join(", "),
+            o.credential_extra
         ));
     }
     for (name, key, gstins) in &o.clients {
@@ -415,6 +448,7 @@ max_logins = {max_logins}
             list.join(", ")
         ));
     }
+    s.push_str(&o.extra_toml);
     s
 }
 
@@ -597,4 +631,43 @@ pub async fn expect_problem(res: reqwest::Response, status: u16, code: &str) -> 
     assert_eq!(body["status"], status);
     assert!(body["remedy"].as_str().is_some_and(|r| !r.is_empty()));
     body
+}
+
+impl Gateway {
+    /// `POST` to the admin listener with the admin token and an optional JSON body.
+    pub async fn admin_post(&self, path: &str, body: Option<Value>) -> reqwest::Response {
+        let mut req = self
+            .http
+            .post(format!("http://{}{path}", self.admin))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// The rows of `GET /admin/sessions`.
+    pub async fn admin_sessions(&self) -> Vec<Value> {
+        let v: Value = self
+            .http
+            .get(format!("http://{}/admin/sessions", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["sessions"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// The state `/admin/sessions` shows for (upstream, GSTIN).
+    pub async fn session_state(&self, upstream: &str, gstin: &str) -> String {
+        self.admin_sessions()
+            .await
+            .iter()
+            .find(|s| s["upstream"] == upstream && s["gstin"] == gstin)
+            .and_then(|s| s["state"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
 }

@@ -1,0 +1,236 @@
+//! GSTN returns through gstgate (issue 3, acceptance 3): sessions start only with the
+//! taxpayer's OTP through the admin API, are kept alive with REFRESHTOKEN while the portal
+//! session lasts, and then ask for a new OTP instead of failing obscurely.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const RETSUM: &str = "/taxpayerapi/v1.0/returns/gstr1?action=RETSUM";
+
+fn gstn_opts() -> GwOpts {
+    GwOpts {
+        apis: vec!["gstn"],
+        ..GwOpts::default()
+    }
+}
+
+async fn return_summary(gw: &Gateway) -> reqwest::Response {
+    gw.request(
+        Method::GET,
+        &format!("{RETSUM}&gstin={GSTIN}&ret_period=102026"),
+    )
+    .header("ret_period", "102026")
+    .send()
+    .await
+    .unwrap()
+}
+
+/// The OTP flow an operator follows: ask for an OTP, read it (from the simulator, standing in
+/// for the taxpayer's phone), submit it.
+async fn start_session(gw: &Gateway, sim: &Sim) -> Value {
+    let res = gw
+        .admin_post(&format!("/admin/sessions/gstn/{GSTIN}/otp-request"), None)
+        .await;
+    assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
+    let otp = sim
+        .get_json(&format!("/_sim/otp?gstin={GSTIN}&username={USER}"))
+        .await["otp"]
+        .as_str()
+        .expect("the simulator issued an OTP")
+        .to_owned();
+    let res = gw
+        .admin_post(
+            &format!("/admin/sessions/gstn/{GSTIN}/otp"),
+            Some(json!({ "otp": otp })),
+        )
+        .await;
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_session_starts_only_with_an_otp_and_then_serves_sealed_returns_data() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, gstn_opts()).await;
+
+    // No session: the caller is told exactly which admin calls start one, and no OTP SMS is
+    // sent on its behalf.
+    assert_eq!(gw.session_state("gstn", GSTIN).await, "needs_otp");
+    let p = expect_problem(return_summary(&gw).await, 503, "otp_required").await;
+    let remedy = p["remedy"].as_str().unwrap();
+    assert!(
+        remedy.contains(&format!("POST /admin/sessions/gstn/{GSTIN}/otp-request"))
+            && remedy.contains(&format!("/admin/sessions/gstn/{GSTIN}/otp ")),
+        "{remedy}"
+    );
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 0);
+
+    // A malformed OTP is refused by gstgate; a wrong one by the upstream.
+    let res = gw
+        .admin_post(
+            &format!("/admin/sessions/gstn/{GSTIN}/otp"),
+            Some(json!({"otp": "12ab"})),
+        )
+        .await;
+    expect_problem(res, 400, "otp_invalid").await;
+    let res = gw
+        .admin_post(&format!("/admin/sessions/gstn/{GSTIN}/otp-request"), None)
+        .await;
+    assert_eq!(res.status(), 202);
+    let otp = sim
+        .get_json(&format!("/_sim/otp?gstin={GSTIN}&username={USER}"))
+        .await["otp"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let wrong = if otp == "111111" { "222222" } else { "111111" };
+    let res = gw
+        .admin_post(
+            &format!("/admin/sessions/gstn/{GSTIN}/otp"),
+            Some(json!({"otp": wrong})),
+        )
+        .await;
+    let p = expect_problem(res, 400, "otp_invalid").await;
+    assert_eq!(p["upstream_code"], "AUTH4034");
+    assert_eq!(gw.session_state("gstn", GSTIN).await, "needs_otp");
+
+    let started = start_session(&gw, &sim).await;
+    assert_eq!(started["gstin"], GSTIN);
+    let row = gw
+        .admin_sessions()
+        .await
+        .into_iter()
+        .find(|s| s["upstream"] == "gstn")
+        .unwrap();
+    assert_eq!(row["state"], "valid");
+    let ends_in = row["session_ends_in_secs"]
+        .as_u64()
+        .expect("portal session end shown");
+    assert!(ends_in > 29 * 24 * 3600, "30 days by default: {row}");
+
+    // Data: the REK-sealed reply comes back as plain JSON.
+    let res = return_summary(&gw).await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["status_cd"], "1", "{body}");
+    assert!(
+        body.get("rek").is_none() && body.get("hmac").is_none(),
+        "{body}"
+    );
+    assert!(body["data"].is_object(), "{body}");
+    assert!(body["data"].to_string().contains(GSTIN), "{body}");
+
+    // A save: gstgate encrypts `data` with the SEK and signs it.
+    let res = gw
+        .request(Method::PUT, "/taxpayerapi/v1.0/returns/gstr1")
+        .header("ret_period", "102026")
+        .json(&json!({"action": "RETSAVE", "data": {"gstin": GSTIN, "fp": "102026", "b2b": []}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let saved: Value = res.json().await.unwrap();
+    assert!(saved["data"]["reference_id"].is_string(), "{saved}");
+
+    // The wire: GSTN's headers, with a fresh txn per request and the caller's ret_period.
+    return_summary(&gw).await;
+    let log = sim.requests(50).await;
+    let calls: Vec<&Value> = log
+        .iter()
+        .filter(|r| r["path"] == "/taxpayerapi/v1.0/returns/gstr1" && r["method"] == "GET")
+        .collect();
+    assert!(calls.len() >= 2);
+    for call in &calls {
+        let h = &call["headers"];
+        assert_eq!(h["clientid"], CLIENT_ID);
+        assert_eq!(h["client-secret"], CLIENT_SECRET);
+        assert_eq!(h["state-cd"], "27");
+        assert_eq!(h["ip-usr"], "127.0.0.1");
+        assert_eq!(h["username"], USER);
+        assert_eq!(h["gstin"], GSTIN);
+        assert_eq!(h["ret_period"], "102026");
+        assert!(h["auth-token"].as_str().is_some_and(|t| !t.is_empty()));
+        assert!(h.get("x-api-key").is_none());
+    }
+    assert_ne!(calls[0]["headers"]["txn"], calls[1]["headers"]["txn"]);
+    let save = log
+        .iter()
+        .find(|r| r["method"] == "PUT")
+        .expect("the save reached the upstream");
+    let wire: Value = serde_json::from_str(save["body"].as_str().unwrap()).unwrap();
+    assert!(
+        wire["data"].is_string() && wire["hmac"].is_string(),
+        "{wire}"
+    );
+    assert!(!save["body"].as_str().unwrap().contains("b2b"));
+}
+
+/// Acceptance 3: 4-second tokens, a 40-second portal session. Traffic flows the whole time
+/// with REFRESHTOKEN calls and no OTP; at the end the session needs an OTP and says so.
+#[tokio::test]
+async fn refresh_keeps_a_session_alive_without_otp_until_the_portal_session_ends() {
+    let sim = Sim::start(SimOpts {
+        token_ttl: "4s",
+        ..SimOpts::default()
+    })
+    .await;
+    sim.control("/_sim/knobs", json!({"gstn_session_ttl_secs": 40}))
+        .await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            refresh_before: "2s",
+            ..gstn_opts()
+        },
+    )
+    .await;
+    start_session(&gw, &sim).await;
+    let started = Instant::now();
+    let mut first_otp_required = None;
+    let mut served = 0;
+    while started.elapsed() < Duration::from_secs(60) {
+        let res = return_summary(&gw).await;
+        match res.status().as_u16() {
+            200 => {
+                assert!(first_otp_required.is_none(), "served again after needs_otp");
+                served += 1;
+            }
+            503 => {
+                expect_problem(res, 503, "otp_required").await;
+                first_otp_required.get_or_insert(started.elapsed());
+                if started.elapsed() > first_otp_required.unwrap() + Duration::from_secs(2) {
+                    break;
+                }
+            }
+            other => panic!("status {other}: {}", res.text().await.unwrap()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ended = first_otp_required.expect("the session ended with otp_required");
+    assert!(
+        ended >= Duration::from_secs(36),
+        "traffic flowed for the portal session's 40 s, not {ended:?}"
+    );
+    assert!(served > 200, "{served} requests served");
+    let counters = sim.counters().await;
+    assert_eq!(
+        counters["per_gstin"][GSTIN]["otp_requests"], 1,
+        "{counters}"
+    );
+    let refreshes = counters["per_gstin"][GSTIN]["refreshes"].as_u64().unwrap();
+    assert!(refreshes >= 5, "{refreshes} REFRESHTOKEN calls");
+    assert_eq!(gw.session_state("gstn", GSTIN).await, "needs_otp");
+    assert!(
+        gw.metric("gstgate_token_refreshes_total{upstream=\"gstn\",trigger=\"proactive\"}")
+            .await
+            >= 5.0
+    );
+    // A new OTP starts a new portal session.
+    start_session(&gw, &sim).await;
+    assert_eq!(return_summary(&gw).await.status(), 200);
+}
