@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::future::join_all;
+use reqwest::Method;
 use serde_json::{json, Value};
 
 /// Every metric DESIGN.md §6 names.
@@ -97,11 +98,13 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         &sim,
         GwOpts {
             rust_log: "trace",
+            apis: vec!["einvoice", "ewaybill", "gstn"],
+            max_logins: 5,
             ..GwOpts::default()
         },
     )
     .await;
-    // A full scenario: login, data calls, a replay after revocation, a failed call.
+    // A full scenario on each API: login, data calls, a replay after revocation, a failed call.
     for i in 0..3 {
         assert_eq!(gw.generate(GSTIN, &format!("LOG/{i}")).await.status(), 200);
     }
@@ -111,12 +114,72 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     sim.control("/_sim/faults", json!({"mode": "garbage", "count": 1}))
         .await;
     assert_eq!(gw.generate(GSTIN, "LOG/g").await.status(), 502);
+
+    let ewb = |doc: &str| {
+        gw.request(Method::POST, "/ewaybillapi/v1.03/ewayapi")
+            .json(&json!({"action": "GENEWAYBILL", "data": {
+                "docType": "INV", "docNo": doc, "docDate": "25/11/2026",
+                "fromGstin": GSTIN, "toGstin": "05AAACG2115R1ZN", "totInvValue": 1180.0,
+                "supplyType": "O", "subSupplyType": "1", "fromPincode": 400001,
+                "toPincode": 248001, "transDistance": "100", "itemList": []}}))
+            .send()
+    };
+    let res = ewb("LOGEWB/1").await.unwrap();
+    let ewb_no = res.json::<Value>().await.unwrap()["data"]["ewayBillNo"].clone();
+    assert!(ewb_no.is_number());
+    let get = gw
+        .request(
+            Method::GET,
+            &format!("/ewaybillapi/v1.03/ewayapi/GetEwayBill?ewbNo={ewb_no}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 200);
+
+    let otp_path = format!("/admin/sessions/gstn/{GSTIN}/otp");
+    assert_eq!(
+        gw.admin_post(&format!("{otp_path}-request"), None)
+            .await
+            .status(),
+        202
+    );
+    let otp = sim
+        .get_json(&format!("/_sim/otp?gstin={GSTIN}&username={USER}"))
+        .await["otp"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        gw.admin_post(&otp_path, Some(json!({"otp": otp})))
+            .await
+            .status(),
+        200
+    );
+    let retsum = || {
+        gw.request(
+            Method::GET,
+            &format!(
+                "/taxpayerapi/v1.0/returns/gstr1?action=RETSUM&gstin={GSTIN}&ret_period=102026"
+            ),
+        )
+        .header("ret_period", "102026")
+        .send()
+    };
+    assert_eq!(retsum().await.unwrap().status(), 200);
+    // A rejected GSTN token is refreshed with REFRESHTOKEN (token and SEK in the request).
+    sim.control("/_sim/revoke", json!({"gstin": GSTIN, "username": USER}))
+        .await;
+    let _ = retsum().await.unwrap();
+
     let sessions = sim.get_json("/_sim/sessions").await;
     let mut secrets: Vec<String> = vec![
         PASSWORD.into(),
         CLIENT_SECRET.into(),
         API_KEY.into(),
         ADMIN_TOKEN.into(),
+        // Quoted: six bare digits could turn up inside a timestamp or a latency figure.
+        format!("\"{otp}\""),
     ];
     for s in sessions["sessions"].as_array().expect("sessions list") {
         for key in ["token", "sek", "previous_token"] {
@@ -126,8 +189,8 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         }
     }
     assert!(
-        secrets.len() >= 6,
-        "token and SEK of both sessions are checked: {secrets:?}"
+        secrets.len() >= 11,
+        "tokens and SEKs of the sessions of all three APIs are checked: {sessions}"
     );
     // Let the trailing log lines of the last request arrive: the access line is written
     // before the response, so one more request flushes everything before it.
@@ -135,6 +198,12 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     let logs = gw.logs.text();
     assert!(logs.lines().count() > 20, "trace logging was on:\n{logs}");
     assert!(logs.contains("\"request_id\""), "access log lines present");
+    for upstream in ["einvoice", "ewaybill", "gstn"] {
+        assert!(
+            logs.contains(&format!("\"upstream\":\"{upstream}\"")),
+            "{upstream} traffic was logged"
+        );
+    }
     for secret in &secrets {
         assert!(
             !logs.contains(secret.as_str()),
