@@ -7,6 +7,7 @@
 //! [`sim`].
 
 pub mod admin;
+pub mod alerts;
 pub mod cli;
 pub mod clients;
 pub mod config;
