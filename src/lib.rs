@@ -19,5 +19,6 @@ pub mod proxy;
 pub mod server;
 pub mod session;
 pub mod sim;
+pub mod status_page;
 pub mod telemetry;
 pub mod upstream;
