@@ -5,6 +5,8 @@
 //! The receiver reports every attempt and every accepted body through channels; the tests wait
 //! on those (and on `Alerts::shutdown`, which returns once the sender is done), never on sleeps.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -534,4 +536,53 @@ async fn a_dead_webhook_never_blocks_raise_nor_holds_up_shutdown() {
         "shutdown waited {took:?} for a stuck webhook"
     );
     drop(dead);
+}
+
+/// End to end through the real binary: a wrong password makes the session watcher raise
+/// `credentials_rejected`, and the receiver gets it without any secret. The watcher checks
+/// every 15 s, so this test takes about that long.
+#[tokio::test]
+async fn the_gateway_alerts_a_webhook_when_a_credential_is_rejected() {
+    use common::{Gateway, GwOpts, Sim, SimOpts};
+    let mut rx = receiver(Behaviour::default()).await;
+    let sim = Sim::start(SimOpts::default()).await;
+    let wrong = "Wr0ng-Passw0rd!";
+    let opts = GwOpts {
+        credentials: vec![(common::GSTIN.into(), common::USER.into(), wrong.into())],
+        ..GwOpts::default()
+    };
+    let mut config = common::gateway_config(&sim.public_key, &sim.url(), &opts);
+    config.push_str(&format!(
+        "\n[alerts]\nwebhook_url = \"{}\"\n",
+        rx.url("/hook?token=QUERYSECRET")
+    ));
+    let gw = Gateway::start_with_config(&config, &opts).await;
+    common::expect_problem(
+        gw.generate(common::GSTIN, "ALERT/1").await,
+        502,
+        "credentials_rejected",
+    )
+    .await;
+
+    let body = tokio::time::timeout(Duration::from_secs(40), rx.bodies.recv())
+        .await
+        .expect("no alert within two watcher intervals")
+        .unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["alert"], "credentials_rejected");
+    assert_eq!(v["gstin"], common::GSTIN);
+    assert_eq!(v["username"], common::USER);
+    assert_eq!(v["upstream"], "einvoice");
+    for secret in [
+        wrong,
+        common::PASSWORD,
+        common::CLIENT_SECRET,
+        common::ADMIN_TOKEN,
+        common::API_KEY,
+        "QUERYSECRET",
+    ] {
+        assert!(!body.contains(secret), "`{secret}` in {body}");
+    }
+    assert!(!gw.logs.text().contains("QUERYSECRET"));
+    assert!(gw.logs.text().contains("alert raised"));
 }
