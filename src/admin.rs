@@ -38,6 +38,8 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(|| async { "ready\n" }))
         .route("/metrics", get(metrics))
+        // Open like /metrics: browsers cannot send a bearer token, and the page has no secrets.
+        .route("/status", get(crate::status_page::handler))
         .route("/admin/sessions", get(sessions))
         .route("/admin/sessions/{upstream}/{gstin}/refresh", post(refresh))
         .route(

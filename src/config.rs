@@ -764,6 +764,14 @@ impl Config {
                 }
             }
         }
+        if let Some(url) = &self.alerts.webhook_url {
+            crate::alerts::check_webhook_url(url)
+                .map_err(|m| ("alerts.webhook_url".to_string(), m))?;
+        }
+        if let Some(warning) = self.alerts.otp_warning {
+            crate::alerts::check_otp_warning(warning)
+                .map_err(|m| ("alerts.otp_warning".to_string(), m))?;
+        }
         Ok(())
     }
 
@@ -830,6 +838,36 @@ upstreams = ["ewb"]
             .unwrap_err()
             .to_string();
         assert!(err.contains("6 hours"), "{err}");
+    }
+
+    #[test]
+    fn alerts_need_an_http_webhook_and_an_otp_warning_of_a_minute() {
+        let base = r#"
+[server]
+[[upstream]]
+name = "einvoice"
+api = "einvoice"
+base_url = "http://127.0.0.1:1"
+routes = ["/eicore/"]
+auth_path = "/eivital/v1.04/auth"
+public_key = "k.pem"
+client_id = "a"
+client_secret = "b"
+[alerts]
+"#;
+        let parse = |extra: &str| Config::parse(&format!("{base}{extra}"), Path::new("c.toml"));
+        let ok =
+            parse("webhook_url = \"https://ops.example.com/h?token=T\"\notp_warning = \"2d\"\n");
+        assert!(ok.is_ok(), "{:?}", ok.err());
+        let err = parse("webhook_url = \"ftp://ops.example.com/TOKEN\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("alerts.webhook_url") && !err.contains("TOKEN"),
+            "{err}"
+        );
+        let err = parse("otp_warning = \"30s\"\n").unwrap_err().to_string();
+        assert!(err.contains("alerts.otp_warning"), "{err}");
     }
 
     #[test]

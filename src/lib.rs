@@ -7,6 +7,7 @@
 //! [`sim`].
 
 pub mod admin;
+pub mod alerts;
 pub mod cli;
 pub mod clients;
 pub mod config;
@@ -18,5 +19,6 @@ pub mod proxy;
 pub mod server;
 pub mod session;
 pub mod sim;
+pub mod status_page;
 pub mod telemetry;
 pub mod upstream;

@@ -73,6 +73,15 @@ pub struct TriggerLabels {
     pub trigger: &'static str,
 }
 
+/// `kind` + `result` of an operator alert (not a contract metric: see `alerts`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    /// `credentials_rejected`, `refresh_failing`, `otp_needed_soon`, `otp_required`.
+    pub kind: &'static str,
+    /// `sent`, `failed` (given up after retries) or `dropped` (queue full).
+    pub result: &'static str,
+}
+
 /// Every metric gstgate exports.
 pub struct Metrics {
     /// `gstgate_requests_total`.
@@ -89,6 +98,8 @@ pub struct Metrics {
     pub rejected_retries: Family<ResultLabels, Counter>,
     /// `gstgate_inflight_requests`.
     pub inflight: Gauge<i64, AtomicI64>,
+    /// `gstgate_alerts_total` (outside the DESIGN.md §6 contract).
+    pub alerts: Family<AlertLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -107,6 +118,7 @@ impl Metrics {
             token_refreshes: Family::default(),
             rejected_retries: Family::default(),
             inflight: Gauge::default(),
+            alerts: Family::default(),
         };
         let mut r = Registry::default();
         r.register(
@@ -143,6 +155,11 @@ impl Metrics {
             "gstgate_inflight_requests",
             "Caller requests being processed",
             m.inflight.clone(),
+        );
+        r.register(
+            "gstgate_alerts",
+            "Operator alerts by kind and delivery result",
+            m.alerts.clone(),
         );
         r.register_collector(Box::new(sessions));
         (Arc::new(m), r)

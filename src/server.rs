@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tower::ServiceExt as _;
 
 use crate::admin::{self, Admin};
+use crate::alerts::{self, Alerts};
 use crate::clients::Clients;
 use crate::config::Config;
 use crate::metrics::{Metrics, SessionGauges};
@@ -47,6 +48,9 @@ pub enum StartError {
         /// The error.
         source: std::io::Error,
     },
+    /// `[alerts]` is invalid or its sender could not start.
+    #[error(transparent)]
+    Alerts(#[from] crate::alerts::AlertsError),
     /// The in-process simulator could not start.
     #[error("simulator: {0}")]
     Simulator(String),
@@ -63,6 +67,8 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     simulator: Option<crate::sim::SimHandle>,
+    alerts: Arc<Alerts>,
+    alert_watcher: alerts::watcher::Handle,
 }
 
 impl Running {
@@ -72,6 +78,10 @@ impl Running {
         for t in self.tasks {
             let _ = t.await;
         }
+        // Alerts raised while draining still get a short chance to go out; a stuck webhook
+        // holds shutdown up for at most `alerts::SHUTDOWN_FLUSH`.
+        drop(self.alert_watcher);
+        self.alerts.shutdown().await;
         if let Some(sim) = self.simulator {
             sim.shutdown().await;
         }
@@ -93,6 +103,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .collect::<Result<Vec<_>, _>>()?;
     let sessions = Sessions::new(&upstreams, &config.credentials, metrics.clone())?;
     gauges.attach(&sessions);
+    let alerts = Alerts::new(&config.alerts, metrics.clone())?;
+    let alert_watcher =
+        alerts::watcher::spawn(&sessions, alerts.clone(), alerts::watcher::POLL_INTERVAL);
     let clients = Clients::from_config(&config.clients).map_err(StartError::Clients)?;
     let server = &config.server;
     let proxy = Arc::new(Proxy::new(
@@ -163,6 +176,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         shutdown,
         tasks: vec![proxy_task, admin_task],
         simulator,
+        alerts,
+        alert_watcher,
     })
 }
 

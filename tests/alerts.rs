@@ -1,0 +1,588 @@
+//! Webhook alerts against a real HTTP receiver on loopback: the body's shape, one delivery per
+//! episode, retries with backoff, no secrets in bodies or logs, and a dead webhook that never
+//! blocks `raise` nor holds up shutdown.
+//!
+//! The receiver reports every attempt and every accepted body through channels; the tests wait
+//! on those (and on `Alerts::shutdown`, which returns once the sender is done), never on sleeps.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use gstgate::alerts::{AlertKind, Alerts, DeliveryPolicy, Detail, Subject, SHUTDOWN_FLUSH};
+use gstgate::config::{AlertsConfig, Config};
+use gstgate::metrics::{Metrics, SessionGauges};
+use prometheus_client::registry::Registry;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// How the receiver answers.
+#[derive(Clone, Copy, Default)]
+struct Behaviour {
+    /// Answer 500 to this many attempts first.
+    fail_first: usize,
+    /// Answer every POST with a redirect to `/moved` instead.
+    redirect: bool,
+}
+
+struct Inner {
+    behaviour: Behaviour,
+    attempts: AtomicUsize,
+    attempt_tx: mpsc::UnboundedSender<String>,
+    body_tx: mpsc::UnboundedSender<String>,
+    moved: AtomicUsize,
+}
+
+/// A webhook receiver: every request's path is reported on `attempts`; accepted bodies on
+/// `bodies`.
+struct Receiver {
+    addr: SocketAddr,
+    inner: Arc<Inner>,
+    attempts: mpsc::UnboundedReceiver<String>,
+    bodies: mpsc::UnboundedReceiver<String>,
+}
+
+async fn hook(State(inner): State<Arc<Inner>>, uri: Uri, body: String) -> Response {
+    if uri.path() == "/moved" {
+        inner.moved.fetch_add(1, Ordering::SeqCst);
+        let _ = inner.body_tx.send(body);
+        return StatusCode::OK.into_response();
+    }
+    let n = inner.attempts.fetch_add(1, Ordering::SeqCst) + 1;
+    let _ = inner.attempt_tx.send(uri.to_string());
+    if inner.behaviour.redirect {
+        return (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(header::LOCATION, "/moved")],
+        )
+            .into_response();
+    }
+    if n <= inner.behaviour.fail_first {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    let _ = inner.body_tx.send(body);
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn receiver(behaviour: Behaviour) -> Receiver {
+    let (attempt_tx, attempts) = mpsc::unbounded_channel();
+    let (body_tx, bodies) = mpsc::unbounded_channel();
+    let inner = Arc::new(Inner {
+        behaviour,
+        attempts: AtomicUsize::new(0),
+        attempt_tx,
+        body_tx,
+        moved: AtomicUsize::new(0),
+    });
+    let app = Router::new().fallback(hook).with_state(inner.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Receiver {
+        addr,
+        inner,
+        attempts,
+        bodies,
+    }
+}
+
+impl Receiver {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn body(&mut self) -> Value {
+        let text = tokio::time::timeout(WAIT, self.bodies.recv())
+            .await
+            .expect("no alert reached the receiver in time")
+            .expect("receiver gone");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    async fn attempt(&mut self) -> String {
+        tokio::time::timeout(WAIT, self.attempts.recv())
+            .await
+            .expect("no delivery attempt in time")
+            .expect("receiver gone")
+    }
+}
+
+/// Short backoff so retry tests take milliseconds.
+fn fast() -> DeliveryPolicy {
+    DeliveryPolicy {
+        attempts: 5,
+        backoff_base: Duration::from_millis(10),
+        backoff_cap: Duration::from_millis(40),
+        timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(2),
+        queue: 64,
+    }
+}
+
+fn start(url: &str, policy: DeliveryPolicy) -> (Arc<Alerts>, Registry) {
+    let (metrics, registry) = Metrics::new(SessionGauges::default());
+    let cfg = AlertsConfig {
+        webhook_url: Some(url.into()),
+        otp_warning: None,
+    };
+    (
+        Alerts::with_policy(&cfg, metrics, policy).unwrap(),
+        registry,
+    )
+}
+
+fn alerts_metric(registry: &Registry, kind: &str, result: &str) -> f64 {
+    let text = gstgate::metrics::render(registry).unwrap();
+    let series = format!("gstgate_alerts_total{{kind=\"{kind}\",result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+fn subject(gstin: &str) -> Subject {
+    Subject {
+        upstream: "einvoice".into(),
+        gstin: gstin.into(),
+        username: "api_user".into(),
+    }
+}
+
+fn detail(message: &str) -> Detail {
+    Detail {
+        message: message.into(),
+        ..Detail::default()
+    }
+}
+
+#[tokio::test]
+async fn alert_body_carries_the_documented_fields() {
+    let mut rx = receiver(Behaviour::default()).await;
+    let (alerts, _registry) = start(&rx.url("/hook"), fast());
+    let s = subject("27AAPFU0939F1ZV");
+    alerts.raise(
+        AlertKind::CredentialsRejected,
+        &s,
+        Detail {
+            message: "the upstream rejected the credentials".into(),
+            upstream_code: Some("1019".into()),
+            deadline: None,
+        },
+    );
+    let body = rx.body().await;
+    let mut keys: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "alert",
+            "at",
+            "deadline",
+            "gstgate",
+            "gstin",
+            "message",
+            "remedy",
+            "severity",
+            "upstream",
+            "upstream_code",
+            "username"
+        ]
+    );
+    assert_eq!(body["alert"], "credentials_rejected");
+    assert_eq!(body["severity"], "critical");
+    assert_eq!(body["upstream"], "einvoice");
+    assert_eq!(body["gstin"], "27AAPFU0939F1ZV");
+    assert_eq!(body["username"], "api_user");
+    assert_eq!(body["message"], "the upstream rejected the credentials");
+    assert_eq!(body["upstream_code"], "1019");
+    assert_eq!(body["deadline"], Value::Null);
+    assert_eq!(body["gstgate"], env!("CARGO_PKG_VERSION"));
+    assert!(body["remedy"].as_str().is_some_and(|r| r.len() > 20));
+    let at = chrono::DateTime::parse_from_rfc3339(body["at"].as_str().unwrap()).unwrap();
+    assert!((chrono::Utc::now() - at.to_utc()).num_seconds().abs() < 60);
+
+    let deadline = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+    alerts.raise(
+        AlertKind::OtpNeededSoon,
+        &s,
+        Detail {
+            message: "soon".into(),
+            upstream_code: None,
+            deadline: Some(deadline),
+        },
+    );
+    let body = rx.body().await;
+    assert_eq!(body["alert"], "otp_needed_soon");
+    assert_eq!(body["severity"], "warning");
+    assert_eq!(body["deadline"], "2030-03-17T17:46:40Z");
+    assert_eq!(body["upstream_code"], Value::Null);
+}
+
+#[tokio::test]
+async fn an_alert_is_sent_once_per_episode() {
+    let mut rx = receiver(Behaviour::default()).await;
+    let (alerts, registry) = start(&rx.url("/hook"), fast());
+    let a = subject("27AAPFU0939F1ZV");
+    // The sender is one FIFO task: a marker alert for another GSTIN arriving right after the
+    // first proves that the duplicate in between was never queued.
+    alerts.raise(AlertKind::RefreshFailing, &a, detail("first"));
+    alerts.raise(AlertKind::RefreshFailing, &a, detail("duplicate"));
+    alerts.raise(
+        AlertKind::RefreshFailing,
+        &subject("27AAPFU0001F1Z5"),
+        detail("marker 1"),
+    );
+    assert_eq!(rx.body().await["message"], "first");
+    assert_eq!(rx.body().await["message"], "marker 1");
+
+    // Another kind for the same session is its own episode.
+    alerts.raise(AlertKind::CredentialsRejected, &a, detail("other kind"));
+    assert_eq!(rx.body().await["message"], "other kind");
+
+    alerts.resolve(AlertKind::RefreshFailing, &a);
+    alerts.raise(AlertKind::RefreshFailing, &a, detail("second episode"));
+    alerts.raise(AlertKind::RefreshFailing, &a, detail("duplicate again"));
+    alerts.raise(
+        AlertKind::RefreshFailing,
+        &subject("27AAPFU0002F1Z3"),
+        detail("marker 2"),
+    );
+    assert_eq!(rx.body().await["message"], "second episode");
+    assert_eq!(rx.body().await["message"], "marker 2");
+
+    alerts.shutdown().await;
+    assert!(rx.bodies.try_recv().is_err(), "no other delivery");
+    assert_eq!(alerts_metric(&registry, "refresh_failing", "sent"), 4.0);
+    assert_eq!(
+        alerts_metric(&registry, "credentials_rejected", "sent"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn failed_deliveries_are_retried_with_backoff_until_accepted() {
+    let mut rx = receiver(Behaviour {
+        fail_first: 3,
+        ..Behaviour::default()
+    })
+    .await;
+    let (alerts, registry) = start(&rx.url("/hook"), fast());
+    alerts.raise(
+        AlertKind::OtpRequired,
+        &subject("27AAPFU0939F1ZV"),
+        detail("needs an OTP"),
+    );
+    assert_eq!(rx.body().await["alert"], "otp_required");
+    assert_eq!(
+        rx.inner.attempts.load(Ordering::SeqCst),
+        4,
+        "3 × 500, then 204"
+    );
+    alerts.shutdown().await;
+    assert_eq!(alerts_metric(&registry, "otp_required", "sent"), 1.0);
+    assert_eq!(alerts_metric(&registry, "otp_required", "failed"), 0.0);
+}
+
+#[tokio::test]
+async fn a_webhook_that_keeps_failing_is_given_up_after_the_last_attempt() {
+    let mut rx = receiver(Behaviour {
+        fail_first: usize::MAX,
+        ..Behaviour::default()
+    })
+    .await;
+    let policy = DeliveryPolicy {
+        attempts: 3,
+        ..fast()
+    };
+    let (alerts, registry) = start(&rx.url("/hook"), policy);
+    alerts.raise(
+        AlertKind::RefreshFailing,
+        &subject("27AAPFU0939F1ZV"),
+        detail("x"),
+    );
+    for _ in 0..3 {
+        rx.attempt().await;
+    }
+    alerts.shutdown().await;
+    assert_eq!(rx.inner.attempts.load(Ordering::SeqCst), 3);
+    assert_eq!(alerts_metric(&registry, "refresh_failing", "failed"), 1.0);
+    assert_eq!(alerts_metric(&registry, "refresh_failing", "sent"), 0.0);
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed() {
+    let mut rx = receiver(Behaviour {
+        redirect: true,
+        ..Behaviour::default()
+    })
+    .await;
+    let policy = DeliveryPolicy {
+        attempts: 1,
+        ..fast()
+    };
+    let (alerts, registry) = start(&rx.url("/hook"), policy);
+    alerts.raise(
+        AlertKind::RefreshFailing,
+        &subject("27AAPFU0939F1ZV"),
+        detail("x"),
+    );
+    rx.attempt().await;
+    alerts.shutdown().await;
+    assert_eq!(rx.inner.moved.load(Ordering::SeqCst), 0);
+    assert_eq!(alerts_metric(&registry, "refresh_failing", "failed"), 1.0);
+}
+
+/// Every secret the configuration below holds.
+const SECRETS: &[&str] = &[
+    "CLIENT-SECRET-9f3k",
+    "CLIENT-ID-77aa",
+    "PASSWORD-Q7zz!",
+    "ADMIN-TOKEN-0123456789abc",
+    "SUBSCRIPTION-KEY-55",
+    "HOOKPASS",
+    "PATHSECRET",
+    "QUERYSECRET",
+];
+
+fn config_with_secrets(webhook: &str) -> Config {
+    let text = format!(
+        r#"
+[server]
+admin_token = "ADMIN-TOKEN-0123456789abc"
+[[upstream]]
+name = "einvoice"
+api = "einvoice"
+base_url = "http://127.0.0.1:1"
+routes = ["/eicore/"]
+auth_path = "/eivital/v1.04/auth"
+public_key = "k.pem"
+client_id = "CLIENT-ID-77aa"
+client_secret = "CLIENT-SECRET-9f3k"
+[upstream.headers]
+"Ocp-Apim-Subscription-Key" = "SUBSCRIPTION-KEY-55"
+[[credential]]
+gstin = "27AAPFU0939F1ZV"
+username = "api_user"
+password = "PASSWORD-Q7zz!"
+upstreams = ["einvoice"]
+[[client]]
+name = "billing"
+api_key_sha256 = "{}"
+gstins = ["*"]
+[alerts]
+webhook_url = "{webhook}"
+otp_warning = "48h"
+"#,
+        "ab".repeat(32)
+    );
+    Config::parse(&text, Path::new("secrets.toml")).unwrap()
+}
+
+/// Alerts for every kind, for the configured credential, as the watcher makes them.
+fn raise_every_kind(alerts: &Alerts, config: &Config) {
+    let c = &config.credentials[0];
+    let s = Subject {
+        upstream: config.upstreams[0].name.as_str().into(),
+        gstin: c.gstin.clone(),
+        username: c.username.as_str().into(),
+    };
+    for kind in AlertKind::ALL {
+        alerts.raise(
+            kind,
+            &s,
+            Detail {
+                message: format!("{} for {}", kind.as_str(), c.gstin),
+                upstream_code: Some("1019".into()),
+                deadline: Some(SystemTime::now()),
+            },
+        );
+    }
+}
+
+#[tokio::test]
+async fn no_secret_reaches_an_alert_body() {
+    let mut rx = receiver(Behaviour::default()).await;
+    let webhook = format!(
+        "http://hookuser:HOOKPASS@{}/hook/PATHSECRET?token=QUERYSECRET",
+        rx.addr
+    );
+    let config = config_with_secrets(&webhook);
+    let (metrics, _) = Metrics::new(SessionGauges::default());
+    let alerts = Alerts::with_policy(&config.alerts, metrics, fast()).unwrap();
+    raise_every_kind(&alerts, &config);
+    for _ in AlertKind::ALL {
+        let body = rx.body().await.to_string();
+        for secret in SECRETS {
+            assert!(!body.contains(secret), "`{secret}` in {body}");
+        }
+        assert!(!body.contains("hookuser"), "{body}");
+    }
+    // The receiver was reached at the configured (secret-bearing) URL all the same.
+    assert_eq!(rx.attempt().await, "/hook/PATHSECRET?token=QUERYSECRET");
+}
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// A current-thread runtime: the sender task runs on this thread, so the thread-local log
+// subscriber below sees its logs.
+#[tokio::test(flavor = "current_thread")]
+async fn failed_deliveries_are_logged_without_the_webhook_secrets() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // A port nobody listens on: connection refused.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let webhook = format!("http://hookuser:HOOKPASS@{addr}/hook/PATHSECRET?token=QUERYSECRET");
+    let config = config_with_secrets(&webhook);
+    let (metrics, registry) = Metrics::new(SessionGauges::default());
+    let policy = DeliveryPolicy {
+        attempts: 2,
+        ..fast()
+    };
+    let alerts = Alerts::with_policy(&config.alerts, metrics, policy).unwrap();
+    raise_every_kind(&alerts, &config);
+    alerts.shutdown().await;
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("webhook delivery failed"), "{text}");
+    assert!(
+        text.contains(&format!("http://127.0.0.1:{}", addr.port())),
+        "{text}"
+    );
+    for secret in SECRETS {
+        assert!(!text.contains(secret), "`{secret}` logged:\n{text}");
+    }
+    assert!(!text.contains("hookuser"), "{text}");
+    let failed: f64 = AlertKind::ALL
+        .iter()
+        .map(|k| alerts_metric(&registry, k.as_str(), "failed"))
+        .sum();
+    assert!(failed >= 1.0, "at least the first alert was attempted");
+}
+
+#[tokio::test]
+async fn a_dead_webhook_never_blocks_raise_nor_holds_up_shutdown() {
+    // Accepts connections (the kernel does, into the backlog) and never answers.
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = dead.local_addr().unwrap();
+    let policy = DeliveryPolicy {
+        timeout: Duration::from_secs(60),
+        queue: 4,
+        ..fast()
+    };
+    let (alerts, registry) = start(&format!("http://{addr}/hook"), policy);
+
+    let started = Instant::now();
+    for n in 0..500 {
+        alerts.raise(
+            AlertKind::RefreshFailing,
+            &subject(&format!("27AAPFU{n:04}F1Z5")),
+            detail("x"),
+        );
+    }
+    let raising = started.elapsed();
+    assert!(
+        raising < Duration::from_secs(1),
+        "raise blocked: {raising:?}"
+    );
+    // At most the queue and the one in flight are kept; the rest are dropped and counted.
+    let dropped = alerts_metric(&registry, "refresh_failing", "dropped");
+    assert!(dropped >= 495.0, "dropped {dropped}");
+    // A dropped alert leaves its episode closed, so that the next raise tries again.
+    assert!(!alerts.is_open(AlertKind::RefreshFailing, &subject("27AAPFU0499F1Z5")));
+
+    let stopping = Instant::now();
+    alerts.shutdown().await;
+    let took = stopping.elapsed();
+    assert!(
+        took < SHUTDOWN_FLUSH + Duration::from_secs(1),
+        "shutdown waited {took:?} for a stuck webhook"
+    );
+    drop(dead);
+}
+
+/// End to end through the real binary: a wrong password makes the session watcher raise
+/// `credentials_rejected`, and the receiver gets it without any secret. The watcher checks
+/// every 15 s, so this test takes about that long.
+#[tokio::test]
+async fn the_gateway_alerts_a_webhook_when_a_credential_is_rejected() {
+    use common::{Gateway, GwOpts, Sim, SimOpts};
+    let mut rx = receiver(Behaviour::default()).await;
+    let sim = Sim::start(SimOpts::default()).await;
+    let wrong = "Wr0ng-Passw0rd!";
+    let opts = GwOpts {
+        credentials: vec![(common::GSTIN.into(), common::USER.into(), wrong.into())],
+        ..GwOpts::default()
+    };
+    let mut config = common::gateway_config(&sim.public_key, &sim.url(), &opts);
+    config.push_str(&format!(
+        "\n[alerts]\nwebhook_url = \"{}\"\n",
+        rx.url("/hook?token=QUERYSECRET")
+    ));
+    let gw = Gateway::start_with_config(&config, &opts).await;
+    common::expect_problem(
+        gw.generate(common::GSTIN, "ALERT/1").await,
+        502,
+        "credentials_rejected",
+    )
+    .await;
+
+    let body = tokio::time::timeout(Duration::from_secs(40), rx.bodies.recv())
+        .await
+        .expect("no alert within two watcher intervals")
+        .unwrap();
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["alert"], "credentials_rejected");
+    assert_eq!(v["gstin"], common::GSTIN);
+    assert_eq!(v["username"], common::USER);
+    assert_eq!(v["upstream"], "einvoice");
+    for secret in [
+        wrong,
+        common::PASSWORD,
+        common::CLIENT_SECRET,
+        common::ADMIN_TOKEN,
+        common::API_KEY,
+        "QUERYSECRET",
+    ] {
+        assert!(!body.contains(secret), "`{secret}` in {body}");
+    }
+    assert!(!gw.logs.text().contains("QUERYSECRET"));
+    assert!(gw.logs.text().contains("alert raised"));
+}
