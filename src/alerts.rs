@@ -263,6 +263,7 @@ struct Queued {
 /// The alerts handle: episode tracking plus, when a webhook is configured, the sender task.
 pub struct Alerts {
     otp_warning: Duration,
+    check_interval: Duration,
     metrics: Arc<Metrics>,
     /// Open episodes. A std mutex: held for one set operation, never across an `.await`.
     open: Mutex<HashSet<(AlertKind, Subject)>>,
@@ -334,6 +335,7 @@ impl Alerts {
         };
         Ok(Arc::new(Self {
             otp_warning,
+            check_interval: cfg.check_interval.unwrap_or(watcher::POLL_INTERVAL),
             metrics,
             open: Mutex::new(HashSet::new()),
             sender,
@@ -396,6 +398,11 @@ impl Alerts {
     /// How long before a GSTN session needs a new OTP to warn (default 48 h).
     pub fn otp_warning(&self) -> Duration {
         self.otp_warning
+    }
+
+    /// How often the watcher checks session states (`[alerts] check_interval`, default 15 s).
+    pub fn check_interval(&self) -> Duration {
+        self.check_interval
     }
 
     /// Whether alerts go to a webhook (otherwise they are only logged).
@@ -604,6 +611,7 @@ mod tests {
         assert!(check_otp_warning(MIN_OTP_WARNING).is_ok());
         let (metrics, _) = Metrics::new(SessionGauges::default());
         let cfg = AlertsConfig {
+            check_interval: None,
             webhook_url: None,
             otp_warning: Some(Duration::from_secs(48)),
         };
@@ -617,6 +625,7 @@ mod tests {
     fn a_webhook_without_a_runtime_is_an_error_not_a_panic() {
         let (metrics, _) = Metrics::new(SessionGauges::default());
         let cfg = AlertsConfig {
+            check_interval: None,
             webhook_url: Some("http://127.0.0.1:9/h".into()),
             otp_warning: None,
         };

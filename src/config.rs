@@ -35,8 +35,6 @@ pub const DEFAULT_IP_USR: &str = "127.0.0.1";
 pub const MAX_SESSION_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The shortest API-access period the GST portal offers.
 pub const MIN_SESSION_LIFETIME: Duration = Duration::from_secs(6 * 3600);
-/// How long before a GSTN session needs a new OTP the operator is warned, by default.
-pub const DEFAULT_OTP_WARNING: Duration = Duration::from_secs(48 * 3600);
 /// A caller request body above this is refused with 413 (DESIGN.md §4 default).
 pub const DEFAULT_MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 /// Request headers above this (all of them together) are refused.
@@ -323,6 +321,9 @@ pub struct AlertsConfig {
     /// Warn this long before a GSTN session needs a new OTP.
     #[serde(default, deserialize_with = "env_duration_opt")]
     pub otp_warning: Option<Duration>,
+    /// How often session states are checked for alerts.
+    #[serde(default, deserialize_with = "env_duration_opt")]
+    pub check_interval: Option<Duration>,
 }
 
 /// `[[client]]`: one ASP backend.
@@ -767,6 +768,16 @@ impl Config {
         if let Some(url) = &self.alerts.webhook_url {
             crate::alerts::check_webhook_url(url)
                 .map_err(|m| ("alerts.webhook_url".to_string(), m))?;
+        }
+        if self
+            .alerts
+            .check_interval
+            .is_some_and(|i| i < Duration::from_millis(100))
+        {
+            return Err((
+                "alerts.check_interval".into(),
+                "must be at least 100ms".into(),
+            ));
         }
         if let Some(warning) = self.alerts.otp_warning {
             crate::alerts::check_otp_warning(warning)

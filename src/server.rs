@@ -104,8 +104,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let sessions = Sessions::new(&upstreams, &config.credentials, metrics.clone())?;
     gauges.attach(&sessions);
     let alerts = Alerts::new(&config.alerts, metrics.clone())?;
-    let alert_watcher =
-        alerts::watcher::spawn(&sessions, alerts.clone(), alerts::watcher::POLL_INTERVAL);
+    let alert_watcher = alerts::watcher::spawn(&sessions, alerts.clone(), alerts.check_interval());
     let clients = Clients::from_config(&config.clients).map_err(StartError::Clients)?;
     let server = &config.server;
     let proxy = Arc::new(Proxy::new(

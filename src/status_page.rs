@@ -298,6 +298,7 @@ mod tests {
             expires_in_secs: None,
             last_refresh: None,
             last_error: None,
+            last_upstream_code: None,
             generation: None,
             session_ends_at: None,
             session_ends_in_secs: None,

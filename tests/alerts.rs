@@ -21,7 +21,7 @@ use gstgate::alerts::{AlertKind, Alerts, DeliveryPolicy, Detail, Subject, SHUTDO
 use gstgate::config::{AlertsConfig, Config};
 use gstgate::metrics::{Metrics, SessionGauges};
 use prometheus_client::registry::Registry;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -134,6 +134,7 @@ fn fast() -> DeliveryPolicy {
 fn start(url: &str, policy: DeliveryPolicy) -> (Arc<Alerts>, Registry) {
     let (metrics, registry) = Metrics::new(SessionGauges::default());
     let cfg = AlertsConfig {
+        check_interval: None,
         webhook_url: Some(url.into()),
         otp_warning: None,
     };
@@ -538,51 +539,227 @@ async fn a_dead_webhook_never_blocks_raise_nor_holds_up_shutdown() {
     drop(dead);
 }
 
-/// End to end through the real binary: a wrong password makes the session watcher raise
-/// `credentials_rejected`, and the receiver gets it without any secret. The watcher checks
-/// every 15 s, so this test takes about that long.
+/// Drains every alert body that has arrived so far.
+fn drain(rx: &mut Receiver, into: &mut Vec<Value>) {
+    while let Ok(text) = rx.bodies.try_recv() {
+        into.push(serde_json::from_str(&text).unwrap());
+    }
+}
+
+/// Waits until an alert of `kind` for (upstream, GSTIN) has arrived.
+async fn wait_for(
+    rx: &mut Receiver,
+    seen: &mut Vec<Value>,
+    kind: &str,
+    upstream: &str,
+    gstin: &str,
+) {
+    let matches =
+        |v: &Value| v["alert"] == kind && v["upstream"] == upstream && v["gstin"] == gstin;
+    while !seen.iter().any(matches) {
+        let text = tokio::time::timeout(Duration::from_secs(30), rx.bodies.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind} alert for {upstream}/{gstin}; got {seen:?}"))
+            .unwrap();
+        seen.push(serde_json::from_str(&text).unwrap());
+    }
+}
+
+fn count(seen: &[Value], kind: &str, upstream: &str, gstin: &str) -> usize {
+    seen.iter()
+        .filter(|v| v["alert"] == kind && v["upstream"] == upstream && v["gstin"] == gstin)
+        .count()
+}
+
+/// Issue 3, acceptance 4, end to end through the real binary: the webhook gets the
+/// credential-rejected, refresh-failing and OTP-needed-soon alerts, each once per episode,
+/// and no body holds a secret.
 #[tokio::test]
-async fn the_gateway_alerts_a_webhook_when_a_credential_is_rejected() {
-    use common::{Gateway, GwOpts, Sim, SimOpts};
+async fn the_gateway_sends_each_alert_once_per_episode_without_secrets() {
+    use common::{expect_problem, gstin_n, Gateway, GwOpts, Sim, SimOpts, PASSWORD, USER};
     let mut rx = receiver(Behaviour::default()).await;
-    let sim = Sim::start(SimOpts::default()).await;
+    let (rejected, failing) = (gstin_n(41), gstin_n(42));
     let wrong = "Wr0ng-Passw0rd!";
+    let sim = Sim::start(SimOpts {
+        users: vec![
+            (rejected.clone(), USER.into(), PASSWORD.into()),
+            (failing.clone(), USER.into(), PASSWORD.into()),
+        ],
+        ..SimOpts::default()
+    })
+    .await;
     let opts = GwOpts {
-        credentials: vec![(common::GSTIN.into(), common::USER.into(), wrong.into())],
+        apis: vec!["einvoice", "gstn"],
+        credentials: vec![
+            (rejected.clone(), USER.into(), wrong.into()),
+            (failing.clone(), USER.into(), PASSWORD.into()),
+        ],
+        // The portal session (6 h) ends within the warning period (7 h) as soon as it starts.
+        credential_extra: "session_lifetime = \"6h\"".into(),
+        extra_toml: format!(
+            "\n[alerts]\nwebhook_url = \"{}\"\notp_warning = \"7h\"\ncheck_interval = \"200ms\"\n",
+            rx.url("/hook?token=QUERYSECRET")
+        ),
         ..GwOpts::default()
     };
-    let mut config = common::gateway_config(&sim.public_key, &sim.url(), &opts);
-    config.push_str(&format!(
-        "\n[alerts]\nwebhook_url = \"{}\"\n",
-        rx.url("/hook?token=QUERYSECRET")
-    ));
-    let gw = Gateway::start_with_config(&config, &opts).await;
-    common::expect_problem(
-        gw.generate(common::GSTIN, "ALERT/1").await,
-        502,
+    let gw = Gateway::start(&sim, opts).await;
+    let mut seen = Vec::new();
+
+    // A GSTN slot that was never started needs an OTP: the operator hears of it once.
+    wait_for(&mut rx, &mut seen, "otp_required", "gstn", &failing).await;
+
+    // Credentials rejected: five callers, one login, one alert.
+    for i in 0..5 {
+        expect_problem(
+            gw.generate(&rejected, &format!("A/{i}")).await,
+            502,
+            "credentials_rejected",
+        )
+        .await;
+    }
+    wait_for(
+        &mut rx,
+        &mut seen,
         "credentials_rejected",
+        "einvoice",
+        &rejected,
     )
     .await;
 
-    let body = tokio::time::timeout(Duration::from_secs(40), rx.bodies.recv())
-        .await
-        .expect("no alert within two watcher intervals")
+    // Refresh failing: the session is lost and every login fails at the upstream.
+    assert_eq!(gw.generate(&failing, "F/0").await.status(), 200);
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "status_500", "path_prefix": "/eivital/v1.04/auth"}),
+    )
+    .await;
+    let break_session = || async {
+        sim.control("/_sim/revoke", json!({"gstin": failing, "username": USER}))
+            .await;
+        for i in 0..3 {
+            let res = gw.generate(&failing, &format!("F/x{i}")).await;
+            assert_ne!(res.status(), 200);
+        }
+    };
+    break_session().await;
+    wait_for(&mut rx, &mut seen, "refresh_failing", "einvoice", &failing).await;
+
+    // OTP needed soon: the new portal session ends within otp_warning.
+    let otp_path = format!("/admin/sessions/gstn/{failing}/otp");
+    assert_eq!(
+        gw.admin_post(&format!("{otp_path}-request"), None)
+            .await
+            .status(),
+        202
+    );
+    let otp = sim
+        .get_json(&format!("/_sim/otp?gstin={failing}&username={USER}"))
+        .await["otp"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        gw.admin_post(&otp_path, Some(json!({"otp": otp})))
+            .await
+            .status(),
+        200
+    );
+    wait_for(&mut rx, &mut seen, "otp_needed_soon", "gstn", &failing).await;
+
+    // The conditions persist, and more failures come: still one alert each. Absence can only
+    // be shown by waiting; ten watcher passes (2 s) is the window.
+    for i in 0..3 {
+        let _ = gw.generate(&rejected, &format!("A/more{i}")).await;
+        let _ = gw.generate(&failing, &format!("F/more{i}")).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    drain(&mut rx, &mut seen);
+    assert_eq!(
+        count(&seen, "credentials_rejected", "einvoice", &rejected),
+        1,
+        "{seen:#?}"
+    );
+    assert_eq!(
+        count(&seen, "refresh_failing", "einvoice", &failing),
+        1,
+        "{seen:#?}"
+    );
+    assert_eq!(
+        count(&seen, "otp_needed_soon", "gstn", &failing),
+        1,
+        "{seen:#?}"
+    );
+    assert_eq!(
+        count(&seen, "otp_required", "gstn", &failing),
+        1,
+        "{seen:#?}"
+    );
+    let soon = seen
+        .iter()
+        .find(|v| v["alert"] == "otp_needed_soon")
         .unwrap();
-    let v: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["alert"], "credentials_rejected");
-    assert_eq!(v["gstin"], common::GSTIN);
-    assert_eq!(v["username"], common::USER);
-    assert_eq!(v["upstream"], "einvoice");
-    for secret in [
-        wrong,
-        common::PASSWORD,
-        common::CLIENT_SECRET,
-        common::ADMIN_TOKEN,
-        common::API_KEY,
-        "QUERYSECRET",
-    ] {
-        assert!(!body.contains(secret), "`{secret}` in {body}");
+    assert!(soon["deadline"].is_string(), "{soon}");
+
+    // A new episode: logins recover, then fail again — a second refresh_failing alert.
+    sim.clear_faults().await;
+    let recovered = async {
+        loop {
+            if gw.generate(&failing, "F/ok").await.status() == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(70), recovered)
+        .await
+        .expect("logins recover once the upstream does");
+    // The recovery must be seen by the watcher before the next failure opens a new episode.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "status_500", "path_prefix": "/eivital/v1.04/auth"}),
+    )
+    .await;
+    break_session().await;
+    let second = async {
+        loop {
+            drain(&mut rx, &mut seen);
+            if count(&seen, "refresh_failing", "einvoice", &failing) == 2 {
+                break;
+            }
+            if let Ok(Some(text)) =
+                tokio::time::timeout(Duration::from_secs(1), rx.bodies.recv()).await
+            {
+                seen.push(serde_json::from_str(&text).unwrap());
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), second)
+        .await
+        .expect("a second episode is alerted again");
+
+    let sessions = sim.get_json("/_sim/sessions").await;
+    let mut secrets = vec![
+        wrong.to_owned(),
+        PASSWORD.to_owned(),
+        common::CLIENT_SECRET.to_owned(),
+        common::ADMIN_TOKEN.to_owned(),
+        common::API_KEY.to_owned(),
+        "QUERYSECRET".to_owned(),
+        format!("\"{otp}\""),
+    ];
+    for s in sessions["sessions"].as_array().unwrap() {
+        for key in ["token", "sek", "previous_token"] {
+            if let Some(v) = s[key].as_str() {
+                secrets.push(v.to_owned());
+            }
+        }
+    }
+    for body in &seen {
+        let text = body.to_string();
+        for secret in &secrets {
+            assert!(!text.contains(secret.as_str()), "a secret in {text}");
+        }
     }
     assert!(!gw.logs.text().contains("QUERYSECRET"));
-    assert!(gw.logs.text().contains("alert raised"));
 }

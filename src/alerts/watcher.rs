@@ -84,6 +84,7 @@ impl Rules {
                 s.state == State::CredentialsRejected,
                 || Detail {
                     message: message("the upstream rejected the credentials"),
+                    upstream_code: s.last_upstream_code.clone(),
                     ..Detail::default()
                 },
             );
@@ -95,6 +96,7 @@ impl Rules {
                 s.state == State::NeedsOtp,
                 || Detail {
                     message: message("the GSTN session needs a new OTP"),
+                    upstream_code: s.last_upstream_code.clone(),
                     ..Detail::default()
                 },
             );
@@ -136,6 +138,7 @@ impl Rules {
                         &subject,
                         Detail {
                             message: message("logins keep failing"),
+                            upstream_code: s.last_upstream_code.clone(),
                             // Calls start failing when the current token runs out.
                             deadline: s.expires_at.as_deref().and_then(parse_time),
                             ..Detail::default()
@@ -187,6 +190,7 @@ mod tests {
             expires_in_secs: None,
             last_refresh: None,
             last_error: last_error.map(str::to_string),
+            last_upstream_code: None,
             generation: None,
             session_ends_at: None,
             session_ends_in_secs: None,

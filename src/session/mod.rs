@@ -187,12 +187,12 @@ struct SlotState {
     latest: Option<Arc<Session>>,
     /// The portal session (GSTN).
     portal: Option<Portal>,
-    /// Logins that failed in a row, for the refresh-failing alert.
-    failures_in_a_row: u32,
     /// Set while a login runs.
     refreshing: bool,
     /// Why the last login failed, without secrets.
     last_error: Option<String>,
+    /// The upstream's error code of the last failed login.
+    last_upstream_code: Option<String>,
     /// When the last successful login was sent.
     last_refresh: Option<SystemTime>,
     /// Last caller use, for idle expiry.
@@ -287,6 +287,8 @@ pub struct SessionInfo {
     pub last_refresh: Option<String>,
     /// The last login error.
     pub last_error: Option<String>,
+    /// The upstream's error code of the last failed login.
+    pub last_upstream_code: Option<String>,
     /// Session generation.
     pub generation: Option<u64>,
     /// When the taxpayer's portal API session ends and a new OTP is needed (GSTN), RFC 3339 UTC.
@@ -361,9 +363,9 @@ impl Sessions {
                         session: None,
                         latest: None,
                         portal: None,
-                        failures_in_a_row: 0,
                         refreshing: false,
                         last_error: None,
+                        last_upstream_code: None,
                         last_refresh: None,
                         last_used: Instant::now(),
                         next_generation: 1,
@@ -733,8 +735,8 @@ impl Sessions {
             .get_or_create(&label("success"))
             .inc();
         st.guard.succeeded();
-        st.failures_in_a_row = 0;
         st.last_error = None;
+        st.last_upstream_code = None;
         st.last_refresh = Some(sent.at);
         if otp_start {
             st.portal = Some(Portal {
@@ -866,7 +868,7 @@ impl Sessions {
         now: Instant,
     ) {
         st.last_error = Some(err.to_string());
-        st.failures_in_a_row = st.failures_in_a_row.saturating_add(1);
+        st.last_upstream_code = err.upstream_code().map(str::to_owned);
         match class {
             Class::CredentialsRejected => {
                 st.guard.lock_out(State::CredentialsRejected, err.clone())
@@ -1013,6 +1015,7 @@ impl Sessions {
                     }),
                     last_refresh: st.last_refresh.map(rfc3339),
                     last_error: st.last_error.clone(),
+                    last_upstream_code: st.last_upstream_code.clone(),
                     generation: live.map(|s| s.generation),
                     session_ends_at: st.portal.map(|p| rfc3339(p.ends_at)),
                     session_ends_in_secs: st
