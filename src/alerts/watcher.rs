@@ -141,7 +141,6 @@ impl Rules {
                             upstream_code: s.last_upstream_code.clone(),
                             // Calls start failing when the current token runs out.
                             deadline: s.expires_at.as_deref().and_then(parse_time),
-                            ..Detail::default()
                         },
                     );
                 }
