@@ -113,10 +113,31 @@ async fn status_page_lists_every_session_in_a_real_browser() {
                 (cold.clone(), USER.into(), PASSWORD.into()),
                 (rejected.clone(), USER.into(), WRONG_PASSWORD.into()),
             ],
+            apis: vec!["einvoice", "gstn"],
             ..GwOpts::default()
         },
     )
     .await;
+    // GSTN: one session started with an OTP; the others wait for one.
+    let otp_path = format!("/admin/sessions/gstn/{GSTIN}/otp");
+    assert_eq!(
+        gw.admin_post(&format!("{otp_path}-request"), None)
+            .await
+            .status(),
+        202
+    );
+    let otp = sim
+        .get_json(&format!("/_sim/otp?gstin={GSTIN}&username={USER}"))
+        .await["otp"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        gw.admin_post(&otp_path, Some(serde_json::json!({"otp": otp})))
+            .await
+            .status(),
+        200
+    );
     assert_eq!(gw.generate(GSTIN, "STATUS/1").await.status(), 200);
     expect_problem(
         gw.generate(&rejected, "STATUS/2").await,
@@ -154,6 +175,9 @@ async fn status_page_lists_every_session_in_a_real_browser() {
             "einvoice".into(),
             rejected.clone(),
         ),
+        ("valid".into(), "gstn".into(), GSTIN.to_string()),
+        ("needs_otp".into(), "gstn".into(), cold.clone()),
+        ("needs_otp".into(), "gstn".into(), rejected.clone()),
     ];
     want.sort();
     assert_eq!(got, want, "rows in:\n{dom}");
@@ -164,6 +188,11 @@ async fn status_page_lists_every_session_in_a_real_browser() {
         dom.contains("in 5h") || dom.contains("in 6h"),
         "token expiry: {dom}"
     );
+    assert!(
+        dom.contains("in 29d") || dom.contains("in 30d"),
+        "GSTN session end: {dom}"
+    );
+    assert!(dom.contains(">needs_otp</span>"), "{dom}");
 
     // No secret the simulator knows, nor any of the gateway's own.
     let live = sim.get_json("/_sim/sessions").await;
@@ -175,6 +204,7 @@ async fn status_page_lists_every_session_in_a_real_browser() {
         CLIENT_SECRET.into(),
         ADMIN_TOKEN.into(),
         API_KEY.into(),
+        format!(">{otp}<"),
     ];
     for s in sessions {
         for field in ["token", "sek", "previous_token"] {
