@@ -76,6 +76,9 @@ const EWB_TIME_FORMAT: &str = "%d/%m/%Y %I:%M:%S %p";
 /// NIC's validity rule for regular cargo: one day per 200 km (or part of it).
 const KM_PER_DAY: u64 = 200;
 
+/// The longest `transDistance` NIC accepts.
+const MAX_DISTANCE_KM: f64 = 4000.0;
+
 /// The e-way bill routes.
 pub fn routes() -> Router<Arc<SimState>> {
     Router::new()
@@ -584,7 +587,10 @@ fn generate(sim: &SimState, caller: &Caller, input: &Value) -> Result<Value, Ewb
     }
     let now = Utc::now();
     // Valid until the end of the day (IST) that is one day per 200 km (or part) ahead.
-    let km = number(input, "transDistance").unwrap_or(0.0).max(0.0) as u64;
+    // NIC accepts at most 4000 km; clamping also keeps the date arithmetic far from overflow.
+    let km = number(input, "transDistance")
+        .unwrap_or(0.0)
+        .clamp(0.0, MAX_DISTANCE_KM) as u64;
     let days = km.div_ceil(KM_PER_DAY).max(1) as i64;
     let today = now.with_timezone(&ist()).date_naive();
     let valid_upto = (today + chrono::Duration::days(days))
