@@ -264,6 +264,17 @@ async fn repeat_login_returns_the_same_token_and_sek_and_generate_is_idempotent_
     assert_eq!(parts, [8, 4, 4, 4, 12], "uuid-like token {}", a.token);
     assert_eq!(sim.count(GSTIN, "auth_calls").await, 3);
     assert_eq!(sim.count(GSTIN, "new_tokens").await, 1);
+    // The session is listed, secrets included, for the log-leak tests.
+    let sessions = sim.get_json("/_sim/sessions").await;
+    let mine: Vec<&Value> = sessions["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["api"] == "ewaybill")
+        .collect();
+    assert_eq!(mine.len(), 1, "{sessions}");
+    assert_eq!(mine[0]["token"], a.token.as_str());
+    assert_eq!(mine[0]["sek"], b64_encode(a.sek.as_bytes()).as_str());
 
     let (r, gen) = ewb.action(&a, "GENEWAYBILL", &bill(GSTIN, "EWB/001")).await;
     r.assert_ok();
