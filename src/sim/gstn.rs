@@ -61,9 +61,9 @@ pub const AUTH_PATHS: [&str; 2] = [
     "/taxpayerapi/v2.0/authenticate",
 ];
 
-/// Return API versions and returns served at `/taxpayerapi/{version}/returns/{return}`.
+/// Return API versions served at `/taxpayerapi/{version}/returns/{return}`.
 const RETURN_VERSIONS: [&str; 2] = ["v1.0", "v1.1"];
-/// …
+/// Returns served under each version.
 const RETURNS: [&str; 2] = ["gstr1", "gstr3b"];
 
 /// GSTN's default portal session, the longest "API access" period a taxpayer can enable.
