@@ -40,8 +40,10 @@ pub enum Command {
         #[arg(long, short, env = "GSTGATE_CONFIG")]
         config: PathBuf,
     },
-    /// Run the built-in GSP simulator (NIC e-invoice protocol) as a local sandbox.
-    Sim(crate::sim::SimArgs),
+    /// Run the built-in GSP simulator (NIC e-invoice, NIC e-way bill, GSTN returns) as a local
+    /// sandbox.
+    // Boxed: the simulator's many options would make every `Command` as large as they are.
+    Sim(Box<crate::sim::SimArgs>),
     /// Print the SHA-256 digest of a caller API key, for `[[client]] api_key_sha256`.
     HashKey {
         /// The key; read from standard input when omitted (keeps it out of shell history).
@@ -86,7 +88,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Sim(args) => {
             let rt = runtime()?;
-            rt.block_on(crate::sim::run(args))?;
+            rt.block_on(crate::sim::run(*args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::HashKey { key } => {

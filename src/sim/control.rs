@@ -3,13 +3,16 @@
 //!
 //! | endpoint | effect |
 //! |---|---|
-//! | `GET /_sim/counters`, `POST /_sim/counters/reset` | totals and per-GSTIN counts of logins, forced refreshes, new tokens, 1005 replies, data calls |
-//! | `POST /_sim/revoke {"gstin","username"}` | every token of that user dies at once; the next login issues a new one |
-//! | `POST /_sim/reject-tokens {"gstin","enabled"}` | every data call for that GSTIN is answered 1005 (or no longer) |
-//! | `GET`/`POST /_sim/knobs` | read / partially update `latency_ms`, `token_ttl_secs` (new tokens only), `force_window_secs`, `error_http_status`, `force_refresh_revokes_old` |
+//! | `GET /_sim/counters`, `POST /_sim/counters/reset` | totals and per-GSTIN counts of logins (every API's auth calls), forced refreshes, new tokens, token rejections, data calls, GSTN OTP requests and refreshes |
+//! | `POST /_sim/revoke {"gstin","username"}` | every token of that user dies at once, in all three APIs; the next login issues a new one (GSTN: the user's portal sessions are dropped too, so the next step is an OTP login) |
+//! | `POST /_sim/reject-tokens {"gstin","enabled"}` | every data call for that GSTIN is answered 1005 / 238 / AUTH4033 (or no longer) |
+//! | `GET`/`POST /_sim/knobs` | read / partially update `latency_ms`, `token_ttl_secs` (new tokens only), `force_window_secs`, `error_http_status`, `force_refresh_revokes_old`, `ewb_plain_errors`, `ewb_login_window_secs`, `tamper_hmac`, `fixed_otp` (six digits, or null for random), `gstn_session_ttl_secs` (new sessions only), `gstn_max_sessions` |
+//! | `GET /_sim/otp?gstin=&username=` | the user's pending GSTN OTP `{"otp"}` (404 `{"error"}` when none) — the SMS a taxpayer would get |
+//! | `POST /_sim/gstn/access {"gstin","username","enabled"}` | switch the user's GSTN API access (off: OTPREQUEST/AUTHTOKEN answer AUTH4037) |
+//! | `POST /_sim/gstn/end-session {"gstin","username"}` | end the user's GSTN portal sessions now (refresh and data calls answer AUTH4038) |
 //! | `GET`/`POST`/`DELETE /_sim/faults` | read / replace / clear the fault rule (see `faults.rs`) |
 //! | `GET /_sim/requests?limit=n`, `DELETE /_sim/requests` | the last n (≤ 200) protocol requests, oldest first: method, path, query, headers, body |
-//! | `GET /_sim/sessions` | live sessions: GSTIN, user, token, SEK (base64), IST expiry, previous still-valid token — secrets on purpose, so tests can check nothing else leaks them |
+//! | `GET /_sim/sessions` | live sessions of all three APIs: `api`, GSTIN, user, token, SEK (base64), IST expiry, previous still-valid token, GSTN portal session end — secrets on purpose, so tests can check nothing else leaks them |
 //! | `GET /_sim/public-key` | the RSA public key, PEM |
 //!
 //! Control calls are not logged, counted or faulted. There is no authentication here on purpose: this is a simulator bound to loopback by
@@ -19,7 +22,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -46,6 +49,9 @@ pub fn routes() -> Router<Arc<SimState>> {
         .route("/_sim/requests", get(requests).delete(clear_requests))
         .route("/_sim/public-key", get(public_key))
         .route("/_sim/sessions", get(sessions))
+        .route("/_sim/otp", get(otp))
+        .route("/_sim/gstn/access", post(gstn_access))
+        .route("/_sim/gstn/end-session", post(gstn_end_session))
 }
 
 /// A 400 with a JSON `{"error": …}` body.
@@ -87,7 +93,10 @@ async fn revoke(
     b: Result<Json<RevokeBody>, JsonRejection>,
 ) -> Reply {
     let Json(b) = b?;
-    let n = lock(&sim.sessions).revoke(&b.gstin.trim().to_ascii_uppercase(), &b.username);
+    let gstin = b.gstin.trim().to_ascii_uppercase();
+    let n = lock(&sim.sessions).revoke(&gstin, &b.username)
+        + lock(&sim.ewb).sessions.revoke(&gstin, &b.username)
+        + lock(&sim.gstn).revoke(&gstin, &b.username, chrono::Utc::now());
     Ok(Json(json!({"ok": true, "revoked_tokens": n})))
 }
 
@@ -124,6 +133,23 @@ struct KnobsBody {
     force_window_secs: Option<u64>,
     error_http_status: Option<u16>,
     force_refresh_revokes_old: Option<bool>,
+    ewb_plain_errors: Option<bool>,
+    ewb_login_window_secs: Option<u64>,
+    tamper_hmac: Option<bool>,
+    /// Absent: unchanged; null: random OTPs; a string: that OTP.
+    #[serde(default, deserialize_with = "present")]
+    fixed_otp: Option<Option<String>>,
+    gstn_session_ttl_secs: Option<u64>,
+    gstn_max_sessions: Option<usize>,
+}
+
+/// Tells a field that is present (even as null) from one that is absent.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 fn knobs_json(k: &Knobs) -> Json<Value> {
@@ -133,6 +159,12 @@ fn knobs_json(k: &Knobs) -> Json<Value> {
         "force_window_secs": k.force_window.as_secs(),
         "error_http_status": k.error_http_status,
         "force_refresh_revokes_old": k.force_refresh_revokes_old,
+        "ewb_plain_errors": k.ewb_plain_errors,
+        "ewb_login_window_secs": k.ewb_login_window.as_secs(),
+        "tamper_hmac": k.tamper_hmac,
+        "fixed_otp": k.fixed_otp,
+        "gstn_session_ttl_secs": k.gstn_session_ttl.as_secs(),
+        "gstn_max_sessions": k.gstn_max_sessions,
     }))
 }
 
@@ -152,6 +184,11 @@ async fn set_knobs(
             )));
         }
     }
+    if let Some(Some(otp)) = &b.fixed_otp {
+        if !super::is_otp(otp) {
+            return Err(BadRequest(format!("fixed_otp {otp:?} is not six digits")));
+        }
+    }
     let mut k = lock(&sim.knobs);
     if let Some(ms) = b.latency_ms {
         k.latency = Duration::from_millis(ms);
@@ -167,6 +204,24 @@ async fn set_knobs(
     }
     if let Some(v) = b.force_refresh_revokes_old {
         k.force_refresh_revokes_old = v;
+    }
+    if let Some(v) = b.ewb_plain_errors {
+        k.ewb_plain_errors = v;
+    }
+    if let Some(s) = b.ewb_login_window_secs {
+        k.ewb_login_window = Duration::from_secs(s);
+    }
+    if let Some(v) = b.tamper_hmac {
+        k.tamper_hmac = v;
+    }
+    if let Some(v) = b.fixed_otp {
+        k.fixed_otp = v;
+    }
+    if let Some(s) = b.gstn_session_ttl_secs {
+        k.gstn_session_ttl = Duration::from_secs(s);
+    }
+    if let Some(n) = b.gstn_max_sessions {
+        k.gstn_max_sessions = n;
     }
     Ok(knobs_json(&k))
 }
@@ -218,8 +273,62 @@ async fn clear_requests(State(sim): State<Arc<SimState>>) -> Json<Value> {
 }
 
 async fn sessions(State(sim): State<Arc<SimState>>) -> Json<Value> {
-    let views = lock(&sim.sessions).views(chrono::Utc::now());
+    let now = chrono::Utc::now();
+    let mut views = lock(&sim.sessions).views("einvoice", now);
+    views.extend(lock(&sim.ewb).sessions.views("ewaybill", now));
+    views.extend(lock(&sim.gstn).views(now));
     Json(json!({"sessions": views}))
+}
+
+/// Query of `/_sim/otp`.
+#[derive(Deserialize)]
+struct OtpQuery {
+    gstin: String,
+    username: String,
+}
+
+async fn otp(
+    State(sim): State<Arc<SimState>>,
+    q: Result<Query<OtpQuery>, QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = q else {
+        return BadRequest("gstin and username are required".into()).into_response();
+    };
+    let pending = lock(&sim.gstn).pending_otp(q.gstin.trim(), &q.username, chrono::Utc::now());
+    match pending {
+        Some(otp) => Json(json!({"otp": otp})).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "no OTP pending for this user"})),
+        )
+            .into_response(),
+    }
+}
+
+/// Body of `/_sim/gstn/access`.
+#[derive(Deserialize)]
+struct AccessBody {
+    gstin: String,
+    username: String,
+    enabled: bool,
+}
+
+async fn gstn_access(
+    State(sim): State<Arc<SimState>>,
+    b: Result<Json<AccessBody>, JsonRejection>,
+) -> Reply {
+    let Json(b) = b?;
+    lock(&sim.gstn).set_access(b.gstin.trim(), &b.username, b.enabled);
+    Ok(Json(json!({"ok": true, "enabled": b.enabled})))
+}
+
+async fn gstn_end_session(
+    State(sim): State<Arc<SimState>>,
+    b: Result<Json<RevokeBody>, JsonRejection>,
+) -> Reply {
+    let Json(b) = b?;
+    let n = lock(&sim.gstn).end_sessions(b.gstin.trim(), &b.username, chrono::Utc::now());
+    Ok(Json(json!({"ok": true, "ended_sessions": n})))
 }
 
 async fn public_key(State(sim): State<Arc<SimState>>) -> Response {

@@ -82,7 +82,7 @@ pub fn is_auth_path(path: &str) -> bool {
 }
 
 /// The UTC+05:30 offset.
-fn ist() -> FixedOffset {
+pub(super) fn ist() -> FixedOffset {
     FixedOffset::east_opt(IST_OFFSET_SECS).unwrap_or_else(|| unreachable!("+05:30 is in range"))
 }
 
@@ -138,7 +138,7 @@ impl SimState {
 }
 
 /// A header's trimmed value under any of `names`, if present and not empty.
-fn header<'a>(h: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
+pub(super) fn header<'a>(h: &'a HeaderMap, names: &[&str]) -> Option<&'a str> {
     names
         .iter()
         .filter_map(|n| h.get(*n))
@@ -152,7 +152,8 @@ pub fn header_gstin(h: &HeaderMap) -> Option<String> {
     header(h, &["gstin"]).map(str::to_ascii_uppercase)
 }
 
-fn ct_eq(a: &str, b: &str) -> bool {
+/// Constant-time string equality (secrets, passwords).
+pub(super) fn ct_eq(a: &str, b: &str) -> bool {
     a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 

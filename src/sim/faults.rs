@@ -16,6 +16,7 @@ use serde_json::json;
 use tokio::sync::Notify;
 
 use super::einvoice::ist_now;
+use super::Api;
 
 /// How a faulted request fails.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -31,7 +32,8 @@ pub enum FaultMode {
     Reset,
     /// HTTP 200 whose body is not JSON.
     Garbage,
-    /// HTTP 200 `Status: 1` whose `Data` (or, on login, `Sek`) is base64 that decrypts under no key.
+    /// HTTP 200 success envelope of the path's API whose encrypted fields (`Data`, `Sek`;
+    /// e-way bill `data`/`sek`; GSTN `rek`/`data`/`sek`) are base64 that decrypts under no key.
     Undecryptable,
     /// No answer at all, until the client gives up (or the simulator stops).
     Hang,
@@ -96,7 +98,7 @@ pub struct ConnKill(pub Arc<Notify>);
 
 /// Produces the faulty reply. `Reset` and `Hang` never return: the first has the connection
 /// dropped under it, the second waits until the connection goes away.
-pub async fn respond(mode: FaultMode, is_auth: bool, kill: Option<ConnKill>) -> Response {
+pub async fn respond(mode: FaultMode, api: Api, is_auth: bool, kill: Option<ConnKill>) -> Response {
     match mode {
         FaultMode::Status500 => html_error(StatusCode::INTERNAL_SERVER_ERROR),
         FaultMode::Status503 => html_error(StatusCode::SERVICE_UNAVAILABLE),
@@ -107,8 +109,41 @@ pub async fn respond(mode: FaultMode, is_auth: bool, kill: Option<ConnKill>) -> 
             Body::from(&b"\x1f\x8b<<sim garbage>> {\"Status\":1, not json"[..]),
         )
             .into_response(),
-        FaultMode::Undecryptable => {
-            let bad = undecryptable_b64();
+        FaultMode::Undecryptable => undecryptable(api, is_auth),
+        FaultMode::Reset => {
+            if let Some(k) = kill {
+                k.0.notify_one();
+            }
+            std::future::pending().await
+        }
+        FaultMode::Hang => std::future::pending().await,
+    }
+}
+
+/// A success envelope of `api` whose encrypted fields decrypt under no key.
+fn undecryptable(api: Api, is_auth: bool) -> Response {
+    let bad = undecryptable_b64();
+    let body = match (api, is_auth) {
+        (Api::EwayBill, true) => json!({
+            "status": "1",
+            "authtoken": "00000000-0000-0000-0000-000000000000",
+            "sek": bad,
+        }),
+        (Api::EwayBill, false) => json!({"status": "1", "data": bad}),
+        // A fault on GSTN's authenticate cannot know the action: the AUTHTOKEN shape it is.
+        (Api::Gstn, true) => json!({
+            "status_cd": "1",
+            "auth_token": "00000000000000000000000000000000",
+            "expiry": 360,
+            "sek": bad,
+        }),
+        (Api::Gstn, false) => json!({
+            "status_cd": "1",
+            "rek": bad,
+            "data": undecryptable_b64(),
+            "hmac": undecryptable_b64(),
+        }),
+        (Api::EInvoice, _) => {
             let data = if is_auth {
                 json!({
                     "ClientId": "sim",
@@ -120,17 +155,10 @@ pub async fn respond(mode: FaultMode, is_auth: bool, kill: Option<ConnKill>) -> 
             } else {
                 json!(bad)
             };
-            axum::Json(json!({"Status": 1, "Data": data, "ErrorDetails": null, "InfoDtls": null}))
-                .into_response()
+            json!({"Status": 1, "Data": data, "ErrorDetails": null, "InfoDtls": null})
         }
-        FaultMode::Reset => {
-            if let Some(k) = kill {
-                k.0.notify_one();
-            }
-            std::future::pending().await
-        }
-        FaultMode::Hang => std::future::pending().await,
-    }
+    };
+    axum::Json(body).into_response()
 }
 
 /// Base64 of 45 random bytes: not a multiple of the AES block size, so it fails to decrypt

@@ -1,17 +1,20 @@
 //! The built-in GSP simulator: the server side of the NIC e-invoice protocol, with real RSA
 //! and AES, IST token expiry, same-token-within-validity, the force-refresh window and NIC's
-//! error codes (PROTOCOL.md §1), plus a control API for tests (`/_sim/…`, see `control.rs`).
+//! error codes (PROTOCOL.md §1), plus NIC e-way bill (§2) and GSTN returns (§3), and a control
+//! API for tests (`/_sim/…`, see `control.rs`).
 //!
 //! ASP developers run it as a local sandbox (`gstgate sim`); our integration tests and
 //! benchmarks run it in-process ([`start`]) as the upstream. Layout, by concept:
 //!
 //! - `einvoice.rs` — the e-invoice profile: login, data calls, error codes (table there);
+//! - `ewaybill.rs` — the e-way bill profile, every path under `/ewaybillapi/`;
+//! - `gstn.rs` — the GSTN returns profile (OTP, refresh, portal sessions), under `/taxpayerapi/`;
 //! - `state.rs` — sessions, tokens, documents, counters, request log (and which lock, why);
 //! - `control.rs` — the `/_sim/` API; `faults.rs` — fault injection;
 //! - `server.rs` — accept loop and the intercept layer (log, count, fault, latency).
 //!
-//! E-way bill and GSTN profiles are meant to be sibling files with their own `routes()`,
-//! sharing the state, control API and faults.
+//! The three profiles are routed by path prefix in one process and share the users, clients,
+//! RSA key, knobs, counters, request log, revocation, token rejection and faults.
 //!
 //! `plain` ("enriched GSP") mode: a POST whose `Data` is a JSON object is answered with a
 //! plain `Data` object, one whose `Data` is a string is answered encrypted, and GETs (which
@@ -26,7 +29,9 @@
 
 mod control;
 mod einvoice;
+mod ewaybill;
 mod faults;
+mod gstn;
 mod server;
 mod state;
 
@@ -47,7 +52,14 @@ use crate::gstin::Gstin;
 use state::{Counters, Documents, Knobs, RequestLog, Sessions, SimState};
 
 pub use einvoice::{financial_year, to_ist};
+pub use ewaybill::{
+    DEFAULT_LOGIN_WINDOW as DEFAULT_EWB_LOGIN_WINDOW, LOGIN_LIMIT as EWB_LOGIN_LIMIT,
+};
 pub use faults::{FaultMode, FaultRule};
+pub use gstn::{
+    DEFAULT_MAX_SESSIONS as DEFAULT_GSTN_MAX_SESSIONS,
+    DEFAULT_SESSION_TTL as DEFAULT_GSTN_SESSION_TTL,
+};
 
 /// Token lifetime: NIC production's 360 minutes (the sandbox uses 60).
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(360 * 60);
@@ -191,6 +203,18 @@ pub struct SimConfig {
     pub allow_duplicate_irn: bool,
     /// HTTP status of `Status: 0` replies.
     pub error_http_status: u16,
+    /// E-way bill errors as a plain object instead of base64 text.
+    pub ewb_plain_errors: bool,
+    /// E-way bill login limit window (and block length).
+    pub ewb_login_window: Duration,
+    /// Every `rek`/`hmac` reply carries a wrong HMAC.
+    pub tamper_hmac: bool,
+    /// GSTN: every OTP is this value (GSTN's sandbox uses 575757).
+    pub fixed_otp: Option<String>,
+    /// GSTN: how long the portal session an OTP login starts lasts.
+    pub gstn_session_ttl: Duration,
+    /// GSTN: most live portal sessions per user before AUTH403.
+    pub gstn_max_sessions: usize,
 }
 
 impl Default for SimConfig {
@@ -209,6 +233,12 @@ impl Default for SimConfig {
             plain: false,
             allow_duplicate_irn: false,
             error_http_status: 200,
+            ewb_plain_errors: false,
+            ewb_login_window: DEFAULT_EWB_LOGIN_WINDOW,
+            tamper_hmac: false,
+            fixed_otp: None,
+            gstn_session_ttl: DEFAULT_GSTN_SESSION_TTL,
+            gstn_max_sessions: DEFAULT_GSTN_MAX_SESSIONS,
         }
     }
 }
@@ -298,6 +328,13 @@ pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
             cfg.error_http_status
         )));
     }
+    if let Some(otp) = &cfg.fixed_otp {
+        if !is_otp(otp) {
+            return Err(SimError::Config(format!(
+                "fixed_otp {otp:?} is not six digits"
+            )));
+        }
+    }
     let keypair = load_or_generate_key(cfg.key_file.as_deref()).await?;
     let public_key_pem = keypair.public_key().to_pem()?;
     if let Some(path) = &cfg.public_key_out {
@@ -330,6 +367,12 @@ pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
             force_window: cfg.force_window,
             error_http_status: cfg.error_http_status,
             force_refresh_revokes_old: cfg.force_refresh_revokes_old,
+            ewb_plain_errors: cfg.ewb_plain_errors,
+            ewb_login_window: cfg.ewb_login_window,
+            tamper_hmac: cfg.tamper_hmac,
+            fixed_otp: cfg.fixed_otp,
+            gstn_session_ttl: cfg.gstn_session_ttl,
+            gstn_max_sessions: cfg.gstn_max_sessions,
         }),
         sessions: Mutex::new(Sessions::default()),
         documents: Mutex::new(Documents::default()),
@@ -337,6 +380,8 @@ pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
         requests: Mutex::new(RequestLog::default()),
         rejected: Mutex::new(Default::default()),
         faults: Mutex::new(Default::default()),
+        ewb: Mutex::new(Default::default()),
+        gstn: Mutex::new(Default::default()),
     });
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(server::serve(listener, router(state), stop_rx));
@@ -353,14 +398,49 @@ pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
 fn router(state: Arc<SimState>) -> Router {
     // `.layer()` wraps the routes and the fallback added before it, so unknown paths are
     // logged too; the control routes merged afterwards are not logged, counted or faulted.
-    let protocol =
-        einvoice::routes()
-            .fallback(server::not_found)
-            .layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                server::intercept,
-            ));
+    let protocol = einvoice::routes()
+        .merge(ewaybill::routes())
+        .merge(gstn::routes())
+        .fallback(server::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            server::intercept,
+        ));
     protocol.merge(control::routes()).with_state(state)
+}
+
+/// Which API a protocol path belongs to (by prefix; everything else is e-invoice).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Api {
+    /// NIC e-invoice.
+    EInvoice,
+    /// NIC e-way bill, `/ewaybillapi/…`.
+    EwayBill,
+    /// GSTN returns, `/taxpayerapi/…`.
+    Gstn,
+}
+
+impl Api {
+    /// The API of `path`.
+    pub(crate) fn of(path: &str) -> Self {
+        if path.starts_with("/ewaybillapi/") {
+            Self::EwayBill
+        } else if path.starts_with("/taxpayerapi/") {
+            Self::Gstn
+        } else {
+            Self::EInvoice
+        }
+    }
+}
+
+/// Whether `path` is a login path of any API (for the `auth_calls` counter).
+pub(crate) fn is_auth_path(path: &str) -> bool {
+    einvoice::is_auth_path(path) || path == ewaybill::AUTH_PATH || gstn::AUTH_PATHS.contains(&path)
+}
+
+/// Whether `s` is a six-digit OTP.
+pub(crate) fn is_otp(s: &str) -> bool {
+    s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Loads the PKCS#8 key at `path`, or generates one (and writes it there when a path is given).
@@ -460,6 +540,32 @@ pub struct SimArgs {
     /// HTTP status of `Status: 0` error replies.
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u16).range(100..=599))]
     pub error_http_status: u16,
+    /// E-way bill errors as a plain object `{"errorCodes":"238"}` instead of base64 text.
+    #[arg(long)]
+    pub ewb_plain_errors: bool,
+    /// E-way bill: 5 logins within this window block the user for as long (reported NIC limit).
+    #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+    pub ewb_login_window: Duration,
+    /// Every `rek`/`hmac` reply (e-way bill GET, GSTN data) carries a wrong HMAC.
+    #[arg(long)]
+    pub tamper_hmac: bool,
+    /// GSTN: every OTP is this value instead of a random one (GSTN's sandbox uses 575757).
+    #[arg(long, value_name = "OTP", value_parser = parse_otp)]
+    pub fixed_otp: Option<String>,
+    /// GSTN: how long the portal session an OTP login starts lasts (the portal allows 6h-30d).
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    pub gstn_session_ttl: Duration,
+    /// GSTN: most live portal sessions per user; one more OTP login is AUTH403.
+    #[arg(long, default_value_t = DEFAULT_GSTN_MAX_SESSIONS)]
+    pub gstn_max_sessions: usize,
+}
+
+fn parse_otp(s: &str) -> Result<String, String> {
+    if is_otp(s) {
+        Ok(s.to_string())
+    } else {
+        Err("an OTP is six digits".into())
+    }
 }
 
 impl SimArgs {
@@ -486,6 +592,12 @@ impl SimArgs {
             plain: self.plain,
             allow_duplicate_irn: self.allow_duplicate_irn,
             error_http_status: self.error_http_status,
+            ewb_plain_errors: self.ewb_plain_errors,
+            ewb_login_window: self.ewb_login_window,
+            tamper_hmac: self.tamper_hmac,
+            fixed_otp: self.fixed_otp,
+            gstn_session_ttl: self.gstn_session_ttl,
+            gstn_max_sessions: self.gstn_max_sessions,
         }
     }
 }

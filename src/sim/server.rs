@@ -23,9 +23,10 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tower::ServiceExt as _;
 
-use super::einvoice::{header_gstin, is_auth_path};
+use super::einvoice::header_gstin;
 use super::faults::{self, ConnKill};
 use super::state::{lock, LoggedRequest, SimState, LOGGED_BODY_MAX};
+use super::{is_auth_path, Api};
 
 /// Largest request body the simulator reads (NIC's limit is of the same order).
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
@@ -130,6 +131,7 @@ pub async fn intercept(State(sim): State<Arc<SimState>>, req: Request, next: Nex
         tracing::info!(path = %path, ?mode, "sim: injecting fault");
         return faults::respond(
             mode,
+            Api::of(&path),
             kind == Kind::Auth,
             parts.extensions.get::<ConnKill>().cloned(),
         )

@@ -1,5 +1,7 @@
 //! The simulator's shared state: runtime knobs, sessions and tokens, stored documents,
-//! counters, the request log and per-GSTIN token rejection.
+//! counters, the request log and per-GSTIN token rejection. The e-way bill and GSTN profiles
+//! keep their own protocol state next to this (`ewaybill.rs`, `gstn.rs`); what all three APIs
+//! share (users, clients, knobs, counters, log, rejection, faults) lives here.
 //!
 //! Locks: every piece is behind its own `std::sync::Mutex`, not a Tokio one. Each critical
 //! section is a few map operations with no `.await` inside, so a blocking mutex is cheaper
@@ -32,6 +34,12 @@ pub const LOGGED_BODY_MAX: usize = 64 * 1024;
 
 /// Longest token lifetime honoured (ten years): longer knob values are capped.
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(3650 * 24 * 3600);
+
+/// A knob duration as a chrono duration, capped at ten years so that `now + d` cannot overflow
+/// whatever a knob was set to.
+pub fn capped(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d.min(MAX_TOKEN_TTL)).unwrap_or(chrono::Duration::days(3650))
+}
 
 /// Length of an issued AuthToken (NIC's are around 25 alphanumerics).
 const TOKEN_LEN: usize = 26;
@@ -69,6 +77,10 @@ pub struct SimState {
     pub rejected: Mutex<RejectSet>,
     /// The active fault rule.
     pub faults: Mutex<Faults>,
+    /// E-way bill tokens, e-way bills and the login limiter (one lock: a login touches both).
+    pub ewb: Mutex<super::ewaybill::EwbState>,
+    /// GSTN OTPs, portal sessions and tokens.
+    pub gstn: Mutex<super::gstn::GstnState>,
 }
 
 /// Settings that `/_sim/knobs` may change while the simulator runs.
@@ -84,6 +96,18 @@ pub struct Knobs {
     pub error_http_status: u16,
     /// Whether a force refresh invalidates the previous token at once.
     pub force_refresh_revokes_old: bool,
+    /// E-way bill errors as a plain object instead of base64 text.
+    pub ewb_plain_errors: bool,
+    /// E-way bill login limit: the window in which 5 logins block a user, and the block length.
+    pub ewb_login_window: Duration,
+    /// Every `rek`/`hmac` reply (e-way bill GET, GSTN data) carries a wrong HMAC.
+    pub tamper_hmac: bool,
+    /// GSTN: every OTP is this value instead of a random one (GSTN's sandbox uses 575757).
+    pub fixed_otp: Option<String>,
+    /// GSTN: how long the portal session an OTP login starts lasts.
+    pub gstn_session_ttl: Duration,
+    /// GSTN: most live portal sessions one user may hold; one more login is AUTH403.
+    pub gstn_max_sessions: usize,
 }
 
 /// The session of one (GSTIN, username): its current token.
@@ -127,6 +151,11 @@ pub enum Issue {
 pub struct Sessions {
     current: HashMap<(String, String), Session>,
     tokens: HashMap<String, TokenGrant>,
+    /// How long expired tokens are remembered, so that an API which tells "expired" from
+    /// "unknown" (e-way bill: 106 vs 238) can still tell; zero for e-invoice, which does not.
+    expired_memory: chrono::Duration,
+    /// Makes a token; `None` = [`new_token`] (NIC e-invoice's alphanumeric shape).
+    make_token: Option<fn() -> String>,
 }
 
 impl Sessions {
@@ -157,13 +186,17 @@ impl Sessions {
             }
         }
         // Drop expired tokens whenever a token is issued: the live set is bounded by the number
-        // of configured users times the tokens one user can hold within a TTL.
-        self.tokens.retain(|_, g| g.expires_at > now);
-        // Capped so that `now + ttl` cannot overflow whatever a knob was set to.
-        let ttl = chrono::Duration::from_std(knobs.token_ttl.min(MAX_TOKEN_TTL))
-            .unwrap_or(chrono::Duration::days(3650));
+        // of configured users times the tokens one user can hold within a TTL (plus the memory).
+        let memory = self.expired_memory;
+        self.tokens.retain(|_, g| {
+            g.expires_at
+                .checked_add_signed(memory)
+                .unwrap_or(g.expires_at)
+                > now
+        });
+        let ttl = capped(knobs.token_ttl);
         let session = Session {
-            token: new_token(),
+            token: self.make_token.unwrap_or(new_token)(),
             sek: AesKey::random(),
             expires_at: now + ttl,
         };
@@ -178,6 +211,21 @@ impl Sessions {
         );
         self.current.insert(key, session.clone());
         (session, issue)
+    }
+
+    /// Sessions that remember expired tokens for `memory` after their expiry and make their
+    /// tokens with `make_token`.
+    pub fn with(memory: Duration, make_token: fn() -> String) -> Self {
+        Self {
+            expired_memory: capped(memory),
+            make_token: Some(make_token),
+            ..Self::default()
+        }
+    }
+
+    /// The grant of a known token, expired or not (expired ones only within the memory).
+    pub fn lookup(&self, token: &str) -> Option<&TokenGrant> {
+        self.tokens.get(token)
     }
 
     /// The grant of a token that is known and unexpired.
@@ -204,6 +252,8 @@ impl Sessions {
 /// tests use them to prove that nothing else (logs, problem bodies) ever does.
 #[derive(Clone, Debug, Serialize)]
 pub struct SessionView {
+    /// Which API the token is for: `einvoice`, `ewaybill` or `gstn`.
+    pub api: &'static str,
     /// GSTIN.
     pub gstin: String,
     /// Username.
@@ -216,16 +266,20 @@ pub struct SessionView {
     pub token_expiry: String,
     /// The newest other token of this user that is still valid (after a force refresh).
     pub previous_token: Option<String>,
+    /// GSTN only: when the portal session ends (IST); a new OTP is needed after it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_end: Option<String>,
 }
 
 impl Sessions {
     /// Every session with a live current token, ordered by GSTIN and username.
-    pub fn views(&self, now: DateTime<Utc>) -> Vec<SessionView> {
+    pub fn views(&self, api: &'static str, now: DateTime<Utc>) -> Vec<SessionView> {
         let mut out: Vec<SessionView> = self
             .current
             .iter()
             .filter(|(_, s)| s.expires_at > now && self.tokens.contains_key(&s.token))
             .map(|((gstin, username), s)| SessionView {
+                api,
                 gstin: gstin.clone(),
                 username: username.clone(),
                 token: s.token.clone(),
@@ -242,6 +296,7 @@ impl Sessions {
                     })
                     .max_by_key(|(_, g)| g.expires_at)
                     .map(|(t, _)| t.clone()),
+                session_end: None,
             })
             .collect();
         out.sort_by(|a, b| (&a.gstin, &a.username).cmp(&(&b.gstin, &b.username)));
@@ -250,7 +305,7 @@ impl Sessions {
 }
 
 /// A random, unguessable AuthToken.
-fn new_token() -> String {
+pub fn new_token() -> String {
     let mut rng = rand::rngs::OsRng;
     (0..TOKEN_LEN)
         .map(|_| char::from(Alphanumeric.sample(&mut rng)))
@@ -362,10 +417,15 @@ pub struct CounterSet {
     pub force_refreshes: u64,
     /// Tokens issued (cold, after expiry or revocation, forced).
     pub new_tokens: u64,
-    /// 1005 "Invalid Token" replies served.
+    /// Token-class rejections of data calls served: e-invoice 1005, e-way bill 105/106/238,
+    /// GSTN AUTH4033/AUTH4038.
     pub token_rejections: u64,
     /// Data calls received.
     pub requests: u64,
+    /// GSTN OTPREQUEST calls answered with an OTP.
+    pub otp_requests: u64,
+    /// GSTN REFRESHTOKEN calls that issued a token (the portal e-mails the taxpayer each time).
+    pub refreshes: u64,
 }
 
 /// What `/_sim/counters` reports.
@@ -441,6 +501,12 @@ mod tests {
             force_window: Duration::from_secs(window),
             error_http_status: 200,
             force_refresh_revokes_old: false,
+            ewb_plain_errors: false,
+            ewb_login_window: Duration::from_secs(900),
+            tamper_hmac: false,
+            fixed_otp: None,
+            gstn_session_ttl: Duration::from_secs(3600),
+            gstn_max_sessions: 3,
         }
     }
 
