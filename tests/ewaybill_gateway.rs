@@ -234,7 +234,9 @@ async fn no_scenario_makes_more_than_five_logins_in_the_window() {
     let gw = Gateway::start(
         &sim,
         GwOpts {
-            upstream_extra: format!("login_window = \"{WINDOW}\""),
+            // e-way bill logins carry no expiry: the configured lifetime is gstgate's only
+            // knowledge of it, as in production (360 minutes there).
+            upstream_extra: format!("login_window = \"{WINDOW}\"\ntoken_lifetime = \"3s\""),
             ..ewb_opts()
         },
     )

@@ -167,10 +167,14 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         .send()
     };
     assert_eq!(retsum().await.unwrap().status(), 200);
-    // A rejected GSTN token is refreshed with REFRESHTOKEN (token and SEK in the request).
-    sim.control("/_sim/revoke", json!({"gstin": GSTIN, "username": USER}))
-        .await;
-    let _ = retsum().await.unwrap();
+    // A refresh sends REFRESHTOKEN: the current token, and the new app key under the SEK.
+    assert_eq!(
+        gw.admin_post(&format!("/admin/sessions/gstn/{GSTIN}/refresh"), None)
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(retsum().await.unwrap().status(), 200);
 
     let sessions = sim.get_json("/_sim/sessions").await;
     let mut secrets: Vec<String> = vec![

@@ -868,7 +868,7 @@ async fn counters_and_request_log_show_what_the_client_sent() {
     let c = asp.counters().await;
     assert_eq!(
         c,
-        json!({"auth_calls":0,"force_refreshes":0,"new_tokens":0,"token_rejections":0,"requests":0,"otp_requests":0,"refreshes":0,"per_gstin":{}})
+        json!({"auth_calls":0,"force_refreshes":0,"new_tokens":0,"token_rejections":0,"requests":0,"otp_requests":0,"refreshes":0,"blocked_logins":0,"per_gstin":{}})
     );
     let pem = asp
         .send(asp.http.get(format!("{}/_sim/public-key", asp.base)))

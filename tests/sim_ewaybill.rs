@@ -491,6 +491,7 @@ async fn five_logins_in_the_window_block_the_user_for_one_window() {
     wrong.login_raw().await.0.assert_error("102");
     ewb.login_raw().await.0.assert_error("118");
     ewb.login_raw().await.0.assert_error("118");
+    assert_eq!(sim.count(GSTIN, "blocked_logins").await, 2);
     // Counted per (GSTIN, user): the same user name in another GSTIN is not blocked.
     let mut b = Ewb::new(&sim);
     b.gstin = GSTIN_B.into();

@@ -373,6 +373,7 @@ fn login(sim: &SimState, h: &HeaderMap, body: &[u8]) -> Result<Value, EwbError> 
     let knobs: Knobs = lock(&sim.knobs).clone();
     let now = Utc::now();
     if !lock(&sim.ewb).admit_login(&gstin, &username, knobs.ewb_login_window, now) {
+        lock(&sim.counters).bump(Some(&gstin), |c| c.blocked_logins += 1);
         return Err(EwbError::new(
             "118",
             "too many logins: try after the block ends",

@@ -426,6 +426,8 @@ pub struct CounterSet {
     pub otp_requests: u64,
     /// GSTN REFRESHTOKEN calls that issued a token (the portal e-mails the taxpayer each time).
     pub refreshes: u64,
+    /// e-way bill logins refused with 118 because the user is blocked for logging in too often.
+    pub blocked_logins: u64,
 }
 
 /// What `/_sim/counters` reports.
