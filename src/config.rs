@@ -365,6 +365,10 @@ pub struct SimulatorConfig {
     /// Only meaningful for a demo: production keys are stored as digests.
     #[serde(default, deserialize_with = "env_string_opt")]
     pub demo_api_key: Option<String>,
+    /// Every GSTN OTP the simulator issues is this one (GSTN's sandbox uses 575757), so a
+    /// demo can finish the OTP flow without reading `/_sim/otp`.
+    #[serde(default, deserialize_with = "env_string_opt")]
+    pub fixed_otp: Option<String>,
 }
 
 fn default_listen() -> SocketAddr {

@@ -208,6 +208,7 @@ async fn start_simulator(
         public_key_out: Some(sim.public_key_out.clone()),
         token_ttl: sim.token_ttl,
         force_window: sim.force_window,
+        fixed_otp: sim.fixed_otp.clone(),
         users,
         clients,
         ..crate::sim::SimConfig::default()

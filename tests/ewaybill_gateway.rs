@@ -129,6 +129,19 @@ async fn eway_bill_goes_through_as_plain_json_and_sealed_replies_are_verified() 
         .await;
     assert_eq!(get_bill(&gw, GSTIN, &ewb_no).await.status(), 200);
 
+    // The caller's own login call is answered by gstgate, revealing neither token nor SEK.
+    let res = gw
+        .request(Method::POST, "/ewaybillapi/v1.03/auth")
+        .json(&json!({"Data": "ignored"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let auth: Value = res.json().await.unwrap();
+    assert_eq!(auth["status"], "1");
+    assert_eq!(auth["authtoken"], "managed-by-gstgate");
+    assert!(auth["sek"].is_null());
+
     // A body that is not {action, data: {…}} never reaches the upstream.
     let before = sim.count(GSTIN, "requests").await;
     let res = gw

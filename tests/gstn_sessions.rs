@@ -68,7 +68,16 @@ async fn a_session_starts_only_with_an_otp_and_then_serves_sealed_returns_data()
             && remedy.contains(&format!("/admin/sessions/gstn/{GSTIN}/otp ")),
         "{remedy}"
     );
+    // Not even when the caller itself asks for an OTP on the auth path.
+    let res = gw
+        .request(Method::POST, "/taxpayerapi/v1.0/authenticate")
+        .json(&json!({"action": "OTPREQUEST", "username": USER, "app_key": "x"}))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(res, 503, "otp_required").await;
     assert_eq!(sim.count(GSTIN, "auth_calls").await, 0);
+    assert_eq!(sim.count(GSTIN, "otp_requests").await, 0);
 
     // A malformed OTP is refused by gstgate; a wrong one by the upstream.
     let res = gw

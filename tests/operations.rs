@@ -360,5 +360,61 @@ async fn the_demo_config_starts_as_is_and_its_curl_generates_an_irn() {
     let v: Value = res.json().await.unwrap();
     assert_eq!(v["Status"], 1, "{v}");
     assert_eq!(v["Data"]["Irn"].as_str().unwrap().len(), 64);
+
+    // The other two demo upstreams: an e-way bill, and GSTN after the OTP flow the config's
+    // comment shows (the sandbox's OTP is always 575757).
+    let http = reqwest::Client::new();
+    let caller = |method: reqwest::Method, path: &str| {
+        http.request(method, format!("http://127.0.0.1:8080{path}"))
+            .header("x-api-key", header("x-api-key"))
+            .header("gstin", header("gstin"))
+    };
+    let gstin = header("gstin");
+    let res = caller(reqwest::Method::POST, "/ewaybillapi/v1.03/ewayapi")
+        .json(&json!({"action": "GENEWAYBILL", "data": {
+            "docType": "INV", "docNo": format!("DEMO/{}", std::process::id()),
+            "docDate": "25/11/2026", "fromGstin": gstin, "toGstin": "05AAACG2115R1ZN",
+            "totInvValue": 1180.0, "supplyType": "O", "subSupplyType": "1",
+            "fromPincode": 400001, "toPincode": 248001, "transDistance": "100", "itemList": []}}))
+        .send()
+        .await
+        .unwrap();
+    let ewb: Value = res.json().await.unwrap();
+    assert!(ewb["data"]["ewayBillNo"].is_number(), "{ewb}");
+    let admin = |path: String, body: Option<Value>| {
+        let req = http
+            .post(format!("http://127.0.0.1:9090{path}"))
+            .bearer_auth("demo-admin-token-change-me");
+        match body {
+            Some(b) => req.json(&b),
+            None => req,
+        }
+        .send()
+    };
+    let otp_path = format!("/admin/sessions/gstn/{gstin}/otp");
+    assert_eq!(
+        admin(format!("{otp_path}-request"), None)
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    assert_eq!(
+        admin(otp_path, Some(json!({"otp": "575757"})))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let res = caller(
+        reqwest::Method::GET,
+        &format!("/taxpayerapi/v1.0/returns/gstr1?action=RETSUM&gstin={gstin}&ret_period=102026"),
+    )
+    .header("ret_period", "102026")
+    .send()
+    .await
+    .unwrap();
+    let ret: Value = res.json().await.unwrap();
+    assert_eq!(ret["status_cd"], "1", "{ret}");
     let _ = child.kill().await;
 }
