@@ -243,3 +243,69 @@ async fn refresh_keeps_a_session_alive_without_otp_until_the_portal_session_ends
     start_session(&gw, &sim).await;
     assert_eq!(return_summary(&gw).await.status(), 200);
 }
+
+/// A data call whose token the upstream rejects costs one REFRESHTOKEN and one replay, never a
+/// loop; portal refusals come back as problems that say what to do.
+#[tokio::test]
+async fn token_rejections_cost_one_refresh_and_portal_refusals_are_explained() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, gstn_opts()).await;
+    start_session(&gw, &sim).await;
+    assert_eq!(return_summary(&gw).await.status(), 200);
+
+    // Every token of this GSTIN is refused: one refresh, one replay, then a problem.
+    sim.control(
+        "/_sim/reject-tokens",
+        json!({"gstin": GSTIN, "enabled": true}),
+    )
+    .await;
+    let before = sim.count(GSTIN, "refreshes").await;
+    let p = expect_problem(return_summary(&gw).await, 502, "token_rejected").await;
+    assert!(
+        p["upstream_code"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("AUTH403")),
+        "{p}"
+    );
+    assert_eq!(sim.count(GSTIN, "refreshes").await, before + 1);
+    // Once the upstream accepts tokens again, the refreshed session just works.
+    sim.control(
+        "/_sim/reject-tokens",
+        json!({"gstin": GSTIN, "enabled": false}),
+    )
+    .await;
+    assert_eq!(return_summary(&gw).await.status(), 200);
+    assert_eq!(sim.count(GSTIN, "refreshes").await, before + 1);
+
+    // API access switched off on the portal: the OTP request says so.
+    sim.control(
+        "/_sim/gstn/access",
+        json!({"gstin": GSTIN, "username": USER, "enabled": false}),
+    )
+    .await;
+    let res = gw
+        .admin_post(&format!("/admin/sessions/gstn/{GSTIN}/otp-request"), None)
+        .await;
+    let p = expect_problem(res, 502, "api_access_disabled").await;
+    assert_eq!(p["upstream_code"], "AUTH4037");
+    assert!(p["remedy"].as_str().unwrap().contains("Manage API Access"));
+
+    // The admin OTP endpoints are for OTP APIs only, and need the admin token.
+    let res = gw
+        .http
+        .post(format!(
+            "http://{}/admin/sessions/gstn/{GSTIN}/otp-request",
+            gw.admin
+        ))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(res, 401, "unauthenticated").await;
+    let res = gw
+        .admin_post(
+            &format!("/admin/sessions/gstn/{GSTIN}/otp"),
+            Some(json!({"code": 1})),
+        )
+        .await;
+    expect_problem(res, 400, "body_invalid").await;
+}
