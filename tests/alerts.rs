@@ -645,25 +645,7 @@ async fn the_gateway_sends_each_alert_once_per_episode_without_secrets() {
     wait_for(&mut rx, &mut seen, "refresh_failing", "einvoice", &failing).await;
 
     // OTP needed soon: the new portal session ends within otp_warning.
-    let otp_path = format!("/admin/sessions/gstn/{failing}/otp");
-    assert_eq!(
-        gw.admin_post(&format!("{otp_path}-request"), None)
-            .await
-            .status(),
-        202
-    );
-    let otp = sim
-        .get_json(&format!("/_sim/otp?gstin={failing}&username={USER}"))
-        .await["otp"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(
-        gw.admin_post(&otp_path, Some(json!({"otp": otp})))
-            .await
-            .status(),
-        200
-    );
+    let otp = gw.start_gstn_session(&sim, &failing).await;
     wait_for(&mut rx, &mut seen, "otp_needed_soon", "gstn", &failing).await;
 
     // The conditions persist, and more failures come: still one alert each. Absence can only

@@ -276,18 +276,11 @@ async fn a_wrong_password_is_reported_once_and_never_retried() {
     );
 
     // The admin API shows the state, then an operator reset tries once more (still wrong).
-    let sessions: Value = gw
-        .http
-        .get(format!("http://{}/admin/sessions", gw.admin))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(sessions["sessions"][0]["state"], "credentials_rejected");
-    assert!(!sessions.to_string().contains("not-the-password"));
+    let sessions = gw.admin_sessions().await;
+    assert_eq!(sessions[0]["state"], "credentials_rejected");
+    assert!(!Value::from(sessions)
+        .to_string()
+        .contains("not-the-password"));
     let res = gw.admin_refresh(GSTIN).await;
     expect_problem(res, 502, "credentials_rejected").await;
     assert_eq!(sim.count(GSTIN, "auth_calls").await, 2);

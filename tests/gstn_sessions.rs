@@ -30,29 +30,6 @@ async fn return_summary(gw: &Gateway) -> reqwest::Response {
     .unwrap()
 }
 
-/// The OTP flow an operator follows: ask for an OTP, read it (from the simulator, standing in
-/// for the taxpayer's phone), submit it.
-async fn start_session(gw: &Gateway, sim: &Sim) -> Value {
-    let res = gw
-        .admin_post(&format!("/admin/sessions/gstn/{GSTIN}/otp-request"), None)
-        .await;
-    assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
-    let otp = sim
-        .get_json(&format!("/_sim/otp?gstin={GSTIN}&username={USER}"))
-        .await["otp"]
-        .as_str()
-        .expect("the simulator issued an OTP")
-        .to_owned();
-    let res = gw
-        .admin_post(
-            &format!("/admin/sessions/gstn/{GSTIN}/otp"),
-            Some(json!({ "otp": otp })),
-        )
-        .await;
-    assert_eq!(res.status(), 200);
-    res.json().await.unwrap()
-}
-
 #[tokio::test]
 async fn a_session_starts_only_with_an_otp_and_then_serves_sealed_returns_data() {
     let sim = Sim::start(SimOpts::default()).await;
@@ -108,8 +85,7 @@ async fn a_session_starts_only_with_an_otp_and_then_serves_sealed_returns_data()
     assert_eq!(p["upstream_code"], "AUTH4034");
     assert_eq!(gw.session_state("gstn", GSTIN).await, "needs_otp");
 
-    let started = start_session(&gw, &sim).await;
-    assert_eq!(started["gstin"], GSTIN);
+    gw.start_gstn_session(&sim, GSTIN).await;
     let row = gw
         .admin_sessions()
         .await
@@ -198,7 +174,7 @@ async fn refresh_keeps_a_session_alive_without_otp_until_the_portal_session_ends
         },
     )
     .await;
-    start_session(&gw, &sim).await;
+    gw.start_gstn_session(&sim, GSTIN).await;
     let started = Instant::now();
     let mut first_otp_required = None;
     let mut served = 0;
@@ -240,7 +216,7 @@ async fn refresh_keeps_a_session_alive_without_otp_until_the_portal_session_ends
             >= 5.0
     );
     // A new OTP starts a new portal session.
-    start_session(&gw, &sim).await;
+    gw.start_gstn_session(&sim, GSTIN).await;
     assert_eq!(return_summary(&gw).await.status(), 200);
 }
 
@@ -250,7 +226,7 @@ async fn refresh_keeps_a_session_alive_without_otp_until_the_portal_session_ends
 async fn token_rejections_cost_one_refresh_and_portal_refusals_are_explained() {
     let sim = Sim::start(SimOpts::default()).await;
     let gw = Gateway::start(&sim, gstn_opts()).await;
-    start_session(&gw, &sim).await;
+    gw.start_gstn_session(&sim, GSTIN).await;
     assert_eq!(return_summary(&gw).await.status(), 200);
 
     // Every token of this GSTIN is refused: one refresh, one replay, then a problem.

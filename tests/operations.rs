@@ -137,25 +137,7 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         .unwrap();
     assert_eq!(get.status(), 200);
 
-    let otp_path = format!("/admin/sessions/gstn/{GSTIN}/otp");
-    assert_eq!(
-        gw.admin_post(&format!("{otp_path}-request"), None)
-            .await
-            .status(),
-        202
-    );
-    let otp = sim
-        .get_json(&format!("/_sim/otp?gstin={GSTIN}&username={USER}"))
-        .await["otp"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(
-        gw.admin_post(&otp_path, Some(json!({"otp": otp})))
-            .await
-            .status(),
-        200
-    );
+    let otp = gw.start_gstn_session(&sim, GSTIN).await;
     let retsum = || {
         gw.request(
             Method::GET,

@@ -119,25 +119,7 @@ async fn status_page_lists_every_session_in_a_real_browser() {
     )
     .await;
     // GSTN: one session started with an OTP; the others wait for one.
-    let otp_path = format!("/admin/sessions/gstn/{GSTIN}/otp");
-    assert_eq!(
-        gw.admin_post(&format!("{otp_path}-request"), None)
-            .await
-            .status(),
-        202
-    );
-    let otp = sim
-        .get_json(&format!("/_sim/otp?gstin={GSTIN}&username={USER}"))
-        .await["otp"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(
-        gw.admin_post(&otp_path, Some(serde_json::json!({"otp": otp})))
-            .await
-            .status(),
-        200
-    );
+    let otp = gw.start_gstn_session(&sim, GSTIN).await;
     assert_eq!(gw.generate(GSTIN, "STATUS/1").await.status(), 200);
     expect_problem(
         gw.generate(&rejected, "STATUS/2").await,

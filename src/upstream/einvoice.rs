@@ -15,7 +15,7 @@ use super::{
     Class, Expiry, HeaderContext, Login, LoginFailure, LoginKind, LoginRequest, Profile, Renewal,
     Reply, Verdict, ROLE_COUNT,
 };
-use crate::crypto::{b64_encode, AesKey, PublicKey};
+use crate::crypto::{AesKey, PublicKey};
 use crate::problem::GatewayError;
 
 /// NIC issues a new token on `ForceRefreshAccessToken` only in its last 10 minutes.
@@ -163,17 +163,7 @@ impl Profile for Einvoice {
             }))
             .map_err(|e| GatewayError::Internal(e.to_string()))?,
         );
-        // NIC base64-encodes the JSON before RSA, which is what makes long passwords overflow
-        // the 245-byte block: say so plainly instead of failing inside RSA.
-        let encoded = Zeroizing::new(b64_encode(&inner));
-        let sealed = key.encrypt(encoded.as_bytes()).map_err(|e| {
-            GatewayError::UpstreamConfigRejected {
-                upstream_code: None,
-                message: format!("login payload cannot be encrypted: {e}; the username or password is too long for the upstream's RSA key"),
-            }
-        })?;
-        let body = serde_json::to_vec(&json!({ "Data": b64_encode(&sealed) }))
-            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        let body = super::nic_login_body(&inner, key)?;
         Ok(LoginRequest { body, app_key })
     }
 
@@ -189,12 +179,7 @@ impl Profile for Einvoice {
     }
 
     fn parse_login(&self, body: &[u8], app_key: &AesKey) -> Result<Login, LoginFailure> {
-        let envelope = Envelope::parse(body)
-            .ok_or_else(|| LoginFailure::BadReply("login reply is not a JSON object".into()))?;
-        let verdict = verdict_of(&envelope);
-        if verdict.class != Class::Success {
-            return Err(LoginFailure::Refused(verdict));
-        }
+        let envelope = super::accepted_login(body, verdict_of)?;
         let data: serde_json::Map<String, Value> = envelope
             .get("Data")
             .ok_or_else(|| LoginFailure::BadReply("login reply has no Data object".into()))?;
@@ -232,7 +217,7 @@ impl Profile for Einvoice {
         body: &[u8],
         sek: &AesKey,
     ) -> Result<Vec<u8>, GatewayError> {
-        if matches!(*method, Method::GET | Method::HEAD | Method::DELETE) && body.is_empty() {
+        if super::bodiless(method, body) {
             return Ok(Vec::new());
         }
         // Validate without building a tree: the upstream gets the caller's bytes, encrypted.
@@ -247,22 +232,11 @@ impl Profile for Einvoice {
     }
 
     fn read_reply<'a>(&self, status: StatusCode, body: &'a [u8]) -> Reply<'a> {
-        match Envelope::parse(body) {
-            Some(envelope) => Reply {
-                verdict: verdict_of(&envelope),
-                envelope: Some(envelope),
-            },
-            None => Reply {
-                verdict: super::non_json_verdict(status),
-                envelope: None,
-            },
-        }
+        Reply::parse(status, body, verdict_of)
     }
 
     fn decode_reply(&self, reply: Reply<'_>, sek: &AesKey) -> Result<Vec<u8>, GatewayError> {
-        let mut envelope = reply
-            .envelope
-            .ok_or_else(|| GatewayError::UpstreamBadResponse("the reply is not JSON".into()))?;
+        let mut envelope = reply.into_envelope()?;
         if let Some(data) = envelope.get::<String>("Data") {
             let plain = sek.decrypt_b64(&data).map_err(|e| {
                 GatewayError::UpstreamBadResponse(format!(

@@ -17,7 +17,7 @@ use super::{
     Class, Expiry, HeaderContext, Login, LoginFailure, LoginKind, LoginRequest, Profile, Renewal,
     Reply, Verdict, ROLE_COUNT,
 };
-use crate::crypto::{b64_decode, b64_encode, AesKey, PublicKey};
+use crate::crypto::{b64_decode, AesKey, PublicKey};
 use crate::problem::GatewayError;
 
 /// The NIC e-way bill API.
@@ -124,15 +124,7 @@ impl Profile for Ewaybill {
             }))
             .map_err(|e| GatewayError::Internal(e.to_string()))?,
         );
-        let encoded = Zeroizing::new(b64_encode(&inner));
-        let sealed = key.encrypt(encoded.as_bytes()).map_err(|e| {
-            GatewayError::UpstreamConfigRejected {
-                upstream_code: None,
-                message: format!("login payload cannot be encrypted: {e}; the username or password is too long for the upstream's RSA key"),
-            }
-        })?;
-        let body = serde_json::to_vec(&json!({ "Data": b64_encode(&sealed) }))
-            .map_err(|e| GatewayError::Internal(e.to_string()))?;
+        let body = super::nic_login_body(&inner, key)?;
         Ok(LoginRequest { body, app_key })
     }
 
@@ -148,12 +140,7 @@ impl Profile for Ewaybill {
     }
 
     fn parse_login(&self, body: &[u8], app_key: &AesKey) -> Result<Login, LoginFailure> {
-        let envelope = Envelope::parse(body)
-            .ok_or_else(|| LoginFailure::BadReply("login reply is not a JSON object".into()))?;
-        let verdict = verdict_of(&envelope);
-        if verdict.class != Class::Success {
-            return Err(LoginFailure::Refused(verdict));
-        }
+        let envelope = super::accepted_login(body, verdict_of)?;
         let field = |name: &str| {
             envelope
                 .get::<String>(name)
@@ -183,29 +170,18 @@ impl Profile for Ewaybill {
         body: &[u8],
         sek: &AesKey,
     ) -> Result<Vec<u8>, GatewayError> {
-        if matches!(*method, Method::GET | Method::HEAD | Method::DELETE) && body.is_empty() {
+        if super::bodiless(method, body) {
             return Ok(Vec::new());
         }
         seal_request(body, sek, Layers::Json, false)
     }
 
     fn read_reply<'a>(&self, status: StatusCode, body: &'a [u8]) -> Reply<'a> {
-        match Envelope::parse(body) {
-            Some(envelope) => Reply {
-                verdict: verdict_of(&envelope),
-                envelope: Some(envelope),
-            },
-            None => Reply {
-                verdict: super::non_json_verdict(status),
-                envelope: None,
-            },
-        }
+        Reply::parse(status, body, verdict_of)
     }
 
     fn decode_reply(&self, reply: Reply<'_>, sek: &AesKey) -> Result<Vec<u8>, GatewayError> {
-        let mut envelope = reply
-            .envelope
-            .ok_or_else(|| GatewayError::UpstreamBadResponse("the reply is not JSON".into()))?;
+        let mut envelope = reply.into_envelope()?;
         open_reply(&mut envelope, sek, Layers::Json)?;
         Ok(envelope.to_vec())
     }
@@ -224,6 +200,7 @@ impl Profile for Ewaybill {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::b64_encode;
 
     fn b64_error(list: &str) -> String {
         format!(

@@ -167,12 +167,7 @@ impl Profile for Gstn {
     }
 
     fn parse_login(&self, body: &[u8], app_key: &AesKey) -> Result<Login, LoginFailure> {
-        let envelope = Envelope::parse(body)
-            .ok_or_else(|| LoginFailure::BadReply("login reply is not a JSON object".into()))?;
-        let verdict = verdict_of(&envelope);
-        if verdict.class != Class::Success {
-            return Err(LoginFailure::Refused(verdict));
-        }
+        let envelope = super::accepted_login(body, verdict_of)?;
         let field = |name: &str| {
             envelope
                 .get::<String>(name)
@@ -202,29 +197,18 @@ impl Profile for Gstn {
         body: &[u8],
         sek: &AesKey,
     ) -> Result<Vec<u8>, GatewayError> {
-        if matches!(*method, Method::GET | Method::HEAD | Method::DELETE) && body.is_empty() {
+        if super::bodiless(method, body) {
             return Ok(Vec::new());
         }
         seal_request(body, sek, Layers::Base64Json, true)
     }
 
     fn read_reply<'a>(&self, status: StatusCode, body: &'a [u8]) -> Reply<'a> {
-        match Envelope::parse(body) {
-            Some(envelope) => Reply {
-                verdict: verdict_of(&envelope),
-                envelope: Some(envelope),
-            },
-            None => Reply {
-                verdict: super::non_json_verdict(status),
-                envelope: None,
-            },
-        }
+        Reply::parse(status, body, verdict_of)
     }
 
     fn decode_reply(&self, reply: Reply<'_>, sek: &AesKey) -> Result<Vec<u8>, GatewayError> {
-        let mut envelope = reply
-            .envelope
-            .ok_or_else(|| GatewayError::UpstreamBadResponse("the reply is not JSON".into()))?;
+        let mut envelope = reply.into_envelope()?;
         open_reply(&mut envelope, sek, Layers::Base64Json)?;
         Ok(envelope.to_vec())
     }

@@ -167,6 +167,68 @@ pub struct Reply<'a> {
     pub envelope: Option<envelope::Envelope<'a>>,
 }
 
+impl<'a> Reply<'a> {
+    /// Parses a reply body and classifies it with the profile's `verdict_of`; a body that is
+    /// not a JSON object is judged by its HTTP status alone.
+    pub fn parse(
+        status: StatusCode,
+        body: &'a [u8],
+        verdict_of: impl Fn(&envelope::Envelope) -> Verdict,
+    ) -> Self {
+        match envelope::Envelope::parse(body) {
+            Some(envelope) => Reply {
+                verdict: verdict_of(&envelope),
+                envelope: Some(envelope),
+            },
+            None => Reply {
+                verdict: non_json_verdict(status),
+                envelope: None,
+            },
+        }
+    }
+
+    /// The envelope of a reply that is to be decoded.
+    pub fn into_envelope(self) -> Result<envelope::Envelope<'a>, GatewayError> {
+        self.envelope
+            .ok_or_else(|| GatewayError::UpstreamBadResponse("the reply is not JSON".into()))
+    }
+}
+
+/// The envelope of a successful login reply, or why the login failed.
+pub(crate) fn accepted_login<'a>(
+    body: &'a [u8],
+    verdict_of: impl Fn(&envelope::Envelope) -> Verdict,
+) -> Result<envelope::Envelope<'a>, LoginFailure> {
+    let envelope = envelope::Envelope::parse(body)
+        .ok_or_else(|| LoginFailure::BadReply("login reply is not a JSON object".into()))?;
+    let verdict = verdict_of(&envelope);
+    if verdict.class == Class::Success {
+        Ok(envelope)
+    } else {
+        Err(LoginFailure::Refused(verdict))
+    }
+}
+
+/// Whether a request has no body to encrypt (a GET and the like).
+pub(crate) fn bodiless(method: &Method, body: &[u8]) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::DELETE) && body.is_empty()
+}
+
+/// NIC's login body (e-invoice and e-way bill): `{"Data": B64(RSA(key, B64(json)))}`.
+pub(crate) fn nic_login_body(inner: &[u8], key: &PublicKey) -> Result<Vec<u8>, GatewayError> {
+    // NIC base64-encodes the JSON before RSA, which is what makes long passwords overflow the
+    // 245-byte block: say so plainly instead of failing inside RSA.
+    let encoded = zeroize::Zeroizing::new(crate::crypto::b64_encode(inner));
+    let sealed = key.encrypt(encoded.as_bytes()).map_err(|e| {
+        GatewayError::UpstreamConfigRejected {
+            upstream_code: None,
+            message: format!("login payload cannot be encrypted: {e}; the username or password is too long for the upstream's RSA key"),
+        }
+    })?;
+    serde_json::to_vec(&serde_json::json!({ "Data": crate::crypto::b64_encode(&sealed) }))
+        .map_err(|e| GatewayError::Internal(e.to_string()))
+}
+
 /// The header values a profile injects, precomputed so the request path does not allocate.
 pub struct HeaderContext<'a> {
     /// The upstream's header names.
@@ -605,7 +667,7 @@ impl Upstream {
 }
 
 /// The verdict on a reply that is not JSON: only the HTTP status says anything.
-pub(crate) fn non_json_verdict(status: StatusCode) -> Verdict {
+fn non_json_verdict(status: StatusCode) -> Verdict {
     Verdict {
         class: if status.is_server_error() {
             Class::Transient

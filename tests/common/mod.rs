@@ -549,15 +549,8 @@ impl Gateway {
 
     /// `POST /admin/sessions/einvoice/{gstin}/refresh` with the admin token.
     pub async fn admin_refresh(&self, gstin: &str) -> reqwest::Response {
-        self.http
-            .post(format!(
-                "http://{}/admin/sessions/einvoice/{gstin}/refresh",
-                self.admin
-            ))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
+        self.admin_post(&format!("/admin/sessions/einvoice/{gstin}/refresh"), None)
             .await
-            .unwrap()
     }
 
     /// The Prometheus text of `/metrics`.
@@ -669,5 +662,25 @@ impl Gateway {
             .find(|s| s["upstream"] == upstream && s["gstin"] == gstin)
             .and_then(|s| s["state"].as_str().map(str::to_owned))
             .unwrap_or_default()
+    }
+}
+
+impl Gateway {
+    /// The OTP flow an operator follows for a GSTN session on the `gstn` upstream: ask for an
+    /// OTP, read it (from the simulator, standing in for the taxpayer's phone), submit it.
+    /// Returns the OTP.
+    pub async fn start_gstn_session(&self, sim: &Sim, gstin: &str) -> String {
+        let path = format!("/admin/sessions/gstn/{gstin}/otp");
+        let res = self.admin_post(&format!("{path}-request"), None).await;
+        assert_eq!(res.status(), 202, "{}", res.text().await.unwrap());
+        let otp = sim
+            .get_json(&format!("/_sim/otp?gstin={gstin}&username={USER}"))
+            .await["otp"]
+            .as_str()
+            .expect("the simulator issued an OTP")
+            .to_owned();
+        let res = self.admin_post(&path, Some(json!({ "otp": otp }))).await;
+        assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+        otp
     }
 }
