@@ -222,6 +222,16 @@ async fn a_gstin_whose_every_call_is_rejected_fails_after_exactly_two_attempts()
             .await,
         1.0
     );
+    // NIC answered the re-login with the token it had already issued: gstgate kept that
+    // session as it was (generation, expiry) instead of restarting the clock on an old token.
+    let row = &gw.admin_sessions().await[0];
+    assert_eq!(row["generation"], 1, "{row}");
+    assert_eq!(sim.count(GSTIN, "new_tokens").await, 1);
+    assert_eq!(
+        gw.metric(r#"gstgate_token_refreshes_total{upstream="einvoice",trigger="rejected"}"#)
+            .await,
+        0.0
+    );
     sim.control(
         "/_sim/reject-tokens",
         json!({"gstin": GSTIN, "enabled": false}),

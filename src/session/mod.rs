@@ -623,7 +623,12 @@ impl Sessions {
                     return Err(self.otp_required(slot, reason));
                 }
             }
-            (st.session.clone(), st.latest.clone())
+            // After a rejection the session is gone, but its token is what the upstream may
+            // hand back: compare against (and time the login by) the latest one issued.
+            (
+                st.session.clone().or_else(|| st.latest.clone()),
+                st.latest.clone(),
+            )
         };
         if let (Renewal::AtExpiry, Some(s)) = (renewal, &current) {
             // Hold the requests that straddle the boundary until the token has expired by
