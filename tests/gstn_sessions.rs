@@ -266,6 +266,46 @@ async fn token_rejections_cost_one_refresh_and_portal_refusals_are_explained() {
     assert_eq!(p["upstream_code"], "AUTH4037");
     assert!(p["remedy"].as_str().unwrap().contains("Manage API Access"));
 
+    // Too many live sessions for the user with this GSP: the OTP login says so.
+    sim.control(
+        "/_sim/gstn/access",
+        json!({"gstin": GSTIN, "username": USER, "enabled": true}),
+    )
+    .await;
+    sim.control("/_sim/knobs", json!({"gstn_max_sessions": 1}))
+        .await;
+    let path = format!("/admin/sessions/gstn/{GSTIN}/otp");
+    assert_eq!(
+        gw.admin_post(&format!("{path}-request"), None)
+            .await
+            .status(),
+        202
+    );
+    let otp = sim
+        .get_json(&format!("/_sim/otp?gstin={GSTIN}&username={USER}"))
+        .await["otp"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let p = expect_problem(
+        gw.admin_post(&path, Some(json!({ "otp": otp }))).await,
+        502,
+        "too_many_sessions",
+    )
+    .await;
+    assert_eq!(p["upstream_code"], "AUTH403");
+    // The session that was running is untouched, and the operator's failed attempt is not
+    // recorded as a failing session (which would raise a refresh_failing alert).
+    assert_eq!(return_summary(&gw).await.status(), 200);
+    let row = gw
+        .admin_sessions()
+        .await
+        .into_iter()
+        .find(|s| s["upstream"] == "gstn")
+        .unwrap();
+    assert_eq!(row["state"], "valid", "{row}");
+    assert!(row["last_error"].is_null(), "{row}");
+
     // The admin OTP endpoints are for OTP APIs only, and need the admin token.
     let res = gw
         .http

@@ -731,7 +731,14 @@ impl Sessions {
                     LoginError::Gateway(_) => Class::Transient,
                 };
                 let err = self.refusal(slot, e);
-                self.fail(slot, &mut st, class, &err, started);
+                if otp_start {
+                    // The operator who sent the OTP gets the answer directly; a typo or a
+                    // portal refusal says nothing about the running session's health.
+                    tracing::warn!(upstream = %upstream.name, gstin = %slot.credential.gstin,
+                        code = err.code(), upstream_code = err.upstream_code(), "OTP login failed");
+                } else {
+                    self.fail(slot, &mut st, class, &err, started);
+                }
                 return Err(err);
             }
         };
@@ -888,8 +895,6 @@ impl Sessions {
                 st.latest = None;
                 st.portal = None;
             }
-            // A wrong OTP is the operator's typo: it changes nothing about the session.
-            Class::OtpRejected => {}
             // NIC e-way bill's 118 says "try after 5 minutes".
             Class::Throttled => st.guard.hold_off(now, slot.upstream.login_window / 3),
             _ => st.guard.failed(now, err.to_string()),
