@@ -229,16 +229,6 @@ impl Slot {
         st.session.as_ref().filter(|s| s.usable(now)).cloned()
     }
 
-    /// The `gstin` header value.
-    pub fn gstin_header(&self) -> &HeaderValue {
-        &self.credential.gstin_header
-    }
-
-    /// The user name header value.
-    pub fn user_header(&self) -> &HeaderValue {
-        &self.credential.user_header
-    }
-
     /// The values the upstream's profile puts in headers for this slot.
     pub fn header_context(&self) -> HeaderContext<'_> {
         self.upstream.header_context(
@@ -891,7 +881,9 @@ impl Sessions {
                 st.latest = None;
                 st.guard.lock_out(State::NeedsOtp, err.clone());
             }
+            // The upstream no longer knows the session: its token is as dead as the refresh.
             Class::TokenRejected if slot.needs_otp() => {
+                st.session = None;
                 st.latest = None;
                 st.portal = None;
             }
