@@ -525,7 +525,14 @@ impl Sessions {
             st.refreshing = true;
         }
         let result = self.login_call(slot, LoginKind::Otp(otp)).await;
-        self.settle(slot, Trigger::Manual, result, None, Instant::now(), true)
+        self.settle(
+            slot,
+            Trigger::Manual,
+            result,
+            None,
+            Instant::now(),
+            Purpose::StartWithOtp,
+        )
     }
 
     fn require_otp_api(&self, slot: &Slot) -> Result<(), GatewayError> {
@@ -655,12 +662,11 @@ impl Sessions {
                 }
             };
             let result = self.login_call(slot, kind).await;
-            let stale_again = renewal == Renewal::AtExpiry
-                && attempts + 1 < AT_EXPIRY_RETRIES
+            let stale = renewal == Renewal::AtExpiry
                 && matches!((&result, &current), (Ok(sent), Some(c))
                     if sent.login.token.expose_secret().as_bytes() == c.token.as_bytes()
                         && !c.usable(Instant::now()));
-            if stale_again {
+            if stale && attempts + 1 < AT_EXPIRY_RETRIES {
                 // The upstream still thinks the old token is alive: ask again shortly,
                 // holding the callers rather than handing them a token about to die.
                 slot.lock().refreshing = false;
@@ -668,7 +674,17 @@ impl Sessions {
                 tokio::time::sleep(AT_EXPIRY_RETRY_GAP).await;
                 continue;
             }
-            return self.settle(slot, trigger, result, current, now, false);
+            let purpose = if stale {
+                // The upstream vouched for the token at every ask: count it as issued now
+                // rather than fail callers or spend the login budget on more asks. If it does
+                // expire sooner, the rejection path logs in again.
+                tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
+                    "the upstream keeps returning a token gstgate counts as expired: is the upstream's token_lifetime set shorter than the real one?");
+                Purpose::AcceptReissued
+            } else {
+                Purpose::Renew
+            };
+            return self.settle(slot, trigger, result, current, now, purpose);
         }
     }
 
@@ -681,7 +697,7 @@ impl Sessions {
     }
 
     /// Records the outcome of a login: the new session, or the failure and what it means
-    /// for further logins. `otp_start` marks the login that opens a portal session.
+    /// for further logins.
     fn settle(
         &self,
         slot: &Slot,
@@ -689,7 +705,7 @@ impl Sessions {
         result: Result<Sent, LoginError>,
         current: Option<Arc<Session>>,
         started: Instant,
-        otp_start: bool,
+        purpose: Purpose,
     ) -> Result<Arc<Session>, GatewayError> {
         let upstream = &slot.upstream;
         let mut st = slot.lock();
@@ -721,7 +737,7 @@ impl Sessions {
                     LoginError::Gateway(_) => Class::Transient,
                 };
                 let err = self.refusal(slot, e);
-                if otp_start {
+                if purpose == Purpose::StartWithOtp {
                     // The operator who sent the OTP gets the answer directly; a typo or a
                     // portal refusal says nothing about the running session's health.
                     tracing::warn!(upstream = %upstream.name, gstin = %slot.credential.gstin,
@@ -740,7 +756,7 @@ impl Sessions {
         st.last_error = None;
         st.last_upstream_code = None;
         st.last_refresh = Some(sent.at);
-        if otp_start {
+        if purpose == Purpose::StartWithOtp {
             st.portal = Some(Portal {
                 ends_at: sent.at + slot.credential.session_lifetime,
             });
@@ -755,7 +771,12 @@ impl Sessions {
         let token = login.token.expose_secret();
         // The same token means the upstream kept the old session: keep its expiry rather than
         // restarting the clock on it.
-        if let Some(existing) = st.session.clone().or(current) {
+        if let Some(existing) = st
+            .session
+            .clone()
+            .or(current)
+            .filter(|_| purpose != Purpose::AcceptReissued)
+        {
             if existing.token.as_bytes() == token.as_bytes() {
                 st.session = Some(existing.clone());
                 drop(st);
@@ -1066,6 +1087,17 @@ fn server_date(headers: &HeaderMap) -> Option<SystemTime> {
     let text = headers.get(http::header::DATE)?.to_str().ok()?;
     let at = chrono::DateTime::parse_from_rfc2822(text).ok()?;
     Some(SystemTime::from(at) + Duration::from_secs(1))
+}
+
+/// What a login that `settle` records was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// Renewing (or starting) a session the API's usual way.
+    Renew,
+    /// Opening a GSTN portal session with an OTP.
+    StartWithOtp,
+    /// Taking a token the upstream keeps returning past its expiry as newly issued.
+    AcceptReissued,
 }
 
 /// Why an auth call failed, before it is turned into a gateway error.
