@@ -853,6 +853,15 @@ upstreams = ["ewb"]
             .unwrap_err()
             .to_string();
         assert!(err.contains("6 hours"), "{err}");
+        // A password is needed where logins use one, and nowhere else.
+        let err = parse(config("", "").replace("password = \"p\"\n", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("credential[0].password"), "{err}");
+        let gstn_only = config("", "")
+            .replace("api = \"ewaybill\"", "api = \"gstn\"")
+            .replace("password = \"p\"\n", "");
+        assert!(parse(gstn_only).is_ok());
     }
 
     #[test]
