@@ -78,12 +78,47 @@ pub fn sim_key_file() -> PathBuf {
 
 /// Collected output of a child stream, for log assertions.
 #[derive(Clone, Default)]
-pub struct Captured(Arc<Mutex<String>>);
+pub struct Captured(Arc<CapturedInner>);
+
+#[derive(Default)]
+struct CapturedInner {
+    text: Mutex<String>,
+    grew: tokio::sync::Notify,
+}
 
 impl Captured {
     /// Everything captured so far.
     pub fn text(&self) -> String {
-        self.0.lock().unwrap().clone()
+        self.0.text.lock().unwrap().clone()
+    }
+
+    fn push_line(&self, line: &str) {
+        {
+            let mut text = self.0.text.lock().unwrap();
+            text.push_str(line);
+            text.push('\n');
+        }
+        self.0.grew.notify_waiters();
+    }
+
+    /// Waits (up to 30 s) until the captured output contains `marker`.
+    pub async fn wait_for(&self, marker: &str) {
+        let found = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                // Registered before the check, so a line pushed in between still wakes us.
+                let grew = self.0.grew.notified();
+                if self.text().contains(marker) {
+                    return;
+                }
+                grew.await;
+            }
+        })
+        .await;
+        assert!(
+            found.is_ok(),
+            "no `{marker}` within 30 s; output:\n{}",
+            self.text()
+        );
     }
 }
 
@@ -96,8 +131,7 @@ where
     let mut lines = BufReader::new(stream).lines();
     let found = tokio::time::timeout(Duration::from_secs(60), async {
         while let Some(line) = lines.next_line().await.unwrap() {
-            capture.0.lock().unwrap().push_str(&line);
-            capture.0.lock().unwrap().push('\n');
+            capture.push_line(&line);
             if line.contains(marker) {
                 return line;
             }
@@ -111,9 +145,7 @@ where
     .unwrap_or_else(|_| panic!("no `{marker}` within 60 s"));
     tokio::spawn(async move {
         while let Ok(Some(line)) = lines.next_line().await {
-            let mut c = capture.0.lock().unwrap();
-            c.push_str(&line);
-            c.push('\n');
+            capture.push_line(&line);
         }
     });
     found
@@ -126,9 +158,7 @@ where
     tokio::spawn(async move {
         let mut lines = BufReader::new(stream).lines();
         while let Ok(Some(line)) = lines.next_line().await {
-            let mut c = capture.0.lock().unwrap();
-            c.push_str(&line);
-            c.push('\n');
+            capture.push_line(&line);
         }
     });
 }
