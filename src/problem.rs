@@ -51,6 +51,9 @@ pub enum GatewayError {
     /// The request body is over `max_body_bytes`.
     #[error("request body exceeds the limit of {0} bytes")]
     BodyTooLarge(usize),
+    /// The request line and headers are over `max_header_bytes`.
+    #[error("request head (request line and headers) exceeds the limit of {0} bytes")]
+    HeadersTooLarge(usize),
     /// The request body is not what the upstream needs (not JSON in gateway mode).
     #[error("invalid request body: {0}")]
     BodyInvalid(String),
@@ -161,6 +164,7 @@ impl GatewayError {
             GstinNotAllowed(_) | NoCredential { .. } => StatusCode::FORBIDDEN,
             RouteNotFound(_) => StatusCode::NOT_FOUND,
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             LoginThrottled { .. } | UpstreamThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
             CredentialsRejected { .. }
             | UpstreamConfigRejected { .. }
@@ -188,6 +192,7 @@ impl GatewayError {
             UserRequired { .. } => "user_required",
             RouteNotFound(_) => "route_not_found",
             BodyTooLarge(_) => "body_too_large",
+            HeadersTooLarge(_) => "headers_too_large",
             BodyInvalid(_) => "body_invalid",
             CredentialsRejected { .. } => "credentials_rejected",
             UpstreamConfigRejected { .. } => "upstream_config_rejected",
@@ -219,6 +224,7 @@ impl GatewayError {
             UserRequired { .. } => "User name required",
             RouteNotFound(_) => "No route",
             BodyTooLarge(_) => "Request body too large",
+            HeadersTooLarge(_) => "Request headers too large",
             BodyInvalid(_) => "Invalid request body",
             CredentialsRejected { .. } => "Credentials rejected",
             UpstreamConfigRejected { .. } => "Upstream rejected gateway configuration",
@@ -258,6 +264,7 @@ impl GatewayError {
             UserRequired { .. } => "Send a `user_name` header with one of the API users configured for this GSTIN.",
             RouteNotFound(_) => "Use a path of the GST API this gateway fronts (e.g. /eicore/v1.03/Invoice); check the base URL.",
             BodyTooLarge(_) => "Send a smaller body, or ask the operator to raise `server.max_body_bytes`.",
+            HeadersTooLarge(_) => "Send fewer or shorter headers (look for large cookies or repeated headers), or ask the operator to raise `server.max_header_bytes`.",
             BodyInvalid(_) => "Send the plain JSON payload of the GST API; the gateway does the encryption.",
             CredentialsRejected { .. } => "Correct the API user's password in the gateway config (or reset it on the e-invoice/GST portal), then POST /admin/sessions/{upstream}/{gstin}/refresh.",
             UpstreamConfigRejected { .. } => "Check the upstream's client_id, client_secret and public key in the gateway config against the GSP's onboarding details.",

@@ -81,6 +81,7 @@ pub struct Proxy {
     upstreams: Vec<Arc<Upstream>>,
     sessions: Arc<Sessions>,
     metrics: Arc<Metrics>,
+    max_header_bytes: usize,
     max_body_bytes: usize,
     request_timeout: Duration,
     no_route: Arc<str>,
@@ -113,6 +114,7 @@ impl Proxy {
         upstreams: Vec<Arc<Upstream>>,
         sessions: Arc<Sessions>,
         metrics: Arc<Metrics>,
+        max_header_bytes: usize,
         max_body_bytes: usize,
         request_timeout: Duration,
     ) -> Self {
@@ -121,6 +123,7 @@ impl Proxy {
             upstreams,
             sessions,
             metrics,
+            max_header_bytes,
             max_body_bytes,
             request_timeout,
             no_route: "none".into(),
@@ -204,6 +207,9 @@ impl Proxy {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let (parts, body) = req.into_parts();
+        if head_len(&parts.method, &parts.uri, &parts.headers) > self.max_header_bytes {
+            return Err(GatewayError::HeadersTooLarge(self.max_header_bytes));
+        }
         let client = self.clients.authenticate(&parts.headers)?;
         outcome.client = Some(client.name.clone());
         let (index, upstream) = self.route(parts.uri.path())?;
@@ -384,6 +390,21 @@ pub(crate) fn request_id(headers: &HeaderMap) -> String {
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
         .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()))
+}
+
+/// The size of a request head as the caller sent it in HTTP/1.1: the request line, one
+/// `name: value` line per field and the blank line. hyper's own limit is only a read-buffer
+/// bound checked between socket reads, so this is the exact check behind
+/// `server.max_header_bytes` (and the one that can answer with a problem document).
+pub(crate) fn head_len(method: &Method, uri: &http::Uri, headers: &HeaderMap) -> usize {
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
+    // "METHOD target HTTP/1.1\r\n" and the final "\r\n".
+    let line = method.as_str().len() + 1 + target + 1 + "HTTP/1.1\r\n".len() + 2;
+    headers
+        .iter()
+        .fold(line, |n, (k, v)| n + k.as_str().len() + 2 + v.len() + 2)
 }
 
 /// The caller headers that may travel upstream.

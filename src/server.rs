@@ -24,6 +24,7 @@ use crate::alerts::{self, Alerts};
 use crate::clients::Clients;
 use crate::config::Config;
 use crate::metrics::{Metrics, SessionGauges};
+use crate::problem::{problem_response, GatewayError};
 use crate::proxy::Proxy;
 use crate::session::Sessions;
 use crate::upstream::Upstream;
@@ -112,6 +113,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         upstreams,
         sessions.clone(),
         metrics,
+        server.max_header_bytes,
         server.max_body_bytes,
         server.request_timeout,
     ));
@@ -148,6 +150,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         move |req| proxy.clone().serve(req),
     ));
     let router = admin::router(admin);
+    let max_header_bytes = server.max_header_bytes;
     let admin_task = tokio::spawn(serve(
         admin_listener,
         limits,
@@ -156,9 +159,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             let router = router.clone();
             async move {
                 let id = crate::proxy::request_id(req.headers());
-                let mut res = match router.oneshot(req).await {
-                    Ok(r) => r,
-                    Err(never) => match never {},
+                let head = crate::proxy::head_len(req.method(), req.uri(), req.headers());
+                let mut res = if head > max_header_bytes {
+                    problem_response(&GatewayError::HeadersTooLarge(max_header_bytes), &id)
+                } else {
+                    match router.oneshot(req).await {
+                        Ok(r) => r,
+                        Err(never) => match never {},
+                    }
                 };
                 if let Ok(v) = http::HeaderValue::from_str(&id) {
                     res.headers_mut()
@@ -228,6 +236,14 @@ struct Limits {
 /// hyper needs a read buffer of at least this many bytes.
 const MIN_HYPER_BUFFER: usize = 8192;
 
+/// hyper's read buffer, a hard bound on a request head: heads over `max_header_bytes` but
+/// within this buffer reach the handler and get a problem document; only larger ones get
+/// hyper's bare 431 and a closed connection. Twice the limit keeps the memory a slow or
+/// hostile client can pin per connection bounded.
+fn hyper_buffer(max_header_bytes: usize) -> usize {
+    max_header_bytes.saturating_mul(2).max(MIN_HYPER_BUFFER)
+}
+
 async fn serve<F, Fut>(
     listener: TcpListener,
     limits: Limits,
@@ -240,7 +256,7 @@ async fn serve<F, Fut>(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(MIN_HYPER_BUFFER))
+        .max_buf_size(hyper_buffer(limits.max_header_bytes))
         .keep_alive(true);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {

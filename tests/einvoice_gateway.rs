@@ -411,18 +411,50 @@ async fn oversized_headers_and_upstream_replies_are_refused_and_redirects_not_fo
         },
     )
     .await;
-    // Request headers over the limit: refused by the HTTP layer, nothing forwarded.
-    let res = gw
-        .request(Method::POST, "/eicore/v1.03/Invoice")
-        .header("x-padding", "p".repeat(64 * 1024))
-        .json(&invoice(GSTIN, "B/1"))
+    // The head limit (32 KiB by default) is exact: 31 000 bytes of padding pass (and meet the
+    // response cap below), 33 000 get a problem document on the proxy and the admin listener,
+    // and nothing is forwarded.
+    let padded = |pad: usize| {
+        gw.request(Method::POST, "/eicore/v1.03/Invoice")
+            .header("x-padding", "p".repeat(pad))
+            .header("x-request-id", format!("pad-{pad}"))
+            .json(&invoice(GSTIN, &format!("P/{pad}")))
+    };
+    expect_problem(
+        padded(31_000).send().await.unwrap(),
+        502,
+        "upstream_bad_response",
+    )
+    .await;
+    let logins = sim.counters().await["auth_calls"].clone();
+    let requests = sim.counters().await["requests"].clone();
+    let problem = expect_problem(
+        padded(33_000).send().await.unwrap(),
+        431,
+        "headers_too_large",
+    )
+    .await;
+    assert_eq!(problem["request_id"], "pad-33000");
+    assert!(problem["remedy"]
+        .as_str()
+        .unwrap()
+        .contains("server.max_header_bytes"));
+    gw.logs.wait_for(r#""request_id":"pad-33000""#).await;
+    let admin = reqwest::Client::new()
+        .get(format!("http://{}/admin/sessions", gw.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("x-padding", "p".repeat(33_000))
         .send()
-        .await;
-    match res {
+        .await
+        .unwrap();
+    expect_problem(admin, 431, "headers_too_large").await;
+    // Beyond hyper's buffer (twice the limit) the HTTP layer refuses it on its own.
+    match padded(70_000).send().await {
         Ok(r) => assert_eq!(r.status(), 431),
         Err(e) => assert!(e.is_request() || e.is_connect(), "{e}"),
     }
-    assert_eq!(sim.counters().await["auth_calls"], 0);
+    assert_eq!(sim.counters().await["auth_calls"], logins);
+    assert_eq!(sim.counters().await["requests"], requests);
     // An IRN reply (well over 512 bytes) exceeds the upstream response cap: 502.
     expect_problem(
         gw.generate(GSTIN, "B/2").await,
