@@ -76,6 +76,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::load(&path)?;
             config.check_files(&path)?;
             let mut out = std::io::stdout().lock();
+            for warning in config.warnings() {
+                writeln!(out, "warning: {warning}")?;
+            }
             writeln!(
                 out,
                 "{}: ok ({} upstream(s), {} credential(s), {} client(s))",

@@ -29,6 +29,12 @@ pub const DEFAULT_LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// NIC e-way bill reportedly blocks a user for 15 minutes after 5 logins in 15 minutes
 /// (GSP help pages): a configured limit above it would walk into the block.
 pub const EWAYBILL_MAX_LOGINS: u32 = 5;
+/// The longest token life gstgate believes: every GST API issues 6-hour tokens, and a longer
+/// claim (a misconfigured `token_lifetime`, an upstream's far-future expiry) is cut to this so
+/// that timers stay in range and a session is re-checked at least daily.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// The longest timeout or grace period the config accepts.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// GSTN's `ip-usr` when none is configured: the gateway stands in for the end user.
 pub const DEFAULT_IP_USR: &str = "127.0.0.1";
 /// The longest API-access period a taxpayer can enable on the GST portal.
@@ -424,6 +430,19 @@ fn default_connect_timeout() -> Duration {
 fn default_max_logins() -> u32 {
     DEFAULT_MAX_LOGINS
 }
+/// A duration within `min..=max`, or what to write instead. Bounded so that no timer or
+/// clock arithmetic built from the config can overflow.
+fn check_duration(value: Duration, min: Duration, max: Duration) -> Result<(), String> {
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    if value < min {
+        Err(format!("must be at least {}", show(min)))
+    } else if value > max {
+        Err(format!("must be at most {}", show(max)))
+    } else {
+        Ok(())
+    }
+}
+
 fn default_login_window() -> Duration {
     DEFAULT_LOGIN_WINDOW
 }
@@ -604,6 +623,19 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             return Err(("server.max_body_bytes".into(), "must be above 0".into()));
         }
+        let server = &self.server;
+        for (field, value, max) in [
+            ("request_timeout", server.request_timeout, MAX_TIMEOUT),
+            (
+                "header_read_timeout",
+                server.header_read_timeout,
+                MAX_TIMEOUT,
+            ),
+            ("shutdown_grace", server.shutdown_grace, MAX_TIMEOUT),
+        ] {
+            check_duration(value, Duration::from_millis(1), max)
+                .map_err(|m| (format!("server.{field}"), m))?;
+        }
         if self
             .server
             .admin_token
@@ -664,8 +696,34 @@ impl Config {
             if !u.auth_path.starts_with('/') {
                 return Err((key("auth_path"), "must start with `/`".into()));
             }
-            if u.timeout.is_zero() || u.connect_timeout.is_zero() {
-                return Err((key("timeout"), "timeouts must be above 0".into()));
+            let one_ms = Duration::from_millis(1);
+            for (field, value, min, max) in [
+                ("timeout", u.timeout, one_ms, MAX_TIMEOUT),
+                ("connect_timeout", u.connect_timeout, one_ms, MAX_TIMEOUT),
+                (
+                    "refresh_before",
+                    u.refresh_before,
+                    Duration::ZERO,
+                    MAX_TOKEN_LIFETIME,
+                ),
+                (
+                    "login_window",
+                    u.login_window,
+                    Duration::from_secs(1),
+                    MAX_TOKEN_LIFETIME,
+                ),
+                (
+                    "session_idle_ttl",
+                    u.session_idle_ttl,
+                    one_ms,
+                    MAX_SESSION_LIFETIME,
+                ),
+            ] {
+                check_duration(value, min, max).map_err(|m| (key(field), m))?;
+            }
+            if let Some(l) = u.token_lifetime {
+                check_duration(l, Duration::from_secs(1), MAX_TOKEN_LIFETIME)
+                    .map_err(|m| (key("token_lifetime"), m))?;
             }
             if u.max_logins == 0 {
                 return Err((key("max_logins"), "must be at least 1".into()));
@@ -790,6 +848,23 @@ impl Config {
         Ok(())
     }
 
+    /// Settings that are valid but likely a mistake: logged at start-up, printed by
+    /// `check-config`.
+    pub fn warnings(&self) -> Vec<String> {
+        self.upstreams
+            .iter()
+            .filter(|u| u.api == ApiKind::Ewaybill && u.login_window < DEFAULT_LOGIN_WINDOW)
+            .map(|u| {
+                format!(
+                    "upstream `{}`: login_window {} is shorter than NIC e-way bill's 15 minutes, so {} logins per window can exceed NIC's {EWAYBILL_MAX_LOGINS} per 15 minutes and get the user blocked",
+                    u.name,
+                    humantime::format_duration(u.login_window),
+                    u.max_logins
+                )
+            })
+            .collect()
+    }
+
     /// Checks that the public key files parse, except those the in-process simulator writes
     /// at start-up (they need not exist yet).
     pub fn check_files(&self, path: &Path) -> Result<(), ConfigError> {
@@ -862,6 +937,31 @@ upstreams = ["ewb"]
             .replace("api = \"ewaybill\"", "api = \"gstn\"")
             .replace("password = \"p\"\n", "");
         assert!(parse(gstn_only).is_ok());
+        // Durations are bounded, so no timer or clock sum built from them can overflow.
+        for (line, key) in [
+            ("login_window = \"0s\"", "upstream[0].login_window"),
+            ("token_lifetime = \"3years\"", "upstream[0].token_lifetime"),
+            ("timeout = \"18446744073709551615s\"", "upstream[0].timeout"),
+            ("session_idle_ttl = \"0s\"", "upstream[0].session_idle_ttl"),
+        ] {
+            let err = parse(config(line, "")).unwrap_err().to_string();
+            assert!(err.contains(key), "{line}: {err}");
+        }
+        let err = parse(config("", "").replace("[server]", "[server]\nrequest_timeout = \"2h\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server.request_timeout") && err.contains("1h"),
+            "{err}"
+        );
+        // A window shorter than NIC's 15 minutes is allowed (sandboxes scale it) but warned of.
+        let short = parse(config("login_window = \"30s\"", "")).unwrap();
+        let warnings = short.warnings();
+        assert!(
+            warnings.len() == 1 && warnings[0].contains("login_window"),
+            "{warnings:?}"
+        );
+        assert!(parse(config("", "")).unwrap().warnings().is_empty());
     }
 
     #[test]

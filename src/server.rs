@@ -91,6 +91,9 @@ impl Running {
 
 /// Builds everything from `config` and starts serving; returns once both ports listen.
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let simulator = match &config.simulator {
         Some(sim) => Some(start_simulator(&config, sim).await?),
         None => None,
