@@ -83,14 +83,32 @@ impl Guard {
         self.last_failure = None;
     }
 
-    /// A login failed transiently: back off.
+    /// A login failed transiently: back off. While more than one login is left in the
+    /// window, briefly (a blip is over in seconds); when only the last one is left, for at
+    /// least a fair share of the window, so that a few seconds of upstream errors cannot spend
+    /// the whole allowance and leave a recovered upstream unreachable for the rest of it.
     pub fn failed(&mut self, now: Instant, reason: String) {
         self.failures = self.failures.saturating_add(1);
         let ceiling = BACKOFF_BASE
             .saturating_mul(1u32 << self.failures.min(16))
             .min(BACKOFF_CAP);
-        self.backoff_until = Some(now + ceiling.mul_f64(rand::random::<f64>()));
+        let mut wait = ceiling.mul_f64(rand::random::<f64>());
+        if self.remaining(now) <= 1 {
+            let share = self.window / self.max_logins.max(1);
+            wait = wait.max(share.mul_f64(0.5 + rand::random::<f64>() / 2.0));
+        }
+        self.backoff_until = Some(now + wait);
         self.last_failure = Some(reason);
+    }
+
+    /// Logins still allowed in the window as of `now`.
+    fn remaining(&self, now: Instant) -> usize {
+        let used = self
+            .recent
+            .iter()
+            .filter(|t| now.duration_since(**t) < self.window)
+            .count();
+        (self.max_logins as usize).saturating_sub(used)
     }
 
     /// Holds logins off for at least `wait`: the upstream asked us to slow down.
@@ -162,6 +180,35 @@ mod tests {
         assert_eq!(g.locked_state(), Some(State::CredentialsRejected));
         g.reset();
         assert!(g.admit(Instant::now()).is_ok());
+    }
+
+    #[test]
+    fn the_last_login_of_the_window_is_kept_for_after_a_pause() {
+        let window = Duration::from_secs(900);
+        let share = window / 4;
+        let now = Instant::now();
+        // Three logins left after a failure: a short backoff, as for a blip.
+        let mut g = Guard::new(4, window);
+        g.admit(now).unwrap();
+        g.failed(now, "503".into());
+        assert!(g.backoff_until.unwrap() <= now + BACKOFF_BASE * 2);
+        // One login left: half to all of a fair share of the window first.
+        let mut g = Guard::new(4, window);
+        for _ in 0..3 {
+            g.admit(now).unwrap();
+        }
+        g.failed(now, "503".into());
+        let until = g.backoff_until.unwrap();
+        assert!(
+            until >= now + share / 2 && until <= now + share,
+            "{:?}",
+            until - now
+        );
+        assert!(matches!(
+            g.admit(now + share / 4),
+            Err(GatewayError::LoginBackoff { .. })
+        ));
+        assert!(g.admit(now + share).is_ok());
     }
 
     #[test]
