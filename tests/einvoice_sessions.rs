@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures_util::future::join_all;
+use reqwest::Method;
 use serde_json::{json, Value};
 
 const AUTH_OK: &str = r#"gstgate_auth_requests_total{upstream="einvoice",result="success"}"#;
@@ -357,4 +358,77 @@ async fn an_early_refresh_that_gets_the_same_token_does_not_cause_more_logins() 
         "no login between the refresh and the proactive one"
     );
     assert_eq!(gw.generate(GSTIN, "E/2").await.status(), 200);
+}
+
+/// A caller that hangs up while its request is logging in does not cancel the login: the
+/// session it brings is recorded, and the next caller uses it instead of logging in again.
+#[tokio::test]
+async fn a_login_outlives_the_caller_that_started_it() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "slow", "delay_ms": 1500, "count": 1, "path_prefix": "/eivital/v1.04/auth"}),
+    )
+    .await;
+    let gone = gw
+        .request(Method::POST, "/eicore/v1.03/Invoice")
+        .header("gstin", GSTIN)
+        .json(&invoice(GSTIN, "C/1"))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(gone.is_err_and(|e| e.is_timeout()));
+    // Sent at once: it waits for the running login rather than starting another.
+    assert_eq!(gw.generate(GSTIN, "C/2").await.status(), 200);
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 1);
+    assert_eq!(gw.session_state("einvoice", GSTIN).await, "valid");
+}
+
+/// An upstream claiming a token lives for years is believed for a day at most, and the
+/// refresh timer keeps working for every other session.
+#[tokio::test]
+async fn a_far_future_expiry_is_capped_and_refreshes_go_on() {
+    let other = gstin_n(7);
+    let sim = Sim::start(SimOpts {
+        users: vec![
+            (GSTIN.into(), USER.into(), PASSWORD.into()),
+            (other.clone(), USER.into(), PASSWORD.into()),
+        ],
+        ..SimOpts::default()
+    })
+    .await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            refresh_before: "3s",
+            credentials: vec![
+                (GSTIN.into(), USER.into(), PASSWORD.into()),
+                (other.clone(), USER.into(), PASSWORD.into()),
+            ],
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let three_years = 3 * 365 * 24 * 3600;
+    sim.control("/_sim/knobs", json!({"token_ttl_secs": three_years}))
+        .await;
+    assert_eq!(gw.generate(GSTIN, "Y/1").await.status(), 200);
+    let sessions = gw.admin_sessions().await;
+    let far = sessions.iter().find(|s| s["gstin"] == GSTIN).unwrap();
+    let left = far["expires_in_secs"].as_u64().unwrap();
+    assert!(left <= 24 * 3600, "{far}");
+
+    sim.control("/_sim/knobs", json!({"token_ttl_secs": 6}))
+        .await;
+    assert_eq!(gw.generate(&other, "Y/2").await.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sim.count(&other, "new_tokens").await < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the 6 s token was not refreshed ahead of expiry"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(sim.count(&other, "token_rejections").await, 0);
 }

@@ -24,7 +24,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-use crate::config::CredentialConfig;
+use crate::config::{CredentialConfig, MAX_TOKEN_LIFETIME};
 use crate::crypto::AesKey;
 use crate::gstin::Gstin;
 use crate::metrics::{Metrics, ResultLabels, TriggerLabels};
@@ -425,18 +425,44 @@ impl Sessions {
 
     /// A usable session for the slot, logging in (once, for all concurrent callers) if needed.
     pub async fn session(
-        &self,
-        slot: &Slot,
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
         trigger: Trigger,
     ) -> Result<Arc<Session>, GatewayError> {
         if let Some(s) = slot.current() {
             return Ok(s);
         }
-        let _single_flight = slot.login.lock().await;
-        if let Some(s) = slot.current() {
-            return Ok(s);
-        }
-        self.login(slot, trigger).await
+        self.detached(slot, move |me, slot| async move {
+            let _single_flight = slot.login.lock().await;
+            if let Some(s) = slot.current() {
+                return Ok(s);
+            }
+            me.login(&slot, trigger).await
+        })
+        .await
+    }
+
+    /// Runs an auth exchange in its own task and waits for it. A caller that hangs up or
+    /// times out must not cancel a login half-way: the upstream may already have issued a
+    /// token (and, for a GSTN refresh or an e-invoice force refresh, retired the old one), and
+    /// the slot must record it and leave its `refreshing` state.
+    async fn detached<T, F, Fut>(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        work: F,
+    ) -> Result<T, GatewayError>
+    where
+        F: FnOnce(Arc<Self>, Arc<Slot>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, GatewayError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::spawn(work(self.clone(), slot.clone()))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
+                    error = %e, "login task failed");
+                Err(GatewayError::Internal("the login task failed".into()))
+            })
     }
 
     /// Compare-and-invalidate: forgets the session only if it is still `generation`.
@@ -456,16 +482,30 @@ impl Sessions {
     }
 
     /// An operator-requested refresh: clears a lockout and logs in now.
-    pub async fn refresh_now(&self, slot: &Slot) -> Result<Arc<Session>, GatewayError> {
-        let _single_flight = slot.login.lock().await;
-        slot.lock().guard.reset();
-        self.login(slot, Trigger::Manual).await
+    pub async fn refresh_now(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+    ) -> Result<Arc<Session>, GatewayError> {
+        self.detached(slot, |me, slot| async move {
+            let _single_flight = slot.login.lock().await;
+            slot.lock().guard.reset();
+            me.login(&slot, Trigger::Manual).await
+        })
+        .await
     }
 
     /// Asks the upstream to send the taxpayer an OTP (GSTN). An operator's call: it clears a
     /// lockout, but still counts against the login limit (each one is an SMS to the taxpayer).
-    pub async fn request_otp(&self, slot: &Slot) -> Result<(), GatewayError> {
+    pub async fn request_otp(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<(), GatewayError> {
         self.require_otp_api(slot)?;
+        self.detached(
+            slot,
+            |me, slot| async move { me.send_otp_request(&slot).await },
+        )
+        .await
+    }
+
+    async fn send_otp_request(&self, slot: &Slot) -> Result<(), GatewayError> {
         let _single_flight = slot.login.lock().await;
         {
             let mut st = slot.lock();
@@ -508,7 +548,11 @@ impl Sessions {
 
     /// Starts a GSTN session with the OTP the taxpayer received; the portal session it opens
     /// lasts the credential's `session_lifetime`.
-    pub async fn submit_otp(&self, slot: &Slot, otp: &str) -> Result<Arc<Session>, GatewayError> {
+    pub async fn submit_otp(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        otp: &str,
+    ) -> Result<Arc<Session>, GatewayError> {
         self.require_otp_api(slot)?;
         let otp = otp.trim();
         if !OTP_DIGITS.contains(&otp.len()) || !otp.bytes().all(|b| b.is_ascii_digit()) {
@@ -517,6 +561,14 @@ impl Sessions {
                 detail: "an OTP is the 6 digits the taxpayer received".into(),
             });
         }
+        let otp = SecretString::from(otp);
+        self.detached(slot, |me, slot| async move {
+            me.start_with_otp(&slot, otp.expose_secret()).await
+        })
+        .await
+    }
+
+    async fn start_with_otp(&self, slot: &Slot, otp: &str) -> Result<Arc<Session>, GatewayError> {
         let _single_flight = slot.login.lock().await;
         {
             let mut st = slot.lock();
@@ -765,7 +817,8 @@ impl Sessions {
             login,
             at: sent_at,
             instant: sent_instant,
-            server_date,
+            expires_at,
+            lifetime,
             ..
         } = sent;
         let token = login.token.expose_secret();
@@ -784,18 +837,6 @@ impl Sessions {
                 return Ok(existing);
             }
         }
-        // The lifetime runs from when the login was sent, on the monotonic clock, so latency
-        // makes gstgate early, never late. An absolute expiry is measured against the
-        // upstream's own clock (its `Date` header) when it sent one, so a host clock running
-        // behind the upstream's cannot stretch a token's life.
-        let (expires_at, lifetime) = match login.expiry {
-            Expiry::At(at) => {
-                let reference = server_date.unwrap_or(sent_at);
-                (at, at.duration_since(reference).unwrap_or(Duration::ZERO))
-            }
-            Expiry::After(lifetime) => (sent_at + lifetime, lifetime),
-            Expiry::Unstated => (sent_at + upstream.token_lifetime, upstream.token_lifetime),
-        };
         let mut token_header = HeaderValue::from_str(token).map_err(|_| {
             GatewayError::UpstreamBadResponse("the token is not a valid header value".into())
         })?;
@@ -960,15 +1001,25 @@ impl Sessions {
     /// Sends a login and reads the session out of its reply.
     async fn login_call(&self, slot: &Slot, kind: LoginKind<'_>) -> Result<Sent, LoginError> {
         let raw = self.auth_call(slot, kind).await?;
-        match slot.upstream.profile.parse_login(&raw.body, &raw.app_key) {
-            Ok(login) => Ok(Sent {
-                login,
-                at: raw.at,
-                instant: raw.instant,
-                server_date: raw.server_date,
-            }),
-            Err(f) => Err(login_failure(f, raw.status)),
-        }
+        let login = slot
+            .upstream
+            .profile
+            .parse_login(&raw.body, &raw.app_key)
+            .map_err(|f| login_failure(f, raw.status))?;
+        let (expires_at, lifetime) = token_life(
+            &login.expiry,
+            raw.at,
+            raw.server_date,
+            slot.upstream.token_lifetime,
+        )
+        .map_err(|why| LoginError::Gateway(GatewayError::UpstreamBadResponse(why.into())))?;
+        Ok(Sent {
+            login,
+            at: raw.at,
+            instant: raw.instant,
+            expires_at,
+            lifetime,
+        })
     }
 
     /// When to refresh a new session. With a force window (or a refresh call): `refresh_before`
@@ -1132,5 +1183,68 @@ struct Sent {
     login: Login,
     at: SystemTime,
     instant: Instant,
+    /// When the token expires, as reported (capped).
+    expires_at: SystemTime,
+    /// The token's life from when the login was sent.
+    lifetime: Duration,
+}
+
+/// A new token's expiry and life. The life runs from when the login was sent, on the
+/// monotonic clock, so latency makes gstgate early, never late. An absolute expiry is measured
+/// against the upstream's own clock (its `Date` header) when it sent one, so a host clock
+/// running behind the upstream's cannot stretch a token's life. A life over
+/// [`MAX_TOKEN_LIFETIME`] is cut to it; an expiry already past is a bad reply (retrying later
+/// may help), not a token to schedule refreshes for in a loop.
+fn token_life(
+    expiry: &Expiry,
+    sent_at: SystemTime,
     server_date: Option<SystemTime>,
+    configured: Duration,
+) -> Result<(SystemTime, Duration), &'static str> {
+    let lifetime = match *expiry {
+        Expiry::At(at) => at
+            .duration_since(server_date.unwrap_or(sent_at))
+            .unwrap_or(Duration::ZERO),
+        Expiry::After(lifetime) => lifetime,
+        Expiry::Unstated => configured,
+    };
+    if lifetime.is_zero() {
+        return Err("the login reply's token expiry is already past");
+    }
+    let lifetime = lifetime.min(MAX_TOKEN_LIFETIME);
+    let expires_at = match *expiry {
+        Expiry::At(at) => at.min(sent_at + MAX_TOKEN_LIFETIME),
+        _ => sent_at + lifetime,
+    };
+    Ok((expires_at, lifetime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_life_is_capped_and_a_past_expiry_refused() {
+        let sent = SystemTime::now();
+        let six_hours = Duration::from_secs(6 * 3600);
+        let far = sent + Duration::from_secs(3 * 365 * 24 * 3600);
+        assert_eq!(
+            token_life(&Expiry::At(far), sent, None, six_hours),
+            Ok((sent + MAX_TOKEN_LIFETIME, MAX_TOKEN_LIFETIME))
+        );
+        // Measured on the upstream's clock: its Date an hour ahead of ours shortens the life.
+        let at = sent + six_hours;
+        let upstream_now = sent + Duration::from_secs(3600);
+        assert_eq!(
+            token_life(&Expiry::At(at), sent, Some(upstream_now), six_hours),
+            Ok((at, Duration::from_secs(5 * 3600)))
+        );
+        assert!(token_life(&Expiry::At(sent), sent, None, six_hours).is_err());
+        let past = sent - Duration::from_secs(60);
+        assert!(token_life(&Expiry::At(past), sent, None, six_hours).is_err());
+        assert_eq!(
+            token_life(&Expiry::Unstated, sent, None, six_hours),
+            Ok((sent + six_hours, six_hours))
+        );
+    }
 }

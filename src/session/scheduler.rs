@@ -6,12 +6,16 @@
 
 use std::collections::HashMap;
 use std::sync::Weak;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_util::time::{delay_queue, DelayQueue};
 
 use super::Sessions;
+
+/// The furthest ahead a refresh is scheduled; a later one fires then, early rather than never.
+/// Token lives are capped at a day, so this only guards the timer.
+const MAX_DELAY: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Schedules refreshes; dropping it (with the session manager) stops the task.
 pub struct Handle {
@@ -43,6 +47,9 @@ async fn run(sessions: Weak<Sessions>, mut rx: mpsc::UnboundedReceiver<(usize, u
                 if let Some(old) = pending.remove(&id) {
                     queue.try_remove(&old);
                 }
+                // Bounded: `DelayQueue` panics on deadlines about two years out, and a panic
+                // here would end every proactive refresh.
+                let at = at.min(Instant::now() + MAX_DELAY);
                 let key = queue.insert_at((id, generation), at.into());
                 pending.insert(id, key);
             }

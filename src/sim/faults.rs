@@ -4,8 +4,10 @@
 //! One fault rule is active at a time (`POST /_sim/faults` replaces it, `DELETE` clears it). A
 //! rule matches non-control requests whose path starts with its prefix (all of them when the
 //! prefix is null), login included, and is used up after `count` matches (never, when null).
+//! `slow` is the odd one out: the request is answered normally, only `delay_ms` late.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, StatusCode};
@@ -17,6 +19,9 @@ use tokio::sync::Notify;
 
 use super::einvoice::ist_now;
 use super::Api;
+
+/// A `slow` rule's delay when it names none.
+const DEFAULT_SLOW_MS: u64 = 1000;
 
 /// How a faulted request fails.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -37,6 +42,8 @@ pub enum FaultMode {
     Undecryptable,
     /// No answer at all, until the client gives up (or the simulator stops).
     Hang,
+    /// The normal answer, `delay_ms` late: a slow GSP, for a login that outlasts its caller.
+    Slow,
 }
 
 /// The active fault rule.
@@ -50,6 +57,9 @@ pub struct FaultRule {
     /// Only paths starting with this; `None` = every non-control path.
     #[serde(default)]
     pub path_prefix: Option<String>,
+    /// `slow`: how late the answer comes (default 1000 ms).
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
 }
 
 /// The slot holding the active rule.
@@ -72,8 +82,9 @@ impl Faults {
         self.0.as_ref()
     }
 
-    /// If the rule matches `path`, uses up one count and returns its mode.
-    pub fn take(&mut self, path: &str) -> Option<FaultMode> {
+    /// If the rule matches `path`, uses up one count and returns its mode (and a `slow`
+    /// rule's delay).
+    pub fn take(&mut self, path: &str) -> Option<(FaultMode, Duration)> {
         let rule = self.0.as_mut()?;
         if let Some(prefix) = &rule.path_prefix {
             if !path.starts_with(prefix.as_str()) {
@@ -81,13 +92,14 @@ impl Faults {
             }
         }
         let mode = rule.mode;
+        let delay = Duration::from_millis(rule.delay_ms.unwrap_or(DEFAULT_SLOW_MS));
         if let Some(n) = rule.count.as_mut() {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 self.0 = None;
             }
         }
-        Some(mode)
+        Some((mode, delay))
     }
 }
 
@@ -117,6 +129,8 @@ pub async fn respond(mode: FaultMode, api: Api, is_auth: bool, kill: Option<Conn
             std::future::pending().await
         }
         FaultMode::Hang => std::future::pending().await,
+        // The caller answers a slow request itself, after the delay.
+        FaultMode::Slow => html_error(StatusCode::INTERNAL_SERVER_ERROR),
     }
 }
 
@@ -189,10 +203,12 @@ mod tests {
             mode: FaultMode::Garbage,
             count: Some(2),
             path_prefix: Some("/eicore/".into()),
+            delay_ms: None,
         });
+        let garbage = Some((FaultMode::Garbage, Duration::from_millis(DEFAULT_SLOW_MS)));
         assert_eq!(f.take("/eivital/v1.04/auth"), None);
-        assert_eq!(f.take("/eicore/v1.03/Invoice"), Some(FaultMode::Garbage));
-        assert_eq!(f.take("/eicore/v1.03/Invoice"), Some(FaultMode::Garbage));
+        assert_eq!(f.take("/eicore/v1.03/Invoice"), garbage);
+        assert_eq!(f.take("/eicore/v1.03/Invoice"), garbage);
         assert_eq!(f.take("/eicore/v1.03/Invoice"), None);
         assert!(f.active().is_none());
     }

@@ -24,7 +24,7 @@ use tokio::task::JoinSet;
 use tower::ServiceExt as _;
 
 use super::einvoice::header_gstin;
-use super::faults::{self, ConnKill};
+use super::faults::{self, ConnKill, FaultMode};
 use super::state::{lock, LoggedRequest, SimState, LOGGED_BODY_MAX};
 use super::{is_auth_path, Api};
 
@@ -127,7 +127,10 @@ pub async fn intercept(State(sim): State<Arc<SimState>>, req: Request, next: Nex
     }
 
     let fault = lock(&sim.faults).take(&path);
-    if let Some(mode) = fault {
+    if let Some((FaultMode::Slow, delay)) = fault {
+        tracing::info!(path = %path, delay_ms = delay.as_millis(), "sim: answering late");
+        tokio::time::sleep(delay).await;
+    } else if let Some((mode, _)) = fault {
         tracing::info!(path = %path, ?mode, "sim: injecting fault");
         return faults::respond(
             mode,

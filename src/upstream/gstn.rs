@@ -23,10 +23,6 @@ use super::{
 use crate::crypto::{b64_encode, gstn_app_key, AesKey, PublicKey};
 use crate::problem::GatewayError;
 
-/// The longest token lifetime believed from a reply (a day): a garbled `expiry` must not
-/// keep a token in use for months.
-const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
-
 /// The GSTN taxpayer API.
 pub struct Gstn;
 
@@ -81,8 +77,12 @@ fn lifetime_of(envelope: &Envelope) -> Option<Duration> {
         Value::String(s) => s.trim().parse().ok()?,
         _ => return None,
     };
+    // Capped before converting: a garbled huge `expiry` must neither keep a token in use for
+    // months nor overflow the conversion.
+    let cap = crate::config::MAX_TOKEN_LIFETIME.as_secs_f64();
     (minutes.is_finite() && minutes > 0.0)
-        .then(|| Duration::from_secs_f64(minutes * 60.0).min(MAX_TOKEN_LIFETIME))
+        .then(|| Duration::try_from_secs_f64((minutes * 60.0).min(cap)).ok())
+        .flatten()
 }
 
 fn rsa_app_key(app_key: &AesKey, key: &PublicKey) -> Result<String, GatewayError> {
@@ -268,5 +268,18 @@ mod tests {
         assert_eq!(login.sek.as_bytes(), sek.as_bytes());
         let body = r#"{"status_cd":"1","auth_token":"t","expiry":-1,"sek":"x"}"#;
         assert!(Gstn.parse_login(body.as_bytes(), &app_key).is_err());
+        // Absurd lifetimes are believed for a day, and never overflow the conversion.
+        for huge in ["1e18", "1e308", "\"99999999999999999999\""] {
+            let body = format!(
+                r#"{{"status_cd":"1","auth_token":"t","expiry":{huge},"sek":"{}"}}"#,
+                app_key.encrypt_b64(sek.as_bytes())
+            );
+            let login = Gstn.parse_login(body.as_bytes(), &app_key).unwrap();
+            assert_eq!(
+                login.expiry,
+                Expiry::After(crate::config::MAX_TOKEN_LIFETIME),
+                "{huge}"
+            );
+        }
     }
 }
