@@ -82,7 +82,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .with_state(admin)
 }
 
-/// Admits a request before routing and extractors: checks the bearer token for `/admin/*`,
+/// Admits a request before any handler or extractor runs: checks the bearer token for `/admin/*`,
 /// reads the body within [`MAX_BODY_BYTES`], bounds the whole request by
 /// `request_timeout`, and puts the request id into whatever problem comes back.
 async fn admit(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Response {
