@@ -4,23 +4,38 @@
 //! Health and metrics stay open (probes and Prometheus scrape without secrets); everything
 //! under `/admin/` needs `Authorization: Bearer <server.admin_token>` and is disabled when no
 //! token is configured.
+//!
+//! Every request first passes [`admit`]: the bearer check (before any path, query or body is
+//! looked at), a small body limit and the `server.request_timeout` deadline. Every failure,
+//! axum's own 404, 405 and extractor rejections included, is a problem document with the
+//! request id.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use http_body_util::BodyExt as _;
 use prometheus_client::registry::Registry;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
+use tokio::time::Instant;
 
 use crate::gstin::Gstin;
-use crate::problem::GatewayError;
+use crate::problem::{fill_request_id, GatewayError};
 use crate::session::{Session, Sessions, Slot};
+
+/// The largest request body the admin listener reads. Only `{"otp": "…"}` is ever sent, so a
+/// few KiB is ample, and nobody can make the listener buffer more.
+pub const MAX_BODY_BYTES: usize = 4096;
 
 /// The admin listener's state.
 pub struct Admin {
@@ -30,7 +45,13 @@ pub struct Admin {
     pub registry: Registry,
     /// Bearer token for `/admin/*`.
     pub token: Option<SecretString>,
+    /// `server.request_timeout`: the bound on receiving and answering one request.
+    pub request_timeout: Duration,
 }
+
+/// The request id the listener chose (the caller's or a new one), for the problem bodies.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
 
 /// The admin router.
 pub fn router(admin: Arc<Admin>) -> Router {
@@ -47,8 +68,96 @@ pub fn router(admin: Arc<Admin>) -> Router {
             post(otp_request),
         )
         .route("/admin/sessions/{upstream}/{gstin}/otp", post(otp))
-        .fallback(|| async { GatewayError::RouteNotFound("admin".into()) })
+        // After the routes: it applies to the routes present. axum still adds `Allow`.
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            GatewayError::AdminMethodNotAllowed {
+                method: method.to_string(),
+                path: uri.path().to_owned(),
+            }
+        })
+        .fallback(|uri: Uri| async move { GatewayError::AdminRouteNotFound(uri.path().to_owned()) })
+        // A layer on the router wraps every route and both fallbacks, so nothing is served
+        // without passing `admit`.
+        .layer(middleware::from_fn_with_state(admin.clone(), admit))
         .with_state(admin)
+}
+
+/// Admits a request before any handler or extractor runs: checks the bearer token for `/admin/*`,
+/// reads the body within [`MAX_BODY_BYTES`], bounds the whole request by
+/// `request_timeout`, and puts the request id into whatever problem comes back.
+async fn admit(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Response {
+    let deadline = Instant::now() + admin.request_timeout;
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|id| id.0.clone())
+        .unwrap_or_else(|| crate::proxy::request_id(req.headers()));
+    let res = match receive(&admin, req, deadline).await {
+        // Spawned, so that the deadline only ends the wait: a login or OTP submission already
+        // sent still completes and is recorded (an OTP is single-use, and the upstream's own
+        // timeout bounds the call), and /admin/sessions then shows the outcome.
+        Ok(req) => match tokio::time::timeout_at(deadline, tokio::spawn(next.run(req))).await {
+            Ok(Ok(res)) => res,
+            Ok(Err(_)) => GatewayError::Internal("the admin handler failed".into()).into_response(),
+            // The request arrived; what took too long is the work behind it (a login), which
+            // is how the proxy reports its own `request_timeout` too.
+            Err(_) => {
+                GatewayError::UpstreamTimeout(admin.request_timeout.as_millis()).into_response()
+            }
+        },
+        Err(err) => {
+            let timed_out = matches!(err, GatewayError::RequestTimeout(_));
+            let mut res = err.into_response();
+            if timed_out {
+                // The rest of a trickled body may still come, and could not be told apart
+                // from a next request: the connection is not reused.
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            res
+        }
+    };
+    fill_request_id(res, &request_id)
+}
+
+/// The bearer check and the bounded body read; the request comes back with its body buffered.
+async fn receive(admin: &Admin, req: Request, deadline: Instant) -> Result<Request, GatewayError> {
+    if needs_token(req.uri().path()) {
+        authorize(admin, req.headers())?;
+    }
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(GatewayError::AdminBodyTooLarge(MAX_BODY_BYTES));
+    }
+    let read = http_body_util::Limited::new(body, MAX_BODY_BYTES).collect();
+    let bytes = match tokio::time::timeout_at(deadline, read).await {
+        Err(_) => {
+            return Err(GatewayError::RequestTimeout(
+                admin.request_timeout.as_millis(),
+            ))
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(GatewayError::AdminBodyTooLarge(MAX_BODY_BYTES))
+        }
+        Ok(Err(_)) => {
+            return Err(GatewayError::AdminRequestInvalid(
+                "the request body could not be read".into(),
+            ))
+        }
+    };
+    Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+/// Whether a path is under `/admin/`, which needs the bearer token. The raw path is what the
+/// router matches on too, so a percent-encoded spelling cannot reach an `/admin/` route.
+fn needs_token(path: &str) -> bool {
+    path == "/admin" || path.starts_with("/admin/")
 }
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
@@ -81,10 +190,26 @@ fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), GatewayError> {
     }
 }
 
-async fn sessions(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Response {
-    if let Err(e) = authorize(&admin, &headers) {
-        return e.into_response();
+/// An extractor whose rejection is a `request_invalid` problem instead of axum's text/plain.
+struct Checked<T>(T);
+
+impl<S, T> FromRequestParts<S> for Checked<T>
+where
+    S: Send + Sync,
+    T: FromRequestParts<S>,
+    T::Rejection: std::fmt::Display,
+{
+    type Rejection = GatewayError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        T::from_request_parts(parts, state)
+            .await
+            .map(Checked)
+            .map_err(|e| GatewayError::AdminRequestInvalid(e.to_string()))
     }
+}
+
+async fn sessions(State(admin): State<Arc<Admin>>) -> Response {
     Json(serde_json::json!({ "sessions": admin.sessions.snapshot() })).into_response()
 }
 
@@ -94,23 +219,19 @@ struct UserQuery {
     user: Option<String>,
 }
 
-/// The slot an admin path names, after the bearer check.
+/// The (upstream, GSTIN) an admin path names.
+type SlotPath = Checked<Path<(String, String)>>;
+
+/// The slot an admin path names; a GSTIN with several users needs `?user=`, as the proxy
+/// needs `user_name`.
 fn slot_for(
     admin: &Admin,
-    headers: &HeaderMap,
     upstream: &str,
     gstin: &str,
     user: Option<&str>,
 ) -> Result<Arc<Slot>, GatewayError> {
-    authorize(admin, headers)?;
     let gstin = Gstin::parse(gstin).map_err(|e| GatewayError::GstinInvalid(e.to_string()))?;
-    admin
-        .sessions
-        .find(upstream, &gstin, user)
-        .ok_or_else(|| GatewayError::NoCredential {
-            upstream: upstream.to_owned(),
-            gstin: gstin.to_string(),
-        })
+    admin.sessions.find(upstream, &gstin, user)
 }
 
 fn session_body(slot: &Slot, session: &Session) -> serde_json::Value {
@@ -123,50 +244,39 @@ fn session_body(slot: &Slot, session: &Session) -> serde_json::Value {
     })
 }
 
+/// `POST …/refresh`: logs in now and clears a lockout.
 async fn refresh(
     State(admin): State<Arc<Admin>>,
-    headers: HeaderMap,
-    Path((upstream, gstin)): Path<(String, String)>,
-    Query(q): Query<UserQuery>,
-) -> Response {
-    let slot = match slot_for(&admin, &headers, &upstream, &gstin, q.user.as_deref()) {
-        Ok(slot) => slot,
-        Err(e) => return e.into_response(),
-    };
-    match admin.sessions.refresh_now(&slot).await {
-        Ok(s) => (StatusCode::OK, Json(session_body(&slot, &s))).into_response(),
-        Err(e) => e.into_response(),
-    }
+    Checked(Path((upstream, gstin))): SlotPath,
+    Checked(Query(q)): Checked<Query<UserQuery>>,
+) -> Result<Response, GatewayError> {
+    let slot = slot_for(&admin, &upstream, &gstin, q.user.as_deref())?;
+    let session = admin.sessions.refresh_now(&slot).await?;
+    Ok((StatusCode::OK, Json(session_body(&slot, &session))).into_response())
 }
 
 /// `POST …/otp-request`: the upstream sends the taxpayer an OTP.
 async fn otp_request(
     State(admin): State<Arc<Admin>>,
-    headers: HeaderMap,
-    Path((upstream, gstin)): Path<(String, String)>,
-    Query(q): Query<UserQuery>,
-) -> Response {
-    let slot = match slot_for(&admin, &headers, &upstream, &gstin, q.user.as_deref()) {
-        Ok(slot) => slot,
-        Err(e) => return e.into_response(),
-    };
-    match admin.sessions.request_otp(&slot).await {
-        Ok(()) => (
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({
-                "status": "otp_requested",
-                "upstream": &*slot.upstream.name,
-                "gstin": slot.credential.gstin.as_str(),
-                "username": &*slot.credential.username,
-                "next": format!(
-                    "POST /admin/sessions/{}/{}/otp with {{\"otp\": \"<the OTP the taxpayer received>\"}}",
-                    slot.upstream.name, slot.credential.gstin
-                ),
-            })),
-        )
-            .into_response(),
-        Err(e) => e.into_response(),
-    }
+    Checked(Path((upstream, gstin))): SlotPath,
+    Checked(Query(q)): Checked<Query<UserQuery>>,
+) -> Result<Response, GatewayError> {
+    let slot = slot_for(&admin, &upstream, &gstin, q.user.as_deref())?;
+    admin.sessions.request_otp(&slot).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({
+            "status": "otp_requested",
+            "upstream": &*slot.upstream.name,
+            "gstin": slot.credential.gstin.as_str(),
+            "username": &*slot.credential.username,
+            "next": format!(
+                "POST /admin/sessions/{}/{}/otp with {{\"otp\": \"<the OTP the taxpayer received>\"}}",
+                slot.upstream.name, slot.credential.gstin
+            ),
+        })),
+    )
+        .into_response())
 }
 
 /// The body of `POST …/otp`.
@@ -179,20 +289,16 @@ struct OtpBody {
 /// `POST …/otp` with `{"otp": "123456"}`: starts the GSTN session.
 async fn otp(
     State(admin): State<Arc<Admin>>,
-    headers: HeaderMap,
-    Path((upstream, gstin)): Path<(String, String)>,
-    Query(q): Query<UserQuery>,
-    body: Bytes,
-) -> Response {
-    let slot = match slot_for(&admin, &headers, &upstream, &gstin, q.user.as_deref()) {
-        Ok(slot) => slot,
-        Err(e) => return e.into_response(),
-    };
-    let Ok(body) = serde_json::from_slice::<OtpBody>(&body) else {
-        return GatewayError::BodyInvalid("expected {\"otp\": \"123456\"}".into()).into_response();
-    };
-    match admin.sessions.submit_otp(&slot, &body.otp).await {
-        Ok(s) => (StatusCode::OK, Json(session_body(&slot, &s))).into_response(),
-        Err(e) => e.into_response(),
-    }
+    Checked(Path((upstream, gstin))): SlotPath,
+    Checked(Query(q)): Checked<Query<UserQuery>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, GatewayError> {
+    let slot = slot_for(&admin, &upstream, &gstin, q.user.as_deref())?;
+    // `admit` has already read the body within the limit, so this cannot fail in practice;
+    // if it did, the caller still gets a problem rather than axum's text.
+    let body = body.map_err(|e| GatewayError::AdminRequestInvalid(e.to_string()))?;
+    let body = serde_json::from_slice::<OtpBody>(&body)
+        .map_err(|_| GatewayError::AdminBodyInvalid("expected {\"otp\": \"123456\"}".into()))?;
+    let session = admin.sessions.submit_otp(&slot, &body.otp).await?;
+    Ok((StatusCode::OK, Json(session_body(&slot, &session))).into_response())
 }

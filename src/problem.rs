@@ -7,12 +7,16 @@
 
 use std::borrow::Cow;
 
+use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderValue, StatusCode};
 use serde::Serialize;
 
 /// Where to read more about a problem code; `type` is this base plus the code.
 const TYPE_BASE: &str = "https://gstgate.dev/problems/";
+
+/// The admin listener's endpoints (docs/operations.md), the remedy for an unknown admin path.
+const ADMIN_ENDPOINTS: &str = "Use an admin endpoint: GET /healthz, /readyz, /metrics, /status or /admin/sessions; POST /admin/sessions/{upstream}/{gstin}/refresh, …/otp-request or …/otp.";
 
 /// A failure the gateway answers itself, instead of relaying an upstream reply.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -38,7 +42,7 @@ pub enum GatewayError {
         gstin: String,
     },
     /// Several users exist for the GSTIN and the caller named none (or an unknown one).
-    #[error("GSTIN {gstin} has several users on `{upstream}`: send a `user_name` header naming one of them")]
+    #[error("GSTIN {gstin} has several users on `{upstream}`, or the user named is not one of them: name one of its configured users")]
     UserRequired {
         /// Upstream name.
         upstream: String,
@@ -48,9 +52,32 @@ pub enum GatewayError {
     /// No upstream serves this path.
     #[error("no upstream serves path `{0}`")]
     RouteNotFound(String),
+    /// The admin listener has no endpoint at this path.
+    #[error("the admin listener has no endpoint at `{0}`")]
+    AdminRouteNotFound(String),
+    /// The admin endpoint exists but not for this method (the `Allow` header lists the others).
+    #[error("method {method} is not allowed on `{path}`")]
+    AdminMethodNotAllowed {
+        /// The method the caller used.
+        method: String,
+        /// The path it used it on.
+        path: String,
+    },
+    /// An admin request's path or query cannot be read (not UTF-8, a repeated `user`, …).
+    #[error("invalid admin request: {0}")]
+    AdminRequestInvalid(String),
     /// The request body is over `max_body_bytes`.
     #[error("request body exceeds the limit of {0} bytes")]
     BodyTooLarge(usize),
+    /// An admin request body is over the admin listener's fixed limit.
+    #[error("request body exceeds the admin listener's limit of {0} bytes")]
+    AdminBodyTooLarge(usize),
+    /// The caller did not finish sending its request within `server.request_timeout`.
+    #[error("the request body did not arrive within {0} ms")]
+    RequestTimeout(u128),
+    /// The body of an admin OTP submission is not `{"otp": "…"}`.
+    #[error("invalid request body: {0}")]
+    AdminBodyInvalid(String),
     /// The request line and headers are over `max_header_bytes`.
     #[error("request head (request line and headers) exceeds the limit of {0} bytes")]
     HeadersTooLarge(usize),
@@ -160,10 +187,14 @@ impl GatewayError {
             | GstinInvalid(_)
             | UserRequired { .. }
             | BodyInvalid(_)
+            | AdminBodyInvalid(_)
+            | AdminRequestInvalid(_)
             | OtpInvalid { .. } => StatusCode::BAD_REQUEST,
             GstinNotAllowed(_) | NoCredential { .. } => StatusCode::FORBIDDEN,
-            RouteNotFound(_) => StatusCode::NOT_FOUND,
-            BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            RouteNotFound(_) | AdminRouteNotFound(_) => StatusCode::NOT_FOUND,
+            AdminMethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            BodyTooLarge(_) | AdminBodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             LoginThrottled { .. } | UpstreamThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
             CredentialsRejected { .. }
@@ -190,10 +221,15 @@ impl GatewayError {
             GstinNotAllowed(_) => "gstin_not_allowed",
             NoCredential { .. } => "credential_not_configured",
             UserRequired { .. } => "user_required",
-            RouteNotFound(_) => "route_not_found",
-            BodyTooLarge(_) => "body_too_large",
+            // The admin variants share the proxy's codes: callers switch on what went wrong,
+            // and the remedy says what to do about it on that listener.
+            RouteNotFound(_) | AdminRouteNotFound(_) => "route_not_found",
+            BodyTooLarge(_) | AdminBodyTooLarge(_) => "body_too_large",
+            AdminMethodNotAllowed { .. } => "method_not_allowed",
+            AdminRequestInvalid(_) => "request_invalid",
+            RequestTimeout(_) => "request_timeout",
             HeadersTooLarge(_) => "headers_too_large",
-            BodyInvalid(_) => "body_invalid",
+            BodyInvalid(_) | AdminBodyInvalid(_) => "body_invalid",
             CredentialsRejected { .. } => "credentials_rejected",
             UpstreamConfigRejected { .. } => "upstream_config_rejected",
             LoginThrottled { .. } => "login_rate_limited",
@@ -222,10 +258,13 @@ impl GatewayError {
             GstinNotAllowed(_) => "GSTIN not allowed",
             NoCredential { .. } => "No credential configured",
             UserRequired { .. } => "User name required",
-            RouteNotFound(_) => "No route",
-            BodyTooLarge(_) => "Request body too large",
+            RouteNotFound(_) | AdminRouteNotFound(_) => "No route",
+            BodyTooLarge(_) | AdminBodyTooLarge(_) => "Request body too large",
+            AdminMethodNotAllowed { .. } => "Method not allowed",
+            AdminRequestInvalid(_) => "Invalid request",
+            RequestTimeout(_) => "Request timeout",
             HeadersTooLarge(_) => "Request headers too large",
-            BodyInvalid(_) => "Invalid request body",
+            BodyInvalid(_) | AdminBodyInvalid(_) => "Invalid request body",
             CredentialsRejected { .. } => "Credentials rejected",
             UpstreamConfigRejected { .. } => "Upstream rejected gateway configuration",
             LoginThrottled { .. } => "Login rate limited",
@@ -261,11 +300,17 @@ impl GatewayError {
             GstinInvalid(_) => "Send a 15-character GSTIN as registered on the GST portal; check for typos in the last (check) character.",
             GstinNotAllowed(_) => "Ask the gateway operator to add this GSTIN to your client's `gstins` list.",
             NoCredential { .. } => "Ask the gateway operator to add a [[credential]] for this GSTIN and upstream.",
-            UserRequired { .. } => "Send a `user_name` header with one of the API users configured for this GSTIN.",
+            UserRequired { .. } => "Name one of the API users configured for this GSTIN: the `user_name` header on API calls, `?user=NAME` on the admin API.",
             RouteNotFound(_) => "Use a path of the GST API this gateway fronts (e.g. /eicore/v1.03/Invoice); check the base URL.",
             BodyTooLarge(_) => "Send a smaller body, or ask the operator to raise `server.max_body_bytes`.",
+            AdminRouteNotFound(_) => ADMIN_ENDPOINTS,
+            AdminMethodNotAllowed { .. } => "Use a method from the `Allow` header; every /admin/sessions/… action is a POST.",
+            AdminRequestInvalid(_) => "Send a UTF-8 path of the form /admin/sessions/{upstream}/{gstin}/{action} and at most one `?user=NAME`.",
+            AdminBodyTooLarge(_) => "Send only the documented body: {\"otp\": \"123456\"} for POST /admin/sessions/{upstream}/{gstin}/otp, nothing for the other endpoints.",
+            RequestTimeout(_) => "Send the whole request at once; the gateway waits at most `server.request_timeout` for it.",
             HeadersTooLarge(_) => "Send fewer or shorter headers (look for large cookies or repeated headers), or ask the operator to raise `server.max_header_bytes`.",
             BodyInvalid(_) => "Send the plain JSON payload of the GST API; the gateway does the encryption.",
+            AdminBodyInvalid(_) => "Send the JSON body {\"otp\": \"123456\"} with the digits the taxpayer received.",
             CredentialsRejected { .. } => "Correct the API user's password in the gateway config (or reset it on the e-invoice/GST portal), then POST /admin/sessions/{upstream}/{gstin}/refresh.",
             UpstreamConfigRejected { .. } => "Check the upstream's client_id, client_secret and public key in the gateway config against the GSP's onboarding details.",
             LoginThrottled { .. } => "Wait and retry: the gateway limits logins per user to stay below the upstream's lockout threshold.",
@@ -353,9 +398,17 @@ pub struct Problem {
 #[derive(Debug, Clone)]
 pub struct ErrorCode(pub &'static str);
 
+/// A problem response built without the request id (by axum, through [`IntoResponse`]) keeps
+/// its error here, so that the listener, which knows the id, can fill it in with
+/// [`fill_request_id`].
+#[derive(Debug, Clone)]
+struct WithoutRequestId(GatewayError);
+
 impl IntoResponse for GatewayError {
     fn into_response(self) -> Response {
-        build_response(&self, None)
+        let mut res = build_response(&self, None);
+        res.extensions_mut().insert(WithoutRequestId(self));
+        res
     }
 }
 
@@ -364,11 +417,29 @@ pub fn problem_response(err: &GatewayError, request_id: &str) -> Response {
     build_response(err, Some(request_id))
 }
 
-fn build_response(err: &GatewayError, request_id: Option<&str>) -> Response {
+/// Puts `request_id` into the body of a problem response that was built without it; other
+/// responses, and the status and headers (such as `Allow`), are left as they are.
+pub fn fill_request_id(res: Response, request_id: &str) -> Response {
+    let (mut parts, body) = res.into_parts();
+    match parts.extensions.remove::<WithoutRequestId>() {
+        Some(WithoutRequestId(err)) => {
+            // The new body is longer; a length set for the old one would be wrong.
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, Body::from(problem_body(&err, Some(request_id))))
+        }
+        None => Response::from_parts(parts, body),
+    }
+}
+
+fn problem_body(err: &GatewayError, request_id: Option<&str>) -> Vec<u8> {
     let mut problem = err.problem();
     problem.request_id = request_id.map(str::to_owned);
     // Serialising a struct of strings and integers cannot fail.
-    let body = serde_json::to_vec(&problem).unwrap_or_default();
+    serde_json::to_vec(&problem).unwrap_or_default()
+}
+
+fn build_response(err: &GatewayError, request_id: Option<&str>) -> Response {
+    let body = problem_body(err, request_id);
     let mut res = (err.status(), body).into_response();
     let headers = res.headers_mut();
     headers.insert(

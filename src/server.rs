@@ -124,6 +124,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         sessions,
         registry,
         token: server.admin_token.clone(),
+        request_timeout: server.request_timeout,
     });
 
     let bind = |addr: SocketAddr| async move {
@@ -158,10 +159,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_listener,
         limits,
         watch_rx,
-        move |req: Request<Incoming>| {
+        move |mut req: Request<Incoming>| {
             let router = router.clone();
             async move {
                 let id = crate::proxy::request_id(req.headers());
+                // The router's problem bodies carry the same id as the header.
+                req.extensions_mut().insert(admin::RequestId(id.clone()));
                 let head = crate::proxy::head_len(req.method(), req.uri(), req.headers());
                 let mut res = if head > max_header_bytes {
                     problem_response(&GatewayError::HeadersTooLarge(max_header_bytes), &id)

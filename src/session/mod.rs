@@ -411,16 +411,23 @@ impl Sessions {
             .unwrap_or_default()
     }
 
-    /// A slot by (upstream name, GSTIN, optional user), for the admin API.
-    pub fn find(&self, upstream: &str, gstin: &Gstin, user: Option<&str>) -> Option<Arc<Slot>> {
-        self.slots
+    /// A slot by (upstream name, GSTIN, optional user), for the admin API: chosen as for a
+    /// caller, so a GSTIN with several users needs one named (never silently the first).
+    pub fn find(
+        &self,
+        upstream: &str,
+        gstin: &Gstin,
+        user: Option<&str>,
+    ) -> Result<Arc<Slot>, GatewayError> {
+        let index = self
+            .upstream_names
             .iter()
-            .find(|s| {
-                &*s.upstream.name == upstream
-                    && s.credential.gstin == *gstin
-                    && user.is_none_or(|u| &*s.credential.username == u)
-            })
-            .cloned()
+            .position(|n| &**n == upstream)
+            .ok_or_else(|| GatewayError::NoCredential {
+                upstream: upstream.to_owned(),
+                gstin: gstin.to_string(),
+            })?;
+        self.lookup(index, gstin, user)
     }
 
     /// A usable session for the slot, logging in (once, for all concurrent callers) if needed.

@@ -1,0 +1,440 @@
+//! The admin listener's failures over real HTTP: every one is a problem+json document with a
+//! stable code and the request id, the bearer check comes before anything else is read, the
+//! body is small and bounded in time, and a GSTIN with several users needs `?user=`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::{Method, Response};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+/// Asserts an admin problem (status, code, content type, remedy) whose `request_id` is the
+/// `x-request-id` header; returns the body and the `Allow` header.
+async fn admin_problem(res: Response, status: u16, code: &str) -> (Value, Option<String>) {
+    let header_id = res
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let allow = res
+        .headers()
+        .get("allow")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = expect_problem(res, status, code).await;
+    assert!(header_id.is_some(), "x-request-id header");
+    assert_eq!(
+        body["request_id"].as_str(),
+        header_id.as_deref(),
+        "request_id in {body}"
+    );
+    (body, allow)
+}
+
+impl Gateway {
+    /// A request to the admin listener with the admin token.
+    fn admin(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.admin_anonymous(method, path).bearer_auth(ADMIN_TOKEN)
+    }
+
+    /// A request to the admin listener without a token.
+    fn admin_anonymous(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, format!("http://{}{path}", self.admin))
+    }
+}
+
+/// Sends `head` (and `body`) on a raw connection to `addr` and returns everything the server
+/// writes until it closes, failing after `within`.
+async fn raw_exchange(
+    addr: std::net::SocketAddr,
+    head: &str,
+    body: &[u8],
+    within: Duration,
+) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(within, stream.read_to_end(&mut out))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no complete answer within {within:?}; got {:?}",
+                String::from_utf8_lossy(&out)
+            )
+        })
+        .unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+/// The status, lower-cased head and JSON body of a raw HTTP/1.1 response.
+fn parse_raw(text: &str) -> (u16, String, Value) {
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete head");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (status, head.to_ascii_lowercase(), body)
+}
+
+#[tokio::test]
+async fn admin_failures_are_problems_with_codes_and_request_ids() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let refresh = format!("/admin/sessions/einvoice/{GSTIN}/refresh");
+    let otp = format!("/admin/sessions/einvoice/{GSTIN}/otp");
+
+    // 405 on authenticated, open and parameterised routes, with `Allow` kept.
+    let res = gw
+        .admin(Method::DELETE, "/admin/sessions")
+        .send()
+        .await
+        .unwrap();
+    let (_, allow) = admin_problem(res, 405, "method_not_allowed").await;
+    assert!(allow.is_some_and(|a| a.contains("GET")));
+    let res = gw.admin(Method::GET, &refresh).send().await.unwrap();
+    let (body, allow) = admin_problem(res, 405, "method_not_allowed").await;
+    assert_eq!(allow.as_deref(), Some("POST"));
+    assert!(
+        body["detail"].as_str().unwrap().contains(&refresh),
+        "{body}"
+    );
+    let res = gw
+        .admin_anonymous(Method::DELETE, "/healthz")
+        .send()
+        .await
+        .unwrap();
+    let (_, allow) = admin_problem(res, 405, "method_not_allowed").await;
+    assert!(allow.is_some_and(|a| a.contains("GET")));
+
+    // 404 names the path and lists the admin endpoints, not the GST API.
+    let res = gw
+        .admin(Method::GET, "/admin/sesions")
+        .send()
+        .await
+        .unwrap();
+    let (body, _) = admin_problem(res, 404, "route_not_found").await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("/admin/sesions"),
+        "{body}"
+    );
+    let remedy = body["remedy"].as_str().unwrap();
+    assert!(
+        remedy.contains("/admin/sessions") && remedy.contains("/healthz"),
+        "{body}"
+    );
+    assert!(!remedy.contains("/eicore/"), "{body}");
+    let res = gw
+        .admin_anonymous(Method::GET, "/nowhere")
+        .send()
+        .await
+        .unwrap();
+    admin_problem(res, 404, "route_not_found").await;
+
+    // Extractor rejections: a repeated query parameter, a path that is not UTF-8.
+    let res = gw
+        .admin(Method::POST, &format!("{refresh}?user=a&user=b"))
+        .send()
+        .await
+        .unwrap();
+    admin_problem(res, 400, "request_invalid").await;
+    let res = gw
+        .admin(Method::POST, "/admin/sessions/%FF/x/refresh")
+        .send()
+        .await
+        .unwrap();
+    admin_problem(res, 400, "request_invalid").await;
+    // A malformed GSTIN now carries the request id too.
+    let res = gw
+        .admin(
+            Method::POST,
+            "/admin/sessions/einvoice/27AAPFU0939F1Z/refresh",
+        )
+        .send()
+        .await
+        .unwrap();
+    admin_problem(res, 400, "gstin_invalid").await;
+
+    // Bodies: over the admin limit (declared, and streamed without a length) is 413; one
+    // that is not `{"otp": …}` is `body_invalid`, whose remedy shows the expected body.
+    let res = gw
+        .admin(Method::POST, &otp)
+        .body(vec![b'x'; 8 * 1024])
+        .send()
+        .await
+        .unwrap();
+    let (body, _) = admin_problem(res, 413, "body_too_large").await;
+    assert!(
+        !body["remedy"].as_str().unwrap().contains("max_body_bytes"),
+        "{body}"
+    );
+    // Streamed without a length, over a raw connection: the client never ends the body, so
+    // it never writes after the server has answered (reqwest could hit a broken pipe then).
+    let head = format!(
+        "POST {otp} HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {ADMIN_TOKEN}\r\ntransfer-encoding: chunked\r\nx-request-id: stream-1\r\n\r\n"
+    );
+    let chunk = [
+        format!("{:x}\r\n", 5000).into_bytes(),
+        vec![b' '; 5000],
+        b"\r\n".to_vec(),
+    ]
+    .concat();
+    let text = raw_exchange_first_response(gw.admin, &head, &chunk, Duration::from_secs(10)).await;
+    let (status, _, body) = parse_raw(&text);
+    assert_eq!(
+        (status, &body["code"]),
+        (413, &json!("body_too_large")),
+        "{text}"
+    );
+    assert_eq!(body["request_id"], "stream-1");
+    let res = gw
+        .admin(Method::POST, &otp)
+        .body("otp=123456")
+        .send()
+        .await
+        .unwrap();
+    let (body, _) = admin_problem(res, 400, "body_invalid").await;
+    assert!(
+        body["remedy"]
+            .as_str()
+            .unwrap()
+            .contains(r#"{"otp": "123456"}"#),
+        "{body}"
+    );
+
+    // The caller's own request id is the one in the body.
+    let res = gw
+        .admin(Method::DELETE, "/admin/sessions")
+        .header("x-request-id", "ops-ticket-42")
+        .send()
+        .await
+        .unwrap();
+    let (body, _) = admin_problem(res, 405, "method_not_allowed").await;
+    assert_eq!(body["request_id"], "ops-ticket-42");
+}
+
+#[tokio::test]
+async fn unauthenticated_admin_calls_get_401_before_method_path_query_or_body_is_read() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let otp = format!("/admin/sessions/einvoice/{GSTIN}/otp");
+    let cases = [
+        (Method::DELETE, "/admin/sessions".to_owned()),
+        (
+            Method::GET,
+            format!("/admin/sessions/einvoice/{GSTIN}/refresh"),
+        ),
+        (
+            Method::POST,
+            format!("/admin/sessions/einvoice/{GSTIN}/refresh?user=a&user=b"),
+        ),
+        (Method::POST, "/admin/sessions/%FF/x/refresh".to_owned()),
+        (Method::GET, "/admin/sesions".to_owned()),
+    ];
+    for (method, path) in cases {
+        let res = gw
+            .admin_anonymous(method.clone(), &path)
+            .send()
+            .await
+            .unwrap();
+        admin_problem(res, 401, "unauthenticated").await;
+        let res = gw
+            .admin_anonymous(method, &path)
+            .bearer_auth("not-the-token")
+            .send()
+            .await
+            .unwrap();
+        admin_problem(res, 401, "unauthenticated").await;
+    }
+    let res = gw
+        .admin_anonymous(Method::POST, &otp)
+        .body(vec![b'x'; 8 * 1024])
+        .send()
+        .await
+        .unwrap();
+    admin_problem(res, 401, "unauthenticated").await;
+
+    // A body that is announced but never sent: the answer comes at once, so the body was
+    // never waited for (the request timeout is 60 s; the bound here is 10 s).
+    let head = format!(
+        "POST {otp} HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: 100\r\nx-request-id: anon-1\r\n\r\n"
+    );
+    let text = raw_exchange_first_response(gw.admin, &head, b"", Duration::from_secs(10)).await;
+    let (status, _, body) = parse_raw(&text);
+    assert_eq!(status, 401, "{text}");
+    assert_eq!(body["code"], "unauthenticated");
+    assert_eq!(body["request_id"], "anon-1");
+}
+
+/// Like [`raw_exchange`], but returns as soon as one complete response (head and
+/// `content-length` bytes of body) has arrived: the server may keep the connection open.
+async fn raw_exchange_first_response(
+    addr: std::net::SocketAddr,
+    head: &str,
+    body: &[u8],
+    within: Duration,
+) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let read = async {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            out.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&out).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .expect("content-length");
+                if body.len() >= length {
+                    return text;
+                }
+            }
+            assert!(n > 0, "connection closed mid-response: {text}");
+        }
+    };
+    tokio::time::timeout(within, read)
+        .await
+        .unwrap_or_else(|_| panic!("no response within {within:?}"))
+}
+
+#[tokio::test]
+async fn admin_actions_on_a_gstin_with_several_users_need_user() {
+    const SECOND: &str = "api_user_2";
+    let sim = Sim::start(SimOpts {
+        users: vec![
+            (GSTIN.into(), USER.into(), PASSWORD.into()),
+            (GSTIN.into(), SECOND.into(), PASSWORD.into()),
+        ],
+        ..SimOpts::default()
+    })
+    .await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            credentials: vec![
+                (GSTIN.into(), USER.into(), PASSWORD.into()),
+                (GSTIN.into(), SECOND.into(), PASSWORD.into()),
+            ],
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let refresh = format!("/admin/sessions/einvoice/{GSTIN}/refresh");
+    let logins_before = sim.count(GSTIN, "auth_calls").await;
+
+    // No user, or one not configured: user_required, not the first user silently.
+    for path in [refresh.clone(), format!("{refresh}?user=nobody")] {
+        let res = gw.admin(Method::POST, &path).send().await.unwrap();
+        let (body, _) = admin_problem(res, 400, "user_required").await;
+        assert!(
+            body["remedy"].as_str().unwrap().contains("?user="),
+            "{body}"
+        );
+    }
+    for action in ["otp-request", "otp"] {
+        let res = gw
+            .admin(
+                Method::POST,
+                &format!("/admin/sessions/einvoice/{GSTIN}/{action}"),
+            )
+            .json(&json!({"otp": "123456"}))
+            .send()
+            .await
+            .unwrap();
+        admin_problem(res, 400, "user_required").await;
+    }
+    assert_eq!(
+        sim.count(GSTIN, "auth_calls").await,
+        logins_before,
+        "no login was attempted for an unnamed user"
+    );
+
+    // Naming the user picks exactly that one.
+    let res = gw
+        .admin(Method::POST, &format!("{refresh}?user={SECOND}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["username"], SECOND);
+}
+
+#[tokio::test]
+async fn the_admin_listener_bounds_each_request_by_request_timeout() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let opts = GwOpts::default();
+    let config = gateway_config(&sim.public_key, &sim.url(), &opts)
+        .replace(r#"request_timeout = "60s""#, r#"request_timeout = "1s""#);
+    assert!(
+        config.contains(r#"request_timeout = "1s""#),
+        "the harness config changed"
+    );
+    let gw = Gateway::start_with_config(&config, &opts).await;
+    let otp = format!("/admin/sessions/einvoice/{GSTIN}/otp");
+
+    // A body announced as 100 bytes of which 10 arrive: 408 problem at the bound, and the
+    // connection is closed (the rest of the body cannot be taken for a next request).
+    let head = format!(
+        "POST {otp} HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {ADMIN_TOKEN}\r\ncontent-type: application/json\r\ncontent-length: 100\r\nx-request-id: trickle-1\r\n\r\n"
+    );
+    let started = Instant::now();
+    let text = raw_exchange(gw.admin, &head, br#"{"otp": "1"#, Duration::from_secs(10)).await;
+    let took = started.elapsed();
+    let (status, head, body) = parse_raw(&text);
+    assert_eq!(status, 408, "{text}");
+    assert!(
+        head.contains("content-type: application/problem+json"),
+        "{text}"
+    );
+    assert!(head.contains("connection: close"), "{text}");
+    assert!(head.contains("x-request-id: trickle-1"), "{text}");
+    assert_eq!(body["code"], "request_timeout");
+    assert_eq!(body["request_id"], "trickle-1");
+    assert!(
+        took >= Duration::from_millis(900),
+        "answered before the bound: {took:?}"
+    );
+
+    // The request arrived but the work behind it (a login to a hanging upstream, whose own
+    // timeout is 5 s) outlasts the bound: the proxy's answer for the same case.
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "hang", "count": 1, "path_prefix": "/eivital/"}),
+    )
+    .await;
+    let started = Instant::now();
+    let res = gw
+        .admin(
+            Method::POST,
+            &format!("/admin/sessions/einvoice/{GSTIN}/refresh"),
+        )
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    admin_problem(res, 504, "upstream_timeout").await;
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    // Only the wait ended: the login runs to its own end (here the upstream's 5 s timeout)
+    // and is recorded, instead of being cancelled and leaving the slot `refreshing`.
+    gw.logs.wait_for("login failed").await;
+    assert_eq!(gw.session_state("einvoice", GSTIN).await, "failed");
+}
