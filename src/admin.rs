@@ -176,7 +176,7 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
 
 fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), GatewayError> {
     let Some(expected) = &admin.token else {
-        return Err(GatewayError::Unauthenticated);
+        return Err(GatewayError::AdminUnauthenticated);
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -186,7 +186,7 @@ fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), GatewayError> {
     if bool::from(given.as_bytes().ct_eq(expected.expose_secret().as_bytes())) {
         Ok(())
     } else {
-        Err(GatewayError::Unauthenticated)
+        Err(GatewayError::AdminUnauthenticated)
     }
 }
 

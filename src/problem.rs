@@ -52,6 +52,9 @@ pub enum GatewayError {
     /// No upstream serves this path.
     #[error("no upstream serves path `{0}`")]
     RouteNotFound(String),
+    /// No admin token, or a wrong one, on `/admin/*` (or no `admin_token` configured).
+    #[error("missing or wrong admin token")]
+    AdminUnauthenticated,
     /// The admin listener has no endpoint at this path.
     #[error("the admin listener has no endpoint at `{0}`")]
     AdminRouteNotFound(String),
@@ -182,7 +185,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
-            Unauthenticated => StatusCode::UNAUTHORIZED,
+            Unauthenticated | AdminUnauthenticated => StatusCode::UNAUTHORIZED,
             GstinMissing
             | GstinInvalid(_)
             | UserRequired { .. }
@@ -215,7 +218,7 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         use GatewayError::*;
         match self {
-            Unauthenticated => "unauthenticated",
+            Unauthenticated | AdminUnauthenticated => "unauthenticated",
             GstinMissing => "gstin_missing",
             GstinInvalid(_) => "gstin_invalid",
             GstinNotAllowed(_) => "gstin_not_allowed",
@@ -252,7 +255,7 @@ impl GatewayError {
     fn title(&self) -> &'static str {
         use GatewayError::*;
         match self {
-            Unauthenticated => "Unauthenticated",
+            Unauthenticated | AdminUnauthenticated => "Unauthenticated",
             GstinMissing => "GSTIN header missing",
             GstinInvalid(_) => "Invalid GSTIN",
             GstinNotAllowed(_) => "GSTIN not allowed",
@@ -303,6 +306,7 @@ impl GatewayError {
             UserRequired { .. } => "Name one of the API users configured for this GSTIN: the `user_name` header on API calls, `?user=NAME` on the admin API.",
             RouteNotFound(_) => "Use a path of the GST API this gateway fronts (e.g. /eicore/v1.03/Invoice); check the base URL.",
             BodyTooLarge(_) => "Send a smaller body, or ask the operator to raise `server.max_body_bytes`.",
+            AdminUnauthenticated => "Send `Authorization: Bearer <server.admin_token>`; without an `admin_token` in the config the /admin API is off.",
             AdminRouteNotFound(_) => ADMIN_ENDPOINTS,
             AdminMethodNotAllowed { .. } => "Use a method from the `Allow` header; every /admin/sessions/… action is a POST.",
             AdminRequestInvalid(_) => "Send a UTF-8 path of the form /admin/sessions/{upstream}/{gstin}/{action} and at most one `?user=NAME`.",

@@ -244,7 +244,13 @@ async fn unauthenticated_admin_calls_get_401_before_method_path_query_or_body_is
             .send()
             .await
             .unwrap();
-        admin_problem(res, 401, "unauthenticated").await;
+        let (body, _) = admin_problem(res, 401, "unauthenticated").await;
+        // The admin token, not a caller's API key, is what this listener wants.
+        let remedy = body["remedy"].as_str().unwrap();
+        assert!(
+            remedy.contains("admin_token") && !remedy.contains("x-api-key"),
+            "{remedy}"
+        );
         let res = gw
             .admin_anonymous(method, &path)
             .bearer_auth("not-the-token")
