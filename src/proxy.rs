@@ -96,6 +96,9 @@ struct Outcome {
     upstream_status: Option<u16>,
     upstream_code: Option<String>,
     retries: u32,
+    /// Whether the caller's whole body has arrived: a timeout before that is the caller's
+    /// (408), after it the upstream's (504).
+    body_read: bool,
 }
 
 /// Decrements the in-flight gauge however the request ends (including cancellation).
@@ -149,6 +152,17 @@ impl Proxy {
         let mut res = match result {
             Ok(Ok(res)) => res,
             Ok(Err(err)) => problem_response(&err, &request_id),
+            Err(_) if !outcome.body_read => {
+                let mut res = problem_response(
+                    &GatewayError::RequestTimeout(self.request_timeout.as_millis()),
+                    &request_id,
+                );
+                // The rest of the body may still come and cannot be told apart from a next
+                // request: the connection is not reused.
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                res
+            }
             Err(_) => problem_response(
                 &GatewayError::UpstreamTimeout(self.request_timeout.as_millis()),
                 &request_id,
@@ -216,6 +230,7 @@ impl Proxy {
         outcome.upstream = Some(upstream.name.clone());
         let slot = self.identity(&client, index, upstream, &parts.headers, outcome)?;
         let body = self.read_body(&parts.headers, body).await?;
+        outcome.body_read = true;
 
         if upstream.is_auth_path(parts.uri.path()) {
             let session = self.sessions.session(&slot, Trigger::Cold).await?;

@@ -382,7 +382,7 @@ async fn admin_actions_on_a_gstin_with_several_users_need_user() {
 }
 
 #[tokio::test]
-async fn the_admin_listener_bounds_each_request_by_request_timeout() {
+async fn both_listeners_bound_each_request_by_request_timeout() {
     let sim = Sim::start(SimOpts::default()).await;
     let opts = GwOpts::default();
     let config = gateway_config(&sim.public_key, &sim.url(), &opts)
@@ -416,6 +416,19 @@ async fn the_admin_listener_bounds_each_request_by_request_timeout() {
         took >= Duration::from_millis(900),
         "answered before the bound: {took:?}"
     );
+
+    // The proxy too: a caller whose body stops arriving gets its own timeout (408), not the
+    // upstream's (504), and nothing is forwarded.
+    let head = format!(
+        "POST /eicore/v1.03/Invoice HTTP/1.1\r\nhost: gw\r\nx-api-key: {API_KEY}\r\ngstin: {GSTIN}\r\ncontent-type: application/json\r\ncontent-length: 100\r\nx-request-id: trickle-2\r\n\r\n"
+    );
+    let text = raw_exchange(gw.proxy, &head, br#"{"Version"#, Duration::from_secs(10)).await;
+    let (status, head, body) = parse_raw(&text);
+    assert_eq!(status, 408, "{text}");
+    assert!(head.contains("connection: close"), "{text}");
+    assert_eq!(body["code"], "request_timeout");
+    assert_eq!(body["request_id"], "trickle-2");
+    assert_eq!(sim.counters().await["requests"], 0);
 
     // The request arrived but the work behind it (a login to a hanging upstream, whose own
     // timeout is 5 s) outlasts the bound: the proxy's answer for the same case.
