@@ -108,7 +108,15 @@ impl AesKey {
 
     /// Base64-decodes and decrypts: the `Data` field of a response.
     pub fn decrypt_b64(&self, text: &str) -> Result<Vec<u8>, CryptoError> {
-        self.decrypt(&b64_decode(text)?)
+        // In place in the decoded buffer: a second, zeroed copy of a reply's `Data` cost about
+        // as much as the AES itself.
+        let mut buf = b64_decode(text)?;
+        let len = ecb::Decryptor::<Aes256>::new(self.0.as_ref().into())
+            .decrypt_padded_mut::<Pkcs7>(&mut buf)
+            .map_err(|_| CryptoError::Decrypt)?
+            .len();
+        buf.truncate(len);
+        Ok(buf)
     }
 
     /// Unwraps a key that was AES-encrypted under this key and base64-encoded (SEK, REK).

@@ -5,6 +5,8 @@
 //! passwords and client secrets live in `secrecy` types or sensitive `HeaderValue`s, and the
 //! access log names only the client, GSTIN, path, statuses and codes.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Log line format.
@@ -21,7 +23,10 @@ pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour escapes are noise in a file or a collector's pipe, and rendering them was
+        // ≈ 8 % of the CPU gstgate spends on a proxied request (BENCHMARKS.md).
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Json => builder
             .json()

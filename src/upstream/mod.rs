@@ -13,8 +13,12 @@ pub mod sealed;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{ApiKind, ChecksumPolicy, Encryption, UpstreamConfig};
@@ -330,6 +334,16 @@ pub trait Profile: Send + Sync + 'static {
     fn auth_answer(&self, username: &str, expires_at: SystemTime) -> Vec<u8>;
 }
 
+/// The pooled HTTP/1.1 and HTTP/2 client, TLS through rustls with the webpki roots.
+type HttpClient = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// The `User-Agent` gstgate sends upstream.
+static USER_AGENT: HeaderValue =
+    HeaderValue::from_static(concat!("gstgate/", env!("CARGO_PKG_VERSION")));
+
+/// The `Accept` sent when the caller named none, as gstgate always has.
+static ACCEPT_ANY: HeaderValue = HeaderValue::from_static("*/*");
+
 /// A fresh GSTN-style transaction id: 32 hex digits, unique per request.
 pub fn transaction_id() -> HeaderValue {
     let text = format!("{:032x}", rand::random::<u128>());
@@ -379,7 +393,7 @@ pub struct Upstream {
     pub idle_ttl: Duration,
     /// Largest reply accepted.
     pub max_response_bytes: usize,
-    http: reqwest::Client,
+    http: HttpClient,
     metrics: Arc<Metrics>,
     label: UpstreamLabel,
 }
@@ -420,8 +434,8 @@ pub enum UpstreamError {
     Client {
         /// Upstream name.
         name: String,
-        /// reqwest error.
-        source: reqwest::Error,
+        /// TLS set-up error.
+        source: rustls::Error,
     },
 }
 
@@ -493,19 +507,28 @@ impl Upstream {
                 ))
             })
             .collect::<Result<_, UpstreamError>>()?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(cfg.connect_timeout)
-            .timeout(cfg.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .user_agent(concat!("gstgate/", env!("CARGO_PKG_VERSION")))
-            .build()
+        // hyper's pooled client directly rather than reqwest over it: reqwest's redirect,
+        // retry and URL layers re-parsed the URL twice per request and cost more CPU than the
+        // HTTP exchange itself (BENCHMARKS.md). Redirects were never followed anyway.
+        let mut tcp = HttpConnector::new();
+        tcp.set_connect_timeout(Some(cfg.connect_timeout));
+        tcp.set_nodelay(true);
+        tcp.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
             .map_err(|source| UpstreamError::Client {
                 name: name.clone(),
                 source,
-            })?;
+            })?
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(tcp);
+        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
         Ok(Self {
             label: UpstreamLabel {
                 upstream: crate::metrics::Name(name.as_str().into()),
@@ -576,7 +599,8 @@ impl Upstream {
 
     /// `base_url` + the caller's path and query. Built from the parsed base rather than by
     /// parsing a string per request: the host never changes, and re-parsing it (IDNA and all)
-    /// was a visible share of the proxy's CPU.
+    /// was a visible share of the proxy's CPU. The URL parser still does the path, so dot
+    /// segments and percent-encoding are resolved as they always were.
     fn url(&self, path_and_query: &str) -> reqwest::Url {
         let (path, query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p, Some(q)),
@@ -606,7 +630,15 @@ impl Upstream {
         }
         let url = self.url(path_and_query);
         let started = Instant::now();
-        let result = self.exchange(method, url, headers, body).await;
+        let result = match tokio::time::timeout(
+            self.timeout,
+            self.exchange(method, url.as_str(), headers, body),
+        )
+        .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(GatewayError::UpstreamTimeout(self.timeout.as_millis())),
+        };
         self.metrics
             .upstream_duration
             .get_or_create(&self.label)
@@ -617,21 +649,32 @@ impl Upstream {
     async fn exchange(
         &self,
         method: Method,
-        url: reqwest::Url,
-        headers: HeaderMap,
+        url: &str,
+        mut headers: HeaderMap,
         body: Bytes,
     ) -> Result<(StatusCode, HeaderMap, Bytes), GatewayError> {
-        let mut res = self
-            .http
-            .request(method, url)
-            .headers(headers)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| self.transport_error(&e))?;
-        let status = res.status();
-        let headers = std::mem::take(res.headers_mut());
-        if let Some(len) = res.content_length() {
+        // A URL the parser produced is a valid URI; this cannot fail for a configured base.
+        let uri = Uri::try_from(url)
+            .map_err(|_| GatewayError::Internal("the upstream URL is not a valid URI".into()))?;
+        headers
+            .entry(header::USER_AGENT)
+            .or_insert_with(|| USER_AGENT.clone());
+        headers
+            .entry(header::ACCEPT)
+            .or_insert_with(|| ACCEPT_ANY.clone());
+        let mut req = http::Request::new(Full::new(body));
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.headers_mut() = headers;
+        let res = self.http.request(req).await.map_err(|e| {
+            GatewayError::UpstreamUnavailable(if e.is_connect() {
+                "cannot connect to the upstream".into()
+            } else {
+                "the upstream closed the connection or sent an invalid HTTP response".into()
+            })
+        })?;
+        let (parts, body) = res.into_parts();
+        if let Some(len) = hyper::body::Body::size_hint(&body).exact() {
             if len > self.max_response_bytes as u64 {
                 return Err(GatewayError::UpstreamBadResponse(format!(
                     "response of {len} bytes exceeds the limit of {}",
@@ -639,29 +682,17 @@ impl Upstream {
                 )));
             }
         }
-        let mut buf = BytesMut::new();
-        while let Some(chunk) = res.chunk().await.map_err(|e| self.transport_error(&e))? {
-            if buf.len() + chunk.len() > self.max_response_bytes {
-                return Err(GatewayError::UpstreamBadResponse(format!(
+        match Limited::new(body, self.max_response_bytes).collect().await {
+            Ok(collected) => Ok((parts.status, parts.headers, collected.to_bytes())),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(GatewayError::UpstreamBadResponse(format!(
                     "response exceeds the limit of {} bytes",
                     self.max_response_bytes
-                )));
+                )))
             }
-            buf.extend_from_slice(&chunk);
-        }
-        Ok((status, headers, buf.freeze()))
-    }
-
-    /// Maps a transport error to a gateway error without echoing URLs or headers.
-    fn transport_error(&self, e: &reqwest::Error) -> GatewayError {
-        if e.is_timeout() {
-            GatewayError::UpstreamTimeout(self.timeout.as_millis())
-        } else if e.is_connect() {
-            GatewayError::UpstreamUnavailable("cannot connect to the upstream".into())
-        } else {
-            GatewayError::UpstreamUnavailable(
+            Err(_) => Err(GatewayError::UpstreamUnavailable(
                 "the upstream closed the connection or sent an invalid HTTP response".into(),
-            )
+            )),
         }
     }
 }
