@@ -244,6 +244,9 @@ pub struct UpstreamConfig {
     /// PEM public key or X.509 certificate of the upstream.
     #[serde(deserialize_with = "env_parse")]
     pub public_key: PathBuf,
+    /// Extra CA certificates (PEM) to trust for this upstream's TLS, besides the public roots.
+    #[serde(default, deserialize_with = "env_path_opt")]
+    pub ca_file: Option<PathBuf>,
     /// Who encrypts payloads.
     #[serde(deserialize_with = "env_parse", default = "default_encryption")]
     pub encryption: Encryption,
@@ -501,6 +504,10 @@ where
 
 fn env_string_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     env_parse(d).map(Some)
+}
+
+fn env_path_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+    Ok(env_string_opt(d)?.map(PathBuf::from))
 }
 
 fn env_secret<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
@@ -883,6 +890,17 @@ impl Config {
             crate::crypto::PublicKey::from_pem_or_cert(&bytes)
                 .map_err(|e| invalid(format!("{}: {e}", u.public_key.display())))?;
         }
+        for (i, u) in self.upstreams.iter().enumerate() {
+            if let Some(ca) = &u.ca_file {
+                crate::upstream::tls::client_config(Some(ca)).map_err(|e| {
+                    ConfigError::Invalid {
+                        path: path.to_path_buf(),
+                        key: format!("upstream[{i}].ca_file"),
+                        message: e.to_string(),
+                    }
+                })?;
+            }
+        }
         Ok(())
     }
 }
@@ -962,6 +980,43 @@ upstreams = ["ewb"]
             "{warnings:?}"
         );
         assert!(parse(config("", "")).unwrap().warnings().is_empty());
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.pem");
+        let rsa = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 1024).unwrap();
+        let pem = rsa::pkcs8::EncodePublicKey::to_public_key_pem(
+            &rsa::RsaPublicKey::from(&rsa),
+            rsa::pkcs8::LineEnding::LF,
+        )
+        .unwrap();
+        std::fs::write(&key, pem).unwrap();
+        let not_a_cert = dir.path().join("ca.pem");
+        std::fs::write(&not_a_cert, "not a certificate\n").unwrap();
+        let text = format!(
+            r#"
+[server]
+[[upstream]]
+name = "einvoice"
+api = "einvoice"
+base_url = "https://gsp.example.com"
+routes = ["/eicore/"]
+auth_path = "/eivital/v1.04/auth"
+public_key = "{}"
+ca_file = "{}"
+client_id = "a"
+client_secret = "b"
+"#,
+            key.display(),
+            not_a_cert.display()
+        );
+        let path = Path::new("c.toml");
+        let config = Config::parse(&text, path).unwrap();
+        let err = config.check_files(path).unwrap_err().to_string();
+        assert!(err.contains("upstream[0].ca_file"), "{err}");
+        assert!(err.contains("no PEM certificate"), "{err}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod envelope;
 pub mod ewaybill;
 pub mod gstn;
 pub mod sealed;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -435,7 +436,7 @@ pub enum UpstreamError {
         /// Upstream name.
         name: String,
         /// TLS set-up error.
-        source: rustls::Error,
+        source: tls::TlsError,
     },
 }
 
@@ -514,12 +515,13 @@ impl Upstream {
         tcp.set_connect_timeout(Some(cfg.connect_timeout));
         tcp.set_nodelay(true);
         tcp.enforce_http(false);
-        let connector = HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(rustls::crypto::ring::default_provider())
-            .map_err(|source| UpstreamError::Client {
+        let tls =
+            tls::client_config(cfg.ca_file.as_deref()).map_err(|source| UpstreamError::Client {
                 name: name.clone(),
                 source,
-            })?
+            })?;
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
             .https_or_http()
             .enable_all_versions()
             .wrap_connector(tcp);

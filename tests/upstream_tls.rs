@@ -1,0 +1,119 @@
+//! TLS to the upstream, as every real GSP is reached: the certificate is verified (an
+//! unknown CA is refused), and an operator's `ca_file` makes a private CA trusted.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::*;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::Value;
+use tokio::net::{TcpListener, TcpStream};
+
+/// A private CA and a server certificate for 127.0.0.1 signed by it.
+struct Pki {
+    ca_pem: String,
+    cert: CertificateDer<'static>,
+    key: Vec<u8>,
+}
+
+fn pki() -> Pki {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    Pki {
+        ca_pem: ca.pem(),
+        cert: cert.der().clone(),
+        key: key.serialize_der(),
+    }
+}
+
+/// Terminates TLS in front of the (plain HTTP) simulator; counts completed handshakes.
+async fn tls_front(pki: &Pki, backend: String) -> (String, Arc<AtomicUsize>) {
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![pki.cert.clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki.key.clone())),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let count = handshakes.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, backend, count) = (acceptor.clone(), backend.clone(), count.clone());
+            tokio::spawn(async move {
+                // A refused handshake (the client distrusts the certificate) ends here.
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut plain = TcpStream::connect(&backend).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    (format!("https://127.0.0.1:{}", addr.port()), handshakes)
+}
+
+#[tokio::test]
+async fn upstream_tls_is_verified_and_a_private_ca_can_be_trusted() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let pki = pki();
+    let backend = sim.url().trim_start_matches("http://").to_owned();
+    let (https_url, handshakes) = tls_front(&pki, backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("gsp-ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+
+    // Trusted through ca_file: the whole e-invoice exchange runs over TLS.
+    let trusted = Gateway::start(
+        &sim,
+        GwOpts {
+            base_url: Some(https_url.clone()),
+            upstream_extra: format!("ca_file = \"{}\"\n", ca_file.display()),
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let res = trusted.generate(GSTIN, "TLS/1").await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["Status"], 1, "{body}");
+    assert!(body["Data"]["Irn"].is_string(), "{body}");
+    assert!(handshakes.load(Ordering::SeqCst) >= 1);
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 1);
+
+    // The same upstream without the CA file: the certificate is refused, nothing is sent.
+    let untrusted = Gateway::start(
+        &sim,
+        GwOpts {
+            base_url: Some(https_url),
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let before = handshakes.load(Ordering::SeqCst);
+    expect_problem(
+        untrusted.generate(GSTIN, "TLS/2").await,
+        502,
+        "upstream_unavailable",
+    )
+    .await;
+    assert_eq!(handshakes.load(Ordering::SeqCst), before);
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 1);
+}
