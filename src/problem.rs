@@ -134,6 +134,9 @@ pub enum GatewayError {
     /// Could not reach the upstream, or it answered 5xx / a transient error code.
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(String),
+    /// No connection to the upstream could be made (TCP or TLS): the request never left.
+    #[error("upstream unavailable: cannot connect to the upstream")]
+    UpstreamUnreachable,
     /// The upstream did not answer within its timeout.
     #[error("the upstream did not answer within {0} ms")]
     UpstreamTimeout(u128),
@@ -205,6 +208,7 @@ impl GatewayError {
             | LoginBackoff { .. }
             | TokenRejected { .. }
             | UpstreamUnavailable(_)
+            | UpstreamUnreachable
             | ApiAccessDisabled { .. }
             | TooManySessions { .. }
             | UpstreamBadResponse(_) => StatusCode::BAD_GATEWAY,
@@ -239,7 +243,7 @@ impl GatewayError {
             LoginBackoff { .. } => "login_backoff",
             TokenRejected { .. } => "token_rejected",
             UpstreamThrottled { .. } => "upstream_throttled",
-            UpstreamUnavailable(_) => "upstream_unavailable",
+            UpstreamUnavailable(_) | UpstreamUnreachable => "upstream_unavailable",
             UpstreamTimeout(_) => "upstream_timeout",
             UpstreamBadResponse(_) => "upstream_bad_response",
             OtpRequired { .. } => "otp_required",
@@ -274,7 +278,7 @@ impl GatewayError {
             LoginBackoff { .. } => "Upstream login failing",
             TokenRejected { .. } => "Token rejected",
             UpstreamThrottled { .. } => "Upstream throttling",
-            UpstreamUnavailable(_) => "Upstream unavailable",
+            UpstreamUnavailable(_) | UpstreamUnreachable => "Upstream unavailable",
             UpstreamTimeout(_) => "Upstream timeout",
             UpstreamBadResponse(_) => "Bad upstream response",
             OtpRequired { .. } => "OTP required",
@@ -321,7 +325,7 @@ impl GatewayError {
             LoginBackoff { .. } => "Retry later; if it persists check the GSP's status and the gateway's /admin/sessions.",
             TokenRejected { .. } => "Check that the API user belongs to this GSTIN and that no other system logs in with the same user; retry later.",
             UpstreamThrottled { .. } => "Slow down and retry after a few minutes.",
-            UpstreamUnavailable(_) => "Retry with backoff; if it persists check the GSP's status page.",
+            UpstreamUnavailable(_) | UpstreamUnreachable => "Retry with backoff; if it persists check the GSP's status page.",
             UpstreamTimeout(_) => "Retry later, checking first whether the operation took effect (e.g. get the IRN by document details) to avoid duplicates.",
             UpstreamBadResponse(_) => "Retry; if it persists the GSP or its session keys are misbehaving — contact the gateway operator.",
             NotReady(_) => "Retry shortly; the gateway is starting or its store is unreachable.",

@@ -432,3 +432,52 @@ async fn a_far_future_expiry_is_capped_and_refreshes_go_on() {
     }
     assert_eq!(sim.count(&other, "token_rejections").await, 0);
 }
+
+/// Logins that never reach the upstream (no connection) do not count against the login
+/// limit: an upstream that is down for a while does not leave the credential rate-limited
+/// once it is back.
+#[tokio::test]
+async fn logins_that_cannot_connect_do_not_spend_the_allowance() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            base_url: Some(down),
+            max_logins: 2,
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let mut unreachable = 0;
+    let mut n = 0;
+    while unreachable < 4 {
+        n += 1;
+        assert!(n < 50, "too many answers without a login attempt");
+        let res = gw.generate(GSTIN, &format!("D/{n}")).await;
+        let retry_after = res
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let body: Value = res.json().await.unwrap();
+        match body["code"].as_str() {
+            Some("upstream_unavailable") => unreachable += 1,
+            // Between attempts the backoff answers; wait it out.
+            Some("login_backoff") => {
+                let wait = retry_after.expect("login_backoff carries Retry-After");
+                // Only the short exponential backoff: a long one means the failed connects
+                // were counted as logins and the last one is being saved.
+                assert!(wait <= 5, "a {wait} s backoff after {unreachable} connect failures");
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+            }
+            _ => panic!("four connect failures with max_logins = 2, yet: {body}"),
+        }
+    }
+    let attempts = gw
+        .metric(r#"gstgate_auth_requests_total{upstream="einvoice",result="error"}"#)
+        .await;
+    assert_eq!(attempts, 4.0);
+}

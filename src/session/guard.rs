@@ -88,17 +88,33 @@ impl Guard {
     /// least a fair share of the window, so that a few seconds of upstream errors cannot spend
     /// the whole allowance and leave a recovered upstream unreachable for the rest of it.
     pub fn failed(&mut self, now: Instant, reason: String) {
-        self.failures = self.failures.saturating_add(1);
-        let ceiling = BACKOFF_BASE
-            .saturating_mul(1u32 << self.failures.min(16))
-            .min(BACKOFF_CAP);
-        let mut wait = ceiling.mul_f64(rand::random::<f64>());
+        let mut wait = self.next_backoff();
         if self.remaining(now) <= 1 {
             let share = self.window / self.max_logins.max(1);
             wait = wait.max(share.mul_f64(0.5 + rand::random::<f64>() / 2.0));
         }
         self.backoff_until = Some(now + wait);
         self.last_failure = Some(reason);
+    }
+
+    /// The login admitted at `admitted` never reached the upstream (no connection could be
+    /// made), so it cannot count towards the upstream's lockout: it is given back, and only
+    /// the exponential backoff paces the next attempt.
+    pub fn unreachable(&mut self, admitted: Instant, reason: String) {
+        if let Some(i) = self.recent.iter().rposition(|t| *t == admitted) {
+            self.recent.remove(i);
+        }
+        self.backoff_until = Some(admitted + self.next_backoff());
+        self.last_failure = Some(reason);
+    }
+
+    /// Counts a failure and draws the exponential, full-jitter backoff for it.
+    fn next_backoff(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let ceiling = BACKOFF_BASE
+            .saturating_mul(1u32 << self.failures.min(16))
+            .min(BACKOFF_CAP);
+        ceiling.mul_f64(rand::random::<f64>())
     }
 
     /// Logins still allowed in the window as of `now`.
@@ -209,6 +225,19 @@ mod tests {
             Err(GatewayError::LoginBackoff { .. })
         ));
         assert!(g.admit(now + share).is_ok());
+    }
+
+    #[test]
+    fn a_login_that_never_left_is_given_back() {
+        let mut g = Guard::new(1, Duration::from_secs(900));
+        let t0 = Instant::now();
+        g.admit(t0).unwrap();
+        g.unreachable(t0, "connect".into());
+        // Only the short backoff, not a share of the window, before the next attempt.
+        let next = g.backoff_until.unwrap();
+        assert!(next <= t0 + BACKOFF_BASE * 2);
+        assert!(g.admit(next).is_ok());
+        assert!(g.admit(next + Duration::from_secs(1)).is_err());
     }
 
     #[test]

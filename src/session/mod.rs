@@ -930,13 +930,14 @@ impl Sessions {
         }
     }
 
+    /// Records a failed login admitted at `admitted` and what it means for further logins.
     fn fail(
         &self,
         slot: &Slot,
         st: &mut SlotState,
         class: Class,
         err: &GatewayError,
-        now: Instant,
+        admitted: Instant,
     ) {
         st.last_error = Some(err.to_string());
         st.last_upstream_code = err.upstream_code().map(str::to_owned);
@@ -957,8 +958,11 @@ impl Sessions {
                 st.portal = None;
             }
             // NIC e-way bill's 118 says "try after 5 minutes".
-            Class::Throttled => st.guard.hold_off(now, slot.upstream.login_window / 3),
-            _ => st.guard.failed(now, err.to_string()),
+            Class::Throttled => st.guard.hold_off(admitted, slot.upstream.login_window / 3),
+            _ if *err == GatewayError::UpstreamUnreachable => {
+                st.guard.unreachable(admitted, err.to_string())
+            }
+            _ => st.guard.failed(admitted, err.to_string()),
         }
         tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
             user = %slot.credential.username, code = err.code(), upstream_code = err.upstream_code(),

@@ -669,11 +669,13 @@ impl Upstream {
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
         let res = self.http.request(req).await.map_err(|e| {
-            GatewayError::UpstreamUnavailable(if e.is_connect() {
-                "cannot connect to the upstream".into()
+            if e.is_connect() {
+                GatewayError::UpstreamUnreachable
             } else {
-                "the upstream closed the connection or sent an invalid HTTP response".into()
-            })
+                GatewayError::UpstreamUnavailable(
+                    "the upstream closed the connection or sent an invalid HTTP response".into(),
+                )
+            }
         })?;
         let (parts, body) = res.into_parts();
         if let Some(len) = hyper::body::Body::size_hint(&body).exact() {
