@@ -407,10 +407,11 @@ pub(crate) fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()))
 }
 
-/// The size of a request head as the caller sent it in HTTP/1.1: the request line, one
-/// `name: value` line per field and the blank line. hyper's own limit is only a read-buffer
-/// bound checked between socket reads, so this is the exact check behind
-/// `server.max_header_bytes` (and the one that can answer with a problem document).
+/// The size of a request head as parsed, in HTTP/1.1 form: the request line, one
+/// `name: value` line per field and the blank line (whitespace the parser trimmed around
+/// values is not counted; hyper's buffer of twice the limit bounds it). hyper's own limit is
+/// only a read-buffer bound checked between socket reads, so this is the check behind
+/// `server.max_header_bytes`, and the one that can answer with a problem document.
 pub(crate) fn head_len(method: &Method, uri: &http::Uri, headers: &HeaderMap) -> usize {
     let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
         + uri.authority().map_or(0, |a| a.as_str().len())

@@ -470,7 +470,10 @@ async fn logins_that_cannot_connect_do_not_spend_the_allowance() {
                 let wait = retry_after.expect("login_backoff carries Retry-After");
                 // Only the short exponential backoff: a long one means the failed connects
                 // were counted as logins and the last one is being saved.
-                assert!(wait <= 5, "a {wait} s backoff after {unreachable} connect failures");
+                assert!(
+                    wait <= 5,
+                    "a {wait} s backoff after {unreachable} connect failures"
+                );
                 tokio::time::sleep(Duration::from_secs(wait)).await;
             }
             _ => panic!("four connect failures with max_logins = 2, yet: {body}"),

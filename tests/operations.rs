@@ -253,7 +253,19 @@ fn check_config(text: &str, env: &[(&str, &str)]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(BIN)
+    let mut command = std::process::Command::new(BIN);
+    // The host's own proxy settings would add warnings the tests do not expect.
+    for proxy in [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        command.env_remove(proxy);
+    }
+    let out = command
         .args(["check-config", "--config"])
         .arg(&path)
         .envs(env.iter().copied())
@@ -290,6 +302,28 @@ fn check_config_names_unknown_keys_and_missing_variables() {
     let (ok, out) = check_config(&missing, &[("GSTGATE_TEST_UNSET_PWD", "x")]);
     assert!(ok, "{out}");
     assert!(!out.contains("demo-password"));
+
+    // An outbound proxy the operator expects to be used is not: said, not silently ignored.
+    assert!(!out.contains("warning:"), "{out}");
+    let (ok, out) = check_config(&demo, &[("HTTPS_PROXY", "http://proxy.internal:3128")]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning: HTTPS_PROXY is set, but gstgate connects to its upstreams directly"),
+        "{out}"
+    );
+
+    // Credentials in base_url would reach logs and HTTP/2's :authority.
+    let userinfo = demo.replacen(
+        "http://127.0.0.1:8081",
+        "http://gsp:secret@127.0.0.1:8081",
+        1,
+    );
+    let (ok, out) = check_config(&userinfo, &[]);
+    assert!(!ok);
+    assert!(
+        out.contains("base_url") && out.contains("user or password"),
+        "{out}"
+    );
 }
 
 /// Starts `serve --config config/demo.toml` exactly as the README says (fixed ports 8080,

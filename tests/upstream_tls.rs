@@ -117,3 +117,32 @@ async fn upstream_tls_is_verified_and_a_private_ca_can_be_trusted() {
     assert_eq!(handshakes.load(Ordering::SeqCst), before);
     assert_eq!(sim.count(GSTIN, "auth_calls").await, 1);
 }
+
+/// `connect_timeout` bounds the whole connection set-up, TLS included: an upstream that takes
+/// the TCP connection and never answers the handshake is unreachable (502, and the login is
+/// not counted), not a request that timed out at the upstream (504).
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_a_connect_failure() {
+    let sim = Sim::start(SimOpts::default()).await;
+    // Accepts (the kernel does, into the backlog) and never speaks TLS.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            base_url: Some(format!("https://{}", silent.local_addr().unwrap())),
+            connect_timeout: "1s",
+            timeout: "20s",
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    expect_problem(
+        gw.generate(GSTIN, "TLS/3").await,
+        502,
+        "upstream_unavailable",
+    )
+    .await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+    drop(silent);
+}

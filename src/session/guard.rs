@@ -99,12 +99,12 @@ impl Guard {
 
     /// The login admitted at `admitted` never reached the upstream (no connection could be
     /// made), so it cannot count towards the upstream's lockout: it is given back, and only
-    /// the exponential backoff paces the next attempt.
-    pub fn unreachable(&mut self, admitted: Instant, reason: String) {
+    /// the exponential backoff from `now` paces the next attempt.
+    pub fn unreachable(&mut self, admitted: Instant, now: Instant, reason: String) {
         if let Some(i) = self.recent.iter().rposition(|t| *t == admitted) {
             self.recent.remove(i);
         }
-        self.backoff_until = Some(admitted + self.next_backoff());
+        self.backoff_until = Some(now + self.next_backoff());
         self.last_failure = Some(reason);
     }
 
@@ -232,7 +232,7 @@ mod tests {
         let mut g = Guard::new(1, Duration::from_secs(900));
         let t0 = Instant::now();
         g.admit(t0).unwrap();
-        g.unreachable(t0, "connect".into());
+        g.unreachable(t0, t0, "connect".into());
         // Only the short backoff, not a share of the window, before the next attempt.
         let next = g.backoff_until.unwrap();
         assert!(next <= t0 + BACKOFF_BASE * 2);

@@ -210,8 +210,9 @@ pub struct Slot {
     /// The credential.
     pub credential: Credential,
     state: Mutex<SlotState>,
-    /// Held for the whole of a login: this is the single-flight.
-    login: tokio::sync::Mutex<()>,
+    /// Held for the whole of a login: this is the single-flight. Shared so that the task a
+    /// login runs in can own its guard.
+    login: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Slot {
@@ -361,7 +362,7 @@ impl Sessions {
                         next_generation: 1,
                         guard: Guard::new(upstream.max_logins, upstream.login_window),
                     }),
-                    login: tokio::sync::Mutex::new(()),
+                    login: Arc::new(tokio::sync::Mutex::new(())),
                 }));
                 index.entry((u_idx, gstin.clone())).or_default().push(id);
             }
@@ -440,7 +441,6 @@ impl Sessions {
             return Ok(s);
         }
         self.detached(slot, move |me, slot| async move {
-            let _single_flight = slot.login.lock().await;
             if let Some(s) = slot.current() {
                 return Ok(s);
             }
@@ -449,10 +449,12 @@ impl Sessions {
         .await
     }
 
-    /// Runs an auth exchange in its own task and waits for it. A caller that hangs up or
-    /// times out must not cancel a login half-way: the upstream may already have issued a
-    /// token (and, for a GSTN refresh or an e-invoice force refresh, retired the old one), and
-    /// the slot must record it and leave its `refreshing` state.
+    /// Takes the slot's single-flight lock, then runs `work` under it in a task of its own
+    /// and waits for it. The wait for the lock is the caller's: one that goes away stops
+    /// waiting and leaves nothing behind. Once the lock is taken, the work runs to the end
+    /// whatever the caller does: the upstream may already have issued a token (and, for a
+    /// GSTN refresh or an e-invoice force refresh, retired the old one), and the slot must
+    /// record it and leave its `refreshing` state.
     async fn detached<T, F, Fut>(
         self: &Arc<Self>,
         slot: &Arc<Slot>,
@@ -463,13 +465,19 @@ impl Sessions {
         Fut: std::future::Future<Output = Result<T, GatewayError>> + Send + 'static,
         T: Send + 'static,
     {
-        tokio::spawn(work(self.clone(), slot.clone()))
-            .await
-            .unwrap_or_else(|e| {
-                tracing::error!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
+        let single_flight = slot.login.clone().lock_owned().await;
+        let work = work(self.clone(), slot.clone());
+        tokio::spawn(async move {
+            let result = work.await;
+            drop(single_flight);
+            result
+        })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
                     error = %e, "login task failed");
-                Err(GatewayError::Internal("the login task failed".into()))
-            })
+            Err(GatewayError::Internal("the login task failed".into()))
+        })
     }
 
     /// Compare-and-invalidate: forgets the session only if it is still `generation`.
@@ -494,7 +502,6 @@ impl Sessions {
         slot: &Arc<Slot>,
     ) -> Result<Arc<Session>, GatewayError> {
         self.detached(slot, |me, slot| async move {
-            let _single_flight = slot.login.lock().await;
             slot.lock().guard.reset();
             me.login(&slot, Trigger::Manual).await
         })
@@ -512,8 +519,8 @@ impl Sessions {
         .await
     }
 
+    /// Sends OTPREQUEST; the caller holds the single-flight lock.
     async fn send_otp_request(&self, slot: &Slot) -> Result<(), GatewayError> {
-        let _single_flight = slot.login.lock().await;
         {
             let mut st = slot.lock();
             st.guard.reset();
@@ -575,8 +582,8 @@ impl Sessions {
         .await
     }
 
+    /// Sends AUTHTOKEN with the OTP; the caller holds the single-flight lock.
     async fn start_with_otp(&self, slot: &Slot, otp: &str) -> Result<Arc<Session>, GatewayError> {
-        let _single_flight = slot.login.lock().await;
         {
             let mut st = slot.lock();
             st.guard.reset();
@@ -773,8 +780,28 @@ impl Sessions {
             upstream: upstream.name.clone().into(),
             result,
         };
-        let sent = match result {
-            Ok(sent) => sent,
+        // The same token means the upstream kept the old session: it keeps its own expiry
+        // (the clock is never restarted on an old token), so only a new token must come with
+        // a usable life.
+        let known = st
+            .session
+            .clone()
+            .or(current)
+            .filter(|_| purpose != Purpose::AcceptReissued);
+        let result = result.and_then(|sent| {
+            let token = sent.login.token.expose_secret().as_bytes();
+            match known.filter(|k| k.token.as_bytes() == token) {
+                Some(existing) => Ok((sent, Renewed::Same(existing))),
+                None => match sent.life {
+                    Ok(life) => Ok((sent, Renewed::New(life))),
+                    Err(why) => Err(LoginError::Gateway(GatewayError::UpstreamBadResponse(
+                        why.into(),
+                    ))),
+                },
+            }
+        });
+        let (sent, renewed) = match result {
+            Ok(renewed) => renewed,
             Err(e) => {
                 let credentials =
                     matches!(&e, LoginError::Refused(v) if v.class == Class::CredentialsRejected);
@@ -820,30 +847,22 @@ impl Sessions {
                 ends_at: sent.at + slot.credential.session_lifetime,
             });
         }
-        let Sent {
-            login,
-            at: sent_at,
-            instant: sent_instant,
-            expires_at,
-            lifetime,
-            ..
-        } = sent;
-        let token = login.token.expose_secret();
-        // The same token means the upstream kept the old session: keep its expiry rather than
-        // restarting the clock on it.
-        if let Some(existing) = st
-            .session
-            .clone()
-            .or(current)
-            .filter(|_| purpose != Purpose::AcceptReissued)
-        {
-            if existing.token.as_bytes() == token.as_bytes() {
+        let (expires_at, lifetime) = match renewed {
+            Renewed::Same(existing) => {
                 st.session = Some(existing.clone());
                 drop(st);
                 self.schedule_after_same_token(slot, &existing);
                 return Ok(existing);
             }
-        }
+            Renewed::New(life) => life,
+        };
+        let Sent {
+            login,
+            at: sent_at,
+            instant: sent_instant,
+            ..
+        } = sent;
+        let token = login.token.expose_secret();
         let mut token_header = HeaderValue::from_str(token).map_err(|_| {
             GatewayError::UpstreamBadResponse("the token is not a valid header value".into())
         })?;
@@ -958,11 +977,16 @@ impl Sessions {
                 st.portal = None;
             }
             // NIC e-way bill's 118 says "try after 5 minutes".
-            Class::Throttled => st.guard.hold_off(admitted, slot.upstream.login_window / 3),
+            // Backoffs run from the failure, not the admission: a login that took its whole
+            // timeout to fail must not find its backoff already over.
+            Class::Throttled => st
+                .guard
+                .hold_off(Instant::now(), slot.upstream.login_window / 3),
             _ if *err == GatewayError::UpstreamUnreachable => {
-                st.guard.unreachable(admitted, err.to_string())
+                st.guard
+                    .unreachable(admitted, Instant::now(), err.to_string())
             }
-            _ => st.guard.failed(admitted, err.to_string()),
+            _ => st.guard.failed(Instant::now(), err.to_string()),
         }
         tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
             user = %slot.credential.username, code = err.code(), upstream_code = err.upstream_code(),
@@ -1017,19 +1041,17 @@ impl Sessions {
             .profile
             .parse_login(&raw.body, &raw.app_key)
             .map_err(|f| login_failure(f, raw.status))?;
-        let (expires_at, lifetime) = token_life(
+        let life = token_life(
             &login.expiry,
             raw.at,
             raw.server_date,
             slot.upstream.token_lifetime,
-        )
-        .map_err(|why| LoginError::Gateway(GatewayError::UpstreamBadResponse(why.into())))?;
+        );
         Ok(Sent {
             login,
             at: raw.at,
             instant: raw.instant,
-            expires_at,
-            lifetime,
+            life,
         })
     }
 
@@ -1194,10 +1216,17 @@ struct Sent {
     login: Login,
     at: SystemTime,
     instant: Instant,
-    /// When the token expires, as reported (capped).
-    expires_at: SystemTime,
-    /// The token's life from when the login was sent.
-    lifetime: Duration,
+    /// When the token expires, as reported (capped), and its life from when the login was
+    /// sent; or why the reply's expiry is unusable.
+    life: Result<(SystemTime, Duration), &'static str>,
+}
+
+/// What a successful login brought.
+enum Renewed {
+    /// The token gstgate already holds: its session and expiry stand.
+    Same(Arc<Session>),
+    /// A new token: its expiry and life.
+    New((SystemTime, Duration)),
 }
 
 /// A new token's expiry and life. The life runs from when the login was sent, on the

@@ -4,6 +4,7 @@
 //! which headers a call carries, how a body is encrypted and a reply decrypted, and how a
 //! reply is classified. The rest of the gateway speaks only of sessions and [`Class`]es.
 
+pub mod client;
 pub mod einvoice;
 pub mod envelope;
 pub mod ewaybill;
@@ -17,9 +18,6 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{ApiKind, ChecksumPolicy, Encryption, UpstreamConfig};
@@ -335,9 +333,6 @@ pub trait Profile: Send + Sync + 'static {
     fn auth_answer(&self, username: &str, expires_at: SystemTime) -> Vec<u8>;
 }
 
-/// The pooled HTTP/1.1 and HTTP/2 client, TLS through rustls with the webpki roots.
-type HttpClient = hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
 /// The `User-Agent` gstgate sends upstream.
 static USER_AGENT: HeaderValue =
     HeaderValue::from_static(concat!("gstgate/", env!("CARGO_PKG_VERSION")));
@@ -394,7 +389,7 @@ pub struct Upstream {
     pub idle_ttl: Duration,
     /// Largest reply accepted.
     pub max_response_bytes: usize,
-    http: HttpClient,
+    http: client::HttpClient,
     metrics: Arc<Metrics>,
     label: UpstreamLabel,
 }
@@ -508,29 +503,12 @@ impl Upstream {
                 ))
             })
             .collect::<Result<_, UpstreamError>>()?;
-        // hyper's pooled client directly rather than reqwest over it: reqwest's redirect,
-        // retry and URL layers re-parsed the URL twice per request and cost more CPU than the
-        // HTTP exchange itself (BENCHMARKS.md). Redirects were never followed anyway.
-        let mut tcp = HttpConnector::new();
-        tcp.set_connect_timeout(Some(cfg.connect_timeout));
-        tcp.set_nodelay(true);
-        tcp.enforce_http(false);
         let tls =
             tls::client_config(cfg.ca_file.as_deref()).map_err(|source| UpstreamError::Client {
                 name: name.clone(),
                 source,
             })?;
-        let connector = HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_all_versions()
-            .wrap_connector(tcp);
-        let http = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let http = client::build(tls, cfg.connect_timeout);
         Ok(Self {
             label: UpstreamLabel {
                 upstream: crate::metrics::Name(name.as_str().into()),
