@@ -1263,6 +1263,86 @@ fn token_life(
 mod tests {
     use super::*;
 
+    /// A GSTN portal session that ended by the credential's `session_lifetime` is not
+    /// refreshed: the slot needs an OTP, and the upstream is not called at all (its address
+    /// here is a closed port, so a call would fail differently).
+    #[tokio::test]
+    async fn a_gstn_session_is_not_refreshed_past_the_configured_portal_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("gstn.pem");
+        let pem = crate::crypto::KeyPair::generate()
+            .unwrap()
+            .public_key()
+            .to_pem()
+            .unwrap();
+        std::fs::write(&key, pem).unwrap();
+        let text = format!(
+            r#"
+[server]
+[[upstream]]
+name = "gstn"
+api = "gstn"
+base_url = "http://127.0.0.1:9"
+routes = ["/taxpayerapi/"]
+auth_path = "/taxpayerapi/v1.0/authenticate"
+public_key = "{}"
+client_id = "a"
+client_secret = "b"
+[[credential]]
+gstin = "27AAPFU0939F1ZV"
+username = "u"
+upstreams = ["gstn"]
+session_lifetime = "6h"
+"#,
+            key.display()
+        );
+        let config = crate::config::Config::parse(&text, std::path::Path::new("c.toml")).unwrap();
+        let (metrics, _) = Metrics::new(crate::metrics::SessionGauges::default());
+        let upstream =
+            Arc::new(Upstream::from_config(&config.upstreams[0], metrics.clone()).unwrap());
+        let sessions = Sessions::new(&[upstream], &config.credentials, metrics).unwrap();
+        let slot = sessions.slots[0].clone();
+        {
+            // Started with an OTP six hours ago; its last token has just expired.
+            let mut st = slot.lock();
+            let now = SystemTime::now();
+            st.latest = Some(Arc::new(Session {
+                token: HeaderValue::from_static("t"),
+                sek: AesKey::random(),
+                expires_at: now,
+                deadline: Instant::now(),
+                issued_at: now - Duration::from_secs(6 * 3600),
+                generation: 1,
+            }));
+            st.portal = Some(Portal {
+                ends_at: now - Duration::from_secs(1),
+            });
+        }
+        let err = sessions
+            .session(&slot, Trigger::Proactive)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, GatewayError::OtpRequired { reason, .. } if reason.contains("API-access period")),
+            "{err:?}"
+        );
+        let info = &sessions.snapshot()[0];
+        assert_eq!(info.state, State::NeedsOtp);
+        assert!(info.session_ends_at.is_none(), "{:?}", info.session_ends_at);
+        assert_eq!(
+            sessions
+                .metrics
+                .auth_requests
+                .get_or_create(&ResultLabels {
+                    upstream: Arc::<str>::from("gstn").into(),
+                    result: "error",
+                })
+                .get(),
+            0,
+            "no auth call was made"
+        );
+    }
+
     #[test]
     fn token_life_is_capped_and_a_past_expiry_refused() {
         let sent = SystemTime::now();
