@@ -35,7 +35,7 @@ pub const EWAYBILL_MAX_LOGINS: u32 = 5;
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 /// Proxy settings other HTTP clients honour and gstgate does not: an operator who set one
 /// expects its traffic to go through the proxy, so start-up says it will not.
-const PROXY_VARIABLES: &[&str] = &[
+pub const PROXY_VARIABLES: &[&str] = &[
     "HTTPS_PROXY",
     "https_proxy",
     "HTTP_PROXY",

@@ -255,14 +255,7 @@ fn check_config(text: &str, env: &[(&str, &str)]) -> (bool, String) {
     std::fs::write(&path, text).unwrap();
     let mut command = std::process::Command::new(BIN);
     // The host's own proxy settings would add warnings the tests do not expect.
-    for proxy in [
-        "HTTPS_PROXY",
-        "https_proxy",
-        "HTTP_PROXY",
-        "http_proxy",
-        "ALL_PROXY",
-        "all_proxy",
-    ] {
+    for proxy in gstgate::config::PROXY_VARIABLES {
         command.env_remove(proxy);
     }
     let out = command
