@@ -173,9 +173,7 @@ impl Profile for Einvoice {
         ctx: &HeaderContext<'_>,
         _token: Option<&HeaderValue>,
     ) {
-        out.insert(ctx.names.client_id.clone(), ctx.client_id.clone());
-        out.insert(ctx.names.client_secret.clone(), ctx.client_secret.clone());
-        out.insert(ctx.names.gstin.clone(), ctx.gstin.clone());
+        ctx.insert_client(out);
     }
 
     fn parse_login(&self, body: &[u8], app_key: &AesKey) -> Result<Login, LoginFailure> {
@@ -204,9 +202,7 @@ impl Profile for Einvoice {
     }
 
     fn data_headers(&self, out: &mut HeaderMap, ctx: &HeaderContext<'_>, token: &HeaderValue) {
-        out.insert(ctx.names.client_id.clone(), ctx.client_id.clone());
-        out.insert(ctx.names.client_secret.clone(), ctx.client_secret.clone());
-        out.insert(ctx.names.gstin.clone(), ctx.gstin.clone());
+        ctx.insert_client(out);
         out.insert(ctx.names.user_name.clone(), ctx.user_name.clone());
         out.insert(ctx.names.auth_token.clone(), token.clone());
     }

@@ -154,13 +154,11 @@ impl Profile for Gstn {
         ctx: &HeaderContext<'_>,
         token: Option<&HeaderValue>,
     ) {
-        out.insert(ctx.names.client_id.clone(), ctx.client_id.clone());
-        out.insert(ctx.names.client_secret.clone(), ctx.client_secret.clone());
+        ctx.insert_client(out);
         out.insert(ctx.names.state_cd.clone(), ctx.state_cd.clone());
         out.insert(ctx.names.ip_usr.clone(), ctx.ip_usr.clone());
         out.insert(ctx.names.txn.clone(), transaction_id());
         out.insert(ctx.names.user_name.clone(), ctx.user_name.clone());
-        out.insert(ctx.names.gstin.clone(), ctx.gstin.clone());
         if let Some(token) = token {
             out.insert(ctx.names.auth_token.clone(), token.clone());
         }

@@ -250,6 +250,16 @@ pub struct HeaderContext<'a> {
     pub ip_usr: &'a HeaderValue,
 }
 
+impl HeaderContext<'_> {
+    /// Inserts the headers every call of every GST API carries: client id, client secret
+    /// and GSTIN.
+    pub fn insert_client(&self, out: &mut HeaderMap) {
+        out.insert(self.names.client_id.clone(), self.client_id.clone());
+        out.insert(self.names.client_secret.clone(), self.client_secret.clone());
+        out.insert(self.names.gstin.clone(), self.gstin.clone());
+    }
+}
+
 /// The header names an upstream uses, after `header_names` overrides.
 #[derive(Debug, Clone)]
 pub struct HeaderNames {
