@@ -60,6 +60,54 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 /// GSTN return summary at most a few megabytes.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
+/// Headers `forward_headers` may not name: hop-by-hop and framing headers, the caller's own
+/// credentials, the ones gstgate sets itself, and every spelling of a GST identity or
+/// credential header, which only gstgate may send (the configured `header_names` and static
+/// `headers` are refused too).
+pub const RESERVED_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+    "host",
+    "content-length",
+    "expect",
+    "x-api-key",
+    "authorization",
+    "cookie",
+    "x-request-id",
+    "user-agent",
+    "client_id",
+    "client-id",
+    "clientid",
+    "client_secret",
+    "client-secret",
+    "clientsecret",
+    "gstin",
+    "user_name",
+    "user-name",
+    "username",
+    "password",
+    "authtoken",
+    "auth-token",
+    "auth_token",
+    "sek",
+    "appkey",
+    "app_key",
+    "app-key",
+    "state-cd",
+    "state_cd",
+    "ip-usr",
+    "ip_usr",
+    "txn",
+];
+
 /// The whole configuration file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -308,6 +356,10 @@ pub struct UpstreamConfig {
     /// differently.
     #[serde(default, deserialize_with = "env_map_plain")]
     pub header_names: BTreeMap<String, String>,
+    /// Caller headers this upstream needs besides the ones its API uses (a GSP's own
+    /// headers); every other caller header is dropped.
+    #[serde(default, deserialize_with = "env_vec")]
+    pub forward_headers: Vec<String>,
 }
 
 /// `[[credential]]`: one taxpayer user's API login.
@@ -462,6 +514,15 @@ fn default_login_window() -> Duration {
 }
 fn default_idle_ttl() -> Duration {
     Duration::from_secs(7 * 24 * 60 * 60)
+}
+
+/// Whether a configured path is in the canonical form callers' paths are normalised to.
+fn check_canonical(path: &str) -> Result<(), String> {
+    match crate::path::canonical(path) {
+        Ok(c) if c == path => Ok(()),
+        Ok(c) => Err(format!("is not in canonical form; write `{c}`")),
+        Err(e) => Err(format!("is not a plain path: {e}")),
+    }
 }
 
 /// Replaces every `${VAR}` in `text` with the environment variable's value; `$$` is a literal
@@ -706,19 +767,38 @@ impl Config {
                     "must not carry a user or password (it would end up in logs and in HTTP/2's :authority); send GSP credentials as [upstream.headers]".into(),
                 ));
             }
+            // Routing compares canonical caller paths, and the upstream gets base path +
+            // caller path verbatim: every configured path must already be canonical.
+            check_canonical(url.path()).map_err(|m| (key("base_url"), format!("its path {m}")))?;
             if u.routes.is_empty() {
                 return Err((key("routes"), "at least one path prefix is needed".into()));
             }
             for r in &u.routes {
-                if !r.starts_with('/') {
-                    return Err((key("routes"), format!("`{r}` must start with `/`")));
-                }
+                check_canonical(r).map_err(|m| (key("routes"), format!("`{r}` {m}")))?;
                 if !prefixes.insert(r.as_str()) {
                     return Err((key("routes"), format!("`{r}` is routed by two upstreams")));
                 }
             }
-            if !u.auth_path.starts_with('/') {
-                return Err((key("auth_path"), "must start with `/`".into()));
+            check_canonical(&u.auth_path).map_err(|m| (key("auth_path"), m))?;
+            for name in &u.forward_headers {
+                let lower = name.to_ascii_lowercase();
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err((
+                        key("forward_headers"),
+                        format!("`{name}` is not a header name"),
+                    ));
+                }
+                let injected = u
+                    .header_names
+                    .values()
+                    .chain(u.headers.keys())
+                    .any(|n| n.eq_ignore_ascii_case(&lower));
+                if RESERVED_HEADERS.contains(&lower.as_str()) || injected {
+                    return Err((
+                        key("forward_headers"),
+                        format!("`{name}` is set by gstgate itself or is hop-by-hop; a caller may not send it upstream"),
+                    ));
+                }
             }
             let one_ms = Duration::from_millis(1);
             for (field, value, min, max) in [
@@ -1012,6 +1092,59 @@ upstreams = ["ewb"]
             .warnings()
             .iter()
             .any(|w| w.contains("login_window")));
+    }
+
+    #[test]
+    fn paths_must_be_canonical_and_forward_headers_may_not_name_gateway_headers() {
+        let config = |extra: &str| {
+            format!(
+                r#"
+[server]
+[[upstream]]
+name = "einv"
+api = "einvoice"
+base_url = "https://gsp.example.com/gus/irp/nic"
+routes = ["/eicore/"]
+auth_path = "/eivital/v1.04/auth"
+public_key = "k.pem"
+client_id = "a"
+client_secret = "b"
+{extra}
+"#
+            )
+        };
+        let parse = |text: String| Config::parse(&text, Path::new("c.toml"));
+        let ok = parse(config(r#"forward_headers = ["X-GSP-Branch"]"#));
+        assert!(ok.is_ok(), "{:?}", ok.err());
+        for (change, key) in [
+            (("\"/eicore/\"", "\"/eicore/../\""), "upstream[0].routes"),
+            (("\"/eicore/\"", "\"/ei%63ore/\""), "upstream[0].routes"),
+            (
+                ("/eivital/v1.04/auth", "/eivital/./auth"),
+                "upstream[0].auth_path",
+            ),
+            (("/gus/irp/nic", "/gus/a;b"), "upstream[0].base_url"),
+        ] {
+            let err = parse(config("").replace(change.0, change.1))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{change:?}: {err}");
+        }
+        for extra in [
+            r#"forward_headers = ["gstin"]"#,
+            r#"forward_headers = ["AuthToken"]"#,
+            r#"forward_headers = ["connection"]"#,
+            r#"forward_headers = ["x-api-key"]"#,
+            r#"forward_headers = ["bad header"]"#,
+            "forward_headers = [\"x-sub\"]\n[upstream.headers]\n\"X-Sub\" = \"k\"",
+            "forward_headers = [\"x-gstin\"]\n[upstream.header_names]\ngstin = \"X-Gstin\"",
+        ] {
+            let err = parse(config(extra)).unwrap_err().to_string();
+            assert!(
+                err.contains("upstream[0].forward_headers"),
+                "{extra}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod config;
 pub mod crypto;
 pub mod gstin;
 pub mod metrics;
+pub mod path;
 pub mod problem;
 pub mod proxy;
 pub mod server;

@@ -18,6 +18,11 @@ const TYPE_BASE: &str = "https://gstgate.dev/problems/";
 /// The admin listener's endpoints (docs/operations.md), the remedy for an unknown admin path.
 const ADMIN_ENDPOINTS: &str = "Use an admin endpoint: GET /healthz, /readyz, /metrics, /status or /admin/sessions; POST /admin/sessions/{upstream}/{gstin}/refresh, …/otp-request or …/otp.";
 
+/// The methods the proxy forwards: all that the GST APIs use. Others (TRACE, CONNECT,
+/// OPTIONS, PATCH, …) would at best do nothing and at worst make an upstream echo gstgate's
+/// injected credentials.
+pub const PROXY_METHODS: &str = "GET, POST, PUT, DELETE";
+
 /// A failure the gateway answers itself, instead of relaying an upstream reply.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum GatewayError {
@@ -49,6 +54,12 @@ pub enum GatewayError {
         /// The GSTIN.
         gstin: String,
     },
+    /// The request path is not a plain GST API path (dot segments, encoded slashes, …).
+    #[error("invalid request path: {0}")]
+    PathInvalid(#[from] crate::path::PathError),
+    /// A method no GST API uses (TRACE would echo gstgate's injected headers back).
+    #[error("method {0} is not used by the GST APIs")]
+    MethodNotAllowed(String),
     /// No upstream serves this path.
     #[error("no upstream serves path `{0}`")]
     RouteNotFound(String),
@@ -192,13 +203,14 @@ impl GatewayError {
             GstinMissing
             | GstinInvalid(_)
             | UserRequired { .. }
+            | PathInvalid(_)
             | BodyInvalid(_)
             | AdminBodyInvalid(_)
             | AdminRequestInvalid(_)
             | OtpInvalid { .. } => StatusCode::BAD_REQUEST,
             GstinNotAllowed(_) | NoCredential { .. } => StatusCode::FORBIDDEN,
             RouteNotFound(_) | AdminRouteNotFound(_) => StatusCode::NOT_FOUND,
-            AdminMethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            AdminMethodNotAllowed { .. } | MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             BodyTooLarge(_) | AdminBodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -230,9 +242,10 @@ impl GatewayError {
             UserRequired { .. } => "user_required",
             // The admin variants share the proxy's codes: callers switch on what went wrong,
             // and the remedy says what to do about it on that listener.
+            PathInvalid(_) => "path_invalid",
             RouteNotFound(_) | AdminRouteNotFound(_) => "route_not_found",
             BodyTooLarge(_) | AdminBodyTooLarge(_) => "body_too_large",
-            AdminMethodNotAllowed { .. } => "method_not_allowed",
+            AdminMethodNotAllowed { .. } | MethodNotAllowed(_) => "method_not_allowed",
             AdminRequestInvalid(_) => "request_invalid",
             RequestTimeout(_) => "request_timeout",
             HeadersTooLarge(_) => "headers_too_large",
@@ -265,9 +278,10 @@ impl GatewayError {
             GstinNotAllowed(_) => "GSTIN not allowed",
             NoCredential { .. } => "No credential configured",
             UserRequired { .. } => "User name required",
+            PathInvalid(_) => "Invalid path",
             RouteNotFound(_) | AdminRouteNotFound(_) => "No route",
             BodyTooLarge(_) | AdminBodyTooLarge(_) => "Request body too large",
-            AdminMethodNotAllowed { .. } => "Method not allowed",
+            AdminMethodNotAllowed { .. } | MethodNotAllowed(_) => "Method not allowed",
             AdminRequestInvalid(_) => "Invalid request",
             RequestTimeout(_) => "Request timeout",
             HeadersTooLarge(_) => "Request headers too large",
@@ -308,11 +322,13 @@ impl GatewayError {
             GstinNotAllowed(_) => "Ask the gateway operator to add this GSTIN to your client's `gstins` list.",
             NoCredential { .. } => "Ask the gateway operator to add a [[credential]] for this GSTIN and upstream.",
             UserRequired { .. } => "Name one of the API users configured for this GSTIN: the `user_name` header on API calls, `?user=NAME` on the admin API.",
+            PathInvalid(_) => "Send the GST API path as documented, without `.` or `..` segments, `//`, backslashes or percent-encoded slashes; letters, digits, `-`, `_` and `.` make up every segment.",
             RouteNotFound(_) => "Use a path of the GST API this gateway fronts (e.g. /eicore/v1.03/Invoice); check the base URL.",
             BodyTooLarge(_) => "Send a smaller body, or ask the operator to raise `server.max_body_bytes`.",
             AdminUnauthenticated => "Send `Authorization: Bearer <server.admin_token>`; without an `admin_token` in the config the /admin API is off.",
             AdminRouteNotFound(_) => ADMIN_ENDPOINTS,
             AdminMethodNotAllowed { .. } => "Use a method from the `Allow` header; every /admin/sessions/… action is a POST.",
+            MethodNotAllowed(_) => "Use the method the GST API documents: GET, POST, PUT or DELETE (the `Allow` header lists them).",
             AdminRequestInvalid(_) => "Send a UTF-8 path of the form /admin/sessions/{upstream}/{gstin}/{action} and at most one `?user=NAME`.",
             AdminBodyTooLarge(_) => "Send only the documented body: {\"otp\": \"123456\"} for POST /admin/sessions/{upstream}/{gstin}/otp, nothing for the other endpoints.",
             RequestTimeout(_) => "Send the whole request at once; the gateway waits at most `server.request_timeout` for it.",
@@ -456,6 +472,9 @@ fn build_response(err: &GatewayError, request_id: Option<&str>) -> Response {
     );
     if let Some(secs) = err.retry_after() {
         headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if let GatewayError::MethodNotAllowed(_) = err {
+        headers.insert(header::ALLOW, HeaderValue::from_static(PROXY_METHODS));
     }
     res.extensions_mut().insert(ErrorCode(err.code()));
     res

@@ -3,10 +3,11 @@
 //!
 //! 1. accept — request id, in-flight gauge, overall timeout ([`Proxy::serve`])
 //! 2. caller auth — API key → client
-//! 3. route — path prefix → upstream
+//! 3. route — the path, normalised and validated ([`CallerPath`]), → upstream by prefix
 //! 4. identity — `gstin` (+ `user_name`) → allowed? → credential slot
 //! 5. session — a usable session, logging in single-flight if needed
-//! 6. build — forwardable caller headers + injected upstream headers, body encrypted
+//! 6. build — the caller headers the API needs (an allow-list) + injected upstream headers
+//!    and request id, body encrypted
 //! 7. send — pooled client, timeouts, size cap
 //! 8. classify — read the body's status and error codes
 //! 9. respond — decrypt, pass through, or a problem
@@ -27,38 +28,10 @@ use crate::clients::{Client, Clients};
 use crate::config::{ChecksumPolicy, Encryption};
 use crate::gstin::Gstin;
 use crate::metrics::{status_class, Metrics, RequestLabels, ResultLabels, UpstreamLabel};
+use crate::path::CallerPath;
 use crate::problem::{problem_response, ErrorCode, GatewayError};
 use crate::session::{Session, Sessions, Slot, Trigger};
 use crate::upstream::{Class, Upstream};
-
-/// Caller headers that never reach the upstream: hop-by-hop, framing, the caller's own
-/// credentials, and anything that could smuggle a token or client secret past the injection.
-const DROPPED_HEADERS: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    // gstgate must read the reply to classify and decrypt it.
-    "accept-encoding",
-    "x-api-key",
-    "authorization",
-    "authtoken",
-    "auth-token",
-    "client_id",
-    "client-id",
-    "client_secret",
-    "client-secret",
-    "clientid",
-    "gstin",
-    "user_name",
-];
 
 /// Upstream reply headers not relayed to the caller.
 const DROPPED_REPLY_HEADERS: &[&str] = &[
@@ -144,11 +117,17 @@ impl Proxy {
         self.metrics.inflight.inc();
         let _inflight = Inflight(&self.metrics);
         let request_id = request_id(req.headers());
+        // `request_id` keeps visible ASCII only, which is always a valid header value; the
+        // same value goes upstream and back to the caller.
+        let id_header = HeaderValue::from_str(&request_id).ok();
         let method = req.method().clone();
         let uri = req.uri().clone();
         let mut outcome = Outcome::default();
-        let result =
-            tokio::time::timeout(self.request_timeout, self.process(req, &mut outcome)).await;
+        let result = tokio::time::timeout(
+            self.request_timeout,
+            self.process(req, id_header.as_ref(), &mut outcome),
+        )
+        .await;
         let mut res = match result {
             Ok(Ok(res)) => res,
             Ok(Err(err)) => problem_response(&err, &request_id),
@@ -168,7 +147,7 @@ impl Proxy {
                 &request_id,
             ),
         };
-        if let Ok(v) = HeaderValue::from_str(&request_id) {
+        if let Some(v) = id_header {
             res.headers_mut().insert(REQUEST_ID.clone(), v);
         }
         let status = res.status().as_u16();
@@ -214,6 +193,7 @@ impl Proxy {
     async fn process<B>(
         &self,
         req: Request<B>,
+        request_id: Option<&HeaderValue>,
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, GatewayError>
     where
@@ -226,13 +206,22 @@ impl Proxy {
         }
         let client = self.clients.authenticate(&parts.headers)?;
         outcome.client = Some(client.name.clone());
-        let (index, upstream) = self.route(parts.uri.path())?;
+        if !matches!(
+            parts.method,
+            Method::GET | Method::POST | Method::PUT | Method::DELETE
+        ) {
+            return Err(GatewayError::MethodNotAllowed(
+                parts.method.as_str().chars().take(32).collect(),
+            ));
+        }
+        let path = CallerPath::parse(parts.uri.path(), parts.uri.query())?;
+        let (index, upstream) = self.route(&path)?;
         outcome.upstream = Some(upstream.name.clone());
         let slot = self.identity(&client, index, upstream, &parts.headers, outcome)?;
         let body = self.read_body(&parts.headers, body).await?;
         outcome.body_read = true;
 
-        if upstream.is_auth_path(parts.uri.path()) {
+        if upstream.is_auth_path(&path) {
             let session = self.sessions.session(&slot, Trigger::Cold).await?;
             return Ok(json_response(
                 StatusCode::OK,
@@ -242,11 +231,6 @@ impl Proxy {
             ));
         }
 
-        let path_and_query = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
         let mut session = self.sessions.session(&slot, Trigger::Cold).await?;
         let mut attempt = 0;
         loop {
@@ -255,11 +239,12 @@ impl Proxy {
                 &slot,
                 &session,
                 &parts.headers,
+                request_id,
                 &parts.method,
                 &body,
             )?;
             let (status, reply_headers, reply) = upstream
-                .send(parts.method.clone(), path_and_query, headers, wire)
+                .send(parts.method.clone(), &path, headers, wire)
                 .await?;
             outcome.upstream_status = Some(status.as_u16());
             let parsed = upstream.profile.read_reply(status, &reply);
@@ -317,20 +302,15 @@ impl Proxy {
         }
     }
 
-    /// Phase 3, route: the upstream whose longest route prefix matches.
-    fn route(&self, path: &str) -> Result<(usize, &Arc<Upstream>), GatewayError> {
+    /// Phase 3, route: the upstream whose longest route prefix matches the validated path.
+    fn route(&self, path: &CallerPath) -> Result<(usize, &Arc<Upstream>), GatewayError> {
         self.upstreams
             .iter()
             .enumerate()
-            .filter(|(_, u)| u.routes_path(path))
-            .max_by_key(|(_, u)| {
-                u.routes
-                    .iter()
-                    .filter(|r| path.starts_with(r.as_str()))
-                    .map(|r| r.len())
-                    .max()
-            })
-            .ok_or_else(|| GatewayError::RouteNotFound(path.chars().take(200).collect()))
+            .filter_map(|(i, u)| u.route_match(path).map(|len| (len, i, u)))
+            .max_by_key(|(len, _, _)| *len)
+            .map(|(_, i, u)| (i, u))
+            .ok_or_else(|| GatewayError::RouteNotFound(path.path().chars().take(200).collect()))
     }
 
     /// Phase 4, identity: validated GSTIN, allowed for this client, with a credential.
@@ -423,11 +403,23 @@ pub(crate) fn head_len(method: &Method, uri: &http::Uri, headers: &HeaderMap) ->
         .fold(line, |n, (k, v)| n + k.as_str().len() + 2 + v.len() + 2)
 }
 
-/// The caller headers that may travel upstream.
-fn forwardable(headers: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        if !DROPPED_HEADERS.contains(&name.as_str()) {
+/// The caller headers that may travel upstream: only those the upstream's allow-list names
+/// (RFC 9110 §7.6.1: minus any the caller's `Connection` header marks hop-by-hop).
+fn forwardable(upstream: &Upstream, caller: &HeaderMap) -> HeaderMap {
+    let hop_by_hop = |name: &HeaderName| {
+        caller.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+            })
+        })
+    };
+    let mut out = HeaderMap::with_capacity(upstream.forwarded.len() + 8);
+    for name in &upstream.forwarded {
+        if !caller.contains_key(name) || hop_by_hop(name) {
+            continue;
+        }
+        for value in caller.get_all(name) {
             out.append(name.clone(), value.clone());
         }
     }
@@ -435,20 +427,25 @@ fn forwardable(headers: &HeaderMap) -> HeaderMap {
 }
 
 /// Phase 6, build: headers for this attempt (the session may have changed) and the body,
-/// encrypted with this session's SEK in gateway mode.
+/// encrypted with this session's SEK in gateway mode. The injected headers are inserted after
+/// the caller's, so each one is always gstgate's value.
 fn build(
     upstream: &Upstream,
     slot: &Slot,
     session: &Session,
     caller: &HeaderMap,
+    request_id: Option<&HeaderValue>,
     method: &Method,
     body: &Bytes,
 ) -> Result<(HeaderMap, Bytes), GatewayError> {
-    let mut headers = forwardable(caller);
+    let mut headers = forwardable(upstream, caller);
     let ctx = slot.header_context();
     upstream
         .profile
         .data_headers(&mut headers, &ctx, &session.token);
+    if let Some(id) = request_id {
+        headers.insert(REQUEST_ID.clone(), id.clone());
+    }
     let wire = match upstream.encryption {
         Encryption::Gateway => {
             let encoded = upstream

@@ -185,6 +185,11 @@ impl Profile for Gstn {
         })
     }
 
+    /// GSTN data calls name the return period in a header.
+    fn caller_headers(&self) -> &'static [&'static str] {
+        &["ret_period"]
+    }
+
     fn data_headers(&self, out: &mut HeaderMap, ctx: &HeaderContext<'_>, token: &HeaderValue) {
         self.login_headers(out, ctx, Some(token));
     }

@@ -23,6 +23,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::config::{ApiKind, ChecksumPolicy, Encryption, UpstreamConfig};
 use crate::crypto::{AesKey, PublicKey};
 use crate::metrics::{Metrics, UpstreamLabel};
+use crate::path::CallerPath;
 use crate::problem::GatewayError;
 
 /// The header roles whose names an upstream's `header_names` may override.
@@ -321,6 +322,12 @@ pub trait Profile: Send + Sync + 'static {
         }
     }
 
+    /// The caller headers a call of this API legitimately carries (lower case), besides the
+    /// ones every API may carry ([`GENERIC_CALLER_HEADERS`]); all others are dropped.
+    fn caller_headers(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Adds a data call's headers.
     fn data_headers(&self, out: &mut HeaderMap, ctx: &HeaderContext<'_>, token: &HeaderValue);
 
@@ -343,6 +350,10 @@ pub trait Profile: Send + Sync + 'static {
     fn auth_answer(&self, username: &str, expires_at: SystemTime) -> Vec<u8>;
 }
 
+/// Caller headers every API may receive: what the body is and what the caller accepts.
+/// `x-request-id` is not among them: gstgate always sends its own, validated id.
+pub const GENERIC_CALLER_HEADERS: &[&str] = &["content-type", "accept"];
+
 /// The `User-Agent` gstgate sends upstream.
 static USER_AGENT: HeaderValue =
     HeaderValue::from_static(concat!("gstgate/", env!("CARGO_PKG_VERSION")));
@@ -363,12 +374,13 @@ pub struct Upstream {
     pub name: Arc<str>,
     /// The API-specific behaviour.
     pub profile: Box<dyn Profile>,
-    /// Base URL; requests go to its path + the caller's path.
-    base: reqwest::Url,
+    /// `scheme://authority/base-path` without a trailing slash; requests go to it + the
+    /// caller's validated path.
+    base: String,
     /// Path prefixes routed here.
     pub routes: Vec<String>,
     /// Login path.
-    pub auth_path: String,
+    pub auth_path: CallerPath,
     /// The upstream's RSA key.
     pub public_key: PublicKey,
     /// Who encrypts payloads.
@@ -383,6 +395,9 @@ pub struct Upstream {
     pub names: HeaderNames,
     /// Static extra headers (sensitive).
     pub static_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Caller headers that may travel upstream: the generic ones, the profile's and
+    /// `forward_headers`.
+    pub forwarded: Vec<HeaderName>,
     /// Refresh this long before expiry.
     pub refresh_before: Duration,
     /// GSTIN checksum policy.
@@ -433,6 +448,14 @@ pub enum UpstreamError {
         /// Upstream name.
         name: String,
         /// Which value.
+        what: String,
+    },
+    /// A URL or path setting cannot be used.
+    #[error("upstream `{name}`: {what}")]
+    Setting {
+        /// Upstream name.
+        name: String,
+        /// What is wrong with which setting.
         what: String,
     },
     /// The HTTP client could not be built.
@@ -513,6 +536,18 @@ impl Upstream {
                 ))
             })
             .collect::<Result<_, UpstreamError>>()?;
+        let mut forwarded: Vec<HeaderName> = Vec::new();
+        for raw in GENERIC_CALLER_HEADERS
+            .iter()
+            .chain(profile.caller_headers())
+            .map(|h| h.to_string())
+            .chain(cfg.forward_headers.iter().map(|h| h.to_ascii_lowercase()))
+        {
+            let h = header_name(&raw, &name)?;
+            if !forwarded.contains(&h) {
+                forwarded.push(h);
+            }
+        }
         let tls =
             tls::client_config(cfg.ca_file.as_deref()).map_err(|source| UpstreamError::Client {
                 name: name.clone(),
@@ -525,14 +560,21 @@ impl Upstream {
             },
             name: name.as_str().into(),
             profile,
-            base: reqwest::Url::parse(cfg.base_url.trim_end_matches('/')).map_err(|_| {
-                UpstreamError::Header {
+            base: reqwest::Url::parse(&cfg.base_url)
+                .map_err(|_| UpstreamError::Setting {
                     name: name.clone(),
-                    what: "base_url".into(),
+                    what: "base_url is not a URL".into(),
+                })?
+                .as_str()
+                .trim_end_matches('/')
+                .to_owned(),
+            routes: cfg.routes.clone(),
+            auth_path: CallerPath::parse(&cfg.auth_path, None).map_err(|e| {
+                UpstreamError::Setting {
+                    name: name.clone(),
+                    what: format!("auth_path: {e}"),
                 }
             })?,
-            routes: cfg.routes.clone(),
-            auth_path: cfg.auth_path.clone(),
             public_key,
             encryption: cfg.encryption,
             client_id: sensitive(cfg.client_id.expose_secret(), &name, "client_id")?,
@@ -543,6 +585,7 @@ impl Upstream {
             })?,
             names,
             static_headers,
+            forwarded,
             refresh_before: cfg.refresh_before,
             checksum: cfg.gstin_checksum,
             timeout: cfg.timeout,
@@ -558,15 +601,20 @@ impl Upstream {
         })
     }
 
-    /// Whether a request path belongs to this upstream.
-    pub fn routes_path(&self, path: &str) -> bool {
-        self.routes.iter().any(|r| path.starts_with(r.as_str()))
+    /// The length of the longest route prefix of this upstream that `path` starts with.
+    pub fn route_match(&self, path: &CallerPath) -> Option<usize> {
+        self.routes
+            .iter()
+            .filter(|r| path.path().starts_with(r.as_str()))
+            .map(String::len)
+            .max()
     }
 
-    /// Whether a path is this upstream's login path (answered by gstgate itself).
-    pub fn is_auth_path(&self, path: &str) -> bool {
-        path.trim_end_matches('/')
-            .eq_ignore_ascii_case(self.auth_path.trim_end_matches('/'))
+    /// Whether a path is this upstream's login path in any spelling the upstream would take
+    /// (case, version, trailing slash): such calls are answered by gstgate itself, so no
+    /// caller ever reaches the upstream's auth endpoint with gstgate's client credentials.
+    pub fn is_auth_path(&self, path: &CallerPath) -> bool {
+        path.matches_loosely(self.auth_path.path())
     }
 
     /// The header context for a GSTIN/user.
@@ -587,48 +635,46 @@ impl Upstream {
         }
     }
 
-    /// `base_url` + the caller's path and query. Built from the parsed base rather than by
-    /// parsing a string per request: the host never changes, and re-parsing it (IDNA and all)
-    /// was a visible share of the proxy's CPU. The URL parser still does the path, so dot
-    /// segments and percent-encoding are resolved as they always were.
-    fn url(&self, path_and_query: &str) -> reqwest::Url {
-        let (path, query) = match path_and_query.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
-            None => (path_and_query, None),
-        };
-        let mut url = self.base.clone();
-        let base_path = self.base.path().trim_end_matches('/');
-        if base_path.is_empty() {
-            url.set_path(path);
-        } else {
-            url.set_path(&format!("{base_path}{path}"));
+    /// `base_url` + the caller's validated path + its query, concatenated and never resolved:
+    /// the path was checked by [`CallerPath`], so the upstream gets exactly the path gstgate
+    /// routed on, under the base URL's own path. (A URL parser would resolve dot segments,
+    /// which is how `..` used to climb out of the base path.)
+    fn uri(&self, path: &CallerPath) -> Result<Uri, GatewayError> {
+        let query = path.query();
+        let mut text = String::with_capacity(
+            self.base.len() + path.path().len() + query.map_or(0, |q| q.len() + 1),
+        );
+        text.push_str(&self.base);
+        text.push_str(path.path());
+        if let Some(q) = query {
+            text.push('?');
+            text.push_str(q);
         }
-        url.set_query(query);
-        url
+        // The base is a parsed http(s) URL and the path and query passed hyper's parser.
+        Uri::try_from(text)
+            .map_err(|_| GatewayError::Internal("the upstream URL is not a valid URI".into()))
     }
 
     /// Sends one request and reads the whole reply, within the timeout and size cap.
     pub async fn send(
         &self,
         method: Method,
-        path_and_query: &str,
+        path: &CallerPath,
         mut headers: HeaderMap,
         body: Bytes,
     ) -> Result<(StatusCode, HeaderMap, Bytes), GatewayError> {
         for (k, v) in &self.static_headers {
             headers.insert(k.clone(), v.clone());
         }
-        let url = self.url(path_and_query);
+        let uri = self.uri(path)?;
         let started = Instant::now();
-        let result = match tokio::time::timeout(
-            self.timeout,
-            self.exchange(method, url.as_str(), headers, body),
-        )
-        .await
-        {
-            Ok(result) => result,
-            Err(_) => Err(GatewayError::UpstreamTimeout(self.timeout.as_millis())),
-        };
+        let result =
+            match tokio::time::timeout(self.timeout, self.exchange(method, uri, headers, body))
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(GatewayError::UpstreamTimeout(self.timeout.as_millis())),
+            };
         self.metrics
             .upstream_duration
             .get_or_create(&self.label)
@@ -639,13 +685,10 @@ impl Upstream {
     async fn exchange(
         &self,
         method: Method,
-        url: &str,
+        uri: Uri,
         mut headers: HeaderMap,
         body: Bytes,
     ) -> Result<(StatusCode, HeaderMap, Bytes), GatewayError> {
-        // A URL the parser produced is a valid URI; this cannot fail for a configured base.
-        let uri = Uri::try_from(url)
-            .map_err(|_| GatewayError::Internal("the upstream URL is not a valid URI".into()))?;
         headers
             .entry(header::USER_AGENT)
             .or_insert_with(|| USER_AGENT.clone());
@@ -701,5 +744,28 @@ fn non_json_verdict(status: StatusCode) -> Verdict {
         },
         code: None,
         message: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_header_a_profile_injects_can_be_forwarded_from_a_caller() {
+        let profiles: [Box<dyn Profile>; 3] = [
+            Box::new(einvoice::Einvoice),
+            Box::new(ewaybill::Ewaybill),
+            Box::new(gstn::Gstn),
+        ];
+        for profile in profiles {
+            for name in profile.default_header_names() {
+                assert!(
+                    crate::config::RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()),
+                    "`{name}` is injected but not reserved"
+                );
+                assert!(!profile.caller_headers().contains(&name));
+            }
+        }
     }
 }

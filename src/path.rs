@@ -1,0 +1,282 @@
+//! Request paths, normalised and validated once, before anything looks at them.
+//!
+//! Routing, the auth-path shortcut and the upstream URL all read the [`CallerPath`] made
+//! here, never the raw request target, so what gstgate decides on is exactly what the upstream
+//! receives. The rule is an allow-list of what GST API paths are made of, not a list of known
+//! attacks: every segment, once percent-decoded, is letters, digits, `-`, `_` and `.`, is not
+//! made of dots only (`.`, `..`, `...`) and does not end in a dot (Windows servers drop a
+//! trailing dot, so `auth.` would reach `auth`). Nothing else passes: no encoded or literal
+//! backslash, no encoded slash, no `;` (Java servers read `..;` as `..`), no `%25` double
+//! encoding, no empty segment except one trailing slash.
+//!
+//! Because every allowed byte is an RFC 3986 unreserved character, the decoded path is also
+//! its own canonical encoding: the upstream gets it verbatim after the base URL's path, and no
+//! server on the way can resolve it to anything else.
+
+/// Why a path was refused (the `path_invalid` problem's detail).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// The target is not an absolute path (`*`, an empty path).
+    #[error("the path must start with `/`")]
+    NotAbsolute,
+    /// A `.` or `..` segment, plain or percent-encoded, or any segment of dots only.
+    #[error("segment {0} is a dot segment (`.`, `..`, plain or percent-encoded)")]
+    DotSegment(usize),
+    /// A segment ending in `.`, which some servers strip.
+    #[error("segment {0} ends with a dot")]
+    TrailingDot(usize),
+    /// `//` inside the path.
+    #[error("segment {0} is empty (`//`)")]
+    EmptySegment(usize),
+    /// `%2F` inside a segment.
+    #[error("segment {0} contains an encoded slash (`%2F`)")]
+    EncodedSlash(usize),
+    /// `\` or `%5C`, which many servers treat as `/`.
+    #[error("segment {0} contains a backslash")]
+    Backslash(usize),
+    /// A `%` not followed by two hex digits.
+    #[error("segment {0} has a malformed percent-encoding")]
+    BadEncoding(usize),
+    /// Any other byte outside letters, digits, `-`, `_` and `.`.
+    #[error("segment {segment} contains {what}, which no GST API path uses")]
+    Disallowed {
+        /// The 1-based segment index.
+        segment: usize,
+        /// The byte, described without echoing control characters.
+        what: String,
+    },
+}
+
+/// A validated request path and its raw query, as the upstream will receive them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerPath {
+    path: String,
+    query: Option<String>,
+}
+
+impl CallerPath {
+    /// Validates `path` (as it arrived, still percent-encoded) and keeps `query` as sent.
+    ///
+    /// The query is not decoded or changed: it cannot move the request to another path, and
+    /// the upstream reads it as the caller wrote it.
+    pub fn parse(path: &str, query: Option<&str>) -> Result<Self, PathError> {
+        Ok(Self {
+            path: canonical(path)?,
+            query: query.map(str::to_owned),
+        })
+    }
+
+    /// The canonical path: decoded, and equal to its own encoding.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The query string as the caller sent it, without the `?`.
+    pub fn query(&self) -> Option<&str> {
+        self.query.as_deref()
+    }
+
+    /// Whether this is `pattern`'s path in another spelling the upstream would accept: ASCII
+    /// case is ignored, a trailing slash too, and a version segment of `pattern` (`v1.04`)
+    /// matches any version segment, so `/eivital/v1.03/auth` is the e-invoice auth path too.
+    pub fn matches_loosely(&self, pattern: &str) -> bool {
+        let ours = self.path.trim_end_matches('/').split('/');
+        let theirs = pattern.trim_end_matches('/').split('/');
+        ours.clone().count() == theirs.clone().count()
+            && ours
+                .zip(theirs)
+                .all(|(a, b)| a.eq_ignore_ascii_case(b) || (is_version(a) && is_version(b)))
+    }
+}
+
+/// `v` or `V`, then digits and dots: an API version segment.
+fn is_version(segment: &str) -> bool {
+    let mut bytes = segment.bytes();
+    matches!(bytes.next(), Some(b'v' | b'V'))
+        && segment.len() > 1
+        && bytes.all(|b| b.is_ascii_digit() || b == b'.')
+}
+
+/// The decoded, validated form of a raw path (see the module doc for the rule).
+pub fn canonical(raw: &str) -> Result<String, PathError> {
+    let rest = raw.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
+    let mut out = String::with_capacity(raw.len());
+    let segments: Vec<&str> = rest.split('/').collect();
+    let last = segments.len() - 1;
+    for (i, segment) in segments.iter().enumerate() {
+        let n = i + 1;
+        out.push('/');
+        if segment.is_empty() {
+            // `/` alone, or one trailing slash, is a path; `//` inside one is not.
+            if i == last {
+                continue;
+            }
+            return Err(PathError::EmptySegment(n));
+        }
+        let start = out.len();
+        decode_segment(segment, n, &mut out)?;
+        let decoded = &out[start..];
+        if decoded.bytes().all(|b| b == b'.') {
+            return Err(PathError::DotSegment(n));
+        }
+        if decoded.ends_with('.') {
+            return Err(PathError::TrailingDot(n));
+        }
+    }
+    Ok(out)
+}
+
+/// Percent-decodes one segment into `out`, refusing any byte outside the allow-list.
+fn decode_segment(segment: &str, n: usize, out: &mut String) -> Result<(), PathError> {
+    let bytes = segment.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or(PathError::BadEncoding(n))?;
+            i += 3;
+            match hex {
+                b'/' => return Err(PathError::EncodedSlash(n)),
+                b'\\' => return Err(PathError::Backslash(n)),
+                b => b,
+            }
+        } else {
+            i += 1;
+            match bytes[i - 1] {
+                b'\\' => return Err(PathError::Backslash(n)),
+                b => b,
+            }
+        };
+        if !(byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.')) {
+            return Err(PathError::Disallowed {
+                segment: n,
+                what: describe(byte),
+            });
+        }
+        out.push(char::from(byte));
+    }
+    Ok(())
+}
+
+/// A byte as the error names it: printable ASCII quoted, anything else as hex.
+fn describe(byte: u8) -> String {
+    if byte.is_ascii_graphic() {
+        format!("`{}`", char::from(byte))
+    } else {
+        format!("byte 0x{byte:02X}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_paths_pass_unchanged() {
+        for p in [
+            "/",
+            "/eicore/v1.03/Invoice",
+            "/eicore/v1.03/Invoice/",
+            "/eivital/v1.04/Master/gstin/27AAPFU0939F1ZV",
+            "/taxpayerapi/v1.0/returns/gstr1",
+            "/ewaybillapi/v1.03/ewayapi/GetEwayBill",
+            "/a_b-c.d",
+        ] {
+            assert_eq!(canonical(p).as_deref(), Ok(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn encoded_unreserved_bytes_are_decoded_to_the_canonical_form() {
+        assert_eq!(
+            canonical("/eicore/v1.03/%49nvoice").as_deref(),
+            Ok("/eicore/v1.03/Invoice")
+        );
+        assert_eq!(canonical("/a%2db%5Fc").as_deref(), Ok("/a-b_c"));
+    }
+
+    #[test]
+    fn every_traversal_spelling_is_refused() {
+        for p in [
+            "/eicore/../_sim/sessions",
+            "/eicore/./x",
+            "/eicore/%2e%2e/_sim",
+            "/eicore/%2E%2E/_sim",
+            "/eicore/.%2e/_sim",
+            "/eicore/%2e./_sim",
+            "/eicore/%2E./_sim",
+            "/eicore/..",
+            "/eicore/.",
+            "/eicore/...",
+            "/..",
+        ] {
+            assert!(
+                matches!(canonical(p), Err(PathError::DotSegment(_))),
+                "{p}: {:?}",
+                canonical(p)
+            );
+        }
+        for p in ["/eicore/..\\_sim", "/eicore/%5c..", "/eicore/%5C", "/x\\y"] {
+            assert!(matches!(canonical(p), Err(PathError::Backslash(_))), "{p}");
+        }
+        for p in ["/eicore/a%2fb", "/eicore/%2F..%2F_sim"] {
+            assert!(
+                matches!(canonical(p), Err(PathError::EncodedSlash(_))),
+                "{p}"
+            );
+        }
+    }
+
+    #[test]
+    fn ambiguous_spellings_are_refused() {
+        assert_eq!(canonical("eicore"), Err(PathError::NotAbsolute));
+        assert_eq!(canonical("*"), Err(PathError::NotAbsolute));
+        assert_eq!(canonical(""), Err(PathError::NotAbsolute));
+        assert_eq!(canonical("//x"), Err(PathError::EmptySegment(1)));
+        assert_eq!(canonical("/a//b"), Err(PathError::EmptySegment(2)));
+        assert_eq!(canonical("/a/b//"), Err(PathError::EmptySegment(3)));
+        assert_eq!(canonical("/auth."), Err(PathError::TrailingDot(1)));
+        assert_eq!(canonical("/a%2"), Err(PathError::BadEncoding(1)));
+        assert_eq!(canonical("/a%zz"), Err(PathError::BadEncoding(1)));
+        assert_eq!(canonical("/a%"), Err(PathError::BadEncoding(1)));
+        for p in [
+            "/a;b", "/..;/x", "/a%252e", "/a%00", "/a b", "/a%20", "/~x", "/a:b",
+        ] {
+            assert!(
+                matches!(canonical(p), Err(PathError::Disallowed { .. })),
+                "{p}: {:?}",
+                canonical(p)
+            );
+        }
+        // A multi-byte character is refused byte by byte, never split into a bad string.
+        assert!(matches!(canonical("/é"), Err(PathError::Disallowed { .. })));
+    }
+
+    #[test]
+    fn canonical_is_idempotent() {
+        let once = canonical("/eicore/v1.03/%49nvoice/").unwrap();
+        assert_eq!(canonical(&once).as_deref(), Ok(once.as_str()));
+    }
+
+    #[test]
+    fn auth_paths_match_in_any_case_version_or_trailing_slash() {
+        let p = |s: &str| CallerPath::parse(s, None).unwrap();
+        let auth = "/eivital/v1.04/auth";
+        assert!(p("/eivital/v1.04/auth").matches_loosely(auth));
+        assert!(p("/eivital/v1.04/auth/").matches_loosely(auth));
+        assert!(p("/EIVITAL/V1.04/AUTH").matches_loosely(auth));
+        assert!(p("/eivital/v1.03/auth").matches_loosely(auth));
+        assert!(p("/eivital/v2/Auth").matches_loosely(auth));
+        assert!(p("/eivital/v1.04/%61uth").matches_loosely(auth));
+        assert!(!p("/eivital/v1.04/authx").matches_loosely(auth));
+        assert!(!p("/eivital/v1.04/auth/x").matches_loosely(auth));
+        assert!(!p("/eivital/auth").matches_loosely(auth));
+        assert!(!p("/eivital/x1.04/auth").matches_loosely(auth));
+        assert!(
+            p("/taxpayerapi/v0.2/authenticate").matches_loosely("/taxpayerapi/v1.0/authenticate")
+        );
+    }
+}
