@@ -286,6 +286,28 @@ struct OtpBody {
     otp: String,
 }
 
+/// How many digits a GSTN OTP has.
+pub const OTP_LEN: usize = 6;
+
+/// Reads the body of `POST …/otp`: a JSON object whose one member is `otp`, a string of
+/// exactly six ASCII digits. Anything else (an array, a number, spaces, a newline, other
+/// members) is refused here, before a login is spent on it upstream.
+pub fn parse_otp_body(body: &[u8]) -> Result<SecretString, GatewayError> {
+    let invalid = || GatewayError::AdminBodyInvalid("expected {\"otp\": \"123456\"}".into());
+    // serde's derived struct would also accept the array form `["123456"]`.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(invalid());
+    }
+    let body = serde_json::from_slice::<OtpBody>(body).map_err(|_| invalid())?;
+    if body.otp.len() != OTP_LEN || !body.otp.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(GatewayError::OtpInvalid {
+            upstream_code: None,
+            detail: "an OTP is the 6 digits the taxpayer received, with nothing around them".into(),
+        });
+    }
+    Ok(SecretString::from(body.otp))
+}
+
 /// `POST …/otp` with `{"otp": "123456"}`: starts the GSTN session.
 async fn otp(
     State(admin): State<Arc<Admin>>,
@@ -297,8 +319,7 @@ async fn otp(
     // `admit` has already read the body within the limit, so this cannot fail in practice;
     // if it did, the caller still gets a problem rather than axum's text.
     let body = body.map_err(|e| GatewayError::AdminRequestInvalid(e.to_string()))?;
-    let body = serde_json::from_slice::<OtpBody>(&body)
-        .map_err(|_| GatewayError::AdminBodyInvalid("expected {\"otp\": \"123456\"}".into()))?;
-    let session = admin.sessions.submit_otp(&slot, &body.otp).await?;
+    let otp = parse_otp_body(&body)?;
+    let session = admin.sessions.submit_otp(&slot, otp).await?;
     Ok((StatusCode::OK, Json(session_body(&slot, &session))).into_response())
 }

@@ -56,9 +56,6 @@ const AT_EXPIRY_RETRY_GAP: Duration = Duration::from_secs(1);
 /// API-access period).
 const DEFAULT_SESSION_LIFETIME: Duration = crate::config::MAX_SESSION_LIFETIME;
 
-/// The shortest OTP the admin API accepts and the longest; GSTN's are 6 digits.
-const OTP_DIGITS: std::ops::RangeInclusive<usize> = 4..=8;
-
 /// Why a session is being (re)established — the `trigger` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -560,22 +557,15 @@ impl Sessions {
         }
     }
 
-    /// Starts a GSTN session with the OTP the taxpayer received; the portal session it opens
-    /// lasts the credential's `session_lifetime`.
+    /// Starts a GSTN session with the OTP the taxpayer received (already checked to be six
+    /// digits by the admin API); the portal session it opens lasts the credential's
+    /// `session_lifetime`.
     pub async fn submit_otp(
         self: &Arc<Self>,
         slot: &Arc<Slot>,
-        otp: &str,
+        otp: SecretString,
     ) -> Result<Arc<Session>, GatewayError> {
         self.require_otp_api(slot)?;
-        let otp = otp.trim();
-        if !OTP_DIGITS.contains(&otp.len()) || !otp.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(GatewayError::OtpInvalid {
-                upstream_code: None,
-                detail: "an OTP is the 6 digits the taxpayer received".into(),
-            });
-        }
-        let otp = SecretString::from(otp);
         self.detached(slot, |me, slot| async move {
             me.start_with_otp(&slot, otp.expose_secret()).await
         })
