@@ -215,6 +215,9 @@ pub struct SimConfig {
     pub gstn_session_ttl: Duration,
     /// GSTN: most live portal sessions per user before AUTH403.
     pub gstn_max_sessions: usize,
+    /// Serve the protocol APIs under this path (`/gus/irp/nic`), as GSPs do; the control API
+    /// stays at `/_sim/`.
+    pub path_prefix: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -239,6 +242,7 @@ impl Default for SimConfig {
             fixed_otp: None,
             gstn_session_ttl: DEFAULT_GSTN_SESSION_TTL,
             gstn_max_sessions: DEFAULT_GSTN_MAX_SESSIONS,
+            path_prefix: None,
         }
     }
 }
@@ -335,6 +339,13 @@ pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
             )));
         }
     }
+    if let Some(prefix) = &cfg.path_prefix {
+        if !prefix.starts_with('/') || prefix.ends_with('/') || prefix.contains("//") {
+            return Err(SimError::Config(format!(
+                "path_prefix {prefix:?} must start with `/` and not end with one"
+            )));
+        }
+    }
     let keypair = load_or_generate_key(cfg.key_file.as_deref()).await?;
     let public_key_pem = keypair.public_key().to_pem()?;
     if let Some(path) = &cfg.public_key_out {
@@ -384,7 +395,8 @@ pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
         gstn: Mutex::new(Default::default()),
     });
     let (stop, stop_rx) = watch::channel(false);
-    let task = tokio::spawn(server::serve(listener, router(state), stop_rx));
+    let app = router(state, cfg.path_prefix.as_deref());
+    let task = tokio::spawn(server::serve(listener, app, stop_rx));
     tracing::info!(%addr, "sim: listening");
     Ok(SimHandle {
         addr,
@@ -394,8 +406,9 @@ pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
     })
 }
 
-/// The whole application: protocol routes behind the intercept layer, the control API beside.
-fn router(state: Arc<SimState>) -> Router {
+/// The whole application: protocol routes behind the intercept layer (under `prefix` when
+/// one is set), the control API beside.
+fn router(state: Arc<SimState>, prefix: Option<&str>) -> Router {
     // `.layer()` wraps the routes and the fallback added before it, so unknown paths are
     // logged too; the control routes merged afterwards are not logged, counted or faulted.
     let protocol = einvoice::routes()
@@ -406,6 +419,12 @@ fn router(state: Arc<SimState>) -> Router {
             state.clone(),
             server::intercept,
         ));
+    let protocol = match prefix {
+        // Paths outside the prefix get the outer router's plain 404, unlogged, as a GSP's
+        // other applications would.
+        Some(prefix) => Router::new().nest(prefix, protocol),
+        None => protocol,
+    };
     protocol.merge(control::routes()).with_state(state)
 }
 
@@ -558,6 +577,10 @@ pub struct SimArgs {
     /// GSTN: most live portal sessions per user; one more OTP login is AUTH403.
     #[arg(long, default_value_t = DEFAULT_GSTN_MAX_SESSIONS)]
     pub gstn_max_sessions: usize,
+    /// Serve the GST APIs under this path, as a GSP does (e.g. `/gus/irp/nic`); the gateway's
+    /// `base_url` then ends with it.
+    #[arg(long, value_name = "PATH")]
+    pub path_prefix: Option<String>,
 }
 
 fn parse_otp(s: &str) -> Result<String, String> {
@@ -598,6 +621,7 @@ impl SimArgs {
             fixed_otp: self.fixed_otp,
             gstn_session_ttl: self.gstn_session_ttl,
             gstn_max_sessions: self.gstn_max_sessions,
+            path_prefix: self.path_prefix,
         }
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, OriginalUri, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -166,7 +166,12 @@ fn log_request(sim: &SimState, parts: &axum::http::request::Parts, body: &[u8]) 
     let entry = LoggedRequest {
         at: chrono::Utc::now().to_rfc3339(),
         method: parts.method.to_string(),
-        path: parts.uri.path().to_string(),
+        // Under a path prefix the router has stripped it from `uri`: log what was received.
+        path: parts
+            .extensions
+            .get::<OriginalUri>()
+            .map_or_else(|| parts.uri.path(), |o| o.0.path())
+            .to_string(),
         query: parts.uri.query().map(str::to_string),
         headers,
         body: String::from_utf8_lossy(&body[..body.len().min(LOGGED_BODY_MAX)]).into_owned(),
