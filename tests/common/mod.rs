@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::process::{Child, Command};
 
 /// The binary under test.
@@ -123,8 +123,8 @@ impl Captured {
 }
 
 /// Reads `stream` line by line until `marker` is seen; returns that line, and keeps
-/// capturing the rest in the background.
-async fn wait_for_line<R>(stream: R, marker: &str, capture: Captured) -> String
+/// capturing the rest in the background. `stderr` is quoted if the process exits first.
+async fn wait_for_line<R>(stream: R, marker: &str, capture: Captured, stderr: &Captured) -> String
 where
     R: AsyncRead + Unpin + Send + 'static,
 {
@@ -137,8 +137,9 @@ where
             }
         }
         panic!(
-            "process exited before printing `{marker}`; output:\n{}",
-            capture.text()
+            "process exited before printing `{marker}`; output:\n{}\nstderr:\n{}",
+            capture.text(),
+            stderr.text()
         );
     })
     .await
@@ -243,11 +244,13 @@ impl Sim {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().expect("spawn gstgate sim");
-        capture_stream(child.stderr.take().unwrap(), Captured::default());
+        let stderr = Captured::default();
+        capture_stream(child.stderr.take().unwrap(), stderr.clone());
         let line = wait_for_line(
             child.stdout.take().unwrap(),
             "listening on",
             Captured::default(),
+            &stderr,
         )
         .await;
         let addr = addr_after(&line, "http://");
@@ -532,6 +535,7 @@ impl Gateway {
             child.stdout.take().unwrap(),
             "gstgate ready",
             stdout.clone(),
+            &logs,
         )
         .await;
         let proxy = addr_after(&line, "proxy http://");
@@ -713,4 +717,40 @@ impl Gateway {
         assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
         otp
     }
+}
+
+/// Sends `head` (and `body`) on a raw connection to `addr` and returns everything the server
+/// writes until it closes, failing after `within`.
+pub async fn raw_exchange(
+    addr: std::net::SocketAddr,
+    head: &str,
+    body: &[u8],
+    within: Duration,
+) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(within, stream.read_to_end(&mut out))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no complete answer within {within:?}; got {:?}",
+                String::from_utf8_lossy(&out)
+            )
+        })
+        .unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+/// The status, lower-cased head and JSON body of a raw HTTP/1.1 response.
+pub fn parse_raw(text: &str) -> (u16, String, Value) {
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete head");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (status, head.to_ascii_lowercase(), body)
 }

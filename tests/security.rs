@@ -1,0 +1,653 @@
+//! Security regression tests (SECURITY.md): every probe of the attack that found `..` walking
+//! out of the routes, sent over real HTTP to the real binary, with the simulator as the
+//! upstream and witness. A caller here holds a valid API key but is not trusted with other
+//! tenants, with the upstream's other paths or with gstgate's own credentials.
+//!
+//! Paths are sent over raw TCP: HTTP client libraries resolve dot segments before sending,
+//! which is exactly what an attacker's client does not do.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
+use serde_json::{json, Value};
+
+/// The second tenant's key: its client may act only for [`OTHER`].
+const OTHER_KEY: &str = "other-tenant-key-5678";
+
+/// The GSTIN the second tenant may use.
+fn other() -> String {
+    gstin_n(1)
+}
+
+/// Both tenants' credentials on all three APIs, the way the attack found them.
+fn two_tenants() -> (SimOpts, GwOpts) {
+    let users = vec![
+        (GSTIN.into(), USER.into(), PASSWORD.into()),
+        (other(), USER.into(), PASSWORD.into()),
+    ];
+    let sim = SimOpts {
+        users: users.clone(),
+        extra: vec!["--fixed-otp".into(), "575757".into()],
+        ..SimOpts::default()
+    };
+    let gw = GwOpts {
+        apis: vec!["einvoice", "ewaybill", "gstn"],
+        credentials: users,
+        clients: vec![
+            ("billing".into(), API_KEY.into(), vec![GSTIN.into()]),
+            ("other".into(), OTHER_KEY.into(), vec![other()]),
+        ],
+        // The production default (e-way bill allows at most 5).
+        max_logins: 4,
+        ..GwOpts::default()
+    };
+    (sim, gw)
+}
+
+/// A raw HTTP/1.1 request head with the given target and no body, closing the connection
+/// after the answer.
+fn head(method: &str, target: &str, key: &str, gstin: &str, extra: &str) -> String {
+    head_for_body(method, target, key, gstin, extra, 0)
+}
+
+/// Like [`head`], for a body of `len` bytes; `extra` is whole header lines.
+fn head_for_body(
+    method: &str,
+    target: &str,
+    key: &str,
+    gstin: &str,
+    extra: &str,
+    len: usize,
+) -> String {
+    format!(
+        "{method} {target} HTTP/1.1\r\nhost: gstgate\r\nx-api-key: {key}\r\ngstin: {gstin}\r\n{extra}content-length: {len}\r\nconnection: close\r\n\r\n"
+    )
+}
+
+/// The simulator's request log, as (method, path, headers) for the assertions below.
+async fn upstream_log(sim: &Sim) -> Vec<Value> {
+    sim.requests(200).await
+}
+
+#[tokio::test]
+async fn every_traversal_spelling_is_refused_before_the_upstream_sees_it() {
+    let (sim_opts, gw_opts) = two_tenants();
+    let sim = Sim::start(sim_opts).await;
+    let gw = Gateway::start(&sim, gw_opts).await;
+    // One legitimate call first, so the log has an entry the `DELETE` probe would erase.
+    let res = gw
+        .request_for(
+            reqwest::Method::GET,
+            "/eivital/v1.04/Master/gstin/27AAACR5055K1Z7",
+            GSTIN,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let before = upstream_log(&sim).await;
+    let before_counters = sim.counters().await;
+
+    let probes = [
+        ("GET", "/eicore/../_sim/sessions"),
+        ("GET", "/eicore/%2e%2e/_sim/sessions"),
+        ("GET", "/eicore/%2E%2E/_sim/sessions"),
+        ("GET", "/eicore/%2E%2e/_sim/sessions"),
+        ("GET", "/eicore/.%2e/_sim/sessions"),
+        ("GET", "/eicore/%2e./_sim/sessions"),
+        ("GET", "/eicore/..\\_sim/sessions"),
+        ("GET", "/eicore/..%5c_sim/sessions"),
+        ("GET", "/eicore/..%5C_sim/sessions"),
+        ("GET", "/eicore/%2e%2e%2f_sim/sessions"),
+        ("GET", "/eicore/..;/_sim/sessions"),
+        ("GET", "/eicore//../_sim/sessions"),
+        ("GET", "/eicore/v1.03/./Invoice"),
+        ("GET", "/eicore/v1.03/Invoice/..."),
+        ("GET", "/eicore/%252e%252e/_sim/sessions"),
+        ("POST", "/ewaybillapi/../_sim/reject-tokens"),
+        ("DELETE", "/eicore/../_sim/requests"),
+        ("POST", "/taxpayerapi/v1.0/./authenticate"),
+        ("POST", "/taxpayerapi/v1.0/.%2E/v1.0/authenticate"),
+    ];
+    for (key, gstin) in [(OTHER_KEY, other()), (API_KEY, GSTIN.to_owned())] {
+        for (method, target) in probes {
+            let text = raw_exchange(
+                gw.proxy,
+                &head(method, target, key, &gstin, ""),
+                b"",
+                Duration::from_secs(10),
+            )
+            .await;
+            let (status, head, body) = parse_raw(&text);
+            assert_eq!(status, 400, "{method} {target}: {text}");
+            assert_eq!(body["code"], "path_invalid", "{method} {target}: {body}");
+            assert!(head.contains("content-type: application/problem+json"));
+            assert!(head.contains("x-request-id: "), "{head}");
+            assert!(body["request_id"].is_string());
+        }
+    }
+    // Nothing reached the upstream, nothing there changed.
+    assert_eq!(upstream_log(&sim).await, before);
+    assert_eq!(sim.counters().await, before_counters);
+    assert_eq!(
+        gw.metric(r#"gstgate_requests_total{upstream="none",status="4xx"}"#)
+            .await,
+        2.0 * probes.len() as f64
+    );
+}
+
+#[tokio::test]
+async fn methods_no_gst_api_uses_are_refused_before_the_upstream() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    // TRACE is the dangerous one: an upstream that honours it echoes the request, gstgate's
+    // client secret and the taxpayer's token included, back to the caller.
+    for method in ["TRACE", "OPTIONS", "PATCH", "PROPFIND", "HEAD"] {
+        let text = raw_exchange(
+            gw.proxy,
+            &head(method, "/eicore/v1.03/Invoice", API_KEY, GSTIN, ""),
+            b"",
+            Duration::from_secs(10),
+        )
+        .await;
+        let status_line = text.lines().next().unwrap_or_default();
+        assert!(status_line.contains(" 405 "), "{method}: {text}");
+        assert!(
+            text.to_ascii_lowercase()
+                .contains("allow: get, post, put, delete"),
+            "{method}: {text}"
+        );
+        if method != "HEAD" {
+            let (_, _, body) = parse_raw(&text);
+            assert_eq!(body["code"], "method_not_allowed", "{method}");
+        }
+    }
+    assert!(upstream_log(&sim).await.is_empty());
+    let counters = sim.counters().await;
+    assert_eq!(counters["auth_calls"], 0, "{counters}");
+    assert_eq!(counters["requests"], 0, "{counters}");
+}
+
+#[tokio::test]
+async fn no_spelling_of_an_auth_path_reaches_the_upstream() {
+    let (sim_opts, gw_opts) = two_tenants();
+    let sim = Sim::start(sim_opts).await;
+    let gw = Gateway::start(&sim, gw_opts).await;
+
+    // GSTN: a caller-built OTPREQUEST in any spelling the portal would accept is answered by
+    // gstgate, which never starts a GSTN session for a caller.
+    let otp_request = json!({"action": "OTPREQUEST", "username": USER, "app_key": "AAAA"});
+    for target in [
+        "/taxpayerapi/v1.0/authenticate",
+        "/taxpayerapi/v1.0/authenticate/",
+        "/taxpayerapi/V1.0/AUTHENTICATE",
+        "/taxpayerapi/v0.2/authenticate",
+        "/taxpayerapi/v2.0/Authenticate",
+        "/taxpayerapi/v1.0/%61uthenticate",
+        "/taxpayerapi/v1.0/authenticat%65",
+    ] {
+        let res = gw
+            .http
+            .post(format!("http://{}{target}", gw.proxy))
+            .header("x-api-key", API_KEY)
+            .header("gstin", GSTIN)
+            .json(&otp_request)
+            .send()
+            .await
+            .unwrap();
+        expect_problem(res, 503, "otp_required").await;
+    }
+    // E-invoice: the versions and cases of the auth path get gstgate's own answer, without
+    // the token or SEK; only gstgate's single login reached the upstream, on its configured
+    // path.
+    for target in [
+        "/eivital/v1.04/auth",
+        "/eivital/v1.03/auth",
+        "/EIVITAL/V1.04/AUTH",
+        "/eivital/v1.04/Auth/",
+    ] {
+        let text = raw_exchange(
+            gw.proxy,
+            &head("POST", target, API_KEY, GSTIN, ""),
+            b"",
+            Duration::from_secs(10),
+        )
+        .await;
+        let (status, _, body) = parse_raw(&text);
+        // Routes are case-sensitive: the upper-case spelling is no route at all.
+        if target.starts_with("/EIVITAL") {
+            assert_eq!(status, 404, "{target}: {body}");
+            continue;
+        }
+        assert_eq!(status, 200, "{target}: {body}");
+        assert_eq!(body["Data"]["AuthToken"], "managed-by-gstgate", "{target}");
+    }
+    let log = upstream_log(&sim).await;
+    let paths: Vec<&str> = log.iter().filter_map(|r| r["path"].as_str()).collect();
+    assert_eq!(paths, ["/eivital/v1.04/auth"], "upstream log: {log:?}");
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 1);
+}
+
+/// Headers a caller sends that no GST API call needs from it: identity and credential
+/// spellings, hop-by-hop headers, and an unlisted one.
+const FORGED: &[(&str, &str)] = &[
+    ("username", "attacker"),
+    ("UserName", "attacker"),
+    ("user-name", "attacker"),
+    ("user_name", USER),
+    ("password", "attacker-password"),
+    ("auth_token", "attacker-token"),
+    ("authtoken", "attacker-token"),
+    ("auth-token", "attacker-token"),
+    ("sek", "attacker-sek"),
+    ("appkey", "attacker-appkey"),
+    ("state-cd", "99"),
+    ("ip-usr", "10.6.6.6"),
+    ("txn", "attacker-txn"),
+    ("client_id", "attacker-client"),
+    ("client-id", "attacker-client"),
+    ("clientid", "attacker-client"),
+    ("client_secret", "attacker-secret"),
+    ("client-secret", "attacker-secret"),
+    ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+    ("x-unlisted", "1"),
+    ("x-hop", "hop-by-hop"),
+    ("keep-alive", "timeout=5"),
+];
+
+/// The logged upstream request whose `x-request-id` is `id`.
+async fn logged(sim: &Sim, id: &str) -> BTreeMap<String, String> {
+    let log = upstream_log(sim).await;
+    let entry = log
+        .iter()
+        .rev()
+        .find(|r| r["headers"]["x-request-id"] == id)
+        .unwrap_or_else(|| panic!("no upstream request with id {id}: {log:?}"));
+    serde_json::from_value(entry["headers"].clone()).unwrap()
+}
+
+#[tokio::test]
+async fn only_the_headers_an_api_needs_reach_the_upstream_with_gstgates_values() {
+    let (sim_opts, mut gw_opts) = two_tenants();
+    // A GSP that needs one header of its own from the caller; the caller names it, and one
+    // more, hop-by-hop in `Connection`.
+    gw_opts.upstream_extra = r#"forward_headers = ["X-GSP-Branch", "x-hop"]"#.into();
+    let sim = Sim::start(sim_opts).await;
+    let gw = Gateway::start(&sim, gw_opts).await;
+    gw.start_gstn_session(&sim, GSTIN).await;
+
+    let calls = [
+        (
+            "einvoice",
+            "POST",
+            "/eicore/v1.03/Invoice".to_owned(),
+            invoice(GSTIN, "SEC-1").to_string(),
+        ),
+        (
+            "ewaybill",
+            "GET",
+            "/ewaybillapi/v1.03/ewayapi/GetEwayBill?ewbNo=999999999999".to_owned(),
+            String::new(),
+        ),
+        (
+            "gstn",
+            "GET",
+            format!(
+                "/taxpayerapi/v1.0/returns/gstr1?action=RETSUM&gstin={GSTIN}&ret_period=102026"
+            ),
+            String::new(),
+        ),
+    ];
+    for (api, method, path, body) in calls {
+        let id = format!("sec-headers-{api}");
+        // Raw, so that every header goes out exactly as written (client libraries drop or
+        // rewrite some hop-by-hop ones); the gateway's `connection: close` is sent too.
+        let mut extra = format!(
+            "x-request-id: {id}\r\nx-gsp-branch: mumbai-2\r\nret_period: 102026\r\nconnection: x-hop\r\ncontent-type: application/json\r\n"
+        );
+        for (name, value) in FORGED {
+            extra.push_str(&format!("{name}: {value}\r\n"));
+        }
+        let text = raw_exchange(
+            gw.proxy,
+            &head_for_body(method, &path, API_KEY, GSTIN, &extra, body.len()),
+            body.as_bytes(),
+            Duration::from_secs(10),
+        )
+        .await;
+        let (status, head, reply) = parse_raw(&text);
+        assert!(
+            head.contains(&format!("x-request-id: {id}\r\n"))
+                || head.ends_with(&format!("x-request-id: {id}")),
+            "{api}: the caller's valid id comes back: {head}"
+        );
+        assert_eq!(status, 200, "{api}: {reply}");
+        let seen = logged(&sim, &id).await;
+
+        for (name, _) in FORGED {
+            let name = name.to_ascii_lowercase();
+            if let Some(value) = seen.get(&name) {
+                assert!(
+                    !value.contains("attacker") && value != "99" && value != "10.6.6.6",
+                    "{api}: the caller's `{name}` reached the upstream: {seen:?}"
+                );
+            }
+        }
+        for name in [
+            "x-unlisted",
+            "x-hop",
+            "http2-settings",
+            "keep-alive",
+            "password",
+            "sek",
+            "appkey",
+            "x-api-key",
+        ] {
+            assert!(
+                !seen.contains_key(name),
+                "{api}: `{name}` reached the upstream: {seen:?}"
+            );
+        }
+        assert_eq!(
+            seen.get("x-gsp-branch").map(String::as_str),
+            Some("mumbai-2"),
+            "{api}: forward_headers"
+        );
+        assert_eq!(seen.get("x-request-id"), Some(&id));
+        // The GST headers each API needs are there, with gstgate's values.
+        let expect: &[(&str, &str)] = match api {
+            "einvoice" => &[
+                ("client_id", CLIENT_ID),
+                ("client_secret", CLIENT_SECRET),
+                ("gstin", GSTIN),
+                ("user_name", USER),
+            ],
+            "ewaybill" => &[
+                ("client-id", CLIENT_ID),
+                ("client-secret", CLIENT_SECRET),
+                ("gstin", GSTIN),
+            ],
+            _ => &[
+                ("clientid", CLIENT_ID),
+                ("client-secret", CLIENT_SECRET),
+                ("gstin", GSTIN),
+                ("username", USER),
+                ("state-cd", "27"),
+                ("ip-usr", "127.0.0.1"),
+                ("ret_period", "102026"),
+            ],
+        };
+        for (name, value) in expect {
+            assert_eq!(
+                seen.get(*name).map(String::as_str),
+                Some(*value),
+                "{api}: `{name}` in {seen:?}"
+            );
+        }
+        let token_header = match api {
+            "einvoice" => "authtoken",
+            "ewaybill" => "authtoken",
+            _ => "auth-token",
+        };
+        let token = seen
+            .get(token_header)
+            .unwrap_or_else(|| panic!("{api}: no token header in {seen:?}"));
+        assert!(!token.contains("attacker"));
+        if api == "gstn" {
+            let txn = &seen["txn"];
+            assert!(
+                txn.len() == 32 && txn.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{txn}"
+            );
+        } else {
+            assert!(!seen.contains_key("txn"), "{api}: {seen:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_upstream_and_the_caller_see_the_same_valid_request_id() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let path = "/eivital/v1.04/Master/gstin/27AAACR5055K1Z7";
+    let long = "x".repeat(200);
+    for (sent, kept) in [
+        ("caller-id-42", true),
+        ("has space", false),
+        ("tab\there", false),
+        (long.as_str(), false),
+        ("", false),
+    ] {
+        let extra = format!("x-request-id: {sent}\r\n");
+        let text = raw_exchange(
+            gw.proxy,
+            &head("GET", path, API_KEY, GSTIN, &extra),
+            b"",
+            Duration::from_secs(10),
+        )
+        .await;
+        let (status, head, _) = parse_raw(&text);
+        assert_eq!(status, 200, "{text}");
+        let id = head
+            .lines()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .expect("a request id")
+            .to_owned();
+        if kept {
+            assert_eq!(id, sent);
+        } else {
+            assert!(
+                id.len() == 16 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{id:?}"
+            );
+        }
+        let log = upstream_log(&sim).await;
+        let last = log.last().expect("the call reached the upstream");
+        assert_eq!(
+            last["headers"]["x-request-id"],
+            id.as_str(),
+            "upstream got {last}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn otp_bodies_other_than_six_ascii_digits_are_refused_without_an_upstream_call() {
+    let (sim_opts, gw_opts) = two_tenants();
+    let sim = Sim::start(sim_opts).await;
+    let gw = Gateway::start(&sim, gw_opts).await;
+    let res = gw
+        .admin_post(&format!("/admin/sessions/gstn/{GSTIN}/otp-request"), None)
+        .await;
+    assert_eq!(res.status(), 202);
+    let auth_calls = sim.count(GSTIN, "auth_calls").await;
+    let logins = gw
+        .metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("gstgate_auth_requests_total{upstream=\"gstn\""))
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+
+    let path = format!("/admin/sessions/gstn/{GSTIN}/otp");
+    for body in [
+        r#"{"otp": " 575757"}"#,
+        "{\"otp\": \"575757\\n\"}",
+        r#"{"otp": "575757 "}"#,
+        r#"["575757"]"#,
+        r#"{"otp": 575757}"#,
+        r#"{"otp": "57575"}"#,
+        r#"{"otp": "5757570"}"#,
+        r#"{"otp": "57575a"}"#,
+        r#"{"otp": "５７５７５７"}"#,
+        r#"{"otp": "+57575"}"#,
+        r#"{"otp": "575757", "extra": 1}"#,
+        r#"{"otp": "575757", "otp": "575757"}"#,
+        r#"{"OTP": "575757"}"#,
+        r#""575757""#,
+        "575757",
+        "{}",
+        "null",
+        "",
+    ] {
+        let res = gw
+            .http
+            .post(format!("http://{}{path}", gw.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 400, "{body:?}");
+        let problem: Value = res.json().await.unwrap();
+        assert!(
+            problem["code"] == "body_invalid" || problem["code"] == "otp_invalid",
+            "{body:?}: {problem}"
+        );
+    }
+    assert_eq!(
+        sim.count(GSTIN, "auth_calls").await,
+        auth_calls,
+        "an OTP reached the upstream"
+    );
+    let after: Vec<String> = gw
+        .metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("gstgate_auth_requests_total{upstream=\"gstn\""))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(after, logins, "a login was counted");
+    // The right OTP still starts the session: no allowance was spent on the bad ones.
+    let res = gw.admin_post(&path, Some(json!({"otp": "575757"}))).await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+}
+
+/// Path pieces an attacker combines: dot segments in every encoding, separators, encodings of
+/// separators, characters servers treat specially, and plain API segments.
+fn piece() -> impl Strategy<Value = &'static str> {
+    let plain = prop::sample::select(vec![
+        "/",
+        "a",
+        "v1.03",
+        "Invoice",
+        "_sim",
+        "sessions",
+        "auth",
+        "authenticate",
+        "-",
+        "_",
+        "%41",
+        "%61",
+        "x.y",
+    ]);
+    let hostile = prop::sample::select(vec![
+        ".", "..", "...", "%2e", "%2E", "%2e%2e", ".%2e", "%2e.", "//", "\\", "%5c", "%5C", "%2f",
+        "%2F", "%25", "%252e", ";", "..;", "%3b", "%00", "%", "%2", "~", ":", "@", "+", "x.",
+        "%20", "!", "$", "'", "(", ")", "*", ",", "=", "&", "%c0%ae", "%u002e",
+    ]);
+    // Mostly plain, so that many generated paths do reach the upstream and are checked there.
+    prop_oneof![3 => plain, 1 => hostile]
+}
+
+/// The property: for each route, whatever path a caller sends under it, the caller gets 400
+/// or the upstream receives a path under `base_url`'s path + that route — never anything else.
+#[test]
+fn generated_paths_stay_under_the_upstream_prefix_or_get_400() {
+    const PREFIX: &str = "/gsp/nic";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (sim, gw) = rt.block_on(async {
+        let (mut sim_opts, mut gw_opts) = two_tenants();
+        sim_opts
+            .extra
+            .extend(["--path-prefix".into(), PREFIX.into()]);
+        let sim = Sim::start(sim_opts).await;
+        gw_opts.base_url = Some(format!("{}{PREFIX}", sim.url()));
+        let gw = Gateway::start(&sim, gw_opts).await;
+        gw.start_gstn_session(&sim, GSTIN).await;
+        (sim, gw)
+    });
+    let routes = [
+        "/eivital/",
+        "/eicore/",
+        "/eiewb/",
+        "/ewaybillapi/",
+        "/taxpayerapi/",
+    ];
+    let strategy = (
+        prop::sample::select(routes.to_vec()),
+        prop::collection::vec(piece(), 1..8),
+        // Bodiless methods: a POST without a JSON body stops at the body check.
+        prop::sample::select(vec!["GET", "DELETE"]),
+    );
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases: 300,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    let cases = std::cell::Cell::new(0u32);
+    let reached = std::cell::Cell::new(0u32);
+    let result = runner.run(&strategy, |(route, pieces, method)| {
+        cases.set(cases.get() + 1);
+        let target = format!("{route}{}", pieces.concat());
+        let id = format!("prop-{}", cases.get());
+        let extra = format!("x-request-id: {id}\r\n");
+        let text = rt.block_on(raw_exchange(
+            gw.proxy,
+            &head(method, &target, API_KEY, GSTIN, &extra),
+            b"",
+            Duration::from_secs(10),
+        ));
+        let status: u16 = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| TestCaseError::fail(format!("no status for {target}: {text}")))?;
+        let log = rt.block_on(sim.requests(200));
+        let Some(seen) = log
+            .iter()
+            .find(|r| r["headers"]["x-request-id"] == id.as_str())
+        else {
+            prop_assert_eq!(
+                status,
+                400,
+                "{} {} neither reached the upstream under its prefix nor got 400: {}",
+                method,
+                target,
+                text
+            );
+            return Ok(());
+        };
+        reached.set(reached.get() + 1);
+        let path = seen["path"].as_str().unwrap_or_default();
+        prop_assert!(
+            path.starts_with(&format!("{PREFIX}{route}")),
+            "{target} reached {path}"
+        );
+        prop_assert!(
+            !path
+                .split('/')
+                .any(|s| !s.is_empty() && s.chars().all(|c| c == '.')),
+            "{target} reached {path}"
+        );
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    // The property held over traffic that reached the upstream, not only over refusals.
+    assert!(
+        cases.get() >= 300 && reached.get() >= 30,
+        "{} cases, {} reached the upstream",
+        cases.get(),
+        reached.get()
+    );
+    drop(gw);
+    drop(sim);
+}
