@@ -273,11 +273,15 @@ impl Sim {
         self.get_json("/_sim/counters").await
     }
 
-    /// A per-GSTIN counter (0 when the GSTIN was never seen).
+    /// A per-GSTIN counter: 0 when the GSTIN was never seen, a panic when the simulator has
+    /// no counter of that name (a misspelt name must not pass as a zero).
     pub async fn count(&self, gstin: &str, name: &str) -> u64 {
-        self.counters().await["per_gstin"][gstin][name]
-            .as_u64()
-            .unwrap_or(0)
+        let counters = self.counters().await;
+        assert!(
+            counters[name].is_u64(),
+            "the simulator has no counter `{name}`: {counters}"
+        );
+        counters["per_gstin"][gstin][name].as_u64().unwrap_or(0)
     }
 
     /// GET a control endpoint as JSON.
@@ -317,18 +321,14 @@ impl Sim {
             .unwrap();
     }
 
-    /// The most recent requests the simulator received (newest last or first — see helper).
+    /// The `limit` most recent requests the simulator received, oldest first.
     pub async fn requests(&self, limit: usize) -> Vec<Value> {
         let v = self
             .get_json(&format!("/_sim/requests?limit={limit}"))
             .await;
         match v {
             Value::Array(a) => a,
-            Value::Object(mut o) => match o.remove("requests") {
-                Some(Value::Array(a)) => a,
-                _ => vec![],
-            },
-            _ => vec![],
+            other => panic!("/_sim/requests is not a list: {other}"),
         }
     }
 
@@ -619,8 +619,23 @@ impl Gateway {
     }
 }
 
-/// One series' value from Prometheus text.
+/// One series' value from Prometheus text: 0 when the series has not been created yet, but a
+/// panic when no metric family of that name exists at all, so a misspelt name cannot pass as
+/// a zero.
 pub fn metric_value(text: &str, series: &str) -> f64 {
+    let name = series.split('{').next().unwrap_or(series);
+    let family = ["_total", "_bucket", "_sum", "_count", "_created"]
+        .iter()
+        .find_map(|suffix| name.strip_suffix(suffix))
+        .unwrap_or(name);
+    assert!(
+        text.lines().any(|l| {
+            l.strip_prefix("# TYPE ")
+                .and_then(|rest| rest.split_whitespace().next())
+                .is_some_and(|n| n == family || n == name)
+        }),
+        "no metric family `{family}` is exported: is `{series}` misspelt?"
+    );
     text.lines()
         .find_map(|l| {
             l.strip_prefix(series)
@@ -685,7 +700,10 @@ impl Gateway {
             .json()
             .await
             .unwrap();
-        v["sessions"].as_array().cloned().unwrap_or_default()
+        v["sessions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("/admin/sessions has no `sessions` list: {v}"))
     }
 
     /// The state `/admin/sessions` shows for (upstream, GSTIN).
