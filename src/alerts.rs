@@ -31,14 +31,12 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::AlertsConfig;
+use crate::config::{check_otp_warning, check_webhook_url, AlertsConfig};
 use crate::metrics::{AlertLabels, Metrics};
 
 /// Warn this long before a GSTN session needs a new OTP unless configured: two days leave the
 /// ASP a working day to reach the taxpayer.
 pub const DEFAULT_OTP_WARNING: Duration = Duration::from_secs(48 * 60 * 60);
-/// A shorter warning than this cannot reach a person in time; it is a typo (`"48"` for `"48h"`).
-pub const MIN_OTP_WARNING: Duration = Duration::from_secs(60);
 /// How long shutdown waits for queued alerts before abandoning them: long enough for a healthy
 /// webhook to take a few alerts, short enough that a stuck one cannot hold up a restart.
 pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(2);
@@ -180,27 +178,6 @@ pub enum AlertsError {
     /// A webhook is configured but there is no Tokio runtime to run its sender on.
     #[error("alerts: the webhook sender needs a Tokio runtime")]
     NoRuntime,
-}
-
-/// Checks a webhook URL: http or https, with a host, parseable. The message never repeats the
-/// URL, which may carry a secret.
-pub fn check_webhook_url(text: &str) -> Result<reqwest::Url, String> {
-    let url = reqwest::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err("must be an http:// or https:// URL with a host".into());
-    }
-    Ok(url)
-}
-
-/// Checks `otp_warning` against [`MIN_OTP_WARNING`].
-pub fn check_otp_warning(warning: Duration) -> Result<(), String> {
-    if warning < MIN_OTP_WARNING {
-        return Err(format!(
-            "must be at least 1m (got {}); write e.g. \"48h\"",
-            humantime::format_duration(warning)
-        ));
-    }
-    Ok(())
 }
 
 /// The webhook URL as logs may show it: scheme, host and port only.
@@ -561,7 +538,6 @@ fn describe(e: reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::SessionGauges;
 
     fn subject() -> Subject {
         Subject {
@@ -572,7 +548,7 @@ mod tests {
     }
 
     fn no_webhook() -> Arc<Alerts> {
-        let (metrics, _) = Metrics::new(SessionGauges::default());
+        let (metrics, _) = Metrics::new();
         Alerts::new(&AlertsConfig::default(), metrics).unwrap()
     }
 
@@ -608,8 +584,8 @@ mod tests {
     #[test]
     fn otp_warning_below_a_minute_is_refused() {
         assert!(check_otp_warning(Duration::from_secs(59)).is_err());
-        assert!(check_otp_warning(MIN_OTP_WARNING).is_ok());
-        let (metrics, _) = Metrics::new(SessionGauges::default());
+        assert!(check_otp_warning(crate::config::MIN_OTP_WARNING).is_ok());
+        let (metrics, _) = Metrics::new();
         let cfg = AlertsConfig {
             check_interval: None,
             webhook_url: None,
@@ -623,7 +599,7 @@ mod tests {
 
     #[test]
     fn a_webhook_without_a_runtime_is_an_error_not_a_panic() {
-        let (metrics, _) = Metrics::new(SessionGauges::default());
+        let (metrics, _) = Metrics::new();
         let cfg = AlertsConfig {
             check_interval: None,
             webhook_url: Some("http://127.0.0.1:9/h".into()),

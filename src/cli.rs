@@ -74,7 +74,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::CheckConfig { config: path } => {
             let config = Config::load(&path)?;
-            config.check_files(&path)?;
+            crate::upstream::check_files(&config, &path)?;
             let mut out = std::io::stdout().lock();
             for warning in config.warnings() {
                 writeln!(out, "warning: {warning}")?;

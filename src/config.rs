@@ -60,6 +60,21 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 /// GSTN return summary at most a few megabytes.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
+/// The header roles whose names an upstream's `header_names` may override.
+pub const HEADER_ROLES: &[&str] = &[
+    "client_id",
+    "client_secret",
+    "gstin",
+    "user_name",
+    "auth_token",
+    "state_cd",
+    "ip_usr",
+    "txn",
+];
+
+/// `HEADER_ROLES.len()`: each profile's default names come as an array in that order.
+pub const ROLE_COUNT: usize = HEADER_ROLES.len();
+
 /// Headers `forward_headers` may not name: hop-by-hop and framing headers, the caller's own
 /// credentials, the ones gstgate sets itself, and every spelling of a GST identity or
 /// credential header, which only gstgate may send (the configured `header_names` and static
@@ -516,6 +531,30 @@ fn default_idle_ttl() -> Duration {
     Duration::from_secs(7 * 24 * 60 * 60)
 }
 
+/// A shorter warning than this cannot reach a person in time; it is a typo (`"48"` for `"48h"`).
+pub const MIN_OTP_WARNING: Duration = Duration::from_secs(60);
+
+/// Checks a webhook URL: http or https, with a host, parseable. The message never repeats the
+/// URL, which may carry a secret.
+pub fn check_webhook_url(text: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("must be an http:// or https:// URL with a host".into());
+    }
+    Ok(url)
+}
+
+/// Checks `otp_warning` against [`MIN_OTP_WARNING`].
+pub fn check_otp_warning(warning: Duration) -> Result<(), String> {
+    if warning < MIN_OTP_WARNING {
+        return Err(format!(
+            "must be at least 1m (got {}); write e.g. \"48h\"",
+            humantime::format_duration(warning)
+        ));
+    }
+    Ok(())
+}
+
 /// Whether a configured path is in the canonical form callers' paths are normalised to.
 fn check_canonical(path: &str) -> Result<(), String> {
     match crate::path::canonical(path) {
@@ -845,12 +884,12 @@ impl Config {
                 ));
             }
             for name in u.header_names.keys() {
-                if !crate::upstream::HEADER_ROLES.contains(&name.as_str()) {
+                if !HEADER_ROLES.contains(&name.as_str()) {
                     return Err((
                         key("header_names"),
                         format!(
                             "unknown header role `{name}`, expected one of {}",
-                            crate::upstream::HEADER_ROLES.join(", ")
+                            HEADER_ROLES.join(", ")
                         ),
                     ));
                 }
@@ -932,8 +971,7 @@ impl Config {
             }
         }
         if let Some(url) = &self.alerts.webhook_url {
-            crate::alerts::check_webhook_url(url)
-                .map_err(|m| ("alerts.webhook_url".to_string(), m))?;
+            check_webhook_url(url).map_err(|m| ("alerts.webhook_url".to_string(), m))?;
         }
         if self
             .alerts
@@ -946,8 +984,7 @@ impl Config {
             ));
         }
         if let Some(warning) = self.alerts.otp_warning {
-            crate::alerts::check_otp_warning(warning)
-                .map_err(|m| ("alerts.otp_warning".to_string(), m))?;
+            check_otp_warning(warning).map_err(|m| ("alerts.otp_warning".to_string(), m))?;
         }
         Ok(())
     }
@@ -974,38 +1011,6 @@ impl Config {
                 )
             });
         proxies.chain(windows).collect()
-    }
-
-    /// Checks that the public key files parse, except those the in-process simulator writes
-    /// at start-up (they need not exist yet).
-    pub fn check_files(&self, path: &Path) -> Result<(), ConfigError> {
-        let from_sim = self.simulator.as_ref().map(|s| s.public_key_out.as_path());
-        for (i, u) in self.upstreams.iter().enumerate() {
-            if Some(u.public_key.as_path()) == from_sim {
-                continue;
-            }
-            let invalid = |message: String| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                key: format!("upstream[{i}].public_key"),
-                message,
-            };
-            let bytes = std::fs::read(&u.public_key)
-                .map_err(|e| invalid(format!("cannot read {}: {e}", u.public_key.display())))?;
-            crate::crypto::PublicKey::from_pem_or_cert(&bytes)
-                .map_err(|e| invalid(format!("{}: {e}", u.public_key.display())))?;
-        }
-        for (i, u) in self.upstreams.iter().enumerate() {
-            if let Some(ca) = &u.ca_file {
-                crate::upstream::tls::client_config(Some(ca)).map_err(|e| {
-                    ConfigError::Invalid {
-                        path: path.to_path_buf(),
-                        key: format!("upstream[{i}].ca_file"),
-                        message: e.to_string(),
-                    }
-                })?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -1179,7 +1184,9 @@ client_secret = "b"
         );
         let path = Path::new("c.toml");
         let config = Config::parse(&text, path).unwrap();
-        let err = config.check_files(path).unwrap_err().to_string();
+        let err = crate::upstream::check_files(&config, path)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("upstream[0].ca_file"), "{err}");
         assert!(err.contains("no PEM certificate"), "{err}");
     }

@@ -107,9 +107,10 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    /// Creates the metrics and registers them (and `sessions`, the scrape-time collector of
-    /// the session gauges) in a new registry.
-    pub fn new(sessions: SessionGauges) -> (Arc<Self>, Registry) {
+    /// Creates the metrics and registers them in a new registry. The session gauges are
+    /// registered by whoever builds the session manager (`session::gauges`), which needs these
+    /// metrics first.
+    pub fn new() -> (Arc<Self>, Registry) {
         let m = Self {
             requests: Family::default(),
             request_duration: Family::new_with_constructor(latency_histogram),
@@ -161,7 +162,6 @@ impl Metrics {
             "Operator alerts by kind and delivery result",
             m.alerts.clone(),
         );
-        r.register_collector(Box::new(sessions));
         (Arc::new(m), r)
     }
 }
@@ -182,73 +182,4 @@ pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, registry)?;
     Ok(out)
-}
-
-/// `upstream` + `state`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabels {
-    upstream: Name,
-    state: &'static str,
-}
-
-/// Scrape-time collector of `gstgate_sessions` and `gstgate_session_min_ttl_seconds`.
-///
-/// It holds the session manager weakly, filled in once the manager exists: the manager needs
-/// the metrics first, and a strong reference both ways would be a cycle.
-#[derive(Debug, Default, Clone)]
-pub struct SessionGauges {
-    sessions: Arc<std::sync::OnceLock<std::sync::Weak<crate::session::Sessions>>>,
-}
-
-impl SessionGauges {
-    /// Connects the collector to the session manager.
-    pub fn attach(&self, sessions: &Arc<crate::session::Sessions>) {
-        let _ = self.sessions.set(Arc::downgrade(sessions));
-    }
-}
-
-impl prometheus_client::collector::Collector for SessionGauges {
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder,
-    ) -> Result<(), std::fmt::Error> {
-        use prometheus_client::encoding::EncodeMetric;
-        use prometheus_client::metrics::gauge::ConstGauge;
-        use prometheus_client::metrics::MetricType;
-
-        let Some(sessions) = self.sessions.get().and_then(std::sync::Weak::upgrade) else {
-            return Ok(());
-        };
-        let gauges = sessions.gauges();
-        {
-            let mut family = encoder.encode_descriptor(
-                "gstgate_sessions",
-                "Configured sessions by upstream and state",
-                None,
-                MetricType::Gauge,
-            )?;
-            for (upstream, counts, _) in &gauges {
-                for (state, count) in crate::session::State::ALL.iter().zip(counts) {
-                    let labels = StateLabels {
-                        upstream: upstream.clone().into(),
-                        state: state.as_str(),
-                    };
-                    ConstGauge::new(*count as i64).encode(family.encode_family(&labels)?)?;
-                }
-            }
-        }
-        let mut family = encoder.encode_descriptor(
-            "gstgate_session_min_ttl_seconds",
-            "Shortest time to expiry of any valid session (0 when none is valid)",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (upstream, _, min_ttl) in &gauges {
-            let labels = UpstreamLabel {
-                upstream: upstream.clone().into(),
-            };
-            ConstGauge::new(min_ttl.unwrap_or(0.0)).encode(family.encode_family(&labels)?)?;
-        }
-        Ok(())
-    }
 }

@@ -30,6 +30,7 @@ use crate::gstin::Gstin;
 use crate::metrics::{status_class, Metrics, RequestLabels, ResultLabels, UpstreamLabel};
 use crate::path::CallerPath;
 use crate::problem::{problem_response, ErrorCode, GatewayError};
+use crate::request::{head_len, request_id, REQUEST_ID};
 use crate::session::{Session, Sessions, Slot, Trigger};
 use crate::upstream::{Class, Upstream};
 
@@ -44,9 +45,6 @@ const DROPPED_REPLY_HEADERS: &[&str] = &[
     "proxy-authenticate",
     "set-cookie",
 ];
-
-/// The `x-request-id` header.
-pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The proxy listener's state.
 pub struct Proxy {
@@ -375,32 +373,6 @@ impl Proxy {
             )),
         }
     }
-}
-
-/// The caller's id if it is sane, else a new random one.
-pub(crate) fn request_id(headers: &HeaderMap) -> String {
-    headers
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()))
-}
-
-/// The size of a request head as parsed, in HTTP/1.1 form: the request line, one
-/// `name: value` line per field and the blank line (whitespace the parser trimmed around
-/// values is not counted; hyper's buffer of twice the limit bounds it). hyper's own limit is
-/// only a read-buffer bound checked between socket reads, so this is the check behind
-/// `server.max_header_bytes`, and the one that can answer with a problem document.
-pub(crate) fn head_len(method: &Method, uri: &http::Uri, headers: &HeaderMap) -> usize {
-    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
-        + uri.authority().map_or(0, |a| a.as_str().len())
-        + uri.path_and_query().map_or(1, |p| p.as_str().len());
-    // "METHOD target HTTP/1.1\r\n" and the final "\r\n".
-    let line = method.as_str().len() + 1 + target + 1 + "HTTP/1.1\r\n".len() + 2;
-    headers
-        .iter()
-        .fold(line, |n, (k, v)| n + k.as_str().len() + 2 + v.len() + 2)
 }
 
 /// The caller headers that may travel upstream: only those the upstream's allow-list names

@@ -23,7 +23,7 @@ use crate::admin::{self, Admin};
 use crate::alerts::{self, Alerts};
 use crate::clients::Clients;
 use crate::config::Config;
-use crate::metrics::{Metrics, SessionGauges};
+use crate::metrics::Metrics;
 use crate::problem::{problem_response, GatewayError};
 use crate::proxy::Proxy;
 use crate::session::Sessions;
@@ -98,15 +98,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(sim) => Some(start_simulator(&config, sim).await?),
         None => None,
     };
-    let gauges = SessionGauges::default();
-    let (metrics, registry) = Metrics::new(gauges.clone());
+    let (metrics, mut registry) = Metrics::new();
     let upstreams = config
         .upstreams
         .iter()
         .map(|u| Upstream::from_config(u, metrics.clone()).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
     let sessions = Sessions::new(&upstreams, &config.credentials, metrics.clone())?;
-    gauges.attach(&sessions);
+    registry.register_collector(Box::new(crate::session::gauges::SessionGauges::new(
+        &sessions,
+    )));
     let alerts = Alerts::new(&config.alerts, metrics.clone())?;
     let alert_watcher = alerts::watcher::spawn(&sessions, alerts.clone(), alerts.check_interval());
     let clients = Clients::from_config(&config.clients).map_err(StartError::Clients)?;
@@ -162,10 +163,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         move |mut req: Request<Incoming>| {
             let router = router.clone();
             async move {
-                let id = crate::proxy::request_id(req.headers());
+                let id = crate::request::request_id(req.headers());
                 // The router's problem bodies carry the same id as the header.
                 req.extensions_mut().insert(admin::RequestId(id.clone()));
-                let head = crate::proxy::head_len(req.method(), req.uri(), req.headers());
+                let head = crate::request::head_len(req.method(), req.uri(), req.headers());
                 let mut res = if head > max_header_bytes {
                     problem_response(&GatewayError::HeadersTooLarge(max_header_bytes), &id)
                 } else {
@@ -176,7 +177,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 };
                 if let Ok(v) = http::HeaderValue::from_str(&id) {
                     res.headers_mut()
-                        .insert(crate::proxy::REQUEST_ID.clone(), v);
+                        .insert(crate::request::REQUEST_ID.clone(), v);
                 }
                 Ok::<_, Infallible>(res)
             }

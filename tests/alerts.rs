@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use gstgate::alerts::{AlertKind, Alerts, DeliveryPolicy, Detail, Subject, SHUTDOWN_FLUSH};
 use gstgate::config::{AlertsConfig, Config};
-use gstgate::metrics::{Metrics, SessionGauges};
+use gstgate::metrics::Metrics;
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -132,7 +132,7 @@ fn fast() -> DeliveryPolicy {
 }
 
 fn start(url: &str, policy: DeliveryPolicy) -> (Arc<Alerts>, Registry) {
-    let (metrics, registry) = Metrics::new(SessionGauges::default());
+    let (metrics, registry) = Metrics::new();
     let cfg = AlertsConfig {
         check_interval: None,
         webhook_url: Some(url.into()),
@@ -425,7 +425,7 @@ async fn no_secret_reaches_an_alert_body() {
         rx.addr
     );
     let config = config_with_secrets(&webhook);
-    let (metrics, _) = Metrics::new(SessionGauges::default());
+    let (metrics, _) = Metrics::new();
     let alerts = Alerts::with_policy(&config.alerts, metrics, fast()).unwrap();
     raise_every_kind(&alerts, &config);
     for _ in AlertKind::ALL {

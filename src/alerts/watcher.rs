@@ -177,7 +177,7 @@ fn parse_time(text: &str) -> Option<SystemTime> {
 mod tests {
     use super::*;
     use crate::config::AlertsConfig;
-    use crate::metrics::{Metrics, SessionGauges};
+    use crate::metrics::Metrics;
 
     fn info(gstin: &str, state: State, last_error: Option<&str>) -> SessionInfo {
         SessionInfo {
@@ -205,7 +205,7 @@ mod tests {
     }
 
     fn alerts() -> Arc<Alerts> {
-        let (metrics, _) = Metrics::new(SessionGauges::default());
+        let (metrics, _) = Metrics::new();
         Alerts::new(&AlertsConfig::default(), metrics).unwrap()
     }
 

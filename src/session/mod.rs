@@ -13,6 +13,7 @@
 //! Slot state sits behind a `std::sync::Mutex`: it is held for a few field reads or writes and
 //! never across an `.await`, which is cheaper than an async mutex and cannot deadlock a task.
 
+pub mod gauges;
 mod guard;
 pub mod scheduler;
 
@@ -1287,7 +1288,7 @@ session_lifetime = "6h"
             key.display()
         );
         let config = crate::config::Config::parse(&text, std::path::Path::new("c.toml")).unwrap();
-        let (metrics, _) = Metrics::new(crate::metrics::SessionGauges::default());
+        let (metrics, _) = Metrics::new();
         let upstream =
             Arc::new(Upstream::from_config(&config.upstreams[0], metrics.clone()).unwrap());
         let sessions = Sessions::new(&[upstream], &config.credentials, metrics).unwrap();

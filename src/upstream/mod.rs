@@ -12,6 +12,7 @@ pub mod gstn;
 pub mod sealed;
 pub mod tls;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,26 +21,12 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{ApiKind, ChecksumPolicy, Encryption, UpstreamConfig};
+use crate::config::{ApiKind, ChecksumPolicy, Config, ConfigError, Encryption, UpstreamConfig};
+pub use crate::config::{HEADER_ROLES, ROLE_COUNT};
 use crate::crypto::{AesKey, PublicKey};
 use crate::metrics::{Metrics, UpstreamLabel};
 use crate::path::CallerPath;
 use crate::problem::GatewayError;
-
-/// The header roles whose names an upstream's `header_names` may override.
-pub const HEADER_ROLES: &[&str] = &[
-    "client_id",
-    "client_secret",
-    "gstin",
-    "user_name",
-    "auth_token",
-    "state_cd",
-    "ip_usr",
-    "txn",
-];
-
-/// How many header roles there are.
-pub const ROLE_COUNT: usize = 8;
 
 /// What an upstream reply means to the gateway (DESIGN.md §1 step 8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -730,6 +717,40 @@ impl Upstream {
             )),
         }
     }
+}
+
+/// Checks what `check-config` must check beyond the file's syntax: that every upstream's
+/// public key and CA file parse (except the keys the in-process simulator writes at start-up,
+/// which need not exist yet). `serve` does the same when it builds the upstreams.
+pub fn check_files(config: &Config, path: &Path) -> Result<(), ConfigError> {
+    let from_sim = config
+        .simulator
+        .as_ref()
+        .map(|s| s.public_key_out.as_path());
+    for (i, u) in config.upstreams.iter().enumerate() {
+        if Some(u.public_key.as_path()) == from_sim {
+            continue;
+        }
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: format!("upstream[{i}].public_key"),
+            message,
+        };
+        let bytes = std::fs::read(&u.public_key)
+            .map_err(|e| invalid(format!("cannot read {}: {e}", u.public_key.display())))?;
+        crate::crypto::PublicKey::from_pem_or_cert(&bytes)
+            .map_err(|e| invalid(format!("{}: {e}", u.public_key.display())))?;
+    }
+    for (i, u) in config.upstreams.iter().enumerate() {
+        if let Some(ca) = &u.ca_file {
+            tls::client_config(Some(ca)).map_err(|e| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: format!("upstream[{i}].ca_file"),
+                message: e.to_string(),
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// The verdict on a reply that is not JSON: only the HTTP status says anything.

@@ -20,7 +20,7 @@ use axum::extract::State as AxumState;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-use crate::admin::Admin;
+use super::Admin;
 use crate::session::{SessionInfo, State};
 
 /// Seconds between the page's own reloads.

@@ -10,6 +10,8 @@
 //! axum's own 404, 405 and extractor rejections included, is a problem document with the
 //! request id.
 
+pub mod status_page;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,7 +62,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/readyz", get(|| async { "ready\n" }))
         .route("/metrics", get(metrics))
         // Open like /metrics: browsers cannot send a bearer token, and the page has no secrets.
-        .route("/status", get(crate::status_page::handler))
+        .route("/status", get(status_page::handler))
         .route("/admin/sessions", get(sessions))
         .route("/admin/sessions/{upstream}/{gstin}/refresh", post(refresh))
         .route(
@@ -91,7 +93,7 @@ async fn admit(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Res
         .extensions()
         .get::<RequestId>()
         .map(|id| id.0.clone())
-        .unwrap_or_else(|| crate::proxy::request_id(req.headers()));
+        .unwrap_or_else(|| crate::request::request_id(req.headers()));
     let res = match receive(&admin, req, deadline).await {
         // Spawned, so that the deadline only ends the wait: a login or OTP submission already
         // sent still completes and is recorded (an OTP is single-use, and the upstream's own

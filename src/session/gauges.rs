@@ -1,0 +1,81 @@
+//! The session gauges, `gstgate_sessions{upstream,state}` and
+//! `gstgate_session_min_ttl_seconds{upstream}`, read from the session manager at scrape time.
+
+use std::sync::{Arc, Weak};
+
+use prometheus_client::encoding::EncodeLabelSet;
+
+use super::{Sessions, State};
+use crate::metrics::{Name, UpstreamLabel};
+
+/// `upstream` + `state`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    upstream: Name,
+    state: &'static str,
+}
+
+/// Scrape-time collector of `gstgate_sessions` and `gstgate_session_min_ttl_seconds`: computed
+/// from the slot table when Prometheus scrapes, so nothing is updated per request.
+///
+/// It holds the session manager weakly: the registry lives in the admin listener, and a
+/// scrape after the manager is gone reports nothing rather than keeping it alive.
+#[derive(Debug, Clone)]
+pub struct SessionGauges {
+    sessions: Weak<Sessions>,
+}
+
+impl SessionGauges {
+    /// A collector for `sessions`, to register in the metrics registry.
+    pub fn new(sessions: &Arc<Sessions>) -> Self {
+        Self {
+            sessions: Arc::downgrade(sessions),
+        }
+    }
+}
+
+impl prometheus_client::collector::Collector for SessionGauges {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::MetricType;
+
+        let Some(sessions) = self.sessions.upgrade() else {
+            return Ok(());
+        };
+        let gauges = sessions.gauges();
+        {
+            let mut family = encoder.encode_descriptor(
+                "gstgate_sessions",
+                "Configured sessions by upstream and state",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (upstream, counts, _) in &gauges {
+                for (state, count) in State::ALL.iter().zip(counts) {
+                    let labels = StateLabels {
+                        upstream: upstream.clone().into(),
+                        state: state.as_str(),
+                    };
+                    ConstGauge::new(*count as i64).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "gstgate_session_min_ttl_seconds",
+            "Shortest time to expiry of any valid session (0 when none is valid)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (upstream, _, min_ttl) in &gauges {
+            let labels = UpstreamLabel {
+                upstream: upstream.clone().into(),
+            };
+            ConstGauge::new(min_ttl.unwrap_or(0.0)).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
