@@ -76,6 +76,23 @@ impl CallerPath {
         self.query.as_deref()
     }
 
+    /// The decoded values of every query parameter whose decoded name is `name` (ASCII case
+    /// ignored), in order. `+` is a space; an undecodable escape is kept as sent, so it can
+    /// only fail a comparison, never pass one.
+    pub fn query_values(&self, name: &str) -> Vec<String> {
+        self.query
+            .as_deref()
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                decode_query(k)
+                    .eq_ignore_ascii_case(name)
+                    .then(|| decode_query(v))
+            })
+            .collect()
+    }
+
     /// Whether this is `pattern`'s path in another spelling the upstream would accept: ASCII
     /// case is ignored, a trailing slash too, and a version segment of `pattern` (`v1.04`)
     /// matches any version segment, so `/eivital/v1.03/auth` is the e-invoice auth path too.
@@ -87,6 +104,35 @@ impl CallerPath {
                 .zip(theirs)
                 .all(|(a, b)| a.eq_ignore_ascii_case(b) || (is_version(a) && is_version(b)))
     }
+}
+
+/// A query component decoded (`%XX` and `+`); bytes that are not UTF-8 come out lossily.
+fn decode_query(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (hex, bytes[i]) {
+            (Some(b), _) => {
+                out.push(b);
+                i += 3;
+            }
+            (None, b'+') => {
+                out.push(b' ');
+                i += 1;
+            }
+            (None, b) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `v` or `V`, then digits and dots: an API version segment.
@@ -259,6 +305,21 @@ mod tests {
     fn canonical_is_idempotent() {
         let once = canonical("/eicore/v1.03/%49nvoice/").unwrap();
         assert_eq!(canonical(&once).as_deref(), Ok(once.as_str()));
+    }
+
+    #[test]
+    fn query_values_are_decoded_and_matched_by_name() {
+        let p = CallerPath::parse(
+            "/x",
+            Some("action=RETSUM&gstin=27A&GSTIN=%32%37B&%67stin=C+D&other=1&gstin"),
+        )
+        .unwrap();
+        assert_eq!(p.query_values("gstin"), ["27A", "27B", "C D", ""]);
+        assert!(p.query_values("missing").is_empty());
+        assert!(CallerPath::parse("/x", None)
+            .unwrap()
+            .query_values("gstin")
+            .is_empty());
     }
 
     #[test]

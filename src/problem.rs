@@ -35,6 +35,9 @@ pub enum GatewayError {
     /// The `gstin` header is not a valid GSTIN.
     #[error("invalid GSTIN: {0}")]
     GstinInvalid(String),
+    /// The query names another GSTIN than the `gstin` header (GSTN).
+    #[error("the query's `gstin` differs from the `gstin` header ({0})")]
+    GstinMismatch(String),
     /// The client may not act for this GSTIN.
     #[error("this client is not allowed to act for GSTIN {0}")]
     GstinNotAllowed(String),
@@ -204,6 +207,7 @@ impl GatewayError {
             | GstinInvalid(_)
             | UserRequired { .. }
             | PathInvalid(_)
+            | GstinMismatch(_)
             | BodyInvalid(_)
             | AdminBodyInvalid(_)
             | AdminRequestInvalid(_)
@@ -238,6 +242,7 @@ impl GatewayError {
             GstinMissing => "gstin_missing",
             GstinInvalid(_) => "gstin_invalid",
             GstinNotAllowed(_) => "gstin_not_allowed",
+            GstinMismatch(_) => "gstin_mismatch",
             NoCredential { .. } => "credential_not_configured",
             UserRequired { .. } => "user_required",
             // The admin variants share the proxy's codes: callers switch on what went wrong,
@@ -276,6 +281,7 @@ impl GatewayError {
             GstinMissing => "GSTIN header missing",
             GstinInvalid(_) => "Invalid GSTIN",
             GstinNotAllowed(_) => "GSTIN not allowed",
+            GstinMismatch(_) => "GSTIN mismatch",
             NoCredential { .. } => "No credential configured",
             UserRequired { .. } => "User name required",
             PathInvalid(_) => "Invalid path",
@@ -319,6 +325,7 @@ impl GatewayError {
             Unauthenticated => "Send your API key in the `x-api-key` header (or `Authorization: Bearer`); ask the gateway operator for one.",
             GstinMissing => "Send the taxpayer's GSTIN in the `gstin` header.",
             GstinInvalid(_) => "Send a 15-character GSTIN as registered on the GST portal; check for typos in the last (check) character.",
+            GstinMismatch(_) => "Send the same GSTIN in the `gstin` header and in the query's `gstin` parameter.",
             GstinNotAllowed(_) => "Ask the gateway operator to add this GSTIN to your client's `gstins` list.",
             NoCredential { .. } => "Ask the gateway operator to add a [[credential]] for this GSTIN and upstream.",
             UserRequired { .. } => "Name one of the API users configured for this GSTIN: the `user_name` header on API calls, `?user=NAME` on the admin API.",

@@ -216,6 +216,9 @@ impl Proxy {
         let (index, upstream) = self.route(&path)?;
         outcome.upstream = Some(upstream.name.clone());
         let slot = self.identity(&client, index, upstream, &parts.headers, outcome)?;
+        upstream
+            .profile
+            .check_request(&path, &slot.credential.gstin)?;
         let body = self.read_body(&parts.headers, body).await?;
         outcome.body_read = true;
 

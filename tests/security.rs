@@ -174,6 +174,72 @@ async fn methods_no_gst_api_uses_are_refused_before_the_upstream() {
 }
 
 #[tokio::test]
+async fn a_gstn_query_naming_another_taxpayer_is_refused() {
+    let (sim_opts, gw_opts) = two_tenants();
+    let sim = Sim::start(sim_opts).await;
+    let gw = Gateway::start(&sim, gw_opts).await;
+    gw.start_gstn_session(&sim, &other()).await;
+    let before = upstream_log(&sim).await.len();
+    // The other tenant, with its own GSTIN in the header, names the first tenant's in the
+    // query, plainly, encoded, in another case, or as a second parameter.
+    let victim = GSTIN;
+    let encoded: String = victim.bytes().map(|b| format!("%{b:02X}")).collect();
+    for query in [
+        format!("action=RETSUM&gstin={victim}&ret_period=102026"),
+        format!("action=RETSUM&GSTIN={victim}&ret_period=102026"),
+        format!("action=RETSUM&gstin={encoded}&ret_period=102026"),
+        format!("action=RETSUM&%67stin={victim}&ret_period=102026"),
+        format!(
+            "action=RETSUM&gstin={}&gstin={victim}&ret_period=102026",
+            other()
+        ),
+    ] {
+        let target = format!("/taxpayerapi/v1.0/returns/gstr1?{query}");
+        let text = raw_exchange(
+            gw.proxy,
+            &head(
+                "GET",
+                &target,
+                OTHER_KEY,
+                &other(),
+                "ret_period: 102026\r\n",
+            ),
+            b"",
+            Duration::from_secs(10),
+        )
+        .await;
+        let (status, _, body) = parse_raw(&text);
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["code"], "gstin_mismatch", "{query}: {body}");
+    }
+    assert_eq!(
+        upstream_log(&sim).await.len(),
+        before,
+        "a call reached the upstream"
+    );
+    // Its own GSTIN in the query is served.
+    let target = format!(
+        "/taxpayerapi/v1.0/returns/gstr1?action=RETSUM&gstin={}&ret_period=102026",
+        other()
+    );
+    let text = raw_exchange(
+        gw.proxy,
+        &head(
+            "GET",
+            &target,
+            OTHER_KEY,
+            &other(),
+            "ret_period: 102026\r\n",
+        ),
+        b"",
+        Duration::from_secs(10),
+    )
+    .await;
+    let (status, _, body) = parse_raw(&text);
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test]
 async fn no_spelling_of_an_auth_path_reaches_the_upstream() {
     let (sim_opts, gw_opts) = two_tenants();
     let sim = Sim::start(sim_opts).await;

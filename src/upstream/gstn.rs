@@ -21,6 +21,8 @@ use super::{
     Profile, Renewal, Reply, Verdict, ROLE_COUNT,
 };
 use crate::crypto::{b64_encode, gstn_app_key, AesKey, PublicKey};
+use crate::gstin::Gstin;
+use crate::path::CallerPath;
 use crate::problem::GatewayError;
 
 /// The GSTN taxpayer API.
@@ -188,6 +190,20 @@ impl Profile for Gstn {
     /// GSTN data calls name the return period in a header.
     fn caller_headers(&self) -> &'static [&'static str] {
         &["ret_period"]
+    }
+
+    /// GSTN data calls repeat the GSTIN in the query (`?action=RETSUM&gstin=…`). Every
+    /// `gstin` parameter must be the header's: the tenant check was made on the header, and
+    /// which of two disagreeing GSTINs an upstream would act on is not something to leave to it.
+    fn check_request(&self, path: &CallerPath, gstin: &Gstin) -> Result<(), GatewayError> {
+        match path
+            .query_values("gstin")
+            .into_iter()
+            .find(|q| !q.eq_ignore_ascii_case(gstin.as_str()))
+        {
+            None => Ok(()),
+            Some(_) => Err(GatewayError::GstinMismatch(gstin.to_string())),
+        }
     }
 
     fn data_headers(&self, out: &mut HeaderMap, ctx: &HeaderContext<'_>, token: &HeaderValue) {

@@ -24,6 +24,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::config::{ApiKind, ChecksumPolicy, Config, ConfigError, Encryption, UpstreamConfig};
 pub use crate::config::{HEADER_ROLES, ROLE_COUNT};
 use crate::crypto::{AesKey, PublicKey};
+use crate::gstin::Gstin;
 use crate::metrics::{Metrics, UpstreamLabel};
 use crate::path::CallerPath;
 use crate::problem::GatewayError;
@@ -313,6 +314,12 @@ pub trait Profile: Send + Sync + 'static {
     /// ones every API may carry ([`GENERIC_CALLER_HEADERS`]); all others are dropped.
     fn caller_headers(&self) -> &'static [&'static str] {
         &[]
+    }
+
+    /// Refuses a data call whose path or query names another taxpayer than the session's,
+    /// where the API puts the GSTIN there; the header GSTIN alone picks the session.
+    fn check_request(&self, _path: &CallerPath, _gstin: &Gstin) -> Result<(), GatewayError> {
+        Ok(())
     }
 
     /// Adds a data call's headers.
