@@ -1522,6 +1522,17 @@ fn check_crypto(case: &CryptoCase) -> Result<(), TestCaseError> {
 #[test]
 fn crypto() {
     let files = corpus("crypto");
+    // The key forms NIC and GSTN ship must keep parsing: refusing garbage is not enough.
+    for name in [
+        "public_key.pem",
+        "rsa_public_key.pem",
+        "certificate.pem",
+        "certificate.der",
+    ] {
+        let (_, bytes) = files.iter().find(|(n, _)| n == name).expect(name);
+        let parsed = PublicKey::from_pem_or_cert(bytes);
+        assert!(parsed.is_ok(), "corpus/crypto/{name}: {parsed:?}");
+    }
     replay("crypto", &files, |bytes| {
         check_crypto(&CryptoCase {
             key: CORPUS_SEK,
