@@ -173,7 +173,7 @@ impl PublicKey {
     /// X.509 certificate — NIC ships the former, GSTN the latter.
     pub fn from_pem_or_cert(bytes: &[u8]) -> Result<Self, CryptoError> {
         use rsa::pkcs1::DecodeRsaPublicKey;
-        use x509_cert::der::{Decode, DecodePem};
+        use x509_cert::der::{pem, Decode};
 
         let text = std::str::from_utf8(bytes).ok();
         if let Some(text) = text {
@@ -188,7 +188,16 @@ impl PublicKey {
                     .map_err(|e| CryptoError::KeyFormat(e.to_string()));
             }
             if text.contains("BEGIN CERTIFICATE") {
-                let cert = x509_cert::Certificate::from_pem(text.trim())
+                // PEM to DER first, then DER: `Certificate::from_pem` reads through der 0.7's
+                // streaming PEM reader, which loops forever when the data ends inside a length.
+                let (label, der) = pem::decode_vec(text.trim().as_bytes())
+                    .map_err(|e| CryptoError::KeyFormat(e.to_string()))?;
+                if label != "CERTIFICATE" {
+                    return Err(CryptoError::KeyFormat(format!(
+                        "expected a CERTIFICATE, found {label}"
+                    )));
+                }
+                let cert = x509_cert::Certificate::from_der(&der)
                     .map_err(|e| CryptoError::KeyFormat(e.to_string()))?;
                 return Self::from_cert(&cert);
             }
@@ -360,6 +369,23 @@ mod tests {
         )
         .is_err());
         assert!(PublicKey::from_pem_or_cert(b"hello").is_err());
+    }
+
+    #[test]
+    fn pem_data_ending_inside_a_length_is_an_error_not_a_hang() {
+        // Found by tests/fuzz.rs: "MIIC" is 30 82 02, a SEQUENCE whose two-byte length is cut
+        // short. der's streaming PEM reader looped forever on it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for label in ["CERTIFICATE", "PUBLIC KEY", "RSA PUBLIC KEY"] {
+                let pem = format!("-----BEGIN {label}-----\nMIIC\n-----END {label}-----\n");
+                let _ = tx.send((label, PublicKey::from_pem_or_cert(pem.as_bytes()).is_err()));
+            }
+        });
+        for label in ["CERTIFICATE", "PUBLIC KEY", "RSA PUBLIC KEY"] {
+            let got = rx.recv_timeout(std::time::Duration::from_secs(30));
+            assert_eq!(got, Ok((label, true)), "{label}: no error within 30 s");
+        }
     }
 
     #[test]
