@@ -133,7 +133,8 @@ pub enum GatewayError {
         /// The last failure, without secrets.
         reason: String,
     },
-    /// The upstream rejected the token again after one re-login and one replay.
+    /// The upstream rejected the token again after one re-login and one replay, or rejected
+    /// a token that such a re-login got back unchanged (no other login is tried for a while).
     #[error("the upstream rejected a fresh token as well")]
     TokenRejected {
         /// The upstream's error code.

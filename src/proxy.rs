@@ -13,7 +13,8 @@
 //! 9. respond — decrypt, pass through, or a problem
 //!
 //! A token rejection invalidates that session generation, gets a session once more and
-//! replays once: two upstream attempts at most, never a loop.
+//! replays once: two upstream attempts at most, never a loop. A token that a re-login after
+//! a rejection handed back unchanged is not replayed nor logged in for again for a while.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -31,7 +32,7 @@ use crate::metrics::{status_class, Metrics, RequestLabels, ResultLabels, Upstrea
 use crate::path::CallerPath;
 use crate::problem::{problem_response, ErrorCode, GatewayError};
 use crate::request::{head_len, request_id, REQUEST_ID};
-use crate::session::{Session, Sessions, Slot, Trigger};
+use crate::session::{Invalidation, Session, Sessions, Slot, Trigger};
 use crate::upstream::{Class, Upstream};
 
 /// Upstream reply headers not relayed to the caller.
@@ -258,8 +259,20 @@ impl Proxy {
             match parsed.verdict.class {
                 Class::TokenRejected if !retried => {
                     // Compare-and-invalidate: if another request already replaced this
-                    // generation, this one simply picks up the newer session.
-                    self.sessions.invalidate(&slot, session.generation);
+                    // generation, this one simply picks up the newer session. If a re-login
+                    // after a rejection already got this very token back, another one would
+                    // too: fail without spending a login (see `Invalidation::KnownRejected`).
+                    if self.sessions.invalidate(&slot, session.generation)
+                        == Invalidation::KnownRejected
+                    {
+                        self.metrics
+                            .rejected_retries
+                            .get_or_create(&retry_label("failed"))
+                            .inc();
+                        return Err(GatewayError::TokenRejected {
+                            upstream_code: parsed.verdict.code,
+                        });
+                    }
                     session = self
                         .sessions
                         .session(&slot, Trigger::Rejected)

@@ -241,6 +241,79 @@ async fn a_gstin_whose_every_call_is_rejected_fails_after_exactly_two_attempts()
     assert_eq!(gw.generate(GSTIN, "L/2").await.status(), 200);
 }
 
+/// Issue 8: NIC hands back the token it already issued to a login while that token is valid.
+/// If the upstream nevertheless keeps rejecting it (revoked server-side, a header mismatch), a
+/// re-login cannot help. Before the fix the re-login restored the rejected session under the
+/// same generation, so every later request invalidated it and logged in again — one login per
+/// request until the login guard answered 429 `login_rate_limited` for up to 15 minutes.
+#[tokio::test]
+async fn a_token_the_upstream_rejects_but_keeps_reissuing_costs_one_relogin_not_one_per_request() {
+    // The production default: NIC blocks a user after 5 logins in 15 minutes, so gstgate
+    // allows 4. The harness's own default (50) would hide the bug.
+    const MAX_LOGINS: u32 = 4;
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            max_logins: MAX_LOGINS,
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    // Every data call of the GSTIN is answered 1005 while its logins keep returning the same
+    // valid token (6 h life, outside the 10 min force window).
+    sim.control(
+        "/_sim/reject-tokens",
+        json!({"gstin": GSTIN, "enabled": true}),
+    )
+    .await;
+    for i in 0..5 {
+        let res = gw.generate(GSTIN, &format!("K/{i}")).await;
+        let status = res.status().as_u16();
+        let body: Value = res.json().await.unwrap();
+        assert_ne!(
+            body["code"], "login_rate_limited",
+            "request {i} spent the login allowance: {body}"
+        );
+        assert_eq!(status, 502, "request {i}: {body}");
+        assert_eq!(body["code"], "token_rejected", "request {i}: {body}");
+        assert_eq!(body["upstream_code"], "1005", "request {i}: {body}");
+    }
+    let logins = sim.count(GSTIN, "auth_calls").await;
+    assert!(
+        logins <= 2,
+        "the first login and at most one re-login for five rejected requests, saw {logins}"
+    );
+    assert_eq!(
+        sim.count(GSTIN, "new_tokens").await,
+        1,
+        "always the same token"
+    );
+    assert_eq!(sim.count(GSTIN, "blocked_logins").await, 0);
+    assert_eq!(
+        gw.metric(r#"gstgate_token_rejected_retries_total{upstream="einvoice",result="failed"}"#)
+            .await,
+        5.0,
+        "every request's rejection counted as a failure"
+    );
+
+    // The upstream accepts the token again: the next request succeeds with no operator action
+    // and no login (the kept token is still valid).
+    sim.control(
+        "/_sim/reject-tokens",
+        json!({"gstin": GSTIN, "enabled": false}),
+    )
+    .await;
+    let res = gw.generate(GSTIN, "K/ok").await;
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["Status"], 1, "{body}");
+    let after = sim.count(GSTIN, "auth_calls").await;
+    assert!(after <= u64::from(MAX_LOGINS), "{after} logins");
+    assert_eq!(after, logins, "the accepted token needed no login");
+    assert_eq!(gw.session_state("einvoice", GSTIN).await, "valid");
+}
+
 #[tokio::test]
 async fn a_wrong_password_is_reported_once_and_never_retried() {
     let sim = Sim::start(SimOpts::default()).await;

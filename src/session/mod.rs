@@ -4,7 +4,9 @@
 //! * **Single-flight.** A login happens under the slot's async `login` mutex; callers that
 //!   queue behind it re-check the slot when they get the lock and find the new session.
 //! * **Compare-and-invalidate.** A token rejection invalidates only the generation that
-//!   failed, so fifty requests failing with one old token cause one re-login.
+//!   failed, so fifty requests failing with one old token cause one re-login. A token that
+//!   a re-login after a rejection handed back unchanged is not logged in for again for a
+//!   while (see [`Invalidation::KnownRejected`]).
 //! * **Proactive refresh.** Every new session is handed to the [`scheduler`], a timer queue
 //!   that refreshes it `refresh_before` its expiry.
 //! * **Lockout guard.** See [`guard`]: credential rejections stop logins, logins are
@@ -79,6 +81,30 @@ impl Trigger {
             Trigger::Manual => "manual",
         }
     }
+}
+
+/// What a token rejection did to the slot's session ([`Sessions::invalidate`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    /// The rejected generation was the current session and is gone: get a session again (a
+    /// re-login, single-flight) and replay.
+    Invalidated,
+    /// Another request already replaced or cleared that generation: pick up the current
+    /// session (or wait for the login under way) and replay.
+    Superseded,
+    /// A re-login after a rejection of this very generation got the same token back, less
+    /// than `login_window` ago. Another login would only get it back again: the request
+    /// fails with `token_rejected` and the session stays as it is.
+    KnownRejected,
+}
+
+/// A session whose token the upstream rejected on a data call, yet handed back unchanged to
+/// the re-login that followed.
+#[derive(Debug, Clone, Copy)]
+struct KnownRejected {
+    generation: u64,
+    /// Until then a rejection of `generation` causes no login.
+    until: Instant,
 }
 
 /// The state of a slot, as shown on `/admin/sessions` and in `gstgate_sessions`.
@@ -193,6 +219,8 @@ struct SlotState {
     last_upstream_code: Option<String>,
     /// When the last successful login was sent.
     last_refresh: Option<SystemTime>,
+    /// The current session's token was rejected and a re-login returned it all the same.
+    known_rejected: Option<KnownRejected>,
     /// Last caller use, for idle expiry.
     last_used: Instant,
     next_generation: u64,
@@ -356,6 +384,7 @@ impl Sessions {
                         last_error: None,
                         last_upstream_code: None,
                         last_refresh: None,
+                        known_rejected: None,
                         last_used: Instant::now(),
                         next_generation: 1,
                         guard: Guard::new(upstream.max_logins, upstream.login_window),
@@ -478,20 +507,23 @@ impl Sessions {
         })
     }
 
-    /// Compare-and-invalidate: forgets the session only if it is still `generation`.
-    /// Returns whether it did.
-    pub fn invalidate(&self, slot: &Slot, generation: u64) -> bool {
+    /// Compare-and-invalidate after the upstream rejected the token of `generation`: forgets
+    /// the session only if it is still that generation, and not when a re-login has already
+    /// shown that the upstream hands that token back (see [`Invalidation`]).
+    pub fn invalidate(&self, slot: &Slot, generation: u64) -> Invalidation {
+        let now = Instant::now();
         let mut st = slot.lock();
-        if st
-            .session
-            .as_ref()
-            .is_some_and(|s| s.generation == generation)
-        {
-            st.session = None;
-            true
-        } else {
-            false
+        if st.session.as_ref().map(|s| s.generation) != Some(generation) {
+            return Invalidation::Superseded;
         }
+        if st
+            .known_rejected
+            .is_some_and(|k| k.generation == generation && k.until > now)
+        {
+            return Invalidation::KnownRejected;
+        }
+        st.session = None;
+        Invalidation::Invalidated
     }
 
     /// An operator-requested refresh: clears a lockout and logs in now.
@@ -840,6 +872,35 @@ impl Sessions {
         }
         let (expires_at, lifetime) = match renewed {
             Renewed::Same(existing) => {
+                // A re-login because the upstream rejected this token, answered with this token:
+                // the upstream says the session is alive (NIC hands back a valid token to every
+                // login outside its force window) while its data calls refuse it (revoked on one
+                // side only, a header it does not accept with this user). A login cannot fix that,
+                // and compare-and-invalidate alone would not stop the next rejection from logging
+                // in again: the session is back under its generation, so every later request would
+                // spend a login until the guard answered 429 `login_rate_limited`. That last
+                // rejection would leave no session at all, so even once the upstream accepted the
+                // token again every caller would get 429 for the rest of the window. So the session
+                // is kept as it is (generation, expiry, refresh schedule: DESIGN §3) and marked:
+                // for `login_window`, a rejection of it fails the request with `token_rejected` at
+                // once, without a login. That bounds what this can cost to one login per window,
+                // one of `max_logins`, and leaves the rest for the proactive refresh, cold starts
+                // and operators. Bumping the generation instead would not help: the next rejection
+                // would invalidate the new one just the same. Recovery needs no operator: once the
+                // upstream accepts the token again, requests succeed with it; a new token (the
+                // proactive refresh in the force window, the expiry) is a new generation the mark
+                // does not cover; and after `login_window` the next rejection tries one re-login
+                // again, in case the upstream now issues a new token.
+                if trigger == Trigger::Rejected {
+                    st.known_rejected = Some(KnownRejected {
+                        generation: existing.generation,
+                        until: Instant::now() + upstream.login_window,
+                    });
+                    tracing::warn!(upstream = %upstream.name, gstin = %slot.credential.gstin,
+                        user = %slot.credential.username, generation = existing.generation,
+                        no_relogin_for_secs = upstream.login_window.as_secs(),
+                        "the upstream rejected the token its login hands back; requests rejected with it fail without another login");
+                }
                 st.session = Some(existing.clone());
                 drop(st);
                 self.schedule_after_same_token(slot, &existing);
@@ -869,6 +930,7 @@ impl Sessions {
         st.next_generation += 1;
         st.session = Some(session.clone());
         st.latest = Some(session.clone());
+        st.known_rejected = None;
         drop(st);
         self.metrics
             .token_refreshes
@@ -1254,11 +1316,9 @@ fn token_life(
 mod tests {
     use super::*;
 
-    /// A GSTN portal session that ended by the credential's `session_lifetime` is not
-    /// refreshed: the slot needs an OTP, and the upstream is not called at all (its address
-    /// here is a closed port, so a call would fail differently).
-    #[tokio::test]
-    async fn a_gstn_session_is_not_refreshed_past_the_configured_portal_end() {
+    /// A session manager with one GSTN slot (no upstream behind it: `base_url` is a closed
+    /// port), and the directory holding its key.
+    fn gstn_sessions() -> (Arc<Sessions>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("gstn.pem");
         let pem = crate::crypto::KeyPair::generate()
@@ -1292,6 +1352,27 @@ session_lifetime = "6h"
         let upstream =
             Arc::new(Upstream::from_config(&config.upstreams[0], metrics.clone()).unwrap());
         let sessions = Sessions::new(&[upstream], &config.credentials, metrics).unwrap();
+        (sessions, dir)
+    }
+
+    fn session(generation: u64) -> Arc<Session> {
+        let now = SystemTime::now();
+        Arc::new(Session {
+            token: HeaderValue::from_static("t"),
+            sek: AesKey::random(),
+            expires_at: now + Duration::from_secs(3600),
+            deadline: Instant::now() + Duration::from_secs(3600),
+            issued_at: now,
+            generation,
+        })
+    }
+
+    /// A GSTN portal session that ended by the credential's `session_lifetime` is not
+    /// refreshed: the slot needs an OTP, and the upstream is not called at all (its address
+    /// here is a closed port, so a call would fail differently).
+    #[tokio::test]
+    async fn a_gstn_session_is_not_refreshed_past_the_configured_portal_end() {
+        let (sessions, _dir) = gstn_sessions();
         let slot = sessions.slots[0].clone();
         {
             // Started with an OTP six hours ago; its last token has just expired.
@@ -1332,6 +1413,53 @@ session_lifetime = "6h"
             0,
             "no auth call was made"
         );
+    }
+
+    /// Compare-and-invalidate, and the mark a re-login that got a rejected token back leaves:
+    /// while it lasts a rejection of that generation keeps the session and asks for no login;
+    /// once it has run out (or for another generation) the rejection invalidates as usual.
+    #[tokio::test]
+    async fn a_token_handed_back_after_its_rejection_is_not_invalidated_again_for_a_while() {
+        let (sessions, _dir) = gstn_sessions();
+        let slot = sessions.slots[0].clone();
+        slot.lock().session = Some(session(3));
+        assert_eq!(sessions.invalidate(&slot, 2), Invalidation::Superseded);
+        assert_eq!(sessions.invalidate(&slot, 3), Invalidation::Invalidated);
+        assert!(slot.lock().session.is_none());
+        assert_eq!(sessions.invalidate(&slot, 3), Invalidation::Superseded);
+
+        let now = Instant::now();
+        {
+            let mut st = slot.lock();
+            st.session = Some(session(3));
+            st.known_rejected = Some(KnownRejected {
+                generation: 3,
+                until: now + Duration::from_secs(900),
+            });
+        }
+        assert_eq!(sessions.invalidate(&slot, 3), Invalidation::KnownRejected);
+        assert_eq!(sessions.invalidate(&slot, 3), Invalidation::KnownRejected);
+        assert!(slot.lock().session.is_some(), "the session is kept");
+        // A rejection of an older generation still just picks up the current session.
+        assert_eq!(sessions.invalidate(&slot, 2), Invalidation::Superseded);
+
+        // The mark has run out: the next rejection may try one re-login again.
+        slot.lock().known_rejected = Some(KnownRejected {
+            generation: 3,
+            until: now,
+        });
+        assert_eq!(sessions.invalidate(&slot, 3), Invalidation::Invalidated);
+
+        // A mark for another generation does not cover the current one.
+        {
+            let mut st = slot.lock();
+            st.session = Some(session(4));
+            st.known_rejected = Some(KnownRejected {
+                generation: 3,
+                until: now + Duration::from_secs(900),
+            });
+        }
+        assert_eq!(sessions.invalidate(&slot, 4), Invalidation::Invalidated);
     }
 
     #[test]
