@@ -1,0 +1,133 @@
+//! The processes the benchmark starts: output to a log file, pinned with `taskset`, waited for
+//! until they say they are ready, stopped when dropped.
+
+use std::fs::{self, File};
+use std::io::Read as _;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
+
+/// A child process whose stdout and stderr go to a log file; stopped (SIGTERM, then SIGKILL)
+/// when dropped.
+pub(crate) struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub(crate) fn spawn(name: &str, mut cmd: Command, dir: &Path) -> Result<Self> {
+        let log = dir.join(format!("{name}.log"));
+        let out = File::create(&log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+            log,
+        })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited ({status}): {}", self.name, self.log_tail());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn log_tail(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let start = text.len().saturating_sub(2000);
+        let start = (start..text.len())
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(text.len());
+        text[start..].to_string()
+    }
+
+    /// Polls the log for a line containing `needle` and returns it.
+    pub(crate) fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut text = String::new();
+            File::open(&self.log)?.read_to_string(&mut text)?;
+            if let Some(l) = text.lines().find(|l| l.contains(needle)) {
+                return Ok(l.trim().to_string());
+            }
+            self.check_alive()?;
+            ensure!(
+                Instant::now() < deadline,
+                "{} printed no \"{needle}\" within {timeout:?}: {}",
+                self.name,
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.pid().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `program`, under `taskset -c CPUS` when pinned.
+pub(crate) fn pinned(cpus: Option<&str>, program: &Path) -> Command {
+    match cpus {
+        Some(c) => {
+            let mut cmd = Command::new("taskset");
+            cmd.arg("-c").arg(c).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
+pub(crate) fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+pub(crate) fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+pub(crate) fn after<'a>(line: &'a str, marker: &str) -> Result<&'a str> {
+    let i = line
+        .find(marker)
+        .ok_or_else(|| anyhow!("no \"{marker}\" in \"{line}\""))?;
+    let rest = &line[i + marker.len()..];
+    Ok(rest
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('/'))
+}

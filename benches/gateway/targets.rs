@@ -1,0 +1,497 @@
+//! What is measured: the upstream, the proxies in front of it (nginx; gstgate in passthrough and
+//! in gateway mode) with the credentials they share, and the check that each target answers a
+//! real IRN.
+
+use std::fs;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, ensure, Context as _, Result};
+use gstgate::crypto::{b64_encode, AesKey, PublicKey};
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+
+use crate::cli::{dedup, Layout, TargetKind, UpstreamKind};
+use crate::client::Http;
+use crate::procs::{after, free_port, pinned, Proc};
+use crate::{upstream, Bench};
+
+/// The taxpayer every request is for (valid checksum; also the seller in `bench/invoice.json`).
+const GSTIN: &str = "27AAPFU0939F1ZV";
+/// The GSP client credentials the upstream accepts.
+const CLIENT_ID: &str = "bench-client-id";
+const CLIENT_SECRET: &str = "bench-client-secret";
+/// The API key the benchmark client presents to gstgate.
+const API_KEY: &str = "bench-api-key-0123456789";
+pub(crate) const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+const AUTH_PATH: &str = "/eivital/v1.04/auth";
+const INVOICE_PATH: &str = "/eicore/v1.03/Invoice";
+
+/// One upstream user per consumer of a session, so that no target's login can disturb
+/// another's token or SEK (a NIC re-login may hand out a new SEK).
+pub(crate) const USER_DIRECT: (&str, &str) = ("bench_direct", "Direct#Pass1");
+const USER_PASSTHROUGH: (&str, &str) = ("bench_passthrough", "Passthrough#Pass1");
+const USER_GATEWAY: (&str, &str) = ("bench_gateway", "Gateway#Pass1");
+
+/// One prepared target.
+pub(crate) struct Target {
+    pub(crate) kind: TargetKind,
+    /// Full URL of the generate-IRN endpoint.
+    pub(crate) url: String,
+    /// Request body file.
+    pub(crate) body: PathBuf,
+    /// Headers the load generator sends besides `Content-Type: application/json`.
+    pub(crate) headers: Vec<(String, String)>,
+    /// Index into the proxy processes, if the target is a proxy.
+    pub(crate) proc_index: Option<usize>,
+    /// gstgate's admin listener.
+    pub(crate) admin_url: Option<String>,
+}
+
+impl Target {
+    pub(crate) fn headers_file(&self, dir: &Path) -> PathBuf {
+        dir.join(format!("headers-{}.txt", self.kind.name()))
+    }
+
+    fn headers_text(&self) -> String {
+        self.headers
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}\n"))
+            .collect()
+    }
+}
+
+/// The running upstream ("sim", whichever plays it).
+pub(crate) struct Upstream {
+    pub(crate) proc: Proc,
+    /// `host:port`.
+    pub(crate) addr: String,
+    /// `http://host:port`.
+    pub(crate) url: String,
+    /// The PEM file of its public key, and the key.
+    pub(crate) public_key_path: PathBuf,
+    pub(crate) public_key: PublicKey,
+}
+
+/// Starts the `--upstream` with the benchmark's users and client, and waits until it listens.
+pub(crate) fn start_upstream(b: &Bench) -> Result<Upstream> {
+    let Bench {
+        opts,
+        layout,
+        bin,
+        dir,
+        ..
+    } = b;
+    let sim_pub = dir.join("upstream-public.pem");
+    let users = [USER_DIRECT, USER_PASSTHROUGH, USER_GATEWAY];
+    let (mut sim, ready) = match opts.upstream {
+        UpstreamKind::Sim => {
+            let mut cmd = pinned(layout.sim.as_deref(), bin);
+            cmd.args([
+                "sim",
+                "--listen",
+                "127.0.0.1:0",
+                "--plain",
+                "--allow-duplicate-irn",
+            ]);
+            cmd.arg("--key-file").arg(dir.join("sim-key.pem"));
+            cmd.arg("--public-key-out").arg(&sim_pub);
+            for (user, pass) in users {
+                cmd.args(["--user", &format!("{GSTIN}:{user}:{pass}")]);
+            }
+            cmd.args(["--client", &format!("{CLIENT_ID}:{CLIENT_SECRET}")]);
+            (
+                Proc::spawn("sim", cmd, dir)?,
+                "gstgate-sim listening on http://",
+            )
+        }
+        UpstreamKind::Fast => {
+            let cfg = upstream::UpstreamConfig {
+                listen: "127.0.0.1:0".parse()?,
+                public_key_out: sim_pub.clone(),
+                users: users
+                    .iter()
+                    .map(|(u, p)| (GSTIN.into(), u.to_string(), p.to_string()))
+                    .collect(),
+                clients: vec![(CLIENT_ID.into(), CLIENT_SECRET.into())],
+            };
+            let cfg_path = dir.join("upstream.json");
+            fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
+            let mut cmd = pinned(layout.sim.as_deref(), &std::env::current_exe()?);
+            cmd.arg("--serve-upstream").arg(&cfg_path);
+            (
+                Proc::spawn("upstream", cmd, dir)?,
+                "bench-upstream listening on http://",
+            )
+        }
+    };
+    let line = sim.wait_for_line(ready, Duration::from_secs(120))?;
+    let sim_addr = after(&line, ready)?;
+    let sim_url = format!("http://{sim_addr}");
+    eprintln!(
+        "gateway-bench: upstream ({}) at {sim_url}",
+        opts.upstream.name()
+    );
+    let public_key = PublicKey::from_pem_or_cert(
+        &fs::read(&sim_pub).with_context(|| format!("reading {}", sim_pub.display()))?,
+    )?;
+    Ok(Upstream {
+        proc: sim,
+        addr: sim_addr.to_string(),
+        url: sim_url,
+        public_key_path: sim_pub,
+        public_key,
+    })
+}
+
+/// Starts the proxies of `--targets` and prepares every target; one that cannot start is
+/// left out, with the reason in `skipped`. Returns the targets and the proxy processes.
+pub(crate) fn start_targets(
+    b: &Bench,
+    sim: &Upstream,
+    body_plain: PathBuf,
+    body_envelope: PathBuf,
+    token: String,
+    skipped: &mut Vec<(TargetKind, String)>,
+) -> (Vec<Target>, Vec<Proc>) {
+    let Bench {
+        opts,
+        layout,
+        manifest,
+        bin,
+        dir,
+        ..
+    } = b;
+    let Upstream {
+        addr: sim_addr,
+        url: sim_url,
+        public_key_path: sim_pub,
+        ..
+    } = sim;
+    let serve_ok = bin_supports_serve(bin);
+    let mut targets: Vec<Target> = Vec::new();
+    let mut procs: Vec<Proc> = Vec::new();
+    for &kind in dedup(&opts.targets).iter() {
+        let prepared = match kind {
+            TargetKind::Direct => Ok(Target {
+                kind,
+                url: format!("{sim_url}{INVOICE_PATH}"),
+                body: body_envelope.clone(),
+                headers: vec![
+                    ("client_id".into(), CLIENT_ID.into()),
+                    ("client_secret".into(), CLIENT_SECRET.into()),
+                    ("Gstin".into(), GSTIN.into()),
+                    ("user_name".into(), USER_DIRECT.0.into()),
+                    ("AuthToken".into(), token.clone()),
+                ],
+                proc_index: None,
+                admin_url: None,
+            }),
+            TargetKind::Nginx => start_nginx(manifest, dir, layout, sim_addr, &token).map(|p| {
+                let url = p.1.clone();
+                procs.push(p.0);
+                Target {
+                    kind,
+                    url,
+                    body: body_envelope.clone(),
+                    headers: vec![],
+                    proc_index: Some(procs.len() - 1),
+                    admin_url: None,
+                }
+            }),
+            TargetKind::Passthrough | TargetKind::Gateway if !serve_ok => {
+                Err(anyhow!("`gstgate serve` is not available in this build"))
+            }
+            TargetKind::Passthrough | TargetKind::Gateway => {
+                let gateway = kind == TargetKind::Gateway;
+                start_gstgate(
+                    bin,
+                    dir,
+                    layout,
+                    sim_url,
+                    sim_pub,
+                    gateway,
+                    &opts.gstgate_env,
+                )
+                .map(|(p, proxy, admin)| {
+                    procs.push(p);
+                    Target {
+                        kind,
+                        url: format!("{proxy}{INVOICE_PATH}"),
+                        body: if gateway {
+                            body_plain.clone()
+                        } else {
+                            body_envelope.clone()
+                        },
+                        headers: vec![
+                            ("x-api-key".into(), API_KEY.into()),
+                            ("gstin".into(), GSTIN.into()),
+                        ],
+                        proc_index: Some(procs.len() - 1),
+                        admin_url: Some(admin),
+                    }
+                })
+            }
+        };
+        match prepared {
+            Ok(t) => targets.push(t),
+            Err(e) => {
+                eprintln!("gateway-bench: skipping {}: {e:#}", kind.name());
+                skipped.push((kind, format!("{e:#}")));
+            }
+        }
+    }
+    (targets, procs)
+}
+
+/// Verifies every target (see `verify`); one that fails is left out, with the reason in
+/// `skipped`. Also writes each target's headers file for wrk.
+pub(crate) fn verify_all(
+    b: &Bench,
+    targets: Vec<Target>,
+    skipped: &mut Vec<(TargetKind, String)>,
+) -> Result<Vec<Target>> {
+    let Bench { dir, http, .. } = b;
+    // A benchmark of errors is worthless: every target must produce a real IRN first.
+    let mut verified: Vec<Target> = Vec::new();
+    for t in targets {
+        fs::write(t.headers_file(dir), t.headers_text())?;
+        match verify(http, &t) {
+            Ok(irn) => {
+                eprintln!(
+                    "gateway-bench: {} verified (Status 1, Irn {}…)",
+                    t.kind.name(),
+                    &irn[..irn.len().min(16)]
+                );
+                verified.push(t);
+            }
+            Err(e) => {
+                eprintln!(
+                    "gateway-bench: skipping {}: verification failed: {e:#}",
+                    t.kind.name()
+                );
+                skipped.push((t.kind, format!("verification failed: {e:#}")));
+            }
+        }
+    }
+    Ok(verified)
+}
+
+fn start_nginx(
+    manifest: &Path,
+    dir: &Path,
+    layout: &Layout,
+    sim_addr: &str,
+    token: &str,
+) -> Result<(Proc, String)> {
+    let ndir = dir.join("nginx");
+    fs::create_dir_all(&ndir)?;
+    let port = free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let template = fs::read_to_string(manifest.join("bench/nginx.conf.in"))?;
+    let conf = template
+        .replace("@DIR@", &ndir.display().to_string())
+        .replace("@LISTEN@", &listen)
+        .replace("@UPSTREAM@", sim_addr)
+        .replace("@CLIENT_ID@", CLIENT_ID)
+        .replace("@CLIENT_SECRET@", CLIENT_SECRET)
+        .replace("@GSTIN@", GSTIN)
+        .replace("@USER@", USER_DIRECT.0)
+        .replace("@TOKEN@", token);
+    let conf_path = ndir.join("nginx.conf");
+    fs::write(&conf_path, conf)?;
+    let mut cmd = pinned(layout.proxy.as_deref(), Path::new("nginx"));
+    cmd.arg("-p").arg(&ndir).arg("-c").arg(&conf_path);
+    let mut p = Proc::spawn("nginx", cmd, dir)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        p.check_alive()?;
+        if TcpStream::connect(&listen).is_ok() {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "nginx did not open {listen}: {}",
+            p.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((p, format!("http://{listen}{INVOICE_PATH}")))
+}
+
+fn start_gstgate(
+    bin: &Path,
+    dir: &Path,
+    layout: &Layout,
+    sim_url: &str,
+    sim_pub: &Path,
+    gateway: bool,
+    env: &[String],
+) -> Result<(Proc, String, String)> {
+    let (mode, (user, pass)) = if gateway {
+        ("gateway", USER_GATEWAY)
+    } else {
+        ("passthrough", USER_PASSTHROUGH)
+    };
+    let config = format!(
+        r#"# gstgate benchmark config ({mode}); written by benches/gateway/main.rs
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+admin_token = "{ADMIN_TOKEN}"
+
+[store]
+backend = "memory"
+
+[[upstream]]
+name = "einvoice"
+api = "einvoice"
+base_url = "{sim_url}"
+routes = ["/eivital/", "/eicore/", "/eiewb/"]
+auth_path = "{AUTH_PATH}"
+public_key = "{pubkey}"
+encryption = "{mode}"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+gstin_checksum = "enforce"
+
+[[credential]]
+gstin = "{GSTIN}"
+username = "{user}"
+password = "{pass}"
+upstreams = ["einvoice"]
+
+[[client]]
+name = "bench"
+api_key_sha256 = "{key_hash}"
+gstins = ["*"]
+"#,
+        pubkey = sim_pub.display(),
+        key_hash = hex_sha256(API_KEY.as_bytes()),
+    );
+    let path = dir.join(format!("gstgate-{mode}.toml"));
+    fs::write(&path, config)?;
+    let mut cmd = pinned(layout.proxy.as_deref(), bin);
+    cmd.arg("serve").arg("--config").arg(&path);
+    for kv in env {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--gstgate-env wants KEY=VALUE, not {kv:?}"))?;
+        cmd.env(k, v);
+    }
+    let mut p = Proc::spawn(&format!("gstgate-{mode}"), cmd, dir)?;
+    let line = p.wait_for_line("gstgate ready: proxy http://", Duration::from_secs(60))?;
+    // "gstgate ready: proxy http://ADDR admin http://ADDR"
+    let proxy = after(&line, "proxy ")?.to_string();
+    let admin = after(&line, "admin ")?.to_string();
+    Ok((p, proxy, admin))
+}
+
+/// Sends the target's request once and insists on a real IRN in the reply.
+pub(crate) fn verify(http: &Http, t: &Target) -> Result<String> {
+    let mut headers = t.headers.clone();
+    headers.push(("content-type".into(), "application/json".into()));
+    let body = fs::read(&t.body)?;
+    let (status, reply) = http.post(&t.url, &headers, body)?;
+    let text = String::from_utf8_lossy(&reply);
+    ensure!(status == 200, "HTTP {status}: {}", clip(&text, 400));
+    let v: Value = serde_json::from_slice(&reply)
+        .with_context(|| format!("reply is not JSON: {}", clip(&text, 400)))?;
+    ensure!(
+        status_is_one(&v["Status"]),
+        "Status is not 1: {}",
+        clip(&text, 400)
+    );
+    let irn = v["Data"]["Irn"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no Data.Irn in the reply: {}", clip(&text, 400)))?;
+    ensure!(!irn.is_empty(), "empty Irn");
+    Ok(irn.to_string())
+}
+
+fn status_is_one(v: &Value) -> bool {
+    v.as_i64() == Some(1) || v.as_str() == Some("1")
+}
+
+/// NIC e-invoice login (PROTOCOL.md §1): RSA(B64(json)) with a fresh AppKey; returns the token
+/// after checking that the SEK unwraps under that AppKey.
+pub(crate) fn login(
+    http: &Http,
+    sim_url: &str,
+    key: &PublicKey,
+    (user, pass): (&str, &str),
+) -> Result<String> {
+    let app_key = AesKey::random();
+    let inner = json!({
+        "UserName": user,
+        "Password": pass,
+        "AppKey": app_key.to_base64().as_str(),
+        "ForceRefreshAccessToken": false,
+    });
+    let cipher = key.encrypt(b64_encode(&serde_json::to_vec(&inner)?).as_bytes())?;
+    let body = serde_json::to_vec(&json!({ "Data": b64_encode(&cipher) }))?;
+    let headers = vec![
+        ("client_id".to_string(), CLIENT_ID.to_string()),
+        ("client_secret".to_string(), CLIENT_SECRET.to_string()),
+        ("Gstin".to_string(), GSTIN.to_string()),
+        ("content-type".to_string(), "application/json".to_string()),
+    ];
+    let (status, reply) = http.post(&format!("{sim_url}{AUTH_PATH}"), &headers, body)?;
+    let v: Value = serde_json::from_slice(&reply).with_context(|| {
+        format!(
+            "HTTP {status}, not JSON: {}",
+            clip(&String::from_utf8_lossy(&reply), 300)
+        )
+    })?;
+    ensure!(status_is_one(&v["Status"]), "login failed: {v}");
+    let token = v["Data"]["AuthToken"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no AuthToken: {v}"))?;
+    let sek = v["Data"]["Sek"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no Sek: {v}"))?;
+    app_key
+        .unwrap_key(sek)
+        .context("the SEK does not unwrap under our AppKey")?;
+    Ok(token.to_string())
+}
+
+/// `bench/invoice.json`, compacted, dated today (IST) so that no date rule can reject it.
+pub(crate) fn invoice_json(manifest: &Path) -> Result<Value> {
+    let mut v: Value = serde_json::from_slice(&fs::read(manifest.join("bench/invoice.json"))?)?;
+    let ist = chrono::Utc::now() + chrono::Duration::minutes(330);
+    let today = ist.format("%d/%m/%Y").to_string();
+    v["DocDtls"]["Dt"] = json!(today);
+    v["RefDtls"]["DocPerdDtls"]["InvStDt"] = json!(today);
+    v["RefDtls"]["DocPerdDtls"]["InvEndDt"] = json!(today);
+    Ok(v)
+}
+
+fn bin_supports_serve(bin: &Path) -> bool {
+    Command::new(bin)
+        .args(["serve", "--help"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.len() <= n {
+        return s.to_string();
+    }
+    let mut end = n;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
