@@ -173,6 +173,21 @@ async fn methods_no_gst_api_uses_are_refused_before_the_upstream() {
     assert_eq!(counters["requests"], 0, "{counters}");
 }
 
+/// The other tenant's GSTN return summary call with `query`, over raw HTTP: status and body.
+async fn other_tenant_returns(gw: &Gateway, query: &str) -> (u16, Value) {
+    let target = format!("/taxpayerapi/v1.0/returns/gstr1?{query}");
+    let extra = "ret_period: 102026\r\n";
+    let text = raw_exchange(
+        gw.proxy,
+        &head("GET", &target, OTHER_KEY, &other(), extra),
+        b"",
+        Duration::from_secs(10),
+    )
+    .await;
+    let (status, _, body) = parse_raw(&text);
+    (status, body)
+}
+
 #[tokio::test]
 async fn a_gstn_query_naming_another_taxpayer_is_refused() {
     let (sim_opts, gw_opts) = two_tenants();
@@ -194,21 +209,7 @@ async fn a_gstn_query_naming_another_taxpayer_is_refused() {
             other()
         ),
     ] {
-        let target = format!("/taxpayerapi/v1.0/returns/gstr1?{query}");
-        let text = raw_exchange(
-            gw.proxy,
-            &head(
-                "GET",
-                &target,
-                OTHER_KEY,
-                &other(),
-                "ret_period: 102026\r\n",
-            ),
-            b"",
-            Duration::from_secs(10),
-        )
-        .await;
-        let (status, _, body) = parse_raw(&text);
+        let (status, body) = other_tenant_returns(&gw, &query).await;
         assert_eq!(status, 400, "{query}: {body}");
         assert_eq!(body["code"], "gstin_mismatch", "{query}: {body}");
     }
@@ -218,24 +219,8 @@ async fn a_gstn_query_naming_another_taxpayer_is_refused() {
         "a call reached the upstream"
     );
     // Its own GSTIN in the query is served.
-    let target = format!(
-        "/taxpayerapi/v1.0/returns/gstr1?action=RETSUM&gstin={}&ret_period=102026",
-        other()
-    );
-    let text = raw_exchange(
-        gw.proxy,
-        &head(
-            "GET",
-            &target,
-            OTHER_KEY,
-            &other(),
-            "ret_period: 102026\r\n",
-        ),
-        b"",
-        Duration::from_secs(10),
-    )
-    .await;
-    let (status, _, body) = parse_raw(&text);
+    let query = format!("action=RETSUM&gstin={}&ret_period=102026", other());
+    let (status, body) = other_tenant_returns(&gw, &query).await;
     assert_eq!(status, 200, "{body}");
 }
 
