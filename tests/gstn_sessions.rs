@@ -170,6 +170,10 @@ async fn refresh_keeps_a_session_alive_without_otp_until_the_portal_session_ends
         &sim,
         GwOpts {
             refresh_before: "2s",
+            // Tokens live 4 s instead of hours, so the login window shrinks with them: the
+            // production 4 logins per 15 minutes become 4 per second (the shortest window),
+            // still far more than one refresh per token needs.
+            upstream_extra: "login_window = \"1s\"".into(),
             ..gstn_opts()
         },
     )
@@ -225,7 +229,16 @@ async fn refresh_keeps_a_session_alive_without_otp_until_the_portal_session_ends
 #[tokio::test]
 async fn token_rejections_cost_one_refresh_and_portal_refusals_are_explained() {
     let sim = Sim::start(SimOpts::default()).await;
-    let gw = Gateway::start(&sim, gstn_opts()).await;
+    // One credential walks through several OTP scenarios in a few seconds, each an OTP
+    // request and login; the production 4 per 15 minutes would stop it after the second.
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            max_logins: 20,
+            ..gstn_opts()
+        },
+    )
+    .await;
     gw.start_gstn_session(&sim, GSTIN).await;
     assert_eq!(return_summary(&gw).await.status(), 200);
 

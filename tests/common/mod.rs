@@ -388,7 +388,7 @@ impl Default for GwOpts {
             refresh_before: "10m",
             timeout: "5s",
             connect_timeout: "2s",
-            max_logins: 50,
+            max_logins: gstgate::config::DEFAULT_MAX_LOGINS,
             max_body_bytes: 65536,
             shutdown_grace: "30s",
             rust_log: "info",
