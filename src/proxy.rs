@@ -233,77 +233,21 @@ impl Proxy {
             ));
         }
 
-        let mut session = self.sessions.session(&slot, Trigger::Cold).await?;
-        let mut attempt = 0;
-        loop {
-            let (headers, wire) = build(
-                upstream,
-                &slot,
-                &session,
-                &parts.headers,
-                request_id,
-                &parts.method,
-                &body,
-            )?;
-            let (status, reply_headers, reply) = upstream
-                .send(parts.method.clone(), &path, headers, wire)
-                .await?;
-            outcome.upstream_status = Some(status.as_u16());
-            let parsed = upstream.profile.read_reply(status, &reply);
-            outcome.upstream_code = parsed.verdict.code.clone();
-            let retried = attempt > 0;
-            let retry_label = |result: &'static str| ResultLabels {
-                upstream: upstream.name.clone().into(),
-                result,
-            };
-            match parsed.verdict.class {
-                Class::TokenRejected if !retried => {
-                    // Compare-and-invalidate: if another request already replaced this
-                    // generation, this one simply picks up the newer session. If a re-login
-                    // after a rejection already got this very token back, another one would
-                    // too: fail without spending a login (see `Invalidation::KnownRejected`).
-                    if self.sessions.invalidate(&slot, session.generation)
-                        == Invalidation::KnownRejected
-                    {
-                        self.metrics
-                            .rejected_retries
-                            .get_or_create(&retry_label("failed"))
-                            .inc();
-                        return Err(GatewayError::TokenRejected {
-                            upstream_code: parsed.verdict.code,
-                        });
-                    }
-                    session = self
-                        .sessions
-                        .session(&slot, Trigger::Rejected)
-                        .await
-                        .inspect_err(|_| {
-                            self.metrics
-                                .rejected_retries
-                                .get_or_create(&retry_label("failed"))
-                                .inc();
-                        })?;
-                    attempt += 1;
-                    outcome.retries = 1;
-                    continue;
-                }
-                Class::TokenRejected => {
-                    self.metrics
-                        .rejected_retries
-                        .get_or_create(&retry_label("failed"))
-                        .inc();
-                    return Err(GatewayError::TokenRejected {
-                        upstream_code: parsed.verdict.code,
-                    });
-                }
-                _ if retried => {
-                    self.metrics
-                        .rejected_retries
-                        .get_or_create(&retry_label("recovered"))
-                        .inc();
-                }
-                _ => {}
-            }
+        // Phases 5-8, then 9; a token rejection earns exactly one more pass through 5-8.
+        let session = self.sessions.session(&slot, Trigger::Cold).await?;
+        let call = Call {
+            upstream,
+            slot: &slot,
+            caller: &parts.headers,
+            request_id,
+            method: &parts.method,
+            path: &path,
+            body: &body,
+        };
+        let (status, reply_headers, reply) = call.exchange(&session, outcome).await?;
+        let parsed = upstream.profile.read_reply(status, &reply);
+        outcome.upstream_code = parsed.verdict.code.clone();
+        if parsed.verdict.class != Class::TokenRejected {
             return respond(
                 upstream,
                 &slot,
@@ -314,6 +258,55 @@ impl Proxy {
                 parsed,
             );
         }
+
+        // Compare-and-invalidate: if another request already replaced this generation, this
+        // one simply picks up the newer session. If a re-login after a rejection already got
+        // this very token back, another one would too: fail without spending a login (see
+        // `Invalidation::KnownRejected`).
+        let rejected = GatewayError::TokenRejected {
+            upstream_code: parsed.verdict.code,
+        };
+        if self.sessions.invalidate(&slot, session.generation) == Invalidation::KnownRejected {
+            self.count_replay(upstream, "failed");
+            return Err(rejected);
+        }
+        let session = self
+            .sessions
+            .session(&slot, Trigger::Rejected)
+            .await
+            .inspect_err(|_| self.count_replay(upstream, "failed"))?;
+        outcome.retries = 1;
+        let (status, reply_headers, reply) = call.exchange(&session, outcome).await?;
+        let parsed = upstream.profile.read_reply(status, &reply);
+        outcome.upstream_code = parsed.verdict.code.clone();
+        if parsed.verdict.class == Class::TokenRejected {
+            // Never a third attempt.
+            self.count_replay(upstream, "failed");
+            return Err(GatewayError::TokenRejected {
+                upstream_code: parsed.verdict.code,
+            });
+        }
+        self.count_replay(upstream, "recovered");
+        respond(
+            upstream,
+            &slot,
+            &session,
+            status,
+            &reply_headers,
+            &reply,
+            parsed,
+        )
+    }
+
+    /// Counts the outcome of a replay after a token rejection.
+    fn count_replay(&self, upstream: &Upstream, result: &'static str) {
+        self.metrics
+            .rejected_retries
+            .get_or_create(&ResultLabels {
+                upstream: upstream.name.clone().into(),
+                result,
+            })
+            .inc();
     }
 
     /// Phase 3, route: the upstream whose longest route prefix matches the validated path.
@@ -388,6 +381,43 @@ impl Proxy {
                 "the request body could not be read".into(),
             )),
         }
+    }
+}
+
+/// What one upstream call of a request is made of, fixed across its (at most two) attempts.
+struct Call<'a> {
+    upstream: &'a Upstream,
+    slot: &'a Slot,
+    caller: &'a HeaderMap,
+    request_id: Option<&'a HeaderValue>,
+    method: &'a Method,
+    path: &'a CallerPath,
+    body: &'a Bytes,
+}
+
+impl Call<'_> {
+    /// Phases 6 and 7 with `session`: build the request (the token and SEK may differ between
+    /// attempts) and send it.
+    async fn exchange(
+        &self,
+        session: &Session,
+        outcome: &mut Outcome,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), GatewayError> {
+        let (headers, wire) = build(
+            self.upstream,
+            self.slot,
+            session,
+            self.caller,
+            self.request_id,
+            self.method,
+            self.body,
+        )?;
+        let reply = self
+            .upstream
+            .send(self.method.clone(), self.path, headers, wire)
+            .await?;
+        outcome.upstream_status = Some(reply.0.as_u16());
+        Ok(reply)
     }
 }
 
