@@ -2,6 +2,7 @@
 //! `gstgate_session_min_ttl_seconds{upstream}`, read from the session manager at scrape time.
 
 use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 
@@ -77,5 +78,33 @@ impl prometheus_client::collector::Collector for SessionGauges {
             ConstGauge::new(min_ttl.unwrap_or(0.0)).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
+    }
+}
+
+impl Sessions {
+    /// Per upstream: how many slots are in each state, and the shortest time to expiry of a
+    /// valid session.
+    pub fn gauges(&self) -> Vec<(Arc<str>, [u64; 6], Option<f64>)> {
+        let now = Instant::now();
+        let mut out: Vec<(Arc<str>, [u64; 6], Option<f64>)> = self
+            .upstream_names
+            .iter()
+            .map(|n| (n.clone(), [0; 6], None))
+            .collect();
+        for slot in &self.slots {
+            let st = slot.lock();
+            let state = slot.state_now(&st, now);
+            let Some(entry) = out.iter_mut().find(|(n, _, _)| *n == slot.upstream.name) else {
+                continue;
+            };
+            if let Some(i) = State::ALL.iter().position(|s| *s == state) {
+                entry.1[i] += 1;
+            }
+            if let Some(s) = st.session().filter(|s| s.usable(now)) {
+                let ttl = s.deadline.saturating_duration_since(now).as_secs_f64();
+                entry.2 = Some(entry.2.map_or(ttl, |m: f64| m.min(ttl)));
+            }
+        }
+        out
     }
 }

@@ -1,4 +1,4 @@
-//! The lockout guard (DESIGN.md §3): what stands between a burst of caller requests and an
+//! The lockout guard: what stands between a burst of caller requests and an
 //! upstream that blocks taxpayers whose software hammers its login.
 //!
 //! * Credential and configuration rejections lock the credential out until an operator

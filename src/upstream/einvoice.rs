@@ -12,7 +12,7 @@ use zeroize::Zeroizing;
 
 use super::envelope::Envelope;
 use super::{
-    Class, Expiry, HeaderContext, Login, LoginFailure, LoginKind, LoginRequest, Profile, Renewal,
+    renewal, Class, Expiry, HeaderContext, Login, LoginFailure, LoginKind, LoginRequest, Profile,
     Reply, Verdict, ROLE_COUNT,
 };
 use crate::crypto::{AesKey, PublicKey};
@@ -137,8 +137,8 @@ impl Profile for Einvoice {
         ]
     }
 
-    fn renewal(&self) -> Renewal {
-        Renewal::ForceWindow(FORCE_WINDOW)
+    fn renewal(&self) -> &'static dyn renewal::Renewal {
+        &renewal::ForceWindow(FORCE_WINDOW)
     }
 
     fn login_request(

@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use super::envelope::Envelope;
 use super::sealed::{open_reply, seal_request, Layers};
 use super::{
-    Class, Expiry, HeaderContext, Login, LoginFailure, LoginKind, LoginRequest, Profile, Renewal,
+    renewal, Class, Expiry, HeaderContext, Login, LoginFailure, LoginKind, LoginRequest, Profile,
     Reply, Verdict, ROLE_COUNT,
 };
 use crate::crypto::{b64_decode, AesKey, PublicKey};
@@ -98,8 +98,8 @@ impl Profile for Ewaybill {
         ]
     }
 
-    fn renewal(&self) -> Renewal {
-        Renewal::AtExpiry
+    fn renewal(&self) -> &'static dyn renewal::Renewal {
+        &renewal::AtExpiry
     }
 
     fn login_request(

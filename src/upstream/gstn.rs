@@ -17,8 +17,8 @@ use serde_json::{json, Value};
 use super::envelope::Envelope;
 use super::sealed::{open_reply, seal_request, Layers};
 use super::{
-    transaction_id, Class, Expiry, HeaderContext, Login, LoginFailure, LoginKind, LoginRequest,
-    Profile, Renewal, Reply, Verdict, ROLE_COUNT,
+    renewal, transaction_id, Class, Expiry, HeaderContext, Login, LoginFailure, LoginKind,
+    LoginRequest, Profile, Reply, Verdict, ROLE_COUNT,
 };
 use crate::crypto::{b64_encode, gstn_app_key, AesKey, PublicKey};
 use crate::gstin::Gstin;
@@ -110,8 +110,8 @@ impl Profile for Gstn {
         ]
     }
 
-    fn renewal(&self) -> Renewal {
-        Renewal::OtpThenRefresh
+    fn renewal(&self) -> &'static dyn renewal::Renewal {
+        &renewal::OtpThenRefresh
     }
 
     fn login_request(

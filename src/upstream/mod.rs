@@ -9,6 +9,7 @@ pub mod einvoice;
 pub mod envelope;
 pub mod ewaybill;
 pub mod gstn;
+pub mod renewal;
 pub mod sealed;
 pub mod tls;
 
@@ -97,20 +98,6 @@ pub struct Login {
     pub sek: AesKey,
     /// When the token expires.
     pub expiry: Expiry,
-}
-
-/// How an API renews a session before its token expires (DESIGN.md §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Renewal {
-    /// A password login inside the last stretch of a token's life issues a new token
-    /// (NIC e-invoice's `ForceRefreshAccessToken`); before it, the same token comes back.
-    ForceWindow(Duration),
-    /// A password login before expiry returns the same token and there is no way to force a
-    /// new one (NIC e-way bill): renew at expiry.
-    AtExpiry,
-    /// The first session needs an OTP the taxpayer receives; after that a refresh call
-    /// extends it without one for as long as the portal session lasts (GSTN).
-    OtpThenRefresh,
 }
 
 /// Which kind of call to the upstream's auth endpoint.
@@ -276,7 +263,7 @@ pub trait Profile: Send + Sync + 'static {
     fn default_header_names(&self) -> [&'static str; ROLE_COUNT];
 
     /// How sessions are renewed before they expire.
-    fn renewal(&self) -> Renewal;
+    fn renewal(&self) -> &'static dyn renewal::Renewal;
 
     /// Builds the encrypted body of a call to the auth endpoint.
     fn login_request(

@@ -1,0 +1,113 @@
+//! The operator's GSTN OTP flows: asking the portal to send the taxpayer an OTP, and
+//! starting a session with it.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use super::auth::login_failure;
+use super::login::Purpose;
+use super::{Session, Sessions, Slot, Trigger};
+use crate::metrics::ResultLabels;
+use crate::problem::GatewayError;
+use crate::upstream::LoginKind;
+
+impl Sessions {
+    /// Asks the upstream to send the taxpayer an OTP (GSTN). An operator's call: it clears a
+    /// lockout, but still counts against the login limit (each one is an SMS to the taxpayer).
+    pub async fn request_otp(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<(), GatewayError> {
+        self.require_otp_api(slot)?;
+        self.detached(
+            slot,
+            |me, slot| async move { me.send_otp_request(&slot).await },
+        )
+        .await
+    }
+
+    /// Sends OTPREQUEST; the caller holds the single-flight lock.
+    async fn send_otp_request(&self, slot: &Slot) -> Result<(), GatewayError> {
+        {
+            let mut st = slot.lock();
+            st.guard.reset();
+            st.guard.admit(Instant::now())?;
+        }
+        let sent = self.auth_call(slot, LoginKind::OtpRequest).await;
+        let label = |result: &'static str| ResultLabels {
+            upstream: slot.upstream.name.clone().into(),
+            result,
+        };
+        let outcome = sent.and_then(|sent| {
+            slot.upstream
+                .profile
+                .parse_ack(&sent.body)
+                .map_err(|f| login_failure(f, sent.status))
+        });
+        match outcome {
+            Ok(()) => {
+                self.metrics
+                    .auth_requests
+                    .get_or_create(&label("success"))
+                    .inc();
+                tracing::info!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
+                    user = %slot.credential.username, "OTP requested");
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics
+                    .auth_requests
+                    .get_or_create(&label("error"))
+                    .inc();
+                let err = self.refusal(slot, e);
+                tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
+                    code = err.code(), upstream_code = err.upstream_code(), "OTP request failed");
+                Err(err)
+            }
+        }
+    }
+
+    /// Starts a GSTN session with the OTP the taxpayer received (already checked to be six
+    /// digits by the admin API); the portal session it opens lasts the credential's
+    /// `session_lifetime`.
+    pub async fn submit_otp(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        otp: SecretString,
+    ) -> Result<Arc<Session>, GatewayError> {
+        self.require_otp_api(slot)?;
+        self.detached(slot, |me, slot| async move {
+            me.start_with_otp(&slot, otp.expose_secret()).await
+        })
+        .await
+    }
+
+    /// Sends AUTHTOKEN with the OTP; the caller holds the single-flight lock.
+    async fn start_with_otp(&self, slot: &Slot, otp: &str) -> Result<Arc<Session>, GatewayError> {
+        {
+            let mut st = slot.lock();
+            st.guard.reset();
+            st.guard.admit(Instant::now())?;
+            st.refreshing = true;
+        }
+        let result = self.login_call(slot, LoginKind::Otp(otp)).await;
+        self.settle(
+            slot,
+            Trigger::Manual,
+            result,
+            None,
+            Instant::now(),
+            Purpose::StartWithOtp,
+        )
+    }
+
+    fn require_otp_api(&self, slot: &Slot) -> Result<(), GatewayError> {
+        if slot.renewal().otp_sessions() {
+            Ok(())
+        } else {
+            Err(GatewayError::BodyInvalid(format!(
+                "upstream `{}` does not use OTP sessions",
+                slot.upstream.name
+            )))
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! The proactive refresh: what the scheduler runs when a session's refresh is due, and when
+//! that is.
+
+use std::time::{Duration, Instant};
+
+use super::{Session, Sessions, Slot, Trigger, SAME_TOKEN_MIN_RETRY};
+use crate::problem::GatewayError;
+
+impl Sessions {
+    /// The scheduler's refresh of `generation`, if it is still current and in use.
+    pub(crate) async fn refresh_due(&self, id: usize, generation: u64) {
+        let Some(slot) = self.slots.get(id) else {
+            return;
+        };
+        {
+            let mut st = slot.lock();
+            if st.session().map(|s| s.generation) != Some(generation) {
+                return;
+            }
+            // An idle GSTN session is kept alive all the same: dropping it would cost the
+            // taxpayer a new OTP, which is what gstgate exists to avoid.
+            if !slot.renewal().otp_sessions() && st.last_used.elapsed() >= slot.upstream.idle_ttl {
+                tracing::info!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
+                    "dropping idle session instead of refreshing it");
+                st.forget();
+                return;
+            }
+        }
+        let _single_flight = slot.login.lock().await;
+        let current = slot.lock().session().cloned();
+        match current {
+            Some(s) if s.generation == generation => {
+                if let Err(e) = self.login(slot, Trigger::Proactive).await {
+                    // Retry only when waiting can help, and no sooner than the guard allows:
+                    // a lockout or a missing OTP needs an operator, and hammering a
+                    // throttled login only extends the block.
+                    let retry = match &e {
+                        GatewayError::CredentialsRejected { .. }
+                        | GatewayError::UpstreamConfigRejected { .. }
+                        | GatewayError::OtpRequired { .. }
+                        | GatewayError::ApiAccessDisabled { .. } => None,
+                        GatewayError::LoginThrottled { retry_after_secs }
+                        | GatewayError::LoginBackoff {
+                            retry_after_secs, ..
+                        } => Some(Duration::from_secs(*retry_after_secs)),
+                        _ => Some(slot.lock().guard.retry_delay()),
+                    };
+                    tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
+                        error = %e, retry_in_secs = retry.map(|r| r.as_secs_f64()),
+                        "proactive refresh failed");
+                    if let Some(retry) = retry {
+                        let at = Instant::now() + retry;
+                        self.scheduler.schedule(slot.id, generation, at);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// When to refresh a new session sent at `sent`: the renewal strategy's choice.
+    pub(super) fn refresh_at(&self, slot: &Slot, session: &Session, sent: Instant) -> Instant {
+        slot.renewal()
+            .refresh_at(session.deadline, sent, slot.upstream.refresh_before)
+    }
+
+    /// After a login returned the same token. Before the normal refresh time (an operator's
+    /// early refresh, a re-login after a rejection that the upstream did not honour), keep
+    /// the normal schedule; past it (the upstream's force window is narrower than
+    /// `refresh_before`), try again after a third of the remaining life, while that is worth it.
+    pub(super) fn schedule_after_same_token(&self, slot: &Slot, session: &Session) {
+        let now = Instant::now();
+        let normal = session
+            .deadline
+            .checked_sub(slot.upstream.refresh_before)
+            .filter(|t| *t > now);
+        let at = match normal {
+            Some(t) => t,
+            None => {
+                let remaining = session.deadline.saturating_duration_since(now);
+                if remaining < 3 * SAME_TOKEN_MIN_RETRY {
+                    // Too close to expiry to matter: the next caller logs in afresh.
+                    return;
+                }
+                now + (remaining / 3).max(SAME_TOKEN_MIN_RETRY)
+            }
+        };
+        self.scheduler.schedule(slot.id, session.generation, at);
+    }
+}

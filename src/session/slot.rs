@@ -1,0 +1,294 @@
+//! A slot: one (upstream, GSTIN, user), its credential, its session and what the session
+//! manager knows about it. Every change of a slot's session goes through
+//! [`SlotState::install`] or [`SlotState::forget`], the seam where a persistent store will
+//! record sessions.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::HeaderValue;
+use secrecy::SecretString;
+use serde::Serialize;
+
+use super::guard::Guard;
+use super::EXPIRY_MARGIN;
+use crate::crypto::AesKey;
+use crate::gstin::Gstin;
+use crate::upstream::renewal::{Held, Renewal};
+use crate::upstream::{HeaderContext, Upstream};
+
+/// A session whose token the upstream rejected on a data call, yet handed back unchanged to
+/// the re-login that followed.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct KnownRejected {
+    /// The generation whose token came back.
+    pub(super) generation: u64,
+    /// Until then a rejection of `generation` causes no login.
+    pub(super) until: Instant,
+}
+
+/// The state of a slot, as shown on `/admin/sessions` and in `gstgate_sessions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// No session has been established (or it was dropped as idle).
+    Cold,
+    /// A usable token.
+    Valid,
+    /// A login is under way.
+    Refreshing,
+    /// The last login failed; no usable token.
+    Failed,
+    /// An OTP is needed (GSTN).
+    NeedsOtp,
+    /// The upstream rejected the credentials; logins are stopped.
+    CredentialsRejected,
+}
+
+impl State {
+    /// Every state, for gauges that must report zeros too.
+    pub const ALL: [State; 6] = [
+        State::Cold,
+        State::Valid,
+        State::Refreshing,
+        State::Failed,
+        State::NeedsOtp,
+        State::CredentialsRejected,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Cold => "cold",
+            State::Valid => "valid",
+            State::Refreshing => "refreshing",
+            State::Failed => "failed",
+            State::NeedsOtp => "needs_otp",
+            State::CredentialsRejected => "credentials_rejected",
+        }
+    }
+}
+
+/// An established upstream session. Immutable: a refresh makes a new one.
+pub struct Session {
+    /// The token as a header value (marked sensitive).
+    pub token: HeaderValue,
+    /// The session encryption key.
+    pub sek: AesKey,
+    /// When the token expires, wall clock (UTC).
+    pub expires_at: SystemTime,
+    /// When the token expires, monotonic: what validity checks use.
+    pub deadline: Instant,
+    /// When the login that produced it was sent.
+    pub issued_at: SystemTime,
+    /// Monotonic per slot; compare-and-invalidate keys on it.
+    pub generation: u64,
+}
+
+impl Session {
+    /// Whether a request sent with it now would arrive before it expires.
+    pub(super) fn usable(&self, now: Instant) -> bool {
+        self.deadline > now + EXPIRY_MARGIN
+    }
+
+    /// What the renewal strategy looks at.
+    pub(super) fn held(&self) -> Held<'_> {
+        Held {
+            token: &self.token,
+            sek: &self.sek,
+            deadline: self.deadline,
+        }
+    }
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("generation", &self.generation)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A taxpayer user's credential on one upstream.
+pub struct Credential {
+    /// The taxpayer.
+    pub gstin: Gstin,
+    /// API user name.
+    pub username: Arc<str>,
+    pub(super) password: SecretString,
+    /// How long the taxpayer enabled API access for (GSTN).
+    pub session_lifetime: Duration,
+    pub(super) gstin_header: HeaderValue,
+    pub(super) user_header: HeaderValue,
+    pub(super) state_header: HeaderValue,
+}
+
+/// The taxpayer's portal API session (GSTN): started with an OTP, ends when the API-access
+/// period the taxpayer enabled runs out.
+#[derive(Debug, Clone, Copy)]
+struct Portal {
+    /// When a new OTP will be needed, by the credential's `session_lifetime`.
+    ends_at: SystemTime,
+}
+
+/// The mutable part of a slot.
+pub(super) struct SlotState {
+    /// The session callers use; cleared when the upstream rejects its token.
+    session: Option<Arc<Session>>,
+    /// The upstream's latest session, kept after a rejection: a GSTN refresh proves
+    /// possession of its token and SEK. `None` for an OTP API means an OTP is needed.
+    latest: Option<Arc<Session>>,
+    /// The portal session (GSTN).
+    portal: Option<Portal>,
+    /// Set while a login runs.
+    pub(super) refreshing: bool,
+    /// Why the last login failed, without secrets.
+    pub(super) last_error: Option<String>,
+    /// The upstream's error code of the last failed login.
+    pub(super) last_upstream_code: Option<String>,
+    /// When the last successful login was sent.
+    pub(super) last_refresh: Option<SystemTime>,
+    /// The current session's token was rejected and a re-login returned it all the same.
+    pub(super) known_rejected: Option<KnownRejected>,
+    /// Last caller use, for idle expiry.
+    pub(super) last_used: Instant,
+    /// The generation the next new token gets.
+    pub(super) next_generation: u64,
+    /// Login limits, backoff and lockout.
+    pub(super) guard: Guard,
+}
+
+impl SlotState {
+    /// A slot with no session yet, whose logins `guard` admits.
+    pub(super) fn new(guard: Guard) -> Self {
+        Self {
+            session: None,
+            latest: None,
+            portal: None,
+            refreshing: false,
+            last_error: None,
+            last_upstream_code: None,
+            last_refresh: None,
+            known_rejected: None,
+            last_used: Instant::now(),
+            next_generation: 1,
+            guard,
+        }
+    }
+
+    /// The session callers use, if any (it may have expired).
+    pub(super) fn session(&self) -> Option<&Arc<Session>> {
+        self.session.as_ref()
+    }
+
+    /// The latest session the upstream issued, kept after a rejection.
+    pub(super) fn latest(&self) -> Option<&Arc<Session>> {
+        self.latest.as_ref()
+    }
+
+    /// When the portal session opened with an OTP ends, if one is open.
+    pub(super) fn portal_ends_at(&self) -> Option<SystemTime> {
+        self.portal.map(|p| p.ends_at)
+    }
+
+    /// Puts a newly issued session in place: callers use it, a refresh proves it.
+    pub(super) fn install(&mut self, session: Arc<Session>) {
+        self.session = Some(session.clone());
+        self.latest = Some(session);
+        self.known_rejected = None;
+    }
+
+    /// Puts back a session whose token a login handed back unchanged.
+    pub(super) fn restore(&mut self, session: Arc<Session>) {
+        self.session = Some(session);
+    }
+
+    /// Stops callers using the session after the upstream rejected its token; the latest
+    /// stays, for a refresh to prove possession of.
+    pub(super) fn invalidate(&mut self) {
+        self.session = None;
+    }
+
+    /// Records that the portal session is over (its API-access period ended, or the taxpayer
+    /// disabled API access): nothing can be refreshed any more and the next session needs an
+    /// OTP. A session callers still hold stays usable until its token expires.
+    pub(super) fn end_portal(&mut self) {
+        self.latest = None;
+        self.portal = None;
+    }
+
+    /// Forgets the session, the latest one and the portal session: the next session starts
+    /// from scratch.
+    pub(super) fn forget(&mut self) {
+        self.session = None;
+        self.latest = None;
+        self.portal = None;
+    }
+
+    /// Records a portal session opened with an OTP, lasting until `ends_at`.
+    pub(super) fn open_portal(&mut self, ends_at: SystemTime) {
+        self.portal = Some(Portal { ends_at });
+    }
+}
+
+/// One (upstream, GSTIN, user): its credential, session and guard.
+pub struct Slot {
+    /// Position in the manager's table; the scheduler refers to slots by it.
+    pub id: usize,
+    /// The upstream.
+    pub upstream: Arc<Upstream>,
+    /// The credential.
+    pub credential: Credential,
+    pub(super) state: Mutex<SlotState>,
+    /// Held for the whole of a login: this is the single-flight. Shared so that the task a
+    /// login runs in can own its guard.
+    pub(super) login: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Slot {
+    /// The slot's state, for a few field reads or writes (never held across an `.await`).
+    pub(super) fn lock(&self) -> MutexGuard<'_, SlotState> {
+        // A panic while holding this lock cannot leave the state half-written in a way that
+        // matters more than stopping service would: recover the guard.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The current session if it is usable now; marks the slot as used.
+    pub fn current(&self) -> Option<Arc<Session>> {
+        let now = Instant::now();
+        let mut st = self.lock();
+        st.last_used = now;
+        st.session.as_ref().filter(|s| s.usable(now)).cloned()
+    }
+
+    /// The values the upstream's profile puts in headers for this slot.
+    pub fn header_context(&self) -> HeaderContext<'_> {
+        self.upstream.header_context(
+            &self.credential.gstin_header,
+            &self.credential.user_header,
+            &self.credential.state_header,
+        )
+    }
+
+    /// How the upstream's API renews sessions.
+    pub(super) fn renewal(&self) -> &'static dyn Renewal {
+        self.upstream.profile.renewal()
+    }
+
+    /// The slot's state as shown to operators.
+    pub(super) fn state_now(&self, st: &SlotState, now: Instant) -> State {
+        if let Some(s) = st.guard.locked_state() {
+            return s;
+        }
+        if st.refreshing {
+            return State::Refreshing;
+        }
+        match &st.session {
+            Some(s) if s.usable(now) => State::Valid,
+            _ if self.renewal().otp_sessions() && st.latest.is_none() => State::NeedsOtp,
+            _ if st.last_error.is_some() => State::Failed,
+            _ => State::Cold,
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! What the admin API and the status page show of the slots: no token, SEK or password.
+
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+
+use super::{Sessions, State};
+
+/// What `/admin/sessions` shows of a slot: no token, SEK or password.
+#[derive(Debug, Serialize)]
+pub struct SessionInfo {
+    /// Upstream name.
+    pub upstream: String,
+    /// The GSTIN.
+    pub gstin: String,
+    /// API user.
+    pub username: String,
+    /// State.
+    pub state: State,
+    /// Token expiry, RFC 3339 UTC.
+    pub expires_at: Option<String>,
+    /// Seconds until the token expires.
+    pub expires_in_secs: Option<u64>,
+    /// When the last successful login was sent, RFC 3339 UTC.
+    pub last_refresh: Option<String>,
+    /// The last login error.
+    pub last_error: Option<String>,
+    /// The upstream's error code of the last failed login.
+    pub last_upstream_code: Option<String>,
+    /// Session generation.
+    pub generation: Option<u64>,
+    /// When the taxpayer's portal API session ends and a new OTP is needed (GSTN), RFC 3339 UTC.
+    pub session_ends_at: Option<String>,
+    /// Seconds until the portal API session ends (GSTN).
+    pub session_ends_in_secs: Option<u64>,
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(at).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+impl Sessions {
+    /// Every slot, for the admin API and status page.
+    pub fn snapshot(&self) -> Vec<SessionInfo> {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        self.slots
+            .iter()
+            .map(|slot| {
+                let st = slot.lock();
+                let state = slot.state_now(&st, now);
+                let live = st.session().filter(|s| s.usable(now));
+                SessionInfo {
+                    upstream: slot.upstream.name.to_string(),
+                    gstin: slot.credential.gstin.to_string(),
+                    username: slot.credential.username.to_string(),
+                    state,
+                    expires_at: live.map(|s| rfc3339(s.expires_at)),
+                    expires_in_secs: live.map(|s| {
+                        s.expires_at
+                            .duration_since(wall)
+                            .unwrap_or_default()
+                            .as_secs()
+                    }),
+                    last_refresh: st.last_refresh.map(rfc3339),
+                    last_error: st.last_error.clone(),
+                    last_upstream_code: st.last_upstream_code.clone(),
+                    generation: live.map(|s| s.generation),
+                    session_ends_at: st.portal_ends_at().map(rfc3339),
+                    session_ends_in_secs: st
+                        .portal_ends_at()
+                        .map(|end| end.duration_since(wall).unwrap_or_default().as_secs()),
+                }
+            })
+            .collect()
+    }
+}
