@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod alerts;
+pub mod classify;
 pub mod cli;
 pub mod clients;
 pub mod config;

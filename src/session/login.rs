@@ -10,10 +10,11 @@ use secrecy::ExposeSecret;
 use super::auth::{LoginError, Sent};
 use super::slot::{KnownRejected, SlotState};
 use super::{Session, Sessions, Slot, State, Trigger};
+use crate::classify;
 use crate::metrics::{ResultLabels, TriggerLabels};
 use crate::problem::GatewayError;
 use crate::upstream::renewal::Step;
-use crate::upstream::{Class, Verdict};
+use crate::upstream::Class;
 
 impl Sessions {
     /// Renews the slot's session the way its API's renewal strategy says. Must be called with
@@ -269,49 +270,13 @@ impl Sessions {
             LoginError::Gateway(err) => return err,
             LoginError::Refused(v) => v,
         };
-        let Verdict {
-            class,
-            code,
-            message,
-        } = verdict;
-        match class {
-            Class::CredentialsRejected => GatewayError::CredentialsRejected {
-                gstin: slot.credential.gstin.to_string(),
-                username: slot.credential.username.to_string(),
-                upstream_code: code,
-            },
-            Class::Configuration => GatewayError::UpstreamConfigRejected {
-                upstream_code: code,
-                message: message.unwrap_or_else(|| "login refused".into()),
-            },
-            Class::Throttled => GatewayError::UpstreamThrottled {
-                upstream_code: code,
-            },
-            Class::OtpRejected => GatewayError::OtpInvalid {
-                upstream_code: code,
-                detail: message.unwrap_or_else(|| "the upstream refused the OTP".into()),
-            },
-            Class::AccessDisabled => GatewayError::ApiAccessDisabled {
-                gstin: slot.credential.gstin.to_string(),
-                upstream_code: code,
-            },
-            Class::SessionLimit => GatewayError::TooManySessions {
-                upstream_code: code,
-            },
+        if verdict.class == Class::TokenRejected && slot.renewal().otp_sessions() {
             // A refresh whose token the upstream no longer knows: the portal session is
             // over, and only a new OTP starts another.
-            Class::TokenRejected if slot.renewal().otp_sessions() => self.otp_required(
-                slot,
-                &format!(
-                    "the upstream ended the session ({})",
-                    code.as_deref().unwrap_or("no code")
-                ),
-            ),
-            _ => GatewayError::UpstreamUnavailable(format!(
-                "login refused with code {}",
-                code.as_deref().unwrap_or("(none)")
-            )),
+            let code = verdict.code.as_deref().unwrap_or("no code");
+            return self.otp_required(slot, &format!("the upstream ended the session ({code})"));
         }
+        classify::login_refusal(verdict, slot.credential.whose())
     }
 
     /// Records a failed login admitted at `admitted` and what it means for further logins.

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::guard::Guard;
 use super::EXPIRY_MARGIN;
+use crate::classify::Whose;
 use crate::crypto::AesKey;
 use crate::gstin::Gstin;
 use crate::upstream::renewal::{Held, Renewal};
@@ -122,6 +123,16 @@ pub struct Credential {
     pub(super) gstin_header: HeaderValue,
     pub(super) user_header: HeaderValue,
     pub(super) state_header: HeaderValue,
+}
+
+impl Credential {
+    /// Whose credential this is, for the errors that name it.
+    pub fn whose(&self) -> Whose<'_> {
+        Whose {
+            gstin: &self.gstin,
+            username: &self.username,
+        }
+    }
 }
 
 /// The taxpayer's portal API session (GSTN): started with an OTP, ends when the API-access

@@ -1,0 +1,143 @@
+//! Phase 2, admit: everything decided about a request before its session is: the caller, the
+//! method, the path and its upstream, the taxpayer and its credential slot, and the body.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, HeaderMap, Method};
+use http_body_util::BodyExt;
+
+use super::{Outcome, Proxy};
+use crate::clients::Client;
+use crate::config::ChecksumPolicy;
+use crate::gstin::Gstin;
+use crate::path::CallerPath;
+use crate::problem::GatewayError;
+use crate::request::head_len;
+use crate::session::Slot;
+use crate::upstream::Upstream;
+
+/// An admitted request: where it goes and for whom.
+pub(super) struct Admitted<'p> {
+    /// The upstream its path routes to.
+    pub(super) upstream: &'p Arc<Upstream>,
+    /// The credential slot of its GSTIN (and user).
+    pub(super) slot: Arc<Slot>,
+    /// Its validated path and query.
+    pub(super) path: CallerPath,
+}
+
+impl Proxy {
+    /// Admits a request's head: size, caller key, method, path, route and identity, in that
+    /// order, so a caller without a valid key learns nothing about routes or taxpayers.
+    pub(super) fn admit(
+        &self,
+        parts: &Parts,
+        outcome: &mut Outcome,
+    ) -> Result<Admitted<'_>, GatewayError> {
+        if head_len(&parts.method, &parts.uri, &parts.headers) > self.max_header_bytes {
+            return Err(GatewayError::HeadersTooLarge(self.max_header_bytes));
+        }
+        let client = self.clients.authenticate(&parts.headers)?;
+        outcome.client = Some(client.name.clone());
+        if !matches!(
+            parts.method,
+            Method::GET | Method::POST | Method::PUT | Method::DELETE
+        ) {
+            return Err(GatewayError::MethodNotAllowed(
+                parts.method.as_str().chars().take(32).collect(),
+            ));
+        }
+        let path = CallerPath::parse(parts.uri.path(), parts.uri.query())?;
+        let (index, upstream) = self.route(&path)?;
+        outcome.upstream = Some(upstream.name.clone());
+        let slot = self.identity(&client, index, upstream, &parts.headers, outcome)?;
+        upstream
+            .profile
+            .check_request(&path, &slot.credential.gstin)?;
+        Ok(Admitted {
+            upstream,
+            slot,
+            path,
+        })
+    }
+
+    /// Route: the upstream whose longest route prefix matches the validated path.
+    fn route(&self, path: &CallerPath) -> Result<(usize, &Arc<Upstream>), GatewayError> {
+        self.upstreams
+            .iter()
+            .enumerate()
+            .filter_map(|(i, u)| u.route_match(path).map(|len| (len, i, u)))
+            .max_by_key(|(len, _, _)| *len)
+            .map(|(_, i, u)| (i, u))
+            .ok_or_else(|| GatewayError::RouteNotFound(path.path().chars().take(200).collect()))
+    }
+
+    /// Identity: validated GSTIN, allowed for this client, with a credential.
+    fn identity(
+        &self,
+        client: &Client,
+        index: usize,
+        upstream: &Upstream,
+        headers: &HeaderMap,
+        outcome: &mut Outcome,
+    ) -> Result<Arc<Slot>, GatewayError> {
+        let raw = headers
+            .get("gstin")
+            .ok_or(GatewayError::GstinMissing)?
+            .to_str()
+            .map_err(|_| GatewayError::GstinInvalid("not ASCII".into()))?;
+        let gstin = Gstin::parse(raw).map_err(|e| GatewayError::GstinInvalid(e.to_string()))?;
+        if let Err(e) = gstin.verify_checksum() {
+            match upstream.checksum {
+                ChecksumPolicy::Enforce => return Err(GatewayError::GstinInvalid(e.to_string())),
+                ChecksumPolicy::Warn => {
+                    tracing::warn!(gstin = %gstin, upstream = %upstream.name, "GSTIN fails the checksum (gstin_checksum = \"warn\")");
+                }
+            }
+        }
+        outcome.gstin = Some(gstin.clone());
+        if !client.allows(&gstin) {
+            return Err(GatewayError::GstinNotAllowed(gstin.to_string()));
+        }
+        let user = headers
+            .get("user_name")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|u| !u.is_empty());
+        self.sessions.lookup(index, &gstin, user)
+    }
+
+    /// Reads the caller's body, refusing more than `max_body_bytes` (buffered so it can be
+    /// replayed after a token rejection).
+    pub(super) async fn read_body<B>(
+        &self,
+        headers: &HeaderMap,
+        body: B,
+    ) -> Result<Bytes, GatewayError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
+            return Err(GatewayError::BodyTooLarge(self.max_body_bytes));
+        }
+        match http_body_util::Limited::new(body, self.max_body_bytes)
+            .collect()
+            .await
+        {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                Err(GatewayError::BodyTooLarge(self.max_body_bytes))
+            }
+            Err(_) => Err(GatewayError::BodyInvalid(
+                "the request body could not be read".into(),
+            )),
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Phases 4 and 5, build and send: one upstream call of a request, made again with a new
+//! session if the first attempt's token was rejected.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+
+use super::Outcome;
+use crate::config::Encryption;
+use crate::path::CallerPath;
+use crate::problem::GatewayError;
+use crate::request::REQUEST_ID;
+use crate::session::{Session, Slot};
+use crate::upstream::{Reply, Upstream};
+
+/// What one upstream call of a request is made of, fixed across its (at most two) attempts.
+pub(super) struct Call<'a> {
+    /// Where it goes.
+    pub(super) upstream: &'a Upstream,
+    /// Whose credential it uses.
+    pub(super) slot: &'a Arc<Slot>,
+    /// The caller's headers, before the allow-list.
+    pub(super) caller: &'a HeaderMap,
+    /// The request id gstgate sends upstream.
+    pub(super) request_id: Option<&'a HeaderValue>,
+    /// The caller's method.
+    pub(super) method: &'a Method,
+    /// The validated path and query.
+    pub(super) path: &'a CallerPath,
+    /// The caller's body, buffered so that it can be sent twice.
+    pub(super) body: &'a Bytes,
+}
+
+/// The upstream's answer to one attempt.
+pub(super) struct Sent {
+    /// Its HTTP status.
+    pub(super) status: StatusCode,
+    /// Its headers.
+    pub(super) headers: HeaderMap,
+    /// Its whole body.
+    pub(super) body: Bytes,
+}
+
+impl Call<'_> {
+    /// Builds the request with `session` (the token and SEK may differ between attempts) and
+    /// sends it.
+    pub(super) async fn exchange(
+        &self,
+        session: &Session,
+        outcome: &mut Outcome,
+    ) -> Result<Sent, GatewayError> {
+        let (headers, wire) = build(
+            self.upstream,
+            self.slot,
+            session,
+            self.caller,
+            self.request_id,
+            self.method,
+            self.body,
+        )?;
+        let (status, headers, body) = self
+            .upstream
+            .send(self.method.clone(), self.path, headers, wire)
+            .await?;
+        outcome.upstream_status = Some(status.as_u16());
+        Ok(Sent {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+impl Sent {
+    /// The profile's reading of the reply: its verdict and JSON envelope.
+    pub(super) fn read(&self, upstream: &Upstream, outcome: &mut Outcome) -> Reply<'_> {
+        let reply = upstream.profile.read_reply(self.status, &self.body);
+        outcome.upstream_code = reply.verdict.code.clone();
+        reply
+    }
+}
+
+/// The caller headers that may travel upstream: only those the upstream's allow-list names
+/// (RFC 9110 §7.6.1: minus any the caller's `Connection` header marks hop-by-hop).
+fn forwardable(upstream: &Upstream, caller: &HeaderMap) -> HeaderMap {
+    let hop_by_hop = |name: &HeaderName| {
+        caller.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+            })
+        })
+    };
+    let mut out = HeaderMap::with_capacity(upstream.forwarded.len() + 8);
+    for name in &upstream.forwarded {
+        if !caller.contains_key(name) || hop_by_hop(name) {
+            continue;
+        }
+        for value in caller.get_all(name) {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// Phase 4, build: headers for this attempt (the session may have changed) and the body,
+/// encrypted with this session's SEK in gateway mode. The injected headers are inserted after
+/// the caller's, so each one is always gstgate's value.
+fn build(
+    upstream: &Upstream,
+    slot: &Slot,
+    session: &Session,
+    caller: &HeaderMap,
+    request_id: Option<&HeaderValue>,
+    method: &Method,
+    body: &Bytes,
+) -> Result<(HeaderMap, Bytes), GatewayError> {
+    let mut headers = forwardable(upstream, caller);
+    let ctx = slot.header_context();
+    upstream
+        .profile
+        .data_headers(&mut headers, &ctx, &session.token);
+    if let Some(id) = request_id {
+        headers.insert(REQUEST_ID.clone(), id.clone());
+    }
+    let wire = match upstream.encryption {
+        Encryption::Gateway => {
+            let encoded = upstream
+                .profile
+                .encode_request(method, body, &session.sek)?;
+            if !encoded.is_empty() {
+                headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
+            Bytes::from(encoded)
+        }
+        Encryption::Passthrough => body.clone(),
+    };
+    Ok((headers, wire))
+}

@@ -1,0 +1,284 @@
+//! The request path, one function per phase. [`Proxy::process`] calls them in order and is
+//! the one place to read a request's story:
+//!
+//! 1. accept: request id, in-flight gauge, overall timeout, access log ([`Proxy::serve`])
+//! 2. admit: header size, caller key → client, method, path normalised and validated
+//!    ([`crate::path::CallerPath`]) → upstream by route prefix, `gstin` (+ `user_name`) → allowed? →
+//!    credential slot, and the caller's body ([`admit`])
+//! 3. session: a usable session for the slot, logging in single-flight if needed
+//!    ([`Sessions::session`])
+//! 4. build: the caller headers the API accepts (an allow-list) + the injected upstream
+//!    headers and request id, body encrypted ([`call`])
+//! 5. send: pooled client, timeouts, size cap ([`call`])
+//! 6. classify: respond, replay once, or fail, the same for every API ([`crate::classify`])
+//! 7. respond: decrypt or pass the reply through ([`respond`])
+//!
+//! A token rejection invalidates that session generation, gets a session once more and
+//! replays once ([`Proxy::replay`]): two upstream attempts at most, never a loop. A token that
+//! a re-login after a rejection handed back unchanged is not replayed nor logged in for again
+//! for a while.
+
+mod admit;
+mod call;
+mod respond;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response};
+
+use crate::classify::{self, Decision};
+use crate::clients::Clients;
+use crate::gstin::Gstin;
+use crate::metrics::{status_class, Metrics, RequestLabels, ResultLabels, UpstreamLabel};
+use crate::problem::{problem_response, ErrorCode, GatewayError};
+use crate::request::{request_id, REQUEST_ID};
+use crate::session::{Invalidation, Session, Sessions, Trigger};
+use crate::upstream::Upstream;
+
+use admit::Admitted;
+use call::Call;
+
+/// The proxy listener's state.
+pub struct Proxy {
+    clients: Clients,
+    upstreams: Vec<Arc<Upstream>>,
+    sessions: Arc<Sessions>,
+    metrics: Arc<Metrics>,
+    max_header_bytes: usize,
+    max_body_bytes: usize,
+    request_timeout: Duration,
+    no_route: Arc<str>,
+}
+
+/// What the access log line reports about a request.
+#[derive(Default)]
+struct Outcome {
+    client: Option<Arc<str>>,
+    upstream: Option<Arc<str>>,
+    gstin: Option<Gstin>,
+    upstream_status: Option<u16>,
+    upstream_code: Option<String>,
+    retries: u32,
+    /// Whether the caller's whole body has arrived: a timeout before that is the caller's
+    /// (408), after it the upstream's (504).
+    body_read: bool,
+}
+
+/// Decrements the in-flight gauge however the request ends (including cancellation).
+struct Inflight<'a>(&'a Metrics);
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.0.inflight.dec();
+    }
+}
+
+impl Proxy {
+    /// Assembles the proxy from its parts.
+    pub fn new(
+        clients: Clients,
+        upstreams: Vec<Arc<Upstream>>,
+        sessions: Arc<Sessions>,
+        metrics: Arc<Metrics>,
+        max_header_bytes: usize,
+        max_body_bytes: usize,
+        request_timeout: Duration,
+    ) -> Self {
+        Self {
+            clients,
+            upstreams,
+            sessions,
+            metrics,
+            max_header_bytes,
+            max_body_bytes,
+            request_timeout,
+            no_route: "none".into(),
+        }
+    }
+
+    /// Phase 1, accept: wraps [`Proxy::process`] with the request id, the overall timeout,
+    /// metrics and the access log line.
+    pub async fn serve<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<Body>, Infallible>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let started = Instant::now();
+        self.metrics.inflight.inc();
+        let _inflight = Inflight(&self.metrics);
+        let request_id = request_id(req.headers());
+        // `request_id` keeps visible ASCII only, which is always a valid header value; the
+        // same value goes upstream and back to the caller.
+        let id_header = HeaderValue::from_str(&request_id).ok();
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let mut outcome = Outcome::default();
+        let result = tokio::time::timeout(
+            self.request_timeout,
+            self.process(req, id_header.as_ref(), &mut outcome),
+        )
+        .await;
+        let mut res = match result {
+            Ok(Ok(res)) => res,
+            Ok(Err(err)) => problem_response(&err, &request_id),
+            Err(_) if !outcome.body_read => {
+                let mut res = problem_response(
+                    &GatewayError::RequestTimeout(self.request_timeout.as_millis()),
+                    &request_id,
+                );
+                // The rest of the body may still come and cannot be told apart from a next
+                // request: the connection is not reused.
+                res.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                res
+            }
+            Err(_) => problem_response(
+                &GatewayError::UpstreamTimeout(self.request_timeout.as_millis()),
+                &request_id,
+            ),
+        };
+        if let Some(v) = id_header {
+            res.headers_mut().insert(REQUEST_ID.clone(), v);
+        }
+        let status = res.status().as_u16();
+        let upstream = outcome
+            .upstream
+            .clone()
+            .unwrap_or_else(|| self.no_route.clone());
+        let elapsed = started.elapsed();
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                upstream: upstream.clone().into(),
+                status: status_class(status),
+            })
+            .inc();
+        self.metrics
+            .request_duration
+            .get_or_create(&UpstreamLabel {
+                upstream: upstream.clone().into(),
+            })
+            .observe(elapsed.as_secs_f64());
+        let error = res.extensions().get::<ErrorCode>().map(|c| c.0);
+        tracing::info!(
+            target: "gstgate::access",
+            request_id = request_id.as_str(),
+            client = outcome.client.as_deref(),
+            upstream = &*upstream,
+            gstin = outcome.gstin.as_ref().map(Gstin::as_str),
+            method = method.as_str(),
+            path = uri.path(),
+            status,
+            upstream_status = outcome.upstream_status,
+            upstream_code = outcome.upstream_code.as_deref(),
+            error,
+            retries = outcome.retries,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+        Ok(res)
+    }
+
+    /// Phases 2 to 7, in order.
+    async fn process<B>(
+        &self,
+        req: Request<B>,
+        request_id: Option<&HeaderValue>,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, GatewayError>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let (parts, body) = req.into_parts();
+        let Admitted {
+            upstream,
+            slot,
+            path,
+        } = self.admit(&parts, outcome)?;
+        let body = self.read_body(&parts.headers, body).await?;
+        outcome.body_read = true;
+        let session = self.sessions.session(&slot, Trigger::Cold).await?;
+        if upstream.is_auth_path(&path) {
+            return Ok(respond::login_answer(upstream, &slot, &session));
+        }
+        let call = Call {
+            upstream,
+            slot: &slot,
+            caller: &parts.headers,
+            request_id,
+            method: &parts.method,
+            path: &path,
+            body: &body,
+        };
+        let sent = call.exchange(&session, outcome).await?;
+        let reply = sent.read(upstream, outcome);
+        match classify::reply(sent.status, &reply, slot.credential.whose()) {
+            Decision::Respond => respond::respond(upstream, &session, &sent, reply),
+            Decision::Fail(err) => Err(err),
+            Decision::Replay => {
+                let code = reply.verdict.code;
+                self.replay(&call, &session, code, outcome).await
+            }
+        }
+    }
+
+    /// After the upstream rejected the token of `rejected`: compare-and-invalidate, get a
+    /// session once more, and send the call a second and last time. If another request
+    /// already replaced that generation, this one simply picks up the newer session; if a
+    /// re-login after a rejection already got this very token back, another one would too,
+    /// so the call fails without spending a login (see `Invalidation::KnownRejected`).
+    async fn replay(
+        &self,
+        call: &Call<'_>,
+        rejected: &Session,
+        upstream_code: Option<String>,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, GatewayError> {
+        let upstream = call.upstream;
+        if self.sessions.invalidate(call.slot, rejected.generation) == Invalidation::KnownRejected {
+            self.count_replay(upstream, "failed");
+            return Err(GatewayError::TokenRejected { upstream_code });
+        }
+        let session = self
+            .sessions
+            .session(call.slot, Trigger::Rejected)
+            .await
+            .inspect_err(|_| self.count_replay(upstream, "failed"))?;
+        outcome.retries = 1;
+        let sent = call.exchange(&session, outcome).await?;
+        let reply = sent.read(upstream, outcome);
+        match classify::reply(sent.status, &reply, call.slot.credential.whose()) {
+            Decision::Replay => {
+                // Never a third attempt.
+                self.count_replay(upstream, "failed");
+                Err(GatewayError::TokenRejected {
+                    upstream_code: reply.verdict.code,
+                })
+            }
+            Decision::Fail(err) => {
+                self.count_replay(upstream, "recovered");
+                Err(err)
+            }
+            Decision::Respond => {
+                self.count_replay(upstream, "recovered");
+                respond::respond(upstream, &session, &sent, reply)
+            }
+        }
+    }
+
+    /// Counts the outcome of a replay after a token rejection.
+    fn count_replay(&self, upstream: &Upstream, result: &'static str) {
+        self.metrics
+            .rejected_retries
+            .get_or_create(&ResultLabels {
+                upstream: upstream.name.clone().into(),
+                result,
+            })
+            .inc();
+    }
+}
