@@ -1,8 +1,7 @@
-//! The NIC e-invoice (IRP) profile (PROTOCOL.md §1).
+//! The NIC e-invoice (IRP) profile.
 
 use std::time::{Duration, SystemTime};
 
-use chrono::{FixedOffset, NaiveDateTime, TimeZone};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -12,8 +11,8 @@ use zeroize::Zeroizing;
 
 use super::envelope::Envelope;
 use super::{
-    renewal, Class, Expiry, HeaderContext, Login, LoginFailure, LoginKind, LoginRequest, Profile,
-    Reply, Verdict, ROLE_COUNT,
+    nic, renewal, Class, Expiry, HeaderContext, Login, LoginFailure, LoginKind, LoginRequest,
+    Profile, Reply, Verdict, ROLE_COUNT,
 };
 use crate::crypto::{AesKey, PublicKey};
 use crate::problem::GatewayError;
@@ -21,33 +20,10 @@ use crate::problem::GatewayError;
 /// NIC issues a new token on `ForceRefreshAccessToken` only in its last 10 minutes.
 pub const FORCE_WINDOW: Duration = Duration::from_secs(10 * 60);
 
-/// IST is UTC+05:30; NIC's `TokenExpiry` and `AckDt` are IST wall-clock times with no offset.
-const IST_OFFSET_SECS: i32 = 5 * 3600 + 30 * 60;
-
 /// The NIC e-invoice API.
 pub struct Einvoice;
 
-/// Parses NIC's `yyyy-MM-dd HH:mm:ss` IST timestamp into a UTC instant.
-pub fn parse_ist(text: &str) -> Option<SystemTime> {
-    let naive = NaiveDateTime::parse_from_str(text.trim(), "%Y-%m-%d %H:%M:%S").ok()?;
-    let ist = FixedOffset::east_opt(IST_OFFSET_SECS)?;
-    let at = ist.from_local_datetime(&naive).single()?;
-    Some(SystemTime::from(at))
-}
-
-/// Formats a UTC instant as NIC's IST `yyyy-MM-dd HH:mm:ss`.
-pub fn format_ist(at: SystemTime) -> String {
-    let utc: chrono::DateTime<chrono::Utc> = at.into();
-    match FixedOffset::east_opt(IST_OFFSET_SECS) {
-        Some(ist) => utc
-            .with_timezone(&ist)
-            .format("%Y-%m-%d %H:%M:%S")
-            .to_string(),
-        None => utc.format("%Y-%m-%d %H:%M:%S").to_string(),
-    }
-}
-
-/// The class of a NIC e-invoice error code (PROTOCOL.md §1 table).
+/// The class of a NIC e-invoice error code.
 fn classify_code(code: &str) -> Class {
     match code {
         "1005" => Class::TokenRejected,
@@ -56,18 +32,6 @@ fn classify_code(code: &str) -> Class {
         "1004" | "1006" | "1015" => Class::CallerInput,
         "5001" | "5002" => Class::Transient,
         _ => Class::Business,
-    }
-}
-
-/// `Status` arrives as `1` or `"1"`.
-fn status_of(envelope: &Envelope) -> Option<i64> {
-    match envelope
-        .get::<Value>("Status")
-        .or_else(|| envelope.get::<Value>("status"))?
-    {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
     }
 }
 
@@ -91,7 +55,7 @@ fn text(v: Option<Value>) -> Option<String> {
 /// Classifies a parsed envelope: the first error code names the reply, but any code of a
 /// stronger class (token, credentials…) decides its class.
 fn verdict_of(envelope: &Envelope) -> Verdict {
-    if status_of(envelope) == Some(1) {
+    if envelope.status(&["Status", "status"]) == Some(1) {
         return Verdict::success();
     }
     let details: Vec<ErrorDetail> = envelope.get("ErrorDetails").unwrap_or_default();
@@ -163,7 +127,7 @@ impl Profile for Einvoice {
             }))
             .map_err(|e| GatewayError::Internal(e.to_string()))?,
         );
-        let body = super::nic_login_body(&inner, key)?;
+        let body = nic::login_body(&inner, key)?;
         Ok(LoginRequest { body, app_key })
     }
 
@@ -191,7 +155,7 @@ impl Profile for Einvoice {
             .unwrap_key(field("Sek")?)
             .map_err(|e| LoginFailure::BadReply(format!("cannot decrypt the SEK: {e}")))?;
         let expiry = field("TokenExpiry")?;
-        let expires_at = parse_ist(expiry).ok_or_else(|| {
+        let expires_at = nic::parse_ist(expiry).ok_or_else(|| {
             LoginFailure::BadReply("TokenExpiry is not yyyy-MM-dd HH:mm:ss".into())
         })?;
         Ok(Login {
@@ -257,7 +221,7 @@ impl Profile for Einvoice {
                 "UserName": username,
                 "AuthToken": "managed-by-gstgate",
                 "Sek": null,
-                "TokenExpiry": format_ist(expires_at),
+                "TokenExpiry": nic::format_ist(expires_at),
             },
             "ErrorDetails": null,
             "InfoDtls": null,
@@ -269,18 +233,6 @@ impl Profile for Einvoice {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn token_expiry_is_ist_not_utc() {
-        let at = parse_ist("2026-11-25 17:30:00").unwrap();
-        let utc: chrono::DateTime<chrono::Utc> = at.into();
-        assert_eq!(
-            utc.format("%Y-%m-%d %H:%M:%S").to_string(),
-            "2026-11-25 12:00:00"
-        );
-        assert_eq!(format_ist(at), "2026-11-25 17:30:00");
-        assert!(parse_ist("25/11/2026 17:30").is_none());
-    }
 
     #[test]
     fn classification_reads_the_body_and_lenient_status() {

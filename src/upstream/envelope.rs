@@ -37,6 +37,19 @@ impl<'a> Envelope<'a> {
         serde_json::from_str(self.raw(key)?.get()).ok()
     }
 
+    /// The reply's status, from the first of `names` present: the GST APIs send it as `1` or
+    /// `"1"`, so both count.
+    pub fn status(&self, names: &[&str]) -> Option<i64> {
+        let value = names
+            .iter()
+            .find_map(|n| self.get::<serde_json::Value>(n))?;
+        match value {
+            serde_json::Value::Number(n) => n.as_i64(),
+            serde_json::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        }
+    }
+
     /// Replaces the value of `key` (or appends it).
     pub fn set(&mut self, key: &str, value: Box<RawValue>) {
         match self.members.iter_mut().find(|(k, _)| k == key) {

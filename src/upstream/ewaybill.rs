@@ -34,15 +34,6 @@ fn classify_code(code: &str) -> Class {
     }
 }
 
-/// `status` arrives as `"1"` or `1`.
-fn status_of(envelope: &Envelope) -> Option<i64> {
-    match envelope.get::<Value>("status")? {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
 /// The error codes of a failed reply: `error` is base64 of `{"errorCodes":"238,102,"}`, or
 /// that object itself, with the codes as a comma-separated string or a number.
 fn error_codes(envelope: &Envelope) -> Vec<String> {
@@ -66,7 +57,7 @@ fn error_codes(envelope: &Envelope) -> Vec<String> {
 }
 
 fn verdict_of(envelope: &Envelope) -> Verdict {
-    if status_of(envelope) == Some(1) {
+    if envelope.status(&["status"]) == Some(1) {
         return Verdict::success();
     }
     let codes = error_codes(envelope);
@@ -124,7 +115,7 @@ impl Profile for Ewaybill {
             }))
             .map_err(|e| GatewayError::Internal(e.to_string()))?,
         );
-        let body = super::nic_login_body(&inner, key)?;
+        let body = super::nic::login_body(&inner, key)?;
         Ok(LoginRequest { body, app_key })
     }
 
@@ -187,7 +178,7 @@ impl Profile for Ewaybill {
             "status": "1",
             "authtoken": "managed-by-gstgate",
             "sek": null,
-            "tokenExpiry": super::einvoice::format_ist(expires_at),
+            "tokenExpiry": super::nic::format_ist(expires_at),
         }))
         .unwrap_or_default()
     }

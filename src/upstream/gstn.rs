@@ -40,15 +40,6 @@ fn classify_code(code: &str) -> Class {
     }
 }
 
-/// `status_cd` arrives as `"1"` or `1`.
-fn status_of(envelope: &Envelope) -> Option<i64> {
-    match envelope.get::<Value>("status_cd")? {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
 #[derive(Deserialize)]
 struct ErrorObject {
     error_cd: Option<String>,
@@ -56,7 +47,7 @@ struct ErrorObject {
 }
 
 fn verdict_of(envelope: &Envelope) -> Verdict {
-    if status_of(envelope) == Some(1) {
+    if envelope.status(&["status_cd"]) == Some(1) {
         return Verdict::success();
     }
     let error: Option<ErrorObject> = envelope.get("error");

@@ -9,6 +9,7 @@ pub mod einvoice;
 pub mod envelope;
 pub mod ewaybill;
 pub mod gstn;
+pub mod nic;
 pub mod renewal;
 pub mod sealed;
 pub mod tls;
@@ -191,21 +192,6 @@ pub(crate) fn accepted_login<'a>(
 /// Whether a request has no body to encrypt (a GET and the like).
 pub(crate) fn bodiless(method: &Method, body: &[u8]) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::DELETE) && body.is_empty()
-}
-
-/// NIC's login body (e-invoice and e-way bill): `{"Data": B64(RSA(key, B64(json)))}`.
-pub(crate) fn nic_login_body(inner: &[u8], key: &PublicKey) -> Result<Vec<u8>, GatewayError> {
-    // NIC base64-encodes the JSON before RSA, which is what makes long passwords overflow the
-    // 245-byte block: say so plainly instead of failing inside RSA.
-    let encoded = zeroize::Zeroizing::new(crate::crypto::b64_encode(inner));
-    let sealed = key.encrypt(encoded.as_bytes()).map_err(|e| {
-        GatewayError::UpstreamConfigRejected {
-            upstream_code: None,
-            message: format!("login payload cannot be encrypted: {e}; the username or password is too long for the upstream's RSA key"),
-        }
-    })?;
-    serde_json::to_vec(&serde_json::json!({ "Data": crate::crypto::b64_encode(&sealed) }))
-        .map_err(|e| GatewayError::Internal(e.to_string()))
 }
 
 /// The header values a profile injects, precomputed so the request path does not allocate.
