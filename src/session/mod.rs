@@ -174,7 +174,14 @@ impl Sessions {
             index,
             upstream_names: upstreams.iter().map(|u| u.name.clone()).collect(),
             metrics,
-            scheduler: scheduler::spawn(weak.clone()),
+            scheduler: {
+                let sessions = weak.clone();
+                scheduler::spawn(move |id, generation| {
+                    if let Some(sessions) = sessions.upgrade() {
+                        tokio::spawn(async move { sessions.refresh_due(id, generation).await });
+                    }
+                })
+            },
         });
         Ok(sessions)
     }
