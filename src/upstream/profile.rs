@@ -1,0 +1,269 @@
+//! What a profile is: the API-specific behaviour of an upstream, and the types it speaks
+//! (reply classes and verdicts, logins, replies).
+
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use secrecy::SecretString;
+
+use super::envelope;
+use super::headers::HeaderContext;
+use super::renewal::Renewal;
+use crate::config::ROLE_COUNT;
+use crate::crypto::{AesKey, PublicKey};
+use crate::gstin::Gstin;
+use crate::path::CallerPath;
+use crate::problem::GatewayError;
+
+/// What an upstream reply means to the gateway; `crate::classify` decides what each class
+/// means to the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// It worked.
+    Success,
+    /// The token is expired, revoked or does not match the headers: re-login once, replay once.
+    TokenRejected,
+    /// The taxpayer's username/password are wrong: never retry.
+    CredentialsRejected,
+    /// gstgate's own client id/secret/key are wrong: never retry.
+    Configuration,
+    /// The caller sent something wrong; pass the reply through.
+    CallerInput,
+    /// The upstream is having trouble; worth retrying later.
+    Transient,
+    /// The upstream asks us to slow down.
+    Throttled,
+    /// A business answer (duplicate IRN, validation error): pass through unchanged.
+    Business,
+    /// The OTP was wrong or already used.
+    OtpRejected,
+    /// The taxpayer has not enabled API access on the portal.
+    AccessDisabled,
+    /// The user has too many live sessions with this GSP.
+    SessionLimit,
+}
+
+/// A classified upstream reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The class.
+    pub class: Class,
+    /// The first upstream error code, if any.
+    pub code: Option<String>,
+    /// The first upstream error message, if any.
+    pub message: Option<String>,
+}
+
+impl Verdict {
+    /// A success.
+    pub fn success() -> Self {
+        Self {
+            class: Class::Success,
+            code: None,
+            message: None,
+        }
+    }
+}
+
+/// When a new token expires, as the upstream put it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// An absolute time (NIC e-invoice's `TokenExpiry`).
+    At(SystemTime),
+    /// A lifetime from issue (GSTN's `expiry` in minutes).
+    After(Duration),
+    /// The reply says nothing (NIC e-way bill): the upstream's `token_lifetime` applies.
+    Unstated,
+}
+
+/// What a successful login yields.
+pub struct Login {
+    /// The auth token.
+    pub token: SecretString,
+    /// The session encryption key.
+    pub sek: AesKey,
+    /// When the token expires.
+    pub expiry: Expiry,
+}
+
+/// Which kind of call to the upstream's auth endpoint.
+pub enum LoginKind<'a> {
+    /// Username and password; `force` asks for a new token inside the force window.
+    Password {
+        /// Ask for a new token even if the current one is valid.
+        force: bool,
+    },
+    /// Ask the portal to send the taxpayer an OTP.
+    OtpRequest,
+    /// Exchange the OTP the taxpayer received for a session.
+    Otp(&'a str),
+    /// Extend a session without an OTP, proving possession of its token and SEK.
+    Refresh {
+        /// The session's current token.
+        token: &'a HeaderValue,
+        /// The session's current SEK.
+        sek: &'a AesKey,
+    },
+}
+
+/// Why a login failed.
+#[derive(Debug)]
+pub enum LoginFailure {
+    /// The upstream answered with an error code.
+    Refused(Verdict),
+    /// The reply could not be understood or decrypted.
+    BadReply(String),
+}
+
+/// A login request body and the AppKey needed to unwrap the SEK of its reply.
+pub struct LoginRequest {
+    /// The encrypted request body.
+    pub body: Vec<u8>,
+    /// The AppKey sent in it.
+    pub app_key: AesKey,
+}
+
+/// A parsed upstream reply: the verdict, and the JSON envelope (borrowing the body) when the
+/// body was JSON.
+pub struct Reply<'a> {
+    /// The classification.
+    pub verdict: Verdict,
+    /// The parsed top-level JSON object.
+    pub envelope: Option<envelope::Envelope<'a>>,
+}
+
+impl<'a> Reply<'a> {
+    /// Parses a reply body and classifies it with the profile's `verdict_of`; a body that is
+    /// not a JSON object is judged by its HTTP status alone.
+    pub fn parse(
+        status: StatusCode,
+        body: &'a [u8],
+        verdict_of: impl Fn(&envelope::Envelope) -> Verdict,
+    ) -> Self {
+        match envelope::Envelope::parse(body) {
+            Some(envelope) => Reply {
+                verdict: verdict_of(&envelope),
+                envelope: Some(envelope),
+            },
+            None => Reply {
+                verdict: non_json_verdict(status),
+                envelope: None,
+            },
+        }
+    }
+
+    /// The envelope of a reply that is to be decoded.
+    pub fn into_envelope(self) -> Result<envelope::Envelope<'a>, GatewayError> {
+        self.envelope
+            .ok_or_else(|| GatewayError::UpstreamBadResponse("the reply is not JSON".into()))
+    }
+}
+
+/// The envelope of a successful login reply, or why the login failed.
+pub(crate) fn accepted_login<'a>(
+    body: &'a [u8],
+    verdict_of: impl Fn(&envelope::Envelope) -> Verdict,
+) -> Result<envelope::Envelope<'a>, LoginFailure> {
+    let envelope = envelope::Envelope::parse(body)
+        .ok_or_else(|| LoginFailure::BadReply("login reply is not a JSON object".into()))?;
+    let verdict = verdict_of(&envelope);
+    if verdict.class == Class::Success {
+        Ok(envelope)
+    } else {
+        Err(LoginFailure::Refused(verdict))
+    }
+}
+
+/// Whether a request has no body to encrypt (a GET and the like).
+pub(crate) fn bodiless(method: &Method, body: &[u8]) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::DELETE) && body.is_empty()
+}
+
+/// The API-specific behaviour of an upstream.
+pub trait Profile: Send + Sync + 'static {
+    /// Default header names, in [`HEADER_ROLES`] order.
+    fn default_header_names(&self) -> [&'static str; ROLE_COUNT];
+
+    /// How sessions are renewed before they expire.
+    fn renewal(&self) -> &'static dyn Renewal;
+
+    /// Builds the encrypted body of a call to the auth endpoint.
+    fn login_request(
+        &self,
+        kind: LoginKind<'_>,
+        username: &str,
+        password: &SecretString,
+        key: &PublicKey,
+    ) -> Result<LoginRequest, GatewayError>;
+
+    /// Adds the auth call's headers; `token` is the current token for a refresh.
+    fn login_headers(
+        &self,
+        out: &mut HeaderMap,
+        ctx: &HeaderContext<'_>,
+        token: Option<&HeaderValue>,
+    );
+
+    /// Reads the reply to a call that yields a session (password, OTP or refresh).
+    fn parse_login(&self, body: &[u8], app_key: &AesKey) -> Result<Login, LoginFailure>;
+
+    /// Reads the reply to a call that yields no session (an OTP request).
+    fn parse_ack(&self, body: &[u8]) -> Result<(), LoginFailure> {
+        let reply = self.read_reply(StatusCode::OK, body);
+        match (reply.envelope, reply.verdict.class) {
+            (None, _) => Err(LoginFailure::BadReply(
+                "the reply is not a JSON object".into(),
+            )),
+            (Some(_), Class::Success) => Ok(()),
+            (Some(_), _) => Err(LoginFailure::Refused(reply.verdict)),
+        }
+    }
+
+    /// The caller headers a call of this API legitimately carries (lower case), besides the
+    /// ones every API may carry ([`GENERIC_CALLER_HEADERS`]); all others are dropped.
+    fn caller_headers(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// Refuses a data call whose path or query names another taxpayer than the session's,
+    /// where the API puts the GSTIN there; the header GSTIN alone picks the session.
+    fn check_request(&self, _path: &CallerPath, _gstin: &Gstin) -> Result<(), GatewayError> {
+        Ok(())
+    }
+
+    /// Adds a data call's headers.
+    fn data_headers(&self, out: &mut HeaderMap, ctx: &HeaderContext<'_>, token: &HeaderValue);
+
+    /// Wraps a caller's plain JSON body for the upstream (gateway encryption mode).
+    fn encode_request(
+        &self,
+        method: &Method,
+        body: &[u8],
+        sek: &AesKey,
+    ) -> Result<Vec<u8>, GatewayError>;
+
+    /// Parses and classifies a data reply.
+    fn read_reply<'a>(&self, status: StatusCode, body: &'a [u8]) -> Reply<'a>;
+
+    /// Turns a successful reply into the caller's plain JSON (gateway encryption mode).
+    fn decode_reply(&self, reply: Reply<'_>, sek: &AesKey) -> Result<Vec<u8>, GatewayError>;
+
+    /// The body gstgate answers a caller's login call with: a success that reveals neither
+    /// token nor SEK.
+    fn auth_answer(&self, username: &str, expires_at: SystemTime) -> Vec<u8>;
+}
+
+/// The verdict on a reply that is not JSON: only the HTTP status says anything.
+fn non_json_verdict(status: StatusCode) -> Verdict {
+    Verdict {
+        class: if status.is_server_error() {
+            Class::Transient
+        } else if status == StatusCode::TOO_MANY_REQUESTS {
+            Class::Throttled
+        } else {
+            Class::Business
+        },
+        code: None,
+        message: None,
+    }
+}
