@@ -5,7 +5,7 @@
 //! under `/admin/` needs `Authorization: Bearer <server.admin_token>` and is disabled when no
 //! token is configured.
 //!
-//! Every request first passes [`admit`]: the bearer check (before any path, query or body is
+//! Every request first passes `admit`: the bearer check (before any path, query or body is
 //! looked at), a small body limit and the `server.request_timeout` deadline. Every failure,
 //! axum's own 404, 405 and extractor rejections included, is a problem document with the
 //! request id.

@@ -1,20 +1,20 @@
-//! The request path, one function per phase. [`Proxy::process`] calls them in order and is
+//! The request path, one function per phase. `Proxy::process` calls them in order and is
 //! the one place to read a request's story:
 //!
 //! 1. accept: request id, in-flight gauge, overall timeout, access log ([`Proxy::serve`])
 //! 2. admit: header size, caller key → client, method, path normalised and validated
 //!    ([`crate::path::CallerPath`]) → upstream by route prefix, `gstin` (+ `user_name`) → allowed? →
-//!    credential slot, and the caller's body ([`admit`])
+//!    credential slot, and the caller's body (`admit`)
 //! 3. session: a usable session for the slot, logging in single-flight if needed
 //!    ([`Sessions::session`])
 //! 4. build: the caller headers the API accepts (an allow-list) + the injected upstream
-//!    headers and request id, body encrypted ([`call`])
-//! 5. send: pooled client, timeouts, size cap ([`call`])
+//!    headers and request id, body encrypted (`call`)
+//! 5. send: pooled client, timeouts, size cap (`call`)
 //! 6. classify: respond, replay once, or fail, the same for every API ([`crate::classify`])
-//! 7. respond: decrypt or pass the reply through ([`respond`])
+//! 7. respond: decrypt or pass the reply through (`respond`)
 //!
 //! A token rejection invalidates that session generation, gets a session once more and
-//! replays once ([`Proxy::replay`]): two upstream attempts at most, never a loop. A token that
+//! replays once (`Proxy::replay`): two upstream attempts at most, never a loop. A token that
 //! a re-login after a rejection handed back unchanged is not replayed nor logged in for again
 //! for a while.
 
@@ -100,7 +100,7 @@ impl Proxy {
         }
     }
 
-    /// Phase 1, accept: wraps [`Proxy::process`] with the request id, the overall timeout,
+    /// Phase 1, accept: wraps `Proxy::process` with the request id, the overall timeout,
     /// metrics and the access log line.
     pub async fn serve<B>(self: Arc<Self>, req: Request<B>) -> Result<Response<Body>, Infallible>
     where

@@ -1,18 +1,18 @@
 //! The session manager: one slot per configured (upstream, GSTIN, user), each holding the
 //! current session, its state and the lockout guard. One file per job:
 //!
-//! * [`slot`]: a slot, its session and state; the seam where a store records sessions.
-//! * [`single_flight`]: one login per slot at a time. Callers that queue behind a login
+//! * `slot`: a slot, its session and state; the seam where a store records sessions.
+//! * `single_flight`: one login per slot at a time. Callers that queue behind a login
 //!   re-check the slot when they get the lock and find the new session.
-//! * [`login`]: renewing a session the way the API's renewal strategy says, and settling the
+//! * `login`: renewing a session the way the API's renewal strategy says, and settling the
 //!   outcome. The strategy (force window, at expiry, OTP then refresh) is the upstream
 //!   profile's; nothing here depends on which one it is.
-//! * [`auth`]: the calls to the upstream's auth endpoint.
-//! * [`otp`]: the operator's GSTN OTP flows.
-//! * [`refresh`] and [`scheduler`]: the proactive refresh and its timer queue.
-//! * [`guard`]: credential rejections stop logins, logins are rate-limited, transient
+//! * `auth`: the calls to the upstream's auth endpoint.
+//! * `otp`: the operator's GSTN OTP flows.
+//! * `refresh` and [`scheduler`]: the proactive refresh and its timer queue.
+//! * `guard`: credential rejections stop logins, logins are rate-limited, transient
 //!   failures back off with jitter.
-//! * [`snapshot`] and [`gauges`]: what the admin API, status page and metrics show.
+//! * `snapshot` and [`gauges`]: what the admin API, status page and metrics show.
 //!
 //! Here: the slot table, lookups, and compare-and-invalidate. A token rejection invalidates
 //! only the generation that failed, so fifty requests failing with one old token cause one

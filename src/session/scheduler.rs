@@ -3,7 +3,7 @@
 //! One task owns a `DelayQueue`; sessions are scheduled through a channel. At most one entry
 //! per slot is pending — scheduling a slot again replaces its entry — so the cost is
 //! proportional to the number of sessions refreshing, never a scan of all of them. What a due
-//! entry does is the caller's: the session manager refreshes the slot ([`super::refresh`]).
+//! entry does is the caller's: the session manager refreshes the slot (`super::refresh`).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

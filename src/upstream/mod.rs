@@ -5,11 +5,11 @@
 //! reply is classified, how sessions are renewed. The rest of the gateway speaks only of
 //! sessions and [`Class`]es.
 //!
-//! * [`profile`]: the [`Profile`] trait and the types profiles speak.
+//! * `profile`: the [`Profile`] trait and the types profiles speak.
 //! * [`einvoice`], [`ewaybill`], [`gstn`]: the three profiles; [`nic`]: what NIC's two share.
 //! * [`renewal`]: the session-renewal strategies the profiles pick from.
 //! * [`envelope`], [`sealed`]: reading and rewriting JSON replies, and the REK-sealed payloads.
-//! * [`headers`]: the header values and names injected upstream.
+//! * `headers`: the header values and names injected upstream.
 //! * [`client`], [`tls`]: the pooled HTTP client and its TLS set-up.
 //! * Here: [`Upstream`], a configured upstream ready to call, and its `send`.
 

@@ -181,7 +181,7 @@ pub(crate) fn bodiless(method: &Method, body: &[u8]) -> bool {
 
 /// The API-specific behaviour of an upstream.
 pub trait Profile: Send + Sync + 'static {
-    /// Default header names, in [`HEADER_ROLES`] order.
+    /// Default header names, in [`crate::config::HEADER_ROLES`] order.
     fn default_header_names(&self) -> [&'static str; ROLE_COUNT];
 
     /// How sessions are renewed before they expire.
@@ -220,7 +220,7 @@ pub trait Profile: Send + Sync + 'static {
     }
 
     /// The caller headers a call of this API legitimately carries (lower case), besides the
-    /// ones every API may carry ([`GENERIC_CALLER_HEADERS`]); all others are dropped.
+    /// ones every API may carry ([`super::GENERIC_CALLER_HEADERS`]); all others are dropped.
     fn caller_headers(&self) -> &'static [&'static str] {
         &[]
     }
