@@ -1,4 +1,4 @@
-//! The payload cryptography of the GST APIs (PROTOCOL.md §1–§3).
+//! The payload cryptography of the GST APIs.
 //!
 //! NIC and GSTN use the same small toolbox: RSA PKCS#1 v1.5 to send the login payload to the
 //! upstream's public key, AES-256-ECB with PKCS#7 padding for everything after it (the SEK

@@ -1,4 +1,4 @@
-//! The GSTIN type: a taxpayer's 15-character GST identification number (PROTOCOL.md §5).
+//! The GSTIN type: a taxpayer's 15-character GST identification number.
 //!
 //! Parsing checks the shape (state code, PAN, entity, category, check character); the mod-36
 //! checksum is checked separately because many sandbox GSTINs in public docs fail it and each

@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN.md §6, a contract: names and labels are fixed).
+//! Prometheus metrics: names and labels are a contract with dashboards and alerts, fixed across releases.
 //!
 //! Counters and histograms are updated on the request path; the two session gauges are
 //! computed when scraped, from the session manager's own state, so they can never drift from
@@ -98,7 +98,7 @@ pub struct Metrics {
     pub rejected_retries: Family<ResultLabels, Counter>,
     /// `gstgate_inflight_requests`.
     pub inflight: Gauge<i64, AtomicI64>,
-    /// `gstgate_alerts_total` (outside the DESIGN.md §6 contract).
+    /// `gstgate_alerts_total` (not part of the fixed metric contract).
     pub alerts: Family<AlertLabels, Counter>,
 }
 

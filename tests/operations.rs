@@ -10,7 +10,7 @@ use futures_util::future::join_all;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-/// Every metric DESIGN.md §6 names.
+/// Every metric docs/operations.md names.
 const METRIC_NAMES: &[&str] = &[
     "gstgate_requests_total",
     "gstgate_request_duration_seconds",

@@ -415,7 +415,7 @@ fn status_is_one(v: &Value) -> bool {
     v.as_i64() == Some(1) || v.as_str() == Some("1")
 }
 
-/// NIC e-invoice login (PROTOCOL.md §1): RSA(B64(json)) with a fresh AppKey; returns the token
+/// NIC e-invoice login: RSA(B64(json)) with a fresh AppKey; returns the token
 /// after checking that the SEK unwraps under that AppKey.
 pub(crate) fn login(
     http: &Http,

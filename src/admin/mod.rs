@@ -1,4 +1,4 @@
-//! The admin listener (DESIGN.md §6): health, readiness, metrics, the sessions API and the
+//! The admin listener: health, readiness, metrics, the sessions API and the
 //! GSTN OTP flow.
 //!
 //! Health and metrics stay open (probes and Prometheus scrape without secrets); everything

@@ -1,5 +1,5 @@
 //! The NIC e-invoice (IRP) profile of the simulator: login and the data calls, with the real
-//! payload crypto (PROTOCOL.md §1).
+//! payload crypto.
 //!
 //! Error codes and where the simulator chooses between them:
 //!
@@ -226,7 +226,7 @@ fn login(sim: &SimState, h: &HeaderMap, body: &[u8]) -> Result<Value, NicError> 
     // RSA-2048 decryption takes about a millisecond; inline is fine because logins are rare
     // by protocol design (one per token lifetime per user).
     let plain = sim.keypair.decrypt(&cipher).map_err(|_| decrypt_failed())?;
-    // The JSON is base64-encoded before RSA (PROTOCOL.md §1).
+    // The JSON is base64-encoded before RSA.
     let json_bytes = std::str::from_utf8(&plain)
         .ok()
         .and_then(|s| b64_decode(s).ok())

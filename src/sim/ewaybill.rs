@@ -1,5 +1,5 @@
 //! The NIC e-way bill profile of the simulator: `ACCESSTOKEN` login with NIC's login limit,
-//! generate / cancel / get, and the `rek` + `hmac` reply of GETs (PROTOCOL.md §2). Every path
+//! generate / cancel / get, and the `rek` + `hmac` reply of GETs. Every path
 //! starts with `/ewaybillapi/`.
 //!
 //! Errors are `{"status":"0","error":"<B64 of {\"errorCodes\":\"238,\"}>"}` — a base64 string
@@ -57,7 +57,7 @@ const EWAYAPI_PATH: &str = "/ewaybillapi/v1.03/ewayapi";
 const GET_PATH: &str = "/ewaybillapi/v1.03/ewayapi/GetEwayBill";
 
 /// Logins per window before a user is blocked: the figure GSP help pages report for NIC
-/// (5 `ACCESSTOKEN` calls per 15 minutes, then blocked for 15 minutes; PROTOCOL.md §2).
+/// (5 `ACCESSTOKEN` calls per 15 minutes, then blocked for 15 minutes).
 pub const LOGIN_LIMIT: usize = 5;
 
 /// The reported 15-minute window (and block length), the `ewb_login_window` default.
@@ -353,7 +353,7 @@ fn login(sim: &SimState, h: &HeaderMap, body: &[u8]) -> Result<Value, EwbError> 
     let cipher = b64_decode(&env.data).map_err(|_| undecryptable())?;
     // RSA-2048 decryption takes about a millisecond; logins are rare by design (and limited).
     let plain = sim.keypair.decrypt(&cipher).map_err(|_| undecryptable())?;
-    // As for e-invoice, the JSON is base64-encoded before RSA (PROTOCOL.md §2).
+    // As for e-invoice, the JSON is base64-encoded before RSA.
     let json_bytes = std::str::from_utf8(&plain)
         .ok()
         .and_then(|s| b64_decode(s).ok())

@@ -1,6 +1,6 @@
 //! The GSTN taxpayer (returns) profile of the simulator, as a GSP passes it through: OTP login,
-//! token refresh within the portal session, and returns data calls with `rek` + `hmac`
-//! (PROTOCOL.md §3). Every path starts with `/taxpayerapi/`.
+//! token refresh within the portal session, and returns data calls with `rek` + `hmac`.
+//! Every path starts with `/taxpayerapi/`.
 //!
 //! Model. `AUTHTOKEN` (OTP login) starts a *portal session* for (GSTIN, username) that lasts
 //! the `gstn_session_ttl` knob — the "API access" period a taxpayer enables on the GST portal.

@@ -1,6 +1,6 @@
 //! The built-in GSP simulator: the server side of the NIC e-invoice protocol, with real RSA
 //! and AES, IST token expiry, same-token-within-validity, the force-refresh window and NIC's
-//! error codes (PROTOCOL.md §1), plus NIC e-way bill (§2) and GSTN returns (§3), and a control
+//! error codes, plus NIC e-way bill and GSTN returns, and a control
 //! API for tests (`/_sim/…`, see `control.rs`).
 //!
 //! ASP developers run it as a local sandbox (`gstgate sim`); our integration tests and
@@ -70,7 +70,7 @@ pub const DEFAULT_FORCE_WINDOW: Duration = Duration::from_secs(10 * 60);
 /// Where `gstgate sim` listens by default.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8081";
 
-/// The demo taxpayer's GSTIN (a documented valid GSTIN, PROTOCOL.md §5).
+/// The demo taxpayer's GSTIN (a documented valid GSTIN).
 pub const DEMO_GSTIN: &str = "27AAPFU0939F1ZV";
 /// The demo taxpayer's API username.
 pub const DEMO_USERNAME: &str = "demo_user";
@@ -121,7 +121,7 @@ impl std::str::FromStr for SimUser {
         let (Some(g), Some(u), Some(p)) = (it.next(), it.next(), it.next()) else {
             return Err("expected GSTIN:USERNAME:PASSWORD".into());
         };
-        // Shape only: sandbox GSTINs often fail the checksum (PROTOCOL.md §5).
+        // Shape only: sandbox GSTINs often fail the checksum.
         let gstin = Gstin::parse(g).map_err(|e| format!("invalid GSTIN {g:?}: {e}"))?;
         if u.is_empty() || p.is_empty() {
             return Err("username and password must not be empty".into());

@@ -3,7 +3,7 @@
 //! Members are kept in their original order as raw JSON text borrowed from the reply body. The
 //! gateway reads the few it needs (status, error codes, `Data`) and replaces `Data` with its
 //! decrypted value; every other member goes back to the caller byte for byte — "all other
-//! fields pass through unchanged" (DESIGN.md §5) — and none is copied or parsed into a tree.
+//! fields pass through unchanged" — and none is copied or parsed into a tree.
 
 use std::borrow::Cow;
 use std::fmt;

@@ -1,4 +1,4 @@
-//! The NIC e-way bill profile (PROTOCOL.md §2).
+//! The NIC e-way bill profile.
 //!
 //! Hyphenated headers, an `ACCESSTOKEN` login whose reply carries no expiry (the upstream's
 //! `token_lifetime` applies, 360 minutes by default), `{"action", "data"}` request bodies, and
@@ -23,7 +23,7 @@ use crate::problem::GatewayError;
 /// The NIC e-way bill API.
 pub struct Ewaybill;
 
-/// The class of an e-way bill error code (PROTOCOL.md §2).
+/// The class of an e-way bill error code.
 fn classify_code(code: &str) -> Class {
     match code {
         "105" | "106" | "238" => Class::TokenRejected,

@@ -1,4 +1,4 @@
-//! The GSTN taxpayer (returns) profile, through a GSP (PROTOCOL.md §3).
+//! The GSTN taxpayer (returns) profile, through a GSP.
 //!
 //! A session starts with an OTP the taxpayer receives (`OTPREQUEST`, then `AUTHTOKEN`) and is
 //! then kept alive with `REFRESHTOKEN` — no OTP — for as long as the API access the taxpayer
@@ -28,7 +28,7 @@ use crate::problem::GatewayError;
 /// The GSTN taxpayer API.
 pub struct Gstn;
 
-/// The class of a GSTN error code (PROTOCOL.md §3).
+/// The class of a GSTN error code.
 fn classify_code(code: &str) -> Class {
     match code {
         "AUTH4033" | "AUTH4038" => Class::TokenRejected,

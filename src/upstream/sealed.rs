@@ -1,4 +1,4 @@
-//! The action/data payloads of NIC e-way bill and GSTN (PROTOCOL.md §2, §3), shared by both
+//! The action/data payloads of NIC e-way bill and GSTN, shared by both
 //! profiles.
 //!
 //! Requests are `{"action": …, "data": <encrypted JSON>}`; GSTN adds one base64 layer inside
