@@ -15,7 +15,7 @@ use crate::gstin::Gstin;
 use crate::path::CallerPath;
 use crate::problem::GatewayError;
 
-/// What an upstream reply means to the gateway; `crate::classify` decides what each class
+/// What an upstream reply means to the gateway; the classify phase decides what each class
 /// means to the caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Class {
