@@ -4,13 +4,12 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use super::Outcome;
 use crate::config::Encryption;
 use crate::path::CallerPath;
 use crate::problem::GatewayError;
-use crate::request::REQUEST_ID;
 use crate::session::{Session, Slot};
 use crate::upstream::{Reply, Upstream};
 
@@ -81,32 +80,8 @@ impl Sent {
     }
 }
 
-/// The caller headers that may travel upstream: only those the upstream's allow-list names
-/// (RFC 9110 §7.6.1: minus any the caller's `Connection` header marks hop-by-hop).
-fn forwardable(upstream: &Upstream, caller: &HeaderMap) -> HeaderMap {
-    let hop_by_hop = |name: &HeaderName| {
-        caller.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|v| {
-                v.split(',')
-                    .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
-            })
-        })
-    };
-    let mut out = HeaderMap::with_capacity(upstream.forwarded.len() + 8);
-    for name in &upstream.forwarded {
-        if !caller.contains_key(name) || hop_by_hop(name) {
-            continue;
-        }
-        for value in caller.get_all(name) {
-            out.append(name.clone(), value.clone());
-        }
-    }
-    out
-}
-
-/// Phase 4, build: headers for this attempt (the session may have changed) and the body,
-/// encrypted with this session's SEK in gateway mode. The injected headers are inserted after
-/// the caller's, so each one is always gstgate's value.
+/// Phase 4, build: the body, encrypted with this session's SEK in gateway mode, and the
+/// headers for this attempt (the session may have changed).
 fn build(
     upstream: &Upstream,
     slot: &Slot,
@@ -116,28 +91,21 @@ fn build(
     method: &Method,
     body: &Bytes,
 ) -> Result<(HeaderMap, Bytes), GatewayError> {
-    let mut headers = forwardable(upstream, caller);
-    let ctx = slot.header_context();
-    upstream
-        .profile
-        .data_headers(&mut headers, &ctx, &session.token);
-    if let Some(id) = request_id {
-        headers.insert(REQUEST_ID.clone(), id.clone());
-    }
     let wire = match upstream.encryption {
-        Encryption::Gateway => {
-            let encoded = upstream
-                .profile
-                .encode_request(method, body, &session.sek)?;
-            if !encoded.is_empty() {
-                headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-            }
-            Bytes::from(encoded)
-        }
+        Encryption::Gateway => Bytes::from(upstream.profile.encode_request(
+            method,
+            body,
+            &session.sek,
+        )?),
         Encryption::Passthrough => body.clone(),
     };
+    let gstgate_wrote_body = upstream.encryption == Encryption::Gateway && !wire.is_empty();
+    let headers = upstream.data_call_headers(
+        &slot.header_context(),
+        &session.token,
+        caller,
+        request_id,
+        gstgate_wrote_body,
+    );
     Ok((headers, wire))
 }

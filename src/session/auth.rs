@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use http::{HeaderMap, HeaderValue, Method};
+use http::{HeaderMap, Method};
 
 use super::{Sessions, Slot};
 use crate::config::MAX_TOKEN_LIFETIME;
@@ -31,14 +31,7 @@ impl Sessions {
                 &upstream.public_key,
             )
             .map_err(LoginError::Gateway)?;
-        let mut headers = HeaderMap::new();
-        upstream
-            .profile
-            .login_headers(&mut headers, &slot.header_context(), token.as_ref());
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        let headers = upstream.login_call_headers(&slot.header_context(), token.as_ref());
         let at = SystemTime::now();
         let instant = Instant::now();
         let (status, headers, body) = upstream

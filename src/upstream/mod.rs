@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use secrecy::ExposeSecret;
 
@@ -41,7 +41,6 @@ use crate::metrics::{Metrics, UpstreamLabel};
 use crate::path::CallerPath;
 use crate::problem::GatewayError;
 pub use headers::{transaction_id, HeaderContext, HeaderNames, GENERIC_CALLER_HEADERS};
-use headers::{ACCEPT_ANY, USER_AGENT};
 pub(crate) use profile::{accepted_login, bodiless};
 pub use profile::{
     Class, Expiry, Login, LoginFailure, LoginKind, LoginRequest, Profile, Reply, Verdict,
@@ -339,12 +338,9 @@ impl Upstream {
         &self,
         method: Method,
         path: &CallerPath,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         body: Bytes,
     ) -> Result<(StatusCode, HeaderMap, Bytes), GatewayError> {
-        for (k, v) in &self.static_headers {
-            headers.insert(k.clone(), v.clone());
-        }
         let uri = self.uri(path)?;
         let started = Instant::now();
         let result =
@@ -365,15 +361,9 @@ impl Upstream {
         &self,
         method: Method,
         uri: Uri,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         body: Bytes,
     ) -> Result<(StatusCode, HeaderMap, Bytes), GatewayError> {
-        headers
-            .entry(header::USER_AGENT)
-            .or_insert_with(|| USER_AGENT.clone());
-        headers
-            .entry(header::ACCEPT)
-            .or_insert_with(|| ACCEPT_ANY.clone());
         let mut req = http::Request::new(Full::new(body));
         *req.method_mut() = method;
         *req.uri_mut() = uri;
