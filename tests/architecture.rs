@@ -108,3 +108,29 @@ fn config_depends_only_on_leaf_types() {
         .collect();
     assert!(extra.is_empty(), "config imports {extra:?}");
 }
+
+/// The module map in `docs/architecture.md` names every source file, and every file it names
+/// exists: a new file cannot go undocumented, nor a removed one stay documented.
+#[test]
+fn the_module_map_names_every_source_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let map = std::fs::read_to_string(root.join("docs/architecture.md")).unwrap();
+    let named: BTreeSet<String> = map
+        .split('`')
+        .filter(|s| s.starts_with("src/") && s.ends_with(".rs"))
+        .map(str::to_owned)
+        .collect();
+    let files: BTreeSet<String> = rust_files(&root.join("src"))
+        .iter()
+        .map(|f| {
+            f.strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/")
+        })
+        .collect();
+    let missing: Vec<&String> = files.difference(&named).collect();
+    let stale: Vec<&String> = named.difference(&files).collect();
+    assert!(missing.is_empty(), "not in docs/architecture.md: {missing:?}");
+    assert!(stale.is_empty(), "named in docs/architecture.md but absent: {stale:?}");
+}
