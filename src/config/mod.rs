@@ -1,0 +1,438 @@
+//! The configuration file: TOML schema (a contract with operators, documented in
+//! `docs/configuration.md`), `${VAR}` interpolation and validation.
+//!
+//! Interpolation happens inside deserialization, field by field, so that every error — an
+//! unknown key, a missing environment variable, a malformed duration — comes out of the TOML
+//! parser with the line, the column and the offending key in it. Semantic checks that span
+//! several fields (an upstream named by a credential exists, a public key parses) run after.
+//!
+//! The schema and its limits live here; `defaults` holds what an omitted setting becomes,
+//! `headers` the header names the schema speaks of, `env` the interpolation, `error` what
+//! loading fails with and `validate` the checks that span fields.
+
+mod defaults;
+mod env;
+mod error;
+mod headers;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+pub use defaults::{
+    DEFAULT_IP_USR, DEFAULT_LOGIN_WINDOW, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_LOGINS, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_REFRESH_BEFORE, DEFAULT_TOKEN_LIFETIME,
+};
+pub use env::interpolate;
+pub use error::ConfigError;
+pub use headers::{HEADER_ROLES, RESERVED_HEADERS, ROLE_COUNT};
+pub use validate::{check_otp_warning, check_webhook_url};
+
+use defaults::{
+    default_admin_listen, default_checksum, default_connect_timeout, default_encryption,
+    default_header_timeout, default_idle_ttl, default_ip_usr, default_listen, default_login_window,
+    default_max_body, default_max_header, default_max_logins, default_max_response,
+    default_refresh_before, default_request_timeout, default_shutdown_grace,
+    default_token_lifetime, default_upstream_timeout, empty_secret,
+};
+use env::{
+    env_duration, env_duration_opt, env_map, env_map_plain, env_parse, env_path_opt, env_secret,
+    env_secret_opt, env_string_opt, env_vec,
+};
+
+/// NIC e-way bill reportedly blocks a user for 15 minutes after 5 logins in 15 minutes
+/// (GSP help pages): a configured limit above it would walk into the block.
+pub const EWAYBILL_MAX_LOGINS: u32 = 5;
+/// The longest token life gstgate believes: every GST API issues 6-hour tokens, and a longer
+/// claim (a misconfigured `token_lifetime`, an upstream's far-future expiry) is cut to this so
+/// that timers stay in range and a session is re-checked at least daily.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+/// Proxy settings other HTTP clients honour and gstgate does not: an operator who set one
+/// expects its traffic to go through the proxy, so start-up says it will not.
+pub const PROXY_VARIABLES: &[&str] = &[
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// The longest timeout or grace period the config accepts.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The longest API-access period a taxpayer can enable on the GST portal.
+pub const MAX_SESSION_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The shortest API-access period the GST portal offers.
+pub const MIN_SESSION_LIFETIME: Duration = Duration::from_secs(6 * 3600);
+/// A shorter warning than this cannot reach a person in time; it is a typo (`"48"` for `"48h"`).
+pub const MIN_OTP_WARNING: Duration = Duration::from_secs(60);
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listeners and limits.
+    pub server: ServerConfig,
+    /// Where sessions live.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// The GSP APIs gstgate fronts.
+    #[serde(default, rename = "upstream")]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Taxpayer API credentials.
+    #[serde(default, rename = "credential")]
+    pub credentials: Vec<CredentialConfig>,
+    /// Operator alerts.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+    /// ASP backends allowed to call gstgate.
+    #[serde(default, rename = "client")]
+    pub clients: Vec<ClientConfig>,
+    /// Run the built-in GSP simulator in-process (demo and sandboxes; not for production).
+    #[serde(default)]
+    pub simulator: Option<SimulatorConfig>,
+}
+
+/// `[server]`: listeners, admin token, limits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The proxy port ASP backends call.
+    #[serde(deserialize_with = "env_parse", default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Health, readiness, metrics and admin API.
+    #[serde(deserialize_with = "env_parse", default = "default_admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// Bearer token for `/admin/*`; without it the admin API is disabled.
+    #[serde(default, deserialize_with = "env_secret_opt")]
+    pub admin_token: Option<SecretString>,
+    /// Largest caller request body.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Largest total size of a caller's request headers.
+    #[serde(default = "default_max_header")]
+    pub max_header_bytes: usize,
+    /// Time from accepting a request to sending its response, retries included.
+    #[serde(deserialize_with = "env_duration", default = "default_request_timeout")]
+    pub request_timeout: Duration,
+    /// How long a client may take to send its request headers.
+    #[serde(deserialize_with = "env_duration", default = "default_header_timeout")]
+    pub header_read_timeout: Duration,
+    /// On SIGTERM, how long in-flight requests may take to finish.
+    #[serde(deserialize_with = "env_duration", default = "default_shutdown_grace")]
+    pub shutdown_grace: Duration,
+}
+
+/// `[store]`: session storage backend.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `memory` (one process) or `redis` (replicas).
+    #[serde(default, deserialize_with = "env_parse")]
+    pub backend: StoreBackend,
+    /// Redis URL for the `redis` backend.
+    #[serde(default, deserialize_with = "env_string_opt")]
+    pub redis_url: Option<String>,
+    /// Base64 of 32 bytes: encrypts tokens and SEKs at rest in Redis.
+    #[serde(default, deserialize_with = "env_secret_opt")]
+    pub encryption_key: Option<SecretString>,
+}
+
+/// Session store backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreBackend {
+    /// In-process map: one gateway process.
+    #[default]
+    Memory,
+    /// Shared through Redis: several replicas.
+    Redis,
+}
+
+impl FromStr for StoreBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "memory" => Ok(Self::Memory),
+            "redis" => Ok(Self::Redis),
+            other => Err(format!(
+                "unknown store backend `{other}`, expected `memory` or `redis`"
+            )),
+        }
+    }
+}
+
+/// The kind of GST API an upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiKind {
+    /// NIC e-invoice (IRP).
+    Einvoice,
+    /// NIC e-way bill.
+    Ewaybill,
+    /// GSTN taxpayer (returns) API.
+    Gstn,
+}
+
+impl FromStr for ApiKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "einvoice" => Ok(Self::Einvoice),
+            "ewaybill" => Ok(Self::Ewaybill),
+            "gstn" => Ok(Self::Gstn),
+            other => Err(format!(
+                "unknown api `{other}`, expected `einvoice`, `ewaybill` or `gstn`"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ApiKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Einvoice => "einvoice",
+            Self::Ewaybill => "ewaybill",
+            Self::Gstn => "gstn",
+        })
+    }
+}
+
+/// Who encrypts payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encryption {
+    /// gstgate encrypts requests and decrypts responses with the session key.
+    Gateway,
+    /// Bodies go through untouched (the GSP does the crypto, "enriched" APIs).
+    Passthrough,
+}
+
+impl FromStr for Encryption {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "gateway" => Ok(Self::Gateway),
+            "passthrough" => Ok(Self::Passthrough),
+            other => Err(format!(
+                "unknown encryption `{other}`, expected `gateway` or `passthrough`"
+            )),
+        }
+    }
+}
+
+/// Whether a bad GSTIN check character refuses the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChecksumPolicy {
+    /// Refuse with 400 `gstin_invalid` (production).
+    Enforce,
+    /// Log a warning and go on (sandboxes, whose sample GSTINs often fail the checksum).
+    Warn,
+}
+
+impl FromStr for ChecksumPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "enforce" => Ok(Self::Enforce),
+            "warn" => Ok(Self::Warn),
+            other => Err(format!(
+                "unknown gstin_checksum `{other}`, expected `enforce` or `warn`"
+            )),
+        }
+    }
+}
+
+/// `[[upstream]]`: one GSP API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Name used in metrics, logs, credentials and admin paths.
+    #[serde(deserialize_with = "env_parse")]
+    pub name: String,
+    /// Which protocol profile.
+    #[serde(deserialize_with = "env_parse")]
+    pub api: ApiKind,
+    /// Requests go to `base_url` + caller path.
+    #[serde(deserialize_with = "env_parse")]
+    pub base_url: String,
+    /// Path prefixes served by this upstream.
+    #[serde(deserialize_with = "env_vec")]
+    pub routes: Vec<String>,
+    /// The login path (relative to `base_url`).
+    #[serde(deserialize_with = "env_parse")]
+    pub auth_path: String,
+    /// PEM public key or X.509 certificate of the upstream.
+    #[serde(deserialize_with = "env_parse")]
+    pub public_key: PathBuf,
+    /// Extra CA certificates (PEM) to trust for this upstream's TLS, besides the public roots.
+    #[serde(default, deserialize_with = "env_path_opt")]
+    pub ca_file: Option<PathBuf>,
+    /// Who encrypts payloads.
+    #[serde(deserialize_with = "env_parse", default = "default_encryption")]
+    pub encryption: Encryption,
+    /// GSP/NIC client id.
+    #[serde(deserialize_with = "env_secret")]
+    pub client_id: SecretString,
+    /// GSP/NIC client secret.
+    #[serde(deserialize_with = "env_secret")]
+    pub client_secret: SecretString,
+    /// Refresh a session this long before its token expires.
+    #[serde(deserialize_with = "env_duration", default = "default_refresh_before")]
+    pub refresh_before: Duration,
+    /// GSTIN check-character policy.
+    #[serde(deserialize_with = "env_parse", default = "default_checksum")]
+    pub gstin_checksum: ChecksumPolicy,
+    /// Total time for one upstream call (headers and body).
+    #[serde(
+        deserialize_with = "env_duration",
+        default = "default_upstream_timeout"
+    )]
+    pub timeout: Duration,
+    /// Time to establish a connection to the upstream.
+    #[serde(deserialize_with = "env_duration", default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Token lifetime for APIs whose login reply carries no expiry (e-way bill).
+    #[serde(default, deserialize_with = "env_duration_opt")]
+    pub token_lifetime: Option<Duration>,
+    /// At most this many logins per credential per `login_window`.
+    #[serde(default = "default_max_logins")]
+    pub max_logins: u32,
+    /// The window of `max_logins`.
+    #[serde(deserialize_with = "env_duration", default = "default_login_window")]
+    pub login_window: Duration,
+    /// Sessions unused for this long are dropped instead of refreshed.
+    #[serde(deserialize_with = "env_duration", default = "default_idle_ttl")]
+    pub session_idle_ttl: Duration,
+    /// Largest upstream response body accepted.
+    #[serde(default = "default_max_response")]
+    pub max_response_bytes: usize,
+    /// Static extra headers sent on every call (GSP subscription keys…).
+    #[serde(default, deserialize_with = "env_map")]
+    pub headers: BTreeMap<String, SecretString>,
+    /// The end user's IP address sent as GSTN's `ip-usr` header.
+    #[serde(deserialize_with = "env_parse", default = "default_ip_usr")]
+    pub ip_usr: String,
+    /// Overrides of the profile's header names (`client_id`, `client_secret`, `gstin`,
+    /// `user_name`, `auth_token`, `state_cd`, `ip_usr`, `txn`), for GSPs that spell them
+    /// differently.
+    #[serde(default, deserialize_with = "env_map_plain")]
+    pub header_names: BTreeMap<String, String>,
+    /// Caller headers this upstream needs besides the ones its API uses (a GSP's own
+    /// headers); every other caller header is dropped.
+    #[serde(default, deserialize_with = "env_vec")]
+    pub forward_headers: Vec<String>,
+}
+
+/// `[[credential]]`: one taxpayer user's API login.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// The taxpayer.
+    #[serde(deserialize_with = "env_parse")]
+    pub gstin: String,
+    /// API user name created on the portal.
+    #[serde(deserialize_with = "env_parse")]
+    pub username: String,
+    /// API password (not used by GSTN, whose sessions start with an OTP).
+    #[serde(deserialize_with = "env_secret", default = "empty_secret")]
+    pub password: SecretString,
+    /// Upstream names this credential logs in to.
+    #[serde(deserialize_with = "env_vec")]
+    pub upstreams: Vec<String>,
+    /// GSTN: the API-access period the taxpayer enabled on the portal.
+    #[serde(default, deserialize_with = "env_duration_opt")]
+    pub session_lifetime: Option<Duration>,
+}
+
+/// `[alerts]`: operator notifications.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// JSON alerts are POSTed here.
+    #[serde(default, deserialize_with = "env_string_opt")]
+    pub webhook_url: Option<String>,
+    /// Warn this long before a GSTN session needs a new OTP.
+    #[serde(default, deserialize_with = "env_duration_opt")]
+    pub otp_warning: Option<Duration>,
+    /// How often session states are checked for alerts.
+    #[serde(default, deserialize_with = "env_duration_opt")]
+    pub check_interval: Option<Duration>,
+}
+
+/// `[[client]]`: one ASP backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Name in logs.
+    #[serde(deserialize_with = "env_parse")]
+    pub name: String,
+    /// Lower-case hex SHA-256 of the API key (`gstgate hash-key`).
+    #[serde(deserialize_with = "env_parse")]
+    pub api_key_sha256: String,
+    /// GSTINs this client may act for; `"*"` for all.
+    #[serde(deserialize_with = "env_vec")]
+    pub gstins: Vec<String>,
+}
+
+/// `[simulator]`: an in-process GSP simulator, so the demo runs with one command and no
+/// credentials. Its users and clients are taken from `[[credential]]` and `[[upstream]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatorConfig {
+    /// Where the simulator listens; upstream `base_url`s point here.
+    #[serde(deserialize_with = "env_parse")]
+    pub listen: SocketAddr,
+    /// Private key file, generated on first start.
+    #[serde(deserialize_with = "env_parse")]
+    pub key_file: PathBuf,
+    /// Where the simulator writes its public key; upstream `public_key`s name this file.
+    #[serde(deserialize_with = "env_parse")]
+    pub public_key_out: PathBuf,
+    /// Lifetime of the simulator's tokens.
+    #[serde(deserialize_with = "env_duration", default = "default_token_lifetime")]
+    pub token_ttl: Duration,
+    /// The simulator's force-refresh window.
+    #[serde(deserialize_with = "env_duration", default = "default_refresh_before")]
+    pub force_window: Duration,
+    /// The demo's caller API key in plain text, so the ready line can print a working `curl`.
+    /// Only meaningful for a demo: production keys are stored as digests.
+    #[serde(default, deserialize_with = "env_string_opt")]
+    pub demo_api_key: Option<String>,
+    /// Every GSTN OTP the simulator issues is this one (GSTN's sandbox uses 575757), so a
+    /// demo can finish the OTP flow without reading `/_sim/otp`.
+    #[serde(default, deserialize_with = "env_string_opt")]
+    pub fixed_otp: Option<String>,
+}
+
+impl Config {
+    /// Reads, parses, interpolates and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` names the file in messages. Relative
+    /// file names in the config are relative to the working directory.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                message,
+            })?;
+        Ok(config)
+    }
+}

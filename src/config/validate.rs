@@ -1,0 +1,552 @@
+//! The checks that span fields, run once the file has parsed, and the warnings about
+//! settings that are valid but likely a mistake.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+
+use super::{
+    ApiKind, Config, StoreBackend, DEFAULT_LOGIN_WINDOW, EWAYBILL_MAX_LOGINS, HEADER_ROLES,
+    MAX_SESSION_LIFETIME, MAX_TIMEOUT, MAX_TOKEN_LIFETIME, MIN_OTP_WARNING, MIN_SESSION_LIFETIME,
+    PROXY_VARIABLES, RESERVED_HEADERS,
+};
+use crate::gstin::Gstin;
+
+/// A duration within `min..=max`, or what to write instead. Bounded so that no timer or
+/// clock arithmetic built from the config can overflow.
+fn check_duration(value: Duration, min: Duration, max: Duration) -> Result<(), String> {
+    let show = |d: Duration| humantime::format_duration(d).to_string();
+    if value < min {
+        Err(format!("must be at least {}", show(min)))
+    } else if value > max {
+        Err(format!("must be at most {}", show(max)))
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks a webhook URL: http or https, with a host, parseable. The message never repeats the
+/// URL, which may carry a secret.
+pub fn check_webhook_url(text: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("must be an http:// or https:// URL with a host".into());
+    }
+    Ok(url)
+}
+
+/// Checks `otp_warning` against [`MIN_OTP_WARNING`].
+pub fn check_otp_warning(warning: Duration) -> Result<(), String> {
+    if warning < MIN_OTP_WARNING {
+        return Err(format!(
+            "must be at least 1m (got {}); write e.g. \"48h\"",
+            humantime::format_duration(warning)
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a configured path is in the canonical form callers' paths are normalised to.
+fn check_canonical(path: &str) -> Result<(), String> {
+    match crate::path::canonical(path) {
+        Ok(c) if c == path => Ok(()),
+        Ok(c) => Err(format!("is not in canonical form; write `{c}`")),
+        Err(e) => Err(format!("is not a plain path: {e}")),
+    }
+}
+
+impl Config {
+    /// Checks the rules that span fields. Returns (key, message) of the first problem.
+    pub(super) fn validate(&self) -> Result<(), (String, String)> {
+        if self.store.backend == StoreBackend::Redis {
+            return Err((
+                "store.backend".into(),
+                "the redis backend is not available in this version; use \"memory\"".into(),
+            ));
+        }
+        if self.server.max_body_bytes == 0 {
+            return Err(("server.max_body_bytes".into(), "must be above 0".into()));
+        }
+        let server = &self.server;
+        for (field, value, max) in [
+            ("request_timeout", server.request_timeout, MAX_TIMEOUT),
+            (
+                "header_read_timeout",
+                server.header_read_timeout,
+                MAX_TIMEOUT,
+            ),
+            ("shutdown_grace", server.shutdown_grace, MAX_TIMEOUT),
+        ] {
+            check_duration(value, Duration::from_millis(1), max)
+                .map_err(|m| (format!("server.{field}"), m))?;
+        }
+        if self
+            .server
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.expose_secret().len() < 16)
+        {
+            return Err((
+                "server.admin_token".into(),
+                "must be at least 16 characters (it guards the admin API)".into(),
+            ));
+        }
+        if self.upstreams.is_empty() {
+            return Err((
+                "upstream".into(),
+                "at least one [[upstream]] is needed".into(),
+            ));
+        }
+        let mut names = HashSet::new();
+        let mut prefixes = HashSet::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let key = |field: &str| format!("upstream[{i}].{field}");
+            if u.name.is_empty()
+                || !u
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err((key("name"), "use letters, digits, `-` and `_` only".into()));
+            }
+            if !names.insert(u.name.as_str()) {
+                return Err((
+                    key("name"),
+                    format!("`{}` is used by two upstreams", u.name),
+                ));
+            }
+            let url = reqwest::Url::parse(&u.base_url)
+                .map_err(|e| (key("base_url"), format!("not a URL: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                return Err((
+                    key("base_url"),
+                    "must be an http:// or https:// URL with a host".into(),
+                ));
+            }
+            if url.query().is_some() || url.fragment().is_some() {
+                return Err((key("base_url"), "must not have a query or fragment".into()));
+            }
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err((
+                    key("base_url"),
+                    "must not carry a user or password (it would end up in logs and in HTTP/2's :authority); send GSP credentials as [upstream.headers]".into(),
+                ));
+            }
+            // Routing compares canonical caller paths, and the upstream gets base path +
+            // caller path verbatim: every configured path must already be canonical.
+            check_canonical(url.path()).map_err(|m| (key("base_url"), format!("its path {m}")))?;
+            if u.routes.is_empty() {
+                return Err((key("routes"), "at least one path prefix is needed".into()));
+            }
+            for r in &u.routes {
+                check_canonical(r).map_err(|m| (key("routes"), format!("`{r}` {m}")))?;
+                if !prefixes.insert(r.as_str()) {
+                    return Err((key("routes"), format!("`{r}` is routed by two upstreams")));
+                }
+            }
+            check_canonical(&u.auth_path).map_err(|m| (key("auth_path"), m))?;
+            for name in &u.forward_headers {
+                let lower = name.to_ascii_lowercase();
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                    return Err((
+                        key("forward_headers"),
+                        format!("`{name}` is not a header name"),
+                    ));
+                }
+                let injected = u
+                    .header_names
+                    .values()
+                    .chain(u.headers.keys())
+                    .any(|n| n.eq_ignore_ascii_case(&lower));
+                if RESERVED_HEADERS.contains(&lower.as_str()) || injected {
+                    return Err((
+                        key("forward_headers"),
+                        format!("`{name}` is set by gstgate itself or is hop-by-hop; a caller may not send it upstream"),
+                    ));
+                }
+            }
+            let one_ms = Duration::from_millis(1);
+            for (field, value, min, max) in [
+                ("timeout", u.timeout, one_ms, MAX_TIMEOUT),
+                ("connect_timeout", u.connect_timeout, one_ms, MAX_TIMEOUT),
+                (
+                    "refresh_before",
+                    u.refresh_before,
+                    Duration::ZERO,
+                    MAX_TOKEN_LIFETIME,
+                ),
+                (
+                    "login_window",
+                    u.login_window,
+                    Duration::from_secs(1),
+                    MAX_TOKEN_LIFETIME,
+                ),
+                (
+                    "session_idle_ttl",
+                    u.session_idle_ttl,
+                    one_ms,
+                    MAX_SESSION_LIFETIME,
+                ),
+            ] {
+                check_duration(value, min, max).map_err(|m| (key(field), m))?;
+            }
+            if let Some(l) = u.token_lifetime {
+                check_duration(l, Duration::from_secs(1), MAX_TOKEN_LIFETIME)
+                    .map_err(|m| (key("token_lifetime"), m))?;
+            }
+            if u.max_logins == 0 {
+                return Err((key("max_logins"), "must be at least 1".into()));
+            }
+            if u.api == ApiKind::Ewaybill && u.max_logins > EWAYBILL_MAX_LOGINS {
+                return Err((
+                    key("max_logins"),
+                    format!("e-way bill blocks a user for 15 minutes after {EWAYBILL_MAX_LOGINS} logins in 15 minutes; use at most {EWAYBILL_MAX_LOGINS}"),
+                ));
+            }
+            if http::HeaderValue::from_str(&u.ip_usr).is_err() {
+                return Err((
+                    key("ip_usr"),
+                    "must be a valid header value (an IP address)".into(),
+                ));
+            }
+            for name in u.header_names.keys() {
+                if !HEADER_ROLES.contains(&name.as_str()) {
+                    return Err((
+                        key("header_names"),
+                        format!(
+                            "unknown header role `{name}`, expected one of {}",
+                            HEADER_ROLES.join(", ")
+                        ),
+                    ));
+                }
+            }
+            for (name, value) in u
+                .header_names
+                .iter()
+                .map(|(k, v)| (k, v.as_str()))
+                .chain(u.headers.iter().map(|(k, v)| (k, v.expose_secret())))
+            {
+                if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+                    || http::HeaderValue::from_str(value).is_err()
+                {
+                    return Err((key("headers"), format!("`{name}` is not a valid header")));
+                }
+            }
+        }
+        let mut identities = HashSet::new();
+        for (i, c) in self.credentials.iter().enumerate() {
+            let key = |field: &str| format!("credential[{i}].{field}");
+            Gstin::parse(&c.gstin).map_err(|e| (key("gstin"), e.to_string()))?;
+            if c.username.is_empty() {
+                return Err((key("username"), "must not be empty".into()));
+            }
+            if let Some(l) = c.session_lifetime {
+                if !(MIN_SESSION_LIFETIME..=MAX_SESSION_LIFETIME).contains(&l) {
+                    return Err((
+                        key("session_lifetime"),
+                        "the GST portal enables API access for 6 hours to 30 days: use a value in that range".into(),
+                    ));
+                }
+            }
+            if c.upstreams.is_empty() {
+                return Err((key("upstreams"), "name at least one upstream".into()));
+            }
+            for u in &c.upstreams {
+                if !names.contains(u.as_str()) {
+                    return Err((key("upstreams"), format!("no [[upstream]] is named `{u}`")));
+                }
+                let api = self.upstreams.iter().find(|x| x.name == *u).map(|x| x.api);
+                if api != Some(ApiKind::Gstn) && c.password.expose_secret().is_empty() {
+                    return Err((
+                        key("password"),
+                        format!("upstream `{u}` logs in with a password: set one"),
+                    ));
+                }
+                if !identities.insert((u.clone(), c.gstin.to_ascii_uppercase(), c.username.clone()))
+                {
+                    return Err((
+                        key("username"),
+                        format!(
+                            "`{}` for {} on `{u}` is configured twice",
+                            c.username, c.gstin
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut digests = HashSet::new();
+        for (i, c) in self.clients.iter().enumerate() {
+            let key = |field: &str| format!("client[{i}].{field}");
+            let d = &c.api_key_sha256;
+            if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err((
+                    key("api_key_sha256"),
+                    "must be 64 hex digits (run `gstgate hash-key`)".into(),
+                ));
+            }
+            if !digests.insert(d.to_ascii_lowercase()) {
+                return Err((key("api_key_sha256"), "two clients share this key".into()));
+            }
+            if c.gstins.is_empty() {
+                return Err((key("gstins"), "list GSTINs or [\"*\"]".into()));
+            }
+            for g in &c.gstins {
+                if g != "*" {
+                    Gstin::parse(g).map_err(|e| (key("gstins"), format!("`{g}`: {e}")))?;
+                }
+            }
+        }
+        if let Some(url) = &self.alerts.webhook_url {
+            check_webhook_url(url).map_err(|m| ("alerts.webhook_url".to_string(), m))?;
+        }
+        if self
+            .alerts
+            .check_interval
+            .is_some_and(|i| i < Duration::from_millis(100))
+        {
+            return Err((
+                "alerts.check_interval".into(),
+                "must be at least 100ms".into(),
+            ));
+        }
+        if let Some(warning) = self.alerts.otp_warning {
+            check_otp_warning(warning).map_err(|m| ("alerts.otp_warning".to_string(), m))?;
+        }
+        Ok(())
+    }
+
+    /// Settings that are valid but likely a mistake: logged at start-up, printed by
+    /// `check-config`.
+    pub fn warnings(&self) -> Vec<String> {
+        let proxies = PROXY_VARIABLES
+            .iter()
+            .filter(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
+            .map(|v| {
+                format!("{v} is set, but gstgate connects to its upstreams directly and does not use it")
+            });
+        let windows = self
+            .upstreams
+            .iter()
+            .filter(|u| u.api == ApiKind::Ewaybill && u.login_window < DEFAULT_LOGIN_WINDOW)
+            .map(|u| {
+                format!(
+                    "upstream `{}`: login_window {} is shorter than NIC e-way bill's 15 minutes, so {} logins per window can exceed NIC's {EWAYBILL_MAX_LOGINS} per 15 minutes and get the user blocked",
+                    u.name,
+                    humantime::format_duration(u.login_window),
+                    u.max_logins
+                )
+            });
+        proxies.chain(windows).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn limits_the_upstreams_impose_are_checked_by_name() {
+        let config = |extra_upstream: &str, extra_credential: &str| {
+            format!(
+                r#"
+[server]
+[[upstream]]
+name = "ewb"
+api = "ewaybill"
+base_url = "http://127.0.0.1:1"
+routes = ["/ewaybillapi/"]
+auth_path = "/ewaybillapi/v1.03/auth"
+public_key = "k.pem"
+client_id = "a"
+client_secret = "b"
+{extra_upstream}
+[[credential]]
+gstin = "27AAPFU0939F1ZV"
+username = "u"
+password = "p"
+upstreams = ["ewb"]
+{extra_credential}
+"#
+            )
+        };
+        let parse = |text: String| Config::parse(&text, Path::new("c.toml"));
+        assert!(parse(config("max_logins = 5", "session_lifetime = \"6h\"")).is_ok());
+        let err = parse(config("max_logins = 6", "")).unwrap_err().to_string();
+        assert!(err.contains("upstream[0].max_logins"), "{err}");
+        let err = parse(config("", "session_lifetime = \"31d\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("credential[0].session_lifetime"), "{err}");
+        let err = parse(config("", "session_lifetime = \"1h\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("6 hours"), "{err}");
+        // A password is needed where logins use one, and nowhere else.
+        let err = parse(config("", "").replace("password = \"p\"\n", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("credential[0].password"), "{err}");
+        let gstn_only = config("", "")
+            .replace("api = \"ewaybill\"", "api = \"gstn\"")
+            .replace("password = \"p\"\n", "");
+        assert!(parse(gstn_only).is_ok());
+        // Durations are bounded, so no timer or clock sum built from them can overflow.
+        for (line, key) in [
+            ("login_window = \"0s\"", "upstream[0].login_window"),
+            ("token_lifetime = \"3years\"", "upstream[0].token_lifetime"),
+            ("timeout = \"18446744073709551615s\"", "upstream[0].timeout"),
+            ("session_idle_ttl = \"0s\"", "upstream[0].session_idle_ttl"),
+        ] {
+            let err = parse(config(line, "")).unwrap_err().to_string();
+            assert!(err.contains(key), "{line}: {err}");
+        }
+        let err = parse(config("", "").replace("[server]", "[server]\nrequest_timeout = \"2h\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server.request_timeout") && err.contains("1h"),
+            "{err}"
+        );
+        // A window shorter than NIC's 15 minutes is allowed (sandboxes scale it) but warned of.
+        let short = parse(config("login_window = \"30s\"", "")).unwrap();
+        let warnings = short.warnings();
+        assert_eq!(
+            warnings
+                .iter()
+                .filter(|w| w.contains("login_window"))
+                .count(),
+            1,
+            "{warnings:?}"
+        );
+        assert!(!parse(config("", ""))
+            .unwrap()
+            .warnings()
+            .iter()
+            .any(|w| w.contains("login_window")));
+    }
+
+    #[test]
+    fn paths_must_be_canonical_and_forward_headers_may_not_name_gateway_headers() {
+        let config = |extra: &str| {
+            format!(
+                r#"
+[server]
+[[upstream]]
+name = "einv"
+api = "einvoice"
+base_url = "https://gsp.example.com/gus/irp/nic"
+routes = ["/eicore/"]
+auth_path = "/eivital/v1.04/auth"
+public_key = "k.pem"
+client_id = "a"
+client_secret = "b"
+{extra}
+"#
+            )
+        };
+        let parse = |text: String| Config::parse(&text, Path::new("c.toml"));
+        let ok = parse(config(r#"forward_headers = ["X-GSP-Branch"]"#));
+        assert!(ok.is_ok(), "{:?}", ok.err());
+        for (change, key) in [
+            (("\"/eicore/\"", "\"/eicore/../\""), "upstream[0].routes"),
+            (("\"/eicore/\"", "\"/ei%63ore/\""), "upstream[0].routes"),
+            (
+                ("/eivital/v1.04/auth", "/eivital/./auth"),
+                "upstream[0].auth_path",
+            ),
+            (("/gus/irp/nic", "/gus/a;b"), "upstream[0].base_url"),
+        ] {
+            let err = parse(config("").replace(change.0, change.1))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{change:?}: {err}");
+        }
+        for extra in [
+            r#"forward_headers = ["gstin"]"#,
+            r#"forward_headers = ["AuthToken"]"#,
+            r#"forward_headers = ["connection"]"#,
+            r#"forward_headers = ["x-api-key"]"#,
+            r#"forward_headers = ["bad header"]"#,
+            "forward_headers = [\"x-sub\"]\n[upstream.headers]\n\"X-Sub\" = \"k\"",
+            "forward_headers = [\"x-gstin\"]\n[upstream.header_names]\ngstin = \"X-Gstin\"",
+        ] {
+            let err = parse(config(extra)).unwrap_err().to_string();
+            assert!(
+                err.contains("upstream[0].forward_headers"),
+                "{extra}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.pem");
+        let rsa = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 1024).unwrap();
+        let pem = rsa::pkcs8::EncodePublicKey::to_public_key_pem(
+            &rsa::RsaPublicKey::from(&rsa),
+            rsa::pkcs8::LineEnding::LF,
+        )
+        .unwrap();
+        std::fs::write(&key, pem).unwrap();
+        let not_a_cert = dir.path().join("ca.pem");
+        std::fs::write(&not_a_cert, "not a certificate\n").unwrap();
+        let text = format!(
+            r#"
+[server]
+[[upstream]]
+name = "einvoice"
+api = "einvoice"
+base_url = "https://gsp.example.com"
+routes = ["/eicore/"]
+auth_path = "/eivital/v1.04/auth"
+public_key = "{}"
+ca_file = "{}"
+client_id = "a"
+client_secret = "b"
+"#,
+            key.display(),
+            not_a_cert.display()
+        );
+        let path = Path::new("c.toml");
+        let config = Config::parse(&text, path).unwrap();
+        let err = crate::upstream::check_files(&config, path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("upstream[0].ca_file"), "{err}");
+        assert!(err.contains("no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn alerts_need_an_http_webhook_and_an_otp_warning_of_a_minute() {
+        let base = r#"
+[server]
+[[upstream]]
+name = "einvoice"
+api = "einvoice"
+base_url = "http://127.0.0.1:1"
+routes = ["/eicore/"]
+auth_path = "/eivital/v1.04/auth"
+public_key = "k.pem"
+client_id = "a"
+client_secret = "b"
+[alerts]
+"#;
+        let parse = |extra: &str| Config::parse(&format!("{base}{extra}"), Path::new("c.toml"));
+        let ok =
+            parse("webhook_url = \"https://ops.example.com/h?token=T\"\notp_warning = \"2d\"\n");
+        assert!(ok.is_ok(), "{:?}", ok.err());
+        let err = parse("webhook_url = \"ftp://ops.example.com/TOKEN\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("alerts.webhook_url") && !err.contains("TOKEN"),
+            "{err}"
+        );
+        let err = parse("otp_warning = \"30s\"\n").unwrap_err().to_string();
+        assert!(err.contains("alerts.otp_warning"), "{err}");
+    }
+}
