@@ -482,45 +482,6 @@ client_secret = "b"
     }
 
     #[test]
-    fn a_ca_file_must_hold_a_certificate() {
-        let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("k.pem");
-        let rsa = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 1024).unwrap();
-        let pem = rsa::pkcs8::EncodePublicKey::to_public_key_pem(
-            &rsa::RsaPublicKey::from(&rsa),
-            rsa::pkcs8::LineEnding::LF,
-        )
-        .unwrap();
-        std::fs::write(&key, pem).unwrap();
-        let not_a_cert = dir.path().join("ca.pem");
-        std::fs::write(&not_a_cert, "not a certificate\n").unwrap();
-        let text = format!(
-            r#"
-[server]
-[[upstream]]
-name = "einvoice"
-api = "einvoice"
-base_url = "https://gsp.example.com"
-routes = ["/eicore/"]
-auth_path = "/eivital/v1.04/auth"
-public_key = "{}"
-ca_file = "{}"
-client_id = "a"
-client_secret = "b"
-"#,
-            key.display(),
-            not_a_cert.display()
-        );
-        let path = Path::new("c.toml");
-        let config = Config::parse(&text, path).unwrap();
-        let err = crate::upstream::check_files(&config, path)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("upstream[0].ca_file"), "{err}");
-        assert!(err.contains("no PEM certificate"), "{err}");
-    }
-
-    #[test]
     fn alerts_need_an_http_webhook_and_an_otp_warning_of_a_minute() {
         let base = r#"
 [server]

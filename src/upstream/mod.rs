@@ -11,9 +11,11 @@
 //! * [`envelope`], [`sealed`]: reading and rewriting JSON replies, and the REK-sealed payloads.
 //! * `headers`: the header values and names injected upstream.
 //! * [`client`], [`tls`]: the pooled HTTP client and its TLS set-up.
+//! * `config_checks`: what `check-config` checks of a loaded configuration beyond the file.
 //! * Here: [`Upstream`], a configured upstream ready to call, and its `send`.
 
 pub mod client;
+mod config_checks;
 pub mod einvoice;
 pub mod envelope;
 pub mod ewaybill;
@@ -25,7 +27,6 @@ pub mod renewal;
 pub mod sealed;
 pub mod tls;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,12 +35,13 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use secrecy::ExposeSecret;
 
-use crate::config::{ApiKind, ChecksumPolicy, Config, ConfigError, Encryption, UpstreamConfig};
+use crate::config::{ApiKind, ChecksumPolicy, Encryption, UpstreamConfig};
 pub use crate::config::{HEADER_ROLES, ROLE_COUNT};
 use crate::crypto::PublicKey;
 use crate::metrics::{Metrics, UpstreamLabel};
 use crate::path::CallerPath;
 use crate::problem::GatewayError;
+pub use config_checks::check_files;
 pub use headers::{transaction_id, HeaderContext, HeaderNames, GENERIC_CALLER_HEADERS};
 pub(crate) use profile::{accepted_login, bodiless};
 pub use profile::{
@@ -399,40 +401,6 @@ impl Upstream {
             )),
         }
     }
-}
-
-/// Checks what `check-config` must check beyond the file's syntax: that every upstream's
-/// public key and CA file parse (except the keys the in-process simulator writes at start-up,
-/// which need not exist yet). `serve` does the same when it builds the upstreams.
-pub fn check_files(config: &Config, path: &Path) -> Result<(), ConfigError> {
-    let from_sim = config
-        .simulator
-        .as_ref()
-        .map(|s| s.public_key_out.as_path());
-    for (i, u) in config.upstreams.iter().enumerate() {
-        if Some(u.public_key.as_path()) == from_sim {
-            continue;
-        }
-        let invalid = |message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key: format!("upstream[{i}].public_key"),
-            message,
-        };
-        let bytes = std::fs::read(&u.public_key)
-            .map_err(|e| invalid(format!("cannot read {}: {e}", u.public_key.display())))?;
-        crate::crypto::PublicKey::from_pem_or_cert(&bytes)
-            .map_err(|e| invalid(format!("{}: {e}", u.public_key.display())))?;
-    }
-    for (i, u) in config.upstreams.iter().enumerate() {
-        if let Some(ca) = &u.ca_file {
-            tls::client_config(Some(ca)).map_err(|e| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                key: format!("upstream[{i}].ca_file"),
-                message: e.to_string(),
-            })?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
