@@ -65,18 +65,23 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { config, log_format } => {
+        Command::Serve {
+            config: path,
+            log_format,
+        } => {
             crate::telemetry::init(log_format);
-            let config = Config::load(&config)?;
+            let config = Config::load(&path)?;
+            crate::upstream::check_profiles(&config, &path)?;
             let rt = runtime()?;
             rt.block_on(crate::server::run(config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config: path } => {
             let config = Config::load(&path)?;
+            crate::upstream::check_profiles(&config, &path)?;
             crate::upstream::check_files(&config, &path)?;
             let mut out = std::io::stdout().lock();
-            for warning in config.warnings() {
+            for warning in crate::upstream::config_warnings(&config) {
                 writeln!(out, "warning: {warning}")?;
             }
             writeln!(

@@ -91,7 +91,7 @@ impl Running {
 
 /// Builds everything from `config` and starts serving; returns once both ports listen.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    for warning in config.warnings() {
+    for warning in crate::upstream::config_warnings(&config) {
         tracing::warn!("{warning}");
     }
     let simulator = match &config.simulator {

@@ -47,9 +47,6 @@ use env::{
     env_secret_opt, env_string_opt, env_vec,
 };
 
-/// NIC e-way bill reportedly blocks a user for 15 minutes after 5 logins in 15 minutes
-/// (GSP help pages): a configured limit above it would walk into the block.
-pub const EWAYBILL_MAX_LOGINS: u32 = 5;
 /// The longest token life gstgate believes: every GST API issues 6-hour tokens, and a longer
 /// claim (a misconfigured `token_lifetime`, an upstream's far-future expiry) is cut to this so
 /// that timers stay in range and a session is re-checked at least daily.

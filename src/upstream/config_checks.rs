@@ -1,10 +1,53 @@
-//! What `check-config` checks of a loaded configuration beyond what the configuration can
-//! check alone: the key and certificate files it names.
+//! What `check-config` and `serve` check of a loaded configuration beyond what the
+//! configuration can check alone: the rules of each upstream's API, which its profile knows,
+//! and the key and certificate files it names.
 
 use std::path::Path;
 
-use super::tls;
-use crate::config::{Config, ConfigError};
+use secrecy::ExposeSecret;
+
+use super::{profile, tls};
+use crate::config::{Config, ConfigError, CredentialConfig, UpstreamConfig};
+
+/// Checks the rules each upstream's API sets for its settings and for the credentials that
+/// log in to it, which the configuration, knowing no API, leaves to the profiles. `serve` and
+/// `check-config` run it right after loading the file, and report a broken rule as loading
+/// would.
+pub fn check_profiles(config: &Config, path: &Path) -> Result<(), ConfigError> {
+    let invalid = |key: String, message: String| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        key,
+        message,
+    };
+    for (i, u) in config.upstreams.iter().enumerate() {
+        profile(u.api)
+            .check_upstream(u)
+            .map_err(|(field, m)| invalid(format!("upstream[{i}].{field}"), m))?;
+    }
+    for (i, c) in config.credentials.iter().enumerate() {
+        // Loading refused a credential naming an unknown upstream: every name is found.
+        for u in c
+            .upstreams
+            .iter()
+            .filter_map(|name| config.upstreams.iter().find(|u| u.name == *name))
+        {
+            profile(u.api)
+                .check_credential(u, c)
+                .map_err(|(field, m)| invalid(format!("credential[{i}].{field}"), m))?;
+        }
+    }
+    Ok(())
+}
+
+/// Settings that are valid but likely a mistake: the configuration's own, then each upstream
+/// profile's. Logged at start-up, printed by `check-config`.
+pub fn config_warnings(config: &Config) -> Vec<String> {
+    let mut warnings = config.warnings();
+    for u in &config.upstreams {
+        warnings.extend(profile(u.api).config_warnings(u));
+    }
+    warnings
+}
 
 /// Checks what `check-config` must check beyond the file's syntax: that every upstream's
 /// public key and CA file parse (except the keys the in-process simulator writes at start-up,
@@ -40,9 +83,90 @@ pub fn check_files(config: &Config, path: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The credential check of an API whose login sends the password.
+pub(super) fn require_password(
+    upstream: &UpstreamConfig,
+    credential: &CredentialConfig,
+) -> Result<(), (&'static str, String)> {
+    if credential.password.expose_secret().is_empty() {
+        return Err((
+            "password",
+            format!(
+                "upstream `{}` logs in with a password: set one",
+                upstream.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// A valid config with one upstream named `up` speaking `api`, and one credential logging
+    /// in to it; the extra lines go at the end of their tables.
+    pub(in crate::upstream) fn one_upstream(
+        api: &str,
+        upstream_extra: &str,
+        credential_extra: &str,
+    ) -> Config {
+        let text = format!(
+            r#"
+[server]
+[[upstream]]
+name = "up"
+api = "{api}"
+base_url = "http://127.0.0.1:1"
+routes = ["/r/"]
+auth_path = "/auth"
+public_key = "k.pem"
+client_id = "a"
+client_secret = "b"
+{upstream_extra}
+[[credential]]
+gstin = "27AAPFU0939F1ZV"
+username = "u"
+upstreams = ["up"]
+{credential_extra}
+"#
+        );
+        Config::parse(&text, Path::new("c.toml")).unwrap()
+    }
+
+    #[test]
+    fn api_rules_are_reported_as_loading_reports_a_broken_rule() {
+        let check = |c: &Config| check_profiles(c, Path::new("c.toml"));
+        let ewaybill = |extra_upstream: &str, extra_credential: &str| {
+            one_upstream("ewaybill", extra_upstream, extra_credential)
+        };
+        assert!(check(&ewaybill("max_logins = 5", "password = \"p\"")).is_ok());
+        assert_eq!(
+            check(&ewaybill("max_logins = 6", "password = \"p\""))
+                .unwrap_err()
+                .to_string(),
+            "c.toml: upstream[0].max_logins: e-way bill blocks a user for 15 minutes after 5 logins in 15 minutes; use at most 5"
+        );
+        // A password is needed where logins use one, and nowhere else.
+        assert_eq!(
+            check(&ewaybill("", "")).unwrap_err().to_string(),
+            "c.toml: credential[0].password: upstream `up` logs in with a password: set one"
+        );
+        assert!(check(&one_upstream("gstn", "", "")).is_ok());
+        // A window shorter than NIC's 15 minutes is allowed (sandboxes scale it) but warned of,
+        // after the warnings of the configuration itself.
+        let windows = |c: &Config| {
+            config_warnings(c)
+                .iter()
+                .filter(|w| w.contains("login_window"))
+                .count()
+        };
+        assert_eq!(
+            windows(&ewaybill("login_window = \"30s\"", "password = \"p\"")),
+            1
+        );
+        assert_eq!(windows(&ewaybill("", "password = \"p\"")), 0);
+    }
 
     #[test]
     fn a_ca_file_must_hold_a_certificate() {

@@ -14,6 +14,7 @@ use super::{
     nic, renewal, Class, Expiry, HeaderContext, Login, LoginFailure, LoginKind, LoginRequest,
     Profile, Reply, Verdict, ROLE_COUNT,
 };
+use crate::config::{CredentialConfig, UpstreamConfig};
 use crate::crypto::{AesKey, PublicKey};
 use crate::problem::GatewayError;
 
@@ -228,11 +229,20 @@ impl Profile for Einvoice {
         }))
         .unwrap_or_default()
     }
+
+    fn check_credential(
+        &self,
+        upstream: &UpstreamConfig,
+        credential: &CredentialConfig,
+    ) -> Result<(), (&'static str, String)> {
+        super::config_checks::require_password(upstream, credential)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::config_checks::tests::one_upstream;
 
     #[test]
     fn classification_reads_the_body_and_lenient_status() {
@@ -284,5 +294,20 @@ mod tests {
             p.decode_reply(r, &sek),
             Err(GatewayError::UpstreamBadResponse(_))
         ));
+    }
+
+    #[test]
+    fn a_credential_needs_a_password_and_logins_are_not_capped() {
+        let config = one_upstream("einvoice", "max_logins = 6", "");
+        let (field, message) = Einvoice
+            .check_credential(&config.upstreams[0], &config.credentials[0])
+            .unwrap_err();
+        assert_eq!(field, "password");
+        assert_eq!(message, "upstream `up` logs in with a password: set one");
+        assert!(Einvoice.check_upstream(&config.upstreams[0]).is_ok());
+        let config = one_upstream("einvoice", "", "password = \"p\"");
+        assert!(Einvoice
+            .check_credential(&config.upstreams[0], &config.credentials[0])
+            .is_ok());
     }
 }

@@ -17,8 +17,13 @@ use super::{
     renewal, Class, Expiry, HeaderContext, Login, LoginFailure, LoginKind, LoginRequest, Profile,
     Reply, Verdict, ROLE_COUNT,
 };
+use crate::config::{CredentialConfig, UpstreamConfig, DEFAULT_LOGIN_WINDOW};
 use crate::crypto::{b64_decode, AesKey, PublicKey};
 use crate::problem::GatewayError;
+
+/// NIC e-way bill reportedly blocks a user for 15 minutes after 5 logins in 15 minutes
+/// (GSP help pages): a configured limit above it would walk into the block.
+pub const MAX_LOGINS: u32 = 5;
 
 /// The NIC e-way bill API.
 pub struct Ewaybill;
@@ -182,12 +187,45 @@ impl Profile for Ewaybill {
         }))
         .unwrap_or_default()
     }
+
+    fn check_upstream(&self, upstream: &UpstreamConfig) -> Result<(), (&'static str, String)> {
+        if upstream.max_logins > MAX_LOGINS {
+            return Err((
+                "max_logins",
+                format!("e-way bill blocks a user for 15 minutes after {MAX_LOGINS} logins in 15 minutes; use at most {MAX_LOGINS}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_credential(
+        &self,
+        upstream: &UpstreamConfig,
+        credential: &CredentialConfig,
+    ) -> Result<(), (&'static str, String)> {
+        super::config_checks::require_password(upstream, credential)
+    }
+
+    fn config_warnings(&self, upstream: &UpstreamConfig) -> Vec<String> {
+        // Allowed because sandboxes scale NIC's window down; against NIC itself, a shorter
+        // window lets more than its limit of logins into its 15 minutes.
+        if upstream.login_window >= DEFAULT_LOGIN_WINDOW {
+            return Vec::new();
+        }
+        vec![format!(
+            "upstream `{}`: login_window {} is shorter than NIC e-way bill's 15 minutes, so {} logins per window can exceed NIC's {MAX_LOGINS} per 15 minutes and get the user blocked",
+            upstream.name,
+            humantime::format_duration(upstream.login_window),
+            upstream.max_logins
+        )]
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::crypto::b64_encode;
+    use crate::upstream::config_checks::tests::one_upstream;
 
     fn b64_error(list: &str) -> String {
         format!(
@@ -241,5 +279,40 @@ mod tests {
         let r = p.read_reply(StatusCode::OK, reply.as_bytes());
         let out: Value = serde_json::from_slice(&p.decode_reply(r, &sek).unwrap()).unwrap();
         assert_eq!(out["data"]["ewayBillNo"], 123);
+    }
+
+    #[test]
+    fn nic_login_limits_are_enforced_and_a_short_window_is_warned_of() {
+        let upstream = |extra: &str| one_upstream("ewaybill", extra, "password = \"p\"");
+        assert!(Ewaybill
+            .check_upstream(&upstream("max_logins = 5").upstreams[0])
+            .is_ok());
+        let (field, message) = Ewaybill
+            .check_upstream(&upstream("max_logins = 6").upstreams[0])
+            .unwrap_err();
+        assert_eq!(field, "max_logins");
+        assert!(message.contains("use at most 5"), "{message}");
+        assert!(Ewaybill
+            .config_warnings(&upstream("login_window = \"15m\"").upstreams[0])
+            .is_empty());
+        let warnings = Ewaybill.config_warnings(&upstream("login_window = \"30s\"").upstreams[0]);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with("upstream `up`: login_window 30s is shorter"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn a_credential_needs_a_password() {
+        let config = one_upstream("ewaybill", "", "");
+        let (field, _) = Ewaybill
+            .check_credential(&config.upstreams[0], &config.credentials[0])
+            .unwrap_err();
+        assert_eq!(field, "password");
+        let config = one_upstream("ewaybill", "", "password = \"p\"");
+        assert!(Ewaybill
+            .check_credential(&config.upstreams[0], &config.credentials[0])
+            .is_ok());
     }
 }

@@ -20,6 +20,7 @@ use super::{
     renewal, transaction_id, Class, Expiry, HeaderContext, Login, LoginFailure, LoginKind,
     LoginRequest, Profile, Reply, Verdict, ROLE_COUNT,
 };
+use crate::config::{CredentialConfig, UpstreamConfig};
 use crate::crypto::{b64_encode, gstn_app_key, AesKey, PublicKey};
 use crate::gstin::Gstin;
 use crate::path::CallerPath;
@@ -237,11 +238,22 @@ impl Profile for Gstn {
         }))
         .unwrap_or_default()
     }
+
+    fn check_credential(
+        &self,
+        _upstream: &UpstreamConfig,
+        _credential: &CredentialConfig,
+    ) -> Result<(), (&'static str, String)> {
+        // Sessions start with an OTP the taxpayer receives and go on with refreshes: no
+        // login sends the password, so a GSTN-only credential may omit it.
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::config_checks::tests::one_upstream;
 
     #[test]
     fn error_codes_are_classified() {
@@ -291,5 +303,13 @@ mod tests {
                 "{huge}"
             );
         }
+    }
+
+    #[test]
+    fn a_credential_needs_no_password() {
+        let config = one_upstream("gstn", "", "");
+        assert!(Gstn
+            .check_credential(&config.upstreams[0], &config.credentials[0])
+            .is_ok());
     }
 }

@@ -11,7 +11,8 @@
 //! * [`envelope`], [`sealed`]: reading and rewriting JSON replies, and the REK-sealed payloads.
 //! * `headers`: the header values and names injected upstream.
 //! * [`client`], [`tls`]: the pooled HTTP client and its TLS set-up.
-//! * `config_checks`: what `check-config` checks of a loaded configuration beyond the file.
+//! * `config_checks`: what `check-config` and `serve` check of a loaded configuration beyond
+//!   what the configuration can check alone (each profile's rules, key and CA files).
 //! * Here: [`Upstream`], a configured upstream ready to call, and its `send`.
 
 pub mod client;
@@ -41,7 +42,7 @@ use crate::crypto::PublicKey;
 use crate::metrics::{Metrics, UpstreamLabel};
 use crate::path::CallerPath;
 use crate::problem::GatewayError;
-pub use config_checks::check_files;
+pub use config_checks::{check_files, check_profiles, config_warnings};
 pub use headers::{transaction_id, HeaderContext, HeaderNames, GENERIC_CALLER_HEADERS};
 pub(crate) use profile::{accepted_login, bodiless};
 pub use profile::{
@@ -164,15 +165,20 @@ fn header_name(value: &str, name: &str) -> Result<HeaderName, UpstreamError> {
     })
 }
 
+/// The behaviour of an API kind.
+pub fn profile(api: ApiKind) -> Box<dyn Profile> {
+    match api {
+        ApiKind::Einvoice => Box::new(einvoice::Einvoice),
+        ApiKind::Ewaybill => Box::new(ewaybill::Ewaybill),
+        ApiKind::Gstn => Box::new(gstn::Gstn),
+    }
+}
+
 impl Upstream {
     /// Builds an upstream from validated configuration: reads its key, builds its client.
     pub fn from_config(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<Self, UpstreamError> {
         let name = cfg.name.clone();
-        let profile: Box<dyn Profile> = match cfg.api {
-            ApiKind::Einvoice => Box::new(einvoice::Einvoice),
-            ApiKind::Ewaybill => Box::new(ewaybill::Ewaybill),
-            ApiKind::Gstn => Box::new(gstn::Gstn),
-        };
+        let profile = profile(cfg.api);
         let path = cfg.public_key.display().to_string();
         let pem = std::fs::read(&cfg.public_key).map_err(|source| UpstreamError::KeyFile {
             name: name.clone(),

@@ -9,7 +9,7 @@ use secrecy::SecretString;
 use super::envelope;
 use super::headers::HeaderContext;
 use super::renewal::Renewal;
-use crate::config::ROLE_COUNT;
+use crate::config::{CredentialConfig, UpstreamConfig, ROLE_COUNT};
 use crate::crypto::{AesKey, PublicKey};
 use crate::gstin::Gstin;
 use crate::path::CallerPath;
@@ -251,6 +251,25 @@ pub trait Profile: Send + Sync + 'static {
     /// The body gstgate answers a caller's login call with: a success that reveals neither
     /// token nor SEK.
     fn auth_answer(&self, username: &str, expires_at: SystemTime) -> Vec<u8>;
+
+    /// Checks the rules this API sets for an upstream's settings, beyond those every upstream
+    /// follows: `Err` holds the offending field and what to write instead.
+    fn check_upstream(&self, _upstream: &UpstreamConfig) -> Result<(), (&'static str, String)> {
+        Ok(())
+    }
+
+    /// Checks that a credential logging in to `upstream` has what this API's login needs:
+    /// `Err` holds the credential's offending field and what to write instead.
+    fn check_credential(
+        &self,
+        upstream: &UpstreamConfig,
+        credential: &CredentialConfig,
+    ) -> Result<(), (&'static str, String)>;
+
+    /// Settings of `upstream` this API accepts but that are likely a mistake.
+    fn config_warnings(&self, _upstream: &UpstreamConfig) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The verdict on a reply that is not JSON: only the HTTP status says anything.
