@@ -131,6 +131,12 @@ fn the_module_map_names_every_source_file() {
         .collect();
     let missing: Vec<&String> = files.difference(&named).collect();
     let stale: Vec<&String> = named.difference(&files).collect();
-    assert!(missing.is_empty(), "not in docs/architecture.md: {missing:?}");
-    assert!(stale.is_empty(), "named in docs/architecture.md but absent: {stale:?}");
+    assert!(
+        missing.is_empty(),
+        "not in docs/architecture.md: {missing:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "named in docs/architecture.md but absent: {stale:?}"
+    );
 }
