@@ -607,8 +607,9 @@ fn piece() -> impl Strategy<Value = &'static str> {
     prop_oneof![3 => plain, 1 => hostile]
 }
 
-/// The property: for each route, whatever path a caller sends under it, the caller gets 400
-/// or the upstream receives a path under `base_url`'s path + that route — never anything else.
+/// The property: for each route, whatever path a caller sends under it, the caller gets 400,
+/// gstgate's own answer to a login call, or the upstream receives a path under `base_url`'s
+/// path + that route — never anything else.
 #[test]
 fn generated_paths_stay_under_the_upstream_prefix_or_get_400() {
     const PREFIX: &str = "/gsp/nic";
@@ -665,6 +666,11 @@ fn generated_paths_stay_under_the_upstream_prefix_or_get_400() {
             .iter()
             .find(|r| r["headers"]["x-request-id"] == id.as_str())
         else {
+            if status == 200 && text.contains("managed-by-gstgate") {
+                // A spelling of the upstream's login path (`/eivital/v1.03/auth`): gstgate
+                // answers it itself and sends nothing upstream.
+                return Ok(());
+            }
             prop_assert_eq!(
                 status,
                 400,
