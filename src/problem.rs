@@ -6,6 +6,9 @@
 //! written by gstgate, and upstream text is limited to the upstream's error code and message.
 
 use std::borrow::Cow;
+use std::error::Error;
+use std::fmt;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::response::{IntoResponse, Response};
@@ -22,6 +25,63 @@ const ADMIN_ENDPOINTS: &str = "Use an admin endpoint: GET /healthz, /readyz, /me
 /// OPTIONS, PATCH, …) would at best do nothing and at worst make an upstream echo gstgate's
 /// injected credentials.
 pub const PROXY_METHODS: &str = "GET, POST, PUT, DELETE";
+
+/// A lower-level failure kept as a gateway error's cause: shared, so that the error stays
+/// `Clone`, and transparent, so that its own causes follow it in [`chain`].
+#[derive(Debug, Clone)]
+pub struct Cause(Arc<dyn Error + Send + Sync>);
+
+impl Cause {
+    /// Keeps `err` as a cause.
+    pub fn new(err: impl Error + Send + Sync + 'static) -> Self {
+        Self(Arc::new(err))
+    }
+}
+
+impl From<Box<dyn Error + Send + Sync>> for Cause {
+    fn from(err: Box<dyn Error + Send + Sync>) -> Self {
+        Self(Arc::from(err))
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl Error for Cause {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Causes compare by what they say, whole chain included: the error types behind them need
+/// not be comparable, and errors are compared in tests and decisions by their content.
+impl PartialEq for Cause {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || chain(&*self.0) == chain(&*other.0)
+    }
+}
+
+impl Eq for Cause {}
+
+/// `err` and its causes, outermost first, joined by ": ", for the log (never for a problem
+/// body). A cause whose text its error already ends with (an error that writes its source
+/// into its own message, as `#[error("…: {0}")]` does) is not repeated.
+pub fn chain(err: &(dyn Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        let part = cause.to_string();
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = cause.source();
+    }
+    text
+}
 
 /// A failure the gateway answers itself, instead of relaying an upstream reply.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -149,9 +209,14 @@ pub enum GatewayError {
     /// Could not reach the upstream, or it answered 5xx / a transient error code.
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(String),
-    /// No connection to the upstream could be made (TCP or TLS): the request never left.
+    /// No connection to the upstream could be made (DNS, TCP or TLS): the request never left.
     #[error("upstream unavailable: cannot connect to the upstream")]
-    UpstreamUnreachable,
+    UpstreamUnreachable(#[source] Cause),
+    /// The connection broke after it was made: closed or reset, or what came back was not HTTP.
+    #[error(
+        "upstream unavailable: the upstream closed the connection or sent an invalid HTTP response"
+    )]
+    UpstreamConnectionFailed(#[source] Cause),
     /// The upstream did not answer within its timeout.
     #[error("the upstream did not answer within {0} ms")]
     UpstreamTimeout(u128),
@@ -225,7 +290,8 @@ impl GatewayError {
             | LoginBackoff { .. }
             | TokenRejected { .. }
             | UpstreamUnavailable(_)
-            | UpstreamUnreachable
+            | UpstreamUnreachable(_)
+            | UpstreamConnectionFailed(_)
             | ApiAccessDisabled { .. }
             | TooManySessions { .. }
             | UpstreamBadResponse(_) => StatusCode::BAD_GATEWAY,
@@ -262,7 +328,9 @@ impl GatewayError {
             LoginBackoff { .. } => "login_backoff",
             TokenRejected { .. } => "token_rejected",
             UpstreamThrottled { .. } => "upstream_throttled",
-            UpstreamUnavailable(_) | UpstreamUnreachable => "upstream_unavailable",
+            UpstreamUnavailable(_) | UpstreamUnreachable(_) | UpstreamConnectionFailed(_) => {
+                "upstream_unavailable"
+            }
             UpstreamTimeout(_) => "upstream_timeout",
             UpstreamBadResponse(_) => "upstream_bad_response",
             OtpRequired { .. } => "otp_required",
@@ -299,7 +367,9 @@ impl GatewayError {
             LoginBackoff { .. } => "Upstream login failing",
             TokenRejected { .. } => "Token rejected",
             UpstreamThrottled { .. } => "Upstream throttling",
-            UpstreamUnavailable(_) | UpstreamUnreachable => "Upstream unavailable",
+            UpstreamUnavailable(_) | UpstreamUnreachable(_) | UpstreamConnectionFailed(_) => {
+                "Upstream unavailable"
+            }
             UpstreamTimeout(_) => "Upstream timeout",
             UpstreamBadResponse(_) => "Bad upstream response",
             OtpRequired { .. } => "OTP required",
@@ -349,7 +419,7 @@ impl GatewayError {
             LoginBackoff { .. } => "Retry later; if it persists check the GSP's status and the gateway's /admin/sessions.",
             TokenRejected { .. } => "Check that the API user belongs to this GSTIN and that no other system logs in with the same user; retry later.",
             UpstreamThrottled { .. } => "Slow down and retry after a few minutes.",
-            UpstreamUnavailable(_) | UpstreamUnreachable => "Retry with backoff; if it persists check the GSP's status page.",
+            UpstreamUnavailable(_) | UpstreamUnreachable(_) | UpstreamConnectionFailed(_) => "Retry with backoff; if it persists check the GSP's status page.",
             UpstreamTimeout(_) => "Retry later, checking first whether the operation took effect (e.g. get the IRN by document details) to avoid duplicates.",
             UpstreamBadResponse(_) => "Retry; if it persists the GSP or its session keys are misbehaving — contact the gateway operator.",
             NotReady(_) => "Retry shortly; the gateway is starting or its store is unreachable.",
@@ -505,5 +575,32 @@ mod tests {
         assert_eq!(p.upstream_code.as_deref(), Some("1019"));
         assert!(p.kind.ends_with("credentials_rejected"));
         assert!(!p.remedy.is_empty());
+    }
+
+    /// A cause with text no problem body may show: an address and a rustls reason.
+    fn cause() -> Cause {
+        Cause::new(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "10.1.2.3:443: invalid peer certificate: UnknownIssuer",
+        ))
+    }
+
+    #[test]
+    fn the_cause_is_in_the_log_chain_and_never_in_the_body() {
+        let e = GatewayError::UpstreamUnreachable(cause());
+        let logged = chain(&e);
+        assert_eq!(
+            logged,
+            "upstream unavailable: cannot connect to the upstream: 10.1.2.3:443: invalid peer certificate: UnknownIssuer"
+        );
+        let body = String::from_utf8(problem_body(&e, Some("r1"))).unwrap();
+        for secret in ["10.1.2.3", "UnknownIssuer", "certificate"] {
+            assert!(!body.contains(secret), "{body}");
+        }
+        // A cause that its error's own text already ends with is not repeated.
+        let path = crate::path::CallerPath::parse("/a/../b", None).unwrap_err();
+        let e = GatewayError::PathInvalid(path.clone());
+        assert_eq!(chain(&e), e.to_string());
+        assert!(e.to_string().ends_with(&path.to_string()));
     }
 }

@@ -146,3 +146,62 @@ async fn a_stalled_tls_handshake_is_a_connect_failure() {
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
     drop(silent);
 }
+
+/// A `ca_file` that does not vouch for the upstream's certificate: the caller gets the same
+/// 502 `upstream_unavailable` as for any connection failure, with nothing of the TLS failure
+/// (or the upstream's address) in the body, while the gateway's log names the TLS handshake
+/// and rustls's reason, not just "cannot connect".
+#[tokio::test]
+async fn an_untrusted_certificate_is_logged_as_a_tls_failure_and_kept_out_of_the_body() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let served = pki();
+    let backend = sim.url().trim_start_matches("http://").to_owned();
+    let (https_url, handshakes) = tls_front(&served, backend).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("another-ca.pem");
+    std::fs::write(&ca_file, pki().ca_pem).unwrap();
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            base_url: Some(https_url),
+            upstream_extra: format!("ca_file = \"{}\"\n", ca_file.display()),
+            ..GwOpts::default()
+        },
+    )
+    .await;
+
+    let body = expect_problem(
+        gw.generate(GSTIN, "TLS/4").await,
+        502,
+        "upstream_unavailable",
+    )
+    .await;
+    assert_eq!(
+        body["detail"], "upstream unavailable: cannot connect to the upstream",
+        "{body}"
+    );
+    let text = body.to_string();
+    for leak in ["certificate", "handshake", "127.0.0.1"] {
+        assert!(!text.contains(leak), "`{leak}` in the problem body {text}");
+    }
+    assert_eq!(handshakes.load(Ordering::SeqCst), 0);
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 0);
+
+    gw.logs.wait_for("login failed").await;
+    let logs = gw.logs.text();
+    let failed: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["message"] == "login failed")
+        .collect();
+    assert!(!failed.is_empty(), "no `login failed` line in\n{logs}");
+    for line in failed {
+        let error = line["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("TLS handshake with the upstream failed")
+                && error.contains("invalid peer certificate"),
+            "the log does not give the TLS cause: {line}"
+        );
+        assert_eq!(line["code"], "upstream_unavailable", "{line}");
+    }
+}

@@ -12,7 +12,7 @@ use super::slot::{KnownRejected, SlotState};
 use super::{Session, Sessions, Slot, State, Trigger};
 use crate::classify;
 use crate::metrics::{ResultLabels, TriggerLabels};
-use crate::problem::GatewayError;
+use crate::problem::{chain, GatewayError};
 use crate::upstream::renewal::Step;
 use crate::upstream::Class;
 
@@ -167,7 +167,8 @@ impl Sessions {
                     // The operator who sent the OTP gets the answer directly; a typo or a
                     // portal refusal says nothing about the running session's health.
                     tracing::warn!(upstream = %upstream.name, gstin = %slot.credential.gstin,
-                        code = err.code(), upstream_code = err.upstream_code(), "OTP login failed");
+                        code = err.code(), upstream_code = err.upstream_code(),
+                        error = %chain(&err), "OTP login failed");
                 } else {
                     self.fail(slot, &mut st, class, &err, started);
                 }
@@ -310,7 +311,7 @@ impl Sessions {
             Class::Throttled => st
                 .guard
                 .hold_off(Instant::now(), slot.upstream.login_window / 3),
-            _ if *err == GatewayError::UpstreamUnreachable => {
+            _ if matches!(err, GatewayError::UpstreamUnreachable(_)) => {
                 st.guard
                     .unreachable(admitted, Instant::now(), err.to_string())
             }
@@ -318,7 +319,7 @@ impl Sessions {
         }
         tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
             user = %slot.credential.username, code = err.code(), upstream_code = err.upstream_code(),
-            "login failed");
+            error = %chain(err), "login failed");
     }
 }
 

@@ -10,7 +10,7 @@ use super::auth::login_failure;
 use super::login::Purpose;
 use super::{Session, Sessions, Slot, Trigger};
 use crate::metrics::ResultLabels;
-use crate::problem::GatewayError;
+use crate::problem::{chain, GatewayError};
 use crate::upstream::LoginKind;
 
 impl Sessions {
@@ -60,7 +60,8 @@ impl Sessions {
                     .inc();
                 let err = self.refusal(slot, e);
                 tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
-                    code = err.code(), upstream_code = err.upstream_code(), "OTP request failed");
+                    code = err.code(), upstream_code = err.upstream_code(),
+                    error = %chain(&err), "OTP request failed");
                 Err(err)
             }
         }

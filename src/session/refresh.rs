@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Session, Sessions, Slot, Trigger, SAME_TOKEN_MIN_RETRY};
-use crate::problem::GatewayError;
+use crate::problem::{chain, GatewayError};
 
 impl Sessions {
     /// The scheduler's refresh of `generation`, if it is still current and in use.
@@ -46,7 +46,7 @@ impl Sessions {
                         _ => Some(slot.lock().guard.retry_delay()),
                     };
                     tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
-                        error = %e, retry_in_secs = retry.map(|r| r.as_secs_f64()),
+                        error = %chain(&e), retry_in_secs = retry.map(|r| r.as_secs_f64()),
                         "proactive refresh failed");
                     if let Some(retry) = retry {
                         let at = Instant::now() + retry;

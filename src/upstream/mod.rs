@@ -41,7 +41,7 @@ pub use crate::config::{HEADER_ROLES, ROLE_COUNT};
 use crate::crypto::PublicKey;
 use crate::metrics::{Metrics, UpstreamLabel};
 use crate::path::CallerPath;
-use crate::problem::GatewayError;
+use crate::problem::{Cause, GatewayError};
 pub use config_checks::{check_files, check_profiles, config_warnings};
 pub use headers::{transaction_id, HeaderContext, HeaderNames, GENERIC_CALLER_HEADERS};
 pub(crate) use profile::{accepted_login, bodiless};
@@ -378,11 +378,9 @@ impl Upstream {
         *req.headers_mut() = headers;
         let res = self.http.request(req).await.map_err(|e| {
             if e.is_connect() {
-                GatewayError::UpstreamUnreachable
+                GatewayError::UpstreamUnreachable(tls::connect_cause(e))
             } else {
-                GatewayError::UpstreamUnavailable(
-                    "the upstream closed the connection or sent an invalid HTTP response".into(),
-                )
+                GatewayError::UpstreamConnectionFailed(Cause::new(e))
             }
         })?;
         let (parts, body) = res.into_parts();
@@ -402,9 +400,7 @@ impl Upstream {
                     self.max_response_bytes
                 )))
             }
-            Err(_) => Err(GatewayError::UpstreamUnavailable(
-                "the upstream closed the connection or sent an invalid HTTP response".into(),
-            )),
+            Err(e) => Err(GatewayError::UpstreamConnectionFailed(Cause::from(e))),
         }
     }
 }
