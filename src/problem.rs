@@ -26,6 +26,20 @@ const ADMIN_ENDPOINTS: &str = "Use an admin endpoint: GET /healthz, /readyz, /me
 /// injected credentials.
 pub const PROXY_METHODS: &str = "GET, POST, PUT, DELETE";
 
+/// Where a failure arose, and so who can act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The request as sent (every 4xx but 429): its key, headers, path, body, or what its
+    /// client may do.
+    Caller,
+    /// gstgate itself: its own limits and backoff, a missing GSTN session, a bug.
+    Gateway,
+    /// The upstream: its refusal or reply, or the connection to it.
+    Upstream,
+    /// For the session store's failures; sessions are kept in memory, so none arises yet.
+    Store,
+}
+
 /// A lower-level failure kept as a gateway error's cause: shared, so that the error stays
 /// `Clone`, and transparent, so that its own causes follow it in [`chain`].
 #[derive(Debug, Clone)]
@@ -446,8 +460,101 @@ impl GatewayError {
         }
     }
 
+    /// Where the failure arose. Every variant answers for itself, so that a new one must too.
+    pub fn origin(&self) -> Origin {
+        use GatewayError::*;
+        match self {
+            Unauthenticated
+            | GstinMissing
+            | GstinInvalid(_)
+            | GstinMismatch(_)
+            | GstinNotAllowed(_)
+            | NoCredential { .. }
+            | UserRequired { .. }
+            | PathInvalid(_)
+            | MethodNotAllowed(_)
+            | RouteNotFound(_)
+            | AdminUnauthenticated
+            | AdminRouteNotFound(_)
+            | AdminMethodNotAllowed { .. }
+            | AdminRequestInvalid(_)
+            | BodyTooLarge(_)
+            | AdminBodyTooLarge(_)
+            | RequestTimeout(_)
+            | AdminBodyInvalid(_)
+            | HeadersTooLarge(_)
+            | BodyInvalid(_)
+            | OtpInvalid { .. } => Origin::Caller,
+            LoginThrottled { .. }
+            | LoginBackoff { .. }
+            | OtpRequired { .. }
+            | NotReady(_)
+            | Internal(_) => Origin::Gateway,
+            CredentialsRejected { .. }
+            | UpstreamConfigRejected { .. }
+            | TokenRejected { .. }
+            | UpstreamThrottled { .. }
+            | UpstreamUnavailable(_)
+            | UpstreamUnreachable(_)
+            | UpstreamConnectionFailed(_)
+            | UpstreamTimeout(_)
+            | UpstreamBadResponse(_)
+            | ApiAccessDisabled { .. }
+            | TooManySessions { .. } => Origin::Upstream,
+        }
+    }
+
+    /// Whether sending the same request again later can succeed without anyone changing
+    /// anything (a config, a password, an OTP, the request itself). Not whether it is safe:
+    /// a write that timed out may have taken effect.
+    pub fn retryable(&self) -> bool {
+        use GatewayError::*;
+        match self {
+            // The caller must change the request, or the operator grant it something.
+            Unauthenticated
+            | GstinMissing
+            | GstinInvalid(_)
+            | GstinMismatch(_)
+            | GstinNotAllowed(_)
+            | NoCredential { .. }
+            | UserRequired { .. }
+            | PathInvalid(_)
+            | MethodNotAllowed(_)
+            | RouteNotFound(_)
+            | AdminUnauthenticated
+            | AdminRouteNotFound(_)
+            | AdminMethodNotAllowed { .. }
+            | AdminRequestInvalid(_)
+            | BodyTooLarge(_)
+            | AdminBodyTooLarge(_)
+            | AdminBodyInvalid(_)
+            | HeadersTooLarge(_)
+            | BodyInvalid(_)
+            | OtpInvalid { .. } => false,
+            // An operator (config, password, OTP) or the taxpayer (portal setting) must act.
+            CredentialsRejected { .. }
+            | UpstreamConfigRejected { .. }
+            | OtpRequired { .. }
+            | ApiAccessDisabled { .. } => false,
+            // A slow link, a limit that lifts, sessions that expire, an upstream that recovers.
+            RequestTimeout(_)
+            | LoginThrottled { .. }
+            | LoginBackoff { .. }
+            | TokenRejected { .. }
+            | UpstreamThrottled { .. }
+            | UpstreamUnavailable(_)
+            | UpstreamUnreachable(_)
+            | UpstreamConnectionFailed(_)
+            | UpstreamTimeout(_)
+            | UpstreamBadResponse(_)
+            | TooManySessions { .. }
+            | NotReady(_)
+            | Internal(_) => true,
+        }
+    }
+
     /// Seconds the caller should wait before retrying, where that is known.
-    fn retry_after(&self) -> Option<u64> {
+    pub fn retry_after(&self) -> Option<u64> {
         match self {
             GatewayError::LoginThrottled { retry_after_secs }
             | GatewayError::LoginBackoff {
@@ -583,6 +690,211 @@ mod tests {
             std::io::ErrorKind::InvalidData,
             "10.1.2.3:443: invalid peer certificate: UnknownIssuer",
         ))
+    }
+
+    /// One value of every variant, with the origin and retryability docs/errors.md gives it.
+    fn table() -> Vec<(GatewayError, Origin, bool)> {
+        use GatewayError::*;
+        use Origin::{Caller, Gateway, Upstream};
+        let s = || String::from("x");
+        vec![
+            (Unauthenticated, Caller, false),
+            (GstinMissing, Caller, false),
+            (GstinInvalid(s()), Caller, false),
+            (GstinMismatch(s()), Caller, false),
+            (GstinNotAllowed(s()), Caller, false),
+            (
+                NoCredential {
+                    upstream: s(),
+                    gstin: s(),
+                },
+                Caller,
+                false,
+            ),
+            (
+                UserRequired {
+                    upstream: s(),
+                    gstin: s(),
+                },
+                Caller,
+                false,
+            ),
+            (
+                PathInvalid(crate::path::CallerPath::parse("/a/../b", None).unwrap_err()),
+                Caller,
+                false,
+            ),
+            (MethodNotAllowed(s()), Caller, false),
+            (RouteNotFound(s()), Caller, false),
+            (AdminUnauthenticated, Caller, false),
+            (AdminRouteNotFound(s()), Caller, false),
+            (
+                AdminMethodNotAllowed {
+                    method: s(),
+                    path: s(),
+                },
+                Caller,
+                false,
+            ),
+            (AdminRequestInvalid(s()), Caller, false),
+            (BodyTooLarge(1), Caller, false),
+            (AdminBodyTooLarge(1), Caller, false),
+            (RequestTimeout(1), Caller, true),
+            (AdminBodyInvalid(s()), Caller, false),
+            (HeadersTooLarge(1), Caller, false),
+            (BodyInvalid(s()), Caller, false),
+            (
+                OtpInvalid {
+                    upstream_code: None,
+                    detail: s(),
+                },
+                Caller,
+                false,
+            ),
+            (
+                CredentialsRejected {
+                    gstin: s(),
+                    username: s(),
+                    upstream_code: None,
+                },
+                Upstream,
+                false,
+            ),
+            (
+                UpstreamConfigRejected {
+                    upstream_code: None,
+                    message: s(),
+                },
+                Upstream,
+                false,
+            ),
+            (
+                LoginThrottled {
+                    retry_after_secs: 1,
+                },
+                Gateway,
+                true,
+            ),
+            (
+                LoginBackoff {
+                    retry_after_secs: 1,
+                    reason: s(),
+                },
+                Gateway,
+                true,
+            ),
+            (
+                TokenRejected {
+                    upstream_code: None,
+                },
+                Upstream,
+                true,
+            ),
+            (
+                UpstreamThrottled {
+                    upstream_code: None,
+                },
+                Upstream,
+                true,
+            ),
+            (UpstreamUnavailable(s()), Upstream, true),
+            (UpstreamUnreachable(cause()), Upstream, true),
+            (UpstreamConnectionFailed(cause()), Upstream, true),
+            (UpstreamTimeout(1), Upstream, true),
+            (UpstreamBadResponse(s()), Upstream, true),
+            (
+                OtpRequired {
+                    upstream: s(),
+                    gstin: s(),
+                    reason: s(),
+                },
+                Gateway,
+                false,
+            ),
+            (
+                ApiAccessDisabled {
+                    gstin: s(),
+                    upstream_code: None,
+                },
+                Upstream,
+                false,
+            ),
+            (
+                TooManySessions {
+                    upstream_code: None,
+                },
+                Upstream,
+                true,
+            ),
+            (NotReady(s()), Gateway, true),
+            (Internal(s()), Gateway, true),
+        ]
+    }
+
+    /// The variant's name; exhaustive, so that a new variant cannot be left out of [`table`].
+    fn variant(e: &GatewayError) -> &'static str {
+        use GatewayError::*;
+        match e {
+            Unauthenticated => "Unauthenticated",
+            GstinMissing => "GstinMissing",
+            GstinInvalid(_) => "GstinInvalid",
+            GstinMismatch(_) => "GstinMismatch",
+            GstinNotAllowed(_) => "GstinNotAllowed",
+            NoCredential { .. } => "NoCredential",
+            UserRequired { .. } => "UserRequired",
+            PathInvalid(_) => "PathInvalid",
+            MethodNotAllowed(_) => "MethodNotAllowed",
+            RouteNotFound(_) => "RouteNotFound",
+            AdminUnauthenticated => "AdminUnauthenticated",
+            AdminRouteNotFound(_) => "AdminRouteNotFound",
+            AdminMethodNotAllowed { .. } => "AdminMethodNotAllowed",
+            AdminRequestInvalid(_) => "AdminRequestInvalid",
+            BodyTooLarge(_) => "BodyTooLarge",
+            AdminBodyTooLarge(_) => "AdminBodyTooLarge",
+            RequestTimeout(_) => "RequestTimeout",
+            AdminBodyInvalid(_) => "AdminBodyInvalid",
+            HeadersTooLarge(_) => "HeadersTooLarge",
+            BodyInvalid(_) => "BodyInvalid",
+            OtpInvalid { .. } => "OtpInvalid",
+            CredentialsRejected { .. } => "CredentialsRejected",
+            UpstreamConfigRejected { .. } => "UpstreamConfigRejected",
+            LoginThrottled { .. } => "LoginThrottled",
+            LoginBackoff { .. } => "LoginBackoff",
+            TokenRejected { .. } => "TokenRejected",
+            UpstreamThrottled { .. } => "UpstreamThrottled",
+            UpstreamUnavailable(_) => "UpstreamUnavailable",
+            UpstreamUnreachable(_) => "UpstreamUnreachable",
+            UpstreamConnectionFailed(_) => "UpstreamConnectionFailed",
+            UpstreamTimeout(_) => "UpstreamTimeout",
+            UpstreamBadResponse(_) => "UpstreamBadResponse",
+            OtpRequired { .. } => "OtpRequired",
+            ApiAccessDisabled { .. } => "ApiAccessDisabled",
+            TooManySessions { .. } => "TooManySessions",
+            NotReady(_) => "NotReady",
+            Internal(_) => "Internal",
+        }
+    }
+
+    #[test]
+    fn every_variant_has_its_documented_origin_and_retryability() {
+        let table = table();
+        let names: std::collections::BTreeSet<_> = table.iter().map(|(e, ..)| variant(e)).collect();
+        assert_eq!(names.len(), table.len(), "a variant is listed twice");
+        // The exhaustive `variant` names 37 variants; the table must hold each of them.
+        assert_eq!(names.len(), 37, "a variant is missing from the table");
+        for (e, origin, retryable) in &table {
+            assert_eq!(e.origin(), *origin, "origin of {}", variant(e));
+            assert_eq!(e.retryable(), *retryable, "retryable of {}", variant(e));
+            // A 4xx other than a throttle (gstgate's or the upstream's) is the caller's.
+            let status = e.status();
+            assert_eq!(
+                status.is_client_error() && status != StatusCode::TOO_MANY_REQUESTS,
+                *origin == Origin::Caller,
+                "status {} of {} against its origin",
+                e.status(),
+                variant(e)
+            );
+        }
     }
 
     #[test]

@@ -156,10 +156,9 @@ impl Sessions {
                 let class = match &e {
                     LoginError::Refused(v) => v.class,
                     // A login that cannot even be built (credentials too long for the RSA
-                    // key) will not get better by retrying.
-                    LoginError::Gateway(GatewayError::UpstreamConfigRejected { .. }) => {
-                        Class::Configuration
-                    }
+                    // key) will not get better by retrying: it locks out like a refused
+                    // configuration. Anything retrying can cure is backed off from.
+                    LoginError::Gateway(err) if !err.retryable() => Class::Configuration,
                     LoginError::Gateway(_) => Class::Transient,
                 };
                 let err = self.refusal(slot, e);

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Session, Sessions, Slot, Trigger, SAME_TOKEN_MIN_RETRY};
-use crate::problem::{chain, GatewayError};
+use crate::problem::{chain, Origin};
 
 impl Sessions {
     /// The scheduler's refresh of `generation`, if it is still current and in use.
@@ -33,18 +33,15 @@ impl Sessions {
                 if let Err(e) = self.login(slot, Trigger::Proactive).await {
                     // Retry only when waiting can help, and no sooner than the guard allows:
                     // a lockout or a missing OTP needs an operator, and hammering a
-                    // throttled login only extends the block.
-                    let retry = match &e {
-                        GatewayError::CredentialsRejected { .. }
-                        | GatewayError::UpstreamConfigRejected { .. }
-                        | GatewayError::OtpRequired { .. }
-                        | GatewayError::ApiAccessDisabled { .. } => None,
-                        GatewayError::LoginThrottled { retry_after_secs }
-                        | GatewayError::LoginBackoff {
-                            retry_after_secs, ..
-                        } => Some(Duration::from_secs(*retry_after_secs)),
-                        _ => Some(slot.lock().guard.retry_delay()),
-                    };
+                    // throttled login only extends the block. A refresh has no caller, so a
+                    // caller-side refusal (an OTP refused where none was sent) is an odd
+                    // upstream answer, retried like a transient one.
+                    let waiting_helps = e.retryable() || e.origin() == Origin::Caller;
+                    let retry = waiting_helps.then(|| {
+                        e.retry_after()
+                            .map(Duration::from_secs)
+                            .unwrap_or_else(|| slot.lock().guard.retry_delay())
+                    });
                     tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
                         error = %chain(&e), retry_in_secs = retry.map(|r| r.as_secs_f64()),
                         "proactive refresh failed");
