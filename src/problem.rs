@@ -19,7 +19,7 @@ use serde::Serialize;
 const TYPE_BASE: &str = "https://gstgate.dev/problems/";
 
 /// The admin listener's endpoints (docs/operations.md), the remedy for an unknown admin path.
-const ADMIN_ENDPOINTS: &str = "Use an admin endpoint: GET /healthz, /readyz, /metrics, /status or /admin/sessions; POST /admin/sessions/{upstream}/{gstin}/refresh, …/otp-request or …/otp.";
+const ADMIN_ENDPOINTS: &str = "Use an admin endpoint: GET /healthz, /readyz, /metrics, /status or /admin/sessions; POST /admin/sessions/<upstream>/<gstin>/refresh, …/otp-request or …/otp.";
 
 /// The methods the proxy forwards: all that the GST APIs use. Others (TRACE, CONNECT,
 /// OPTIONS, PATCH, …) would at best do nothing and at worst make an upstream echo gstgate's
@@ -175,6 +175,14 @@ pub enum GatewayError {
     /// The request body is not what the upstream needs (not JSON in gateway mode).
     #[error("invalid request body: {0}")]
     BodyInvalid(String),
+    /// An admin OTP action on an upstream whose sessions start with a password, not an OTP.
+    #[error("upstream `{upstream}` does not use OTP sessions")]
+    OtpNotApplicable {
+        /// Upstream name.
+        upstream: String,
+        /// The GSTIN.
+        gstin: String,
+    },
     /// The upstream refused the taxpayer's username/password; logins are stopped.
     #[error("the upstream rejected the credentials for GSTIN {gstin} user `{username}`; logins are stopped until an operator resets them")]
     CredentialsRejected {
@@ -234,6 +242,9 @@ pub enum GatewayError {
     /// The upstream did not answer within its timeout.
     #[error("the upstream did not answer within {0} ms")]
     UpstreamTimeout(u128),
+    /// An admin action (a login) outlasted `server.request_timeout`; it is not cancelled.
+    #[error("the action did not finish within {0} ms; it goes on and its outcome is recorded")]
+    AdminActionTimeout(u128),
     /// The upstream's reply could not be read: not JSON, undecryptable, bad HMAC, too large.
     #[error("unreadable upstream response: {0}")]
     UpstreamBadResponse(String),
@@ -294,6 +305,7 @@ impl GatewayError {
             | OtpInvalid { .. } => StatusCode::BAD_REQUEST,
             GstinNotAllowed(_) | NoCredential { .. } => StatusCode::FORBIDDEN,
             RouteNotFound(_) | AdminRouteNotFound(_) => StatusCode::NOT_FOUND,
+            OtpNotApplicable { .. } => StatusCode::CONFLICT,
             AdminMethodNotAllowed { .. } | MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             BodyTooLarge(_) | AdminBodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -309,7 +321,7 @@ impl GatewayError {
             | ApiAccessDisabled { .. }
             | TooManySessions { .. }
             | UpstreamBadResponse(_) => StatusCode::BAD_GATEWAY,
-            UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamTimeout(_) | AdminActionTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             NotReady(_) | OtpRequired { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -336,6 +348,7 @@ impl GatewayError {
             RequestTimeout(_) => "request_timeout",
             HeadersTooLarge(_) => "headers_too_large",
             BodyInvalid(_) | AdminBodyInvalid(_) => "body_invalid",
+            OtpNotApplicable { .. } => "otp_not_applicable",
             CredentialsRejected { .. } => "credentials_rejected",
             UpstreamConfigRejected { .. } => "upstream_config_rejected",
             LoginThrottled { .. } => "login_rate_limited",
@@ -345,7 +358,7 @@ impl GatewayError {
             UpstreamUnavailable(_) | UpstreamUnreachable(_) | UpstreamConnectionFailed(_) => {
                 "upstream_unavailable"
             }
-            UpstreamTimeout(_) => "upstream_timeout",
+            UpstreamTimeout(_) | AdminActionTimeout(_) => "upstream_timeout",
             UpstreamBadResponse(_) => "upstream_bad_response",
             OtpRequired { .. } => "otp_required",
             OtpInvalid { .. } => "otp_invalid",
@@ -375,6 +388,7 @@ impl GatewayError {
             RequestTimeout(_) => "Request timeout",
             HeadersTooLarge(_) => "Request headers too large",
             BodyInvalid(_) | AdminBodyInvalid(_) => "Invalid request body",
+            OtpNotApplicable { .. } => "No OTP sessions on this upstream",
             CredentialsRejected { .. } => "Credentials rejected",
             UpstreamConfigRejected { .. } => "Upstream rejected gateway configuration",
             LoginThrottled { .. } => "Login rate limited",
@@ -384,7 +398,7 @@ impl GatewayError {
             UpstreamUnavailable(_) | UpstreamUnreachable(_) | UpstreamConnectionFailed(_) => {
                 "Upstream unavailable"
             }
-            UpstreamTimeout(_) => "Upstream timeout",
+            UpstreamTimeout(_) | AdminActionTimeout(_) => "Upstream timeout",
             UpstreamBadResponse(_) => "Bad upstream response",
             OtpRequired { .. } => "OTP required",
             OtpInvalid { .. } => "OTP refused",
@@ -395,54 +409,58 @@ impl GatewayError {
         }
     }
 
-    /// The action that fixes it, in one sentence (the GST docs' troubleshooting table).
+    /// The action that fixes it, in one sentence (the GST docs' troubleshooting table). Where
+    /// the error knows the upstream or GSTIN, the admin call it names is written out in full.
     pub fn remedy(&self) -> Cow<'static, str> {
         use GatewayError::*;
-        if let OtpRequired {
-            upstream, gstin, ..
-        } = self
-        {
-            return Cow::Owned(format!(
+        match self {
+            OtpRequired {
+                upstream, gstin, ..
+            } => Cow::Owned(format!(
                 "Ask the gateway operator to run POST /admin/sessions/{upstream}/{gstin}/otp-request (the taxpayer receives an OTP), then POST /admin/sessions/{upstream}/{gstin}/otp with {{\"otp\": \"<the OTP>\"}}."
-            ));
+            )),
+            OtpNotApplicable { upstream, gstin } => Cow::Owned(format!(
+                "Sessions on `{upstream}` start with the API user's password, not an OTP: to log in again now, POST /admin/sessions/{upstream}/{gstin}/refresh."
+            )),
+            CredentialsRejected { gstin, .. } => Cow::Owned(format!(
+                "Correct the API user's password in the gateway config (or reset it on the e-invoice/GST portal), then POST /admin/sessions/<upstream>/{gstin}/refresh."
+            )),
+            Unauthenticated => "Send your API key in the `x-api-key` header (or `Authorization: Bearer`); ask the gateway operator for one.".into(),
+            GstinMissing => "Send the taxpayer's GSTIN in the `gstin` header.".into(),
+            GstinInvalid(_) => "Send a 15-character GSTIN as registered on the GST portal; check for typos in the last (check) character.".into(),
+            GstinMismatch(_) => "Send the same GSTIN in the `gstin` header and in the query's `gstin` parameter.".into(),
+            GstinNotAllowed(_) => "Ask the gateway operator to add this GSTIN to your client's `gstins` list.".into(),
+            NoCredential { .. } => "Ask the gateway operator to add a [[credential]] for this GSTIN and upstream.".into(),
+            UserRequired { .. } => "Name one of the API users configured for this GSTIN: the `user_name` header on API calls, `?user=NAME` on the admin API.".into(),
+            PathInvalid(_) => "Send the GST API path as documented, without `.` or `..` segments, `//`, backslashes or percent-encoded slashes; letters, digits, `-`, `_` and `.` make up every segment.".into(),
+            RouteNotFound(_) => "Use a path of the GST API this gateway fronts (e.g. /eicore/v1.03/Invoice); check the base URL.".into(),
+            BodyTooLarge(_) => "Send a smaller body, or ask the operator to raise `server.max_body_bytes`.".into(),
+            AdminUnauthenticated => "Send `Authorization: Bearer <server.admin_token>`; without an `admin_token` in the config the /admin API is off.".into(),
+            AdminRouteNotFound(_) => ADMIN_ENDPOINTS.into(),
+            AdminMethodNotAllowed { .. } => "Use a method from the `Allow` header; every /admin/sessions/… action is a POST.".into(),
+            MethodNotAllowed(_) => "Use the method the GST API documents: GET, POST, PUT or DELETE (the `Allow` header lists them).".into(),
+            AdminRequestInvalid(_) => "Send a UTF-8 path of the form /admin/sessions/<upstream>/<gstin>/<action> and at most one `?user=NAME`.".into(),
+            AdminBodyTooLarge(_) => "Send only the documented body: {\"otp\": \"123456\"} for POST /admin/sessions/<upstream>/<gstin>/otp, nothing for the other endpoints.".into(),
+            RequestTimeout(_) => "Send the whole request at once; the gateway waits at most `server.request_timeout` for it.".into(),
+            HeadersTooLarge(_) => "Send fewer or shorter headers (look for large cookies or repeated headers), or ask the operator to raise `server.max_header_bytes`.".into(),
+            BodyInvalid(_) => "Send the plain JSON payload of the GST API; the gateway does the encryption.".into(),
+            AdminBodyInvalid(_) => "Send the JSON body {\"otp\": \"123456\"} with the digits the taxpayer received.".into(),
+            UpstreamConfigRejected { .. } => "Check the upstream's client_id, client_secret and public key in the gateway config against the GSP's onboarding details.".into(),
+            LoginThrottled { .. } => "Wait and retry: the gateway limits logins per user to stay below the upstream's lockout threshold.".into(),
+            LoginBackoff { .. } => "Retry later; if it persists check the GSP's status and the gateway's /admin/sessions.".into(),
+            TokenRejected { .. } => "Check that the API user belongs to this GSTIN and that no other system logs in with the same user; retry later.".into(),
+            UpstreamThrottled { .. } => "Slow down and retry after a few minutes.".into(),
+            UpstreamUnavailable(_) | UpstreamConnectionFailed(_) => "Retry with backoff; if it persists check the GSP's status page.".into(),
+            UpstreamUnreachable(_) => "Retry with backoff; if it persists check the GSP's status page, and ask the gateway operator to read the gateway's log, which says why no connection could be made (DNS, network or TLS trust).".into(),
+            UpstreamTimeout(_) => "Retry later, checking first whether the operation took effect (e.g. get the IRN by document details) to avoid duplicates.".into(),
+            AdminActionTimeout(_) => "Read GET /admin/sessions for the action's outcome before repeating it: it was not cancelled, and an OTP is good for one submission only.".into(),
+            UpstreamBadResponse(_) => "Retry; if it persists the GSP or its session keys are misbehaving — contact the gateway operator.".into(),
+            NotReady(_) => "Retry shortly; the gateway is starting or its store is unreachable.".into(),
+            Internal(_) => "Retry; if it persists report it to the gateway operator with the x-request-id.".into(),
+            OtpInvalid { .. } => "Request a new OTP with POST …/otp-request on the same upstream and GSTIN, and submit the 6 digits the taxpayer receives, once.".into(),
+            ApiAccessDisabled { .. } => "The taxpayer must enable API access on the GST portal (My Profile → Manage API Access, up to 30 days); then request a new OTP.".into(),
+            TooManySessions { .. } => "Stop other software logging in with this API user, or wait for its sessions to expire, then request a new OTP.".into(),
         }
-        Cow::Borrowed(match self {
-            Unauthenticated => "Send your API key in the `x-api-key` header (or `Authorization: Bearer`); ask the gateway operator for one.",
-            GstinMissing => "Send the taxpayer's GSTIN in the `gstin` header.",
-            GstinInvalid(_) => "Send a 15-character GSTIN as registered on the GST portal; check for typos in the last (check) character.",
-            GstinMismatch(_) => "Send the same GSTIN in the `gstin` header and in the query's `gstin` parameter.",
-            GstinNotAllowed(_) => "Ask the gateway operator to add this GSTIN to your client's `gstins` list.",
-            NoCredential { .. } => "Ask the gateway operator to add a [[credential]] for this GSTIN and upstream.",
-            UserRequired { .. } => "Name one of the API users configured for this GSTIN: the `user_name` header on API calls, `?user=NAME` on the admin API.",
-            PathInvalid(_) => "Send the GST API path as documented, without `.` or `..` segments, `//`, backslashes or percent-encoded slashes; letters, digits, `-`, `_` and `.` make up every segment.",
-            RouteNotFound(_) => "Use a path of the GST API this gateway fronts (e.g. /eicore/v1.03/Invoice); check the base URL.",
-            BodyTooLarge(_) => "Send a smaller body, or ask the operator to raise `server.max_body_bytes`.",
-            AdminUnauthenticated => "Send `Authorization: Bearer <server.admin_token>`; without an `admin_token` in the config the /admin API is off.",
-            AdminRouteNotFound(_) => ADMIN_ENDPOINTS,
-            AdminMethodNotAllowed { .. } => "Use a method from the `Allow` header; every /admin/sessions/… action is a POST.",
-            MethodNotAllowed(_) => "Use the method the GST API documents: GET, POST, PUT or DELETE (the `Allow` header lists them).",
-            AdminRequestInvalid(_) => "Send a UTF-8 path of the form /admin/sessions/{upstream}/{gstin}/{action} and at most one `?user=NAME`.",
-            AdminBodyTooLarge(_) => "Send only the documented body: {\"otp\": \"123456\"} for POST /admin/sessions/{upstream}/{gstin}/otp, nothing for the other endpoints.",
-            RequestTimeout(_) => "Send the whole request at once; the gateway waits at most `server.request_timeout` for it.",
-            HeadersTooLarge(_) => "Send fewer or shorter headers (look for large cookies or repeated headers), or ask the operator to raise `server.max_header_bytes`.",
-            BodyInvalid(_) => "Send the plain JSON payload of the GST API; the gateway does the encryption.",
-            AdminBodyInvalid(_) => "Send the JSON body {\"otp\": \"123456\"} with the digits the taxpayer received.",
-            CredentialsRejected { .. } => "Correct the API user's password in the gateway config (or reset it on the e-invoice/GST portal), then POST /admin/sessions/{upstream}/{gstin}/refresh.",
-            UpstreamConfigRejected { .. } => "Check the upstream's client_id, client_secret and public key in the gateway config against the GSP's onboarding details.",
-            LoginThrottled { .. } => "Wait and retry: the gateway limits logins per user to stay below the upstream's lockout threshold.",
-            LoginBackoff { .. } => "Retry later; if it persists check the GSP's status and the gateway's /admin/sessions.",
-            TokenRejected { .. } => "Check that the API user belongs to this GSTIN and that no other system logs in with the same user; retry later.",
-            UpstreamThrottled { .. } => "Slow down and retry after a few minutes.",
-            UpstreamUnavailable(_) | UpstreamUnreachable(_) | UpstreamConnectionFailed(_) => "Retry with backoff; if it persists check the GSP's status page.",
-            UpstreamTimeout(_) => "Retry later, checking first whether the operation took effect (e.g. get the IRN by document details) to avoid duplicates.",
-            UpstreamBadResponse(_) => "Retry; if it persists the GSP or its session keys are misbehaving — contact the gateway operator.",
-            NotReady(_) => "Retry shortly; the gateway is starting or its store is unreachable.",
-            Internal(_) => "Retry; if it persists report it to the gateway operator with the x-request-id.",
-            OtpRequired { .. } => "Start a GSTN session with the taxpayer's OTP through the admin API.",
-            OtpInvalid { .. } => "Request a new OTP with POST /admin/sessions/{upstream}/{gstin}/otp-request and submit the 6 digits the taxpayer receives, once.",
-            ApiAccessDisabled { .. } => "The taxpayer must enable API access on the GST portal (My Profile → Manage API Access, up to 30 days); then request a new OTP.",
-            TooManySessions { .. } => "Stop other software logging in with this API user, or wait for its sessions to expire, then request a new OTP.",
-        })
     }
 
     /// The upstream's own error code, where it gave one.
@@ -484,6 +502,7 @@ impl GatewayError {
             | AdminBodyInvalid(_)
             | HeadersTooLarge(_)
             | BodyInvalid(_)
+            | OtpNotApplicable { .. }
             | OtpInvalid { .. } => Origin::Caller,
             LoginThrottled { .. }
             | LoginBackoff { .. }
@@ -498,6 +517,7 @@ impl GatewayError {
             | UpstreamUnreachable(_)
             | UpstreamConnectionFailed(_)
             | UpstreamTimeout(_)
+            | AdminActionTimeout(_)
             | UpstreamBadResponse(_)
             | ApiAccessDisabled { .. }
             | TooManySessions { .. } => Origin::Upstream,
@@ -530,6 +550,7 @@ impl GatewayError {
             | AdminBodyInvalid(_)
             | HeadersTooLarge(_)
             | BodyInvalid(_)
+            | OtpNotApplicable { .. }
             | OtpInvalid { .. } => false,
             // An operator (config, password, OTP) or the taxpayer (portal setting) must act.
             CredentialsRejected { .. }
@@ -546,6 +567,7 @@ impl GatewayError {
             | UpstreamUnreachable(_)
             | UpstreamConnectionFailed(_)
             | UpstreamTimeout(_)
+            | AdminActionTimeout(_)
             | UpstreamBadResponse(_)
             | TooManySessions { .. }
             | NotReady(_)
@@ -744,6 +766,14 @@ mod tests {
             (HeadersTooLarge(1), Caller, false),
             (BodyInvalid(s()), Caller, false),
             (
+                OtpNotApplicable {
+                    upstream: s(),
+                    gstin: s(),
+                },
+                Caller,
+                false,
+            ),
+            (
                 OtpInvalid {
                     upstream_code: None,
                     detail: s(),
@@ -801,6 +831,7 @@ mod tests {
             (UpstreamUnreachable(cause()), Upstream, true),
             (UpstreamConnectionFailed(cause()), Upstream, true),
             (UpstreamTimeout(1), Upstream, true),
+            (AdminActionTimeout(1), Upstream, true),
             (UpstreamBadResponse(s()), Upstream, true),
             (
                 OtpRequired {
@@ -855,6 +886,7 @@ mod tests {
             AdminBodyInvalid(_) => "AdminBodyInvalid",
             HeadersTooLarge(_) => "HeadersTooLarge",
             BodyInvalid(_) => "BodyInvalid",
+            OtpNotApplicable { .. } => "OtpNotApplicable",
             OtpInvalid { .. } => "OtpInvalid",
             CredentialsRejected { .. } => "CredentialsRejected",
             UpstreamConfigRejected { .. } => "UpstreamConfigRejected",
@@ -866,6 +898,7 @@ mod tests {
             UpstreamUnreachable(_) => "UpstreamUnreachable",
             UpstreamConnectionFailed(_) => "UpstreamConnectionFailed",
             UpstreamTimeout(_) => "UpstreamTimeout",
+            AdminActionTimeout(_) => "AdminActionTimeout",
             UpstreamBadResponse(_) => "UpstreamBadResponse",
             OtpRequired { .. } => "OtpRequired",
             ApiAccessDisabled { .. } => "ApiAccessDisabled",
@@ -880,8 +913,8 @@ mod tests {
         let table = table();
         let names: std::collections::BTreeSet<_> = table.iter().map(|(e, ..)| variant(e)).collect();
         assert_eq!(names.len(), table.len(), "a variant is listed twice");
-        // The exhaustive `variant` names 37 variants; the table must hold each of them.
-        assert_eq!(names.len(), 37, "a variant is missing from the table");
+        // The exhaustive `variant` names 39 variants; the table must hold each of them.
+        assert_eq!(names.len(), 39, "a variant is missing from the table");
         for (e, origin, retryable) in &table {
             assert_eq!(e.origin(), *origin, "origin of {}", variant(e));
             assert_eq!(e.retryable(), *retryable, "retryable of {}", variant(e));
@@ -895,6 +928,28 @@ mod tests {
                 variant(e)
             );
         }
+    }
+
+    #[test]
+    fn remedies_leave_no_placeholder_unformatted() {
+        for (e, ..) in table() {
+            let remedy = e.remedy();
+            assert!(
+                !remedy.contains("{upstream}") && !remedy.contains("{gstin}"),
+                "{}: {remedy}",
+                variant(&e)
+            );
+        }
+        let e = GatewayError::OtpNotApplicable {
+            upstream: "einvoice".into(),
+            gstin: "27AAPFU0939F1ZV".into(),
+        };
+        let remedy = e.remedy();
+        assert!(
+            remedy.contains("/admin/sessions/einvoice/27AAPFU0939F1ZV/refresh"),
+            "{remedy}"
+        );
+        assert!(!remedy.contains("JSON"), "{remedy}");
     }
 
     #[test]

@@ -421,3 +421,35 @@ async fn both_listeners_bound_each_request_by_request_timeout() {
     gw.logs.wait_for("login failed").await;
     assert_eq!(gw.session_state("einvoice", GSTIN).await, "failed");
 }
+
+/// The OTP actions exist for GSTN only: on an e-invoice upstream they are refused as not
+/// applicable (not as a malformed body), with a remedy that names the action that does apply,
+/// and nothing is sent upstream.
+#[tokio::test]
+async fn otp_actions_on_an_upstream_without_otp_sessions_are_not_applicable() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let logins_before = sim.count(GSTIN, "auth_calls").await;
+    for (action, body) in [
+        ("otp-request", None),
+        ("otp", Some(json!({"otp": "123456"}))),
+    ] {
+        let path = format!("/admin/sessions/einvoice/{GSTIN}/{action}");
+        let mut req = gw.admin(Method::POST, &path);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let (body, _) = admin_problem(req.send().await.unwrap(), 409, "otp_not_applicable").await;
+        let remedy = body["remedy"].as_str().unwrap();
+        assert!(!remedy.contains("JSON"), "{body}");
+        assert!(
+            remedy.contains(&format!("/admin/sessions/einvoice/{GSTIN}/refresh")),
+            "{body}"
+        );
+        assert!(
+            body["detail"].as_str().unwrap().contains("einvoice"),
+            "{body}"
+        );
+    }
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, logins_before);
+}

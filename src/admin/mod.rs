@@ -101,10 +101,10 @@ async fn admit(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Res
         Ok(req) => match tokio::time::timeout_at(deadline, tokio::spawn(next.run(req))).await {
             Ok(Ok(res)) => res,
             Ok(Err(_)) => GatewayError::Internal("the admin handler failed".into()).into_response(),
-            // The request arrived; what took too long is the work behind it (a login), which
-            // is how the proxy reports its own `request_timeout` too.
+            // The request arrived; what took too long is the work behind it (a login): 504
+            // `upstream_timeout`, as the proxy answers its own `request_timeout`.
             Err(_) => {
-                GatewayError::UpstreamTimeout(admin.request_timeout.as_millis()).into_response()
+                GatewayError::AdminActionTimeout(admin.request_timeout.as_millis()).into_response()
             }
         },
         Err(err) => {

@@ -105,10 +105,10 @@ impl Sessions {
         if slot.renewal().otp_sessions() {
             Ok(())
         } else {
-            Err(GatewayError::BodyInvalid(format!(
-                "upstream `{}` does not use OTP sessions",
-                slot.upstream.name
-            )))
+            Err(GatewayError::OtpNotApplicable {
+                upstream: slot.upstream.name.to_string(),
+                gstin: slot.credential.gstin.to_string(),
+            })
         }
     }
 }
