@@ -1,9 +1,13 @@
-//! Gateway errors and their problem+json form (RFC 9457; DESIGN.md §5, a contract).
+//! Gateway errors and their problem+json form (RFC 9457). The codes and statuses are a
+//! public contract: callers and dashboards switch on them, so they never change.
 //!
-//! One error type, [`GatewayError`], knows where a failure came from and what class it is;
-//! the HTTP status, the stable `code`, the `remedy` and whether a retry makes sense all derive
-//! from it in this one file. Nothing here ever carries a token, SEK or password: details are
-//! written by gstgate, and upstream text is limited to the upstream's error code and message.
+//! One error type, [`GatewayError`], knows where a failure came from ([`Origin`]) and whether
+//! retrying can help; the HTTP status, the stable `code`, the `remedy` and the retry rules of
+//! the session code all derive from it in this one file. A failure built from a lower-level
+//! error keeps it as its [`Cause`]: the log shows the whole [`chain`], the problem body never
+//! does (causes can name hosts and addresses, which are no business of the calling ASPs).
+//! Nothing here ever carries a token, SEK or password: details are written by gstgate, and
+//! upstream text is limited to the upstream's error code and message.
 
 use std::borrow::Cow;
 use std::error::Error;
