@@ -204,4 +204,17 @@ async fn an_untrusted_certificate_is_logged_as_a_tls_failure_and_kept_out_of_the
         );
         assert_eq!(line["code"], "upstream_unavailable", "{line}");
     }
+    // The request's own access log line names the cause too.
+    gw.logs.wait_for("\"message\":\"request\"").await;
+    let logs = gw.logs.text();
+    let access = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["message"] == "request" && l["status"] == 502)
+        .unwrap_or_else(|| panic!("no access log line for the 502 in\n{logs}"));
+    let cause = access["cause"].as_str().unwrap_or_default();
+    assert!(
+        cause.contains("TLS handshake with the upstream failed"),
+        "the access log does not give the cause: {access}"
+    );
 }

@@ -23,6 +23,7 @@ mod call;
 mod respond;
 
 use std::convert::Infallible;
+use std::error::Error;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,7 @@ use crate::classify::{self, Decision};
 use crate::clients::Clients;
 use crate::gstin::Gstin;
 use crate::metrics::{status_class, Metrics, RequestLabels, ResultLabels, UpstreamLabel};
-use crate::problem::{problem_response, ErrorCode, GatewayError};
+use crate::problem::{chain, problem_response, ErrorCode, GatewayError};
 use crate::request::{request_id, REQUEST_ID};
 use crate::session::{Invalidation, Session, Sessions, Trigger};
 use crate::upstream::Upstream;
@@ -117,6 +118,7 @@ impl Proxy {
         let method = req.method().clone();
         let uri = req.uri().clone();
         let mut outcome = Outcome::default();
+        let mut cause = None;
         let result = tokio::time::timeout(
             self.request_timeout,
             self.process(req, id_header.as_ref(), &mut outcome),
@@ -124,7 +126,11 @@ impl Proxy {
         .await;
         let mut res = match result {
             Ok(Ok(res)) => res,
-            Ok(Err(err)) => problem_response(&err, &request_id),
+            Ok(Err(err)) => {
+                // The cause (a TLS refusal, a reset) is for the log: the body never says it.
+                cause = err.source().map(|_| chain(&err));
+                problem_response(&err, &request_id)
+            }
             Err(_) if !outcome.body_read => {
                 let mut res = problem_response(
                     &GatewayError::RequestTimeout(self.request_timeout.as_millis()),
@@ -176,6 +182,7 @@ impl Proxy {
             upstream_status = outcome.upstream_status,
             upstream_code = outcome.upstream_code.as_deref(),
             error,
+            cause = cause.as_deref(),
             retries = outcome.retries,
             latency_ms = elapsed.as_secs_f64() * 1000.0,
             "request"
