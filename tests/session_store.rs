@@ -151,10 +151,10 @@ async fn kill_9_resumes_every_session_without_a_login_or_an_otp_and_nothing_is_p
             String::from_utf8_lossy(s)
         );
     }
-    {
+    for file in [&key_file, &dir.path().join("sessions.redb")] {
         use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600, "key file mode {mode:o}");
+        let mode = std::fs::metadata(file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{} mode {mode:o}", file.display());
     }
     assert!(
         gw.logs.text().contains(&key_file.display().to_string()),

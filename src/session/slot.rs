@@ -395,3 +395,73 @@ impl Slot {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(generation: u64, life: Duration, expired: bool) -> StoredSession {
+        let wall = SystemTime::now();
+        StoredSession {
+            token: HeaderValue::from_static("t"),
+            sek: AesKey::random(),
+            expires_at: if expired { wall - life } else { wall + life },
+            issued_at: wall - Duration::from_secs(60),
+            generation,
+        }
+    }
+
+    fn slot_state() -> SlotState {
+        SlotState::new(Guard::new(4, Duration::from_secs(900)))
+    }
+
+    /// A resumed session gets a monotonic deadline from its remaining wall-clock life; what has
+    /// run out is not taken up, except the latest session while the portal session lasts.
+    #[test]
+    fn resume_takes_up_only_what_is_still_valid() {
+        let hour = Duration::from_secs(3600);
+        let live = stored(3, hour, false);
+        let mut st = slot_state();
+        let session = st
+            .resume(Record {
+                session: Some(live.clone()),
+                latest: Some(live),
+                portal_ends_at: Some(SystemTime::now() + hour),
+                next_generation: 4,
+            })
+            .expect("a live session is resumed");
+        let left = session.deadline.saturating_duration_since(Instant::now());
+        assert!(
+            left > hour - Duration::from_secs(5) && left <= hour,
+            "{left:?}"
+        );
+        assert!(Arc::ptr_eq(st.latest().unwrap(), &session));
+        assert!(st.portal_ends_at().is_some());
+        assert_eq!(st.next_generation, 4);
+
+        // The token expired while the gateway was down, the portal session has not: the
+        // latest session stays for a refresh, and generations keep going up.
+        let expired = stored(7, hour, true);
+        let mut st = slot_state();
+        let resumed = st.resume(Record {
+            session: Some(expired.clone()),
+            latest: Some(expired.clone()),
+            portal_ends_at: Some(SystemTime::now() + hour),
+            next_generation: 2,
+        });
+        assert!(resumed.is_none() && st.session().is_none());
+        assert_eq!(st.latest().map(|l| l.generation), Some(7));
+        assert_eq!(st.next_generation, 8);
+
+        // The portal session ended too: nothing is left but the counter.
+        let mut st = slot_state();
+        st.resume(Record {
+            session: Some(expired.clone()),
+            latest: Some(expired),
+            portal_ends_at: Some(SystemTime::now() - hour),
+            next_generation: 8,
+        });
+        assert!(st.session().is_none() && st.latest().is_none());
+        assert!(st.portal_ends_at().is_none());
+    }
+}

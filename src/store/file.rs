@@ -26,6 +26,7 @@ pub fn open(path: &Path) -> Result<Database, StoreError> {
             source,
         })?;
     }
+    private_file(path)?;
     let reason = match Database::create(path) {
         Ok(db) => match readable(&db) {
             Ok(()) => return Ok(db),
@@ -40,6 +41,7 @@ pub fn open(path: &Path) -> Result<Database, StoreError> {
     let aside = move_aside(path)?;
     tracing::error!(store = %path.display(), reason = %reason, moved_to = %aside.display(),
         "the session store file is unreadable: moved it aside and starting with an empty store (every session needs a login, GSTN ones an OTP)");
+    private_file(path)?;
     Database::create(path).map_err(|e| StoreError::Db {
         path: path.to_owned(),
         source: boxed(e),
@@ -51,6 +53,20 @@ pub type DbError = Box<redb::Error>;
 
 fn boxed(e: impl Into<redb::Error>) -> DbError {
     Box::new(e.into())
+}
+
+/// Creates the store file owner-only before redb initialises it (redb takes an empty file as
+/// a new database): its values are sealed, but which taxpayers have sessions is nobody else's
+/// business either.
+fn private_file(path: &Path) -> Result<(), StoreError> {
+    match super::key::create_private(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
 }
 
 /// Whether every record of the table can be read (a damaged page shows up here).
