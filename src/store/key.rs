@@ -13,7 +13,7 @@ use super::seal::{Sealer, KEY_LEN};
 use super::StoreError;
 
 /// Where the generated key of the store at `store` lives.
-pub fn key_file(store: &Path) -> PathBuf {
+fn key_file(store: &Path) -> PathBuf {
     let mut name = store.as_os_str().to_owned();
     name.push(".key");
     PathBuf::from(name)

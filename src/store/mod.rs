@@ -26,9 +26,9 @@ use tokio::sync::Notify;
 
 use crate::metrics::{Metrics, StoreLabels};
 
-pub use key::key_file;
 pub use record::{Record, StoredSession};
-pub use seal::{OpenError, Opened, Sealer};
+
+use seal::{Opened, Sealer};
 
 /// After a failed commit, the writer waits this long before trying the batch again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
