@@ -22,5 +22,6 @@ pub mod request;
 pub mod server;
 pub mod session;
 pub mod sim;
+pub mod store;
 pub mod telemetry;
 pub mod upstream;

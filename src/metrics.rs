@@ -82,6 +82,15 @@ pub struct AlertLabels {
     pub result: &'static str,
 }
 
+/// `op` + `result` of a session store operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    /// `load` (a record read at start-up), `write` or `delete`.
+    pub op: &'static str,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
 /// Every metric gstgate exports.
 pub struct Metrics {
     /// `gstgate_requests_total`.
@@ -100,6 +109,10 @@ pub struct Metrics {
     pub inflight: Gauge<i64, AtomicI64>,
     /// `gstgate_alerts_total` (not part of the fixed metric contract).
     pub alerts: Family<AlertLabels, Counter>,
+    /// `gstgate_store_operations_total`.
+    pub store_operations: Family<StoreLabels, Counter>,
+    /// `gstgate_store_pending_writes`.
+    pub store_pending: Gauge<i64, AtomicI64>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -120,6 +133,8 @@ impl Metrics {
             rejected_retries: Family::default(),
             inflight: Gauge::default(),
             alerts: Family::default(),
+            store_operations: Family::default(),
+            store_pending: Gauge::default(),
         };
         let mut r = Registry::default();
         r.register(
@@ -161,6 +176,16 @@ impl Metrics {
             "gstgate_alerts",
             "Operator alerts by kind and delivery result",
             m.alerts.clone(),
+        );
+        r.register(
+            "gstgate_store_operations",
+            "Session store record loads, writes and deletes, by result",
+            m.store_operations.clone(),
+        );
+        r.register(
+            "gstgate_store_pending_writes",
+            "Slot changes queued for the session store and not yet committed",
+            m.store_pending.clone(),
         );
         (Arc::new(m), r)
     }

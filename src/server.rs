@@ -1,14 +1,17 @@
-//! Listeners and lifecycle: builds the gateway from its configuration, serves the proxy and
-//! admin ports, and shuts down gracefully on SIGTERM/SIGINT.
+//! Listeners and lifecycle: builds the gateway from its configuration (opening the session
+//! store and resuming its sessions before anything listens), serves the proxy and admin ports,
+//! and shuts down gracefully on SIGTERM/SIGINT, flushing the store last.
 //!
 //! Connections are served by hyper directly (not `axum::serve`) so that the header size limit
 //! and the header-read timeout — the slowloris defences — are ours to set. On a shutdown signal
 //! the listeners are closed at once (new connections are refused), idle keep-alive connections
 //! are closed, and in-flight requests get `shutdown_grace` to finish.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,11 +25,12 @@ use tower::ServiceExt as _;
 use crate::admin::{self, Admin};
 use crate::alerts::{self, Alerts};
 use crate::clients::Clients;
-use crate::config::Config;
+use crate::config::{Config, StoreBackend, StoreConfig};
 use crate::metrics::Metrics;
 use crate::problem::{problem_response, GatewayError};
 use crate::proxy::Proxy;
 use crate::session::Sessions;
+use crate::store::{Loaded, Store};
 use crate::upstream::Upstream;
 
 /// Why the gateway could not start.
@@ -55,6 +59,9 @@ pub enum StartError {
     /// The in-process simulator could not start.
     #[error("simulator: {0}")]
     Simulator(String),
+    /// The session store could not be opened.
+    #[error(transparent)]
+    Store(#[from] Box<crate::store::StoreError>),
 }
 
 /// A running gateway.
@@ -70,6 +77,7 @@ pub struct Running {
     simulator: Option<crate::sim::SimHandle>,
     alerts: Arc<Alerts>,
     alert_watcher: alerts::watcher::Handle,
+    store: Option<(Arc<Store>, tokio::task::JoinHandle<()>)>,
 }
 
 impl Running {
@@ -83,6 +91,11 @@ impl Running {
         // holds shutdown up for at most `alerts::SHUTDOWN_FLUSH`.
         drop(self.alert_watcher);
         self.alerts.shutdown().await;
+        // The last session changes reach the file before the process exits.
+        if let Some((store, writer)) = self.store {
+            store.flush().await;
+            writer.abort();
+        }
         if let Some(sim) = self.simulator {
             sim.shutdown().await;
         }
@@ -105,6 +118,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .map(|u| Upstream::from_config(u, metrics.clone()).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
     let sessions = Sessions::new(&upstreams, &config.credentials, metrics.clone())?;
+    let store = match open_store(&config.store, &metrics)? {
+        Some((store, loaded)) => {
+            let resumed = sessions.resume(&store, loaded);
+            tracing::info!(store = %store.path().display(), resumed, "sessions resumed from the store");
+            let writer = store.spawn_writer();
+            Some((store, writer))
+        }
+        None => {
+            tracing::info!("store.backend = \"memory\": sessions are lost when gstgate stops");
+            None
+        }
+    };
     registry.register_collector(Box::new(crate::session::gauges::SessionGauges::new(
         &sessions,
     )));
@@ -192,7 +217,28 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         simulator,
         alerts,
         alert_watcher,
+        store,
     })
+}
+
+/// An opened store and the records read from it.
+type Opened = (Arc<Store>, HashMap<String, Loaded>);
+
+/// The embedded store and the records it holds, or `None` for the memory backend.
+fn open_store(config: &StoreConfig, metrics: &Arc<Metrics>) -> Result<Option<Opened>, StartError> {
+    let path = match (config.backend, &config.path) {
+        (StoreBackend::Embedded, Some(path)) => path,
+        (StoreBackend::Embedded, None) => Path::new(crate::config::DEFAULT_STORE_FILE),
+        (StoreBackend::Memory | StoreBackend::Redis, _) => return Ok(None),
+    };
+    let opened = Store::open(
+        path,
+        config.encryption_key.as_ref(),
+        config.previous_encryption_key.as_ref(),
+        metrics.clone(),
+    )
+    .map_err(Box::new)?;
+    Ok(Some(opened))
 }
 
 async fn start_simulator(

@@ -131,22 +131,34 @@ pub struct ServerConfig {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `memory` (one process) or `redis` (replicas).
+    /// `embedded` (a file beside the config), `memory` (lost on restart) or `redis`.
     #[serde(default, deserialize_with = "env_parse")]
     pub backend: StoreBackend,
+    /// The embedded store's file; after loading, set for the `embedded` backend (by default
+    /// [`DEFAULT_STORE_FILE`] in the config file's directory).
+    #[serde(default, deserialize_with = "env_path_opt")]
+    pub path: Option<PathBuf>,
     /// Redis URL for the `redis` backend.
     #[serde(default, deserialize_with = "env_string_opt")]
     pub redis_url: Option<String>,
-    /// Base64 of 32 bytes: encrypts tokens and SEKs at rest in Redis.
+    /// Base64 of 32 bytes: encrypts tokens and SEKs at rest.
     #[serde(default, deserialize_with = "env_secret_opt")]
     pub encryption_key: Option<SecretString>,
+    /// Base64 of 32 bytes: the key before the last rotation, only ever read with.
+    #[serde(default, deserialize_with = "env_secret_opt")]
+    pub previous_encryption_key: Option<SecretString>,
 }
+
+/// The embedded store's file name when `store.path` is not set.
+pub const DEFAULT_STORE_FILE: &str = "gstgate-sessions.redb";
 
 /// Session store backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StoreBackend {
-    /// In-process map: one gateway process.
+    /// A crash-safe encrypted file: sessions survive restarts of one gateway process.
     #[default]
+    Embedded,
+    /// In-process map only: sessions are lost on restart (tests, throwaway demos).
     Memory,
     /// Shared through Redis: several replicas.
     Redis,
@@ -156,10 +168,11 @@ impl FromStr for StoreBackend {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
+            "embedded" => Ok(Self::Embedded),
             "memory" => Ok(Self::Memory),
             "redis" => Ok(Self::Redis),
             other => Err(format!(
-                "unknown store backend `{other}`, expected `memory` or `redis`"
+                "unknown store backend `{other}`, expected `embedded`, `memory` or `redis`"
             )),
         }
     }
@@ -416,13 +429,18 @@ impl Config {
         Self::parse(&text, path)
     }
 
-    /// Parses and validates configuration text; `path` names the file in messages. Relative
-    /// file names in the config are relative to the working directory.
+    /// Parses and validates configuration text; `path` names the file in messages and places
+    /// the default store file. Relative file names in the config are relative to the working
+    /// directory.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
+        if config.store.backend == StoreBackend::Embedded && config.store.path.is_none() {
+            let dir = path.parent().unwrap_or(Path::new(""));
+            config.store.path = Some(dir.join(DEFAULT_STORE_FILE));
+        }
         config
             .validate()
             .map_err(|(key, message)| ConfigError::Invalid {

@@ -46,6 +46,21 @@ pub fn check_otp_warning(warning: Duration) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a store encryption key: base64 of exactly 32 bytes. The message never repeats it.
+fn check_store_key(text: &str) -> Result<(), String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| "is not base64; generate one with `openssl rand -base64 32`".to_string())?;
+    if bytes.len() != 32 {
+        return Err(format!(
+            "must be base64 of 32 bytes (got {}); generate one with `openssl rand -base64 32`",
+            bytes.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Whether a configured path is in the canonical form callers' paths are normalised to.
 fn check_canonical(path: &str) -> Result<(), String> {
     match crate::path::canonical(path) {
@@ -61,8 +76,33 @@ impl Config {
         if self.store.backend == StoreBackend::Redis {
             return Err((
                 "store.backend".into(),
-                "the redis backend is not available in this version; use \"memory\"".into(),
+                "the redis backend is not available in this version; use \"embedded\" or \"memory\"".into(),
             ));
+        }
+        for (field, key) in [
+            ("encryption_key", &self.store.encryption_key),
+            (
+                "previous_encryption_key",
+                &self.store.previous_encryption_key,
+            ),
+        ] {
+            if let Some(key) = key {
+                check_store_key(key.expose_secret()).map_err(|m| (format!("store.{field}"), m))?;
+            }
+        }
+        if self.store.previous_encryption_key.is_some() && self.store.encryption_key.is_none() {
+            return Err((
+                "store.previous_encryption_key".into(),
+                "needs store.encryption_key, the key it was rotated to".into(),
+            ));
+        }
+        if self
+            .store
+            .path
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(("store.path".into(), "must not be empty".into()));
         }
         if self.server.max_body_bytes == 0 {
             return Err(("server.max_body_bytes".into(), "must be above 0".into()));
@@ -376,6 +416,65 @@ upstreams = ["ewb"]
             err.contains("server.request_timeout") && err.contains("1h"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_store_defaults_to_an_embedded_file_beside_the_config_and_its_keys_are_checked() {
+        let config = |store: &str| {
+            format!(
+                r#"
+[server]
+{store}
+[[upstream]]
+name = "einv"
+api = "einvoice"
+base_url = "http://127.0.0.1:1"
+routes = ["/eicore/"]
+auth_path = "/eivital/v1.04/auth"
+public_key = "k.pem"
+client_id = "a"
+client_secret = "b"
+"#
+            )
+        };
+        let parse = |text: String| Config::parse(&text, Path::new("/etc/gw/c.toml"));
+        let c = parse(config("")).unwrap();
+        assert_eq!(c.store.backend, StoreBackend::Embedded);
+        assert_eq!(
+            c.store.path.as_deref(),
+            Some(Path::new("/etc/gw/gstgate-sessions.redb"))
+        );
+        let c = parse(config("[store]\nbackend = \"memory\"")).unwrap();
+        assert_eq!(
+            (c.store.backend, c.store.path),
+            (StoreBackend::Memory, None)
+        );
+        let c = parse(config("[store]\npath = \"/data/s.redb\"")).unwrap();
+        assert_eq!(c.store.path.as_deref(), Some(Path::new("/data/s.redb")));
+
+        let key = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";
+        assert!(parse(config(&format!("[store]\nencryption_key = \"{key}\""))).is_ok());
+        for (store, field) in [
+            ("encryption_key = \"c2hvcnQ=\"", "store.encryption_key"),
+            ("encryption_key = \"not base64!\"", "store.encryption_key"),
+            (
+                &format!("encryption_key = \"{key}\"\nprevious_encryption_key = \"eA==\""),
+                "store.previous_encryption_key",
+            ),
+            (
+                &format!("previous_encryption_key = \"{key}\""),
+                "store.previous_encryption_key",
+            ),
+            ("path = \"\"", "store.path"),
+            ("backend = \"redis\"", "store.backend"),
+            ("backend = \"disk\"", "backend"),
+        ] {
+            let err = parse(config(&format!("[store]\n{store}")))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "{store}: {err}");
+            assert!(!err.contains(key), "the key is not repeated: {err}");
+        }
     }
 
     #[test]

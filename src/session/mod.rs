@@ -10,6 +10,7 @@
 //! * `auth`: the calls to the upstream's auth endpoint.
 //! * `otp`: the operator's GSTN OTP flows.
 //! * `refresh` and [`scheduler`]: the proactive refresh and its timer queue.
+//! * `resume`: taking up the sessions a store kept, at start-up.
 //! * `guard`: credential rejections stop logins, logins are rate-limited, transient
 //!   failures back off with jitter.
 //! * `snapshot` and [`gauges`]: what the admin API, status page and metrics show.
@@ -28,6 +29,7 @@ mod guard;
 mod login;
 mod otp;
 mod refresh;
+mod resume;
 pub mod scheduler;
 mod single_flight;
 mod slot;

@@ -1,7 +1,8 @@
 //! A slot: one (upstream, GSTIN, user), its credential, its session and what the session
-//! manager knows about it. Every change of a slot's session goes through
-//! [`SlotState::install`] or [`SlotState::forget`], the seam where a persistent store will
-//! record sessions.
+//! manager knows about it. Every change of a slot's session goes through the seam —
+//! [`SlotState::install`], `restore`, `invalidate`, `end_portal`, `forget` and `open_portal` —
+//! which writes the slot's new durable state through to the store, if there is one, without
+//! waiting for the disk.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -15,6 +16,7 @@ use super::EXPIRY_MARGIN;
 use crate::classify::Whose;
 use crate::crypto::AesKey;
 use crate::gstin::Gstin;
+use crate::store::{Record, Store, StoredSession};
 use crate::upstream::renewal::{Held, Renewal};
 use crate::upstream::{HeaderContext, Upstream};
 
@@ -168,6 +170,14 @@ pub(super) struct SlotState {
     pub(super) next_generation: u64,
     /// Login limits, backoff and lockout.
     pub(super) guard: Guard,
+    /// Where changes are written through to; `None` with the memory backend.
+    durable: Option<Durable>,
+}
+
+/// A slot's record in the store.
+struct Durable {
+    name: Arc<str>,
+    store: Arc<Store>,
 }
 
 impl SlotState {
@@ -185,7 +195,58 @@ impl SlotState {
             last_used: Instant::now(),
             next_generation: 1,
             guard,
+            durable: None,
         }
+    }
+
+    /// From now on, every change through the seam is written to `store` as record `name`.
+    pub(super) fn write_through(&mut self, store: Arc<Store>, name: Arc<str>) {
+        self.durable = Some(Durable { name, store });
+    }
+
+    /// Queues the slot's durable state for the store.
+    pub(super) fn persist(&self) {
+        if let Some(d) = &self.durable {
+            d.store.put(
+                &d.name,
+                Record {
+                    session: self.session.as_deref().map(stored),
+                    latest: self.latest.as_deref().map(stored),
+                    portal_ends_at: self.portal_ends_at(),
+                    next_generation: self.next_generation,
+                },
+            );
+        }
+    }
+
+    /// Takes up a stored record at start-up: the session if its token has life left, the
+    /// latest session and the portal session while the portal session lasts (so the next
+    /// refresh needs no OTP), and the generation counter. Returns the usable session.
+    pub(super) fn resume(&mut self, record: Record) -> Option<Arc<Session>> {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let portal = record.portal_ends_at.filter(|&end| end > wall);
+        let session = record
+            .session
+            .map(|s| revive(s, now, wall))
+            .filter(|s| s.usable(now));
+        let latest = match (record.latest, &session) {
+            (Some(l), Some(s)) if l.generation == s.generation => Some(s.clone()),
+            (Some(l), _) => Some(revive(l, now, wall)),
+            (None, _) => None,
+        }
+        .filter(|l| portal.is_some() || l.usable(now));
+        let newest = [&session, &latest]
+            .into_iter()
+            .flatten()
+            .map(|s| s.generation)
+            .max()
+            .unwrap_or(0);
+        self.next_generation = record.next_generation.max(newest + 1);
+        self.last_refresh = latest.as_ref().map(|l| l.issued_at);
+        self.portal = portal.map(|ends_at| Portal { ends_at });
+        self.latest = latest;
+        self.session = session.clone();
+        session
     }
 
     /// The session callers use, if any (it may have expired).
@@ -208,17 +269,20 @@ impl SlotState {
         self.session = Some(session.clone());
         self.latest = Some(session);
         self.known_rejected = None;
+        self.persist();
     }
 
     /// Puts back a session whose token a login handed back unchanged.
     pub(super) fn restore(&mut self, session: Arc<Session>) {
         self.session = Some(session);
+        self.persist();
     }
 
     /// Stops callers using the session after the upstream rejected its token; the latest
     /// stays, for a refresh to prove possession of.
     pub(super) fn invalidate(&mut self) {
         self.session = None;
+        self.persist();
     }
 
     /// Records that the portal session is over (its API-access period ended, or the taxpayer
@@ -227,6 +291,7 @@ impl SlotState {
     pub(super) fn end_portal(&mut self) {
         self.latest = None;
         self.portal = None;
+        self.persist();
     }
 
     /// Forgets the session, the latest one and the portal session: the next session starts
@@ -235,12 +300,39 @@ impl SlotState {
         self.session = None;
         self.latest = None;
         self.portal = None;
+        self.persist();
     }
 
     /// Records a portal session opened with an OTP, lasting until `ends_at`.
     pub(super) fn open_portal(&mut self, ends_at: SystemTime) {
         self.portal = Some(Portal { ends_at });
+        self.persist();
     }
+}
+
+/// What the store keeps of a session.
+fn stored(s: &Session) -> StoredSession {
+    StoredSession {
+        token: s.token.clone(),
+        sek: s.sek.clone(),
+        expires_at: s.expires_at,
+        issued_at: s.issued_at,
+        generation: s.generation,
+    }
+}
+
+/// A stored session back in memory: its monotonic deadline is now plus the wall-clock life
+/// it has left (none if it has expired).
+fn revive(s: StoredSession, now: Instant, wall: SystemTime) -> Arc<Session> {
+    let left = s.expires_at.duration_since(wall).unwrap_or_default();
+    Arc::new(Session {
+        token: s.token,
+        sek: s.sek,
+        expires_at: s.expires_at,
+        deadline: now + left,
+        issued_at: s.issued_at,
+        generation: s.generation,
+    })
 }
 
 /// One (upstream, GSTIN, user): its credential, session and guard.
@@ -301,5 +393,75 @@ impl Slot {
             _ if st.last_error.is_some() => State::Failed,
             _ => State::Cold,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(generation: u64, life: Duration, expired: bool) -> StoredSession {
+        let wall = SystemTime::now();
+        StoredSession {
+            token: HeaderValue::from_static("t"),
+            sek: AesKey::random(),
+            expires_at: if expired { wall - life } else { wall + life },
+            issued_at: wall - Duration::from_secs(60),
+            generation,
+        }
+    }
+
+    fn slot_state() -> SlotState {
+        SlotState::new(Guard::new(4, Duration::from_secs(900)))
+    }
+
+    /// A resumed session gets a monotonic deadline from its remaining wall-clock life; what has
+    /// run out is not taken up, except the latest session while the portal session lasts.
+    #[test]
+    fn resume_takes_up_only_what_is_still_valid() {
+        let hour = Duration::from_secs(3600);
+        let live = stored(3, hour, false);
+        let mut st = slot_state();
+        let session = st
+            .resume(Record {
+                session: Some(live.clone()),
+                latest: Some(live),
+                portal_ends_at: Some(SystemTime::now() + hour),
+                next_generation: 4,
+            })
+            .expect("a live session is resumed");
+        let left = session.deadline.saturating_duration_since(Instant::now());
+        assert!(
+            left > hour - Duration::from_secs(5) && left <= hour,
+            "{left:?}"
+        );
+        assert!(Arc::ptr_eq(st.latest().unwrap(), &session));
+        assert!(st.portal_ends_at().is_some());
+        assert_eq!(st.next_generation, 4);
+
+        // The token expired while the gateway was down, the portal session has not: the
+        // latest session stays for a refresh, and generations keep going up.
+        let expired = stored(7, hour, true);
+        let mut st = slot_state();
+        let resumed = st.resume(Record {
+            session: Some(expired.clone()),
+            latest: Some(expired.clone()),
+            portal_ends_at: Some(SystemTime::now() + hour),
+            next_generation: 2,
+        });
+        assert!(resumed.is_none() && st.session().is_none());
+        assert_eq!(st.latest().map(|l| l.generation), Some(7));
+        assert_eq!(st.next_generation, 8);
+
+        // The portal session ended too: nothing is left but the counter.
+        let mut st = slot_state();
+        st.resume(Record {
+            session: Some(expired.clone()),
+            latest: Some(expired),
+            portal_ends_at: Some(SystemTime::now() - hour),
+            next_generation: 8,
+        });
+        assert!(st.session().is_none() && st.latest().is_none());
+        assert!(st.portal_ends_at().is_none());
     }
 }

@@ -43,6 +43,9 @@ pub struct GwOpts {
     pub credential_extra: String,
     /// Extra TOML at the end of the file (e.g. an `[alerts]` table).
     pub extra_toml: String,
+    /// The body of the `[store]` table. `memory` unless a test is about the store, so that
+    /// no test writes a store file it does not own.
+    pub store: String,
 }
 
 impl Default for GwOpts {
@@ -65,6 +68,7 @@ impl Default for GwOpts {
             apis: vec!["einvoice"],
             credential_extra: String::new(),
             extra_toml: String::new(),
+            store: "backend = \"memory\"".into(),
         }
     }
 }
@@ -95,11 +99,12 @@ request_timeout = "60s"
 shutdown_grace = "{grace}"
 
 [store]
-backend = "memory"
+{store}
 
 "#,
         max_body = o.max_body_bytes,
         grace = o.shutdown_grace,
+        store = o.store,
     );
     for api in &o.apis {
         let (routes, auth_path) = api_paths(api);

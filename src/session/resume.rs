@@ -1,0 +1,60 @@
+//! Start-up with a store: every slot takes up its stored record, still-valid sessions are
+//! scheduled for their proactive refresh as after a login, and from then on every change of
+//! a slot is written through.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use super::Sessions;
+use crate::store::{record_name, Loaded, Store};
+
+impl Sessions {
+    /// Attaches `store` to every slot and resumes the sessions in `loaded` (read from it at
+    /// start-up, before serving). Records of credentials no longer configured are deleted.
+    /// Returns how many slots got a usable session back.
+    pub fn resume(&self, store: &Arc<Store>, mut loaded: HashMap<String, Loaded>) -> usize {
+        let mut resumed = 0;
+        for slot in &self.slots {
+            let name = record_name(
+                &slot.upstream.name,
+                slot.credential.gstin.as_str(),
+                &slot.credential.username,
+            );
+            let mut st = slot.lock();
+            st.write_through(store.clone(), name.as_str().into());
+            let Some(Loaded { record, rewrite }) = loaded.remove(&name) else {
+                continue;
+            };
+            let session = st.resume(record);
+            if rewrite {
+                // Opened under the previous key: seal it again under the current one.
+                st.persist();
+            }
+            drop(st);
+            let Some(session) = session else {
+                continue;
+            };
+            resumed += 1;
+            let now = Instant::now();
+            let age = SystemTime::now()
+                .duration_since(session.issued_at)
+                .unwrap_or_default();
+            let sent = now.checked_sub(age).unwrap_or(now);
+            self.scheduler.schedule(
+                slot.id,
+                session.generation,
+                self.refresh_at(slot, &session, sent),
+            );
+            tracing::info!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
+                user = %slot.credential.username, generation = session.generation,
+                expires_in_secs = session.deadline.saturating_duration_since(now).as_secs(),
+                "session resumed from the store");
+        }
+        for name in loaded.into_keys() {
+            tracing::info!(record = %name, "deleting a stored session of a credential no longer configured");
+            store.delete(&name);
+        }
+        resumed
+    }
+}

@@ -1,0 +1,125 @@
+//! The store file: a redb database with one table of sealed records, opened (and, when it is
+//! unreadable, moved aside and started afresh), read whole at start-up, written in batches.
+//!
+//! redb rather than SQLite: it is pure Rust (no C toolchain, no `unsafe` FFI in the build),
+//! its commits are ACID and survive `kill -9` and power loss (copy-on-write B-trees with a
+//! checksummed commit slot), it is a single file, and a key-value table is all gstgate needs.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::{Database, DatabaseError, ReadableTable as _, TableDefinition};
+
+use super::StoreError;
+
+/// Record name → sealed record.
+const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions_v1");
+
+/// Opens the database at `path`, creating it (and its directory) if needed. A file that is not
+/// a readable store is moved aside to `<path>.corrupt-<unix time>` and replaced by an empty
+/// one, so that a damaged file costs logins, never a crash loop. Another process holding the
+/// file is an error: two gateways must not share one store.
+pub fn open(path: &Path) -> Result<Database, StoreError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    private_file(path)?;
+    let reason = match Database::create(path) {
+        Ok(db) => match readable(&db) {
+            Ok(()) => return Ok(db),
+            Err(e) => {
+                drop(db);
+                e.to_string()
+            }
+        },
+        Err(DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::InUse(path.to_owned())),
+        Err(e) => e.to_string(),
+    };
+    let aside = move_aside(path)?;
+    tracing::error!(store = %path.display(), reason = %reason, moved_to = %aside.display(),
+        "the session store file is unreadable: moved it aside and starting with an empty store (every session needs a login, GSTN ones an OTP)");
+    private_file(path)?;
+    Database::create(path).map_err(|e| StoreError::Db {
+        path: path.to_owned(),
+        source: boxed(e),
+    })
+}
+
+/// redb's errors are large; boxed, a `Result` carrying one stays small.
+pub type DbError = Box<redb::Error>;
+
+fn boxed(e: impl Into<redb::Error>) -> DbError {
+    Box::new(e.into())
+}
+
+/// Creates the store file owner-only before redb initialises it (redb takes an empty file as
+/// a new database): its values are sealed, but which taxpayers have sessions is nobody else's
+/// business either.
+fn private_file(path: &Path) -> Result<(), StoreError> {
+    match super::key::create_private(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Whether every record of the table can be read (a damaged page shows up here).
+fn readable(db: &Database) -> Result<(), DbError> {
+    read_all(db).map(drop)
+}
+
+fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".corrupt-{secs}"));
+    let aside = PathBuf::from(name);
+    std::fs::rename(path, &aside).map_err(|source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(aside)
+}
+
+/// Every (record name, sealed record) in the store.
+pub fn read_all(db: &Database) -> Result<Vec<(String, Vec<u8>)>, DbError> {
+    let txn = db.begin_read().map_err(boxed)?;
+    let table = match txn.open_table(RECORDS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(boxed(e)),
+    };
+    let mut out = Vec::new();
+    for row in table.iter().map_err(boxed)? {
+        let (k, v) = row.map_err(boxed)?;
+        out.push((k.value().to_owned(), v.value().to_vec()));
+    }
+    Ok(out)
+}
+
+/// Writes (`Some`) or deletes (`None`) records in one durable transaction.
+pub fn commit(db: &Database, batch: &[(String, Option<Vec<u8>>)]) -> Result<(), DbError> {
+    let txn = db.begin_write().map_err(boxed)?;
+    {
+        let mut table = txn.open_table(RECORDS).map_err(boxed)?;
+        for (name, value) in batch {
+            match value {
+                Some(v) => {
+                    table.insert(name.as_str(), v.as_slice()).map_err(boxed)?;
+                }
+                None => {
+                    table.remove(name.as_str()).map_err(boxed)?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(boxed)
+}

@@ -1,0 +1,277 @@
+//! The embedded session store (issue 9): a restart — `kill -9` or SIGTERM — resumes every
+//! still-valid session without a login or an OTP; the file holds no secret in plaintext; an
+//! unreadable file is moved aside; a rotated key keeps reading the old records.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const EWB: &str = "/ewaybillapi/v1.03/ewayapi";
+const RETSUM: &str = "/taxpayerapi/v1.0/returns/gstr1?action=RETSUM";
+const KEY_A: &str = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";
+const KEY_B: &str = "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=";
+
+/// A gateway on all three APIs whose store is `dir/sessions.redb`; the backend is left to
+/// its default, which is `embedded`. `store_extra` adds `[store]` lines.
+fn opts(dir: &Path, store_extra: &str) -> GwOpts {
+    GwOpts {
+        apis: vec!["einvoice", "ewaybill", "gstn"],
+        store: format!(
+            "path = \"{}\"\n{store_extra}",
+            dir.join("sessions.redb").display()
+        ),
+        ..GwOpts::default()
+    }
+}
+
+async fn einvoice(gw: &Gateway, doc: &str) {
+    let res = gw.generate(GSTIN, doc).await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+}
+
+async fn ewaybill(gw: &Gateway, doc: &str) {
+    let bill = json!({
+        "action": "GENEWAYBILL",
+        "data": {
+            "supplyType": "O", "subSupplyType": "1", "docType": "INV",
+            "docNo": doc, "docDate": "25/11/2026",
+            "fromGstin": GSTIN, "fromPincode": 400001, "fromStateCode": 27,
+            "toGstin": "05AAACG2115R1ZN", "toPincode": 248001, "toStateCode": 5,
+            "transDistance": "1500", "totInvValue": 118000.0, "totalValue": 100000.0,
+            "igstValue": 18000.0, "transMode": "1", "vehicleNo": "MH01AB1234", "vehicleType": "R",
+            "itemList": [{"productName": "Steel", "hsnCode": 7208, "quantity": 10,
+                          "qtyUnit": "MTS", "taxableAmount": 100000.0, "igstRate": 18}]
+        }
+    });
+    let res = gw
+        .request(Method::POST, EWB)
+        .json(&bill)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+}
+
+async fn gstn(gw: &Gateway) {
+    let res = gw
+        .request(
+            Method::GET,
+            &format!("{RETSUM}&gstin={GSTIN}&ret_period=102026"),
+        )
+        .header("ret_period", "102026")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+}
+
+/// Logins and OTPs the simulator has seen for the test GSTIN.
+async fn logins(sim: &Sim) -> (u64, u64) {
+    (
+        sim.count(GSTIN, "auth_calls").await,
+        sim.count(GSTIN, "otp_requests").await,
+    )
+}
+
+/// Waits until at least `writes` records were committed and nothing is left queued.
+async fn wait_committed(gw: &Gateway, writes: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = gw.metrics().await;
+        let ok = metric_value(
+            &text,
+            r#"gstgate_store_operations_total{op="write",result="ok"}"#,
+        );
+        if ok >= writes && metric_value(&text, "gstgate_store_pending_writes") == 0.0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "writes not committed:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn signal(gw: &mut Gateway, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &gw.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    gw.wait().await;
+}
+
+/// Every token and SEK the simulator holds, as text and as raw bytes.
+async fn upstream_secrets(sim: &Sim) -> Vec<Vec<u8>> {
+    let v: Value = sim.get_json("/_sim/sessions").await;
+    let mut out = Vec::new();
+    for s in v["sessions"].as_array().unwrap() {
+        let token = s["token"].as_str().unwrap();
+        let sek = s["sek"].as_str().unwrap();
+        out.push(token.as_bytes().to_vec());
+        out.push(sek.as_bytes().to_vec());
+        out.push(gstgate::crypto::b64_decode(sek).unwrap());
+    }
+    assert!(out.len() >= 9, "a session on each API: {v}");
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn kill_9_resumes_every_session_without_a_login_or_an_otp_and_nothing_is_plain_at_rest() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gateway::start(&sim, opts(dir.path(), "")).await;
+    gw.start_gstn_session(&sim, GSTIN).await;
+    einvoice(&gw, "INV/1").await;
+    ewaybill(&gw, "EWB/1").await;
+    gstn(&gw).await;
+    wait_committed(&gw, 3.0).await;
+    let before = logins(&sim).await;
+    assert_eq!(before.1, 1, "one OTP");
+
+    // At rest: no token, SEK, password or client secret in the file; the generated key file
+    // is the owner's alone, and start-up said where it is.
+    let key_file = dir.path().join("sessions.redb.key");
+    let bytes = std::fs::read(dir.path().join("sessions.redb")).unwrap();
+    let mut secrets = upstream_secrets(&sim).await;
+    secrets.push(PASSWORD.as_bytes().to_vec());
+    secrets.push(CLIENT_SECRET.as_bytes().to_vec());
+    secrets.push(std::fs::read(&key_file).unwrap());
+    for s in &secrets {
+        assert!(
+            !contains(&bytes, s),
+            "{:?} is in the store file",
+            String::from_utf8_lossy(s)
+        );
+    }
+    for file in [&key_file, &dir.path().join("sessions.redb")] {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{} mode {mode:o}", file.display());
+    }
+    assert!(
+        gw.logs.text().contains(&key_file.display().to_string()),
+        "{}",
+        gw.logs.text()
+    );
+
+    signal(&mut gw, "-KILL").await;
+    let gw = Gateway::start(&sim, opts(dir.path(), "")).await;
+    assert_eq!(gw.session_state("gstn", GSTIN).await, "valid");
+    einvoice(&gw, "INV/2").await;
+    ewaybill(&gw, "EWB/2").await;
+    gstn(&gw).await;
+    assert_eq!(
+        logins(&sim).await,
+        before,
+        "no login and no OTP after kill -9"
+    );
+    assert!(
+        gw.metric(r#"gstgate_store_operations_total{op="load",result="ok"}"#)
+            .await
+            >= 3.0
+    );
+}
+
+#[tokio::test]
+async fn a_clean_restart_flushes_and_resumes() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gateway::start(&sim, opts(dir.path(), "")).await;
+    gw.start_gstn_session(&sim, GSTIN).await;
+    einvoice(&gw, "INV/1").await;
+    ewaybill(&gw, "EWB/1").await;
+    let before = logins(&sim).await;
+    // No wait for the writer: SIGTERM flushes what is queued.
+    signal(&mut gw, "-TERM").await;
+
+    let gw = Gateway::start(&sim, opts(dir.path(), "")).await;
+    einvoice(&gw, "INV/2").await;
+    ewaybill(&gw, "EWB/2").await;
+    gstn(&gw).await;
+    assert_eq!(
+        logins(&sim).await,
+        before,
+        "no login and no OTP after SIGTERM"
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_store_file_is_moved_aside_and_the_gateway_serves() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sessions.redb");
+    let garbage = b"this is not a redb file, just garbage bytes \x00\x01\x02".repeat(200);
+    std::fs::write(&path, &garbage).unwrap();
+
+    let gw = Gateway::start(&sim, opts(dir.path(), "")).await;
+    einvoice(&gw, "INV/1").await;
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 1, "logged in afresh");
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("sessions.redb.corrupt-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::read(&aside[0]).unwrap(), garbage);
+    let logs = gw.logs.text();
+    assert!(
+        logs.contains(&path.display().to_string()) && logs.contains("unreadable"),
+        "{logs}"
+    );
+    wait_committed(&gw, 1.0).await;
+}
+
+#[tokio::test]
+async fn a_rotated_key_reads_old_records_and_an_unknown_key_logs_in_again() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let only = |key: &str| GwOpts {
+        apis: vec!["einvoice"],
+        ..opts(dir.path(), &format!("encryption_key = \"{key}\""))
+    };
+    let mut gw = Gateway::start(&sim, only(KEY_A)).await;
+    einvoice(&gw, "INV/1").await;
+    wait_committed(&gw, 1.0).await;
+    signal(&mut gw, "-TERM").await;
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 1);
+
+    // Rotated to B with A as the previous key: resumed, and rewritten under B.
+    let rotated = GwOpts {
+        apis: vec!["einvoice"],
+        ..opts(
+            dir.path(),
+            &format!("encryption_key = \"{KEY_B}\"\nprevious_encryption_key = \"{KEY_A}\""),
+        )
+    };
+    let mut gw = Gateway::start(&sim, rotated).await;
+    einvoice(&gw, "INV/2").await;
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 1, "no login");
+    wait_committed(&gw, 1.0).await;
+    signal(&mut gw, "-TERM").await;
+    assert!(!dir.path().join("sessions.redb.key").exists());
+
+    // Only A, which no longer opens the rewritten record: skipped with a warning, a login.
+    let gw = Gateway::start(&sim, only(KEY_A)).await;
+    einvoice(&gw, "INV/3").await;
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 2, "logged in again");
+    let logs = gw.logs.text();
+    assert!(logs.contains("does not open"), "{logs}");
+    assert_eq!(
+        gw.metric(r#"gstgate_store_operations_total{op="load",result="error"}"#)
+            .await,
+        1.0
+    );
+}
