@@ -73,7 +73,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = Config::load(&path)?;
             crate::upstream::check_profiles(&config, &path)?;
             let rt = runtime()?;
-            rt.block_on(crate::server::run(config))?;
+            rt.block_on(crate::server::run(config, path))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config: path } => {

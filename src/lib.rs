@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod path;
 pub mod problem;
 pub mod proxy;
+pub mod reload;
 pub mod request;
 pub mod server;
 pub mod session;

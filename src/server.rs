@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ use crate::config::{Config, StoreBackend, StoreConfig};
 use crate::metrics::Metrics;
 use crate::problem::{problem_response, GatewayError};
 use crate::proxy::Proxy;
+use crate::reload::Reloader;
 use crate::session::Sessions;
 use crate::store::{Loaded, Store};
 use crate::upstream::Upstream;
@@ -78,6 +79,8 @@ pub struct Running {
     alerts: Arc<Alerts>,
     alert_watcher: alerts::watcher::Handle,
     store: Option<(Arc<Store>, tokio::task::JoinHandle<()>)>,
+    /// Reloads the configuration on `SIGHUP`.
+    pub reloader: Arc<Reloader>,
 }
 
 impl Running {
@@ -103,7 +106,7 @@ impl Running {
 }
 
 /// Builds everything from `config` and starts serving; returns once both ports listen.
-pub async fn start(config: Config) -> Result<Running, StartError> {
+pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError> {
     for warning in crate::upstream::config_warnings(&config) {
         tracing::warn!("{warning}");
     }
@@ -146,11 +149,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         server.max_body_bytes,
         server.request_timeout,
     ));
+    let reloader = Arc::new(Reloader::new(
+        path,
+        &config,
+        sessions.clone(),
+        proxy.clone(),
+    ));
     let admin = Arc::new(Admin {
         sessions,
         registry,
         token: server.admin_token.clone(),
         request_timeout: server.request_timeout,
+        reloader: reloader.clone(),
     });
 
     let bind = |addr: SocketAddr| async move {
@@ -218,6 +228,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         alerts,
         alert_watcher,
         store,
+        reloader,
     })
 }
 
@@ -349,9 +360,9 @@ async fn serve<F, Fut>(
 }
 
 /// Runs the gateway until SIGTERM or SIGINT: prints the ready line, then shuts down gracefully.
-pub async fn run(config: Config) -> Result<(), StartError> {
+pub async fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
     let demo_key = demo_key_hint(&config);
-    let running = start(config).await?;
+    let running = start(config, path).await?;
     {
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
@@ -367,11 +378,36 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         let _ = out.flush();
     }
     tracing::info!(proxy = %running.proxy_addr, admin = %running.admin_addr, "gstgate ready");
+    let reloads = tokio::spawn(reload_on_sighup(running.reloader.clone()));
     shutdown_signal().await;
+    reloads.abort();
     tracing::info!("shutting down: refusing new connections, finishing in-flight requests");
     running.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reloads the configuration on every `SIGHUP`; a refused file is logged with the reason and
+/// the running configuration stays.
+async fn reload_on_sighup(reloader: Arc<Reloader>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; use POST /admin/reload");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        let reloader = reloader.clone();
+        match tokio::task::spawn_blocking(move || reloader.reload()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "configuration reload refused; the running configuration stays")
+            }
+            Err(e) => tracing::error!(error = %e, "the reload task failed"),
+        }
+    }
 }
 
 /// The demo config may name its caller key in `GSTGATE_DEMO_KEY`-style comments; the ready

@@ -33,6 +33,7 @@ use tokio::time::Instant;
 
 use crate::gstin::Gstin;
 use crate::problem::{fill_request_id, GatewayError};
+use crate::reload::Reloader;
 use crate::session::{Session, Sessions, Slot};
 
 /// The largest request body the admin listener reads. Only `{"otp": "…"}` is ever sent, so a
@@ -49,6 +50,8 @@ pub struct Admin {
     pub token: Option<SecretString>,
     /// `server.request_timeout`: the bound on receiving and answering one request.
     pub request_timeout: Duration,
+    /// Reloads the configuration for `POST /admin/reload`.
+    pub reloader: Arc<Reloader>,
 }
 
 /// The request id the listener chose (the caller's or a new one), for the problem bodies.
@@ -70,6 +73,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
             post(otp_request),
         )
         .route("/admin/sessions/{upstream}/{gstin}/otp", post(otp))
+        .route("/admin/reload", post(reload))
         // After the routes: it applies to the routes present. axum still adds `Allow`.
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
             GatewayError::AdminMethodNotAllowed {
@@ -244,6 +248,20 @@ fn session_body(slot: &Slot, session: &Session) -> serde_json::Value {
         "generation": session.generation,
         "expires_at": chrono::DateTime::<chrono::Utc>::from(session.expires_at).to_rfc3339(),
     })
+}
+
+/// `POST /admin/reload`: reads the configuration file again and applies its clients and
+/// credentials, or refuses it with the reason (422 `config_invalid`).
+async fn reload(State(admin): State<Arc<Admin>>) -> Result<Response, GatewayError> {
+    let reloader = admin.reloader.clone();
+    let report = tokio::task::spawn_blocking(move || reloader.reload())
+        .await
+        .map_err(|_| GatewayError::Internal("the reload task failed".into()))?
+        .map_err(|e| {
+            tracing::warn!(error = %e, "configuration reload refused; the running configuration stays");
+            GatewayError::ConfigInvalid(e.to_string())
+        })?;
+    Ok((StatusCode::OK, Json(report)).into_response())
 }
 
 /// `POST …/refresh`: logs in now and clears a lockout.

@@ -50,8 +50,9 @@ impl AlertKind {
         match self {
             AlertKind::CredentialsRejected => {
                 "Correct this user's API password in the gstgate configuration (or have the \
-                 taxpayer re-create the API user on the portal), restart gstgate, then POST \
-                 /admin/sessions/{upstream}/{gstin}/refresh to confirm the login works."
+                 taxpayer re-create the API user on the portal) and reload it (SIGHUP or POST \
+                 /admin/reload), then POST /admin/sessions/{upstream}/{gstin}/refresh to \
+                 confirm the login works."
             }
             AlertKind::RefreshFailing => {
                 "Check gstgate's logs and the GSP's status page for the login error; gstgate \

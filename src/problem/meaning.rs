@@ -28,6 +28,7 @@ impl GatewayError {
             GstinNotAllowed(_) | NoCredential { .. } => StatusCode::FORBIDDEN,
             RouteNotFound(_) | AdminRouteNotFound(_) => StatusCode::NOT_FOUND,
             OtpNotApplicable { .. } => StatusCode::CONFLICT,
+            ConfigInvalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AdminMethodNotAllowed { .. } | MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             BodyTooLarge(_) | AdminBodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -70,6 +71,7 @@ impl GatewayError {
             RequestTimeout(_) => "request_timeout",
             HeadersTooLarge(_) => "headers_too_large",
             BodyInvalid(_) | AdminBodyInvalid(_) => "body_invalid",
+            ConfigInvalid(_) => "config_invalid",
             OtpNotApplicable { .. } => "otp_not_applicable",
             CredentialsRejected { .. } => "credentials_rejected",
             UpstreamConfigRejected { .. } => "upstream_config_rejected",
@@ -110,6 +112,7 @@ impl GatewayError {
             RequestTimeout(_) => "Request timeout",
             HeadersTooLarge(_) => "Request headers too large",
             BodyInvalid(_) | AdminBodyInvalid(_) => "Invalid request body",
+            ConfigInvalid(_) => "Configuration refused",
             OtpNotApplicable { .. } => "No OTP sessions on this upstream",
             CredentialsRejected { .. } => "Credentials rejected",
             UpstreamConfigRejected { .. } => "Upstream rejected gateway configuration",
@@ -166,6 +169,7 @@ impl GatewayError {
             RequestTimeout(_) => "Send the whole request at once; the gateway waits at most `server.request_timeout` for it.".into(),
             HeadersTooLarge(_) => "Send fewer or shorter headers (look for large cookies or repeated headers), or ask the operator to raise `server.max_header_bytes`.".into(),
             BodyInvalid(_) => "Send the plain JSON payload of the GST API; the gateway does the encryption.".into(),
+            ConfigInvalid(_) => "Fix the configuration file as the detail says (`gstgate check-config` shows the same) and reload again; the running configuration stays until then.".into(),
             AdminBodyInvalid(_) => "Send the JSON body {\"otp\": \"123456\"} with the digits the taxpayer received.".into(),
             UpstreamConfigRejected { .. } => "Check the upstream's client_id, client_secret and public key in the gateway config against the GSP's onboarding details.".into(),
             LoginThrottled { .. } => "Wait and retry: the gateway limits logins per user to stay below the upstream's lockout threshold.".into(),
@@ -222,6 +226,7 @@ impl GatewayError {
             | AdminBodyTooLarge(_)
             | RequestTimeout(_)
             | AdminBodyInvalid(_)
+            | ConfigInvalid(_)
             | HeadersTooLarge(_)
             | BodyInvalid(_)
             | OtpNotApplicable { .. }
@@ -270,6 +275,7 @@ impl GatewayError {
             | BodyTooLarge(_)
             | AdminBodyTooLarge(_)
             | AdminBodyInvalid(_)
+            | ConfigInvalid(_)
             | HeadersTooLarge(_)
             | BodyInvalid(_)
             | OtpNotApplicable { .. }
@@ -371,6 +377,7 @@ mod tests {
             (AdminBodyTooLarge(1), Caller, false),
             (RequestTimeout(1), Caller, true),
             (AdminBodyInvalid(s()), Caller, false),
+            (ConfigInvalid(s()), Caller, false),
             (HeadersTooLarge(1), Caller, false),
             (BodyInvalid(s()), Caller, false),
             (
@@ -492,6 +499,7 @@ mod tests {
             AdminBodyTooLarge(_) => "AdminBodyTooLarge",
             RequestTimeout(_) => "RequestTimeout",
             AdminBodyInvalid(_) => "AdminBodyInvalid",
+            ConfigInvalid(_) => "ConfigInvalid",
             HeadersTooLarge(_) => "HeadersTooLarge",
             BodyInvalid(_) => "BodyInvalid",
             OtpNotApplicable { .. } => "OtpNotApplicable",
@@ -521,8 +529,8 @@ mod tests {
         let table = table();
         let names: std::collections::BTreeSet<_> = table.iter().map(|(e, ..)| variant(e)).collect();
         assert_eq!(names.len(), table.len(), "a variant is listed twice");
-        // The exhaustive `variant` names 39 variants; the table must hold each of them.
-        assert_eq!(names.len(), 39, "a variant is missing from the table");
+        // The exhaustive `variant` names 40 variants; the table must hold each of them.
+        assert_eq!(names.len(), 40, "a variant is missing from the table");
         for (e, origin, retryable) in &table {
             assert_eq!(e.origin(), *origin, "origin of {}", variant(e));
             assert_eq!(e.retryable(), *retryable, "retryable of {}", variant(e));

@@ -162,6 +162,9 @@ pub enum GatewayError {
     /// The caller did not finish sending its request within `server.request_timeout`.
     #[error("the request body did not arrive within {0} ms")]
     RequestTimeout(u128),
+    /// A configuration reload was refused: the file does not load or fails a check.
+    #[error("configuration refused: {0}")]
+    ConfigInvalid(String),
     /// The body of an admin OTP submission is not `{"otp": "…"}`.
     #[error("invalid request body: {0}")]
     AdminBodyInvalid(String),

@@ -39,7 +39,7 @@ impl Proxy {
         if head_len(&parts.method, &parts.uri, &parts.headers) > self.max_header_bytes {
             return Err(GatewayError::HeadersTooLarge(self.max_header_bytes));
         }
-        let client = self.clients.authenticate(&parts.headers)?;
+        let client = self.clients().authenticate(&parts.headers)?;
         outcome.client = Some(client.name.clone());
         if !matches!(
             parts.method,

@@ -24,7 +24,7 @@ mod respond;
 
 use std::convert::Infallible;
 use std::error::Error;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -45,7 +45,8 @@ use call::Call;
 
 /// The proxy listener's state.
 pub struct Proxy {
-    clients: Clients,
+    /// The callers; a configuration reload swaps in new ones.
+    clients: RwLock<Arc<Clients>>,
     upstreams: Vec<Arc<Upstream>>,
     sessions: Arc<Sessions>,
     metrics: Arc<Metrics>,
@@ -90,7 +91,7 @@ impl Proxy {
         request_timeout: Duration,
     ) -> Self {
         Self {
-            clients,
+            clients: RwLock::new(Arc::new(clients)),
             upstreams,
             sessions,
             metrics,
@@ -99,6 +100,20 @@ impl Proxy {
             request_timeout,
             no_route: "none".into(),
         }
+    }
+
+    /// The callers as configured now.
+    fn clients(&self) -> Arc<Clients> {
+        self.clients
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the callers (a configuration reload); requests under way keep the ones they
+    /// were admitted with.
+    pub fn set_clients(&self, clients: Clients) {
+        *self.clients.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(clients);
     }
 
     /// Phase 1, accept: wraps `Proxy::process` with the request id, the overall timeout,

@@ -87,11 +87,11 @@ impl Sessions {
     pub fn gauges(&self) -> Vec<(Arc<str>, [u64; 6], Option<f64>)> {
         let now = Instant::now();
         let mut out: Vec<(Arc<str>, [u64; 6], Option<f64>)> = self
-            .upstream_names
+            .upstreams
             .iter()
-            .map(|n| (n.clone(), [0; 6], None))
+            .map(|u| (u.name.clone(), [0; 6], None))
             .collect();
-        for slot in &self.slots {
+        for slot in &self.table().slots {
             let st = slot.lock();
             let state = slot.state_now(&st, now);
             let Some(entry) = out.iter_mut().find(|(n, _, _)| *n == slot.upstream.name) else {

@@ -34,24 +34,25 @@ pub mod scheduler;
 mod single_flight;
 mod slot;
 mod snapshot;
+mod table;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
-
-use http::HeaderValue;
 
 use crate::config::CredentialConfig;
 use crate::gstin::Gstin;
 use crate::metrics::Metrics;
 use crate::problem::GatewayError;
+use crate::store::Store;
 use crate::upstream::Upstream;
 
 pub use guard::Guard;
 pub use slot::{Credential, Session, Slot, State};
 pub use snapshot::SessionInfo;
+pub use table::Changes;
 
-use slot::SlotState;
+use table::Table;
 
 /// A session whose token has less than this left is treated as expired: a request sent with
 /// it would likely arrive after expiry.
@@ -106,10 +107,14 @@ pub enum Invalidation {
 
 /// The session manager.
 pub struct Sessions {
-    slots: Vec<Arc<Slot>>,
-    /// (upstream index, GSTIN) → slot ids; immutable after start-up, so lookups take no lock.
-    index: HashMap<(usize, Gstin), Vec<usize>>,
-    upstream_names: Vec<Arc<str>>,
+    /// The current slot table; a reload swaps in a new one.
+    table: RwLock<Arc<Table>>,
+    /// The upstreams, in configuration order: callers name them by position.
+    upstreams: Vec<Arc<Upstream>>,
+    /// The next new slot's id.
+    next_id: AtomicUsize,
+    /// The store new slots write through to, once [`Sessions::resume`] attached one.
+    store: OnceLock<Arc<Store>>,
     metrics: Arc<Metrics>,
     scheduler: scheduler::Handle,
 }
@@ -129,52 +134,13 @@ impl Sessions {
         credentials: &[CredentialConfig],
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, SessionsError> {
-        let mut slots = Vec::new();
-        let mut index: HashMap<(usize, Gstin), Vec<usize>> = HashMap::new();
-        for c in credentials {
-            let err = |message: String| SessionsError {
-                gstin: c.gstin.clone(),
-                message,
-            };
-            let gstin = Gstin::parse(&c.gstin).map_err(|e| err(e.to_string()))?;
-            let gstin_header =
-                HeaderValue::from_str(gstin.as_str()).map_err(|e| err(e.to_string()))?;
-            let user_header = HeaderValue::from_str(&c.username)
-                .map_err(|_| err("username is not a valid header value".into()))?;
-            let state_header =
-                HeaderValue::from_str(gstin.state_code()).map_err(|e| err(e.to_string()))?;
-            for name in &c.upstreams {
-                let (u_idx, upstream) = upstreams
-                    .iter()
-                    .enumerate()
-                    .find(|(_, u)| &*u.name == name)
-                    .ok_or_else(|| err(format!("no upstream `{name}`")))?;
-                let id = slots.len();
-                slots.push(Arc::new(Slot {
-                    id,
-                    upstream: upstream.clone(),
-                    credential: Credential {
-                        gstin: gstin.clone(),
-                        username: c.username.as_str().into(),
-                        password: c.password.clone(),
-                        session_lifetime: c.session_lifetime.unwrap_or(DEFAULT_SESSION_LIFETIME),
-                        gstin_header: gstin_header.clone(),
-                        user_header: user_header.clone(),
-                        state_header: state_header.clone(),
-                    },
-                    state: Mutex::new(SlotState::new(Guard::new(
-                        upstream.max_logins,
-                        upstream.login_window,
-                    ))),
-                    login: Arc::new(tokio::sync::Mutex::new(())),
-                }));
-                index.entry((u_idx, gstin.clone())).or_default().push(id);
-            }
-        }
+        let next_id = AtomicUsize::new(0);
+        let (table, _) = Table::build(upstreams, credentials, None, &next_id)?;
         let sessions = Arc::new_cyclic(|weak: &Weak<Sessions>| Sessions {
-            slots,
-            index,
-            upstream_names: upstreams.iter().map(|u| u.name.clone()).collect(),
+            table: RwLock::new(Arc::new(table)),
+            upstreams: upstreams.to_vec(),
+            next_id,
+            store: OnceLock::new(),
             metrics,
             scheduler: {
                 let sessions = weak.clone();
@@ -188,6 +154,33 @@ impl Sessions {
         Ok(sessions)
     }
 
+    /// The current slot table.
+    fn table(&self) -> Arc<Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Applies a reloaded configuration's credentials: slots of unchanged credentials stay as
+    /// they are, changed ones keep their session with a clear guard, removed ones are dropped
+    /// (with their stored record), added ones start cold. Nothing changes on an error.
+    pub fn reload(&self, credentials: &[CredentialConfig]) -> Result<Changes, SessionsError> {
+        let mut current = self.table.write().unwrap_or_else(|p| p.into_inner());
+        let (table, changes) =
+            Table::build(&self.upstreams, credentials, Some(&current), &self.next_id)?;
+        if let Some(store) = self.store.get() {
+            for slot in &table.slots {
+                let mut st = slot.lock();
+                if !st.is_durable() {
+                    st.write_through(store.clone(), slot.record_name().into());
+                }
+            }
+            for slot in table.gone(&current) {
+                store.delete(&slot.record_name());
+            }
+        }
+        *current = Arc::new(table);
+        Ok(changes)
+    }
+
     /// The slot for a caller's (upstream, GSTIN, optional user).
     pub fn lookup(
         &self,
@@ -195,31 +188,28 @@ impl Sessions {
         gstin: &Gstin,
         user: Option<&str>,
     ) -> Result<Arc<Slot>, GatewayError> {
-        let ids = self.index.get(&(upstream, gstin.clone())).ok_or_else(|| {
-            GatewayError::NoCredential {
+        let table = self.table();
+        let slots = table
+            .of(upstream, gstin)
+            .ok_or_else(|| GatewayError::NoCredential {
                 upstream: self.upstream_name(upstream),
                 gstin: gstin.to_string(),
-            }
-        })?;
-        let pick = match (user, ids.as_slice()) {
+            })?;
+        let pick = match (user, slots.as_slice()) {
             (None, [only]) => Some(*only),
-            (Some(u), ids) => ids
-                .iter()
-                .copied()
-                .find(|&i| &*self.slots[i].credential.username == u),
+            (Some(u), slots) => slots.iter().copied().find(|s| &*s.credential.username == u),
             (None, _) => None,
         };
-        pick.map(|i| self.slots[i].clone())
-            .ok_or_else(|| GatewayError::UserRequired {
-                upstream: self.upstream_name(upstream),
-                gstin: gstin.to_string(),
-            })
+        pick.cloned().ok_or_else(|| GatewayError::UserRequired {
+            upstream: self.upstream_name(upstream),
+            gstin: gstin.to_string(),
+        })
     }
 
     fn upstream_name(&self, idx: usize) -> String {
-        self.upstream_names
+        self.upstreams
             .get(idx)
-            .map(|n| n.to_string())
+            .map(|u| u.name.to_string())
             .unwrap_or_default()
     }
 
@@ -232,9 +222,9 @@ impl Sessions {
         user: Option<&str>,
     ) -> Result<Arc<Slot>, GatewayError> {
         let index = self
-            .upstream_names
+            .upstreams
             .iter()
-            .position(|n| &**n == upstream)
+            .position(|u| &*u.name == upstream)
             .ok_or_else(|| GatewayError::NoCredential {
                 upstream: upstream.to_owned(),
                 gstin: gstin.to_string(),
@@ -301,6 +291,8 @@ impl Sessions {
 mod tests {
     use std::time::SystemTime;
 
+    use http::HeaderValue;
+
     use super::slot::KnownRejected;
     use super::*;
     use crate::crypto::AesKey;
@@ -363,7 +355,7 @@ session_lifetime = "6h"
     #[tokio::test]
     async fn a_gstn_session_is_not_refreshed_past_the_configured_portal_end() {
         let (sessions, _dir) = gstn_sessions();
-        let slot = sessions.slots[0].clone();
+        let slot = sessions.table().slots[0].clone();
         {
             // Started with an OTP six hours ago; its last token has just expired.
             let mut st = slot.lock();
@@ -409,7 +401,7 @@ session_lifetime = "6h"
     #[tokio::test]
     async fn a_token_handed_back_after_its_rejection_is_not_invalidated_again_for_a_while() {
         let (sessions, _dir) = gstn_sessions();
-        let slot = sessions.slots[0].clone();
+        let slot = sessions.table().slots[0].clone();
         slot.lock().install(session(3));
         assert_eq!(sessions.invalidate(&slot, 2), Invalidation::Superseded);
         assert_eq!(sessions.invalidate(&slot, 3), Invalidation::Invalidated);

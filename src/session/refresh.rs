@@ -9,7 +9,7 @@ use crate::problem::{chain, Origin};
 impl Sessions {
     /// The scheduler's refresh of `generation`, if it is still current and in use.
     pub(crate) async fn refresh_due(&self, id: usize, generation: u64) {
-        let Some(slot) = self.slots.get(id) else {
+        let Some(slot) = self.table().get(id).cloned() else {
             return;
         };
         {
@@ -30,7 +30,7 @@ impl Sessions {
         let current = slot.lock().session().cloned();
         match current {
             Some(s) if s.generation == generation => {
-                if let Err(e) = self.login(slot, Trigger::Proactive).await {
+                if let Err(e) = self.login(&slot, Trigger::Proactive).await {
                     // Retry only when waiting can help, and no sooner than the guard allows:
                     // a lockout or a missing OTP needs an operator, and hammering a
                     // throttled login only extends the block. A refresh has no caller, so a

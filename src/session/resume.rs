@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use super::Sessions;
-use crate::store::{record_name, Loaded, Store};
+use crate::store::{Loaded, Store};
 
 impl Sessions {
     /// Attaches `store` to every slot and resumes the sessions in `loaded` (read from it at
@@ -15,12 +15,10 @@ impl Sessions {
     /// Returns how many slots got a usable session back.
     pub fn resume(&self, store: &Arc<Store>, mut loaded: HashMap<String, Loaded>) -> usize {
         let mut resumed = 0;
-        for slot in &self.slots {
-            let name = record_name(
-                &slot.upstream.name,
-                slot.credential.gstin.as_str(),
-                &slot.credential.username,
-            );
+        // Slots a reload adds write through to it too.
+        let _ = self.store.set(store.clone());
+        for slot in &self.table().slots {
+            let name = slot.record_name();
             let mut st = slot.lock();
             st.write_through(store.clone(), name.as_str().into());
             let Some(Loaded { record, rewrite }) = loaded.remove(&name) else {

@@ -16,7 +16,7 @@ use super::EXPIRY_MARGIN;
 use crate::classify::Whose;
 use crate::crypto::AesKey;
 use crate::gstin::Gstin;
-use crate::store::{Record, Store, StoredSession};
+use crate::store::{record_name, Record, Store, StoredSession};
 use crate::upstream::renewal::{Held, Renewal};
 use crate::upstream::{HeaderContext, Upstream};
 
@@ -175,6 +175,7 @@ pub(super) struct SlotState {
 }
 
 /// A slot's record in the store.
+#[derive(Clone)]
 struct Durable {
     name: Arc<str>,
     store: Arc<Store>,
@@ -202,6 +203,24 @@ impl SlotState {
     /// From now on, every change through the seam is written to `store` as record `name`.
     pub(super) fn write_through(&mut self, store: Arc<Store>, name: Arc<str>) {
         self.durable = Some(Durable { name, store });
+    }
+
+    /// Carries on from `old`, the same credential's slot before a reload changed its password
+    /// or session lifetime: the session, the latest session, the portal session, the
+    /// generation counter and the store record go on; the guard (and any lockout) is new.
+    pub(super) fn take_over(&mut self, old: &SlotState) {
+        self.session = old.session.clone();
+        self.latest = old.latest.clone();
+        self.portal = old.portal;
+        self.next_generation = old.next_generation;
+        self.last_refresh = old.last_refresh;
+        self.last_used = old.last_used;
+        self.durable = old.durable.clone();
+    }
+
+    /// Whether changes are written through to a store already.
+    pub(super) fn is_durable(&self) -> bool {
+        self.durable.is_some()
     }
 
     /// Queues the slot's durable state for the store.
@@ -371,6 +390,15 @@ impl Slot {
             &self.credential.gstin_header,
             &self.credential.user_header,
             &self.credential.state_header,
+        )
+    }
+
+    /// The slot's record name in the store.
+    pub(super) fn record_name(&self) -> String {
+        record_name(
+            &self.upstream.name,
+            self.credential.gstin.as_str(),
+            &self.credential.username,
         )
     }
 

@@ -44,7 +44,8 @@ impl Sessions {
     pub fn snapshot(&self) -> Vec<SessionInfo> {
         let now = Instant::now();
         let wall = SystemTime::now();
-        self.slots
+        self.table()
+            .slots
             .iter()
             .map(|slot| {
                 let st = slot.lock();

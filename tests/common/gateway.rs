@@ -24,6 +24,8 @@ pub struct Gateway {
     pub logs: Captured,
     /// Everything it wrote to stdout.
     pub stdout: Captured,
+    /// The configuration file it was started with (rewrite it to test a reload).
+    pub config: std::path::PathBuf,
     child: Child,
     _dir: tempfile::TempDir,
     /// An HTTP client.
@@ -74,6 +76,7 @@ impl Gateway {
             admin,
             logs,
             stdout,
+            config: path,
             child,
             _dir: dir,
             http: reqwest::Client::builder()

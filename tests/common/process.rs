@@ -37,11 +37,16 @@ impl Captured {
 
     /// Waits (up to 30 s) until the captured output contains `marker`.
     pub async fn wait_for(&self, marker: &str) {
+        self.wait_for_count(marker, 1).await;
+    }
+
+    /// Waits (up to 30 s) until `marker` occurs `n` times in the captured output.
+    pub async fn wait_for_count(&self, marker: &str, n: usize) {
         let found = tokio::time::timeout(Duration::from_secs(30), async {
             loop {
                 // Registered before the check, so a line pushed in between still wakes us.
                 let grew = self.0.grew.notified();
-                if self.text().contains(marker) {
+                if self.text().matches(marker).count() >= n {
                     return;
                 }
                 grew.await;
@@ -50,7 +55,7 @@ impl Captured {
         .await;
         assert!(
             found.is_ok(),
-            "no `{marker}` within 30 s; output:\n{}",
+            "`{marker}` not seen {n} time(s) within 30 s; output:\n{}",
             self.text()
         );
     }

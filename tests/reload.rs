@@ -1,0 +1,167 @@
+//! Live configuration reload: `SIGHUP` and `POST /admin/reload` apply added, removed and
+//! changed credentials and clients without touching the sessions of the ones that did not
+//! change; a broken file is refused with the reason and the running configuration stays.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+const SECOND_KEY: &str = "second-client-key-0123456789";
+
+/// The gateway's config with `opts`, written over the file it was started with.
+fn rewrite(gw: &Gateway, sim: &Sim, opts: &GwOpts) {
+    std::fs::write(
+        &gw.config,
+        gateway_config(&sim.public_key, &sim.url(), opts),
+    )
+    .unwrap();
+}
+
+async fn sighup(gw: &Gateway) {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// How many lines of the log contain `text`.
+fn count(gw: &Gateway, text: &str) -> usize {
+    gw.logs.text().lines().filter(|l| l.contains(text)).count()
+}
+
+#[tokio::test]
+async fn sighup_adds_a_taxpayer_and_a_client_without_touching_existing_sessions() {
+    let other = gstin_n(7);
+    let mut sim_opts = SimOpts::default();
+    sim_opts
+        .users
+        .push((other.clone(), USER.into(), PASSWORD.into()));
+    let sim = Sim::start(sim_opts).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let res = gw.generate(GSTIN, "R/1").await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 1);
+
+    // A second taxpayer, and a client allowed only that taxpayer.
+    let mut opts = GwOpts::default();
+    opts.credentials
+        .push((other.clone(), USER.into(), PASSWORD.into()));
+    opts.clients
+        .push(("second".into(), SECOND_KEY.into(), vec![other.clone()]));
+    rewrite(&gw, &sim, &opts);
+    sighup(&gw).await;
+    gw.logs.wait_for("configuration reloaded").await;
+
+    let res = gw
+        .http
+        .post(format!("http://{}/eicore/v1.03/Invoice", gw.proxy))
+        .header("x-api-key", SECOND_KEY)
+        .header("gstin", &other)
+        .json(&invoice(&other, "R/2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    // The new client sees only its own taxpayer.
+    let res = gw
+        .http
+        .post(format!("http://{}/eicore/v1.03/Invoice", gw.proxy))
+        .header("x-api-key", SECOND_KEY)
+        .header("gstin", GSTIN)
+        .json(&invoice(GSTIN, "R/3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    // The existing session was not touched: no login for the first taxpayer.
+    let res = gw.generate(GSTIN, "R/4").await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 1, "no re-login");
+    assert_eq!(sim.count(&other, "auth_calls").await, 1);
+
+    // Removing the second taxpayer again: its caller is refused, the first still served.
+    rewrite(&gw, &sim, &GwOpts::default());
+    let res = gw.admin_post("/admin/reload", None).await;
+    assert_eq!(res.status(), 200);
+    let report: Value = res.json().await.unwrap();
+    assert_eq!(report["removed"], 1, "{report}");
+    assert_eq!(report["unchanged"], 1, "{report}");
+    assert_eq!(report["clients"], 1, "{report}");
+    let res = gw
+        .http
+        .post(format!("http://{}/eicore/v1.03/Invoice", gw.proxy))
+        .header("x-api-key", SECOND_KEY)
+        .header("gstin", &other)
+        .json(&invoice(&other, "R/5"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401);
+    let res = gw.generate(GSTIN, "R/6").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 1, "still no re-login");
+}
+
+#[tokio::test]
+async fn a_broken_file_is_refused_with_the_reason_and_the_running_config_stays() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let res = gw.generate(GSTIN, "B/1").await;
+    assert_eq!(res.status(), 200);
+
+    // A credential for an unknown upstream: the file loads but fails a check.
+    let mut text = gateway_config(&sim.public_key, &sim.url(), &GwOpts::default());
+    text.push_str(
+        "\n[[credential]]\ngstin = \"27AAPFU0939F1ZV\"\nusername = \"x\"\npassword = \"p\"\nupstreams = [\"nowhere\"]\n",
+    );
+    std::fs::write(&gw.config, text).unwrap();
+    let body = expect_problem(
+        gw.admin_post("/admin/reload", None).await,
+        422,
+        "config_invalid",
+    )
+    .await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("nowhere"),
+        "{body}"
+    );
+
+    // Not TOML at all, by SIGHUP: logged, and the running configuration keeps serving.
+    std::fs::write(&gw.config, "[server\nthis is not toml").unwrap();
+    let refused = count(&gw, "configuration reload refused");
+    sighup(&gw).await;
+    gw.logs
+        .wait_for_count("configuration reload refused", refused + 1)
+        .await;
+    let res = gw.generate(GSTIN, "B/2").await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 1, "no re-login");
+}
+
+#[tokio::test]
+async fn a_changed_password_clears_that_credentials_lockout() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let wrong = GwOpts {
+        credentials: vec![(GSTIN.into(), USER.into(), "not-the-password".into())],
+        ..GwOpts::default()
+    };
+    let gw = Gateway::start(&sim, wrong).await;
+    expect_problem(gw.generate(GSTIN, "P/1").await, 502, "credentials_rejected").await;
+    // Locked out: no further login is attempted.
+    expect_problem(gw.generate(GSTIN, "P/2").await, 502, "credentials_rejected").await;
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 1);
+
+    rewrite(&gw, &sim, &GwOpts::default());
+    let res = gw.admin_post("/admin/reload", None).await;
+    assert_eq!(res.status(), 200);
+    let report: Value = res.json().await.unwrap();
+    assert_eq!(report["changed"], 1, "{report}");
+    let res = gw.generate(GSTIN, "P/3").await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 2);
+}
