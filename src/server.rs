@@ -361,6 +361,9 @@ async fn serve<F, Fut>(
 
 /// Runs the gateway until SIGTERM or SIGINT: prints the ready line, then shuts down gracefully.
 pub async fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
+    // Taken before start-up, so that a `systemctl reload` during it does not end the process
+    // (SIGHUP's default action); it is acted on once the gateway serves.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let demo_key = demo_key_hint(&config);
     let running = start(config, path).await?;
     {
@@ -378,7 +381,7 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
         let _ = out.flush();
     }
     tracing::info!(proxy = %running.proxy_addr, admin = %running.admin_addr, "gstgate ready");
-    let reloads = tokio::spawn(reload_on_sighup(running.reloader.clone()));
+    let reloads = tokio::spawn(reload_on_sighup(hangups, running.reloader.clone()));
     shutdown_signal().await;
     reloads.abort();
     tracing::info!("shutting down: refusing new connections, finishing in-flight requests");
@@ -389,9 +392,11 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
 
 /// Reloads the configuration on every `SIGHUP`; a refused file is logged with the reason and
 /// the running configuration stays.
-async fn reload_on_sighup(reloader: Arc<Reloader>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangups = match signal(SignalKind::hangup()) {
+async fn reload_on_sighup(
+    hangups: std::io::Result<tokio::signal::unix::Signal>,
+    reloader: Arc<Reloader>,
+) {
+    let mut hangups = match hangups {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %e, "cannot listen for SIGHUP; use POST /admin/reload");

@@ -131,6 +131,28 @@ async fn a_broken_file_is_refused_with_the_reason_and_the_running_config_stays()
         "{body}"
     );
 
+    // A syntax error on a line holding a secret: the answer names the line and key, never
+    // the value.
+    let text = gateway_config(&sim.public_key, &sim.url(), &GwOpts::default()).replacen(
+        &format!("password = \"{PASSWORD}\""),
+        "password = \"leaky\\q-secret-value\"",
+        1,
+    );
+    std::fs::write(&gw.config, text).unwrap();
+    let body = expect_problem(
+        gw.admin_post("/admin/reload", None).await,
+        422,
+        "config_invalid",
+    )
+    .await;
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("key `password`"), "{body}");
+    assert!(!body.to_string().contains("leaky"), "{body}");
+    assert!(
+        !gw.logs.text().contains("leaky"),
+        "the log quotes the value"
+    );
+
     // Not TOML at all, by SIGHUP: logged, and the running configuration keeps serving.
     std::fs::write(&gw.config, "[server\nthis is not toml").unwrap();
     let refused = count(&gw, "configuration reload refused");

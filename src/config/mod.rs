@@ -435,7 +435,7 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
+            message: parse_message(text, &e),
         })?;
         if config.store.backend == StoreBackend::Embedded && config.store.path.is_none() {
             let dir = path.parent().unwrap_or(Path::new(""));
@@ -449,5 +449,54 @@ impl Config {
                 message,
             })?;
         Ok(config)
+    }
+}
+
+/// The parser's complaint and where it is, without the source line the parser quotes: that
+/// line can hold a password or a token, and the message reaches logs and the reload answer.
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let complaint = e.message().trim_end().replace('\n', "; ");
+    let Some(before) = e.span().and_then(|span| text.get(..span.start)) else {
+        return complaint;
+    };
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    // The key of a `key = value` line is named; its value never is.
+    let key = text[line_start..]
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| {
+            !k.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        });
+    match key {
+        Some(key) => format!("line {line}, column {column}, key `{key}`: {complaint}"),
+        None => format!("line {line}, column {column}: {complaint}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parse_error_says_where_without_quoting_the_line() {
+        let text = "[server]\nadmin_token = \"s3cret\\q-token-value\"\n";
+        let err = Config::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("c.toml: line 2, column "), "{err}");
+        assert!(err.contains("key `admin_token`"), "{err}");
+        assert!(err.contains("escape"), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+        let err = Config::parse("[server]\nlisten_typo = 1\n", Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("listen_typo"),
+            "{err}"
+        );
     }
 }

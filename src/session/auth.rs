@@ -22,12 +22,13 @@ impl Sessions {
             LoginKind::Refresh { token, .. } => Some((*token).clone()),
             _ => None,
         };
+        let password = slot.lock().password.clone();
         let req = upstream
             .profile
             .login_request(
                 kind,
                 &slot.credential.username,
-                &slot.credential.password,
+                &password,
                 &upstream.public_key,
             )
             .map_err(LoginError::Gateway)?;

@@ -183,7 +183,8 @@ impl Sessions {
         st.last_upstream_code = None;
         st.last_refresh = Some(sent.at);
         if purpose == Purpose::StartWithOtp {
-            st.open_portal(sent.at + slot.credential.session_lifetime);
+            let lifetime = st.session_lifetime;
+            st.open_portal(sent.at + lifetime);
         }
         let (expires_at, lifetime) = match renewed {
             Renewed::Same(existing) => {

@@ -174,6 +174,7 @@ impl Sessions {
                 }
             }
             for slot in table.gone(&current) {
+                slot.lock().detach();
                 store.delete(&slot.record_name());
             }
         }

@@ -119,9 +119,6 @@ pub struct Credential {
     pub gstin: Gstin,
     /// API user name.
     pub username: Arc<str>,
-    pub(super) password: SecretString,
-    /// How long the taxpayer enabled API access for (GSTN).
-    pub session_lifetime: Duration,
     pub(super) gstin_header: HeaderValue,
     pub(super) user_header: HeaderValue,
     pub(super) state_header: HeaderValue,
@@ -170,6 +167,10 @@ pub(super) struct SlotState {
     pub(super) next_generation: u64,
     /// Login limits, backoff and lockout.
     pub(super) guard: Guard,
+    /// The API user's password; a configuration reload may change it.
+    pub(super) password: SecretString,
+    /// How long the taxpayer enables API access for with an OTP (GSTN); a reload may change it.
+    pub(super) session_lifetime: Duration,
     /// Where changes are written through to; `None` with the memory backend.
     durable: Option<Durable>,
 }
@@ -183,7 +184,7 @@ struct Durable {
 
 impl SlotState {
     /// A slot with no session yet, whose logins `guard` admits.
-    pub(super) fn new(guard: Guard) -> Self {
+    pub(super) fn new(guard: Guard, password: SecretString, session_lifetime: Duration) -> Self {
         Self {
             session: None,
             latest: None,
@@ -196,6 +197,8 @@ impl SlotState {
             last_used: Instant::now(),
             next_generation: 1,
             guard,
+            password,
+            session_lifetime,
             durable: None,
         }
     }
@@ -205,17 +208,31 @@ impl SlotState {
         self.durable = Some(Durable { name, store });
     }
 
-    /// Carries on from `old`, the same credential's slot before a reload changed its password
-    /// or session lifetime: the session, the latest session, the portal session, the
-    /// generation counter and the store record go on; the guard (and any lockout) is new.
-    pub(super) fn take_over(&mut self, old: &SlotState) {
-        self.session = old.session.clone();
-        self.latest = old.latest.clone();
-        self.portal = old.portal;
-        self.next_generation = old.next_generation;
-        self.last_refresh = old.last_refresh;
-        self.last_used = old.last_used;
-        self.durable = old.durable.clone();
+    /// Takes a reloaded credential's new password and session lifetime. The session stays
+    /// (the new password says nothing against it); the guard is `guard`, so a lockout the old
+    /// password caused is over; a portal session in progress ends as the new lifetime says.
+    pub(super) fn change_credential(
+        &mut self,
+        password: SecretString,
+        session_lifetime: Duration,
+        guard: Guard,
+    ) {
+        if let Some(p) = &mut self.portal {
+            let started = p.ends_at.checked_sub(self.session_lifetime);
+            if let Some(started) = started {
+                p.ends_at = started + session_lifetime;
+            }
+        }
+        self.password = password;
+        self.session_lifetime = session_lifetime;
+        self.guard = guard;
+        self.persist();
+    }
+
+    /// Stops writing through: the credential is no longer configured, and a login still in
+    /// flight on it must not bring its record back.
+    pub(super) fn detach(&mut self) {
+        self.durable = None;
     }
 
     /// Whether changes are written through to a store already.
@@ -244,6 +261,9 @@ impl SlotState {
     pub(super) fn resume(&mut self, record: Record) -> Option<Arc<Session>> {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let portal = record.portal_ends_at.filter(|&end| end > wall);
+        // A portal session that ended while gstgate was down is over as if it had ended
+        // while running: nothing may be refreshed any more (see `end_portal`).
+        let ended = record.portal_ends_at.is_some() && portal.is_none();
         let session = record
             .session
             .map(|s| revive(s, now, wall))
@@ -253,7 +273,7 @@ impl SlotState {
             (Some(l), _) => Some(revive(l, now, wall)),
             (None, _) => None,
         }
-        .filter(|l| portal.is_some() || l.usable(now));
+        .filter(|l| !ended && (portal.is_some() || l.usable(now)));
         let newest = [&session, &latest]
             .into_iter()
             .flatten()
@@ -440,7 +460,11 @@ mod tests {
     }
 
     fn slot_state() -> SlotState {
-        SlotState::new(Guard::new(4, Duration::from_secs(900)))
+        SlotState::new(
+            Guard::new(4, Duration::from_secs(900)),
+            SecretString::from("p"),
+            Duration::from_secs(6 * 3600),
+        )
     }
 
     /// A resumed session gets a monotonic deadline from its remaining wall-clock life; what has
@@ -491,5 +515,52 @@ mod tests {
         });
         assert!(st.session().is_none() && st.latest().is_none());
         assert!(st.portal_ends_at().is_none());
+    }
+
+    /// The portal session ended while gstgate was down but the token still has life: the
+    /// session serves until it expires, yet nothing is refreshed (no `latest`), exactly as
+    /// when the period ends while running.
+    #[test]
+    fn a_portal_session_that_ended_while_down_is_not_refreshed() {
+        let hour = Duration::from_secs(3600);
+        let live = stored(5, hour, false);
+        let mut st = slot_state();
+        let session = st.resume(Record {
+            session: Some(live.clone()),
+            latest: Some(live),
+            portal_ends_at: Some(SystemTime::now() - Duration::from_secs(1)),
+            next_generation: 6,
+        });
+        assert!(session.is_some(), "the live token still serves");
+        assert!(st.latest().is_none(), "but nothing is left to refresh");
+        assert!(st.portal_ends_at().is_none());
+    }
+
+    /// A reloaded lifetime moves the end of the portal session in progress; a new password
+    /// leaves the session and clears the guard's lockout.
+    #[test]
+    fn a_changed_credential_keeps_the_session_and_moves_the_portal_end() {
+        let mut st = slot_state();
+        let opened = SystemTime::now();
+        st.open_portal(opened + Duration::from_secs(6 * 3600));
+        st.install(Arc::new(Session {
+            token: HeaderValue::from_static("t"),
+            sek: AesKey::random(),
+            expires_at: opened + Duration::from_secs(3600),
+            deadline: Instant::now() + Duration::from_secs(3600),
+            issued_at: opened,
+            generation: 1,
+        }));
+        st.change_credential(
+            SecretString::from("new"),
+            Duration::from_secs(24 * 3600),
+            Guard::new(4, Duration::from_secs(900)),
+        );
+        assert_eq!(
+            st.portal_ends_at(),
+            Some(opened + Duration::from_secs(24 * 3600))
+        );
+        assert!(st.session().is_some());
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&st.password), "new");
     }
 }

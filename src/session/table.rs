@@ -1,7 +1,7 @@
 //! The slot table: one slot per configured (upstream, GSTIN, user), built from the
 //! credentials at start-up and built again on a configuration reload. A reload keeps the slot
 //! of every credential that did not change, so its session, schedule and guard are untouched;
-//! a changed credential keeps its id and session but starts with a clear guard.
+//! a changed credential keeps its slot and session but starts with a clear guard.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -90,31 +90,29 @@ impl Table {
                     old.remove(&(name.clone(), gstin.to_string(), c.username.clone()))
                 };
                 let slot = match before {
-                    Some(s)
-                        if s.credential.password.expose_secret() == c.password.expose_secret()
-                            && s.credential.session_lifetime == lifetime =>
-                    {
-                        changes.unchanged += 1;
+                    Some(s) => {
+                        let mut st = s.lock();
+                        if st.password.expose_secret() == c.password.expose_secret()
+                            && st.session_lifetime == lifetime
+                        {
+                            changes.unchanged += 1;
+                        } else {
+                            // The same slot, so its single-flight, session and store record
+                            // stay one: a login in flight finishes where callers look.
+                            changes.changed += 1;
+                            st.change_credential(
+                                c.password.clone(),
+                                lifetime,
+                                Guard::new(upstream.max_logins, upstream.login_window),
+                            );
+                        }
+                        drop(st);
                         s.clone()
                     }
-                    before => {
-                        let id = match before {
-                            Some(s) => {
-                                changes.changed += 1;
-                                s.id
-                            }
-                            None => {
-                                changes.added += 1;
-                                next_id.fetch_add(1, Ordering::Relaxed)
-                            }
-                        };
-                        let slot = new_slot(id, upstream, &gstin, c, lifetime).map_err(err)?;
-                        if let Some(before) = before {
-                            // The new password says nothing against the session the old one
-                            // opened; a lockout it caused is over.
-                            slot.lock().take_over(&before.lock());
-                        }
-                        slot
+                    None => {
+                        changes.added += 1;
+                        let id = next_id.fetch_add(1, Ordering::Relaxed);
+                        new_slot(id, upstream, &gstin, c, lifetime).map_err(err)?
                     }
                 };
                 let at = table.slots.len();
@@ -171,16 +169,15 @@ fn new_slot(
         credential: Credential {
             gstin: gstin.clone(),
             username: c.username.as_str().into(),
-            password: c.password.clone(),
-            session_lifetime,
             gstin_header,
             user_header,
             state_header,
         },
-        state: Mutex::new(SlotState::new(Guard::new(
-            upstream.max_logins,
-            upstream.login_window,
-        ))),
+        state: Mutex::new(SlotState::new(
+            Guard::new(upstream.max_logins, upstream.login_window),
+            c.password.clone(),
+            session_lifetime,
+        )),
         login: Arc::new(tokio::sync::Mutex::new(())),
     }))
 }

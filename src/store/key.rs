@@ -63,11 +63,19 @@ fn from_file(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, StoreError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = random_key();
-            let mut file = create_private(path).map_err(io)?;
             let text = Zeroizing::new(B64.encode(key.as_ref()));
-            file.write_all(text.as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(io)?;
+            // Written whole under a temporary name, then renamed: a crash or a full disk
+            // midway must not leave a truncated key file that fails every later start.
+            let partial = path.with_extension("key.partial");
+            let _ = std::fs::remove_file(&partial);
+            let written = create_private(&partial).and_then(|mut file| {
+                file.write_all(text.as_bytes())?;
+                file.sync_all()
+            });
+            if let Err(e) = written.and_then(|()| std::fs::rename(&partial, path)) {
+                let _ = std::fs::remove_file(&partial);
+                return Err(io(e));
+            }
             tracing::warn!(key_file = %path.display(),
                 "no store.encryption_key configured: generated one into this file (mode 0600); back it up with the store, or set store.encryption_key");
             Ok(key)
