@@ -26,6 +26,18 @@ async fn sighup(gw: &Gateway) {
     assert!(status.success());
 }
 
+/// An invoice for `gstin`, sent with the second client's key.
+async fn as_second(gw: &Gateway, gstin: &str, doc: &str) -> reqwest::Response {
+    gw.http
+        .post(format!("http://{}/eicore/v1.03/Invoice", gw.proxy))
+        .header("x-api-key", SECOND_KEY)
+        .header("gstin", gstin)
+        .json(&invoice(gstin, doc))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// How many lines of the log contain `text`.
 fn count(gw: &Gateway, text: &str) -> usize {
     gw.logs.text().lines().filter(|l| l.contains(text)).count()
@@ -54,26 +66,10 @@ async fn sighup_adds_a_taxpayer_and_a_client_without_touching_existing_sessions(
     sighup(&gw).await;
     gw.logs.wait_for("configuration reloaded").await;
 
-    let res = gw
-        .http
-        .post(format!("http://{}/eicore/v1.03/Invoice", gw.proxy))
-        .header("x-api-key", SECOND_KEY)
-        .header("gstin", &other)
-        .json(&invoice(&other, "R/2"))
-        .send()
-        .await
-        .unwrap();
+    let res = as_second(&gw, &other, "R/2").await;
     assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
     // The new client sees only its own taxpayer.
-    let res = gw
-        .http
-        .post(format!("http://{}/eicore/v1.03/Invoice", gw.proxy))
-        .header("x-api-key", SECOND_KEY)
-        .header("gstin", GSTIN)
-        .json(&invoice(GSTIN, "R/3"))
-        .send()
-        .await
-        .unwrap();
+    let res = as_second(&gw, GSTIN, "R/3").await;
     assert_eq!(res.status(), 403);
     // The existing session was not touched: no login for the first taxpayer.
     let res = gw.generate(GSTIN, "R/4").await;
@@ -89,15 +85,7 @@ async fn sighup_adds_a_taxpayer_and_a_client_without_touching_existing_sessions(
     assert_eq!(report["removed"], 1, "{report}");
     assert_eq!(report["unchanged"], 1, "{report}");
     assert_eq!(report["clients"], 1, "{report}");
-    let res = gw
-        .http
-        .post(format!("http://{}/eicore/v1.03/Invoice", gw.proxy))
-        .header("x-api-key", SECOND_KEY)
-        .header("gstin", &other)
-        .json(&invoice(&other, "R/5"))
-        .send()
-        .await
-        .unwrap();
+    let res = as_second(&gw, &other, "R/5").await;
     assert_eq!(res.status(), 401);
     let res = gw.generate(GSTIN, "R/6").await;
     assert_eq!(res.status(), 200);
@@ -186,4 +174,31 @@ async fn a_changed_password_clears_that_credentials_lockout() {
     let res = gw.generate(GSTIN, "P/3").await;
     assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
     assert_eq!(sim.count(GSTIN, "auth_calls").await, 2);
+}
+
+/// The reload endpoint is an admin action: without the bearer token (or with a caller's API
+/// key) it is refused before the file is read, and nothing changes.
+#[tokio::test]
+async fn a_reload_without_the_admin_token_is_refused_and_applies_nothing() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let mut opts = GwOpts::default();
+    opts.clients
+        .push(("intruder".into(), SECOND_KEY.into(), vec!["*".into()]));
+    rewrite(&gw, &sim, &opts);
+    let url = format!("http://{}/admin/reload", gw.admin);
+    for req in [
+        gw.http.post(&url),
+        gw.http
+            .post(&url)
+            .bearer_auth("wrong-admin-token-0123456789"),
+        gw.http.post(&url).bearer_auth(API_KEY),
+        gw.http.post(&url).header("x-api-key", API_KEY),
+    ] {
+        expect_problem(req.send().await.unwrap(), 401, "unauthenticated").await;
+    }
+    assert!(!gw.logs.text().contains("configuration reloaded"));
+    // The client the rewritten file would add does not exist.
+    let res = as_second(&gw, GSTIN, "U/1").await;
+    assert_eq!(res.status(), 401);
 }
