@@ -16,6 +16,8 @@ apt_install() {
 need cargo || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
 # tests/status_page.rs renders /status in a real headless browser (Debian's chromium).
 [ -x /usr/bin/chromium ] || apt_install --no-install-recommends chromium
+# tests/replicas.rs starts real Redis servers (and redis-cli MONITOR) on loopback ports.
+need redis-server && need redis-cli || apt_install --no-install-recommends redis-server
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 

@@ -85,7 +85,8 @@ pub struct AlertLabels {
 /// `op` + `result` of a session store operation.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreLabels {
-    /// `load` (a record read at start-up), `write` or `delete`.
+    /// `load` (records read at start-up or after Redis came back), `write`, `delete`, and for
+    /// the shared store `get` (one record read afresh), `lease` and `publish`.
     pub op: &'static str,
     /// `ok` or `error`.
     pub result: &'static str,
@@ -113,6 +114,8 @@ pub struct Metrics {
     pub store_operations: Family<StoreLabels, Counter>,
     /// `gstgate_store_pending_writes`.
     pub store_pending: Gauge<i64, AtomicI64>,
+    /// `gstgate_store_up`.
+    pub store_up: Gauge<i64, AtomicI64>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -135,6 +138,7 @@ impl Metrics {
             alerts: Family::default(),
             store_operations: Family::default(),
             store_pending: Gauge::default(),
+            store_up: Gauge::default(),
         };
         let mut r = Registry::default();
         r.register(
@@ -186,6 +190,11 @@ impl Metrics {
             "gstgate_store_pending_writes",
             "Slot changes queued for the session store and not yet committed",
             m.store_pending.clone(),
+        );
+        r.register(
+            "gstgate_store_up",
+            "1 while the session store answers (always for the embedded and memory stores), 0 while the shared store is unreachable",
+            m.store_up.clone(),
         );
         (Arc::new(m), r)
     }

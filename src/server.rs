@@ -30,8 +30,8 @@ use crate::metrics::Metrics;
 use crate::problem::{problem_response, GatewayError};
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
-use crate::session::Sessions;
-use crate::store::{Loaded, Store};
+use crate::session::{Group, Sessions};
+use crate::store::{Loaded, RedisSettings, Store};
 use crate::upstream::Upstream;
 
 /// Why the gateway could not start.
@@ -121,14 +121,21 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
         .map(|u| Upstream::from_config(u, metrics.clone()).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
     let sessions = Sessions::new(&upstreams, &config.credentials, metrics.clone())?;
-    let store = match open_store(&config.store, &metrics)? {
+    let store = match open_store(&config.store, &metrics).await? {
         Some((store, loaded)) => {
             let resumed = sessions.resume(&store, loaded);
-            tracing::info!(store = %store.path().display(), resumed, "sessions resumed from the store");
+            tracing::info!(store = %store.place(), resumed, "sessions resumed from the store");
+            if store.is_shared() {
+                sessions.join_group(Group {
+                    lease: config.store.lease,
+                    replicas: config.store.replicas,
+                });
+            }
             let writer = store.spawn_writer();
             Some((store, writer))
         }
         None => {
+            metrics.store_up.set(1);
             tracing::info!("store.backend = \"memory\": sessions are lost when gstgate stops");
             None
         }
@@ -235,12 +242,16 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
 /// An opened store and the records read from it.
 type Opened = (Arc<Store>, HashMap<String, Loaded>);
 
-/// The embedded store and the records it holds, or `None` for the memory backend.
-fn open_store(config: &StoreConfig, metrics: &Arc<Metrics>) -> Result<Option<Opened>, StartError> {
+/// The store and the records it holds, or `None` for the memory backend.
+async fn open_store(
+    config: &StoreConfig,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Opened>, StartError> {
     let path = match (config.backend, &config.path) {
         (StoreBackend::Embedded, Some(path)) => path,
         (StoreBackend::Embedded, None) => Path::new(crate::config::DEFAULT_STORE_FILE),
-        (StoreBackend::Memory | StoreBackend::Redis, _) => return Ok(None),
+        (StoreBackend::Memory, _) => return Ok(None),
+        (StoreBackend::Redis, _) => return open_redis(config, metrics).await.map(Some),
     };
     let opened = Store::open(
         path,
@@ -250,6 +261,40 @@ fn open_store(config: &StoreConfig, metrics: &Arc<Metrics>) -> Result<Option<Ope
     )
     .map_err(Box::new)?;
     Ok(Some(opened))
+}
+
+/// The shared Redis store (its settings were checked with the configuration).
+async fn open_redis(config: &StoreConfig, metrics: &Arc<Metrics>) -> Result<Opened, StartError> {
+    use secrecy::ExposeSecret as _;
+    let invalid =
+        |m: &str| StartError::Store(Box::new(crate::store::StoreError::RedisUrl(m.to_owned())));
+    let (Some(url), Some(key)) = (&config.redis_url, &config.encryption_key) else {
+        return Err(invalid(
+            "the redis backend needs redis_url and encryption_key",
+        ));
+    };
+    let ca_pem = match &config.redis_ca_file {
+        Some(path) => Some(std::fs::read(path).map_err(|source| {
+            StartError::Store(Box::new(crate::store::StoreError::Io {
+                path: path.clone(),
+                source,
+            }))
+        })?),
+        None => None,
+    };
+    let settings = RedisSettings {
+        url: url.expose_secret(),
+        ca_pem,
+        prefix: &config.key_prefix,
+    };
+    Store::open_redis(
+        settings,
+        key,
+        config.previous_encryption_key.as_ref(),
+        metrics.clone(),
+    )
+    .await
+    .map_err(|e| StartError::Store(Box::new(e)))
 }
 
 async fn start_simulator(

@@ -26,6 +26,19 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 /// GSTN return summary at most a few megabytes.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
+/// The login lease: longer than a login takes (the upstream timeout bounds one), short enough
+/// that a replica killed mid-login holds the others up only briefly.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+pub(super) fn default_key_prefix() -> String {
+    "gstgate".into()
+}
+pub(super) fn default_lease() -> Duration {
+    DEFAULT_LEASE
+}
+pub(super) fn default_replicas() -> u32 {
+    1
+}
 pub(super) fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
 }

@@ -27,8 +27,9 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 pub use defaults::{
-    DEFAULT_IP_USR, DEFAULT_LOGIN_WINDOW, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_MAX_LOGINS, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_REFRESH_BEFORE, DEFAULT_TOKEN_LIFETIME,
+    DEFAULT_IP_USR, DEFAULT_LEASE, DEFAULT_LOGIN_WINDOW, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_LOGINS, DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_REFRESH_BEFORE, DEFAULT_TOKEN_LIFETIME,
 };
 pub use env::interpolate;
 pub use error::ConfigError;
@@ -37,10 +38,10 @@ pub use validate::{check_otp_warning, check_webhook_url};
 
 use defaults::{
     default_admin_listen, default_checksum, default_connect_timeout, default_encryption,
-    default_header_timeout, default_idle_ttl, default_ip_usr, default_listen, default_login_window,
-    default_max_body, default_max_header, default_max_logins, default_max_response,
-    default_refresh_before, default_request_timeout, default_shutdown_grace,
-    default_token_lifetime, default_upstream_timeout, empty_secret,
+    default_header_timeout, default_idle_ttl, default_ip_usr, default_key_prefix, default_lease,
+    default_listen, default_login_window, default_max_body, default_max_header, default_max_logins,
+    default_max_response, default_refresh_before, default_replicas, default_request_timeout,
+    default_shutdown_grace, default_token_lifetime, default_upstream_timeout, empty_secret,
 };
 use env::{
     env_duration, env_duration_opt, env_map, env_map_plain, env_parse, env_path_opt, env_secret,
@@ -128,7 +129,7 @@ pub struct ServerConfig {
 }
 
 /// `[store]`: session storage backend.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// `embedded` (a file beside the config), `memory` (lost on restart) or `redis`.
@@ -138,15 +139,44 @@ pub struct StoreConfig {
     /// [`DEFAULT_STORE_FILE`] in the config file's directory).
     #[serde(default, deserialize_with = "env_path_opt")]
     pub path: Option<PathBuf>,
-    /// Redis URL for the `redis` backend.
-    #[serde(default, deserialize_with = "env_string_opt")]
-    pub redis_url: Option<String>,
+    /// `redis://` or `rediss://` URL of the shared store; may hold an ACL user and password.
+    #[serde(default, deserialize_with = "env_secret_opt")]
+    pub redis_url: Option<SecretString>,
+    /// PEM file of the CA that signs the Redis server's certificate, for `rediss://`.
+    #[serde(default, deserialize_with = "env_path_opt")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// Namespace of gstgate's keys and channel in Redis.
+    #[serde(default = "default_key_prefix", deserialize_with = "env_parse")]
+    pub key_prefix: String,
+    /// How long one replica may take to log in for the group before another may try.
+    #[serde(default = "default_lease", deserialize_with = "env_duration")]
+    pub lease: Duration,
+    /// How many replicas share the store: while it is unreachable each may use only its share
+    /// of a credential's `max_logins`.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
     /// Base64 of 32 bytes: encrypts tokens and SEKs at rest.
     #[serde(default, deserialize_with = "env_secret_opt")]
     pub encryption_key: Option<SecretString>,
     /// Base64 of 32 bytes: the key before the last rotation, only ever read with.
     #[serde(default, deserialize_with = "env_secret_opt")]
     pub previous_encryption_key: Option<SecretString>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: StoreBackend::default(),
+            path: None,
+            redis_url: None,
+            redis_ca_file: None,
+            key_prefix: default_key_prefix(),
+            lease: default_lease(),
+            replicas: default_replicas(),
+            encryption_key: None,
+            previous_encryption_key: None,
+        }
+    }
 }
 
 /// The embedded store's file name when `store.path` is not set.

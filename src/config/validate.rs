@@ -71,14 +71,67 @@ fn check_canonical(path: &str) -> Result<(), String> {
 }
 
 impl Config {
+    /// The `[store]` rules.
+    fn validate_store(&self) -> Result<(), (String, String)> {
+        let store = &self.store;
+        let key = |k: &str, m: &str| Err((format!("store.{k}"), m.to_owned()));
+        if store.backend != StoreBackend::Redis {
+            for (set, name) in [
+                (store.redis_url.is_some(), "redis_url"),
+                (store.redis_ca_file.is_some(), "redis_ca_file"),
+            ] {
+                if set {
+                    return key(name, "is only used with backend = \"redis\"");
+                }
+            }
+            return Ok(());
+        }
+        let Some(url) = &store.redis_url else {
+            return key("redis_url", "is required with backend = \"redis\"");
+        };
+        let url = url.expose_secret();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            // The URL is not quoted back: it may hold a password.
+            return key("redis_url", "must start with redis:// or rediss://");
+        }
+        if store.redis_ca_file.is_some() && !url.starts_with("rediss://") {
+            return key("redis_ca_file", "needs a rediss:// (TLS) redis_url");
+        }
+        if store.encryption_key.is_none() {
+            return key(
+                "encryption_key",
+                "is required with backend = \"redis\": every replica seals and opens the shared records with it (generate one with `openssl rand -base64 32`)",
+            );
+        }
+        if store.path.is_some() {
+            return key("path", "is only used with backend = \"embedded\"");
+        }
+        if store.key_prefix.is_empty()
+            || !store
+                .key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.{}".contains(&b))
+        {
+            return key(
+                "key_prefix",
+                "must be letters, digits, `-`, `_`, `.`, `{` or `}`, and not empty",
+            );
+        }
+        check_duration(
+            store.lease,
+            Duration::from_secs(1),
+            Duration::from_secs(600),
+        )
+        .map_err(|m| ("store.lease".to_owned(), m))?;
+        if !(1..=1000).contains(&store.replicas) {
+            return key("replicas", "must be from 1 to 1000");
+        }
+        Ok(())
+    }
+
     /// Checks the rules that span fields. Returns (key, message) of the first problem.
     pub(super) fn validate(&self) -> Result<(), (String, String)> {
-        if self.store.backend == StoreBackend::Redis {
-            return Err((
-                "store.backend".into(),
-                "the redis backend is not available in this version; use \"embedded\" or \"memory\"".into(),
-            ));
-        }
+        self.validate_store()?;
         for (field, key) in [
             ("encryption_key", &self.store.encryption_key),
             (
@@ -466,7 +519,32 @@ client_secret = "b"
                 "store.previous_encryption_key",
             ),
             ("path = \"\"", "store.path"),
-            ("backend = \"redis\"", "store.backend"),
+            ("backend = \"redis\"", "store.redis_url"),
+            (
+                "backend = \"redis\"\nredis_url = \"http://u:pw-secret@h\"",
+                "store.redis_url",
+            ),
+            (
+                "backend = \"redis\"\nredis_url = \"redis://u:pw-secret@h\"",
+                "store.encryption_key",
+            ),
+            (
+                &format!("backend = \"redis\"\nredis_url = \"redis://h\"\nencryption_key = \"{key}\"\nredis_ca_file = \"ca.pem\""),
+                "store.redis_ca_file",
+            ),
+            (
+                &format!("backend = \"redis\"\nredis_url = \"redis://h\"\nencryption_key = \"{key}\"\nlease = \"100ms\""),
+                "store.lease",
+            ),
+            (
+                &format!("backend = \"redis\"\nredis_url = \"redis://h\"\nencryption_key = \"{key}\"\nreplicas = 0"),
+                "store.replicas",
+            ),
+            (
+                &format!("backend = \"redis\"\nredis_url = \"redis://h\"\nencryption_key = \"{key}\"\nkey_prefix = \"a b\""),
+                "store.key_prefix",
+            ),
+            ("redis_url = \"redis://h\"", "store.redis_url"),
             ("backend = \"disk\"", "backend"),
         ] {
             let err = parse(config(&format!("[store]\n{store}")))
@@ -474,7 +552,21 @@ client_secret = "b"
                 .to_string();
             assert!(err.contains(field), "{store}: {err}");
             assert!(!err.contains(key), "the key is not repeated: {err}");
+            assert!(!err.contains("pw-secret"), "the URL is not repeated: {err}");
         }
+        let c = parse(config(&format!(
+            "[store]\nbackend = \"redis\"\nredis_url = \"rediss://gw:pw@redis:6380\"\nredis_ca_file = \"ca.pem\"\nencryption_key = \"{key}\"\nreplicas = 3"
+        )))
+        .unwrap();
+        assert_eq!(
+            (c.store.backend, c.store.replicas),
+            (StoreBackend::Redis, 3)
+        );
+        assert_eq!(
+            (c.store.key_prefix.as_str(), c.store.lease),
+            ("gstgate", crate::config::DEFAULT_LEASE)
+        );
+        assert!(c.store.path.is_none());
     }
 
     #[test]

@@ -262,7 +262,7 @@ impl Proxy {
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, GatewayError> {
         let upstream = call.upstream;
-        if self.sessions.invalidate(call.slot, rejected.generation) == Invalidation::KnownRejected {
+        if self.sessions.invalidate(call.slot, rejected) == Invalidation::KnownRejected {
             self.count_replay(upstream, "failed");
             return Err(GatewayError::TokenRejected { upstream_code });
         }

@@ -8,10 +8,12 @@
 //!   many GSTINs failing together do not retry in lock-step.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::State;
+use crate::classify::Whose;
 use crate::problem::GatewayError;
+use crate::store::{LockoutKind, StoredGuard, StoredLockout};
 
 /// First backoff step after a transient login failure.
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -29,6 +31,8 @@ pub struct Guard {
     failures: u32,
     backoff_until: Option<Instant>,
     last_failure: Option<String>,
+    /// Send times of recent logins made while the shared store was unreachable.
+    offline: VecDeque<Instant>,
 }
 
 impl Guard {
@@ -42,6 +46,79 @@ impl Guard {
             failures: 0,
             backoff_until: None,
             last_failure: None,
+            offline: VecDeque::new(),
+        }
+    }
+
+    /// Admits a login while the store shared with other replicas is unreachable: as
+    /// [`Guard::admit`], and only while this replica's own logins of the window are fewer
+    /// than `share`, its part of the group's allowance.
+    pub fn admit_offline(&mut self, now: Instant, share: u32) -> Result<(), GatewayError> {
+        while self
+            .offline
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.window)
+        {
+            self.offline.pop_front();
+        }
+        if self.offline.len() >= share as usize {
+            let oldest = self.offline.front().copied().unwrap_or(now);
+            return Err(GatewayError::LoginThrottled {
+                retry_after_secs: secs_ceil((oldest + self.window).saturating_duration_since(now)),
+            });
+        }
+        self.admit(now)?;
+        self.offline.push_back(now);
+        Ok(())
+    }
+
+    /// The state to store, by the wall clock (`wall` is the wall-clock reading of `now`).
+    pub fn stored(&self, now: Instant, wall: SystemTime) -> StoredGuard {
+        let to_wall = |t: Instant| match t.checked_duration_since(now) {
+            Some(ahead) => wall + ahead,
+            None => wall - now.duration_since(t),
+        };
+        StoredGuard {
+            recent: self
+                .recent
+                .iter()
+                .filter(|t| now.duration_since(**t) < self.window)
+                .map(|t| to_wall(*t))
+                .collect(),
+            backoff_until: self.backoff_until.filter(|u| *u > now).map(to_wall),
+            failures: self.failures,
+            lockout: self
+                .lockout
+                .as_ref()
+                .and_then(|(_, err)| stored_lockout(err)),
+        }
+    }
+
+    /// Takes up stored state: after a restart, or what the group's record says. The logins
+    /// this replica made while the store was unreachable stay counted too.
+    pub fn take_up(&mut self, g: &StoredGuard, now: Instant, wall: SystemTime, whose: Whose<'_>) {
+        let to_instant = |t: SystemTime| match t.duration_since(wall) {
+            Ok(ahead) => now + ahead,
+            Err(e) => now.checked_sub(e.duration()).unwrap_or(now),
+        };
+        let mut recent: Vec<Instant> = g.recent.iter().map(|t| to_instant(*t)).collect();
+        // Once written for the group, an offline login is in both: counting it twice errs on
+        // the side of fewer logins, and only until it leaves the window.
+        recent.extend(self.offline.iter().copied());
+        recent.sort();
+        self.recent = recent.into();
+        self.backoff_until = g.backoff_until.map(to_instant).filter(|u| *u > now);
+        self.failures = g.failures;
+        if self.backoff_until.is_none() {
+            self.last_failure = None;
+        }
+        // A lockout this replica found itself that the record cannot carry stays.
+        let local_only = self
+            .lockout
+            .as_ref()
+            .is_some_and(|(_, err)| stored_lockout(err).is_none());
+        if !local_only {
+            self.lockout = g.lockout.as_ref().map(|l| lockout(l, whose));
         }
     }
 
@@ -159,6 +236,59 @@ impl Guard {
     }
 }
 
+/// A lockout as the store keeps it, for the errors that other replicas can rebuild.
+fn stored_lockout(err: &GatewayError) -> Option<StoredLockout> {
+    let (kind, upstream_code, message) = match err {
+        GatewayError::CredentialsRejected { upstream_code, .. } => (
+            LockoutKind::CredentialsRejected,
+            upstream_code,
+            String::new(),
+        ),
+        GatewayError::UpstreamConfigRejected {
+            upstream_code,
+            message,
+        } => (LockoutKind::ConfigRejected, upstream_code, message.clone()),
+        GatewayError::ApiAccessDisabled { upstream_code, .. } => {
+            (LockoutKind::AccessDisabled, upstream_code, String::new())
+        }
+        _ => return None,
+    };
+    Some(StoredLockout {
+        kind,
+        upstream_code: upstream_code.clone(),
+        message,
+    })
+}
+
+/// The lockout a stored one stands for: the state it puts the slot in and the error logins get.
+fn lockout(l: &StoredLockout, whose: Whose<'_>) -> (State, GatewayError) {
+    let upstream_code = l.upstream_code.clone();
+    match l.kind {
+        LockoutKind::CredentialsRejected => (
+            State::CredentialsRejected,
+            GatewayError::CredentialsRejected {
+                gstin: whose.gstin.to_string(),
+                username: whose.username.to_owned(),
+                upstream_code,
+            },
+        ),
+        LockoutKind::ConfigRejected => (
+            State::Failed,
+            GatewayError::UpstreamConfigRejected {
+                upstream_code,
+                message: l.message.clone(),
+            },
+        ),
+        LockoutKind::AccessDisabled => (
+            State::NeedsOtp,
+            GatewayError::ApiAccessDisabled {
+                gstin: whose.gstin.to_string(),
+                upstream_code,
+            },
+        ),
+    }
+}
+
 fn secs_ceil(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
@@ -238,6 +368,50 @@ mod tests {
         assert!(next <= t0 + BACKOFF_BASE * 2);
         assert!(g.admit(next).is_ok());
         assert!(g.admit(next + Duration::from_secs(1)).is_err());
+    }
+
+    /// What is stored comes back as the same limits, lockout included, on another clock
+    /// reading; logins made offline stay counted.
+    #[test]
+    fn stored_state_round_trips_by_the_wall_clock() {
+        let window = Duration::from_secs(900);
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let mut g = Guard::new(2, window);
+        g.admit(now).unwrap();
+        g.failed(now, "503".into());
+        g.lock_out(
+            State::CredentialsRejected,
+            GatewayError::CredentialsRejected {
+                gstin: "27AAPFU0939F1ZV".into(),
+                username: "u".into(),
+                upstream_code: Some("2150".into()),
+            },
+        );
+        let stored = g.stored(now, wall);
+        assert_eq!(stored.recent.len(), 1);
+        assert!(stored.lockout.is_some());
+
+        let gstin = crate::gstin::Gstin::parse("27AAPFU0939F1ZV").unwrap();
+        let whose = Whose {
+            gstin: &gstin,
+            username: "u",
+        };
+        let mut other = Guard::new(2, window);
+        other.admit_offline(now, 1).unwrap();
+        assert!(other.admit_offline(now, 1).is_err(), "its share is spent");
+        let later = now + Duration::from_secs(5);
+        other.take_up(&stored, later, wall + Duration::from_secs(5), whose);
+        assert_eq!(other.recent.len(), 2, "the group's login and its own");
+        assert_eq!(other.locked_state(), Some(State::CredentialsRejected));
+        assert!(matches!(
+            other.admit(later),
+            Err(GatewayError::CredentialsRejected { upstream_code: Some(c), .. }) if c == "2150"
+        ));
+        other.reset();
+        assert!(matches!(
+            other.admit(later),
+            Err(GatewayError::LoginThrottled { .. })
+        ));
     }
 
     #[test]

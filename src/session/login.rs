@@ -8,6 +8,7 @@ use http::HeaderValue;
 use secrecy::ExposeSecret;
 
 use super::auth::{LoginError, Sent};
+use super::group::{Taken, Turn};
 use super::slot::{KnownRejected, SlotState};
 use super::{Session, Sessions, Slot, State, Trigger};
 use crate::classify;
@@ -17,12 +18,34 @@ use crate::upstream::renewal::Step;
 use crate::upstream::Class;
 
 impl Sessions {
-    /// Renews the slot's session the way its API's renewal strategy says. Must be called with
-    /// the slot's `login` lock held.
+    /// Gets the slot a new session: the group's, if another replica sharing the store has
+    /// made a newer one than this replica knew of (an operator's refresh always logs in);
+    /// else by a login, on this replica's turn. An operator's refresh clears a lockout first.
+    /// Must be called with the slot's `login` lock held.
     pub(super) async fn login(
         &self,
         slot: &Slot,
         trigger: Trigger,
+    ) -> Result<Arc<Session>, GatewayError> {
+        let seen = (trigger != Trigger::Manual).then(|| slot.lock().newest_generation());
+        let turn = match self.take_turn(slot, seen).await? {
+            Taken::Adopted(session) => return Ok(session),
+            Taken::Turn(turn) => turn,
+        };
+        if trigger == Trigger::Manual {
+            slot.lock().guard.reset();
+        }
+        let result = self.renew(slot, trigger, &turn).await;
+        self.end_turn(slot, turn, result.is_ok()).await;
+        result
+    }
+
+    /// Renews the slot's session the way its API's renewal strategy says, on `turn`.
+    async fn renew(
+        &self,
+        slot: &Slot,
+        trigger: Trigger,
+        turn: &Turn,
     ) -> Result<Arc<Session>, GatewayError> {
         let renewal = slot.renewal();
         // After a rejection the session is gone, but its token is what the upstream may hand
@@ -61,11 +84,7 @@ impl Sessions {
                     return Err(self.otp_required(slot, reason));
                 }
             };
-            {
-                let mut st = slot.lock();
-                st.guard.admit(now)?;
-                st.refreshing = true;
-            }
+            self.admit(slot, turn, now, true).await?;
             let result = self.login_call(slot, kind).await;
             let stale = reissue.is_some()
                 && matches!((&result, &current), (Ok(sent), Some(c))
@@ -317,6 +336,7 @@ impl Sessions {
             }
             _ => st.guard.failed(Instant::now(), err.to_string()),
         }
+        st.persist();
         tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
             user = %slot.credential.username, code = err.code(), upstream_code = err.upstream_code(),
             error = %chain(err), "login failed");

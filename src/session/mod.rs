@@ -25,6 +25,7 @@
 
 mod auth;
 pub mod gauges;
+mod group;
 mod guard;
 mod login;
 mod otp;
@@ -47,6 +48,7 @@ use crate::problem::GatewayError;
 use crate::store::Store;
 use crate::upstream::Upstream;
 
+pub use group::Group;
 pub use guard::Guard;
 pub use slot::{Credential, Session, Slot, State};
 pub use snapshot::SessionInfo;
@@ -115,6 +117,8 @@ pub struct Sessions {
     next_id: AtomicUsize,
     /// The store new slots write through to, once [`Sessions::resume`] attached one.
     store: OnceLock<Arc<Store>>,
+    /// How replicas sharing the store coordinate, once [`Sessions::join_group`] was called.
+    group: OnceLock<Group>,
     metrics: Arc<Metrics>,
     scheduler: scheduler::Handle,
 }
@@ -141,6 +145,7 @@ impl Sessions {
             upstreams: upstreams.to_vec(),
             next_id,
             store: OnceLock::new(),
+            group: OnceLock::new(),
             metrics,
             scheduler: {
                 let sessions = weak.clone();
@@ -175,7 +180,10 @@ impl Sessions {
             }
             for slot in table.gone(&current) {
                 slot.lock().detach();
-                store.delete(&slot.record_name());
+                // A shared record may still serve replicas that have not reloaded yet.
+                if !store.is_shared() {
+                    store.delete(&slot.record_name());
+                }
             }
         }
         *current = Arc::new(table);
@@ -251,13 +259,19 @@ impl Sessions {
         .await
     }
 
-    /// Compare-and-invalidate after the upstream rejected the token of `generation`: forgets
-    /// the session only if it is still that generation, and not when a re-login has already
-    /// shown that the upstream hands that token back (see [`Invalidation`]).
-    pub fn invalidate(&self, slot: &Slot, generation: u64) -> Invalidation {
+    /// Compare-and-invalidate after the upstream rejected the token of `rejected`: forgets
+    /// the session only if it is still that one (generation and token: replicas that logged in
+    /// while their shared store was unreachable may have used the same generation), and not
+    /// when a re-login has already shown that the upstream hands that token back (see
+    /// [`Invalidation`]).
+    pub fn invalidate(&self, slot: &Slot, rejected: &Session) -> Invalidation {
         let now = Instant::now();
+        let generation = rejected.generation;
         let mut st = slot.lock();
-        if st.session().map(|s| s.generation) != Some(generation) {
+        if !st
+            .session()
+            .is_some_and(|s| s.generation == generation && s.token == rejected.token)
+        {
             return Invalidation::Superseded;
         }
         if st
@@ -270,13 +284,12 @@ impl Sessions {
         Invalidation::Invalidated
     }
 
-    /// An operator-requested refresh: clears a lockout and logs in now.
+    /// An operator-requested refresh: clears a lockout and logs in now (see `login`).
     pub async fn refresh_now(
         self: &Arc<Self>,
         slot: &Arc<Slot>,
     ) -> Result<Arc<Session>, GatewayError> {
         self.detached(slot, |me, slot| async move {
-            slot.lock().guard.reset();
             me.login(&slot, Trigger::Manual).await
         })
         .await
@@ -404,10 +417,19 @@ session_lifetime = "6h"
         let (sessions, _dir) = gstn_sessions();
         let slot = sessions.table().slots[0].clone();
         slot.lock().install(session(3));
-        assert_eq!(sessions.invalidate(&slot, 2), Invalidation::Superseded);
-        assert_eq!(sessions.invalidate(&slot, 3), Invalidation::Invalidated);
+        assert_eq!(
+            sessions.invalidate(&slot, &session(2)),
+            Invalidation::Superseded
+        );
+        assert_eq!(
+            sessions.invalidate(&slot, &session(3)),
+            Invalidation::Invalidated
+        );
         assert!(slot.lock().session().is_none());
-        assert_eq!(sessions.invalidate(&slot, 3), Invalidation::Superseded);
+        assert_eq!(
+            sessions.invalidate(&slot, &session(3)),
+            Invalidation::Superseded
+        );
 
         let now = Instant::now();
         {
@@ -418,18 +440,30 @@ session_lifetime = "6h"
                 until: now + Duration::from_secs(900),
             });
         }
-        assert_eq!(sessions.invalidate(&slot, 3), Invalidation::KnownRejected);
-        assert_eq!(sessions.invalidate(&slot, 3), Invalidation::KnownRejected);
+        assert_eq!(
+            sessions.invalidate(&slot, &session(3)),
+            Invalidation::KnownRejected
+        );
+        assert_eq!(
+            sessions.invalidate(&slot, &session(3)),
+            Invalidation::KnownRejected
+        );
         assert!(slot.lock().session().is_some(), "the session is kept");
         // A rejection of an older generation still just picks up the current session.
-        assert_eq!(sessions.invalidate(&slot, 2), Invalidation::Superseded);
+        assert_eq!(
+            sessions.invalidate(&slot, &session(2)),
+            Invalidation::Superseded
+        );
 
         // The mark has run out: the next rejection may try one re-login again.
         slot.lock().known_rejected = Some(KnownRejected {
             generation: 3,
             until: now,
         });
-        assert_eq!(sessions.invalidate(&slot, 3), Invalidation::Invalidated);
+        assert_eq!(
+            sessions.invalidate(&slot, &session(3)),
+            Invalidation::Invalidated
+        );
 
         // A mark for another generation does not cover the current one.
         {
@@ -440,6 +474,9 @@ session_lifetime = "6h"
                 until: now + Duration::from_secs(900),
             });
         }
-        assert_eq!(sessions.invalidate(&slot, 4), Invalidation::Invalidated);
+        assert_eq!(
+            sessions.invalidate(&slot, &session(4)),
+            Invalidation::Invalidated
+        );
     }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::auth::login_failure;
+use super::group::{Taken, Turn};
 use super::login::Purpose;
 use super::{Session, Sessions, Slot, Trigger};
 use crate::metrics::ResultLabels;
@@ -25,13 +26,28 @@ impl Sessions {
         .await
     }
 
-    /// Sends OTPREQUEST; the caller holds the single-flight lock.
+    /// Sends OTPREQUEST on this replica's turn; the caller holds the single-flight lock.
     async fn send_otp_request(&self, slot: &Slot) -> Result<(), GatewayError> {
-        {
-            let mut st = slot.lock();
-            st.guard.reset();
-            st.guard.admit(Instant::now())?;
-        }
+        let turn = self.operator_turn(slot).await?;
+        let result = self.otp_request_on(slot, &turn).await;
+        self.end_turn(slot, turn, false).await;
+        result
+    }
+
+    /// An operator's turn: it never adopts what the group holds, and clears a lockout.
+    async fn operator_turn(&self, slot: &Slot) -> Result<Turn, GatewayError> {
+        let turn = match self.take_turn(slot, None).await? {
+            Taken::Turn(turn) => turn,
+            Taken::Adopted(_) => {
+                return Err(GatewayError::Internal("adopted without asking".into()))
+            }
+        };
+        slot.lock().guard.reset();
+        Ok(turn)
+    }
+
+    async fn otp_request_on(&self, slot: &Slot, turn: &Turn) -> Result<(), GatewayError> {
+        self.admit(slot, turn, Instant::now(), false).await?;
         let sent = self.auth_call(slot, LoginKind::OtpRequest).await;
         let label = |result: &'static str| ResultLabels {
             upstream: slot.upstream.name.clone().into(),
@@ -82,23 +98,27 @@ impl Sessions {
         .await
     }
 
-    /// Sends AUTHTOKEN with the OTP; the caller holds the single-flight lock.
+    /// Sends AUTHTOKEN with the OTP on this replica's turn; the caller holds the
+    /// single-flight lock.
     async fn start_with_otp(&self, slot: &Slot, otp: &str) -> Result<Arc<Session>, GatewayError> {
-        {
-            let mut st = slot.lock();
-            st.guard.reset();
-            st.guard.admit(Instant::now())?;
-            st.refreshing = true;
-        }
-        let result = self.login_call(slot, LoginKind::Otp(otp)).await;
-        self.settle(
-            slot,
-            Trigger::Manual,
-            result,
-            None,
-            Instant::now(),
-            Purpose::StartWithOtp,
-        )
+        let turn = self.operator_turn(slot).await?;
+        let admitted = Instant::now();
+        let result = match self.admit(slot, &turn, admitted, true).await {
+            Ok(()) => {
+                let sent = self.login_call(slot, LoginKind::Otp(otp)).await;
+                self.settle(
+                    slot,
+                    Trigger::Manual,
+                    sent,
+                    None,
+                    admitted,
+                    Purpose::StartWithOtp,
+                )
+            }
+            Err(e) => Err(e),
+        };
+        self.end_turn(slot, turn, result.is_ok()).await;
+        result
     }
 
     fn require_otp_api(&self, slot: &Slot) -> Result<(), GatewayError> {

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use super::Sessions;
+use super::{Session, Sessions, Slot};
 use crate::store::{Loaded, Store};
 
 impl Sessions {
@@ -24,7 +24,7 @@ impl Sessions {
             let Some(Loaded { record, rewrite }) = loaded.remove(&name) else {
                 continue;
             };
-            let session = st.resume(record);
+            let session = st.resume(record, slot.credential.whose());
             if rewrite {
                 // Opened under the previous key: seal it again under the current one.
                 st.persist();
@@ -34,25 +34,34 @@ impl Sessions {
                 continue;
             };
             resumed += 1;
-            let now = Instant::now();
-            let age = SystemTime::now()
-                .duration_since(session.issued_at)
-                .unwrap_or_default();
-            let sent = now.checked_sub(age).unwrap_or(now);
-            self.scheduler.schedule(
-                slot.id,
-                session.generation,
-                self.refresh_at(slot, &session, sent),
-            );
+            self.schedule_taken_up(slot, &session);
             tracing::info!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
                 user = %slot.credential.username, generation = session.generation,
-                expires_in_secs = session.deadline.saturating_duration_since(now).as_secs(),
+                expires_in_secs = session.deadline.saturating_duration_since(Instant::now()).as_secs(),
                 "session resumed from the store");
         }
-        for name in loaded.into_keys() {
-            tracing::info!(record = %name, "deleting a stored session of a credential no longer configured");
-            store.delete(&name);
+        // A shared store's records may belong to replicas whose configuration is newer.
+        if !store.is_shared() {
+            for name in loaded.into_keys() {
+                tracing::info!(record = %name, "deleting a stored session of a credential no longer configured");
+                store.delete(&name);
+            }
         }
         resumed
+    }
+
+    /// Schedules the proactive refresh of a session that came from the store rather than
+    /// from a login of this process, by when it was issued.
+    pub(super) fn schedule_taken_up(&self, slot: &Slot, session: &Session) {
+        let now = Instant::now();
+        let age = SystemTime::now()
+            .duration_since(session.issued_at)
+            .unwrap_or_default();
+        let sent = now.checked_sub(age).unwrap_or(now);
+        self.scheduler.schedule(
+            slot.id,
+            session.generation,
+            self.refresh_at(slot, session, sent),
+        );
     }
 }

@@ -2,7 +2,9 @@
 //! manager knows about it. Every change of a slot's session goes through the seam —
 //! [`SlotState::install`], `restore`, `invalidate`, `end_portal`, `forget` and `open_portal` —
 //! which writes the slot's new durable state through to the store, if there is one, without
-//! waiting for the disk.
+//! waiting for the disk. A store shared by replicas is written only by the replica holding
+//! the slot's login lease: the record is the group's, and this replica's view (a session it
+//! saw rejected, say) is not.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -173,6 +175,11 @@ pub(super) struct SlotState {
     pub(super) session_lifetime: Duration,
     /// Where changes are written through to; `None` with the memory backend.
     durable: Option<Durable>,
+    /// This replica holds the group's login lease for the slot (shared store only).
+    pub(super) leased: bool,
+    /// The session was made while the shared store was unreachable: the group has not
+    /// seen it yet.
+    pub(super) unshared: bool,
 }
 
 /// A slot's record in the store.
@@ -180,6 +187,15 @@ pub(super) struct SlotState {
 struct Durable {
     name: Arc<str>,
     store: Arc<Store>,
+}
+
+/// What taking up the group's record did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum TakenUp {
+    /// The record was no newer than what this replica holds: nothing changed but the guard.
+    Nothing,
+    /// The record's sessions replaced this replica's.
+    Sessions,
 }
 
 impl SlotState {
@@ -200,6 +216,8 @@ impl SlotState {
             password,
             session_lifetime,
             durable: None,
+            leased: false,
+            unshared: false,
         }
     }
 
@@ -240,26 +258,75 @@ impl SlotState {
         self.durable.is_some()
     }
 
-    /// Queues the slot's durable state for the store.
+    /// Queues the slot's durable state for the store (a shared one only under the lease).
     pub(super) fn persist(&self) {
         if let Some(d) = &self.durable {
-            d.store.put(
-                &d.name,
-                Record {
-                    session: self.session.as_deref().map(stored),
-                    latest: self.latest.as_deref().map(stored),
-                    portal_ends_at: self.portal_ends_at(),
-                    next_generation: self.next_generation,
-                },
-            );
+            if d.store.is_shared() && !self.leased {
+                return;
+            }
+            d.store.put(&d.name, self.record());
         }
+    }
+
+    /// The slot's durable state.
+    fn record(&self) -> Record {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        Record {
+            session: self.session.as_deref().map(stored),
+            latest: self.latest.as_deref().map(stored),
+            portal_ends_at: self.portal_ends_at(),
+            next_generation: self.next_generation,
+            guard: self.guard.stored(now, wall),
+        }
+    }
+
+    /// The generation of the newest session this replica knows, 0 for none.
+    pub(super) fn newest_generation(&self) -> u64 {
+        [&self.session, &self.latest]
+            .into_iter()
+            .flatten()
+            .map(|s| s.generation)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Takes up the group's record: its guard always (every login of the group is counted
+    /// there); its sessions and portal when they are news to this replica. They are when the
+    /// record's counter is ahead of this replica's; when this replica has no usable session
+    /// and the record has a newer one (an idle session this replica dropped, say); and when
+    /// this replica's session was made while the store was unreachable and the group got as
+    /// far without it (the first session written wins, so the group converges on one).
+    pub(super) fn take_up(&mut self, record: Record, whose: Whose<'_>) -> TakenUp {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        self.guard.take_up(&record.guard, now, wall, whose);
+        let record_newest = [&record.session, &record.latest]
+            .into_iter()
+            .flatten()
+            .map(|s| s.generation)
+            .max()
+            .unwrap_or(0);
+        let unusable = !self.session.as_ref().is_some_and(|s| s.usable(now));
+        let news = record.next_generation > self.next_generation
+            || (self.unshared && record.next_generation >= self.next_generation)
+            || (unusable && record_newest > self.newest_generation());
+        if !news {
+            return TakenUp::Nothing;
+        }
+        let next = self.next_generation.max(record.next_generation);
+        self.known_rejected = None;
+        self.unshared = false;
+        self.resume(record, whose);
+        self.next_generation = self.next_generation.max(next);
+        TakenUp::Sessions
     }
 
     /// Takes up a stored record at start-up: the session if its token has life left, the
     /// latest session and the portal session while the portal session lasts (so the next
-    /// refresh needs no OTP), and the generation counter. Returns the usable session.
-    pub(super) fn resume(&mut self, record: Record) -> Option<Arc<Session>> {
+    /// refresh needs no OTP), the login guard, and the generation counter. Returns the
+    /// usable session.
+    pub(super) fn resume(&mut self, record: Record, whose: Whose<'_>) -> Option<Arc<Session>> {
         let (now, wall) = (Instant::now(), SystemTime::now());
+        self.guard.take_up(&record.guard, now, wall, whose);
         let portal = record.portal_ends_at.filter(|&end| end > wall);
         // A portal session that ended while gstgate was down is over as if it had ended
         // while running: nothing may be refreshed any more (see `end_portal`).
@@ -330,6 +397,7 @@ impl SlotState {
     pub(super) fn end_portal(&mut self) {
         self.latest = None;
         self.portal = None;
+        self.announce_loss();
         self.persist();
     }
 
@@ -339,7 +407,17 @@ impl SlotState {
         self.session = None;
         self.latest = None;
         self.portal = None;
+        self.announce_loss();
         self.persist();
+    }
+
+    /// Under the group's lease, a session lost counts as news like a new one: the counter
+    /// moves on so that the other replicas see the record is newer than what they hold. A
+    /// replica's own loss (an idle session dropped) is not the group's and moves nothing.
+    fn announce_loss(&mut self) {
+        if self.leased {
+            self.next_generation += 1;
+        }
     }
 
     /// Records a portal session opened with an OTP, lasting until `ends_at`.
@@ -386,6 +464,8 @@ pub struct Slot {
     /// Held for the whole of a login: this is the single-flight. Shared so that the task a
     /// login runs in can own its guard.
     pub(super) login: Arc<tokio::sync::Mutex<()>>,
+    /// Woken when another replica announces news of this slot (shared store only).
+    pub(super) news: tokio::sync::Notify,
 }
 
 impl Slot {
@@ -459,6 +539,14 @@ mod tests {
         }
     }
 
+    fn whose() -> Whose<'static> {
+        static GSTIN: std::sync::OnceLock<Gstin> = std::sync::OnceLock::new();
+        Whose {
+            gstin: GSTIN.get_or_init(|| Gstin::parse("27AAPFU0939F1ZV").unwrap()),
+            username: "u",
+        }
+    }
+
     fn slot_state() -> SlotState {
         SlotState::new(
             Guard::new(4, Duration::from_secs(900)),
@@ -475,12 +563,16 @@ mod tests {
         let live = stored(3, hour, false);
         let mut st = slot_state();
         let session = st
-            .resume(Record {
-                session: Some(live.clone()),
-                latest: Some(live),
-                portal_ends_at: Some(SystemTime::now() + hour),
-                next_generation: 4,
-            })
+            .resume(
+                Record {
+                    session: Some(live.clone()),
+                    latest: Some(live),
+                    portal_ends_at: Some(SystemTime::now() + hour),
+                    next_generation: 4,
+                    guard: Default::default(),
+                },
+                whose(),
+            )
             .expect("a live session is resumed");
         let left = session.deadline.saturating_duration_since(Instant::now());
         assert!(
@@ -495,24 +587,32 @@ mod tests {
         // latest session stays for a refresh, and generations keep going up.
         let expired = stored(7, hour, true);
         let mut st = slot_state();
-        let resumed = st.resume(Record {
-            session: Some(expired.clone()),
-            latest: Some(expired.clone()),
-            portal_ends_at: Some(SystemTime::now() + hour),
-            next_generation: 2,
-        });
+        let resumed = st.resume(
+            Record {
+                session: Some(expired.clone()),
+                latest: Some(expired.clone()),
+                portal_ends_at: Some(SystemTime::now() + hour),
+                next_generation: 2,
+                guard: Default::default(),
+            },
+            whose(),
+        );
         assert!(resumed.is_none() && st.session().is_none());
         assert_eq!(st.latest().map(|l| l.generation), Some(7));
         assert_eq!(st.next_generation, 8);
 
         // The portal session ended too: nothing is left but the counter.
         let mut st = slot_state();
-        st.resume(Record {
-            session: Some(expired.clone()),
-            latest: Some(expired),
-            portal_ends_at: Some(SystemTime::now() - hour),
-            next_generation: 8,
-        });
+        st.resume(
+            Record {
+                session: Some(expired.clone()),
+                latest: Some(expired),
+                portal_ends_at: Some(SystemTime::now() - hour),
+                next_generation: 8,
+                guard: Default::default(),
+            },
+            whose(),
+        );
         assert!(st.session().is_none() && st.latest().is_none());
         assert!(st.portal_ends_at().is_none());
     }
@@ -525,12 +625,16 @@ mod tests {
         let hour = Duration::from_secs(3600);
         let live = stored(5, hour, false);
         let mut st = slot_state();
-        let session = st.resume(Record {
-            session: Some(live.clone()),
-            latest: Some(live),
-            portal_ends_at: Some(SystemTime::now() - Duration::from_secs(1)),
-            next_generation: 6,
-        });
+        let session = st.resume(
+            Record {
+                session: Some(live.clone()),
+                latest: Some(live),
+                portal_ends_at: Some(SystemTime::now() - Duration::from_secs(1)),
+                next_generation: 6,
+                guard: Default::default(),
+            },
+            whose(),
+        );
         assert!(session.is_some(), "the live token still serves");
         assert!(st.latest().is_none(), "but nothing is left to refresh");
         assert!(st.portal_ends_at().is_none());

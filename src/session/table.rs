@@ -25,6 +25,8 @@ pub(super) struct Table {
     by_id: HashMap<usize, usize>,
     /// (upstream position, GSTIN) → positions in `slots`.
     by_gstin: HashMap<(usize, Gstin), Vec<usize>>,
+    /// Store record name → position in `slots`, for what other replicas announce.
+    by_record: HashMap<Arc<str>, usize>,
 }
 
 /// What a reload did to the slots.
@@ -68,6 +70,7 @@ impl Table {
             slots: Vec::new(),
             by_id: HashMap::new(),
             by_gstin: HashMap::new(),
+            by_record: HashMap::new(),
         };
         let mut changes = Changes::default();
         for c in credentials {
@@ -117,6 +120,7 @@ impl Table {
                 };
                 let at = table.slots.len();
                 table.by_id.insert(slot.id, at);
+                table.by_record.insert(slot.record_name().into(), at);
                 table
                     .by_gstin
                     .entry((position, gstin.clone()))
@@ -132,6 +136,11 @@ impl Table {
     /// The slot with this id, if it is still configured.
     pub(super) fn get(&self, id: usize) -> Option<&Arc<Slot>> {
         self.by_id.get(&id).map(|&at| &self.slots[at])
+    }
+
+    /// The slot whose store record is `name`.
+    pub(super) fn by_record(&self, name: &str) -> Option<&Arc<Slot>> {
+        self.by_record.get(name).map(|&at| &self.slots[at])
     }
 
     /// The slots of (upstream position, GSTIN).
@@ -179,5 +188,6 @@ fn new_slot(
             session_lifetime,
         )),
         login: Arc::new(tokio::sync::Mutex::new(())),
+        news: tokio::sync::Notify::new(),
     }))
 }

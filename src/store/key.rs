@@ -36,6 +36,18 @@ pub fn sealer(
     Ok(Sealer::new(&current, previous.as_deref()))
 }
 
+/// The sealer under configured keys only (a shared store has no file to generate one into).
+pub fn configured(
+    current: &SecretString,
+    previous: Option<&SecretString>,
+) -> Result<Sealer, StoreError> {
+    let previous = previous
+        .map(|k| decode(k.expose_secret(), "store.previous_encryption_key"))
+        .transpose()?;
+    let current = decode(current.expose_secret(), "store.encryption_key")?;
+    Ok(Sealer::new(&current, previous.as_deref()))
+}
+
 fn decode(text: &str, origin: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, StoreError> {
     let bytes = Zeroizing::new(B64.decode(text.trim()).map_err(|_| StoreError::Key {
         origin: origin.to_owned(),

@@ -1,19 +1,23 @@
-//! The embedded session store: every slot's durable state, sealed with AES-256-GCM, in one
-//! crash-safe redb file, so that a restart (clean or not) resumes sessions without a login or
-//! an OTP.
+//! The session store: every slot's durable state, sealed with AES-256-GCM, either in one
+//! crash-safe redb file (the embedded backend: a restart, clean or not, resumes sessions
+//! without a login or an OTP) or in Redis (shared by replicas, which then act as one gateway).
 //!
 //! * `file`: the redb file — open (moving an unreadable one aside), read all, commit a batch.
+//! * `redis`: the Redis keys, the login lease and the generations channel.
 //! * `seal`: AES-256-GCM under the current key, opening with the previous one too.
 //! * `key`: the keys, from the configuration or a generated `0600` key file.
 //! * `record`: what is kept of a slot and its byte layout.
 //!
 //! Here: [`Store`], whose [`Store::put`] only queues a slot's new state in a map (the latest
-//! state per slot wins) and wakes a writer task; the writer seals the batch and commits it on
-//! the blocking pool. So a change under a slot's lock never waits for the disk.
+//! state per slot wins) and wakes a writer task; the writer seals the batch and commits it
+//! (on the blocking pool for the file). So a change under a slot's lock never waits for the
+//! disk or the network; a login that must be recorded before it goes on awaits
+//! [`Store::flush`].
 
 mod file;
 mod key;
 mod record;
+mod redis;
 mod seal;
 
 use std::collections::HashMap;
@@ -26,8 +30,10 @@ use tokio::sync::Notify;
 
 use crate::metrics::{Metrics, StoreLabels};
 
-pub use record::{Record, StoredSession};
+pub use self::redis::{Event, Lease, RedisFailure};
+pub use record::{LockoutKind, Record, StoredGuard, StoredLockout, StoredSession};
 
+use self::redis::Redis;
 use seal::{Opened, Sealer};
 
 /// After a failed commit, the writer waits this long before trying the batch again.
@@ -69,9 +75,12 @@ pub enum StoreError {
         /// redb's error.
         source: file::DbError,
     },
+    /// The Redis URL or CA file is unusable.
+    #[error("store.redis_url: {0}")]
+    RedisUrl(String),
 }
 
-/// A record read at start-up.
+/// A record read from the store.
 pub struct Loaded {
     /// The slot's state.
     pub record: Record,
@@ -79,7 +88,17 @@ pub struct Loaded {
     pub rewrite: bool,
 }
 
-/// Changes not yet in the file.
+/// How to reach the shared store.
+pub struct RedisSettings<'a> {
+    /// `redis://` or `rediss://` URL, credentials included.
+    pub url: &'a str,
+    /// PEM of the CA that signs the server's certificate, for `rediss://` with a private CA.
+    pub ca_pem: Option<Vec<u8>>,
+    /// Namespace of the keys.
+    pub prefix: &'a str,
+}
+
+/// Changes not yet in the store.
 #[derive(Default)]
 struct Pending {
     /// Queued: record name → new record, or `None` to delete it.
@@ -88,15 +107,22 @@ struct Pending {
     committing: usize,
 }
 
-/// The embedded store.
+/// Where records live.
+enum Backend {
+    File(Arc<redb::Database>),
+    Redis(Arc<Redis>),
+}
+
+/// The session store.
 pub struct Store {
-    path: PathBuf,
-    db: Arc<redb::Database>,
+    /// Where the store is, for logs: the file, or the Redis address without credentials.
+    place: String,
+    backend: Backend,
     sealer: Arc<Sealer>,
     metrics: Arc<Metrics>,
     pending: Mutex<Pending>,
     wake: Notify,
-    /// Held while a batch is taken and committed, so batches reach the file in order.
+    /// Held while a batch is taken and committed, so batches reach the store in order.
     committing: tokio::sync::Mutex<()>,
 }
 
@@ -107,9 +133,9 @@ pub fn record_name(upstream: &str, gstin: &str, user: &str) -> String {
 }
 
 impl Store {
-    /// Opens the store at `path` (moving an unreadable file aside) and reads every record
-    /// that opens under the keys; a record that does not is skipped with a warning. Blocks on
-    /// the disk: call it at start-up.
+    /// Opens the embedded store at `path` (moving an unreadable file aside) and reads every
+    /// record that opens under the keys; a record that does not is skipped with a warning.
+    /// Blocks on the disk: call it at start-up.
     pub fn open(
         path: &Path,
         encryption_key: Option<&SecretString>,
@@ -118,59 +144,195 @@ impl Store {
     ) -> Result<(Arc<Self>, HashMap<String, Loaded>), StoreError> {
         let sealer = key::sealer(path, encryption_key, previous_key)?;
         let db = file::open(path)?;
-        let count = |op: &'static str, result: &'static str| {
-            metrics
-                .store_operations
-                .get_or_create(&StoreLabels { op, result })
-                .inc();
-        };
         let rows = match file::read_all(&db) {
             Ok(rows) => rows,
             Err(e) => {
-                count("load", "error");
+                count(&metrics, "load", "error");
                 tracing::error!(store = %path.display(), error = %e, "cannot read the session store; starting without stored sessions");
                 Vec::new()
             }
         };
-        let mut loaded = HashMap::new();
-        for (name, sealed) in rows {
-            let opened = sealer
-                .open(name.as_bytes(), &sealed)
-                .map_err(|e| e.to_string())
-                .and_then(|(plain, how)| {
-                    record::Record::decode(&plain)
-                        .map(|record| (record, how))
-                        .map_err(|e| e.to_string())
-                });
-            match opened {
-                Ok((record, how)) => {
-                    count("load", "ok");
-                    let rewrite = how == Opened::Previous;
-                    loaded.insert(name, Loaded { record, rewrite });
+        let store = Self::new(
+            path.display().to_string(),
+            Backend::File(Arc::new(db)),
+            sealer,
+            metrics,
+        );
+        let loaded = store.open_rows(rows);
+        store.show_up();
+        tracing::info!(store = %store.place, records = loaded.len(), "session store opened");
+        Ok((store, loaded))
+    }
+
+    /// Connects to the shared Redis store and reads every record. Redis being unreachable is
+    /// not an error: the gateway starts without stored sessions, logs in within its share of
+    /// the login allowance, and joins the group when Redis answers.
+    pub async fn open_redis(
+        settings: RedisSettings<'_>,
+        encryption_key: &SecretString,
+        previous_key: Option<&SecretString>,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Arc<Self>, HashMap<String, Loaded>), StoreError> {
+        let sealer = key::configured(encryption_key, previous_key)?;
+        let redis = Redis::new(settings.url, settings.ca_pem, settings.prefix)
+            .map_err(|e| StoreError::RedisUrl(e.to_string()))?;
+        let store = Self::new(
+            redis_place(settings.url),
+            Backend::Redis(Arc::new(redis)),
+            sealer,
+            metrics,
+        );
+        let loaded = match store.redis().map(|r| r.read_all()) {
+            Some(read) => match read.await {
+                Ok(rows) => store.open_rows(rows),
+                Err(e) => {
+                    count(&store.metrics, "load", "error");
+                    tracing::error!(store = %store.place, error = %e,
+                        "cannot read the shared session store; starting without stored sessions");
+                    HashMap::new()
                 }
-                Err(reason) => {
-                    count("load", "error");
-                    tracing::warn!(store = %path.display(), record = %name, reason = %reason,
-                        "skipping a stored session that does not open (encryption key changed without previous_encryption_key?); it will log in afresh");
-                }
-            }
-        }
-        tracing::info!(store = %path.display(), records = loaded.len(), "session store opened");
-        let store = Arc::new(Self {
-            path: path.to_owned(),
-            db: Arc::new(db),
+            },
+            None => HashMap::new(),
+        };
+        store.show_up();
+        tracing::info!(store = %store.place, records = loaded.len(), "shared session store opened");
+        Ok((store, loaded))
+    }
+
+    fn new(place: String, backend: Backend, sealer: Sealer, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            place,
+            backend,
             sealer: Arc::new(sealer),
             metrics,
             pending: Mutex::new(Pending::default()),
             wake: Notify::new(),
             committing: tokio::sync::Mutex::new(()),
-        });
-        Ok((store, loaded))
+        })
     }
 
-    /// The store file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Opens sealed rows; a row that does not open is skipped with a warning.
+    fn open_rows(&self, rows: Vec<(String, Vec<u8>)>) -> HashMap<String, Loaded> {
+        let mut loaded = HashMap::new();
+        for (name, sealed) in rows {
+            if let Some(l) = self.open_row(&name, &sealed, "load") {
+                loaded.insert(name, l);
+            }
+        }
+        loaded
+    }
+
+    fn open_row(&self, name: &str, sealed: &[u8], op: &'static str) -> Option<Loaded> {
+        let opened = self
+            .sealer
+            .open(name.as_bytes(), sealed)
+            .map_err(|e| e.to_string())
+            .and_then(|(plain, how)| {
+                Record::decode(&plain)
+                    .map(|record| (record, how))
+                    .map_err(|e| e.to_string())
+            });
+        match opened {
+            Ok((record, how)) => {
+                count(&self.metrics, op, "ok");
+                Some(Loaded {
+                    record,
+                    rewrite: how == Opened::Previous,
+                })
+            }
+            Err(reason) => {
+                count(&self.metrics, op, "error");
+                tracing::warn!(store = %self.place, record = %name, reason = %reason,
+                    "skipping a stored session that does not open (encryption key changed without previous_encryption_key?); it will log in afresh");
+                None
+            }
+        }
+    }
+
+    /// Where the store is, for logs.
+    pub fn place(&self) -> &str {
+        &self.place
+    }
+
+    fn redis(&self) -> Option<&Arc<Redis>> {
+        match &self.backend {
+            Backend::Redis(r) => Some(r),
+            Backend::File(_) => None,
+        }
+    }
+
+    /// Whether other replicas share this store: logins then take the group's lease.
+    pub fn is_shared(&self) -> bool {
+        self.redis().is_some()
+    }
+
+    /// Sets `gstgate_store_up` from the last operation's outcome.
+    fn show_up(&self) {
+        let up = self.redis().is_none_or(|r| r.is_up());
+        self.metrics.store_up.set(i64::from(up));
+    }
+
+    /// Counts a shared-store operation and keeps `gstgate_store_up` current.
+    fn outcome<T>(&self, op: &'static str, r: Result<T, RedisFailure>) -> Result<T, RedisFailure> {
+        count(&self.metrics, op, if r.is_ok() { "ok" } else { "error" });
+        self.show_up();
+        r
+    }
+
+    /// Reads record `name` afresh from the shared store (`Ok(None)`: there is none, or it
+    /// does not open).
+    pub async fn fetch(&self, name: &str) -> Result<Option<Loaded>, RedisFailure> {
+        let Some(redis) = self.redis() else {
+            return Ok(None);
+        };
+        let bytes = self.outcome("get", redis.get(name).await)?;
+        Ok(bytes.and_then(|b| self.open_row(name, &b, "get")))
+    }
+
+    /// Every record of the shared store, read afresh.
+    pub async fn fetch_all(&self) -> Result<HashMap<String, Loaded>, RedisFailure> {
+        let Some(redis) = self.redis() else {
+            return Ok(HashMap::new());
+        };
+        let rows = self.outcome("load", redis.read_all().await)?;
+        Ok(self.open_rows(rows))
+    }
+
+    /// Takes record `name`'s login lease for `ttl`; `Ok(None)` while another replica holds it.
+    pub async fn lease(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, RedisFailure> {
+        let Some(redis) = self.redis() else {
+            return Err(RedisFailure::Command("not a shared store".into()));
+        };
+        self.outcome("lease", redis.lease(name, ttl).await)
+    }
+
+    /// Keeps a held lease for `ttl` more; false if it has been lost.
+    pub async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool, RedisFailure> {
+        let Some(redis) = self.redis() else {
+            return Ok(false);
+        };
+        self.outcome("lease", redis.extend(lease, ttl).await)
+    }
+
+    /// Releases a held lease, announcing `generation` (0: no new session) to the group first.
+    pub async fn release(&self, name: &str, lease: &Lease, generation: u64) {
+        let Some(redis) = self.redis() else {
+            return;
+        };
+        let released = redis.release(lease).await;
+        if let Err(e) = self.outcome("lease", released) {
+            tracing::warn!(store = %self.place, record = %name, error = %e,
+                "cannot release the login lease; it expires by itself");
+        }
+        if let Err(e) = self.outcome("publish", redis.publish(name, generation).await) {
+            tracing::warn!(store = %self.place, record = %name, error = %e,
+                "cannot announce the new session; other replicas pick it up when they need it");
+        }
+    }
+
+    /// The other replicas' announcements; `None` for a store nobody shares.
+    pub fn subscribe(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Event>> {
+        self.redis().map(|r| r.subscribe())
     }
 
     /// Queues `record` as the new state of `name`; never waits for the disk.
@@ -231,11 +393,33 @@ impl Store {
         if batch.is_empty() {
             return true;
         }
-        let db = self.db.clone();
-        let sealer = self.sealer.clone();
         let names: Vec<(Arc<str>, Option<Record>)> = batch.into_iter().collect();
-        let work = names.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        let result = self.commit(names.clone()).await;
+        let ok = result.is_ok();
+        let label = if ok { "ok" } else { "error" };
+        for (_, change) in &names {
+            let op = if change.is_some() { "write" } else { "delete" };
+            count(&self.metrics, op, label);
+        }
+        self.show_up();
+        let mut pending = self.lock_pending();
+        pending.committing = 0;
+        if let Err(e) = &result {
+            tracing::error!(store = %self.place, error = %e, records = names.len(),
+                "cannot write sessions to the store; retrying");
+            for (name, change) in names {
+                pending.changes.entry(name).or_insert(change);
+            }
+            self.wake.notify_one();
+        }
+        self.show(&pending);
+        ok
+    }
+
+    /// Seals a batch and writes it.
+    async fn commit(&self, work: Vec<(Arc<str>, Option<Record>)>) -> Result<(), String> {
+        let sealer = self.sealer.clone();
+        let seal = move || {
             let mut rows = Vec::with_capacity(work.len());
             for (name, change) in &work {
                 let value = match change {
@@ -248,30 +432,55 @@ impl Store {
                 };
                 rows.push((name.to_string(), value));
             }
-            file::commit(&db, &rows).map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-        let ok = result.is_ok();
-        let label = if ok { "ok" } else { "error" };
-        for (_, change) in &names {
-            let op = if change.is_some() { "write" } else { "delete" };
-            self.metrics
-                .store_operations
-                .get_or_create(&StoreLabels { op, result: label })
-                .inc();
-        }
-        let mut pending = self.lock_pending();
-        pending.committing = 0;
-        if let Err(e) = &result {
-            tracing::error!(store = %self.path.display(), error = %e, records = names.len(),
-                "cannot write sessions to the store; retrying");
-            for (name, change) in names {
-                pending.changes.entry(name).or_insert(change);
+            Ok::<_, String>(rows)
+        };
+        match &self.backend {
+            Backend::File(db) => {
+                let db = db.clone();
+                tokio::task::spawn_blocking(move || {
+                    file::commit(&db, &seal()?).map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
             }
-            self.wake.notify_one();
+            Backend::Redis(redis) => redis.commit(&seal()?).await.map_err(|e| e.to_string()),
         }
-        self.show(&pending);
-        ok
+    }
+}
+
+fn count(metrics: &Metrics, op: &'static str, result: &'static str) {
+    metrics
+        .store_operations
+        .get_or_create(&StoreLabels { op, result })
+        .inc();
+}
+
+/// A Redis URL without its user name and password, for logs.
+fn redis_place(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "redis".into();
+    };
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    let host = &rest[..host_end];
+    let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+    format!("{scheme}://{host}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redis_place;
+
+    #[test]
+    fn the_logged_redis_address_has_no_credentials() {
+        assert_eq!(
+            redis_place("rediss://gw:s3cret@redis.internal:6380/2"),
+            "rediss://redis.internal:6380"
+        );
+        assert_eq!(
+            redis_place("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+        assert_eq!(redis_place("redis://:p@w@h:1"), "redis://h:1");
+        assert_eq!(redis_place("nonsense"), "redis");
     }
 }

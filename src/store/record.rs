@@ -10,8 +10,9 @@ use zeroize::Zeroizing;
 
 use crate::crypto::AesKey;
 
-/// The layout version, first byte of every encoded record.
-const VERSION: u8 = 1;
+/// The layout version, first byte of every encoded record. Version 1 (no login guard) is
+/// still read.
+const VERSION: u8 = 2;
 
 /// One upstream session as stored.
 #[derive(Clone)]
@@ -39,6 +40,63 @@ pub struct Record {
     pub portal_ends_at: Option<SystemTime>,
     /// The generation the slot's next new token gets.
     pub next_generation: u64,
+    /// The login guard: what limits logins for this credential.
+    pub guard: StoredGuard,
+}
+
+/// The login guard's state, by the wall clock: kept so that a restart, or another replica,
+/// cannot spend the upstream's login allowance again or retry a rejected password.
+#[derive(Clone, Default, Debug, PartialEq, Eq)]
+pub struct StoredGuard {
+    /// When the logins of the current window were sent.
+    pub recent: Vec<SystemTime>,
+    /// No login before then.
+    pub backoff_until: Option<SystemTime>,
+    /// Transient failures in a row.
+    pub failures: u32,
+    /// Why logins are stopped until an operator acts.
+    pub lockout: Option<StoredLockout>,
+}
+
+/// A lockout as stored: what the upstream refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredLockout {
+    /// What was refused.
+    pub kind: LockoutKind,
+    /// The upstream's error code.
+    pub upstream_code: Option<String>,
+    /// The upstream's message, where the error carries one.
+    pub message: String,
+}
+
+/// What a stored lockout is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockoutKind {
+    /// The user's password.
+    CredentialsRejected,
+    /// gstgate's own client id, secret or key.
+    ConfigRejected,
+    /// The taxpayer disabled API access.
+    AccessDisabled,
+}
+
+impl LockoutKind {
+    fn byte(self) -> u8 {
+        match self {
+            LockoutKind::CredentialsRejected => 1,
+            LockoutKind::ConfigRejected => 2,
+            LockoutKind::AccessDisabled => 3,
+        }
+    }
+
+    fn from_byte(b: u8) -> Result<Self, DecodeError> {
+        Ok(match b {
+            1 => LockoutKind::CredentialsRejected,
+            2 => LockoutKind::ConfigRejected,
+            3 => LockoutKind::AccessDisabled,
+            _ => return Err(DecodeError("bad lockout kind")),
+        })
+    }
 }
 
 /// Why stored bytes are not a record.
@@ -61,13 +119,15 @@ impl Record {
         } else {
             put_session(&mut out, self.latest.as_ref());
         }
+        put_guard(&mut out, &self.guard);
         out
     }
 
     /// A record from its plaintext bytes.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader(bytes);
-        if r.u8()? != VERSION {
+        let version = r.u8()?;
+        if version != 1 && version != VERSION {
             return Err(DecodeError("unknown version"));
         }
         let next_generation = r.u64()?;
@@ -79,6 +139,11 @@ impl Record {
         } else {
             r.session()?
         };
+        let guard = if version == 1 {
+            StoredGuard::default()
+        } else {
+            r.guard()?
+        };
         if !r.0.is_empty() {
             return Err(DecodeError("trailing bytes"));
         }
@@ -87,7 +152,40 @@ impl Record {
             latest,
             portal_ends_at,
             next_generation,
+            guard,
         })
+    }
+}
+
+/// At most this many login times are kept: more than any upstream's login limit.
+const MAX_RECENT: usize = 64;
+
+fn put_guard(out: &mut Vec<u8>, g: &StoredGuard) {
+    let recent = &g.recent[g.recent.len().saturating_sub(MAX_RECENT)..];
+    out.push(u8::try_from(recent.len()).unwrap_or(u8::MAX));
+    for t in recent {
+        out.extend_from_slice(&millis(*t).to_be_bytes());
+    }
+    put_time(out, g.backoff_until);
+    out.extend_from_slice(&g.failures.to_be_bytes());
+    match &g.lockout {
+        None => out.push(0),
+        Some(l) => {
+            out.push(l.kind.byte());
+            put_text(out, l.upstream_code.as_deref().map(str::as_bytes));
+            put_text(out, Some(l.message.as_bytes()));
+        }
+    }
+}
+
+fn put_text(out: &mut Vec<u8>, text: Option<&[u8]>) {
+    match text {
+        None => out.push(0),
+        Some(t) => {
+            out.push(1);
+            out.extend_from_slice(&u32::try_from(t.len()).unwrap_or(u32::MAX).to_be_bytes());
+            out.extend_from_slice(t);
+        }
     }
 }
 
@@ -162,6 +260,49 @@ impl<'a> Reader<'a> {
         }
     }
 
+    fn len(&mut self) -> Result<usize, DecodeError> {
+        let b = self.take(4)?;
+        usize::try_from(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .map_err(|_| DecodeError("bad length"))
+    }
+
+    fn text(&mut self) -> Result<Option<String>, DecodeError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => {
+                let n = self.len()?;
+                String::from_utf8(self.take(n)?.to_vec())
+                    .map(Some)
+                    .map_err(|_| DecodeError("bad text"))
+            }
+            _ => Err(DecodeError("bad flag")),
+        }
+    }
+
+    fn guard(&mut self) -> Result<StoredGuard, DecodeError> {
+        let n = self.u8()?;
+        let recent = (0..n)
+            .map(|_| self.instant())
+            .collect::<Result<Vec<_>, _>>()?;
+        let backoff_until = self.time()?;
+        let b = self.take(4)?;
+        let failures = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+        let lockout = match self.u8()? {
+            0 => None,
+            kind => Some(StoredLockout {
+                kind: LockoutKind::from_byte(kind)?,
+                upstream_code: self.text()?,
+                message: self.text()?.unwrap_or_default(),
+            }),
+        };
+        Ok(StoredGuard {
+            recent,
+            backoff_until,
+            failures,
+            lockout,
+        })
+    }
+
     fn session(&mut self) -> Result<Option<StoredSession>, DecodeError> {
         match self.u8()? {
             0 => return Ok(None),
@@ -172,9 +313,7 @@ impl<'a> Reader<'a> {
         let expires_at = self.instant()?;
         let issued_at = self.instant()?;
         let sek = AesKey::from_slice(self.take(32)?).map_err(|_| DecodeError("bad key"))?;
-        let len = self.take(4)?;
-        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
-        let len = usize::try_from(len).map_err(|_| DecodeError("bad length"))?;
+        let len = self.len()?;
         let mut token =
             HeaderValue::from_bytes(self.take(len)?).map_err(|_| DecodeError("bad token"))?;
         token.set_sensitive(true);
@@ -212,18 +351,35 @@ mod tests {
                 latest: Some(s.clone()),
                 portal_ends_at: Some(UNIX_EPOCH + Duration::from_secs(1_900_000_000)),
                 next_generation: 5,
+                guard: StoredGuard {
+                    recent: vec![UNIX_EPOCH + Duration::from_millis(1_799_990_000_001)],
+                    backoff_until: Some(UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
+                    failures: 3,
+                    lockout: None,
+                },
             },
             Record {
                 session: None,
                 latest: Some(stored(7, "tok-7")),
                 portal_ends_at: None,
                 next_generation: 8,
+                guard: StoredGuard {
+                    recent: Vec::new(),
+                    backoff_until: None,
+                    failures: 0,
+                    lockout: Some(StoredLockout {
+                        kind: LockoutKind::CredentialsRejected,
+                        upstream_code: Some("2150".into()),
+                        message: "Invalid login credentials".into(),
+                    }),
+                },
             },
         ];
         for r in &records {
             let back = Record::decode(&r.encode()).unwrap();
             assert_eq!(back.next_generation, r.next_generation);
             assert_eq!(back.portal_ends_at, r.portal_ends_at);
+            assert_eq!(back.guard, r.guard);
             for (a, b) in [(&back.session, &r.session), (&back.latest, &r.latest)] {
                 assert_eq!(a.is_some(), b.is_some());
                 if let (Some(a), Some(b)) = (a, b) {
@@ -235,10 +391,22 @@ mod tests {
                 }
             }
         }
-        let full = records[1].encode();
-        for cut in 0..full.len() {
-            assert!(Record::decode(&full[..cut]).is_err(), "cut at {cut}");
+        for full in [records[1].encode(), records[2].encode()] {
+            for cut in 0..full.len() {
+                assert!(Record::decode(&full[..cut]).is_err(), "cut at {cut}");
+            }
         }
+        // A version-1 record (before the guard was kept) still reads, with a clear guard.
+        // An empty guard is 7 bytes: no login times, no backoff, no failures, no lockout.
+        let plain = Record {
+            guard: StoredGuard::default(),
+            ..records[2].clone()
+        };
+        let mut v1 = plain.encode().to_vec();
+        v1[0] = 1;
+        v1.truncate(v1.len() - 7);
+        let back = Record::decode(&v1).unwrap();
+        assert_eq!(back.guard, StoredGuard::default());
         assert!(Record::decode(&[9, 0, 0]).is_err());
     }
 }

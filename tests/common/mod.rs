@@ -7,7 +7,8 @@
 //! One file per job: [`process`] captures a child's output and waits for its ready line,
 //! [`sim`] and [`gateway`] start the two processes, [`config`] renders a gateway's TOML,
 //! [`metrics`] reads its Prometheus text, [`raw_http`] speaks HTTP/1.1 by hand, and
-//! [`fixtures`] holds the identities and documents both sides are set up with. Everything is
+//! [`fixtures`] holds the identities and documents both sides are set up with, and [`redis`]
+//! runs a real Redis server for the shared-store tests. Everything is
 //! re-exported here, so tests name it `common::…`.
 
 #![allow(dead_code)]
@@ -18,8 +19,11 @@ mod gateway;
 mod metrics;
 mod process;
 mod raw_http;
+mod redis;
 mod sim;
 
 // Each test binary compiles its own copy of this module and uses only part of it.
 #[allow(unused_imports)]
-pub use self::{config::*, fixtures::*, gateway::*, metrics::*, process::*, raw_http::*, sim::*};
+pub use self::{
+    config::*, fixtures::*, gateway::*, metrics::*, process::*, raw_http::*, redis::*, sim::*,
+};

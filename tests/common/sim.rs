@@ -67,6 +67,8 @@ pub struct Sim {
     pub addr: SocketAddr,
     /// Its public key file.
     pub public_key: PathBuf,
+    /// Everything it wrote to stderr (its logs).
+    pub logs: Captured,
     child: Child,
     _dir: tempfile::TempDir,
     http: reqwest::Client,
@@ -115,6 +117,7 @@ impl Sim {
         Sim {
             addr,
             public_key,
+            logs: stderr,
             child,
             _dir: dir,
             http: reqwest::Client::new(),

@@ -1,0 +1,361 @@
+//! The Redis backend: the store replicas share. Sealed records under `<prefix>:session:<name>`,
+//! the login lease under `<prefix>:lease:<name>`, and new generations announced on the channel
+//! `<prefix>:generations`.
+//!
+//! One multiplexed connection, made lazily and made again after an I/O error, so that a
+//! gateway starts and serves while Redis is down. While it is down, attempts to connect are
+//! spaced by [`RECONNECT_GAP`]: every operation in between fails at once instead of waiting
+//! for a connect timeout on the request path.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, RedisError};
+use tokio::sync::{mpsc, Mutex};
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one command may take before the connection is presumed dead.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// After a failed connection attempt, none is made for this long.
+const RECONNECT_GAP: Duration = Duration::from_millis(500);
+/// Keys read per `MGET` at start-up.
+const READ_BATCH: usize = 500;
+
+/// Deletes the lease only if this holder still has it.
+const RELEASE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+/// Extends the lease only if this holder still has it.
+const EXTEND: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+
+/// Why Redis could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisFailure {
+    /// No connection now (refused, timed out, or waiting before the next attempt).
+    #[error("redis unreachable: {0}")]
+    Unreachable(String),
+    /// Redis answered with an error.
+    #[error("redis error: {0}")]
+    Command(String),
+}
+
+/// Something the subscription saw.
+#[derive(Debug)]
+pub enum Event {
+    /// A replica finished a login on record `name`: a new `generation`, or 0 if it ended
+    /// without one (the lease is free again).
+    Generation {
+        /// The record.
+        name: String,
+        /// The new generation, or 0.
+        generation: u64,
+    },
+    /// The subscription was (re)established after Redis was unreachable: messages may have
+    /// been missed.
+    Reconnected,
+}
+
+/// A held login lease.
+#[derive(Debug)]
+pub struct Lease {
+    key: String,
+    owner: String,
+}
+
+/// The Redis connection and key layout.
+pub struct Redis {
+    client: Client,
+    prefix: String,
+    conn: Mutex<Link>,
+    up: AtomicBool,
+}
+
+#[derive(Default)]
+struct Link {
+    conn: Option<MultiplexedConnection>,
+    last_attempt: Option<Instant>,
+}
+
+impl Redis {
+    /// A client for `url` (`redis://` or `rediss://`), trusting `ca_pem` for TLS if given.
+    /// Makes no connection yet.
+    pub fn new(url: &str, ca_pem: Option<Vec<u8>>, prefix: &str) -> Result<Self, RedisError> {
+        let client = match ca_pem {
+            Some(root_cert) => Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            )?,
+            None => Client::open(url)?,
+        };
+        Ok(Self {
+            client,
+            prefix: prefix.to_owned(),
+            conn: Mutex::new(Link::default()),
+            up: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether the last operation reached Redis.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    fn record_key(&self, name: &str) -> String {
+        format!("{}:session:{name}", self.prefix)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:generations", self.prefix)
+    }
+
+    async fn connection(&self) -> Result<MultiplexedConnection, RedisFailure> {
+        let mut link = self.conn.lock().await;
+        if let Some(c) = &link.conn {
+            return Ok(c.clone());
+        }
+        if link
+            .last_attempt
+            .is_some_and(|t| t.elapsed() < RECONNECT_GAP)
+        {
+            return Err(RedisFailure::Unreachable("not connected".into()));
+        }
+        link.last_attempt = Some(Instant::now());
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(CONNECT_TIMEOUT)
+            .set_response_timeout(RESPONSE_TIMEOUT);
+        match self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(c) => {
+                link.conn = Some(c.clone());
+                Ok(c)
+            }
+            Err(e) => {
+                self.up.store(false, Ordering::Relaxed);
+                Err(RedisFailure::Unreachable(e.to_string()))
+            }
+        }
+    }
+
+    /// Runs `cmd` and sorts its error: a broken connection is dropped for a new one.
+    async fn run<T: redis::FromRedisValue>(&self, op: Op) -> Result<T, RedisFailure> {
+        let mut conn = self.connection().await?;
+        let result = match op {
+            Op::Cmd(cmd) => cmd.query_async(&mut conn).await,
+            Op::Pipe(pipe) => pipe.query_async(&mut conn).await,
+        };
+        match result {
+            Ok(v) => {
+                self.up.store(true, Ordering::Relaxed);
+                Ok(v)
+            }
+            Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
+                self.up.store(false, Ordering::Relaxed);
+                self.conn.lock().await.conn = None;
+                Err(RedisFailure::Unreachable(e.to_string()))
+            }
+            Err(e) => Err(RedisFailure::Command(e.to_string())),
+        }
+    }
+
+    /// Every record: `(name, sealed bytes)`.
+    pub async fn read_all(&self) -> Result<Vec<(String, Vec<u8>)>, RedisFailure> {
+        let pattern = format!("{}:session:*", self.prefix);
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .run(Op::Cmd(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(1000)
+                        .clone(),
+                ))
+                .await?;
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        let strip = format!("{}:session:", self.prefix);
+        let mut rows = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(READ_BATCH) {
+            let values: Vec<Option<Vec<u8>>> = self
+                .run(Op::Cmd(redis::cmd("MGET").arg(chunk).clone()))
+                .await?;
+            for (key, value) in chunk.iter().zip(values) {
+                if let (Some(name), Some(value)) = (key.strip_prefix(&strip), value) {
+                    rows.push((name.to_owned(), value));
+                }
+            }
+        }
+        Ok(rows)
+    }
+
+    /// One record's sealed bytes.
+    pub async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, RedisFailure> {
+        self.run(Op::Cmd(
+            redis::cmd("GET").arg(self.record_key(name)).clone(),
+        ))
+        .await
+    }
+
+    /// Writes (`Some`) or deletes (`None`) records, in one pipeline.
+    pub async fn commit(&self, rows: &[(String, Option<Vec<u8>>)]) -> Result<(), RedisFailure> {
+        let mut pipe = redis::pipe();
+        for (name, value) in rows {
+            match value {
+                Some(v) => pipe.cmd("SET").arg(self.record_key(name)).arg(v).ignore(),
+                None => pipe.cmd("DEL").arg(self.record_key(name)).ignore(),
+            };
+        }
+        self.run(Op::Pipe(pipe)).await
+    }
+
+    /// Takes record `name`'s login lease for `ttl`, if no replica holds it.
+    pub async fn lease(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, RedisFailure> {
+        let key = format!("{}:lease:{name}", self.prefix);
+        let owner = owner_id();
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let set: Option<String> = self
+            .run(Op::Cmd(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .clone(),
+            ))
+            .await?;
+        Ok(set.map(|_| Lease { key, owner }))
+    }
+
+    /// Extends a held lease to `ttl` from now; false if it was lost (it expired).
+    pub async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool, RedisFailure> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let n: i64 = self
+            .run(Op::Cmd(eval(EXTEND, lease).arg(ms).clone()))
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Releases a lease this holder still has.
+    pub async fn release(&self, lease: &Lease) -> Result<(), RedisFailure> {
+        let _: i64 = self.run(Op::Cmd(eval(RELEASE, lease))).await?;
+        Ok(())
+    }
+
+    /// Announces that record `name` has a new `generation` (0: a login ended without one).
+    pub async fn publish(&self, name: &str, generation: u64) -> Result<(), RedisFailure> {
+        let message = format!("{generation} {name}");
+        let _: i64 = self
+            .run(Op::Cmd(
+                redis::cmd("PUBLISH")
+                    .arg(self.channel())
+                    .arg(message)
+                    .clone(),
+            ))
+            .await?;
+        Ok(())
+    }
+
+    /// Subscribes to the generations channel in a task of its own, which subscribes again
+    /// whenever the connection breaks; what it sees arrives on the returned channel.
+    pub fn subscribe(self: &Arc<Self>) -> mpsc::UnboundedReceiver<Event> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let redis = self.clone();
+        tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                match redis.listen(&tx, first).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        redis.up.store(false, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "redis subscription lost; resubscribing");
+                    }
+                }
+                first = false;
+                let jitter = RECONNECT_GAP.mul_f64(rand::random::<f64>());
+                tokio::time::sleep(RECONNECT_GAP + jitter).await;
+            }
+        });
+        rx
+    }
+
+    /// One subscription, until it breaks (`Err`) or nobody listens any more (`Ok`).
+    async fn listen(&self, tx: &mpsc::UnboundedSender<Event>, first: bool) -> Result<(), String> {
+        use futures_util::StreamExt as _;
+        let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| "connect timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        pubsub
+            .subscribe(self.channel())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.up.store(true, Ordering::Relaxed);
+        if !first {
+            tracing::info!("redis subscription re-established");
+            if tx.send(Event::Reconnected).is_err() {
+                return Ok(());
+            }
+        }
+        let mut messages = pubsub.on_message();
+        while let Some(msg) = messages.next().await {
+            let Ok(text) = msg.get_payload::<String>() else {
+                continue;
+            };
+            let Some((generation, name)) = text.split_once(' ') else {
+                continue;
+            };
+            let Ok(generation) = generation.parse() else {
+                continue;
+            };
+            let event = Event::Generation {
+                name: name.to_owned(),
+                generation,
+            };
+            if tx.send(event).is_err() {
+                return Ok(());
+            }
+        }
+        Err("the subscription connection closed".into())
+    }
+}
+
+/// `EVAL script 1 <lease key> <owner>`: the lease scripts' common head.
+fn eval(script: &str, lease: &Lease) -> redis::Cmd {
+    redis::cmd("EVAL")
+        .arg(script)
+        .arg(1)
+        .arg(&lease.key)
+        .arg(&lease.owner)
+        .clone()
+}
+
+/// A lease holder's identity: random, so that only the holder can extend or release it.
+fn owner_id() -> String {
+    use rand::RngCore as _;
+    let mut b = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// One round trip: a command or a pipeline.
+enum Op {
+    Cmd(redis::Cmd),
+    Pipe(redis::Pipeline),
+}
