@@ -78,7 +78,7 @@ pub struct Running {
     simulator: Option<crate::sim::SimHandle>,
     alerts: Arc<Alerts>,
     alert_watcher: alerts::watcher::Handle,
-    store: Option<(Arc<Store>, tokio::task::JoinHandle<()>)>,
+    store: Option<(Arc<Store>, Vec<tokio::task::JoinHandle<()>>)>,
     /// Reloads the configuration on `SIGHUP`.
     pub reloader: Arc<Reloader>,
 }
@@ -95,9 +95,11 @@ impl Running {
         drop(self.alert_watcher);
         self.alerts.shutdown().await;
         // The last session changes reach the file before the process exits.
-        if let Some((store, writer)) = self.store {
+        if let Some((store, tasks)) = self.store {
             store.flush().await;
-            writer.abort();
+            for task in tasks {
+                task.abort();
+            }
         }
         if let Some(sim) = self.simulator {
             sim.shutdown().await;
@@ -131,8 +133,9 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
                     replicas: config.store.replicas,
                 });
             }
-            let writer = store.spawn_writer();
-            Some((store, writer))
+            let mut tasks = vec![store.spawn_writer()];
+            tasks.extend(store.spawn_health(STORE_HEALTH_EVERY));
+            Some((store, tasks))
         }
         None => {
             metrics.store_up.set(1);
@@ -238,6 +241,9 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
         reloader,
     })
 }
+
+/// How often a shared store is checked for `gstgate_store_up` and `/readyz`.
+const STORE_HEALTH_EVERY: Duration = Duration::from_secs(2);
 
 /// An opened store and the records read from it.
 type Opened = (Arc<Store>, HashMap<String, Loaded>);

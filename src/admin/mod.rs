@@ -62,7 +62,7 @@ pub struct RequestId(pub String);
 pub fn router(admin: Arc<Admin>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         // Open like /metrics: browsers cannot send a bearer token, and the page has no secrets.
         .route("/status", get(status_page::handler))
@@ -86,6 +86,18 @@ pub fn router(admin: Arc<Admin>) -> Router {
         // without passing `admit`.
         .layer(middleware::from_fn_with_state(admin.clone(), admit))
         .with_state(admin)
+}
+
+/// `GET /readyz`: ready once listening, whatever the store does. A shared store that is
+/// unreachable is reported but does not fail readiness: every replica shares it, so failing
+/// would take them all out of the load balancer at once, while each can go on serving the
+/// sessions it holds and log in within its share of the login allowance.
+async fn readyz(State(admin): State<Arc<Admin>>) -> &'static str {
+    if admin.sessions.metrics().store_up.get() == 1 {
+        "ready\nstore: up\n"
+    } else {
+        "ready\nstore: unreachable (serving the sessions held in memory; logins within this replica's share)\n"
+    }
 }
 
 /// Admits a request before any handler or extractor runs: checks the bearer token for `/admin/*`,

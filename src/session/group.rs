@@ -156,7 +156,9 @@ impl Sessions {
                 lease,
             };
             match store.fetch(&held.name).await {
-                Ok(Some(loaded)) => self.take_up(slot, loaded.record),
+                Ok(Some(loaded)) => {
+                    self.take_up(slot, loaded.record);
+                }
                 Ok(None) => {}
                 Err(e) => {
                     let version = slot.lock().next_generation;
@@ -236,8 +238,8 @@ impl Sessions {
     }
 
     /// Takes up the group's record for the slot, and schedules the proactive refresh of a
-    /// session that came with it.
-    fn take_up(&self, slot: &Slot, record: crate::store::Record) {
+    /// session that came with it. Returns whether the slot's sessions were replaced.
+    fn take_up(&self, slot: &Slot, record: crate::store::Record) -> bool {
         let session = {
             let mut st = slot.lock();
             match st.take_up(record, slot.credential.whose()) {
@@ -245,11 +247,13 @@ impl Sessions {
                 TakenUp::Sessions => st.session().cloned(),
             }
         };
-        if let Some(session) = session {
-            tracing::debug!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
-                generation = session.generation, "took up the group's session");
-            self.schedule_taken_up(slot, &session);
-        }
+        let Some(session) = session else {
+            return false;
+        };
+        tracing::debug!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
+            generation = session.generation, "took up the group's session");
+        self.schedule_taken_up(slot, &session);
+        true
     }
 
     /// Follows the other replicas' announcements: a record whose counter moved past this
@@ -290,7 +294,9 @@ impl Sessions {
             return;
         };
         match store.fetch(&slot.record_name()).await {
-            Ok(Some(loaded)) => self.take_up(slot, loaded.record),
+            Ok(Some(loaded)) => {
+                self.take_up(slot, loaded.record);
+            }
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
@@ -313,10 +319,11 @@ impl Sessions {
             }
         };
         let table = self.table();
+        let (mut taken_up, mut offered) = (0usize, 0usize);
         let mut unshared = Vec::new();
         for slot in &table.slots {
             if let Some(loaded) = records.remove(slot.record_name().as_str()) {
-                self.take_up(slot, loaded.record);
+                taken_up += usize::from(self.take_up(slot, loaded.record));
             }
             if slot.lock().unshared {
                 unshared.push(slot.clone());
@@ -327,24 +334,27 @@ impl Sessions {
             let _single_flight = slot.login.lock().await;
             match self.take_turn(&slot, None).await {
                 Ok(Taken::Turn(turn)) => {
-                    let (kept, generation) = {
-                        let mut st = slot.lock();
-                        let kept = st.unshared;
-                        st.unshared = false;
-                        (kept, st.session().map(|s| s.generation))
-                    };
-                    tracing::info!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
-                        generation, offered = kept,
-                        "rejoined the group: its session {}", if kept { "is now the group's" } else { "gave way to the group's" });
+                    // Still unshared after taking up the record: the group has nothing newer,
+                    // so this replica's session becomes the group's.
+                    if std::mem::take(&mut slot.lock().unshared) {
+                        offered += 1;
+                    } else {
+                        taken_up += 1;
+                    }
                     self.end_turn(&slot, turn, true).await;
                 }
-                Ok(Taken::Adopted(_)) => {}
+                Ok(Taken::Adopted(_)) => taken_up += 1,
                 Err(e) => {
                     tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
-                    error = %e, "cannot offer this replica's session to the group yet")
+                        error = %e, "cannot offer this replica's session to the group yet");
                 }
             }
         }
+        tracing::info!(
+            taken_up,
+            offered,
+            "rejoined the group: took up the sessions other replicas made, offered the ones made while the store was unreachable"
+        );
     }
 }
 

@@ -366,6 +366,31 @@ impl Store {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
+    /// For a shared store, starts a task that checks every `every` that Redis answers, so
+    /// that `gstgate_store_up` and `/readyz` tell the truth when no session changes (the
+    /// request path never touches Redis).
+    pub fn spawn_health(self: &Arc<Self>, every: Duration) -> Option<tokio::task::JoinHandle<()>> {
+        let redis = self.redis()?.clone();
+        let store = self.clone();
+        Some(tokio::spawn(async move {
+            let mut was_up = true;
+            loop {
+                tokio::time::sleep(every).await;
+                let up = redis.ping().await.is_ok();
+                store.show_up();
+                if up != was_up {
+                    if up {
+                        tracing::info!(store = %store.place, "the shared store answers again");
+                    } else {
+                        tracing::error!(store = %store.place,
+                            "the shared store is unreachable: serving the sessions held in memory, logging in within this replica's share");
+                    }
+                    was_up = up;
+                }
+            }
+        }))
+    }
+
     /// Starts the writer task: it commits queued changes as they come.
     pub fn spawn_writer(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let store = self.clone();

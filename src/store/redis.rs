@@ -164,6 +164,12 @@ impl Redis {
         }
     }
 
+    /// Checks that Redis answers.
+    pub async fn ping(&self) -> Result<(), RedisFailure> {
+        let _: String = self.run(Op::Cmd(redis::cmd("PING"))).await?;
+        Ok(())
+    }
+
     /// Every record: `(name, sealed bytes)`.
     pub async fn read_all(&self) -> Result<Vec<(String, Vec<u8>)>, RedisFailure> {
         let pattern = format!("{}:session:*", self.prefix);
