@@ -68,6 +68,9 @@ pub struct Reloader {
     listen: SocketAddr,
     admin_listen: SocketAddr,
     upstreams: Vec<String>,
+    /// The running file's settings that only a restart applies, as written (before `${VAR}`
+    /// interpolation: the environment of a running process does not change).
+    fixed: toml::Table,
     /// One reload at a time: two at once could apply an older file last.
     one_at_a_time: Mutex<()>,
 }
@@ -75,6 +78,10 @@ pub struct Reloader {
 impl Reloader {
     /// A reloader for the gateway started from `config`, read from `path`.
     pub fn new(path: PathBuf, config: &Config, sessions: Arc<Sessions>, proxy: Arc<Proxy>) -> Self {
+        let fixed = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| fixed_settings(&text))
+            .unwrap_or_default();
         Self {
             path,
             sessions,
@@ -82,6 +89,7 @@ impl Reloader {
             listen: config.server.listen,
             admin_listen: config.server.admin_listen,
             upstreams: config.upstreams.iter().map(|u| u.name.clone()).collect(),
+            fixed,
             one_at_a_time: Mutex::new(()),
         }
     }
@@ -89,7 +97,13 @@ impl Reloader {
     /// Reads the file again and applies its clients and credentials, or refuses it whole.
     pub fn reload(&self) -> Result<Report, ReloadError> {
         let _one = self.one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
-        let config = Config::load(&self.path)?;
+        let text = std::fs::read_to_string(&self.path).map_err(|source| {
+            ReloadError::Config(crate::config::ConfigError::Read {
+                path: self.path.clone(),
+                source,
+            })
+        })?;
+        let config = Config::parse(&text, &self.path)?;
         crate::upstream::check_profiles(&config, &self.path)?;
         crate::upstream::check_files(&config, &self.path)?;
         let clients = Clients::from_config(&config.clients).map_err(ReloadError::Clients)?;
@@ -122,6 +136,13 @@ impl Reloader {
                 self.upstreams, upstreams
             ));
         }
+        if let Some(new) = fixed_settings(&text) {
+            restart_needed.extend(
+                changed_settings(&self.fixed, &new)
+                    .into_iter()
+                    .filter(|name| name != "server.listen" && name != "server.admin_listen"),
+            );
+        }
         let Changes {
             added,
             removed,
@@ -145,5 +166,110 @@ impl Reloader {
             "configuration reloaded"
         );
         Ok(report)
+    }
+}
+
+/// The settings of a configuration text that only a restart applies: everything but the
+/// clients and credentials.
+fn fixed_settings(text: &str) -> Option<toml::Table> {
+    let mut table: toml::Table = toml::from_str(text).ok()?;
+    table.remove("client");
+    table.remove("credential");
+    Some(table)
+}
+
+/// The names of the settings that differ between two such tables — `server.admin_token`,
+/// ``upstream `einvoice`.client_secret`` — never their values, which may be secrets.
+fn changed_settings(old: &toml::Table, new: &toml::Table) -> Vec<String> {
+    let mut changed = Vec::new();
+    let sections: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    for section in sections {
+        match (old.get(section), new.get(section)) {
+            (Some(toml::Value::Array(a)), Some(toml::Value::Array(b))) if section == "upstream" => {
+                let named = |list: &Vec<toml::Value>| -> Vec<(String, toml::Table)> {
+                    list.iter()
+                        .filter_map(|u| u.as_table())
+                        .map(|t| {
+                            let name = t.get("name").and_then(|n| n.as_str()).unwrap_or("?");
+                            (name.to_owned(), t.clone())
+                        })
+                        .collect()
+                };
+                let (a, b) = (named(a), named(b));
+                for (name, before) in &a {
+                    if let Some((_, after)) = b.iter().find(|(n, _)| n == name) {
+                        for key in keys_differing(before, after) {
+                            changed.push(format!("upstream `{name}`.{key}"));
+                        }
+                    }
+                }
+            }
+            (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => {
+                for key in keys_differing(a, b) {
+                    changed.push(format!("{section}.{key}"));
+                }
+            }
+            (a, b) if a != b => changed.push(format!("[{section}]")),
+            _ => {}
+        }
+    }
+    changed
+}
+
+/// Keys whose values differ (or that are set in only one table), sorted.
+fn keys_differing(a: &toml::Table, b: &toml::Table) -> Vec<String> {
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| k.to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_settings_are_named_without_their_values() {
+        let before = r#"
+[server]
+listen = "127.0.0.1:1"
+admin_token = "old-token-0123456789"
+[store]
+backend = "memory"
+[[upstream]]
+name = "einvoice"
+client_secret = "old-secret"
+timeout = "5s"
+[[upstream]]
+name = "gstn"
+client_secret = "s"
+[[credential]]
+gstin = "27AAPFU0939F1ZV"
+password = "p1"
+"#;
+        let after = before
+            .replace("old-token-0123456789", "new-token-0123456789")
+            .replace("old-secret", "new-secret")
+            .replace("p1", "p2")
+            .replace(
+                "[store]\nbackend = \"memory\"",
+                "[alerts]\ncheck_interval = \"1s\"",
+            );
+        let changed = changed_settings(
+            &fixed_settings(before).unwrap(),
+            &fixed_settings(&after).unwrap(),
+        );
+        assert_eq!(
+            changed,
+            [
+                "[alerts]",
+                "server.admin_token",
+                "[store]",
+                "upstream `einvoice`.client_secret"
+            ]
+        );
+        assert!(!changed.concat().contains("secret\""));
+        assert!(!changed.concat().contains("token-0123"));
     }
 }

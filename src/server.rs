@@ -147,6 +147,9 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
         &sessions,
     )));
     let alerts = Alerts::new(&config.alerts, metrics.clone())?;
+    if let Some((store, _)) = &store {
+        alerts.attach_store(store.clone()).await;
+    }
     let alert_watcher = alerts::watcher::spawn(&sessions, alerts.clone(), alerts.check_interval());
     let clients = Clients::from_config(&config.clients).map_err(StartError::Clients)?;
     let server = &config.server;

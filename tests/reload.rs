@@ -202,3 +202,36 @@ async fn a_reload_without_the_admin_token_is_refused_and_applies_nothing() {
     let res = as_second(&gw, GSTIN, "U/1").await;
     assert_eq!(res.status(), 401);
 }
+
+/// Settings a reload cannot apply — an admin token, an upstream's timeout — are named in
+/// `restart_needed` (never with their values) and keep their running values until a restart.
+#[tokio::test]
+async fn settings_that_need_a_restart_are_named_without_their_values() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let new_token = "a-new-admin-token-0123456789";
+    let text = std::fs::read_to_string(&gw.config)
+        .unwrap()
+        .replace(ADMIN_TOKEN, new_token)
+        .replace("timeout = \"5s\"", "timeout = \"7s\"");
+    std::fs::write(&gw.config, text).unwrap();
+    let res = gw.admin_post("/admin/reload", None).await;
+    assert_eq!(res.status(), 200);
+    let body = res.text().await.unwrap();
+    assert!(!body.contains(new_token), "{body}");
+    let report: Value = serde_json::from_str(&body).unwrap();
+    let needed: Vec<&str> = report["restart_needed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        needed,
+        ["server.admin_token", "upstream `einvoice`.timeout"],
+        "{report}"
+    );
+    // The running token still opens the admin API until a restart.
+    assert_eq!(gw.admin_post("/admin/reload", None).await.status(), 200);
+    assert!(!gw.logs.text().contains(new_token));
+}

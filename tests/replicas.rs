@@ -161,9 +161,14 @@ async fn the_proactive_refresh_happens_once_per_expiry_for_the_group() {
         (4.0..=elapsed / 2.0 + 1.0).contains(&proactive),
         "{proactive} proactive refreshes in {elapsed:.1} s"
     );
+    let mut counted = 0.0;
+    for trigger in ["cold", "proactive", "rejected", "manual"] {
+        let series =
+            format!("gstgate_token_refreshes_total{{upstream=\"einvoice\",trigger=\"{trigger}\"}}");
+        counted += total(&gws, &series).await;
+    }
     assert_eq!(
-        logins,
-        proactive + 1.0,
+        logins, counted,
         "every login the group made is counted once"
     );
     assert_eq!(sim.count(GSTIN, "token_rejections").await, 0);
@@ -668,4 +673,66 @@ async fn the_group_rides_out_a_redis_outage_and_converges_when_it_returns() {
     for gw in &gws {
         assert_eq!(gw.metric("gstgate_store_up").await, 1.0);
     }
+}
+
+/// Acceptance 7: a credential rejected through one replica is an alert episode for the whole
+/// group: every replica sees it, exactly one sends the webhook.
+#[tokio::test]
+async fn an_alert_episode_sends_one_webhook_for_the_group() {
+    let (tx, mut bodies) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let app = axum::Router::new().fallback(move |body: String| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(body);
+            axum::http::StatusCode::NO_CONTENT
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let sim = Sim::start(SimOpts::default()).await;
+    let redis = RedisServer::start().await;
+    let gws = replicas(
+        &sim,
+        &redis,
+        3,
+        GwOpts {
+            credentials: vec![(GSTIN.into(), USER.into(), "not-the-password".into())],
+            extra_toml: format!(
+                "\n[alerts]\nwebhook_url = \"http://{hook}/hook\"\ncheck_interval = \"200ms\"\n"
+            ),
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    expect_problem(
+        gws[0].generate(GSTIN, "ALERT/0").await,
+        502,
+        "credentials_rejected",
+    )
+    .await;
+
+    let body = tokio::time::timeout(Duration::from_secs(30), bodies.recv())
+        .await
+        .expect("the webhook was called")
+        .unwrap();
+    let alert: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(alert["alert"], "credentials_rejected", "{alert}");
+    // Every replica decides about the episode; one opened it and sent it.
+    for gw in &gws {
+        gw.logs.wait_for("alert episode ").await;
+    }
+    let senders = gws
+        .iter()
+        .filter(|gw| gw.logs.text().contains("alert episode opened in the store"))
+        .count();
+    assert_eq!(
+        senders, 1,
+        "one replica sends, the others find the episode open"
+    );
+    assert!(
+        bodies.try_recv().is_err(),
+        "a second webhook for the same episode"
+    );
 }

@@ -163,7 +163,20 @@ async fn kill_9_resumes_every_session_without_a_login_or_an_otp_and_nothing_is_p
     );
 
     signal(&mut gw, "-KILL").await;
+    // A store file that came back readable by others (restored from a backup, say) is made
+    // owner-only again at start-up.
+    let store_file = dir.path().join("sessions.redb");
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&store_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let gw = Gateway::start(&sim, opts(dir.path(), "")).await;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&store_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o} after start-up");
+    }
+    assert!(gw.logs.text().contains("made it owner-only"));
     assert_eq!(gw.session_state("gstn", GSTIN).await, "valid");
     einvoice(&gw, "INV/2").await;
     ewaybill(&gw, "EWB/2").await;
@@ -273,5 +286,36 @@ async fn a_rotated_key_reads_old_records_and_an_unknown_key_logs_in_again() {
         gw.metric(r#"gstgate_store_operations_total{op="load",result="error"}"#)
             .await,
         1.0
+    );
+}
+
+/// The login guard is kept with the sessions: a credential the upstream rejected stays
+/// refused after a `kill -9` and restart, without another login attempt (which could get the
+/// API user blocked).
+#[tokio::test]
+async fn a_rejected_credential_stays_refused_across_a_restart_without_a_login() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = GwOpts {
+        credentials: vec![(GSTIN.into(), USER.into(), "not-the-password".into())],
+        apis: vec!["einvoice"],
+        ..opts(dir.path(), "")
+    };
+    let mut gw = Gateway::start(&sim, wrong.clone()).await;
+    expect_problem(gw.generate(GSTIN, "G/1").await, 502, "credentials_rejected").await;
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 1);
+    wait_committed(&gw, 2.0).await;
+    signal(&mut gw, "-KILL").await;
+
+    let gw = Gateway::start(&sim, wrong).await;
+    assert_eq!(
+        gw.session_state("einvoice", GSTIN).await,
+        "credentials_rejected"
+    );
+    expect_problem(gw.generate(GSTIN, "G/2").await, 502, "credentials_rejected").await;
+    assert_eq!(
+        sim.count(GSTIN, "auth_calls").await,
+        1,
+        "no login after the restart"
     );
 }

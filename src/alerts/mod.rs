@@ -6,6 +6,9 @@
 //! * **Episodes.** An alert is about a (kind, upstream, GSTIN, user). [`Alerts::raise`] sends
 //!   only when it opens an episode; [`Alerts::resolve`] closes it, so the next `raise` sends
 //!   again. Whoever raises can do so on every observation without flooding the receiver.
+//!   With a store, open episodes are kept there ([`Alerts::attach_store`]): a restart does
+//!   not send an open episode's alert again, and replicas sharing a Redis store send one
+//!   alert per episode for the whole group (the replica that opens it in Redis sends it).
 //! * **Delivery never blocks the caller.** `raise` puts the alert on a bounded queue (dropping
 //!   and counting it when the queue is full) and one background task POSTs it, retrying on a
 //!   transport error or a non-2xx answer with exponential backoff and full jitter. Redirects
@@ -29,13 +32,41 @@ mod model;
 mod webhook;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use crate::config::{check_otp_warning, AlertsConfig};
 use crate::metrics::Metrics;
+use crate::store::Store;
 
 pub use model::{AlertKind, Detail, Subject};
+
+/// An episode's name in the store. Upstream names and GSTINs hold no `:`, so it parses back
+/// whatever the user name holds.
+fn episode_key(kind: AlertKind, s: &Subject) -> String {
+    format!(
+        "{}:{}:{}:{}",
+        kind.as_str(),
+        s.upstream,
+        s.gstin,
+        s.username
+    )
+}
+
+fn parse_episode(key: &str) -> Option<(AlertKind, Subject)> {
+    let mut parts = key.splitn(4, ':');
+    let kind = parts.next()?;
+    let kind = AlertKind::ALL.into_iter().find(|k| k.as_str() == kind)?;
+    let (upstream, gstin, username) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((
+        kind,
+        Subject {
+            upstream: upstream.into(),
+            gstin: gstin.to_owned(),
+            username: username.into(),
+        },
+    ))
+}
 pub use webhook::{DeliveryPolicy, SHUTDOWN_FLUSH};
 
 use webhook::{body_json, Sender};
@@ -70,6 +101,10 @@ pub struct Alerts {
     open: Mutex<HashSet<(AlertKind, Subject)>>,
     /// `None` when no webhook is configured: alerts are then only logged.
     sender: Option<Sender>,
+    /// Where episodes are kept beyond this process, once attached.
+    store: OnceLock<Arc<Store>>,
+    /// This handle, for the tasks that record an episode before sending it.
+    me: Weak<Alerts>,
 }
 
 impl Alerts {
@@ -91,13 +126,32 @@ impl Alerts {
             None => None,
             Some(text) => Some(Sender::start(text, policy, metrics.clone())?),
         };
-        Ok(Arc::new(Self {
+        Ok(Arc::new_cyclic(|me| Self {
             otp_warning,
             check_interval: cfg.check_interval.unwrap_or(watcher::POLL_INTERVAL),
             metrics,
             open: Mutex::new(HashSet::new()),
             sender,
+            store: OnceLock::new(),
+            me: me.clone(),
         }))
+    }
+
+    /// Keeps episodes in `store` from now on, taking up the ones open there (after a restart,
+    /// or opened by another replica) so that their alerts are not sent again.
+    pub async fn attach_store(&self, store: Arc<Store>) {
+        let open: Vec<(AlertKind, Subject)> = store
+            .episodes()
+            .await
+            .iter()
+            .filter_map(|key| parse_episode(key))
+            .collect();
+        let n = open.len();
+        self.open().extend(open);
+        let _ = self.store.set(store);
+        if n > 0 {
+            tracing::info!(open = n, "alert episodes taken up from the store");
+        }
     }
 
     fn open(&self) -> MutexGuard<'_, HashSet<(AlertKind, Subject)>> {
@@ -115,10 +169,34 @@ impl Alerts {
         }
         tracing::warn!(alert = kind.as_str(), upstream = %subject.upstream, gstin = %subject.gstin,
             user = %subject.username, message = %detail.message, "alert raised");
+        match (self.store.get(), self.me.upgrade()) {
+            (Some(store), Some(me)) => {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let (kind, subject) = &key;
+                    if store.set_episode(&episode_key(*kind, subject), true).await {
+                        tracing::info!(alert = kind.as_str(), upstream = %subject.upstream,
+                            gstin = %subject.gstin, user = %subject.username,
+                            "alert episode opened in the store; sending it");
+                        me.deliver(&key, &detail);
+                    } else {
+                        tracing::info!(alert = kind.as_str(), upstream = %subject.upstream,
+                            gstin = %subject.gstin, user = %subject.username,
+                            "alert episode already open in the store (sent before a restart, or by another replica)");
+                    }
+                });
+            }
+            _ => self.deliver(&key, &detail),
+        }
+    }
+
+    /// Sends the alert of a newly opened episode.
+    fn deliver(&self, key: &(AlertKind, Subject), detail: &Detail) {
+        let (kind, subject) = (key.0, &key.1);
         let Some(sender) = &self.sender else {
             return;
         };
-        let body = match body_json(kind, subject, &detail, SystemTime::now()) {
+        let body = match body_json(kind, subject, detail, SystemTime::now()) {
             Ok(body) => body,
             Err(e) => {
                 // Unreachable with this body type (no maps, no non-string keys); count it
@@ -129,7 +207,11 @@ impl Alerts {
             }
         };
         if let Err(why) = sender.try_queue(kind, body) {
-            self.open().remove(&key);
+            self.open().remove(key);
+            if let Some(store) = self.store.get().cloned() {
+                let episode = episode_key(kind, subject);
+                tokio::spawn(async move { store.set_episode(&episode, false).await });
+            }
             self.count(kind, "dropped");
             tracing::warn!(alert = kind.as_str(), upstream = %subject.upstream,
                 gstin = %subject.gstin, "alert dropped: {why}");
@@ -141,6 +223,24 @@ impl Alerts {
         if self.open().remove(&(kind, subject.clone())) {
             tracing::info!(alert = kind.as_str(), upstream = %subject.upstream,
                 gstin = %subject.gstin, user = %subject.username, "alert resolved");
+            if let Some(store) = self.store.get().cloned() {
+                let episode = episode_key(kind, subject);
+                tokio::spawn(async move { store.set_episode(&episode, false).await });
+            }
+        }
+    }
+
+    /// Closes every open episode whose subject is not in `present`: its credential was
+    /// removed from the configuration, so nobody will resolve it otherwise.
+    pub fn resolve_absent(&self, present: &HashSet<Subject>) {
+        let gone: Vec<(AlertKind, Subject)> = self
+            .open()
+            .iter()
+            .filter(|(_, s)| !present.contains(s))
+            .cloned()
+            .collect();
+        for (kind, subject) in gone {
+            self.resolve(kind, &subject);
         }
     }
 

@@ -68,6 +68,7 @@ impl Rules {
     /// One pass over a snapshot: raises and resolves episodes by the table in the module doc.
     pub fn observe(&mut self, sessions: &[SessionInfo], alerts: &Alerts) {
         let mut failing = HashSet::new();
+        let mut present = HashSet::with_capacity(sessions.len());
         for s in sessions {
             let subject = Subject {
                 upstream: s.upstream.as_str().into(),
@@ -144,12 +145,14 @@ impl Rules {
                         },
                     );
                 }
-                failing.insert(subject);
+                failing.insert(subject.clone());
             } else if s.last_error.is_none() {
                 alerts.resolve(AlertKind::RefreshFailing, &subject);
             }
+            present.insert(subject);
         }
         self.failing = failing;
+        alerts.resolve_absent(&present);
     }
 }
 

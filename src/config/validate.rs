@@ -399,13 +399,26 @@ impl Config {
     /// upstream's profile adds its own after these): logged at start-up, printed by
     /// `check-config`.
     pub fn warnings(&self) -> Vec<String> {
-        PROXY_VARIABLES
+        let mut warnings: Vec<String> = PROXY_VARIABLES
             .iter()
             .filter(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()))
             .map(|v| {
                 format!("{v} is set, but gstgate connects to its upstreams directly and does not use it")
             })
-            .collect()
+            .collect();
+        if self.store.backend == StoreBackend::Redis {
+            for u in self
+                .upstreams
+                .iter()
+                .filter(|u| u.max_logins < self.store.replicas)
+            {
+                warnings.push(format!(
+                    "store.replicas = {} is more than upstream `{}`'s max_logins = {}: while Redis is unreachable no replica may log in to it (each one's share is max_logins / replicas, rounded down)",
+                    self.store.replicas, u.name, u.max_logins
+                ));
+            }
+        }
+        warnings
     }
 }
 

@@ -5,7 +5,7 @@
 //!   takes it up. If the record already has the session it needed (another replica logged in
 //!   meanwhile), that is the answer and no login is made. Otherwise it logs in, counted in the
 //!   record's guard before the login leaves, writes the outcome, releases the lease and
-//!   announces the record's new counter ([`Sessions::end_turn`]). A replica that finds the
+//!   announces the record's new revision ([`Sessions::end_turn`]). A replica that finds the
 //!   lease taken waits for that announcement (or polls the lease), and a replica killed while
 //!   holding the lease holds the others up only until it expires.
 //! * **No store on the hot path.** Each replica keeps the sessions it uses in memory; the
@@ -29,6 +29,10 @@ use crate::store::{Event, Lease, Store};
 const LEASE_POLL_MAX: Duration = Duration::from_millis(250);
 /// ... and this often at least.
 const LEASE_POLL_MIN: Duration = Duration::from_millis(20);
+/// After reconnecting, reading the group's records is tried this often...
+const REJOIN_ATTEMPTS: u32 = 20;
+/// ... this far apart.
+const REJOIN_RETRY: Duration = Duration::from_millis(500);
 
 /// How the replicas sharing a store coordinate.
 #[derive(Debug, Clone, Copy)]
@@ -161,17 +165,23 @@ impl Sessions {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    let version = slot.lock().next_generation;
-                    store.release(&held.name, &held.lease, version).await;
+                    let revision = slot.lock().revision;
+                    store.release(&held.name, &held.lease, revision).await;
                     return Ok(self.offline(slot, group, &e.to_string()));
                 }
             }
             if let Some(s) = adoptable() {
-                let version = slot.lock().next_generation;
-                store.release(&held.name, &held.lease, version).await;
+                let revision = slot.lock().revision;
+                store.release(&held.name, &held.lease, revision).await;
                 return Ok(Taken::Adopted(s));
             }
-            slot.lock().leased = true;
+            {
+                let mut st = slot.lock();
+                if std::mem::take(&mut st.clear_group_lockout) {
+                    st.guard.reset();
+                }
+                st.leased = true;
+            }
             return Ok(Taken::Turn(Turn::Held(held)));
         }
     }
@@ -212,8 +222,8 @@ impl Sessions {
         Ok(())
     }
 
-    /// Ends a turn: the slot's state as this replica left it is written for the group, the
-    /// lease released and the record's counter announced. `acted` says the login succeeded
+    /// Ends a turn: the slot's state as this replica left it is written for the group as a
+    /// new revision, the lease released and the revision announced. `acted` says the login succeeded
     /// (offline, that makes a session the group has not seen).
     pub(super) async fn end_turn(&self, slot: &Slot, turn: Turn, acted: bool) {
         match turn {
@@ -224,15 +234,16 @@ impl Sessions {
                 }
             }
             Turn::Held(held) => {
-                let version = {
+                let revision = {
                     let mut st = slot.lock();
+                    st.revision += 1;
                     st.persist();
                     st.leased = false;
-                    st.next_generation
+                    st.revision
                 };
                 held.store.flush().await;
                 held.keeper.abort();
-                held.store.release(&held.name, &held.lease, version).await;
+                held.store.release(&held.name, &held.lease, revision).await;
             }
         }
     }
@@ -256,7 +267,7 @@ impl Sessions {
         true
     }
 
-    /// Follows the other replicas' announcements: a record whose counter moved past this
+    /// Follows the other replicas' announcements: a record whose revision moved past this
     /// replica's is read and taken up, and logins waiting for the lease are woken.
     fn follow(self: &Arc<Self>, mut events: tokio::sync::mpsc::UnboundedReceiver<Event>) {
         let weak = Arc::downgrade(self);
@@ -266,11 +277,11 @@ impl Sessions {
                     return;
                 };
                 match event {
-                    Event::Generation { name, generation } => {
+                    Event::Revision { name, revision } => {
                         let Some(slot) = me.table().by_record(&name).cloned() else {
                             continue;
                         };
-                        if generation > slot.lock().next_generation {
+                        if revision > slot.lock().revision {
                             // In a task of its own: one slow read must not hold up the rest.
                             tokio::spawn(async move {
                                 me.catch_up(&slot).await;
@@ -311,11 +322,20 @@ impl Sessions {
         let Some((store, _)) = self.shared() else {
             return;
         };
-        let mut records = match store.fetch_all().await {
-            Ok(records) => records,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the group's sessions after reconnecting");
-                return;
+        // The subscription may come back a moment before the command connection does.
+        let mut attempts = 0;
+        let mut records = loop {
+            match store.fetch_all().await {
+                Ok(records) => break records,
+                Err(e) if attempts >= REJOIN_ATTEMPTS => {
+                    tracing::warn!(error = %e,
+                        "cannot read the group's sessions after reconnecting; each is taken up when next needed");
+                    return;
+                }
+                Err(_) => {
+                    attempts += 1;
+                    tokio::time::sleep(REJOIN_RETRY).await;
+                }
             }
         };
         let table = self.table();

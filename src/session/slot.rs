@@ -180,6 +180,11 @@ pub(super) struct SlotState {
     /// The session was made while the shared store was unreachable: the group has not
     /// seen it yet.
     pub(super) unshared: bool,
+    /// The revision of the group's record this replica last wrote or took up.
+    pub(super) revision: u64,
+    /// A reload changed the password: the group's lockout (from the old one) is cleared on
+    /// this replica's next turn, after taking up the record that still holds it.
+    pub(super) clear_group_lockout: bool,
 }
 
 /// A slot's record in the store.
@@ -218,6 +223,8 @@ impl SlotState {
             durable: None,
             leased: false,
             unshared: false,
+            revision: 0,
+            clear_group_lockout: false,
         }
     }
 
@@ -244,6 +251,7 @@ impl SlotState {
         self.password = password;
         self.session_lifetime = session_lifetime;
         self.guard = guard;
+        self.clear_group_lockout = true;
         self.persist();
     }
 
@@ -277,6 +285,9 @@ impl SlotState {
             portal_ends_at: self.portal_ends_at(),
             next_generation: self.next_generation,
             guard: self.guard.stored(now, wall),
+            revision: self.revision,
+            last_error: self.last_error.clone(),
+            last_upstream_code: self.last_upstream_code.clone(),
         }
     }
 
@@ -299,6 +310,12 @@ impl SlotState {
     pub(super) fn take_up(&mut self, record: Record, whose: Whose<'_>) -> TakenUp {
         let (now, wall) = (Instant::now(), SystemTime::now());
         self.guard.take_up(&record.guard, now, wall, whose);
+        if record.revision > self.revision {
+            self.revision = record.revision;
+            self.last_error.clone_from(&record.last_error);
+            self.last_upstream_code
+                .clone_from(&record.last_upstream_code);
+        }
         let record_newest = [&record.session, &record.latest]
             .into_iter()
             .flatten()
@@ -327,6 +344,7 @@ impl SlotState {
     pub(super) fn resume(&mut self, record: Record, whose: Whose<'_>) -> Option<Arc<Session>> {
         let (now, wall) = (Instant::now(), SystemTime::now());
         self.guard.take_up(&record.guard, now, wall, whose);
+        self.revision = self.revision.max(record.revision);
         let portal = record.portal_ends_at.filter(|&end| end > wall);
         // A portal session that ended while gstgate was down is over as if it had ended
         // while running: nothing may be refreshed any more (see `end_portal`).
@@ -570,6 +588,7 @@ mod tests {
                     portal_ends_at: Some(SystemTime::now() + hour),
                     next_generation: 4,
                     guard: Default::default(),
+                    ..Record::default()
                 },
                 whose(),
             )
@@ -594,6 +613,7 @@ mod tests {
                 portal_ends_at: Some(SystemTime::now() + hour),
                 next_generation: 2,
                 guard: Default::default(),
+                ..Record::default()
             },
             whose(),
         );
@@ -610,6 +630,7 @@ mod tests {
                 portal_ends_at: Some(SystemTime::now() - hour),
                 next_generation: 8,
                 guard: Default::default(),
+                ..Record::default()
             },
             whose(),
         );
@@ -632,6 +653,7 @@ mod tests {
                 portal_ends_at: Some(SystemTime::now() - Duration::from_secs(1)),
                 next_generation: 6,
                 guard: Default::default(),
+                ..Record::default()
             },
             whose(),
         );

@@ -14,6 +14,8 @@ use super::StoreError;
 
 /// Record name → sealed record.
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions_v1");
+/// Open alert episodes: `kind:upstream:gstin:user` → nothing.
+const EPISODES: TableDefinition<&str, ()> = TableDefinition::new("alert_episodes_v1");
 
 /// Opens the database at `path`, creating it (and its directory) if needed. A file that is not
 /// a readable store is moved aside to `<path>.corrupt-<unix time>` and replaced by an empty
@@ -61,12 +63,35 @@ fn boxed(e: impl Into<redb::Error>) -> DbError {
 fn private_file(path: &Path) -> Result<(), StoreError> {
     match super::key::create_private(path) {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => tighten(path),
         Err(source) => Err(StoreError::Io {
             path: path.to_owned(),
             source,
         }),
     }
+}
+
+/// Makes an existing store file owner-only (a copy restored from a backup, say, may have
+/// come back readable by others).
+#[cfg(unix)]
+fn tighten(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let io = |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        tracing::warn!(store = %path.display(), was = format!("{mode:o}"),
+            "the store file was readable by others: made it owner-only (0600)");
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn tighten(_path: &Path) -> Result<(), StoreError> {
+    Ok(())
 }
 
 /// Whether every record of the table can be read (a damaged page shows up here).
@@ -122,4 +147,34 @@ pub fn commit(db: &Database, batch: &[(String, Option<Vec<u8>>)]) -> Result<(), 
         }
     }
     txn.commit().map_err(boxed)
+}
+
+/// The open alert episodes.
+pub fn episodes(db: &Database) -> Result<Vec<String>, DbError> {
+    let txn = db.begin_read().map_err(boxed)?;
+    let table = match txn.open_table(EPISODES) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(boxed(e)),
+    };
+    let mut out = Vec::new();
+    for row in table.iter().map_err(boxed)? {
+        out.push(row.map_err(boxed)?.0.value().to_owned());
+    }
+    Ok(out)
+}
+
+/// Opens (`true`) or closes an alert episode; returns whether that changed anything.
+pub fn set_episode(db: &Database, key: &str, open: bool) -> Result<bool, DbError> {
+    let txn = db.begin_write().map_err(boxed)?;
+    let changed = {
+        let mut table = txn.open_table(EPISODES).map_err(boxed)?;
+        if open {
+            table.insert(key, ()).map_err(boxed)?.is_none()
+        } else {
+            table.remove(key).map_err(boxed)?.is_some()
+        }
+    };
+    txn.commit().map_err(boxed)?;
+    Ok(changed)
 }

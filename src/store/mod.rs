@@ -3,7 +3,7 @@
 //! without a login or an OTP) or in Redis (shared by replicas, which then act as one gateway).
 //!
 //! * `file`: the redb file — open (moving an unreadable one aside), read all, commit a batch.
-//! * `redis`: the Redis keys, the login lease and the generations channel.
+//! * `redis`: the Redis keys, the login lease and the revisions channel.
 //! * `seal`: AES-256-GCM under the current key, opening with the previous one too.
 //! * `key`: the keys, from the configuration or a generated `0600` key file.
 //! * `record`: what is kept of a slot and its byte layout.
@@ -314,8 +314,8 @@ impl Store {
         self.outcome("lease", redis.extend(lease, ttl).await)
     }
 
-    /// Releases a held lease, announcing `generation` (0: no new session) to the group first.
-    pub async fn release(&self, name: &str, lease: &Lease, generation: u64) {
+    /// Releases a held lease, then announces the record's `revision` to the group.
+    pub async fn release(&self, name: &str, lease: &Lease, revision: u64) {
         let Some(redis) = self.redis() else {
             return;
         };
@@ -324,7 +324,7 @@ impl Store {
             tracing::warn!(store = %self.place, record = %name, error = %e,
                 "cannot release the login lease; it expires by itself");
         }
-        if let Err(e) = self.outcome("publish", redis.publish(name, generation).await) {
+        if let Err(e) = self.outcome("publish", redis.publish(name, revision).await) {
             tracing::warn!(store = %self.place, record = %name, error = %e,
                 "cannot announce the new session; other replicas pick it up when they need it");
         }
@@ -333,6 +333,54 @@ impl Store {
     /// The other replicas' announcements; `None` for a store nobody shares.
     pub fn subscribe(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Event>> {
         self.redis().map(|r| r.subscribe())
+    }
+
+    /// The open alert episodes (the group's, for a shared store), read at start-up so that a
+    /// restart does not send an alert again for an episode already sent.
+    pub async fn episodes(&self) -> Vec<String> {
+        let read = match &self.backend {
+            Backend::File(db) => {
+                let db = db.clone();
+                tokio::task::spawn_blocking(move || file::episodes(&db).map_err(|e| e.to_string()))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+            }
+            Backend::Redis(redis) => redis.episodes().await.map_err(|e| e.to_string()),
+        };
+        read.unwrap_or_else(|e| {
+            tracing::warn!(store = %self.place, error = %e, "cannot read the open alert episodes");
+            Vec::new()
+        })
+    }
+
+    /// Opens (`true`) or closes alert episode `key`. Returns whether this call changed it: an
+    /// episode another replica already opened is not this replica's to send. A store that
+    /// cannot be reached answers `true`: an alert sent twice beats one never sent.
+    pub async fn set_episode(&self, key: &str, open: bool) -> bool {
+        let op = if open {
+            "episode_open"
+        } else {
+            "episode_close"
+        };
+        let done = match &self.backend {
+            Backend::File(db) => {
+                let (db, key) = (db.clone(), key.to_owned());
+                tokio::task::spawn_blocking(move || {
+                    file::set_episode(&db, &key, open).map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+            }
+            Backend::Redis(redis) => redis
+                .set_episode(key, open)
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        count(&self.metrics, op, if done.is_ok() { "ok" } else { "error" });
+        done.unwrap_or_else(|e| {
+            tracing::warn!(store = %self.place, error = %e, "cannot record an alert episode");
+            true
+        })
     }
 
     /// Queues `record` as the new state of `name`; never waits for the disk.

@@ -42,6 +42,12 @@ pub struct Record {
     pub next_generation: u64,
     /// The login guard: what limits logins for this credential.
     pub guard: StoredGuard,
+    /// Counts the writes of replicas sharing the record: a higher one is news.
+    pub revision: u64,
+    /// Why the last login failed (no secrets), for every replica's status.
+    pub last_error: Option<String>,
+    /// The upstream's error code of the last failed login.
+    pub last_upstream_code: Option<String>,
 }
 
 /// The login guard's state, by the wall clock: kept so that a restart, or another replica,
@@ -120,6 +126,12 @@ impl Record {
             put_session(&mut out, self.latest.as_ref());
         }
         put_guard(&mut out, &self.guard);
+        out.extend_from_slice(&self.revision.to_be_bytes());
+        put_text(&mut out, self.last_error.as_deref().map(str::as_bytes));
+        put_text(
+            &mut out,
+            self.last_upstream_code.as_deref().map(str::as_bytes),
+        );
         out
     }
 
@@ -139,10 +151,10 @@ impl Record {
         } else {
             r.session()?
         };
-        let guard = if version == 1 {
-            StoredGuard::default()
+        let (guard, revision, last_error, last_upstream_code) = if version == 1 {
+            (StoredGuard::default(), 0, None, None)
         } else {
-            r.guard()?
+            (r.guard()?, r.u64()?, r.text()?, r.text()?)
         };
         if !r.0.is_empty() {
             return Err(DecodeError("trailing bytes"));
@@ -153,6 +165,9 @@ impl Record {
             portal_ends_at,
             next_generation,
             guard,
+            revision,
+            last_error,
+            last_upstream_code,
         })
     }
 }
@@ -357,6 +372,9 @@ mod tests {
                     failures: 3,
                     lockout: None,
                 },
+                revision: 9,
+                last_error: Some("upstream unavailable: HTTP 503".into()),
+                last_upstream_code: None,
             },
             Record {
                 session: None,
@@ -373,6 +391,9 @@ mod tests {
                         message: "Invalid login credentials".into(),
                     }),
                 },
+                revision: 0,
+                last_error: None,
+                last_upstream_code: Some("2150".into()),
             },
         ];
         for r in &records {
@@ -380,6 +401,9 @@ mod tests {
             assert_eq!(back.next_generation, r.next_generation);
             assert_eq!(back.portal_ends_at, r.portal_ends_at);
             assert_eq!(back.guard, r.guard);
+            assert_eq!(back.revision, r.revision);
+            assert_eq!(back.last_error, r.last_error);
+            assert_eq!(back.last_upstream_code, r.last_upstream_code);
             for (a, b) in [(&back.session, &r.session), (&back.latest, &r.latest)] {
                 assert_eq!(a.is_some(), b.is_some());
                 if let (Some(a), Some(b)) = (a, b) {
@@ -397,14 +421,18 @@ mod tests {
             }
         }
         // A version-1 record (before the guard was kept) still reads, with a clear guard.
-        // An empty guard is 7 bytes: no login times, no backoff, no failures, no lockout.
+        // Version 1 ended before the guard: an empty guard is 7 bytes (no login times, no
+        // backoff, no failures, no lockout), then 8 of revision and 2 of absent texts.
         let plain = Record {
             guard: StoredGuard::default(),
+            revision: 0,
+            last_error: None,
+            last_upstream_code: None,
             ..records[2].clone()
         };
         let mut v1 = plain.encode().to_vec();
         v1[0] = 1;
-        v1.truncate(v1.len() - 7);
+        v1.truncate(v1.len() - 17);
         let back = Record::decode(&v1).unwrap();
         assert_eq!(back.guard, StoredGuard::default());
         assert!(Record::decode(&[9, 0, 0]).is_err());

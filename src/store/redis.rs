@@ -1,6 +1,6 @@
 //! The Redis backend: the store replicas share. Sealed records under `<prefix>:session:<name>`,
-//! the login lease under `<prefix>:lease:<name>`, and new generations announced on the channel
-//! `<prefix>:generations`.
+//! the login lease under `<prefix>:lease:<name>`, and records' new revisions announced on the
+//! channel `<prefix>:revisions`.
 //!
 //! One multiplexed connection, made lazily and made again after an I/O error, so that a
 //! gateway starts and serves while Redis is down. While it is down, attempts to connect are
@@ -43,13 +43,13 @@ pub enum RedisFailure {
 /// Something the subscription saw.
 #[derive(Debug)]
 pub enum Event {
-    /// A replica finished a login on record `name`: a new `generation`, or 0 if it ended
-    /// without one (the lease is free again).
-    Generation {
+    /// A replica released record `name`'s lease; the record is now at `revision` (the same
+    /// as before if it wrote nothing).
+    Revision {
         /// The record.
         name: String,
-        /// The new generation, or 0.
-        generation: u64,
+        /// Its revision.
+        revision: u64,
     },
     /// The subscription was (re)established after Redis was unreachable: messages may have
     /// been missed.
@@ -109,7 +109,7 @@ impl Redis {
     }
 
     fn channel(&self) -> String {
-        format!("{}:generations", self.prefix)
+        format!("{}:revisions", self.prefix)
     }
 
     async fn connection(&self) -> Result<MultiplexedConnection, RedisFailure> {
@@ -162,6 +162,30 @@ impl Redis {
             }
             Err(e) => Err(RedisFailure::Command(e.to_string())),
         }
+    }
+
+    fn episodes_key(&self) -> String {
+        format!("{}:alert-episodes", self.prefix)
+    }
+
+    /// The group's open alert episodes.
+    pub async fn episodes(&self) -> Result<Vec<String>, RedisFailure> {
+        self.run(Op::Cmd(
+            redis::cmd("SMEMBERS").arg(self.episodes_key()).clone(),
+        ))
+        .await
+    }
+
+    /// Opens (`true`) or closes an alert episode for the group; returns whether this call
+    /// changed it (opened it first, or closed it).
+    pub async fn set_episode(&self, key: &str, open: bool) -> Result<bool, RedisFailure> {
+        let cmd = if open { "SADD" } else { "SREM" };
+        let n: i64 = self
+            .run(Op::Cmd(
+                redis::cmd(cmd).arg(self.episodes_key()).arg(key).clone(),
+            ))
+            .await?;
+        Ok(n == 1)
     }
 
     /// Checks that Redis answers.
@@ -264,9 +288,9 @@ impl Redis {
         Ok(())
     }
 
-    /// Announces that record `name` has a new `generation` (0: a login ended without one).
-    pub async fn publish(&self, name: &str, generation: u64) -> Result<(), RedisFailure> {
-        let message = format!("{generation} {name}");
+    /// Announces that record `name`'s lease is free and the record at `revision`.
+    pub async fn publish(&self, name: &str, revision: u64) -> Result<(), RedisFailure> {
+        let message = format!("{revision} {name}");
         let _: i64 = self
             .run(Op::Cmd(
                 redis::cmd("PUBLISH")
@@ -278,7 +302,7 @@ impl Redis {
         Ok(())
     }
 
-    /// Subscribes to the generations channel in a task of its own, which subscribes again
+    /// Subscribes to the revisions channel in a task of its own, which subscribes again
     /// whenever the connection breaks; what it sees arrives on the returned channel.
     pub fn subscribe(self: &Arc<Self>) -> mpsc::UnboundedReceiver<Event> {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -324,15 +348,15 @@ impl Redis {
             let Ok(text) = msg.get_payload::<String>() else {
                 continue;
             };
-            let Some((generation, name)) = text.split_once(' ') else {
+            let Some((revision, name)) = text.split_once(' ') else {
                 continue;
             };
-            let Ok(generation) = generation.parse() else {
+            let Ok(revision) = revision.parse() else {
                 continue;
             };
-            let event = Event::Generation {
+            let event = Event::Revision {
                 name: name.to_owned(),
-                generation,
+                revision,
             };
             if tx.send(event).is_err() {
                 return Ok(());
