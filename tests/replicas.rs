@@ -736,3 +736,45 @@ async fn an_alert_episode_sends_one_webhook_for_the_group() {
         "a second webhook for the same episode"
     );
 }
+
+/// A password fixed by a reload clears the group's lockout: the record still holds the old
+/// password's lockout, and the reloaded replica's next login clears it for everyone.
+#[tokio::test]
+async fn a_reloaded_password_clears_the_groups_lockout() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let redis = RedisServer::start().await;
+    let wrong = GwOpts {
+        credentials: vec![(GSTIN.into(), USER.into(), "not-the-password".into())],
+        store: redis_store(&redis, ""),
+        ..GwOpts::default()
+    };
+    let gws = replicas(&sim, &redis, 2, wrong).await;
+    expect_problem(
+        gws[0].generate(GSTIN, "FIX/0").await,
+        502,
+        "credentials_rejected",
+    )
+    .await;
+    let right = GwOpts {
+        store: redis_store(&redis, ""),
+        ..GwOpts::default()
+    };
+    for gw in &gws {
+        std::fs::write(
+            &gw.config,
+            gateway_config(&sim.public_key, &sim.url(), &right),
+        )
+        .unwrap();
+        let res = gw.admin_post("/admin/reload", None).await;
+        assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    }
+    let res = gws[1].generate(GSTIN, "FIX/1").await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let res = gws[0].generate(GSTIN, "FIX/2").await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    assert_eq!(
+        sim.count(GSTIN, "auth_calls").await,
+        2,
+        "the rejected login and one more"
+    );
+}
