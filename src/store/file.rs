@@ -18,9 +18,12 @@ const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions_v1"
 const EPISODES: TableDefinition<&str, ()> = TableDefinition::new("alert_episodes_v1");
 
 /// Opens the database at `path`, creating it (and its directory) if needed. A file that is not
-/// a readable store is moved aside to `<path>.corrupt-<unix time>` and replaced by an empty
-/// one, so that a damaged file costs logins, never a crash loop. Another process holding the
-/// file is an error: two gateways must not share one store.
+/// a readable store — damaged, truncated, or not a redb file at all — is moved aside to
+/// `<path>.corrupt-<unix time>` and replaced by an empty one, so that a damaged file costs
+/// logins, never a crash loop. What moving aside cannot cure is an error that names the
+/// problem, with the file left as it is: another process holding it (two gateways must not
+/// share one store), a file this version's format cannot read, or an I/O error such as a
+/// denied permission.
 pub fn open(path: &Path) -> Result<Database, StoreError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
@@ -29,16 +32,34 @@ pub fn open(path: &Path) -> Result<Database, StoreError> {
         })?;
     }
     private_file(path)?;
-    let reason = match Database::create(path) {
-        Ok(db) => match readable(&db) {
-            Ok(()) => return Ok(db),
-            Err(e) => {
-                drop(db);
-                e.to_string()
-            }
-        },
+    // redb 2.4 asserts on some damage (a file cut short) instead of returning an error: a
+    // panic here is a damaged file too, not a reason to crash (and crash again at every start).
+    let opened = std::panic::catch_unwind(|| {
+        Database::create(path).map(|db| {
+            let readable = readable(&db);
+            (db, readable)
+        })
+    });
+    let opened = match opened {
+        Ok(opened) => opened,
+        Err(_) => Err(DatabaseError::Storage(redb::StorageError::Corrupted(
+            "the storage engine failed on the file's contents".into(),
+        ))),
+    };
+    let reason = match opened {
+        Ok((db, Ok(()))) => return Ok(db),
+        Ok((db, Err(e))) => {
+            drop(db);
+            e.to_string()
+        }
         Err(DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::InUse(path.to_owned())),
-        Err(e) => e.to_string(),
+        Err(e) if damaged(&e) => e.to_string(),
+        Err(e) => {
+            return Err(StoreError::Db {
+                path: path.to_owned(),
+                source: boxed(e),
+            })
+        }
     };
     let aside = move_aside(path)?;
     tracing::error!(store = %path.display(), reason = %reason, moved_to = %aside.display(),
@@ -48,6 +69,19 @@ pub fn open(path: &Path) -> Result<Database, StoreError> {
         path: path.to_owned(),
         source: boxed(e),
     })
+}
+
+/// Whether an error opening the file says its contents are damaged (rather than that it
+/// cannot be read at all, or needs another version).
+fn damaged(e: &DatabaseError) -> bool {
+    match e {
+        DatabaseError::Storage(redb::StorageError::Corrupted(_)) => true,
+        DatabaseError::Storage(redb::StorageError::Io(io)) => matches!(
+            io.kind(),
+            std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+        ),
+        _ => false,
+    }
 }
 
 /// redb's errors are large; boxed, a `Result` carrying one stays small.
@@ -177,4 +211,30 @@ pub fn set_episode(db: &Database, key: &str, open: bool) -> Result<bool, DbError
     };
     txn.commit().map_err(boxed)?;
     Ok(changed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store cut short (a disk that filled up while it was copied, say) is moved aside and
+    /// replaced; the records it held are not invented back.
+    #[test]
+    fn a_truncated_store_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let db = open(&path).unwrap();
+        commit(&db, &[("a:b:c".into(), Some(vec![1; 4096]))]).unwrap();
+        drop(db);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 3]).unwrap();
+        let db = open(&path).unwrap();
+        assert!(read_all(&db).unwrap().is_empty());
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+            .count();
+        assert_eq!(aside, 1);
+    }
 }
