@@ -25,18 +25,18 @@ fn redis_store(redis: &RedisServer, extra: &str) -> String {
     )
 }
 
-/// `n` gateways in front of `sim`, sharing `redis`; `opts.store` is replaced by the Redis
-/// store unless it names a backend itself.
+/// `n` gateways in front of `sim`, sharing `redis`. `opts.store` is taken as is if it is a
+/// Redis store already; the default (memory) store is replaced by `redis`; anything else is
+/// extra lines for it.
 async fn replicas(sim: &Sim, redis: &RedisServer, n: usize, opts: GwOpts) -> Vec<Gateway> {
-    let extra = if opts.store.contains("backend") {
-        ""
+    let store = if opts.store.contains("backend = \"redis\"") {
+        opts.store.clone()
+    } else if opts.store.contains("backend") {
+        redis_store(redis, "")
     } else {
-        opts.store.as_str()
+        redis_store(redis, &opts.store)
     };
-    let opts = GwOpts {
-        store: redis_store(redis, extra),
-        ..opts.clone()
-    };
+    let opts = GwOpts { store, ..opts };
     join_all((0..n).map(|_| Gateway::start(sim, opts.clone()))).await
 }
 
@@ -777,4 +777,96 @@ async fn a_reloaded_password_clears_the_groups_lockout() {
         2,
         "the rejected login and one more"
     );
+}
+
+/// `rediss://` to a Redis whose certificate a private CA signed (`redis_ca_file`), as an ACL
+/// user named in the URL: the replicas share their session, and the password reaches no log.
+/// With a CA that did not sign the certificate, the store is reported unreachable.
+#[tokio::test]
+async fn replicas_reach_redis_over_tls_as_an_acl_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let other_ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut other_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    other_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other_ca = other_params.self_signed(&other_ca_key).unwrap();
+    let path = |name: &str| dir.path().join(name);
+    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(path("other-ca.pem"), other_ca.pem()).unwrap();
+    std::fs::write(path("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(path("key.pem"), key.serialize_pem()).unwrap();
+
+    const PASS: &str = "acl-password-0123456789";
+    let acl = format!(">{PASS}");
+    let redis = RedisServer::start_tls(
+        &path("cert.pem"),
+        &path("key.pem"),
+        &[
+            "--user",
+            "gstgate",
+            "on",
+            &acl,
+            "~gstgate:*",
+            "&gstgate:*",
+            "+@all",
+            "--user",
+            "default",
+            "off",
+        ],
+    )
+    .await;
+    let store = |ca: &str| {
+        format!(
+            "backend = \"redis\"\nredis_url = \"rediss://gstgate:{PASS}@127.0.0.1:{}\"\nredis_ca_file = \"{}\"\nencryption_key = \"{KEY_A}\"\n",
+            redis.port,
+            path(ca).display()
+        )
+    };
+    let sim = Sim::start(SimOpts::default()).await;
+    let gws = replicas(
+        &sim,
+        &redis,
+        2,
+        GwOpts {
+            store: store("ca.pem"),
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    generate_everywhere(&gws, 20, "TLS").await;
+    assert_eq!(
+        sim.count(GSTIN, "auth_calls").await,
+        1,
+        "one login for both"
+    );
+    for gw in &gws {
+        assert_eq!(gw.metric("gstgate_store_up").await, 1.0);
+        assert!(
+            !gw.logs.text().contains(PASS),
+            "the Redis password is logged"
+        );
+    }
+
+    let distrusting = Gateway::start(
+        &sim,
+        GwOpts {
+            store: store("other-ca.pem"),
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    distrusting
+        .logs
+        .wait_for("the shared store is unreachable")
+        .await;
+    assert_eq!(distrusting.metric("gstgate_store_up").await, 0.0);
+    assert!(!distrusting.logs.text().contains(PASS));
 }

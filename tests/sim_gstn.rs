@@ -276,6 +276,11 @@ async fn otp_login_gives_a_token_whose_sek_opens_return_data_with_the_extra_base
         "{otp}"
     );
 
+    // The portal pairs the OTP with the app key it was requested under: another key is
+    // refused, and the OTP stays usable with the right one.
+    g.auth_token(&gstn_app_key(), &otp)
+        .await
+        .assert_error("AUTH4034");
     let r = g.auth_token(&app_key, &otp).await;
     let s = Gstn::session_from(&app_key, &r);
     assert_eq!(s.expiry, json!(360), "whole minutes are an integer");
@@ -287,7 +292,7 @@ async fn otp_login_gives_a_token_whose_sek_opens_return_data_with_the_extra_base
     // The OTP is used up.
     assert_eq!(g.pending_otp().await, None);
     g.auth_token(&app_key, &otp).await.assert_error("AUTH4034");
-    assert_eq!(sim.count(GSTIN, "auth_calls").await, 3);
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 4);
     assert_eq!(sim.count(GSTIN, "new_tokens").await, 1);
 
     let sum = open_rek_reply(&s, &g.retsum(&s, GSTR1).await).expect("hmac verifies");

@@ -2,7 +2,7 @@
 //! starting a session with it.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -13,6 +13,10 @@ use super::{Session, Sessions, Slot, Trigger};
 use crate::metrics::ResultLabels;
 use crate::problem::{chain, GatewayError};
 use crate::upstream::LoginKind;
+
+/// An OTP request's app key is used for its OTP no longer than this: portal OTPs expire
+/// within minutes, and a stale key is better replaced than kept.
+const OTP_APP_KEY_LIFE: Duration = Duration::from_secs(30 * 60);
 
 impl Sessions {
     /// Asks the upstream to send the taxpayer an OTP (GSTN). An operator's call: it clears a
@@ -48,7 +52,10 @@ impl Sessions {
 
     async fn otp_request_on(&self, slot: &Slot, turn: &Turn) -> Result<(), GatewayError> {
         self.admit(slot, turn, Instant::now(), false).await?;
-        let sent = self.auth_call(slot, LoginKind::OtpRequest).await;
+        let app_key = slot.upstream.profile.otp_app_key();
+        let sent = self
+            .auth_call(slot, LoginKind::OtpRequest { app_key: &app_key })
+            .await;
         let label = |result: &'static str| ResultLabels {
             upstream: slot.upstream.name.clone().into(),
             result,
@@ -61,6 +68,13 @@ impl Sessions {
         });
         match outcome {
             Ok(()) => {
+                // The OTP must be exchanged under this very key, maybe through another
+                // replica: it is kept (sealed) with the slot's record.
+                {
+                    let mut st = slot.lock();
+                    st.otp_app_key = Some((app_key, SystemTime::now()));
+                    st.persist();
+                }
                 self.metrics
                     .auth_requests
                     .get_or_create(&label("success"))
@@ -105,7 +119,27 @@ impl Sessions {
         let admitted = Instant::now();
         let result = match self.admit(slot, &turn, admitted, true).await {
             Ok(()) => {
-                let sent = self.login_call(slot, LoginKind::Otp(otp)).await;
+                // The key the OTP was requested with; without one (an OTP requested some
+                // other way) a fresh key, which the portal may refuse.
+                let app_key = slot
+                    .lock()
+                    .otp_app_key
+                    .as_ref()
+                    .filter(|(_, at)| at.elapsed().is_ok_and(|age| age < OTP_APP_KEY_LIFE))
+                    .map(|(k, _)| k.clone())
+                    .unwrap_or_else(|| slot.upstream.profile.otp_app_key());
+                let sent = self
+                    .login_call(
+                        slot,
+                        LoginKind::Otp {
+                            otp,
+                            app_key: &app_key,
+                        },
+                    )
+                    .await;
+                if sent.is_ok() {
+                    slot.lock().otp_app_key = None;
+                }
                 self.settle(
                     slot,
                     Trigger::Manual,

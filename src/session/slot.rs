@@ -185,6 +185,8 @@ pub(super) struct SlotState {
     /// A reload changed the password: the group's lockout (from the old one) is cleared on
     /// this replica's next turn, after taking up the record that still holds it.
     pub(super) clear_group_lockout: bool,
+    /// The app key of the OTP requested last and not used yet, and when it was requested.
+    pub(super) otp_app_key: Option<(AesKey, SystemTime)>,
 }
 
 /// A slot's record in the store.
@@ -225,6 +227,7 @@ impl SlotState {
             unshared: false,
             revision: 0,
             clear_group_lockout: false,
+            otp_app_key: None,
         }
     }
 
@@ -288,6 +291,7 @@ impl SlotState {
             revision: self.revision,
             last_error: self.last_error.clone(),
             last_upstream_code: self.last_upstream_code.clone(),
+            otp_app_key: self.otp_app_key.clone(),
         }
     }
 
@@ -315,6 +319,7 @@ impl SlotState {
             self.last_error.clone_from(&record.last_error);
             self.last_upstream_code
                 .clone_from(&record.last_upstream_code);
+            self.otp_app_key.clone_from(&record.otp_app_key);
         }
         let record_newest = [&record.session, &record.latest]
             .into_iter()
@@ -345,6 +350,7 @@ impl SlotState {
         let (now, wall) = (Instant::now(), SystemTime::now());
         self.guard.take_up(&record.guard, now, wall, whose);
         self.revision = self.revision.max(record.revision);
+        self.otp_app_key.clone_from(&record.otp_app_key);
         let portal = record.portal_ends_at.filter(|&end| end > wall);
         // A portal session that ended while gstgate was down is over as if it had ended
         // while running: nothing may be refreshed any more (see `end_portal`).

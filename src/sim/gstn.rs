@@ -24,7 +24,7 @@
 //! | TEC4002 | OTPREQUEST/AUTHTOKEN `app_key` does not RSA-decrypt under the simulator's key to 32 bytes |
 //! | AUTH4031 * | no such user for this GSTIN |
 //! | AUTH4037 | API access switched off for the user (`POST /_sim/gstn/access`): OTPREQUEST and AUTHTOKEN |
-//! | AUTH4034 | OTP wrong, absent, used already, older than [`OTP_TTL`], or not decryptable under the `app_key` |
+//! | AUTH4034 | OTP wrong, absent, used already, older than [`OTP_TTL`], or not decryptable under the `app_key`; or AUTHTOKEN's `app_key` is not the one the OTP was requested with (GSTN pairs them) |
 //! | AUTH403 | AUTHTOKEN while the user already holds `gstn_max_sessions` live portal sessions |
 //! | AUTH4033 | token unknown, revoked, replaced by a refresh, issued to another GSTIN or user; data calls of a GSTIN switched to "reject" |
 //! | AUTH4038 | the portal session ended (REFRESHTOKEN and data calls), or the token expired (data calls) |
@@ -116,6 +116,8 @@ pub fn routes() -> Router<Arc<SimState>> {
 struct PendingOtp {
     otp: String,
     expires_at: DateTime<Utc>,
+    /// The app key OTPREQUEST came with: AUTHTOKEN must bring the same one.
+    app_key: AesKey,
 }
 
 /// One portal session: the API-access period an OTP login opened, and its current token.
@@ -445,7 +447,7 @@ fn rsa_app_key(sim: &SimState, b: &AuthBody) -> Result<AesKey, GstnError> {
 
 fn otp_request(sim: &SimState, caller: &Caller, b: &AuthBody) -> Result<Value, GstnError> {
     check_user(sim, caller)?;
-    rsa_app_key(sim, b)?;
+    let app_key = rsa_app_key(sim, b)?;
     let (fixed, now) = (lock(&sim.knobs).fixed_otp.clone(), Utc::now());
     let otp = fixed.unwrap_or_else(new_otp);
     lock(&sim.gstn).otps.insert(
@@ -453,6 +455,7 @@ fn otp_request(sim: &SimState, caller: &Caller, b: &AuthBody) -> Result<Value, G
         PendingOtp {
             otp,
             expires_at: now + capped(OTP_TTL),
+            app_key,
         },
     );
     lock(&sim.counters).bump(Some(&caller.gstin), |c| c.otp_requests += 1);
@@ -474,10 +477,11 @@ fn auth_token(sim: &SimState, caller: &Caller, b: &AuthBody) -> Result<Value, Gs
     let now = Utc::now();
     let k = key(&caller.gstin, &caller.username);
     let mut st = lock(&sim.gstn);
-    let valid = st
-        .otps
-        .get(&k)
-        .is_some_and(|p| p.expires_at > now && ct_eq(&p.otp, otp.trim()));
+    let valid = st.otps.get(&k).is_some_and(|p| {
+        p.expires_at > now
+            && ct_eq(&p.otp, otp.trim())
+            && p.app_key.as_bytes() == app_key.as_bytes()
+    });
     if !valid {
         return Err(bad_otp());
     }

@@ -48,6 +48,9 @@ pub struct Record {
     pub last_error: Option<String>,
     /// The upstream's error code of the last failed login.
     pub last_upstream_code: Option<String>,
+    /// The app key of the OTP requested last and not yet used (GSTN pairs them), and when
+    /// it was requested: the OTP may be submitted through another replica.
+    pub otp_app_key: Option<(AesKey, SystemTime)>,
 }
 
 /// The login guard's state, by the wall clock: kept so that a restart, or another replica,
@@ -132,6 +135,14 @@ impl Record {
             &mut out,
             self.last_upstream_code.as_deref().map(str::as_bytes),
         );
+        match &self.otp_app_key {
+            None => out.push(0),
+            Some((key, at)) => {
+                out.push(1);
+                out.extend_from_slice(key.as_bytes());
+                out.extend_from_slice(&millis(*at).to_be_bytes());
+            }
+        }
         out
     }
 
@@ -151,10 +162,10 @@ impl Record {
         } else {
             r.session()?
         };
-        let (guard, revision, last_error, last_upstream_code) = if version == 1 {
-            (StoredGuard::default(), 0, None, None)
+        let (guard, revision, last_error, last_upstream_code, otp_app_key) = if version == 1 {
+            (StoredGuard::default(), 0, None, None, None)
         } else {
-            (r.guard()?, r.u64()?, r.text()?, r.text()?)
+            (r.guard()?, r.u64()?, r.text()?, r.text()?, r.app_key()?)
         };
         if !r.0.is_empty() {
             return Err(DecodeError("trailing bytes"));
@@ -168,6 +179,7 @@ impl Record {
             revision,
             last_error,
             last_upstream_code,
+            otp_app_key,
         })
     }
 }
@@ -294,6 +306,17 @@ impl<'a> Reader<'a> {
         }
     }
 
+    fn app_key(&mut self) -> Result<Option<(AesKey, SystemTime)>, DecodeError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => {
+                let key = AesKey::from_slice(self.take(32)?).map_err(|_| DecodeError("bad key"))?;
+                Ok(Some((key, self.instant()?)))
+            }
+            _ => Err(DecodeError("bad flag")),
+        }
+    }
+
     fn guard(&mut self) -> Result<StoredGuard, DecodeError> {
         let n = self.u8()?;
         let recent = (0..n)
@@ -375,6 +398,10 @@ mod tests {
                 revision: 9,
                 last_error: Some("upstream unavailable: HTTP 503".into()),
                 last_upstream_code: None,
+                otp_app_key: Some((
+                    AesKey::random(),
+                    UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+                )),
             },
             Record {
                 session: None,
@@ -394,6 +421,7 @@ mod tests {
                 revision: 0,
                 last_error: None,
                 last_upstream_code: Some("2150".into()),
+                otp_app_key: None,
             },
         ];
         for r in &records {
@@ -404,6 +432,14 @@ mod tests {
             assert_eq!(back.revision, r.revision);
             assert_eq!(back.last_error, r.last_error);
             assert_eq!(back.last_upstream_code, r.last_upstream_code);
+            assert_eq!(
+                back.otp_app_key
+                    .as_ref()
+                    .map(|(k, t)| (k.as_bytes().to_vec(), *t)),
+                r.otp_app_key
+                    .as_ref()
+                    .map(|(k, t)| (k.as_bytes().to_vec(), *t))
+            );
             for (a, b) in [(&back.session, &r.session), (&back.latest, &r.latest)] {
                 assert_eq!(a.is_some(), b.is_some());
                 if let (Some(a), Some(b)) = (a, b) {
@@ -422,17 +458,19 @@ mod tests {
         }
         // A version-1 record (before the guard was kept) still reads, with a clear guard.
         // Version 1 ended before the guard: an empty guard is 7 bytes (no login times, no
-        // backoff, no failures, no lockout), then 8 of revision and 2 of absent texts.
+        // backoff, no failures, no lockout), then 8 of revision, 2 of absent texts and 1 of
+        // an absent app key.
         let plain = Record {
             guard: StoredGuard::default(),
             revision: 0,
             last_error: None,
             last_upstream_code: None,
+            otp_app_key: None,
             ..records[2].clone()
         };
         let mut v1 = plain.encode().to_vec();
         v1[0] = 1;
-        v1.truncate(v1.len() - 17);
+        v1.truncate(v1.len() - 18);
         let back = Record::decode(&v1).unwrap();
         assert_eq!(back.guard, StoredGuard::default());
         assert!(Record::decode(&[9, 0, 0]).is_err());

@@ -106,6 +106,10 @@ impl Profile for Gstn {
         &renewal::OtpThenRefresh
     }
 
+    fn otp_app_key(&self) -> AesKey {
+        gstn_app_key()
+    }
+
     fn login_request(
         &self,
         kind: LoginKind<'_>,
@@ -113,25 +117,34 @@ impl Profile for Gstn {
         _password: &SecretString,
         key: &PublicKey,
     ) -> Result<LoginRequest, GatewayError> {
-        let app_key = gstn_app_key();
-        let body = match kind {
-            LoginKind::OtpRequest => json!({
-                "action": "OTPREQUEST",
-                "username": username,
-                "app_key": rsa_app_key(&app_key, key)?,
-            }),
-            LoginKind::Otp(otp) => json!({
-                "action": "AUTHTOKEN",
-                "username": username,
-                "app_key": rsa_app_key(&app_key, key)?,
-                "otp": app_key.encrypt_b64(otp.as_bytes()),
-            }),
-            LoginKind::Refresh { token, sek } => json!({
-                "action": "REFRESHTOKEN",
-                "username": username,
-                "auth_token": token.to_str().map_err(|_| GatewayError::Internal("token is not text".into()))?,
-                "app_key": sek.encrypt_b64(app_key.as_bytes()),
-            }),
+        let (app_key, body) = match kind {
+            LoginKind::OtpRequest { app_key } => (
+                app_key.clone(),
+                json!({
+                    "action": "OTPREQUEST",
+                    "username": username,
+                    "app_key": rsa_app_key(app_key, key)?,
+                }),
+            ),
+            LoginKind::Otp { otp, app_key } => (
+                app_key.clone(),
+                json!({
+                    "action": "AUTHTOKEN",
+                    "username": username,
+                    "app_key": rsa_app_key(app_key, key)?,
+                    "otp": app_key.encrypt_b64(otp.as_bytes()),
+                }),
+            ),
+            LoginKind::Refresh { token, sek } => {
+                let app_key = gstn_app_key();
+                let body = json!({
+                    "action": "REFRESHTOKEN",
+                    "username": username,
+                    "auth_token": token.to_str().map_err(|_| GatewayError::Internal("token is not text".into()))?,
+                    "app_key": sek.encrypt_b64(app_key.as_bytes()),
+                });
+                (app_key, body)
+            }
             LoginKind::Password { .. } => {
                 return Err(GatewayError::Internal(
                     "GSTN sessions start with an OTP, not a password".into(),

@@ -94,9 +94,17 @@ pub enum LoginKind<'a> {
         force: bool,
     },
     /// Ask the portal to send the taxpayer an OTP.
-    OtpRequest,
+    OtpRequest {
+        /// The app key the OTP will be exchanged with: the portal pairs them.
+        app_key: &'a AesKey,
+    },
     /// Exchange the OTP the taxpayer received for a session.
-    Otp(&'a str),
+    Otp {
+        /// The OTP.
+        otp: &'a str,
+        /// The app key the OTP was requested with.
+        app_key: &'a AesKey,
+    },
     /// Extend a session without an OTP, proving possession of its token and SEK.
     Refresh {
         /// The session's current token.
@@ -186,6 +194,11 @@ pub trait Profile: Send + Sync + 'static {
 
     /// How sessions are renewed before they expire.
     fn renewal(&self) -> &'static dyn Renewal;
+
+    /// A new app key for an OTP request, in the API's own form.
+    fn otp_app_key(&self) -> AesKey {
+        AesKey::random()
+    }
 
     /// Builds the encrypted body of a call to the auth endpoint.
     fn login_request(

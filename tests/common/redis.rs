@@ -16,11 +16,32 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     /// Its log.
     pub log: Captured,
+    /// TLS only, with this certificate and key (PEM files).
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+    /// More `redis-server` arguments.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server on a free port and waits until it accepts connections.
     pub async fn start() -> RedisServer {
+        Self::start_with(None, &[]).await
+    }
+
+    /// Starts a server that speaks only TLS, with the certificate and key in `cert` and
+    /// `key`, and `extra` arguments (ACL users, say).
+    pub async fn start_tls(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        extra: &[&str],
+    ) -> RedisServer {
+        Self::start_with(Some((cert.to_owned(), key.to_owned())), extra).await
+    }
+
+    async fn start_with(
+        tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+        extra: &[&str],
+    ) -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -31,6 +52,8 @@ impl RedisServer {
             child: None,
             dir: tempfile::tempdir().unwrap(),
             log: Captured::default(),
+            tls,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         server.run().await;
         server
@@ -38,8 +61,20 @@ impl RedisServer {
 
     async fn run(&mut self) {
         let bin = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let mut child = Command::new(&bin)
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--bind", "127.0.0.1"]);
+        match &self.tls {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some((cert, key)) => cmd
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .args(["--tls-auth-clients", "no"]),
+        };
+        let mut child = cmd
+            .args(&self.extra)
             // Persistence on, as in production: what a scan of the data files finds matters.
             .args(["--appendonly", "yes", "--save", ""])
             .arg("--dir")
