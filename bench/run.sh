@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # The gateway benchmark: generate-IRN requests/s and p50/p99 latency, in one run on this
-# machine, against the simulator directly, nginx (static headers), gstgate in passthrough mode
-# and gstgate in gateway-encryption mode. See BENCHMARKS.md.
+# machine, against the simulator directly, nginx (static headers), gstgate in passthrough mode,
+# gstgate in gateway-encryption mode and gstgate in passthrough mode with the Redis session
+# store. See BENCHMARKS.md.
 #
 #   bench/run.sh                          # 5 rounds × 10 s per target, refreshes BENCHMARKS.md
 #   bench/run.sh --rounds 3 --duration 5s --report none
+#   bench/run.sh --targets passthrough,redis --report none   # memory vs Redis store
 #   bench/run.sh --perf passthrough       # plus a perf profile of one more run
 #   bench/run.sh --help                   # every option (also settable as BENCH_* variables)
 #
-# Installs nginx and wrk from Debian when they are missing, then runs
+# Installs nginx, wrk and redis-server from Debian when they are missing (the benchmark starts
+# a redis-server of its own on a free port; Debian's redis-server service, started by the
+# package, is not used), then runs
 # `cargo bench --bench gateway` (release build of gstgate and of the orchestrator,
 # benches/gateway/main.rs). Run it on an otherwise idle machine: the report lists any other busy
 # process it saw.
@@ -20,6 +24,7 @@ missing=()
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v nginx >/dev/null 2>&1 || missing+=(nginx-light)
 command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 for arg in "$@"; do
   if [[ "$arg" == --perf* ]] && ! command -v perf >/dev/null 2>&1; then missing+=(linux-perf); fi
 done

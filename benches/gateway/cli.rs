@@ -39,16 +39,17 @@ pub(crate) struct Opts {
     pub(crate) upstream: UpstreamKind,
     /// CPU layout: `split` = load generator on CPU 0, proxy and upstream on the others;
     /// `proxy-alone` = load generator and upstream on CPU 0, proxy on the others;
-    /// `none` = no pinning.
+    /// `none` = no pinning. The `redis` target's redis-server runs where the upstream does.
     #[arg(long, env = "BENCH_PIN", value_enum, default_value_t = Pin::Split)]
     pub(crate) pin: Pin,
-    /// Targets, in the order each round runs them.
+    /// Targets, in the order each round runs them (`redis`: passthrough with the Redis session
+    /// store, needs `redis-server`).
     #[arg(
         long,
         env = "BENCH_TARGETS",
         value_enum,
         value_delimiter = ',',
-        default_value = "direct,nginx,passthrough,gateway"
+        default_value = "direct,nginx,passthrough,gateway,redis"
     )]
     pub(crate) targets: Vec<TargetKind>,
     /// Markdown file whose results section is replaced with this run's (`none`: do not write).
@@ -62,7 +63,7 @@ pub(crate) struct Opts {
     /// (proxy and upstream processes, DWARF call graphs) and add the result to the report.
     #[arg(long, env = "BENCH_PERF", value_enum, value_delimiter = ',')]
     pub(crate) perf: Vec<TargetKind>,
-    /// Extra environment for the two `gstgate serve` processes, KEY=VALUE (repeatable), for
+    /// Extra environment for the `gstgate serve` processes, KEY=VALUE (repeatable), for
     /// experiments: `RUST_LOG=warn`, `GSTGATE_LOG_FORMAT=json`, `LD_PRELOAD=…`.
     #[arg(long = "gstgate-env", value_name = "KEY=VALUE")]
     pub(crate) gstgate_env: Vec<String>,
@@ -159,13 +160,15 @@ impl Layout {
     }
 }
 
-/// The four things measured.
+/// The things measured.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) enum TargetKind {
     Direct,
     Nginx,
     Passthrough,
     Gateway,
+    /// `passthrough` with `[store] backend = "redis"` on a redis-server of the benchmark's own.
+    Redis,
 }
 
 impl TargetKind {
@@ -175,6 +178,7 @@ impl TargetKind {
             TargetKind::Nginx => "nginx",
             TargetKind::Passthrough => "passthrough",
             TargetKind::Gateway => "gateway",
+            TargetKind::Redis => "redis",
         }
     }
 
@@ -184,7 +188,16 @@ impl TargetKind {
             TargetKind::Nginx => "nginx reverse proxy, static headers",
             TargetKind::Passthrough => "gstgate, passthrough",
             TargetKind::Gateway => "gstgate, gateway encryption",
+            TargetKind::Redis => "gstgate, passthrough, Redis session store",
         }
+    }
+
+    /// Whether the target is a `gstgate serve` (with an admin listener and its metrics).
+    pub(crate) fn is_gstgate(self) -> bool {
+        matches!(
+            self,
+            TargetKind::Passthrough | TargetKind::Gateway | TargetKind::Redis
+        )
     }
 }
 

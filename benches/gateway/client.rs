@@ -89,6 +89,16 @@ pub(crate) fn fetch_metrics(http: &Http, admin: &str) -> Option<BTreeMap<String,
     Some(out)
 }
 
+/// The sum of `gstgate_store_operations_total` over every op and result, from a
+/// `fetch_metrics` reading (0 when no operation was counted yet: the family has no samples).
+pub(crate) fn store_operations(metrics: &BTreeMap<String, f64>) -> f64 {
+    metrics
+        .iter()
+        .filter(|(k, _)| k.split('{').next() == Some("gstgate_store_operations_total"))
+        .map(|(_, v)| v)
+        .sum()
+}
+
 /// Numeric leaves of a JSON document, keyed by their path (`a.b.c`).
 pub(crate) fn flatten_json(v: &Value) -> BTreeMap<String, f64> {
     fn walk(prefix: &str, v: &Value, out: &mut BTreeMap<String, f64>) {

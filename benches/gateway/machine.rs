@@ -13,6 +13,9 @@ pub(crate) struct Machine {
     pub(crate) mem: String,
     pub(crate) nginx: String,
     pub(crate) wrk: String,
+    /// `redis-server --version`, shortened ("Redis server v=7.0.15"); shown when the `redis`
+    /// target ran.
+    pub(crate) redis: String,
     pub(crate) rustc: String,
     pub(crate) gstgate: String,
     pub(crate) commit: String,
@@ -82,6 +85,10 @@ impl Machine {
                 .unwrap_or("?")
                 .trim()
                 .to_string(),
+            redis: {
+                let v = run("redis-server", &["--version"]);
+                v.split(" sha=").next().unwrap_or(&v).trim().to_string()
+            },
             rustc: run("rustc", &["-V"]),
             gstgate: run(&bin.display().to_string(), &["--version"]),
             commit: format!("{}{dirty}", run("git", &["rev-parse", "--short", "HEAD"])),

@@ -1,4 +1,4 @@
-//! The gateway benchmark: one generate-IRN request, four ways, on one machine.
+//! The gateway benchmark: one generate-IRN request, five ways, on one machine.
 //!
 //! Targets, all doing `POST /eicore/v1.03/Invoice` with the same ~2.7 KB NIC e-invoice
 //! (`bench/invoice.json`):
@@ -8,12 +8,16 @@
 //!    (`bench/nginx.conf.in`): what a user would otherwise deploy;
 //! 3. `passthrough` — `gstgate serve` with `encryption = "passthrough"` (bodies untouched);
 //! 4. `gateway` — `gstgate serve` with `encryption = "gateway"`: the caller sends plain JSON,
-//!    gstgate encrypts it with the SEK and decrypts the reply.
+//!    gstgate encrypts it with the SEK and decrypts the reply;
+//! 5. `redis` — as `passthrough`, but with the Redis session store (`[store] backend = "redis"`)
+//!    on a `redis-server` the benchmark starts for it (loopback, no persistence, pinned as the
+//!    upstream). In steady state a request causes no store operation: the report's
+//!    "store ops/request" column (from `gstgate_store_operations_total`) checks that.
 //!
 //! The upstream (`--upstream`) is either the lean server of `upstream.rs` (default) or
 //! the built-in simulator; both accept a `{"Data": {..}}` object and answer it in plain JSON
-//! (the "enriched GSP" form), so targets 1–3 carry no payload crypto, while in target 4 gstgate
-//! and the upstream each do one AES round trip per request, as with the real IRP.
+//! (the "enriched GSP" form), so targets 1–3 and 5 carry no payload crypto, while in target 4
+//! gstgate and the upstream each do one AES round trip per request, as with the real IRP.
 //!
 //! Method: every target is verified first (HTTP 200, `Status` 1 and an `Irn` in the reply);
 //! then `--rounds` rounds, each running the targets in the same interleaved order (A B C D,
@@ -23,7 +27,7 @@
 //! proxy, the upstream, the load generator, or something else on the machine. Processes are
 //! pinned with `taskset` according to `--pin` (see `BENCHMARKS.md` for the reasoning).
 //!
-//! Run it with `bench/run.sh` (installs nginx and wrk when missing), or directly:
+//! Run it with `bench/run.sh` (installs nginx, wrk and redis-server when missing), or directly:
 //! `cargo bench --bench gateway -- --rounds 5 --duration 10s`.
 
 use std::fs;

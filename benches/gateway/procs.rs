@@ -2,10 +2,11 @@
 //! until they say they are ready, stopped when dropped.
 
 use std::fs::{self, File};
-use std::io::Read as _;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
@@ -33,6 +34,72 @@ impl Proc {
             child,
             log,
         })
+    }
+
+    /// Like `spawn`, but reads the child's stdout through a pipe (copying it to the log) and
+    /// returns once a line containing `needle` arrives: no polling. Fails if the child closes
+    /// its stdout (exits) first, or after `timeout`; the child is stopped then.
+    pub(crate) fn spawn_until(
+        name: &str,
+        mut cmd: Command,
+        dir: &Path,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<(Self, String)> {
+        let log = dir.join(format!("{name}.log"));
+        let mut out = File::create(&log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(out.try_clone()?);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        let mut p = Proc {
+            name: name.to_string(),
+            child,
+            log,
+        };
+        let stdout = p
+            .child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("{name}: no stdout pipe"))?;
+        let (tx, rx) = mpsc::channel::<String>();
+        let wanted = needle.to_string();
+        // Drains the pipe for the child's whole life, so that it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            let mut reader = BufReader::new(stdout);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let _ = out.write_all(&buf);
+                let line = String::from_utf8_lossy(&buf);
+                if line.contains(&wanted) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(line.trim().to_string());
+                    }
+                }
+            }
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(line) => Ok((p, line)),
+            Err(RecvTimeoutError::Disconnected) => {
+                p.check_alive()?;
+                bail!(
+                    "{name} closed its output without printing \"{needle}\": {}",
+                    p.log_tail()
+                )
+            }
+            Err(RecvTimeoutError::Timeout) => bail!(
+                "{name} printed no \"{needle}\" within {timeout:?}: {}",
+                p.log_tail()
+            ),
+        }
     }
 
     pub(crate) fn pid(&self) -> u32 {

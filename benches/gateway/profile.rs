@@ -231,6 +231,7 @@ fn record_under_load(
             headers: t.headers.clone(),
             proc_index: None,
             admin_url: None,
+            store_pid: None,
         };
         std::thread::spawn(move || run_wrk(&opts, &layout, &t, &dir, &lua, secs + 2))
     };

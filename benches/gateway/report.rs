@@ -40,6 +40,8 @@ struct Summary {
     sim_us: f64,
     sim_sys_us: f64,
     wrk_us: f64,
+    /// Session store operations per request (gstgate targets whose `/metrics` answered).
+    store_ops: Option<f64>,
     core_busy: Vec<f64>,
     rounds: usize,
 }
@@ -72,6 +74,10 @@ impl Report<'_> {
                     sim_us: med(&|r| r.us_per_req(r.cpu.sim_s)),
                     sim_sys_us: med(&|r| r.us_per_req(r.cpu.sim_sys_s)),
                     wrk_us: med(&|r| r.us_per_req(r.cpu.wrk_s)),
+                    store_ops: {
+                        let v: Vec<f64> = rs.iter().filter_map(|r| r.store_ops_per_req()).collect();
+                        (!v.is_empty()).then(|| median(v))
+                    },
                     core_busy: (0..ncores)
                         .map(|i| med(&|r| r.cpu.core_busy.get(i).copied().unwrap_or(0.0)))
                         .collect(),
@@ -110,10 +116,21 @@ impl Report<'_> {
             "| CPUs | {} × {} ; {} RAM |",
             m.nproc, m.cpu_model, m.mem
         );
+        // The `redis` target was asked for (it may have been skipped; its row says why).
+        let redis_asked = o.targets.contains(&TargetKind::Redis);
         let _ = writeln!(
             s,
-            "| software | {}; {}; {}; {} (commit {}) |",
-            m.nginx, m.wrk, m.rustc, m.gstgate, m.commit
+            "| software | {}; {}; {}{}; {} (commit {}) |",
+            m.nginx,
+            m.wrk,
+            if redis_asked {
+                format!("{}; ", m.redis)
+            } else {
+                String::new()
+            },
+            m.rustc,
+            m.gstgate,
+            m.commit
         );
         let _ = writeln!(
             s,
@@ -150,6 +167,16 @@ impl Report<'_> {
             pin_name(o.pin),
             self.layout.describe()
         );
+        if redis_asked {
+            let _ = writeln!(
+                s,
+                "| Redis store | target `redis`: gstgate as in `passthrough` with `[store] backend = \"redis\"`, `replicas = 1`, on a redis-server of its own (loopback, `--save \"\" --appendonly no`), pinned as the upstream ({}) |",
+                self.layout
+                    .sim
+                    .as_deref()
+                    .map_or("any CPU".to_string(), |c| format!("CPU {c}"))
+            );
+        }
         let quiet = if self.quiet_before.is_empty() {
             "quiet (no other process above 5 % of a CPU)".to_string()
         } else {
@@ -177,11 +204,11 @@ impl Report<'_> {
         let core_rule: String = (0..ncores).map(|_| "---:|").collect();
         let _ = writeln!(
             s,
-            "| target | req/s | p50 ms | p99 ms | non-2xx | socket errors | vs direct | vs nginx | proxy CPU µs/req (sys) | proxy ctx sw/req | upstream CPU µs/req (sys) | wrk CPU µs/req |{core_cols}"
+            "| target | req/s | p50 ms | p99 ms | non-2xx | socket errors | vs direct | vs nginx | proxy CPU µs/req (sys) | proxy ctx sw/req | upstream CPU µs/req (sys) | wrk CPU µs/req | store ops/request |{core_cols}"
         );
         let _ = writeln!(
             s,
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{core_rule}"
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|{core_rule}"
         );
         for x in &sums {
             let rel = |base: Option<&Summary>| {
@@ -201,9 +228,14 @@ impl Report<'_> {
                 .iter()
                 .map(|c| format!(" {:.0} % |", c * 100.0))
                 .collect();
+            let store_ops = if x.kind.is_gstgate() {
+                x.store_ops.map_or("?".to_string(), per_request)
+            } else {
+                "–".to_string()
+            };
             let _ = writeln!(
                 s,
-                "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {:.0} ({:.0}) | {:.0} |{}",
+                "| {} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {} | {} | {} | {:.0} ({:.0}) | {:.0} | {} |{}",
                 x.kind.label(),
                 x.rps,
                 x.p50 / 1000.0,
@@ -217,16 +249,30 @@ impl Report<'_> {
                 x.sim_us,
                 x.sim_sys_us,
                 x.wrk_us,
+                store_ops,
                 cores
             );
         }
         for (k, why) in self.skipped {
             let _ = writeln!(
                 s,
-                "| {} | not run: {} | | | | | | | | | | |",
+                "| {} | not run: {} | | | | | | | | | | | |",
                 k.label(),
                 why.replace('|', "/").replace('\n', " ")
             );
+        }
+        if let (Some(mem), Some(red)) = (find(TargetKind::Passthrough), find(TargetKind::Redis)) {
+            if mem.rps > 0.0 {
+                let _ = writeln!(
+                    s,
+                    "\nredis vs memory (passthrough): {:.1} % of the requests/s ({:.0} vs {:.0} req/s; p99 {:.2} vs {:.2} ms)",
+                    100.0 * red.rps / mem.rps,
+                    red.rps,
+                    mem.rps,
+                    red.p99 / 1000.0,
+                    mem.p99 / 1000.0
+                );
+            }
         }
         let checks: usize = sums.iter().map(|x| x.failed_checks).sum();
         let _ = writeln!(
@@ -307,17 +353,17 @@ impl Report<'_> {
         let _ = writeln!(s, "\n##### Every run\n");
         let _ = writeln!(
             s,
-            "| round | target | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | non-2xx | socket errors | proxy µs/req (sys) | proxy ctx sw/req | upstream µs/req (sys) | upstream ctx sw/req | wrk µs/req | other CPU | steal | noisy processes |"
+            "| round | target | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | non-2xx | socket errors | proxy µs/req (sys) | proxy ctx sw/req | upstream µs/req (sys) | upstream ctx sw/req | wrk µs/req | store ops/request | other CPU | steal | noisy processes |"
         );
         let _ = writeln!(
             s,
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
         );
         for r in self.runs {
             let w = &r.wrk;
             let _ = writeln!(
                 s,
-                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} | {:.0} ({:.0}) | {:.1} | {:.0} | {:.0} % | {:.1} % | {}{} |",
+                "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} | {} | {} | {} | {} | {:.0} ({:.0}) | {:.1} | {:.0} | {} | {:.0} % | {:.1} % | {}{} |",
                 r.round,
                 r.kind.name(),
                 w.rps(),
@@ -334,6 +380,7 @@ impl Report<'_> {
                 r.us_per_req(r.cpu.sim_sys_s),
                 r.per_req(r.cpu.sim_ctx as f64),
                 r.us_per_req(r.cpu.wrk_s),
+                if r.kind.is_gstgate() { r.store_ops_per_req().map_or("?".to_string(), per_request) } else { "–".into() },
                 100.0 * r.cpu.other_s / r.cpu.wall_s.max(1e-9),
                 100.0 * r.cpu.steal,
                 r.cpu.noisy.iter().map(|(n, x)| format!("{n} {:.0}%", x * 100.0)).collect::<Vec<_>>().join(", "),
@@ -345,8 +392,12 @@ impl Report<'_> {
             "\n\"µs/req\" is CPU time (user + system, from `/proc`; the system part in brackets) divided \
              by completed requests; \"ctx sw/req\" counts context switches (voluntary and \
              involuntary, all threads; nginx: master and workers); \
-             \"other CPU\" is busy time on all cores not used by wrk, the upstream or the proxy \
-             (kernel threads, interrupts, other processes), as a share of one CPU."
+             \"store ops/request\" is the increase of `gstgate_store_operations_total` (every op \
+             and result) at the target's admin `/metrics` over the measured run, divided by the \
+             requests wrk completed in it (0: the request path never touched the session store); \
+             \"other CPU\" is busy time on all cores not used by wrk, the upstream, the proxy or \
+             the `redis` target's redis-server (kernel threads, interrupts, other processes), as a \
+             share of one CPU."
         );
 
         let _ = writeln!(
@@ -357,8 +408,12 @@ impl Report<'_> {
             let mut simc: BTreeMap<String, f64> = BTreeMap::new();
             let mut gwc: BTreeMap<String, f64> = BTreeMap::new();
             let mut reqs = 0u64;
+            let mut store_cpu_s: Option<f64> = None;
             for r in self.runs.iter().filter(|r| r.kind == x.kind) {
                 reqs += r.wrk.requests;
+                if let Some(c) = r.store_cpu_s {
+                    *store_cpu_s.get_or_insert(0.0) += c;
+                }
                 for (k, v) in &r.sim_delta {
                     *simc.entry(k.clone()).or_default() += v;
                 }
@@ -383,8 +438,20 @@ impl Report<'_> {
                 reqs,
                 fmt(&simc)
             );
-            if x.kind == TargetKind::Passthrough || x.kind == TargetKind::Gateway {
+            if x.kind.is_gstgate() {
                 let _ = write!(s, "; gstgate: {}", fmt(&gwc));
+            }
+            if let Some(c) = store_cpu_s {
+                let _ = write!(
+                    s,
+                    "; redis-server CPU {:.1} s in all, {:.2} µs/req",
+                    c,
+                    if reqs == 0 {
+                        0.0
+                    } else {
+                        c * 1e6 / reqs as f64
+                    }
+                );
             }
             let _ = writeln!(s, " ({} runs)", x.rounds);
         }
@@ -442,6 +509,18 @@ fn write_results_section(path: &Path, key: &str, report: &str) -> Result<()> {
         _ => format!("{}\n\n{block}\n", old.trim_end()),
     };
     fs::write(path, new).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A per-request count for the tables: "0" only when nothing happened at all, and small
+/// figures in scientific notation rather than rounded to zero.
+fn per_request(x: f64) -> String {
+    if x == 0.0 {
+        "0".to_string()
+    } else if x >= 0.01 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.1e}")
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -1,6 +1,6 @@
 //! What is measured: the upstream, the proxies in front of it (nginx; gstgate in passthrough and
-//! in gateway mode) with the credentials they share, and the check that each target answers a
-//! real IRN.
+//! in gateway mode, and in passthrough mode with a Redis session store on a redis-server of its
+//! own) with the credentials they share, and the check that each target answers a real IRN.
 
 use std::fs;
 use std::net::TcpStream;
@@ -15,7 +15,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::cli::{dedup, Layout, TargetKind, UpstreamKind};
 use crate::client::Http;
-use crate::procs::{after, free_port, pinned, Proc};
+use crate::procs::{after, free_port, pinned, which, Proc};
 use crate::{upstream, Bench};
 
 /// The taxpayer every request is for (valid checksum; also the seller in `bench/invoice.json`).
@@ -34,6 +34,11 @@ const INVOICE_PATH: &str = "/eicore/v1.03/Invoice";
 pub(crate) const USER_DIRECT: (&str, &str) = ("bench_direct", "Direct#Pass1");
 const USER_PASSTHROUGH: (&str, &str) = ("bench_passthrough", "Passthrough#Pass1");
 const USER_GATEWAY: (&str, &str) = ("bench_gateway", "Gateway#Pass1");
+const USER_REDIS: (&str, &str) = ("bench_redis", "Redis#Pass1");
+
+/// The `redis` target's `[store] encryption_key` (base64 of 32 bytes; seals tokens and SEKs at
+/// rest in Redis).
+const STORE_KEY: &str = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";
 
 /// One prepared target.
 pub(crate) struct Target {
@@ -48,6 +53,8 @@ pub(crate) struct Target {
     pub(crate) proc_index: Option<usize>,
     /// gstgate's admin listener.
     pub(crate) admin_url: Option<String>,
+    /// The redis-server behind the target's session store (`redis` target), for its CPU time.
+    pub(crate) store_pid: Option<u32>,
 }
 
 impl Target {
@@ -85,7 +92,7 @@ pub(crate) fn start_upstream(b: &Bench) -> Result<Upstream> {
         ..
     } = b;
     let sim_pub = dir.join("upstream-public.pem");
-    let users = [USER_DIRECT, USER_PASSTHROUGH, USER_GATEWAY];
+    let users = [USER_DIRECT, USER_PASSTHROUGH, USER_GATEWAY, USER_REDIS];
     let (mut sim, ready) = match opts.upstream {
         UpstreamKind::Sim => {
             let mut cmd = pinned(layout.sim.as_deref(), bin);
@@ -167,7 +174,6 @@ pub(crate) fn start_targets(
     let Upstream {
         addr: sim_addr,
         url: sim_url,
-        public_key_path: sim_pub,
         ..
     } = sim;
     let serve_ok = bin_supports_serve(bin);
@@ -188,6 +194,7 @@ pub(crate) fn start_targets(
                 ],
                 proc_index: None,
                 admin_url: None,
+                store_pid: None,
             }),
             TargetKind::Nginx => start_nginx(manifest, dir, layout, sim_addr, &token).map(|p| {
                 let url = p.1.clone();
@@ -199,40 +206,52 @@ pub(crate) fn start_targets(
                     headers: vec![],
                     proc_index: Some(procs.len() - 1),
                     admin_url: None,
+                    store_pid: None,
                 }
             }),
-            TargetKind::Passthrough | TargetKind::Gateway if !serve_ok => {
+            TargetKind::Passthrough | TargetKind::Gateway | TargetKind::Redis if !serve_ok => {
                 Err(anyhow!("`gstgate serve` is not available in this build"))
             }
-            TargetKind::Passthrough | TargetKind::Gateway => {
+            TargetKind::Passthrough | TargetKind::Gateway | TargetKind::Redis => {
                 let gateway = kind == TargetKind::Gateway;
-                start_gstgate(
-                    bin,
-                    dir,
-                    layout,
-                    sim_url,
-                    sim_pub,
-                    gateway,
-                    &opts.gstgate_env,
-                )
-                .map(|(p, proxy, admin)| {
-                    procs.push(p);
-                    Target {
-                        kind,
-                        url: format!("{proxy}{INVOICE_PATH}"),
-                        body: if gateway {
-                            body_plain.clone()
-                        } else {
-                            body_envelope.clone()
-                        },
-                        headers: vec![
-                            ("x-api-key".into(), API_KEY.into()),
-                            ("gstin".into(), GSTIN.into()),
-                        ],
-                        proc_index: Some(procs.len() - 1),
-                        admin_url: Some(admin),
-                    }
-                })
+                // The `redis` target's own redis-server first; it is stopped (dropped) if
+                // gstgate does not start.
+                let redis = if kind == TargetKind::Redis {
+                    start_redis(dir, layout).map(Some)
+                } else {
+                    Ok(None)
+                };
+                redis
+                    .and_then(|redis| {
+                        let url = redis.as_ref().map(|(_, url)| url.as_str());
+                        start_gstgate(b, sim, kind, url).map(|g| (g, redis))
+                    })
+                    .map(|((p, proxy, admin), redis)| {
+                        // gstgate before its redis-server, so that it is stopped first.
+                        procs.push(p);
+                        let proc_index = Some(procs.len() - 1);
+                        let store_pid = redis.map(|(r, _)| {
+                            let pid = r.pid();
+                            procs.push(r);
+                            pid
+                        });
+                        Target {
+                            kind,
+                            url: format!("{proxy}{INVOICE_PATH}"),
+                            body: if gateway {
+                                body_plain.clone()
+                            } else {
+                                body_envelope.clone()
+                            },
+                            headers: vec![
+                                ("x-api-key".into(), API_KEY.into()),
+                                ("gstin".into(), GSTIN.into()),
+                            ],
+                            proc_index,
+                            admin_url: Some(admin),
+                            store_pid,
+                        }
+                    })
             }
         };
         match prepared {
@@ -321,29 +340,81 @@ fn start_nginx(
     Ok((p, format!("http://{listen}{INVOICE_PATH}")))
 }
 
+/// Starts the `redis` target's redis-server: on a free loopback port, without persistence
+/// (`--save "" --appendonly no`), its working directory in the scratch directory, logging to
+/// stdout; returns it, and its URL, once it says "Ready to accept connections".
+fn start_redis(dir: &Path, layout: &Layout) -> Result<(Proc, String)> {
+    let bin = which("redis-server").ok_or_else(|| {
+        anyhow!("`redis-server` not found on PATH (bench/run.sh installs Debian's redis-server)")
+    })?;
+    let rdir = dir.join("redis");
+    fs::create_dir_all(&rdir)?;
+    let port = free_port()?;
+    // Pinned to the upstream's CPU set (`layout.sim`), not the proxy's: like the upstream,
+    // redis-server is a back end gstgate calls, and it must not take CPUs the layout gives the
+    // proxy alone. With `split` that is the CPUs the proxy shares with the upstream anyway;
+    // with `proxy-alone` it is CPU 0, with wrk and the upstream. In steady state it serves no
+    // request (see "store ops/request" in the report).
+    let mut cmd = pinned(layout.sim.as_deref(), &bin);
+    cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(["--daemonize", "no", "--logfile", ""])
+        .arg("--dir")
+        .arg(&rdir);
+    let (p, _) = Proc::spawn_until(
+        "redis-server",
+        cmd,
+        dir,
+        "Ready to accept connections",
+        Duration::from_secs(30),
+    )?;
+    let url = format!("redis://127.0.0.1:{port}");
+    eprintln!("gateway-bench: redis-server at {url}");
+    Ok((p, url))
+}
+
+/// Starts `gstgate serve` for a gstgate target (`passthrough`, `gateway`, `redis`): the same
+/// configuration for all but the encryption mode, the upstream user and, for `redis`, the
+/// session store at `redis_url`.
 fn start_gstgate(
-    bin: &Path,
-    dir: &Path,
-    layout: &Layout,
-    sim_url: &str,
-    sim_pub: &Path,
-    gateway: bool,
-    env: &[String],
+    b: &Bench,
+    sim: &Upstream,
+    kind: TargetKind,
+    redis_url: Option<&str>,
 ) -> Result<(Proc, String, String)> {
-    let (mode, (user, pass)) = if gateway {
-        ("gateway", USER_GATEWAY)
-    } else {
-        ("passthrough", USER_PASSTHROUGH)
+    let Bench {
+        opts,
+        layout,
+        bin,
+        dir,
+        ..
+    } = b;
+    let Upstream {
+        url: sim_url,
+        public_key_path: sim_pub,
+        ..
+    } = sim;
+    let (mode, (user, pass)) = match kind {
+        TargetKind::Gateway => ("gateway", USER_GATEWAY),
+        TargetKind::Redis => ("passthrough", USER_REDIS),
+        _ => ("passthrough", USER_PASSTHROUGH),
     };
+    let store = match redis_url {
+        Some(url) => format!(
+            "backend = \"redis\"\nredis_url = \"{url}\"\nencryption_key = \"{STORE_KEY}\"\nreplicas = 1"
+        ),
+        None => "backend = \"memory\"".to_string(),
+    };
+    let name = kind.name();
     let config = format!(
-        r#"# gstgate benchmark config ({mode}); written by benches/gateway/main.rs
+        r#"# gstgate benchmark config ({name}: {mode}); written by benches/gateway/main.rs
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 admin_token = "{ADMIN_TOKEN}"
 
 [store]
-backend = "memory"
+{store}
 
 [[upstream]]
 name = "einvoice"
@@ -371,17 +442,17 @@ gstins = ["*"]
         pubkey = sim_pub.display(),
         key_hash = hex_sha256(API_KEY.as_bytes()),
     );
-    let path = dir.join(format!("gstgate-{mode}.toml"));
+    let path = dir.join(format!("gstgate-{name}.toml"));
     fs::write(&path, config)?;
     let mut cmd = pinned(layout.proxy.as_deref(), bin);
     cmd.arg("serve").arg("--config").arg(&path);
-    for kv in env {
+    for kv in &opts.gstgate_env {
         let (k, v) = kv
             .split_once('=')
             .ok_or_else(|| anyhow!("--gstgate-env wants KEY=VALUE, not {kv:?}"))?;
         cmd.env(k, v);
     }
-    let mut p = Proc::spawn(&format!("gstgate-{mode}"), cmd, dir)?;
+    let mut p = Proc::spawn(&format!("gstgate-{name}"), cmd, dir)?;
     let line = p.wait_for_line("gstgate ready: proxy http://", Duration::from_secs(60))?;
     // "gstgate ready: proxy http://ADDR admin http://ADDR"
     let proxy = after(&line, "proxy ")?.to_string();
