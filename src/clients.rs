@@ -17,7 +17,8 @@ use crate::problem::GatewayError;
 pub struct Client {
     /// Name for logs.
     pub name: Arc<str>,
-    digest: [u8; 32],
+    /// The digests of its keys: more than one while a key is being rotated.
+    digests: Vec<[u8; 32]>,
     gstins: Allowed,
 }
 
@@ -61,8 +62,15 @@ impl Clients {
         let clients = configs
             .iter()
             .map(|c| {
-                let digest = digest_from_hex(&c.api_key_sha256)
-                    .ok_or_else(|| format!("client `{}`: api_key_sha256 is not hex", c.name))?;
+                let digests = c
+                    .api_key_sha256
+                    .iter()
+                    .map(|d| {
+                        digest_from_hex(d).ok_or_else(|| {
+                            format!("client `{}`: api_key_sha256 is not hex", c.name)
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
                 let gstins = if c.gstins.iter().any(|g| g == "*") {
                     Allowed::All
                 } else {
@@ -77,7 +85,7 @@ impl Clients {
                 };
                 Ok(Arc::new(Client {
                     name: c.name.as_str().into(),
-                    digest,
+                    digests,
                     gstins,
                 }))
             })
@@ -87,15 +95,17 @@ impl Clients {
 
     /// Finds the client whose key the request carries (`x-api-key` or `Authorization: Bearer`).
     ///
-    /// Every client's digest is compared, in constant time, whatever matches: the time taken
-    /// says nothing about which key or how much of it was right.
+    /// Every digest of every client is compared, in constant time, whatever matches: the time
+    /// taken says nothing about which key or how much of it was right.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Client>, GatewayError> {
         let key = api_key(headers).ok_or(GatewayError::Unauthenticated)?;
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         let mut found = None;
         for c in &self.clients {
-            if bool::from(c.digest.ct_eq(&digest)) {
-                found = Some(c);
+            for d in &c.digests {
+                if bool::from(d.ct_eq(&digest)) {
+                    found = Some(c);
+                }
             }
         }
         found.cloned().ok_or(GatewayError::Unauthenticated)
@@ -124,12 +134,12 @@ mod tests {
         Clients::from_config(&[
             ClientConfig {
                 name: "a".into(),
-                api_key_sha256: hex_sha256(b"key-a"),
+                api_key_sha256: vec![hex_sha256(b"key-a"), hex_sha256(b"key-a-next")],
                 gstins: vec!["27AAPFU0939F1ZV".into()],
             },
             ClientConfig {
                 name: "b".into(),
-                api_key_sha256: hex_sha256(b"key-b"),
+                api_key_sha256: vec![hex_sha256(b"key-b")],
                 gstins: vec!["*".into()],
             },
         ])
@@ -145,6 +155,11 @@ mod tests {
         assert_eq!(&*a.name, "a");
         assert!(a.allows(&Gstin::parse("27AAPFU0939F1ZV").unwrap()));
         assert!(!a.allows(&Gstin::parse("27AAACR5055K1Z7").unwrap()));
+
+        // During a rotation both of a client's keys work.
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", "key-a-next".parse().unwrap());
+        assert_eq!(&*c.authenticate(&h).unwrap().name, "a");
 
         let mut h = HeaderMap::new();
         h.insert("authorization", "Bearer key-b".parse().unwrap());

@@ -235,3 +235,47 @@ async fn settings_that_need_a_restart_are_named_without_their_values() {
     assert_eq!(gw.admin_post("/admin/reload", None).await.status(), 200);
     assert!(!gw.logs.text().contains(new_token));
 }
+
+/// Key rotation without downtime: a client lists its old and new key digests, both are
+/// accepted; a reload that drops the old one refuses it at once, the new one goes on.
+#[tokio::test]
+async fn a_client_key_is_rotated_with_two_digests_and_a_reload() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let old = gstgate::cli::hex_sha256(API_KEY.as_bytes());
+    let new_key = "rotated-client-key-0123456789";
+    let new = gstgate::cli::hex_sha256(new_key.as_bytes());
+    let send = |key: &'static str| {
+        gw.http
+            .post(format!("http://{}/eicore/v1.03/Invoice", gw.proxy))
+            .header("x-api-key", key)
+            .header("gstin", GSTIN)
+            .json(&invoice(GSTIN, &format!("ROT/{key}")))
+            .send()
+    };
+    let config = std::fs::read_to_string(&gw.config).unwrap();
+    assert!(config.contains(&old));
+    std::fs::write(
+        &gw.config,
+        config.replace(
+            &format!("api_key_sha256 = \"{old}\""),
+            &format!("api_key_sha256 = [\"{old}\", \"{new}\"]"),
+        ),
+    )
+    .unwrap();
+    assert_eq!(gw.admin_post("/admin/reload", None).await.status(), 200);
+    assert_eq!(send(API_KEY).await.unwrap().status(), 200);
+    assert_eq!(send(new_key).await.unwrap().status(), 200);
+
+    std::fs::write(
+        &gw.config,
+        config.replace(
+            &format!("api_key_sha256 = \"{old}\""),
+            &format!("api_key_sha256 = \"{new}\""),
+        ),
+    )
+    .unwrap();
+    assert_eq!(gw.admin_post("/admin/reload", None).await.status(), 200);
+    assert_eq!(send(API_KEY).await.unwrap().status(), 401);
+    assert_eq!(send(new_key).await.unwrap().status(), 200);
+}

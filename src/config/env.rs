@@ -100,6 +100,23 @@ pub(super) fn env_vec<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D:
         .collect()
 }
 
+/// One string or a list of them, each with `${VAR}`s replaced.
+pub(super) fn env_one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    let raw = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    };
+    raw.iter()
+        .map(|s| interpolate(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
 pub(super) fn env_map<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<BTreeMap<String, SecretString>, D::Error> {

@@ -27,9 +27,36 @@ pub enum ConfigError {
     Invalid {
         /// The file.
         path: PathBuf,
-        /// Dotted key, e.g. `upstream[0].routes`.
+        /// The entry and setting, e.g. `upstream "einvoice".routes`.
         key: String,
         /// What is wrong and how to fix it.
         message: String,
     },
+}
+
+/// How errors name an `[[upstream]]`: by its name, or by position while it has none.
+pub fn upstream_entry(position: usize, name: &str) -> String {
+    if name.is_empty() {
+        format!("upstream[{position}]")
+    } else {
+        format!("upstream \"{name}\"")
+    }
+}
+
+/// How errors name a `[[credential]]`: by GSTIN and user, or by position while it has none.
+pub fn credential_entry(position: usize, gstin: &str, username: &str) -> String {
+    if gstin.is_empty() {
+        format!("credential[{position}]")
+    } else {
+        format!("credential {gstin}/{username}")
+    }
+}
+
+/// How errors name a `[[client]]`: by its name, or by position while it has none.
+pub fn client_entry(position: usize, name: &str) -> String {
+    if name.is_empty() {
+        format!("client[{position}]")
+    } else {
+        format!("client \"{name}\"")
+    }
 }

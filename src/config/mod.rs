@@ -32,7 +32,7 @@ pub use defaults::{
     DEFAULT_REFRESH_BEFORE, DEFAULT_TOKEN_LIFETIME,
 };
 pub use env::interpolate;
-pub use error::ConfigError;
+pub use error::{client_entry, credential_entry, upstream_entry, ConfigError};
 pub use headers::{HEADER_ROLES, RESERVED_HEADERS, ROLE_COUNT};
 pub use validate::{check_otp_warning, check_webhook_url};
 
@@ -44,8 +44,8 @@ use defaults::{
     default_shutdown_grace, default_token_lifetime, default_upstream_timeout, empty_secret,
 };
 use env::{
-    env_duration, env_duration_opt, env_map, env_map_plain, env_parse, env_path_opt, env_secret,
-    env_secret_opt, env_string_opt, env_vec,
+    env_duration, env_duration_opt, env_map, env_map_plain, env_one_or_many, env_parse,
+    env_path_opt, env_secret, env_secret_opt, env_string_opt, env_vec,
 };
 
 /// The longest token life gstgate believes: every GST API issues 6-hour tokens, and a longer
@@ -411,9 +411,10 @@ pub struct ClientConfig {
     /// Name in logs.
     #[serde(deserialize_with = "env_parse")]
     pub name: String,
-    /// Lower-case hex SHA-256 of the API key (`gstgate hash-key`).
-    #[serde(deserialize_with = "env_parse")]
-    pub api_key_sha256: String,
+    /// Hex SHA-256 of the client's API key (`gstgate hash-key`); a list of them while a key
+    /// is being rotated, each of which is accepted.
+    #[serde(deserialize_with = "env_one_or_many")]
+    pub api_key_sha256: Vec<String>,
     /// GSTINs this client may act for; `"*"` for all.
     #[serde(deserialize_with = "env_vec")]
     pub gstins: Vec<String>,
@@ -467,6 +468,16 @@ impl Config {
             path: path.to_path_buf(),
             message: parse_message(text, &e),
         })?;
+        // `webhook_url = "${GSTGATE_ALERT_WEBHOOK}"` with the variable set empty switches
+        // webhooks off, so that one file serves deployments with and without them.
+        if config
+            .alerts
+            .webhook_url
+            .as_deref()
+            .is_some_and(|u| u.trim().is_empty())
+        {
+            config.alerts.webhook_url = None;
+        }
         if config.store.backend == StoreBackend::Embedded && config.store.path.is_none() {
             let dir = path.parent().unwrap_or(Path::new(""));
             config.store.path = Some(dir.join(DEFAULT_STORE_FILE));

@@ -7,8 +7,9 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 
 use super::{
-    Config, StoreBackend, HEADER_ROLES, MAX_SESSION_LIFETIME, MAX_TIMEOUT, MAX_TOKEN_LIFETIME,
-    MIN_OTP_WARNING, MIN_SESSION_LIFETIME, PROXY_VARIABLES, RESERVED_HEADERS,
+    client_entry, credential_entry, upstream_entry, ChecksumPolicy, Config, StoreBackend,
+    HEADER_ROLES, MAX_SESSION_LIFETIME, MAX_TIMEOUT, MAX_TOKEN_LIFETIME, MIN_OTP_WARNING,
+    MIN_SESSION_LIFETIME, PROXY_VARIABLES, RESERVED_HEADERS,
 };
 use crate::gstin::Gstin;
 
@@ -71,6 +72,43 @@ fn check_canonical(path: &str) -> Result<(), String> {
 }
 
 impl Config {
+    /// Whether every upstream refuses GSTINs whose check character is wrong.
+    fn all_enforce_checksums(&self) -> bool {
+        self.upstreams
+            .iter()
+            .all(|u| u.gstin_checksum == ChecksumPolicy::Enforce)
+    }
+
+    /// The `[server]` rules that involve more than one address.
+    fn validate_listeners(&self) -> Result<(), (String, String)> {
+        let server = &self.server;
+        // Port 0 asks the OS for a free port: two of those never clash.
+        let clash = |a: std::net::SocketAddr, b: std::net::SocketAddr| a == b && a.port() != 0;
+        if clash(server.listen, server.admin_listen) {
+            return Err((
+                "server.admin_listen".into(),
+                format!(
+                    "is {}, the same address as server.listen: the admin API needs an address of its own",
+                    server.admin_listen
+                ),
+            ));
+        }
+        if let Some(sim) = &self.simulator {
+            for (key, addr) in [
+                ("server.listen", server.listen),
+                ("server.admin_listen", server.admin_listen),
+            ] {
+                if clash(sim.listen, addr) {
+                    return Err((
+                        "simulator.listen".into(),
+                        format!("is {addr}, the same address as {key}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The `[store]` rules.
     fn validate_store(&self) -> Result<(), (String, String)> {
         let store = &self.store;
@@ -132,6 +170,7 @@ impl Config {
     /// Checks the rules that span fields. Returns (key, message) of the first problem.
     pub(super) fn validate(&self) -> Result<(), (String, String)> {
         self.validate_store()?;
+        self.validate_listeners()?;
         for (field, key) in [
             ("encryption_key", &self.store.encryption_key),
             (
@@ -193,7 +232,7 @@ impl Config {
         let mut names = HashSet::new();
         let mut prefixes = HashSet::new();
         for (i, u) in self.upstreams.iter().enumerate() {
-            let key = |field: &str| format!("upstream[{i}].{field}");
+            let key = |field: &str| format!("{}.{field}", upstream_entry(i, &u.name));
             if u.name.is_empty()
                 || !u
                     .name
@@ -322,7 +361,8 @@ impl Config {
         }
         let mut identities = HashSet::new();
         for (i, c) in self.credentials.iter().enumerate() {
-            let key = |field: &str| format!("credential[{i}].{field}");
+            let key =
+                |field: &str| format!("{}.{field}", credential_entry(i, &c.gstin, &c.username));
             Gstin::parse(&c.gstin).map_err(|e| (key("gstin"), e.to_string()))?;
             if c.username.is_empty() {
                 return Err((key("username"), "must not be empty".into()));
@@ -355,24 +395,53 @@ impl Config {
             }
         }
         let mut digests = HashSet::new();
+        let mut client_names = HashSet::new();
         for (i, c) in self.clients.iter().enumerate() {
-            let key = |field: &str| format!("client[{i}].{field}");
-            let d = &c.api_key_sha256;
-            if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let key = |field: &str| format!("{}.{field}", client_entry(i, &c.name));
+            if c.name.is_empty() {
+                return Err((key("name"), "must not be empty".into()));
+            }
+            if !client_names.insert(c.name.as_str()) {
                 return Err((
-                    key("api_key_sha256"),
-                    "must be 64 hex digits (run `gstgate hash-key`)".into(),
+                    key("name"),
+                    "two clients have this name: logs and audit lines could not tell them apart"
+                        .into(),
                 ));
             }
-            if !digests.insert(d.to_ascii_lowercase()) {
-                return Err((key("api_key_sha256"), "two clients share this key".into()));
+            if c.api_key_sha256.is_empty() {
+                return Err((
+                    key("api_key_sha256"),
+                    "give at least one key digest (run `gstgate hash-key`)".into(),
+                ));
+            }
+            for d in &c.api_key_sha256 {
+                if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err((
+                        key("api_key_sha256"),
+                        "must be 64 hex digits (run `gstgate hash-key`)".into(),
+                    ));
+                }
+                if !digests.insert(d.to_ascii_lowercase()) {
+                    return Err((
+                        key("api_key_sha256"),
+                        "this key is listed twice (by this client or another)".into(),
+                    ));
+                }
             }
             if c.gstins.is_empty() {
                 return Err((key("gstins"), "list GSTINs or [\"*\"]".into()));
             }
             for g in &c.gstins {
                 if g != "*" {
-                    Gstin::parse(g).map_err(|e| (key("gstins"), format!("`{g}`: {e}")))?;
+                    let gstin =
+                        Gstin::parse(g).map_err(|e| (key("gstins"), format!("`{g}`: {e}")))?;
+                    if let (Err(e), true) = (gstin.verify_checksum(), self.all_enforce_checksums())
+                    {
+                        return Err((
+                            key("gstins"),
+                            format!("`{g}`: {e}; every upstream enforces the check character, so no request for it can be admitted"),
+                        ));
+                    }
                 }
             }
         }
@@ -456,21 +525,33 @@ upstreams = ["ewb"]
         let parse = |text: String| Config::parse(&text, Path::new("c.toml"));
         assert!(parse(config("max_logins = 5", "session_lifetime = \"6h\"")).is_ok());
         let err = parse(config("max_logins = 0", "")).unwrap_err().to_string();
-        assert!(err.contains("upstream[0].max_logins"), "{err}");
+        assert!(err.contains("upstream \"ewb\".max_logins"), "{err}");
         let err = parse(config("", "session_lifetime = \"31d\""))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("credential[0].session_lifetime"), "{err}");
+        assert!(
+            err.contains("credential 27AAPFU0939F1ZV/u.session_lifetime"),
+            "{err}"
+        );
         let err = parse(config("", "session_lifetime = \"1h\""))
             .unwrap_err()
             .to_string();
         assert!(err.contains("6 hours"), "{err}");
         // Durations are bounded, so no timer or clock sum built from them can overflow.
         for (line, key) in [
-            ("login_window = \"0s\"", "upstream[0].login_window"),
-            ("token_lifetime = \"3years\"", "upstream[0].token_lifetime"),
-            ("timeout = \"18446744073709551615s\"", "upstream[0].timeout"),
-            ("session_idle_ttl = \"0s\"", "upstream[0].session_idle_ttl"),
+            ("login_window = \"0s\"", "upstream \"ewb\".login_window"),
+            (
+                "token_lifetime = \"3years\"",
+                "upstream \"ewb\".token_lifetime",
+            ),
+            (
+                "timeout = \"18446744073709551615s\"",
+                "upstream \"ewb\".timeout",
+            ),
+            (
+                "session_idle_ttl = \"0s\"",
+                "upstream \"ewb\".session_idle_ttl",
+            ),
         ] {
             let err = parse(config(line, "")).unwrap_err().to_string();
             assert!(err.contains(key), "{line}: {err}");
@@ -605,13 +686,19 @@ client_secret = "b"
         let ok = parse(config(r#"forward_headers = ["X-GSP-Branch"]"#));
         assert!(ok.is_ok(), "{:?}", ok.err());
         for (change, key) in [
-            (("\"/eicore/\"", "\"/eicore/../\""), "upstream[0].routes"),
-            (("\"/eicore/\"", "\"/ei%63ore/\""), "upstream[0].routes"),
+            (
+                ("\"/eicore/\"", "\"/eicore/../\""),
+                "upstream \"einv\".routes",
+            ),
+            (
+                ("\"/eicore/\"", "\"/ei%63ore/\""),
+                "upstream \"einv\".routes",
+            ),
             (
                 ("/eivital/v1.04/auth", "/eivital/./auth"),
-                "upstream[0].auth_path",
+                "upstream \"einv\".auth_path",
             ),
-            (("/gus/irp/nic", "/gus/a;b"), "upstream[0].base_url"),
+            (("/gus/irp/nic", "/gus/a;b"), "upstream \"einv\".base_url"),
         ] {
             let err = parse(config("").replace(change.0, change.1))
                 .unwrap_err()
@@ -629,7 +716,7 @@ client_secret = "b"
         ] {
             let err = parse(config(extra)).unwrap_err().to_string();
             assert!(
-                err.contains("upstream[0].forward_headers"),
+                err.contains("upstream \"einv\".forward_headers"),
                 "{extra}: {err}"
             );
         }

@@ -7,7 +7,9 @@ use std::path::Path;
 use secrecy::ExposeSecret;
 
 use super::{profile, tls};
-use crate::config::{Config, ConfigError, CredentialConfig, UpstreamConfig};
+use crate::config::{
+    credential_entry, upstream_entry, Config, ConfigError, CredentialConfig, UpstreamConfig,
+};
 
 /// Checks the rules each upstream's API sets for its settings and for the credentials that
 /// log in to it, which the configuration, knowing no API, leaves to the profiles. `serve` and
@@ -22,7 +24,7 @@ pub fn check_profiles(config: &Config, path: &Path) -> Result<(), ConfigError> {
     for (i, u) in config.upstreams.iter().enumerate() {
         profile(u.api)
             .check_upstream(u)
-            .map_err(|(field, m)| invalid(format!("upstream[{i}].{field}"), m))?;
+            .map_err(|(field, m)| invalid(format!("{}.{field}", upstream_entry(i, &u.name)), m))?;
     }
     for (i, c) in config.credentials.iter().enumerate() {
         // Loading refused a credential naming an unknown upstream: every name is found.
@@ -33,7 +35,10 @@ pub fn check_profiles(config: &Config, path: &Path) -> Result<(), ConfigError> {
         {
             profile(u.api)
                 .check_credential(u, c)
-                .map_err(|(field, m)| invalid(format!("credential[{i}].{field}"), m))?;
+                .map_err(|(field, m)| {
+                    let entry = credential_entry(i, &c.gstin, &c.username);
+                    invalid(format!("{entry}.{field}"), m)
+                })?;
         }
     }
     Ok(())
@@ -44,7 +49,14 @@ pub fn check_profiles(config: &Config, path: &Path) -> Result<(), ConfigError> {
 pub fn config_warnings(config: &Config) -> Vec<String> {
     let mut warnings = config.warnings();
     for u in &config.upstreams {
-        warnings.extend(profile(u.api).config_warnings(u));
+        let profile = profile(u.api);
+        warnings.extend(profile.config_warnings(u));
+        if profile.renewal().otp_sessions() && config.server.admin_token.is_none() {
+            warnings.push(format!(
+                "upstream `{}`: its sessions start with the taxpayer's OTP, which only the admin API can submit, and server.admin_token is not set: no session can start",
+                u.name
+            ));
+        }
     }
     warnings
 }
@@ -63,7 +75,7 @@ pub fn check_files(config: &Config, path: &Path) -> Result<(), ConfigError> {
         }
         let invalid = |message: String| ConfigError::Invalid {
             path: path.to_path_buf(),
-            key: format!("upstream[{i}].public_key"),
+            key: format!("{}.public_key", upstream_entry(i, &u.name)),
             message,
         };
         let bytes = std::fs::read(&u.public_key)
@@ -75,7 +87,7 @@ pub fn check_files(config: &Config, path: &Path) -> Result<(), ConfigError> {
         if let Some(ca) = &u.ca_file {
             tls::client_config(Some(ca)).map_err(|e| ConfigError::Invalid {
                 path: path.to_path_buf(),
-                key: format!("upstream[{i}].ca_file"),
+                key: format!("{}.ca_file", upstream_entry(i, &u.name)),
                 message: e.to_string(),
             })?;
         }
@@ -145,12 +157,12 @@ upstreams = ["up"]
             check(&ewaybill("max_logins = 6", "password = \"p\""))
                 .unwrap_err()
                 .to_string(),
-            "c.toml: upstream[0].max_logins: e-way bill blocks a user for 15 minutes after 5 logins in 15 minutes; use at most 5"
+            "c.toml: upstream \"up\".max_logins: e-way bill blocks a user for 15 minutes after 5 logins in 15 minutes; use at most 5"
         );
         // A password is needed where logins use one, and nowhere else.
         assert_eq!(
             check(&ewaybill("", "")).unwrap_err().to_string(),
-            "c.toml: credential[0].password: upstream `up` logs in with a password: set one"
+            "c.toml: credential 27AAPFU0939F1ZV/u.password: upstream `up` logs in with a password: set one"
         );
         assert!(check(&one_upstream("gstn", "", "")).is_ok());
         // A window shorter than NIC's 15 minutes is allowed (sandboxes scale it) but warned of,
@@ -201,7 +213,7 @@ client_secret = "b"
         let path = Path::new("c.toml");
         let config = Config::parse(&text, path).unwrap();
         let err = check_files(&config, path).unwrap_err().to_string();
-        assert!(err.contains("upstream[0].ca_file"), "{err}");
+        assert!(err.contains(".ca_file"), "{err}");
         assert!(err.contains("no PEM certificate"), "{err}");
     }
 }
