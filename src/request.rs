@@ -6,6 +6,34 @@ use http::{HeaderMap, HeaderName, Method};
 /// The `x-request-id` header.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+tokio::task_local! {
+    /// The id of the caller's request being served, for the logs of work it causes (a login
+    /// runs in a task of its own, which carries it on).
+    static CURRENT: std::sync::Arc<str>;
+}
+
+/// Runs `work` as serving request `id`.
+pub async fn serving<F: std::future::Future>(id: &str, work: F) -> F::Output {
+    CURRENT.scope(id.into(), work).await
+}
+
+/// The id of the request being served, if any (a proactive refresh has none).
+pub fn current() -> Option<std::sync::Arc<str>> {
+    CURRENT.try_with(|id| id.clone()).ok()
+}
+
+/// Runs `work` as serving the same request as the caller, if any: for tasks a request spawns.
+pub async fn carry<F: std::future::Future>(id: Option<std::sync::Arc<str>>, work: F) -> F::Output {
+    match id {
+        Some(id) => CURRENT.scope(id, work).await,
+        None => work.await,
+    }
+}
+
+/// The address a request's connection came from, put in its extensions by the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::SocketAddr);
+
 /// The caller's id if it is sane, else a new random one.
 pub fn request_id(headers: &HeaderMap) -> String {
     headers

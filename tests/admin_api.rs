@@ -453,3 +453,77 @@ async fn otp_actions_on_an_upstream_without_otp_sessions_are_not_applicable() {
     }
     assert_eq!(sim.count(GSTIN, "auth_calls").await, logins_before);
 }
+
+/// The audit trail: an OTP submission, a refresh and a refused call each leave one
+/// `admin action` line with the request id, the caller's address, what it asked and the
+/// outcome — never the OTP.
+#[tokio::test]
+async fn admin_actions_leave_an_audit_line_with_request_id_and_outcome() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            apis: vec!["einvoice", "gstn"],
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let audit_line = |id: &str| {
+        let text = gw.logs.text();
+        let line = text
+            .lines()
+            .find(|l| l.contains("\"admin action\"") && l.contains(id))
+            .unwrap_or_else(|| panic!("no audit line for {id}:\n{text}"))
+            .to_owned();
+        serde_json::from_str::<Value>(&line).unwrap()
+    };
+    let id_of = |res: &Response| {
+        res.headers()
+            .get("x-request-id")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+
+    let res = gw.admin_refresh(GSTIN).await;
+    assert_eq!(res.status(), 200);
+    let line = audit_line(&id_of(&res));
+    assert_eq!(line["outcome"], "done", "{line}");
+    assert_eq!(line["method"], "POST");
+    assert_eq!(
+        line["path"],
+        format!("/admin/sessions/einvoice/{GSTIN}/refresh")
+    );
+    assert!(
+        line["peer"].as_str().unwrap().contains("127.0.0.1"),
+        "{line}"
+    );
+    assert_eq!(line["target"], "gstgate::audit");
+
+    let otp = gw.start_gstn_session(&sim, GSTIN).await;
+    let submitted = gw.logs.text();
+    let otp_line = submitted
+        .lines()
+        .find(|l| l.contains("\"admin action\"") && l.contains(&format!("{GSTIN}/otp\"")))
+        .expect("an audit line for the OTP submission");
+    let otp_line: Value = serde_json::from_str(otp_line).unwrap();
+    assert_eq!(otp_line["outcome"], "done", "{otp_line}");
+    assert!(otp_line["request_id"].is_string());
+    assert!(!submitted.contains(&otp), "the OTP is in the log");
+
+    let wrong = gw
+        .http
+        .post(format!(
+            "http://{}/admin/sessions/einvoice/{GSTIN}/refresh",
+            gw.admin
+        ))
+        .bearer_auth("not-the-admin-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let line = audit_line(&id_of(&wrong));
+    assert_eq!(line["outcome"], "refused", "{line}");
+    assert_eq!(line["code"], "unauthenticated", "{line}");
+}

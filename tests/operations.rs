@@ -427,3 +427,125 @@ async fn the_demo_config_starts_as_is_and_its_curl_generates_an_irn() {
     assert_eq!(ret["status_cd"], "1", "{ret}");
     let _ = child.kill().await;
 }
+
+/// `check-config` refuses what `serve` would fail on, and warns of what cannot work, naming
+/// the entry by identity rather than by position.
+#[test]
+fn check_config_refuses_what_serve_would_and_names_the_entry() {
+    let demo =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml")).unwrap();
+
+    // One address for both listeners: `serve` would fail to bind the second.
+    let same = demo.replacen(
+        "admin_listen = \"127.0.0.1:9090\"",
+        "admin_listen = \"127.0.0.1:8080\"",
+        1,
+    );
+    let (ok, out) = check_config(&same, &[]);
+    assert!(!ok && out.contains("server.admin_listen"), "{out}");
+    let sim_clash = demo.replacen(
+        "listen = \"127.0.0.1:8081\"",
+        "listen = \"127.0.0.1:9090\"",
+        1,
+    );
+    let (ok, out) = check_config(&sim_clash, &[]);
+    assert!(!ok && out.contains("simulator.listen"), "{out}");
+
+    // A GSTN upstream with no admin token: no OTP can ever be submitted.
+    let no_token = demo.replacen("admin_token = \"demo-admin-token-change-me\"", "", 1);
+    let (ok, out) = check_config(&no_token, &[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("warning: upstream `gstn`") && out.contains("server.admin_token"),
+        "{out}"
+    );
+
+    // A client GSTIN whose check character is wrong, where every upstream enforces it.
+    let bad_check = demo.replacen(
+        "gstins = [\"27AAPFU0939F1ZV\"]",
+        "gstins = [\"27AAPFU0939F1ZW\"]",
+        1,
+    );
+    let (ok, out) = check_config(&bad_check, &[]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("client \"demo-billing-app\".gstins") && out.contains("27AAPFU0939F1ZW"),
+        "{out}"
+    );
+
+    // Two clients with one name (and another key): logs could not tell them apart.
+    let twice = format!(
+        "{demo}\n[[client]]\nname = \"demo-billing-app\"\napi_key_sha256 = \"{}\"\ngstins = [\"*\"]\n",
+        "b".repeat(64)
+    );
+    let (ok, out) = check_config(&twice, &[]);
+    assert!(
+        !ok && out.contains("client \"demo-billing-app\".name"),
+        "{out}"
+    );
+
+    // Errors name credentials by GSTIN and user.
+    let lifetime = demo.replacen(
+        "[[credential]]",
+        "[[credential]]\nsession_lifetime = \"1h\"",
+        1,
+    );
+    let (ok, out) = check_config(&lifetime, &[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("credential 27AAPFU0939F1ZV/"), "{out}");
+}
+
+/// An empty webhook URL from the environment switches webhooks off instead of failing.
+#[test]
+fn an_empty_webhook_variable_switches_webhooks_off() {
+    let demo =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml")).unwrap();
+    let with_var = demo.replacen(
+        "# webhook_url = \"http://127.0.0.1:9999/hooks/gstgate\"",
+        "webhook_url = \"${GSTGATE_TEST_WEBHOOK}\"",
+        1,
+    );
+    assert_ne!(with_var, demo);
+    let (ok, out) = check_config(&with_var, &[("GSTGATE_TEST_WEBHOOK", "")]);
+    assert!(ok, "{out}");
+    let (ok, out) = check_config(&with_var, &[("GSTGATE_TEST_WEBHOOK", "not a url")]);
+    assert!(!ok && out.contains("alerts.webhook_url"), "{out}");
+}
+
+/// A request that fails because the login reply was unreadable: its access line names the
+/// cause, and the login's own log line carries the request's id.
+#[tokio::test]
+async fn a_failed_login_is_traced_to_the_request_that_caused_it() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    sim.control(
+        "/_sim/faults",
+        serde_json::json!({"mode": "garbage", "count": 1, "path_prefix": "/eivital/"}),
+    )
+    .await;
+    let res = gw
+        .request(reqwest::Method::POST, "/eicore/v1.03/Invoice")
+        .header("x-request-id", "trace-me-0001")
+        .json(&invoice(GSTIN, "TRACE/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 502, "{}", res.text().await.unwrap());
+    gw.logs.wait_for("\"login failed\"").await;
+    let text = gw.logs.text();
+    let line = |message: &str| -> Value {
+        let found = text
+            .lines()
+            .find(|l| l.contains(message) && l.contains("trace-me-0001"))
+            .unwrap_or_else(|| panic!("no `{message}` line with the request id:\n{text}"));
+        serde_json::from_str(found).unwrap()
+    };
+    let login = line("\"login failed\"");
+    assert_eq!(login["request_id"], "trace-me-0001", "{login}");
+    let access = line("\"request\"");
+    assert_eq!(access["error"], "upstream_bad_response", "{access}");
+    assert!(
+        access["cause"].as_str().is_some_and(|c| !c.is_empty()),
+        "the access line names the cause: {access}"
+    );
+}

@@ -32,7 +32,7 @@ use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
 use crate::gstin::Gstin;
-use crate::problem::{fill_request_id, GatewayError};
+use crate::problem::{fill_request_id, ErrorCode, GatewayError};
 use crate::reload::Reloader;
 use crate::session::{Session, Sessions, Slot};
 
@@ -110,11 +110,20 @@ async fn admit(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Res
         .get::<RequestId>()
         .map(|id| id.0.clone())
         .unwrap_or_else(|| crate::request::request_id(req.headers()));
+    let audit = Audit::of(&req);
     let res = match receive(&admin, req, deadline).await {
         // Spawned, so that the deadline only ends the wait: a login or OTP submission already
         // sent still completes and is recorded (an OTP is single-use, and the upstream's own
         // timeout bounds the call), and /admin/sessions then shows the outcome.
-        Ok(req) => match tokio::time::timeout_at(deadline, tokio::spawn(next.run(req))).await {
+        Ok(req) => match tokio::time::timeout_at(
+            deadline,
+            tokio::spawn(crate::request::carry(
+                Some(request_id.as_str().into()),
+                next.run(req),
+            )),
+        )
+        .await
+        {
             Ok(Ok(res)) => res,
             Ok(Err(_)) => GatewayError::Internal("the admin handler failed".into()).into_response(),
             // The request arrived; what took too long is the work behind it (a login): 504
@@ -135,7 +144,52 @@ async fn admit(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Res
             res
         }
     };
-    fill_request_id(res, &request_id)
+    let res = fill_request_id(res, &request_id);
+    if let Some(audit) = audit {
+        audit.log(&request_id, &res);
+    }
+    res
+}
+
+/// What the audit trail records of an admin request: every action (a `POST`), and every
+/// request to `/admin/*` that was refused for its token.
+struct Audit {
+    method: Method,
+    path: String,
+    peer: Option<std::net::SocketAddr>,
+}
+
+impl Audit {
+    fn of(req: &Request) -> Option<Self> {
+        let path = req.uri().path();
+        (needs_token(path) || req.method() == Method::POST).then(|| Self {
+            method: req.method().clone(),
+            path: path.to_owned(),
+            peer: req.extensions().get::<crate::request::Peer>().map(|p| p.0),
+        })
+    }
+
+    /// One line per request, under the `gstgate::audit` target so it can be routed apart:
+    /// who (address), what (method and path: the upstream and GSTIN acted on; an OTP is in
+    /// the body and never logged), and the outcome.
+    fn log(self, request_id: &str, res: &Response) {
+        let status = res.status();
+        let code = res.extensions().get::<ErrorCode>().map(|c| c.0);
+        let refused = status == StatusCode::UNAUTHORIZED;
+        if !refused && self.method != Method::POST {
+            return;
+        }
+        let outcome = if status.is_success() {
+            "done"
+        } else if refused {
+            "refused"
+        } else {
+            "failed"
+        };
+        tracing::info!(target: "gstgate::audit", request_id, peer = ?self.peer,
+            method = %self.method, path = %self.path, status = status.as_u16(), code, outcome,
+            "admin action");
+    }
 }
 
 /// The bearer check and the bounded body read; the request comes back with its body buffered.

@@ -35,7 +35,7 @@ use crate::classify::{self, Decision};
 use crate::clients::Clients;
 use crate::gstin::Gstin;
 use crate::metrics::{status_class, Metrics, RequestLabels, ResultLabels, UpstreamLabel};
-use crate::problem::{chain, problem_response, ErrorCode, GatewayError};
+use crate::problem::{chain, problem_response, ErrorCode, GatewayError, Origin};
 use crate::request::{request_id, REQUEST_ID};
 use crate::session::{Invalidation, Session, Sessions, Trigger};
 use crate::upstream::Upstream;
@@ -134,16 +134,23 @@ impl Proxy {
         let uri = req.uri().clone();
         let mut outcome = Outcome::default();
         let mut cause = None;
-        let result = tokio::time::timeout(
-            self.request_timeout,
-            self.process(req, id_header.as_ref(), &mut outcome),
+        let result = crate::request::serving(
+            &request_id,
+            tokio::time::timeout(
+                self.request_timeout,
+                self.process(req, id_header.as_ref(), &mut outcome),
+            ),
         )
         .await;
         let mut res = match result {
             Ok(Ok(res)) => res,
             Ok(Err(err)) => {
-                // The cause (a TLS refusal, a reset) is for the log: the body never says it.
-                cause = err.source().map(|_| chain(&err));
+                // The cause (a TLS refusal, a reset, what was wrong with a reply) is for the
+                // log: the body never says more than the problem. A caller's own mistake is
+                // told to the caller; the log keeps the code.
+                if err.source().is_some() || err.origin() != Origin::Caller {
+                    cause = Some(chain(&err));
+                }
                 problem_response(&err, &request_id)
             }
             Err(_) if !outcome.body_read => {

@@ -275,7 +275,7 @@ impl Sessions {
         tracing::info!(upstream = %upstream.name, gstin = %slot.credential.gstin,
             user = %slot.credential.username, trigger = trigger.label(),
             generation = session.generation, expires_in_secs = lifetime.as_secs(),
-            "session established");
+            request_id = crate::request::current().as_deref(), "session established");
         self.scheduler.schedule(
             slot.id,
             session.generation,
@@ -339,7 +339,8 @@ impl Sessions {
         st.persist();
         tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
             user = %slot.credential.username, code = err.code(), upstream_code = err.upstream_code(),
-            error = %chain(err), "login failed");
+            error = %chain(err), request_id = crate::request::current().as_deref(),
+            "login failed");
     }
 }
 

@@ -24,8 +24,10 @@ impl Sessions {
     {
         let single_flight = slot.login.clone().lock_owned().await;
         let work = work(self.clone(), slot.clone());
+        // The login's log lines name the request that caused it.
+        let request = crate::request::current();
         tokio::spawn(async move {
-            let result = work.await;
+            let result = crate::request::carry(request, work).await;
             drop(single_flight);
             result
         })
