@@ -549,3 +549,27 @@ async fn a_failed_login_is_traced_to_the_request_that_caused_it() {
         "the access line names the cause: {access}"
     );
 }
+
+/// Besides the contract, `/metrics` says which version runs and how the process fares.
+#[tokio::test]
+async fn metrics_carry_the_build_and_the_process() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let text = gw.metrics().await;
+    let version = format!(
+        "gstgate_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.contains(&version), "{text}");
+    for (series, at_least) in [
+        ("process_resident_memory_bytes", 1_000_000.0),
+        ("process_virtual_memory_bytes", 1_000_000.0),
+        ("process_open_fds", 3.0),
+        ("process_max_fds", 3.0),
+        ("process_start_time_seconds", 1_700_000_000.0),
+    ] {
+        let value = metric_value(&text, series);
+        assert!(value >= at_least, "{series} = {value}");
+    }
+    assert!(text.contains("process_cpu_seconds_total"), "{text}");
+}

@@ -3,6 +3,12 @@
 //! Counters and histograms are updated on the request path; the two session gauges are
 //! computed when scraped, from the session manager's own state, so they can never drift from
 //! it. No metric carries a GSTIN or username label (cardinality and privacy).
+//!
+//! Besides the contract: `gstgate_build_info{version}` and the standard `process_*` metrics
+//! ([`process`]), so that dashboards can tell versions apart during a rollout and see memory
+//! and file descriptors.
+
+pub mod process;
 
 use std::sync::atomic::AtomicI64;
 use std::sync::Arc;
@@ -196,6 +202,15 @@ impl Metrics {
             "1 while the session store answers (always for the embedded and memory stores), 0 while the shared store is unreachable",
             m.store_up.clone(),
         );
+        r.register(
+            "gstgate_build",
+            "The running gstgate's version",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version",
+                env!("CARGO_PKG_VERSION"),
+            )]),
+        );
+        r.register_collector(Box::new(process::ProcessMetrics));
         (Arc::new(m), r)
     }
 }
