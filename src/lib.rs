@@ -25,4 +25,5 @@ pub mod session;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

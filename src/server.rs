@@ -32,6 +32,7 @@ use crate::proxy::Proxy;
 use crate::reload::Reloader;
 use crate::session::{Group, Sessions};
 use crate::store::{Loaded, RedisSettings, Store};
+use crate::tls::{self, ServerTls};
 use crate::upstream::Upstream;
 
 /// Why the gateway could not start.
@@ -63,6 +64,9 @@ pub enum StartError {
     /// The session store could not be opened.
     #[error(transparent)]
     Store(#[from] Box<crate::store::StoreError>),
+    /// The listeners' certificate or key could not be loaded.
+    #[error("server.tls_cert / tls_key: {0}")]
+    Tls(Box<crate::tls::ServerTlsError>),
 }
 
 /// A running gateway.
@@ -73,6 +77,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// The in-process simulator's address, if the config runs one.
     pub simulator_addr: Option<SocketAddr>,
+    /// `https` when the listeners serve TLS, else `http`.
+    pub scheme: &'static str,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     simulator: Option<crate::sim::SimHandle>,
@@ -176,6 +182,17 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
         reloader: reloader.clone(),
     });
 
+    let tls = match (&server.tls_cert, &server.tls_key) {
+        (Some(cert), Some(key)) => Some(
+            ServerTls::open(tls::Files {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: server.tls_client_ca.clone(),
+            })
+            .map_err(|e| StartError::Tls(Box::new(e)))?,
+        ),
+        _ => None,
+    };
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -196,9 +213,11 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
         header_read_timeout: server.header_read_timeout,
         grace: server.shutdown_grace,
     };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let proxy_task = tokio::spawn(serve(
         proxy_listener,
         limits,
+        tls.clone().map(|t| (t, tls::Listener::Proxy)),
         watch_rx.clone(),
         move |req| proxy.clone().serve(req),
     ));
@@ -207,6 +226,7 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
     let admin_task = tokio::spawn(serve(
         admin_listener,
         limits,
+        tls.clone().map(|t| (t, tls::Listener::Admin)),
         watch_rx,
         move |mut req: Request<Incoming>| {
             let router = router.clone();
@@ -231,12 +251,15 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
             }
         },
     ));
+    let mut tasks = vec![proxy_task, admin_task];
+    tasks.extend(tls.map(|t| t.spawn_watcher()));
     Ok(Running {
         proxy_addr,
         admin_addr,
         simulator_addr: simulator.as_ref().map(|s| s.local_addr()),
+        scheme,
         shutdown,
-        tasks: vec![proxy_task, admin_task],
+        tasks,
         simulator,
         alerts,
         alert_watcher,
@@ -351,6 +374,9 @@ struct Limits {
     grace: Duration,
 }
 
+/// A listener's TLS: the reloadable configuration and which listener it is for.
+type ListenerTls = Option<(Arc<ServerTls>, tls::Listener)>;
+
 /// hyper needs a read buffer of at least this many bytes.
 const MIN_HYPER_BUFFER: usize = 8192;
 
@@ -365,6 +391,7 @@ fn hyper_buffer(max_header_bytes: usize) -> usize {
 async fn serve<F, Fut>(
     listener: TcpListener,
     limits: Limits,
+    tls: ListenerTls,
     mut stop: watch::Receiver<bool>,
     handler: F,
 ) where
@@ -395,10 +422,31 @@ async fn serve<F, Fut>(
                     req.extensions_mut().insert(crate::request::Peer(peer));
                     handler(req)
                 });
-                let conn = http.serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
+                let watcher = graceful.watcher();
+                let http = http.clone();
+                let acceptor = tls.as_ref().map(|(t, which)| t.acceptor(*which));
+                let handshake_timeout = limits.header_read_timeout;
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let served = match acceptor {
+                        None => watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await,
+                        Some(acceptor) => {
+                            // The handshake runs in the connection's task, bounded like a
+                            // request head, so a slow client holds up no one else.
+                            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(peer = %peer, "TLS handshake timed out");
+                                    return;
+                                }
+                            };
+                            watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await
+                        }
+                    };
+                    if let Err(e) = served {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 });
@@ -428,8 +476,10 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(
             out,
-            "gstgate ready: proxy http://{} admin http://{}",
-            running.proxy_addr, running.admin_addr
+            "gstgate ready: proxy {scheme}://{} admin {scheme}://{}",
+            running.proxy_addr,
+            running.admin_addr,
+            scheme = running.scheme
         );
         if let (Some(sim), Some((key, gstin))) = (running.simulator_addr, demo_key) {
             let _ = writeln!(out, "simulator (GSP sandbox) on http://{sim}");

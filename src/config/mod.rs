@@ -126,6 +126,16 @@ pub struct ServerConfig {
     /// On SIGTERM, how long in-flight requests may take to finish.
     #[serde(deserialize_with = "env_duration", default = "default_shutdown_grace")]
     pub shutdown_grace: Duration,
+    /// PEM certificate chain: with `tls_key`, both listeners serve HTTPS.
+    #[serde(default, deserialize_with = "env_path_opt")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(default, deserialize_with = "env_path_opt")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates: callers of the proxy listener must present a client certificate
+    /// signed by one of them.
+    #[serde(default, deserialize_with = "env_path_opt")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// `[store]`: session storage backend.

@@ -82,6 +82,27 @@ impl Config {
     /// The `[server]` rules that involve more than one address.
     fn validate_listeners(&self) -> Result<(), (String, String)> {
         let server = &self.server;
+        match (&server.tls_cert, &server.tls_key) {
+            (Some(_), None) => {
+                return Err((
+                    "server.tls_key".into(),
+                    "is needed with server.tls_cert".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err((
+                    "server.tls_cert".into(),
+                    "is needed with server.tls_key".into(),
+                ))
+            }
+            _ => {}
+        }
+        if server.tls_client_ca.is_some() && server.tls_cert.is_none() {
+            return Err((
+                "server.tls_client_ca".into(),
+                "needs server.tls_cert and server.tls_key: client certificates are asked for in the TLS handshake".into(),
+            ));
+        }
         // Port 0 asks the OS for a free port: two of those never clash.
         let clash = |a: std::net::SocketAddr, b: std::net::SocketAddr| a == b && a.port() != 0;
         if clash(server.listen, server.admin_listen) {

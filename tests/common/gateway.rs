@@ -69,8 +69,13 @@ impl Gateway {
             &logs,
         )
         .await;
-        let proxy = addr_after(&line, "proxy http://");
-        let admin = addr_after(&line, "admin http://");
+        let scheme = if line.contains("proxy https://") {
+            "https"
+        } else {
+            "http"
+        };
+        let proxy = addr_after(&line, &format!("proxy {scheme}://"));
+        let admin = addr_after(&line, &format!("admin {scheme}://"));
         Gateway {
             proxy,
             admin,

@@ -1,0 +1,173 @@
+//! HTTPS on both listeners, with certificates from a private CA: the proxy listener requires
+//! a client certificate when `tls_client_ca` is set, the admin listener does not, and a
+//! certificate file replaced on disk is served to new connections without a restart.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+struct Pki {
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new(name: &str) -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let ca = params.self_signed(&ca_key).unwrap();
+        Pki { ca, ca_key }
+    }
+
+    /// A certificate for `names`, signed by this CA: (certificate PEM, key PEM, DER).
+    fn issue(&self, names: &[&str]) -> (String, String, Vec<u8>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.ca, &self.ca_key)
+            .unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+}
+
+/// The DER certificate a TLS server at `addr` presents, trusting `ca_pem`.
+async fn served_certificate(addr: std::net::SocketAddr, ca_pem: &str) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert: CertificateDer = cert.unwrap();
+        roots.add(cert).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test]
+async fn both_listeners_serve_https_and_a_replaced_certificate_is_picked_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n);
+    let servers = Pki::new("gstgate test server CA");
+    let callers = Pki::new("gstgate test client CA");
+    let (cert, key, first_der) = servers.issue(&["127.0.0.1"]);
+    std::fs::write(path("cert.pem"), &cert).unwrap();
+    std::fs::write(path("key.pem"), &key).unwrap();
+    std::fs::write(path("clients.pem"), callers.ca.pem()).unwrap();
+    let (client_cert, client_key, _) = callers.issue(&["billing-app"]);
+
+    let sim = Sim::start(SimOpts::default()).await;
+    let opts = GwOpts::default();
+    let text = gateway_config(&sim.public_key, &sim.url(), &opts).replacen(
+        "[server]\n",
+        &format!(
+            "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\ntls_client_ca = \"{}\"\n",
+            path("cert.pem").display(),
+            path("key.pem").display(),
+            path("clients.pem").display()
+        ),
+        1,
+    );
+    let gw = Gateway::start_with_config(&text, &opts).await;
+    assert!(
+        gw.stdout.text().contains("proxy https://"),
+        "{}",
+        gw.stdout.text()
+    );
+
+    let ca = reqwest::Certificate::from_pem(servers.ca.pem().as_bytes()).unwrap();
+    let with_identity = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(ca.clone())
+        .identity(
+            reqwest::Identity::from_pem(format!("{client_cert}{client_key}").as_bytes()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let without_identity = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+
+    // The proxy, with a client certificate the configured CA signed: served.
+    let res = with_identity
+        .post(format!("https://{}/eicore/v1.03/Invoice", gw.proxy))
+        .header("x-api-key", API_KEY)
+        .header("gstin", GSTIN)
+        .json(&invoice(GSTIN, "TLS/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    // Without one, the handshake is refused: no request reaches the gateway.
+    let refused = without_identity
+        .post(format!("https://{}/eicore/v1.03/Invoice", gw.proxy))
+        .header("x-api-key", API_KEY)
+        .header("gstin", GSTIN)
+        .json(&invoice(GSTIN, "TLS/2"))
+        .send()
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    // Plain HTTP to a TLS listener gets no HTTP answer.
+    assert!(reqwest::get(format!("http://{}/healthz", gw.admin))
+        .await
+        .is_err());
+    // The admin listener asks for no client certificate.
+    let res = without_identity
+        .get(format!("https://{}/healthz", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    // A renewed certificate, written over the files: new connections get it.
+    assert_eq!(
+        served_certificate(gw.admin, &servers.ca.pem()).await,
+        first_der
+    );
+    let (cert, key, second_der) = servers.issue(&["127.0.0.1", "localhost"]);
+    std::fs::write(path("key.pem"), &key).unwrap();
+    std::fs::write(path("cert.pem"), &cert).unwrap();
+    gw.logs.wait_for("TLS certificate reloaded").await;
+    assert_eq!(
+        served_certificate(gw.admin, &servers.ca.pem()).await,
+        second_der
+    );
+    let res = with_identity
+        .post(format!("https://{}/eicore/v1.03/Invoice", gw.proxy))
+        .header("x-api-key", API_KEY)
+        .header("gstin", GSTIN)
+        .json(&invoice(GSTIN, "TLS/3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+
+    // A broken replacement is reported and the running certificate stays.
+    std::fs::write(path("cert.pem"), "not a certificate").unwrap();
+    gw.logs
+        .wait_for("does not load; still serving the previous one")
+        .await;
+    assert_eq!(
+        served_certificate(gw.admin, &servers.ca.pem()).await,
+        second_der
+    );
+}
