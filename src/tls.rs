@@ -189,16 +189,21 @@ fn load(files: &Files) -> Result<Configs, ServerTlsError> {
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ServerTlsError> {
-    let fail = |message: String| ServerTlsError::File {
+    pem_certificates(path).map_err(|message| ServerTlsError::File {
         path: path.to_owned(),
         message,
-    };
+    })
+}
+
+/// The certificates of a PEM file, at least one, or what is wrong with the file (for the
+/// caller to name it).
+pub fn pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| fail(e.to_string()))?
+        .map_err(|e| e.to_string())?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| e.to_string())?;
     if certs.is_empty() {
-        return Err(fail("no PEM certificate in it".into()));
+        return Err("no PEM certificate in it".into());
     }
     Ok(certs)
 }

@@ -9,35 +9,6 @@ use std::sync::Arc;
 use common::*;
 use rustls::pki_types::{CertificateDer, ServerName};
 
-struct Pki {
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
-}
-
-impl Pki {
-    fn new(name: &str) -> Pki {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let ca = params.self_signed(&ca_key).unwrap();
-        Pki { ca, ca_key }
-    }
-
-    /// A certificate for `names`, signed by this CA: (certificate PEM, key PEM, DER).
-    fn issue(&self, names: &[&str]) -> (String, String, Vec<u8>) {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let names = names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-        let cert = rcgen::CertificateParams::new(names)
-            .unwrap()
-            .signed_by(&key, &self.ca, &self.ca_key)
-            .unwrap();
-        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
-    }
-}
-
 /// The DER certificate a TLS server at `addr` presents, trusting `ca_pem`.
 async fn served_certificate(addr: std::net::SocketAddr, ca_pem: &str) -> Vec<u8> {
     let mut roots = rustls::RootCertStore::empty();
@@ -67,11 +38,11 @@ async fn both_listeners_serve_https_and_a_replaced_certificate_is_picked_up() {
     let path = |n: &str| dir.path().join(n);
     let servers = Pki::new("gstgate test server CA");
     let callers = Pki::new("gstgate test client CA");
-    let (cert, key, first_der) = servers.issue(&["127.0.0.1"]);
-    std::fs::write(path("cert.pem"), &cert).unwrap();
-    std::fs::write(path("key.pem"), &key).unwrap();
-    std::fs::write(path("clients.pem"), callers.ca.pem()).unwrap();
-    let (client_cert, client_key, _) = callers.issue(&["billing-app"]);
+    let first = servers.issue(&["127.0.0.1"]);
+    std::fs::write(path("cert.pem"), &first.cert_pem).unwrap();
+    std::fs::write(path("key.pem"), &first.key_pem).unwrap();
+    std::fs::write(path("clients.pem"), callers.ca_pem()).unwrap();
+    let client = callers.issue(&["billing-app"]);
 
     let sim = Sim::start(SimOpts::default()).await;
     let opts = GwOpts::default();
@@ -92,12 +63,15 @@ async fn both_listeners_serve_https_and_a_replaced_certificate_is_picked_up() {
         gw.stdout.text()
     );
 
-    let ca = reqwest::Certificate::from_pem(servers.ca.pem().as_bytes()).unwrap();
+    let ca = reqwest::Certificate::from_pem(servers.ca_pem().as_bytes()).unwrap();
     let with_identity = reqwest::Client::builder()
         .use_rustls_tls()
         .add_root_certificate(ca.clone())
         .identity(
-            reqwest::Identity::from_pem(format!("{client_cert}{client_key}").as_bytes()).unwrap(),
+            reqwest::Identity::from_pem(
+                format!("{}{}", client.cert_pem, client.key_pem).as_bytes(),
+            )
+            .unwrap(),
         )
         .build()
         .unwrap();
@@ -140,15 +114,16 @@ async fn both_listeners_serve_https_and_a_replaced_certificate_is_picked_up() {
 
     // A renewed certificate, written over the files: new connections get it.
     assert_eq!(
-        served_certificate(gw.admin, &servers.ca.pem()).await,
-        first_der
+        served_certificate(gw.admin, &servers.ca_pem()).await,
+        first.cert_der
     );
-    let (cert, key, second_der) = servers.issue(&["127.0.0.1", "localhost"]);
-    std::fs::write(path("key.pem"), &key).unwrap();
-    std::fs::write(path("cert.pem"), &cert).unwrap();
+    let second = servers.issue(&["127.0.0.1", "localhost"]);
+    let second_der = second.cert_der.clone();
+    std::fs::write(path("key.pem"), &second.key_pem).unwrap();
+    std::fs::write(path("cert.pem"), &second.cert_pem).unwrap();
     gw.logs.wait_for("TLS certificate reloaded").await;
     assert_eq!(
-        served_certificate(gw.admin, &servers.ca.pem()).await,
+        served_certificate(gw.admin, &servers.ca_pem()).await,
         second_der
     );
     let res = with_identity
@@ -167,7 +142,7 @@ async fn both_listeners_serve_https_and_a_replaced_certificate_is_picked_up() {
         .wait_for("does not load; still serving the previous one")
         .await;
     assert_eq!(
-        served_certificate(gw.admin, &servers.ca.pem()).await,
+        served_certificate(gw.admin, &servers.ca_pem()).await,
         second_der
     );
 }

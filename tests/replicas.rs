@@ -785,24 +785,14 @@ async fn a_reloaded_password_clears_the_groups_lockout() {
 #[tokio::test]
 async fn replicas_reach_redis_over_tls_as_an_acl_user() {
     let dir = tempfile::tempdir().unwrap();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    let other_ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut other_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    other_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let other_ca = other_params.self_signed(&other_ca_key).unwrap();
+    let ca = Pki::new("gstgate test Redis CA");
+    let other_ca = Pki::new("gstgate test other CA");
+    let server = ca.issue(&["127.0.0.1"]);
     let path = |name: &str| dir.path().join(name);
-    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(path("other-ca.pem"), other_ca.pem()).unwrap();
-    std::fs::write(path("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(path("key.pem"), key.serialize_pem()).unwrap();
+    std::fs::write(path("ca.pem"), ca.ca_pem()).unwrap();
+    std::fs::write(path("other-ca.pem"), other_ca.ca_pem()).unwrap();
+    std::fs::write(path("cert.pem"), &server.cert_pem).unwrap();
+    std::fs::write(path("key.pem"), &server.key_pem).unwrap();
 
     const PASS: &str = "acl-password-0123456789";
     let acl = format!(">{PASS}");

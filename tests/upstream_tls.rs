@@ -12,31 +12,24 @@ use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 
 /// A private CA and a server certificate for 127.0.0.1 signed by it.
-struct Pki {
+struct ServerPki {
     ca_pem: String,
     cert: CertificateDer<'static>,
     key: Vec<u8>,
 }
 
-fn pki() -> Pki {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    Pki {
-        ca_pem: ca.pem(),
-        cert: cert.der().clone(),
-        key: key.serialize_der(),
+fn pki() -> ServerPki {
+    let ca = Pki::new("gstgate test upstream CA");
+    let issued = ca.issue(&["127.0.0.1"]);
+    ServerPki {
+        ca_pem: ca.ca_pem(),
+        cert: CertificateDer::from(issued.cert_der),
+        key: issued.key_der,
     }
 }
 
 /// Terminates TLS in front of the (plain HTTP) simulator; counts completed handshakes.
-async fn tls_front(pki: &Pki, backend: String) -> (String, Arc<AtomicUsize>) {
+async fn tls_front(pki: &ServerPki, backend: String) -> (String, Arc<AtomicUsize>) {
     let config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

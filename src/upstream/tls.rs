@@ -6,8 +6,6 @@ use std::error::Error;
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
 use rustls::{ClientConfig, RootCertStore};
 
 use crate::problem::Cause;
@@ -38,14 +36,7 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<ClientConfig, TlsError> {
             path: path.display().to_string(),
             message,
         };
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| fail(e.to_string()))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| fail(e.to_string()))?;
-        if certs.is_empty() {
-            return Err(fail("no PEM certificate in it".into()));
-        }
-        for cert in certs {
+        for cert in crate::tls::pem_certificates(path).map_err(fail)? {
             roots
                 .add(cert)
                 .map_err(|e| fail(format!("unusable certificate: {e}")))?;

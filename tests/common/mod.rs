@@ -8,7 +8,8 @@
 //! [`sim`] and [`gateway`] start the two processes, [`config`] renders a gateway's TOML,
 //! [`metrics`] reads its Prometheus text, [`raw_http`] speaks HTTP/1.1 by hand, and
 //! [`fixtures`] holds the identities and documents both sides are set up with, and [`redis`]
-//! runs a real Redis server for the shared-store tests. Everything is
+//! runs a real Redis server for the shared-store tests, and [`pki`] a private CA for the TLS
+//! tests. Everything is
 //! re-exported here, so tests name it `common::…`.
 
 #![allow(dead_code)]
@@ -17,6 +18,7 @@ mod config;
 mod fixtures;
 mod gateway;
 mod metrics;
+mod pki;
 mod process;
 mod raw_http;
 mod redis;
@@ -25,5 +27,6 @@ mod sim;
 // Each test binary compiles its own copy of this module and uses only part of it.
 #[allow(unused_imports)]
 pub use self::{
-    config::*, fixtures::*, gateway::*, metrics::*, process::*, raw_http::*, redis::*, sim::*,
+    config::*, fixtures::*, gateway::*, metrics::*, pki::*, process::*, raw_http::*, redis::*,
+    sim::*,
 };
