@@ -8,12 +8,13 @@
 //!
 //! The schema and its limits live here; `defaults` holds what an omitted setting becomes,
 //! `headers` the header names the schema speaks of, `env` the interpolation, `error` what
-//! loading fails with and `validate` the checks that span fields.
+//! loading fails with, `validate` the checks that span fields and `store` the `[store]` rules.
 
 mod defaults;
 mod env;
 mod error;
 mod headers;
+mod store;
 mod validate;
 
 use std::collections::BTreeMap;
