@@ -39,6 +39,11 @@ pub enum Command {
         /// Configuration file (TOML).
         #[arg(long, short, env = "GSTGATE_CONFIG")]
         config: PathBuf,
+        /// Look up absolute file names (keys, certificates) under this directory, as if it
+        /// were `/`: to check a configuration meant for another machine against a copy of
+        /// its files.
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
     },
     /// Run the built-in GSP simulator (NIC e-invoice, NIC e-way bill, GSTN returns) as a local
     /// sandbox.
@@ -57,10 +62,24 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("gstgate: error: {e:#}");
+            eprintln!("gstgate: error: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: most of our errors already quote
+/// their source (`cannot read x: No such file…`), and anyhow's chain would repeat it.
+fn report(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -76,10 +95,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             rt.block_on(crate::server::run(config, path))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { config: path } => {
-            let config = Config::load(&path)?;
+        Command::CheckConfig { config: path, root } => {
+            let mut config = Config::load(&path)?;
+            if let Some(root) = &root {
+                config.rebase_files(root);
+            }
             crate::upstream::check_profiles(&config, &path)?;
             crate::upstream::check_files(&config, &path)?;
+            crate::tls::check_files(&config, &path)?;
             let mut out = std::io::stdout().lock();
             for warning in crate::upstream::config_warnings(&config) {
                 writeln!(out, "warning: {warning}")?;

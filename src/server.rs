@@ -182,16 +182,9 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
         reloader: reloader.clone(),
     });
 
-    let tls = match (&server.tls_cert, &server.tls_key) {
-        (Some(cert), Some(key)) => Some(
-            ServerTls::open(tls::Files {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: server.tls_client_ca.clone(),
-            })
-            .map_err(|e| StartError::Tls(Box::new(e)))?,
-        ),
-        _ => None,
+    let tls = match tls::Files::of(server) {
+        Some(files) => Some(ServerTls::open(files).map_err(|e| StartError::Tls(Box::new(e)))?),
+        None => None,
     };
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)

@@ -14,6 +14,8 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
+use crate::config::ConfigError;
+
 /// How often the files are checked for a change.
 const WATCH_EVERY: Duration = Duration::from_secs(5);
 
@@ -51,6 +53,48 @@ pub struct Files {
     pub key: PathBuf,
     /// PEM CA certificates for client certificates on the proxy listener.
     pub client_ca: Option<PathBuf>,
+}
+
+impl Files {
+    /// The files `[server]` names, when it turns HTTPS on.
+    pub fn of(server: &crate::config::ServerConfig) -> Option<Self> {
+        match (&server.tls_cert, &server.tls_key) {
+            (Some(cert), Some(key)) => Some(Self {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: server.tls_client_ca.clone(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Loads every TLS file of `[server]` and `[store]` as `serve` will, for `check-config`: the
+/// listeners' certificate, key and client CA, and the Redis server's CA. An error names the
+/// setting.
+pub fn check_files(config: &crate::config::Config, path: &Path) -> Result<(), ConfigError> {
+    let invalid = |key: &str, message: String| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        key: key.to_owned(),
+        message,
+    };
+    if let Some(files) = Files::of(&config.server) {
+        load(&files).map_err(|e| {
+            let key = match &e {
+                ServerTlsError::File { path, .. } if *path == files.key => "server.tls_key",
+                ServerTlsError::File { path, .. } if Some(path) == files.client_ca.as_ref() => {
+                    "server.tls_client_ca"
+                }
+                _ => "server.tls_cert",
+            };
+            invalid(key, e.to_string())
+        })?;
+    }
+    if let Some(ca) = &config.store.redis_ca_file {
+        pem_certificates(ca)
+            .map_err(|m| invalid("store.redis_ca_file", format!("{}: {m}", ca.display())))?;
+    }
+    Ok(())
 }
 
 /// The listeners' TLS, reloadable.

@@ -102,6 +102,26 @@ async fn admin_failures_are_problems_with_codes_and_request_ids() {
         .unwrap();
     admin_problem(res, 404, "route_not_found").await;
 
+    // A mistyped upstream: 404 naming the configured ones, not "add a [[credential]]".
+    let res = gw
+        .admin(
+            Method::POST,
+            &format!("/admin/sessions/einvoce/{GSTIN}/refresh"),
+        )
+        .send()
+        .await
+        .unwrap();
+    let (body, _) = admin_problem(res, 404, "upstream_not_found").await;
+    assert!(
+        body["detail"].as_str().unwrap().contains("`einvoce`"),
+        "{body}"
+    );
+    let remedy = body["remedy"].as_str().unwrap();
+    assert!(
+        remedy.contains("einvoice") && !remedy.contains("[[credential]]"),
+        "{body}"
+    );
+
     // Extractor rejections: a repeated query parameter, a path that is not UTF-8.
     let res = gw
         .admin(Method::POST, &format!("{refresh}?user=a&user=b"))

@@ -215,7 +215,13 @@ async fn alert_body_carries_the_documented_fields() {
     assert_eq!(body["upstream_code"], "1019");
     assert_eq!(body["deadline"], Value::Null);
     assert_eq!(body["gstgate"], env!("CARGO_PKG_VERSION"));
-    assert!(body["remedy"].as_str().is_some_and(|r| r.len() > 20));
+    // The admin call is written out for this session, ready to paste.
+    let remedy = body["remedy"].as_str().unwrap();
+    assert!(
+        remedy.contains("POST /admin/sessions/einvoice/27AAPFU0939F1ZV/refresh?user=api_user"),
+        "{remedy}"
+    );
+    assert!(!remedy.contains('{'), "{remedy}");
     let at = chrono::DateTime::parse_from_rfc3339(body["at"].as_str().unwrap()).unwrap();
     assert!((chrono::Utc::now() - at.to_utc()).num_seconds().abs() < 60);
 

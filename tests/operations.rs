@@ -484,6 +484,33 @@ fn check_config_refuses_what_serve_would_and_names_the_entry() {
         "{out}"
     );
 
+    // TLS files `serve` would fail to load at start-up.
+    let dir = tempfile::tempdir().unwrap();
+    let not_pem = dir.path().join("cert.pem");
+    std::fs::write(&not_pem, "not a certificate\n").unwrap();
+    let tls = demo.replacen(
+        "[server]\n",
+        &format!(
+            "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            not_pem.display(),
+            dir.path().join("missing-key.pem").display()
+        ),
+        1,
+    );
+    let (ok, out) = check_config(&tls, &[]);
+    assert!(!ok && out.contains("server.tls_cert"), "{out}");
+    let redis_ca = demo.replacen(
+        "backend = \"memory\"",
+        &format!(
+            "backend = \"redis\"\nredis_url = \"rediss://127.0.0.1:1\"\nencryption_key = \"{}\"\nredis_ca_file = \"{}\"",
+            "A".repeat(43) + "=",
+            dir.path().join("missing-ca.pem").display()
+        ),
+        1,
+    );
+    let (ok, out) = check_config(&redis_ca, &[]);
+    assert!(!ok && out.contains("store.redis_ca_file"), "{out}");
+
     // Errors name credentials by GSTIN and user.
     let lifetime = demo.replacen(
         "[[credential]]",
@@ -493,6 +520,24 @@ fn check_config_refuses_what_serve_would_and_names_the_entry() {
     let (ok, out) = check_config(&lifetime, &[]);
     assert!(!ok, "{out}");
     assert!(out.contains("credential 27AAPFU0939F1ZV/"), "{out}");
+}
+
+/// An error reaches the operator once, on one line: the OS's reason is not repeated.
+#[test]
+fn a_startup_error_says_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("absent.toml");
+    for command in ["check-config", "serve"] {
+        let out = std::process::Command::new(BIN)
+            .args([command, "--config"])
+            .arg(&missing)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.matches("os error 2").count(), 1, "{command}: {err}");
+        assert!(err.contains("absent.toml"), "{command}: {err}");
+    }
 }
 
 /// An empty webhook URL from the environment switches webhooks off instead of failing.

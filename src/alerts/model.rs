@@ -45,29 +45,36 @@ impl AlertKind {
         }
     }
 
-    /// What the operator does, in one sentence.
-    pub fn remedy(self) -> &'static str {
+    /// What the operator does, in one sentence, with the admin calls for `subject` written
+    /// out so they can be pasted.
+    pub fn remedy(self, subject: &Subject) -> String {
+        let Subject {
+            upstream,
+            gstin,
+            username,
+        } = subject;
+        let session = format!("/admin/sessions/{upstream}/{gstin}");
+        let user = format!("?user={username}");
         match self {
-            AlertKind::CredentialsRejected => {
+            AlertKind::CredentialsRejected => format!(
                 "Correct this user's API password in the gstgate configuration (or have the \
                  taxpayer re-create the API user on the portal) and reload it (SIGHUP or POST \
-                 /admin/reload), then POST /admin/sessions/{upstream}/{gstin}/refresh to \
-                 confirm the login works."
-            }
-            AlertKind::RefreshFailing => {
+                 /admin/reload), then POST {session}/refresh{user} to confirm the login works."
+            ),
+            AlertKind::RefreshFailing => format!(
                 "Check gstgate's logs and the GSP's status page for the login error; gstgate \
-                 keeps retrying with backoff, and POST /admin/sessions/{upstream}/{gstin}/refresh \
-                 retries at once."
-            }
-            AlertKind::OtpNeededSoon => {
+                 keeps retrying with backoff, and POST {session}/refresh{user} retries at once."
+            ),
+            AlertKind::OtpNeededSoon => format!(
                 "Ask the taxpayer for an OTP before the deadline and submit it through POST \
-                 /admin/sessions/{upstream}/{gstin}/otp-request and /otp, so that calls do not \
+                 {session}/otp-request{user} and POST {session}/otp{user}, so that calls do not \
                  stop in the middle of a filing."
-            }
-            AlertKind::OtpRequired => {
-                "Request an OTP with POST /admin/sessions/{upstream}/{gstin}/otp-request and \
-                 submit the taxpayer's OTP to /otp; this taxpayer's GSTN calls fail until then."
-            }
+            ),
+            AlertKind::OtpRequired => format!(
+                "Request an OTP with POST {session}/otp-request{user} and submit the \
+                 taxpayer's OTP with POST {session}/otp{user}; this taxpayer's GSTN calls fail \
+                 until then."
+            ),
         }
     }
 }

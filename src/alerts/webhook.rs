@@ -69,7 +69,7 @@ struct Body<'a> {
     message: &'a str,
     upstream_code: Option<&'a str>,
     deadline: Option<String>,
-    remedy: &'static str,
+    remedy: String,
     at: String,
     gstgate: &'static str,
 }
@@ -94,7 +94,7 @@ pub(super) fn body_json(
         message: &detail.message,
         upstream_code: detail.upstream_code.as_deref(),
         deadline: detail.deadline.map(rfc3339),
-        remedy: kind.remedy(),
+        remedy: kind.remedy(subject),
         at: rfc3339(at),
         gstgate: env!("CARGO_PKG_VERSION"),
     })

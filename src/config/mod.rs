@@ -504,6 +504,42 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Moves every absolute file name in the configuration under `root`, as if `root` were
+    /// `/`: `check-config --root` checks a configuration written for another machine (a
+    /// container image, a server) against a copy of that machine's files.
+    pub fn rebase_files(&mut self, root: &Path) {
+        let under = |p: &mut PathBuf| {
+            if let Ok(rest) = p.strip_prefix("/") {
+                *p = root.join(rest);
+            }
+        };
+        let server = &mut self.server;
+        for p in [
+            &mut server.tls_cert,
+            &mut server.tls_key,
+            &mut server.tls_client_ca,
+            &mut self.store.path,
+            &mut self.store.redis_ca_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            under(p);
+        }
+        for u in &mut self.upstreams {
+            under(&mut u.public_key);
+            if let Some(ca) = &mut u.ca_file {
+                under(ca);
+            }
+        }
+        if let Some(sim) = &mut self.simulator {
+            under(&mut sim.key_file);
+            under(&mut sim.public_key_out);
+        }
+    }
+}
+
 /// The parser's complaint and where it is, without the source line the parser quotes: that
 /// line can hold a password or a token, and the message reaches logs and the reload answer.
 fn parse_message(text: &str, e: &toml::de::Error) -> String {

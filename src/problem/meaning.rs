@@ -26,7 +26,9 @@ impl GatewayError {
             | AdminRequestInvalid(_)
             | OtpInvalid { .. } => StatusCode::BAD_REQUEST,
             GstinNotAllowed(_) | NoCredential { .. } => StatusCode::FORBIDDEN,
-            RouteNotFound(_) | AdminRouteNotFound(_) => StatusCode::NOT_FOUND,
+            RouteNotFound(_) | AdminRouteNotFound(_) | UpstreamNotFound { .. } => {
+                StatusCode::NOT_FOUND
+            }
             OtpNotApplicable { .. } => StatusCode::CONFLICT,
             ConfigInvalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             AdminMethodNotAllowed { .. } | MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -60,6 +62,7 @@ impl GatewayError {
             GstinNotAllowed(_) => "gstin_not_allowed",
             GstinMismatch(_) => "gstin_mismatch",
             NoCredential { .. } => "credential_not_configured",
+            UpstreamNotFound { .. } => "upstream_not_found",
             UserRequired { .. } => "user_required",
             // The admin variants share the proxy's codes: callers switch on what went wrong,
             // and the remedy says what to do about it on that listener.
@@ -103,6 +106,7 @@ impl GatewayError {
             GstinNotAllowed(_) => "GSTIN not allowed",
             GstinMismatch(_) => "GSTIN mismatch",
             NoCredential { .. } => "No credential configured",
+            UpstreamNotFound { .. } => "No such upstream",
             UserRequired { .. } => "User name required",
             PathInvalid(_) => "Invalid path",
             RouteNotFound(_) | AdminRouteNotFound(_) => "No route",
@@ -156,6 +160,7 @@ impl GatewayError {
             GstinMismatch(_) => "Send the same GSTIN in the `gstin` header and in the query's `gstin` parameter.".into(),
             GstinNotAllowed(_) => "Ask the gateway operator to add this GSTIN to your client's `gstins` list.".into(),
             NoCredential { .. } => "Ask the gateway operator to add a [[credential]] for this GSTIN and upstream.".into(),
+            UpstreamNotFound { known, .. } => Cow::Owned(format!("Name one of the configured upstreams in the path: {known}.")),
             UserRequired { .. } => "Name one of the API users configured for this GSTIN: the `user_name` header on API calls, `?user=NAME` on the admin API.".into(),
             PathInvalid(_) => "Send the GST API path as documented, without `.` or `..` segments, `//`, backslashes or percent-encoded slashes; letters, digits, `-`, `_` and `.` make up every segment.".into(),
             RouteNotFound(_) => "Use a path of the GST API this gateway fronts (e.g. /eicore/v1.03/Invoice); check the base URL.".into(),
@@ -214,6 +219,7 @@ impl GatewayError {
             | GstinMismatch(_)
             | GstinNotAllowed(_)
             | NoCredential { .. }
+            | UpstreamNotFound { .. }
             | UserRequired { .. }
             | PathInvalid(_)
             | MethodNotAllowed(_)
@@ -264,6 +270,7 @@ impl GatewayError {
             | GstinMismatch(_)
             | GstinNotAllowed(_)
             | NoCredential { .. }
+            | UpstreamNotFound { .. }
             | UserRequired { .. }
             | PathInvalid(_)
             | MethodNotAllowed(_)
@@ -343,6 +350,14 @@ mod tests {
                 NoCredential {
                     upstream: s(),
                     gstin: s(),
+                },
+                Caller,
+                false,
+            ),
+            (
+                UpstreamNotFound {
+                    upstream: s(),
+                    known: s(),
                 },
                 Caller,
                 false,
@@ -487,6 +502,7 @@ mod tests {
             GstinMismatch(_) => "GstinMismatch",
             GstinNotAllowed(_) => "GstinNotAllowed",
             NoCredential { .. } => "NoCredential",
+            UpstreamNotFound { .. } => "UpstreamNotFound",
             UserRequired { .. } => "UserRequired",
             PathInvalid(_) => "PathInvalid",
             MethodNotAllowed(_) => "MethodNotAllowed",
@@ -529,8 +545,8 @@ mod tests {
         let table = table();
         let names: std::collections::BTreeSet<_> = table.iter().map(|(e, ..)| variant(e)).collect();
         assert_eq!(names.len(), table.len(), "a variant is listed twice");
-        // The exhaustive `variant` names 40 variants; the table must hold each of them.
-        assert_eq!(names.len(), 40, "a variant is missing from the table");
+        // The exhaustive `variant` names 41 variants; the table must hold each of them.
+        assert_eq!(names.len(), 41, "a variant is missing from the table");
         for (e, origin, retryable) in &table {
             assert_eq!(e.origin(), *origin, "origin of {}", variant(e));
             assert_eq!(e.retryable(), *retryable, "retryable of {}", variant(e));

@@ -119,6 +119,14 @@ pub enum GatewayError {
         /// The GSTIN.
         gstin: String,
     },
+    /// An admin call names an upstream the configuration does not have.
+    #[error("no upstream is named `{upstream}`; the configured upstreams are: {known}")]
+    UpstreamNotFound {
+        /// The name in the path.
+        upstream: String,
+        /// The configured names, comma-separated.
+        known: String,
+    },
     /// Several users exist for the GSTIN and the caller named none (or an unknown one).
     #[error("GSTIN {gstin} has several users on `{upstream}`, or the user named is not one of them: name one of its configured users")]
     UserRequired {

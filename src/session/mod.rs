@@ -234,9 +234,14 @@ impl Sessions {
             .upstreams
             .iter()
             .position(|u| &*u.name == upstream)
-            .ok_or_else(|| GatewayError::NoCredential {
+            .ok_or_else(|| GatewayError::UpstreamNotFound {
                 upstream: upstream.to_owned(),
-                gstin: gstin.to_string(),
+                known: self
+                    .upstreams
+                    .iter()
+                    .map(|u| &*u.name)
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })?;
         self.lookup(index, gstin, user)
     }

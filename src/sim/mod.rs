@@ -491,7 +491,9 @@ async fn load_or_generate_key(path: Option<&Path>) -> Result<KeyPair, SimError> 
         std::process::id(),
         rand::random::<u32>()
     ));
-    write_private(&tmp, pem.as_bytes()).map_err(|e| key_err(&tmp, e.to_string()))?;
+    // Named by the configured file: the temporary name means nothing to the operator.
+    write_private(&tmp, pem.as_bytes())
+        .map_err(|e| key_err(path, format!("cannot write a new key beside it: {e}")))?;
     let linked = std::fs::hard_link(&tmp, path);
     let _ = std::fs::remove_file(&tmp);
     match linked {
