@@ -18,6 +18,20 @@ need cargo || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
 [ -x /usr/bin/chromium ] || apt_install --no-install-recommends chromium
 # tests/replicas.rs starts real Redis servers (and redis-cli MONITOR) on loopback ports.
 need redis-server && need redis-cli || apt_install --no-install-recommends redis-server
+# tests/prometheus_rules.rs runs promtool on deploy/prometheus/. Only Debian's prometheus
+# package ships it, and installing that package would also start a Prometheus server: the
+# binary is taken out of the package into target/tools/ instead.
+if ! need promtool && [ ! -x target/tools/promtool ]; then
+  sudo=""; if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  deb="$(mktemp -d)"
+  (cd "$deb" && apt-get download -qq prometheus)
+  dpkg-deb -x "$deb"/prometheus_*.deb "$deb/root"
+  mkdir -p target/tools
+  cp "$deb/root/usr/bin/promtool" target/tools/promtool
+  rm -rf "$deb"
+fi
+need promtool || export PROMTOOL="$PWD/target/tools/promtool"
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
 
