@@ -178,6 +178,7 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
         sessions,
         registry,
         token: server.admin_token.clone(),
+        monitoring_token: server.monitoring_token.clone(),
         request_timeout: server.request_timeout,
         reloader: reloader.clone(),
     });

@@ -547,3 +547,84 @@ async fn admin_actions_leave_an_audit_line_with_request_id_and_outcome() {
     assert_eq!(line["outcome"], "refused", "{line}");
     assert_eq!(line["code"], "unauthenticated", "{line}");
 }
+
+/// With `monitoring_token` set, `/metrics` and `/status` need it (or the admin token), as a
+/// bearer token or as a browser's Basic password; the probes stay open.
+#[tokio::test]
+async fn a_monitoring_token_closes_metrics_and_status_but_not_the_probes() {
+    const MONITORING: &str = "monitoring-token-0123456789";
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            server_extra: format!("monitoring_token = \"{MONITORING}\""),
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    for path in ["/metrics", "/status"] {
+        let res = gw.admin_anonymous(Method::GET, path).send().await.unwrap();
+        let challenge = res
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let (body, _) = admin_problem(res, 401, "unauthenticated").await;
+        assert!(
+            challenge.is_some_and(|c| c.starts_with("Basic ")),
+            "a browser is asked for the token: {body}"
+        );
+        assert!(
+            body["remedy"]
+                .as_str()
+                .unwrap()
+                .contains("monitoring_token"),
+            "{body}"
+        );
+        let wrong = gw
+            .admin_anonymous(Method::GET, path)
+            .bearer_auth("monitoring-token-0123456780")
+            .send()
+            .await
+            .unwrap();
+        admin_problem(wrong, 401, "unauthenticated").await;
+        let wrong_basic = gw
+            .admin_anonymous(Method::GET, path)
+            .basic_auth("ops", Some("not-the-token"))
+            .send()
+            .await
+            .unwrap();
+        admin_problem(wrong_basic, 401, "unauthenticated").await;
+
+        for (how, req) in [
+            (
+                "bearer",
+                gw.admin_anonymous(Method::GET, path)
+                    .bearer_auth(MONITORING),
+            ),
+            (
+                "basic",
+                gw.admin_anonymous(Method::GET, path)
+                    .basic_auth("anyone", Some(MONITORING)),
+            ),
+            ("admin token", gw.admin(Method::GET, path)),
+        ] {
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status(), 200, "{path} with the {how}");
+        }
+    }
+    for probe in ["/healthz", "/readyz"] {
+        let res = gw.admin_anonymous(Method::GET, probe).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{probe}");
+    }
+    // The monitoring token is not an admin token.
+    let res = gw
+        .admin_anonymous(Method::GET, "/admin/sessions")
+        .bearer_auth(MONITORING)
+        .send()
+        .await
+        .unwrap();
+    let challenge = res.headers().get("www-authenticate").cloned();
+    admin_problem(res, 401, "unauthenticated").await;
+    assert!(challenge.is_some_and(|c| c.to_str().unwrap().starts_with("Bearer ")));
+}

@@ -83,7 +83,7 @@ fn the_document_lists_exactly_the_routes_of_the_admin_router() {
 }
 
 #[test]
-fn references_resolve_and_only_admin_paths_need_the_token() {
+fn references_resolve_and_the_security_matches_the_listener() {
     let doc = document();
     let mut all = Vec::new();
     refs(&doc, &mut all);
@@ -94,8 +94,28 @@ fn references_resolve_and_only_admin_paths_need_the_token() {
     }
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
-            let secured = op.get("security").is_some();
-            assert_eq!(secured, path.starts_with("/admin/"), "{method} {path}");
+            // `/admin/*` always needs the admin token; `/metrics` and `/status` may need the
+            // monitoring token (`{}`, no requirement, is one of the alternatives); the probes
+            // never need anything.
+            let alternatives: Vec<String> = op
+                .get("security")
+                .and_then(|s| s.as_array())
+                .map(|list| list.iter().map(|req| req.to_string()).collect())
+                .unwrap_or_default();
+            let expected: Vec<String> = match path.as_str() {
+                p if p.starts_with("/admin/") => vec![r#"{"adminToken":[]}"#.into()],
+                "/metrics" | "/status" => [
+                    "{}",
+                    r#"{"monitoringToken":[]}"#,
+                    r#"{"monitoringBasic":[]}"#,
+                    r#"{"adminToken":[]}"#,
+                ]
+                .map(String::from)
+                .to_vec(),
+                _ => Vec::new(),
+            };
+            assert_eq!(alternatives, expected, "{method} {path}");
+            let secured = !alternatives.is_empty();
             assert!(
                 op["responses"].as_object().is_some_and(|r| !r.is_empty()),
                 "{method} {path} documents no response"

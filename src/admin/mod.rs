@@ -1,9 +1,11 @@
 //! The admin listener: health, readiness, metrics, the sessions API and the
 //! GSTN OTP flow.
 //!
-//! Health and metrics stay open (probes and Prometheus scrape without secrets); everything
-//! under `/admin/` needs `Authorization: Bearer <server.admin_token>` and is disabled when no
-//! token is configured.
+//! Health and readiness stay open (probes carry no secrets). Metrics and the status page are
+//! open unless `server.monitoring_token` is set; then they need it (or the admin token), as a
+//! bearer token or, for a browser, as the password of HTTP Basic. Everything under `/admin/`
+//! needs `Authorization: Bearer <server.admin_token>` and is disabled when no token is
+//! configured.
 //!
 //! Every request first passes `admit`: the bearer check (before any path, query or body is
 //! looked at), a small body limit and the `server.request_timeout` deadline. Every failure,
@@ -24,6 +26,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use base64::Engine as _;
 use http_body_util::BodyExt as _;
 use prometheus_client::registry::Registry;
 use secrecy::{ExposeSecret, SecretString};
@@ -48,6 +51,8 @@ pub struct Admin {
     pub registry: Registry,
     /// Bearer token for `/admin/*`.
     pub token: Option<SecretString>,
+    /// Token for `/metrics` and `/status`, when they are not open.
+    pub monitoring_token: Option<SecretString>,
     /// `server.request_timeout`: the bound on receiving and answering one request.
     pub request_timeout: Duration,
     /// Reloads the configuration for `POST /admin/reload`.
@@ -64,7 +69,6 @@ pub fn router(admin: Arc<Admin>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        // Open like /metrics: browsers cannot send a bearer token, and the page has no secrets.
         .route("/status", get(status_page::handler))
         .route("/admin/sessions", get(sessions))
         .route("/admin/sessions/{upstream}/{gstin}/refresh", post(refresh))
@@ -194,8 +198,11 @@ impl Audit {
 
 /// The bearer check and the bounded body read; the request comes back with its body buffered.
 async fn receive(admin: &Admin, req: Request, deadline: Instant) -> Result<Request, GatewayError> {
-    if needs_token(req.uri().path()) {
+    let path = req.uri().path();
+    if needs_token(path) {
         authorize(admin, req.headers())?;
+    } else if is_monitoring(path) {
+        authorize_monitoring(admin, req.headers())?;
     }
     let (parts, body) = req.into_parts();
     let declared = parts
@@ -230,6 +237,42 @@ async fn receive(admin: &Admin, req: Request, deadline: Instant) -> Result<Reque
 /// router matches on too, so a percent-encoded spelling cannot reach an `/admin/` route.
 fn needs_token(path: &str) -> bool {
     path == "/admin" || path.starts_with("/admin/")
+}
+
+/// Whether a path shows what the gateway serves (which GSTINs, which users, how much), which
+/// `monitoring_token` closes.
+fn is_monitoring(path: &str) -> bool {
+    path == "/metrics" || path == "/status"
+}
+
+/// With `monitoring_token` set, `/metrics` and `/status` need it or the admin token: as a
+/// bearer token (Prometheus's `authorization`), or as the password of HTTP Basic, which a
+/// browser asks for on the `WWW-Authenticate` challenge (any user name).
+fn authorize_monitoring(admin: &Admin, headers: &HeaderMap) -> Result<(), GatewayError> {
+    let Some(monitoring) = &admin.monitoring_token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            if let Some(token) = v.strip_prefix("Bearer ") {
+                return Some(token.as_bytes().to_vec());
+            }
+            let basic = v.strip_prefix("Basic ")?;
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(basic.trim())
+                .ok()?;
+            let colon = decoded.iter().position(|&b| b == b':')?;
+            Some(decoded[colon + 1..].to_vec())
+        })
+        .unwrap_or_default();
+    let matches = |token: &SecretString| bool::from(given.ct_eq(token.expose_secret().as_bytes()));
+    if matches(monitoring) || admin.token.as_ref().is_some_and(matches) {
+        Ok(())
+    } else {
+        Err(GatewayError::MonitoringUnauthenticated)
+    }
 }
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {

@@ -112,6 +112,9 @@ pub struct ServerConfig {
     /// Bearer token for `/admin/*`; without it the admin API is disabled.
     #[serde(default, deserialize_with = "env_secret_opt")]
     pub admin_token: Option<SecretString>,
+    /// Bearer token for `GET /metrics` and `GET /status`; without it both are open.
+    #[serde(default, deserialize_with = "env_secret_opt")]
+    pub monitoring_token: Option<SecretString>,
     /// Largest caller request body.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,

@@ -146,6 +146,17 @@ impl Config {
                 "must be at least 16 characters (it guards the admin API)".into(),
             ));
         }
+        if self
+            .server
+            .monitoring_token
+            .as_ref()
+            .is_some_and(|t| t.expose_secret().len() < 16)
+        {
+            return Err((
+                "server.monitoring_token".into(),
+                "must be at least 16 characters (it guards /metrics and /status)".into(),
+            ));
+        }
         if self.upstreams.is_empty() {
             return Err((
                 "upstream".into(),

@@ -15,7 +15,9 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
-            Unauthenticated | AdminUnauthenticated => StatusCode::UNAUTHORIZED,
+            Unauthenticated | AdminUnauthenticated | MonitoringUnauthenticated => {
+                StatusCode::UNAUTHORIZED
+            }
             GstinMissing
             | GstinInvalid(_)
             | UserRequired { .. }
@@ -56,7 +58,7 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         use GatewayError::*;
         match self {
-            Unauthenticated | AdminUnauthenticated => "unauthenticated",
+            Unauthenticated | AdminUnauthenticated | MonitoringUnauthenticated => "unauthenticated",
             GstinMissing => "gstin_missing",
             GstinInvalid(_) => "gstin_invalid",
             GstinNotAllowed(_) => "gstin_not_allowed",
@@ -100,7 +102,7 @@ impl GatewayError {
     pub(super) fn title(&self) -> &'static str {
         use GatewayError::*;
         match self {
-            Unauthenticated | AdminUnauthenticated => "Unauthenticated",
+            Unauthenticated | AdminUnauthenticated | MonitoringUnauthenticated => "Unauthenticated",
             GstinMissing => "GSTIN header missing",
             GstinInvalid(_) => "Invalid GSTIN",
             GstinNotAllowed(_) => "GSTIN not allowed",
@@ -166,6 +168,7 @@ impl GatewayError {
             RouteNotFound(_) => "Use a path of the GST API this gateway fronts (e.g. /eicore/v1.03/Invoice); check the base URL.".into(),
             BodyTooLarge(_) => "Send a smaller body, or ask the operator to raise `server.max_body_bytes`.".into(),
             AdminUnauthenticated => "Send `Authorization: Bearer <server.admin_token>`; without an `admin_token` in the config the /admin API is off.".into(),
+            MonitoringUnauthenticated => "Send `Authorization: Bearer <server.monitoring_token>` (the admin token works too); in a browser, give the token as the password at the login prompt.".into(),
             AdminRouteNotFound(_) => ADMIN_ENDPOINTS.into(),
             AdminMethodNotAllowed { .. } => "Use a method from the `Allow` header; every /admin/sessions/… action is a POST.".into(),
             MethodNotAllowed(_) => "Use the method the GST API documents: GET, POST, PUT or DELETE (the `Allow` header lists them).".into(),
@@ -225,6 +228,7 @@ impl GatewayError {
             | MethodNotAllowed(_)
             | RouteNotFound(_)
             | AdminUnauthenticated
+            | MonitoringUnauthenticated
             | AdminRouteNotFound(_)
             | AdminMethodNotAllowed { .. }
             | AdminRequestInvalid(_)
@@ -276,6 +280,7 @@ impl GatewayError {
             | MethodNotAllowed(_)
             | RouteNotFound(_)
             | AdminUnauthenticated
+            | MonitoringUnauthenticated
             | AdminRouteNotFound(_)
             | AdminMethodNotAllowed { .. }
             | AdminRequestInvalid(_)
@@ -378,6 +383,7 @@ mod tests {
             (MethodNotAllowed(s()), Caller, false),
             (RouteNotFound(s()), Caller, false),
             (AdminUnauthenticated, Caller, false),
+            (MonitoringUnauthenticated, Caller, false),
             (AdminRouteNotFound(s()), Caller, false),
             (
                 AdminMethodNotAllowed {
@@ -508,6 +514,7 @@ mod tests {
             MethodNotAllowed(_) => "MethodNotAllowed",
             RouteNotFound(_) => "RouteNotFound",
             AdminUnauthenticated => "AdminUnauthenticated",
+            MonitoringUnauthenticated => "MonitoringUnauthenticated",
             AdminRouteNotFound(_) => "AdminRouteNotFound",
             AdminMethodNotAllowed { .. } => "AdminMethodNotAllowed",
             AdminRequestInvalid(_) => "AdminRequestInvalid",
@@ -545,8 +552,8 @@ mod tests {
         let table = table();
         let names: std::collections::BTreeSet<_> = table.iter().map(|(e, ..)| variant(e)).collect();
         assert_eq!(names.len(), table.len(), "a variant is listed twice");
-        // The exhaustive `variant` names 41 variants; the table must hold each of them.
-        assert_eq!(names.len(), 41, "a variant is missing from the table");
+        // The exhaustive `variant` names 42 variants; the table must hold each of them.
+        assert_eq!(names.len(), 42, "a variant is missing from the table");
         for (e, origin, retryable) in &table {
             assert_eq!(e.origin(), *origin, "origin of {}", variant(e));
             assert_eq!(e.retryable(), *retryable, "retryable of {}", variant(e));

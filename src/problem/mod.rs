@@ -147,6 +147,9 @@ pub enum GatewayError {
     /// No admin token, or a wrong one, on `/admin/*` (or no `admin_token` configured).
     #[error("missing or wrong admin token")]
     AdminUnauthenticated,
+    /// No token, or a wrong one, on `/metrics` or `/status` while `monitoring_token` is set.
+    #[error("missing or wrong monitoring token")]
+    MonitoringUnauthenticated,
     /// The admin listener has no endpoint at this path.
     #[error("the admin listener has no endpoint at `{0}`")]
     AdminRouteNotFound(String),

@@ -110,6 +110,22 @@ fn build_response(err: &GatewayError, request_id: Option<&str>) -> Response {
     if let GatewayError::MethodNotAllowed(_) = err {
         headers.insert(header::ALLOW, HeaderValue::from_static(PROXY_METHODS));
     }
+    // A 401 says how to authenticate (RFC 9110 §11.6.1). The monitoring pages offer Basic so
+    // that a browser asks for the token.
+    let challenge = match err {
+        GatewayError::Unauthenticated => Some(r#"Bearer realm="gstgate""#),
+        GatewayError::AdminUnauthenticated => Some(r#"Bearer realm="gstgate admin""#),
+        GatewayError::MonitoringUnauthenticated => {
+            Some(r#"Basic realm="gstgate monitoring", charset="UTF-8""#)
+        }
+        _ => None,
+    };
+    if let Some(challenge) = challenge {
+        headers.insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
+    }
     res.extensions_mut().insert(ErrorCode(err.code()));
     res
 }

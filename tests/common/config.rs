@@ -43,6 +43,8 @@ pub struct GwOpts {
     pub credential_extra: String,
     /// Extra TOML at the end of the file (e.g. an `[alerts]` table).
     pub extra_toml: String,
+    /// Extra TOML lines at the end of the `[server]` table.
+    pub server_extra: String,
     /// The body of the `[store]` table. `memory` unless a test is about the store, so that
     /// no test writes a store file it does not own.
     pub store: String,
@@ -68,6 +70,7 @@ impl Default for GwOpts {
             apis: vec!["einvoice"],
             credential_extra: String::new(),
             extra_toml: String::new(),
+            server_extra: String::new(),
             store: "backend = \"memory\"".into(),
         }
     }
@@ -97,6 +100,7 @@ admin_token = "{ADMIN_TOKEN}"
 max_body_bytes = {max_body}
 request_timeout = "60s"
 shutdown_grace = "{grace}"
+{server_extra}
 
 [store]
 {store}
@@ -104,6 +108,7 @@ shutdown_grace = "{grace}"
 "#,
         max_body = o.max_body_bytes,
         grace = o.shutdown_grace,
+        server_extra = o.server_extra,
         store = o.store,
     );
     for api in &o.apis {
