@@ -25,5 +25,6 @@ pub mod session;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
+pub mod timestamp;
 pub mod tls;
 pub mod upstream;

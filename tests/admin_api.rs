@@ -508,7 +508,21 @@ async fn admin_actions_leave_an_audit_line_with_request_id_and_outcome() {
 
     let res = gw.admin_refresh(GSTIN).await;
     assert_eq!(res.status(), 200);
-    let line = audit_line(&id_of(&res));
+    let id = id_of(&res);
+    // One timestamp format everywhere: the refresh answer's is the listing's.
+    let body: Value = res.json().await.unwrap();
+    let expires = body["expires_at"].as_str().unwrap();
+    let listed = gw.admin(Method::GET, "/admin/sessions").send().await.unwrap();
+    let listed: Value = listed.json().await.unwrap();
+    let refreshed = listed["sessions"][0]["last_refresh"].as_str().unwrap();
+    for at in [expires, refreshed] {
+        assert!(
+            at.ends_with('Z') && at.len() == "2026-11-26T00:26:59Z".len(),
+            "{at}"
+        );
+        chrono::DateTime::parse_from_rfc3339(at).unwrap();
+    }
+    let line = audit_line(&id);
     assert_eq!(line["outcome"], "done", "{line}");
     assert_eq!(line["method"], "POST");
     assert_eq!(

@@ -355,7 +355,7 @@ fn session_body(slot: &Slot, session: &Session) -> serde_json::Value {
         "gstin": slot.credential.gstin.as_str(),
         "username": &*slot.credential.username,
         "generation": session.generation,
-        "expires_at": chrono::DateTime::<chrono::Utc>::from(session.expires_at).to_rfc3339(),
+        "expires_at": crate::timestamp::rfc3339(session.expires_at),
     })
 }
 

@@ -22,6 +22,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::Admin;
 use crate::session::{SessionInfo, State};
+use crate::timestamp::rfc3339;
 
 /// Seconds between the page's own reloads.
 const REFRESH_SECS: u32 = 15;
@@ -271,10 +272,6 @@ fn write_until(out: &mut String, secs: Option<u64>, at: Option<&str>) -> fmt::Re
             Ok(())
         }
     }
-}
-
-fn rfc3339(at: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(at).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 fn parse_time(text: &str) -> Option<SystemTime> {

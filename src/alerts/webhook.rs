@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use super::{AlertKind, AlertsError, Detail, Subject};
 use crate::config::check_webhook_url;
 use crate::metrics::{AlertLabels, Metrics};
+use crate::timestamp::rfc3339;
 
 /// How long shutdown waits for queued alerts before abandoning them: long enough for a healthy
 /// webhook to take a few alerts, short enough that a stuck one cannot hold up a restart.
@@ -72,10 +73,6 @@ struct Body<'a> {
     remedy: String,
     at: String,
     gstgate: &'static str,
-}
-
-fn rfc3339(at: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(at).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// The webhook body of an alert raised `at`.

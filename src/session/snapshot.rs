@@ -2,6 +2,8 @@
 
 use std::time::{Instant, SystemTime};
 
+use crate::timestamp::rfc3339;
+
 use serde::Serialize;
 
 use super::{Sessions, State};
@@ -33,10 +35,6 @@ pub struct SessionInfo {
     pub session_ends_at: Option<String>,
     /// Seconds until the portal API session ends (GSTN).
     pub session_ends_in_secs: Option<u64>,
-}
-
-fn rfc3339(at: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(at).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 impl Sessions {
