@@ -512,7 +512,11 @@ async fn admin_actions_leave_an_audit_line_with_request_id_and_outcome() {
     // One timestamp format everywhere: the refresh answer's is the listing's.
     let body: Value = res.json().await.unwrap();
     let expires = body["expires_at"].as_str().unwrap();
-    let listed = gw.admin(Method::GET, "/admin/sessions").send().await.unwrap();
+    let listed = gw
+        .admin(Method::GET, "/admin/sessions")
+        .send()
+        .await
+        .unwrap();
     let listed: Value = listed.json().await.unwrap();
     let refreshed = listed["sessions"][0]["last_refresh"].as_str().unwrap();
     for at in [expires, refreshed] {
