@@ -1,7 +1,7 @@
-//! `docs/admin-openapi.json` describes exactly the admin listener's routes: the same (method,
-//! path) pairs as the router in `src/admin/mod.rs`, every reference resolves, `/admin/*` and
-//! only it needs the bearer token, and every documented operation answers on a real gateway
-//! (never `route_not_found` or `method_not_allowed`).
+//! `docs/admin-openapi.json` is a valid OpenAPI 3.1 document and describes exactly the admin
+//! listener's routes: the same (method, path) pairs as the router in `src/admin/mod.rs`, every
+//! reference resolves, the security of each path is the listener's, and every documented
+//! operation answers on a real gateway (never `route_not_found` or `method_not_allowed`).
 
 mod common;
 
@@ -71,6 +71,26 @@ fn refs(v: &Value, out: &mut Vec<String>) {
         Value::Array(items) => items.iter().for_each(|i| refs(i, out)),
         _ => {}
     }
+}
+
+/// Read into a typed OpenAPI 3.1 model (the `oas3` crate): a missing required field, a wrong
+/// type, an unknown schema type or security scheme, or another OpenAPI version is refused.
+#[test]
+fn the_document_is_valid_openapi_3_1() {
+    let text = std::fs::read_to_string(format!("{ROOT}/docs/admin-openapi.json")).unwrap();
+    let spec = oas3::from_json(&text).unwrap_or_else(|e| panic!("not OpenAPI: {e}"));
+    let version = spec.validate_version().expect("an OpenAPI 3.1 version");
+    assert_eq!((version.major, version.minor), (3, 1));
+    let paths = spec.paths.as_ref().expect("paths");
+    let documented_paths: BTreeSet<String> = documented(&document())
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(paths.len(), documented_paths.len());
+    // A broken document is refused: the check can fail.
+    let broken = text.replacen("\"type\": \"http\"", "\"type\": \"htp\"", 1);
+    assert_ne!(broken, text);
+    assert!(oas3::from_json(&broken).is_err());
 }
 
 #[test]
