@@ -511,6 +511,26 @@ fn check_config_refuses_what_serve_would_and_names_the_entry() {
     let (ok, out) = check_config(&redis_ca, &[]);
     assert!(!ok && out.contains("store.redis_ca_file"), "{out}");
 
+    // One key for two clients: a caller could not be told which it is.
+    let same_key = format!(
+        "{demo}\n[[client]]\nname = \"other-app\"\napi_key_sha256 = \"{}\"\ngstins = [\"*\"]\n",
+        "A52782E3A2D4DD2F95F640B9ABFB3B2A6B8E722C65F55BE830F6E5F619F7F873"
+    );
+    let (ok, out) = check_config(&same_key, &[]);
+    assert!(
+        !ok && out.contains("client \"other-app\".api_key_sha256") && out.contains("twice"),
+        "{out}"
+    );
+    // One API user configured twice for an upstream: two sessions would knock each other out.
+    let twice_user = format!(
+        "{demo}\n[[credential]]\ngstin = \"27aapfu0939f1zv\"\nusername = \"demo_api_user\"\npassword = \"p\"\nupstreams = [\"ewaybill\"]\n"
+    );
+    let (ok, out) = check_config(&twice_user, &[]);
+    assert!(
+        !ok && out.contains("demo_api_user") && out.contains("configured twice"),
+        "{out}"
+    );
+
     // Errors name credentials by GSTIN and user.
     let lifetime = demo.replacen(
         "[[credential]]",
