@@ -79,15 +79,24 @@ pub fn check_files(config: &crate::config::Config, path: &Path) -> Result<(), Co
         message,
     };
     if let Some(files) = Files::of(&config.server) {
-        load(&files).map_err(|e| {
-            let key = match &e {
-                ServerTlsError::File { path, .. } if *path == files.key => "server.tls_key",
-                ServerTlsError::File { path, .. } if Some(path) == files.client_ca.as_ref() => {
-                    "server.tls_client_ca"
-                }
-                _ => "server.tls_cert",
-            };
-            invalid(key, e.to_string())
+        // Each file on its own first, so that the error names its setting even when two
+        // settings name one file (a PEM holding both the certificate and the key).
+        read_certs(&files.cert).map_err(|e| invalid("server.tls_cert", e.to_string()))?;
+        PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {
+            invalid(
+                "server.tls_key",
+                format!("{}: no usable PEM private key: {e}", files.key.display()),
+            )
+        })?;
+        if let Some(ca) = &files.client_ca {
+            read_certs(ca).map_err(|e| invalid("server.tls_client_ca", e.to_string()))?;
+        }
+        load(&files).map_err(|e| match e {
+            ServerTlsError::File { ref path, .. } if Some(path) == files.client_ca.as_ref() => {
+                invalid("server.tls_client_ca", e.to_string())
+            }
+            // rustls refusing the pair: most often a key that is not the certificate's.
+            e => invalid("server.tls_key", format!("with server.tls_cert: {e}")),
         })?;
     }
     if let Some(ca) = &config.store.redis_ca_file {

@@ -614,11 +614,27 @@ async fn a_monitoring_token_closes_metrics_and_status_but_not_the_probes() {
             .unwrap();
         admin_problem(wrong_basic, 401, "unauthenticated").await;
 
+        // HEAD is checked like GET; a path spelled otherwise is no route at all.
+        let head = gw.admin_anonymous(Method::HEAD, path).send().await.unwrap();
+        assert_eq!(head.status(), 401, "HEAD {path}");
+        for other in [format!("{path}/"), format!("/{path}"), path.to_uppercase()] {
+            let res = gw
+                .admin_anonymous(Method::GET, &other)
+                .send()
+                .await
+                .unwrap();
+            admin_problem(res, 404, "route_not_found").await;
+        }
         for (how, req) in [
             (
                 "bearer",
                 gw.admin_anonymous(Method::GET, path)
                     .bearer_auth(MONITORING),
+            ),
+            (
+                "lower-case scheme",
+                gw.admin_anonymous(Method::GET, path)
+                    .header("authorization", format!("bearer {MONITORING}")),
             ),
             (
                 "basic",
@@ -635,6 +651,14 @@ async fn a_monitoring_token_closes_metrics_and_status_but_not_the_probes() {
         let res = gw.admin_anonymous(Method::GET, probe).send().await.unwrap();
         assert_eq!(res.status(), 200, "{probe}");
     }
+    // A wrong token on a monitoring page is a guess at the admin token too: audited.
+    let text = gw.logs.text();
+    assert!(
+        text.lines().any(|l| l.contains("\"admin action\"")
+            && l.contains("/metrics")
+            && l.contains("refused")),
+        "{text}"
+    );
     // The monitoring token is not an admin token.
     let res = gw
         .admin_anonymous(Method::GET, "/admin/sessions")

@@ -499,6 +499,20 @@ fn check_config_refuses_what_serve_would_and_names_the_entry() {
     );
     let (ok, out) = check_config(&tls, &[]);
     assert!(!ok && out.contains("server.tls_cert"), "{out}");
+    // A good certificate and a missing key: the key is named.
+    let cert = dir.path().join("gateway.pem");
+    std::fs::write(&cert, Pki::new("test CA").issue(&["localhost"]).cert_pem).unwrap();
+    let tls = demo.replacen(
+        "[server]\n",
+        &format!(
+            "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            dir.path().join("missing-key.pem").display()
+        ),
+        1,
+    );
+    let (ok, out) = check_config(&tls, &[]);
+    assert!(!ok && out.contains("server.tls_key"), "{out}");
     let redis_ca = demo.replacen(
         "backend = \"memory\"",
         &format!(

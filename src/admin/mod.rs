@@ -31,6 +31,7 @@ use http_body_util::BodyExt as _;
 use prometheus_client::registry::Registry;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
@@ -166,7 +167,8 @@ struct Audit {
 impl Audit {
     fn of(req: &Request) -> Option<Self> {
         let path = req.uri().path();
-        (needs_token(path) || req.method() == Method::POST).then(|| Self {
+        // Monitoring paths too: they take the admin token, so a guess there is one on it.
+        (needs_token(path) || is_monitoring(path) || req.method() == Method::POST).then(|| Self {
             method: req.method().clone(),
             path: path.to_owned(),
             peer: req.extensions().get::<crate::request::Peer>().map(|p| p.0),
@@ -239,8 +241,8 @@ fn needs_token(path: &str) -> bool {
     path == "/admin" || path.starts_with("/admin/")
 }
 
-/// Whether a path shows what the gateway serves (which GSTINs, which users, how much), which
-/// `monitoring_token` closes.
+/// Whether a path shows what the gateway serves (the status page: which GSTINs and users;
+/// the metrics: how much, per upstream), which `monitoring_token` closes.
 fn is_monitoring(path: &str) -> bool {
     path == "/metrics" || path == "/status"
 }
@@ -252,27 +254,46 @@ fn authorize_monitoring(admin: &Admin, headers: &HeaderMap) -> Result<(), Gatewa
     let Some(monitoring) = &admin.monitoring_token else {
         return Ok(());
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            if let Some(token) = v.strip_prefix("Bearer ") {
-                return Some(token.as_bytes().to_vec());
-            }
-            let basic = v.strip_prefix("Basic ")?;
-            let decoded = base64::engine::general_purpose::STANDARD
-                .decode(basic.trim())
-                .ok()?;
-            let colon = decoded.iter().position(|&b| b == b':')?;
-            Some(decoded[colon + 1..].to_vec())
-        })
-        .unwrap_or_default();
-    let matches = |token: &SecretString| bool::from(given.ct_eq(token.expose_secret().as_bytes()));
-    if matches(monitoring) || admin.token.as_ref().is_some_and(matches) {
+    let given = presented(headers, true);
+    if same_token(&given, monitoring) || admin.token.as_ref().is_some_and(|t| same_token(&given, t))
+    {
         Ok(())
     } else {
         Err(GatewayError::MonitoringUnauthenticated)
     }
+}
+
+/// The token an `Authorization` header presents: a bearer token, or with `basic` also the
+/// password of HTTP Basic (any user name). Scheme names are case-insensitive (RFC 9110
+/// §11.1). Nothing presented is the empty token, which no configured token equals.
+fn presented(headers: &HeaderMap, basic: bool) -> Vec<u8> {
+    let Some((scheme, credentials)) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+    else {
+        return Vec::new();
+    };
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return credentials.trim().as_bytes().to_vec();
+    }
+    if basic && scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(credentials.trim())
+            .unwrap_or_default();
+        if let Some(colon) = decoded.iter().position(|&b| b == b':') {
+            return decoded[colon + 1..].to_vec();
+        }
+    }
+    Vec::new()
+}
+
+/// Whether `given` is the configured token, in time that tells nothing about it: both sides
+/// are hashed first, so even the token's length does not show.
+fn same_token(given: &[u8], expected: &SecretString) -> bool {
+    let given = Sha256::digest(given);
+    let expected = Sha256::digest(expected.expose_secret().as_bytes());
+    bool::from(given.ct_eq(&expected))
 }
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
@@ -293,12 +314,7 @@ fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), GatewayError> {
     let Some(expected) = &admin.token else {
         return Err(GatewayError::AdminUnauthenticated);
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(expected.expose_secret().as_bytes())) {
+    if same_token(&presented(headers, false), expected) {
         Ok(())
     } else {
         Err(GatewayError::AdminUnauthenticated)

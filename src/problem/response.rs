@@ -115,9 +115,9 @@ fn build_response(err: &GatewayError, request_id: Option<&str>) -> Response {
     let challenge = match err {
         GatewayError::Unauthenticated => Some(r#"Bearer realm="gstgate""#),
         GatewayError::AdminUnauthenticated => Some(r#"Bearer realm="gstgate admin""#),
-        GatewayError::MonitoringUnauthenticated => {
-            Some(r#"Basic realm="gstgate monitoring", charset="UTF-8""#)
-        }
+        GatewayError::MonitoringUnauthenticated => Some(
+            r#"Basic realm="gstgate monitoring", charset="UTF-8", Bearer realm="gstgate monitoring""#,
+        ),
         _ => None,
     };
     if let Some(challenge) = challenge {
