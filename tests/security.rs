@@ -173,6 +173,56 @@ async fn methods_no_gst_api_uses_are_refused_before_the_upstream() {
     assert_eq!(counters["requests"], 0, "{counters}");
 }
 
+/// A compressed body would reach the upstream as bytes labelled JSON (its `Content-Encoding`
+/// does not travel upstream), in either encryption mode: refused, with nothing sent.
+#[tokio::test]
+async fn a_compressed_body_is_refused_before_the_upstream() {
+    let sim = Sim::start(SimOpts::default()).await;
+    for encryption in ["gateway", "passthrough"] {
+        let gw = Gateway::start(
+            &sim,
+            GwOpts {
+                encryption,
+                ..GwOpts::default()
+            },
+        )
+        .await;
+        for coding in ["gzip", "identity, br", "x-custom"] {
+            let res = gw
+                .request(reqwest::Method::POST, "/eicore/v1.03/Invoice")
+                .header("content-encoding", coding)
+                .body(vec![0x1f, 0x8b, 0x08, 0x00])
+                .send()
+                .await
+                .unwrap();
+            let body = expect_problem(res, 400, "body_invalid").await;
+            assert!(
+                body["detail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Content-Encoding"),
+                "{encryption} {coding}: {body}"
+            );
+        }
+        // `identity` is no coding at all.
+        let res = gw
+            .request(reqwest::Method::POST, "/eicore/v1.03/Invoice")
+            .header("content-encoding", "identity")
+            .json(&invoice(GSTIN, &format!("ID/{encryption}")))
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(res.status(), 400, "{encryption}: identity is accepted");
+    }
+    // Only the two `identity` requests reached the upstream.
+    let calls = upstream_log(&sim).await;
+    let invoices = calls
+        .iter()
+        .filter(|c| c["path"] == "/eicore/v1.03/Invoice")
+        .count();
+    assert_eq!(invoices, 2, "{calls:?}");
+}
+
 /// The other tenant's GSTN return summary call with `query`, over raw HTTP: status and body.
 async fn other_tenant_returns(gw: &Gateway, query: &str) -> (u16, Value) {
     let target = format!("/taxpayerapi/v1.0/returns/gstr1?{query}");

@@ -49,6 +49,7 @@ impl Proxy {
                 parts.method.as_str().chars().take(32).collect(),
             ));
         }
+        body_coding(&parts.headers)?;
         let path = CallerPath::parse(parts.uri.path(), parts.uri.query())?;
         let (index, upstream) = self.route(&path)?;
         outcome.upstream = Some(upstream.name.clone());
@@ -140,4 +141,26 @@ impl Proxy {
             )),
         }
     }
+}
+
+/// Refuses a compressed body: no GST API takes one, gstgate could neither encrypt it nor read
+/// it, and `Content-Encoding` does not travel upstream, so forwarded as is it would reach the
+/// upstream as bytes labelled JSON.
+fn body_coding(headers: &HeaderMap) -> Result<(), GatewayError> {
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let coded = value.to_str().map_or(true, |v| {
+            v.split(',')
+                .any(|c| !c.trim().eq_ignore_ascii_case("identity"))
+        });
+        if coded {
+            return Err(GatewayError::BodyInvalid(format!(
+                "the body is sent with Content-Encoding `{}`; the GST APIs take it uncompressed",
+                String::from_utf8_lossy(value.as_bytes())
+                    .chars()
+                    .take(32)
+                    .collect::<String>()
+            )));
+        }
+    }
+    Ok(())
 }
