@@ -14,6 +14,7 @@ pub mod clients;
 pub mod config;
 pub mod crypto;
 pub mod gstin;
+pub mod heap;
 pub mod metrics;
 pub mod path;
 pub mod problem;

@@ -96,6 +96,13 @@ impl Reloader {
 
     /// Reads the file again and applies its clients and credentials, or refuses it whole.
     pub fn reload(&self) -> Result<Report, ReloadError> {
+        let outcome = self.apply();
+        // The parse's memory is free now, whatever the outcome.
+        crate::heap::release_free_memory();
+        outcome
+    }
+
+    fn apply(&self) -> Result<Report, ReloadError> {
         let _one = self.one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
         let text = std::fs::read_to_string(&self.path).map_err(|source| {
             ReloadError::Config(crate::config::ConfigError::Read {

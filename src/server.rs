@@ -465,6 +465,7 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let demo_key = demo_key_hint(&config);
     let running = start(config, path).await?;
+    crate::heap::release_free_memory();
     {
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
