@@ -73,6 +73,17 @@ pub(crate) struct Opts {
     /// The command line to record in the report (set by bench/run.sh).
     #[arg(long, env = "BENCH_COMMAND", hide = true)]
     pub(crate) command: Option<String>,
+    /// Run the scale scenario (scale.rs) instead of the throughput rounds: one configuration
+    /// per size with that many credentials, e.g. `--scale 1000,10000,100000`.
+    #[arg(long, env = "BENCH_SCALE", value_delimiter = ',')]
+    pub(crate) scale: Vec<usize>,
+    /// Scale scenario: how many distinct GSTINs the cold burst (and the burst after the
+    /// restart) sends, at most the size.
+    #[arg(long, env = "BENCH_SCALE_COLD", default_value_t = 10_000)]
+    pub(crate) scale_cold: usize,
+    /// Scale scenario: concurrent connections of the bursts.
+    #[arg(long, env = "BENCH_SCALE_CONCURRENCY", default_value_t = 64)]
+    pub(crate) scale_concurrency: usize,
     /// Internal: run as the lean upstream with this JSON config (see upstream.rs).
     #[arg(long, hide = true)]
     pub(crate) serve_upstream: Option<PathBuf>,

@@ -29,6 +29,9 @@
 //!
 //! Run it with `bench/run.sh` (installs nginx, wrk and redis-server when missing), or directly:
 //! `cargo bench --bench gateway -- --rounds 5 --duration 10s`.
+//!
+//! `--scale 1000,10000,100000` runs another scenario instead (scale.rs): start-up, a burst of
+//! cold GSTINs, memory per session and a restart, with that many credentials.
 
 use std::fs;
 use std::path::PathBuf;
@@ -46,6 +49,7 @@ mod procs;
 mod profile;
 mod report;
 mod rounds;
+mod scale;
 mod targets;
 mod upstream;
 mod wrk;
@@ -109,6 +113,26 @@ fn main() -> ExitCode {
 }
 
 fn run(opts: Opts) -> Result<()> {
+    if !opts.scale.is_empty() {
+        let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_gstgate"));
+        let scratch = tempfile::Builder::new()
+            .prefix("gstgate-scale-")
+            .tempdir()?;
+        let report = scale::run(
+            &bin,
+            &manifest,
+            scratch.path(),
+            &opts.scale,
+            opts.scale_cold,
+            opts.scale_concurrency,
+        )?;
+        println!("{report}");
+        if opts.keep {
+            eprintln!("scale-bench: scratch kept at {}", scratch.keep().display());
+        }
+        return Ok(());
+    }
     ensure!(opts.rounds >= 1, "--rounds must be at least 1");
     ensure!(
         opts.duration.as_secs() >= 1,

@@ -21,13 +21,13 @@ use crate::{upstream, Bench};
 /// The taxpayer every request is for (valid checksum; also the seller in `bench/invoice.json`).
 const GSTIN: &str = "27AAPFU0939F1ZV";
 /// The GSP client credentials the upstream accepts.
-const CLIENT_ID: &str = "bench-client-id";
-const CLIENT_SECRET: &str = "bench-client-secret";
+pub(crate) const CLIENT_ID: &str = "bench-client-id";
+pub(crate) const CLIENT_SECRET: &str = "bench-client-secret";
 /// The API key the benchmark client presents to gstgate.
-const API_KEY: &str = "bench-api-key-0123456789";
+pub(crate) const API_KEY: &str = "bench-api-key-0123456789";
 pub(crate) const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
-const AUTH_PATH: &str = "/eivital/v1.04/auth";
-const INVOICE_PATH: &str = "/eicore/v1.03/Invoice";
+pub(crate) const AUTH_PATH: &str = "/eivital/v1.04/auth";
+pub(crate) const INVOICE_PATH: &str = "/eicore/v1.03/Invoice";
 
 /// One upstream user per consumer of a session, so that no target's login can disturb
 /// another's token or SEK (a NIC re-login may hand out a new SEK).
@@ -38,7 +38,7 @@ const USER_REDIS: (&str, &str) = ("bench_redis", "Redis#Pass1");
 
 /// The `redis` target's `[store] encryption_key` (base64 of 32 bytes; seals tokens and SEKs at
 /// rest in Redis).
-const STORE_KEY: &str = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";
+pub(crate) const STORE_KEY: &str = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";
 
 /// One prepared target.
 pub(crate) struct Target {
@@ -549,7 +549,7 @@ fn bin_supports_serve(bin: &Path) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn hex_sha256(bytes: &[u8]) -> String {
+pub(crate) fn hex_sha256(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -71,6 +71,8 @@ struct Session {
 struct State {
     keypair: KeyPair,
     cfg: UpstreamConfig,
+    /// (upper-case GSTIN, user) → password: the scale scenario has 100 000 users.
+    passwords: HashMap<(String, String), String>,
     /// (GSTIN, user) → session, and token → session. Written only by logins (a handful per
     /// run), read by every data call: an `RwLock` keeps the readers from contending.
     by_user: RwLock<HashMap<(String, String), Arc<Session>>>,
@@ -98,9 +100,15 @@ pub fn main(config: &Path) -> Result<()> {
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let addr = listener.local_addr()?;
+        let passwords = cfg
+            .users
+            .iter()
+            .map(|(g, u, p)| ((g.to_ascii_uppercase(), u.clone()), p.clone()))
+            .collect();
         let state = Arc::new(State {
             keypair,
             cfg,
+            passwords,
             by_user: RwLock::default(),
             by_token: RwLock::default(),
             documents: RwLock::default(),
@@ -260,20 +268,18 @@ impl State {
         let app_key =
             AesKey::from_slice(&b64_decode(&p.app_key).map_err(|_| ("1016", "bad AppKey".into()))?)
                 .map_err(|_| ("1016", "AppKey must be 32 bytes".into()))?;
-        let known = self
-            .cfg
-            .users
-            .iter()
-            .find(|(g, u, _)| g.eq_ignore_ascii_case(gstin) && *u == p.user)
+        let key = (gstin.to_ascii_uppercase(), p.user.clone());
+        let password = self
+            .passwords
+            .get(&key)
             .ok_or(("1017", "Incorrect user id/User does not exists".into()))?;
-        if known.2 != p.password {
+        if *password != p.password {
             return Err(("1019", "Incorrect Password".into()));
         }
-        let key = (known.0.to_ascii_uppercase(), p.user.clone());
         let session = {
             let mut by_user = self.by_user.write().unwrap_or_else(|e| e.into_inner());
             by_user
-                .entry(key)
+                .entry(key.clone())
                 .or_insert_with(|| {
                     let token: String = AesKey::random().as_bytes()[..15]
                         .iter()
@@ -282,7 +288,7 @@ impl State {
                     let expiry =
                         chrono::Utc::now() + chrono::Duration::minutes(TOKEN_TTL_MINUTES + 330);
                     let s = Arc::new(Session {
-                        gstin: known.0.to_ascii_uppercase(),
+                        gstin: key.0.clone(),
                         user: p.user.clone(),
                         token,
                         sek: AesKey::random(),

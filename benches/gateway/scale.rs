@@ -1,0 +1,465 @@
+//! The scale scenario (`--scale N,…`): what a GSP's numbers cost gstgate, one size at a time.
+//!
+//! For each N, a configuration with N credentials (N taxpayers, one API user each) in front of
+//! the lean upstream, with the embedded session store:
+//! 1. `check-config` on it: wall time.
+//! 2. `serve` with an empty store: time from spawn to the ready line, resident memory then.
+//! 3. A burst of `--scale-cold` distinct GSTINs, one generate-IRN request each, over
+//!    `--scale-concurrency` connections: every request needs a login first. Wall time,
+//!    latency percentiles, errors, logins seen by the upstream, and the resident memory added
+//!    per session.
+//! 4. A restart (SIGTERM, then `serve` again) with those sessions in the store: time to ready,
+//!    memory, and the same GSTINs once more, which must cost no login at all.
+//!
+//! Everything runs on this machine: gstgate, the upstream and the load share its CPUs, so the
+//! burst's wall time includes the upstream's RSA work for every login.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, ensure, Context as _, Result};
+use serde_json::{json, Value};
+
+use crate::client::{fetch_json, Http};
+use crate::procs::{after, Proc};
+use crate::targets::{
+    hex_sha256, invoice_json, API_KEY, AUTH_PATH, CLIENT_ID, CLIENT_SECRET, INVOICE_PATH, STORE_KEY,
+};
+use crate::upstream;
+
+const USER: &str = "scale_user";
+const PASSWORD: &str = "Scale#Pass1";
+
+/// What one size measured.
+struct Size {
+    credentials: usize,
+    config_bytes: u64,
+    check_config: Duration,
+    start: Duration,
+    rss_start: u64,
+    cold: Burst,
+    rss_cold: u64,
+    restart: Duration,
+    rss_restart: u64,
+    warm: Burst,
+    rss_warm: u64,
+}
+
+/// One burst of requests, each for another GSTIN.
+struct Burst {
+    requests: usize,
+    wall: Duration,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    errors: usize,
+    logins: f64,
+}
+
+/// Runs the scenario for every size and returns the Markdown report.
+pub(crate) fn run(
+    bin: &Path,
+    manifest: &Path,
+    dir: &Path,
+    sizes: &[usize],
+    cold: usize,
+    concurrency: usize,
+) -> Result<String> {
+    ensure!(!sizes.is_empty() && concurrency > 0, "nothing to run");
+    let invoice = invoice_json(manifest)?;
+    let http = Http::new()?;
+    let mut results = Vec::new();
+    for &n in sizes {
+        eprintln!("scale-bench: {n} credentials");
+        results.push(one_size(
+            bin,
+            dir,
+            &http,
+            &invoice,
+            n,
+            cold.min(n),
+            concurrency,
+        )?);
+    }
+    Ok(report(&results, cold, concurrency))
+}
+
+fn one_size(
+    bin: &Path,
+    dir: &Path,
+    http: &Http,
+    invoice: &Value,
+    n: usize,
+    cold: usize,
+    concurrency: usize,
+) -> Result<Size> {
+    let gstins: Vec<String> = (0..n).map(gstin).collect();
+    let (_upstream, upstream_url, public_key) = start_upstream(dir, &gstins)?;
+    let store = dir.join(format!("scale-{n}.redb"));
+    let config = write_config(dir, n, &gstins, &upstream_url, &public_key, &store)?;
+    let config_bytes = fs::metadata(&config)?.len();
+
+    let started = Instant::now();
+    let out = Command::new(bin)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()?;
+    let check_config = started.elapsed();
+    ensure!(
+        out.status.success(),
+        "check-config failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let (gw, proxy, start) = serve(bin, dir, &config, &format!("gstgate-{n}"))?;
+    let rss_start = rss(&gw)?;
+    let counters = format!("{upstream_url}/_sim/counters");
+    let logins = || -> Result<f64> {
+        fetch_json(http, &counters)
+            .and_then(|v| v["auth_calls"].as_f64())
+            .ok_or_else(|| anyhow!("no counters from the upstream"))
+    };
+
+    let before = logins()?;
+    let mut cold_burst = burst(&proxy, &gstins[..cold], invoice, concurrency, "C")?;
+    cold_burst.logins = logins()? - before;
+    let rss_cold = rss(&gw)?;
+
+    // A restart: SIGTERM writes what is queued; the new process resumes every session.
+    drop(gw);
+    let (gw, proxy, restart) = serve(bin, dir, &config, &format!("gstgate-{n}-restarted"))?;
+    let rss_restart = rss(&gw)?;
+    let before = logins()?;
+    let mut warm = burst(&proxy, &gstins[..cold], invoice, concurrency, "W")?;
+    warm.logins = logins()? - before;
+    let rss_warm = rss(&gw)?;
+    drop(gw);
+    let _ = fs::remove_file(&store);
+
+    Ok(Size {
+        credentials: n,
+        config_bytes,
+        check_config,
+        start,
+        rss_start,
+        cold: cold_burst,
+        rss_cold,
+        restart,
+        rss_restart,
+        warm,
+        rss_warm,
+    })
+}
+
+/// The `i`th taxpayer: Maharashtra (27), a PAN-shaped middle made from `i`, a valid check
+/// character.
+fn gstin(i: usize) -> String {
+    let mut letters = i / 10_000;
+    let mut pan = String::new();
+    for _ in 0..5 {
+        pan.insert(0, char::from(b'A' + (letters % 26) as u8));
+        letters /= 26;
+    }
+    let first14 = format!("27{pan}{:04}A1Z", i % 10_000);
+    format!("{first14}{}", check_char(&first14))
+}
+
+/// The GSTIN check character of the first 14 characters.
+fn check_char(first14: &str) -> char {
+    const CODES: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut sum = 0;
+    for (i, c) in first14.bytes().enumerate() {
+        let value = CODES.iter().position(|&x| x == c).unwrap_or(0);
+        let product = value * if i % 2 == 0 { 1 } else { 2 };
+        sum += product / 36 + product % 36;
+    }
+    char::from(CODES[(36 - sum % 36) % 36])
+}
+
+fn start_upstream(dir: &Path, gstins: &[String]) -> Result<(Proc, String, PathBuf)> {
+    let public_key = dir.join("scale-upstream-public.pem");
+    let cfg = upstream::UpstreamConfig {
+        listen: "127.0.0.1:0".parse()?,
+        public_key_out: public_key.clone(),
+        users: gstins
+            .iter()
+            .map(|g| (g.clone(), USER.to_string(), PASSWORD.to_string()))
+            .collect(),
+        clients: vec![(CLIENT_ID.into(), CLIENT_SECRET.into())],
+    };
+    let cfg_path = dir.join("scale-upstream.json");
+    fs::write(&cfg_path, serde_json::to_vec(&cfg)?)?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("--serve-upstream").arg(&cfg_path);
+    let ready = "bench-upstream listening on http://";
+    let (p, line) = Proc::spawn_until("scale-upstream", cmd, dir, ready, Duration::from_secs(60))?;
+    let url = format!("http://{}", after(&line, ready)?);
+    Ok((p, url, public_key))
+}
+
+fn write_config(
+    dir: &Path,
+    n: usize,
+    gstins: &[String],
+    upstream_url: &str,
+    public_key: &Path,
+    store: &Path,
+) -> Result<PathBuf> {
+    let mut text = format!(
+        r#"# gstgate scale benchmark: {n} credentials; written by benches/gateway/scale.rs
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+
+[store]
+backend = "embedded"
+path = "{store}"
+encryption_key = "{STORE_KEY}"
+
+[[upstream]]
+name = "einvoice"
+api = "einvoice"
+base_url = "{upstream_url}"
+routes = ["/eivital/", "/eicore/"]
+auth_path = "{AUTH_PATH}"
+public_key = "{public_key}"
+encryption = "passthrough"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+
+[[client]]
+name = "scale"
+api_key_sha256 = "{key_hash}"
+gstins = ["*"]
+"#,
+        store = store.display(),
+        public_key = public_key.display(),
+        key_hash = hex_sha256(API_KEY.as_bytes()),
+    );
+    for g in gstins {
+        writeln!(
+            text,
+            "\n[[credential]]\ngstin = \"{g}\"\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\nupstreams = [\"einvoice\"]"
+        )?;
+    }
+    let path = dir.join(format!("scale-{n}.toml"));
+    fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// Starts `serve` and waits for its ready line; returns the process, the proxy address and
+/// the time from spawn to ready.
+fn serve(bin: &Path, dir: &Path, config: &Path, name: &str) -> Result<(Proc, String, Duration)> {
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn");
+    let started = Instant::now();
+    let ready = "gstgate ready: proxy http://";
+    let (p, line) = Proc::spawn_until(name, cmd, dir, ready, Duration::from_secs(600))?;
+    let took = started.elapsed();
+    let proxy = after(&line, "proxy ")?
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    Ok((p, proxy, took))
+}
+
+/// Resident memory of the process, bytes.
+fn rss(p: &Proc) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{}/status", p.pid()))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("no VmRSS")?;
+    Ok(kib * 1024)
+}
+
+/// One generate-IRN request per GSTIN of `gstins`, `concurrency` at a time.
+fn burst(
+    proxy: &str,
+    gstins: &[String],
+    invoice: &Value,
+    concurrency: usize,
+    tag: &str,
+) -> Result<Burst> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(concurrency)
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let url = format!("{proxy}{INVOICE_PATH}");
+    let bodies: Arc<Vec<(String, Vec<u8>)>> = Arc::new(
+        gstins
+            .iter()
+            .enumerate()
+            .map(|(i, g)| {
+                let mut inv = invoice.clone();
+                inv["SellerDtls"]["Gstin"] = json!(g);
+                inv["DocDtls"]["No"] = json!(format!("{tag}/{i}"));
+                (
+                    g.clone(),
+                    serde_json::to_vec(&json!({ "Data": inv })).unwrap_or_default(),
+                )
+            })
+            .collect(),
+    );
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let results: Vec<(Vec<Duration>, usize)> = rt.block_on(async {
+        let mut workers = Vec::new();
+        for _ in 0..concurrency {
+            let (client, url, bodies, next) =
+                (client.clone(), url.clone(), bodies.clone(), next.clone());
+            workers.push(tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let mut errors = 0;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((gstin, body)) = bodies.get(i) else {
+                        break;
+                    };
+                    let sent = Instant::now();
+                    let res = client
+                        .post(&url)
+                        .header("x-api-key", API_KEY)
+                        .header("gstin", gstin)
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await;
+                    let ok = match res {
+                        Ok(r) if r.status() == 200 => r
+                            .json::<Value>()
+                            .await
+                            .is_ok_and(|v| v["Status"] == 1 || v["Status"] == "1"),
+                        _ => false,
+                    };
+                    latencies.push(sent.elapsed());
+                    if !ok {
+                        errors += 1;
+                    }
+                }
+                (latencies, errors)
+            }));
+        }
+        let mut out = Vec::new();
+        for w in workers {
+            out.push(w.await.unwrap_or_default());
+        }
+        out
+    });
+    let wall = started.elapsed();
+    let errors = results.iter().map(|(_, e)| e).sum();
+    let mut latencies: Vec<Duration> = results.into_iter().flat_map(|(l, _)| l).collect();
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Ok(Burst {
+        requests: gstins.len(),
+        wall,
+        p50: at(0.50),
+        p99: at(0.99),
+        max: latencies.last().copied().unwrap_or_default(),
+        errors,
+        logins: 0.0,
+    })
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0}", d.as_secs_f64() * 1000.0)
+}
+
+fn report(results: &[Size], cold: usize, concurrency: usize) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Embedded store, passthrough, lean upstream on the same machine; bursts of up to {cold} \
+         distinct GSTINs over {concurrency} connections.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| credentials | config | check-config | start to ready | RSS at ready |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|");
+    for r in results {
+        let _ = writeln!(
+            out,
+            "| {} | {} MiB | {} ms | {} ms | {} MiB |",
+            r.credentials,
+            mib(r.config_bytes),
+            ms(r.check_config),
+            ms(r.start),
+            mib(r.rss_start)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n| credentials | burst | requests | wall | req/s | p50 ms | p99 ms | max ms | errors | logins | RSS after | RSS per session |"
+    );
+    let _ = writeln!(
+        out,
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in results {
+        // Memory per session from the cold burst only: after a restart the sessions are in
+        // memory before the first request.
+        let per_session =
+            r.rss_cold.saturating_sub(r.rss_start) as f64 / r.cold.requests.max(1) as f64 / 1024.0;
+        for (label, b, rss, per) in [
+            ("cold", &r.cold, r.rss_cold, format!("{per_session:.1} KiB")),
+            ("after restart", &r.warm, r.rss_warm, "–".to_string()),
+        ] {
+            let _ = writeln!(
+                out,
+                "| {} | {label} | {} | {} ms | {:.0} | {} | {} | {} | {} | {} | {} MiB | {per} |",
+                r.credentials,
+                b.requests,
+                ms(b.wall),
+                b.requests as f64 / b.wall.as_secs_f64(),
+                ms(b.p50),
+                ms(b.p99),
+                ms(b.max),
+                b.errors,
+                b.logins,
+                mib(rss),
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n| credentials | restart to ready (sessions in store) | RSS at ready after restart |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|");
+    for r in results {
+        let _ = writeln!(
+            out,
+            "| {} | {} ms ({} sessions) | {} MiB |",
+            r.credentials,
+            ms(r.restart),
+            r.cold.requests - r.cold.errors,
+            mib(r.rss_restart)
+        );
+    }
+    out
+}
