@@ -135,27 +135,24 @@ impl Config {
             check_duration(value, Duration::from_millis(1), max)
                 .map_err(|m| (format!("server.{field}"), m))?;
         }
-        if self
-            .server
-            .admin_token
-            .as_ref()
-            .is_some_and(|t| t.expose_secret().len() < 16)
-        {
-            return Err((
-                "server.admin_token".into(),
-                "must be at least 16 characters (it guards the admin API)".into(),
-            ));
-        }
-        if self
-            .server
-            .monitoring_token
-            .as_ref()
-            .is_some_and(|t| t.expose_secret().len() < 16)
-        {
-            return Err((
-                "server.monitoring_token".into(),
-                "must be at least 16 characters (it guards /metrics and /status)".into(),
-            ));
+        for (key, token, guards) in [
+            (
+                "server.admin_token",
+                &self.server.admin_token,
+                "the admin API",
+            ),
+            (
+                "server.monitoring_token",
+                &self.server.monitoring_token,
+                "/metrics and /status",
+            ),
+        ] {
+            if token.as_ref().is_some_and(|t| t.expose_secret().len() < 16) {
+                return Err((
+                    key.into(),
+                    format!("must be at least 16 characters (it guards {guards})"),
+                ));
+            }
         }
         if self.upstreams.is_empty() {
             return Err((
@@ -430,6 +427,34 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+
+    #[test]
+    fn short_tokens_are_refused_by_setting_without_quoting_them() {
+        let upstream = r#"
+[[upstream]]
+name = "einvoice"
+api = "einvoice"
+base_url = "http://127.0.0.1:1"
+routes = ["/eicore/"]
+auth_path = "/eivital/v1.04/auth"
+public_key = "k.pem"
+client_id = "a"
+client_secret = "b"
+"#;
+        for key in ["admin_token", "monitoring_token"] {
+            let text = format!("[server]\n{key} = \"short-tok3n\"\n{upstream}");
+            let err = Config::parse(&text, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("server.{key}")) && err.contains("16 characters"),
+                "{err}"
+            );
+            assert!(!err.contains("short-tok3n"), "{err}");
+            let text = format!("[server]\n{key} = \"long-enough-tok3n-0123\"\n{upstream}");
+            assert!(Config::parse(&text, Path::new("c.toml")).is_ok());
+        }
+    }
 
     #[test]
     fn limits_the_upstreams_impose_are_checked_by_name() {
