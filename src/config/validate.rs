@@ -428,9 +428,8 @@ mod tests {
 
     use super::*;
 
-    #[test]
-    fn short_tokens_are_refused_by_setting_without_quoting_them() {
-        let upstream = r#"
+    /// The smallest valid `[[upstream]]`, for tests about other settings.
+    const ONE_UPSTREAM: &str = r#"
 [[upstream]]
 name = "einvoice"
 api = "einvoice"
@@ -441,6 +440,10 @@ public_key = "k.pem"
 client_id = "a"
 client_secret = "b"
 "#;
+
+    #[test]
+    fn short_tokens_are_refused_by_setting_without_quoting_them() {
+        let upstream = ONE_UPSTREAM;
         for key in ["admin_token", "monitoring_token"] {
             let text = format!("[server]\n{key} = \"short-tok3n\"\n{upstream}");
             let err = Config::parse(&text, Path::new("c.toml"))
@@ -585,19 +588,7 @@ client_secret = "b"
 
     #[test]
     fn alerts_need_an_http_webhook_and_an_otp_warning_of_a_minute() {
-        let base = r#"
-[server]
-[[upstream]]
-name = "einvoice"
-api = "einvoice"
-base_url = "http://127.0.0.1:1"
-routes = ["/eicore/"]
-auth_path = "/eivital/v1.04/auth"
-public_key = "k.pem"
-client_id = "a"
-client_secret = "b"
-[alerts]
-"#;
+        let base = format!("[server]\n{ONE_UPSTREAM}[alerts]\n");
         let parse = |extra: &str| Config::parse(&format!("{base}{extra}"), Path::new("c.toml"));
         let ok =
             parse("webhook_url = \"https://ops.example.com/h?token=T\"\notp_warning = \"2d\"\n");
