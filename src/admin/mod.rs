@@ -12,6 +12,8 @@
 //! axum's own 404, 405 and extractor rejections included, is a problem document with the
 //! request id.
 
+mod audit;
+mod auth;
 pub mod status_page;
 
 use std::sync::Arc;
@@ -21,22 +23,21 @@ use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine as _;
 use http_body_util::BodyExt as _;
 use prometheus_client::registry::Registry;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::time::Instant;
 
+use self::audit::Audit;
+use self::auth::{authorize, authorize_monitoring, is_monitoring, needs_token};
 use crate::gstin::Gstin;
-use crate::problem::{fill_request_id, ErrorCode, GatewayError};
+use crate::problem::{fill_request_id, GatewayError};
 use crate::reload::Reloader;
 use crate::session::{Session, Sessions, Slot};
 
@@ -156,48 +157,6 @@ async fn admit(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Res
     res
 }
 
-/// What the audit trail records of an admin request: every action (a `POST`), and every
-/// request to `/admin/*` that was refused for its token.
-struct Audit {
-    method: Method,
-    path: String,
-    peer: Option<std::net::SocketAddr>,
-}
-
-impl Audit {
-    fn of(req: &Request) -> Option<Self> {
-        let path = req.uri().path();
-        // Monitoring paths too: they take the admin token, so a guess there is one on it.
-        (needs_token(path) || is_monitoring(path) || req.method() == Method::POST).then(|| Self {
-            method: req.method().clone(),
-            path: path.to_owned(),
-            peer: req.extensions().get::<crate::request::Peer>().map(|p| p.0),
-        })
-    }
-
-    /// One line per request, under the `gstgate::audit` target so it can be routed apart:
-    /// who (address), what (method and path: the upstream and GSTIN acted on; an OTP is in
-    /// the body and never logged), and the outcome.
-    fn log(self, request_id: &str, res: &Response) {
-        let status = res.status();
-        let code = res.extensions().get::<ErrorCode>().map(|c| c.0);
-        let refused = status == StatusCode::UNAUTHORIZED;
-        if !refused && self.method != Method::POST {
-            return;
-        }
-        let outcome = if status.is_success() {
-            "done"
-        } else if refused {
-            "refused"
-        } else {
-            "failed"
-        };
-        tracing::info!(target: "gstgate::audit", request_id, peer = ?self.peer,
-            method = %self.method, path = %self.path, status = status.as_u16(), code, outcome,
-            "admin action");
-    }
-}
-
 /// The bearer check and the bounded body read; the request comes back with its body buffered.
 async fn receive(admin: &Admin, req: Request, deadline: Instant) -> Result<Request, GatewayError> {
     let path = req.uri().path();
@@ -235,67 +194,6 @@ async fn receive(admin: &Admin, req: Request, deadline: Instant) -> Result<Reque
     Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
-/// Whether a path is under `/admin/`, which needs the bearer token. The raw path is what the
-/// router matches on too, so a percent-encoded spelling cannot reach an `/admin/` route.
-fn needs_token(path: &str) -> bool {
-    path == "/admin" || path.starts_with("/admin/")
-}
-
-/// Whether a path shows what the gateway serves (the status page: which GSTINs and users;
-/// the metrics: how much, per upstream), which `monitoring_token` closes.
-fn is_monitoring(path: &str) -> bool {
-    path == "/metrics" || path == "/status"
-}
-
-/// With `monitoring_token` set, `/metrics` and `/status` need it or the admin token: as a
-/// bearer token (Prometheus's `authorization`), or as the password of HTTP Basic, which a
-/// browser asks for on the `WWW-Authenticate` challenge (any user name).
-fn authorize_monitoring(admin: &Admin, headers: &HeaderMap) -> Result<(), GatewayError> {
-    let Some(monitoring) = &admin.monitoring_token else {
-        return Ok(());
-    };
-    let given = presented(headers, true);
-    if same_token(&given, monitoring) || admin.token.as_ref().is_some_and(|t| same_token(&given, t))
-    {
-        Ok(())
-    } else {
-        Err(GatewayError::MonitoringUnauthenticated)
-    }
-}
-
-/// The token an `Authorization` header presents: a bearer token, or with `basic` also the
-/// password of HTTP Basic (any user name). Scheme names are case-insensitive (RFC 9110
-/// §11.1). Nothing presented is the empty token, which no configured token equals.
-fn presented(headers: &HeaderMap, basic: bool) -> Vec<u8> {
-    let Some((scheme, credentials)) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-    else {
-        return Vec::new();
-    };
-    if scheme.eq_ignore_ascii_case("bearer") {
-        return credentials.trim().as_bytes().to_vec();
-    }
-    if basic && scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(credentials.trim())
-            .unwrap_or_default();
-        if let Some(colon) = decoded.iter().position(|&b| b == b':') {
-            return decoded[colon + 1..].to_vec();
-        }
-    }
-    Vec::new()
-}
-
-/// Whether `given` is the configured token, in time that tells nothing about it: both sides
-/// are hashed first, so even the token's length does not show.
-fn same_token(given: &[u8], expected: &SecretString) -> bool {
-    let given = Sha256::digest(given);
-    let expected = Sha256::digest(expected.expose_secret().as_bytes());
-    bool::from(given.ct_eq(&expected))
-}
-
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
     match crate::metrics::render(&admin.registry) {
         Ok(text) => (
@@ -307,17 +205,6 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
         )
             .into_response(),
         Err(_) => GatewayError::Internal("metrics encoding failed".into()).into_response(),
-    }
-}
-
-fn authorize(admin: &Admin, headers: &HeaderMap) -> Result<(), GatewayError> {
-    let Some(expected) = &admin.token else {
-        return Err(GatewayError::AdminUnauthenticated);
-    };
-    if same_token(&presented(headers, false), expected) {
-        Ok(())
-    } else {
-        Err(GatewayError::AdminUnauthenticated)
     }
 }
 
