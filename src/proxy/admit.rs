@@ -29,8 +29,9 @@ pub(super) struct Admitted<'p> {
 }
 
 impl Proxy {
-    /// Admits a request's head: size, caller key, method, path, route and identity, in that
-    /// order, so a caller without a valid key learns nothing about routes or taxpayers.
+    /// Admits a request's head: size, caller key, method, body coding, path, route and
+    /// identity, in that order, so a caller without a valid key learns nothing about routes
+    /// or taxpayers.
     pub(super) fn admit(
         &self,
         parts: &Parts,
