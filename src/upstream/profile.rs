@@ -54,7 +54,24 @@ pub struct Verdict {
     pub message: Option<String>,
 }
 
+/// The most of an upstream's error message gstgate keeps: it travels into logs, the status
+/// page, the admin API and webhooks, and an upstream's text is untrusted input.
+const MAX_MESSAGE_BYTES: usize = 1024;
+/// The most of an upstream's error code gstgate keeps.
+const MAX_CODE_BYTES: usize = 64;
+
 impl Verdict {
+    /// The verdict with its upstream text made safe to show anywhere: control characters
+    /// (CR, LF, ANSI escapes), line and paragraph separators and bidirectional overrides are
+    /// escaped as `\u{…}`, and the text is cut to a bounded length.
+    fn tamed(self) -> Self {
+        Self {
+            class: self.class,
+            code: self.code.map(|c| tame(&c, MAX_CODE_BYTES)),
+            message: self.message.map(|m| tame(&m, MAX_MESSAGE_BYTES)),
+        }
+    }
+
     /// A success.
     pub fn success() -> Self {
         Self {
@@ -150,7 +167,7 @@ impl<'a> Reply<'a> {
     ) -> Self {
         match envelope::Envelope::parse(body) {
             Some(envelope) => Reply {
-                verdict: verdict_of(&envelope),
+                verdict: verdict_of(&envelope).tamed(),
                 envelope: Some(envelope),
             },
             None => Reply {
@@ -174,7 +191,7 @@ pub(crate) fn accepted_login<'a>(
 ) -> Result<envelope::Envelope<'a>, LoginFailure> {
     let envelope = envelope::Envelope::parse(body)
         .ok_or_else(|| LoginFailure::BadReply("login reply is not a JSON object".into()))?;
-    let verdict = verdict_of(&envelope);
+    let verdict = verdict_of(&envelope).tamed();
     if verdict.class == Class::Success {
         Ok(envelope)
     } else {
@@ -285,6 +302,27 @@ pub trait Profile: Send + Sync + 'static {
     }
 }
 
+/// `text` with every character that could forge a log line or reorder what a reader sees
+/// escaped, cut after at most `max` bytes (at a character boundary, marked with `…`).
+fn tame(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars() {
+        let invisible = c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}');
+        let piece = if invisible {
+            format!("\\u{{{:x}}}", u32::from(c))
+        } else {
+            c.to_string()
+        };
+        if out.len() + piece.len() > max {
+            out.push('…');
+            break;
+        }
+        out.push_str(&piece);
+    }
+    out
+}
+
 /// The verdict on a reply that is not JSON: only the HTTP status says anything.
 fn non_json_verdict(status: StatusCode) -> Verdict {
     Verdict {
@@ -297,5 +335,65 @@ fn non_json_verdict(status: StatusCode) -> Verdict {
         },
         code: None,
         message: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::{einvoice::Einvoice, ewaybill::Ewaybill, gstn::Gstn};
+
+    /// An upstream's error text reaches logs, `/status` and webhooks: whatever it holds, what
+    /// gstgate keeps of it is short and has no character that forges a line or hides text.
+    #[test]
+    fn hostile_upstream_error_text_is_escaped_and_capped() {
+        let hostile = format!(
+            "bad\r\nlevel=INFO forged\u{1b}[31m red \u{202e}txet\u{2028}{}",
+            "x".repeat(8 << 20)
+        );
+        let code = format!("1008\n{}", "9".repeat(1000));
+        let bodies = [
+            (
+                &Einvoice as &dyn Profile,
+                serde_json::json!({"Status": 0, "ErrorDetails": [{"ErrorCode": code, "ErrorMessage": hostile}]}),
+            ),
+            (
+                &Gstn,
+                serde_json::json!({"status_cd": "0", "error": {"error_cd": code, "message": hostile}}),
+            ),
+            (
+                &Ewaybill,
+                serde_json::json!({"status": "0", "error": {"errorCodes": code}, "message": hostile}),
+            ),
+        ];
+        for (profile, body) in bodies {
+            let body = serde_json::to_vec(&body).unwrap();
+            let verdict = profile.read_reply(StatusCode::OK, &body).verdict;
+            for text in [&verdict.message, &verdict.code].into_iter().flatten() {
+                assert!(
+                    text.len() <= MAX_MESSAGE_BYTES + '…'.len_utf8(),
+                    "{}",
+                    text.len()
+                );
+                assert!(
+                    !text
+                        .chars()
+                        .any(|c| c.is_control() || ('\u{2028}'..='\u{202e}').contains(&c)),
+                    "{text:?}"
+                );
+            }
+            if let Some(m) = &verdict.message {
+                assert!(
+                    m.starts_with("bad\\u{d}\\u{a}level=INFO forged\\u{1b}[31m"),
+                    "{m}"
+                );
+            }
+            assert!(verdict.code.is_some_and(|c| c.len() <= MAX_CODE_BYTES + 3));
+            let refused = profile.parse_login(&body, &AesKey::random());
+            assert!(
+                matches!(&refused, Err(LoginFailure::Refused(v)) if v.message.as_ref().is_none_or(|m| m.len() < 2048)),
+                "a login refusal is tamed too"
+            );
+        }
     }
 }
