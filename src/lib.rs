@@ -11,6 +11,7 @@ pub mod alerts;
 pub mod classify;
 pub mod cli;
 pub mod clients;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod gstin;

@@ -52,9 +52,9 @@ impl Proxy {
         }
         body_coding(&parts.headers)?;
         let path = CallerPath::parse(parts.uri.path(), parts.uri.query())?;
-        let (index, upstream) = self.route(&path)?;
+        let upstream = self.route(&path)?;
         outcome.upstream = Some(upstream.name.clone());
-        let slot = self.identity(&client, index, upstream, &parts.headers, outcome)?;
+        let slot = self.identity(&client, upstream, &parts.headers, outcome)?;
         upstream
             .profile
             .check_request(&path, &slot.credential.gstin)?;
@@ -66,13 +66,12 @@ impl Proxy {
     }
 
     /// Route: the upstream whose longest route prefix matches the validated path.
-    fn route(&self, path: &CallerPath) -> Result<(usize, &Arc<Upstream>), GatewayError> {
+    fn route(&self, path: &CallerPath) -> Result<&Arc<Upstream>, GatewayError> {
         self.upstreams
             .iter()
-            .enumerate()
-            .filter_map(|(i, u)| u.route_match(path).map(|len| (len, i, u)))
-            .max_by_key(|(len, _, _)| *len)
-            .map(|(_, i, u)| (i, u))
+            .filter_map(|u| u.route_match(path).map(|len| (len, u)))
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, u)| u)
             .ok_or_else(|| GatewayError::RouteNotFound(path.path().chars().take(200).collect()))
     }
 
@@ -80,7 +79,6 @@ impl Proxy {
     fn identity(
         &self,
         client: &Client,
-        index: usize,
         upstream: &Upstream,
         headers: &HeaderMap,
         outcome: &mut Outcome,
@@ -108,7 +106,7 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|u| !u.is_empty());
-        self.sessions.lookup(index, &gstin, user)
+        self.sessions.lookup(&upstream.name, &gstin, user)
     }
 
     /// Reads the caller's body, refusing more than `max_body_bytes` (buffered so it can be

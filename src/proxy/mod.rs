@@ -283,7 +283,9 @@ impl Proxy {
         let reply = sent.read(upstream, outcome);
         match classify::reply(sent.status, &reply, call.slot.credential.whose()) {
             Decision::Replay => {
-                // Never a third attempt.
+                // Never a third attempt, and no login for the next rejection of this session
+                // either: a renewal did not help.
+                self.sessions.renewal_rejected(call.slot, &session);
                 self.count_replay(upstream, "failed");
                 Err(GatewayError::TokenRejected {
                     upstream_code: reply.verdict.code,

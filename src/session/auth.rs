@@ -1,8 +1,17 @@
-//! Calls to the upstream's auth endpoint, and reading a token's life from the reply.
+//! The login seam: the session manager reaches the upstream's auth endpoint only through
+//! [`AuthEndpoint`]. In production that is [`HttpAuth`], the profile's login calls over
+//! HTTP; in this module's unit tests it is a scripted upstream, so every session rule (force
+//! window, hold at expiry, reissue, lockout, backoff, OTP keep-alive) is proven on Tokio's
+//! paused clock in milliseconds.
+//!
+//! Also here: reading a token's life from a login reply.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, Method};
+use secrecy::SecretString;
 
 use super::{Sessions, Slot};
 use crate::config::MAX_TOKEN_LIFETIME;
@@ -10,67 +19,136 @@ use crate::crypto::AesKey;
 use crate::problem::GatewayError;
 use crate::upstream::{Expiry, Login, LoginFailure, LoginKind, Verdict};
 
-impl Sessions {
-    /// Sends a call to the auth endpoint and returns the raw reply.
-    pub(super) async fn auth_call(
-        &self,
+/// A boxed future: the seam is a trait object, and a login is rare enough that the box
+/// costs nothing that matters.
+pub(crate) type Pending<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The upstream's auth endpoint, as the session manager calls it.
+pub(crate) trait AuthEndpoint: Send + Sync + 'static {
+    /// Sends a login of `kind` for `slot`'s credential (its user's `password`) and reads the
+    /// new session out of the reply.
+    fn login<'a>(
+        &'a self,
+        slot: &'a Slot,
+        password: &'a SecretString,
+        kind: LoginKind<'a>,
+    ) -> Pending<'a, Result<Answer, LoginError>>;
+
+    /// Asks the upstream to send the taxpayer an OTP, paired with `app_key` (GSTN).
+    fn request_otp<'a>(
+        &'a self,
+        slot: &'a Slot,
+        password: &'a SecretString,
+        app_key: &'a AesKey,
+    ) -> Pending<'a, Result<(), LoginError>>;
+}
+
+/// A successful login reply.
+pub(crate) struct Answer {
+    /// The session it carries.
+    pub(crate) login: Login,
+    /// The upstream's clock reading when it answered (its `Date` header), if it sent one.
+    pub(crate) server_date: Option<SystemTime>,
+}
+
+/// Why an auth call failed, before it is turned into a gateway error.
+pub(crate) enum LoginError {
+    /// The upstream answered with an error code.
+    Refused(Verdict),
+    /// The call failed on the way, or its reply made no sense.
+    Gateway(GatewayError),
+}
+
+/// The auth endpoint over HTTP, as each upstream's profile speaks it.
+pub(crate) struct HttpAuth;
+
+impl HttpAuth {
+    /// Sends one call to the slot's auth endpoint; returns the reply's status, `Date` and
+    /// body, and the app key the request carried.
+    async fn call(
         slot: &Slot,
+        password: &SecretString,
         kind: LoginKind<'_>,
-    ) -> Result<RawReply, LoginError> {
+    ) -> Result<(http::StatusCode, Option<SystemTime>, bytes::Bytes, AesKey), LoginError> {
         let upstream = &slot.upstream;
         let token = match &kind {
             LoginKind::Refresh { token, .. } => Some((*token).clone()),
             _ => None,
         };
-        let password = slot.lock().password.clone();
         let req = upstream
             .profile
             .login_request(
                 kind,
                 &slot.credential.username,
-                &password,
+                password,
                 &upstream.public_key,
             )
             .map_err(LoginError::Gateway)?;
         let headers = upstream.login_call_headers(&slot.header_context(), token.as_ref());
-        let at = SystemTime::now();
-        let instant = Instant::now();
         let (status, headers, body) = upstream
             .send(Method::POST, &upstream.auth_path, headers, req.body.into())
             .await
             .map_err(LoginError::Gateway)?;
-        Ok(RawReply {
-            status,
-            server_date: server_date(&headers),
-            body,
-            app_key: req.app_key,
-            at,
-            instant,
+        Ok((status, server_date(&headers), body, req.app_key))
+    }
+}
+
+impl AuthEndpoint for HttpAuth {
+    fn login<'a>(
+        &'a self,
+        slot: &'a Slot,
+        password: &'a SecretString,
+        kind: LoginKind<'a>,
+    ) -> Pending<'a, Result<Answer, LoginError>> {
+        Box::pin(async move {
+            let (status, server_date, body, app_key) = Self::call(slot, password, kind).await?;
+            let login = slot
+                .upstream
+                .profile
+                .parse_login(&body, &app_key)
+                .map_err(|f| login_failure(f, status))?;
+            Ok(Answer { login, server_date })
         })
     }
 
-    /// Sends a login and reads the session out of its reply.
+    fn request_otp<'a>(
+        &'a self,
+        slot: &'a Slot,
+        password: &'a SecretString,
+        app_key: &'a AesKey,
+    ) -> Pending<'a, Result<(), LoginError>> {
+        Box::pin(async move {
+            let kind = LoginKind::OtpRequest { app_key };
+            let (status, _, body, _) = Self::call(slot, password, kind).await?;
+            slot.upstream
+                .profile
+                .parse_ack(&body)
+                .map_err(|f| login_failure(f, status))
+        })
+    }
+}
+
+impl Sessions {
+    /// Sends a login through the seam and reads the token's life from its reply, timed from
+    /// when it was sent.
     pub(super) async fn login_call(
         &self,
         slot: &Slot,
         kind: LoginKind<'_>,
     ) -> Result<Sent, LoginError> {
-        let raw = self.auth_call(slot, kind).await?;
-        let login = slot
-            .upstream
-            .profile
-            .parse_login(&raw.body, &raw.app_key)
-            .map_err(|f| login_failure(f, raw.status))?;
+        let password = slot.view().password();
+        let (at, instant) = (crate::clock::wall(), crate::clock::now());
+        let answer = self.auth.login(slot, &password, kind).await?;
         let life = token_life(
-            &login.expiry,
-            raw.at,
-            raw.server_date,
+            &answer.login.expiry,
+            at,
+            answer.server_date,
             slot.upstream.token_lifetime,
         );
         Ok(Sent {
-            login,
-            at: raw.at,
-            instant: raw.instant,
+            login: answer.login,
+            at,
+            instant,
             life,
         })
     }
@@ -84,13 +162,9 @@ fn server_date(headers: &HeaderMap) -> Option<SystemTime> {
     Some(SystemTime::from(at) + Duration::from_secs(1))
 }
 
-/// Why an auth call failed, before it is turned into a gateway error.
-pub(super) enum LoginError {
-    Refused(Verdict),
-    Gateway(GatewayError),
-}
-
-pub(super) fn login_failure(f: LoginFailure, status: http::StatusCode) -> LoginError {
+/// A login failure as the session manager handles it: a reply the profile could not read is
+/// the upstream being unavailable when its HTTP status says so, else a bad reply.
+fn login_failure(f: LoginFailure, status: http::StatusCode) -> LoginError {
     match f {
         LoginFailure::Refused(v) => LoginError::Refused(v),
         LoginFailure::BadReply(why) if status.is_server_error() => LoginError::Gateway(
@@ -98,17 +172,6 @@ pub(super) fn login_failure(f: LoginFailure, status: http::StatusCode) -> LoginE
         ),
         LoginFailure::BadReply(why) => LoginError::Gateway(GatewayError::UpstreamBadResponse(why)),
     }
-}
-
-/// An auth call's reply, with when it was sent by both clocks and the upstream's clock
-/// reading from its `Date` header.
-pub(super) struct RawReply {
-    pub(super) status: http::StatusCode,
-    pub(super) server_date: Option<SystemTime>,
-    pub(super) body: bytes::Bytes,
-    pub(super) app_key: AesKey,
-    pub(super) at: SystemTime,
-    pub(super) instant: Instant,
 }
 
 /// A successful login and when it was sent.
@@ -125,8 +188,8 @@ pub(super) struct Sent {
 /// monotonic clock, so latency makes gstgate early, never late. An absolute expiry is measured
 /// against the upstream's own clock (its `Date` header) when it sent one, so a host clock
 /// running behind the upstream's cannot stretch a token's life. A life over
-/// [`MAX_TOKEN_LIFETIME`] is cut to it; an expiry already past is a bad reply (retrying later
-/// may help), not a token to schedule refreshes for in a loop.
+/// [`MAX_TOKEN_LIFETIME`] is cut to it; an expiry already past is not a token to schedule
+/// refreshes for in a loop.
 fn token_life(
     expiry: &Expiry,
     sent_at: SystemTime,

@@ -2,7 +2,6 @@
 //! `gstgate_session_min_ttl_seconds{upstream}`, read from the session manager at scrape time.
 
 use std::sync::{Arc, Weak};
-use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 
@@ -85,15 +84,15 @@ impl Sessions {
     /// Per upstream: how many slots are in each state, and the shortest time to expiry of a
     /// valid session.
     pub fn gauges(&self) -> Vec<(Arc<str>, [u64; 6], Option<f64>)> {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let mut out: Vec<(Arc<str>, [u64; 6], Option<f64>)> = self
             .upstreams
             .iter()
             .map(|u| (u.name.clone(), [0; 6], None))
             .collect();
         for slot in &self.table().slots {
-            let st = slot.lock();
-            let state = slot.state_now(&st, now);
+            let st = slot.view();
+            let state = st.state(now, slot.otp_sessions());
             let Some(entry) = out.iter_mut().find(|(n, _, _)| *n == slot.upstream.name) else {
                 continue;
             };

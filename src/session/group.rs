@@ -1,13 +1,20 @@
-//! Replicas as one gateway: with a shared store, the replicas log in for each other.
+//! Turns to log in, and replicas as one gateway: with a shared store, the replicas log in for
+//! each other.
 //!
+//! * **A turn.** Every login (and OTP call) happens on a [`Turn`], which only a task holding
+//!   the slot's single-flight ([`Flight`]) can take, and which is finished by consuming it
+//!   ([`Sessions::end_turn`]). The turn decides how far the slot's changes are recorded (see
+//!   [`Reach`]): there is no flag to set and clear.
 //! * **One login per slot for the group.** A replica that needs a login takes the slot's
 //!   lease in the store first ([`Sessions::take_turn`]), reads the group's record afresh and
 //!   takes it up. If the record already has the session it needed (another replica logged in
 //!   meanwhile), that is the answer and no login is made. Otherwise it logs in, counted in the
 //!   record's guard before the login leaves, writes the outcome, releases the lease and
-//!   announces the record's new revision ([`Sessions::end_turn`]). A replica that finds the
-//!   lease taken waits for that announcement (or polls the lease), and a replica killed while
-//!   holding the lease holds the others up only until it expires.
+//!   announces the record's new revision. A replica that finds the lease taken waits for that
+//!   announcement (or polls the lease), and a replica killed while holding the lease holds
+//!   the others up only until it expires. An operator's refresh or OTP call
+//!   ([`Sessions::turn_to_act`]) never adopts what the group holds: it is another call, so
+//!   "adopted without asking" cannot happen.
 //! * **No store on the hot path.** Each replica keeps the sessions it uses in memory; the
 //!   announcements ([`Sessions::follow`]) tell it when the record moved on, and only then is
 //!   the record read.
@@ -16,13 +23,15 @@
 //!   are written when the store answers again, where the first one written wins and the other
 //!   replicas take it up, so the group converges on one session.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::slot::TakenUp;
+use super::single_flight::Flight;
+use super::slot::{Reach, TakenUp};
 use super::{Session, Sessions, Slot};
 use crate::problem::GatewayError;
-use crate::store::{Event, Lease, Store};
+use crate::store::{Event, Lease, Record, Store};
 
 /// The lease is polled this often at most while another replica holds it (an announcement
 /// usually ends the wait sooner).
@@ -50,8 +59,14 @@ impl Group {
     }
 }
 
-/// Whose turn a login is, and how it is counted.
-pub(super) enum Turn {
+/// A slot's turn to log in (or make an OTP call).
+#[must_use = "a turn ends with Sessions::end_turn, which records and announces what it did"]
+pub(super) struct Turn {
+    kind: Kind,
+}
+
+/// Whose turn it is, and how its logins are counted.
+enum Kind {
     /// No shared store: the local single-flight is all there is.
     Alone,
     /// The shared store is unreachable: this replica logs in within its share.
@@ -60,11 +75,30 @@ pub(super) enum Turn {
         share: u32,
     },
     /// This replica holds the slot's lease for the group.
-    Held(Held),
+    Leased(Held),
 }
 
-/// A held lease, kept alive while the login runs.
-pub(super) struct Held {
+impl Turn {
+    /// How far the slot's changes on this turn are recorded.
+    pub(super) fn reach(&self) -> Reach {
+        match self.kind {
+            Kind::Alone => Reach::Alone,
+            Kind::Offline { .. } => Reach::Offline,
+            Kind::Leased(_) => Reach::Leased,
+        }
+    }
+
+    /// This replica's share of the login allowance, while the shared store is unreachable.
+    pub(super) fn offline_share(&self) -> Option<u32> {
+        match self.kind {
+            Kind::Offline { share } => Some(share),
+            Kind::Alone | Kind::Leased(_) => None,
+        }
+    }
+}
+
+/// A held lease, kept alive while the turn lasts.
+struct Held {
     store: Arc<Store>,
     name: String,
     lease: Arc<Lease>,
@@ -77,11 +111,11 @@ impl Drop for Held {
     }
 }
 
-/// What taking a turn found.
+/// What a caller's turn found.
 pub(super) enum Taken {
     /// The group already has a newer session than the one this replica had: use it.
     Adopted(Arc<Session>),
-    /// This replica's turn to act.
+    /// This replica's turn to log in.
     Turn(Turn),
 }
 
@@ -102,53 +136,77 @@ impl Sessions {
         Some((store, *self.group.get()?))
     }
 
-    /// Takes the slot's turn to act for the group: without a shared store at once; with one,
-    /// once this replica holds the slot's lease and has taken up the group's record. `seen`
-    /// is the newest generation this replica knew when it decided to log in: if the group has
-    /// a usable session newer than that, it is adopted instead. `None` never adopts (an
-    /// operator's refresh or OTP acts whatever the group holds). Call with the slot's
-    /// single-flight lock held.
+    /// A caller's turn to log in. `seen` is the newest generation this replica knew when it
+    /// decided to log in: if, once the group's lease is held, the group has a usable session
+    /// newer than that, it is adopted instead.
     pub(super) async fn take_turn(
         &self,
         slot: &Slot,
-        seen: Option<u64>,
+        flight: &Flight,
+        seen: u64,
     ) -> Result<Taken, GatewayError> {
+        let adoptable = || slot.current().filter(|s| s.generation > seen);
+        Ok(match self.acquire(slot, flight, adoptable).await? {
+            Ok(turn) => Taken::Turn(turn),
+            Err(session) => Taken::Adopted(session),
+        })
+    }
+
+    /// A turn to act whatever the group holds: an operator's refresh or OTP call, or
+    /// offering the group a session made while the store was unreachable.
+    pub(super) async fn turn_to_act(
+        &self,
+        slot: &Slot,
+        flight: &Flight,
+    ) -> Result<Turn, GatewayError> {
+        let never = || None::<Infallible>;
+        Ok(match self.acquire(slot, flight, never).await? {
+            Ok(turn) => turn,
+            Err(never) => match never {},
+        })
+    }
+
+    /// Takes the slot's turn: without a shared store at once; with one, once this replica
+    /// holds the slot's lease and has taken up the group's record. `adoptable` is asked
+    /// whenever the group may have moved on; what it returns ends the wait without a turn.
+    async fn acquire<T>(
+        &self,
+        slot: &Slot,
+        _flight: &Flight,
+        adoptable: impl Fn() -> Option<T>,
+    ) -> Result<Result<Turn, T>, GatewayError> {
         let Some((store, group)) = self.shared() else {
-            return Ok(Taken::Turn(Turn::Alone));
+            return Ok(Ok(Turn { kind: Kind::Alone }));
         };
         let name = slot.record_name();
-        let adoptable = || {
-            let seen = seen?;
-            slot.current().filter(|s| s.generation > seen)
-        };
-        let give_up = Instant::now() + group.lease * 2;
+        let give_up = crate::clock::now() + group.lease * 2;
         let poll = (group.lease / 20).clamp(LEASE_POLL_MIN, LEASE_POLL_MAX);
         let mut waited = false;
         loop {
-            let news = slot.news.notified();
-            tokio::pin!(news);
-            news.as_mut().enable();
+            let announced = slot.announced.notified();
+            tokio::pin!(announced);
+            announced.as_mut().enable();
             let lease = match store.lease(&name, group.lease).await {
                 Ok(lease) => lease,
-                Err(e) => return Ok(self.offline(slot, group, &e.to_string())),
+                Err(e) => return Ok(Ok(self.offline(slot, group, &e.to_string()))),
             };
             let Some(lease) = lease.map(Arc::new) else {
-                if let Some(s) = adoptable() {
-                    return Ok(Taken::Adopted(s));
+                if let Some(found) = adoptable() {
+                    return Ok(Err(found));
                 }
                 if !waited {
                     waited = true;
                     tracing::debug!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
                         "another replica holds the login lease; waiting for its session");
                 }
-                if Instant::now() >= give_up {
+                if crate::clock::now() >= give_up {
                     return Err(GatewayError::UpstreamUnavailable(
                         "another gstgate replica's login for this credential has not finished"
                             .into(),
                     ));
                 }
                 tokio::select! {
-                    () = &mut news => {}
+                    () = &mut announced => {}
                     () = tokio::time::sleep(poll) => {}
                 }
                 continue;
@@ -165,40 +223,39 @@ impl Sessions {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    let revision = slot.lock().revision;
+                    let revision = slot.view().revision();
                     store.release(&held.name, &held.lease, revision).await;
-                    return Ok(self.offline(slot, group, &e.to_string()));
+                    return Ok(Ok(self.offline(slot, group, &e.to_string())));
                 }
             }
-            if let Some(s) = adoptable() {
-                let revision = slot.lock().revision;
+            if let Some(found) = adoptable() {
+                let revision = slot.view().revision();
                 store.release(&held.name, &held.lease, revision).await;
-                return Ok(Taken::Adopted(s));
+                return Ok(Err(found));
             }
-            {
-                let mut st = slot.lock();
-                if std::mem::take(&mut st.clear_group_lockout) {
-                    st.guard.reset();
-                }
-                st.leased = true;
-            }
-            return Ok(Taken::Turn(Turn::Held(held)));
+            let turn = Turn {
+                kind: Kind::Leased(held),
+            };
+            slot.change_on(&turn).clear_replaced_password_lockout();
+            return Ok(Ok(turn));
         }
     }
 
-    fn offline(&self, slot: &Slot, group: Group, why: &str) -> Taken {
+    fn offline(&self, slot: &Slot, group: Group, why: &str) -> Turn {
         tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
             user = %slot.credential.username, error = %why,
             "the shared store is unreachable: logging in without the group's lease, within this replica's share of the login limit");
-        Taken::Turn(Turn::Offline {
-            share: group.share(slot.upstream.max_logins),
-        })
+        Turn {
+            kind: Kind::Offline {
+                share: group.share(slot.upstream.max_logins),
+            },
+        }
     }
 
     /// Admits one login (or OTP request) on the turn: counted by the guard and, with a store,
     /// recorded before it leaves, so that neither a restart nor another replica can spend the
     /// upstream's login allowance twice. `now` is the admission time the guard records (a
-    /// login that never connects is given back by it). Marks the slot refreshing if
+    /// login that never connects is given back by it). Shows the slot refreshing if
     /// `refreshing`.
     pub(super) async fn admit(
         &self,
@@ -207,55 +264,47 @@ impl Sessions {
         now: Instant,
         refreshing: bool,
     ) -> Result<(), GatewayError> {
-        {
-            let mut st = slot.lock();
-            match turn {
-                Turn::Offline { share } => st.guard.admit_offline(now, *share)?,
-                Turn::Alone | Turn::Held(_) => st.guard.admit(now)?,
-            }
-            st.refreshing |= refreshing;
-            st.persist();
-        }
+        slot.change_on(turn)
+            .admit(now, turn.offline_share(), refreshing)?;
         if let Some(store) = self.store.get() {
             store.flush().await;
         }
         Ok(())
     }
 
-    /// Ends a turn: the slot's state as this replica left it is written for the group as a
-    /// new revision, the lease released and the revision announced. `acted` says the login succeeded
-    /// (offline, that makes a session the group has not seen).
+    /// Ends a turn: with the group's lease, the slot's state as this replica left it is
+    /// written for the group as a new revision, the lease released and the revision
+    /// announced. `acted` says the login succeeded (offline, that makes a session the group
+    /// has not seen).
     pub(super) async fn end_turn(&self, slot: &Slot, turn: Turn, acted: bool) {
-        match turn {
-            Turn::Alone => {}
-            Turn::Offline { .. } => {
-                if acted {
-                    slot.lock().unshared = true;
+        let revision = {
+            let mut change = slot.change_on(&turn);
+            match turn.kind {
+                Kind::Alone => return,
+                Kind::Offline { .. } => {
+                    if acted {
+                        change.made_unshared();
+                    }
+                    return;
                 }
+                Kind::Leased(_) => change.next_revision(),
             }
-            Turn::Held(held) => {
-                let revision = {
-                    let mut st = slot.lock();
-                    st.revision += 1;
-                    st.persist();
-                    st.leased = false;
-                    st.revision
-                };
-                held.store.flush().await;
-                held.keeper.abort();
-                held.store.release(&held.name, &held.lease, revision).await;
-            }
+        };
+        if let Kind::Leased(held) = turn.kind {
+            held.store.flush().await;
+            held.keeper.abort();
+            held.store.release(&held.name, &held.lease, revision).await;
         }
     }
 
     /// Takes up the group's record for the slot, and schedules the proactive refresh of a
     /// session that came with it. Returns whether the slot's sessions were replaced.
-    fn take_up(&self, slot: &Slot, record: crate::store::Record) -> bool {
+    fn take_up(&self, slot: &Slot, record: Record) -> bool {
         let session = {
-            let mut st = slot.lock();
-            match st.take_up(record, slot.credential.whose()) {
+            let mut change = slot.change();
+            match change.take_up(record, slot.credential.whose(), slot.otp_sessions()) {
                 TakenUp::Nothing => None,
-                TakenUp::Sessions => st.session().cloned(),
+                TakenUp::Sessions => change.session().cloned(),
             }
         };
         let Some(session) = session else {
@@ -281,14 +330,14 @@ impl Sessions {
                         let Some(slot) = me.table().by_record(&name).cloned() else {
                             continue;
                         };
-                        if revision > slot.lock().revision {
+                        if revision > slot.view().revision() {
                             // In a task of its own: one slow read must not hold up the rest.
                             tokio::spawn(async move {
                                 me.catch_up(&slot).await;
-                                slot.news.notify_waiters();
+                                slot.announced.notify_waiters();
                             });
                         } else {
-                            slot.news.notify_waiters();
+                            slot.announced.notify_waiters();
                         }
                     }
                     Event::Reconnected => {
@@ -345,25 +394,24 @@ impl Sessions {
             if let Some(loaded) = records.remove(slot.record_name().as_str()) {
                 taken_up += usize::from(self.take_up(slot, loaded.record));
             }
-            if slot.lock().unshared {
+            if slot.view().unshared() {
                 unshared.push(slot.clone());
             }
-            slot.news.notify_waiters();
+            slot.announced.notify_waiters();
         }
         for slot in unshared {
-            let _single_flight = slot.login.lock().await;
-            match self.take_turn(&slot, None).await {
-                Ok(Taken::Turn(turn)) => {
+            let flight = Flight::wait(&slot).await;
+            match self.turn_to_act(&slot, &flight).await {
+                Ok(turn) => {
                     // Still unshared after taking up the record: the group has nothing newer,
                     // so this replica's session becomes the group's.
-                    if std::mem::take(&mut slot.lock().unshared) {
+                    if slot.change_on(&turn).share() {
                         offered += 1;
                     } else {
                         taken_up += 1;
                     }
                     self.end_turn(&slot, turn, true).await;
                 }
-                Ok(Taken::Adopted(_)) => taken_up += 1,
                 Err(e) => {
                     tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
                         error = %e, "cannot offer this replica's session to the group yet");

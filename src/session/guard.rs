@@ -230,7 +230,7 @@ impl Guard {
     /// How long until the next attempt is worth making.
     pub fn retry_delay(&self) -> Duration {
         self.backoff_until
-            .map(|u| u.saturating_duration_since(Instant::now()))
+            .map(|u| u.saturating_duration_since(crate::clock::now()))
             .unwrap_or(BACKOFF_BASE)
             .max(BACKOFF_BASE)
     }

@@ -9,33 +9,44 @@ use secrecy::ExposeSecret;
 
 use super::auth::{LoginError, Sent};
 use super::group::{Taken, Turn};
-use super::slot::{KnownRejected, SlotState};
+use super::single_flight::Flight;
+use super::slot::{Issued, Setback};
 use super::{Session, Sessions, Slot, State, Trigger};
 use crate::classify;
 use crate::metrics::{ResultLabels, TriggerLabels};
 use crate::problem::{chain, GatewayError};
-use crate::upstream::renewal::Step;
-use crate::upstream::Class;
+use crate::upstream::renewal::{Reask, Step};
+use crate::upstream::{Class, LoginKind};
 
 impl Sessions {
-    /// Gets the slot a new session: the group's, if another replica sharing the store has
-    /// made a newer one than this replica knew of (an operator's refresh always logs in);
-    /// else by a login, on this replica's turn. An operator's refresh clears a lockout first.
-    /// Must be called with the slot's `login` lock held.
+    /// A caller's (or the scheduler's) login: the group's session, if another replica
+    /// sharing the store has made a newer one than this replica knew of; else a login on this
+    /// replica's turn.
     pub(super) async fn login(
         &self,
         slot: &Slot,
+        flight: &Flight,
         trigger: Trigger,
     ) -> Result<Arc<Session>, GatewayError> {
-        let seen = (trigger != Trigger::Manual).then(|| slot.lock().newest_generation());
-        let turn = match self.take_turn(slot, seen).await? {
+        let seen = slot.view().newest_generation();
+        let turn = match self.take_turn(slot, flight, seen).await? {
             Taken::Adopted(session) => return Ok(session),
             Taken::Turn(turn) => turn,
         };
-        if trigger == Trigger::Manual {
-            slot.lock().guard.reset();
-        }
         let result = self.renew(slot, trigger, &turn).await;
+        self.end_turn(slot, turn, result.is_ok()).await;
+        result
+    }
+
+    /// An operator's refresh: clears a lockout and logs in now, whatever the group holds.
+    pub(super) async fn operator_login(
+        &self,
+        slot: &Slot,
+        flight: &Flight,
+    ) -> Result<Arc<Session>, GatewayError> {
+        let turn = self.turn_to_act(slot, flight).await?;
+        slot.change_on(&turn).reset_guard();
+        let result = self.renew(slot, Trigger::Manual, &turn).await;
         self.end_turn(slot, turn, result.is_ok()).await;
         result
     }
@@ -48,10 +59,10 @@ impl Sessions {
         turn: &Turn,
     ) -> Result<Arc<Session>, GatewayError> {
         let renewal = slot.renewal();
-        // After a rejection the session is gone, but its token is what the upstream may hand
-        // back: compare against (and time the login by) the latest one issued.
+        // After a rejection or expiry the session is gone, but its token is what the upstream
+        // may hand back: compare against (and time the login by) the latest one issued.
         let (current, latest, portal_ends_at) = {
-            let st = slot.lock();
+            let st = slot.view();
             let latest = st.latest().cloned();
             (
                 st.session().cloned().or_else(|| latest.clone()),
@@ -62,53 +73,64 @@ impl Sessions {
         if let Some(at) = current.as_ref().and_then(|s| {
             renewal
                 .renewable_from(s.deadline)
-                .filter(|_| !s.usable(Instant::now()))
+                .filter(|_| !s.usable(crate::clock::now()))
         }) {
             // Hold the requests that straddle the boundary until the token has expired by
             // the upstream's clock too; a login before that returns the same token.
             tokio::time::sleep_until(at.into()).await;
         }
-        let reissue = renewal.reissue();
         let mut asks = 1;
+        let mut forced_next = false;
         loop {
-            let now = Instant::now();
+            let now = crate::clock::now();
             let kind = match renewal.step(
                 current.as_deref().map(Session::held),
                 latest.as_deref().map(Session::held),
                 portal_ends_at,
                 now,
             ) {
+                Step::Login(LoginKind::Password { .. }) if forced_next => {
+                    LoginKind::Password { force: true }
+                }
                 Step::Login(kind) => kind,
                 Step::NeedsOtp(reason) => {
-                    slot.lock().end_portal();
+                    slot.change_on(turn).end_portal();
                     return Err(self.otp_required(slot, reason));
                 }
             };
+            let forced = matches!(kind, LoginKind::Password { force: true });
             self.admit(slot, turn, now, true).await?;
             let result = self.login_call(slot, kind).await;
-            let stale = reissue.is_some()
-                && matches!((&result, &current), (Ok(sent), Some(c))
-                    if sent.login.token.expose_secret().as_bytes() == c.token.as_bytes()
-                        && !c.usable(Instant::now()));
-            if let Some(reissue) = reissue.filter(|r| stale && asks < r.asks) {
-                // The upstream still thinks the old token is alive: ask again shortly,
-                // holding the callers rather than handing them a token about to die.
-                slot.lock().refreshing = false;
-                asks += 1;
-                tokio::time::sleep(reissue.gap).await;
-                continue;
+            if !stale(&result, current.as_deref()) {
+                return self.settle(slot, trigger, turn, result, current, now, Purpose::Renew);
             }
-            let purpose = if stale {
-                // The upstream vouched for the token at every ask: count it as issued now
-                // rather than fail callers or spend the login budget on more asks. If it does
-                // expire sooner, the rejection path logs in again.
-                tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
-                    "the upstream keeps returning a token gstgate counts as expired: is the upstream's token_lifetime set shorter than the real one?");
-                Purpose::AcceptReissued
-            } else {
-                Purpose::Renew
-            };
-            return self.settle(slot, trigger, result, current, now, purpose);
+            match renewal.reissued(forced, asks) {
+                Reask::Again { force, after } => {
+                    // The upstream still holds the old token by its clock: ask again
+                    // (forcing, where the API can), holding the callers rather than handing
+                    // them a token about to die.
+                    slot.change_on(turn).pause_refreshing();
+                    asks += 1;
+                    forced_next = force;
+                    tokio::time::sleep(after).await;
+                }
+                Reask::Accept => {
+                    // The upstream vouched for the token at every ask: count it as issued now
+                    // rather than fail callers or spend the login budget on more asks. If it
+                    // does expire sooner, the rejection path logs in again.
+                    tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
+                        "the upstream keeps returning a token gstgate counts as expired: is the upstream's token_lifetime set shorter than the real one?");
+                    return self.settle(
+                        slot,
+                        trigger,
+                        turn,
+                        result,
+                        current,
+                        now,
+                        Purpose::AcceptReissued,
+                    );
+                }
+            }
         }
     }
 
@@ -121,20 +143,21 @@ impl Sessions {
         }
     }
 
-    /// Records the outcome of a login: the new session, or the failure and what it means
-    /// for further logins.
+    /// Records the outcome of a login admitted at `admitted` on `turn`: the new session, or
+    /// the failure and what it means for further logins.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn settle(
         &self,
         slot: &Slot,
         trigger: Trigger,
+        turn: &Turn,
         result: Result<Sent, LoginError>,
         current: Option<Arc<Session>>,
-        started: Instant,
+        admitted: Instant,
         purpose: Purpose,
     ) -> Result<Arc<Session>, GatewayError> {
         let upstream = &slot.upstream;
-        let mut st = slot.lock();
-        st.refreshing = false;
+        let mut change = slot.change_on(turn);
         let label = |result: &'static str| ResultLabels {
             upstream: upstream.name.clone().into(),
             result,
@@ -142,7 +165,7 @@ impl Sessions {
         // The same token means the upstream kept the old session: it keeps its own expiry
         // (the clock is never restarted on an old token), so only a new token must come with
         // a usable life.
-        let known = st
+        let known = change
             .session()
             .cloned()
             .or(current)
@@ -172,23 +195,23 @@ impl Sessions {
                         "error"
                     }))
                     .inc();
-                let class = match &e {
-                    LoginError::Refused(v) => v.class,
-                    // A login that cannot even be built (credentials too long for the RSA
-                    // key) will not get better by retrying: it locks out like a refused
-                    // configuration. Anything retrying can cure is backed off from.
-                    LoginError::Gateway(err) if !err.retryable() => Class::Configuration,
-                    LoginError::Gateway(_) => Class::Transient,
-                };
+                let setback = setback(slot, &e);
                 let err = self.refusal(slot, e);
                 if purpose == Purpose::StartWithOtp {
                     // The operator who sent the OTP gets the answer directly; a typo or a
                     // portal refusal says nothing about the running session's health.
+                    change.pause_refreshing();
+                    drop(change);
                     tracing::warn!(upstream = %upstream.name, gstin = %slot.credential.gstin,
                         code = err.code(), upstream_code = err.upstream_code(),
                         error = %chain(&err), "OTP login failed");
                 } else {
-                    self.fail(slot, &mut st, class, &err, started);
+                    change.login_failed(&err, setback, admitted);
+                    drop(change);
+                    tracing::warn!(upstream = %upstream.name, gstin = %slot.credential.gstin,
+                        user = %slot.credential.username, code = err.code(), upstream_code = err.upstream_code(),
+                        error = %chain(&err), request_id = crate::request::current().as_deref(),
+                        "login failed");
                 }
                 return Err(err);
             }
@@ -197,47 +220,37 @@ impl Sessions {
             .auth_requests
             .get_or_create(&label("success"))
             .inc();
-        st.guard.succeeded();
-        st.last_error = None;
-        st.last_upstream_code = None;
-        st.last_refresh = Some(sent.at);
+        change.login_succeeded(sent.at);
         if purpose == Purpose::StartWithOtp {
-            let lifetime = st.session_lifetime;
-            st.open_portal(sent.at + lifetime);
+            change.open_portal(sent.at);
         }
         let (expires_at, lifetime) = match renewed {
             Renewed::Same(existing) => {
-                // A re-login because the upstream rejected this token, answered with this token:
-                // the upstream says the session is alive (NIC hands back a valid token to every
-                // login outside its force window) while its data calls refuse it (revoked on one
-                // side only, a header it does not accept with this user). A login cannot fix that,
-                // and compare-and-invalidate alone would not stop the next rejection from logging
-                // in again: the session is back under its generation, so every later request would
-                // spend a login until the guard answered 429 `login_rate_limited`. That last
-                // rejection would leave no session at all, so even once the upstream accepted the
-                // token again every caller would get 429 for the rest of the window. So the session
-                // is kept as it is (generation, expiry, refresh schedule) and marked:
-                // for `login_window`, a rejection of it fails the request with `token_rejected` at
-                // once, without a login. That bounds what this can cost to one login per window,
-                // one of `max_logins`, and leaves the rest for the proactive refresh, cold starts
-                // and operators. Bumping the generation instead would not help: the next rejection
-                // would invalidate the new one just the same. Recovery needs no operator: once the
-                // upstream accepts the token again, requests succeed with it; a new token (the
-                // proactive refresh in the force window, the expiry) is a new generation the mark
-                // does not cover; and after `login_window` the next rejection tries one re-login
-                // again, in case the upstream now issues a new token.
+                // A re-login because the upstream rejected this token, answered with this
+                // token: the upstream says the session is alive (NIC hands back a valid token
+                // to every login outside its force window) while its data calls refuse it
+                // (revoked on one side only, a header it does not accept with this user). A
+                // login cannot fix that, and compare-and-invalidate alone would not stop the
+                // next rejection from logging in again, until the guard answered every caller
+                // 429 for the rest of the window. So the session is kept as it is
+                // (generation, expiry, refresh schedule) and marked: for `login_window`, a
+                // rejection of it fails the request with `token_rejected` at once, without a
+                // login. Recovery needs no operator: once the upstream accepts the token
+                // again, requests succeed with it; a new token (the proactive refresh, the
+                // expiry) is a new generation the mark does not cover; and after
+                // `login_window` the next rejection tries one re-login again.
                 if trigger == Trigger::Rejected {
-                    st.known_rejected = Some(KnownRejected {
-                        generation: existing.generation,
-                        until: Instant::now() + upstream.login_window,
-                    });
+                    change.mark_rejected(
+                        existing.generation,
+                        crate::clock::now() + upstream.login_window,
+                    );
                     tracing::warn!(upstream = %upstream.name, gstin = %slot.credential.gstin,
                         user = %slot.credential.username, generation = existing.generation,
                         no_relogin_for_secs = upstream.login_window.as_secs(),
                         "the upstream rejected the token its login hands back; requests rejected with it fail without another login");
                 }
-                st.restore(existing.clone());
-                drop(st);
+                change.restore(existing.clone());
+                drop(change);
                 self.schedule_after_same_token(slot, &existing);
                 return Ok(existing);
             }
@@ -249,22 +262,18 @@ impl Sessions {
             instant: sent_instant,
             ..
         } = sent;
-        let token = login.token.expose_secret();
-        let mut token_header = HeaderValue::from_str(token).map_err(|_| {
+        let mut token = HeaderValue::from_str(login.token.expose_secret()).map_err(|_| {
             GatewayError::UpstreamBadResponse("the token is not a valid header value".into())
         })?;
-        token_header.set_sensitive(true);
-        let session = Arc::new(Session {
-            token: token_header,
+        token.set_sensitive(true);
+        let session = change.install(Issued {
+            token,
             sek: login.sek,
             expires_at,
             deadline: sent_instant + lifetime,
             issued_at: sent_at,
-            generation: st.next_generation,
         });
-        st.next_generation += 1;
-        st.install(session.clone());
-        drop(st);
+        drop(change);
         self.metrics
             .token_refreshes
             .get_or_create(&TriggerLabels {
@@ -290,7 +299,7 @@ impl Sessions {
             LoginError::Gateway(err) => return err,
             LoginError::Refused(v) => v,
         };
-        if verdict.class == Class::TokenRejected && slot.renewal().otp_sessions() {
+        if verdict.class == Class::TokenRejected && slot.otp_sessions() {
             // A refresh whose token the upstream no longer knows: the portal session is
             // over, and only a new OTP starts another.
             let code = verdict.code.as_deref().unwrap_or("no code");
@@ -298,49 +307,45 @@ impl Sessions {
         }
         classify::login_refusal(verdict, slot.credential.whose())
     }
+}
 
-    /// Records a failed login admitted at `admitted` and what it means for further logins.
-    fn fail(
-        &self,
-        slot: &Slot,
-        st: &mut SlotState,
-        class: Class,
-        err: &GatewayError,
-        admitted: Instant,
-    ) {
-        st.last_error = Some(err.to_string());
-        st.last_upstream_code = err.upstream_code().map(str::to_owned);
-        match class {
-            Class::CredentialsRejected => {
-                st.guard.lock_out(State::CredentialsRejected, err.clone())
-            }
-            Class::Configuration => st.guard.lock_out(State::Failed, err.clone()),
-            // The session is gone; the operator's OTP calls clear the lockout.
-            Class::AccessDisabled => {
-                st.end_portal();
-                st.guard.lock_out(State::NeedsOtp, err.clone());
-            }
-            // The upstream no longer knows the session: its token is as dead as the refresh.
-            Class::TokenRejected if slot.renewal().otp_sessions() => {
-                st.forget();
-            }
-            // NIC e-way bill's 118 says "try after 5 minutes".
-            // Backoffs run from the failure, not the admission: a login that took its whole
-            // timeout to fail must not find its backoff already over.
-            Class::Throttled => st
-                .guard
-                .hold_off(Instant::now(), slot.upstream.login_window / 3),
-            _ if matches!(err, GatewayError::UpstreamUnreachable(_)) => {
-                st.guard
-                    .unreachable(admitted, Instant::now(), err.to_string())
-            }
-            _ => st.guard.failed(Instant::now(), err.to_string()),
+/// Whether a login's token is one gstgate already counts as expired: the expired token it
+/// held, handed back, or a token whose stated expiry is already past. The upstream still
+/// holds that token by its own clock (NIC's `TokenExpiry` is whole seconds, and a login
+/// without the force flag returns the live token).
+fn stale(result: &Result<Sent, LoginError>, current: Option<&Session>) -> bool {
+    let Ok(sent) = result else {
+        return false;
+    };
+    sent.life.is_err()
+        || current.is_some_and(|c| {
+            sent.login.token.expose_secret().as_bytes() == c.token.as_bytes()
+                && !c.usable(crate::clock::now())
+        })
+}
+
+/// What a failed login means for the next ones.
+fn setback(slot: &Slot, e: &LoginError) -> Setback {
+    let class = match e {
+        LoginError::Refused(v) => v.class,
+        // A login that cannot even be built (credentials too long for the RSA key) will not
+        // get better by retrying: it locks out like a refused configuration. Anything
+        // retrying can cure is backed off from.
+        LoginError::Gateway(err) if !err.retryable() => Class::Configuration,
+        LoginError::Gateway(_) => Class::Transient,
+    };
+    match class {
+        Class::CredentialsRejected => Setback::LockOut(State::CredentialsRejected),
+        Class::Configuration => Setback::LockOut(State::Failed),
+        Class::AccessDisabled => Setback::AccessDisabled,
+        // The upstream no longer knows the session: its token is as dead as the refresh.
+        Class::TokenRejected if slot.otp_sessions() => Setback::SessionGone,
+        // NIC e-way bill's 118 says "try after 5 minutes".
+        Class::Throttled => Setback::HoldOff(slot.upstream.login_window / 3),
+        _ if matches!(e, LoginError::Gateway(GatewayError::UpstreamUnreachable(_))) => {
+            Setback::Unreachable
         }
-        st.persist();
-        tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
-            user = %slot.credential.username, code = err.code(), upstream_code = err.upstream_code(),
-            error = %chain(err), request_id = crate::request::current().as_deref(),
-            "login failed");
+        _ => Setback::BackOff,
     }
 }
 

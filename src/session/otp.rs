@@ -2,13 +2,13 @@
 //! starting a session with it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::auth::login_failure;
-use super::group::{Taken, Turn};
+use super::group::Turn;
 use super::login::Purpose;
+use super::single_flight::Flight;
 use super::{Session, Sessions, Slot, Trigger};
 use crate::metrics::ResultLabels;
 use crate::problem::{chain, GatewayError};
@@ -23,58 +23,37 @@ impl Sessions {
     /// lockout, but still counts against the login limit (each one is an SMS to the taxpayer).
     pub async fn request_otp(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<(), GatewayError> {
         self.require_otp_api(slot)?;
-        self.detached(
-            slot,
-            |me, slot| async move { me.send_otp_request(&slot).await },
-        )
+        self.fly(slot, |me, slot, flight| async move {
+            let turn = me.operator_turn(&slot, &flight).await?;
+            let result = me.otp_request_on(&slot, &turn).await;
+            me.end_turn(&slot, turn, false).await;
+            result
+        })
         .await
     }
 
-    /// Sends OTPREQUEST on this replica's turn; the caller holds the single-flight lock.
-    async fn send_otp_request(&self, slot: &Slot) -> Result<(), GatewayError> {
-        let turn = self.operator_turn(slot).await?;
-        let result = self.otp_request_on(slot, &turn).await;
-        self.end_turn(slot, turn, false).await;
-        result
-    }
-
     /// An operator's turn: it never adopts what the group holds, and clears a lockout.
-    async fn operator_turn(&self, slot: &Slot) -> Result<Turn, GatewayError> {
-        let turn = match self.take_turn(slot, None).await? {
-            Taken::Turn(turn) => turn,
-            Taken::Adopted(_) => {
-                return Err(GatewayError::Internal("adopted without asking".into()))
-            }
-        };
-        slot.lock().guard.reset();
+    async fn operator_turn(&self, slot: &Slot, flight: &Flight) -> Result<Turn, GatewayError> {
+        let turn = self.turn_to_act(slot, flight).await?;
+        slot.change_on(&turn).reset_guard();
         Ok(turn)
     }
 
     async fn otp_request_on(&self, slot: &Slot, turn: &Turn) -> Result<(), GatewayError> {
-        self.admit(slot, turn, Instant::now(), false).await?;
+        self.admit(slot, turn, crate::clock::now(), false).await?;
         let app_key = slot.upstream.profile.otp_app_key();
-        let sent = self
-            .auth_call(slot, LoginKind::OtpRequest { app_key: &app_key })
-            .await;
+        let password = slot.view().password();
+        let outcome = self.auth.request_otp(slot, &password, &app_key).await;
         let label = |result: &'static str| ResultLabels {
             upstream: slot.upstream.name.clone().into(),
             result,
         };
-        let outcome = sent.and_then(|sent| {
-            slot.upstream
-                .profile
-                .parse_ack(&sent.body)
-                .map_err(|f| login_failure(f, sent.status))
-        });
         match outcome {
             Ok(()) => {
                 // The OTP must be exchanged under this very key, maybe through another
                 // replica: it is kept (sealed) with the slot's record.
-                {
-                    let mut st = slot.lock();
-                    st.otp_app_key = Some((app_key, SystemTime::now()));
-                    st.persist();
-                }
+                slot.change_on(turn)
+                    .keep_otp_app_key(app_key, crate::clock::wall());
                 self.metrics
                     .auth_requests
                     .get_or_create(&label("success"))
@@ -106,57 +85,55 @@ impl Sessions {
         otp: SecretString,
     ) -> Result<Arc<Session>, GatewayError> {
         self.require_otp_api(slot)?;
-        self.detached(slot, |me, slot| async move {
-            me.start_with_otp(&slot, otp.expose_secret()).await
+        self.fly(slot, |me, slot, flight| async move {
+            let turn = me.operator_turn(&slot, &flight).await?;
+            let result = me.start_with_otp(&slot, &turn, otp.expose_secret()).await;
+            me.end_turn(&slot, turn, result.is_ok()).await;
+            result
         })
         .await
     }
 
-    /// Sends AUTHTOKEN with the OTP on this replica's turn; the caller holds the
-    /// single-flight lock.
-    async fn start_with_otp(&self, slot: &Slot, otp: &str) -> Result<Arc<Session>, GatewayError> {
-        let turn = self.operator_turn(slot).await?;
-        let admitted = Instant::now();
-        let result = match self.admit(slot, &turn, admitted, true).await {
-            Ok(()) => {
-                // The key the OTP was requested with; without one (an OTP requested some
-                // other way) a fresh key, which the portal may refuse.
-                let app_key = slot
-                    .lock()
-                    .otp_app_key
-                    .as_ref()
-                    .filter(|(_, at)| at.elapsed().is_ok_and(|age| age < OTP_APP_KEY_LIFE))
-                    .map(|(k, _)| k.clone())
-                    .unwrap_or_else(|| slot.upstream.profile.otp_app_key());
-                let sent = self
-                    .login_call(
-                        slot,
-                        LoginKind::Otp {
-                            otp,
-                            app_key: &app_key,
-                        },
-                    )
-                    .await;
-                if sent.is_ok() {
-                    slot.lock().otp_app_key = None;
-                }
-                self.settle(
-                    slot,
-                    Trigger::Manual,
-                    sent,
-                    None,
-                    admitted,
-                    Purpose::StartWithOtp,
-                )
-            }
-            Err(e) => Err(e),
-        };
-        self.end_turn(slot, turn, result.is_ok()).await;
-        result
+    /// Sends AUTHTOKEN with the OTP on `turn`.
+    async fn start_with_otp(
+        &self,
+        slot: &Slot,
+        turn: &Turn,
+        otp: &str,
+    ) -> Result<Arc<Session>, GatewayError> {
+        let admitted = crate::clock::now();
+        self.admit(slot, turn, admitted, true).await?;
+        // The key the OTP was requested with; without one (an OTP requested some other way)
+        // a fresh key, which the portal may refuse.
+        let app_key = slot
+            .view()
+            .otp_app_key(OTP_APP_KEY_LIFE)
+            .unwrap_or_else(|| slot.upstream.profile.otp_app_key());
+        let sent = self
+            .login_call(
+                slot,
+                LoginKind::Otp {
+                    otp,
+                    app_key: &app_key,
+                },
+            )
+            .await;
+        if sent.is_ok() {
+            slot.change_on(turn).otp_used();
+        }
+        self.settle(
+            slot,
+            Trigger::Manual,
+            turn,
+            sent,
+            None,
+            admitted,
+            Purpose::StartWithOtp,
+        )
     }
 
     fn require_otp_api(&self, slot: &Slot) -> Result<(), GatewayError> {
-        if slot.renewal().otp_sessions() {
+        if slot.otp_sessions() {
             Ok(())
         } else {
             Err(GatewayError::OtpNotApplicable {

@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::single_flight::Flight;
 use super::{Session, Sessions, Slot, Trigger, SAME_TOKEN_MIN_RETRY};
 use crate::problem::{chain, Origin};
 
@@ -13,45 +14,44 @@ impl Sessions {
             return;
         };
         {
-            let mut st = slot.lock();
-            if st.session().map(|s| s.generation) != Some(generation) {
+            let mut change = slot.change();
+            if change.session().map(|s| s.generation) != Some(generation) {
                 return;
             }
             // An idle GSTN session is kept alive all the same: dropping it would cost the
             // taxpayer a new OTP, which is what gstgate exists to avoid.
-            if !slot.renewal().otp_sessions() && st.last_used.elapsed() >= slot.upstream.idle_ttl {
+            if !slot.otp_sessions()
+                && change.idle_for(crate::clock::now()) >= slot.upstream.idle_ttl
+            {
                 tracing::info!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
                     "dropping idle session instead of refreshing it");
-                st.forget();
+                change.forget();
                 return;
             }
         }
-        let _single_flight = slot.login.lock().await;
-        let current = slot.lock().session().cloned();
-        match current {
-            Some(s) if s.generation == generation => {
-                if let Err(e) = self.login(&slot, Trigger::Proactive).await {
-                    // Retry only when waiting can help, and no sooner than the guard allows:
-                    // a lockout or a missing OTP needs an operator, and hammering a
-                    // throttled login only extends the block. A refresh has no caller, so a
-                    // caller-side refusal (an OTP refused where none was sent) is an odd
-                    // upstream answer, retried like a transient one.
-                    let waiting_helps = e.retryable() || e.origin() == Origin::Caller;
-                    let retry = waiting_helps.then(|| {
-                        e.retry_after()
-                            .map(Duration::from_secs)
-                            .unwrap_or_else(|| slot.lock().guard.retry_delay())
-                    });
-                    tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
-                        error = %chain(&e), retry_in_secs = retry.map(|r| r.as_secs_f64()),
-                        "proactive refresh failed");
-                    if let Some(retry) = retry {
-                        let at = Instant::now() + retry;
-                        self.scheduler.schedule(slot.id, generation, at);
-                    }
-                }
+        let flight = Flight::wait(&slot).await;
+        if slot.view().session().map(|s| s.generation) != Some(generation) {
+            return;
+        }
+        if let Err(e) = self.login(&slot, &flight, Trigger::Proactive).await {
+            // Retry only when waiting can help, and no sooner than the guard allows: a
+            // lockout or a missing OTP needs an operator, and hammering a throttled login
+            // only extends the block. A refresh has no caller, so a caller-side refusal (an
+            // OTP refused where none was sent) is an odd upstream answer, retried like a
+            // transient one.
+            let waiting_helps = e.retryable() || e.origin() == Origin::Caller;
+            let retry = waiting_helps.then(|| {
+                e.retry_after()
+                    .map(Duration::from_secs)
+                    .unwrap_or_else(|| slot.view().retry_delay())
+            });
+            tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
+                error = %chain(&e), retry_in_secs = retry.map(|r| r.as_secs_f64()),
+                "proactive refresh failed");
+            if let Some(retry) = retry {
+                let at = crate::clock::now() + retry;
+                self.scheduler.schedule(slot.id, generation, at);
             }
-            _ => {}
         }
     }
 
@@ -66,7 +66,7 @@ impl Sessions {
     /// the normal schedule; past it (the upstream's force window is narrower than
     /// `refresh_before`), try again after a third of the remaining life, while that is worth it.
     pub(super) fn schedule_after_same_token(&self, slot: &Slot, session: &Session) {
-        let now = Instant::now();
+        let now = crate::clock::now();
         let normal = session
             .deadline
             .checked_sub(slot.upstream.refresh_before)

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
 use super::{Session, Sessions, Slot};
 use crate::store::{Loaded, Store};
@@ -19,17 +18,19 @@ impl Sessions {
         let _ = self.store.set(store.clone());
         for slot in &self.table().slots {
             let name = slot.record_name();
-            let mut st = slot.lock();
-            st.write_through(store.clone(), name.as_str().into());
-            let Some(Loaded { record, rewrite }) = loaded.remove(&name) else {
-                continue;
+            let session = {
+                let mut change = slot.change();
+                change.attach(store.clone(), name.as_str().into());
+                let Some(Loaded { record, rewrite }) = loaded.remove(&name) else {
+                    continue;
+                };
+                change.resume(
+                    record,
+                    slot.credential.whose(),
+                    slot.otp_sessions(),
+                    rewrite,
+                )
             };
-            let session = st.resume(record, slot.credential.whose());
-            if rewrite {
-                // Opened under the previous key: seal it again under the current one.
-                st.persist();
-            }
-            drop(st);
             let Some(session) = session else {
                 continue;
             };
@@ -37,7 +38,7 @@ impl Sessions {
             self.schedule_taken_up(slot, &session);
             tracing::info!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
                 user = %slot.credential.username, generation = session.generation,
-                expires_in_secs = session.deadline.saturating_duration_since(Instant::now()).as_secs(),
+                expires_in_secs = session.deadline.saturating_duration_since(crate::clock::now()).as_secs(),
                 "session resumed from the store");
         }
         // A shared store's records may belong to replicas whose configuration is newer.
@@ -53,8 +54,8 @@ impl Sessions {
     /// Schedules the proactive refresh of a session that came from the store rather than
     /// from a login of this process, by when it was issued.
     pub(super) fn schedule_taken_up(&self, slot: &Slot, session: &Session) {
-        let now = Instant::now();
-        let age = SystemTime::now()
+        let now = crate::clock::now();
+        let age = crate::clock::wall()
             .duration_since(session.issued_at)
             .unwrap_or_default();
         let sent = now.checked_sub(age).unwrap_or(now);

@@ -1,7 +1,5 @@
 //! What the admin API and the status page show of the slots: no token, SEK or password.
 
-use std::time::{Instant, SystemTime};
-
 use crate::timestamp::rfc3339;
 
 use serde::Serialize;
@@ -40,15 +38,15 @@ pub struct SessionInfo {
 impl Sessions {
     /// Every slot, for the admin API and status page.
     pub fn snapshot(&self) -> Vec<SessionInfo> {
-        let now = Instant::now();
-        let wall = SystemTime::now();
+        let (now, wall) = (crate::clock::now(), crate::clock::wall());
         self.table()
             .slots
             .iter()
             .map(|slot| {
-                let st = slot.lock();
-                let state = slot.state_now(&st, now);
+                let st = slot.view();
+                let state = st.state(now, slot.otp_sessions());
                 let live = st.session().filter(|s| s.usable(now));
+                let (last_error, last_upstream_code) = st.last_error();
                 SessionInfo {
                     upstream: slot.upstream.name.to_string(),
                     gstin: slot.credential.gstin.to_string(),
@@ -61,9 +59,9 @@ impl Sessions {
                             .unwrap_or_default()
                             .as_secs()
                     }),
-                    last_refresh: st.last_refresh.map(rfc3339),
-                    last_error: st.last_error.clone(),
-                    last_upstream_code: st.last_upstream_code.clone(),
+                    last_refresh: st.last_refresh().map(rfc3339),
+                    last_error: last_error.map(str::to_owned),
+                    last_upstream_code: last_upstream_code.map(str::to_owned),
                     generation: live.map(|s| s.generation),
                     session_ends_at: st.portal_ends_at().map(rfc3339),
                     session_ends_in_secs: st

@@ -5,10 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-
-use http::HeaderValue;
-use secrecy::ExposeSecret;
+use std::sync::Arc;
 
 use super::slot::{Credential, Slot, SlotState};
 use super::{Guard, SessionsError, DEFAULT_SESSION_LIFETIME};
@@ -23,8 +20,9 @@ pub(super) struct Table {
     pub(super) slots: Vec<Arc<Slot>>,
     /// Slot id → position in `slots`; the scheduler refers to slots by id.
     by_id: HashMap<usize, usize>,
-    /// (upstream position, GSTIN) → positions in `slots`.
-    by_gstin: HashMap<(usize, Gstin), Vec<usize>>,
+    /// Upstream name → GSTIN → that GSTIN's slots on it: a caller's lookup borrows, never
+    /// allocates, and names the upstream rather than its position in some list.
+    by_gstin: HashMap<Arc<str>, HashMap<Gstin, Vec<Arc<Slot>>>>,
     /// Store record name → position in `slots`, for what other replicas announce.
     by_record: HashMap<Arc<str>, usize>,
 }
@@ -80,10 +78,9 @@ impl Table {
             };
             let gstin = Gstin::parse(&c.gstin).map_err(|e| err(e.to_string()))?;
             for name in &c.upstreams {
-                let (position, upstream) = upstreams
+                let upstream = upstreams
                     .iter()
-                    .enumerate()
-                    .find(|(_, u)| &*u.name == name)
+                    .find(|u| &*u.name == name)
                     .ok_or_else(|| err(format!("no upstream `{name}`")))?;
                 let lifetime = c.session_lifetime.unwrap_or(DEFAULT_SESSION_LIFETIME);
                 // At start-up there is nothing to compare with, and nothing to allocate for it.
@@ -94,22 +91,18 @@ impl Table {
                 };
                 let slot = match before {
                     Some(s) => {
-                        let mut st = s.lock();
-                        if st.password.expose_secret() == c.password.expose_secret()
-                            && st.session_lifetime == lifetime
-                        {
+                        if s.view().same_credential(&c.password, lifetime) {
                             changes.unchanged += 1;
                         } else {
                             // The same slot, so its single-flight, session and store record
                             // stay one: a login in flight finishes where callers look.
                             changes.changed += 1;
-                            st.change_credential(
+                            s.change().change_credential(
                                 c.password.clone(),
                                 lifetime,
                                 Guard::new(upstream.max_logins, upstream.login_window),
                             );
                         }
-                        drop(st);
                         s.clone()
                     }
                     None => {
@@ -123,9 +116,11 @@ impl Table {
                 table.by_record.insert(slot.record_name().into(), at);
                 table
                     .by_gstin
-                    .entry((position, gstin.clone()))
+                    .entry(upstream.name.clone())
                     .or_default()
-                    .push(at);
+                    .entry(gstin.clone())
+                    .or_default()
+                    .push(slot.clone());
                 table.slots.push(slot);
             }
         }
@@ -143,11 +138,9 @@ impl Table {
         self.by_record.get(name).map(|&at| &self.slots[at])
     }
 
-    /// The slots of (upstream position, GSTIN).
-    pub(super) fn of(&self, upstream: usize, gstin: &Gstin) -> Option<Vec<&Arc<Slot>>> {
-        self.by_gstin
-            .get(&(upstream, gstin.clone()))
-            .map(|at| at.iter().map(|&i| &self.slots[i]).collect())
+    /// The slots of `gstin` on the upstream named `upstream`.
+    pub(super) fn of(&self, upstream: &str, gstin: &Gstin) -> Option<&[Arc<Slot>]> {
+        self.by_gstin.get(upstream)?.get(gstin).map(Vec::as_slice)
     }
 
     /// Slots of `previous` that this table no longer has.
@@ -168,26 +161,16 @@ fn new_slot(
     c: &CredentialConfig,
     session_lifetime: std::time::Duration,
 ) -> Result<Arc<Slot>, String> {
-    let gstin_header = HeaderValue::from_str(gstin.as_str()).map_err(|e| e.to_string())?;
-    let user_header = HeaderValue::from_str(&c.username)
-        .map_err(|_| "username is not a valid header value".to_owned())?;
-    let state_header = HeaderValue::from_str(gstin.state_code()).map_err(|e| e.to_string())?;
-    Ok(Arc::new(Slot {
+    let credential = Credential::new(gstin.clone(), &c.username)
+        .ok_or_else(|| "username is not a valid header value".to_owned())?;
+    Ok(Arc::new(Slot::new(
         id,
-        upstream: upstream.clone(),
-        credential: Credential {
-            gstin: gstin.clone(),
-            username: c.username.as_str().into(),
-            gstin_header,
-            user_header,
-            state_header,
-        },
-        state: Mutex::new(SlotState::new(
+        upstream.clone(),
+        credential,
+        SlotState::new(
             Guard::new(upstream.max_logins, upstream.login_window),
             c.password.clone(),
             session_lifetime,
-        )),
-        login: Arc::new(tokio::sync::Mutex::new(())),
-        news: tokio::sync::Notify::new(),
-    }))
+        ),
+    )))
 }

@@ -29,14 +29,19 @@ pub enum Step<'a> {
     NeedsOtp(&'static str),
 }
 
-/// How often to ask again when a login at expiry hands back the token gstgate counts as
-/// expired, before taking it as newly issued.
+/// What to do when a login hands back a token gstgate already counts as expired (the
+/// upstream still holds it by its own clock).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Reissue {
-    /// Logins in all, the first included.
-    pub asks: u32,
-    /// Wait between them.
-    pub gap: Duration,
+pub enum Reask {
+    /// Ask again after `after`, with the force flag if `force`.
+    Again {
+        /// Ask for a new token even if the upstream holds a live one.
+        force: bool,
+        /// Wait this long first.
+        after: Duration,
+    },
+    /// Take the token as newly issued, with the expiry its reply states.
+    Accept,
 }
 
 /// A session-renewal strategy.
@@ -63,9 +68,10 @@ pub trait Renewal: Send + Sync + 'static {
         None
     }
 
-    /// Whether a login that hands back a token gstgate counts as expired is asked again.
-    fn reissue(&self) -> Option<Reissue> {
-        None
+    /// A login (`forced` or not, the `asks`th in a row) handed back a token gstgate counts
+    /// as expired: whether to ask again.
+    fn reissued(&self, _forced: bool, _asks: u32) -> Reask {
+        Reask::Accept
     }
 
     /// Whether sessions start with an OTP the taxpayer receives, which only an operator can
@@ -97,6 +103,21 @@ impl Renewal for ForceWindow {
     fn refresh_at(&self, deadline: Instant, sent: Instant, refresh_before: Duration) -> Instant {
         ahead_of_expiry(deadline, sent, refresh_before)
     }
+
+    /// A login without the flag while the upstream still holds the token (a restart in its
+    /// last seconds, a session dropped as expired) gets that token back, already expired by
+    /// gstgate's count and inside the upstream's force window by its own: ask once more,
+    /// forcing a new one.
+    fn reissued(&self, forced: bool, _asks: u32) -> Reask {
+        if forced {
+            Reask::Accept
+        } else {
+            Reask::Again {
+                force: true,
+                after: Duration::ZERO,
+            }
+        }
+    }
 }
 
 /// A password login before expiry returns the same token and nothing forces a new one (NIC
@@ -108,12 +129,10 @@ pub struct AtExpiry;
 /// login at the very deadline gets the old token back.
 const AT_EXPIRY_DELAY: Duration = Duration::from_secs(1);
 
-/// Logins at expiry that still get the old token back are asked this many times, this far
-/// apart, before the token is taken as reissued.
-const AT_EXPIRY_REISSUE: Reissue = Reissue {
-    asks: 3,
-    gap: Duration::from_secs(1),
-};
+/// Logins at expiry that still get the old token back are asked this many times in all...
+const AT_EXPIRY_ASKS: u32 = 3;
+/// ... this far apart, before the token is taken as reissued.
+const AT_EXPIRY_GAP: Duration = Duration::from_secs(1);
 
 impl Renewal for AtExpiry {
     fn step<'a>(
@@ -134,8 +153,15 @@ impl Renewal for AtExpiry {
         Some(deadline + AT_EXPIRY_DELAY)
     }
 
-    fn reissue(&self) -> Option<Reissue> {
-        Some(AT_EXPIRY_REISSUE)
+    fn reissued(&self, _forced: bool, asks: u32) -> Reask {
+        if asks < AT_EXPIRY_ASKS {
+            Reask::Again {
+                force: false,
+                after: AT_EXPIRY_GAP,
+            }
+        } else {
+            Reask::Accept
+        }
     }
 }
 
@@ -155,7 +181,7 @@ impl Renewal for OtpThenRefresh {
         // enabled: either needs an OTP, which only an operator may request.
         match (latest, portal_ends_at) {
             (None, _) => Step::NeedsOtp("no session has been started with an OTP"),
-            (Some(_), Some(end)) if end <= SystemTime::now() => {
+            (Some(_), Some(end)) if end <= crate::clock::wall() => {
                 Step::NeedsOtp("the API-access period the taxpayer enabled has ended")
             }
             (Some(l), _) => Step::Login(LoginKind::Refresh {
