@@ -338,3 +338,65 @@ async fn token_rejections_cost_one_refresh_and_portal_refusals_are_explained() {
         .await;
     expect_problem(res, 400, "body_invalid").await;
 }
+
+/// A rejection spell on a GSTIN that two ASP clients share (one caller's bad luck): the
+/// first rejected request costs one REFRESHTOKEN, and when the renewed token is rejected too,
+/// every later request — any client's — gets 502 `token_rejected` at once, with no refresh
+/// (no SMS to the taxpayer) and no 429. When the upstream accepts tokens again, the other
+/// client is served by the renewed session: no login, the slot never `cold`. Before, each
+/// rejected request spent a refresh, and once `max_logins` were spent every tenant of the
+/// GSTIN got 429 `login_rate_limited` for the rest of the window.
+#[tokio::test]
+async fn a_rejection_spell_on_a_shared_gstin_costs_one_refresh_and_locks_no_tenant_out() {
+    const OTHER_KEY: &str = "other-asp-key-0123456789";
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            clients: vec![
+                ("billing".into(), API_KEY.into(), vec![GSTIN.into()]),
+                ("erp".into(), OTHER_KEY.into(), vec![GSTIN.into()]),
+            ],
+            ..gstn_opts()
+        },
+    )
+    .await;
+    gw.start_gstn_session(&sim, GSTIN).await;
+    assert_eq!(return_summary(&gw).await.status(), 200);
+    let before = sim.count(GSTIN, "refreshes").await;
+
+    sim.control(
+        "/_sim/reject-tokens",
+        json!({"gstin": GSTIN, "enabled": true}),
+    )
+    .await;
+    for _ in 0..6 {
+        expect_problem(return_summary(&gw).await, 502, "token_rejected").await;
+    }
+    assert_eq!(
+        sim.count(GSTIN, "refreshes").await,
+        before + 1,
+        "one renewal for the whole spell"
+    );
+
+    sim.control(
+        "/_sim/reject-tokens",
+        json!({"gstin": GSTIN, "enabled": false}),
+    )
+    .await;
+    let res = gw
+        .http
+        .get(format!(
+            "http://{}{RETSUM}&gstin={GSTIN}&ret_period=102026",
+            gw.proxy
+        ))
+        .header("x-api-key", OTHER_KEY)
+        .header("gstin", GSTIN)
+        .header("ret_period", "102026")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "the other tenant is served");
+    assert_eq!(sim.count(GSTIN, "refreshes").await, before + 1);
+    assert_eq!(gw.session_state("gstn", GSTIN).await, "valid");
+}

@@ -319,3 +319,55 @@ async fn a_rejected_credential_stays_refused_across_a_restart_without_a_login() 
         "no login after the restart"
     );
 }
+
+/// A `kill -9` in a token's last second. NIC still holds a token for a moment after gstgate
+/// stops using it (its `TokenExpiry` is whole seconds; here the simulator states it 2 s early
+/// so that the moment is wide enough to land in), and a login without the force flag then
+/// gets that token back with an expiry already past: after such a restart callers got 502
+/// `upstream_bad_response`. The restarted gateway keeps the expired token's record and forces
+/// a new one: the request is served, with one forced login.
+#[tokio::test]
+async fn a_kill_9_in_a_tokens_last_second_costs_one_forced_login_and_no_502() {
+    // Six-second tokens; the force window spans the whole life, as NIC's 10 minutes span the
+    // last moments of a 6-hour token.
+    let sim = Sim::start(SimOpts {
+        token_ttl: "6s",
+        force_window: "6s",
+        ..SimOpts::default()
+    })
+    .await;
+    sim.control("/_sim/knobs", json!({"stated_expiry_early_ms": 2000}))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = GwOpts {
+        apis: vec!["einvoice"],
+        // No proactive refresh before the kill: it would renew the token first.
+        refresh_before: "0s",
+        ..opts(dir.path(), "")
+    };
+    let mut gw = Gateway::start(&sim, opts.clone()).await;
+    einvoice(&gw, "LAST-SECOND-1").await;
+    wait_committed(&gw, 1.0).await;
+    let sessions = gw.admin_sessions().await;
+    let stated = sessions[0]["expires_at"].as_str().unwrap().to_owned();
+    let stated =
+        std::time::SystemTime::from(chrono::DateTime::parse_from_rfc3339(&stated).unwrap());
+    let until = |t: std::time::SystemTime| {
+        t.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+    };
+    // Killed before its proactive refresh (due at its deadline, within a second of the stated
+    // expiry), and back up in the token's last second: the stored session is no longer
+    // usable, so it is not resumed ...
+    tokio::time::sleep(until(stated - Duration::from_millis(2500))).await;
+    signal(&mut gw, "-9").await;
+    assert_eq!(sim.count(GSTIN, "force_refreshes").await, 0, "killed before any refresh");
+    tokio::time::sleep(until(stated - Duration::from_millis(800))).await;
+    let gw = Gateway::start(&sim, opts).await;
+    // ... and the first request comes once the stated expiry is past, while the simulator
+    // still honours the token.
+    tokio::time::sleep(until(stated + Duration::from_millis(200))).await;
+    let forced = sim.count(GSTIN, "force_refreshes").await;
+    einvoice(&gw, "LAST-SECOND-2").await;
+    assert_eq!(sim.count(GSTIN, "force_refreshes").await, forced + 1);
+}

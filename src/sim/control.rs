@@ -6,7 +6,7 @@
 //! | `GET /_sim/counters`, `POST /_sim/counters/reset` | totals and per-GSTIN counts of logins (every API's auth calls), forced refreshes, new tokens, token rejections, data calls, GSTN OTP requests and refreshes |
 //! | `POST /_sim/revoke {"gstin","username"}` | every token of that user dies at once, in all three APIs; the next login issues a new one (GSTN: the user's portal sessions are dropped too, so the next step is an OTP login) |
 //! | `POST /_sim/reject-tokens {"gstin","enabled"}` | every data call for that GSTIN is answered 1005 / 238 / AUTH4033 (or no longer) |
-//! | `GET`/`POST /_sim/knobs` | read / partially update `latency_ms`, `token_ttl_secs` (new tokens only), `force_window_secs`, `error_http_status`, `force_refresh_revokes_old`, `ewb_plain_errors`, `ewb_login_window_secs`, `tamper_hmac`, `fixed_otp` (six digits, or null for random), `gstn_session_ttl_secs` (new sessions only), `gstn_max_sessions` |
+//! | `GET`/`POST /_sim/knobs` | read / partially update `latency_ms`, `token_ttl_secs` (new tokens only), `force_window_secs`, `error_http_status`, `force_refresh_revokes_old`, `ewb_plain_errors`, `ewb_login_window_secs`, `tamper_hmac`, `fixed_otp` (six digits, or null for random), `gstn_session_ttl_secs` (new sessions only), `gstn_max_sessions`, `stated_expiry_early_ms` (e-invoice `TokenExpiry` this much before the real expiry) |
 //! | `GET /_sim/otp?gstin=&username=` | the user's pending GSTN OTP `{"otp"}` (404 `{"error"}` when none) — the SMS a taxpayer would get |
 //! | `POST /_sim/gstn/access {"gstin","username","enabled"}` | switch the user's GSTN API access (off: OTPREQUEST/AUTHTOKEN answer AUTH4037) |
 //! | `POST /_sim/gstn/end-session {"gstin","username"}` | end the user's GSTN portal sessions now (refresh and data calls answer AUTH4038) |
@@ -141,6 +141,7 @@ struct KnobsBody {
     fixed_otp: Option<Option<String>>,
     gstn_session_ttl_secs: Option<u64>,
     gstn_max_sessions: Option<usize>,
+    stated_expiry_early_ms: Option<u64>,
 }
 
 /// Tells a field that is present (even as null) from one that is absent.
@@ -165,6 +166,7 @@ fn knobs_json(k: &Knobs) -> Json<Value> {
         "fixed_otp": k.fixed_otp,
         "gstn_session_ttl_secs": k.gstn_session_ttl.as_secs(),
         "gstn_max_sessions": k.gstn_max_sessions,
+        "stated_expiry_early_ms": k.stated_expiry_early.as_millis() as u64,
     }))
 }
 
@@ -222,6 +224,9 @@ async fn set_knobs(
     }
     if let Some(n) = b.gstn_max_sessions {
         k.gstn_max_sessions = n;
+    }
+    if let Some(ms) = b.stated_expiry_early_ms {
+        k.stated_expiry_early = Duration::from_millis(ms);
     }
     Ok(knobs_json(&k))
 }

@@ -277,7 +277,10 @@ fn login(sim: &SimState, h: &HeaderMap, body: &[u8]) -> Result<Value, NicError> 
         "UserName": user_name,
         "AuthToken": session.token,
         "Sek": app_key.encrypt_b64(session.sek.as_bytes()),
-        "TokenExpiry": to_ist(session.expires_at),
+        "TokenExpiry": to_ist(
+            session.expires_at
+                - chrono::Duration::from_std(knobs.stated_expiry_early).unwrap_or_default()
+        ),
     }))
 }
 

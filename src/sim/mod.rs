@@ -384,6 +384,7 @@ pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
             fixed_otp: cfg.fixed_otp,
             gstn_session_ttl: cfg.gstn_session_ttl,
             gstn_max_sessions: cfg.gstn_max_sessions,
+            stated_expiry_early: Duration::ZERO,
         }),
         sessions: Mutex::new(Sessions::default()),
         documents: Mutex::new(Documents::default()),

@@ -108,6 +108,9 @@ pub struct Knobs {
     pub gstn_session_ttl: Duration,
     /// GSTN: most live portal sessions one user may hold; one more login is AUTH403.
     pub gstn_max_sessions: usize,
+    /// e-invoice: `TokenExpiry` states this much earlier than the token really expires, as
+    /// NIC's whole seconds (and a clock running ahead of the client's) do.
+    pub stated_expiry_early: Duration,
 }
 
 /// The session of one (GSTIN, username): its current token.
@@ -509,6 +512,7 @@ mod tests {
             fixed_otp: None,
             gstn_session_ttl: Duration::from_secs(3600),
             gstn_max_sessions: 3,
+            stated_expiry_early: Duration::ZERO,
         }
     }
 
