@@ -511,6 +511,29 @@ async fn only_the_headers_an_api_needs_reach_the_upstream_with_gstgates_values()
     }
 }
 
+/// The reply side of the rule above: a header the upstream's own `Connection` header names
+/// is for the hop between the GSP and gstgate, and never reaches the caller.
+#[tokio::test]
+async fn headers_the_upstreams_connection_header_names_do_not_reach_the_caller() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    // Logged in first, so that the fault's one use is the data call's reply.
+    assert_eq!(gw.generate(GSTIN, "HOP/1").await.status(), 200);
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "hop_header", "count": 1, "path_prefix": "/eicore/"}),
+    )
+    .await;
+    let res = gw.generate(GSTIN, "HOP/2").await;
+    assert!(
+        sim.get_json("/_sim/faults").await["active"].is_null(),
+        "the simulator answered with its hop-by-hop header"
+    );
+    let headers = format!("{:?}", res.headers()).to_ascii_lowercase();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    assert!(!headers.contains("x-leak"), "{headers}");
+}
+
 #[tokio::test]
 async fn the_upstream_and_the_caller_see_the_same_valid_request_id() {
     let sim = Sim::start(SimOpts::default()).await;
