@@ -566,6 +566,43 @@ async fn admin_actions_leave_an_audit_line_with_request_id_and_outcome() {
     assert_eq!(line["code"], "unauthenticated", "{line}");
 }
 
+/// A caller's path reaches the audit line, and the proxy's access line, escaped: a bidi
+/// override, a line separator or a C1 control character in it cannot reorder, break or fake
+/// a log line. Both lines spell it the same way, percent-encoded.
+#[tokio::test]
+async fn paths_reach_the_audit_and_access_lines_escaped() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let tail = "x\u{202E}exe.pdf\u{2028}forged\u{85}line";
+    let escaped = "x%E2%80%AEexe.pdf%E2%80%A8forged%C2%85line";
+    for (addr, prefix, id, status) in [
+        (gw.admin, "/admin/", "bidi-admin", 401),
+        (gw.proxy, "/eicore/", "bidi-proxy", 401),
+    ] {
+        let head = format!(
+            "GET {prefix}{tail} HTTP/1.1\r\nhost: gw\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n"
+        );
+        let text = raw_exchange(addr, &head, b"", Duration::from_secs(10)).await;
+        assert_eq!(parse_raw(&text).0, status, "{text}");
+        gw.logs.wait_for(id).await;
+    }
+    let text = gw.logs.text();
+    for raw in ['\u{202E}', '\u{2028}', '\u{85}'] {
+        assert!(!text.contains(raw), "{raw:?} is in the log:\n{text}");
+    }
+    for (id, message, prefix) in [
+        ("bidi-admin", "\"admin action\"", "/admin/"),
+        ("bidi-proxy", "\"request\"", "/eicore/"),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(message) && l.contains(id))
+            .unwrap_or_else(|| panic!("no {message} line for {id}:\n{text}"));
+        let line: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(line["path"], format!("{prefix}{escaped}"), "{line}");
+    }
+}
+
 /// With `monitoring_token` set, `/metrics` and `/status` need it (or the admin token), as a
 /// bearer token or as a browser's Basic password; the probes stay open.
 #[tokio::test]
