@@ -556,6 +556,39 @@ fn check_config_refuses_what_serve_would_and_names_the_entry() {
     assert!(out.contains("credential 27AAPFU0939F1ZV/"), "{out}");
 }
 
+/// A secret setting written as a number (or any other non-string) is refused naming the key
+/// and what to write, never quoting the value: serde's own message would print it.
+#[test]
+fn check_config_names_a_secret_of_the_wrong_type_without_its_value() {
+    let demo =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml")).unwrap();
+    for (from, to, key) in [
+        (
+            "password = \"demo-password\"",
+            "password = 98765432",
+            "password",
+        ),
+        (
+            "admin_token = \"demo-admin-token-change-me\"",
+            "admin_token = 98765432",
+            "admin_token",
+        ),
+        (
+            "client_secret = \"demo-client-secret\"",
+            "client_secret = [98765432]",
+            "client_secret",
+        ),
+    ] {
+        let text = demo.replacen(from, to, 1);
+        assert_ne!(text, demo, "{from} is not in the demo config");
+        let (ok, out) = check_config(&text, &[]);
+        assert!(!ok, "{to}: {out}");
+        assert!(out.contains(&format!("key `{key}`")), "{to}: {out}");
+        assert!(out.contains("expected a string"), "{to}: {out}");
+        assert!(!out.contains("98765432"), "{to}: {out}");
+    }
+}
+
 /// An error reaches the operator once, on one line: the OS's reason is not repeated.
 #[test]
 fn a_startup_error_says_its_cause_once() {

@@ -556,4 +556,32 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn a_secret_of_another_type_is_refused_without_its_value() {
+        for line in [
+            "admin_token = 98765432",
+            "monitoring_token = 98765432.5",
+            "admin_token = [98765432]",
+            "admin_token = 1998-07-06T05:04:03Z",
+        ] {
+            let text = format!("[server]\n{line}\n");
+            let err = Config::parse(&text, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("line 2"), "{line}: {err}");
+            assert!(err.contains("expected a string"), "{line}: {err}");
+            assert!(
+                !err.contains("98765432") && !err.contains("1998"),
+                "{line}: {err}"
+            );
+        }
+        let text =
+            "[server]\n[[upstream]]\nname = \"u\"\n[upstream.headers]\n\"X-Key\" = 98765432\n";
+        let err = Config::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected a string"), "{err}");
+        assert!(!err.contains("98765432"), "{err}");
+    }
 }
