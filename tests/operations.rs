@@ -607,6 +607,28 @@ fn a_startup_error_says_its_cause_once() {
     }
 }
 
+/// A configuration path that names a device is read no further than the size limit, at
+/// start-up as on a reload: both commands refuse it at once, saying why.
+#[test]
+fn a_config_path_naming_an_endless_device_is_refused_at_the_size_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gstgate.toml");
+    std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+    for command in ["check-config", "serve"] {
+        let out = std::process::Command::new(BIN)
+            .args([command, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("gstgate.toml") && err.contains("larger than the limit"),
+            "{command}: {err}"
+        );
+    }
+}
+
 /// An empty webhook URL from the environment switches webhooks off instead of failing.
 #[test]
 fn an_empty_webhook_variable_switches_webhooks_off() {

@@ -67,7 +67,7 @@ fn from_file(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, StoreError> {
         path: path.to_owned(),
         source,
     };
-    match std::fs::read_to_string(path) {
+    match crate::config::read_limited(path, crate::config::MAX_SECRET_FILE_BYTES) {
         Ok(text) => {
             let text = Zeroizing::new(text);
             tracing::info!(key_file = %path.display(), "store encryption key read from its key file");
@@ -121,4 +121,20 @@ pub(super) fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
         .write(true)
         .create_new(true)
         .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_file_over_the_limit_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("s.redb");
+        let key = key_file(&store);
+        let big = crate::config::MAX_SECRET_FILE_BYTES as usize + 1;
+        std::fs::write(&key, "A".repeat(big)).unwrap();
+        let err = sealer(&store, None, None).err().unwrap().to_string();
+        assert!(err.contains("larger than the limit"), "{err}");
+    }
 }
