@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use http::StatusCode;
 
 use super::{GatewayError, Origin};
+use crate::path::PathError;
 
 /// The admin listener's endpoints (docs/operations.md), the remedy for an unknown admin path.
 const ADMIN_ENDPOINTS: &str = "Use an admin endpoint: GET /healthz, /readyz, /metrics, /status or /admin/sessions; POST /admin/sessions/<upstream>/<gstin>/refresh, …/otp-request or …/otp.";
@@ -164,6 +165,7 @@ impl GatewayError {
             NoCredential { .. } => "Ask the gateway operator to add a [[credential]] for this GSTIN and upstream.".into(),
             UpstreamNotFound { known, .. } => Cow::Owned(format!("Name one of the configured upstreams in the path: {known}.")),
             UserRequired { .. } => "Name one of the API users configured for this GSTIN: the `user_name` header on API calls, `?user=NAME` on the admin API.".into(),
+            PathInvalid(PathError::QueryName { .. } | PathError::QuerySeparator) => "Name query parameters as the GST API documents them (`action`, `gstin`, `ret_period`, …): letters, digits, `_` and `-`, unencoded, separated by `&`, with no `;` anywhere in the query.".into(),
             PathInvalid(_) => "Send the GST API path as documented, without `.` or `..` segments, `//`, backslashes or percent-encoded slashes; letters, digits, `-`, `_` and `.` make up every segment.".into(),
             RouteNotFound(_) => "Use a path of the GST API this gateway fronts (e.g. /eicore/v1.03/Invoice); check the base URL.".into(),
             BodyTooLarge(_) => "Send a smaller body, or ask the operator to raise `server.max_body_bytes`.".into(),
