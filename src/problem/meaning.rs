@@ -176,7 +176,7 @@ impl GatewayError {
             MethodNotAllowed(_) => "Use the method the GST API documents: GET, POST, PUT or DELETE (the `Allow` header lists them).".into(),
             AdminRequestInvalid(_) => "Send a UTF-8 path of the form /admin/sessions/<upstream>/<gstin>/<action> and at most one `?user=NAME`.".into(),
             AdminBodyTooLarge(_) => "Send only the documented body: {\"otp\": \"123456\"} for POST /admin/sessions/<upstream>/<gstin>/otp, nothing for the other endpoints.".into(),
-            RequestTimeout(_) => "Send the whole request at once; the gateway waits at most `server.request_timeout` for it.".into(),
+            RequestTimeout(_) => "Send the whole request at once; the gateway waits at most `server.request_timeout` for it, the admin listener `server.header_read_timeout` for a body.".into(),
             HeadersTooLarge(_) => "Send fewer or shorter headers (look for large cookies or repeated headers), or ask the operator to raise `server.max_header_bytes`.".into(),
             BodyInvalid(_) => "Send the plain JSON payload of the GST API; the gateway does the encryption.".into(),
             ConfigInvalid(_) => "Fix the configuration file as the detail says (`gstgate check-config` shows the same) and reload again; the running configuration stays until then.".into(),
