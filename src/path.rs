@@ -45,6 +45,18 @@ pub enum PathError {
         /// The byte, described without echoing control characters.
         what: String,
     },
+    /// A query parameter name that is empty or holds a byte other than letters, digits, `_`
+    /// and `-`, where the API's query names the taxpayer.
+    #[error("query parameter {parameter} has {what} in its name; parameter names are letters, digits, `_` and `-`, unencoded")]
+    QueryName {
+        /// The 1-based parameter index.
+        parameter: usize,
+        /// The byte, described without echoing control characters, or that it is empty.
+        what: String,
+    },
+    /// A `;` in the query, which some servers split parameters on, as on `&`.
+    #[error("the query contains `;`, which some servers read as a parameter separator")]
+    QuerySeparator,
 }
 
 /// A validated request path and its raw query, as the upstream will receive them.
@@ -91,6 +103,41 @@ impl CallerPath {
                     .then(|| decode_query(v))
             })
             .collect()
+    }
+
+    /// Refuses a query that parsers could read differently: a `;` anywhere (some split on it
+    /// as on `&`), or a parameter name that is empty or holds anything but ASCII letters,
+    /// digits, `_` and `-`. `gstin[]`, `+gstin`, `gstin+`, `gstin%00`, `gstin.` are each read
+    /// as `gstin` by some server-side parser; names are checked as sent, so a percent-encoded
+    /// name (`%67stin`) is refused too, whatever it decodes to. Empty pairs (`a=1&&b=2`, a
+    /// trailing `&`) name nothing and pass.
+    pub fn check_query_names(&self) -> Result<(), PathError> {
+        let Some(query) = self.query.as_deref() else {
+            return Ok(());
+        };
+        if query.contains(';') {
+            return Err(PathError::QuerySeparator);
+        }
+        for (i, pair) in query.split('&').enumerate() {
+            if pair.is_empty() {
+                continue;
+            }
+            let name = pair.split_once('=').map_or(pair, |(name, _)| name);
+            let what = if name.is_empty() {
+                Some("nothing".to_owned())
+            } else {
+                name.bytes()
+                    .find(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-')))
+                    .map(describe)
+            };
+            if let Some(what) = what {
+                return Err(PathError::QueryName {
+                    parameter: i + 1,
+                    what,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Whether this is `pattern`'s path in another spelling the upstream would accept: ASCII
@@ -320,6 +367,52 @@ mod tests {
             .unwrap()
             .query_values("gstin")
             .is_empty());
+    }
+
+    #[test]
+    fn query_names_other_than_plain_words_are_refused() {
+        let check = |q: &str| {
+            CallerPath::parse("/x", Some(q))
+                .unwrap()
+                .check_query_names()
+        };
+        for q in [
+            "action=RETSUM&gstin=27A&ret_period=102026",
+            "action=RETSUM&GSTIN=27A&state-cd=27&x_y=%3B",
+            "action=RETSUM&&gstin=27A&",
+            "flag",
+        ] {
+            assert_eq!(check(q), Ok(()), "{q}");
+        }
+        for q in [
+            "gstin[]=27A",
+            "+gstin=27A",
+            "gstin+=27A",
+            "gstin%00=27A",
+            "a=1&gstin.=27A",
+            "%67stin=27A",
+            "=27A",
+        ] {
+            assert!(
+                matches!(check(q), Err(PathError::QueryName { .. })),
+                "{q}: {:?}",
+                check(q)
+            );
+        }
+        assert_eq!(
+            check("a=1&gstin%00=27A"),
+            Err(PathError::QueryName {
+                parameter: 2,
+                what: "`%`".into()
+            })
+        );
+        for q in [";gstin=27A", "action=RETSUM;gstin=27A"] {
+            assert_eq!(check(q), Err(PathError::QuerySeparator), "{q}");
+        }
+        assert_eq!(
+            CallerPath::parse("/x", None).unwrap().check_query_names(),
+            Ok(())
+        );
     }
 
     #[test]

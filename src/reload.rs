@@ -78,7 +78,7 @@ pub struct Reloader {
 impl Reloader {
     /// A reloader for the gateway started from `config`, read from `path`.
     pub fn new(path: PathBuf, config: &Config, sessions: Arc<Sessions>, proxy: Arc<Proxy>) -> Self {
-        let fixed = std::fs::read_to_string(&path)
+        let fixed = Config::read(&path)
             .ok()
             .and_then(|text| fixed_settings(&text))
             .unwrap_or_default();
@@ -104,12 +104,7 @@ impl Reloader {
 
     fn apply(&self) -> Result<Report, ReloadError> {
         let _one = self.one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
-        let text = std::fs::read_to_string(&self.path).map_err(|source| {
-            ReloadError::Config(crate::config::ConfigError::Read {
-                path: self.path.clone(),
-                source,
-            })
-        })?;
+        let text = Config::read(&self.path)?;
         let config = Config::parse(&text, &self.path)?;
         crate::upstream::check_profiles(&config, &self.path)?;
         crate::upstream::check_files(&config, &self.path)?;

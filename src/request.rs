@@ -1,5 +1,8 @@
-//! What every request on either listener gets before anything else: its id, and the size of
-//! its head as the `server.max_header_bytes` limit counts it.
+//! What every request on either listener gets before anything else: its id, the size of its
+//! head as the `server.max_header_bytes` limit counts it, and its path as log lines show it.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
 
 use http::{HeaderMap, HeaderName, Method};
 
@@ -44,6 +47,26 @@ pub fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()))
 }
 
+/// A request path as log lines show it: every byte outside printable ASCII is
+/// percent-encoded, so that a path cannot break a line, fake another, or change what a
+/// terminal or log viewer shows (bidi overrides such as U+202E, the U+2028 line separator, C1
+/// control characters). The result is the same URI path, spelled with escapes only.
+pub fn loggable_path(path: &str) -> Cow<'_, str> {
+    if path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Cow::Borrowed(path);
+    }
+    let mut out = String::with_capacity(path.len() * 3);
+    for b in path.bytes() {
+        if b.is_ascii_graphic() {
+            out.push(char::from(b));
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// The size of a request head as parsed, in HTTP/1.1 form: the request line, one
 /// `name: value` line per field and the blank line (whitespace the parser trimmed around
 /// values is not counted; hyper's buffer of twice the limit bounds it). hyper's own limit is
@@ -58,4 +81,19 @@ pub fn head_len(method: &Method, uri: &http::Uri, headers: &HeaderMap) -> usize 
     headers
         .iter()
         .fold(line, |n, (k, v)| n + k.as_str().len() + 2 + v.len() + 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loggable_path_escapes_every_byte_outside_printable_ascii() {
+        let plain = "/eicore/v1.03/Invoice?x=%41";
+        assert!(matches!(loggable_path(plain), Cow::Borrowed(p) if p == plain));
+        assert_eq!(
+            loggable_path("/a\u{202E}b\u{2028}c\u{85} d\u{7F}"),
+            "/a%E2%80%AEb%E2%80%A8c%C2%85%20d%7F"
+        );
+    }
 }

@@ -180,6 +180,7 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
         token: server.admin_token.clone(),
         monitoring_token: server.monitoring_token.clone(),
         request_timeout: server.request_timeout,
+        body_timeout: server.header_read_timeout,
         reloader: reloader.clone(),
     });
 

@@ -302,6 +302,87 @@ async fn raw_exchange_first_response(
         .unwrap_or_else(|_| panic!("no response within {within:?}"))
 }
 
+/// Sends `head` on a new connection, then one byte of the announced body every 200 ms, and
+/// returns the first complete response (or all that came before the server closed) and how
+/// long after the head it came. Fails if none came within 20 s.
+async fn trickled_answer(addr: std::net::SocketAddr, head: &str) -> (String, Duration) {
+    let (mut reader, mut writer) = TcpStream::connect(addr).await.unwrap().into_split();
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let trickle = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            if writer.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+    });
+    let read = async {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = reader.read(&mut buf).await.unwrap_or(0);
+            out.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&out).into_owned();
+            let complete = text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+                head.lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .is_some_and(|length| body.len() >= length)
+            });
+            if n == 0 || complete {
+                return text;
+            }
+        }
+    };
+    let text = tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .unwrap_or_else(|_| panic!("no answer within 20 s to {head:?}"));
+    trickle.abort();
+    (text, started.elapsed())
+}
+
+/// A client that has not authenticated cannot hold an admin connection by trickling a body:
+/// `/admin/*` answers 401 on the head alone, and any other path waits for the body no longer
+/// than for a head (`header_read_timeout`, 1 s here), not for `request_timeout` (60 s).
+#[tokio::test]
+async fn an_unauthenticated_trickled_body_is_cut_off_at_the_header_read_timeout() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let opts = GwOpts {
+        server_extra: "header_read_timeout = \"1s\"".into(),
+        ..GwOpts::default()
+    };
+    let config = gateway_config(&sim.public_key, &sim.url(), &opts);
+    assert!(
+        config.contains(r#"request_timeout = "60s""#),
+        "the harness config changed"
+    );
+    let gw = Gateway::start_with_config(&config, &opts).await;
+    let head = |path: &str, auth: &str| {
+        format!("POST {path} HTTP/1.1\r\nhost: gw\r\n{auth}content-type: application/json\r\ncontent-length: 100\r\n\r\n")
+    };
+    for auth in ["", "authorization: Bearer not-the-token\r\n"] {
+        let (text, took) = trickled_answer(gw.admin, &head("/admin/reload", auth)).await;
+        assert_eq!(parse_raw(&text).0, 401, "{text}");
+        assert!(took < Duration::from_secs(1), "401 after {took:?}");
+    }
+    for path in ["/healthz", "/metrics", "/no-such-endpoint"] {
+        let (text, took) = trickled_answer(gw.admin, &head(path, "")).await;
+        let (status, head, body) = parse_raw(&text);
+        assert_eq!(status, 408, "{path}: {text}");
+        assert_eq!(body["code"], "request_timeout", "{path}: {body}");
+        assert!(head.contains("connection: close"), "{path}: {text}");
+        assert!(
+            took < Duration::from_secs(10),
+            "{path}: answered after {took:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn admin_actions_on_a_gstin_with_several_users_need_user() {
     const SECOND: &str = "api_user_2";
@@ -564,6 +645,43 @@ async fn admin_actions_leave_an_audit_line_with_request_id_and_outcome() {
     let line = audit_line(&id_of(&wrong));
     assert_eq!(line["outcome"], "refused", "{line}");
     assert_eq!(line["code"], "unauthenticated", "{line}");
+}
+
+/// A caller's path reaches the audit line, and the proxy's access line, escaped: a bidi
+/// override, a line separator or a C1 control character in it cannot reorder, break or fake
+/// a log line. Both lines spell it the same way, percent-encoded.
+#[tokio::test]
+async fn paths_reach_the_audit_and_access_lines_escaped() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let tail = "x\u{202E}exe.pdf\u{2028}forged\u{85}line";
+    let escaped = "x%E2%80%AEexe.pdf%E2%80%A8forged%C2%85line";
+    for (addr, prefix, id, status) in [
+        (gw.admin, "/admin/", "bidi-admin", 401),
+        (gw.proxy, "/eicore/", "bidi-proxy", 401),
+    ] {
+        let head = format!(
+            "GET {prefix}{tail} HTTP/1.1\r\nhost: gw\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n"
+        );
+        let text = raw_exchange(addr, &head, b"", Duration::from_secs(10)).await;
+        assert_eq!(parse_raw(&text).0, status, "{text}");
+        gw.logs.wait_for(id).await;
+    }
+    let text = gw.logs.text();
+    for raw in ['\u{202E}', '\u{2028}', '\u{85}'] {
+        assert!(!text.contains(raw), "{raw:?} is in the log:\n{text}");
+    }
+    for (id, message, prefix) in [
+        ("bidi-admin", "\"admin action\"", "/admin/"),
+        ("bidi-proxy", "\"request\"", "/eicore/"),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.contains(message) && l.contains(id))
+            .unwrap_or_else(|| panic!("no {message} line for {id}:\n{text}"));
+        let line: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(line["path"], format!("{prefix}{escaped}"), "{line}");
+    }
 }
 
 /// With `monitoring_token` set, `/metrics` and `/status` need it (or the admin token), as a

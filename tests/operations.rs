@@ -556,6 +556,100 @@ fn check_config_refuses_what_serve_would_and_names_the_entry() {
     assert!(out.contains("credential 27AAPFU0939F1ZV/"), "{out}");
 }
 
+/// A secret setting written as a number (or any other non-string) is refused naming the key
+/// and what to write, never quoting the value: serde's own message would print it.
+#[test]
+fn check_config_names_a_secret_of_the_wrong_type_without_its_value() {
+    let demo =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml")).unwrap();
+    for (from, to, key) in [
+        (
+            "password = \"demo-password\"",
+            "password = 98765432",
+            "password",
+        ),
+        (
+            "admin_token = \"demo-admin-token-change-me\"",
+            "admin_token = 98765432",
+            "admin_token",
+        ),
+        (
+            "client_secret = \"demo-client-secret\"",
+            "client_secret = [98765432]",
+            "client_secret",
+        ),
+    ] {
+        let text = demo.replacen(from, to, 1);
+        assert_ne!(text, demo, "{from} is not in the demo config");
+        let (ok, out) = check_config(&text, &[]);
+        assert!(!ok, "{to}: {out}");
+        assert!(out.contains(&format!("key `{key}`")), "{to}: {out}");
+        assert!(out.contains("expected a string"), "{to}: {out}");
+        assert!(!out.contains("98765432"), "{to}: {out}");
+    }
+}
+
+/// A value sent as a header on every call that holds a line break (a secret file's trailing
+/// newline): `check-config` refuses it as `serve` does, with the same line, naming the key and
+/// never the value.
+#[test]
+fn check_config_refuses_a_header_value_with_a_line_break_as_serve_does() {
+    let demo =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml")).unwrap();
+    for (from, to, key) in [
+        (
+            "client_secret = \"demo-client-secret\"",
+            "client_secret = \"demo-client-secret-Qv7\\n\"",
+            "upstream \"einvoice\".client_secret",
+        ),
+        (
+            "client_secret = \"demo-client-secret\"",
+            "client_secret = \"${GSTGATE_TEST_SECRET}\"",
+            "upstream \"einvoice\".client_secret",
+        ),
+        (
+            "username = \"demo_api_user\"",
+            "username = \"demo_api_user\\r\\nX-Injected: 1\"",
+            ".username",
+        ),
+    ] {
+        let text = demo.replacen(from, to, 1);
+        assert_ne!(text, demo, "{from} is not in the demo config");
+        let env = [("GSTGATE_TEST_SECRET", "demo-client-secret-Qv7\n")];
+        let (ok, out) = check_config(&text, &env);
+        assert!(!ok, "{to}: {out}");
+        assert!(
+            out.contains(key) && out.contains("valid HTTP header value"),
+            "{to}: {out}"
+        );
+        assert!(
+            !out.contains("Qv7") && !out.contains("X-Injected"),
+            "{to}: {out}"
+        );
+        // `serve` stops at the same check, with the same line.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, &text).unwrap();
+        let serve = std::process::Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&path)
+            .envs(env)
+            .output()
+            .unwrap();
+        assert!(!serve.status.success());
+        // Both files are named c.toml; what follows the name is the error.
+        let error = |text: &str| {
+            text.lines()
+                .find(|l| l.starts_with("gstgate: error:"))
+                .and_then(|l| l.split_once("c.toml: "))
+                .map(|(_, error)| error.to_owned())
+        };
+        let served = error(&String::from_utf8_lossy(&serve.stderr));
+        assert!(served.is_some(), "{to}: {serve:?}");
+        assert_eq!(served, error(&out), "{to}");
+    }
+}
+
 /// An error reaches the operator once, on one line: the OS's reason is not repeated.
 #[test]
 fn a_startup_error_says_its_cause_once() {
@@ -571,6 +665,28 @@ fn a_startup_error_says_its_cause_once() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(err.matches("os error 2").count(), 1, "{command}: {err}");
         assert!(err.contains("absent.toml"), "{command}: {err}");
+    }
+}
+
+/// A configuration path that names a device is read no further than the size limit, at
+/// start-up as on a reload: both commands refuse it at once, saying why.
+#[test]
+fn a_config_path_naming_an_endless_device_is_refused_at_the_size_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gstgate.toml");
+    std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+    for command in ["check-config", "serve"] {
+        let out = std::process::Command::new(BIN)
+            .args([command, "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("gstgate.toml") && err.contains("larger than the limit"),
+            "{command}: {err}"
+        );
     }
 }
 

@@ -153,6 +153,78 @@ async fn a_broken_file_is_refused_with_the_reason_and_the_running_config_stays()
     assert_eq!(sim.count(GSTIN, "auth_calls").await, 1, "no re-login");
 }
 
+/// A numeric password in a reloaded file: the answer and the log name the key and say a
+/// string is expected, never printing the value; the running configuration stays.
+#[tokio::test]
+async fn a_reloaded_secret_of_the_wrong_type_is_refused_without_its_value() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let text = gateway_config(&sim.public_key, &sim.url(), &GwOpts::default()).replacen(
+        &format!("password = \"{PASSWORD}\""),
+        "password = 98765432",
+        1,
+    );
+    assert!(
+        text.contains("password = 98765432"),
+        "the harness config changed"
+    );
+    std::fs::write(&gw.config, text).unwrap();
+    let body = expect_problem(
+        gw.admin_post("/admin/reload", None).await,
+        422,
+        "config_invalid",
+    )
+    .await;
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("key `password`") && detail.contains("expected a string"),
+        "{body}"
+    );
+    assert!(!body.to_string().contains("98765432"), "{body}");
+    gw.logs.wait_for("configuration reload refused").await;
+    assert!(
+        !gw.logs.text().contains("98765432"),
+        "the log quotes the value"
+    );
+    let res = gw.generate(GSTIN, "N/1").await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+}
+
+/// A configuration path that turns out to be a symlink to `/dev/zero`: the reload reads no
+/// more than the limit, is refused with that reason, and the process stays small and keeps
+/// serving its running configuration.
+#[tokio::test]
+async fn a_reload_of_an_endless_file_is_refused_at_the_size_limit() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    std::fs::remove_file(&gw.config).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &gw.config).unwrap();
+    let res = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        gw.admin_post("/admin/reload", None),
+    )
+    .await
+    .expect("the reload answers (an unbounded read never does)");
+    let body = expect_problem(res, 422, "config_invalid").await;
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains("larger than the limit of 67108864 bytes"),
+        "{body}"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", gw.pid())).unwrap();
+    let rss_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(
+        rss_kib < 256 * 1024,
+        "resident {rss_kib} KiB after the refusal"
+    );
+    let res = gw.generate(GSTIN, "Z/1").await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+}
+
 #[tokio::test]
 async fn a_changed_password_clears_that_credentials_lockout() {
     let sim = Sim::start(SimOpts::default()).await;

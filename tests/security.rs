@@ -246,14 +246,14 @@ async fn a_gstn_query_naming_another_taxpayer_is_refused() {
     gw.start_gstn_session(&sim, &other()).await;
     let before = upstream_log(&sim).await.len();
     // The other tenant, with its own GSTIN in the header, names the first tenant's in the
-    // query, plainly, encoded, in another case, or as a second parameter.
+    // query, plainly, with an encoded value, in another case, or as a second parameter (an
+    // encoded name is refused before this check: see the next test).
     let victim = GSTIN;
     let encoded: String = victim.bytes().map(|b| format!("%{b:02X}")).collect();
     for query in [
         format!("action=RETSUM&gstin={victim}&ret_period=102026"),
         format!("action=RETSUM&GSTIN={victim}&ret_period=102026"),
         format!("action=RETSUM&gstin={encoded}&ret_period=102026"),
-        format!("action=RETSUM&%67stin={victim}&ret_period=102026"),
         format!(
             "action=RETSUM&gstin={}&gstin={victim}&ret_period=102026",
             other()
@@ -272,6 +272,45 @@ async fn a_gstn_query_naming_another_taxpayer_is_refused() {
     let query = format!("action=RETSUM&gstin={}&ret_period=102026", other());
     let (status, body) = other_tenant_returns(&gw, &query).await;
     assert_eq!(status, 200, "{body}");
+}
+
+/// Parameter names some server-side parsers read as `gstin` (PHP's `gstin[]`, a `+` or `.`
+/// turned into nothing, a NUL that ends a C string, `;` as a separator, a percent-encoded
+/// name): the check above compares plain `gstin` parameters only, so every such name is
+/// refused, and nothing reaches the upstream.
+#[tokio::test]
+async fn gstn_query_names_a_parser_could_read_as_gstin_are_refused() {
+    let (sim_opts, gw_opts) = two_tenants();
+    let sim = Sim::start(sim_opts).await;
+    let gw = Gateway::start(&sim, gw_opts).await;
+    gw.start_gstn_session(&sim, &other()).await;
+    let before = upstream_log(&sim).await.len();
+    let calls = sim.count(&other(), "requests").await;
+    let victim = GSTIN;
+    for name in [
+        "gstin[]", "+gstin", "gstin+", "gstin%00", ";gstin", "gstin.", "%67stin",
+    ] {
+        let query = format!("action=RETSUM&{name}={victim}&ret_period=102026");
+        let (status, body) = other_tenant_returns(&gw, &query).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["code"], "path_invalid", "{query}: {body}");
+    }
+    // A `;` in a value is a separator to those parsers too.
+    let query = format!("action=RETSUM;gstin={victim}&ret_period=102026");
+    let (status, body) = other_tenant_returns(&gw, &query).await;
+    assert_eq!(status, 400, "{query}: {body}");
+    assert_eq!(body["code"], "path_invalid", "{query}: {body}");
+    assert_eq!(
+        upstream_log(&sim).await.len(),
+        before,
+        "a call reached the upstream"
+    );
+    assert_eq!(sim.count(&other(), "requests").await, calls);
+    // The query the API documents is served.
+    let query = format!("action=RETSUM&gstin={}&ret_period=102026", other());
+    let (status, body) = other_tenant_returns(&gw, &query).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(sim.count(&other(), "requests").await, calls + 1);
 }
 
 #[tokio::test]
@@ -509,6 +548,29 @@ async fn only_the_headers_an_api_needs_reach_the_upstream_with_gstgates_values()
             assert!(!seen.contains_key("txn"), "{api}: {seen:?}");
         }
     }
+}
+
+/// The reply side of the rule above: a header the upstream's own `Connection` header names
+/// is for the hop between the GSP and gstgate, and never reaches the caller.
+#[tokio::test]
+async fn headers_the_upstreams_connection_header_names_do_not_reach_the_caller() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    // Logged in first, so that the fault's one use is the data call's reply.
+    assert_eq!(gw.generate(GSTIN, "HOP/1").await.status(), 200);
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "hop_header", "count": 1, "path_prefix": "/eicore/"}),
+    )
+    .await;
+    let res = gw.generate(GSTIN, "HOP/2").await;
+    assert!(
+        sim.get_json("/_sim/faults").await["active"].is_null(),
+        "the simulator answered with its hop-by-hop header"
+    );
+    let headers = format!("{:?}", res.headers()).to_ascii_lowercase();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    assert!(!headers.contains("x-leak"), "{headers}");
 }
 
 #[tokio::test]

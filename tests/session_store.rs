@@ -370,4 +370,78 @@ async fn a_kill_9_in_a_tokens_last_second_costs_one_forced_login_and_no_502() {
     let forced = sim.count(GSTIN, "force_refreshes").await;
     einvoice(&gw, "LAST-SECOND-2").await;
     assert_eq!(sim.count(GSTIN, "force_refreshes").await, forced + 1);
+
+/// The mode bits of `path` (following a link).
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// A store file that is a symbolic link is refused at start-up with the reason, and the file
+/// it points to is neither written nor made owner-only: whoever can put a link in the store's
+/// directory cannot have gstgate change another file.
+#[tokio::test]
+async fn a_store_file_that_is_a_symlink_is_refused_and_its_target_left_alone() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let sim = Sim::start(SimOpts::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("someone-elses-file");
+    std::fs::write(&target, "not a store").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let store = dir.path().join("sessions.redb");
+    std::os::unix::fs::symlink(&target, &store).unwrap();
+    let opts = opts(dir.path(), "");
+    let err = serve_refused(&gateway_config(&sim.public_key, &sim.url(), &opts), &opts).await;
+    assert!(
+        err.contains(&store.display().to_string()) && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert_eq!(mode(&target), 0o644, "the link's target was chmodded");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "not a store");
+    assert!(std::fs::symlink_metadata(&store).unwrap().is_symlink());
+}
+
+/// The generated key file is not read through a symbolic link either: a link to a valid key
+/// elsewhere is refused, not used.
+#[tokio::test]
+async fn a_key_file_that_is_a_symlink_is_refused() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = dir.path().join("another-key");
+    std::fs::write(&elsewhere, KEY_A).unwrap();
+    let key = dir.path().join("sessions.redb.key");
+    std::os::unix::fs::symlink(&elsewhere, &key).unwrap();
+    let opts = opts(dir.path(), "");
+    let err = serve_refused(&gateway_config(&sim.public_key, &sim.url(), &opts), &opts).await;
+    assert!(
+        err.contains(&key.display().to_string()) && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("sessions.redb").exists(),
+        "a store was made"
+    );
+}
+
+/// A store whose directory does not exist yet, with no configured key: the directory is
+/// created owner-only, the key file and the store go there, and the gateway serves.
+#[tokio::test]
+async fn a_missing_store_directory_is_created_owner_only_and_the_gateway_serves() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("state").join("gstgate");
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            apis: vec!["einvoice"],
+            ..opts(&missing, "")
+        },
+    )
+    .await;
+    einvoice(&gw, "INV/1").await;
+    for created in [dir.path().join("state"), missing.clone()] {
+        assert_eq!(mode(&created), 0o700, "{}", created.display());
+    }
+    assert!(missing.join("sessions.redb").is_file());
+    assert_eq!(mode(&missing.join("sessions.redb.key")), 0o600);
 }

@@ -7,6 +7,7 @@ use axum::response::Response;
 
 use super::auth::{is_monitoring, needs_token};
 use crate::problem::ErrorCode;
+use crate::request::loggable_path;
 
 /// What the audit trail records of an admin request: every action (a `POST`), and every
 /// request to `/admin/*`, `/metrics` or `/status` that was refused for its token.
@@ -23,14 +24,14 @@ impl Audit {
         // Monitoring paths too: they take the admin token, so a guess there is one on it.
         (needs_token(path) || is_monitoring(path) || req.method() == Method::POST).then(|| Self {
             method: req.method().clone(),
-            path: path.to_owned(),
+            path: loggable_path(path).into_owned(),
             peer: req.extensions().get::<crate::request::Peer>().map(|p| p.0),
         })
     }
 
     /// One line per request, under the `gstgate::audit` target so it can be routed apart:
-    /// who (address), what (method and path: the upstream and GSTIN acted on; an OTP is in
-    /// the body and never logged), and the outcome.
+    /// who (address), what (method and path, escaped as the access log escapes it: the
+    /// upstream and GSTIN acted on; an OTP is in the body and never logged), and the outcome.
     pub(super) fn log(self, request_id: &str, res: &Response) {
         let status = res.status();
         let code = res.extensions().get::<ErrorCode>().map(|c| c.0);

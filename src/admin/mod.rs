@@ -8,7 +8,9 @@
 //! configured.
 //!
 //! Every request first passes `admit`: the bearer check (before any path, query or body is
-//! looked at), a small body limit and the `server.request_timeout` deadline. Every failure,
+//! looked at), a small body limit read within `server.header_read_timeout` (a body is a few
+//! bytes, and a client that trickles one must not hold a connection for longer than a slow
+//! head can), and the `server.request_timeout` deadline. Every failure,
 //! axum's own 404, 405 and extractor rejections included, is a problem document with the
 //! request id.
 
@@ -57,6 +59,8 @@ pub struct Admin {
     pub monitoring_token: Option<SecretString>,
     /// `server.request_timeout`: the bound on receiving and answering one request.
     pub request_timeout: Duration,
+    /// `server.header_read_timeout`: the bound on receiving a request's body, as on its head.
+    pub body_timeout: Duration,
     /// Reloads the configuration for `POST /admin/reload`.
     pub reloader: Arc<Reloader>,
 }
@@ -107,7 +111,7 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> &'static str {
 }
 
 /// Admits a request before any handler or extractor runs: checks the bearer token for `/admin/*`,
-/// reads the body within [`MAX_BODY_BYTES`], bounds the whole request by
+/// reads the body within [`MAX_BODY_BYTES`] and `body_timeout`, bounds the whole request by
 /// `request_timeout`, and puts the request id into whatever problem comes back.
 async fn admit(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Response {
     let deadline = Instant::now() + admin.request_timeout;
@@ -157,7 +161,8 @@ async fn admit(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Res
     res
 }
 
-/// The bearer check and the bounded body read; the request comes back with its body buffered.
+/// The bearer check, on the head alone, then the bounded body read; the request comes back
+/// with its body buffered.
 async fn receive(admin: &Admin, req: Request, deadline: Instant) -> Result<Request, GatewayError> {
     let path = req.uri().path();
     if needs_token(path) {
@@ -175,12 +180,9 @@ async fn receive(admin: &Admin, req: Request, deadline: Instant) -> Result<Reque
         return Err(GatewayError::AdminBodyTooLarge(MAX_BODY_BYTES));
     }
     let read = http_body_util::Limited::new(body, MAX_BODY_BYTES).collect();
-    let bytes = match tokio::time::timeout_at(deadline, read).await {
-        Err(_) => {
-            return Err(GatewayError::RequestTimeout(
-                admin.request_timeout.as_millis(),
-            ))
-        }
+    let bound = admin.body_timeout.min(admin.request_timeout);
+    let bytes = match tokio::time::timeout_at(deadline.min(Instant::now() + bound), read).await {
+        Err(_) => return Err(GatewayError::RequestTimeout(bound.as_millis())),
         Ok(Ok(collected)) => collected.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(GatewayError::AdminBodyTooLarge(MAX_BODY_BYTES))

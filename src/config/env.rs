@@ -67,8 +67,29 @@ pub(super) fn env_path_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Pat
     Ok(env_string_opt(d)?.map(PathBuf::from))
 }
 
+/// What a secret setting given as something other than a string is refused with. serde's own
+/// message quotes the value (`invalid type: integer `98765432`, expected a string`), and this
+/// one reaches `check-config`, the log and the reload answer.
+const SECRET_NOT_A_STRING: &str =
+    "expected a string (write the value in quotes); the value is a secret and is not shown";
+
+/// The text of a secret setting, as written; a value of another type is refused without
+/// being quoted.
+struct SecretText(String);
+
+impl<'de> Deserialize<'de> for SecretText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)
+            .map(SecretText)
+            .map_err(|_| serde::de::Error::custom(SECRET_NOT_A_STRING))
+    }
+}
+
 pub(super) fn env_secret<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
-    env_parse::<D, String>(d).map(SecretString::from)
+    let SecretText(raw) = SecretText::deserialize(d)?;
+    interpolate(&raw)
+        .map(SecretString::from)
+        .map_err(serde::de::Error::custom)
 }
 
 pub(super) fn env_secret_opt<'de, D: Deserializer<'de>>(
@@ -120,9 +141,9 @@ pub(super) fn env_one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Str
 pub(super) fn env_map<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<BTreeMap<String, SecretString>, D::Error> {
-    let raw = BTreeMap::<String, String>::deserialize(d)?;
+    let raw = BTreeMap::<String, SecretText>::deserialize(d)?;
     raw.into_iter()
-        .map(|(k, v)| {
+        .map(|(k, SecretText(v))| {
             let v = interpolate(&v)
                 .map_err(|e| serde::de::Error::custom(format!("header `{k}`: {e}")))?;
             Ok((k, SecretString::from(v)))

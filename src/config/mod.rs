@@ -8,12 +8,14 @@
 //!
 //! The schema and its limits live here; `defaults` holds what an omitted setting becomes,
 //! `headers` the header names the schema speaks of, `env` the interpolation, `error` what
-//! loading fails with, `validate` the checks that span fields and `store` the `[store]` rules.
+//! loading fails with, `validate` the checks that span fields, `store` the `[store]` rules and
+//! `read` the size limit of every file read for the configuration.
 
 mod defaults;
 mod env;
 mod error;
 mod headers;
+mod read;
 mod rebase;
 mod server;
 mod store;
@@ -37,6 +39,7 @@ pub use defaults::{
 pub use env::interpolate;
 pub use error::{client_entry, credential_entry, upstream_entry, ConfigError};
 pub use headers::{HEADER_ROLES, RESERVED_HEADERS, ROLE_COUNT};
+pub use read::{read_limited, MAX_CONFIG_BYTES, MAX_SECRET_FILE_BYTES};
 pub use validate::{check_otp_warning, check_webhook_url};
 
 use defaults::{
@@ -469,11 +472,15 @@ pub struct SimulatorConfig {
 impl Config {
     /// Reads, parses, interpolates and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        Self::parse(&Self::read(path)?, path)
+    }
+
+    /// The text of a configuration file, read within [`MAX_CONFIG_BYTES`].
+    pub fn read(path: &Path) -> Result<String, ConfigError> {
+        read_limited(path, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
-        Self::parse(&text, path)
+        })
     }
 
     /// Parses and validates configuration text; `path` names the file in messages and places
@@ -555,5 +562,33 @@ mod tests {
             err.contains("line 2") && err.contains("listen_typo"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_secret_of_another_type_is_refused_without_its_value() {
+        for line in [
+            "admin_token = 98765432",
+            "monitoring_token = 98765432.5",
+            "admin_token = [98765432]",
+            "admin_token = 1998-07-06T05:04:03Z",
+        ] {
+            let text = format!("[server]\n{line}\n");
+            let err = Config::parse(&text, Path::new("c.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("line 2"), "{line}: {err}");
+            assert!(err.contains("expected a string"), "{line}: {err}");
+            assert!(
+                !err.contains("98765432") && !err.contains("1998"),
+                "{line}: {err}"
+            );
+        }
+        let text =
+            "[server]\n[[upstream]]\nname = \"u\"\n[upstream.headers]\n\"X-Key\" = 98765432\n";
+        let err = Config::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected a string"), "{err}");
+        assert!(!err.contains("98765432"), "{err}");
     }
 }

@@ -56,6 +56,10 @@ fn check_canonical(path: &str) -> Result<(), String> {
     }
 }
 
+/// Why a setting sent as a header value is refused; the value is not quoted (it may be a
+/// secret).
+const NOT_A_HEADER_VALUE: &str = "must be a valid HTTP header value: printable characters, spaces and tabs only, no line break or other control character (look for a trailing newline from a file or variable)";
+
 impl Config {
     /// Whether every upstream refuses GSTINs whose check character is wrong.
     fn all_enforce_checksums(&self) -> bool {
@@ -174,6 +178,17 @@ impl Config {
             if u.max_logins == 0 {
                 return Err((key("max_logins"), "must be at least 1".into()));
             }
+            // Both travel as header values on every call: a line break or a control
+            // character (a secret file's trailing newline, say) is refused here rather than
+            // when the upstream is built, so `check-config` refuses what `serve` would.
+            for (field, value) in [
+                ("client_id", &u.client_id),
+                ("client_secret", &u.client_secret),
+            ] {
+                if http::HeaderValue::from_str(value.expose_secret()).is_err() {
+                    return Err((key(field), NOT_A_HEADER_VALUE.into()));
+                }
+            }
             if http::HeaderValue::from_str(&u.ip_usr).is_err() {
                 return Err((
                     key("ip_usr"),
@@ -211,6 +226,11 @@ impl Config {
             Gstin::parse(&c.gstin).map_err(|e| (key("gstin"), e.to_string()))?;
             if c.username.is_empty() {
                 return Err((key("username"), "must not be empty".into()));
+            }
+            if http::HeaderValue::from_str(&c.username).is_err() {
+                // Named by position: the name would carry the line break into the message.
+                let entry = credential_entry(i, "", "");
+                return Err((format!("{entry}.username"), NOT_A_HEADER_VALUE.into()));
             }
             if let Some(l) = c.session_lifetime {
                 if !(MIN_SESSION_LIFETIME..=MAX_SESSION_LIFETIME).contains(&l) {

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use http::StatusCode;
 
 use super::{GatewayError, Origin};
+use crate::path::PathError;
 
 /// The admin listener's endpoints (docs/operations.md), the remedy for an unknown admin path.
 const ADMIN_ENDPOINTS: &str = "Use an admin endpoint: GET /healthz, /readyz, /metrics, /status or /admin/sessions; POST /admin/sessions/<upstream>/<gstin>/refresh, …/otp-request or …/otp.";
@@ -164,6 +165,7 @@ impl GatewayError {
             NoCredential { .. } => "Ask the gateway operator to add a [[credential]] for this GSTIN and upstream.".into(),
             UpstreamNotFound { known, .. } => Cow::Owned(format!("Name one of the configured upstreams in the path: {known}.")),
             UserRequired { .. } => "Name one of the API users configured for this GSTIN: the `user_name` header on API calls, `?user=NAME` on the admin API.".into(),
+            PathInvalid(PathError::QueryName { .. } | PathError::QuerySeparator) => "Name query parameters as the GST API documents them (`action`, `gstin`, `ret_period`, …): letters, digits, `_` and `-`, unencoded, separated by `&`, with no `;` anywhere in the query.".into(),
             PathInvalid(_) => "Send the GST API path as documented, without `.` or `..` segments, `//`, backslashes or percent-encoded slashes; letters, digits, `-`, `_` and `.` make up every segment.".into(),
             RouteNotFound(_) => "Use a path of the GST API this gateway fronts (e.g. /eicore/v1.03/Invoice); check the base URL.".into(),
             BodyTooLarge(_) => "Send a smaller body, or ask the operator to raise `server.max_body_bytes`.".into(),
@@ -174,7 +176,7 @@ impl GatewayError {
             MethodNotAllowed(_) => "Use the method the GST API documents: GET, POST, PUT or DELETE (the `Allow` header lists them).".into(),
             AdminRequestInvalid(_) => "Send a UTF-8 path of the form /admin/sessions/<upstream>/<gstin>/<action> and at most one `?user=NAME`.".into(),
             AdminBodyTooLarge(_) => "Send only the documented body: {\"otp\": \"123456\"} for POST /admin/sessions/<upstream>/<gstin>/otp, nothing for the other endpoints.".into(),
-            RequestTimeout(_) => "Send the whole request at once; the gateway waits at most `server.request_timeout` for it.".into(),
+            RequestTimeout(_) => "Send the whole request at once; the gateway waits at most `server.request_timeout` for it, the admin listener `server.header_read_timeout` for a body.".into(),
             HeadersTooLarge(_) => "Send fewer or shorter headers (look for large cookies or repeated headers), or ask the operator to raise `server.max_header_bytes`.".into(),
             BodyInvalid(_) => "Send the plain JSON payload of the GST API; the gateway does the encryption.".into(),
             ConfigInvalid(_) => "Fix the configuration file as the detail says (`gstgate check-config` shows the same) and reload again; the running configuration stays until then.".into(),

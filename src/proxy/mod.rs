@@ -36,7 +36,7 @@ use crate::clients::Clients;
 use crate::gstin::Gstin;
 use crate::metrics::{status_class, Metrics, RequestLabels, ResultLabels, UpstreamLabel};
 use crate::problem::{chain, problem_response, ErrorCode, GatewayError, Origin};
-use crate::request::{request_id, REQUEST_ID};
+use crate::request::{loggable_path, request_id, REQUEST_ID};
 use crate::session::{Invalidation, Session, Sessions, Trigger};
 use crate::upstream::Upstream;
 
@@ -199,7 +199,7 @@ impl Proxy {
             upstream = &*upstream,
             gstin = outcome.gstin.as_ref().map(Gstin::as_str),
             method = method.as_str(),
-            path = uri.path(),
+            path = &*loggable_path(uri.path()),
             status,
             upstream_status = outcome.upstream_status,
             upstream_code = outcome.upstream_code.as_deref(),

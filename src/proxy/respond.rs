@@ -8,17 +8,22 @@ use super::call::Sent;
 use crate::config::Encryption;
 use crate::problem::GatewayError;
 use crate::session::{Session, Slot};
-use crate::upstream::{Class, Reply, Upstream};
+use crate::upstream::{named_by_connection, Class, Reply, Upstream};
 
-/// Upstream reply headers not relayed to the caller.
+/// Upstream reply headers never relayed to the caller: the hop-by-hop fields (RFC 9110
+/// §7.6.1), the length (hyper sets the caller's own) and cookies. Those the reply's
+/// `Connection` header names are dropped as well.
 const DROPPED_REPLY_HEADERS: &[&str] = &[
     "connection",
     "keep-alive",
+    "proxy-connection",
+    "te",
     "transfer-encoding",
     "trailer",
     "upgrade",
     "content-length",
     "proxy-authenticate",
+    "proxy-authorization",
     "set-cookie",
 ];
 
@@ -40,7 +45,9 @@ pub(super) fn respond(
     *res.status_mut() = sent.status;
     let headers = res.headers_mut();
     for (name, value) in &sent.headers {
-        if !DROPPED_REPLY_HEADERS.contains(&name.as_str()) {
+        if !DROPPED_REPLY_HEADERS.contains(&name.as_str())
+            && !named_by_connection(&sent.headers, name)
+        {
             headers.append(name.clone(), value.clone());
         }
     }

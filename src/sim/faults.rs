@@ -4,7 +4,8 @@
 //! One fault rule is active at a time (`POST /_sim/faults` replaces it, `DELETE` clears it). A
 //! rule matches non-control requests whose path starts with its prefix (all of them when the
 //! prefix is null), login included, and is used up after `count` matches (never, when null).
-//! `slow` is the odd one out: the request is answered normally, only `delay_ms` late.
+//! `slow` and `hop_header` are the odd ones out: the request is answered normally, `slow`
+//! only `delay_ms` late, `hop_header` with a header its `Connection` header marks hop-by-hop.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +45,13 @@ pub enum FaultMode {
     Hang,
     /// The normal answer, `delay_ms` late: a slow GSP, for a login that outlasts its caller.
     Slow,
+    /// The normal answer with `Connection: x-leak` and an `x-leak` header: a field meant for
+    /// the hop between the GSP and gstgate only, which must not reach the caller.
+    HopHeader,
 }
+
+/// The header a `hop_header` answer marks hop-by-hop.
+pub const HOP_HEADER: &str = "x-leak";
 
 /// The active fault rule.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -129,9 +136,22 @@ pub async fn respond(mode: FaultMode, api: Api, is_auth: bool, kill: Option<Conn
             std::future::pending().await
         }
         FaultMode::Hang => std::future::pending().await,
-        // The caller answers a slow request itself, after the delay.
-        FaultMode::Slow => html_error(StatusCode::INTERNAL_SERVER_ERROR),
+        // The caller answers these itself: late, or with the hop-by-hop header added.
+        FaultMode::Slow | FaultMode::HopHeader => html_error(StatusCode::INTERNAL_SERVER_ERROR),
     }
+}
+
+/// Adds the `hop_header` fault's fields to a normal answer.
+pub fn add_hop_header(res: &mut Response) {
+    let headers = res.headers_mut();
+    headers.insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static(HOP_HEADER),
+    );
+    headers.insert(
+        HOP_HEADER,
+        header::HeaderValue::from_static("for-this-hop-only"),
+    );
 }
 
 /// A success envelope of `api` whose encrypted fields decrypt under no key.

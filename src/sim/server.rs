@@ -127,18 +127,27 @@ pub async fn intercept(State(sim): State<Arc<SimState>>, req: Request, next: Nex
     }
 
     let fault = lock(&sim.faults).take(&path);
-    if let Some((FaultMode::Slow, delay)) = fault {
-        tracing::info!(path = %path, delay_ms = delay.as_millis(), "sim: answering late");
-        tokio::time::sleep(delay).await;
-    } else if let Some((mode, _)) = fault {
-        tracing::info!(path = %path, ?mode, "sim: injecting fault");
-        return faults::respond(
-            mode,
-            Api::of(&path),
-            kind == Kind::Auth,
-            parts.extensions.get::<ConnKill>().cloned(),
-        )
-        .await;
+    let mut hop_header = false;
+    match fault {
+        Some((FaultMode::Slow, delay)) => {
+            tracing::info!(path = %path, delay_ms = delay.as_millis(), "sim: answering late");
+            tokio::time::sleep(delay).await;
+        }
+        Some((FaultMode::HopHeader, _)) => {
+            tracing::info!(path = %path, "sim: answering with a hop-by-hop header");
+            hop_header = true;
+        }
+        Some((mode, _)) => {
+            tracing::info!(path = %path, ?mode, "sim: injecting fault");
+            return faults::respond(
+                mode,
+                Api::of(&path),
+                kind == Kind::Auth,
+                parts.extensions.get::<ConnKill>().cloned(),
+            )
+            .await;
+        }
+        None => {}
     }
     if kind == Kind::Data {
         let latency = lock(&sim.knobs).latency;
@@ -146,8 +155,13 @@ pub async fn intercept(State(sim): State<Arc<SimState>>, req: Request, next: Nex
             tokio::time::sleep(latency).await;
         }
     }
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    let mut res = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    if hop_header {
+        faults::add_hop_header(&mut res);
+    }
+    res
 }
 
 fn log_request(sim: &SimState, parts: &axum::http::request::Parts, body: &[u8]) {

@@ -17,25 +17,36 @@ const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions_v1"
 /// Open alert episodes: `kind:upstream:gstin:user` → nothing.
 const EPISODES: TableDefinition<&str, ()> = TableDefinition::new("alert_episodes_v1");
 
-/// Opens the database at `path`, creating it (and its directory) if needed. A file that is not
-/// a readable store — damaged, truncated, or not a redb file at all — is moved aside to
-/// `<path>.corrupt-<unix time>` and replaced by an empty one, so that a damaged file costs
-/// logins, never a crash loop. What moving aside cannot cure is an error that names the
-/// problem, with the file left as it is: another process holding it (two gateways must not
-/// share one store), a file this version's format cannot read, or an I/O error such as a
-/// denied permission.
+/// Creates the directory of the store at `path` when it is missing (with any missing
+/// parents), owner-only (`0700`): the store file and its key file go there. An existing
+/// directory is left as it is.
+pub fn create_dir(path: &Path) -> Result<(), StoreError> {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(|source| StoreError::Io {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+/// Opens the database at `path` (its directory exists: [`create_dir`]), creating it if
+/// needed. A file that is not a readable store — damaged, truncated, or not a redb file at
+/// all — is moved aside to `<path>.corrupt-<unix time>` and replaced by an empty one, so that
+/// a damaged file costs logins, never a crash loop. What moving aside cannot cure is an error
+/// that names the problem, with the file left as it is: a symbolic link (never followed),
+/// another process holding it (two gateways must not share one store), a file this version's
+/// format cannot read, or an I/O error such as a denied permission.
 pub fn open(path: &Path) -> Result<Database, StoreError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
-    }
-    private_file(path)?;
+    let file = private_file(path)?;
     // redb 2.4 asserts on some damage (a file cut short) instead of returning an error: a
     // panic here is a damaged file too, not a reason to crash (and crash again at every start).
     let opened = std::panic::catch_unwind(|| {
-        Database::create(path).map(|db| {
+        Database::builder().create_file(file).map(|db| {
             let readable = readable(&db);
             (db, readable)
         })
@@ -64,11 +75,12 @@ pub fn open(path: &Path) -> Result<Database, StoreError> {
     let aside = move_aside(path)?;
     tracing::error!(store = %path.display(), reason = %reason, moved_to = %aside.display(),
         "the session store file is unreadable: moved it aside and starting with an empty store (every session needs a login, GSTN ones an OTP)");
-    private_file(path)?;
-    Database::create(path).map_err(|e| StoreError::Db {
-        path: path.to_owned(),
-        source: boxed(e),
-    })
+    Database::builder()
+        .create_file(private_file(path)?)
+        .map_err(|e| StoreError::Db {
+            path: path.to_owned(),
+            source: boxed(e),
+        })
 }
 
 /// Whether an error opening the file says its contents are damaged (rather than that it
@@ -91,32 +103,44 @@ fn boxed(e: impl Into<redb::Error>) -> DbError {
     Box::new(e.into())
 }
 
-/// Creates the store file owner-only before redb initialises it (redb takes an empty file as
-/// a new database): its values are sealed, but which taxpayers have sessions is nobody else's
-/// business either.
-fn private_file(path: &Path) -> Result<(), StoreError> {
-    match super::key::create_private(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => tighten(path),
-        Err(source) => Err(StoreError::Io {
-            path: path.to_owned(),
-            source,
-        }),
+/// The store file, opened read-write for redb (which takes an empty file as a new database):
+/// created owner-only when missing, made owner-only when it was readable by others (a copy
+/// restored from a backup, say), and never through a symbolic link, which could make
+/// gstgate write to, and change the mode of, a file that is not its store. Its values are
+/// sealed, but which taxpayers have sessions is nobody else's business either.
+fn private_file(path: &Path) -> Result<std::fs::File, StoreError> {
+    super::key::refuse_symlink(path)?;
+    let io = |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // A link put in place after the check above is refused here (ELOOP) rather than
+        // followed.
+        options.mode(0o600).custom_flags(libc::O_NOFOLLOW);
     }
+    let file = options.open(path).map_err(io)?;
+    tighten(&file, path)?;
+    Ok(file)
 }
 
-/// Makes an existing store file owner-only (a copy restored from a backup, say, may have
-/// come back readable by others).
+/// Makes the opened store file owner-only, through its handle: what is changed is the file
+/// that was opened, not whatever the path names by now.
 #[cfg(unix)]
-fn tighten(path: &Path) -> Result<(), StoreError> {
+fn tighten(file: &std::fs::File, path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::PermissionsExt as _;
     let io = |source| StoreError::Io {
         path: path.to_owned(),
         source,
     };
-    let mode = std::fs::metadata(path).map_err(io)?.permissions().mode() & 0o777;
+    let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
         tracing::warn!(store = %path.display(), was = format!("{mode:o}"),
             "the store file was readable by others: made it owner-only (0600)");
     }
@@ -124,7 +148,7 @@ fn tighten(path: &Path) -> Result<(), StoreError> {
 }
 
 #[cfg(not(unix))]
-fn tighten(_path: &Path) -> Result<(), StoreError> {
+fn tighten(_file: &std::fs::File, _path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 

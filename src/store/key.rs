@@ -62,12 +62,22 @@ fn decode(text: &str, origin: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, StoreErr
     Ok(key)
 }
 
+/// Refuses a store file or key file that is a symbolic link: gstgate reads, writes and
+/// changes the mode of these files, and a link would make it do so to another file.
+pub(super) fn refuse_symlink(path: &Path) -> Result<(), StoreError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(StoreError::Symlink(path.to_owned())),
+        _ => Ok(()),
+    }
+}
+
 fn from_file(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, StoreError> {
     let io = |source| StoreError::KeyFile {
         path: path.to_owned(),
         source,
     };
-    match std::fs::read_to_string(path) {
+    refuse_symlink(path)?;
+    match crate::config::read_limited(path, crate::config::MAX_SECRET_FILE_BYTES) {
         Ok(text) => {
             let text = Zeroizing::new(text);
             tracing::info!(key_file = %path.display(), "store encryption key read from its key file");
@@ -105,7 +115,7 @@ fn random_key() -> Zeroizing<[u8; KEY_LEN]> {
 
 /// Creates `path` readable and writable by the owner only; fails if it exists.
 #[cfg(unix)]
-pub(super) fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt as _;
     std::fs::OpenOptions::new()
         .write(true)
@@ -116,9 +126,25 @@ pub(super) fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
 
 /// Creates `path`; fails if it exists.
 #[cfg(not(unix))]
-pub(super) fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_file_over_the_limit_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("s.redb");
+        let key = key_file(&store);
+        let big = crate::config::MAX_SECRET_FILE_BYTES as usize + 1;
+        std::fs::write(&key, "A".repeat(big)).unwrap();
+        let err = sealer(&store, None, None).err().unwrap().to_string();
+        assert!(err.contains("larger than the limit"), "{err}");
+    }
 }

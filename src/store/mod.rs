@@ -64,6 +64,9 @@ pub enum StoreError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The store file or its key file is a symbolic link.
+    #[error("store {0}: is a symbolic link, which gstgate does not follow for the store file or its key file (set store.path to the real location)")]
+    Symlink(PathBuf),
     /// Another process has the store open.
     #[error("store {0}: already open in another process (two gateways cannot share one store file; give each its own store.path)")]
     InUse(PathBuf),
@@ -142,6 +145,8 @@ impl Store {
         previous_key: Option<&SecretString>,
         metrics: Arc<Metrics>,
     ) -> Result<(Arc<Self>, HashMap<String, Loaded>), StoreError> {
+        // The directory first: a generated key file is written there before the store.
+        file::create_dir(path)?;
         let sealer = key::sealer(path, encryption_key, previous_key)?;
         let db = file::open(path)?;
         let rows = match file::read_all(&db) {

@@ -200,7 +200,10 @@ impl Profile for Gstn {
     /// GSTN data calls repeat the GSTIN in the query (`?action=RETSUM&gstin=…`). Every
     /// `gstin` parameter must be the header's: the tenant check was made on the header, and
     /// which of two disagreeing GSTINs an upstream would act on is not something to leave to it.
+    /// A query a parser could read another `gstin` out of (`gstin[]=`, `;gstin=`, …) is
+    /// refused before that comparison, which reads only plain names.
     fn check_request(&self, path: &CallerPath, gstin: &Gstin) -> Result<(), GatewayError> {
+        path.check_query_names()?;
         match path
             .query_values("gstin")
             .into_iter()

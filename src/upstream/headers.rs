@@ -129,17 +129,9 @@ impl Upstream {
     /// The caller headers that may travel upstream: only those the upstream's allow-list names
     /// (RFC 9110 §7.6.1: minus any the caller's `Connection` header marks hop-by-hop).
     fn forwardable(&self, caller: &HeaderMap) -> HeaderMap {
-        let hop_by_hop = |name: &HeaderName| {
-            caller.get_all(header::CONNECTION).iter().any(|v| {
-                v.to_str().is_ok_and(|v| {
-                    v.split(',')
-                        .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
-                })
-            })
-        };
         let mut out = HeaderMap::with_capacity(self.forwarded.len() + 8);
         for name in &self.forwarded {
-            if !caller.contains_key(name) || hop_by_hop(name) {
+            if !caller.contains_key(name) || named_by_connection(caller, name) {
                 continue;
             }
             for value in caller.get_all(name) {
@@ -148,4 +140,15 @@ impl Upstream {
         }
         out
     }
+}
+
+/// Whether a message's `Connection` header names `name`, which makes that header hop-by-hop
+/// (RFC 9110 §7.6.1): it is for this hop only and must not be relayed, in either direction.
+pub fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
+    headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+        })
+    })
 }

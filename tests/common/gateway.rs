@@ -138,6 +138,36 @@ impl Gateway {
     }
 }
 
+/// Runs `gstgate serve` with the given config text, expecting it to refuse to start, and
+/// returns what it wrote to stderr. Fails if it is still running after 30 s (it started).
+pub async fn serve_refused(config: &str, opts: &GwOpts) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gstgate.toml");
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", opts.rust_log)
+        .env("TEST_CLIENT_SECRET", CLIENT_SECRET)
+        .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn gstgate serve");
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("gstgate serve started instead of refusing to")
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "gstgate serve exited successfully: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// Asserts a problem+json response and returns its body.
 pub async fn expect_problem(res: reqwest::Response, status: u16, code: &str) -> Value {
     assert_eq!(res.status().as_u16(), status, "status");
