@@ -370,6 +370,7 @@ async fn a_kill_9_in_a_tokens_last_second_costs_one_forced_login_and_no_502() {
     let forced = sim.count(GSTIN, "force_refreshes").await;
     einvoice(&gw, "LAST-SECOND-2").await;
     assert_eq!(sim.count(GSTIN, "force_refreshes").await, forced + 1);
+}
 
 /// The mode bits of `path` (following a link).
 fn mode(path: &Path) -> u32 {
