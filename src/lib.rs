@@ -25,6 +25,7 @@ pub mod server;
 pub mod session;
 pub mod sim;
 pub mod store;
+pub mod tasks;
 pub mod telemetry;
 pub mod timestamp;
 pub mod tls;
