@@ -178,7 +178,7 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
     )));
     let alerts = Alerts::new(&config.alerts, metrics.clone())?;
     if let Some(store) = &store {
-        alerts.attach_store(store.clone()).await;
+        alerts.attach_store(store.clone(), tasks.clone()).await;
     }
     alerts::watcher::spawn(&tasks, &sessions, alerts.clone(), alerts.check_interval());
     let clients = Clients::from_config(&config.clients).map_err(StartError::Clients)?;
@@ -205,6 +205,7 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
         monitoring_token: server.monitoring_token.clone(),
         request_timeout: server.request_timeout,
         reloader: reloader.clone(),
+        tasks: tasks.clone(),
     });
 
     let tls = match tls::Files::of(server) {
@@ -430,6 +431,9 @@ async fn serve<F, Fut>(
         .max_buf_size(hyper_buffer(limits.max_header_bytes))
         .keep_alive(true);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // The listener owns its connections' tasks: ended ones are reaped as they go, and the ones
+    // still running when the grace period is over are aborted with the set.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -452,7 +456,7 @@ async fn serve<F, Fut>(
                 let http = http.clone();
                 let acceptor = tls.as_ref().map(|(t, which)| t.acceptor(*which));
                 let handshake_timeout = limits.header_read_timeout;
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let served = match acceptor {
                         None => watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await,
                         Some(acceptor) => {
@@ -477,6 +481,7 @@ async fn serve<F, Fut>(
                     }
                 });
             }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = stop.changed() => break,
         }
     }
@@ -488,6 +493,7 @@ async fn serve<F, Fut>(
             tracing::warn!("shutdown grace period over; abandoning remaining connections");
         }
     }
+    connections.shutdown().await;
 }
 
 /// Runs the gateway until SIGTERM or SIGINT: prints the ready line, then shuts down gracefully.
@@ -515,7 +521,9 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
         let _ = out.flush();
     }
     tracing::info!(proxy = %running.proxy_addr, admin = %running.admin_addr, "gstgate ready");
-    let reloads = tokio::spawn(reload_on_sighup(hangups, running.reloader.clone()));
+    let reloads = running
+        .tasks
+        .spawn_until_shutdown(reload_on_sighup(hangups, running.reloader.clone()));
     shutdown_signal().await;
     reloads.abort();
     tracing::info!("shutting down: refusing new connections, finishing in-flight requests");

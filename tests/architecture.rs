@@ -1,8 +1,10 @@
 //! The module graph: no import cycle between top-level modules of `src/` (a cycle means a
 //! responsibility sits in the wrong place), and configuration stays a leaf that the modules
-//! consuming it depend on, never the other way round.
+//! consuming it depend on, never the other way round. Also what the code may not do anywhere:
+//! spawn a task that shutdown does not know of.
 //!
-//! A module depends on another when its code (test modules aside) names `crate::<other>`.
+//! A module depends on another when its code (test modules, comments and literals aside) names
+//! `crate::<other>`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -21,13 +23,127 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The code of a file without its `#[cfg(test)]` module (always the last item here).
+/// The code of a file without its `#[cfg(test)]` module (always the last item here), its
+/// comments, or the contents of its string and character literals.
 fn code(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap();
-    match text.find("#[cfg(test)]") {
-        Some(i) => text[..i].to_owned(),
-        None => text,
+    let text = match text.find("#[cfg(test)]") {
+        Some(i) => &text[..i],
+        None => &text[..],
+    };
+    strip_comments_and_literals(text)
+}
+
+/// `text` with comments blanked out and string and character literals emptied (newlines
+/// kept), so that a check sees only what the compiler sees as code.
+fn strip_comments_and_literals(text: &str) -> String {
+    let b: Vec<char> = text.chars().collect();
+    let at = |i: usize| b.get(i).copied();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == '/' && at(i + 1) == Some('/') {
+            while i < b.len() && b[i] != '\n' {
+                i += 1;
+            }
+            continue;
+        }
+        if c == '/' && at(i + 1) == Some('*') {
+            let mut depth = 0;
+            loop {
+                match (at(i), at(i + 1)) {
+                    (Some('/'), Some('*')) => (depth, i) = (depth + 1, i + 2),
+                    (Some('*'), Some('/')) => (depth, i) = (depth - 1, i + 2),
+                    (Some(ch), _) => {
+                        if ch == '\n' {
+                            out.push('\n');
+                        }
+                        i += 1;
+                    }
+                    (None, _) => break,
+                }
+                if depth == 0 {
+                    break;
+                }
+            }
+            out.push(' ');
+            continue;
+        }
+        let after_ident = out
+            .chars()
+            .next_back()
+            .is_some_and(|p| p.is_alphanumeric() || p == '_');
+        if c == 'r' && !after_ident && matches!(at(i + 1), Some('"' | '#')) {
+            let mut j = i + 1;
+            let mut hashes = 0;
+            while at(j) == Some('#') {
+                (hashes, j) = (hashes + 1, j + 1);
+            }
+            if at(j) == Some('"') {
+                j += 1;
+                while j < b.len() && !(b[j] == '"' && (1..=hashes).all(|k| at(j + k) == Some('#')))
+                {
+                    if b[j] == '\n' {
+                        out.push('\n');
+                    }
+                    j += 1;
+                }
+                out.push_str("\"\"");
+                i = j + 1 + hashes;
+                continue;
+            }
+        }
+        if c == '"' {
+            let mut j = i + 1;
+            while j < b.len() && b[j] != '"' {
+                if b[j] == '\n' {
+                    out.push('\n');
+                }
+                j += if b[j] == '\\' { 2 } else { 1 };
+            }
+            out.push_str("\"\"");
+            i = j + 1;
+            continue;
+        }
+        // A character literal (a lifetime has no closing quote after one character).
+        if c == '\'' && at(i + 1) == Some('\\') {
+            let mut j = i + 2;
+            while j < b.len() && b[j] != '\'' {
+                j += 1;
+            }
+            out.push_str("' '");
+            i = j + 1;
+            continue;
+        }
+        if c == '\'' && at(i + 2) == Some('\'') {
+            out.push_str("' '");
+            i += 3;
+            continue;
+        }
+        out.push(c);
+        i += 1;
     }
+    out
+}
+
+/// `src/`, and each of its `.rs` files with its path relative to the crate root
+/// (`src/store/mod.rs`).
+fn source_files() -> Vec<(String, PathBuf)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<(String, PathBuf)> = rust_files(&root.join("src"))
+        .into_iter()
+        .map(|f| {
+            let rel = f
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
+            (rel, f)
+        })
+        .collect();
+    files.sort();
+    files
 }
 
 /// Top-level module → the top-level modules it names.
@@ -138,5 +254,47 @@ fn the_module_map_names_every_source_file() {
     assert!(
         stale.is_empty(),
         "named in docs/architecture.md but absent: {stale:?}"
+    );
+}
+
+/// Files that still spawn tasks with `tokio::spawn`, which shutdown neither stops nor waits
+/// for: the session manager's, until it takes the gateway's `gstgate::tasks::Tasks` too. A
+/// file leaves the list when it is converted; a file that no longer spawns must leave it, so
+/// the list only shrinks.
+const UNTRACKED_SPAWNS_ALLOWED: &[&str] = &[
+    "src/session/group.rs",
+    "src/session/mod.rs",
+    "src/session/scheduler.rs",
+    "src/session/single_flight.rs",
+];
+
+/// Every task outside the simulator (which stops its own) is on the gateway's tracker or owned
+/// by a `JoinSet`, so that shutdown can stop it in order: a bare `tokio::spawn` is a task that
+/// shutdown can neither stop nor wait for.
+#[test]
+fn every_task_the_gateway_spawns_is_tracked() {
+    let mut bare = Vec::new();
+    let mut converted = Vec::new();
+    for (rel, file) in source_files() {
+        if rel.starts_with("src/sim/") {
+            continue;
+        }
+        let text = code(&file);
+        let spawns = ["tokio::spawn", "tokio::task::spawn("]
+            .iter()
+            .any(|s| text.contains(s));
+        match (spawns, UNTRACKED_SPAWNS_ALLOWED.contains(&rel.as_str())) {
+            (true, false) => bare.push(rel),
+            (false, true) => converted.push(rel),
+            _ => {}
+        }
+    }
+    assert!(
+        bare.is_empty(),
+        "bare tokio::spawn (use gstgate::tasks::Tasks, or a JoinSet the spawner owns): {bare:?}"
+    );
+    assert!(
+        converted.is_empty(),
+        "no bare tokio::spawn left: remove from UNTRACKED_SPAWNS_ALLOWED: {converted:?}"
     );
 }

@@ -347,7 +347,7 @@ impl Store {
 
     /// The other replicas' announcements; `None` for a store nobody shares.
     pub fn subscribe(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Event>> {
-        self.redis().map(|r| r.subscribe())
+        self.redis().map(|r| r.subscribe(&self.tasks))
     }
 
     /// The open alert episodes (the group's, for a shared store), read at start-up so that a
