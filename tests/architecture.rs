@@ -1,7 +1,7 @@
 //! The module graph: no import cycle between top-level modules of `src/` (a cycle means a
 //! responsibility sits in the wrong place), and configuration stays a leaf that the modules
 //! consuming it depend on, never the other way round. Also what the code may not do anywhere:
-//! spawn a task that shutdown does not know of.
+//! spawn a task that shutdown does not know of, or use `unsafe` outside its one allowed call.
 //!
 //! A module depends on another when its code (test modules, comments and literals aside) names
 //! `crate::<other>`.
@@ -296,5 +296,46 @@ fn every_task_the_gateway_spawns_is_tracked() {
     assert!(
         converted.is_empty(),
         "no bare tokio::spawn left: remove from UNTRACKED_SPAWNS_ALLOWED: {converted:?}"
+    );
+}
+
+/// The one file with `unsafe` code: glibc's `malloc_trim`, which has no safe binding.
+const UNSAFE_ALLOWED: &str = "src/heap.rs";
+
+/// How often `word` occurs in `text` as a whole word (not inside a longer identifier).
+fn word_count(text: &str, word: &str) -> usize {
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    text.match_indices(word)
+        .filter(|(i, _)| {
+            !text[..*i].chars().next_back().is_some_and(ident)
+                && !text[i + word.len()..].chars().next().is_some_and(ident)
+        })
+        .count()
+}
+
+/// The library denies unsafe code (it cannot forbid it: `forbid` admits no exception, and
+/// `malloc_trim` needs one), the binary forbids it, and the one exception is one `unsafe`
+/// block in `src/heap.rs`, allowed right there: any other `unsafe`, or `allow(unsafe_code)`
+/// anywhere else, fails.
+#[test]
+fn unsafe_code_is_the_one_malloc_trim_call() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let lib = code(&root.join("src/lib.rs"));
+    let main = code(&root.join("src/main.rs"));
+    assert!(lib.contains("#![deny(unsafe_code)]"), "src/lib.rs");
+    assert!(main.contains("#![forbid(unsafe_code)]"), "src/main.rs");
+    let mut found = BTreeMap::new();
+    for (rel, file) in source_files() {
+        let text = code(&file);
+        let blocks = word_count(&text, "unsafe");
+        let allows = text.matches("allow(unsafe_code)").count();
+        if blocks + allows > 0 {
+            found.insert(rel, (blocks, allows));
+        }
+    }
+    let expected = BTreeMap::from([(UNSAFE_ALLOWED.to_owned(), (1, 1))]);
+    assert_eq!(
+        found, expected,
+        "(unsafe keywords, allow(unsafe_code)) per file"
     );
 }
