@@ -1,10 +1,13 @@
-//! The module graph: no import cycle between top-level modules of `src/` (a cycle means a
-//! responsibility sits in the wrong place), and configuration stays a leaf that the modules
-//! consuming it depend on, never the other way round. Also what the code may not do anywhere:
-//! spawn a task that shutdown does not know of, or use `unsafe` outside its one allowed call.
+//! The module graph: no import cycle between the modules of `src/`, top-level ones or any
+//! file below them (a cycle means a responsibility sits in the wrong place); configuration stays
+//! a leaf that the modules consuming it depend on, never the other way round; and the store's
+//! Redis backend is named by the store alone. Also what the code may not do anywhere: spawn a
+//! task that shutdown does not know of, or use `unsafe` outside its one allowed call.
 //!
-//! A module depends on another when its code (test modules, comments and literals aside) names
-//! `crate::<other>`.
+//! Every file is a module (`src/sim/state.rs` is `sim::state`). A module depends on another
+//! when its code (test modules, comments and literals aside) names a path into it: a
+//! `crate::` path, or a `super::`/`self::` path resolved from where it is written, in `use`
+//! trees (`use super::{a, b}` names both) as anywhere else.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -146,39 +149,228 @@ fn source_files() -> Vec<(String, PathBuf)> {
     files
 }
 
-/// Top-level module → the top-level modules it names.
-fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for file in rust_files(&src) {
-        let rel = file.strip_prefix(&src).unwrap();
-        let first = rel
-            .components()
-            .next()
-            .unwrap()
-            .as_os_str()
-            .to_string_lossy();
-        let module = first.trim_end_matches(".rs").to_owned();
-        if module == "main" || module == "lib" {
-            continue;
-        }
-        let deps = graph.entry(module.clone()).or_default();
-        let text = code(&file);
-        for (i, _) in text.match_indices("crate::") {
-            let name: String = text[i + "crate::".len()..]
+/// The module a source file is, by its path: `src/sim/state.rs` is `sim::state`,
+/// `src/sim/mod.rs` is `sim`; `None` for the crate roots (`src/lib.rs`, `src/main.rs`).
+fn module_of(rel: &str) -> Option<String> {
+    let path = rel.strip_prefix("src/")?.strip_suffix(".rs")?;
+    let path = path.strip_suffix("/mod").unwrap_or(path);
+    (path != "lib" && path != "main").then(|| path.replace('/', "::"))
+}
+
+/// Whether `c` can be part of an identifier.
+fn ident_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
+/// The positions where `word` starts as a whole word in `text`.
+fn word_starts<'a>(text: &'a str, word: &'a str) -> impl Iterator<Item = usize> + 'a {
+    text.match_indices(word).map(|(i, _)| i).filter(move |&i| {
+        !text[..i].chars().next_back().is_some_and(ident_char)
+            && !text[i + word.len()..]
                 .chars()
-                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
-                .collect();
-            if !name.is_empty() && name != module {
-                deps.insert(name);
+                .next()
+                .is_some_and(ident_char)
+    })
+}
+
+/// The paths a `use` tree names, each as its segments: `super::{a, b::{c, self}}` names
+/// `super::a`, `super::b::c` and `super::b::self`. `tree` has no whitespace.
+fn use_paths(tree: &str, prefix: &[String], out: &mut Vec<Vec<String>>) {
+    if let Some(inner) = tree.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
+        let mut depth = 0;
+        let mut start = 0;
+        for (i, c) in inner.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                ',' if depth == 0 => {
+                    use_paths(&inner[start..i], prefix, out);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        use_paths(&inner[start..], prefix, out);
+        return;
+    }
+    if tree.is_empty() {
+        return;
+    }
+    let mut path = prefix.to_vec();
+    match tree.split_once("::") {
+        Some((head, rest)) => {
+            path.push(head.to_owned());
+            use_paths(rest, &path, out);
+        }
+        None => {
+            // `name as alias` arrives as `name@alias`: the name is what is imported.
+            path.push(tree.split('@').next().unwrap_or(tree).to_owned());
+            out.push(path);
+        }
+    }
+}
+
+/// Every module path `text` names that starts with `crate`, `super` or `self`, as segments:
+/// the paths of its `use` trees (expanded) and the paths written in its code.
+fn named_paths(text: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for i in word_starts(text, "use") {
+        let rest = &text[i + "use".len()..];
+        let tree = &rest[..rest.find(';').unwrap_or(rest.len())];
+        let tree: String = tree
+            .replace(" as ", "@")
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect();
+        use_paths(&tree, &[], &mut out);
+    }
+    for root in ["crate", "super", "self"] {
+        for i in word_starts(text, root) {
+            let mut path = vec![root.to_owned()];
+            let mut rest = &text[i + root.len()..];
+            while let Some(after) = rest.trim_start().strip_prefix("::") {
+                let after = after.trim_start();
+                let len = after.find(|c: char| !ident_char(c)).unwrap_or(after.len());
+                if len == 0 {
+                    break;
+                }
+                path.push(after[..len].to_owned());
+                rest = &after[len..];
+            }
+            if path.len() > 1 {
+                out.push(path);
             }
         }
     }
-    let modules: BTreeSet<String> = graph.keys().cloned().collect();
-    for deps in graph.values_mut() {
-        deps.retain(|d| modules.contains(d));
+    out.retain(|p| matches!(p[0].as_str(), "crate" | "super" | "self"));
+    out
+}
+
+/// The module `path`, named in `module`, refers to (or to an item of): its longest prefix
+/// that is a module; `None` for the crate root.
+fn resolve(module: &str, path: &[String], modules: &BTreeSet<String>) -> Option<String> {
+    let mut abs: Vec<&str> = module.split("::").collect();
+    let mut segments = path.iter().map(String::as_str).peekable();
+    if segments.peek() == Some(&"crate") {
+        abs.clear();
+        segments.next();
+    }
+    while let Some(&s) = segments.peek() {
+        match s {
+            "super" => {
+                abs.pop();
+            }
+            "self" => {}
+            _ => break,
+        }
+        segments.next();
+    }
+    abs.extend(segments);
+    (1..=abs.len())
+        .rev()
+        .map(|n| abs[..n].join("::"))
+        .find(|m| modules.contains(m))
+}
+
+/// Every module (a file of `src/`) → the modules its code names, through `crate::` paths and
+/// `super::`/`self::` paths resolved from where they are written.
+fn module_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let files: Vec<(String, String)> = source_files()
+        .into_iter()
+        .filter_map(|(rel, file)| Some((module_of(&rel)?, code(&file))))
+        .collect();
+    let modules: BTreeSet<String> = files.iter().map(|(m, _)| m.clone()).collect();
+    let mut graph = BTreeMap::new();
+    for (module, text) in &files {
+        let deps: BTreeSet<String> = named_paths(text)
+            .iter()
+            .filter_map(|path| resolve(module, path, &modules))
+            .filter(|target| target != module)
+            .collect();
+        graph.insert(module.clone(), deps);
     }
     graph
+}
+
+/// The top-level module of `module` (`sim` for `sim::state`).
+fn top_level(module: &str) -> &str {
+    module.split("::").next().unwrap_or(module)
+}
+
+/// Top-level module → the top-level modules it names.
+fn top_level_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (module, deps) in module_graph() {
+        let top = top_level(&module).to_owned();
+        let named: Vec<String> = deps
+            .iter()
+            .map(|d| top_level(d).to_owned())
+            .filter(|d| *d != top)
+            .collect();
+        graph.entry(top).or_default().extend(named);
+    }
+    graph
+}
+
+/// Whether one of the two modules is inside the other (or they are the same).
+fn nested(a: &str, b: &str) -> bool {
+    let inside =
+        |inner: &str, outer: &str| inner == outer || inner.starts_with(&format!("{outer}::"));
+    inside(a, b) || inside(b, a)
+}
+
+/// The graph between modules neither of which contains the other. A module and its own
+/// submodules are one unit: the parent declares and re-exports them and they use its items,
+/// so an edge between them is not a dependency between responsibilities.
+fn between_units(graph: &BTreeMap<String, BTreeSet<String>>) -> BTreeMap<String, BTreeSet<String>> {
+    graph
+        .iter()
+        .map(|(m, deps)| {
+            let deps = deps.iter().filter(|d| !nested(m, d)).cloned().collect();
+            (m.clone(), deps)
+        })
+        .collect()
+}
+
+/// Every import cycle of `graph`: one per group of modules that all reach each other, as one
+/// path round it (`a -> b -> a`) and the whole group.
+fn cycles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    let reach = |from: &str| {
+        let mut seen = BTreeSet::from([from.to_owned()]);
+        let mut todo = vec![from.to_owned()];
+        while let Some(m) = todo.pop() {
+            for d in graph.get(&m).into_iter().flatten() {
+                if seen.insert(d.clone()) {
+                    todo.push(d.clone());
+                }
+            }
+        }
+        seen
+    };
+    let reached: BTreeMap<&String, BTreeSet<String>> =
+        graph.keys().map(|m| (m, reach(m))).collect();
+    let mut grouped = BTreeSet::new();
+    let mut out = Vec::new();
+    for m in graph.keys() {
+        if grouped.contains(m) {
+            continue;
+        }
+        let group: BTreeSet<String> = reached[m]
+            .iter()
+            .filter(|o| reached.get(o).is_some_and(|r| r.contains(m)))
+            .cloned()
+            .collect();
+        grouped.extend(group.iter().cloned());
+        if let Some(cycle) = cycle_through(graph, m) {
+            let members: Vec<&str> = group.iter().map(String::as_str).collect();
+            out.push(format!(
+                "{} (modules that all reach each other: {})",
+                cycle.join(" -> "),
+                members.join(", ")
+            ));
+        }
+    }
+    out
 }
 
 /// A path from `from` back to itself through `graph`, if there is one.
@@ -204,25 +396,60 @@ fn cycle_through(graph: &BTreeMap<String, BTreeSet<String>>, from: &str) -> Opti
 
 #[test]
 fn top_level_modules_have_no_import_cycle() {
-    let graph = module_graph();
+    let graph = top_level_graph();
     assert!(graph.contains_key("proxy") && graph["proxy"].contains("session"));
-    let cycles: Vec<String> = graph
-        .keys()
-        .filter_map(|m| cycle_through(&graph, m))
-        .map(|c| c.join(" -> "))
-        .collect();
+    let cycles = cycles(&graph);
     assert!(cycles.is_empty(), "import cycles: {cycles:#?}");
+}
+
+/// Below the top level too: no module (`sim::state`, `session::login`) is in an import cycle
+/// with modules outside itself. A module and its own submodules are one unit and may name
+/// each other; see [`between_units`].
+#[test]
+fn no_module_is_in_an_import_cycle() {
+    let graph = module_graph();
+    // The paths are resolved through `super::` and `use` trees, or this would pass vacuously.
+    assert!(graph["sim::gstn"].contains("sim::state"), "{graph:#?}");
+    assert!(
+        graph["session::otp"].contains("session::login"),
+        "{graph:#?}"
+    );
+    let cycles = cycles(&between_units(&graph));
+    assert!(
+        cycles.is_empty(),
+        "import cycles between modules: {cycles:#?}"
+    );
 }
 
 #[test]
 fn config_depends_only_on_leaf_types() {
-    let graph = module_graph();
+    let graph = top_level_graph();
     let allowed: BTreeSet<&str> = ["gstin", "path"].into();
     let extra: Vec<&String> = graph["config"]
         .iter()
         .filter(|d| !allowed.contains(d.as_str()))
         .collect();
     assert!(extra.is_empty(), "config imports {extra:?}");
+}
+
+/// Which backend holds the sessions is the store's business: everyone else goes through
+/// `store::Store`, so no module outside `src/store/` names `store::redis`.
+#[test]
+fn only_the_store_names_its_redis_backend() {
+    let mut naming: Vec<String> = module_graph()
+        .into_iter()
+        .filter(|(m, deps)| top_level(m) != "store" && deps.contains("store::redis"))
+        .map(|(m, _)| m)
+        .collect();
+    for (rel, file) in source_files() {
+        if !rel.starts_with("src/store/") && code(&file).contains("store::redis") {
+            naming.push(rel);
+        }
+    }
+    assert!(
+        naming.is_empty(),
+        "store::redis named outside src/store/: {naming:?}"
+    );
 }
 
 /// The module map in `docs/architecture.md` names every source file, and every file it names
