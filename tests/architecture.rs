@@ -73,10 +73,14 @@ fn strip_comments_and_literals(text: &str) -> String {
             out.push(' ');
             continue;
         }
-        let after_ident = out
-            .chars()
-            .next_back()
-            .is_some_and(|p| p.is_alphanumeric() || p == '_');
+        // `r` starts a raw string unless it ends an identifier; a `b` before it is the byte
+        // string prefix, not an identifier.
+        let before: Vec<char> = out.chars().rev().take(2).collect();
+        let after_ident = match before.as_slice() {
+            ['b', p] => ident_char(*p),
+            ['b'] | [] => false,
+            [p, ..] => ident_char(*p),
+        };
         if c == 'r' && !after_ident && matches!(at(i + 1), Some('"' | '#')) {
             let mut j = i + 1;
             let mut hashes = 0;
@@ -565,4 +569,18 @@ fn unsafe_code_is_the_one_malloc_trim_call() {
         found, expected,
         "(unsafe keywords, allow(unsafe_code)) per file"
     );
+}
+
+/// The checks above read code only: what comments and literals say does not count.
+#[test]
+fn the_checks_see_code_not_comments_or_literals() {
+    let text = "let a = \"tokio::spawn(\"; // unsafe\n\
+                let b = br#\"unsafe \"quoted\" crate::x\"#; /* crate::y /* nested */ */\n\
+                let c = '\"'; let d: &'static str = r\"unsafe\"; unsafe { f() }";
+    let code = strip_comments_and_literals(text);
+    assert_eq!(word_count(&code, "unsafe"), 1, "{code}");
+    for gone in ["tokio::spawn", "crate::x", "crate::y", "quoted"] {
+        assert!(!code.contains(gone), "{gone} in {code}");
+    }
+    assert!(code.contains("&'static str"), "{code}");
 }
