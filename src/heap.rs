@@ -9,6 +9,8 @@
 /// (glibc); elsewhere it does nothing.
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // The crate's one exception to `deny(unsafe_code)`.
+    #[allow(unsafe_code)]
     // SAFETY: malloc_trim only walks the allocator's own free lists; it takes no pointer and
     // may be called at any time from any thread.
     unsafe {

@@ -6,6 +6,11 @@
 //! and the header-read timeout — the slowloris defences — are ours to set. On a shutdown signal
 //! the listeners are closed at once (new connections are refused), idle keep-alive connections
 //! are closed, and in-flight requests get `shutdown_grace` to finish.
+//!
+//! Every task the gateway spawns is on the [`Tasks`] the server owns, so shutdown goes in
+//! order: the listeners drain, then the background loops (certificate watcher, store writer,
+//! alert watcher) stop and work still under way gets [`TASKS_STOP`] to end, then the queued
+//! alerts and the store's last changes are flushed, and only then does the process exit.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -32,6 +37,7 @@ use crate::proxy::Proxy;
 use crate::reload::Reloader;
 use crate::session::{Group, Sessions};
 use crate::store::{Loaded, RedisSettings, Store};
+use crate::tasks::Tasks;
 use crate::tls::{self, ServerTls};
 use crate::upstream::Upstream;
 
@@ -79,32 +85,49 @@ pub struct Running {
     pub simulator_addr: Option<SocketAddr>,
     /// `https` when the listeners serve TLS, else `http`.
     pub scheme: &'static str,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Tells the listeners to stop accepting and drain.
+    stop_listening: watch::Sender<bool>,
+    /// The two listeners' tasks, which end once drained (within `shutdown_grace`).
+    listeners: Vec<tokio::task::JoinHandle<()>>,
+    tasks: Tasks,
     simulator: Option<crate::sim::SimHandle>,
     alerts: Arc<Alerts>,
-    alert_watcher: alerts::watcher::Handle,
-    store: Option<(Arc<Store>, Vec<tokio::task::JoinHandle<()>>)>,
+    store: Option<Arc<Store>>,
     /// Reloads the configuration on `SIGHUP`.
     pub reloader: Arc<Reloader>,
 }
 
+/// After the listeners drained, how long work still under way (a login an admin call started,
+/// an alert episode being recorded) may take before it is abandoned.
+pub const TASKS_STOP: Duration = Duration::from_secs(5);
+
 impl Running {
-    /// Stops accepting, waits for in-flight requests (up to the grace period), then returns.
+    /// Stops in order: the listeners stop accepting and drain (up to the grace period), the
+    /// background loops stop and the gateway's other tasks get [`TASKS_STOP`] to end, queued
+    /// alerts get their flush, and the store's last changes are written.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            let _ = t.await;
+        let _ = self.stop_listening.send(true);
+        for listener in self.listeners {
+            let _ = listener.await;
+        }
+        let abandoned = self.tasks.shutdown(TASKS_STOP).await;
+        if abandoned > 0 {
+            tracing::warn!(
+                tasks = abandoned,
+                "tasks still running at shutdown were abandoned"
+            );
         }
         // Alerts raised while draining still get a short chance to go out; a stuck webhook
         // holds shutdown up for at most `alerts::SHUTDOWN_FLUSH`.
-        drop(self.alert_watcher);
         self.alerts.shutdown().await;
-        // The last session changes reach the file before the process exits.
-        if let Some((store, tasks)) = self.store {
-            store.flush().await;
-            for task in tasks {
-                task.abort();
+        // Last: every task that could change a session has ended, so nothing queued after
+        // this flush is lost.
+        if let Some(store) = self.store {
+            if store.flush().await {
+                tracing::info!(store = %store.place(), "session store flushed");
+            } else {
+                tracing::error!(store = %store.place(),
+                    "the last session changes could not be written to the store");
             }
         }
         if let Some(sim) = self.simulator {
@@ -129,7 +152,8 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
         .map(|u| Upstream::from_config(u, metrics.clone()).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
     let sessions = Sessions::new(&upstreams, &config.credentials, metrics.clone())?;
-    let store = match open_store(&config.store, &metrics).await? {
+    let tasks = Tasks::default();
+    let store = match open_store(&config.store, &metrics, &tasks).await? {
         Some((store, loaded)) => {
             let resumed = sessions.resume(&store, loaded);
             tracing::info!(store = %store.place(), resumed, "sessions resumed from the store");
@@ -139,9 +163,9 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
                     replicas: config.store.replicas,
                 });
             }
-            let mut tasks = vec![store.spawn_writer()];
-            tasks.extend(store.spawn_health(STORE_HEALTH_EVERY));
-            Some((store, tasks))
+            store.spawn_writer();
+            store.spawn_health(STORE_HEALTH_EVERY);
+            Some(store)
         }
         None => {
             metrics.store_up.set(1);
@@ -153,10 +177,10 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
         &sessions,
     )));
     let alerts = Alerts::new(&config.alerts, metrics.clone())?;
-    if let Some((store, _)) = &store {
-        alerts.attach_store(store.clone()).await;
+    if let Some(store) = &store {
+        alerts.attach_store(store.clone(), tasks.clone()).await;
     }
-    let alert_watcher = alerts::watcher::spawn(&sessions, alerts.clone(), alerts.check_interval());
+    alerts::watcher::spawn(&tasks, &sessions, alerts.clone(), alerts.check_interval());
     let clients = Clients::from_config(&config.clients).map_err(StartError::Clients)?;
     let server = &config.server;
     let proxy = Arc::new(Proxy::new(
@@ -182,6 +206,7 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
         request_timeout: server.request_timeout,
         body_timeout: server.header_read_timeout,
         reloader: reloader.clone(),
+        tasks: tasks.clone(),
     });
 
     let tls = match tls::Files::of(server) {
@@ -202,14 +227,14 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
     let proxy_addr = local(&proxy_listener, server.listen)?;
     let admin_addr = local(&admin_listener, server.admin_listen)?;
 
-    let (shutdown, watch_rx) = watch::channel(false);
+    let (stop_listening, watch_rx) = watch::channel(false);
     let limits = Limits {
         max_header_bytes: server.max_header_bytes,
         header_read_timeout: server.header_read_timeout,
         grace: server.shutdown_grace,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let proxy_task = tokio::spawn(serve(
+    let proxy_task = tasks.spawn(serve(
         proxy_listener,
         limits,
         tls.clone().map(|t| (t, tls::Listener::Proxy)),
@@ -218,7 +243,7 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
     ));
     let router = admin::router(admin);
     let max_header_bytes = server.max_header_bytes;
-    let admin_task = tokio::spawn(serve(
+    let admin_task = tasks.spawn(serve(
         admin_listener,
         limits,
         tls.clone().map(|t| (t, tls::Listener::Admin)),
@@ -246,18 +271,19 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
             }
         },
     ));
-    let mut tasks = vec![proxy_task, admin_task];
-    tasks.extend(tls.map(|t| t.spawn_watcher()));
+    if let Some(tls) = &tls {
+        tls.spawn_watcher(&tasks);
+    }
     Ok(Running {
         proxy_addr,
         admin_addr,
         simulator_addr: simulator.as_ref().map(|s| s.local_addr()),
         scheme,
-        shutdown,
+        stop_listening,
+        listeners: vec![proxy_task, admin_task],
         tasks,
         simulator,
         alerts,
-        alert_watcher,
         store,
         reloader,
     })
@@ -273,25 +299,31 @@ type Opened = (Arc<Store>, HashMap<String, Loaded>);
 async fn open_store(
     config: &StoreConfig,
     metrics: &Arc<Metrics>,
+    tasks: &Tasks,
 ) -> Result<Option<Opened>, StartError> {
     let path = match (config.backend, &config.path) {
         (StoreBackend::Embedded, Some(path)) => path,
         (StoreBackend::Embedded, None) => Path::new(crate::config::DEFAULT_STORE_FILE),
         (StoreBackend::Memory, _) => return Ok(None),
-        (StoreBackend::Redis, _) => return open_redis(config, metrics).await.map(Some),
+        (StoreBackend::Redis, _) => return open_redis(config, metrics, tasks).await.map(Some),
     };
     let opened = Store::open(
         path,
         config.encryption_key.as_ref(),
         config.previous_encryption_key.as_ref(),
         metrics.clone(),
+        tasks.clone(),
     )
     .map_err(Box::new)?;
     Ok(Some(opened))
 }
 
 /// The shared Redis store (its settings were checked with the configuration).
-async fn open_redis(config: &StoreConfig, metrics: &Arc<Metrics>) -> Result<Opened, StartError> {
+async fn open_redis(
+    config: &StoreConfig,
+    metrics: &Arc<Metrics>,
+    tasks: &Tasks,
+) -> Result<Opened, StartError> {
     use secrecy::ExposeSecret as _;
     let invalid =
         |m: &str| StartError::Store(Box::new(crate::store::StoreError::RedisUrl(m.to_owned())));
@@ -319,6 +351,7 @@ async fn open_redis(config: &StoreConfig, metrics: &Arc<Metrics>) -> Result<Open
         key,
         config.previous_encryption_key.as_ref(),
         metrics.clone(),
+        tasks.clone(),
     )
     .await
     .map_err(|e| StartError::Store(Box::new(e)))
@@ -399,6 +432,9 @@ async fn serve<F, Fut>(
         .max_buf_size(hyper_buffer(limits.max_header_bytes))
         .keep_alive(true);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // The listener owns its connections' tasks: ended ones are reaped as they go, and the ones
+    // still running when the grace period is over are aborted with the set.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -421,7 +457,7 @@ async fn serve<F, Fut>(
                 let http = http.clone();
                 let acceptor = tls.as_ref().map(|(t, which)| t.acceptor(*which));
                 let handshake_timeout = limits.header_read_timeout;
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let served = match acceptor {
                         None => watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await,
                         Some(acceptor) => {
@@ -446,6 +482,7 @@ async fn serve<F, Fut>(
                     }
                 });
             }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = stop.changed() => break,
         }
     }
@@ -457,6 +494,7 @@ async fn serve<F, Fut>(
             tracing::warn!("shutdown grace period over; abandoning remaining connections");
         }
     }
+    connections.shutdown().await;
 }
 
 /// Runs the gateway until SIGTERM or SIGINT: prints the ready line, then shuts down gracefully.
@@ -484,7 +522,9 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
         let _ = out.flush();
     }
     tracing::info!(proxy = %running.proxy_addr, admin = %running.admin_addr, "gstgate ready");
-    let reloads = tokio::spawn(reload_on_sighup(hangups, running.reloader.clone()));
+    let reloads = running
+        .tasks
+        .spawn_until_shutdown(reload_on_sighup(hangups, running.reloader.clone()));
     shutdown_signal().await;
     reloads.abort();
     tracing::info!("shutting down: refusing new connections, finishing in-flight requests");

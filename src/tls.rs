@@ -15,6 +15,7 @@ use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::ConfigError;
+use crate::tasks::Tasks;
 
 /// How often the files are checked for a change.
 const WATCH_EVERY: Duration = Duration::from_secs(5);
@@ -139,15 +140,15 @@ impl ServerTls {
         })
     }
 
-    /// Starts the task that reloads the files when they change.
-    pub fn spawn_watcher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+    /// Starts the task that reloads the files when they change, on `tasks` until shutdown.
+    pub fn spawn_watcher(self: &Arc<Self>, tasks: &Tasks) {
         let tls = self.clone();
-        tokio::spawn(async move {
+        tasks.spawn_until_shutdown(async move {
             loop {
                 tokio::time::sleep(WATCH_EVERY).await;
                 tls.reload_if_changed();
             }
-        })
+        });
     }
 
     /// Loads the files again if any changed since the last load.

@@ -48,7 +48,12 @@
 //! GSTGATE_FUZZ_CASES=200000 cargo test --release --test fuzz -- --nocapture
 //! ```
 //!
-//! `PROPTEST_RNG_SEED=<u64>` makes a run repeatable; by default each run draws new cases.
+//! Seeds: each target fuzzes twice, half its cases each time — first under the fixed
+//! `FIXED_SEED`, so every run (CI's included) covers the same known cases, then under a seed
+//! drawn for this run, so every run also tries new ones. Both seeds are printed with the
+//! outcomes (`--nocapture`), and a failure's message names the seed and the command that
+//! replays it: `GSTGATE_FUZZ_SEED=<u64>` fuzzes under that one seed instead (with
+//! `GSTGATE_FUZZ_CASES` as the message says, so that the failing case is reached again).
 //!
 //! When a target fails, proptest shrinks the case, prints it, writes its seed to
 //! `tests/fuzz/regressions/<target>.txt` (replayed first by later runs while the strategies
@@ -84,7 +89,8 @@ use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{
-    Config as RunnerConfig, FileFailurePersistence, TestCaseError, TestError, TestRunner,
+    Config as RunnerConfig, FailurePersistence, FileFailurePersistence, RngSeed, TestCaseError,
+    TestError, TestRunner,
 };
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
@@ -106,6 +112,26 @@ fn cases() -> u32 {
             .unwrap_or_else(|_| panic!("GSTGATE_FUZZ_CASES={text:?} is not a number")),
         Err(_) => DEFAULT_CASES,
     }
+}
+
+/// The seed every run fuzzes under first, so that every run covers the same known cases.
+const FIXED_SEED: u64 = 0x6773_7467_6174_6531;
+
+/// The seeds of this run: the one `GSTGATE_FUZZ_SEED` names (`replay`) to replay a failure,
+/// else [`FIXED_SEED`] and a new random one.
+fn run_seeds(replay: Option<String>) -> Vec<u64> {
+    match replay {
+        Some(text) => vec![text
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("GSTGATE_FUZZ_SEED={text:?} is not a number"))],
+        None => vec![FIXED_SEED, rand::random()],
+    }
+}
+
+/// The command that fuzzes `target` again under `seed` for `cases` cases.
+fn replay_command(target: &str, seed: u64, cases: u32) -> String {
+    format!("GSTGATE_FUZZ_SEED={seed} GSTGATE_FUZZ_CASES={cases} cargo test --test fuzz {target}")
 }
 
 thread_local! {
@@ -186,7 +212,9 @@ struct Watchdog {
 }
 
 impl Watchdog {
-    fn new(target: &str) -> Self {
+    /// Watches `target`'s cases; `source` says where they come from (the corpus, or a seed and
+    /// how to replay it), for the hang report.
+    fn new(target: &str, source: String) -> Self {
         let current: Arc<Running> = Arc::default();
         let done = Arc::new(AtomicBool::new(false));
         let (watched, finished, target) = (current.clone(), done.clone(), target.to_owned());
@@ -202,8 +230,8 @@ impl Watchdog {
                         let _ = writeln!(
                             std::io::stderr(),
                             "fuzz {target}: a case has run for more than {CASE_TIMEOUT:?} (a \
-                             hang): {:?}\nits bytes: {saved}\nfix the bug, then add the bytes \
-                             to tests/fuzz/corpus/{target}/",
+                             hang): {:?}\nits bytes: {saved}\ncases from: {source}\nfix the \
+                             bug, then add the bytes to tests/fuzz/corpus/{target}/",
                             Bytes(bytes.clone())
                         );
                         std::process::exit(101);
@@ -240,7 +268,7 @@ fn replay(
     files: &[(String, Vec<u8>)],
     check: impl Fn(&[u8]) -> Result<(), TestCaseError>,
 ) {
-    let dog = Watchdog::new(target);
+    let dog = Watchdog::new(target, "the corpus".into());
     for (name, bytes) in files {
         let result = dog.watch(bytes.clone(), || {
             catch_unwind(AssertUnwindSafe(|| check(bytes)))
@@ -253,22 +281,55 @@ fn replay(
     }
 }
 
-/// Phase two: `cases()` generated cases, shrunk and persisted on failure.
+/// Phase two: `cases()` generated cases, split over the run's seeds ([`run_seeds`]), shrunk
+/// and persisted on failure.
 fn fuzz<S>(target: &'static str, strategy: S, check: impl Fn(S::Value) -> Result<(), TestCaseError>)
 where
     S: Strategy,
     S::Value: CorpusBytes,
 {
-    let regressions: &'static str = Box::leak(
-        format!(
-            "{}/tests/fuzz/regressions/{target}.txt",
-            env!("CARGO_MANIFEST_DIR")
-        )
-        .into_boxed_str(),
-    );
+    let seeds = run_seeds(std::env::var("GSTGATE_FUZZ_SEED").ok());
+    let per_seed = (cases() / u32::try_from(seeds.len()).unwrap()).max(1);
+    let regressions = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fuzz/regressions")
+        .join(format!("{target}.txt"));
+    for seed in seeds {
+        if let Err(failure) = fuzz_seed(
+            target,
+            &strategy,
+            &check,
+            seed,
+            per_seed,
+            Some(&regressions),
+        ) {
+            panic!("{failure}");
+        }
+    }
+}
+
+/// `cases` generated cases from `seed`; a failure (or abort) comes back as its report, which
+/// names the seed and the command that replays it. A failure's seed is persisted in
+/// `regressions` when given.
+fn fuzz_seed<S>(
+    target: &'static str,
+    strategy: &S,
+    check: &impl Fn(S::Value) -> Result<(), TestCaseError>,
+    seed: u64,
+    cases: u32,
+    regressions: Option<&Path>,
+) -> Result<(), String>
+where
+    S: Strategy,
+    S::Value: CorpusBytes,
+{
+    let replay = replay_command(target, seed, cases);
     let config = RunnerConfig {
-        cases: cases(),
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(regressions))),
+        cases,
+        rng_seed: RngSeed::Fixed(seed),
+        failure_persistence: regressions.map(|path| {
+            let path: &'static str = Box::leak(path.display().to_string().into_boxed_str());
+            Box::new(FileFailurePersistence::Direct(path)) as Box<dyn FailurePersistence>
+        }),
         source_file: Some(file!()),
         test_name: Some(target),
         // A failure in CI should report within minutes, shrunk as far as that allows.
@@ -276,31 +337,70 @@ where
         max_shrink_time: 120_000,
         ..RunnerConfig::default()
     };
-    let cases = config.cases;
     let mut runner = TestRunner::new(config);
-    let dog = Watchdog::new(target);
+    let dog = Watchdog::new(target, format!("seed {seed}; replay: {replay}"));
     let start = Instant::now();
-    let result = runner.run(&strategy, |case| {
+    let result = runner.run(strategy, |case| {
         dog.watch(case.corpus_bytes(), || check(case))
     });
     match result {
         Ok(()) => {
             let outcomes = OUTCOMES.with(|o| std::mem::take(&mut *o.borrow_mut()));
             eprintln!(
-                "fuzz {target}: {cases} generated cases in {:.1?}; outcomes (corpus, cases and \
-                 shrinking together): {outcomes:?}",
+                "fuzz {target}: {cases} generated cases from seed {seed} in {:.1?}; outcomes \
+                 (corpus, cases and shrinking together): {outcomes:?}",
                 start.elapsed()
             );
+            Ok(())
         }
         Err(TestError::Fail(reason, case)) => {
             let saved = save_failure(target, &case.corpus_bytes());
-            panic!(
-                "fuzz {target}: {reason}\nminimal failing case: {case:#?}\nits bytes: {saved}\n\
-                 fix the bug, then add the bytes to tests/fuzz/corpus/{target}/"
-            );
+            Err(format!(
+                "fuzz {target}: {reason}\nseed: {seed}; replay: {replay}\nminimal failing \
+                 case: {case:#?}\nits bytes: {saved}\nfix the bug, then add the bytes to \
+                 tests/fuzz/corpus/{target}/"
+            ))
         }
-        Err(TestError::Abort(reason)) => panic!("fuzz {target}: aborted: {reason}"),
+        Err(TestError::Abort(reason)) => Err(format!(
+            "fuzz {target}: aborted: {reason}\nseed: {seed}; replay: {replay}"
+        )),
     }
+}
+
+#[test]
+fn each_run_fuzzes_the_fixed_seed_and_a_new_one_unless_one_is_named() {
+    let seeds = run_seeds(None);
+    assert_eq!(seeds.len(), 2, "{seeds:?}");
+    assert_eq!(seeds[0], FIXED_SEED);
+    assert_eq!(run_seeds(Some(" 42\n".into())), [42]);
+}
+
+#[test]
+fn a_seed_replays_its_cases_and_a_failure_names_its_seed() {
+    let strategy = vec(any::<u8>(), 0..64).prop_map(Bytes);
+    let cases_from = |seed: u64| {
+        let seen = Mutex::new(Vec::new());
+        let record = |b: Bytes| {
+            seen.lock().unwrap().push(b.0);
+            Ok(())
+        };
+        fuzz_seed("harness_self_test", &strategy, &record, seed, 50, None).unwrap();
+        seen.into_inner().unwrap()
+    };
+    let seed: u64 = rand::random();
+    assert_eq!(cases_from(seed), cases_from(seed), "seed {seed}");
+    assert_ne!(cases_from(seed), cases_from(seed ^ 1), "seed {seed}");
+
+    let failing = |b: Bytes| -> Result<(), TestCaseError> {
+        prop_assert!(b.0.iter().all(|&x| x < 200), "a byte of 200 or more");
+        Ok(())
+    };
+    let report = fuzz_seed("harness_self_test", &strategy, &failing, seed, 500, None).unwrap_err();
+    let replay = format!(
+        "seed: {seed}; replay: GSTGATE_FUZZ_SEED={seed} GSTGATE_FUZZ_CASES=500 cargo test --test \
+         fuzz harness_self_test"
+    );
+    assert!(report.contains(&replay), "{report}");
 }
 
 /// One byte-level edit of a seed. Positions are [`Index`]es, so they fit any length.

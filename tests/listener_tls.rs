@@ -1,10 +1,12 @@
 //! HTTPS on both listeners, with certificates from a private CA: the proxy listener requires
-//! a client certificate when `tls_client_ca` is set, the admin listener does not, and a
-//! certificate file replaced on disk is served to new connections without a restart.
+//! a client certificate when `tls_client_ca` is set, the admin listener does not, a
+//! certificate file replaced on disk is served to new connections without a restart, and
+//! SIGTERM still stops the process (after flushing the store) while the files are watched.
 
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::*;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -145,4 +147,69 @@ async fn both_listeners_serve_https_and_a_replaced_certificate_is_picked_up() {
         served_certificate(gw.admin, &servers.ca_pem()).await,
         second_der
     );
+}
+
+/// SIGTERM with HTTPS on both listeners and the embedded store: the certificate watcher is
+/// stopped, the store is flushed and the process exits 0, well within a supervisor's stop
+/// timeout. The watcher's endless loop used to hold shutdown up until SIGKILL.
+#[tokio::test]
+async fn sigterm_with_https_listeners_flushes_the_store_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n);
+    let servers = Pki::new("gstgate test server CA");
+    let issued = servers.issue(&["127.0.0.1"]);
+    std::fs::write(path("cert.pem"), &issued.cert_pem).unwrap();
+    std::fs::write(path("key.pem"), &issued.key_pem).unwrap();
+
+    let sim = Sim::start(SimOpts::default()).await;
+    let opts = GwOpts {
+        store: format!("path = \"{}\"", path("sessions.redb").display()),
+        ..GwOpts::default()
+    };
+    let text = gateway_config(&sim.public_key, &sim.url(), &opts).replacen(
+        "[server]\n",
+        &format!(
+            "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            path("cert.pem").display(),
+            path("key.pem").display()
+        ),
+        1,
+    );
+    let mut gw = Gateway::start_with_config(&text, &opts).await;
+    let https = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(servers.ca_pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    // A session now exists, and the store has something to keep.
+    let res = https
+        .post(format!("https://{}/eicore/v1.03/Invoice", gw.proxy))
+        .header("x-api-key", API_KEY)
+        .header("gstin", GSTIN)
+        .json(&invoice(GSTIN, "TLS/STOP/1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let res = https
+        .get(format!("https://{}/healthz", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &gw.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exited = gw.wait_within(Duration::from_secs(10)).await;
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "no clean exit within 10 s of SIGTERM ({exited:?}); logs:\n{}",
+        gw.logs.text()
+    );
+    // The process has exited, but its last lines may still be on their way through the pipe.
+    gw.logs.wait_for("session store flushed").await;
+    gw.logs.wait_for("\"stopped\"").await;
 }

@@ -42,6 +42,7 @@ use crate::gstin::Gstin;
 use crate::problem::{fill_request_id, GatewayError};
 use crate::reload::Reloader;
 use crate::session::{Session, Sessions, Slot};
+use crate::tasks::Tasks;
 
 /// The largest request body the admin listener reads. Only `{"otp": "…"}` is ever sent, so a
 /// few KiB is ample, and nobody can make the listener buffer more.
@@ -63,6 +64,8 @@ pub struct Admin {
     pub body_timeout: Duration,
     /// Reloads the configuration for `POST /admin/reload`.
     pub reloader: Arc<Reloader>,
+    /// The gateway's tasks: an admin action's work runs on them, so shutdown waits for it.
+    pub tasks: Tasks,
 }
 
 /// The request id the listener chose (the caller's or a new one), for the problem bodies.
@@ -127,7 +130,7 @@ async fn admit(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Res
         // timeout bounds the call), and /admin/sessions then shows the outcome.
         Ok(req) => match tokio::time::timeout_at(
             deadline,
-            tokio::spawn(crate::request::carry(
+            admin.tasks.spawn(crate::request::carry(
                 Some(request_id.as_str().into()),
                 next.run(req),
             )),

@@ -38,6 +38,7 @@ use std::time::{Duration, SystemTime};
 use crate::config::{check_otp_warning, AlertsConfig};
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::tasks::Tasks;
 
 pub use model::{AlertKind, Detail, Subject};
 
@@ -101,8 +102,9 @@ pub struct Alerts {
     open: Mutex<HashSet<(AlertKind, Subject)>>,
     /// `None` when no webhook is configured: alerts are then only logged.
     sender: Option<Sender>,
-    /// Where episodes are kept beyond this process, once attached.
-    store: OnceLock<Arc<Store>>,
+    /// Where episodes are kept beyond this process, once attached, and the tasks that write
+    /// them run on.
+    store: OnceLock<(Arc<Store>, Tasks)>,
     /// This handle, for the tasks that record an episode before sending it.
     me: Weak<Alerts>,
 }
@@ -138,8 +140,9 @@ impl Alerts {
     }
 
     /// Keeps episodes in `store` from now on, taking up the ones open there (after a restart,
-    /// or opened by another replica) so that their alerts are not sent again.
-    pub async fn attach_store(&self, store: Arc<Store>) {
+    /// or opened by another replica) so that their alerts are not sent again. The writes run
+    /// on `tasks`, so shutdown waits for them before the store's last flush.
+    pub async fn attach_store(&self, store: Arc<Store>, tasks: Tasks) {
         let open: Vec<(AlertKind, Subject)> = store
             .episodes()
             .await
@@ -148,7 +151,7 @@ impl Alerts {
             .collect();
         let n = open.len();
         self.open().extend(open);
-        let _ = self.store.set(store);
+        let _ = self.store.set((store, tasks));
         if n > 0 {
             tracing::info!(open = n, "alert episodes taken up from the store");
         }
@@ -170,9 +173,9 @@ impl Alerts {
         tracing::warn!(alert = kind.as_str(), upstream = %subject.upstream, gstin = %subject.gstin,
             user = %subject.username, message = %detail.message, "alert raised");
         match (self.store.get(), self.me.upgrade()) {
-            (Some(store), Some(me)) => {
+            (Some((store, tasks)), Some(me)) => {
                 let store = store.clone();
-                tokio::spawn(async move {
+                tasks.spawn(async move {
                     let (kind, subject) = &key;
                     if store.set_episode(&episode_key(*kind, subject), true).await {
                         tracing::info!(alert = kind.as_str(), upstream = %subject.upstream,
@@ -208,10 +211,7 @@ impl Alerts {
         };
         if let Err(why) = sender.try_queue(kind, body) {
             self.open().remove(key);
-            if let Some(store) = self.store.get().cloned() {
-                let episode = episode_key(kind, subject);
-                tokio::spawn(async move { store.set_episode(&episode, false).await });
-            }
+            self.close_stored(kind, subject);
             self.count(kind, "dropped");
             tracing::warn!(alert = kind.as_str(), upstream = %subject.upstream,
                 gstin = %subject.gstin, "alert dropped: {why}");
@@ -223,10 +223,15 @@ impl Alerts {
         if self.open().remove(&(kind, subject.clone())) {
             tracing::info!(alert = kind.as_str(), upstream = %subject.upstream,
                 gstin = %subject.gstin, user = %subject.username, "alert resolved");
-            if let Some(store) = self.store.get().cloned() {
-                let episode = episode_key(kind, subject);
-                tokio::spawn(async move { store.set_episode(&episode, false).await });
-            }
+            self.close_stored(kind, subject);
+        }
+    }
+
+    /// Closes the episode in the store, if one is attached, without waiting for it.
+    fn close_stored(&self, kind: AlertKind, subject: &Subject) {
+        if let Some((store, tasks)) = self.store.get() {
+            let (store, episode) = (store.clone(), episode_key(kind, subject));
+            tasks.spawn(async move { store.set_episode(&episode, false).await });
         }
     }
 

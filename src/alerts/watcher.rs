@@ -17,30 +17,18 @@ use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use tokio::task::JoinHandle;
-
 use super::{AlertKind, Alerts, Detail, Subject};
 use crate::session::{SessionInfo, Sessions, State};
+use crate::tasks::Tasks;
 
 /// How often sessions are checked: a refresh failure is reported within about two of these.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(15);
 
-/// The watcher task; dropping the handle stops it.
-pub struct Handle {
-    task: JoinHandle<()>,
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Starts watching `sessions` every `every`. The task holds the session manager weakly, so it
-/// never keeps it alive, and ends when it is gone.
-pub fn spawn(sessions: &Arc<Sessions>, alerts: Arc<Alerts>, every: Duration) -> Handle {
+/// Starts watching `sessions` every `every`, on `tasks` until shutdown. The task holds the
+/// session manager weakly, so it never keeps it alive, and ends when it is gone.
+pub fn spawn(tasks: &Tasks, sessions: &Arc<Sessions>, alerts: Arc<Alerts>, every: Duration) {
     let sessions: Weak<Sessions> = Arc::downgrade(sessions);
-    let task = tokio::spawn(async move {
+    tasks.spawn_until_shutdown(async move {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rules = Rules::default();
@@ -54,7 +42,6 @@ pub fn spawn(sessions: &Arc<Sessions>, alerts: Arc<Alerts>, every: Duration) -> 
             rules.observe(&snapshot, &alerts);
         }
     });
-    Handle { task }
 }
 
 /// The alert rules, with the little memory they need between passes.

@@ -32,7 +32,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::faults::FaultRule;
-use super::state::{lock, Counters, Knobs, SimState, REQUEST_LOG_LEN};
+use super::state::{lock, Counters, Knobs, REQUEST_LOG_LEN};
+use super::SimState;
 
 /// The `/_sim/` routes.
 pub fn routes() -> Router<Arc<SimState>> {

@@ -41,24 +41,20 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;
-use chrono::{DateTime, Datelike, FixedOffset, NaiveDate, Utc};
+use chrono::{Datelike, NaiveDate, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::state::{lock, DocStatus, Document, Issue, SimState};
+use super::clock::{ist_now, to_ist};
+use super::state::{lock, DocStatus, Document, Issue};
+use super::SimState;
 use crate::crypto::{b64_decode, AesKey};
 use crate::gstin::Gstin;
 
 /// Login paths (v1.04 is current; v1.03 is still called by older clients).
 pub const AUTH_PATHS: [&str; 2] = ["/eivital/v1.04/auth", "/eivital/v1.03/auth"];
-
-/// IST is UTC+05:30; NIC timestamps are IST wall-clock time without an offset.
-const IST_OFFSET_SECS: i32 = 5 * 3600 + 30 * 60;
-
-/// NIC's timestamp format (`TokenExpiry`, `AckDt`, `CancelDate`).
-const NIC_TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S";
 
 /// The e-invoice routes. Every handler answers NIC envelopes; routing misses are plain 404s.
 pub fn routes() -> Router<Arc<SimState>> {
@@ -79,21 +75,6 @@ pub fn routes() -> Router<Arc<SimState>> {
 /// Whether `path` is a login path.
 pub fn is_auth_path(path: &str) -> bool {
     AUTH_PATHS.contains(&path)
-}
-
-/// The UTC+05:30 offset.
-pub(super) fn ist() -> FixedOffset {
-    FixedOffset::east_opt(IST_OFFSET_SECS).unwrap_or_else(|| unreachable!("+05:30 is in range"))
-}
-
-/// A UTC instant as NIC writes it: IST wall-clock time, no offset.
-pub fn to_ist(t: DateTime<Utc>) -> String {
-    t.with_timezone(&ist()).format(NIC_TIME_FORMAT).to_string()
-}
-
-/// Now, as NIC writes it.
-pub fn ist_now() -> String {
-    to_ist(Utc::now())
 }
 
 /// A `Status: 0` reply: one error detail and optional `InfoDtls`.
@@ -721,13 +702,5 @@ mod tests {
         assert!(DocKey::parse("X", "INV", "0123", "05/06/2024").is_err());
         assert!(DocKey::parse("X", "BIL", "1", "05/06/2024").is_err());
         assert!(DocKey::parse("X", "INV", "1", "2024-06-05").is_err());
-    }
-
-    #[test]
-    fn ist_is_five_and_a_half_hours_ahead() {
-        let t = DateTime::parse_from_rfc3339("2024-01-01T20:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        assert_eq!(to_ist(t), "2024-01-02 01:30:00");
     }
 }

@@ -43,8 +43,10 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::einvoice::{ct_eq, header, header_gstin, ist};
-use super::state::{capped, lock, DocStatus, Issue, Knobs, Sessions, SimState, MAX_DOCUMENTS};
+use super::clock::ist;
+use super::einvoice::{ct_eq, header, header_gstin};
+use super::state::{capped, lock, DocStatus, Issue, Knobs, Sessions, MAX_DOCUMENTS};
+use super::SimState;
 use crate::crypto::{b64_decode, b64_encode, AesKey};
 
 /// The login path.

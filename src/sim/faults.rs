@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Notify;
 
-use super::einvoice::ist_now;
+use super::clock::ist_now;
 use super::Api;
 
 /// A `slow` rule's delay when it names none.

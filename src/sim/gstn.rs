@@ -50,9 +50,11 @@ use rand::Rng as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::einvoice::{ct_eq, header, header_gstin, to_ist};
+use super::clock::to_ist;
+use super::einvoice::{ct_eq, header, header_gstin};
 use super::ewaybill::rek_envelope;
-use super::state::{capped, lock, SessionView, SimState};
+use super::state::{capped, lock, SessionView};
+use super::SimState;
 use crate::crypto::{b64_decode, b64_encode, AesKey};
 
 /// Login paths (v1.0; v2.0 is accepted too).

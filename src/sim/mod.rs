@@ -9,7 +9,9 @@
 //! - `einvoice.rs` — the e-invoice profile: login, data calls, error codes (table there);
 //! - `ewaybill.rs` — the e-way bill profile, every path under `/ewaybillapi/`;
 //! - `gstn.rs` — the GSTN returns profile (OTP, refresh, portal sessions), under `/taxpayerapi/`;
-//! - `state.rs` — sessions, tokens, documents, counters, request log (and which lock, why);
+//! - `state.rs` — sessions, tokens, documents, counters, request log (and which lock, why),
+//!   which [`SimState`] here puts together with each profile's own state;
+//! - `clock.rs` — NIC's IST wall-clock time format;
 //! - `control.rs` — the `/_sim/` API; `faults.rs` — fault injection;
 //! - `server.rs` — accept loop and the intercept layer (log, count, fault, latency).
 //!
@@ -27,6 +29,7 @@
 //! (with its own SEK) until its own expiry, as NIC's documentation implies; set
 //! `force_refresh_revokes_old` for the stricter behaviour some field reports describe.
 
+mod clock;
 mod control;
 mod einvoice;
 mod ewaybill;
@@ -49,9 +52,10 @@ use tokio::task::JoinHandle;
 
 use crate::crypto::{CryptoError, KeyPair};
 use crate::gstin::Gstin;
-use state::{Counters, Documents, Knobs, RequestLog, Sessions, SimState};
+use state::{Counters, Documents, Knobs, RejectSet, RequestLog, Sessions};
 
-pub use einvoice::{financial_year, to_ist};
+pub use clock::to_ist;
+pub use einvoice::financial_year;
 pub use ewaybill::{
     DEFAULT_LOGIN_WINDOW as DEFAULT_EWB_LOGIN_WINDOW, LOGIN_LIMIT as EWB_LOGIN_LIMIT,
 };
@@ -174,6 +178,42 @@ impl std::str::FromStr for SimClient {
             _ => Err("expected CLIENT_ID:CLIENT_SECRET".into()),
         }
     }
+}
+
+/// Everything the handlers share, behind one `Arc`: the pieces all three APIs share (from
+/// `state.rs`) and each API's own protocol state. It is assembled here, above the API modules,
+/// because it holds a piece of each of them.
+pub struct SimState {
+    /// The simulator's RSA key: logins are encrypted to its public half.
+    pub keypair: KeyPair,
+    /// The public key, PEM (SubjectPublicKeyInfo).
+    pub public_key_pem: String,
+    /// Users that may log in (fixed at start).
+    pub users: Vec<SimUser>,
+    /// API clients (fixed at start).
+    pub clients: Vec<SimClient>,
+    /// Enriched-GSP mode: plain JSON `Data` accepted and answered.
+    pub plain: bool,
+    /// A repeat generate answers success with the existing IRN instead of 2150.
+    pub allow_duplicate_irn: bool,
+    /// Runtime-adjustable settings.
+    pub knobs: Mutex<Knobs>,
+    /// Sessions and tokens.
+    pub sessions: Mutex<Sessions>,
+    /// Generated documents.
+    pub documents: Mutex<Documents>,
+    /// Counters for `/_sim/counters`.
+    pub counters: Mutex<Counters>,
+    /// Recent requests for `/_sim/requests`.
+    pub requests: Mutex<RequestLog>,
+    /// GSTINs whose data calls are all answered 1005.
+    pub rejected: Mutex<RejectSet>,
+    /// The active fault rule.
+    pub faults: Mutex<faults::Faults>,
+    /// E-way bill tokens, e-way bills and the login limiter (one lock: a login touches both).
+    pub ewb: Mutex<ewaybill::EwbState>,
+    /// GSTN OTPs, portal sessions and tokens.
+    pub gstn: Mutex<gstn::GstnState>,
 }
 
 /// Everything the simulator is started with.

@@ -25,8 +25,8 @@ use tower::ServiceExt as _;
 
 use super::einvoice::header_gstin;
 use super::faults::{self, ConnKill, FaultMode};
-use super::state::{lock, LoggedRequest, SimState, LOGGED_BODY_MAX};
-use super::{is_auth_path, Api};
+use super::state::{lock, LoggedRequest, LOGGED_BODY_MAX};
+use super::{is_auth_path, Api, SimState};
 
 /// Largest request body the simulator reads (NIC's limit is of the same order).
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;

@@ -1,7 +1,8 @@
 //! The simulator's shared state: runtime knobs, sessions and tokens, stored documents,
-//! counters, the request log and per-GSTIN token rejection. The e-way bill and GSTN profiles
-//! keep their own protocol state next to this (`ewaybill.rs`, `gstn.rs`); what all three APIs
-//! share (users, clients, knobs, counters, log, rejection, faults) lives here.
+//! counters, the request log and per-GSTIN token rejection — what all three APIs share. The
+//! e-way bill and GSTN profiles keep their own protocol state next to this (`ewaybill.rs`,
+//! `gstn.rs`), and `SimState` (in `mod.rs`) holds both, with the users, clients and faults, so
+//! that nothing here depends on a profile.
 //!
 //! Locks: every piece is behind its own `std::sync::Mutex`, not a Tokio one. Each critical
 //! section is a few map operations with no `.await` inside, so a blocking mutex is cheaper
@@ -19,9 +20,8 @@ use chrono::{DateTime, Utc};
 use rand::distributions::{Alphanumeric, Distribution};
 use serde::Serialize;
 
-use super::faults::Faults;
-use super::{SimClient, SimUser};
-use crate::crypto::{AesKey, KeyPair};
+use super::clock::to_ist;
+use crate::crypto::AesKey;
 
 /// Most documents kept; the oldest are evicted beyond this so a load test cannot exhaust memory.
 pub const MAX_DOCUMENTS: usize = 100_000;
@@ -47,40 +47,6 @@ const TOKEN_LEN: usize = 26;
 /// Takes a mutex, recovering the data if a previous holder panicked.
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Everything the handlers share, behind one `Arc`.
-pub struct SimState {
-    /// The simulator's RSA key: logins are encrypted to its public half.
-    pub keypair: KeyPair,
-    /// The public key, PEM (SubjectPublicKeyInfo).
-    pub public_key_pem: String,
-    /// Users that may log in (fixed at start).
-    pub users: Vec<SimUser>,
-    /// API clients (fixed at start).
-    pub clients: Vec<SimClient>,
-    /// Enriched-GSP mode: plain JSON `Data` accepted and answered.
-    pub plain: bool,
-    /// A repeat generate answers success with the existing IRN instead of 2150.
-    pub allow_duplicate_irn: bool,
-    /// Runtime-adjustable settings.
-    pub knobs: Mutex<Knobs>,
-    /// Sessions and tokens.
-    pub sessions: Mutex<Sessions>,
-    /// Generated documents.
-    pub documents: Mutex<Documents>,
-    /// Counters for `/_sim/counters`.
-    pub counters: Mutex<Counters>,
-    /// Recent requests for `/_sim/requests`.
-    pub requests: Mutex<RequestLog>,
-    /// GSTINs whose data calls are all answered 1005.
-    pub rejected: Mutex<RejectSet>,
-    /// The active fault rule.
-    pub faults: Mutex<Faults>,
-    /// E-way bill tokens, e-way bills and the login limiter (one lock: a login touches both).
-    pub ewb: Mutex<super::ewaybill::EwbState>,
-    /// GSTN OTPs, portal sessions and tokens.
-    pub gstn: Mutex<super::gstn::GstnState>,
 }
 
 /// Settings that `/_sim/knobs` may change while the simulator runs.
@@ -287,7 +253,7 @@ impl Sessions {
                 username: username.clone(),
                 token: s.token.clone(),
                 sek: crate::crypto::b64_encode(s.sek.as_bytes()),
-                token_expiry: super::einvoice::to_ist(s.expires_at),
+                token_expiry: to_ist(s.expires_at),
                 previous_token: self
                     .tokens
                     .iter()

@@ -29,6 +29,7 @@ use secrecy::SecretString;
 use tokio::sync::Notify;
 
 use crate::metrics::{Metrics, StoreLabels};
+use crate::tasks::Tasks;
 
 pub use self::redis::{Event, Lease, RedisFailure};
 pub use record::{LockoutKind, Record, StoredGuard, StoredLockout, StoredSession};
@@ -127,6 +128,8 @@ pub struct Store {
     wake: Notify,
     /// Held while a batch is taken and committed, so batches reach the store in order.
     committing: tokio::sync::Mutex<()>,
+    /// The gateway's tasks, where the store's own (writer, health check, subscription) run.
+    tasks: Tasks,
 }
 
 /// The record name of a slot. Upstream names and GSTINs contain no `:`, so the name is
@@ -138,12 +141,13 @@ pub fn record_name(upstream: &str, gstin: &str, user: &str) -> String {
 impl Store {
     /// Opens the embedded store at `path` (moving an unreadable file aside) and reads every
     /// record that opens under the keys; a record that does not is skipped with a warning.
-    /// Blocks on the disk: call it at start-up.
+    /// Blocks on the disk: call it at start-up. The store's tasks will run on `tasks`.
     pub fn open(
         path: &Path,
         encryption_key: Option<&SecretString>,
         previous_key: Option<&SecretString>,
         metrics: Arc<Metrics>,
+        tasks: Tasks,
     ) -> Result<(Arc<Self>, HashMap<String, Loaded>), StoreError> {
         // The directory first: a generated key file is written there before the store.
         file::create_dir(path)?;
@@ -162,6 +166,7 @@ impl Store {
             Backend::File(Arc::new(db)),
             sealer,
             metrics,
+            tasks,
         );
         let loaded = store.open_rows(rows);
         store.show_up();
@@ -171,12 +176,14 @@ impl Store {
 
     /// Connects to the shared Redis store and reads every record. Redis being unreachable is
     /// not an error: the gateway starts without stored sessions, logs in within its share of
-    /// the login allowance, and joins the group when Redis answers.
+    /// the login allowance, and joins the group when Redis answers. The store's tasks will
+    /// run on `tasks`.
     pub async fn open_redis(
         settings: RedisSettings<'_>,
         encryption_key: &SecretString,
         previous_key: Option<&SecretString>,
         metrics: Arc<Metrics>,
+        tasks: Tasks,
     ) -> Result<(Arc<Self>, HashMap<String, Loaded>), StoreError> {
         let sealer = key::configured(encryption_key, previous_key)?;
         let redis = Redis::new(settings.url, settings.ca_pem, settings.prefix)
@@ -186,6 +193,7 @@ impl Store {
             Backend::Redis(Arc::new(redis)),
             sealer,
             metrics,
+            tasks,
         );
         let loaded = match store.redis().map(|r| r.read_all()) {
             Some(read) => match read.await {
@@ -204,7 +212,13 @@ impl Store {
         Ok((store, loaded))
     }
 
-    fn new(place: String, backend: Backend, sealer: Sealer, metrics: Arc<Metrics>) -> Arc<Self> {
+    fn new(
+        place: String,
+        backend: Backend,
+        sealer: Sealer,
+        metrics: Arc<Metrics>,
+        tasks: Tasks,
+    ) -> Arc<Self> {
         Arc::new(Self {
             place,
             backend,
@@ -213,6 +227,7 @@ impl Store {
             pending: Mutex::new(Pending::default()),
             wake: Notify::new(),
             committing: tokio::sync::Mutex::new(()),
+            tasks,
         })
     }
 
@@ -337,7 +352,7 @@ impl Store {
 
     /// The other replicas' announcements; `None` for a store nobody shares.
     pub fn subscribe(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Event>> {
-        self.redis().map(|r| r.subscribe())
+        self.redis().map(|r| r.subscribe(&self.tasks))
     }
 
     /// The open alert episodes (the group's, for a shared store), read at start-up so that a
@@ -421,11 +436,13 @@ impl Store {
 
     /// For a shared store, starts a task that checks every `every` that Redis answers, so
     /// that `gstgate_store_up` and `/readyz` tell the truth when no session changes (the
-    /// request path never touches Redis).
-    pub fn spawn_health(self: &Arc<Self>, every: Duration) -> Option<tokio::task::JoinHandle<()>> {
-        let redis = self.redis()?.clone();
+    /// request path never touches Redis). It runs until shutdown.
+    pub fn spawn_health(self: &Arc<Self>, every: Duration) {
+        let Some(redis) = self.redis().cloned() else {
+            return;
+        };
         let store = self.clone();
-        Some(tokio::spawn(async move {
+        self.tasks.spawn_until_shutdown(async move {
             let mut was_up = true;
             loop {
                 tokio::time::sleep(every).await;
@@ -441,20 +458,28 @@ impl Store {
                     was_up = up;
                 }
             }
-        }))
+        });
     }
 
-    /// Starts the writer task: it commits queued changes as they come.
-    pub fn spawn_writer(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+    /// Starts the writer task: it commits queued changes as they come, until shutdown. A
+    /// commit under way is finished first (a dropped one could lose its batch); what is
+    /// queued after it is left to the last [`Store::flush`].
+    pub fn spawn_writer(self: &Arc<Self>) {
         let store = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             loop {
-                store.wake.notified().await;
+                tokio::select! {
+                    () = store.tasks.stopped() => return,
+                    () = store.wake.notified() => {}
+                }
                 if !store.flush().await {
-                    tokio::time::sleep(RETRY_AFTER).await;
+                    tokio::select! {
+                        () = store.tasks.stopped() => return,
+                        () = tokio::time::sleep(RETRY_AFTER) => {}
+                    }
                 }
             }
-        })
+        });
     }
 
     /// Commits every queued change now; on shutdown, after the last change. Returns whether

@@ -15,6 +15,8 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError};
 use tokio::sync::{mpsc, Mutex};
 
+use crate::tasks::Tasks;
+
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one command may take before the connection is presumed dead.
@@ -302,12 +304,13 @@ impl Redis {
         Ok(())
     }
 
-    /// Subscribes to the revisions channel in a task of its own, which subscribes again
-    /// whenever the connection breaks; what it sees arrives on the returned channel.
-    pub fn subscribe(self: &Arc<Self>) -> mpsc::UnboundedReceiver<Event> {
+    /// Subscribes to the revisions channel in a task of its own on `tasks`, which subscribes
+    /// again whenever the connection breaks, until shutdown; what it sees arrives on the
+    /// returned channel, which closes when the task ends.
+    pub fn subscribe(self: &Arc<Self>, tasks: &Tasks) -> mpsc::UnboundedReceiver<Event> {
         let (tx, rx) = mpsc::unbounded_channel();
         let redis = self.clone();
-        tokio::spawn(async move {
+        tasks.spawn_until_shutdown(async move {
             let mut first = true;
             loop {
                 match redis.listen(&tx, first).await {

@@ -129,6 +129,14 @@ impl Gateway {
         self.child.id().unwrap()
     }
 
+    /// The exit status if the process exits within `limit`, else `None` (it is still running).
+    pub async fn wait_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .ok()
+            .map(Result::unwrap)
+    }
+
     /// Waits for the process to exit and returns its status.
     pub async fn wait(&mut self) -> std::process::ExitStatus {
         tokio::time::timeout(Duration::from_secs(60), self.child.wait())
