@@ -151,8 +151,8 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
         .iter()
         .map(|u| Upstream::from_config(u, metrics.clone()).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
-    let sessions = Sessions::new(&upstreams, &config.credentials, metrics.clone())?;
     let tasks = Tasks::default();
+    let sessions = Sessions::new(&upstreams, &config.credentials, metrics.clone(), &tasks)?;
     let store = match open_store(&config.store, &metrics, &tasks).await? {
         Some((store, loaded)) => {
             let resumed = sessions.resume(&store, loaded);

@@ -488,45 +488,27 @@ fn the_module_map_names_every_source_file() {
     );
 }
 
-/// Files that still spawn tasks with `tokio::spawn`, which shutdown neither stops nor waits
-/// for: the session manager's, until it takes the gateway's `gstgate::tasks::Tasks` too. A
-/// file leaves the list when it is converted; a file that no longer spawns must leave it, so
-/// the list only shrinks.
-const UNTRACKED_SPAWNS_ALLOWED: &[&str] = &[
-    "src/session/group.rs",
-    "src/session/mod.rs",
-    "src/session/scheduler.rs",
-    "src/session/single_flight.rs",
-];
-
 /// Every task outside the simulator (which stops its own) is on the gateway's tracker or owned
 /// by a `JoinSet`, so that shutdown can stop it in order: a bare `tokio::spawn` is a task that
 /// shutdown can neither stop nor wait for.
 #[test]
 fn every_task_the_gateway_spawns_is_tracked() {
     let mut bare = Vec::new();
-    let mut converted = Vec::new();
     for (rel, file) in source_files() {
         if rel.starts_with("src/sim/") {
             continue;
         }
         let text = code(&file);
-        let spawns = ["tokio::spawn", "tokio::task::spawn("]
+        if ["tokio::spawn", "tokio::task::spawn("]
             .iter()
-            .any(|s| text.contains(s));
-        match (spawns, UNTRACKED_SPAWNS_ALLOWED.contains(&rel.as_str())) {
-            (true, false) => bare.push(rel),
-            (false, true) => converted.push(rel),
-            _ => {}
+            .any(|s| text.contains(s))
+        {
+            bare.push(rel);
         }
     }
     assert!(
         bare.is_empty(),
         "bare tokio::spawn (use gstgate::tasks::Tasks, or a JoinSet the spawner owns): {bare:?}"
-    );
-    assert!(
-        converted.is_empty(),
-        "no bare tokio::spawn left: remove from UNTRACKED_SPAWNS_ALLOWED: {converted:?}"
     );
 }
 

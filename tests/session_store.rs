@@ -361,7 +361,11 @@ async fn a_kill_9_in_a_tokens_last_second_costs_one_forced_login_and_no_502() {
     // usable, so it is not resumed ...
     tokio::time::sleep(until(stated - Duration::from_millis(2500))).await;
     signal(&mut gw, "-9").await;
-    assert_eq!(sim.count(GSTIN, "force_refreshes").await, 0, "killed before any refresh");
+    assert_eq!(
+        sim.count(GSTIN, "force_refreshes").await,
+        0,
+        "killed before any refresh"
+    );
     tokio::time::sleep(until(stated - Duration::from_millis(800))).await;
     let gw = Gateway::start(&sim, opts).await;
     // ... and the first request comes once the stated expiry is past, while the simulator

@@ -28,10 +28,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::single_flight::Flight;
-use super::slot::{Reach, TakenUp};
+use super::slot::{Reach, TakenUp, TurnReach};
 use super::{Session, Sessions, Slot};
 use crate::problem::GatewayError;
 use crate::store::{Event, Lease, Record, Store};
+use crate::tasks::Tasks;
 
 /// The lease is polled this often at most while another replica holds it (an announcement
 /// usually ends the wait sooner).
@@ -78,16 +79,17 @@ enum Kind {
     Leased(Held),
 }
 
-impl Turn {
-    /// How far the slot's changes on this turn are recorded.
-    pub(super) fn reach(&self) -> Reach {
+impl TurnReach for Turn {
+    fn reach(&self) -> Reach {
         match self.kind {
             Kind::Alone => Reach::Alone,
             Kind::Offline { .. } => Reach::Offline,
             Kind::Leased(_) => Reach::Leased,
         }
     }
+}
 
+impl Turn {
     /// This replica's share of the login allowance, while the shared store is unreachable.
     pub(super) fn offline_share(&self) -> Option<u32> {
         match self.kind {
@@ -212,7 +214,13 @@ impl Sessions {
                 continue;
             };
             let held = Held {
-                keeper: keep(store.clone(), name.clone(), lease.clone(), group.lease),
+                keeper: keep(
+                    &self.tasks,
+                    store.clone(),
+                    name.clone(),
+                    lease.clone(),
+                    group.lease,
+                ),
                 store: store.clone(),
                 name,
                 lease,
@@ -320,7 +328,7 @@ impl Sessions {
     /// replica's is read and taken up, and logins waiting for the lease are woken.
     fn follow(self: &Arc<Self>, mut events: tokio::sync::mpsc::UnboundedReceiver<Event>) {
         let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
+        self.tasks.spawn_until_shutdown(async move {
             while let Some(event) = events.recv().await {
                 let Some(me) = weak.upgrade() else {
                     return;
@@ -332,7 +340,7 @@ impl Sessions {
                         };
                         if revision > slot.view().revision() {
                             // In a task of its own: one slow read must not hold up the rest.
-                            tokio::spawn(async move {
+                            me.tasks.clone().spawn_until_shutdown(async move {
                                 me.catch_up(&slot).await;
                                 slot.announced.notify_waiters();
                             });
@@ -341,7 +349,9 @@ impl Sessions {
                         }
                     }
                     Event::Reconnected => {
-                        tokio::spawn(async move { me.rejoin().await });
+                        me.tasks
+                            .clone()
+                            .spawn_until_shutdown(async move { me.rejoin().await });
                     }
                 }
             }
@@ -429,12 +439,13 @@ impl Sessions {
 /// Extends the lease every third of its time while the turn lasts, so that a slow login
 /// keeps it and a killed replica's lapses within one lease time.
 fn keep(
+    tasks: &Tasks,
     store: Arc<Store>,
     name: String,
     lease: Arc<Lease>,
     ttl: Duration,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    tasks.spawn_until_shutdown(async move {
         loop {
             tokio::time::sleep(ttl / 3).await;
             match store.extend(&lease, ttl).await {

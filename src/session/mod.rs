@@ -52,6 +52,7 @@ use crate::gstin::Gstin;
 use crate::metrics::Metrics;
 use crate::problem::GatewayError;
 use crate::store::Store;
+use crate::tasks::Tasks;
 use crate::upstream::Upstream;
 
 use auth::{AuthEndpoint, HttpAuth};
@@ -132,6 +133,8 @@ pub struct Sessions {
     group: OnceLock<Group>,
     metrics: Arc<Metrics>,
     scheduler: scheduler::Handle,
+    /// Where logins, refreshes and the group's loops run, so that shutdown stops them.
+    tasks: Tasks,
 }
 
 /// Why the session table could not be built.
@@ -143,13 +146,15 @@ pub struct SessionsError {
 }
 
 impl Sessions {
-    /// Builds one slot per (credential, upstream) and starts the refresh scheduler.
+    /// Builds one slot per (credential, upstream) and starts the refresh scheduler on
+    /// `tasks`.
     pub fn new(
         upstreams: &[Arc<Upstream>],
         credentials: &[CredentialConfig],
         metrics: Arc<Metrics>,
+        tasks: &Tasks,
     ) -> Result<Arc<Self>, SessionsError> {
-        Self::with_auth(upstreams, credentials, metrics, Arc::new(HttpAuth))
+        Self::with_auth(upstreams, credentials, metrics, tasks, Arc::new(HttpAuth))
     }
 
     /// As [`Sessions::new`], logging in through `auth`.
@@ -157,6 +162,7 @@ impl Sessions {
         upstreams: &[Arc<Upstream>],
         credentials: &[CredentialConfig],
         metrics: Arc<Metrics>,
+        tasks: &Tasks,
         auth: Arc<dyn AuthEndpoint>,
     ) -> Result<Arc<Self>, SessionsError> {
         let next_id = AtomicUsize::new(0);
@@ -171,12 +177,14 @@ impl Sessions {
             metrics,
             scheduler: {
                 let sessions = weak.clone();
-                scheduler::spawn(move |id, generation| {
+                let refreshes = tasks.clone();
+                scheduler::spawn(tasks, move |id, generation| {
                     if let Some(sessions) = sessions.upgrade() {
-                        tokio::spawn(async move { sessions.refresh_due(id, generation).await });
+                        refreshes.spawn(async move { sessions.refresh_due(id, generation).await });
                     }
                 })
             },
+            tasks: tasks.clone(),
         });
         Ok(sessions)
     }

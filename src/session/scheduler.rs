@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio_util::time::{delay_queue, DelayQueue};
 
+use crate::tasks::Tasks;
+
 /// The furthest ahead a refresh is scheduled; a later one fires then, early rather than never.
 /// Token lives are capped at a day, so this only guards the timer.
 const MAX_DELAY: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -28,11 +30,11 @@ impl Handle {
     }
 }
 
-/// Starts the scheduler task on the current Tokio runtime; `due` is called with (slot,
+/// Starts the scheduler task on `tasks`, until shutdown; `due` is called with (slot,
 /// generation) when an entry's time comes, and must not block.
-pub fn spawn(due: impl Fn(usize, u64) + Send + 'static) -> Handle {
+pub fn spawn(tasks: &Tasks, due: impl Fn(usize, u64) + Send + 'static) -> Handle {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(due, rx));
+    tasks.spawn_until_shutdown(run(due, rx));
     Handle { tx }
 }
 
@@ -72,7 +74,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn entries_fire_at_their_time_and_a_slot_has_one_entry() {
         let (tx, mut fired) = mpsc::unbounded_channel();
-        let handle = spawn(move |id, generation| {
+        let handle = spawn(&Tasks::default(), move |id, generation| {
             let _ = tx.send((id, generation, Clock::now()));
         });
         let start = Clock::now();

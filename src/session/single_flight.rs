@@ -47,7 +47,8 @@ impl Sessions {
         let work = work(self.clone(), slot.clone(), flight);
         // The login's log lines name the request that caused it.
         let request = crate::request::current();
-        tokio::spawn(crate::request::carry(request, work))
+        self.tasks
+            .spawn(crate::request::carry(request, work))
             .await
             .unwrap_or_else(|e| {
                 tracing::error!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,

@@ -271,15 +271,13 @@ async fn a_refresh_in_flight_at_the_deadline_is_not_joined_by_a_second_login() {
     // The proactive refresh's reply takes 11 minutes: past the deadline.
     fake.script([Scripted::Slow(11 * MINUTE)]);
     sleep_until(deadline(&first)).await;
-    let callers: Vec<_> = (0..10)
-        .map(|_| {
-            let (sessions, slot) = (rig.sessions.clone(), rig.slot.clone());
-            tokio::spawn(async move { sessions.session(&slot, Trigger::Cold).await })
-        })
-        .collect();
-    for caller in callers {
-        let got = caller.await.unwrap().unwrap();
-        assert_eq!(got.generation, first.generation + 1);
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (sessions, slot) = (rig.sessions.clone(), rig.slot.clone());
+        callers.spawn(async move { sessions.session(&slot, Trigger::Cold).await });
+    }
+    while let Some(got) = callers.join_next().await {
+        assert_eq!(got.unwrap().unwrap().generation, first.generation + 1);
     }
     assert_eq!(
         fake.kinds(),

@@ -16,7 +16,6 @@ use std::time::{Instant, SystemTime};
 use http::HeaderValue;
 use serde::Serialize;
 
-use super::group::Turn;
 use super::EXPIRY_MARGIN;
 use crate::classify::Whose;
 use crate::crypto::AesKey;
@@ -143,6 +142,13 @@ impl Credential {
     }
 }
 
+/// A login's turn, as far as the slot's changes on it go: how far they are recorded. The
+/// session manager's turns (`super::group`) are the one kind.
+pub(in crate::session) trait TurnReach {
+    /// How far a change on this turn is recorded.
+    fn reach(&self) -> Reach;
+}
+
 /// A slot's state borrowed to read: it derefs to the state, never mutably.
 pub(super) struct View<'a>(MutexGuard<'a, SlotState>);
 
@@ -209,7 +215,7 @@ impl Slot {
     /// A change made on a login's `turn`: recorded for the group when the turn holds the
     /// group's lease, in the local store when there is no group, and nowhere while the
     /// shared store is unreachable.
-    pub(super) fn change_on(&self, turn: &Turn) -> Change<'_> {
+    pub(super) fn change_on(&self, turn: &impl TurnReach) -> Change<'_> {
         Change::new(self.lock(), turn.reach())
     }
 

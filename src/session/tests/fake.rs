@@ -322,14 +322,28 @@ upstreams = ["{name}"]
         let (metrics, _) = Metrics::new();
         let upstream =
             Arc::new(Upstream::from_config(&config.upstreams[0], metrics.clone()).unwrap());
-        Sessions::with_auth(&[upstream], &config.credentials, metrics, fake.clone()).unwrap()
+        let tasks = crate::tasks::Tasks::default();
+        Sessions::with_auth(
+            &[upstream],
+            &config.credentials,
+            metrics,
+            &tasks,
+            fake.clone(),
+        )
+        .unwrap()
     }
 
     /// The embedded store in the rig's directory, opened (as at start-up) and attached.
     pub(super) fn open_store(&self) -> Arc<Store> {
         let (metrics, _) = Metrics::new();
-        let (store, loaded) =
-            Store::open(&self.dir.path().join("gstgate.db"), None, None, metrics).unwrap();
+        let (store, loaded) = Store::open(
+            &self.dir.path().join("gstgate.db"),
+            None,
+            None,
+            metrics,
+            crate::tasks::Tasks::default(),
+        )
+        .unwrap();
         self.sessions.resume(&store, loaded);
         store
     }
