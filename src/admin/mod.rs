@@ -7,7 +7,7 @@
 //! needs `Authorization: Bearer <server.admin_token>` and is disabled when no token is
 //! configured.
 //!
-//! Every request first passes `admit`: the bearer check (before any path, query or body is
+//! Every request first passes `gate`: the bearer check (before any path, query or body is
 //! looked at), a small body limit read within `server.header_read_timeout` (a body is a few
 //! bytes, and a client that trickles one must not hold a connection for longer than a slow
 //! head can), and the `server.request_timeout` deadline. Every failure,
@@ -96,8 +96,8 @@ pub fn router(admin: Arc<Admin>) -> Router {
         })
         .fallback(|uri: Uri| async move { GatewayError::AdminRouteNotFound(uri.path().to_owned()) })
         // A layer on the router wraps every route and both fallbacks, so nothing is served
-        // without passing `admit`.
-        .layer(middleware::from_fn_with_state(admin.clone(), admit))
+        // without passing `gate`.
+        .layer(middleware::from_fn_with_state(admin.clone(), gate))
         .with_state(admin)
 }
 
@@ -116,7 +116,7 @@ async fn readyz(State(admin): State<Arc<Admin>>) -> &'static str {
 /// Admits a request before any handler or extractor runs: checks the bearer token for `/admin/*`,
 /// reads the body within [`MAX_BODY_BYTES`] and `body_timeout`, bounds the whole request by
 /// `request_timeout`, and puts the request id into whatever problem comes back.
-async fn admit(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Response {
+async fn gate(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Response {
     let deadline = Instant::now() + admin.request_timeout;
     let request_id = req
         .extensions()
@@ -353,7 +353,7 @@ async fn otp(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, GatewayError> {
     let slot = slot_for(&admin, &upstream, &gstin, q.user.as_deref())?;
-    // `admit` has already read the body within the limit, so this cannot fail in practice;
+    // `gate` has already read the body within the limit, so this cannot fail in practice;
     // if it did, the caller still gets a problem rather than axum's text.
     let body = body.map_err(|e| GatewayError::AdminRequestInvalid(e.to_string()))?;
     let otp = parse_otp_body(&body)?;

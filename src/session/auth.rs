@@ -135,7 +135,7 @@ impl Sessions {
         &self,
         slot: &Slot,
         kind: LoginKind<'_>,
-    ) -> Result<Sent, LoginError> {
+    ) -> Result<LoginReply, LoginError> {
         let password = slot.view().password();
         let (at, instant) = (crate::clock::wall(), crate::clock::now());
         let answer = self.auth.login(slot, &password, kind).await?;
@@ -145,7 +145,7 @@ impl Sessions {
             answer.server_date,
             slot.upstream.token_lifetime,
         );
-        Ok(Sent {
+        Ok(LoginReply {
             login: answer.login,
             at,
             instant,
@@ -175,7 +175,7 @@ fn login_failure(f: LoginFailure, status: http::StatusCode) -> LoginError {
 }
 
 /// A successful login and when it was sent.
-pub(super) struct Sent {
+pub(super) struct LoginReply {
     pub(super) login: Login,
     pub(super) at: SystemTime,
     pub(super) instant: Instant,

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::single_flight::Flight;
-use super::slot::{Reach, TakenUp, TurnReach};
+use super::slot::{Reach, TurnReach};
 use super::{Session, Sessions, Slot};
 use crate::problem::GatewayError;
 use crate::store::{Event, Lease, Record, Store};
@@ -76,7 +76,7 @@ enum Kind {
         share: u32,
     },
     /// This replica holds the slot's lease for the group.
-    Leased(Held),
+    Leased(KeptLease),
 }
 
 impl TurnReach for Turn {
@@ -100,25 +100,25 @@ impl Turn {
 }
 
 /// A held lease, kept alive while the turn lasts.
-struct Held {
+struct KeptLease {
     store: Arc<Store>,
     name: String,
     lease: Arc<Lease>,
     keeper: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for Held {
+impl Drop for KeptLease {
     fn drop(&mut self) {
         self.keeper.abort();
     }
 }
 
 /// What a caller's turn found.
-pub(super) enum Taken {
+pub(super) enum Next {
     /// The group already has a newer session than the one this replica had: use it.
-    Adopted(Arc<Session>),
+    Adopt(Arc<Session>),
     /// This replica's turn to log in.
-    Turn(Turn),
+    LogIn(Turn),
 }
 
 impl Sessions {
@@ -146,11 +146,11 @@ impl Sessions {
         slot: &Slot,
         flight: &Flight,
         seen: u64,
-    ) -> Result<Taken, GatewayError> {
+    ) -> Result<Next, GatewayError> {
         let adoptable = || slot.current().filter(|s| s.generation > seen);
         Ok(match self.acquire(slot, flight, adoptable).await? {
-            Ok(turn) => Taken::Turn(turn),
-            Err(session) => Taken::Adopted(session),
+            Ok(turn) => Next::LogIn(turn),
+            Err(session) => Next::Adopt(session),
         })
     }
 
@@ -213,7 +213,7 @@ impl Sessions {
                 }
                 continue;
             };
-            let held = Held {
+            let held = KeptLease {
                 keeper: keep(
                     &self.tasks,
                     store.clone(),
@@ -265,7 +265,7 @@ impl Sessions {
     /// upstream's login allowance twice. `now` is the admission time the guard records (a
     /// login that never connects is given back by it). Shows the slot refreshing if
     /// `refreshing`.
-    pub(super) async fn admit(
+    pub(super) async fn count_login(
         &self,
         slot: &Slot,
         turn: &Turn,
@@ -273,7 +273,7 @@ impl Sessions {
         refreshing: bool,
     ) -> Result<(), GatewayError> {
         slot.change_on(turn)
-            .admit(now, turn.offline_share(), refreshing)?;
+            .take_login(now, turn.offline_share(), refreshing)?;
         if let Some(store) = self.store.get() {
             store.flush().await;
         }
@@ -291,7 +291,7 @@ impl Sessions {
                 Kind::Alone => return,
                 Kind::Offline { .. } => {
                     if acted {
-                        change.made_unshared();
+                        change.made_offline_session();
                     }
                     return;
                 }
@@ -310,9 +310,10 @@ impl Sessions {
     fn take_up(&self, slot: &Slot, record: Record) -> bool {
         let session = {
             let mut change = slot.change();
-            match change.take_up(record, slot.credential.whose(), slot.otp_sessions()) {
-                TakenUp::Nothing => None,
-                TakenUp::Sessions => change.session().cloned(),
+            if change.take_up(record, slot.credential.whose(), slot.otp_sessions()) {
+                change.session().cloned()
+            } else {
+                None
             }
         };
         let Some(session) = session else {
@@ -399,23 +400,23 @@ impl Sessions {
         };
         let table = self.table();
         let (mut taken_up, mut offered) = (0usize, 0usize);
-        let mut unshared = Vec::new();
+        let mut offline = Vec::new();
         for slot in &table.slots {
             if let Some(loaded) = records.remove(slot.record_name().as_str()) {
                 taken_up += usize::from(self.take_up(slot, loaded.record));
             }
-            if slot.view().unshared() {
-                unshared.push(slot.clone());
+            if slot.view().has_offline_session() {
+                offline.push(slot.clone());
             }
             slot.announced.notify_waiters();
         }
-        for slot in unshared {
+        for slot in offline {
             let flight = Flight::wait(&slot).await;
             match self.turn_to_act(&slot, &flight).await {
                 Ok(turn) => {
-                    // Still unshared after taking up the record: the group has nothing newer,
+                    // Still holding a session made offline after taking up the record: the group has nothing newer,
                     // so this replica's session becomes the group's.
-                    if slot.change_on(&turn).share() {
+                    if slot.change_on(&turn).offer_offline_session() {
                         offered += 1;
                     } else {
                         taken_up += 1;

@@ -51,9 +51,9 @@ impl Guard {
     }
 
     /// Admits a login while the store shared with other replicas is unreachable: as
-    /// [`Guard::admit`], and only while this replica's own logins of the window are fewer
+    /// [`Guard::take_login`], and only while this replica's own logins of the window are fewer
     /// than `share`, its part of the group's allowance.
-    pub fn admit_offline(&mut self, now: Instant, share: u32) -> Result<(), GatewayError> {
+    pub fn take_login_offline(&mut self, now: Instant, share: u32) -> Result<(), GatewayError> {
         while self
             .offline
             .front()
@@ -67,7 +67,7 @@ impl Guard {
                 retry_after_secs: secs_ceil((oldest + self.window).saturating_duration_since(now)),
             });
         }
-        self.admit(now)?;
+        self.take_login(now)?;
         self.offline.push_back(now);
         Ok(())
     }
@@ -123,7 +123,7 @@ impl Guard {
     }
 
     /// Admits a login now, or says why not. An admitted login counts against the limit.
-    pub fn admit(&mut self, now: Instant) -> Result<(), GatewayError> {
+    pub fn take_login(&mut self, now: Instant) -> Result<(), GatewayError> {
         if let Some((_, err)) = &self.lockout {
             return Err(err.clone());
         }
@@ -301,16 +301,16 @@ mod tests {
     fn rate_limit_admits_max_logins_per_window() {
         let mut g = Guard::new(2, Duration::from_secs(60));
         let t0 = Instant::now();
-        assert!(g.admit(t0).is_ok());
-        assert!(g.admit(t0).is_ok());
-        let err = g.admit(t0 + Duration::from_secs(1)).unwrap_err();
+        assert!(g.take_login(t0).is_ok());
+        assert!(g.take_login(t0).is_ok());
+        let err = g.take_login(t0 + Duration::from_secs(1)).unwrap_err();
         assert!(matches!(
             err,
             GatewayError::LoginThrottled {
                 retry_after_secs: 59
             }
         ));
-        assert!(g.admit(t0 + Duration::from_secs(60)).is_ok());
+        assert!(g.take_login(t0 + Duration::from_secs(60)).is_ok());
     }
 
     #[test]
@@ -322,10 +322,10 @@ mod tests {
             upstream_code: Some("1019".into()),
         };
         g.lock_out(State::CredentialsRejected, err.clone());
-        assert_eq!(g.admit(Instant::now()).unwrap_err(), err);
+        assert_eq!(g.take_login(Instant::now()).unwrap_err(), err);
         assert_eq!(g.locked_state(), Some(State::CredentialsRejected));
         g.reset();
-        assert!(g.admit(Instant::now()).is_ok());
+        assert!(g.take_login(Instant::now()).is_ok());
     }
 
     #[test]
@@ -335,13 +335,13 @@ mod tests {
         let now = Instant::now();
         // Three logins left after a failure: a short backoff, as for a blip.
         let mut g = Guard::new(4, window);
-        g.admit(now).unwrap();
+        g.take_login(now).unwrap();
         g.failed(now, "503".into());
         assert!(g.backoff_until.unwrap() <= now + BACKOFF_BASE * 2);
         // One login left: half to all of a fair share of the window first.
         let mut g = Guard::new(4, window);
         for _ in 0..3 {
-            g.admit(now).unwrap();
+            g.take_login(now).unwrap();
         }
         g.failed(now, "503".into());
         let until = g.backoff_until.unwrap();
@@ -351,23 +351,23 @@ mod tests {
             until - now
         );
         assert!(matches!(
-            g.admit(now + share / 4),
+            g.take_login(now + share / 4),
             Err(GatewayError::LoginBackoff { .. })
         ));
-        assert!(g.admit(now + share).is_ok());
+        assert!(g.take_login(now + share).is_ok());
     }
 
     #[test]
     fn a_login_that_never_left_is_given_back() {
         let mut g = Guard::new(1, Duration::from_secs(900));
         let t0 = Instant::now();
-        g.admit(t0).unwrap();
+        g.take_login(t0).unwrap();
         g.unreachable(t0, t0, "connect".into());
         // Only the short backoff, not a share of the window, before the next attempt.
         let next = g.backoff_until.unwrap();
         assert!(next <= t0 + BACKOFF_BASE * 2);
-        assert!(g.admit(next).is_ok());
-        assert!(g.admit(next + Duration::from_secs(1)).is_err());
+        assert!(g.take_login(next).is_ok());
+        assert!(g.take_login(next + Duration::from_secs(1)).is_err());
     }
 
     /// What is stored comes back as the same limits, lockout included, on another clock
@@ -377,7 +377,7 @@ mod tests {
         let window = Duration::from_secs(900);
         let (now, wall) = (Instant::now(), SystemTime::now());
         let mut g = Guard::new(2, window);
-        g.admit(now).unwrap();
+        g.take_login(now).unwrap();
         g.failed(now, "503".into());
         g.lock_out(
             State::CredentialsRejected,
@@ -397,19 +397,22 @@ mod tests {
             username: "u",
         };
         let mut other = Guard::new(2, window);
-        other.admit_offline(now, 1).unwrap();
-        assert!(other.admit_offline(now, 1).is_err(), "its share is spent");
+        other.take_login_offline(now, 1).unwrap();
+        assert!(
+            other.take_login_offline(now, 1).is_err(),
+            "its share is spent"
+        );
         let later = now + Duration::from_secs(5);
         other.take_up(&stored, later, wall + Duration::from_secs(5), whose);
         assert_eq!(other.recent.len(), 2, "the group's login and its own");
         assert_eq!(other.locked_state(), Some(State::CredentialsRejected));
         assert!(matches!(
-            other.admit(later),
+            other.take_login(later),
             Err(GatewayError::CredentialsRejected { upstream_code: Some(c), .. }) if c == "2150"
         ));
         other.reset();
         assert!(matches!(
-            other.admit(later),
+            other.take_login(later),
             Err(GatewayError::LoginThrottled { .. })
         ));
     }
@@ -424,6 +427,6 @@ mod tests {
         let until = g.backoff_until.unwrap();
         assert!(until <= now + BACKOFF_CAP);
         g.succeeded();
-        assert!(g.admit(now).is_ok());
+        assert!(g.take_login(now).is_ok());
     }
 }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant, SystemTime};
 use http::HeaderValue;
 use secrecy::ExposeSecret;
 
-use super::auth::{LoginError, Sent};
-use super::group::{Taken, Turn};
+use super::auth::{LoginError, LoginReply};
+use super::group::{Next, Turn};
 use super::single_flight::Flight;
 use super::slot::{Issued, Setback};
 use super::{Session, Sessions, Slot, State, Trigger};
@@ -30,8 +30,8 @@ impl Sessions {
     ) -> Result<Arc<Session>, GatewayError> {
         let seen = slot.view().newest_generation();
         let turn = match self.take_turn(slot, flight, seen).await? {
-            Taken::Adopted(session) => return Ok(session),
-            Taken::Turn(turn) => turn,
+            Next::Adopt(session) => return Ok(session),
+            Next::LogIn(turn) => turn,
         };
         let result = self.renew(slot, trigger, &turn).await;
         self.end_turn(slot, turn, result.is_ok()).await;
@@ -99,10 +99,18 @@ impl Sessions {
                 }
             };
             let forced = matches!(kind, LoginKind::Password { force: true });
-            self.admit(slot, turn, now, true).await?;
+            self.count_login(slot, turn, now, true).await?;
             let result = self.login_call(slot, kind).await;
             if !stale(&result, current.as_deref()) {
-                return self.settle(slot, trigger, turn, result, current, now, Purpose::Renew);
+                return self.record_outcome(
+                    slot,
+                    trigger,
+                    turn,
+                    result,
+                    current,
+                    now,
+                    Purpose::Renew,
+                );
             }
             match renewal.reissued(forced, asks) {
                 Reask::Again { force, after } => {
@@ -120,7 +128,7 @@ impl Sessions {
                     // does expire sooner, the rejection path logs in again.
                     tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
                         "the upstream keeps returning a token gstgate counts as expired: is the upstream's token_lifetime set shorter than the real one?");
-                    return self.settle(
+                    return self.record_outcome(
                         slot,
                         trigger,
                         turn,
@@ -146,12 +154,12 @@ impl Sessions {
     /// Records the outcome of a login admitted at `admitted` on `turn`: the new session, or
     /// the failure and what it means for further logins.
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn settle(
+    pub(super) fn record_outcome(
         &self,
         slot: &Slot,
         trigger: Trigger,
         turn: &Turn,
-        result: Result<Sent, LoginError>,
+        result: Result<LoginReply, LoginError>,
         current: Option<Arc<Session>>,
         admitted: Instant,
         purpose: Purpose,
@@ -256,7 +264,7 @@ impl Sessions {
             }
             Renewed::New(life) => life,
         };
-        let Sent {
+        let LoginReply {
             login,
             at: sent_at,
             instant: sent_instant,
@@ -313,7 +321,7 @@ impl Sessions {
 /// held, handed back, or a token whose stated expiry is already past. The upstream still
 /// holds that token by its own clock (NIC's `TokenExpiry` is whole seconds, and a login
 /// without the force flag returns the live token).
-fn stale(result: &Result<Sent, LoginError>, current: Option<&Session>) -> bool {
+fn stale(result: &Result<LoginReply, LoginError>, current: Option<&Session>) -> bool {
     let Ok(sent) = result else {
         return false;
     };
@@ -349,7 +357,7 @@ fn setback(slot: &Slot, e: &LoginError) -> Setback {
     }
 }
 
-/// What a login that `settle` records was for.
+/// What a login that `record_outcome` records was for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Purpose {
     /// Renewing (or starting) a session the API's usual way.

@@ -40,7 +40,8 @@ impl Sessions {
     }
 
     async fn otp_request_on(&self, slot: &Slot, turn: &Turn) -> Result<(), GatewayError> {
-        self.admit(slot, turn, crate::clock::now(), false).await?;
+        self.count_login(slot, turn, crate::clock::now(), false)
+            .await?;
         let app_key = slot.upstream.profile.otp_app_key();
         let password = slot.view().password();
         let outcome = self.auth.request_otp(slot, &password, &app_key).await;
@@ -102,7 +103,7 @@ impl Sessions {
         otp: &str,
     ) -> Result<Arc<Session>, GatewayError> {
         let admitted = crate::clock::now();
-        self.admit(slot, turn, admitted, true).await?;
+        self.count_login(slot, turn, admitted, true).await?;
         // The key the OTP was requested with; without one (an OTP requested some other way)
         // a fresh key, which the portal may refuse.
         let app_key = slot
@@ -121,7 +122,7 @@ impl Sessions {
         if sent.is_ok() {
             slot.change_on(turn).otp_used();
         }
-        self.settle(
+        self.record_outcome(
             slot,
             Trigger::Manual,
             turn,

@@ -45,7 +45,7 @@ use serde_json::{json, Value};
 
 use super::clock::ist;
 use super::einvoice::{ct_eq, header, header_gstin};
-use super::state::{capped, lock, DocStatus, Issue, Knobs, Sessions, MAX_DOCUMENTS};
+use super::state::{capped, lock, DocStatus, Issue, Knobs, TokenBook, MAX_DOCUMENTS};
 use super::SimState;
 use crate::crypto::{b64_decode, b64_encode, AesKey};
 
@@ -93,7 +93,7 @@ pub fn routes() -> Router<Arc<SimState>> {
 /// issues a token together; data calls take it for a map lookup or insert only.
 pub struct EwbState {
     /// Tokens by (GSTIN, username), remembering expired ones for 106.
-    pub sessions: Sessions,
+    pub sessions: TokenBook,
     /// Recent logins per (GSTIN, username).
     limiter: HashMap<(String, String), LoginHistory>,
     /// Generated e-way bills.
@@ -103,7 +103,7 @@ pub struct EwbState {
 impl Default for EwbState {
     fn default() -> Self {
         Self {
-            sessions: Sessions::with(EXPIRED_TOKEN_MEMORY, uuid_like),
+            sessions: TokenBook::with(EXPIRED_TOKEN_MEMORY, uuid_like),
             limiter: HashMap::new(),
             bills: EwayBills::with_capacity(MAX_DOCUMENTS),
         }

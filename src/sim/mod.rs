@@ -52,7 +52,7 @@ use tokio::task::JoinHandle;
 
 use crate::crypto::{CryptoError, KeyPair};
 use crate::gstin::Gstin;
-use state::{Counters, Documents, Knobs, RejectSet, RequestLog, Sessions};
+use state::{Counters, Documents, Knobs, RejectSet, RequestLog, TokenBook};
 
 pub use clock::to_ist;
 pub use einvoice::financial_year;
@@ -199,7 +199,7 @@ pub struct SimState {
     /// Runtime-adjustable settings.
     pub knobs: Mutex<Knobs>,
     /// Sessions and tokens.
-    pub sessions: Mutex<Sessions>,
+    pub sessions: Mutex<TokenBook>,
     /// Generated documents.
     pub documents: Mutex<Documents>,
     /// Counters for `/_sim/counters`.
@@ -426,7 +426,7 @@ pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
             gstn_max_sessions: cfg.gstn_max_sessions,
             stated_expiry_early: Duration::ZERO,
         }),
-        sessions: Mutex::new(Sessions::default()),
+        sessions: Mutex::new(TokenBook::default()),
         documents: Mutex::new(Documents::default()),
         counters: Mutex::new(Counters::default()),
         requests: Mutex::new(RequestLog::default()),

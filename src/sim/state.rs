@@ -79,9 +79,9 @@ pub struct Knobs {
     pub stated_expiry_early: Duration,
 }
 
-/// The session of one (GSTIN, username): its current token.
+/// The current token of one (GSTIN, username).
 #[derive(Clone, Debug)]
-pub struct Session {
+pub struct UserToken {
     /// The AuthToken.
     pub token: String,
     /// The session encryption key.
@@ -115,10 +115,10 @@ pub enum Issue {
     Forced,
 }
 
-/// Sessions by (GSTIN, username) and every live token.
+/// Every user's current token, by (GSTIN, username), and every live token.
 #[derive(Default)]
-pub struct Sessions {
-    current: HashMap<(String, String), Session>,
+pub struct TokenBook {
+    current: HashMap<(String, String), UserToken>,
     tokens: HashMap<String, TokenGrant>,
     /// How long expired tokens are remembered, so that an API which tells "expired" from
     /// "unknown" (e-way bill: 106 vs 238) can still tell; zero for e-invoice, which does not.
@@ -127,7 +127,7 @@ pub struct Sessions {
     make_token: Option<fn() -> String>,
 }
 
-impl Sessions {
+impl TokenBook {
     /// Answers a successful login: the current token if still valid, else a new one. `force`
     /// is honoured only when the current token is within `knobs.force_window` of expiry.
     pub fn login(
@@ -137,7 +137,7 @@ impl Sessions {
         force: bool,
         knobs: &Knobs,
         now: DateTime<Utc>,
-    ) -> (Session, Issue) {
+    ) -> (UserToken, Issue) {
         let key = (gstin.to_string(), username.to_string());
         let window =
             chrono::Duration::from_std(knobs.force_window).unwrap_or(chrono::Duration::MAX);
@@ -164,7 +164,7 @@ impl Sessions {
                 > now
         });
         let ttl = capped(knobs.token_ttl);
-        let session = Session {
+        let session = UserToken {
             token: self.make_token.unwrap_or(new_token)(),
             sek: AesKey::random(),
             expires_at: now + ttl,
@@ -182,7 +182,7 @@ impl Sessions {
         (session, issue)
     }
 
-    /// Sessions that remember expired tokens for `memory` after their expiry and make their
+    /// A book that remembers expired tokens for `memory` after their expiry and make their
     /// tokens with `make_token`.
     pub fn with(memory: Duration, make_token: fn() -> String) -> Self {
         Self {
@@ -240,7 +240,7 @@ pub struct SessionView {
     pub session_end: Option<String>,
 }
 
-impl Sessions {
+impl TokenBook {
     /// Every session with a live current token, ordered by GSTIN and username.
     pub fn views(&self, api: &'static str, now: DateTime<Utc>) -> Vec<SessionView> {
         let mut out: Vec<SessionView> = self
@@ -484,7 +484,7 @@ mod tests {
 
     #[test]
     fn force_is_honoured_only_inside_the_window_and_old_token_survives() {
-        let mut s = Sessions::default();
+        let mut s = TokenBook::default();
         let k = knobs(3600, 600);
         let t0 = Utc::now();
         let (a, i) = s.login("G", "u", false, &k, t0);
@@ -509,7 +509,7 @@ mod tests {
 
     #[test]
     fn revoke_invalidates_and_next_login_is_new() {
-        let mut s = Sessions::default();
+        let mut s = TokenBook::default();
         let k = knobs(3600, 600);
         let now = Utc::now();
         let (a, _) = s.login("G", "u", false, &k, now);

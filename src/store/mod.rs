@@ -169,7 +169,7 @@ impl Store {
             tasks,
         );
         let loaded = store.open_rows(rows);
-        store.show_up();
+        store.set_up_gauge();
         tracing::info!(store = %store.place, records = loaded.len(), "session store opened");
         Ok((store, loaded))
     }
@@ -207,7 +207,7 @@ impl Store {
             },
             None => HashMap::new(),
         };
-        store.show_up();
+        store.set_up_gauge();
         tracing::info!(store = %store.place, records = loaded.len(), "shared session store opened");
         Ok((store, loaded))
     }
@@ -287,7 +287,7 @@ impl Store {
     }
 
     /// Sets `gstgate_store_up` from the last operation's outcome.
-    fn show_up(&self) {
+    fn set_up_gauge(&self) {
         let up = self.redis().is_none_or(|r| r.is_up());
         self.metrics.store_up.set(i64::from(up));
     }
@@ -295,7 +295,7 @@ impl Store {
     /// Counts a shared-store operation and keeps `gstgate_store_up` current.
     fn outcome<T>(&self, op: &'static str, r: Result<T, RedisFailure>) -> Result<T, RedisFailure> {
         count(&self.metrics, op, if r.is_ok() { "ok" } else { "error" });
-        self.show_up();
+        self.set_up_gauge();
         r
     }
 
@@ -416,7 +416,7 @@ impl Store {
     fn queue(&self, name: Arc<str>, change: Option<Record>) {
         let mut pending = self.lock_pending();
         pending.changes.insert(name, change);
-        self.show(&pending);
+        self.set_pending_gauge(&pending);
         drop(pending);
         self.wake.notify_one();
     }
@@ -427,7 +427,7 @@ impl Store {
     }
 
     /// Sets the pending gauge; called under the pending lock, so it never shows a stale count.
-    fn show(&self, pending: &Pending) {
+    fn set_pending_gauge(&self, pending: &Pending) {
         let n = pending.changes.len() + pending.committing;
         self.metrics
             .store_pending
@@ -447,7 +447,7 @@ impl Store {
             loop {
                 tokio::time::sleep(every).await;
                 let up = redis.ping().await.is_ok();
-                store.show_up();
+                store.set_up_gauge();
                 if up != was_up {
                     if up {
                         tracing::info!(store = %store.place, "the shared store answers again");
@@ -490,7 +490,7 @@ impl Store {
             let mut pending = self.lock_pending();
             let batch = std::mem::take(&mut pending.changes);
             pending.committing = batch.len();
-            self.show(&pending);
+            self.set_pending_gauge(&pending);
             batch
         };
         if batch.is_empty() {
@@ -504,7 +504,7 @@ impl Store {
             let op = if change.is_some() { "write" } else { "delete" };
             count(&self.metrics, op, label);
         }
-        self.show_up();
+        self.set_up_gauge();
         let mut pending = self.lock_pending();
         pending.committing = 0;
         if let Err(e) = &result {
@@ -515,7 +515,7 @@ impl Store {
             }
             self.wake.notify_one();
         }
-        self.show(&pending);
+        self.set_pending_gauge(&pending);
         ok
     }
 

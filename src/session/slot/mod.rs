@@ -24,7 +24,7 @@ use crate::store::record_name;
 use crate::upstream::renewal::{Held, Renewal};
 use crate::upstream::{HeaderContext, Upstream};
 
-pub(super) use state::{Change, Issued, Reach, Setback, SlotState, TakenUp};
+pub(super) use state::{Change, Issued, Reach, Setback, SlotState};
 
 /// The state of a slot, as shown on `/admin/sessions` and in `gstgate_sessions`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -22,8 +22,6 @@ use crate::crypto::AesKey;
 use crate::problem::GatewayError;
 use crate::store::Store;
 
-pub(in crate::session) use durable::TakenUp;
-
 /// A session whose token the upstream rejected on a data call although a login had just
 /// renewed it: its token came back unchanged from the re-login, or the re-login's new token
 /// was rejected too.
@@ -84,7 +82,7 @@ pub(in crate::session) struct SlotState {
     durable: Option<Durable>,
     /// The session was made while the shared store was unreachable: the group has not
     /// seen it yet.
-    unshared: bool,
+    offline_session: bool,
     /// The revision of the group's record this replica last wrote or took up.
     revision: u64,
     /// A reload changed the password: the group's lockout (from the old one) is cleared on
@@ -116,7 +114,7 @@ impl SlotState {
             password,
             session_lifetime,
             durable: None,
-            unshared: false,
+            offline_session: false,
             revision: 0,
             clear_group_lockout: false,
             otp_app_key: None,
@@ -195,8 +193,8 @@ impl SlotState {
     }
 
     /// Whether this replica holds a session the group has not seen.
-    pub(in crate::session) fn unshared(&self) -> bool {
-        self.unshared
+    pub(in crate::session) fn has_offline_session(&self) -> bool {
+        self.offline_session
     }
 
     /// How long since a caller last used the slot.
@@ -337,15 +335,15 @@ impl<'a> Change<'a> {
     /// Admits a login (or OTP request) now, counted by the guard: within `offline_share`
     /// logins of this replica's own when the shared store is unreachable. `refreshing`
     /// shows the slot as refreshing until the login settles.
-    pub(in crate::session) fn admit(
+    pub(in crate::session) fn take_login(
         &mut self,
         now: Instant,
         offline_share: Option<u32>,
         refreshing: bool,
     ) -> Result<(), GatewayError> {
         match offline_share {
-            Some(share) => self.st.guard.admit_offline(now, share)?,
-            None => self.st.guard.admit(now)?,
+            Some(share) => self.st.guard.take_login_offline(now, share)?,
+            None => self.st.guard.take_login(now)?,
         }
         self.st.refreshing |= refreshing;
         self.dirty = true;
@@ -546,14 +544,14 @@ impl<'a> Change<'a> {
     }
 
     /// An offline turn made a session: the group has not seen it yet.
-    pub(in crate::session) fn made_unshared(&mut self) {
-        self.st.unshared = true;
+    pub(in crate::session) fn made_offline_session(&mut self) {
+        self.st.offline_session = true;
     }
 
     /// Whether this replica held a session the group had not seen; it is now offered (the
     /// turn that ends writes it for the group).
-    pub(in crate::session) fn share(&mut self) -> bool {
-        std::mem::take(&mut self.st.unshared)
+    pub(in crate::session) fn offer_offline_session(&mut self) -> bool {
+        std::mem::take(&mut self.st.offline_session)
     }
 
     /// Ends a turn holding the group's lease: the record is written as the next revision,

@@ -9,15 +9,6 @@ use crate::classify::Whose;
 use crate::session::Session;
 use crate::store::{Record, StoredSession};
 
-/// What taking up the group's record did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(in crate::session) enum TakenUp {
-    /// The record was no newer than what this replica holds: nothing changed but the guard.
-    Nothing,
-    /// The record's sessions replaced this replica's.
-    Sessions,
-}
-
 impl SlotState {
     /// The slot's durable state.
     pub(super) fn record(&self) -> Record {
@@ -43,13 +34,14 @@ impl Change<'_> {
     /// and the record has a newer one (an idle session this replica dropped, say); and when
     /// this replica's session was made while the store was unreachable and the group got as
     /// far without it (the first session written wins, so the group converges on one).
-    /// Nothing is written: the record is the group's already.
+    /// Nothing is written: the record is the group's already. Returns whether the record's
+    /// sessions replaced this replica's (when they are not news, only the guard changed).
     pub(in crate::session) fn take_up(
         &mut self,
         record: Record,
         whose: Whose<'_>,
         otp_sessions: bool,
-    ) -> TakenUp {
+    ) -> bool {
         let (now, wall) = (crate::clock::now(), crate::clock::wall());
         let st = &mut *self.st;
         st.guard.take_up(&record.guard, now, wall, whose);
@@ -67,17 +59,17 @@ impl Change<'_> {
             .unwrap_or(0);
         let unusable = !st.session.as_ref().is_some_and(|s| s.usable(now));
         let news = record.next_generation > st.next_generation
-            || (st.unshared && record.next_generation >= st.next_generation)
+            || (st.offline_session && record.next_generation >= st.next_generation)
             || (unusable && record_newest > st.newest_generation());
         if !news {
-            return TakenUp::Nothing;
+            return false;
         }
         let next = st.next_generation.max(record.next_generation);
         st.known_rejected = None;
-        st.unshared = false;
+        st.offline_session = false;
         st.take_up_sessions(record, whose, otp_sessions);
         st.next_generation = st.next_generation.max(next);
-        TakenUp::Sessions
+        true
     }
 
     /// Takes up a stored record at start-up: the session if its token has life left, the
