@@ -81,23 +81,27 @@ async fn concurrent_cold_requests_cause_one_login_per_gstin() {
 /// Also proves IST expiry parsing (acceptance 8): were `TokenExpiry` read as UTC, the gateway
 /// would believe each 6 s token lives 5 h 30 min longer, never refresh it, and the simulator
 /// would serve 1005s after the first 6 seconds.
+/// Over the wire: steady traffic across several forced refreshes never meets an expired
+/// token. When the refresh comes and that it forces a new token inside NIC's window are
+/// proven over six-hour tokens on the paused clock
+/// (`session::tests::the_proactive_refresh_forces_a_new_token_inside_the_force_window`).
 #[tokio::test]
-async fn steady_traffic_over_six_second_tokens_never_sees_an_expired_token() {
+async fn steady_traffic_over_four_second_tokens_never_sees_an_expired_token() {
     let sim = Sim::start(SimOpts {
-        token_ttl: "6s",
+        token_ttl: "4s",
         ..SimOpts::default()
     })
     .await;
     let gw = Gateway::start(
         &sim,
         GwOpts {
-            refresh_before: "3s",
+            refresh_before: "2s",
             max_logins: 100,
             ..GwOpts::default()
         },
     )
     .await;
-    let until = Instant::now() + Duration::from_secs(30);
+    let until = Instant::now() + Duration::from_secs(10);
     let workers = (0..4).map(|w| {
         let gw = &gw;
         async move {
@@ -120,7 +124,7 @@ async fn steady_traffic_over_six_second_tokens_never_sees_an_expired_token() {
     let total: u32 = results.iter().map(|(n, _)| n).sum();
     let failures: Vec<&Value> = results.iter().flat_map(|(_, f)| f).collect();
     assert!(failures.is_empty(), "failed requests: {failures:?}");
-    assert!(total > 100, "traffic was steady ({total} requests)");
+    assert!(total > 40, "traffic was steady ({total} requests)");
     assert_eq!(
         sim.count(GSTIN, "token_rejections").await,
         0,
@@ -130,10 +134,10 @@ async fn steady_traffic_over_six_second_tokens_never_sees_an_expired_token() {
         .metric(r#"gstgate_token_refreshes_total{upstream="einvoice",trigger="proactive"}"#)
         .await;
     assert!(
-        proactive >= 4.0,
+        proactive >= 3.0,
         "several proactive refreshes, saw {proactive}"
     );
-    assert!(sim.count(GSTIN, "force_refreshes").await >= 4);
+    assert!(sim.count(GSTIN, "force_refreshes").await >= 3);
     assert_eq!(
         gw.metric(
             r#"gstgate_token_rejected_retries_total{upstream="einvoice",result="recovered"}"#
@@ -144,7 +148,7 @@ async fn steady_traffic_over_six_second_tokens_never_sees_an_expired_token() {
     let min_ttl = gw
         .metric(r#"gstgate_session_min_ttl_seconds{upstream="einvoice"}"#)
         .await;
-    assert!(min_ttl > 0.0 && min_ttl <= 6.0, "min ttl {min_ttl}");
+    assert!(min_ttl > 0.0 && min_ttl <= 4.0, "min ttl {min_ttl}");
 }
 
 #[tokio::test]
