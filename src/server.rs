@@ -36,7 +36,7 @@ use crate::problem::{problem_response, GatewayError};
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
 use crate::session::{Group, Sessions};
-use crate::store::{Loaded, RedisSettings, Store};
+use crate::store::{Loaded, Memory, RedisSettings, Store};
 use crate::tasks::Tasks;
 use crate::tls::{self, ServerTls};
 use crate::upstream::Upstream;
@@ -92,7 +92,7 @@ pub struct Running {
     tasks: Tasks,
     simulator: Option<crate::sim::SimHandle>,
     alerts: Arc<Alerts>,
-    store: Option<Arc<Store>>,
+    store: Arc<Store>,
     /// Reloads the configuration on `SIGHUP`.
     pub reloader: Arc<Reloader>,
 }
@@ -122,13 +122,11 @@ impl Running {
         self.alerts.shutdown().await;
         // Last: every task that could change a session has ended, so nothing queued after
         // this flush is lost.
-        if let Some(store) = self.store {
-            if store.flush().await {
-                tracing::info!(store = %store.place(), "session store flushed");
-            } else {
-                tracing::error!(store = %store.place(),
-                    "the last session changes could not be written to the store");
-            }
+        if self.store.flush().await {
+            tracing::info!(store = %self.store.place(), "session store flushed");
+        } else {
+            tracing::error!(store = %self.store.place(),
+                "the last session changes could not be written to the store");
         }
         if let Some(sim) = self.simulator {
             sim.shutdown().await;
@@ -153,33 +151,22 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
         .collect::<Result<Vec<_>, _>>()?;
     let tasks = Tasks::default();
     let sessions = Sessions::new(&upstreams, &config.credentials, metrics.clone(), &tasks)?;
-    let store = match open_store(&config.store, &metrics, &tasks).await? {
-        Some((store, loaded)) => {
-            let resumed = sessions.resume(&store, loaded);
-            tracing::info!(store = %store.place(), resumed, "sessions resumed from the store");
-            if store.is_shared() {
-                sessions.join_group(Group {
-                    lease: config.store.lease,
-                    replicas: config.store.replicas,
-                });
-            }
-            store.spawn_writer();
-            store.spawn_health(STORE_HEALTH_EVERY);
-            Some(store)
-        }
-        None => {
-            metrics.store_up.set(1);
-            tracing::info!("store.backend = \"memory\": sessions are lost when gstgate stops");
-            None
-        }
-    };
+    let (store, loaded) = open_store(&config.store, &metrics, &tasks).await?;
+    let resumed = sessions.resume(&store, loaded);
+    tracing::info!(store = %store.place(), resumed, "sessions resumed from the store");
+    if store.is_shared() {
+        sessions.join_group(Group {
+            lease: config.store.lease,
+            replicas: config.store.replicas,
+        });
+    }
+    store.spawn_writer();
+    store.spawn_health(STORE_HEALTH_EVERY);
     registry.register_collector(Box::new(crate::session::gauges::SessionGauges::new(
         &sessions,
     )));
     let alerts = Alerts::new(&config.alerts, metrics.clone())?;
-    if let Some(store) = &store {
-        alerts.attach_store(store.clone(), tasks.clone()).await;
-    }
+    alerts.attach_store(store.clone(), tasks.clone()).await;
     alerts::watcher::spawn(&tasks, &sessions, alerts.clone(), alerts.check_interval());
     let clients = Clients::from_config(&config.clients).map_err(StartError::Clients)?;
     let server = &config.server;
@@ -295,17 +282,22 @@ const STORE_HEALTH_EVERY: Duration = Duration::from_secs(2);
 /// An opened store and the records read from it.
 type Opened = (Arc<Store>, HashMap<String, Loaded>);
 
-/// The store and the records it holds, or `None` for the memory backend.
+/// The store and the records it holds.
 async fn open_store(
     config: &StoreConfig,
     metrics: &Arc<Metrics>,
     tasks: &Tasks,
-) -> Result<Option<Opened>, StartError> {
+) -> Result<Opened, StartError> {
     let path = match (config.backend, &config.path) {
         (StoreBackend::Embedded, Some(path)) => path,
         (StoreBackend::Embedded, None) => Path::new(crate::config::DEFAULT_STORE_FILE),
-        (StoreBackend::Memory, _) => return Ok(None),
-        (StoreBackend::Redis, _) => return open_redis(config, metrics, tasks).await.map(Some),
+        (StoreBackend::Memory, _) => {
+            tracing::info!("store.backend = \"memory\": sessions are lost when gstgate stops");
+            let memory = Memory::default();
+            let store = Store::in_memory(&memory, false, metrics.clone(), tasks.clone());
+            return Ok((store, HashMap::new()));
+        }
+        (StoreBackend::Redis, _) => return open_redis(config, metrics, tasks).await,
     };
     let opened = Store::open(
         path,
@@ -315,7 +307,7 @@ async fn open_store(
         tasks.clone(),
     )
     .map_err(Box::new)?;
-    Ok(Some(opened))
+    Ok(opened)
 }
 
 /// The shared Redis store (its settings were checked with the configuration).

@@ -411,3 +411,111 @@ async fn a_login_that_never_reached_the_upstream_is_given_back() {
         .expect("the sixth login in the window goes out");
     assert_eq!(fake.calls().len(), 6);
 }
+
+/// The lease the group tests' replicas take for a login.
+const LEASE: Duration = Duration::from_secs(30);
+
+/// Two replicas sharing a store, both cold, asked for a session at once: one login for the
+/// group, and both use its token. Broken by: logging in without the group's lease (two
+/// logins, and NIC's second token can invalidate the first).
+#[tokio::test(start_paused = true)]
+async fn replicas_sharing_a_store_log_in_once_for_the_group() {
+    let fake = Fake::new(Api::Einvoice, GRACE);
+    let memory = crate::store::Memory::default();
+    let (a, b) = (
+        Rig::new(Api::Einvoice, &fake, ""),
+        Rig::new(Api::Einvoice, &fake, ""),
+    );
+    a.join(&memory, LEASE).await;
+    b.join(&memory, LEASE).await;
+    let (from_a, from_b) = tokio::join!(session(&a), session(&b));
+    let (from_a, from_b) = (from_a.unwrap(), from_b.unwrap());
+    assert_eq!(fake.calls().len(), 1, "one login for the group");
+    assert_eq!(from_a.token, from_b.token);
+}
+
+/// A replica killed while holding the group's lease holds the others up only until the
+/// lease expires: then one of them logs in. Broken by: waiting for the holder's
+/// announcement alone (the wait never ends, and callers get 502 after twice the lease).
+#[tokio::test(start_paused = true)]
+async fn a_replica_dead_with_the_lease_delays_the_group_by_at_most_the_lease() {
+    let fake = Fake::new(Api::Einvoice, GRACE);
+    let memory = crate::store::Memory::default();
+    let b = Rig::new(Api::Einvoice, &fake, "");
+    b.join(&memory, LEASE).await;
+    // The dead replica's lease: taken, never extended or released.
+    let dead = crate::store::Coordination::lease(&memory, &b.slot.record_name(), LEASE)
+        .await
+        .unwrap();
+    assert!(dead.is_some());
+    let start = Instant::now();
+    session(&b)
+        .await
+        .expect("a login once the dead lease expired");
+    let waited = start.elapsed();
+    assert!(
+        waited >= LEASE && waited < LEASE + Duration::from_secs(1),
+        "waited {waited:?}"
+    );
+    assert_eq!(fake.calls().len(), 1);
+}
+
+/// With the shared store unreachable, each replica logs in on its own, within its share of
+/// the login allowance (`max_logins / replicas`, here 4 / 2). Broken by: no share (the third
+/// offline login goes out).
+#[tokio::test(start_paused = true)]
+async fn with_the_store_unreachable_a_replica_logs_in_within_its_share() {
+    let fake = Fake::new(Api::Einvoice, GRACE);
+    let memory = crate::store::Memory::default();
+    let a = Rig::new(Api::Einvoice, &fake, "");
+    a.join(&memory, LEASE).await;
+    memory.set_down(true);
+    let mut logged_in = 0;
+    let refused = loop {
+        match a.sessions.session(&a.slot, Trigger::Rejected).await {
+            Ok(s) => {
+                logged_in += 1;
+                assert_eq!(
+                    a.sessions.invalidate(&a.slot, &s),
+                    Invalidation::Invalidated
+                );
+                // The upstream lost it too: the next login gets a new token.
+                fake.hold("lost", crate::clock::wall());
+            }
+            Err(e) => break e,
+        }
+        assert!(logged_in <= 4, "no share");
+    };
+    assert!(
+        matches!(refused, GatewayError::LoginThrottled { .. }),
+        "{refused:?}"
+    );
+    assert_eq!(logged_in, 2);
+    assert_eq!(fake.calls().len(), 2);
+}
+
+/// A session a replica made while the shared store was unreachable is offered to the group
+/// when the store answers again, and the other replica takes it up instead of logging in.
+/// Broken by: no rejoin (the other replica logs in too).
+#[tokio::test(start_paused = true)]
+async fn a_session_made_offline_is_offered_to_the_group_when_the_store_is_back() {
+    let fake = Fake::new(Api::Einvoice, GRACE);
+    let memory = crate::store::Memory::default();
+    let (a, b) = (
+        Rig::new(Api::Einvoice, &fake, ""),
+        Rig::new(Api::Einvoice, &fake, ""),
+    );
+    a.join(&memory, LEASE).await;
+    b.join(&memory, LEASE).await;
+    memory.set_down(true);
+    let offline = session(&a).await.unwrap();
+    memory.set_down(false);
+    // The replicas hear that the store is back, and A offers its session.
+    sleep(Duration::from_secs(1)).await;
+    let on_b = session(&b).await.unwrap();
+    assert_eq!(
+        on_b.token, offline.token,
+        "B uses the session A made offline"
+    );
+    assert_eq!(fake.calls().len(), 1, "B made no login");
+}

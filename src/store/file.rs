@@ -6,10 +6,12 @@
 //! checksummed commit slot), it is a single file, and a key-value table is all gstgate needs.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use redb::{Database, DatabaseError, ReadableTable as _, TableDefinition};
 
+use super::backend::{BackendError, Pending, Records, Rows};
 use super::StoreError;
 
 /// Record name → sealed record.
@@ -189,7 +191,7 @@ pub fn read_all(db: &Database) -> Result<Vec<(String, Vec<u8>)>, DbError> {
 }
 
 /// Writes (`Some`) or deletes (`None`) records in one durable transaction.
-pub fn commit(db: &Database, batch: &[(String, Option<Vec<u8>>)]) -> Result<(), DbError> {
+fn commit(db: &Database, batch: &[(String, Option<Vec<u8>>)]) -> Result<(), DbError> {
     let txn = db.begin_write().map_err(boxed)?;
     {
         let mut table = txn.open_table(RECORDS).map_err(boxed)?;
@@ -208,7 +210,7 @@ pub fn commit(db: &Database, batch: &[(String, Option<Vec<u8>>)]) -> Result<(), 
 }
 
 /// The open alert episodes.
-pub fn episodes(db: &Database) -> Result<Vec<String>, DbError> {
+fn episodes(db: &Database) -> Result<Vec<String>, DbError> {
     let txn = db.begin_read().map_err(boxed)?;
     let table = match txn.open_table(EPISODES) {
         Ok(t) => t,
@@ -223,7 +225,7 @@ pub fn episodes(db: &Database) -> Result<Vec<String>, DbError> {
 }
 
 /// Opens (`true`) or closes an alert episode; returns whether that changed anything.
-pub fn set_episode(db: &Database, key: &str, open: bool) -> Result<bool, DbError> {
+fn set_episode(db: &Database, key: &str, open: bool) -> Result<bool, DbError> {
     let txn = db.begin_write().map_err(boxed)?;
     let changed = {
         let mut table = txn.open_table(EPISODES).map_err(boxed)?;
@@ -235,6 +237,70 @@ pub fn set_episode(db: &Database, key: &str, open: bool) -> Result<bool, DbError
     };
     txn.commit().map_err(boxed)?;
     Ok(changed)
+}
+
+/// The embedded store's records: one redb file, used on the blocking pool.
+pub struct File(Arc<Database>);
+
+impl File {
+    /// The records of an opened database.
+    pub fn new(db: Database) -> Self {
+        Self(Arc::new(db))
+    }
+
+    /// Runs `work` on the database on the blocking pool: redb blocks on the disk.
+    fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Database) -> Result<T, DbError> + Send + 'static,
+    ) -> Pending<'_, Result<T, BackendError>> {
+        let db = self.0.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || work(&db))
+                .await
+                .map_err(|e| BackendError::Failed(e.to_string()))?
+                .map_err(|e| BackendError::Failed(e.to_string()))
+        })
+    }
+}
+
+impl Records for File {
+    fn scan(&self) -> Pending<'_, Result<Rows, BackendError>> {
+        self.blocking(read_all)
+    }
+
+    fn get<'a>(&'a self, name: &'a str) -> Pending<'a, Result<Option<Vec<u8>>, BackendError>> {
+        let name = name.to_owned();
+        self.blocking(move |db| {
+            let txn = db.begin_read().map_err(boxed)?;
+            let table = match txn.open_table(RECORDS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(boxed(e)),
+            };
+            let value = table.get(name.as_str()).map_err(boxed)?;
+            Ok(value.map(|v| v.value().to_vec()))
+        })
+    }
+
+    fn commit(
+        &self,
+        rows: Vec<(String, Option<Vec<u8>>)>,
+    ) -> Pending<'_, Result<(), BackendError>> {
+        self.blocking(move |db| commit(db, &rows))
+    }
+
+    fn episodes(&self) -> Pending<'_, Result<Vec<String>, BackendError>> {
+        self.blocking(episodes)
+    }
+
+    fn set_episode<'a>(
+        &'a self,
+        key: &'a str,
+        open: bool,
+    ) -> Pending<'a, Result<bool, BackendError>> {
+        let key = key.to_owned();
+        self.blocking(move |db| set_episode(db, &key, open))
+    }
 }
 
 #[cfg(test)]

@@ -106,7 +106,8 @@ fn from_file(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, StoreError> {
     }
 }
 
-fn random_key() -> Zeroizing<[u8; KEY_LEN]> {
+/// A new random key.
+pub(super) fn random_key() -> Zeroizing<[u8; KEY_LEN]> {
     use rand::RngCore as _;
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
     rand::rngs::OsRng.fill_bytes(key.as_mut());

@@ -1,9 +1,12 @@
 //! The session store: every slot's durable state, sealed with AES-256-GCM, either in one
 //! crash-safe redb file (the embedded backend: a restart, clean or not, resumes sessions
-//! without a login or an OTP) or in Redis (shared by replicas, which then act as one gateway).
+//! without a login or an OTP), in Redis (shared by replicas, which then act as one gateway),
+//! or in memory.
 //!
+//! * `backend`: the two seams every backend implements, [`Records`] and [`Coordination`].
 //! * `file`: the redb file — open (moving an unreadable one aside), read all, commit a batch.
 //! * `redis`: the Redis keys, the login lease and the revisions channel.
+//! * `memory`: records in a map, and a group of replicas in one process (for tests).
 //! * `seal`: AES-256-GCM under the current key, opening with the previous one too.
 //! * `key`: the keys, from the configuration or a generated `0600` key file.
 //! * `record`: what is kept of a slot and its byte layout.
@@ -14,8 +17,10 @@
 //! disk or the network; a login that must be recorded before it goes on awaits
 //! [`Store::flush`].
 
+mod backend;
 mod file;
 mod key;
+mod memory;
 mod record;
 mod redis;
 mod seal;
@@ -31,7 +36,8 @@ use tokio::sync::Notify;
 use crate::metrics::{Metrics, StoreLabels};
 use crate::tasks::Tasks;
 
-pub use self::redis::{Event, Lease, RedisFailure};
+pub use backend::{BackendError, Coordination, Event, Lease, Records};
+pub use memory::Memory;
 pub use record::{LockoutKind, Record, StoredGuard, StoredLockout, StoredSession};
 
 use self::redis::Redis;
@@ -111,17 +117,14 @@ struct Pending {
     committing: usize,
 }
 
-/// Where records live.
-enum Backend {
-    File(Arc<redb::Database>),
-    Redis(Arc<Redis>),
-}
-
 /// The session store.
 pub struct Store {
     /// Where the store is, for logs: the file, or the Redis address without credentials.
     place: String,
-    backend: Backend,
+    /// Where the sealed records live.
+    records: Arc<dyn Records>,
+    /// How the replicas sharing the records coordinate; `None` when no other replica does.
+    coordination: Option<Arc<dyn Coordination>>,
     sealer: Arc<Sealer>,
     metrics: Arc<Metrics>,
     pending: Mutex<Pending>,
@@ -163,7 +166,7 @@ impl Store {
         };
         let store = Self::new(
             path.display().to_string(),
-            Backend::File(Arc::new(db)),
+            (Arc::new(file::File::new(db)), None),
             sealer,
             metrics,
             tasks,
@@ -186,42 +189,66 @@ impl Store {
         tasks: Tasks,
     ) -> Result<(Arc<Self>, HashMap<String, Loaded>), StoreError> {
         let sealer = key::configured(encryption_key, previous_key)?;
-        let redis = Redis::new(settings.url, settings.ca_pem, settings.prefix)
-            .map_err(|e| StoreError::RedisUrl(e.to_string()))?;
+        let redis = Arc::new(
+            Redis::new(settings.url, settings.ca_pem, settings.prefix)
+                .map_err(|e| StoreError::RedisUrl(e.to_string()))?,
+        );
         let store = Self::new(
             redis_place(settings.url),
-            Backend::Redis(Arc::new(redis)),
+            (redis.clone(), Some(redis)),
             sealer,
             metrics,
             tasks,
         );
-        let loaded = match store.redis().map(|r| r.read_all()) {
-            Some(read) => match read.await {
-                Ok(rows) => store.open_rows(rows),
-                Err(e) => {
-                    count(&store.metrics, "load", "error");
-                    tracing::error!(store = %store.place, error = %e,
-                        "cannot read the shared session store; starting without stored sessions");
-                    HashMap::new()
-                }
-            },
-            None => HashMap::new(),
+        let loaded = match store.records.scan().await {
+            Ok(rows) => store.open_rows(rows),
+            Err(e) => {
+                count(&store.metrics, "load", "error");
+                tracing::error!(store = %store.place, error = %e,
+                    "cannot read the shared session store; starting without stored sessions");
+                HashMap::new()
+            }
         };
         store.set_up_gauge();
         tracing::info!(store = %store.place, records = loaded.len(), "shared session store opened");
         Ok((store, loaded))
     }
 
+    /// A store in `memory`: this process's own (`store.backend = "memory"`), or, when
+    /// `shared`, one that several session managers in one process share as replicas share
+    /// Redis, leases and announcements included. The store's tasks will run on `tasks`.
+    pub fn in_memory(
+        memory: &Memory,
+        shared: bool,
+        metrics: Arc<Metrics>,
+        tasks: Tasks,
+    ) -> Arc<Self> {
+        let sealer = memory.sealer();
+        let memory = Arc::new(memory.clone());
+        let coordination: Option<Arc<dyn Coordination>> =
+            if shared { Some(memory.clone()) } else { None };
+        let store = Self::new(
+            "memory".into(),
+            (memory, coordination),
+            sealer,
+            metrics,
+            tasks,
+        );
+        store.set_up_gauge();
+        store
+    }
+
     fn new(
         place: String,
-        backend: Backend,
+        (records, coordination): (Arc<dyn Records>, Option<Arc<dyn Coordination>>),
         sealer: Sealer,
         metrics: Arc<Metrics>,
         tasks: Tasks,
     ) -> Arc<Self> {
         Arc::new(Self {
             place,
-            backend,
+            records,
+            coordination,
             sealer: Arc::new(sealer),
             metrics,
             pending: Mutex::new(Pending::default()),
@@ -274,26 +301,19 @@ impl Store {
         &self.place
     }
 
-    fn redis(&self) -> Option<&Arc<Redis>> {
-        match &self.backend {
-            Backend::Redis(r) => Some(r),
-            Backend::File(_) => None,
-        }
-    }
-
     /// Whether other replicas share this store: logins then take the group's lease.
     pub fn is_shared(&self) -> bool {
-        self.redis().is_some()
+        self.coordination.is_some()
     }
 
     /// Sets `gstgate_store_up` from the last operation's outcome.
     fn set_up_gauge(&self) {
-        let up = self.redis().is_none_or(|r| r.is_up());
+        let up = self.coordination.as_ref().is_none_or(|c| c.is_up());
         self.metrics.store_up.set(i64::from(up));
     }
 
     /// Counts a shared-store operation and keeps `gstgate_store_up` current.
-    fn outcome<T>(&self, op: &'static str, r: Result<T, RedisFailure>) -> Result<T, RedisFailure> {
+    fn outcome<T>(&self, op: &'static str, r: Result<T, BackendError>) -> Result<T, BackendError> {
         count(&self.metrics, op, if r.is_ok() { "ok" } else { "error" });
         self.set_up_gauge();
         r
@@ -301,50 +321,50 @@ impl Store {
 
     /// Reads record `name` afresh from the shared store (`Ok(None)`: there is none, or it
     /// does not open).
-    pub async fn fetch(&self, name: &str) -> Result<Option<Loaded>, RedisFailure> {
-        let Some(redis) = self.redis() else {
+    pub async fn fetch(&self, name: &str) -> Result<Option<Loaded>, BackendError> {
+        if self.coordination.is_none() {
             return Ok(None);
-        };
-        let bytes = self.outcome("get", redis.get(name).await)?;
+        }
+        let bytes = self.outcome("get", self.records.get(name).await)?;
         Ok(bytes.and_then(|b| self.open_row(name, &b, "get")))
     }
 
     /// Every record of the shared store, read afresh.
-    pub async fn fetch_all(&self) -> Result<HashMap<String, Loaded>, RedisFailure> {
-        let Some(redis) = self.redis() else {
+    pub async fn fetch_all(&self) -> Result<HashMap<String, Loaded>, BackendError> {
+        if self.coordination.is_none() {
             return Ok(HashMap::new());
-        };
-        let rows = self.outcome("load", redis.read_all().await)?;
+        }
+        let rows = self.outcome("load", self.records.scan().await)?;
         Ok(self.open_rows(rows))
     }
 
     /// Takes record `name`'s login lease for `ttl`; `Ok(None)` while another replica holds it.
-    pub async fn lease(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, RedisFailure> {
-        let Some(redis) = self.redis() else {
-            return Err(RedisFailure::Command("not a shared store".into()));
+    pub async fn lease(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, BackendError> {
+        let Some(group) = &self.coordination else {
+            return Err(BackendError::Failed("not a shared store".into()));
         };
-        self.outcome("lease", redis.lease(name, ttl).await)
+        self.outcome("lease", group.lease(name, ttl).await)
     }
 
     /// Keeps a held lease for `ttl` more; false if it has been lost.
-    pub async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool, RedisFailure> {
-        let Some(redis) = self.redis() else {
+    pub async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool, BackendError> {
+        let Some(group) = &self.coordination else {
             return Ok(false);
         };
-        self.outcome("lease", redis.extend(lease, ttl).await)
+        self.outcome("lease", group.extend(lease, ttl).await)
     }
 
     /// Releases a held lease, then announces the record's `revision` to the group.
     pub async fn release(&self, name: &str, lease: &Lease, revision: u64) {
-        let Some(redis) = self.redis() else {
+        let Some(group) = &self.coordination else {
             return;
         };
-        let released = redis.release(lease).await;
+        let released = group.release(lease).await;
         if let Err(e) = self.outcome("lease", released) {
             tracing::warn!(store = %self.place, record = %name, error = %e,
                 "cannot release the login lease; it expires by itself");
         }
-        if let Err(e) = self.outcome("publish", redis.publish(name, revision).await) {
+        if let Err(e) = self.outcome("publish", group.announce(name, revision).await) {
             tracing::warn!(store = %self.place, record = %name, error = %e,
                 "cannot announce the new session; other replicas pick it up when they need it");
         }
@@ -352,21 +372,15 @@ impl Store {
 
     /// The other replicas' announcements; `None` for a store nobody shares.
     pub fn subscribe(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Event>> {
-        self.redis().map(|r| r.subscribe(&self.tasks))
+        self.coordination
+            .as_ref()
+            .map(|group| group.subscribe(&self.tasks))
     }
 
     /// The open alert episodes (the group's, for a shared store), read at start-up so that a
     /// restart does not send an alert again for an episode already sent.
     pub async fn episodes(&self) -> Vec<String> {
-        let read = match &self.backend {
-            Backend::File(db) => {
-                let db = db.clone();
-                tokio::task::spawn_blocking(move || file::episodes(&db).map_err(|e| e.to_string()))
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()))
-            }
-            Backend::Redis(redis) => redis.episodes().await.map_err(|e| e.to_string()),
-        };
+        let read = self.records.episodes().await;
         read.unwrap_or_else(|e| {
             tracing::warn!(store = %self.place, error = %e, "cannot read the open alert episodes");
             Vec::new()
@@ -382,20 +396,7 @@ impl Store {
         } else {
             "episode_close"
         };
-        let done = match &self.backend {
-            Backend::File(db) => {
-                let (db, key) = (db.clone(), key.to_owned());
-                tokio::task::spawn_blocking(move || {
-                    file::set_episode(&db, &key, open).map_err(|e| e.to_string())
-                })
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()))
-            }
-            Backend::Redis(redis) => redis
-                .set_episode(key, open)
-                .await
-                .map_err(|e| e.to_string()),
-        };
+        let done = self.records.set_episode(key, open).await;
         count(&self.metrics, op, if done.is_ok() { "ok" } else { "error" });
         done.unwrap_or_else(|e| {
             tracing::warn!(store = %self.place, error = %e, "cannot record an alert episode");
@@ -438,7 +439,7 @@ impl Store {
     /// that `gstgate_store_up` and `/readyz` tell the truth when no session changes (the
     /// request path never touches Redis). It runs until shutdown.
     pub fn spawn_health(self: &Arc<Self>, every: Duration) {
-        let Some(redis) = self.redis().cloned() else {
+        let Some(group) = self.coordination.clone() else {
             return;
         };
         let store = self.clone();
@@ -446,7 +447,7 @@ impl Store {
             let mut was_up = true;
             loop {
                 tokio::time::sleep(every).await;
-                let up = redis.ping().await.is_ok();
+                let up = group.ping().await.is_ok();
                 store.set_up_gauge();
                 if up != was_up {
                     if up {
@@ -537,17 +538,10 @@ impl Store {
             }
             Ok::<_, String>(rows)
         };
-        match &self.backend {
-            Backend::File(db) => {
-                let db = db.clone();
-                tokio::task::spawn_blocking(move || {
-                    file::commit(&db, &seal()?).map_err(|e| e.to_string())
-                })
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()))
-            }
-            Backend::Redis(redis) => redis.commit(&seal()?).await.map_err(|e| e.to_string()),
-        }
+        self.records
+            .commit(seal()?)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 

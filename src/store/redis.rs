@@ -15,6 +15,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError};
 use tokio::sync::{mpsc, Mutex};
 
+use super::backend::{BackendError, Coordination, Event, Lease, Pending, Records, Rows};
 use crate::tasks::Tasks;
 
 /// How long a connection attempt may take.
@@ -31,46 +32,13 @@ const RELEASE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then return red
 /// Extends the lease only if this holder still has it.
 const EXTEND: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
 
-/// Why Redis could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum RedisFailure {
-    /// No connection now (refused, timed out, or waiting before the next attempt).
-    #[error("redis unreachable: {0}")]
-    Unreachable(String),
-    /// Redis answered with an error.
-    #[error("redis error: {0}")]
-    Command(String),
-}
-
-/// Something the subscription saw.
-#[derive(Debug)]
-pub enum Event {
-    /// A replica released record `name`'s lease; the record is now at `revision` (the same
-    /// as before if it wrote nothing).
-    Revision {
-        /// The record.
-        name: String,
-        /// Its revision.
-        revision: u64,
-    },
-    /// The subscription was (re)established after Redis was unreachable: messages may have
-    /// been missed.
-    Reconnected,
-}
-
-/// A held login lease.
-#[derive(Debug)]
-pub struct Lease {
-    key: String,
-    owner: String,
-}
-
 /// The Redis connection and key layout.
 pub struct Redis {
     client: Client,
     prefix: String,
     conn: Mutex<Link>,
-    up: AtomicBool,
+    /// Shared with the subscription's task.
+    up: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -97,13 +65,8 @@ impl Redis {
             client,
             prefix: prefix.to_owned(),
             conn: Mutex::new(Link::default()),
-            up: AtomicBool::new(false),
+            up: Arc::new(AtomicBool::new(false)),
         })
-    }
-
-    /// Whether the last operation reached Redis.
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
     }
 
     fn record_key(&self, name: &str) -> String {
@@ -114,7 +77,7 @@ impl Redis {
         format!("{}:revisions", self.prefix)
     }
 
-    async fn connection(&self) -> Result<MultiplexedConnection, RedisFailure> {
+    async fn connection(&self) -> Result<MultiplexedConnection, BackendError> {
         let mut link = self.conn.lock().await;
         if let Some(c) = &link.conn {
             return Ok(c.clone());
@@ -123,7 +86,7 @@ impl Redis {
             .last_attempt
             .is_some_and(|t| t.elapsed() < RECONNECT_GAP)
         {
-            return Err(RedisFailure::Unreachable("not connected".into()));
+            return Err(BackendError::Unreachable("not connected".into()));
         }
         link.last_attempt = Some(Instant::now());
         let config = AsyncConnectionConfig::new()
@@ -140,13 +103,13 @@ impl Redis {
             }
             Err(e) => {
                 self.up.store(false, Ordering::Relaxed);
-                Err(RedisFailure::Unreachable(e.to_string()))
+                Err(BackendError::Unreachable(e.to_string()))
             }
         }
     }
 
     /// Runs `cmd` and sorts its error: a broken connection is dropped for a new one.
-    async fn run<T: redis::FromRedisValue>(&self, op: Op) -> Result<T, RedisFailure> {
+    async fn run<T: redis::FromRedisValue>(&self, op: Op) -> Result<T, BackendError> {
         let mut conn = self.connection().await?;
         let result = match op {
             Op::Cmd(cmd) => cmd.query_async(&mut conn).await,
@@ -160,9 +123,9 @@ impl Redis {
             Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => {
                 self.up.store(false, Ordering::Relaxed);
                 self.conn.lock().await.conn = None;
-                Err(RedisFailure::Unreachable(e.to_string()))
+                Err(BackendError::Unreachable(e.to_string()))
             }
-            Err(e) => Err(RedisFailure::Command(e.to_string())),
+            Err(e) => Err(BackendError::Failed(e.to_string())),
         }
     }
 
@@ -171,7 +134,7 @@ impl Redis {
     }
 
     /// The group's open alert episodes.
-    pub async fn episodes(&self) -> Result<Vec<String>, RedisFailure> {
+    async fn episodes(&self) -> Result<Vec<String>, BackendError> {
         self.run(Op::Cmd(
             redis::cmd("SMEMBERS").arg(self.episodes_key()).clone(),
         ))
@@ -180,7 +143,7 @@ impl Redis {
 
     /// Opens (`true`) or closes an alert episode for the group; returns whether this call
     /// changed it (opened it first, or closed it).
-    pub async fn set_episode(&self, key: &str, open: bool) -> Result<bool, RedisFailure> {
+    async fn set_episode(&self, key: &str, open: bool) -> Result<bool, BackendError> {
         let cmd = if open { "SADD" } else { "SREM" };
         let n: i64 = self
             .run(Op::Cmd(
@@ -191,13 +154,13 @@ impl Redis {
     }
 
     /// Checks that Redis answers.
-    pub async fn ping(&self) -> Result<(), RedisFailure> {
+    async fn ping(&self) -> Result<(), BackendError> {
         let _: String = self.run(Op::Cmd(redis::cmd("PING"))).await?;
         Ok(())
     }
 
     /// Every record: `(name, sealed bytes)`.
-    pub async fn read_all(&self) -> Result<Vec<(String, Vec<u8>)>, RedisFailure> {
+    async fn scan(&self) -> Result<Vec<(String, Vec<u8>)>, BackendError> {
         let pattern = format!("{}:session:*", self.prefix);
         let mut keys: Vec<String> = Vec::new();
         let mut cursor: u64 = 0;
@@ -237,7 +200,7 @@ impl Redis {
     }
 
     /// One record's sealed bytes.
-    pub async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, RedisFailure> {
+    async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, BackendError> {
         self.run(Op::Cmd(
             redis::cmd("GET").arg(self.record_key(name)).clone(),
         ))
@@ -245,7 +208,7 @@ impl Redis {
     }
 
     /// Writes (`Some`) or deletes (`None`) records, in one pipeline.
-    pub async fn commit(&self, rows: &[(String, Option<Vec<u8>>)]) -> Result<(), RedisFailure> {
+    async fn commit(&self, rows: &[(String, Option<Vec<u8>>)]) -> Result<(), BackendError> {
         let mut pipe = redis::pipe();
         for (name, value) in rows {
             match value {
@@ -257,7 +220,7 @@ impl Redis {
     }
 
     /// Takes record `name`'s login lease for `ttl`, if no replica holds it.
-    pub async fn lease(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, RedisFailure> {
+    async fn lease(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, BackendError> {
         let key = format!("{}:lease:{name}", self.prefix);
         let owner = owner_id();
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -276,7 +239,7 @@ impl Redis {
     }
 
     /// Extends a held lease to `ttl` from now; false if it was lost (it expired).
-    pub async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool, RedisFailure> {
+    async fn extend(&self, lease: &Lease, ttl: Duration) -> Result<bool, BackendError> {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         let n: i64 = self
             .run(Op::Cmd(eval(EXTEND, lease).arg(ms).clone()))
@@ -285,13 +248,13 @@ impl Redis {
     }
 
     /// Releases a lease this holder still has.
-    pub async fn release(&self, lease: &Lease) -> Result<(), RedisFailure> {
+    async fn release(&self, lease: &Lease) -> Result<(), BackendError> {
         let _: i64 = self.run(Op::Cmd(eval(RELEASE, lease))).await?;
         Ok(())
     }
 
     /// Announces that record `name`'s lease is free and the record at `revision`.
-    pub async fn publish(&self, name: &str, revision: u64) -> Result<(), RedisFailure> {
+    async fn announce(&self, name: &str, revision: u64) -> Result<(), BackendError> {
         let message = format!("{revision} {name}");
         let _: i64 = self
             .run(Op::Cmd(
@@ -303,20 +266,79 @@ impl Redis {
             .await?;
         Ok(())
     }
+}
+
+impl Records for Redis {
+    fn scan(&self) -> Pending<'_, Result<Rows, BackendError>> {
+        Box::pin(Redis::scan(self))
+    }
+
+    fn get<'a>(&'a self, name: &'a str) -> Pending<'a, Result<Option<Vec<u8>>, BackendError>> {
+        Box::pin(Redis::get(self, name))
+    }
+
+    fn commit(
+        &self,
+        rows: Vec<(String, Option<Vec<u8>>)>,
+    ) -> Pending<'_, Result<(), BackendError>> {
+        Box::pin(async move { Redis::commit(self, &rows).await })
+    }
+
+    fn episodes(&self) -> Pending<'_, Result<Vec<String>, BackendError>> {
+        Box::pin(Redis::episodes(self))
+    }
+
+    fn set_episode<'a>(
+        &'a self,
+        key: &'a str,
+        open: bool,
+    ) -> Pending<'a, Result<bool, BackendError>> {
+        Box::pin(Redis::set_episode(self, key, open))
+    }
+}
+
+impl Coordination for Redis {
+    fn lease<'a>(
+        &'a self,
+        name: &'a str,
+        ttl: Duration,
+    ) -> Pending<'a, Result<Option<Lease>, BackendError>> {
+        Box::pin(Redis::lease(self, name, ttl))
+    }
+
+    fn extend<'a>(
+        &'a self,
+        lease: &'a Lease,
+        ttl: Duration,
+    ) -> Pending<'a, Result<bool, BackendError>> {
+        Box::pin(Redis::extend(self, lease, ttl))
+    }
+
+    fn release<'a>(&'a self, lease: &'a Lease) -> Pending<'a, Result<(), BackendError>> {
+        Box::pin(Redis::release(self, lease))
+    }
+
+    fn announce<'a>(
+        &'a self,
+        name: &'a str,
+        revision: u64,
+    ) -> Pending<'a, Result<(), BackendError>> {
+        Box::pin(Redis::announce(self, name, revision))
+    }
 
     /// Subscribes to the revisions channel in a task of its own on `tasks`, which subscribes
     /// again whenever the connection breaks, until shutdown; what it sees arrives on the
     /// returned channel, which closes when the task ends.
-    pub fn subscribe(self: &Arc<Self>, tasks: &Tasks) -> mpsc::UnboundedReceiver<Event> {
+    fn subscribe(&self, tasks: &Tasks) -> mpsc::UnboundedReceiver<Event> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let redis = self.clone();
+        let (client, channel, up) = (self.client.clone(), self.channel(), self.up.clone());
         tasks.spawn_until_shutdown(async move {
             let mut first = true;
             loop {
-                match redis.listen(&tx, first).await {
+                match listen(&client, &channel, &up, &tx, first).await {
                     Ok(()) => return,
                     Err(e) => {
-                        redis.up.store(false, Ordering::Relaxed);
+                        up.store(false, Ordering::Relaxed);
                         tracing::warn!(error = %e, "redis subscription lost; resubscribing");
                     }
                 }
@@ -328,45 +350,56 @@ impl Redis {
         rx
     }
 
-    /// One subscription, until it breaks (`Err`) or nobody listens any more (`Ok`).
-    async fn listen(&self, tx: &mpsc::UnboundedSender<Event>, first: bool) -> Result<(), String> {
-        use futures_util::StreamExt as _;
-        let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, self.client.get_async_pubsub())
-            .await
-            .map_err(|_| "connect timed out".to_owned())?
-            .map_err(|e| e.to_string())?;
-        pubsub
-            .subscribe(self.channel())
-            .await
-            .map_err(|e| e.to_string())?;
-        self.up.store(true, Ordering::Relaxed);
-        if !first {
-            tracing::info!("redis subscription re-established");
-            if tx.send(Event::Reconnected).is_err() {
-                return Ok(());
-            }
-        }
-        let mut messages = pubsub.on_message();
-        while let Some(msg) = messages.next().await {
-            let Ok(text) = msg.get_payload::<String>() else {
-                continue;
-            };
-            let Some((revision, name)) = text.split_once(' ') else {
-                continue;
-            };
-            let Ok(revision) = revision.parse() else {
-                continue;
-            };
-            let event = Event::Revision {
-                name: name.to_owned(),
-                revision,
-            };
-            if tx.send(event).is_err() {
-                return Ok(());
-            }
-        }
-        Err("the subscription connection closed".into())
+    fn ping(&self) -> Pending<'_, Result<(), BackendError>> {
+        Box::pin(Redis::ping(self))
     }
+
+    fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+}
+
+/// One subscription to `channel`, until it breaks (`Err`) or nobody listens any more (`Ok`).
+async fn listen(
+    client: &Client,
+    channel: &str,
+    up: &AtomicBool,
+    tx: &mpsc::UnboundedSender<Event>,
+    first: bool,
+) -> Result<(), String> {
+    use futures_util::StreamExt as _;
+    let mut pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
+        .await
+        .map_err(|_| "connect timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    pubsub.subscribe(channel).await.map_err(|e| e.to_string())?;
+    up.store(true, Ordering::Relaxed);
+    if !first {
+        tracing::info!("redis subscription re-established");
+        if tx.send(Event::Reconnected).is_err() {
+            return Ok(());
+        }
+    }
+    let mut messages = pubsub.on_message();
+    while let Some(msg) = messages.next().await {
+        let Ok(text) = msg.get_payload::<String>() else {
+            continue;
+        };
+        let Some((revision, name)) = text.split_once(' ') else {
+            continue;
+        };
+        let Ok(revision) = revision.parse() else {
+            continue;
+        };
+        let event = Event::Revision {
+            name: name.to_owned(),
+            revision,
+        };
+        if tx.send(event).is_err() {
+            return Ok(());
+        }
+    }
+    Err("the subscription connection closed".into())
 }
 
 /// `EVAL script 1 <lease key> <owner>`: the lease scripts' common head.

@@ -348,6 +348,19 @@ upstreams = ["{name}"]
         store
     }
 
+    /// Joins the group of replicas sharing `memory` (as Redis is shared): this rig's
+    /// manager takes up the group's records and takes the group's lease for its logins.
+    pub(super) async fn join(&self, memory: &crate::store::Memory, lease: Duration) {
+        let (metrics, _) = Metrics::new();
+        let tasks = crate::tasks::Tasks::default();
+        let store = Store::in_memory(memory, true, metrics, tasks);
+        let loaded = store.fetch_all().await.unwrap_or_default();
+        self.sessions.resume(&store, loaded);
+        store.spawn_writer();
+        self.sessions
+            .join_group(crate::session::Group { lease, replicas: 2 });
+    }
+
     /// A restart: this manager and its store are gone (after the store wrote what it had
     /// queued, as a `kill -9` after the write leaves it); a new one on the same
     /// configuration, upstream and store file takes its place.
