@@ -101,7 +101,7 @@ async fn steady_traffic_over_four_second_tokens_never_sees_an_expired_token() {
         },
     )
     .await;
-    let until = Instant::now() + Duration::from_secs(10);
+    let until = Instant::now() + Duration::from_secs(7);
     let workers = (0..4).map(|w| {
         let gw = &gw;
         async move {
@@ -401,42 +401,6 @@ async fn admin_refresh_forces_a_new_session_and_needs_the_token() {
     );
 }
 
-/// Regression: a login that returns the same token (here an operator's refresh early in the
-/// token's life, outside NIC's force window) must not start a cycle of re-logins; the next
-/// login is the normal proactive one, `refresh_before` ahead of expiry.
-#[tokio::test]
-async fn an_early_refresh_that_gets_the_same_token_does_not_cause_more_logins() {
-    let sim = Sim::start(SimOpts {
-        token_ttl: "20s",
-        force_window: "5s",
-        ..SimOpts::default()
-    })
-    .await;
-    let gw = Gateway::start(
-        &sim,
-        GwOpts {
-            refresh_before: "5s",
-            ..GwOpts::default()
-        },
-    )
-    .await;
-    assert_eq!(gw.generate(GSTIN, "E/1").await.status(), 200);
-    let res = gw.admin_refresh(GSTIN).await;
-    assert_eq!(res.status(), 200);
-    let body: Value = res.json().await.unwrap();
-    assert_eq!(body["generation"], 1, "same token, same session");
-    assert_eq!(sim.count(GSTIN, "auth_calls").await, 2);
-    // Nothing to wait for but the absence of logins: 8 s is past where the old schedule
-    // (a quarter of the remaining life) re-logged in, and before the proactive refresh at 15 s.
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    assert_eq!(
-        sim.count(GSTIN, "auth_calls").await,
-        2,
-        "no login between the refresh and the proactive one"
-    );
-    assert_eq!(gw.generate(GSTIN, "E/2").await.status(), 200);
-}
-
 /// A caller that hangs up while its request is logging in does not cancel the login: the
 /// session it brings is recorded, and the next caller uses it instead of logging in again.
 #[tokio::test]
@@ -508,56 +472,4 @@ async fn a_far_future_expiry_is_capped_and_refreshes_go_on() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(sim.count(&other, "token_rejections").await, 0);
-}
-
-/// Logins that never reach the upstream (no connection) do not count against the login
-/// limit: an upstream that is down for a while does not leave the credential rate-limited
-/// once it is back.
-#[tokio::test]
-async fn logins_that_cannot_connect_do_not_spend_the_allowance() {
-    let sim = Sim::start(SimOpts::default()).await;
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let down = format!("http://{}", closed.local_addr().unwrap());
-    drop(closed);
-    let gw = Gateway::start(
-        &sim,
-        GwOpts {
-            base_url: Some(down),
-            max_logins: 2,
-            ..GwOpts::default()
-        },
-    )
-    .await;
-    let mut unreachable = 0;
-    let mut n = 0;
-    while unreachable < 4 {
-        n += 1;
-        assert!(n < 50, "too many answers without a login attempt");
-        let res = gw.generate(GSTIN, &format!("D/{n}")).await;
-        let retry_after = res
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let body: Value = res.json().await.unwrap();
-        match body["code"].as_str() {
-            Some("upstream_unavailable") => unreachable += 1,
-            // Between attempts the backoff answers; wait it out.
-            Some("login_backoff") => {
-                let wait = retry_after.expect("login_backoff carries Retry-After");
-                // Only the short exponential backoff: a long one means the failed connects
-                // were counted as logins and the last one is being saved.
-                assert!(
-                    wait <= 5,
-                    "a {wait} s backoff after {unreachable} connect failures"
-                );
-                tokio::time::sleep(Duration::from_secs(wait)).await;
-            }
-            _ => panic!("four connect failures with max_logins = 2, yet: {body}"),
-        }
-    }
-    let attempts = gw
-        .metric(r#"gstgate_auth_requests_total{upstream="einvoice",result="error"}"#)
-        .await;
-    assert_eq!(attempts, 4.0);
 }

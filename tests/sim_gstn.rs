@@ -451,15 +451,15 @@ async fn wrong_otp_state_code_disabled_access_and_too_many_sessions_are_refused(
 
 #[tokio::test]
 async fn refresh_replaces_token_and_sek_within_a_portal_session_whose_end_does_not_move() {
-    let sim = sim_with("4s", &[]).await;
+    let sim = sim_with("2s", &[]).await;
     let g = Gstn::new(&sim);
     let s = g.login().await;
-    assert_eq!(s.expiry, json!(0.0667), "4 s in minutes, four decimals");
+    assert_eq!(s.expiry, json!(0.0333), "2 s in minutes, four decimals");
     let end = gstn_sessions(&sim).await[0]["session_end"].clone();
     open_rek_reply(&s, &g.retsum(&s, GSTR1).await).unwrap();
 
-    // Sleeping past the 4-second token is the point of this step.
-    tokio::time::sleep(Duration::from_millis(4300)).await;
+    // Sleeping past the 2-second token is the point of this step.
+    tokio::time::sleep(Duration::from_millis(2300)).await;
     g.retsum(&s, GSTR1).await.assert_error("AUTH4038");
 
     // The expired token still refreshes: new token, new SEK under the new app key.
@@ -467,7 +467,7 @@ async fn refresh_replaces_token_and_sek_within_a_portal_session_whose_end_does_n
     let s2 = Gstn::session_from(&new_key, &r);
     assert_ne!(s2.token, s.token);
     assert_ne!(s2.sek.as_bytes(), s.sek.as_bytes());
-    assert_eq!(s2.expiry, json!(0.0667));
+    assert_eq!(s2.expiry, json!(0.0333));
     open_rek_reply(&s2, &g.retsum(&s2, GSTR1).await).unwrap();
     // The replaced token is dead for data calls and for another refresh.
     g.retsum(&s, GSTR1).await.assert_error("AUTH4033");
@@ -485,12 +485,12 @@ async fn refresh_replaces_token_and_sek_within_a_portal_session_whose_end_does_n
     assert_eq!(sim.count(GSTIN, "refreshes").await, 1);
     assert_eq!(sim.count(GSTIN, "otp_requests").await, 1);
 
-    // A portal session of 2 s: once it ends, refresh needs a new OTP login (AUTH4038).
-    g.knobs(json!({"gstn_session_ttl_secs": 2, "token_ttl_secs": 60}))
+    // A portal session of 1 s: once it ends, refresh needs a new OTP login (AUTH4038).
+    g.knobs(json!({"gstn_session_ttl_secs": 1, "token_ttl_secs": 60}))
         .await;
     let short = g.login().await;
     assert_eq!(short.expiry, json!(1));
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
     g.retsum(&short, GSTR1).await.assert_error("AUTH4038");
     g.refresh_raw(&short.token, &short.sek)
         .await

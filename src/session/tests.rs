@@ -17,7 +17,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 use super::{Invalidation, Session, State, Trigger};
 use crate::problem::GatewayError;
 use crate::upstream::Class;
-use fake::{Api, Call, Fake, Rig, Scripted};
+use fake::{Api, Call, Fake, Logs, Rig, Scripted};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const MINUTE: Duration = Duration::from_secs(60);
@@ -70,9 +70,10 @@ async fn the_proactive_refresh_forces_a_new_token_inside_the_force_window() {
 }
 
 /// A login outside the force window (an operator's early refresh) gets the live token back:
-/// the session keeps its generation and its expiry, and the clock is never restarted on an
-/// old token. Broken by: treating the handed-back token as new (generation 2, a later
-/// deadline).
+/// the session keeps its generation and its expiry, the clock is never restarted on an old
+/// token, and no login follows until the normal proactive refresh. Broken by: treating the
+/// handed-back token as new (generation 2, a later deadline), or rescheduling a refresh
+/// sooner (a cycle of same-token logins).
 #[tokio::test(start_paused = true)]
 async fn a_login_outside_the_force_window_keeps_the_token_and_its_expiry() {
     let fake = Fake::new(Api::Einvoice, GRACE);
@@ -89,6 +90,14 @@ async fn a_login_outside_the_force_window_keeps_the_token_and_its_expiry() {
     );
     assert_eq!(again.generation, first.generation);
     assert_eq!(again.deadline, first.deadline);
+    sleep_until(deadline(&first) - TEN_MINUTES - Duration::from_secs(1)).await;
+    assert_eq!(
+        fake.calls().len(),
+        2,
+        "no login before the proactive refresh"
+    );
+    sleep_until(deadline(&first) - MINUTE).await;
+    assert_eq!(fake.kinds()[2..], [Call::Password { force: true }]);
 }
 
 /// At-expiry hold (e-way bill, no force flag): a caller whose token is in its last second is
@@ -124,7 +133,9 @@ async fn an_e_way_bill_login_that_gets_the_old_token_back_asks_again_then_accept
     assert_eq!(fake.calls().len(), 3);
     assert_ne!(next.token, first.token);
 
-    // One that honours them 10 s longer: three asks, then the token is accepted.
+    // One that honours them 10 s longer: three asks, then the token is accepted, and the
+    // log says why that is odd.
+    let (logs, _capture) = Logs::capture();
     let fake = Fake::new(Api::Ewaybill, Duration::from_secs(10));
     let rig = Rig::new(Api::Ewaybill, &fake, "");
     let first = session(&rig).await.unwrap();
@@ -133,6 +144,18 @@ async fn an_e_way_bill_login_that_gets_the_old_token_back_asks_again_then_accept
     assert_eq!(fake.calls().len(), 4, "one login and three asks at expiry");
     assert_eq!(next.token, first.token);
     assert!(next.usable(crate::clock::now()), "accepted as newly issued");
+    assert!(
+        logs.text()
+            .contains("token_lifetime set shorter than the real one"),
+        "{}",
+        logs.text()
+    );
+    // Once the upstream's token has really expired, the next renewal gets a new one: never
+    // more than the four logins.
+    sleep_until(deadline(&next) + Duration::from_secs(2)).await;
+    let renewed = session(&rig).await.unwrap();
+    assert_ne!(renewed.token, first.token);
+    assert_eq!(fake.calls().len(), 5);
 }
 
 /// Same-token rejection mark: a re-login after a rejection that gets the rejected token back

@@ -385,3 +385,37 @@ upstreams = ["{name}"]
         (rig, store)
     }
 }
+
+/// What the code under test logs, as text.
+#[derive(Clone, Default)]
+pub(super) struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    /// Captures the log lines of the calling thread until the guard is dropped: a
+    /// paused-clock test runs every task of its runtime on that thread.
+    pub(super) fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let sink = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// Everything logged so far.
+    pub(super) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
