@@ -169,7 +169,7 @@ async fn refresh_keeps_a_session_alive_without_otp_until_the_portal_session_ends
         ..SimOpts::default()
     })
     .await;
-    sim.control("/_sim/knobs", json!({"gstn_session_ttl_secs": 6}))
+    sim.control("/_sim/knobs", json!({"gstn_session_ttl_secs": 4}))
         .await;
     let gw = Gateway::start(
         &sim,
@@ -207,22 +207,22 @@ async fn refresh_keeps_a_session_alive_without_otp_until_the_portal_session_ends
     }
     let ended = first_otp_required.expect("the session ended with otp_required");
     assert!(
-        ended >= Duration::from_secs(5),
-        "traffic flowed for the portal session's 6 s, not {ended:?}"
+        ended >= Duration::from_secs(3),
+        "traffic flowed for the portal session's 4 s, not {ended:?}"
     );
-    assert!(served > 30, "{served} requests served");
+    assert!(served > 20, "{served} requests served");
     let counters = sim.counters().await;
     assert_eq!(
         counters["per_gstin"][GSTIN]["otp_requests"], 1,
         "{counters}"
     );
     let refreshes = counters["per_gstin"][GSTIN]["refreshes"].as_u64().unwrap();
-    assert!(refreshes >= 3, "{refreshes} REFRESHTOKEN calls");
+    assert!(refreshes >= 2, "{refreshes} REFRESHTOKEN calls");
     assert_eq!(gw.session_state("gstn", GSTIN).await, "needs_otp");
     assert!(
         gw.metric("gstgate_token_refreshes_total{upstream=\"gstn\",trigger=\"proactive\"}")
             .await
-            >= 3.0
+            >= 2.0
     );
     // A new OTP starts a new portal session.
     gw.start_gstn_session(&sim, GSTIN).await;
