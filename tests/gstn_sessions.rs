@@ -219,11 +219,18 @@ async fn refresh_keeps_a_session_alive_without_otp_until_the_portal_session_ends
     let refreshes = counters["per_gstin"][GSTIN]["refreshes"].as_u64().unwrap();
     assert!(refreshes >= 2, "{refreshes} REFRESHTOKEN calls");
     assert_eq!(gw.session_state("gstn", GSTIN).await, "needs_otp");
-    assert!(
-        gw.metric("gstgate_token_refreshes_total{upstream=\"gstn\",trigger=\"proactive\"}")
-            .await
-            >= 2.0
-    );
+    // A 2 s token is handed to callers for its first second only (the last second is the
+    // margin), which is when its refresh is due: a caller may start it a moment before the
+    // scheduler does, so both triggers count.
+    let mut renewals = 0.0;
+    for trigger in ["proactive", "cold"] {
+        renewals += gw
+            .metric(&format!(
+                "gstgate_token_refreshes_total{{upstream=\"gstn\",trigger=\"{trigger}\"}}"
+            ))
+            .await;
+    }
+    assert!(renewals >= 2.0, "{renewals} renewals");
     // A new OTP starts a new portal session.
     gw.start_gstn_session(&sim, GSTIN).await;
     assert_eq!(return_summary(&gw).await.status(), 200);
