@@ -820,3 +820,55 @@ fn generated_paths_stay_under_the_upstream_prefix_or_get_400() {
     drop(gw);
     drop(sim);
 }
+
+/// An upstream is untrusted input, its error text included: a login refusal whose message
+/// carries CR/LF and a forged log line, ANSI escapes, a bidi override, a line separator and
+/// 8 MiB of padding reaches the text log, `/admin/sessions` and `/status` escaped and cut to
+/// about 1 KiB. Before, the `%`-formatted `login failed` line wrote it raw (a forged line and
+/// terminal escapes in the log), and the slot's last error made an 8 MB status page.
+#[tokio::test]
+async fn hostile_upstream_error_text_is_escaped_and_capped_everywhere_it_is_shown() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            log_format: "pretty",
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "hostile_error", "count": 1, "path_prefix": "/eivital/"}),
+    )
+    .await;
+    let res = gw.generate(GSTIN, "HOSTILE/1").await;
+    assert_eq!(res.status(), 502, "{}", res.text().await.unwrap());
+    gw.logs.wait_for("login failed").await;
+    let log = gw.logs.text();
+    assert!(!log.contains('\u{1b}'), "a raw escape reached the log");
+    assert!(
+        !log.contains('\u{202e}') && !log.contains('\u{2028}'),
+        "{log}"
+    );
+    assert!(
+        !log.lines().any(|l| l.starts_with("level=INFO forged")),
+        "a forged line in the log"
+    );
+    assert!(log.len() < 64 << 10, "the log grew by {} bytes", log.len());
+    let rows = gw.admin_sessions().await;
+    let last_error = rows[0]["last_error"].as_str().unwrap().to_owned();
+    assert!(last_error.contains("forged=1"), "{last_error}");
+    assert!(last_error.len() < 2048, "{} bytes", last_error.len());
+    assert!(!last_error.contains('\n') && !last_error.contains('\u{1b}'));
+    let status = gw
+        .http
+        .get(format!("http://{}/status", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(status.len() < 64 << 10, "/status is {} bytes", status.len());
+}

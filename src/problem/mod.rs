@@ -32,8 +32,6 @@ pub enum Origin {
     Gateway,
     /// The upstream: its refusal or reply, or the connection to it.
     Upstream,
-    /// For the session store's failures; sessions are kept in memory, so none arises yet.
-    Store,
 }
 
 /// A lower-level failure kept as a gateway error's cause: shared, so that the error stays

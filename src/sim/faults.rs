@@ -48,7 +48,16 @@ pub enum FaultMode {
     /// The normal answer with `Connection: x-leak` and an `x-leak` header: a field meant for
     /// the hop between the GSP and gstgate only, which must not reach the caller.
     HopHeader,
+    /// HTTP 200 refusal envelope of the path's API with a configuration error code (its
+    /// client id refused: the one class whose message gstgate keeps as the slot's last error)
+    /// and a hostile message: CR/LF and a forged log line, ANSI escapes, a bidi override, a
+    /// line separator, and 8 MiB of padding.
+    HostileError,
 }
+
+/// The start of a `hostile_error` message, before its padding.
+pub const HOSTILE_MESSAGE: &str =
+    "bad\r\nlevel=INFO forged=1\u{1b}[31m red \u{202e}desrever\u{2028}next line ";
 
 /// The header a `hop_header` answer marks hop-by-hop.
 pub const HOP_HEADER: &str = "x-leak";
@@ -136,6 +145,7 @@ pub async fn respond(mode: FaultMode, api: Api, is_auth: bool, kill: Option<Conn
             std::future::pending().await
         }
         FaultMode::Hang => std::future::pending().await,
+        FaultMode::HostileError => hostile_error(api),
         // The caller answers these itself: late, or with the hop-by-hop header added.
         FaultMode::Slow | FaultMode::HopHeader => html_error(StatusCode::INTERNAL_SERVER_ERROR),
     }
@@ -152,6 +162,25 @@ pub fn add_hop_header(res: &mut Response) {
         HOP_HEADER,
         header::HeaderValue::from_static("for-this-hop-only"),
     );
+}
+
+/// A refusal envelope of `api` with a configuration code and [`HOSTILE_MESSAGE`] padded to
+/// 8 MiB.
+fn hostile_error(api: Api) -> Response {
+    let message = format!("{HOSTILE_MESSAGE}{}", "x".repeat(8 << 20));
+    let body = match api {
+        Api::EInvoice => json!({
+            "Status": 0,
+            "ErrorDetails": [{"ErrorCode": "1010", "ErrorMessage": message}],
+            "Data": null,
+            "InfoDtls": null,
+        }),
+        Api::EwayBill => json!({"status": "0", "error": {"errorCodes": "103"}, "message": message}),
+        Api::Gstn => {
+            json!({"status_cd": "0", "error": {"error_cd": "TEC4002", "message": message}})
+        }
+    };
+    axum::Json(body).into_response()
 }
 
 /// A success envelope of `api` whose encrypted fields decrypt under no key.

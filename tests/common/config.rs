@@ -30,6 +30,8 @@ pub struct GwOpts {
     pub shutdown_grace: &'static str,
     /// `RUST_LOG`.
     pub rust_log: &'static str,
+    /// `--log-format`: `json` (what the tests read) or `pretty`.
+    pub log_format: &'static str,
     /// Extra environment.
     pub env: Vec<(String, String)>,
     /// Extra TOML lines at the end of the `[[upstream]]` table (may open `[upstream.headers]`).
@@ -64,6 +66,7 @@ impl Default for GwOpts {
             max_body_bytes: 65536,
             shutdown_grace: "30s",
             rust_log: "info",
+            log_format: "json",
             env: vec![],
             upstream_extra: String::new(),
             gstin_checksum: "enforce",

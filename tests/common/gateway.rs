@@ -51,7 +51,7 @@ impl Gateway {
         cmd.arg("serve")
             .arg("--config")
             .arg(&path)
-            .args(["--log-format", "json"])
+            .args(["--log-format", opts.log_format])
             .env("RUST_LOG", opts.rust_log)
             .env("TEST_CLIENT_SECRET", CLIENT_SECRET)
             .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
