@@ -101,44 +101,31 @@ impl Sessions {
             let forced = matches!(kind, LoginKind::Password { force: true });
             self.count_login(slot, turn, now, true).await?;
             let result = self.login_call(slot, kind).await;
-            if !stale(&result, current.as_deref()) {
-                return self.record_outcome(
-                    slot,
-                    trigger,
-                    turn,
-                    result,
-                    current,
-                    now,
-                    Purpose::Renew,
-                );
-            }
-            match renewal.reissued(forced, asks) {
-                Reask::Again { force, after } => {
-                    // The upstream still holds the old token by its clock: ask again
-                    // (forcing, where the API can), holding the callers rather than handing
-                    // them a token about to die.
-                    slot.change_on(turn).pause_refreshing();
-                    asks += 1;
-                    forced_next = force;
-                    tokio::time::sleep(after).await;
+            let purpose = if !stale(&result, current.as_deref()) {
+                Purpose::Renew
+            } else {
+                match renewal.reissued(forced, asks) {
+                    Reask::Again { force, after } => {
+                        // The upstream still holds the old token by its clock: ask again
+                        // (forcing, where the API can), holding the callers rather than
+                        // handing them a token about to die.
+                        slot.change_on(turn).pause_refreshing();
+                        asks += 1;
+                        forced_next = force;
+                        tokio::time::sleep(after).await;
+                        continue;
+                    }
+                    Reask::Accept => {
+                        // The upstream vouched for the token at every ask: count it as issued
+                        // now rather than fail callers or spend the login budget on more
+                        // asks. If it does expire sooner, the rejection path logs in again.
+                        tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
+                            "the upstream keeps returning a token gstgate counts as expired: is the upstream's token_lifetime set shorter than the real one?");
+                        Purpose::AcceptReissued
+                    }
                 }
-                Reask::Accept => {
-                    // The upstream vouched for the token at every ask: count it as issued now
-                    // rather than fail callers or spend the login budget on more asks. If it
-                    // does expire sooner, the rejection path logs in again.
-                    tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
-                        "the upstream keeps returning a token gstgate counts as expired: is the upstream's token_lifetime set shorter than the real one?");
-                    return self.record_outcome(
-                        slot,
-                        trigger,
-                        turn,
-                        result,
-                        current,
-                        now,
-                        Purpose::AcceptReissued,
-                    );
-                }
-            }
+            };
+            return self.record_outcome(slot, trigger, turn, result, current, now, purpose);
         }
     }
 

@@ -438,11 +438,9 @@ async fn a_login_that_never_reached_the_upstream_is_given_back() {
 /// The lease the group tests' replicas take for a login.
 const LEASE: Duration = Duration::from_secs(30);
 
-/// Two replicas sharing a store, both cold, asked for a session at once: one login for the
-/// group, and both use its token. Broken by: logging in without the group's lease (two
-/// logins, and NIC's second token can invalidate the first).
-#[tokio::test(start_paused = true)]
-async fn replicas_sharing_a_store_log_in_once_for_the_group() {
+/// Two e-invoice replicas of one credential sharing a memory store, both joined, and the
+/// upstream behind them.
+async fn two_replicas() -> (Arc<Fake>, crate::store::Memory, Rig, Rig) {
     let fake = Fake::new(Api::Einvoice, GRACE);
     let memory = crate::store::Memory::default();
     let (a, b) = (
@@ -451,6 +449,15 @@ async fn replicas_sharing_a_store_log_in_once_for_the_group() {
     );
     a.join(&memory, LEASE).await;
     b.join(&memory, LEASE).await;
+    (fake, memory, a, b)
+}
+
+/// Two replicas sharing a store, both cold, asked for a session at once: one login for the
+/// group, and both use its token. Broken by: logging in without the group's lease (two
+/// logins, and NIC's second token can invalidate the first).
+#[tokio::test(start_paused = true)]
+async fn replicas_sharing_a_store_log_in_once_for_the_group() {
+    let (fake, _memory, a, b) = two_replicas().await;
     let (from_a, from_b) = tokio::join!(session(&a), session(&b));
     let (from_a, from_b) = (from_a.unwrap(), from_b.unwrap());
     assert_eq!(fake.calls().len(), 1, "one login for the group");
@@ -522,14 +529,7 @@ async fn with_the_store_unreachable_a_replica_logs_in_within_its_share() {
 /// Broken by: no rejoin (the other replica logs in too).
 #[tokio::test(start_paused = true)]
 async fn a_session_made_offline_is_offered_to_the_group_when_the_store_is_back() {
-    let fake = Fake::new(Api::Einvoice, GRACE);
-    let memory = crate::store::Memory::default();
-    let (a, b) = (
-        Rig::new(Api::Einvoice, &fake, ""),
-        Rig::new(Api::Einvoice, &fake, ""),
-    );
-    a.join(&memory, LEASE).await;
-    b.join(&memory, LEASE).await;
+    let (fake, memory, a, b) = two_replicas().await;
     memory.set_down(true);
     let offline = session(&a).await.unwrap();
     memory.set_down(false);
