@@ -185,7 +185,7 @@ impl Sessions {
         let poll = (group.lease / 20).clamp(LEASE_POLL_MIN, LEASE_POLL_MAX);
         let mut waited = false;
         loop {
-            let announced = slot.announced.notified();
+            let announced = slot.announcements().notified();
             tokio::pin!(announced);
             announced.as_mut().enable();
             let lease = match store.lease(&name, group.lease).await {
@@ -343,10 +343,10 @@ impl Sessions {
                             // In a task of its own: one slow read must not hold up the rest.
                             me.tasks.clone().spawn_until_shutdown(async move {
                                 me.catch_up(&slot).await;
-                                slot.announced.notify_waiters();
+                                slot.announcements().notify_waiters();
                             });
                         } else {
-                            slot.announced.notify_waiters();
+                            slot.announcements().notify_waiters();
                         }
                     }
                     Event::Reconnected => {
@@ -408,7 +408,7 @@ impl Sessions {
             if slot.view().has_offline_session() {
                 offline.push(slot.clone());
             }
-            slot.announced.notify_waiters();
+            slot.announcements().notify_waiters();
         }
         for slot in offline {
             let flight = Flight::wait(&slot).await;

@@ -21,7 +21,7 @@ impl Flight {
     /// scheduler's refresh, rejoining the group): nothing waits on it to go away.
     pub(super) async fn wait(slot: &Slot) -> Self {
         Self {
-            _held: slot.flight.clone().lock_owned().await,
+            _held: slot.single_flight().await,
         }
     }
 }

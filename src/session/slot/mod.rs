@@ -171,10 +171,10 @@ pub struct Slot {
     /// The slot's state: a `std::sync::Mutex` held for a few field reads or writes and never
     /// across an `.await`, which is cheaper than an async mutex and cannot deadlock a task.
     state: Mutex<SlotState>,
-    /// Held for the whole of a login: the single-flight (see `super::flight`).
-    pub(super) flight: Arc<tokio::sync::Mutex<()>>,
+    /// Held for the whole of a login: the single-flight (see `super::single_flight`).
+    flight: Arc<tokio::sync::Mutex<()>>,
     /// Woken when another replica announces a new revision of this slot's record.
-    pub(super) announced: tokio::sync::Notify,
+    announced: tokio::sync::Notify,
 }
 
 impl Slot {
@@ -217,6 +217,17 @@ impl Slot {
     /// shared store is unreachable.
     pub(super) fn change_on(&self, turn: &impl TurnReach) -> Change<'_> {
         Change::new(self.lock(), turn.reach())
+    }
+
+    /// Waits for the slot's single-flight lock, held until the guard is dropped (only
+    /// `super::single_flight` makes one, into a `Flight`).
+    pub(super) async fn single_flight(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.flight.clone().lock_owned().await
+    }
+
+    /// Woken when another replica announces a new revision of this slot's record.
+    pub(super) fn announcements(&self) -> &tokio::sync::Notify {
+        &self.announced
     }
 
     /// The current session if it is usable now; marks the slot as used.
