@@ -58,7 +58,7 @@ use crate::upstream::Upstream;
 use auth::{AuthEndpoint, HttpAuth};
 pub use group::Group;
 pub use guard::Guard;
-pub use slot::{Credential, Session, Slot, State};
+pub use slot::{Session, Slot, State};
 pub use snapshot::SessionInfo;
 pub use table::Changes;
 
