@@ -479,8 +479,9 @@ async fn a_replica_dead_with_the_lease_delays_the_group_by_at_most_the_lease() {
         .unwrap();
     assert!(dead.is_some());
     let start = Instant::now();
-    session(&b)
+    tokio::time::timeout(3 * LEASE, session(&b))
         .await
+        .expect("the wait for a dead holder's lease ends")
         .expect("a login once the dead lease expired");
     let waited = start.elapsed();
     assert!(
