@@ -473,6 +473,27 @@ fn check_config_refuses_what_serve_would_and_names_the_entry() {
         "{out}"
     );
 
+    // A credential GSTIN whose check character is wrong, on an upstream that enforces it: no
+    // request for it could ever be admitted.
+    let bad_credential = demo.replacen(
+        "gstin = \"27AAPFU0939F1ZV\"",
+        "gstin = \"27AAPFU0939F1ZW\"",
+        1,
+    );
+    let (ok, out) = check_config(&bad_credential, &[]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("credential 27AAPFU0939F1ZW/")
+            && out.contains(".gstin")
+            && out.contains("gstin_checksum"),
+        "{out}"
+    );
+    // The same on upstreams that only warn (a sandbox's sample GSTINs) is accepted.
+    let warned =
+        bad_credential.replace("gstin_checksum = \"enforce\"", "gstin_checksum = \"warn\"");
+    let (ok, out) = check_config(&warned, &[]);
+    assert!(ok, "{out}");
+
     // Two clients with one name (and another key): logs could not tell them apart.
     let twice = format!(
         "{demo}\n[[client]]\nname = \"demo-billing-app\"\napi_key_sha256 = \"{}\"\ngstins = [\"*\"]\n",

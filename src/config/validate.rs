@@ -223,7 +223,7 @@ impl Config {
         for (i, c) in self.credentials.iter().enumerate() {
             let key =
                 |field: &str| format!("{}.{field}", credential_entry(i, &c.gstin, &c.username));
-            Gstin::parse(&c.gstin).map_err(|e| (key("gstin"), e.to_string()))?;
+            let gstin = Gstin::parse(&c.gstin).map_err(|e| (key("gstin"), e.to_string()))?;
             if c.username.is_empty() {
                 return Err((key("username"), "must not be empty".into()));
             }
@@ -246,6 +246,16 @@ impl Config {
             for u in &c.upstreams {
                 if !names.contains(u.as_str()) {
                     return Err((key("upstreams"), format!("no [[upstream]] is named `{u}`")));
+                }
+                let enforced = self
+                    .upstreams
+                    .iter()
+                    .any(|up| up.name == *u && up.gstin_checksum == ChecksumPolicy::Enforce);
+                if let (Err(e), true) = (gstin.verify_checksum(), enforced) {
+                    return Err((
+                        key("gstin"),
+                        format!("{e}; upstream `{u}` enforces the check character (gstin_checksum = \"enforce\"), so no request for this credential can be admitted: correct the GSTIN, or set gstin_checksum = \"warn\" on a sandbox upstream"),
+                    ));
                 }
                 if !identities.insert((u.clone(), c.gstin.to_ascii_uppercase(), c.username.clone()))
                 {
