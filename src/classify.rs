@@ -28,6 +28,8 @@ pub enum Decision {
 /// Whose credential a reply is about, for the errors that name it.
 #[derive(Clone, Copy)]
 pub struct Whose<'a> {
+    /// The upstream the credential logs in to.
+    pub upstream: &'a str,
     /// The taxpayer.
     pub gstin: &'a Gstin,
     /// The API user.
@@ -83,6 +85,7 @@ fn never_relayed(verdict: &Verdict, whose: Whose<'_>, refused: &str) -> Option<G
     let code = verdict.code.clone();
     Some(match verdict.class {
         Class::CredentialsRejected => GatewayError::CredentialsRejected {
+            upstream: whose.upstream.to_owned(),
             gstin: whose.gstin.to_string(),
             username: whose.username.to_owned(),
             upstream_code: code,
@@ -141,6 +144,7 @@ mod tests {
     fn each_class_has_one_meaning_for_data_calls_and_logins() {
         let gstin = Gstin::parse("27AAPFU0939F1ZV").unwrap();
         let whose = Whose {
+            upstream: "einvoice",
             gstin: &gstin,
             username: "u",
         };
@@ -194,6 +198,7 @@ mod tests {
     fn a_reply_that_is_not_json_is_judged_by_its_status() {
         let gstin = Gstin::parse("27AAPFU0939F1ZV").unwrap();
         let whose = Whose {
+            upstream: "einvoice",
             gstin: &gstin,
             username: "u",
         };

@@ -332,6 +332,14 @@ async fn a_wrong_password_is_reported_once_and_never_retried() {
     let body = expect_problem(gw.generate(GSTIN, "W/0").await, 502, "credentials_rejected").await;
     assert_eq!(body["upstream_code"], "1019");
     assert!(!body.to_string().contains("not-the-password"));
+    // The remedy is the admin call to run as it stands, not a template.
+    assert!(
+        body["remedy"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("POST /admin/sessions/einvoice/{GSTIN}/refresh")),
+        "{body}"
+    );
 
     let results = join_all((0..100).map(|i| {
         let gw = &gw;

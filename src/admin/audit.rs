@@ -46,7 +46,7 @@ impl Audit {
         } else {
             "failed"
         };
-        tracing::info!(target: "gstgate::audit", request_id, peer = ?self.peer,
+        tracing::info!(target: "gstgate::audit", request_id, peer = self.peer.map(tracing::field::display),
             method = %self.method, path = %self.path, status = status.as_u16(), code, outcome,
             "admin action");
     }

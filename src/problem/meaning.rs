@@ -154,8 +154,8 @@ impl GatewayError {
             OtpNotApplicable { upstream, gstin } => Cow::Owned(format!(
                 "Sessions on `{upstream}` start with the API user's password, not an OTP: to log in again now, POST /admin/sessions/{upstream}/{gstin}/refresh."
             )),
-            CredentialsRejected { gstin, .. } => Cow::Owned(format!(
-                "Correct the API user's password in the gateway config (or reset it on the e-invoice/GST portal), then POST /admin/sessions/<upstream>/{gstin}/refresh."
+            CredentialsRejected { upstream, gstin, .. } => Cow::Owned(format!(
+                "Correct the API user's password in the gateway config (or reset it on the e-invoice/GST portal), then POST /admin/sessions/{upstream}/{gstin}/refresh."
             )),
             Unauthenticated => "Send your API key in the `x-api-key` header (or `Authorization: Bearer`); ask the gateway operator for one.".into(),
             GstinMissing => "Send the taxpayer's GSTIN in the `gstin` header.".into(),
@@ -421,6 +421,7 @@ mod tests {
             ),
             (
                 CredentialsRejected {
+                    upstream: s(),
                     gstin: s(),
                     username: s(),
                     upstream_code: None,

@@ -194,6 +194,8 @@ pub enum GatewayError {
     /// The upstream refused the taxpayer's username/password; logins are stopped.
     #[error("the upstream rejected the credentials for GSTIN {gstin} user `{username}`; logins are stopped until an operator resets them")]
     CredentialsRejected {
+        /// The upstream that refused them.
+        upstream: String,
         /// The GSTIN.
         gstin: String,
         /// API user.

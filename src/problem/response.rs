@@ -137,6 +137,7 @@ mod tests {
     #[test]
     fn problem_carries_code_status_remedy_and_upstream_code() {
         let e = GatewayError::CredentialsRejected {
+            upstream: "einvoice".into(),
             gstin: "27AAPFU0939F1ZV".into(),
             username: "u".into(),
             upstream_code: Some("1019".into()),

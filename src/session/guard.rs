@@ -267,6 +267,7 @@ fn lockout(l: &StoredLockout, whose: Whose<'_>) -> (State, GatewayError) {
         LockoutKind::CredentialsRejected => (
             State::CredentialsRejected,
             GatewayError::CredentialsRejected {
+                upstream: whose.upstream.to_owned(),
                 gstin: whose.gstin.to_string(),
                 username: whose.username.to_owned(),
                 upstream_code,
@@ -317,6 +318,7 @@ mod tests {
     fn lockout_stops_logins_until_reset() {
         let mut g = Guard::new(10, Duration::from_secs(60));
         let err = GatewayError::CredentialsRejected {
+            upstream: "einvoice".into(),
             gstin: "g".into(),
             username: "u".into(),
             upstream_code: Some("1019".into()),
@@ -382,6 +384,7 @@ mod tests {
         g.lock_out(
             State::CredentialsRejected,
             GatewayError::CredentialsRejected {
+                upstream: "einvoice".into(),
                 gstin: "27AAPFU0939F1ZV".into(),
                 username: "u".into(),
                 upstream_code: Some("2150".into()),
@@ -393,6 +396,7 @@ mod tests {
 
         let gstin = crate::gstin::Gstin::parse("27AAPFU0939F1ZV").unwrap();
         let whose = Whose {
+            upstream: "einvoice",
             gstin: &gstin,
             username: "u",
         };

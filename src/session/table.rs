@@ -161,7 +161,7 @@ fn new_slot(
     c: &CredentialConfig,
     session_lifetime: std::time::Duration,
 ) -> Result<Arc<Slot>, String> {
-    let credential = Credential::new(gstin.clone(), &c.username)
+    let credential = Credential::new(upstream.name.clone(), gstin.clone(), &c.username)
         .ok_or_else(|| "username is not a valid header value".to_owned())?;
     Ok(Arc::new(Slot::new(
         id,

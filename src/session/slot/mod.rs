@@ -111,6 +111,8 @@ impl std::fmt::Debug for Session {
 
 /// A taxpayer user's credential on one upstream.
 pub struct Credential {
+    /// The upstream it logs in to.
+    upstream: Arc<str>,
     /// The taxpayer.
     pub gstin: Gstin,
     /// API user name.
@@ -123,8 +125,9 @@ pub struct Credential {
 impl Credential {
     /// The credential of `username` for `gstin`, with the header values its calls carry;
     /// `None` if the user name cannot be a header value.
-    pub(super) fn new(gstin: Gstin, username: &str) -> Option<Self> {
+    pub(super) fn new(upstream: Arc<str>, gstin: Gstin, username: &str) -> Option<Self> {
         Some(Self {
+            upstream,
             gstin_header: HeaderValue::from_str(gstin.as_str()).ok()?,
             user_header: HeaderValue::from_str(username).ok()?,
             state_header: HeaderValue::from_str(gstin.state_code()).ok()?,
@@ -136,6 +139,7 @@ impl Credential {
     /// Whose credential this is, for the errors that name it.
     pub fn whose(&self) -> Whose<'_> {
         Whose {
+            upstream: &self.upstream,
             gstin: &self.gstin,
             username: &self.username,
         }
