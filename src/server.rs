@@ -54,8 +54,10 @@ pub enum StartError {
     #[error("clients: {0}")]
     Clients(String),
     /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("{setting}: cannot listen on {addr}: {source}{}", in_use_hint(source))]
     Bind {
+        /// The setting that names the address.
+        setting: &'static str,
         /// The address.
         addr: SocketAddr,
         /// The error.
@@ -200,19 +202,26 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
         Some(files) => Some(ServerTls::open(files).map_err(|e| StartError::Tls(Box::new(e)))?),
         None => None,
     };
-    let bind = |addr: SocketAddr| async move {
+    let bind = |setting: &'static str, addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
-            .map_err(|source| StartError::Bind { addr, source })
+            .map_err(|source| StartError::Bind {
+                setting,
+                addr,
+                source,
+            })
     };
-    let proxy_listener = bind(server.listen).await?;
-    let admin_listener = bind(server.admin_listen).await?;
-    let local = |l: &TcpListener, addr| {
-        l.local_addr()
-            .map_err(|source| StartError::Bind { addr, source })
+    let proxy_listener = bind("server.listen", server.listen).await?;
+    let admin_listener = bind("server.admin_listen", server.admin_listen).await?;
+    let local = |l: &TcpListener, setting: &'static str, addr| {
+        l.local_addr().map_err(|source| StartError::Bind {
+            setting,
+            addr,
+            source,
+        })
     };
-    let proxy_addr = local(&proxy_listener, server.listen)?;
-    let admin_addr = local(&admin_listener, server.admin_listen)?;
+    let proxy_addr = local(&proxy_listener, "server.listen", server.listen)?;
+    let admin_addr = local(&admin_listener, "server.admin_listen", server.admin_listen)?;
 
     let (stop_listening, watch_rx) = watch::channel(false);
     let limits = Limits {
@@ -592,5 +601,14 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {}
         _ = term => {}
+    }
+}
+
+/// What to do about an address another process holds: the most common start-up failure.
+fn in_use_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::AddrInUse {
+        " (another process, perhaps an earlier gstgate, is listening there: stop it, or change the setting)"
+    } else {
+        ""
     }
 }

@@ -789,3 +789,45 @@ async fn metrics_carry_the_build_and_the_process() {
     }
     assert!(text.contains("process_cpu_seconds_total"), "{text}");
 }
+
+/// A listen address another process holds: `serve` exits at once, and its error names the
+/// setting and the address, and says what to do.
+#[tokio::test]
+async fn an_address_in_use_is_named_by_its_setting() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap();
+    for (line, setting) in [
+        ("listen = \"127.0.0.1:0\"", "server.listen"),
+        ("admin_listen = \"127.0.0.1:0\"", "server.admin_listen"),
+    ] {
+        let text = gateway_config(&sim.public_key, &sim.url(), &GwOpts::default()).replacen(
+            &format!("\n{line}"),
+            &format!("\n{}\"{addr}\"", &line[..line.find('"').unwrap()]),
+            1,
+        );
+        assert!(text.contains(&addr.to_string()), "{text}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, &text).unwrap();
+        let out = tokio::time::timeout(
+            Duration::from_secs(20),
+            tokio::process::Command::new(BIN)
+                .args(["serve", "--config"])
+                .arg(&path)
+                .env("TEST_CLIENT_SECRET", CLIENT_SECRET)
+                .output(),
+        )
+        .await
+        .expect("serve exits when it cannot listen")
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains(&format!("{setting}: cannot listen on {addr}"))
+                && stderr.contains("another process"),
+            "{stderr}"
+        );
+    }
+    drop(busy);
+}
