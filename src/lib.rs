@@ -20,6 +20,7 @@ pub mod config;
 pub mod crypto;
 pub(crate) mod gstin;
 pub(crate) mod heap;
+pub(crate) mod listener;
 pub mod metrics;
 pub mod path;
 pub mod problem;

@@ -2,10 +2,8 @@
 //! store and resuming its sessions before anything listens), serves the proxy and admin ports,
 //! and shuts down gracefully on SIGTERM/SIGINT, flushing the store last.
 //!
-//! Connections are served by hyper directly (not `axum::serve`) so that the header size limit
-//! and the header-read timeout — the slowloris defences — are ours to set. On a shutdown signal
-//! the listeners are closed at once (new connections are refused), idle keep-alive connections
-//! are closed, and in-flight requests get `shutdown_grace` to finish.
+//! Each listener's connections are served by `crate::listener`; on a shutdown signal the
+//! listeners close at once and in-flight requests get `shutdown_grace` to finish.
 //!
 //! Every task the gateway spawns is on the [`Tasks`] the server owns, so shutdown goes in
 //! order: the listeners drain, then the background loops (certificate watcher, store writer,
@@ -14,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +19,6 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::Request;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt as _;
@@ -31,6 +27,7 @@ use crate::admin::{self, Admin};
 use crate::alerts::{self, Alerts};
 use crate::clients::Clients;
 use crate::config::{Config, StoreBackend, StoreConfig};
+use crate::listener::{serve, Limits};
 use crate::metrics::Metrics;
 use crate::problem::{problem_response, GatewayError};
 use crate::proxy::Proxy;
@@ -394,108 +391,6 @@ async fn start_simulator(
     crate::sim::start(cfg)
         .await
         .map_err(|e| StartError::Simulator(e.to_string()))
-}
-
-#[derive(Clone, Copy)]
-struct Limits {
-    max_header_bytes: usize,
-    header_read_timeout: Duration,
-    grace: Duration,
-}
-
-/// A listener's TLS: the reloadable configuration and which listener it is for.
-type ListenerTls = Option<(Arc<ServerTls>, tls::Listener)>;
-
-/// hyper needs a read buffer of at least this many bytes.
-const MIN_HYPER_BUFFER: usize = 8192;
-
-/// hyper's read buffer, a hard bound on a request head: heads over `max_header_bytes` but
-/// within this buffer reach the handler and get a problem document; only larger ones get
-/// hyper's bare 431 and a closed connection. Twice the limit keeps the memory a slow or
-/// hostile client can pin per connection bounded.
-fn hyper_buffer(max_header_bytes: usize) -> usize {
-    max_header_bytes.saturating_mul(2).max(MIN_HYPER_BUFFER)
-}
-
-async fn serve<F, Fut>(
-    listener: TcpListener,
-    limits: Limits,
-    tls: ListenerTls,
-    mut stop: watch::Receiver<bool>,
-    handler: F,
-) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<http::Response<axum::body::Body>, Infallible>> + Send + 'static,
-{
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(hyper_buffer(limits.max_header_bytes))
-        .keep_alive(true);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    // The listener owns its connections' tasks: ended ones are reaped as they go, and the ones
-    // still running when the grace period is over are aborted with the set.
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of file descriptors and the like: pause instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let handler = handler.clone();
-                let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                    req.extensions_mut().insert(crate::request::Peer(peer));
-                    handler(req)
-                });
-                let watcher = graceful.watcher();
-                let http = http.clone();
-                let acceptor = tls.as_ref().map(|(t, which)| t.acceptor(*which));
-                let handshake_timeout = limits.header_read_timeout;
-                connections.spawn(async move {
-                    let served = match acceptor {
-                        None => watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await,
-                        Some(acceptor) => {
-                            // The handshake runs in the connection's task, bounded like a
-                            // request head, so a slow client holds up no one else.
-                            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                                Ok(Ok(stream)) => stream,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
-                                    return;
-                                }
-                                Err(_) => {
-                                    tracing::debug!(peer = %peer, "TLS handshake timed out");
-                                    return;
-                                }
-                            };
-                            watcher.watch(http.serve_connection(TokioIo::new(stream), service)).await
-                        }
-                    };
-                    if let Err(e) = served {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            _ = stop.changed() => break,
-        }
-    }
-    // Closing the listener is what makes new connections fail at once.
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(limits.grace) => {
-            tracing::warn!("shutdown grace period over; abandoning remaining connections");
-        }
-    }
-    connections.shutdown().await;
 }
 
 /// Runs the gateway until SIGTERM or SIGINT: prints the ready line, then shuts down gracefully.
