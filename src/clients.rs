@@ -20,6 +20,10 @@ pub struct Client {
     /// The digests of its keys: more than one while a key is being rotated.
     digests: Vec<[u8; 32]>,
     gstins: Allowed,
+    /// The client id and secret digest a drop-in caller identifies with.
+    dropin: Option<(String, [u8; 32])>,
+    /// The most drop-in sessions it may hold at once.
+    pub max_dropin_sessions: usize,
 }
 
 #[derive(Debug)]
@@ -83,10 +87,21 @@ impl Clients {
                             .collect::<Result<_, _>>()?,
                     )
                 };
+                let dropin = match (&c.client_id, &c.client_secret_sha256) {
+                    (Some(id), Some(secret)) => Some((
+                        id.clone(),
+                        digest_from_hex(secret).ok_or_else(|| {
+                            format!("client `{}`: client_secret_sha256 is not hex", c.name)
+                        })?,
+                    )),
+                    _ => None,
+                };
                 Ok(Arc::new(Client {
                     name: c.name.as_str().into(),
                     digests,
                     gstins,
+                    dropin,
+                    max_dropin_sessions: c.max_dropin_sessions,
                 }))
             })
             .collect::<Result<_, String>>()?;
@@ -110,6 +125,58 @@ impl Clients {
         }
         found.cloned().ok_or(GatewayError::Unauthenticated)
     }
+}
+
+/// The client-id header names NIC and GSTN clients send, in their three spellings.
+const CLIENT_ID_HEADERS: [&str; 3] = ["client_id", "client-id", "clientid"];
+/// The client-secret header names.
+const CLIENT_SECRET_HEADERS: [&str; 3] = ["client_secret", "client-secret", "clientsecret"];
+
+/// Why a drop-in caller's client headers identify no client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientRefusal {
+    /// No client id header.
+    IdMissing,
+    /// No client secret header.
+    SecretMissing,
+    /// No client has this id and secret.
+    Unknown,
+}
+
+impl Clients {
+    /// Whether a request identifies itself the drop-in way: a client id header and no API key.
+    pub fn is_dropin_caller(headers: &HeaderMap) -> bool {
+        api_key(headers).is_none() && first_value(headers, &CLIENT_ID_HEADERS).is_some()
+    }
+
+    /// Finds the client whose drop-in id and secret the request carries, comparing every
+    /// client's in constant time as [`Clients::authenticate`] does.
+    pub fn identify(&self, headers: &HeaderMap) -> Result<Arc<Client>, ClientRefusal> {
+        let id = first_value(headers, &CLIENT_ID_HEADERS).ok_or(ClientRefusal::IdMissing)?;
+        let secret =
+            first_value(headers, &CLIENT_SECRET_HEADERS).ok_or(ClientRefusal::SecretMissing)?;
+        let id_digest: [u8; 32] = Sha256::digest(id.as_bytes()).into();
+        let digest: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+        let mut found = None;
+        for c in &self.clients {
+            if let Some((their_id, their_secret)) = &c.dropin {
+                let their_id: [u8; 32] = Sha256::digest(their_id.as_bytes()).into();
+                if bool::from(their_id.ct_eq(&id_digest) & their_secret.ct_eq(&digest)) {
+                    found = Some(c);
+                }
+            }
+        }
+        found.cloned().ok_or(ClientRefusal::Unknown)
+    }
+}
+
+/// The first non-empty value of any of `names`.
+fn first_value<'h>(headers: &'h HeaderMap, names: &[&str]) -> Option<&'h str> {
+    names
+        .iter()
+        .filter_map(|n| headers.get(*n)?.to_str().ok())
+        .map(str::trim)
+        .find(|v| !v.is_empty())
 }
 
 /// The caller's API key from `x-api-key`, else from `Authorization: Bearer`.
@@ -136,11 +203,17 @@ mod tests {
                 name: "a".into(),
                 api_key_sha256: vec![hex_sha256(b"key-a"), hex_sha256(b"key-a-next")],
                 gstins: vec!["27AAPFU0939F1ZV".into()],
+                client_id: Some("asp-a".into()),
+                client_secret_sha256: Some(hex_sha256(b"secret-a")),
+                max_dropin_sessions: 10,
             },
             ClientConfig {
                 name: "b".into(),
                 api_key_sha256: vec![hex_sha256(b"key-b")],
                 gstins: vec!["*".into()],
+                client_id: None,
+                client_secret_sha256: None,
+                max_dropin_sessions: 10,
             },
         ])
         .unwrap()
@@ -165,6 +238,39 @@ mod tests {
         h.insert("authorization", "Bearer key-b".parse().unwrap());
         let b = c.authenticate(&h).unwrap();
         assert!(b.allows(&Gstin::parse("27AAACR5055K1Z7").unwrap()));
+    }
+
+    #[test]
+    fn drop_in_callers_identify_by_client_id_and_secret_in_any_spelling() {
+        let c = clients();
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, v.parse().unwrap());
+            }
+            h
+        };
+        for (id, secret) in [
+            ("client_id", "client_secret"),
+            ("client-id", "client-secret"),
+            ("clientid", "client-secret"),
+        ] {
+            let h = with(&[(id, "asp-a"), (secret, "secret-a")]);
+            assert!(Clients::is_dropin_caller(&h));
+            assert_eq!(&*c.identify(&h).unwrap().name, "a");
+        }
+        let wrong = with(&[("client_id", "asp-a"), ("client_secret", "secret-b")]);
+        assert_eq!(c.identify(&wrong).unwrap_err(), ClientRefusal::Unknown);
+        let unknown = with(&[("client_id", "asp-b"), ("client_secret", "secret-a")]);
+        assert_eq!(c.identify(&unknown).unwrap_err(), ClientRefusal::Unknown);
+        let no_secret = with(&[("client_id", "asp-a")]);
+        assert_eq!(
+            c.identify(&no_secret).unwrap_err(),
+            ClientRefusal::SecretMissing
+        );
+        // An API key wins: such a caller is a gstgate caller, not a drop-in one.
+        let both = with(&[("x-api-key", "key-a"), ("client_id", "asp-a")]);
+        assert!(!Clients::is_dropin_caller(&both));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub(crate) mod clients;
 pub(crate) mod clock;
 pub mod config;
 pub mod crypto;
+pub(crate) mod dropin;
 pub(crate) mod gstin;
 pub(crate) mod heap;
 pub(crate) mod listener;

@@ -27,10 +27,11 @@ use crate::admin::{self, Admin};
 use crate::alerts::{self, Alerts};
 use crate::clients::Clients;
 use crate::config::{Config, StoreBackend, StoreConfig};
+use crate::dropin::Dropin;
 use crate::listener::{serve, Limits};
 use crate::metrics::Metrics;
 use crate::problem::{problem_response, GatewayError};
-use crate::proxy::Proxy;
+use crate::proxy::{Limits as ProxyLimits, Proxy};
 use crate::reload::Reloader;
 use crate::session::{Group, Sessions};
 use crate::store::{Loaded, Memory, RedisSettings, Store};
@@ -159,6 +160,8 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
             replicas: config.store.replicas,
         });
     }
+    let dropin = Arc::new(Dropin::new(metrics.clone()));
+    dropin.attach(store.clone(), &tasks);
     store.spawn_writer();
     store.spawn_health(STORE_HEALTH_EVERY);
     registry.register_collector(Box::new(crate::session::gauges::SessionGauges::new(
@@ -174,9 +177,12 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
         upstreams,
         sessions.clone(),
         metrics,
-        server.max_header_bytes,
-        server.max_body_bytes,
-        server.request_timeout,
+        ProxyLimits {
+            max_header_bytes: server.max_header_bytes,
+            max_body_bytes: server.max_body_bytes,
+            request_timeout: server.request_timeout,
+        },
+        dropin.clone(),
     ));
     let reloader = Arc::new(Reloader::new(
         path,

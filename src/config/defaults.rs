@@ -98,3 +98,7 @@ pub(super) fn default_login_window() -> Duration {
 pub(super) fn default_idle_ttl() -> Duration {
     Duration::from_secs(7 * 24 * 60 * 60)
 }
+
+pub(super) fn default_max_dropin_sessions() -> usize {
+    1000
+}

@@ -45,9 +45,10 @@ pub use validate::{check_otp_warning, check_webhook_url};
 use defaults::{
     default_admin_listen, default_checksum, default_connect_timeout, default_encryption,
     default_header_timeout, default_idle_ttl, default_ip_usr, default_key_prefix, default_lease,
-    default_listen, default_login_window, default_max_body, default_max_header, default_max_logins,
-    default_max_response, default_refresh_before, default_replicas, default_request_timeout,
-    default_shutdown_grace, default_token_lifetime, default_upstream_timeout, empty_secret,
+    default_listen, default_login_window, default_max_body, default_max_dropin_sessions,
+    default_max_header, default_max_logins, default_max_response, default_refresh_before,
+    default_replicas, default_request_timeout, default_shutdown_grace, default_token_lifetime,
+    default_upstream_timeout, empty_secret,
 };
 use env::{
     env_duration, env_duration_opt, env_map, env_map_plain, env_one_or_many, env_parse,
@@ -385,6 +386,10 @@ pub struct UpstreamConfig {
     /// headers); every other caller header is dropped.
     #[serde(default, deserialize_with = "env_vec")]
     pub forward_headers: Vec<String>,
+    /// gstgate's own RSA private key (PKCS#8 PEM, `gstgate keygen`): with it, unmodified
+    /// NIC/GSTN clients log in to gstgate with its public half and get drop-in sessions.
+    #[serde(default, deserialize_with = "env_path_opt")]
+    pub dropin_private_key: Option<PathBuf>,
 }
 
 /// `[[credential]]`: one taxpayer user's API login.
@@ -431,9 +436,19 @@ pub struct ClientConfig {
     #[serde(deserialize_with = "env_parse")]
     pub name: String,
     /// Hex SHA-256 of the client's API key (`gstgate hash-key`); a list of them while a key
-    /// is being rotated, each of which is accepted.
-    #[serde(deserialize_with = "env_one_or_many")]
+    /// is being rotated, each of which is accepted. May be left out by a client that only
+    /// logs in drop-in (`client_id` and `client_secret_sha256`).
+    #[serde(default, deserialize_with = "env_one_or_many")]
     pub api_key_sha256: Vec<String>,
+    /// The client id a drop-in client sends in the API's own client-id header.
+    #[serde(default, deserialize_with = "env_string_opt")]
+    pub client_id: Option<String>,
+    /// Hex SHA-256 of the client secret a drop-in client sends (`gstgate hash-key`).
+    #[serde(default, deserialize_with = "env_string_opt")]
+    pub client_secret_sha256: Option<String>,
+    /// The most drop-in sessions this client may hold at once, over all upstreams.
+    #[serde(default = "default_max_dropin_sessions")]
+    pub max_dropin_sessions: usize,
     /// GSTINs this client may act for; `"*"` for all.
     #[serde(deserialize_with = "env_vec")]
     pub gstins: Vec<String>,

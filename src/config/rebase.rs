@@ -31,8 +31,11 @@ impl Config {
         }
         for u in &mut self.upstreams {
             under(&mut u.public_key);
-            if let Some(ca) = &mut u.ca_file {
-                under(ca);
+            for p in [&mut u.ca_file, &mut u.dropin_private_key]
+                .into_iter()
+                .flatten()
+            {
+                under(p);
             }
         }
         if let Some(sim) = &mut self.simulator {

@@ -271,6 +271,7 @@ impl Config {
         }
         let mut digests = HashSet::new();
         let mut client_names = HashSet::new();
+        let mut client_ids = HashSet::new();
         for (i, c) in self.clients.iter().enumerate() {
             let key = |field: &str| format!("{}.{field}", client_entry(i, &c.name));
             if c.name.is_empty() {
@@ -283,11 +284,49 @@ impl Config {
                         .into(),
                 ));
             }
-            if c.api_key_sha256.is_empty() {
+            if c.api_key_sha256.is_empty() && c.client_id.is_none() {
                 return Err((
                     key("api_key_sha256"),
-                    "give at least one key digest (run `gstgate hash-key`)".into(),
+                    "give at least one key digest (run `gstgate hash-key`), or a drop-in `client_id` and `client_secret_sha256`".into(),
                 ));
+            }
+            match (&c.client_id, &c.client_secret_sha256) {
+                (Some(id), Some(secret)) => {
+                    if id.trim().is_empty() || id.len() > 128 || id.chars().any(char::is_control) {
+                        return Err((
+                            key("client_id"),
+                            "must be 1 to 128 printable characters".into(),
+                        ));
+                    }
+                    if !client_ids.insert(id.as_str()) {
+                        return Err((
+                            key("client_id"),
+                            "two clients have this client_id: a drop-in login could not tell them apart".into(),
+                        ));
+                    }
+                    if secret.len() != 64 || !secret.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err((
+                            key("client_secret_sha256"),
+                            "must be 64 hex digits (run `gstgate hash-key` on the secret)".into(),
+                        ));
+                    }
+                }
+                (Some(_), None) => {
+                    return Err((
+                        key("client_secret_sha256"),
+                        "a client_id needs the digest of its secret (run `gstgate hash-key` on the secret)".into(),
+                    ))
+                }
+                (None, Some(_)) => {
+                    return Err((
+                        key("client_id"),
+                        "client_secret_sha256 is the secret of a client_id: set both".into(),
+                    ))
+                }
+                (None, None) => {}
+            }
+            if c.max_dropin_sessions == 0 {
+                return Err((key("max_dropin_sessions"), "must be at least 1".into()));
             }
             for d in &c.api_key_sha256 {
                 if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -89,6 +89,15 @@ pub struct AlertLabels {
 }
 
 /// `op` + `result` of a session store operation.
+/// Labels of the drop-in sessions gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropinLabels {
+    /// The upstream.
+    pub upstream: Name,
+    /// The client's name.
+    pub client: Name,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreLabels {
     /// `load` (records read at start-up or after Redis came back), `write`, `delete`, and for
@@ -122,6 +131,10 @@ pub struct Metrics {
     pub store_pending: Gauge<i64, AtomicI64>,
     /// `gstgate_store_up`.
     pub store_up: Gauge<i64, AtomicI64>,
+    /// Live drop-in sessions, by upstream and client.
+    pub dropin_sessions: Family<DropinLabels, Gauge<i64, AtomicI64>>,
+    /// Drop-in logins answered, by upstream and result.
+    pub dropin_logins: Family<ResultLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -145,6 +158,8 @@ impl Metrics {
             store_operations: Family::default(),
             store_pending: Gauge::default(),
             store_up: Gauge::default(),
+            dropin_sessions: Family::default(),
+            dropin_logins: Family::default(),
         };
         let mut r = Registry::default();
         r.register(
@@ -201,6 +216,16 @@ impl Metrics {
             "gstgate_store_up",
             "1 while the session store answers (always for the embedded and memory stores), 0 while the shared store is unreachable",
             m.store_up.clone(),
+        );
+        r.register(
+            "gstgate_dropin_sessions",
+            "Live drop-in sessions gstgate issued to unmodified NIC/GSTN clients, by upstream and client",
+            m.dropin_sessions.clone(),
+        );
+        r.register(
+            "gstgate_dropin_logins",
+            "Drop-in logins to gstgate's auth path, by upstream and result",
+            m.dropin_logins.clone(),
         );
         r.register(
             "gstgate_build",

@@ -16,7 +16,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         use GatewayError::*;
         match self {
-            Unauthenticated | AdminUnauthenticated | MonitoringUnauthenticated => {
+            Unauthenticated | ClientRejected | AdminUnauthenticated | MonitoringUnauthenticated => {
                 StatusCode::UNAUTHORIZED
             }
             GstinMissing
@@ -38,7 +38,9 @@ impl GatewayError {
             RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             BodyTooLarge(_) | AdminBodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            LoginThrottled { .. } | UpstreamThrottled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            LoginThrottled { .. } | UpstreamThrottled { .. } | DropinSessionsExhausted { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             CredentialsRejected { .. }
             | UpstreamConfigRejected { .. }
             | LoginBackoff { .. }
@@ -59,7 +61,10 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         use GatewayError::*;
         match self {
-            Unauthenticated | AdminUnauthenticated | MonitoringUnauthenticated => "unauthenticated",
+            Unauthenticated | ClientRejected | AdminUnauthenticated | MonitoringUnauthenticated => {
+                "unauthenticated"
+            }
+            DropinSessionsExhausted { .. } => "dropin_sessions_exhausted",
             GstinMissing => "gstin_missing",
             GstinInvalid(_) => "gstin_invalid",
             GstinNotAllowed(_) => "gstin_not_allowed",
@@ -103,7 +108,10 @@ impl GatewayError {
     pub(super) fn title(&self) -> &'static str {
         use GatewayError::*;
         match self {
-            Unauthenticated | AdminUnauthenticated | MonitoringUnauthenticated => "Unauthenticated",
+            Unauthenticated | ClientRejected | AdminUnauthenticated | MonitoringUnauthenticated => {
+                "Unauthenticated"
+            }
+            DropinSessionsExhausted { .. } => "Drop-in sessions exhausted",
             GstinMissing => "GSTIN header missing",
             GstinInvalid(_) => "Invalid GSTIN",
             GstinNotAllowed(_) => "GSTIN not allowed",
@@ -169,6 +177,8 @@ impl GatewayError {
             PathInvalid(_) => "Send the GST API path as documented, without `.` or `..` segments, `//`, backslashes or percent-encoded slashes; letters, digits, `-`, `_` and `.` make up every segment.".into(),
             RouteNotFound(_) => "Use a path of the GST API this gateway fronts (e.g. /eicore/v1.03/Invoice); check the base URL.".into(),
             BodyTooLarge(_) => "Send a smaller body, or ask the operator to raise `server.max_body_bytes`.".into(),
+            ClientRejected => "Send the client id and secret the gateway operator configured for your client (`client_id`, `client_secret_sha256` in its [[client]] table) in the API's own client-id and client-secret headers.".into(),
+            DropinSessionsExhausted { .. } => "Log in again with the same user instead of opening new sessions (a repeat login returns the live token), or ask the operator to raise the client's `max_dropin_sessions`.".into(),
             AdminUnauthenticated => "Send `Authorization: Bearer <server.admin_token>`; without an `admin_token` in the config the /admin API is off.".into(),
             MonitoringUnauthenticated => "Send `Authorization: Bearer <server.monitoring_token>` (the admin token works too); in a browser, give the token as the password at the login prompt.".into(),
             AdminRouteNotFound(_) => ADMIN_ENDPOINTS.into(),
@@ -219,6 +229,7 @@ impl GatewayError {
         use GatewayError::*;
         match self {
             Unauthenticated
+            | ClientRejected
             | GstinMissing
             | GstinInvalid(_)
             | GstinMismatch(_)
@@ -245,6 +256,7 @@ impl GatewayError {
             | OtpInvalid { .. } => Origin::Caller,
             LoginThrottled { .. }
             | LoginBackoff { .. }
+            | DropinSessionsExhausted { .. }
             | OtpRequired { .. }
             | NotReady(_)
             | Internal(_) => Origin::Gateway,
@@ -271,6 +283,7 @@ impl GatewayError {
         match self {
             // The caller must change the request, or the operator grant it something.
             Unauthenticated
+            | ClientRejected
             | GstinMissing
             | GstinInvalid(_)
             | GstinMismatch(_)
@@ -301,6 +314,7 @@ impl GatewayError {
             | ApiAccessDisabled { .. } => false,
             // A slow link, a limit that lifts, sessions that expire, an upstream that recovers.
             RequestTimeout(_)
+            | DropinSessionsExhausted { .. }
             | LoginThrottled { .. }
             | LoginBackoff { .. }
             | TokenRejected { .. }
@@ -349,6 +363,15 @@ mod tests {
         let s = || String::from("x");
         vec![
             (Unauthenticated, Caller, false),
+            (ClientRejected, Caller, false),
+            (
+                DropinSessionsExhausted {
+                    client: s(),
+                    max: 1,
+                },
+                Gateway,
+                true,
+            ),
             (GstinMissing, Caller, false),
             (GstinInvalid(s()), Caller, false),
             (GstinMismatch(s()), Caller, false),
@@ -506,6 +529,8 @@ mod tests {
         use GatewayError::*;
         match e {
             Unauthenticated => "Unauthenticated",
+            ClientRejected => "ClientRejected",
+            DropinSessionsExhausted { .. } => "DropinSessionsExhausted",
             GstinMissing => "GstinMissing",
             GstinInvalid(_) => "GstinInvalid",
             GstinMismatch(_) => "GstinMismatch",
@@ -555,8 +580,8 @@ mod tests {
         let table = table();
         let names: std::collections::BTreeSet<_> = table.iter().map(|(e, ..)| variant(e)).collect();
         assert_eq!(names.len(), table.len(), "a variant is listed twice");
-        // The exhaustive `variant` names 42 variants; the table must hold each of them.
-        assert_eq!(names.len(), 42, "a variant is missing from the table");
+        // The exhaustive `variant` names 44 variants; the table must hold each of them.
+        assert_eq!(names.len(), 44, "a variant is missing from the table");
         for (e, origin, retryable) in &table {
             assert_eq!(e.origin(), *origin, "origin of {}", variant(e));
             assert_eq!(e.retryable(), *retryable, "retryable of {}", variant(e));

@@ -97,6 +97,17 @@ pub enum GatewayError {
     /// No API key, or one no client has.
     #[error("missing or unknown API key")]
     Unauthenticated,
+    /// A drop-in caller's client id or secret is missing or unknown (no API code for it).
+    #[error("missing or unknown client id or client secret")]
+    ClientRejected,
+    /// A drop-in client holds as many drop-in sessions as it may.
+    #[error("client `{client}` already holds its {max} drop-in sessions")]
+    DropinSessionsExhausted {
+        /// The client's name.
+        client: String,
+        /// Its `max_dropin_sessions`.
+        max: usize,
+    },
     /// No `gstin` header.
     #[error("the `gstin` header is required")]
     GstinMissing,

@@ -9,7 +9,7 @@ use http::{header, HeaderMap, Method};
 use http_body_util::BodyExt;
 
 use super::{Outcome, Proxy};
-use crate::clients::Client;
+use crate::clients::{Client, Clients};
 use crate::config::ChecksumPolicy;
 use crate::gstin::Gstin;
 use crate::path::CallerPath;
@@ -17,6 +17,20 @@ use crate::problem::GatewayError;
 use crate::request::head_len;
 use crate::session::Slot;
 use crate::upstream::Upstream;
+
+/// How a request was admitted.
+pub(super) enum Admission<'p> {
+    /// A gstgate caller, by its API key.
+    Caller(Admitted<'p>),
+    /// A drop-in caller (a client id header, no API key) of an upstream with drop-in on: who
+    /// it is depends on its login or its token, checked in `super::dropin`.
+    Dropin {
+        /// The upstream its path routes to.
+        upstream: &'p Arc<Upstream>,
+        /// Its validated path and query.
+        path: CallerPath,
+    },
+}
 
 /// An admitted request: where it goes and for whom.
 pub(super) struct Admitted<'p> {
@@ -31,17 +45,24 @@ pub(super) struct Admitted<'p> {
 impl Proxy {
     /// Admits a request's head: size, caller key, method, body coding, path, route and
     /// identity, in that order, so a caller without a valid key learns nothing about routes
-    /// or taxpayers.
+    /// or taxpayers. A drop-in caller is routed before it is identified: its API's own
+    /// refusal codes depend on the route, and routes are the API's public paths.
     pub(super) fn admit(
         &self,
         parts: &Parts,
         outcome: &mut Outcome,
-    ) -> Result<Admitted<'_>, GatewayError> {
+    ) -> Result<Admission<'_>, GatewayError> {
         if head_len(&parts.method, &parts.uri, &parts.headers) > self.max_header_bytes {
             return Err(GatewayError::HeadersTooLarge(self.max_header_bytes));
         }
-        let client = self.clients().authenticate(&parts.headers)?;
-        outcome.client = Some(client.name.clone());
+        let dropin = self.dropin_on && Clients::is_dropin_caller(&parts.headers);
+        let client = if dropin {
+            None
+        } else {
+            let client = self.clients().authenticate(&parts.headers)?;
+            outcome.client = Some(client.name.clone());
+            Some(client)
+        };
         if !matches!(
             parts.method,
             Method::GET | Method::POST | Method::PUT | Method::DELETE
@@ -54,15 +75,21 @@ impl Proxy {
         let path = CallerPath::parse(parts.uri.path(), parts.uri.query())?;
         let upstream = self.route(&path)?;
         outcome.upstream = Some(upstream.name.clone());
+        let Some(client) = client else {
+            if upstream.dropin_key.is_none() {
+                return Err(GatewayError::Unauthenticated);
+            }
+            return Ok(Admission::Dropin { upstream, path });
+        };
         let slot = self.identity(&client, upstream, &parts.headers, outcome)?;
         upstream
             .profile
             .check_request(&path, &slot.credential.gstin)?;
-        Ok(Admitted {
+        Ok(Admission::Caller(Admitted {
             upstream,
             slot,
             path,
-        })
+        }))
     }
 
     /// Route: the upstream whose longest route prefix matches the validated path.

@@ -8,6 +8,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use super::Outcome;
 use crate::config::Encryption;
+use crate::dropin::DropinSession;
 use crate::path::CallerPath;
 use crate::problem::GatewayError;
 use crate::session::{Session, Slot};
@@ -27,8 +28,11 @@ pub(super) struct Call<'a> {
     pub(super) method: &'a Method,
     /// The validated path and query.
     pub(super) path: &'a CallerPath,
-    /// The caller's body, buffered so that it can be sent twice.
+    /// The caller's body, buffered so that it can be sent twice (a drop-in caller's,
+    /// opened).
     pub(super) body: &'a Bytes,
+    /// The drop-in session of a drop-in caller: its reply is sealed with its SEK.
+    pub(super) dropin: Option<&'a DropinSession>,
 }
 
 /// The upstream's answer to one attempt.
@@ -42,6 +46,16 @@ pub(super) struct Sent {
 }
 
 impl Call<'_> {
+    /// Who encrypts the payloads to the upstream: gstgate, always, for a drop-in caller (its
+    /// payloads arrive opened); else as the upstream is configured.
+    pub(super) fn encryption(&self) -> Encryption {
+        if self.dropin.is_some() {
+            Encryption::Gateway
+        } else {
+            self.upstream.encryption
+        }
+    }
+
     /// Builds the request with `session` (the token and SEK may differ between attempts) and
     /// sends it.
     pub(super) async fn exchange(
@@ -49,15 +63,7 @@ impl Call<'_> {
         session: &Session,
         outcome: &mut Outcome,
     ) -> Result<Sent, GatewayError> {
-        let (headers, wire) = build(
-            self.upstream,
-            self.slot,
-            session,
-            self.caller,
-            self.request_id,
-            self.method,
-            self.body,
-        )?;
+        let (headers, wire) = self.build(session)?;
         let (status, headers, body) = self
             .upstream
             .send(self.method.clone(), self.path, headers, wire)
@@ -80,32 +86,28 @@ impl Sent {
     }
 }
 
-/// Phase 4, build: the body, encrypted with this session's SEK in gateway mode, and the
-/// headers for this attempt (the session may have changed).
-fn build(
-    upstream: &Upstream,
-    slot: &Slot,
-    session: &Session,
-    caller: &HeaderMap,
-    request_id: Option<&HeaderValue>,
-    method: &Method,
-    body: &Bytes,
-) -> Result<(HeaderMap, Bytes), GatewayError> {
-    let wire = match upstream.encryption {
-        Encryption::Gateway => Bytes::from(upstream.profile.encode_request(
-            method,
-            body,
-            &session.sek,
-        )?),
-        Encryption::Passthrough => body.clone(),
-    };
-    let gstgate_wrote_body = upstream.encryption == Encryption::Gateway && !wire.is_empty();
-    let headers = upstream.data_call_headers(
-        &slot.header_context(),
-        &session.token,
-        caller,
-        request_id,
-        gstgate_wrote_body,
-    );
-    Ok((headers, wire))
+impl Call<'_> {
+    /// Phase 4, build: the body, encrypted with this session's SEK in gateway mode, and the
+    /// headers for this attempt (the session may have changed).
+    fn build(&self, session: &Session) -> Result<(HeaderMap, Bytes), GatewayError> {
+        let encryption = self.encryption();
+        let upstream = self.upstream;
+        let wire = match encryption {
+            Encryption::Gateway => Bytes::from(upstream.profile.encode_request(
+                self.method,
+                self.body,
+                &session.sek,
+            )?),
+            Encryption::Passthrough => self.body.clone(),
+        };
+        let gstgate_wrote_body = encryption == Encryption::Gateway && !wire.is_empty();
+        let headers = upstream.data_call_headers(
+            &self.slot.header_context(),
+            &session.token,
+            self.caller,
+            self.request_id,
+            gstgate_wrote_body,
+        );
+        Ok((headers, wire))
+    }
 }

@@ -20,6 +20,7 @@
 
 mod admit;
 mod call;
+mod dropin;
 mod respond;
 
 use std::convert::Infallible;
@@ -33,6 +34,7 @@ use http::{header, HeaderValue, Request, Response};
 
 use crate::classify::{self, Decision};
 use crate::clients::Clients;
+use crate::dropin::Dropin;
 use crate::gstin::Gstin;
 use crate::metrics::{status_class, Metrics, RequestLabels, ResultLabels, UpstreamLabel};
 use crate::problem::{chain, problem_response, ErrorCode, GatewayError, Origin};
@@ -40,7 +42,7 @@ use crate::request::{loggable_path, request_id, REQUEST_ID};
 use crate::session::{Invalidation, Session, Sessions, Trigger};
 use crate::upstream::Upstream;
 
-use admit::Admitted;
+use admit::{Admission, Admitted};
 use call::Call;
 
 /// The proxy listener's state.
@@ -54,6 +56,21 @@ pub struct Proxy {
     max_body_bytes: usize,
     request_timeout: Duration,
     no_route: Arc<str>,
+    /// The drop-in sessions.
+    dropin: Arc<Dropin>,
+    /// Whether any upstream has drop-in on: without one, no request is taken for a drop-in
+    /// caller's.
+    dropin_on: bool,
+}
+
+/// The proxy's limits on a request, from `[server]`.
+pub struct Limits {
+    /// The most bytes of request line and headers.
+    pub max_header_bytes: usize,
+    /// The most bytes of body.
+    pub max_body_bytes: usize,
+    /// The most time for the whole request.
+    pub request_timeout: Duration,
 }
 
 /// What the access log line reports about a request.
@@ -86,18 +103,20 @@ impl Proxy {
         upstreams: Vec<Arc<Upstream>>,
         sessions: Arc<Sessions>,
         metrics: Arc<Metrics>,
-        max_header_bytes: usize,
-        max_body_bytes: usize,
-        request_timeout: Duration,
+        limits: Limits,
+        dropin: Arc<Dropin>,
     ) -> Self {
+        let dropin_on = upstreams.iter().any(|u| u.dropin_key.is_some());
         Self {
+            dropin,
+            dropin_on,
             clients: RwLock::new(Arc::new(clients)),
             upstreams,
             sessions,
             metrics,
-            max_header_bytes,
-            max_body_bytes,
-            request_timeout,
+            max_header_bytes: limits.max_header_bytes,
+            max_body_bytes: limits.max_body_bytes,
+            request_timeout: limits.request_timeout,
             no_route: "none".into(),
         }
     }
@@ -228,7 +247,14 @@ impl Proxy {
             upstream,
             slot,
             path,
-        } = self.admit(&parts, outcome)?;
+        } = match self.admit(&parts, outcome)? {
+            Admission::Caller(admitted) => admitted,
+            Admission::Dropin { upstream, path } => {
+                return self
+                    .process_dropin(&parts, body, upstream, path, request_id, outcome)
+                    .await
+            }
+        };
         let body = self.read_body(&parts.headers, body).await?;
         outcome.body_read = true;
         let session = self.sessions.session(&slot, Trigger::Cold).await?;
@@ -243,15 +269,27 @@ impl Proxy {
             method: &parts.method,
             path: &path,
             body: &body,
+            dropin: None,
         };
-        let sent = call.exchange(&session, outcome).await?;
-        let reply = sent.read(upstream, outcome);
-        match classify::reply(sent.status, &reply, slot.credential.whose()) {
-            Decision::Respond => respond::respond(upstream, &session, &sent, reply),
+        self.forward(&call, &session, outcome).await
+    }
+
+    /// Phases 4 to 7 of a call whose session is in hand: build, send, classify, and respond
+    /// or replay once.
+    async fn forward(
+        &self,
+        call: &Call<'_>,
+        session: &Session,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, GatewayError> {
+        let sent = call.exchange(session, outcome).await?;
+        let reply = sent.read(call.upstream, outcome);
+        match classify::reply(sent.status, &reply, call.slot.credential.whose()) {
+            Decision::Respond => respond::respond(call, session, &sent, reply),
             Decision::Fail(err) => Err(err),
             Decision::Replay => {
                 let code = reply.verdict.code;
-                self.replay(&call, &session, code, outcome).await
+                self.replay(call, session, code, outcome).await
             }
         }
     }
@@ -297,7 +335,7 @@ impl Proxy {
             }
             Decision::Respond => {
                 self.count_replay(upstream, "recovered");
-                respond::respond(upstream, &session, &sent, reply)
+                respond::respond(call, &session, &sent, reply)
             }
         }
     }

@@ -4,7 +4,7 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use super::call::Sent;
+use super::call::{Call, Sent};
 use crate::config::Encryption;
 use crate::problem::GatewayError;
 use crate::session::{Session, Slot};
@@ -30,14 +30,25 @@ const DROPPED_REPLY_HEADERS: &[&str] = &[
 /// The reply classify decided to relay: decrypted in gateway mode when it succeeded, passed
 /// through as it came otherwise.
 pub(super) fn respond(
-    upstream: &Upstream,
+    call: &Call<'_>,
     session: &Session,
     sent: &Sent,
     reply: Reply<'_>,
 ) -> Result<Response<Body>, GatewayError> {
+    let upstream = call.upstream;
     let success = reply.verdict.class == Class::Success;
-    let body = if success && upstream.encryption == Encryption::Gateway {
-        Bytes::from(upstream.profile.decode_reply(reply, &session.sek)?)
+    let gateway = call.encryption() == Encryption::Gateway;
+    let body = if success && gateway {
+        let plain = upstream.profile.decode_reply(reply, &session.sek)?;
+        match call.dropin {
+            // Sealed again for the drop-in caller, under its own SEK, as the API seals it.
+            Some(dropin) => Bytes::from(upstream.profile.dropin().seal_reply(
+                call.method,
+                &plain,
+                &dropin.sek,
+            )),
+            None => Bytes::from(plain),
+        }
     } else {
         sent.body.clone()
     };
@@ -51,13 +62,23 @@ pub(super) fn respond(
             headers.append(name.clone(), value.clone());
         }
     }
-    if upstream.encryption == Encryption::Gateway {
+    if gateway {
         headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
     }
     Ok(res)
+}
+
+/// A JSON body gstgate answers with itself, as the API would (drop-in logins and refusals).
+pub(super) fn api_answer(body: Vec<u8>) -> Response<Body> {
+    let mut res = Response::new(Body::from(body));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
 }
 
 /// gstgate's own answer to a caller's call of the upstream's login path: a success that

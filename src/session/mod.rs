@@ -47,6 +47,8 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
+
 use crate::config::CredentialConfig;
 use crate::gstin::Gstin;
 use crate::metrics::Metrics;
@@ -315,6 +317,18 @@ impl Sessions {
             me.operator_login(&slot, &flight).await
         })
         .await
+    }
+
+    /// Whether `given` is the password of the slot's credential (a drop-in client's login),
+    /// compared as SHA-256 digests in constant time, so that neither the time taken nor an
+    /// early exit says how much of it was right.
+    pub fn password_matches(&self, slot: &Slot, given: &SecretString) -> bool {
+        use sha2::{Digest, Sha256};
+        use subtle::ConstantTimeEq;
+        let ours: [u8; 32] =
+            Sha256::digest(slot.view().password().expose_secret().as_bytes()).into();
+        let theirs: [u8; 32] = Sha256::digest(given.expose_secret().as_bytes()).into();
+        bool::from(ours.ct_eq(&theirs))
     }
 
     /// The metrics handle.

@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use tokio::sync::Notify;
+use zeroize::Zeroizing;
 
 use crate::metrics::{Metrics, StoreLabels};
 use crate::tasks::Tasks;
@@ -108,11 +109,32 @@ pub struct RedisSettings<'a> {
     pub prefix: &'a str,
 }
 
+/// The names of drop-in session records start with this; every other record is a slot's.
+pub const DROPIN_PREFIX: &str = "dropin:";
+
+/// A record's new contents.
+#[derive(Clone)]
+enum Entry {
+    /// A slot's state.
+    Session(Box<Record>),
+    /// A drop-in session, encoded by its owner (`crate::dropin`).
+    Dropin(Arc<Zeroizing<Vec<u8>>>),
+}
+
+impl Entry {
+    fn encode(&self) -> Zeroizing<Vec<u8>> {
+        match self {
+            Entry::Session(record) => record.encode(),
+            Entry::Dropin(bytes) => Zeroizing::new(bytes.to_vec()),
+        }
+    }
+}
+
 /// Changes not yet in the store.
 #[derive(Default)]
 struct Pending {
-    /// Queued: record name → new record, or `None` to delete it.
-    changes: HashMap<Arc<str>, Option<Record>>,
+    /// Queued: record name → new contents, or `None` to delete it.
+    changes: HashMap<Arc<str>, Option<Entry>>,
     /// Taken by the commit under way.
     committing: usize,
 }
@@ -133,6 +155,8 @@ pub struct Store {
     committing: tokio::sync::Mutex<()>,
     /// The gateway's tasks, where the store's own (writer, health check, subscription) run.
     tasks: Tasks,
+    /// The drop-in records read when the store was opened, opened, until taken.
+    dropins_at_open: Mutex<Vec<(String, Zeroizing<Vec<u8>>)>>,
 }
 
 /// The record name of a slot. Upstream names and GSTINs contain no `:`, so the name is
@@ -171,7 +195,7 @@ impl Store {
             metrics,
             tasks,
         );
-        let loaded = store.open_rows(rows);
+        let loaded = store.open_rows(rows, true);
         store.set_up_gauge();
         tracing::info!(store = %store.place, records = loaded.len(), "session store opened");
         Ok((store, loaded))
@@ -201,7 +225,7 @@ impl Store {
             tasks,
         );
         let loaded = match store.records.scan().await {
-            Ok(rows) => store.open_rows(rows),
+            Ok(rows) => store.open_rows(rows, true),
             Err(e) => {
                 count(&store.metrics, "load", "error");
                 tracing::error!(store = %store.place, error = %e,
@@ -255,18 +279,77 @@ impl Store {
             wake: Notify::new(),
             committing: tokio::sync::Mutex::new(()),
             tasks,
+            dropins_at_open: Mutex::new(Vec::new()),
         })
     }
 
-    /// Opens sealed rows; a row that does not open is skipped with a warning.
-    fn open_rows(&self, rows: Vec<(String, Vec<u8>)>) -> HashMap<String, Loaded> {
+    /// Opens sealed rows; a row that does not open is skipped with a warning. The drop-in
+    /// records among them are kept for `take_dropins_at_open` when `at_open`.
+    fn open_rows(&self, rows: Vec<(String, Vec<u8>)>, at_open: bool) -> HashMap<String, Loaded> {
         let mut loaded = HashMap::new();
+        let mut dropins = Vec::new();
         for (name, sealed) in rows {
+            if name.starts_with(DROPIN_PREFIX) {
+                if at_open {
+                    dropins.extend(self.open_dropin(&name, &sealed).map(|plain| (name, plain)));
+                }
+                continue;
+            }
             if let Some(l) = self.open_row(&name, &sealed, "load") {
                 loaded.insert(name, l);
             }
         }
+        if at_open {
+            *self
+                .dropins_at_open
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = dropins;
+        }
         loaded
+    }
+
+    /// Opens a drop-in record; `None` (with a warning) if it does not open.
+    fn open_dropin(&self, name: &str, sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        match self.sealer.open(name.as_bytes(), sealed) {
+            Ok((plain, _)) => Some(plain),
+            Err(e) => {
+                tracing::warn!(store = %self.place, reason = %e,
+                    "skipping a stored drop-in session that does not open; its client logs in again");
+                None
+            }
+        }
+    }
+
+    /// The drop-in records the store held when it was opened (once; later calls get none).
+    pub fn take_dropins_at_open(&self) -> Vec<(String, Zeroizing<Vec<u8>>)> {
+        std::mem::take(
+            &mut *self
+                .dropins_at_open
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+    }
+
+    /// Reads one drop-in record afresh (another replica may have written it).
+    pub async fn fetch_dropin(&self, name: &str) -> Option<Zeroizing<Vec<u8>>> {
+        let got = self.records.get(name).await;
+        let bytes = match self.coordination {
+            Some(_) => self.outcome("get", got),
+            None => got,
+        };
+        match bytes {
+            Ok(Some(sealed)) => self.open_dropin(name, &sealed),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(store = %self.place, error = %e, "cannot read a drop-in session");
+                None
+            }
+        }
+    }
+
+    /// Queues a drop-in record's new contents; never waits.
+    pub fn put_dropin(&self, name: &Arc<str>, encoded: Zeroizing<Vec<u8>>) {
+        self.queue(name.clone(), Some(Entry::Dropin(Arc::new(encoded))));
     }
 
     fn open_row(&self, name: &str, sealed: &[u8], op: &'static str) -> Option<Loaded> {
@@ -335,7 +418,7 @@ impl Store {
             return Ok(HashMap::new());
         }
         let rows = self.outcome("load", self.records.scan().await)?;
-        Ok(self.open_rows(rows))
+        Ok(self.open_rows(rows, false))
     }
 
     /// Takes record `name`'s login lease for `ttl`; `Ok(None)` while another replica holds it.
@@ -406,7 +489,7 @@ impl Store {
 
     /// Queues `record` as the new state of `name`; never waits for the disk.
     pub fn put(&self, name: &Arc<str>, record: Record) {
-        self.queue(name.clone(), Some(record));
+        self.queue(name.clone(), Some(Entry::Session(Box::new(record))));
     }
 
     /// Queues the deletion of `name`.
@@ -414,7 +497,7 @@ impl Store {
         self.queue(name.into(), None);
     }
 
-    fn queue(&self, name: Arc<str>, change: Option<Record>) {
+    fn queue(&self, name: Arc<str>, change: Option<Entry>) {
         let mut pending = self.lock_pending();
         pending.changes.insert(name, change);
         self.set_pending_gauge(&pending);
@@ -497,7 +580,7 @@ impl Store {
         if batch.is_empty() {
             return true;
         }
-        let names: Vec<(Arc<str>, Option<Record>)> = batch.into_iter().collect();
+        let names: Vec<(Arc<str>, Option<Entry>)> = batch.into_iter().collect();
         let result = self.commit(names.clone()).await;
         let ok = result.is_ok();
         let label = if ok { "ok" } else { "error" };
@@ -521,7 +604,7 @@ impl Store {
     }
 
     /// Seals a batch and writes it.
-    async fn commit(&self, work: Vec<(Arc<str>, Option<Record>)>) -> Result<(), String> {
+    async fn commit(&self, work: Vec<(Arc<str>, Option<Entry>)>) -> Result<(), String> {
         let sealer = self.sealer.clone();
         let seal = move || {
             let mut rows = Vec::with_capacity(work.len());

@@ -102,6 +102,10 @@ impl Profile for Einvoice {
         ]
     }
 
+    fn dropin(&self) -> &'static dyn super::dropin::Face {
+        &super::dropin::EinvoiceFace
+    }
+
     fn renewal(&self) -> &'static dyn renewal::Renewal {
         &renewal::ForceWindow(FORCE_WINDOW)
     }

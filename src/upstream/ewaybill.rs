@@ -94,6 +94,10 @@ impl Profile for Ewaybill {
         ]
     }
 
+    fn dropin(&self) -> &'static dyn super::dropin::Face {
+        &super::dropin::EwaybillFace
+    }
+
     fn renewal(&self) -> &'static dyn renewal::Renewal {
         &renewal::AtExpiry
     }

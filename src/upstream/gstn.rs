@@ -102,6 +102,10 @@ impl Profile for Gstn {
         ]
     }
 
+    fn dropin(&self) -> &'static dyn super::dropin::Face {
+        &super::dropin::GstnFace
+    }
+
     fn renewal(&self) -> &'static dyn renewal::Renewal {
         &renewal::OtpThenRefresh
     }

@@ -6,6 +6,7 @@
 //! sessions and [`Class`]es.
 //!
 //! * `profile`: the [`Profile`] trait and the types profiles speak.
+//! * [`dropin`]: each API's drop-in face, for unmodified NIC/GSTN clients.
 //! * [`einvoice`], [`ewaybill`], [`gstn`]: the three profiles; [`nic`]: what NIC's two share.
 //! * [`renewal`]: the session-renewal strategies the profiles pick from.
 //! * [`envelope`], [`sealed`]: reading and rewriting JSON replies, and the REK-sealed payloads.
@@ -17,6 +18,7 @@
 
 pub mod client;
 mod config_checks;
+pub mod dropin;
 pub mod einvoice;
 pub mod envelope;
 pub mod ewaybill;
@@ -38,7 +40,7 @@ use secrecy::ExposeSecret;
 
 use crate::config::{ApiKind, ChecksumPolicy, Encryption, UpstreamConfig};
 pub use crate::config::{HEADER_ROLES, ROLE_COUNT};
-use crate::crypto::PublicKey;
+use crate::crypto::{KeyPair, PublicKey};
 use crate::metrics::{Metrics, UpstreamLabel};
 use crate::path::CallerPath;
 use crate::problem::{Cause, GatewayError};
@@ -66,6 +68,8 @@ pub struct Upstream {
     pub auth_path: CallerPath,
     /// The upstream's RSA key.
     pub public_key: PublicKey,
+    /// gstgate's own RSA key pair, with which drop-in clients log in; `None`: no drop-in.
+    pub dropin_key: Option<Arc<KeyPair>>,
     /// Who encrypts payloads.
     pub encryption: Encryption,
     /// Client id header value (sensitive).
@@ -167,6 +171,23 @@ fn header_name(value: &str, name: &str) -> Result<HeaderName, UpstreamError> {
     })
 }
 
+/// Reads gstgate's drop-in private key (PKCS#8 PEM).
+fn read_dropin_key(name: &str, path: &std::path::Path) -> Result<KeyPair, UpstreamError> {
+    let shown = path.display().to_string();
+    let pem = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+        UpstreamError::KeyFile {
+            name: name.to_owned(),
+            path: shown.clone(),
+            source,
+        }
+    })?);
+    KeyPair::from_pkcs8_pem(&pem).map_err(|source| UpstreamError::Key {
+        name: name.to_owned(),
+        path: shown,
+        source,
+    })
+}
+
 /// The behaviour of an API kind.
 pub fn profile(api: ApiKind) -> Box<dyn Profile> {
     match api {
@@ -193,6 +214,12 @@ impl Upstream {
                 path,
                 source,
             })?;
+        let dropin_key = cfg
+            .dropin_private_key
+            .as_deref()
+            .map(|path| read_dropin_key(&name, path))
+            .transpose()?
+            .map(Arc::new);
         let defaults = profile.default_header_names();
         let pick = |i: usize| -> Result<HeaderName, UpstreamError> {
             let role = HEADER_ROLES[i];
@@ -264,6 +291,7 @@ impl Upstream {
                 }
             })?,
             public_key,
+            dropin_key,
             encryption: cfg.encryption,
             client_id: sensitive(cfg.client_id.expose_secret(), &name, "client_id")?,
             client_secret: sensitive(cfg.client_secret.expose_secret(), &name, "client_secret")?,

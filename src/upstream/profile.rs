@@ -212,6 +212,9 @@ pub trait Profile: Send + Sync + 'static {
     /// How sessions are renewed before they expire.
     fn renewal(&self) -> &'static dyn Renewal;
 
+    /// What drop-in clients of this API send and expect back.
+    fn dropin(&self) -> &'static dyn super::dropin::Face;
+
     /// A new app key for an OTP request, in the API's own form.
     fn otp_app_key(&self) -> AesKey {
         AesKey::random()

@@ -105,6 +105,67 @@ pub fn open_reply(
     Ok(())
 }
 
+/// Drop-in: opens a caller's `{"action": …, "data": <encrypted>}` (and GSTN's `hmac`, checked
+/// when present) into the plain `{"action": …, "data": {…}}` that [`seal_request`] takes.
+/// `None`: the body is not that, or does not open with `sek`.
+pub fn open_request(body: &[u8], sek: &AesKey, layers: Layers) -> Option<Vec<u8>> {
+    let mut envelope = Envelope::parse(body)?;
+    envelope.get::<String>("action")?;
+    let data = envelope.get::<String>("data")?;
+    let hmac = envelope.get::<String>("hmac");
+    let plain = sek.decrypt_b64(&data).ok()?;
+    let json = match layers {
+        Layers::Json => plain,
+        Layers::Base64Json => {
+            let text = String::from_utf8(plain).ok()?;
+            if let Some(mac) = &hmac {
+                sek.verify_hmac_b64(text.trim().as_bytes(), mac).ok()?;
+            }
+            b64_decode(text.trim()).ok()?
+        }
+    };
+    let value = RawValue::from_string(String::from_utf8(json).ok()?).ok()?;
+    envelope.set("data", value);
+    envelope.remove("hmac");
+    Some(envelope.to_vec())
+}
+
+/// Drop-in: seals the plain `data` of a reply for the caller, the way the API sends it: with
+/// `rek`, under a fresh REK wrapped in `sek`, with the HMAC beside it; without, under `sek`.
+/// A reply with no JSON `data` goes back as it is.
+pub fn seal_reply(plain: &[u8], sek: &AesKey, layers: Layers, rek: bool) -> Vec<u8> {
+    let Some(mut envelope) = Envelope::parse(plain) else {
+        return plain.to_vec();
+    };
+    let Some(data) = envelope.raw("data").map(|raw| raw.get().trim().to_owned()) else {
+        return plain.to_vec();
+    };
+    if !(data.starts_with('{') || data.starts_with('[')) {
+        return plain.to_vec();
+    }
+    let encoded = b64_encode(data.as_bytes());
+    let inner = match layers {
+        Layers::Json => data.as_bytes(),
+        Layers::Base64Json => encoded.as_bytes(),
+    };
+    let mut members = Vec::with_capacity(3);
+    if rek {
+        let rek = AesKey::random();
+        members.push(("rek", b64_encode(&sek.encrypt(rek.as_bytes()))));
+        members.push(("data", rek.encrypt_b64(inner)));
+        members.push(("hmac", rek.hmac_b64(encoded.as_bytes())));
+    } else {
+        members.push(("data", sek.encrypt_b64(inner)));
+    }
+    for (key, text) in members {
+        match raw_string(&text) {
+            Ok(value) => envelope.set(key, value),
+            Err(_) => return plain.to_vec(),
+        }
+    }
+    envelope.to_vec()
+}
+
 /// Decrypts `data` with `key`, strips GSTN's base64 layer, and checks `hmac` over the base64
 /// text of the JSON when one is given.
 fn unwrap_layers(

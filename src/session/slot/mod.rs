@@ -263,7 +263,7 @@ impl Slot {
     }
 
     /// Whether the upstream's sessions start with an OTP the taxpayer receives.
-    pub(super) fn otp_sessions(&self) -> bool {
+    pub(crate) fn otp_sessions(&self) -> bool {
         self.renewal().otp_sessions()
     }
 }
