@@ -1,12 +1,15 @@
-//! Command line: `serve`, `sim`, `check-config`, `hash-key`.
+//! Command line: `serve`, `sim`, `check-config`, `hash-key`, `keygen`.
 //!
 //! This is the binary's edge: errors become `anyhow` reports printed once, and every
 //! subcommand returns an exit code instead of panicking.
 
-use std::io::Write as _;
-use std::path::PathBuf;
+use std::fs::OpenOptions;
+use std::io::{ErrorKind, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sha2::{Digest, Sha256};
 
@@ -53,6 +56,19 @@ pub enum Command {
     HashKey {
         /// The key; read from standard input when omitted (keeps it out of shell history).
         key: Option<String>,
+    },
+    /// Generate the RSA-2048 key pair of drop-in mode: the private key to a new file, the
+    /// public key to standard output.
+    Keygen {
+        /// Where to write the private key (PKCS#8 PEM, mode 0600); refused if it exists.
+        #[arg(long, value_name = "PATH")]
+        out: PathBuf,
+        /// Also write the public key (SPKI PEM, mode 0644) to this file.
+        #[arg(long, value_name = "PATH")]
+        public_out: Option<PathBuf>,
+        /// Replace existing files (atomically: a new file renamed over the old one).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -136,6 +152,173 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let mut out = std::io::stdout().lock();
             writeln!(out, "{}", hex_sha256(key.as_bytes()))?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Keygen {
+            out,
+            public_out,
+            force,
+        } => {
+            keygen(&out, public_out.as_deref(), force)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn keygen(out: &Path, public_out: Option<&Path>, force: bool) -> anyhow::Result<()> {
+    if public_out == Some(out) {
+        anyhow::bail!("--out and --public-out name the same file");
+    }
+    // Checked before generating, which takes a while: the answer is the same, only sooner.
+    // The writes check again, as the files may appear in between.
+    check_target(out, force)?;
+    if let Some(public_out) = public_out {
+        check_target(public_out, force)?;
+    }
+    let pair = crate::crypto::KeyPair::generate().context("cannot generate the key pair")?;
+    let private_pem = pair
+        .to_pkcs8_pem()
+        .context("cannot encode the private key")?;
+    let public_pem = pair
+        .public_key()
+        .to_pem()
+        .context("cannot encode the public key")?;
+
+    // Both files are written before either is committed, and an uncommitted one is removed:
+    // a failure leaves no half-made pair behind.
+    let private = Staged::write(out, private_pem.as_bytes(), 0o600, force)?;
+    let public = match public_out {
+        Some(path) => Some(Staged::write(path, public_pem.as_bytes(), 0o644, force)?),
+        None => None,
+    };
+    private.commit()?;
+    if let Some(public) = public {
+        public.commit()?;
+    }
+
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(public_pem.as_bytes())?;
+    // Flushed here so that a closed pipe is reported, not lost at exit.
+    stdout.flush()?;
+    eprintln!(
+        "gstgate: private key written to {} (mode 0600): set it as the upstream's \
+         `dropin_private_key`, and give the public key (on standard output{}) to the ASP in \
+         place of NIC's or GSTN's public key",
+        out.display(),
+        match public_out {
+            Some(path) => format!(", and in {}", path.display()),
+            None => String::new(),
+        }
+    );
+    Ok(())
+}
+
+/// Refuses a target that would not be written, with what to do about it.
+fn check_target(path: &Path, force: bool) -> anyhow::Result<()> {
+    if path.file_name().is_none() {
+        anyhow::bail!("{} does not name a file", path.display());
+    }
+    let dir = parent_dir(path);
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "cannot create {}: directory {} does not exist",
+            path.display(),
+            dir.display()
+        );
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => anyhow::bail!("{} is a directory", path.display()),
+        Ok(_) if !force => anyhow::bail!(
+            "{} already exists; use --force to replace it",
+            path.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The directory a file is created in; `.` for a bare file name.
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// A file written in full but not yet in place. Removed when dropped uncommitted, so that a
+/// failed `keygen` leaves nothing behind.
+struct Staged {
+    /// Where the bytes are: the target itself, or a temporary file beside it.
+    written: PathBuf,
+    /// Where they belong, when that is not where they are.
+    rename_to: Option<PathBuf>,
+    committed: bool,
+}
+
+impl Staged {
+    /// Without `force`, creates `target` itself, failing if it exists. With `force`, creates
+    /// a temporary file in the same directory, so that the rename over `target` is atomic.
+    /// Either way the file has `mode` from its creation: a private key is never readable by
+    /// others, not even between a write and a chmod.
+    fn write(target: &Path, bytes: &[u8], mode: u32, force: bool) -> anyhow::Result<Self> {
+        let (written, rename_to) = if force {
+            let name = target.file_name().unwrap_or_default().to_string_lossy();
+            let temp =
+                parent_dir(target).join(format!(".{name}.{:016x}.tmp", rand::random::<u64>()));
+            (temp, Some(target.to_path_buf()))
+        } else {
+            (target.to_path_buf(), None)
+        };
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&written)
+            .map_err(|e| match e.kind() {
+                ErrorKind::AlreadyExists if !force => anyhow::anyhow!(
+                    "{} already exists; use --force to replace it",
+                    target.display()
+                ),
+                ErrorKind::NotFound if !parent_dir(target).is_dir() => anyhow::anyhow!(
+                    "cannot create {}: directory {} does not exist",
+                    target.display(),
+                    parent_dir(target).display()
+                ),
+                _ if force => anyhow::Error::new(e).context(format!(
+                    "cannot create a new file beside {} to replace it",
+                    target.display()
+                )),
+                _ => anyhow::Error::new(e).context(format!("cannot create {}", target.display())),
+            })?;
+        let staged = Self {
+            written,
+            rename_to,
+            committed: false,
+        };
+        // Synced before the rename: a crash must not replace a good key with an empty file.
+        file.write_all(bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(|e| {
+                anyhow::Error::new(e).context(format!("cannot write {}", staged.written.display()))
+            })?;
+        Ok(staged)
+    }
+
+    /// Puts the file in place.
+    fn commit(mut self) -> anyhow::Result<()> {
+        if let Some(target) = &self.rename_to {
+            std::fs::rename(&self.written, target).map_err(|e| {
+                anyhow::Error::new(e).context(format!("cannot replace {}", target.display()))
+            })?;
+        }
+        self.committed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Best effort: the error being reported matters more than this one.
+            let _ = std::fs::remove_file(&self.written);
         }
     }
 }

@@ -50,3 +50,30 @@ pub fn invoice(seller: &str, doc_no: &str) -> Value {
         "ValDtls": {"AssVal": 1000.0, "CgstVal": 90.0, "SgstVal": 90.0, "TotInvVal": 1180.0}
     })
 }
+
+/// A minimal NIC e-way bill request with the fields the simulator checks, from `from`.
+pub fn ewaybill(from: &str, doc_no: &str) -> Value {
+    json!({
+        "supplyType": "O",
+        "subSupplyType": "1",
+        "docType": "INV",
+        "docNo": doc_no,
+        "docDate": "20/11/2026",
+        "fromGstin": from,
+        "fromPincode": 400001,
+        "fromStateCode": 27,
+        "toGstin": "27AAACR5055K1Z7",
+        "toPincode": 411001,
+        "toStateCode": 27,
+        "transactionType": 1,
+        "totalValue": 1000.0,
+        "cgstValue": 90.0,
+        "sgstValue": 90.0,
+        "totInvValue": 1180.0,
+        "transDistance": "150",
+        "transMode": "1",
+        "vehicleNo": "MH12AB1234",
+        "vehicleType": "R",
+        "itemList": [{"productName": "Wheat", "hsnCode": 1001, "quantity": 10, "qtyUnit": "NOS", "taxableAmount": 1000.0, "cgstRate": 9, "sgstRate": 9}]
+    })
+}

@@ -9,8 +9,9 @@
 //! [`metrics`] reads its Prometheus text, [`raw_http`] speaks HTTP/1.1 by hand, and
 //! [`fixtures`] holds the identities and documents both sides are set up with, and [`redis`]
 //! runs a real Redis server for the shared-store tests, and [`pki`] a private CA for the TLS
-//! tests. Everything is
-//! re-exported here, so tests name it `common::…`.
+//! tests, and [`spec_client`] the NIC and GSTN clients written from the published specs,
+//! independent of gstgate's code. Everything is re-exported here, so tests name it `common::…`
+//! (the spec clients' lower layers stay under `common::spec_client::`).
 
 #![allow(dead_code)]
 
@@ -23,8 +24,13 @@ mod process;
 mod raw_http;
 mod redis;
 mod sim;
+pub mod spec_client;
 
 // Each test binary compiles its own copy of this module and uses only part of it.
+#[allow(unused_imports)]
+pub use self::spec_client::{
+    ApiFailure, ClientError, EinvoiceClient, EwaybillClient, GstnClient, SpecConfig,
+};
 #[allow(unused_imports)]
 pub use self::{
     config::*, fixtures::*, gateway::*, metrics::*, pki::*, process::*, raw_http::*, redis::*,
