@@ -16,6 +16,7 @@
 #![allow(dead_code)]
 
 mod config;
+mod dropin;
 mod fixtures;
 mod gateway;
 mod metrics;
@@ -33,6 +34,6 @@ pub use self::spec_client::{
 };
 #[allow(unused_imports)]
 pub use self::{
-    config::*, fixtures::*, gateway::*, metrics::*, pki::*, process::*, raw_http::*, redis::*,
-    sim::*,
+    config::*, dropin::*, fixtures::*, gateway::*, metrics::*, pki::*, process::*, raw_http::*,
+    redis::*, sim::*,
 };

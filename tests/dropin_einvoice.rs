@@ -1,0 +1,242 @@
+//! Drop-in mode with NIC e-invoice: the spec client (written from NIC's published API, not
+//! from gstgate's code: `tests/common/spec_client/`), unchanged but for its base URL, public
+//! key, client id and secret, works through gstgate in front of the real simulator process.
+
+mod common;
+
+use common::{
+    dropin_client_config, invoice, with_dropin, EinvoiceClient, Gateway, GwOpts, Sim, SimOpts,
+    CLIENT_ID, DROPIN_CLIENT, DROPIN_CLIENT_ID, GSTIN, PASSWORD, USER,
+};
+use serde_json::{json, Value};
+
+/// A second taxpayer with a credential, which the drop-in client may not act for.
+const OTHER_GSTIN: &str = "27AAACR5055K1Z7";
+
+async fn rig(max_logins: u32) -> (Sim, Gateway) {
+    let sim = Sim::start(SimOpts {
+        users: vec![
+            (GSTIN.into(), USER.into(), PASSWORD.into()),
+            (OTHER_GSTIN.into(), USER.into(), PASSWORD.into()),
+        ],
+        ..SimOpts::default()
+    })
+    .await;
+    let opts = GwOpts {
+        credentials: vec![
+            (GSTIN.into(), USER.into(), PASSWORD.into()),
+            (OTHER_GSTIN.into(), USER.into(), PASSWORD.into()),
+        ],
+        max_logins,
+        ..GwOpts::default()
+    };
+    let gw = Gateway::start(&sim, with_dropin(opts, &[GSTIN])).await;
+    (sim, gw)
+}
+
+/// Acceptance 1 and 2: generate an IRN, read GSTIN details and the IRN by number; the
+/// simulator only ever sees gstgate's client id and gstgate's own session; the upstream token
+/// is revoked mid-run and the client neither sees an error nor logs in again.
+#[tokio::test]
+async fn an_unmodified_einvoice_client_works_through_gstgate() {
+    let (sim, gw) = rig(4).await;
+    let mut client = EinvoiceClient::new(dropin_client_config(&gw)).unwrap();
+
+    let generated = client
+        .generate_irn(&invoice(GSTIN, "DROPIN/1"))
+        .await
+        .unwrap();
+    let irn = generated["Irn"].as_str().unwrap().to_owned();
+    assert_eq!(irn.len(), 64, "{generated}");
+    assert!(generated["SignedInvoice"].is_string(), "{generated}");
+    let details = client.gstin_details(GSTIN).await.unwrap();
+    assert_eq!(details["Gstin"], GSTIN, "{details}");
+    let by_number = client.get_irn(&irn).await.unwrap();
+    assert_eq!(by_number["Irn"], irn.as_str());
+    assert_eq!(client.logins, 1);
+    let drop_in_token = client.token().unwrap().to_owned();
+
+    // The upstream's token dies; gstgate logs in again behind the client's back.
+    sim.control("/_sim/revoke", json!({"gstin": GSTIN, "username": USER}))
+        .await;
+    let again = client
+        .generate_irn(&invoice(GSTIN, "DROPIN/2"))
+        .await
+        .unwrap();
+    assert!(again["Irn"].is_string());
+    assert_eq!(client.logins, 1, "the client never logged in again");
+    assert_eq!(client.token(), Some(drop_in_token.as_str()));
+    assert_eq!(sim.count(GSTIN, "new_tokens").await, 2);
+    assert_eq!(sim.count(GSTIN, "token_rejections").await, 1);
+
+    // The simulator saw gstgate's client id and session only.
+    let seen = sim.requests(200).await;
+    assert!(!seen.is_empty());
+    let upstream_tokens: Vec<String> = sim.get_json("/_sim/sessions").await["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["token"].as_str().map(str::to_owned))
+        .collect();
+    for r in &seen {
+        let text = r.to_string();
+        assert!(!text.contains(DROPIN_CLIENT_ID), "{text}");
+        assert!(!text.contains(&drop_in_token), "{text}");
+        assert_eq!(r["headers"]["client_id"], CLIENT_ID, "{text}");
+        if let Some(token) = r["headers"]["authtoken"].as_str() {
+            assert_ne!(token, drop_in_token);
+        }
+    }
+    assert!(!upstream_tokens.contains(&drop_in_token));
+
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(&format!(
+            "gstgate_dropin_sessions{{upstream=\"einvoice\",client=\"{DROPIN_CLIENT}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gstgate_dropin_logins_total{upstream=\"einvoice\",result=\"success\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// A repeat login within the token's life gets the same token (as NIC does); one that asks
+/// `ForceRefreshAccessToken` gets a new one, the old one is refused with NIC's 1005, and no
+/// upstream login is forced for it.
+#[tokio::test]
+async fn a_forced_refresh_reissues_the_drop_in_token_only() {
+    let (sim, gw) = rig(4).await;
+    let mut client = EinvoiceClient::new(dropin_client_config(&gw)).unwrap();
+    let expiry = client.login(false).await.unwrap();
+    let first = client.token().unwrap().to_owned();
+    let expires = client.token_expiry().unwrap();
+    let ahead = expires - chrono::Utc::now();
+    assert!(
+        (ahead.num_minutes() - 360).abs() <= 1,
+        "TokenExpiry {expiry} is six hours ahead, in IST"
+    );
+    client.login(false).await.unwrap();
+    assert_eq!(
+        client.token(),
+        Some(first.as_str()),
+        "same token within validity"
+    );
+
+    client.login(true).await.unwrap();
+    let second = client.token().unwrap().to_owned();
+    assert_ne!(second, first);
+    assert_eq!(sim.count(GSTIN, "force_refreshes").await, 0);
+    assert_eq!(sim.count(GSTIN, "new_tokens").await, 1);
+
+    // The old token, sent as a client holding it would: NIC's invalid-token code.
+    let res = gw
+        .http
+        .get(format!(
+            "http://{}/eivital/v1.04/Master/gstin/{GSTIN}",
+            gw.proxy
+        ))
+        .header("client_id", DROPIN_CLIENT_ID)
+        .header("client_secret", common::DROPIN_CLIENT_SECRET)
+        .header("Gstin", GSTIN)
+        .header("user_name", USER)
+        .header("AuthToken", &first)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["Status"], 0, "{body}");
+    assert_eq!(body["ErrorDetails"][0]["ErrorCode"], "1005", "{body}");
+    // The client's own re-login logic then runs and the call goes through.
+    client.clear_session();
+    assert!(client.gstin_details(GSTIN).await.is_ok());
+}
+
+/// Acceptance 3: each refusal carries NIC's own code, nothing reaches the simulator, and no
+/// login allowance is spent: with `max_logins = 1`, the one real login still goes through
+/// after all of them.
+#[tokio::test]
+async fn refused_logins_get_nics_codes_and_cost_the_upstream_nothing() {
+    let (sim, gw) = rig(1).await;
+    let base = dropin_client_config(&gw);
+    let sim_key = std::fs::read_to_string(&sim.public_key).unwrap();
+    let cases: Vec<(&str, common::SpecConfig, &str)> = vec![
+        (
+            "wrong password",
+            common::SpecConfig {
+                password: "not-the-password".into(),
+                ..base.clone()
+            },
+            "1019",
+        ),
+        (
+            "unknown client id",
+            common::SpecConfig {
+                client_id: "someone-else".into(),
+                ..base.clone()
+            },
+            "1010",
+        ),
+        (
+            "wrong client secret",
+            common::SpecConfig {
+                client_secret: "guess".into(),
+                ..base.clone()
+            },
+            "1010",
+        ),
+        (
+            "a GSTIN the client may not use",
+            common::SpecConfig {
+                gstin: OTHER_GSTIN.into(),
+                ..base.clone()
+            },
+            "1015",
+        ),
+        (
+            "an unknown user",
+            common::SpecConfig {
+                username: "nobody".into(),
+                ..base.clone()
+            },
+            "1017",
+        ),
+        (
+            "a payload encrypted with NIC's key instead of gstgate's",
+            common::SpecConfig {
+                public_key_pem: sim_key,
+                ..base.clone()
+            },
+            "1013",
+        ),
+    ];
+    for (what, config, code) in cases {
+        let mut client = EinvoiceClient::new(config).unwrap();
+        let err = client.login(false).await.expect_err(what);
+        assert!(err.has_code(code), "{what}: expected {code}, got {err}");
+    }
+    assert!(
+        sim.requests(200).await.is_empty(),
+        "nothing reached the simulator"
+    );
+    assert_eq!(sim.counters().await["auth_calls"], 0);
+    let metrics = gw.metrics().await;
+    assert!(
+        !metrics.contains("gstgate_auth_requests_total{"),
+        "no upstream login: {metrics}"
+    );
+    for (result, n) in [
+        ("credentials_rejected", 2),
+        ("client_rejected", 2),
+        ("gstin_not_allowed", 1),
+        ("bad_payload", 1),
+    ] {
+        let series =
+            format!("gstgate_dropin_logins_total{{upstream=\"einvoice\",result=\"{result}\"}} {n}");
+        assert!(metrics.contains(&series), "{series}: {metrics}");
+    }
+    let mut client = EinvoiceClient::new(base).unwrap();
+    client.login(false).await.unwrap();
+    assert_eq!(sim.counters().await["auth_calls"], 1);
+}
