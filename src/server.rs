@@ -192,6 +192,7 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
     ));
     let admin = Arc::new(Admin {
         sessions,
+        dropin,
         registry,
         token: server.admin_token.clone(),
         monitoring_token: server.monitoring_token.clone(),

@@ -89,6 +89,37 @@ async fn an_unmodified_einvoice_client_works_through_gstgate() {
     }
     assert!(!upstream_tokens.contains(&drop_in_token));
 
+    // Operators see it: the sessions API, the status page and the metrics.
+    let listed: Value = gw
+        .http
+        .get(format!("http://{}/admin/sessions", gw.admin))
+        .bearer_auth(common::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed["dropin_sessions"],
+        json!([{"upstream": "einvoice", "client": DROPIN_CLIENT, "live": 1}]),
+        "{listed}"
+    );
+    let page = gw
+        .http
+        .get(format!("http://{}/status", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(&format!(
+            "<tr><td>einvoice</td><td>{DROPIN_CLIENT}</td><td>1</td></tr>"
+        )),
+        "{page}"
+    );
     let metrics = gw.metrics().await;
     assert!(
         metrics.contains(&format!(

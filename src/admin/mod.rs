@@ -18,6 +18,7 @@ mod audit;
 mod auth;
 pub mod status_page;
 
+use crate::dropin::Dropin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +53,8 @@ pub const MAX_BODY_BYTES: usize = 4096;
 pub struct Admin {
     /// Sessions to list and refresh.
     pub sessions: Arc<Sessions>,
+    /// The drop-in sessions, counted on the sessions API and the status page.
+    pub dropin: Arc<Dropin>,
     /// Metrics registry.
     pub registry: Registry,
     /// Bearer token for `/admin/*`.
@@ -233,7 +236,19 @@ where
 }
 
 async fn sessions(State(admin): State<Arc<Admin>>) -> Response {
-    Json(serde_json::json!({ "sessions": admin.sessions.snapshot() })).into_response()
+    let dropin: Vec<serde_json::Value> = admin
+        .dropin
+        .counts()
+        .into_iter()
+        .map(|(upstream, client, live)| {
+            serde_json::json!({"upstream": &*upstream, "client": &*client, "live": live})
+        })
+        .collect();
+    Json(serde_json::json!({
+        "sessions": admin.sessions.snapshot(),
+        "dropin_sessions": dropin,
+    }))
+    .into_response()
 }
 
 /// `?user=` picks one user when a GSTIN has several on the upstream.

@@ -31,6 +31,7 @@ const REFRESH_SECS: u32 = 15;
 pub async fn handler(AxumState(admin): AxumState<Arc<Admin>>) -> Response {
     let html = render(
         &admin.sessions.snapshot(),
+        &admin.dropin.counts(),
         SystemTime::now(),
         env!("CARGO_PKG_VERSION"),
     );
@@ -145,17 +146,27 @@ tr[data-state=needs_otp]>td:first-child{border-left-color:#fb8f44}
 tr[data-state=credentials_rejected]>td:first-child{border-left-color:#cf222e}
 ";
 
-/// Renders the status page for `sessions` as of `now`. Every dynamic string is escaped.
-pub fn render(sessions: &[SessionInfo], now: SystemTime, version: &str) -> String {
+/// Live drop-in sessions per (upstream, client).
+pub type DropinCounts = [(Arc<str>, Arc<str>, usize)];
+
+/// Renders the status page for `sessions` (and the drop-in sessions `dropin`) as of `now`.
+/// Every dynamic string is escaped.
+pub fn render(
+    sessions: &[SessionInfo],
+    dropin: &DropinCounts,
+    now: SystemTime,
+    version: &str,
+) -> String {
     let mut out = String::with_capacity(4096 + sessions.len() * 600);
     // Writing to a String cannot fail; the Result only comes from the `fmt::Write` signature.
-    let _ = write_page(&mut out, sessions, now, version);
+    let _ = write_page(&mut out, sessions, dropin, now, version);
     out
 }
 
 fn write_page(
     out: &mut String,
     sessions: &[SessionInfo],
+    dropin: &DropinCounts,
     now: SystemTime,
     version: &str,
 ) -> fmt::Result {
@@ -217,7 +228,23 @@ fn write_page(
     for s in rows {
         write_row(out, s, now)?;
     }
-    out.push_str("</tbody></table>\n</body></html>\n");
+    out.push_str("</tbody></table>\n");
+    if !dropin.is_empty() {
+        out.push_str(
+            "<h2>Drop-in sessions</h2>\n<table id=\"dropin\"><thead><tr><th>Upstream</th>\
+             <th>Client</th><th>Live sessions</th></tr></thead>\n<tbody>\n",
+        );
+        for (upstream, client, live) in dropin {
+            writeln!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td>{live}</td></tr>",
+                escape(upstream),
+                escape(client)
+            )?;
+        }
+        out.push_str("</tbody></table>\n");
+    }
+    out.push_str("</body></html>\n");
     Ok(())
 }
 
@@ -337,7 +364,7 @@ mod tests {
         gstn.session_ends_at = Some("1970-01-04T04:00:00Z".into());
         gstn.session_ends_in_secs = Some(3 * 86_400 + 4 * 3600);
         let rejected = info("27AAPFU0001F1Z5", State::CredentialsRejected);
-        let html = render(&[valid, gstn, rejected], at(12 * 60), "9.9.9");
+        let html = render(&[valid, gstn, rejected], &[], at(12 * 60), "9.9.9");
         assert_eq!(html.matches("<tr data-state=").count(), 3);
         let first = html.find("data-state=\"credentials_rejected\"").unwrap();
         assert!(first < html.find("data-state=\"valid\"").unwrap());
@@ -359,18 +386,20 @@ mod tests {
         s.last_error = Some("<script>alert(1)</script> & \"quoted\"".into());
         s.username = "<b>u</b>".into();
         s.upstream = "e\"><img src=x>".into();
-        let html = render(&[s], at(0), "<v>");
+        let html = render(&[s], &[("<u>".into(), "<c>".into(), 3)], at(0), "<v>");
         assert!(!html.contains("<script>"));
         assert!(!html.contains("<b>u</b>"));
         assert!(!html.contains("<img"));
         assert!(!html.contains("<v>"));
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt; &amp; &quot;quoted&quot;"));
         assert!(html.contains("data-upstream=\"e&quot;&gt;&lt;img src=x&gt;\""));
+        assert!(!html.contains("<u>") && !html.contains("<c>"));
+        assert!(html.contains("<tr><td>&lt;u&gt;</td><td>&lt;c&gt;</td><td>3</td></tr>"));
     }
 
     #[test]
     fn an_empty_table_says_so() {
-        let html = render(&[], at(0), "1");
+        let html = render(&[], &[], at(0), "1");
         assert!(html.contains("No credentials are configured."));
         assert_eq!(html.matches("<tr data-state=").count(), 0);
     }

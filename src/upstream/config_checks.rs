@@ -48,6 +48,25 @@ pub fn check_profiles(config: &Config, path: &Path) -> Result<(), ConfigError> {
 /// profile's. Logged at start-up, printed by `check-config`.
 pub fn config_warnings(config: &Config) -> Vec<String> {
     let mut warnings = config.warnings();
+    let dropin_upstreams = config
+        .upstreams
+        .iter()
+        .filter(|u| u.dropin_private_key.is_some())
+        .count();
+    let dropin_clients = config.clients.iter().filter(|c| c.client_id.is_some());
+    if dropin_upstreams == 0 {
+        for c in dropin_clients {
+            warnings.push(format!(
+                "client `{}` has a client_id, but no upstream has dropin_private_key: its drop-in logins are refused",
+                c.name
+            ));
+        }
+    } else if dropin_clients.count() == 0 {
+        warnings.push(
+            "an upstream has dropin_private_key, but no client has a client_id and client_secret_sha256: no drop-in client can log in"
+                .into(),
+        );
+    }
     for u in &config.upstreams {
         let profile = profile(u.api);
         warnings.extend(profile.config_warnings(u));
@@ -84,6 +103,13 @@ pub fn check_files(config: &Config, path: &Path) -> Result<(), ConfigError> {
             .map_err(|e| invalid(format!("{}: {e}", u.public_key.display())))?;
     }
     for (i, u) in config.upstreams.iter().enumerate() {
+        if let Some(key) = &u.dropin_private_key {
+            super::read_dropin_key(&u.name, key).map_err(|e| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: format!("{}.dropin_private_key", upstream_entry(i, &u.name)),
+                message: e.to_string(),
+            })?;
+        }
         if let Some(ca) = &u.ca_file {
             tls::client_config(Some(ca)).map_err(|e| ConfigError::Invalid {
                 path: path.to_path_buf(),
@@ -215,5 +241,77 @@ client_secret = "b"
         let err = check_files(&config, path).unwrap_err().to_string();
         assert!(err.contains(".ca_file"), "{err}");
         assert!(err.contains("no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn a_dropin_key_must_parse_and_be_private_and_clients_must_match_it() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let rsa = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 1024).unwrap();
+        let public = dir.path().join("k.pem");
+        std::fs::write(
+            &public,
+            rsa::pkcs8::EncodePublicKey::to_public_key_pem(
+                &rsa::RsaPublicKey::from(&rsa),
+                rsa::pkcs8::LineEnding::LF,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let private = dir.path().join("dropin.pem");
+        std::fs::write(
+            &private,
+            rsa::pkcs8::EncodePrivateKey::to_pkcs8_pem(&rsa, rsa::pkcs8::LineEnding::LF)
+                .unwrap()
+                .as_bytes(),
+        )
+        .unwrap();
+        let config = |client: &str| {
+            let text = format!(
+                r#"
+[server]
+[[upstream]]
+name = "einvoice"
+api = "einvoice"
+base_url = "https://gsp.example.com"
+routes = ["/eicore/"]
+auth_path = "/eivital/v1.04/auth"
+public_key = "{}"
+dropin_private_key = "{}"
+client_id = "a"
+client_secret = "b"
+[[client]]
+name = "erp"
+gstins = ["*"]
+{client}
+"#,
+                public.display(),
+                private.display()
+            );
+            Config::parse(&text, Path::new("c.toml")).unwrap()
+        };
+        let path = Path::new("c.toml");
+        let dropin_client = "client_id = \"asp\"\nclient_secret_sha256 = \"00000000000000000000000000000000000000000000000000000000000000aa\"";
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = check_files(&config(dropin_client), path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(".dropin_private_key"), "{err}");
+        assert!(err.contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+        check_files(&config(dropin_client), path).unwrap();
+        assert!(config_warnings(&config(dropin_client)).is_empty());
+        let no_dropin_client =
+            "api_key_sha256 = \"00000000000000000000000000000000000000000000000000000000000000bb\"";
+        let warnings = config_warnings(&config(no_dropin_client));
+        assert!(
+            warnings.iter().any(|w| w.contains("no drop-in client")),
+            "{warnings:?}"
+        );
+        std::fs::write(&private, "not a key\n").unwrap();
+        let err = check_files(&config(dropin_client), path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(".dropin_private_key"), "{err}");
     }
 }

@@ -171,16 +171,33 @@ fn header_name(value: &str, name: &str) -> Result<HeaderName, UpstreamError> {
     })
 }
 
-/// Reads gstgate's drop-in private key (PKCS#8 PEM).
-fn read_dropin_key(name: &str, path: &std::path::Path) -> Result<KeyPair, UpstreamError> {
+/// Reads gstgate's drop-in private key (PKCS#8 PEM), refusing a file other users can read:
+/// whoever holds the key can read every drop-in client's login, password included.
+pub(crate) fn read_dropin_key(
+    name: &str,
+    path: &std::path::Path,
+) -> Result<KeyPair, UpstreamError> {
+    use std::os::unix::fs::PermissionsExt as _;
     let shown = path.display().to_string();
-    let pem = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-        UpstreamError::KeyFile {
+    let key_file = |source| UpstreamError::KeyFile {
+        name: name.to_owned(),
+        path: shown.clone(),
+        source,
+    };
+    let mode = std::fs::metadata(path)
+        .map_err(key_file)?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(UpstreamError::Setting {
             name: name.to_owned(),
-            path: shown.clone(),
-            source,
-        }
-    })?);
+            what: format!(
+                "dropin_private_key {shown} can be read by other users (mode {:o}): `chmod 600` it (`gstgate keygen` writes it so)",
+                mode & 0o777
+            ),
+        });
+    }
+    let pem = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(key_file)?);
     KeyPair::from_pkcs8_pem(&pem).map_err(|source| UpstreamError::Key {
         name: name.to_owned(),
         path: shown,

@@ -28,6 +28,9 @@ pub fn dropin_key_file() -> PathBuf {
             std::fs::write(&tmp, pem.as_bytes()).unwrap();
             std::fs::rename(&tmp, &path).unwrap();
         }
+        // gstgate refuses a drop-in key other users can read.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         path
     })
     .clone()
