@@ -20,8 +20,8 @@ pub struct Client {
     /// The digests of its keys: more than one while a key is being rotated.
     digests: Vec<[u8; 32]>,
     gstins: Allowed,
-    /// The client id and secret digest a drop-in caller identifies with.
-    dropin: Option<(String, [u8; 32])>,
+    /// The digests of the client id and secret a drop-in caller identifies with.
+    dropin: Option<([u8; 32], [u8; 32])>,
     /// The most drop-in sessions it may hold at once.
     pub max_dropin_sessions: usize,
 }
@@ -89,7 +89,7 @@ impl Clients {
                 };
                 let dropin = match (&c.client_id, &c.client_secret_sha256) {
                     (Some(id), Some(secret)) => Some((
-                        id.clone(),
+                        Sha256::digest(id.as_bytes()).into(),
                         digest_from_hex(secret).ok_or_else(|| {
                             format!("client `{}`: client_secret_sha256 is not hex", c.name)
                         })?,
@@ -160,7 +160,6 @@ impl Clients {
         let mut found = None;
         for c in &self.clients {
             if let Some((their_id, their_secret)) = &c.dropin {
-                let their_id: [u8; 32] = Sha256::digest(their_id.as_bytes()).into();
                 if bool::from(their_id.ct_eq(&id_digest) & their_secret.ct_eq(&digest)) {
                     found = Some(c);
                 }

@@ -251,7 +251,8 @@ impl PublicKey {
     }
 }
 
-/// An RSA key pair, used by the simulator to play the upstream's side of the login.
+/// An RSA key pair: the simulator's, playing the upstream's side of the login, and gstgate's
+/// own drop-in key, with which unmodified clients log in to gstgate.
 pub struct KeyPair(RsaPrivateKey);
 
 impl KeyPair {
@@ -282,10 +283,11 @@ impl KeyPair {
         PublicKey(self.0.to_public_key())
     }
 
-    /// RSA-PKCS#1 v1.5 decryption.
+    /// RSA-PKCS#1 v1.5 decryption, blinded: the ciphertext comes from the network, and
+    /// blinding keeps the private-key operation's timing from depending on it.
     pub fn decrypt(&self, cipher: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         self.0
-            .decrypt(Pkcs1v15Encrypt, cipher)
+            .decrypt_blinded(&mut rand::rngs::OsRng, Pkcs1v15Encrypt, cipher)
             .map(Zeroizing::new)
             .map_err(|_| CryptoError::Rsa)
     }

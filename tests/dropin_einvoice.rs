@@ -271,3 +271,115 @@ async fn refused_logins_get_nics_codes_and_cost_the_upstream_nothing() {
     client.login(false).await.unwrap();
     assert_eq!(sim.counters().await["auth_calls"], 1);
 }
+
+/// Sends a drop-in data call with explicit headers, as a client holding `token` would.
+async fn details_with(
+    gw: &Gateway,
+    client: (&str, &str),
+    gstin: &str,
+    token: &str,
+) -> Value {
+    gw.http
+        .get(format!("http://{}/eivital/v1.04/Master/gstin/{gstin}", gw.proxy))
+        .header("client_id", client.0)
+        .header("client_secret", client.1)
+        .header("Gstin", gstin)
+        .header("user_name", USER)
+        .header("AuthToken", token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// A drop-in token works only for the client, upstream and GSTIN it was issued to: another
+/// client holding it, or the same client naming another GSTIN, is refused as NIC refuses a
+/// token that is not theirs, and nothing reaches the simulator.
+#[tokio::test]
+async fn a_drop_in_token_is_bound_to_its_client_and_gstin() {
+    let sim = Sim::start(SimOpts {
+        users: vec![
+            (GSTIN.into(), USER.into(), PASSWORD.into()),
+            (OTHER_GSTIN.into(), USER.into(), PASSWORD.into()),
+        ],
+        ..SimOpts::default()
+    })
+    .await;
+    let mut opts = with_dropin(
+        GwOpts {
+            credentials: vec![
+                (GSTIN.into(), USER.into(), PASSWORD.into()),
+                (OTHER_GSTIN.into(), USER.into(), PASSWORD.into()),
+            ],
+            ..GwOpts::default()
+        },
+        &[GSTIN, OTHER_GSTIN],
+    );
+    opts.extra_toml.push_str(&format!(
+        "\n[[client]]\nname = \"other-asp\"\nclient_id = \"asp-other\"\nclient_secret_sha256 = \"{}\"\ngstins = [\"*\"]\n",
+        gstgate::cli::hex_sha256(b"other-secret")
+    ));
+    let gw = Gateway::start(&sim, opts).await;
+    let mut client = EinvoiceClient::new(dropin_client_config(&gw)).unwrap();
+    client.login(false).await.unwrap();
+    let token = client.token().unwrap().to_owned();
+    let ours = (DROPIN_CLIENT_ID, common::DROPIN_CLIENT_SECRET);
+    assert_eq!(details_with(&gw, ours, GSTIN, &token).await["Status"], 1);
+    let before = sim.requests(200).await.len();
+
+    let stolen = details_with(&gw, ("asp-other", "other-secret"), GSTIN, &token).await;
+    assert_eq!(stolen["ErrorDetails"][0]["ErrorCode"], "1005", "{stolen}");
+    let other_gstin = details_with(&gw, ours, OTHER_GSTIN, &token).await;
+    assert_eq!(
+        other_gstin["ErrorDetails"][0]["ErrorCode"], "1015",
+        "{other_gstin}"
+    );
+    let forged = details_with(&gw, ours, GSTIN, &"0".repeat(32)).await;
+    assert_eq!(forged["ErrorDetails"][0]["ErrorCode"], "1005", "{forged}");
+    assert_eq!(
+        sim.requests(200).await.len(),
+        before,
+        "no refused call reached the simulator"
+    );
+}
+
+/// The login answer never tells whether gstgate's RSA padding held (no padding oracle): a
+/// payload under another key and a payload under gstgate's key that decrypts to garbage get
+/// the same code.
+#[tokio::test]
+async fn garbage_under_gstgates_key_and_another_key_are_the_same_refusal() {
+    use common::spec_client::crypto::{b64, public_key_from_pem};
+    use rsa::Pkcs1v15Encrypt;
+    let (sim, gw) = rig(4).await;
+    let ours = public_key_from_pem(&common::dropin_public_pem()).unwrap();
+    let theirs =
+        public_key_from_pem(&std::fs::read_to_string(&sim.public_key).unwrap()).unwrap();
+    let mut codes = Vec::new();
+    for (key, plain) in [
+        (&ours, &b"not base64 at all {"[..]),
+        (&ours, b"bm90IEpTT04="),
+        (&theirs, b"eyJVc2VyTmFtZSI6ImEifQ=="),
+    ] {
+        let sealed = key
+            .encrypt(&mut rand::rngs::OsRng, Pkcs1v15Encrypt, plain)
+            .unwrap();
+        let reply: Value = gw
+            .http
+            .post(format!("http://{}/eivital/v1.04/auth", gw.proxy))
+            .header("client_id", DROPIN_CLIENT_ID)
+            .header("client_secret", common::DROPIN_CLIENT_SECRET)
+            .header("Gstin", GSTIN)
+            .json(&json!({ "Data": b64(&sealed) }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        codes.push(reply["ErrorDetails"][0]["ErrorCode"].clone());
+    }
+    assert_eq!(codes, vec![json!("1013"); 3]);
+    assert_eq!(sim.counters().await["auth_calls"], 0);
+}

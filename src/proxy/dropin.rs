@@ -76,7 +76,15 @@ impl Proxy {
                 Ok(plain) => Bytes::from(plain),
                 Err(r) => return refused(upstream, parts, r),
             };
-        let upstream_session = self.sessions.session(&slot, Trigger::Cold).await?;
+        let upstream_session = match self.sessions.session(&slot, Trigger::Cold).await {
+            Ok(s) => s,
+            // GSTN with no portal session: the API's invalid-session code sends the client
+            // into its own OTP flow, which gstgate then takes to the portal.
+            Err(GatewayError::OtpRequired { .. }) => {
+                return refused(upstream, parts, Refusal::TokenInvalid)
+            }
+            Err(e) => return Err(e),
+        };
         let call = Call {
             upstream,
             slot: &slot,

@@ -201,12 +201,15 @@ fn open_nic_login(body: &[u8], key: &KeyPair) -> Result<serde_json::Value, Refus
     let plain = key
         .decrypt(&sealed)
         .map_err(|_| Refusal::PayloadUndecryptable)?;
+    // Whatever goes wrong once the RSA layer is off is the same refusal as the RSA layer
+    // failing: telling "the padding held but the rest is garbage" apart from "the padding
+    // failed" would be a padding oracle (Bleichenbacher) on gstgate's key.
     let json = std::str::from_utf8(&plain)
         .ok()
         .and_then(|text| b64_decode(text.trim()).ok())
         .map(zeroize::Zeroizing::new)
-        .ok_or(Refusal::PayloadMalformed)?;
-    serde_json::from_slice(&json).map_err(|_| Refusal::PayloadMalformed)
+        .ok_or(Refusal::PayloadUndecryptable)?;
+    serde_json::from_slice(&json).map_err(|_| Refusal::PayloadUndecryptable)
 }
 
 /// A text member of a login payload; numbers are taken as their text.
