@@ -1,6 +1,7 @@
 //! Drop-in mode's side of the harness: gstgate's own key pair (made once per target
-//! directory), a gateway configuration with drop-in on, and a spec client's configuration
-//! pointed at that gateway instead of the simulator.
+//! directory), a gateway configuration with drop-in on (and a second drop-in client where a
+//! test needs two), and a spec client's configuration pointed at that gateway instead of the
+//! simulator.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -13,6 +14,12 @@ pub const DROPIN_CLIENT_ID: &str = "asp-erp";
 pub const DROPIN_CLIENT_SECRET: &str = "erp-drop-in-secret";
 /// The drop-in client's name in gstgate's configuration (and metrics).
 pub const DROPIN_CLIENT: &str = "erp";
+/// A second drop-in client's id: another ERP of the same taxpayer, say.
+pub const SECOND_CLIENT_ID: &str = "asp-tally";
+/// The second drop-in client's secret.
+pub const SECOND_CLIENT_SECRET: &str = "tally-drop-in-secret";
+/// The second drop-in client's name in gstgate's configuration (and metrics).
+pub const SECOND_CLIENT: &str = "tally";
 
 /// gstgate's drop-in private key, shared by every test in this target directory.
 pub fn dropin_key_file() -> PathBuf {
@@ -49,13 +56,35 @@ pub fn with_dropin(mut opts: GwOpts, gstins: &[&str]) -> GwOpts {
         "\ndropin_private_key = \"{}\"\n",
         dropin_key_file().display()
     ));
+    push_client(
+        &mut opts,
+        DROPIN_CLIENT,
+        DROPIN_CLIENT_ID,
+        DROPIN_CLIENT_SECRET,
+        gstins,
+    );
+    opts
+}
+
+/// `opts` with one more drop-in client ([`SECOND_CLIENT`]) allowed `gstins`.
+pub fn with_second_dropin_client(mut opts: GwOpts, gstins: &[&str]) -> GwOpts {
+    push_client(
+        &mut opts,
+        SECOND_CLIENT,
+        SECOND_CLIENT_ID,
+        SECOND_CLIENT_SECRET,
+        gstins,
+    );
+    opts
+}
+
+fn push_client(opts: &mut GwOpts, name: &str, id: &str, secret: &str, gstins: &[&str]) {
     let list: Vec<String> = gstins.iter().map(|g| format!("\"{g}\"")).collect();
     opts.extra_toml.push_str(&format!(
-        "\n[[client]]\nname = \"{DROPIN_CLIENT}\"\nclient_id = \"{DROPIN_CLIENT_ID}\"\nclient_secret_sha256 = \"{}\"\ngstins = [{}]\n",
-        gstgate::cli::hex_sha256(DROPIN_CLIENT_SECRET.as_bytes()),
+        "\n[[client]]\nname = \"{name}\"\nclient_id = \"{id}\"\nclient_secret_sha256 = \"{}\"\ngstins = [{}]\n",
+        gstgate::cli::hex_sha256(secret.as_bytes()),
         list.join(", ")
     ));
-    opts
 }
 
 /// A spec client's configuration pointed at `gw`: its base URL, gstgate's public key, the
@@ -69,5 +98,15 @@ pub fn dropin_client_config(gw: &Gateway) -> SpecConfig {
         gstin: GSTIN.into(),
         username: USER.into(),
         password: PASSWORD.into(),
+    }
+}
+
+/// [`dropin_client_config`] for the second drop-in client: its own id and secret, the same
+/// taxpayer and user.
+pub fn second_client_config(gw: &Gateway) -> SpecConfig {
+    SpecConfig {
+        client_id: SECOND_CLIENT_ID.into(),
+        client_secret: SECOND_CLIENT_SECRET.into(),
+        ..dropin_client_config(gw)
     }
 }
