@@ -273,14 +273,12 @@ async fn refused_logins_get_nics_codes_and_cost_the_upstream_nothing() {
 }
 
 /// Sends a drop-in data call with explicit headers, as a client holding `token` would.
-async fn details_with(
-    gw: &Gateway,
-    client: (&str, &str),
-    gstin: &str,
-    token: &str,
-) -> Value {
+async fn details_with(gw: &Gateway, client: (&str, &str), gstin: &str, token: &str) -> Value {
     gw.http
-        .get(format!("http://{}/eivital/v1.04/Master/gstin/{gstin}", gw.proxy))
+        .get(format!(
+            "http://{}/eivital/v1.04/Master/gstin/{gstin}",
+            gw.proxy
+        ))
         .header("client_id", client.0)
         .header("client_secret", client.1)
         .header("Gstin", gstin)
@@ -354,8 +352,7 @@ async fn garbage_under_gstgates_key_and_another_key_are_the_same_refusal() {
     use rsa::Pkcs1v15Encrypt;
     let (sim, gw) = rig(4).await;
     let ours = public_key_from_pem(&common::dropin_public_pem()).unwrap();
-    let theirs =
-        public_key_from_pem(&std::fs::read_to_string(&sim.public_key).unwrap()).unwrap();
+    let theirs = public_key_from_pem(&std::fs::read_to_string(&sim.public_key).unwrap()).unwrap();
     let mut codes = Vec::new();
     for (key, plain) in [
         (&ours, &b"not base64 at all {"[..]),

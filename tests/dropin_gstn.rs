@@ -284,3 +284,61 @@ async fn a_save_with_a_wrong_hmac_goes_nowhere() {
     // The same save, sealed right, goes through.
     a.put(GSTR1, PERIOD, "RETSAVE", &retsave()).await.unwrap();
 }
+
+/// Two clients asking for an OTP before either has used it cost the taxpayer one SMS: the
+/// second request is answered while the first OTP is on its way, and that OTP still works.
+#[tokio::test]
+async fn a_second_otp_request_while_one_is_pending_sends_no_second_otp() {
+    let (sim, gw) = rig().await;
+    let mut a = GstnClient::new(dropin_client_config(&gw)).unwrap();
+    let mut b = GstnClient::new(second_client_config(&gw)).unwrap();
+    a.otp_request().await.unwrap();
+    b.otp_request().await.unwrap();
+    assert_eq!(sim.count(GSTIN, "otp_requests").await, 1);
+    let otp = pending_otp(&sim).await;
+    a.auth_token(&otp).await.unwrap();
+    assert!(a.return_summary("gstr1", PERIOD).await.is_ok());
+    assert_eq!(portal_auth_actions(&sim).await, ["OTPREQUEST", "AUTHTOKEN"]);
+}
+
+/// When the portal session ends, a drop-in data call gets GSTN's invalid-session code; the
+/// client's own OTP flow then reaches the portal again through gstgate and works.
+#[tokio::test]
+async fn an_ended_portal_session_sends_the_client_into_its_own_otp_flow() {
+    // Two OTP flows and the refused renewal between them are five logins: more than the
+    // default allowance of four per window, which counts every OTP request and OTP login.
+    let sim = Sim::start(SimOpts::default()).await;
+    let opts = GwOpts {
+        apis: vec!["gstn"],
+        max_logins: 8,
+        ..GwOpts::default()
+    };
+    let gw = Gateway::start(&sim, with_dropin(opts, &[GSTIN])).await;
+    let mut a = GstnClient::new(dropin_client_config(&gw)).unwrap();
+    a.otp_request().await.unwrap();
+    a.auth_token(&pending_otp(&sim).await).await.unwrap();
+    assert!(a.return_summary("gstr1", PERIOD).await.is_ok());
+
+    sim.control(
+        "/_sim/gstn/end-session",
+        json!({"gstin": GSTIN, "username": USER}),
+    )
+    .await;
+    // The first call finds out (the portal answers AUTH4038; gstgate's renewal is refused),
+    // and from then on the client is told its session is invalid.
+    let mut codes = Vec::new();
+    for _ in 0..2 {
+        match a.return_summary("gstr1", PERIOD).await {
+            Ok(v) => panic!("a call after the portal session ended succeeded: {v}"),
+            Err(e) => codes.push(e.to_string()),
+        }
+    }
+    assert!(
+        codes.last().is_some_and(|c| c.contains("AUTH4033")),
+        "{codes:?}"
+    );
+    a.otp_request().await.unwrap();
+    assert_eq!(sim.count(GSTIN, "otp_requests").await, 2);
+    a.auth_token(&pending_otp(&sim).await).await.unwrap();
+    assert!(a.return_summary("gstr1", PERIOD).await.is_ok());
+}

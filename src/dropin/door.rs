@@ -47,6 +47,11 @@ impl From<GatewayError> for Refused {
 /// The length of a GSTN OTP.
 const OTP_LEN: usize = 6;
 
+/// How long an OTP the portal sent is taken to be on its way to the taxpayer: the portal's
+/// OTPs are valid for 10 minutes. Within it, another drop-in OTP request sends no second
+/// SMS; after it, a client that never got the OTP can ask again.
+const OTP_PENDING: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
 impl Dropin {
     /// Answers a drop-in client's call to `upstream`'s auth path: the reply body, or why not.
     pub async fn login(
@@ -147,7 +152,10 @@ impl Dropin {
                 Ok(reply(&session, &app_key))
             }
             CallerLogin::OtpRequest { .. } => {
-                if slot.current().is_none() {
+                // The portal is asked only when no session lives and no OTP is on its way:
+                // a second client asking meanwhile must not cost the taxpayer another SMS
+                // and void the OTP the first one is about to send.
+                if slot.current().is_none() && !sessions.otp_pending(&slot, OTP_PENDING) {
                     sessions.request_otp(&slot).await?;
                 }
                 Ok(face.ack_reply())

@@ -133,6 +133,12 @@ impl Sessions {
         )
     }
 
+    /// Whether an OTP was requested for the slot less than `within` ago and not used yet: the
+    /// taxpayer has it (or will), and asking again would send another SMS and void it.
+    pub fn otp_pending(&self, slot: &Slot, within: Duration) -> bool {
+        slot.view().otp_app_key(within).is_some()
+    }
+
     fn require_otp_api(&self, slot: &Slot) -> Result<(), GatewayError> {
         if slot.otp_sessions() {
             Ok(())

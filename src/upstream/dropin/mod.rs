@@ -235,3 +235,39 @@ fn username_of(v: &serde_json::Value, names: &[&str]) -> Result<String, Refusal>
         .filter(|u| !u.is_empty())
         .ok_or(Refusal::UserMissing)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::b64_encode;
+
+    /// However the plaintext under gstgate's key is wrong, the refusal is the one for a
+    /// payload under another key: the answer never says whether the RSA padding held.
+    #[test]
+    fn every_failure_past_the_rsa_layer_is_the_undecryptable_refusal() {
+        let ours = KeyPair::generate().unwrap();
+        let theirs = KeyPair::generate().unwrap();
+        let body = |key: &KeyPair, plain: &[u8]| {
+            let sealed = key.public_key().encrypt(plain).unwrap();
+            serde_json::to_vec(&serde_json::json!({ "Data": b64_encode(&sealed) })).unwrap()
+        };
+        for (key, plain) in [
+            (&ours, &b"not base64 at all {"[..]),
+            (&ours, b"bm90IEpTT04="),
+            (&ours, &[0xff, 0xfe, 0x00][..]),
+            (&theirs, b"eyJVc2VyTmFtZSI6ImEifQ=="),
+        ] {
+            assert_eq!(
+                open_nic_login(&body(key, plain), &ours).err(),
+                Some(Refusal::PayloadUndecryptable),
+                "{plain:?}"
+            );
+        }
+        assert_eq!(
+            open_nic_login(b"{\"Data\": 1}", &ours).err(),
+            Some(Refusal::PayloadMalformed)
+        );
+        let good = body(&ours, b"eyJVc2VyTmFtZSI6ImEifQ==");
+        assert_eq!(open_nic_login(&good, &ours).unwrap()["UserName"], "a");
+    }
+}
