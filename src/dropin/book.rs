@@ -344,3 +344,6 @@ fn decode(plain: &[u8]) -> Option<DropinSession> {
         expires_at: UNIX_EPOCH + Duration::from_millis(stored.expires_unix_ms),
     })
 }
+
+#[cfg(test)]
+mod tests;
