@@ -23,6 +23,7 @@
 //!   are written when the store answers again, where the first one written wins and the other
 //!   replicas take it up, so the group converges on one session.
 
+use super::guard::Admit;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -260,7 +261,8 @@ impl Sessions {
         }
     }
 
-    /// Admits one login (or OTP request) on the turn: counted by the guard and, with a store,
+    /// Admits one login (or OTP request) on the turn, as `purpose` needs it: counted by the
+    /// guard and, with a store,
     /// recorded before it leaves, so that neither a restart nor another replica can spend the
     /// upstream's login allowance twice. `now` is the admission time the guard records (a
     /// login that never connects is given back by it). Shows the slot refreshing if
@@ -271,9 +273,10 @@ impl Sessions {
         turn: &Turn,
         now: Instant,
         refreshing: bool,
+        purpose: Admit,
     ) -> Result<(), GatewayError> {
         slot.change_on(turn)
-            .take_login(now, turn.offline_share(), refreshing)?;
+            .take_login(now, turn.offline_share(), refreshing, purpose)?;
         if let Some(store) = self.store.get() {
             store.flush().await;
         }

@@ -20,6 +20,29 @@ const BACKOFF_BASE: Duration = Duration::from_millis(500);
 /// Longest backoff between login attempts.
 const BACKOFF_CAP: Duration = Duration::from_secs(60);
 
+/// What a login needs of the allowance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Room for this many logins in the window; the login takes one. More than one where
+    /// the room must outlast it: an OTP request needs room for the OTP login it brings, and
+    /// any other login leaves that room to an OTP login already owed it.
+    Room(usize),
+    /// The OTP login of an OTP request that was admitted with room for it: never refused for
+    /// the count (the taxpayer has the OTP), though still for a lockout or a backoff.
+    Reserved,
+}
+
+/// Why a login is being admitted, which decides what it [`Need`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// A login that makes or renews a session (password, refresh).
+    Login,
+    /// An OTP request: it must leave room for the OTP login it brings.
+    OtpRequest,
+    /// The OTP login: in the room its request left, if that request is still owed it.
+    OtpLogin,
+}
+
 /// Per-credential login admission.
 #[derive(Debug)]
 pub struct Guard {
@@ -51,9 +74,14 @@ impl Guard {
     }
 
     /// Admits a login while the store shared with other replicas is unreachable: as
-    /// [`Guard::take_login`], and only while this replica's own logins of the window are fewer
+    /// [`Guard::admit`], and only while this replica's own logins of the window are fewer
     /// than `share`, its part of the group's allowance.
-    pub fn take_login_offline(&mut self, now: Instant, share: u32) -> Result<(), GatewayError> {
+    pub fn take_login_offline(
+        &mut self,
+        now: Instant,
+        share: u32,
+        need: Need,
+    ) -> Result<(), GatewayError> {
         while self
             .offline
             .front()
@@ -61,13 +89,15 @@ impl Guard {
         {
             self.offline.pop_front();
         }
-        if self.offline.len() >= share as usize {
-            let oldest = self.offline.front().copied().unwrap_or(now);
-            return Err(GatewayError::LoginThrottled {
-                retry_after_secs: secs_ceil((oldest + self.window).saturating_duration_since(now)),
-            });
+        if let Need::Room(room) = need {
+            if let Some(wait) = wait_for_room(&self.offline, room, share as usize, self.window, now)
+            {
+                return Err(GatewayError::LoginThrottled {
+                    retry_after_secs: secs_ceil(wait),
+                });
+            }
         }
-        self.take_login(now)?;
+        self.admit(now, need)?;
         self.offline.push_back(now);
         Ok(())
     }
@@ -122,8 +152,9 @@ impl Guard {
         }
     }
 
-    /// Admits a login now, or says why not. An admitted login counts against the limit.
-    pub fn take_login(&mut self, now: Instant) -> Result<(), GatewayError> {
+    /// Admits a login that needs `need` of the allowance now, or says why not (with how long
+    /// until it would fit). An admitted login counts against the limit.
+    pub fn admit(&mut self, now: Instant, need: Need) -> Result<(), GatewayError> {
         if let Some((_, err)) = &self.lockout {
             return Err(err.clone());
         }
@@ -143,11 +174,13 @@ impl Guard {
         {
             self.recent.pop_front();
         }
-        if self.recent.len() >= self.max_logins as usize {
-            let oldest = self.recent.front().copied().unwrap_or(now);
-            return Err(GatewayError::LoginThrottled {
-                retry_after_secs: secs_ceil((oldest + self.window).saturating_duration_since(now)),
-            });
+        if let Need::Room(room) = need {
+            let max = self.max_logins as usize;
+            if let Some(wait) = wait_for_room(&self.recent, room, max, self.window, now) {
+                return Err(GatewayError::LoginThrottled {
+                    retry_after_secs: secs_ceil(wait),
+                });
+            }
         }
         self.recent.push_back(now);
         Ok(())
@@ -236,6 +269,22 @@ impl Guard {
     }
 }
 
+/// How long until `room` more logins fit under `max` in the window, given the logins `recent`
+/// (oldest first, all inside the window); `None` when they fit now. Room for more than `max`
+/// never comes: it is asked for as `max`.
+fn wait_for_room(
+    recent: &VecDeque<Instant>,
+    room: usize,
+    max: usize,
+    window: Duration,
+    now: Instant,
+) -> Option<Duration> {
+    let room = room.min(max).max(1);
+    let over = (recent.len() + room).checked_sub(max).filter(|n| *n > 0)?;
+    let frees = recent.get(over - 1).copied().unwrap_or(now);
+    Some((frees + window).saturating_duration_since(now))
+}
+
 /// A lockout as the store keeps it, for the errors that other replicas can rebuild.
 fn stored_lockout(err: &GatewayError) -> Option<StoredLockout> {
     let (kind, upstream_code, message) = match err {
@@ -302,16 +351,18 @@ mod tests {
     fn rate_limit_admits_max_logins_per_window() {
         let mut g = Guard::new(2, Duration::from_secs(60));
         let t0 = Instant::now();
-        assert!(g.take_login(t0).is_ok());
-        assert!(g.take_login(t0).is_ok());
-        let err = g.take_login(t0 + Duration::from_secs(1)).unwrap_err();
+        assert!(g.admit(t0, Need::Room(1)).is_ok());
+        assert!(g.admit(t0, Need::Room(1)).is_ok());
+        let err = g
+            .admit(t0 + Duration::from_secs(1), Need::Room(1))
+            .unwrap_err();
         assert!(matches!(
             err,
             GatewayError::LoginThrottled {
                 retry_after_secs: 59
             }
         ));
-        assert!(g.take_login(t0 + Duration::from_secs(60)).is_ok());
+        assert!(g.admit(t0 + Duration::from_secs(60), Need::Room(1)).is_ok());
     }
 
     #[test]
@@ -324,10 +375,10 @@ mod tests {
             upstream_code: Some("1019".into()),
         };
         g.lock_out(State::CredentialsRejected, err.clone());
-        assert_eq!(g.take_login(Instant::now()).unwrap_err(), err);
+        assert_eq!(g.admit(Instant::now(), Need::Room(1)).unwrap_err(), err);
         assert_eq!(g.locked_state(), Some(State::CredentialsRejected));
         g.reset();
-        assert!(g.take_login(Instant::now()).is_ok());
+        assert!(g.admit(Instant::now(), Need::Room(1)).is_ok());
     }
 
     #[test]
@@ -337,13 +388,13 @@ mod tests {
         let now = Instant::now();
         // Three logins left after a failure: a short backoff, as for a blip.
         let mut g = Guard::new(4, window);
-        g.take_login(now).unwrap();
+        g.admit(now, Need::Room(1)).unwrap();
         g.failed(now, "503".into());
         assert!(g.backoff_until.unwrap() <= now + BACKOFF_BASE * 2);
         // One login left: half to all of a fair share of the window first.
         let mut g = Guard::new(4, window);
         for _ in 0..3 {
-            g.take_login(now).unwrap();
+            g.admit(now, Need::Room(1)).unwrap();
         }
         g.failed(now, "503".into());
         let until = g.backoff_until.unwrap();
@@ -353,23 +404,25 @@ mod tests {
             until - now
         );
         assert!(matches!(
-            g.take_login(now + share / 4),
+            g.admit(now + share / 4, Need::Room(1)),
             Err(GatewayError::LoginBackoff { .. })
         ));
-        assert!(g.take_login(now + share).is_ok());
+        assert!(g.admit(now + share, Need::Room(1)).is_ok());
     }
 
     #[test]
     fn a_login_that_never_left_is_given_back() {
         let mut g = Guard::new(1, Duration::from_secs(900));
         let t0 = Instant::now();
-        g.take_login(t0).unwrap();
+        g.admit(t0, Need::Room(1)).unwrap();
         g.unreachable(t0, t0, "connect".into());
         // Only the short backoff, not a share of the window, before the next attempt.
         let next = g.backoff_until.unwrap();
         assert!(next <= t0 + BACKOFF_BASE * 2);
-        assert!(g.take_login(next).is_ok());
-        assert!(g.take_login(next + Duration::from_secs(1)).is_err());
+        assert!(g.admit(next, Need::Room(1)).is_ok());
+        assert!(g
+            .admit(next + Duration::from_secs(1), Need::Room(1))
+            .is_err());
     }
 
     /// What is stored comes back as the same limits, lockout included, on another clock
@@ -379,7 +432,7 @@ mod tests {
         let window = Duration::from_secs(900);
         let (now, wall) = (Instant::now(), SystemTime::now());
         let mut g = Guard::new(2, window);
-        g.take_login(now).unwrap();
+        g.admit(now, Need::Room(1)).unwrap();
         g.failed(now, "503".into());
         g.lock_out(
             State::CredentialsRejected,
@@ -401,9 +454,9 @@ mod tests {
             username: "u",
         };
         let mut other = Guard::new(2, window);
-        other.take_login_offline(now, 1).unwrap();
+        other.take_login_offline(now, 1, Need::Room(1)).unwrap();
         assert!(
-            other.take_login_offline(now, 1).is_err(),
+            other.take_login_offline(now, 1, Need::Room(1)).is_err(),
             "its share is spent"
         );
         let later = now + Duration::from_secs(5);
@@ -411,12 +464,12 @@ mod tests {
         assert_eq!(other.recent.len(), 2, "the group's login and its own");
         assert_eq!(other.locked_state(), Some(State::CredentialsRejected));
         assert!(matches!(
-            other.take_login(later),
+            other.admit(later, Need::Room(1)),
             Err(GatewayError::CredentialsRejected { upstream_code: Some(c), .. }) if c == "2150"
         ));
         other.reset();
         assert!(matches!(
-            other.take_login(later),
+            other.admit(later, Need::Room(1)),
             Err(GatewayError::LoginThrottled { .. })
         ));
     }
@@ -431,6 +484,6 @@ mod tests {
         let until = g.backoff_until.unwrap();
         assert!(until <= now + BACKOFF_CAP);
         g.succeeded();
-        assert!(g.take_login(now).is_ok());
+        assert!(g.admit(now, Need::Room(1)).is_ok());
     }
 }

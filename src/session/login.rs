@@ -1,6 +1,7 @@
 //! Logging in: renewing a slot's session the way its API allows, and recording the outcome
 //! (the new session, or the failure and what it means for further logins).
 
+use super::guard::Admit;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -99,7 +100,8 @@ impl Sessions {
                 }
             };
             let forced = matches!(kind, LoginKind::Password { force: true });
-            self.count_login(slot, turn, now, true).await?;
+            self.count_login(slot, turn, now, true, Admit::Login)
+                .await?;
             let result = self.login_call(slot, kind).await;
             let purpose = if !stale(&result, current.as_deref()) {
                 Purpose::Renew

@@ -7,6 +7,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::group::Turn;
+use super::guard::Admit;
 use super::login::Purpose;
 use super::single_flight::Flight;
 use super::{Session, Sessions, Slot, Trigger};
@@ -15,8 +16,9 @@ use crate::problem::{chain, GatewayError};
 use crate::upstream::LoginKind;
 
 /// An OTP request's app key is used for its OTP no longer than this: portal OTPs expire
-/// within minutes, and a stale key is better replaced than kept.
-const OTP_APP_KEY_LIFE: Duration = Duration::from_secs(30 * 60);
+/// within minutes, and a stale key is better replaced than kept. For as long, the login
+/// allowance keeps room for the OTP login.
+pub(in crate::session) const OTP_LIFE: Duration = Duration::from_secs(30 * 60);
 
 impl Sessions {
     /// Asks the upstream to send the taxpayer an OTP (GSTN). An operator's call: it clears a
@@ -40,7 +42,7 @@ impl Sessions {
     }
 
     async fn otp_request_on(&self, slot: &Slot, turn: &Turn) -> Result<(), GatewayError> {
-        self.count_login(slot, turn, crate::clock::now(), false)
+        self.count_login(slot, turn, crate::clock::now(), false, Admit::OtpRequest)
             .await?;
         let app_key = slot.upstream.profile.otp_app_key();
         let password = slot.view().password();
@@ -103,12 +105,13 @@ impl Sessions {
         otp: &str,
     ) -> Result<Arc<Session>, GatewayError> {
         let admitted = crate::clock::now();
-        self.count_login(slot, turn, admitted, true).await?;
+        self.count_login(slot, turn, admitted, true, Admit::OtpLogin)
+            .await?;
         // The key the OTP was requested with; without one (an OTP requested some other way)
         // a fresh key, which the portal may refuse.
         let app_key = slot
             .view()
-            .otp_app_key(OTP_APP_KEY_LIFE)
+            .otp_app_key(OTP_LIFE)
             .unwrap_or_else(|| slot.upstream.profile.otp_app_key());
         let sent = self
             .login_call(

@@ -543,3 +543,72 @@ async fn a_session_made_offline_is_offered_to_the_group_when_the_store_is_back()
     );
     assert_eq!(fake.calls().len(), 1, "B made no login");
 }
+
+/// An OTP is never wasted, and the allowance never overdrawn: with the default 4 logins per
+/// window, every sequence of five operator calls (OTP request, OTP submission, a wrong OTP,
+/// refresh) at one instant, the worst case for the window, makes at most 4 upstream calls
+/// and leaves no OTP request that sent an OTP whose first submission is then refused for the
+/// allowance; an OTP request without room for its OTP login is refused up front, with
+/// `Retry-After`. (A retry after a wrong OTP is a login like any other: the room was spent.)
+/// Broken by: an OTP request admitted with room for itself only (the window is overdrawn),
+/// or other logins taking the room an OTP request left (its submission is refused).
+#[tokio::test(start_paused = true)]
+async fn no_sequence_of_operator_calls_wastes_an_otp() {
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        Request,
+        Submit,
+        WrongOtp,
+        Refresh,
+    }
+    const OPS: [Op; 4] = [Op::Request, Op::Submit, Op::WrongOtp, Op::Refresh];
+    let mut refused_up_front = 0;
+    for n in 0..OPS.len().pow(5) {
+        let sequence: Vec<Op> = (0..5)
+            .map(|i| OPS[n / OPS.len().pow(i) % OPS.len()])
+            .collect();
+        let fake = Fake::new(Api::Gstn, GRACE);
+        let rig = Rig::new(Api::Gstn, &fake, "");
+        let mut otp_sent = false;
+        for op in &sequence {
+            match op {
+                Op::Request => match rig.sessions.request_otp(&rig.slot).await {
+                    Ok(()) => otp_sent = true,
+                    Err(GatewayError::LoginThrottled { retry_after_secs }) => {
+                        assert!(retry_after_secs > 0, "{sequence:?}");
+                        refused_up_front += 1;
+                    }
+                    Err(e) => panic!("{sequence:?}: {e}"),
+                },
+                Op::Submit | Op::WrongOtp => {
+                    if matches!(op, Op::WrongOtp) {
+                        fake.script([Scripted::Refuse(Class::OtpRejected, "AUTH4034")]);
+                    }
+                    let submitted = rig
+                        .sessions
+                        .submit_otp(&rig.slot, "575757".to_owned().into())
+                        .await;
+                    if otp_sent {
+                        assert!(
+                            !matches!(submitted, Err(GatewayError::LoginThrottled { .. })),
+                            "{sequence:?}: an OTP that was sent is refused for the allowance"
+                        );
+                    }
+                    // Right or wrong, the OTP login the request left room for was made.
+                    if !matches!(submitted, Err(GatewayError::LoginThrottled { .. })) {
+                        otp_sent = false;
+                    }
+                }
+                Op::Refresh => {
+                    let _ = rig.sessions.refresh_now(&rig.slot).await;
+                }
+            }
+        }
+        assert!(
+            fake.calls().len() <= 4,
+            "{sequence:?}: {:?} overdraws the allowance",
+            fake.kinds()
+        );
+    }
+    assert!(refused_up_front > 0, "some sequences ran out of allowance");
+}

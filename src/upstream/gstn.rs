@@ -259,6 +259,18 @@ impl Profile for Gstn {
         .unwrap_or_default()
     }
 
+    fn check_upstream(&self, upstream: &UpstreamConfig) -> Result<(), (&'static str, String)> {
+        // An OTP request is admitted only with room for the OTP login it brings, so that an
+        // OTP the taxpayer received is never refused for the allowance.
+        if upstream.max_logins < 2 {
+            return Err((
+                "max_logins",
+                "a GSTN session starts with an OTP request and an OTP login, two logins: use at least 2".into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn check_credential(
         &self,
         _upstream: &UpstreamConfig,
@@ -274,6 +286,16 @@ impl Profile for Gstn {
 mod tests {
     use super::*;
     use crate::upstream::config_checks::tests::one_upstream;
+
+    #[test]
+    fn an_otp_flow_needs_two_logins_of_allowance() {
+        let config = one_upstream("gstn", "max_logins = 1", "");
+        let (field, message) = Gstn.check_upstream(&config.upstreams[0]).unwrap_err();
+        assert_eq!(field, "max_logins");
+        assert!(message.contains("at least 2"), "{message}");
+        let config = one_upstream("gstn", "max_logins = 2", "");
+        assert!(Gstn.check_upstream(&config.upstreams[0]).is_ok());
+    }
 
     #[test]
     fn error_codes_are_classified() {

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::SecretString;
 
-use super::super::guard::Guard;
+use super::super::guard::{Admit, Guard, Need};
+use super::super::otp::OTP_LIFE;
 use super::super::Invalidation;
 use super::{Session, State};
 use crate::crypto::AesKey;
@@ -90,6 +91,9 @@ pub(in crate::session) struct SlotState {
     clear_group_lockout: bool,
     /// The app key of the OTP requested last and not used yet, and when it was requested.
     otp_app_key: Option<(AesKey, SystemTime)>,
+    /// An OTP login was made with that key (and refused): the room its request left is
+    /// spent. Kept in memory only: after a restart one more OTP login may use the room.
+    otp_tried: bool,
 }
 
 impl SlotState {
@@ -118,6 +122,7 @@ impl SlotState {
             revision: 0,
             clear_group_lockout: false,
             otp_app_key: None,
+            otp_tried: false,
         }
     }
 
@@ -340,10 +345,28 @@ impl<'a> Change<'a> {
         now: Instant,
         offline_share: Option<u32>,
         refreshing: bool,
+        purpose: Admit,
     ) -> Result<(), GatewayError> {
+        // An OTP request leaves room for the OTP login it brings; until that OTP is used or
+        // stale, no other login may take that room.
+        let owed = !self.st.otp_tried
+            && self.st.otp_app_key.as_ref().is_some_and(|(_, at)| {
+                crate::clock::wall()
+                    .duration_since(*at)
+                    .is_ok_and(|age| age < OTP_LIFE)
+            });
+        let need = match purpose {
+            Admit::Login => Need::Room(1 + usize::from(owed)),
+            Admit::OtpRequest => Need::Room(2),
+            Admit::OtpLogin if owed => Need::Reserved,
+            Admit::OtpLogin => Need::Room(1),
+        };
         match offline_share {
-            Some(share) => self.st.guard.take_login_offline(now, share)?,
-            None => self.st.guard.take_login(now)?,
+            Some(share) => self.st.guard.take_login_offline(now, share, need)?,
+            None => self.st.guard.admit(now, need)?,
+        }
+        if purpose == Admit::OtpLogin {
+            self.st.otp_tried = true;
         }
         self.st.refreshing |= refreshing;
         self.dirty = true;
@@ -512,6 +535,7 @@ impl<'a> Change<'a> {
     /// exchanged under it, maybe through another replica.
     pub(in crate::session) fn keep_otp_app_key(&mut self, key: AesKey, at: SystemTime) {
         self.st.otp_app_key = Some((key, at));
+        self.st.otp_tried = false;
         self.dirty = true;
     }
 
