@@ -185,6 +185,21 @@ impl Book {
         Ok(session)
     }
 
+    /// Waits until the sessions granted so far are in the store (a no-op when none is
+    /// queued). A login's reply waits for it: the store's writer is asynchronous, and a token
+    /// answered before its record is committed is refused by another replica asked at once,
+    /// and lost by a `kill -9` right after the reply.
+    pub async fn settle(&self) {
+        let Some(store) = self.store.get() else {
+            return;
+        };
+        if !store.flush().await {
+            // The writer retries the batch; until then only this replica knows the token.
+            tracing::warn!(store = %store.place(),
+                "a drop-in session is not in the store yet: other replicas refuse its token until it is written");
+        }
+    }
+
     /// The live session of `token`: from memory, else (another replica may have issued it)
     /// from a shared store.
     pub async fn find(&self, token: &str) -> Option<Arc<DropinSession>> {
@@ -343,4 +358,55 @@ fn decode(plain: &[u8]) -> Option<DropinSession> {
         sek: AesKey::from_slice(&sek).ok()?,
         expires_at: UNIX_EPOCH + Duration::from_millis(stored.expires_unix_ms),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{Book, Owner};
+    use crate::gstin::Gstin;
+    use crate::metrics::Metrics;
+    use crate::store::{Memory, Store};
+    use crate::tasks::Tasks;
+
+    fn owner() -> Owner {
+        Owner {
+            client: "erp".into(),
+            upstream: "einvoice".into(),
+            gstin: Gstin::parse("27AAPFU0939F1ZV").unwrap(),
+            username: "api_user".into(),
+        }
+    }
+
+    /// A book on a store that `memory` shares with other replicas; no writer runs, so what
+    /// reaches the store is what `settle` committed.
+    fn replica(memory: &Memory) -> Book {
+        let (metrics, _) = Metrics::new();
+        let book = Book::new(metrics.clone());
+        book.attach(Store::in_memory(memory, true, metrics, Tasks::default()));
+        book
+    }
+
+    #[tokio::test]
+    async fn a_granted_session_is_in_the_shared_store_once_settled() {
+        let memory = Memory::default();
+        let (issuer, other) = (replica(&memory), replica(&memory));
+        let granted = issuer
+            .grant(owner(), Duration::from_secs(3600), false, 4)
+            .unwrap();
+        assert!(
+            other.find(granted.token()).await.is_none(),
+            "only queued before `settle`"
+        );
+        issuer.settle().await;
+        let found = other
+            .find(granted.token())
+            .await
+            .expect("the other replica finds the settled session");
+        assert_eq!(found.sek.as_bytes(), granted.sek.as_bytes());
+        assert_eq!(found.owner, granted.owner);
+        assert!(!Arc::ptr_eq(&found, &granted));
+    }
 }

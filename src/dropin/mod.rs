@@ -100,6 +100,12 @@ impl Dropin {
         Ok(session)
     }
 
+    /// Waits until the drop-in sessions granted so far are in the store: a login's reply
+    /// must not name a token another replica, or a restart, would not accept.
+    pub async fn settle(&self) {
+        self.book.settle().await;
+    }
+
     /// Live drop-in sessions per (upstream, client), for the status page and admin API.
     pub fn counts(&self) -> Vec<(Arc<str>, Arc<str>, usize)> {
         self.book.counts()

@@ -43,6 +43,9 @@ impl Proxy {
                 .dropin
                 .login(&self.sessions, &clients, upstream, &parts.headers, &body)
                 .await;
+            if answer.is_ok() {
+                self.dropin.settle().await;
+            }
             return match answer {
                 Ok(reply) => Ok(api_answer(reply)),
                 Err(Refused::Api(r)) => refused(upstream, parts, r),
