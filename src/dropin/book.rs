@@ -86,6 +86,9 @@ struct Inner {
 /// Every drop-in session this replica knows.
 pub struct Book {
     inner: Mutex<Inner>,
+    /// Records of live sessions this replica ended (a re-issue), to announce to the other
+    /// replicas once their deletion is committed.
+    ended: Mutex<Vec<Arc<str>>>,
     store: OnceLock<Arc<Store>>,
     metrics: Arc<Metrics>,
 }
@@ -99,6 +102,19 @@ fn record_name(digest: &[u8; 32]) -> Arc<str> {
     format!("{DROPIN_PREFIX}{hex}").into()
 }
 
+/// The token digest a record name holds, if it is a drop-in record's name.
+fn digest_of_name(name: &str) -> Option<[u8; 32]> {
+    let hex = name.strip_prefix(DROPIN_PREFIX)?;
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
 fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -109,6 +125,7 @@ impl Book {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
+            ended: Mutex::new(Vec::new()),
             store: OnceLock::new(),
             metrics,
         }
@@ -167,6 +184,12 @@ impl Book {
         }
         if let Some(old) = current {
             self.remove_locked(&mut inner, &old);
+            if !old.expired(now) {
+                self.ended
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(old.name.clone());
+            }
         }
         let token = format!("{:032x}", rand::random::<u128>());
         let name = record_name(&digest(&token));
@@ -183,6 +206,48 @@ impl Book {
             store.put_dropin(&session.name, encode(&session));
         }
         Ok(session)
+    }
+
+    /// Waits until the sessions granted so far are in the store (a no-op when none is
+    /// queued). A login's reply waits for it: the store's writer is asynchronous, and a token
+    /// answered before its record is committed is refused by another replica asked at once,
+    /// and lost by a `kill -9` right after the reply.
+    pub async fn settle(&self) {
+        let Some(store) = self.store.get() else {
+            return;
+        };
+        if !store.flush().await {
+            // The writer retries the batch; until then only this replica knows the token.
+            tracing::warn!(store = %store.place(),
+                "a drop-in session is not in the store yet: other replicas refuse its token until it is written");
+            return;
+        }
+        let ended = std::mem::take(&mut *self.ended.lock().unwrap_or_else(|p| p.into_inner()));
+        for name in ended {
+            store.announce_gone(&name).await;
+        }
+    }
+
+    /// Forgets what this replica cached of record `name`, which another replica ended: the
+    /// token is refused here from now on (the store no longer has it either).
+    pub fn forget(&self, name: &str) {
+        let Some(key) = digest_of_name(name) else {
+            return;
+        };
+        let mut inner = self.lock();
+        if let Some(session) = inner.by_digest.get(&key).cloned() {
+            self.drop_locked(&mut inner, &session);
+        }
+    }
+
+    /// Forgets every cached session: announcements may have been missed. Each is read from
+    /// the store again when its token next comes.
+    pub fn forget_all(&self) {
+        let mut inner = self.lock();
+        let all: Vec<Arc<DropinSession>> = inner.by_digest.values().cloned().collect();
+        for session in all {
+            self.drop_locked(&mut inner, &session);
+        }
     }
 
     /// The live session of `token`: from memory, else (another replica may have issued it)
@@ -279,9 +344,18 @@ impl Book {
     }
 
     fn remove_locked(&self, inner: &mut Inner, session: &DropinSession) {
+        if self.drop_locked(inner, session) {
+            if let Some(store) = self.store.get() {
+                store.delete(&session.name);
+            }
+        }
+    }
+
+    /// Drops a session from memory only; returns whether it was there.
+    fn drop_locked(&self, inner: &mut Inner, session: &DropinSession) -> bool {
         let key = digest(session.token());
         if inner.by_digest.remove(&key).is_none() {
-            return;
+            return false;
         }
         if inner.by_owner.get(&session.owner) == Some(&key) {
             inner.by_owner.remove(&session.owner);
@@ -290,9 +364,7 @@ impl Book {
             *n = n.saturating_sub(1);
         }
         self.gauge(&session.owner).dec();
-        if let Some(store) = self.store.get() {
-            store.delete(&session.name);
-        }
+        true
     }
 
     fn gauge(

@@ -65,6 +65,11 @@ impl Dropin {
         let result = self
             .admit_login(sessions, clients, upstream, headers, body)
             .await;
+        if result.is_ok() {
+            // The reply must not name a token another replica, or this one after a crash,
+            // would not accept: it waits until the session is in the store.
+            self.book.settle().await;
+        }
         let label = match &result {
             Ok(_) => "success",
             Err(Refused::Api(r)) => r.label(),

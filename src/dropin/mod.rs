@@ -28,7 +28,7 @@ use http::HeaderMap;
 use crate::clients::{ClientRefusal, Clients};
 use crate::gstin::Gstin;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Event, Store, DROPIN_PREFIX};
 use crate::tasks::Tasks;
 use crate::upstream::dropin::Refusal;
 use crate::upstream::Upstream;
@@ -61,7 +61,7 @@ impl Dropin {
     /// Keeps drop-in sessions in `store` from now on and takes up those it holds; starts the
     /// sweep of expired ones on `tasks`.
     pub fn attach(self: &Arc<Self>, store: Arc<Store>, tasks: &Tasks) {
-        let taken = self.book.attach(store);
+        let taken = self.book.attach(store.clone());
         if taken > 0 {
             tracing::info!(sessions = taken, "drop-in sessions taken up from the store");
         }
@@ -72,6 +72,22 @@ impl Dropin {
                 me.book.sweep();
             }
         });
+        // A token another replica re-issued must stop working here too, not only once it
+        // expires: that replica announces the ended record, and this one forgets its copy.
+        if let Some(mut events) = store.subscribe() {
+            let me = self.clone();
+            tasks.spawn_until_shutdown(async move {
+                while let Some(event) = events.recv().await {
+                    match event {
+                        Event::Revision { name, .. } if name.starts_with(DROPIN_PREFIX) => {
+                            me.book.forget(&name);
+                        }
+                        Event::Revision { .. } => {}
+                        Event::Reconnected => me.book.forget_all(),
+                    }
+                }
+            });
+        }
     }
 
     /// The drop-in session a data call's headers show: the client by its id and secret, its

@@ -453,6 +453,18 @@ impl Store {
         }
     }
 
+    /// Tells the other replicas that record `name` is gone (a drop-in session ended), so that
+    /// none keeps serving what it cached of it. Nothing to tell for a store nobody shares.
+    pub async fn announce_gone(&self, name: &str) {
+        let Some(group) = &self.coordination else {
+            return;
+        };
+        if let Err(e) = self.outcome("publish", group.announce(name, 0).await) {
+            tracing::warn!(store = %self.place, error = %e,
+                "cannot announce an ended drop-in session; other replicas accept its token until it expires");
+        }
+    }
+
     /// The other replicas' announcements; `None` for a store nobody shares.
     pub fn subscribe(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Event>> {
         self.coordination

@@ -9,6 +9,8 @@ use super::{Book, Owner};
 use crate::gstin::Gstin;
 use crate::metrics::{DropinLabels, Metrics};
 use crate::problem::GatewayError;
+use crate::store::{Memory, Store};
+use crate::tasks::Tasks;
 
 const LIFE: Duration = Duration::from_secs(6 * 3600);
 
@@ -117,4 +119,64 @@ async fn an_expired_session_is_refused_and_swept() {
         .grant(owner("erp", "27AAPFU0939F1ZV"), LIFE, false, 10)
         .unwrap();
     assert_ne!(again.token(), s.token());
+}
+
+/// A book on a store that `memory` shares with other replicas; no writer runs, so what
+/// reaches the store is what `settle` committed.
+fn replica(memory: &Memory) -> Book {
+    let (metrics, _) = Metrics::new();
+    let book = Book::new(metrics.clone());
+    book.attach(Store::in_memory(memory, true, metrics, Tasks::default()));
+    book
+}
+
+#[tokio::test]
+async fn a_granted_session_is_in_the_shared_store_once_settled() {
+    let memory = Memory::default();
+    let (issuer, other) = (replica(&memory), replica(&memory));
+    let granted = issuer
+        .grant(owner("erp", "27AAPFU0939F1ZV"), LIFE, false, 4)
+        .unwrap();
+    assert!(
+        other.find(granted.token()).await.is_none(),
+        "only queued before `settle`"
+    );
+    issuer.settle().await;
+    let found = other
+        .find(granted.token())
+        .await
+        .expect("the other replica finds the settled session");
+    assert_eq!(found.sek.as_bytes(), granted.sek.as_bytes());
+    assert_eq!(found.owner, granted.owner);
+    assert!(!Arc::ptr_eq(&found, &granted));
+}
+
+/// A replica forgets a session another replica ended, and reads it from the store again when
+/// its token comes (it is gone there too, so the token is refused).
+#[tokio::test]
+async fn a_forgotten_session_is_refused_once_the_store_no_longer_has_it() {
+    let memory = Memory::default();
+    let (issuer, other) = (replica(&memory), replica(&memory));
+    let first = issuer
+        .grant(owner("erp", "27AAPFU0939F1ZV"), LIFE, false, 4)
+        .unwrap();
+    issuer.settle().await;
+    assert!(
+        other.find(first.token()).await.is_some(),
+        "cached by the other"
+    );
+    let second = issuer
+        .grant(owner("erp", "27AAPFU0939F1ZV"), LIFE, true, 4)
+        .unwrap();
+    issuer.settle().await;
+    assert!(
+        other.find(first.token()).await.is_some(),
+        "served from memory until told"
+    );
+    other.forget(&first.name);
+    assert!(other.find(first.token()).await.is_none());
+    assert!(other.find(second.token()).await.is_some());
+    other.forget_all();
+    assert!(other.counts().is_empty());
+    assert!(other.find(second.token()).await.is_some(), "read again");
 }

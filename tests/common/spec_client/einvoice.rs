@@ -25,6 +25,7 @@ pub const INVALID_TOKEN: &str = "1005";
 const IST_SECS: i32 = 5 * 3600 + 30 * 60;
 
 /// A session as the client holds it.
+#[derive(Clone)]
 struct Session {
     token: String,
     sek: Key,
@@ -40,6 +41,9 @@ pub struct EinvoiceClient {
     pub logins: u32,
     public_key: RsaPublicKey,
     session: Option<Session>,
+    /// The AppKey of the last login sent, kept for tests only (a real client forgets it once
+    /// the SEK is unwrapped): the secret scans look for it where it must not be.
+    last_app_key: Option<Key>,
     http: reqwest::Client,
 }
 
@@ -91,6 +95,7 @@ impl EinvoiceClient {
             config,
             logins: 0,
             session: None,
+            last_app_key: None,
             http: http_client(),
         })
     }
@@ -118,6 +123,18 @@ impl EinvoiceClient {
     /// Forgets the session, as a restarted client would.
     pub fn clear_session(&mut self) {
         self.session = None;
+    }
+
+    /// Test-only: takes `other`'s token, SEK and expiry as this client's session, as two
+    /// instances of one ASP backend sharing a token cache do (NIC gives one token per user,
+    /// used from wherever). Not a login: `logins` is unchanged.
+    pub fn adopt_session(&mut self, other: &EinvoiceClient) {
+        self.session = other.session.clone();
+    }
+
+    /// Test-only: the AppKey the last login sent (whether or not it succeeded).
+    pub fn last_app_key(&self) -> Option<Key> {
+        self.last_app_key
     }
 
     /// The three headers of every call, login included.
@@ -153,6 +170,7 @@ impl EinvoiceClient {
     /// Logs in with a fresh AppKey and keeps the token and SEK; returns `TokenExpiry` as sent.
     pub async fn login(&mut self, force: bool) -> Result<String, ClientError> {
         let app_key = random_key();
+        self.last_app_key = Some(app_key);
         let payload = json!({
             "UserName": self.config.username,
             "Password": self.config.password,
