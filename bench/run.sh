@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The gateway benchmark: generate-IRN requests/s and p50/p99 latency, in one run on this
 # machine, against the simulator directly, nginx (static headers), gstgate in passthrough mode,
-# gstgate in gateway-encryption mode and gstgate in passthrough mode with the Redis session
-# store. See BENCHMARKS.md.
+# gstgate in gateway-encryption mode, gstgate in gateway mode with a drop-in client (logged in
+# to gstgate, encrypting with gstgate's SEK) and gstgate in passthrough mode with the Redis
+# session store. See BENCHMARKS.md.
 #
 #   bench/run.sh                          # 5 rounds × 10 s per target, refreshes BENCHMARKS.md
 #   bench/run.sh --rounds 3 --duration 5s --report none
 #   bench/run.sh --targets passthrough,redis --report none   # memory vs Redis store
+#   bench/run.sh --targets gateway,dropin --report none      # the cost of drop-in mode
 #   bench/run.sh --perf passthrough       # plus a perf profile of one more run
 #   bench/run.sh --help                   # every option (also settable as BENCH_* variables)
 #

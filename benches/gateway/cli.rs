@@ -42,14 +42,15 @@ pub(crate) struct Opts {
     /// `none` = no pinning. The `redis` target's redis-server runs where the upstream does.
     #[arg(long, env = "BENCH_PIN", value_enum, default_value_t = Pin::Split)]
     pub(crate) pin: Pin,
-    /// Targets, in the order each round runs them (`redis`: passthrough with the Redis session
-    /// store, needs `redis-server`).
+    /// Targets, in the order each round runs them (`dropin`: gateway with drop-in on, the client
+    /// logged in drop-in and encrypting with gstgate's SEK; `redis`: passthrough with the Redis
+    /// session store, needs `redis-server`).
     #[arg(
         long,
         env = "BENCH_TARGETS",
         value_enum,
         value_delimiter = ',',
-        default_value = "direct,nginx,passthrough,gateway,redis"
+        default_value = "direct,nginx,passthrough,gateway,dropin,redis"
     )]
     pub(crate) targets: Vec<TargetKind>,
     /// Markdown file whose results section is replaced with this run's (`none`: do not write).
@@ -178,6 +179,9 @@ pub(crate) enum TargetKind {
     Nginx,
     Passthrough,
     Gateway,
+    /// `gateway` with drop-in on: the client logs in to gstgate and encrypts with its drop-in
+    /// SEK, so gstgate decrypts and encrypts once more each way.
+    Dropin,
     /// `passthrough` with `[store] backend = "redis"` on a redis-server of the benchmark's own.
     Redis,
 }
@@ -189,6 +193,7 @@ impl TargetKind {
             TargetKind::Nginx => "nginx",
             TargetKind::Passthrough => "passthrough",
             TargetKind::Gateway => "gateway",
+            TargetKind::Dropin => "dropin",
             TargetKind::Redis => "redis",
         }
     }
@@ -199,6 +204,7 @@ impl TargetKind {
             TargetKind::Nginx => "nginx reverse proxy, static headers",
             TargetKind::Passthrough => "gstgate, passthrough",
             TargetKind::Gateway => "gstgate, gateway encryption",
+            TargetKind::Dropin => "gstgate, drop-in (gateway encryption + drop-in SEK)",
             TargetKind::Redis => "gstgate, passthrough, Redis session store",
         }
     }
@@ -207,7 +213,7 @@ impl TargetKind {
     pub(crate) fn is_gstgate(self) -> bool {
         matches!(
             self,
-            TargetKind::Passthrough | TargetKind::Gateway | TargetKind::Redis
+            TargetKind::Passthrough | TargetKind::Gateway | TargetKind::Dropin | TargetKind::Redis
         )
     }
 }

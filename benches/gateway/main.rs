@@ -1,4 +1,4 @@
-//! The gateway benchmark: one generate-IRN request, five ways, on one machine.
+//! The gateway benchmark: one generate-IRN request, six ways, on one machine.
 //!
 //! Targets, all doing `POST /eicore/v1.03/Invoice` with the same ~2.7 KB NIC e-invoice
 //! (`bench/invoice.json`):
@@ -9,17 +9,23 @@
 //! 3. `passthrough` — `gstgate serve` with `encryption = "passthrough"` (bodies untouched);
 //! 4. `gateway` — `gstgate serve` with `encryption = "gateway"`: the caller sends plain JSON,
 //!    gstgate encrypts it with the SEK and decrypts the reply;
-//! 5. `redis` — as `passthrough`, but with the Redis session store (`[store] backend = "redis"`)
+//! 5. `dropin` — as `gateway`, with drop-in on (`dropin_private_key`, a `[[client]]` with a
+//!    `client_id`): the benchmark logs in to gstgate as an unmodified NIC client would (RSA
+//!    with gstgate's key, SEK under its AppKey) and sends the invoice encrypted with the
+//!    drop-in SEK and NIC's headers, so gstgate also decrypts the request and encrypts the
+//!    reply for the client: the cost of drop-in over gateway mode;
+//! 6. `redis` — as `passthrough`, but with the Redis session store (`[store] backend = "redis"`)
 //!    on a `redis-server` the benchmark starts for it (loopback, no persistence, pinned as the
 //!    upstream). In steady state a request causes no store operation: the report's
 //!    "store ops/request" column (from `gstgate_store_operations_total`) checks that.
 //!
 //! The upstream (`--upstream`) is either the lean server of `upstream.rs` (default) or
 //! the built-in simulator; both accept a `{"Data": {..}}` object and answer it in plain JSON
-//! (the "enriched GSP" form), so targets 1–3 and 5 carry no payload crypto, while in target 4
-//! gstgate and the upstream each do one AES round trip per request, as with the real IRP.
+//! (the "enriched GSP" form), so targets 1–3 and 6 carry no payload crypto, while in targets 4
+//! and 5 gstgate and the upstream each do one AES round trip per request, as with the real IRP.
 //!
-//! Method: every target is verified first (HTTP 200, `Status` 1 and an `Irn` in the reply);
+//! Method: every target is verified first (HTTP 200, `Status` 1 and an `Irn` in the reply,
+//! `dropin`'s after decrypting `Data` with its drop-in SEK);
 //! then `--rounds` rounds, each running the targets in the same interleaved order (A B C D,
 //! A B C D …) with `wrk` for a warm-up and a measurement; the report gives every run and the
 //! median of the rounds. Around every run the harness samples CPU time per process

@@ -232,6 +232,7 @@ fn record_under_load(
             proc_index: None,
             admin_url: None,
             store_pid: None,
+            reply_sek: None,
         };
         std::thread::spawn(move || run_wrk(&opts, &layout, &t, &dir, &lua, secs + 2))
     };

@@ -274,6 +274,21 @@ impl Report<'_> {
                 );
             }
         }
+        if let (Some(gw), Some(di)) = (find(TargetKind::Gateway), find(TargetKind::Dropin)) {
+            if gw.rps > 0.0 {
+                let _ = writeln!(
+                    s,
+                    "\ndropin vs gateway: {:.1} % of the requests/s ({:.0} vs {:.0} req/s; p99 {:.2} vs {:.2} ms; proxy CPU {:.0} vs {:.0} µs/req)",
+                    100.0 * di.rps / gw.rps,
+                    di.rps,
+                    gw.rps,
+                    di.p99 / 1000.0,
+                    gw.p99 / 1000.0,
+                    di.proxy_us,
+                    gw.proxy_us
+                );
+            }
+        }
         let checks: usize = sums.iter().map(|x| x.failed_checks).sum();
         let _ = writeln!(
             s,

@@ -1,15 +1,18 @@
 //! What is measured: the upstream, the proxies in front of it (nginx; gstgate in passthrough and
-//! in gateway mode, and in passthrough mode with a Redis session store on a redis-server of its
-//! own) with the credentials they share, and the check that each target answers a real IRN.
+//! in gateway mode, in gateway mode with a drop-in client, and in passthrough mode with a Redis
+//! session store on a redis-server of its own) with the credentials they share, and the check
+//! that each target answers a real IRN.
 
 use std::fs;
+use std::io::Write as _;
 use std::net::TcpStream;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure, Context as _, Result};
-use gstgate::crypto::{b64_encode, AesKey, PublicKey};
+use gstgate::crypto::{b64_encode, AesKey, KeyPair, PublicKey};
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
 
@@ -26,6 +29,10 @@ pub(crate) const CLIENT_SECRET: &str = "bench-client-secret";
 /// The API key the benchmark client presents to gstgate.
 pub(crate) const API_KEY: &str = "bench-api-key-0123456789";
 pub(crate) const ADMIN_TOKEN: &str = "bench-admin-token-0123456789";
+/// The `dropin` target's client id and secret: gstgate's own `[[client]]`, not the upstream's,
+/// as an ASP's unmodified client would be configured.
+const DROPIN_CLIENT_ID: &str = "bench-dropin-client";
+const DROPIN_CLIENT_SECRET: &str = "bench-dropin-secret-0123456789";
 pub(crate) const AUTH_PATH: &str = "/eivital/v1.04/auth";
 pub(crate) const INVOICE_PATH: &str = "/eicore/v1.03/Invoice";
 
@@ -35,6 +42,7 @@ pub(crate) const USER_DIRECT: (&str, &str) = ("bench_direct", "Direct#Pass1");
 const USER_PASSTHROUGH: (&str, &str) = ("bench_passthrough", "Passthrough#Pass1");
 const USER_GATEWAY: (&str, &str) = ("bench_gateway", "Gateway#Pass1");
 const USER_REDIS: (&str, &str) = ("bench_redis", "Redis#Pass1");
+const USER_DROPIN: (&str, &str) = ("bench_dropin", "Dropin#Pass1");
 
 /// The `redis` target's `[store] encryption_key` (base64 of 32 bytes; seals tokens and SEKs at
 /// rest in Redis).
@@ -55,6 +63,8 @@ pub(crate) struct Target {
     pub(crate) admin_url: Option<String>,
     /// The redis-server behind the target's session store (`redis` target), for its CPU time.
     pub(crate) store_pid: Option<u32>,
+    /// The SEK the reply's `Data` is encrypted with (`dropin` target: the drop-in SEK).
+    pub(crate) reply_sek: Option<AesKey>,
 }
 
 impl Target {
@@ -92,7 +102,13 @@ pub(crate) fn start_upstream(b: &Bench) -> Result<Upstream> {
         ..
     } = b;
     let sim_pub = dir.join("upstream-public.pem");
-    let users = [USER_DIRECT, USER_PASSTHROUGH, USER_GATEWAY, USER_REDIS];
+    let users = [
+        USER_DIRECT,
+        USER_PASSTHROUGH,
+        USER_GATEWAY,
+        USER_REDIS,
+        USER_DROPIN,
+    ];
     let (mut sim, ready) = match opts.upstream {
         UpstreamKind::Sim => {
             let mut cmd = pinned(layout.sim.as_deref(), bin);
@@ -195,6 +211,7 @@ pub(crate) fn start_targets(
                 proc_index: None,
                 admin_url: None,
                 store_pid: None,
+                reply_sek: None,
             }),
             TargetKind::Nginx => start_nginx(manifest, dir, layout, sim_addr, &token).map(|p| {
                 let url = p.1.clone();
@@ -207,11 +224,24 @@ pub(crate) fn start_targets(
                     proc_index: Some(procs.len() - 1),
                     admin_url: None,
                     store_pid: None,
+                    reply_sek: None,
                 }
             }),
-            TargetKind::Passthrough | TargetKind::Gateway | TargetKind::Redis if !serve_ok => {
+            TargetKind::Passthrough
+            | TargetKind::Gateway
+            | TargetKind::Dropin
+            | TargetKind::Redis
+                if !serve_ok =>
+            {
                 Err(anyhow!("`gstgate serve` is not available in this build"))
             }
+            TargetKind::Dropin => start_dropin(b, sim, &body_plain).map(|(p, t)| {
+                procs.push(p);
+                Target {
+                    proc_index: Some(procs.len() - 1),
+                    ..t
+                }
+            }),
             TargetKind::Passthrough | TargetKind::Gateway | TargetKind::Redis => {
                 let gateway = kind == TargetKind::Gateway;
                 // The `redis` target's own redis-server first; it is stopped (dropped) if
@@ -224,7 +254,7 @@ pub(crate) fn start_targets(
                 redis
                     .and_then(|redis| {
                         let url = redis.as_ref().map(|(_, url)| url.as_str());
-                        start_gstgate(b, sim, kind, url).map(|g| (g, redis))
+                        start_gstgate(b, sim, kind, url, None).map(|g| (g, redis))
                     })
                     .map(|((p, proxy, admin), redis)| {
                         // gstgate before its redis-server, so that it is stopped first.
@@ -250,6 +280,7 @@ pub(crate) fn start_targets(
                             proc_index,
                             admin_url: Some(admin),
                             store_pid,
+                            reply_sek: None,
                         }
                     })
             }
@@ -373,14 +404,65 @@ fn start_redis(dir: &Path, layout: &Layout) -> Result<(Proc, String)> {
     Ok((p, url))
 }
 
-/// Starts `gstgate serve` for a gstgate target (`passthrough`, `gateway`, `redis`): the same
-/// configuration for all but the encryption mode, the upstream user and, for `redis`, the
-/// session store at `redis_url`.
+/// Starts the `dropin` target: gstgate in gateway mode with drop-in on, then a drop-in login
+/// over HTTP as an unmodified NIC client makes it; the body is the invoice under the drop-in
+/// SEK and the headers are the client's own. Returns the process and the target (its
+/// `proc_index` left for the caller to set).
+fn start_dropin(b: &Bench, sim: &Upstream, body_plain: &Path) -> Result<(Proc, Target)> {
+    let key_path = b.dir.join("dropin-key.pem");
+    let pair = KeyPair::generate()?;
+    let pem = pair.to_pkcs8_pem()?;
+    // gstgate refuses a drop-in key that others can read; created 0600, it never is.
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key_path)
+        .and_then(|mut f| f.write_all(pem.as_bytes()))
+        .with_context(|| format!("writing {}", key_path.display()))?;
+    let (p, proxy, admin) = start_gstgate(b, sim, TargetKind::Dropin, None, Some(&key_path))?;
+    let (token, sek) = nic_login(
+        &b.http,
+        &proxy,
+        &pair.public_key(),
+        (DROPIN_CLIENT_ID, DROPIN_CLIENT_SECRET),
+        USER_DROPIN,
+    )
+    .context("drop-in login to gstgate")?;
+    let body = b.dir.join("body-dropin.json");
+    fs::write(
+        &body,
+        serde_json::to_vec(&json!({ "Data": sek.encrypt_b64(&fs::read(body_plain)?) }))?,
+    )?;
+    let target = Target {
+        kind: TargetKind::Dropin,
+        url: format!("{proxy}{INVOICE_PATH}"),
+        body,
+        headers: vec![
+            ("client_id".into(), DROPIN_CLIENT_ID.into()),
+            ("client_secret".into(), DROPIN_CLIENT_SECRET.into()),
+            ("Gstin".into(), GSTIN.into()),
+            ("user_name".into(), USER_DROPIN.0.into()),
+            ("AuthToken".into(), token),
+        ],
+        proc_index: None,
+        admin_url: Some(admin),
+        store_pid: None,
+        reply_sek: Some(sek),
+    };
+    Ok((p, target))
+}
+
+/// Starts `gstgate serve` for a gstgate target (`passthrough`, `gateway`, `dropin`, `redis`):
+/// the same configuration for all but the encryption mode, the upstream user, for `redis` the
+/// session store at `redis_url`, and for `dropin` the drop-in key at `dropin_key` and a
+/// drop-in client.
 fn start_gstgate(
     b: &Bench,
     sim: &Upstream,
     kind: TargetKind,
     redis_url: Option<&str>,
+    dropin_key: Option<&Path>,
 ) -> Result<(Proc, String, String)> {
     let Bench {
         opts,
@@ -396,6 +478,7 @@ fn start_gstgate(
     } = sim;
     let (mode, (user, pass)) = match kind {
         TargetKind::Gateway => ("gateway", USER_GATEWAY),
+        TargetKind::Dropin => ("gateway", USER_DROPIN),
         TargetKind::Redis => ("passthrough", USER_REDIS),
         _ => ("passthrough", USER_PASSTHROUGH),
     };
@@ -404,6 +487,16 @@ fn start_gstgate(
             "backend = \"redis\"\nredis_url = \"{url}\"\nencryption_key = \"{STORE_KEY}\"\nreplicas = 1"
         ),
         None => "backend = \"memory\"".to_string(),
+    };
+    let (dropin_upstream, dropin_client) = match dropin_key {
+        Some(key) => (
+            format!("dropin_private_key = \"{}\"\n", key.display()),
+            format!(
+                "\n[[client]]\nname = \"bench-dropin\"\nclient_id = \"{DROPIN_CLIENT_ID}\"\nclient_secret_sha256 = \"{}\"\ngstins = [\"{GSTIN}\"]\n",
+                hex_sha256(DROPIN_CLIENT_SECRET.as_bytes())
+            ),
+        ),
+        None => (String::new(), String::new()),
     };
     let name = kind.name();
     let config = format!(
@@ -427,7 +520,7 @@ encryption = "{mode}"
 client_id = "{CLIENT_ID}"
 client_secret = "{CLIENT_SECRET}"
 gstin_checksum = "enforce"
-
+{dropin_upstream}
 [[credential]]
 gstin = "{GSTIN}"
 username = "{user}"
@@ -438,7 +531,7 @@ upstreams = ["einvoice"]
 name = "bench"
 api_key_sha256 = "{key_hash}"
 gstins = ["*"]
-"#,
+{dropin_client}"#,
         pubkey = sim_pub.display(),
         key_hash = hex_sha256(API_KEY.as_bytes()),
     );
@@ -468,14 +561,26 @@ pub(crate) fn verify(http: &Http, t: &Target) -> Result<String> {
     let (status, reply) = http.post(&t.url, &headers, body)?;
     let text = String::from_utf8_lossy(&reply);
     ensure!(status == 200, "HTTP {status}: {}", clip(&text, 400));
-    let v: Value = serde_json::from_slice(&reply)
+    let mut v: Value = serde_json::from_slice(&reply)
         .with_context(|| format!("reply is not JSON: {}", clip(&text, 400)))?;
     ensure!(
         status_is_one(&v["Status"]),
         "Status is not 1: {}",
         clip(&text, 400)
     );
-    let irn = v["Data"]["Irn"]
+    let data = match &t.reply_sek {
+        Some(sek) => {
+            let sealed = v["Data"]
+                .as_str()
+                .ok_or_else(|| anyhow!("Data is not a string: {}", clip(&text, 400)))?;
+            let plain = sek
+                .decrypt_b64(sealed)
+                .context("Data does not decrypt with the drop-in SEK")?;
+            serde_json::from_slice(&plain).context("the decrypted Data is not JSON")?
+        }
+        None => v["Data"].take(),
+    };
+    let irn = data["Irn"]
         .as_str()
         .ok_or_else(|| anyhow!("no Data.Irn in the reply: {}", clip(&text, 400)))?;
     ensure!(!irn.is_empty(), "empty Irn");
@@ -486,14 +591,26 @@ fn status_is_one(v: &Value) -> bool {
     v.as_i64() == Some(1) || v.as_str() == Some("1")
 }
 
-/// NIC e-invoice login: RSA(B64(json)) with a fresh AppKey; returns the token
-/// after checking that the SEK unwraps under that AppKey.
+/// NIC e-invoice login to the upstream with the GSP client credentials; returns the token
+/// after checking that the SEK unwraps under the AppKey.
 pub(crate) fn login(
     http: &Http,
     sim_url: &str,
     key: &PublicKey,
-    (user, pass): (&str, &str),
+    user: (&str, &str),
 ) -> Result<String> {
+    nic_login(http, sim_url, key, (CLIENT_ID, CLIENT_SECRET), user).map(|(token, _)| token)
+}
+
+/// NIC e-invoice login at `base_url` (the upstream, or gstgate for a drop-in client):
+/// RSA(B64(json)) with a fresh AppKey; returns the token and the SEK unwrapped with it.
+fn nic_login(
+    http: &Http,
+    base_url: &str,
+    key: &PublicKey,
+    (client_id, client_secret): (&str, &str),
+    (user, pass): (&str, &str),
+) -> Result<(String, AesKey)> {
     let app_key = AesKey::random();
     let inner = json!({
         "UserName": user,
@@ -504,12 +621,12 @@ pub(crate) fn login(
     let cipher = key.encrypt(b64_encode(&serde_json::to_vec(&inner)?).as_bytes())?;
     let body = serde_json::to_vec(&json!({ "Data": b64_encode(&cipher) }))?;
     let headers = vec![
-        ("client_id".to_string(), CLIENT_ID.to_string()),
-        ("client_secret".to_string(), CLIENT_SECRET.to_string()),
+        ("client_id".to_string(), client_id.to_string()),
+        ("client_secret".to_string(), client_secret.to_string()),
         ("Gstin".to_string(), GSTIN.to_string()),
         ("content-type".to_string(), "application/json".to_string()),
     ];
-    let (status, reply) = http.post(&format!("{sim_url}{AUTH_PATH}"), &headers, body)?;
+    let (status, reply) = http.post(&format!("{base_url}{AUTH_PATH}"), &headers, body)?;
     let v: Value = serde_json::from_slice(&reply).with_context(|| {
         format!(
             "HTTP {status}, not JSON: {}",
@@ -523,10 +640,10 @@ pub(crate) fn login(
     let sek = v["Data"]["Sek"]
         .as_str()
         .ok_or_else(|| anyhow!("no Sek: {v}"))?;
-    app_key
+    let sek = app_key
         .unwrap_key(sek)
         .context("the SEK does not unwrap under our AppKey")?;
-    Ok(token.to_string())
+    Ok((token.to_string(), sek))
 }
 
 /// `bench/invoice.json`, compacted, dated today (IST) so that no date rule can reject it.
