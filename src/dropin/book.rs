@@ -64,9 +64,14 @@ impl DropinSession {
     }
 }
 
+/// The layout version of a stored drop-in session; a record of another version is not one
+/// this gstgate can read (its client logs in again).
+const STORED_VERSION: u32 = 1;
+
 /// The record of a session as the store keeps it (inside the seal).
 #[derive(Serialize, Deserialize)]
 struct Stored<'a> {
+    v: u32,
     client: &'a str,
     upstream: &'a str,
     gstin: &'a str,
@@ -385,6 +390,7 @@ impl Book {
 fn encode(session: &DropinSession) -> Zeroizing<Vec<u8>> {
     let sek = b64_encode(session.sek.as_bytes());
     let stored = Stored {
+        v: STORED_VERSION,
         client: &session.owner.client,
         upstream: &session.owner.upstream,
         gstin: session.owner.gstin.as_str(),
@@ -401,6 +407,9 @@ fn encode(session: &DropinSession) -> Zeroizing<Vec<u8>> {
 /// A session from the store's bytes; `None` if they are not one.
 fn decode(plain: &[u8]) -> Option<DropinSession> {
     let stored: Stored<'_> = serde_json::from_slice(plain).ok()?;
+    if stored.v != STORED_VERSION {
+        return None;
+    }
     let sek = Zeroizing::new(b64_decode(stored.sek).ok()?);
     let token = stored.token.to_owned();
     Some(DropinSession {

@@ -39,7 +39,7 @@ use crate::tasks::Tasks;
 
 pub use backend::{BackendError, Coordination, Event, Lease, Records};
 pub use memory::Memory;
-pub use record::{LockoutKind, Record, StoredGuard, StoredLockout, StoredSession};
+pub use record::{DecodeError, LockoutKind, Record, StoredGuard, StoredLockout, StoredSession};
 
 use self::redis::Redis;
 use seal::{Opened, Sealer};
@@ -356,11 +356,11 @@ impl Store {
         let opened = self
             .sealer
             .open(name.as_bytes(), sealed)
-            .map_err(|e| e.to_string())
+            .map_err(|e| (e.to_string(), false))
             .and_then(|(plain, how)| {
                 Record::decode(&plain)
                     .map(|record| (record, how))
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| (e.to_string(), matches!(e, DecodeError::Newer(_))))
             });
         match opened {
             Ok((record, how)) => {
@@ -370,7 +370,13 @@ impl Store {
                     rewrite: how == Opened::Previous,
                 })
             }
-            Err(reason) => {
+            Err((reason, true)) => {
+                count(&self.metrics, op, "error");
+                tracing::warn!(store = %self.place, record = %name, reason = %reason,
+                    "skipping a stored session a newer gstgate wrote (a rollback, or a rolling update under way); it will log in afresh: see docs/upgrading.md");
+                None
+            }
+            Err((reason, false)) => {
                 count(&self.metrics, op, "error");
                 tracing::warn!(store = %self.place, record = %name, reason = %reason,
                     "skipping a stored session that does not open (encryption key changed without previous_encryption_key?); it will log in afresh");

@@ -103,15 +103,24 @@ impl LockoutKind {
             1 => LockoutKind::CredentialsRejected,
             2 => LockoutKind::ConfigRejected,
             3 => LockoutKind::AccessDisabled,
-            _ => return Err(DecodeError("bad lockout kind")),
+            _ => return Err(DecodeError::Malformed("bad lockout kind")),
         })
     }
 }
 
 /// Why stored bytes are not a record.
-#[derive(Debug, thiserror::Error)]
-#[error("malformed record ({0})")]
-pub struct DecodeError(&'static str);
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The bytes are not a record of a version this gstgate knows.
+    #[error("malformed record ({0})")]
+    Malformed(&'static str),
+    /// A newer gstgate wrote it, in a layout this one cannot read (after a rollback, or
+    /// while replicas of two versions share one Redis).
+    #[error(
+        "record version {0} was written by a newer gstgate; this one reads versions 1 to {VERSION}"
+    )]
+    Newer(u8),
+}
 
 impl Record {
     /// The plaintext bytes of the record.
@@ -150,8 +159,11 @@ impl Record {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader(bytes);
         let version = r.u8()?;
-        if version != 1 && version != VERSION {
-            return Err(DecodeError("unknown version"));
+        if version > VERSION {
+            return Err(DecodeError::Newer(version));
+        }
+        if version == 0 {
+            return Err(DecodeError::Malformed("version 0"));
         }
         let next_generation = r.u64()?;
         let portal_ends_at = r.time()?;
@@ -168,7 +180,7 @@ impl Record {
             (r.guard()?, r.u64()?, r.text()?, r.text()?, r.app_key()?)
         };
         if !r.0.is_empty() {
-            return Err(DecodeError("trailing bytes"));
+            return Err(DecodeError::Malformed("trailing bytes"));
         }
         Ok(Self {
             session,
@@ -251,7 +263,7 @@ struct Reader<'a>(&'a [u8]);
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.0.len() < n {
-            return Err(DecodeError("truncated"));
+            return Err(DecodeError::Malformed("truncated"));
         }
         let (head, tail) = self.0.split_at(n);
         self.0 = tail;
@@ -276,21 +288,21 @@ impl<'a> Reader<'a> {
     fn instant(&mut self) -> Result<SystemTime, DecodeError> {
         UNIX_EPOCH
             .checked_add(Duration::from_millis(self.u64()?))
-            .ok_or(DecodeError("time out of range"))
+            .ok_or(DecodeError::Malformed("time out of range"))
     }
 
     fn time(&mut self) -> Result<Option<SystemTime>, DecodeError> {
         match self.u8()? {
             0 => Ok(None),
             1 => self.instant().map(Some),
-            _ => Err(DecodeError("bad flag")),
+            _ => Err(DecodeError::Malformed("bad flag")),
         }
     }
 
     fn len(&mut self) -> Result<usize, DecodeError> {
         let b = self.take(4)?;
         usize::try_from(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-            .map_err(|_| DecodeError("bad length"))
+            .map_err(|_| DecodeError::Malformed("bad length"))
     }
 
     fn text(&mut self) -> Result<Option<String>, DecodeError> {
@@ -300,9 +312,9 @@ impl<'a> Reader<'a> {
                 let n = self.len()?;
                 String::from_utf8(self.take(n)?.to_vec())
                     .map(Some)
-                    .map_err(|_| DecodeError("bad text"))
+                    .map_err(|_| DecodeError::Malformed("bad text"))
             }
-            _ => Err(DecodeError("bad flag")),
+            _ => Err(DecodeError::Malformed("bad flag")),
         }
     }
 
@@ -310,10 +322,11 @@ impl<'a> Reader<'a> {
         match self.u8()? {
             0 => Ok(None),
             1 => {
-                let key = AesKey::from_slice(self.take(32)?).map_err(|_| DecodeError("bad key"))?;
+                let key = AesKey::from_slice(self.take(32)?)
+                    .map_err(|_| DecodeError::Malformed("bad key"))?;
                 Ok(Some((key, self.instant()?)))
             }
-            _ => Err(DecodeError("bad flag")),
+            _ => Err(DecodeError::Malformed("bad flag")),
         }
     }
 
@@ -345,15 +358,16 @@ impl<'a> Reader<'a> {
         match self.u8()? {
             0 => return Ok(None),
             1 => {}
-            _ => return Err(DecodeError("bad flag")),
+            _ => return Err(DecodeError::Malformed("bad flag")),
         }
         let generation = self.u64()?;
         let expires_at = self.instant()?;
         let issued_at = self.instant()?;
-        let sek = AesKey::from_slice(self.take(32)?).map_err(|_| DecodeError("bad key"))?;
+        let sek =
+            AesKey::from_slice(self.take(32)?).map_err(|_| DecodeError::Malformed("bad key"))?;
         let len = self.len()?;
-        let mut token =
-            HeaderValue::from_bytes(self.take(len)?).map_err(|_| DecodeError("bad token"))?;
+        let mut token = HeaderValue::from_bytes(self.take(len)?)
+            .map_err(|_| DecodeError::Malformed("bad token"))?;
         token.set_sensitive(true);
         Ok(Some(StoredSession {
             token,
@@ -473,6 +487,17 @@ mod tests {
         v1.truncate(v1.len() - 18);
         let back = Record::decode(&v1).unwrap();
         assert_eq!(back.guard, StoredGuard::default());
-        assert!(Record::decode(&[9, 0, 0]).is_err());
+        // A newer layout is told apart from garbage: the log says to roll forward.
+        let mut newer = records[2].encode().to_vec();
+        newer[0] = VERSION + 1;
+        let Err(err) = Record::decode(&newer) else {
+            panic!("a newer version decoded");
+        };
+        assert_eq!(err, DecodeError::Newer(VERSION + 1));
+        assert!(err.to_string().contains("newer gstgate"), "{err}");
+        assert!(matches!(
+            Record::decode(&[0, 0, 0]),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 }
