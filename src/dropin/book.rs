@@ -181,7 +181,7 @@ impl Book {
             }
         }
         let held = inner.per_client.get(&owner.client).copied().unwrap_or(0);
-        if held - usize::from(current.is_some()) >= max_per_client {
+        if held.saturating_sub(usize::from(current.is_some())) >= max_per_client {
             return Err(GatewayError::DropinSessionsExhausted {
                 client: owner.client.to_string(),
                 max: max_per_client,
