@@ -8,6 +8,7 @@
 //! gets the same token and SEK, so a looping client cannot fill the store, and each client is
 //! held to its `max_dropin_sessions` besides.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -68,16 +69,23 @@ impl DropinSession {
 /// this gstgate can read (its client logs in again).
 const STORED_VERSION: u32 = 1;
 
-/// The record of a session as the store keeps it (inside the seal).
+/// The record of a session as the store keeps it (inside the seal). Borrowed where the JSON
+/// has no escapes, owned where it has (a user name may hold `"` or `\`).
 #[derive(Serialize, Deserialize)]
 struct Stored<'a> {
     v: u32,
-    client: &'a str,
-    upstream: &'a str,
-    gstin: &'a str,
-    username: &'a str,
-    token: &'a str,
-    sek: &'a str,
+    #[serde(borrow)]
+    client: Cow<'a, str>,
+    #[serde(borrow)]
+    upstream: Cow<'a, str>,
+    #[serde(borrow)]
+    gstin: Cow<'a, str>,
+    #[serde(borrow)]
+    username: Cow<'a, str>,
+    #[serde(borrow)]
+    token: Cow<'a, str>,
+    #[serde(borrow)]
+    sek: Cow<'a, str>,
     expires_unix_ms: u64,
 }
 
@@ -391,12 +399,12 @@ fn encode(session: &DropinSession) -> Zeroizing<Vec<u8>> {
     let sek = b64_encode(session.sek.as_bytes());
     let stored = Stored {
         v: STORED_VERSION,
-        client: &session.owner.client,
-        upstream: &session.owner.upstream,
-        gstin: session.owner.gstin.as_str(),
-        username: &session.owner.username,
-        token: session.token(),
-        sek: &sek,
+        client: Cow::Borrowed(&session.owner.client),
+        upstream: Cow::Borrowed(&session.owner.upstream),
+        gstin: Cow::Borrowed(session.owner.gstin.as_str()),
+        username: Cow::Borrowed(&session.owner.username),
+        token: Cow::Borrowed(session.token()),
+        sek: Cow::Borrowed(&sek),
         expires_unix_ms: unix_ms(session.expires_at),
     };
     let bytes = Zeroizing::new(serde_json::to_vec(&stored).unwrap_or_default());
@@ -410,14 +418,14 @@ fn decode(plain: &[u8]) -> Option<DropinSession> {
     if stored.v != STORED_VERSION {
         return None;
     }
-    let sek = Zeroizing::new(b64_decode(stored.sek).ok()?);
-    let token = stored.token.to_owned();
+    let sek = Zeroizing::new(b64_decode(&stored.sek).ok()?);
+    let token = stored.token.into_owned();
     Some(DropinSession {
         owner: Owner {
-            client: stored.client.into(),
-            upstream: stored.upstream.into(),
-            gstin: Gstin::parse(stored.gstin).ok()?,
-            username: stored.username.into(),
+            client: stored.client.as_ref().into(),
+            upstream: stored.upstream.as_ref().into(),
+            gstin: Gstin::parse(&stored.gstin).ok()?,
+            username: stored.username.as_ref().into(),
         },
         name: record_name(&digest(&token)),
         token: token.into(),

@@ -180,3 +180,18 @@ async fn a_forgotten_session_is_refused_once_the_store_no_longer_has_it() {
     assert!(other.counts().is_empty());
     assert!(other.find(second.token()).await.is_some(), "read again");
 }
+
+/// A record reads back whatever its names hold: JSON escapes a `"` or `\` in a user name,
+/// which a borrowed string could not take.
+#[test]
+fn a_record_with_escaped_names_reads_back() {
+    let (metrics, _) = Metrics::new();
+    let book = Book::new(metrics);
+    let mut odd = owner("erp \"quoted\" \\", "27AAPFU0939F1ZV");
+    odd.username = "user\"name\\".into();
+    let granted = book.grant(odd.clone(), LIFE, false, 4).unwrap();
+    let back = super::decode(&super::encode(&granted)).expect("the record reads back");
+    assert_eq!(back.owner, odd);
+    assert_eq!(back.token(), granted.token());
+    assert_eq!(back.sek.as_bytes(), granted.sek.as_bytes());
+}
