@@ -125,6 +125,11 @@ impl AesKey {
         AesKey::from_slice(&plain)
     }
 
+    /// HMAC-SHA256 of `message` under this key.
+    pub fn hmac(&self, message: &[u8]) -> [u8; 32] {
+        self.hmac_mac(message).finalize().into_bytes().into()
+    }
+
     /// HMAC-SHA256 of `message` under this key, base64-encoded.
     pub fn hmac_b64(&self, message: &[u8]) -> String {
         B64.encode(self.hmac_mac(message).finalize().into_bytes())

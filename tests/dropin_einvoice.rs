@@ -380,3 +380,84 @@ async fn garbage_under_gstgates_key_and_another_key_are_the_same_refusal() {
     assert_eq!(codes, vec![json!("1013"); 3]);
     assert_eq!(sim.counters().await["auth_calls"], 0);
 }
+
+/// A client cannot turn its client secret into a password oracle: after five logins failed
+/// on its own guesses within NIC's 15-minute window, its next login (even a right one) gets
+/// 429 with `Retry-After` before gstgate decrypts anything; another client is unaffected.
+#[tokio::test]
+async fn a_client_guessing_passwords_is_stopped() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let mut opts = with_dropin(GwOpts::default(), &[GSTIN]);
+    opts.extra_toml.push_str(&format!(
+        "\n[[client]]\nname = \"other-asp\"\nclient_id = \"asp-other\"\nclient_secret_sha256 = \"{}\"\ngstins = [\"*\"]\n",
+        gstgate::cli::hex_sha256(b"other-secret")
+    ));
+    let gw = Gateway::start(&sim, opts).await;
+    for guess in 0..5 {
+        let mut client = EinvoiceClient::new(common::SpecConfig {
+            password: format!("guess-{guess}"),
+            ..dropin_client_config(&gw)
+        })
+        .unwrap();
+        let err = client.login(false).await.expect_err("a wrong password");
+        assert!(err.has_code("1019"), "{err}");
+    }
+    let res = gw
+        .http
+        .post(format!("http://{}/eivital/v1.04/auth", gw.proxy))
+        .header("client_id", DROPIN_CLIENT_ID)
+        .header("client_secret", common::DROPIN_CLIENT_SECRET)
+        .header("Gstin", GSTIN)
+        .json(&json!({"Data": "AAAA"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    let wait: u64 = res.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=900).contains(&wait), "{wait}");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "login_rate_limited", "{body}");
+    let mut right = EinvoiceClient::new(dropin_client_config(&gw)).unwrap();
+    assert!(right.login(false).await.is_err(), "stopped for the window");
+    let mut other = EinvoiceClient::new(common::SpecConfig {
+        client_id: "asp-other".into(),
+        client_secret: "other-secret".into(),
+        ..dropin_client_config(&gw)
+    })
+    .unwrap();
+    other.login(false).await.unwrap();
+    assert!(gw
+        .metrics()
+        .await
+        .contains("gstgate_dropin_logins_total{upstream=\"einvoice\",result=\"limited\"} 2"));
+}
+
+/// A caller without a known client id and secret makes gstgate read no body: its refusal
+/// comes from its headers alone, even with a body over the size limit.
+#[tokio::test]
+async fn an_unknown_client_is_refused_before_its_body_is_read() {
+    let (sim, gw) = rig(4).await;
+    let huge = "x".repeat(100_000);
+    for path in ["/eivital/v1.04/auth", "/eicore/v1.03/Invoice"] {
+        // A connection of its own: one whose body was never read is not reused.
+        let res = reqwest::Client::new()
+            .post(format!("http://{}{path}", gw.proxy))
+            .header("client_id", "who-knows")
+            .header("client_secret", "guess")
+            .header("Gstin", GSTIN)
+            .body(huge.clone())
+            .send()
+            .await
+            .unwrap();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(
+            body["ErrorDetails"][0]["ErrorCode"], "1010",
+            "{path}: {body}"
+        );
+    }
+    assert!(sim.requests(200).await.is_empty());
+}

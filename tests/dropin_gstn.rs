@@ -189,8 +189,10 @@ async fn the_otp_flow_reaches_the_portal_once_for_every_client() {
 }
 
 /// While no portal session lives, the OTP is the portal's to judge: a wrong one gets GSTN's
-/// AUTH4034 and leaves the OTP usable, a malformed one is refused before the portal sees it,
-/// and an app key under the portal's public key instead of gstgate's is TEC4002 for nothing.
+/// AUTH4034 and leaves the OTP usable, a malformed one is refused before the portal sees it.
+/// An app key under the portal's public key instead of gstgate's is not told apart from a
+/// wrong OTP either (AUTH4034, never TEC4002, which would say whether gstgate's RSA padding
+/// held: a padding oracle), and costs the portal nothing.
 #[tokio::test]
 async fn a_wrong_otp_is_auth4034_while_no_portal_session_lives() {
     let (sim, gw) = rig().await;
@@ -200,8 +202,16 @@ async fn a_wrong_otp_is_auth4034_while_no_portal_session_lives() {
         ..dropin_client_config(&gw)
     })
     .unwrap();
-    expect_code(foreign.otp_request().await, "TEC4002");
-    assert_eq!(sim.count(GSTIN, "auth_calls").await, 0);
+    // Its OTP request is answered: its app key is never used (gstgate asks with its own).
+    foreign.otp_request().await.unwrap();
+    let otp = pending_otp(&sim).await;
+    let asked = sim.count(GSTIN, "auth_calls").await;
+    expect_code(foreign.auth_token(&otp).await, "AUTH4034");
+    assert_eq!(
+        sim.count(GSTIN, "auth_calls").await,
+        asked,
+        "nothing reached the portal"
+    );
 
     let mut a = GstnClient::new(dropin_client_config(&gw)).unwrap();
     // Before any OTP request, nothing to send: GSTN cannot log in without an OTP.
@@ -209,8 +219,9 @@ async fn a_wrong_otp_is_auth4034_while_no_portal_session_lives() {
         a.return_summary("gstr1", PERIOD).await,
         Err(ClientError::Usage(_))
     ));
+    // The OTP the portal sent is still on its way: A's request sends no second one.
     a.otp_request().await.unwrap();
-    let otp = pending_otp(&sim).await;
+    assert_eq!(pending_otp(&sim).await, otp);
     let wrong = if otp == "123456" { "654321" } else { "123456" };
     expect_code(a.auth_token(wrong).await, "AUTH4034");
     assert_eq!(a.token(), None);
@@ -238,7 +249,8 @@ async fn a_wrong_otp_is_auth4034_while_no_portal_session_lives() {
     );
 
     let metrics = gw.metrics().await;
-    for (result, n) in [("otp_rejected", 3), ("bad_payload", 1), ("success", 2)] {
+    assert!(!metrics.contains("result=\"bad_payload\""), "{metrics}");
+    for (result, n) in [("otp_rejected", 4), ("success", 3)] {
         let series =
             format!("gstgate_dropin_logins_total{{upstream=\"gstn\",result=\"{result}\"}} {n}");
         assert!(metrics.contains(&series), "{series}: {metrics}");

@@ -12,13 +12,13 @@ use std::sync::Arc;
 use http::HeaderMap;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{client_refusal, gstin_header, Dropin, DropinSession, Owner};
-use crate::clients::{Client, Clients};
+use super::{gstin_header, Dropin, DropinSession, Owner};
+use crate::clients::Client;
 use crate::config::ChecksumPolicy;
 use crate::crypto::{b64_encode, AesKey};
 use crate::metrics::ResultLabels;
 use crate::problem::GatewayError;
-use crate::session::{Sessions, Slot, Trigger};
+use crate::session::{Asker, Sessions, Slot, Trigger};
 use crate::upstream::dropin::{CallerLogin, Grant, Refusal};
 use crate::upstream::Upstream;
 
@@ -47,49 +47,64 @@ impl From<GatewayError> for Refused {
 /// The length of a GSTN OTP.
 const OTP_LEN: usize = 6;
 
-/// How long an OTP the portal sent is taken to be on its way to the taxpayer: the portal's
-/// OTPs are valid for 10 minutes. Within it, another drop-in OTP request sends no second
-/// SMS; after it, a client that never got the OTP can ask again.
-const OTP_PENDING: std::time::Duration = std::time::Duration::from_secs(10 * 60);
-
 impl Dropin {
     /// Answers a drop-in client's call to `upstream`'s auth path: the reply body, or why not.
+    /// `client` is already identified by its client id and secret.
     pub async fn login(
         &self,
         sessions: &Arc<Sessions>,
-        clients: &Clients,
+        client: &Client,
         upstream: &Upstream,
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<Vec<u8>, Refused> {
+        // A client that keeps guessing passwords or OTPs is stopped before gstgate's key
+        // touches its next payload.
+        if let Err(e) = self.limits.admit_login(&client.name) {
+            self.count_login(upstream, "limited");
+            return Err(e.into());
+        }
         let result = self
-            .admit_login(sessions, clients, upstream, headers, body)
+            .admit_login(sessions, client, upstream, headers, body)
             .await;
+        if let Err(Refused::Api(
+            Refusal::PasswordWrong | Refusal::UserUnknown | Refusal::OtpInvalid,
+        )) = &result
+        {
+            self.limits.failed_login(&client.name);
+        }
         if result.is_ok() {
             // The reply must not name a token another replica, or this one after a crash,
             // would not accept: it waits until the session is in the store.
             self.book.settle().await;
         }
-        let label = match &result {
-            Ok(_) => "success",
-            Err(Refused::Api(r)) => r.label(),
-            Err(Refused::Gateway(_)) => "error",
-        };
-        sessions
-            .metrics()
+        self.count_login(
+            upstream,
+            match &result {
+                Ok(_) => "success",
+                Err(Refused::Api(r)) => r.label(),
+                Err(Refused::Gateway(_)) => "error",
+            },
+        );
+        result
+    }
+
+    /// Counts a drop-in login to `upstream` by its result (also one refused before it was
+    /// read, for its client id or secret).
+    pub fn count_login(&self, upstream: &Upstream, result: &'static str) {
+        self.metrics
             .dropin_logins
             .get_or_create(&ResultLabels {
                 upstream: upstream.name.clone().into(),
-                result: label,
+                result,
             })
             .inc();
-        result
     }
 
     async fn admit_login(
         &self,
         sessions: &Arc<Sessions>,
-        clients: &Clients,
+        client: &Client,
         upstream: &Upstream,
         headers: &HeaderMap,
         body: &[u8],
@@ -97,7 +112,6 @@ impl Dropin {
         let Some(key) = &upstream.dropin_key else {
             return Err(GatewayError::Unauthenticated.into());
         };
-        let client = clients.identify(headers).map_err(client_refusal)?;
         let gstin = gstin_header(headers)?;
         if upstream.checksum == ChecksumPolicy::Enforce && gstin.verify_checksum().is_err() {
             return Err(Refusal::GstinNotAllowed.into());
@@ -153,15 +167,24 @@ impl Dropin {
                     return Err(Refusal::PasswordWrong.into());
                 }
                 sessions.session(&slot, Trigger::Cold).await?;
-                let session = self.grant(upstream, &client, owner, force)?;
+                let session = self.grant(upstream, client, owner, force)?;
                 Ok(reply(&session, &app_key))
             }
             CallerLogin::OtpRequest { .. } => {
-                // The portal is asked only when no session lives and no OTP is on its way:
-                // a second client asking meanwhile must not cost the taxpayer another SMS
-                // and void the OTP the first one is about to send.
-                if slot.current().is_none() && !sessions.otp_pending(&slot, OTP_PENDING) {
-                    sessions.request_otp(&slot).await?;
+                // The portal is asked only when no session lives and no OTP is on its way
+                // (decided in the slot's single flight): a second client asking meanwhile
+                // must not cost the taxpayer another SMS and void the first OTP. And clients
+                // together send the taxpayer only so many a day.
+                let name: Arc<str> = format!(
+                    "{}:{}:{}",
+                    slot.upstream.name, slot.credential.gstin, slot.credential.username
+                )
+                .into();
+                if slot.current().is_none() {
+                    self.limits.admit_otp_request(&name)?;
+                }
+                if sessions.request_otp_as(&slot, Asker::Client).await? {
+                    self.limits.otp_sent(&name);
                 }
                 Ok(face.ack_reply())
             }
@@ -169,7 +192,7 @@ impl Dropin {
                 if slot.current().is_none() {
                     start_with_otp(sessions, &slot, otp).await?;
                 }
-                let session = self.grant(upstream, &client, owner, true)?;
+                let session = self.grant(upstream, client, owner, true)?;
                 Ok(reply(&session, &app_key))
             }
             CallerLogin::Refresh {
@@ -192,7 +215,7 @@ impl Dropin {
                 if slot.current().is_none() {
                     return Err(Refusal::TokenInvalid.into());
                 }
-                let session = self.grant(upstream, &client, owner, true)?;
+                let session = self.grant(upstream, client, owner, true)?;
                 Ok(reply(&session, &app_key))
             }
         }
@@ -226,7 +249,7 @@ async fn start_with_otp(
         return Err(Refusal::OtpInvalid.into());
     }
     let otp = SecretString::from(digits.to_owned());
-    match sessions.submit_otp(slot, otp).await {
+    match sessions.submit_otp_as(slot, otp, Asker::Client).await {
         Ok(_) => Ok(()),
         Err(GatewayError::OtpInvalid { .. }) => Err(Refusal::OtpInvalid.into()),
         Err(e) => Err(e.into()),

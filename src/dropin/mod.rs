@@ -12,6 +12,7 @@
 //!
 //! * `book`: the drop-in sessions, in memory and in the session store.
 //! * `door`: the login: who may log in, and what each API's login asks for.
+//! * `limits`: a client's failed guesses and the OTPs clients make the portal send, capped.
 //! * Here: [`Dropin`], and how a data call's token is checked.
 //!
 //! What each API sends and expects is its profile's drop-in face
@@ -19,13 +20,14 @@
 
 mod book;
 mod door;
+mod limits;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderMap;
 
-use crate::clients::{ClientRefusal, Clients};
+use crate::clients::{Client, ClientRefusal, Clients};
 use crate::gstin::Gstin;
 use crate::metrics::Metrics;
 use crate::store::{Event, Store, DROPIN_PREFIX};
@@ -48,13 +50,17 @@ const TOKEN_HEADERS: [&str; 3] = ["authtoken", "auth-token", "auth_token"];
 /// The drop-in sessions and the logins that make them.
 pub struct Dropin {
     book: Book,
+    limits: limits::Limits,
+    metrics: Arc<Metrics>,
 }
 
 impl Dropin {
     /// No drop-in sessions yet.
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
-            book: Book::new(metrics),
+            book: Book::new(metrics.clone()),
+            limits: limits::Limits::default(),
+            metrics,
         }
     }
 
@@ -90,15 +96,14 @@ impl Dropin {
         }
     }
 
-    /// The drop-in session a data call's headers show: the client by its id and secret, its
-    /// live token for this upstream, and the GSTIN header that token was issued for.
+    /// The drop-in session a data call's headers show: `client`'s live token for this
+    /// upstream, and the GSTIN header that token was issued for.
     pub async fn authorize(
         &self,
-        clients: &Clients,
+        client: &Client,
         upstream: &Upstream,
         headers: &HeaderMap,
     ) -> Result<Arc<DropinSession>, Refusal> {
-        let client = clients.identify(headers).map_err(client_refusal)?;
         let token = TOKEN_HEADERS
             .iter()
             .filter_map(|n| headers.get(*n)?.to_str().ok())
@@ -120,6 +125,12 @@ impl Dropin {
     pub fn counts(&self) -> Vec<(Arc<str>, Arc<str>, usize)> {
         self.book.counts()
     }
+}
+
+/// The drop-in client a request's client id and secret headers name, before anything else
+/// of the request is read.
+pub fn identify(clients: &Clients, headers: &HeaderMap) -> Result<Arc<Client>, Refusal> {
+    clients.identify(headers).map_err(client_refusal)
 }
 
 /// The refusal for a client header problem.

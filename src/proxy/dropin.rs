@@ -35,13 +35,29 @@ impl Proxy {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
+        // The client first, from its headers alone: nobody without a client id and secret
+        // makes gstgate buffer a body or touch its private key.
+        let client = match crate::dropin::identify(&self.clients(), &parts.headers) {
+            Ok(c) => c,
+            Err(r) => {
+                if upstream.is_auth_path(&path) {
+                    self.dropin.count_login(upstream, r.label());
+                }
+                return refused(upstream, parts, r);
+            }
+        };
+        outcome.client = Some(client.name.clone());
+        outcome.gstin = parts
+            .headers
+            .get("gstin")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|g| crate::gstin::Gstin::parse(g.trim()).ok());
         let body = self.read_body(&parts.headers, body).await?;
         outcome.body_read = true;
-        let clients = self.clients();
         if upstream.is_auth_path(&path) {
             let answer = self
                 .dropin
-                .login(&self.sessions, &clients, upstream, &parts.headers, &body)
+                .login(&self.sessions, &client, upstream, &parts.headers, &body)
                 .await;
             return match answer {
                 Ok(reply) => Ok(api_answer(reply)),
@@ -51,13 +67,12 @@ impl Proxy {
         }
         let session = match self
             .dropin
-            .authorize(&clients, upstream, &parts.headers)
+            .authorize(&client, upstream, &parts.headers)
             .await
         {
             Ok(s) => s,
             Err(r) => return refused(upstream, parts, r),
         };
-        outcome.client = Some(session.owner.client.clone());
         outcome.gstin = Some(session.owner.gstin.clone());
         let slot = self.sessions.lookup(
             &upstream.name,

@@ -60,6 +60,7 @@ use crate::upstream::Upstream;
 use auth::{AuthEndpoint, HttpAuth};
 pub use group::Group;
 pub use guard::Guard;
+pub use otp::Asker;
 pub use slot::{Session, Slot, State};
 pub use snapshot::SessionInfo;
 pub use table::Changes;

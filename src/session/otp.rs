@@ -20,18 +20,62 @@ use crate::upstream::LoginKind;
 /// allowance keeps room for the OTP login.
 pub(in crate::session) const OTP_LIFE: Duration = Duration::from_secs(30 * 60);
 
+/// While an OTP a client's request sent is this fresh, another client's request sends none:
+/// the portal's OTPs are valid for 10 minutes, and a second SMS would void the first.
+const CLIENT_OTP_PENDING: Duration = Duration::from_secs(10 * 60);
+
+/// Who starts an OTP flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asker {
+    /// The operator, through the admin API: the call clears a lockout (a deliberate act).
+    Operator,
+    /// A drop-in client: the call never clears a lockout, and is answered from a live portal
+    /// session or an OTP already on its way, decided inside the single flight.
+    Client,
+}
+
 impl Sessions {
     /// Asks the upstream to send the taxpayer an OTP (GSTN). An operator's call: it clears a
     /// lockout, but still counts against the login limit (each one is an SMS to the taxpayer).
     pub async fn request_otp(self: &Arc<Self>, slot: &Arc<Slot>) -> Result<(), GatewayError> {
+        self.request_otp_as(slot, Asker::Operator).await.map(|_| ())
+    }
+
+    /// Asks for an OTP on behalf of `asker`; returns whether one was sent (a client's request
+    /// sends none while a portal session lives or an OTP is on its way).
+    pub async fn request_otp_as(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        asker: Asker,
+    ) -> Result<bool, GatewayError> {
         self.require_otp_api(slot)?;
-        self.fly(slot, |me, slot, flight| async move {
-            let turn = me.operator_turn(&slot, &flight).await?;
-            let result = me.otp_request_on(&slot, &turn).await;
+        self.fly(slot, move |me, slot, flight| async move {
+            let turn = me.turn_for(&slot, &flight, asker).await?;
+            let answered = asker == Asker::Client
+                && (slot.current().is_some()
+                    || slot.view().otp_app_key(CLIENT_OTP_PENDING).is_some());
+            let result = if answered {
+                Ok(false)
+            } else {
+                me.otp_request_on(&slot, &turn).await.map(|()| true)
+            };
             me.end_turn(&slot, turn, false).await;
             result
         })
         .await
+    }
+
+    /// The turn of an OTP flow: an operator's clears a lockout, a client's never does.
+    async fn turn_for(
+        &self,
+        slot: &Slot,
+        flight: &Flight,
+        asker: Asker,
+    ) -> Result<Turn, GatewayError> {
+        match asker {
+            Asker::Operator => self.operator_turn(slot, flight).await,
+            Asker::Client => self.turn_to_act(slot, flight).await,
+        }
     }
 
     /// An operator's turn: it never adopts what the group holds, and clears a lockout.
@@ -87,11 +131,27 @@ impl Sessions {
         slot: &Arc<Slot>,
         otp: SecretString,
     ) -> Result<Arc<Session>, GatewayError> {
+        self.submit_otp_as(slot, otp, Asker::Operator).await
+    }
+
+    /// Starts a GSTN session with an OTP on behalf of `asker`; a client's OTP is not sent
+    /// while a portal session lives (the live session is the answer).
+    pub async fn submit_otp_as(
+        self: &Arc<Self>,
+        slot: &Arc<Slot>,
+        otp: SecretString,
+        asker: Asker,
+    ) -> Result<Arc<Session>, GatewayError> {
         self.require_otp_api(slot)?;
-        self.fly(slot, |me, slot, flight| async move {
-            let turn = me.operator_turn(&slot, &flight).await?;
-            let result = me.start_with_otp(&slot, &turn, otp.expose_secret()).await;
-            me.end_turn(&slot, turn, result.is_ok()).await;
+        self.fly(slot, move |me, slot, flight| async move {
+            let turn = me.turn_for(&slot, &flight, asker).await?;
+            let live = slot.current().filter(|_| asker == Asker::Client);
+            let acted = live.is_none();
+            let result = match live {
+                Some(session) => Ok(session),
+                None => me.start_with_otp(&slot, &turn, otp.expose_secret()).await,
+            };
+            me.end_turn(&slot, turn, acted && result.is_ok()).await;
             result
         })
         .await
@@ -134,12 +194,6 @@ impl Sessions {
             admitted,
             Purpose::StartWithOtp,
         )
-    }
-
-    /// Whether an OTP was requested for the slot less than `within` ago and not used yet: the
-    /// taxpayer has it (or will), and asking again would send another SMS and void it.
-    pub fn otp_pending(&self, slot: &Slot, within: Duration) -> bool {
-        slot.view().otp_app_key(within).is_some()
     }
 
     fn require_otp_api(&self, slot: &Slot) -> Result<(), GatewayError> {

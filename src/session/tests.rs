@@ -612,3 +612,62 @@ async fn no_sequence_of_operator_calls_wastes_an_otp() {
     }
     assert!(refused_up_front > 0, "some sequences ran out of allowance");
 }
+
+/// A drop-in client's OTP request is not an operator's: it never clears a lockout (nor sends
+/// an OTP while one is on its way, or while a session lives), where the operator's does.
+/// Broken by: a client's OTP flow taking the operator's turn (`reset_guard`).
+#[tokio::test(start_paused = true)]
+async fn a_client_otp_request_never_clears_a_lockout() {
+    use super::Asker;
+    let fake = Fake::new(Api::Gstn, GRACE);
+    let rig = Rig::new(Api::Gstn, &fake, "");
+    let sessions = &rig.sessions;
+    assert!(sessions
+        .request_otp_as(&rig.slot, Asker::Client)
+        .await
+        .unwrap());
+    assert!(
+        !sessions
+            .request_otp_as(&rig.slot, Asker::Client)
+            .await
+            .unwrap(),
+        "an OTP is on its way"
+    );
+    sessions
+        .submit_otp_as(&rig.slot, "575757".to_owned().into(), Asker::Client)
+        .await
+        .unwrap();
+    assert!(
+        !sessions
+            .request_otp_as(&rig.slot, Asker::Client)
+            .await
+            .unwrap(),
+        "a session lives"
+    );
+    // The portal refuses the refresh: API access is off. The slot is locked out.
+    fake.script([Scripted::Refuse(Class::AccessDisabled, "AUTH4037")]);
+    assert!(sessions.refresh_now(&rig.slot).await.is_err());
+    // The token runs out: no session lives, nothing is on its way, only the lockout stands.
+    sleep(7 * HOUR).await;
+    assert!(rig.slot.current().is_none());
+    let before = fake.kinds().len();
+    let refused = sessions.request_otp_as(&rig.slot, Asker::Client).await;
+    assert!(
+        matches!(refused, Err(GatewayError::ApiAccessDisabled { .. })),
+        "{refused:?}"
+    );
+    let refused = sessions
+        .submit_otp_as(&rig.slot, "575757".to_owned().into(), Asker::Client)
+        .await;
+    assert!(matches!(
+        refused,
+        Err(GatewayError::ApiAccessDisabled { .. })
+    ));
+    assert_eq!(fake.kinds().len(), before, "nothing reached the portal");
+    sessions.request_otp(&rig.slot).await.unwrap();
+    assert_eq!(
+        fake.kinds().last(),
+        Some(&Call::OtpRequest),
+        "the operator's does"
+    );
+}

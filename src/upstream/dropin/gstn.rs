@@ -1,5 +1,7 @@
 //! The drop-in face of GSTN returns.
 
+use std::sync::OnceLock;
+
 use http::Method;
 use serde_json::{json, Value};
 
@@ -23,15 +25,24 @@ fn code_of(refusal: Refusal) -> Option<(&'static str, &'static str)> {
     })
 }
 
-/// The app key of an OTP request or OTP login: `B64(RSA(key, app key))`, the key's 32 bytes
-/// encrypted as they are.
+/// The app key of an OTP login: `B64(RSA(key, app key))`, the key's 32 bytes encrypted as
+/// they are. What does not decrypt to 32 bytes is not refused here: it becomes a key derived
+/// from the ciphertext (implicit rejection), with which the OTP then fails to open, the same
+/// refusal as a wrong OTP. Refusing it outright would tell a caller whether its ciphertext
+/// had valid PKCS#1 padding and 32 bytes inside, an oracle (Bleichenbacher) that decrypts
+/// another client's app key one query at a time.
 fn rsa_app_key(payload: &Value, key: &KeyPair) -> Result<AesKey, Refusal> {
+    static DERIVE: OnceLock<AesKey> = OnceLock::new();
     let text = text_of(payload, &["app_key"]).ok_or(Refusal::PayloadMalformed)?;
-    let sealed = b64_decode(&text).map_err(|_| Refusal::PayloadUndecryptable)?;
-    let plain = key
+    let sealed = b64_decode(&text).unwrap_or_else(|_| text.clone().into_bytes());
+    let opened = key
         .decrypt(&sealed)
-        .map_err(|_| Refusal::PayloadUndecryptable)?;
-    AesKey::from_slice(&plain).map_err(|_| Refusal::AppKeyInvalid)
+        .ok()
+        .and_then(|plain| AesKey::from_slice(&plain).ok());
+    Ok(opened.unwrap_or_else(|| {
+        let derive = DERIVE.get_or_init(AesKey::random);
+        AesKey::from_slice(&derive.hmac(&sealed)).unwrap_or_else(|_| AesKey::random())
+    }))
 }
 
 impl Face for GstnFace {
@@ -40,8 +51,10 @@ impl Face for GstnFace {
         let action = text_of(&payload, &["action"]).unwrap_or_default();
         let username = username_of(&payload, &["username"])?;
         match action.to_ascii_uppercase().as_str() {
+            // Its app key is not used (gstgate asks the portal with its own), so it is not
+            // even decrypted: the answer says nothing about it.
             "OTPREQUEST" => {
-                rsa_app_key(&payload, key)?;
+                text_of(&payload, &["app_key"]).ok_or(Refusal::PayloadMalformed)?;
                 Ok(CallerLogin::OtpRequest { username })
             }
             "AUTHTOKEN" => {
