@@ -44,6 +44,44 @@ fn hyper_buffer(max_header_bytes: usize) -> usize {
     max_header_bytes.saturating_mul(2).max(MIN_HYPER_BUFFER)
 }
 
+/// Whether a connection to an HTTPS listener opened with an HTTP request line instead of a
+/// TLS handshake record (0x16): its first byte is an upper-case letter, as every HTTP method
+/// starts with one. Only peeked, so a TLS client's bytes stay for the handshake.
+async fn speaks_plain_http(stream: &tokio::net::TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(stream.peek(&mut first).await, Ok(1) if first[0].is_ascii_uppercase())
+}
+
+/// The answer to plain HTTP on an HTTPS listener, as nginx gives it: without it the client
+/// reads the TLS alert bytes as a garbled response, or nothing at all.
+const PLAIN_HTTP_BODY: &str = concat!(
+    r#"{"type":"https://gstgate.dev/problems/https_required","title":"HTTPS required","#,
+    r#""status":400,"detail":"a plain HTTP request was sent to an HTTPS port","#,
+    r#""code":"https_required","remedy":"Use https:// in the gateway's URL: this listener serves HTTPS only."}"#
+);
+
+/// Answers 400 `https_required` and closes. The request is read first (as much as has
+/// arrived, up to a head's worth) so that closing with unread bytes does not reset the
+/// connection before the client has read the answer.
+async fn refuse_plain_http(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut scratch = [0u8; 8192];
+    let _ = stream.read(&mut scratch).await;
+    let head = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        PLAIN_HTTP_BODY.len()
+    );
+    if stream.write_all(head.as_bytes()).await.is_err()
+        || stream.write_all(PLAIN_HTTP_BODY.as_bytes()).await.is_err()
+    {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    // Whatever else the client sends before it sees the close is drained for the same reason,
+    // within the caller's handshake bound.
+    while matches!(stream.read(&mut scratch).await, Ok(n) if n > 0) {}
+}
+
 /// Serves `listener` with `handler` until `stop` changes, then stops accepting, lets the
 /// connections under way finish within `limits.grace`, and aborts the rest.
 pub(crate) async fn serve<F, Fut>(
@@ -93,10 +131,21 @@ pub(crate) async fn serve<F, Fut>(
                         Some(acceptor) => {
                             // The handshake runs in the connection's task, bounded like a
                             // request head, so a slow client holds up no one else.
-                            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                            let handshake = async move {
+                                if speaks_plain_http(&stream).await {
+                                    refuse_plain_http(stream).await;
+                                    return Err(None);
+                                }
+                                acceptor.accept(stream).await.map_err(Some)
+                            };
+                            let stream = match tokio::time::timeout(handshake_timeout, handshake).await {
                                 Ok(Ok(stream)) => stream,
-                                Ok(Err(e)) => {
+                                Ok(Err(Some(e))) => {
                                     tracing::debug!(peer = %peer, error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                                Ok(Err(None)) => {
+                                    tracing::debug!(peer = %peer, "plain HTTP on an HTTPS listener");
                                     return;
                                 }
                                 Err(_) => {

@@ -148,3 +148,115 @@ fn link_and_anchor_parsing() {
         "post-adminsessionsupstreamgstinrefresh"
     );
 }
+
+/// The backticked words of a Markdown table cell.
+fn codes_in(cell: &str) -> Vec<String> {
+    cell.split('`')
+        .skip(1)
+        .step_by(2)
+        .filter(|c| c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The rows of the admin listener's error table in docs/operations.md: the statuses of a row
+/// (`429, 502, 503` names several) and its codes.
+fn admin_error_table() -> Vec<(Vec<u16>, Vec<String>)> {
+    let text = std::fs::read_to_string(format!("{ROOT}/docs/operations.md")).unwrap();
+    let start = text
+        .find("**Errors.** Every failure on the admin listener")
+        .expect("the admin error table");
+    let mut rows = Vec::new();
+    for line in text[start..].lines().skip_while(|l| !l.starts_with('|')) {
+        if !line.starts_with('|') {
+            break;
+        }
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let statuses: Vec<u16> = cells[1]
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+        if !statuses.is_empty() {
+            rows.push((statuses, codes_in(cells[2])));
+        }
+    }
+    rows
+}
+
+/// Every admin problem code is documented three times over: in the admin error table of
+/// docs/operations.md with its status, in the catalogue of docs/errors.md, and in
+/// docs/admin-openapi.json under a response of that status. The codes the admin API tests
+/// observe (`admin_problem(res, 404, "upstream_not_found")` in tests/admin_api.rs) must all be
+/// in the table, so a new admin code cannot go undocumented.
+#[test]
+fn every_admin_problem_code_is_documented() {
+    let table = admin_error_table();
+    assert!(table.len() >= 10, "{table:?}");
+    let tests = std::fs::read_to_string(format!("{ROOT}/tests/admin_api.rs")).unwrap();
+    let mut observed = BTreeSet::new();
+    for call in tests.split("admin_problem(").skip(1) {
+        // `res, 404, "upstream_not_found")`: the status and the code.
+        let args: Vec<&str> = call.splitn(4, ',').collect();
+        let (Some(status), Some(code)) = (
+            args.get(1).and_then(|s| s.trim().parse::<u16>().ok()),
+            args.get(2).and_then(|c| c.split('"').nth(1)),
+        ) else {
+            continue;
+        };
+        observed.insert((status, code.to_owned()));
+    }
+    assert!(
+        observed.contains(&(404, "upstream_not_found".to_owned())),
+        "{observed:?}"
+    );
+    for (status, code) in &observed {
+        assert!(
+            table
+                .iter()
+                .any(|(s, c)| s.contains(status) && c.contains(code)),
+            "docs/operations.md's admin error table lacks {status} `{code}`"
+        );
+    }
+
+    let catalogue = std::fs::read_to_string(format!("{ROOT}/docs/errors.md")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{ROOT}/docs/admin-openapi.json")).unwrap(),
+    )
+    .unwrap();
+    // Every response description of every operation, by status, references resolved.
+    let mut described: Vec<(u16, String)> = Vec::new();
+    for item in doc["paths"].as_object().unwrap().values() {
+        for op in item.as_object().unwrap().values() {
+            let Some(responses) = op["responses"].as_object() else {
+                continue;
+            };
+            for (status, response) in responses {
+                let response = match response["$ref"].as_str() {
+                    Some(r) => doc.pointer(r.trim_start_matches('#')).unwrap(),
+                    None => response,
+                };
+                let text = response["description"].as_str().unwrap_or_default();
+                described.push((status.parse().unwrap(), text.to_owned()));
+            }
+        }
+    }
+    for (statuses, codes) in &table {
+        for code in codes {
+            assert!(
+                catalogue.contains(&format!("| `{code}` |"))
+                    || catalogue.contains(&format!("| `{code}` (admin) |")),
+                "docs/errors.md has no row for `{code}`"
+            );
+            // These two answer paths and methods that are not operations of the document.
+            if ["route_not_found", "method_not_allowed"].contains(&code.as_str()) {
+                continue;
+            }
+            assert!(
+                described
+                    .iter()
+                    .any(|(s, text)| statuses.contains(s) && text.contains(&format!("`{code}`"))),
+                "docs/admin-openapi.json describes `{code}` under no {statuses:?} response"
+            );
+        }
+    }
+}

@@ -273,6 +273,62 @@ async fn a_drop_in_token_issued_before_a_kill_9_is_accepted_after_the_restart() 
     );
 }
 
+/// A key rotation re-seals drop-in records at start-up too: after a restart with the new
+/// key and the old one as `previous_encryption_key`, the log counts both records (the slot's
+/// and the drop-in session's) as re-sealed and says the old key can go; a restart with the
+/// new key alone still accepts the client's token. Drop-in records used to stay under the
+/// old key until their client logged in again, so removing it cost every client a login.
+#[tokio::test]
+async fn a_key_rotation_re_seals_drop_in_records_so_the_old_key_can_go() {
+    const NEW_KEY: &str = "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=";
+    let sim = Sim::start(SimOpts::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keyed = |keys: &str| dropin_opts(format!("{}{keys}\n", embedded_store(dir.path())), "info");
+    let mut gw = Gateway::start(&sim, keyed(&format!("encryption_key = \"{STORE_KEY}\""))).await;
+    let mut client = client_of(&gw);
+    client.generate_irn(&invoice(GSTIN, "ROT/1")).await.unwrap();
+    let token = client.token().unwrap().to_owned();
+    assert!(
+        wait_committed(&gw).await >= 2.0,
+        "the slot and the drop-in session"
+    );
+    let stop = |gw: &Gateway| {
+        std::process::Command::new("kill")
+            .args(["-TERM", &gw.pid().to_string()])
+            .status()
+            .unwrap()
+    };
+    assert!(stop(&gw).success());
+    gw.wait().await;
+
+    let mut gw = Gateway::start(
+        &sim,
+        keyed(&format!(
+            "encryption_key = \"{NEW_KEY}\"\nprevious_encryption_key = \"{STORE_KEY}\""
+        )),
+    )
+    .await;
+    gw.logs.wait_for(r#""resealed":2"#).await;
+    assert!(
+        gw.logs
+            .text()
+            .contains("store.previous_encryption_key can be removed"),
+        "{}",
+        gw.logs.text()
+    );
+    assert!(stop(&gw).success());
+    gw.wait().await;
+
+    let gw = Gateway::start(&sim, keyed(&format!("encryption_key = \"{NEW_KEY}\""))).await;
+    assert_eq!(error_code_for_token(&gw, &token).await, None);
+    assert!(
+        !gw.logs.text().contains("does not open"),
+        "{}",
+        gw.logs.text()
+    );
+    assert_eq!(gw.metric(LOGINS_OK).await, 0.0, "no drop-in login");
+}
+
 /// A secret of a drop-in flow, by what it is.
 struct Secret {
     what: String,

@@ -481,3 +481,52 @@ async fn a_far_future_expiry_is_capped_and_refreshes_go_on() {
     }
     assert_eq!(sim.count(&other, "token_rejections").await, 0);
 }
+
+/// A password changed at the upstream (the simulator's `/_sim/users/password`, as a taxpayer
+/// changing it on the portal): while gstgate's token lives it is still served; once the
+/// upstream drops the token, the re-login is refused with 1019 and reported as
+/// `credentials_rejected`, later calls are refused without another login, and once the
+/// password matches again an admin refresh brings the session back.
+#[tokio::test]
+async fn a_password_changed_at_the_upstream_is_reported_as_credentials_rejected() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let res = gw.generate(GSTIN, "PW/1").await;
+    assert_eq!(res.status(), 200);
+    let password = |p: &str| json!({"gstin": GSTIN, "username": USER, "password": p});
+    sim.control("/_sim/users/password", password("changed-on-the-portal"))
+        .await;
+    let res = gw.generate(GSTIN, "PW/2").await;
+    assert_eq!(res.status(), 200, "the live token still works");
+
+    sim.control("/_sim/revoke", json!({"gstin": GSTIN, "username": USER}))
+        .await;
+    let body = expect_problem(
+        gw.generate(GSTIN, "PW/3").await,
+        502,
+        "credentials_rejected",
+    )
+    .await;
+    assert_eq!(body["upstream_code"], "1019", "{body}");
+    expect_problem(
+        gw.generate(GSTIN, "PW/4").await,
+        502,
+        "credentials_rejected",
+    )
+    .await;
+    assert_eq!(
+        sim.count(GSTIN, "auth_calls").await,
+        2,
+        "one refused login, no more"
+    );
+    assert_eq!(
+        gw.session_state("einvoice", GSTIN).await,
+        "credentials_rejected"
+    );
+
+    sim.control("/_sim/users/password", password(PASSWORD))
+        .await;
+    assert_eq!(gw.admin_refresh(GSTIN).await.status(), 200);
+    let res = gw.generate(GSTIN, "PW/5").await;
+    assert_eq!(res.status(), 200);
+}

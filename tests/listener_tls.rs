@@ -1,7 +1,8 @@
 //! HTTPS on both listeners, with certificates from a private CA: the proxy listener requires
 //! a client certificate when `tls_client_ca` is set, the admin listener does not, a
-//! certificate file replaced on disk is served to new connections without a restart, and
-//! SIGTERM still stops the process (after flushing the store) while the files are watched.
+//! certificate file replaced on disk is served to new connections without a restart, plain
+//! HTTP sent to either gets 400 `https_required`, and SIGTERM still stops the process (after
+//! flushing the store) while the files are watched.
 
 mod common;
 
@@ -102,10 +103,30 @@ async fn both_listeners_serve_https_and_a_replaced_certificate_is_picked_up() {
         .send()
         .await;
     assert!(refused.is_err(), "{refused:?}");
-    // Plain HTTP to a TLS listener gets no HTTP answer.
-    assert!(reqwest::get(format!("http://{}/healthz", gw.admin))
+    // Plain HTTP to either TLS listener gets a 400 that says to use https://, not TLS bytes.
+    for addr in [gw.admin, gw.proxy] {
+        let answer = raw_exchange(
+            addr,
+            "GET /healthz HTTP/1.1\r\nhost: gw\r\n\r\n",
+            b"",
+            Duration::from_secs(5),
+        )
+        .await;
+        let (status, head, body) = parse_raw(&answer);
+        assert_eq!(status, 400, "{answer}");
+        assert!(head.contains("application/problem+json"), "{answer}");
+        assert!(head.contains("connection: close"), "{answer}");
+        assert_eq!(body["code"], "https_required", "{answer}");
+        assert!(
+            body["remedy"].as_str().unwrap().contains("https://"),
+            "{answer}"
+        );
+    }
+    // As an ordinary client sees it; the HTTPS calls after this show TLS is not mistaken for it.
+    let res = reqwest::get(format!("http://{}/healthz", gw.admin))
         .await
-        .is_err());
+        .unwrap();
+    assert_eq!(res.status(), 400);
     // The admin listener asks for no client certificate.
     let res = without_identity
         .get(format!("https://{}/healthz", gw.admin))

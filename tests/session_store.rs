@@ -119,6 +119,14 @@ async fn upstream_secrets(sim: &Sim) -> Vec<Vec<u8>> {
     out
 }
 
+/// The JSON log line of `gw` that contains `marker`, once it is written.
+async fn log_line(gw: &Gateway, marker: &str) -> Value {
+    gw.logs.wait_for(marker).await;
+    let text = gw.logs.text();
+    let line = text.lines().find(|l| l.contains(marker)).unwrap();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -269,12 +277,37 @@ async fn a_rotated_key_reads_old_records_and_an_unknown_key_logs_in_again() {
             &format!("encryption_key = \"{KEY_B}\"\nprevious_encryption_key = \"{KEY_A}\""),
         )
     };
-    let mut gw = Gateway::start(&sim, rotated).await;
+    let mut gw = Gateway::start(&sim, rotated.clone()).await;
     einvoice(&gw, "INV/2").await;
     assert_eq!(sim.count(GSTIN, "auth_calls").await, 1, "no login");
     wait_committed(&gw, 1.0).await;
+    // The operator is told how many records the rotation re-sealed, and when the previous
+    // key is no longer needed.
+    let found = log_line(
+        &gw,
+        "opened under store.previous_encryption_key; re-sealing",
+    )
+    .await;
+    assert_eq!(found["records"], 1, "{found}");
+    let done = log_line(&gw, "store.previous_encryption_key can be removed").await;
+    assert_eq!(done["resealed"], 1, "{done}");
+    assert_eq!(done["level"], "INFO", "{done}");
     signal(&mut gw, "-TERM").await;
     assert!(!dir.path().join("sessions.redb.key").exists());
+
+    // Started again with both keys: nothing is left under the previous one, and it says so.
+    let mut gw = Gateway::start(&sim, rotated).await;
+    let none = log_line(
+        &gw,
+        "no stored record is sealed under store.previous_encryption_key",
+    )
+    .await;
+    assert!(
+        none["message"].as_str().unwrap().contains("can be removed"),
+        "{none}"
+    );
+    assert!(!gw.logs.text().contains("re-sealing"), "{}", gw.logs.text());
+    signal(&mut gw, "-TERM").await;
 
     // Only A, which no longer opens the rewritten record: skipped with a warning, a login.
     let gw = Gateway::start(&sim, only(KEY_A)).await;

@@ -1036,3 +1036,94 @@ async fn the_binary_prints_its_address_and_serves() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("GSTIN:USERNAME:PASSWORD"));
 }
+
+/// Control calls take a JSON body whatever its `Content-Type`: none, or what `curl -d` sends.
+#[tokio::test]
+async fn control_bodies_need_no_json_content_type() {
+    let (_sim, asp) = sim().await;
+    for content_type in [None, Some("application/x-www-form-urlencoded")] {
+        let mut req = asp
+            .http
+            .post(format!("{}/_sim/knobs", asp.base))
+            .body(r#"{"latency_ms": 7}"#);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let r = asp.send(req).await.unwrap();
+        assert_eq!(r.status, 200, "{content_type:?}: {}", r.text);
+        assert_eq!(r.json["latency_ms"], 7);
+    }
+    // A body that is not the expected JSON is still refused, saying why.
+    let r = asp
+        .send(
+            asp.http
+                .post(format!("{}/_sim/knobs", asp.base))
+                .body(r#"{"latency": 7}"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(
+        r.json["error"].as_str().unwrap().contains("latency"),
+        "{}",
+        r.text
+    );
+}
+
+/// Under `--path-prefix`, a fault's `path_prefix` is matched against the path as the client
+/// sends it, prefix included; a prefix outside it, which could never match, is refused.
+#[tokio::test]
+async fn a_fault_prefix_includes_the_path_prefix_or_is_refused() {
+    let (_sim, asp) = sim_with(|c| c.path_prefix = Some("/gsp".into())).await;
+    let url = format!("{}/gsp/eicore/v1.03/Invoice/irn/X", asp.base);
+    let r = asp
+        .send(
+            asp.http
+                .post(format!("{}/_sim/faults", asp.base))
+                .body(r#"{"mode": "status_503", "path_prefix": "/eicore/"}"#),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text);
+    let error = r.json["error"].as_str().unwrap();
+    assert!(
+        error.contains("can never match") && error.contains("\"/gsp/eicore/\""),
+        "{error}"
+    );
+    assert_eq!(asp.send(asp.http.get(&url)).await.unwrap().status, 200);
+
+    asp.control(
+        reqwest::Method::POST,
+        "/_sim/faults",
+        json!({"mode": "status_503", "count": 1, "path_prefix": "/gsp/eicore/"}),
+    )
+    .await;
+    assert_eq!(asp.send(asp.http.get(&url)).await.unwrap().status, 503);
+    assert_eq!(asp.send(asp.http.get(&url)).await.unwrap().status, 200);
+}
+
+/// A user's password changed through the control API: the old one is refused with 1019, the
+/// new one logs in, and an unknown user is refused.
+#[tokio::test]
+async fn a_changed_password_refuses_the_old_one() {
+    let (_sim, mut asp) = sim().await;
+    asp.login(false).await;
+    asp.control(
+        reqwest::Method::POST,
+        "/_sim/users/password",
+        json!({"gstin": GSTIN.to_lowercase(), "username": USER, "password": "n3w-Pass"}),
+    )
+    .await;
+    asp.login_raw(false).await.0.assert_error("1019");
+    asp.password = "n3w-Pass".into();
+    asp.login(false).await;
+    let r = asp
+        .send(
+            asp.http
+                .post(format!("{}/_sim/users/password", asp.base))
+                .body(json!({"gstin": GSTIN, "username": "nobody", "password": "x"}).to_string()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text);
+}

@@ -13,7 +13,11 @@
 //! | `GET`/`POST`/`DELETE /_sim/faults` | read / replace / clear the fault rule (see `faults.rs`) |
 //! | `GET /_sim/requests?limit=n`, `DELETE /_sim/requests` | the last n (≤ 200) protocol requests, oldest first: method, path, query, headers, body |
 //! | `GET /_sim/sessions` | live sessions of all three APIs: `api`, GSTIN, user, token, SEK (base64), IST expiry, previous still-valid token, GSTN portal session end — secrets on purpose, so tests can check nothing else leaks them |
+//! | `POST /_sim/users/password {"gstin","username","password"}` | change an e-invoice or e-way bill user's password: logins with the old one are refused (1019 / 102), as after a taxpayer changes it on the portal; tokens already issued stay valid |
 //! | `GET /_sim/public-key` | the RSA public key, PEM |
+//!
+//! Bodies are JSON, with or without `Content-Type: application/json`: a `curl -d` sends
+//! another content type, and a control call refused for that only confuses.
 //!
 //! Control calls are not logged, counted or faulted. There is no authentication here on purpose: this is a simulator bound to loopback by
 //! default, and its whole point is that a test can reach in and change it. Never expose a
@@ -22,12 +26,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Query, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -53,6 +58,7 @@ pub fn routes() -> Router<Arc<SimState>> {
         .route("/_sim/otp", get(otp))
         .route("/_sim/gstn/access", post(gstn_access))
         .route("/_sim/gstn/end-session", post(gstn_end_session))
+        .route("/_sim/users/password", post(set_password))
 }
 
 /// A 400 with a JSON `{"error": …}` body.
@@ -64,9 +70,20 @@ impl IntoResponse for BadRequest {
     }
 }
 
-impl From<JsonRejection> for BadRequest {
-    fn from(r: JsonRejection) -> Self {
-        Self(r.body_text())
+/// A control call's JSON body, whatever its `Content-Type` (axum's `Json` insists on
+/// `application/json`).
+struct JsonBody<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = BadRequest;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| BadRequest(e.body_text()))?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| BadRequest(format!("the body is not the expected JSON: {e}")))
     }
 }
 
@@ -89,11 +106,7 @@ struct RevokeBody {
     username: String,
 }
 
-async fn revoke(
-    State(sim): State<Arc<SimState>>,
-    b: Result<Json<RevokeBody>, JsonRejection>,
-) -> Reply {
-    let Json(b) = b?;
+async fn revoke(State(sim): State<Arc<SimState>>, JsonBody(b): JsonBody<RevokeBody>) -> Reply {
     let gstin = b.gstin.trim().to_ascii_uppercase();
     let n = lock(&sim.sessions).revoke(&gstin, &b.username)
         + lock(&sim.ewb).sessions.revoke(&gstin, &b.username)
@@ -110,9 +123,8 @@ struct RejectBody {
 
 async fn reject_tokens(
     State(sim): State<Arc<SimState>>,
-    b: Result<Json<RejectBody>, JsonRejection>,
+    JsonBody(b): JsonBody<RejectBody>,
 ) -> Reply {
-    let Json(b) = b?;
     let gstin = b.gstin.trim().to_ascii_uppercase();
     let mut set = lock(&sim.rejected);
     if b.enabled {
@@ -175,11 +187,7 @@ async fn get_knobs(State(sim): State<Arc<SimState>>) -> Json<Value> {
     knobs_json(&lock(&sim.knobs))
 }
 
-async fn set_knobs(
-    State(sim): State<Arc<SimState>>,
-    b: Result<Json<KnobsBody>, JsonRejection>,
-) -> Reply {
-    let Json(b) = b?;
+async fn set_knobs(State(sim): State<Arc<SimState>>, JsonBody(b): JsonBody<KnobsBody>) -> Reply {
     if let Some(s) = b.error_http_status {
         if StatusCode::from_u16(s).is_err() || !(100..=599).contains(&s) {
             return Err(BadRequest(format!(
@@ -242,15 +250,23 @@ async fn get_faults(State(sim): State<Arc<SimState>>) -> Json<Value> {
 
 async fn set_faults(
     State(sim): State<Arc<SimState>>,
-    b: Result<Json<FaultRule>, JsonRejection>,
+    JsonBody(rule): JsonBody<FaultRule>,
 ) -> Reply {
-    let Json(rule) = b?;
-    if rule
-        .path_prefix
-        .as_deref()
-        .is_some_and(|p| p.starts_with("/_sim"))
-    {
-        return Err(BadRequest("faults never apply to the control API".into()));
+    if let Some(prefix) = rule.path_prefix.as_deref() {
+        if prefix.starts_with("/_sim") {
+            return Err(BadRequest("faults never apply to the control API".into()));
+        }
+        // A fault prefix is matched against the whole path a client sends, `--path-prefix`
+        // included; one outside it would be accepted and never fire.
+        if let Some(mount) = sim.path_prefix.as_deref() {
+            let under = prefix == mount || prefix.starts_with(&format!("{mount}/"));
+            if !under && !mount.starts_with(prefix) {
+                return Err(BadRequest(format!(
+                    "path_prefix {prefix:?} can never match: the simulator serves its APIs under --path-prefix {mount:?}, so write {:?}",
+                    format!("{mount}{prefix}")
+                )));
+            }
+        }
     }
     let mut f = lock(&sim.faults);
     f.set(rule);
@@ -319,22 +335,39 @@ struct AccessBody {
     enabled: bool,
 }
 
-async fn gstn_access(
-    State(sim): State<Arc<SimState>>,
-    b: Result<Json<AccessBody>, JsonRejection>,
-) -> Reply {
-    let Json(b) = b?;
+async fn gstn_access(State(sim): State<Arc<SimState>>, JsonBody(b): JsonBody<AccessBody>) -> Reply {
     lock(&sim.gstn).set_access(b.gstin.trim(), &b.username, b.enabled);
     Ok(Json(json!({"ok": true, "enabled": b.enabled})))
 }
 
 async fn gstn_end_session(
     State(sim): State<Arc<SimState>>,
-    b: Result<Json<RevokeBody>, JsonRejection>,
+    JsonBody(b): JsonBody<RevokeBody>,
 ) -> Reply {
-    let Json(b) = b?;
     let n = lock(&sim.gstn).end_sessions(b.gstin.trim(), &b.username, chrono::Utc::now());
     Ok(Json(json!({"ok": true, "ended_sessions": n})))
+}
+
+/// Body of `/_sim/users/password`.
+#[derive(Deserialize)]
+struct PasswordBody {
+    gstin: String,
+    username: String,
+    password: String,
+}
+
+async fn set_password(
+    State(sim): State<Arc<SimState>>,
+    JsonBody(b): JsonBody<PasswordBody>,
+) -> Reply {
+    let gstin = b.gstin.trim();
+    let mut users = lock(&sim.users);
+    let user = users
+        .iter_mut()
+        .find(|u| u.gstin.eq_ignore_ascii_case(gstin) && u.username == b.username)
+        .ok_or_else(|| BadRequest(format!("no user {:?} for GSTIN {gstin}", b.username)))?;
+    user.password = b.password;
+    Ok(Json(json!({"ok": true})))
 }
 
 async fn public_key(State(sim): State<Arc<SimState>>) -> Response {

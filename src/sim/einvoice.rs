@@ -233,12 +233,12 @@ fn login(sim: &SimState, h: &HeaderMap, body: &[u8]) -> Result<Value, NicError> 
         Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
         _ => false,
     };
-    let user = sim
-        .users
+    let password_matches = lock(&sim.users)
         .iter()
         .find(|u| u.gstin.eq_ignore_ascii_case(&gstin) && u.username == user_name)
+        .map(|u| ct_eq(&u.password, payload.password.as_deref().unwrap_or("")))
         .ok_or_else(|| NicError::new("1017", "Incorrect user id/User does not exists"))?;
-    if !ct_eq(&user.password, payload.password.as_deref().unwrap_or("")) {
+    if !password_matches {
         return Err(NicError::new("1019", "Incorrect Password"));
     }
 

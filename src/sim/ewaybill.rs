@@ -387,12 +387,12 @@ fn login(sim: &SimState, h: &HeaderMap, body: &[u8]) -> Result<Value, EwbError> 
         .and_then(|k| b64_decode(k).ok())
         .and_then(|k| AesKey::from_slice(&k).ok())
         .ok_or_else(|| EwbError::new("110", "app_key must be base64 of 32 bytes"))?;
-    let user = sim
-        .users
+    let password_matches = lock(&sim.users)
         .iter()
         .find(|u| u.gstin.eq_ignore_ascii_case(&gstin) && u.username == username)
+        .map(|u| ct_eq(&u.password, p.password.as_deref().unwrap_or("")))
         .ok_or_else(|| EwbError::new("101", "Invalid Username"))?;
-    if !ct_eq(&user.password, p.password.as_deref().unwrap_or("")) {
+    if !password_matches {
         return Err(EwbError::new("102", "Invalid Password"));
     }
     let (session, issue) = lock(&sim.ewb)

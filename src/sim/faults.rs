@@ -70,7 +70,8 @@ pub struct FaultRule {
     /// How many matching requests fail; `None` = until cleared.
     #[serde(default)]
     pub count: Option<u64>,
-    /// Only paths starting with this; `None` = every non-control path.
+    /// Only paths starting with this, as the client sends them (`--path-prefix` included);
+    /// `None` = every non-control path.
     #[serde(default)]
     pub path_prefix: Option<String>,
     /// `slow`: how late the answer comes (default 1000 ms).

@@ -407,8 +407,7 @@ async fn authenticate(
 
 /// The user must exist and have API access.
 fn check_user(sim: &SimState, caller: &Caller) -> Result<(), GstnError> {
-    if !sim
-        .users
+    if !lock(&sim.users)
         .iter()
         .any(|u| u.gstin.eq_ignore_ascii_case(&caller.gstin) && u.username == caller.username)
     {

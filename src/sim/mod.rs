@@ -188,8 +188,12 @@ pub struct SimState {
     pub keypair: KeyPair,
     /// The public key, PEM (SubjectPublicKeyInfo).
     pub public_key_pem: String,
-    /// Users that may log in (fixed at start).
-    pub users: Vec<SimUser>,
+    /// Users that may log in: fixed at start, but their passwords can be changed through
+    /// the control API, to rehearse a taxpayer's password change.
+    pub users: Mutex<Vec<SimUser>>,
+    /// `--path-prefix`: where the protocol routes are mounted, which fault prefixes must
+    /// include.
+    pub path_prefix: Option<String>,
     /// API clients (fixed at start).
     pub clients: Vec<SimClient>,
     /// Enriched-GSP mode: plain JSON `Data` accepted and answered.
@@ -408,7 +412,8 @@ pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
     let state = Arc::new(SimState {
         keypair,
         public_key_pem: public_key_pem.clone(),
-        users: cfg.users,
+        users: Mutex::new(cfg.users),
+        path_prefix: cfg.path_prefix.clone(),
         clients: cfg.clients,
         plain: cfg.plain,
         allow_duplicate_irn: cfg.allow_duplicate_irn,

@@ -126,7 +126,13 @@ pub async fn intercept(State(sim): State<Arc<SimState>>, req: Request, next: Nex
         Kind::Unrouted => {}
     }
 
-    let fault = lock(&sim.faults).take(&path);
+    // Faults match the path as the client sent it: under `--path-prefix` the routes see it
+    // with the prefix taken off.
+    let sent = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map_or(path.as_str(), |u| u.path());
+    let fault = lock(&sim.faults).take(sent);
     let mut hop_header = false;
     match fault {
         Some((FaultMode::Slow, delay)) => {

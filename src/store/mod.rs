@@ -25,7 +25,7 @@ mod record;
 mod redis;
 mod seal;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -157,6 +157,18 @@ pub struct Store {
     tasks: Tasks,
     /// The drop-in records read when the store was opened, opened, until taken.
     dropins_at_open: Mutex<Vec<(String, Zeroizing<Vec<u8>>)>>,
+    /// The records read at open that only the previous key opened, until each is written
+    /// again or deleted: what tells the operator when the previous key can go.
+    resealing: Mutex<Resealing>,
+}
+
+/// The progress of a key rotation at start-up.
+#[derive(Default)]
+struct Resealing {
+    /// How many records opened under the previous key.
+    found: usize,
+    /// Those not yet written under the current key (or deleted).
+    left: HashSet<String>,
 }
 
 /// The record name of a slot. Upstream names and GSTINs contain no `:`, so the name is
@@ -280,6 +292,7 @@ impl Store {
             committing: tokio::sync::Mutex::new(()),
             tasks,
             dropins_at_open: Mutex::new(Vec::new()),
+            resealing: Mutex::new(Resealing::default()),
         })
     }
 
@@ -288,14 +301,26 @@ impl Store {
     fn open_rows(&self, rows: Vec<(String, Vec<u8>)>, at_open: bool) -> HashMap<String, Loaded> {
         let mut loaded = HashMap::new();
         let mut dropins = Vec::new();
+        let mut stale = HashSet::new();
         for (name, sealed) in rows {
             if name.starts_with(DROPIN_PREFIX) {
                 if at_open {
-                    dropins.extend(self.open_dropin(&name, &sealed).map(|plain| (name, plain)));
+                    if let Some((plain, how)) = self.open_dropin(&name, &sealed) {
+                        if how == Opened::Previous {
+                            // Nothing else rewrites a drop-in record until its client logs
+                            // in again, which may be after the previous key is gone.
+                            self.put_dropin(&Arc::from(name.as_str()), plain.clone());
+                            stale.insert(name.clone());
+                        }
+                        dropins.push((name, plain));
+                    }
                 }
                 continue;
             }
             if let Some(l) = self.open_row(&name, &sealed, "load") {
+                if l.rewrite {
+                    stale.insert(name.clone());
+                }
                 loaded.insert(name, l);
             }
         }
@@ -304,14 +329,51 @@ impl Store {
                 .dropins_at_open
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = dropins;
+            self.start_resealing(stale);
         }
         loaded
     }
 
-    /// Opens a drop-in record; `None` (with a warning) if it does not open.
-    fn open_dropin(&self, name: &str, sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    /// Reports, once at open, how many records only the previous key opened; they are
+    /// re-sealed as the slots and drop-in sessions taking them up write them again.
+    fn start_resealing(&self, stale: HashSet<String>) {
+        if !self.sealer.has_previous() {
+            return;
+        }
+        if stale.is_empty() {
+            tracing::info!(store = %self.place,
+                "no stored record is sealed under store.previous_encryption_key; it can be removed from the configuration");
+            return;
+        }
+        tracing::info!(store = %self.place, records = stale.len(),
+            "stored records opened under store.previous_encryption_key; re-sealing them under store.encryption_key");
+        *self.resealing.lock().unwrap_or_else(|p| p.into_inner()) = Resealing {
+            found: stale.len(),
+            left: stale,
+        };
+    }
+
+    /// Notes that `names` were written under the current key (or deleted), and says so once
+    /// the last record opened under the previous key is.
+    fn resealed<'a>(&self, names: impl Iterator<Item = &'a str>) {
+        let mut resealing = self.resealing.lock().unwrap_or_else(|p| p.into_inner());
+        if resealing.left.is_empty() {
+            return;
+        }
+        for name in names {
+            resealing.left.remove(name);
+        }
+        if resealing.left.is_empty() {
+            tracing::info!(store = %self.place, resealed = resealing.found,
+                "re-sealed every stored record opened under store.previous_encryption_key under store.encryption_key; store.previous_encryption_key can be removed from the configuration");
+        }
+    }
+
+    /// Opens a drop-in record, saying under which key; `None` (with a warning) if it does
+    /// not open.
+    fn open_dropin(&self, name: &str, sealed: &[u8]) -> Option<(Zeroizing<Vec<u8>>, Opened)> {
         match self.sealer.open(name.as_bytes(), sealed) {
-            Ok((plain, _)) => Some(plain),
+            Ok(opened) => Some(opened),
             Err(e) => {
                 tracing::warn!(store = %self.place, reason = %e,
                     "skipping a stored drop-in session that does not open; its client logs in again");
@@ -338,7 +400,7 @@ impl Store {
             None => got,
         };
         match bytes {
-            Ok(Some(sealed)) => self.open_dropin(name, &sealed),
+            Ok(Some(sealed)) => self.open_dropin(name, &sealed).map(|(plain, _)| plain),
             Ok(None) => None,
             Err(e) => {
                 tracing::warn!(store = %self.place, error = %e, "cannot read a drop-in session");
@@ -607,6 +669,9 @@ impl Store {
             count(&self.metrics, op, label);
         }
         self.set_up_gauge();
+        if ok {
+            self.resealed(names.iter().map(|(name, _)| &**name));
+        }
         let mut pending = self.lock_pending();
         pending.committing = 0;
         if let Err(e) = &result {

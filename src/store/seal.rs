@@ -48,6 +48,11 @@ impl Sealer {
         }
     }
 
+    /// Whether a previous key is configured, so records may still be sealed under it.
+    pub fn has_previous(&self) -> bool {
+        self.previous.is_some()
+    }
+
     /// Seals `plain` under the current key, bound to the record name `aad`. Fails only for
     /// inputs of gigabytes.
     pub fn seal(&self, aad: &[u8], plain: &[u8]) -> Result<Vec<u8>, aes_gcm::Error> {
