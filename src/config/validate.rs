@@ -328,6 +328,21 @@ impl Config {
             if c.max_dropin_sessions == 0 {
                 return Err((key("max_dropin_sessions"), "must be at least 1".into()));
             }
+            match (&c.rate, c.burst) {
+                (Some(rate), burst) => {
+                    super::Rate::parse(rate).map_err(|m| (key("rate"), m))?;
+                    if burst == Some(0) {
+                        return Err((key("burst"), "must be at least 1".into()));
+                    }
+                }
+                (None, Some(_)) => {
+                    return Err((
+                        key("burst"),
+                        "a burst is part of a `rate`: set `rate` too, or leave both out".into(),
+                    ))
+                }
+                (None, None) => {}
+            }
             for d in &c.api_key_sha256 {
                 if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err((

@@ -35,10 +35,16 @@ impl Proxy {
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let body = self.read_body(&parts.headers, body).await?;
-        outcome.body_read = true;
         let clients = self.clients();
         if upstream.is_auth_path(&path) {
+            // The client's rate before anything else; a caller that identifies as no client
+            // is refused by the login itself, in the API's own words.
+            if let Ok(client) = clients.identify(&parts.headers) {
+                outcome.client = Some(client.name.clone());
+                client.admit_rate()?;
+            }
+            let body = self.read_body(&parts.headers, body).await?;
+            outcome.body_read = true;
             let answer = self
                 .dropin
                 .login(&self.sessions, &clients, upstream, &parts.headers, &body)
@@ -59,6 +65,12 @@ impl Proxy {
         };
         outcome.client = Some(session.owner.client.clone());
         outcome.gstin = Some(session.owner.gstin.clone());
+        // `authorize` found the session's client among these clients.
+        if let Some(client) = clients.named(&session.owner.client) {
+            client.admit_rate()?;
+        }
+        let body = self.read_body(&parts.headers, body).await?;
+        outcome.body_read = true;
         let slot = self.sessions.lookup(
             &upstream.name,
             &session.owner.gstin,
