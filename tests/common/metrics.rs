@@ -48,7 +48,9 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
             (n == name && wanted.iter().all(|w| labels.contains(w)))
                 .then(|| value.parse::<f64>().unwrap())
         })
-        .sum()
+        // An empty sum is -0.0; a missing series reads as 0.
+        .sum::<f64>()
+        + 0.0
 }
 
 /// A series' name and its `label="value"` pairs.
