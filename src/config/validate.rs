@@ -440,6 +440,33 @@ client_secret = "b"
 "#;
 
     #[test]
+    fn a_client_rate_must_parse_and_a_burst_needs_a_rate() {
+        let config = |extra: &str| {
+            format!(
+                "[server]\n{ONE_UPSTREAM}\n[[client]]\nname = \"erp\"\napi_key_sha256 = \"{}\"\ngstins = [\"*\"]\n{extra}\n",
+                "a".repeat(64)
+            )
+        };
+        let parse = |extra: &str| Config::parse(&config(extra), Path::new("c.toml"));
+        assert!(parse("").is_ok());
+        assert!(parse("rate = \"50/s\"\nburst = 100").is_ok());
+        assert!(parse("rate = \"600/m\"").is_ok());
+        for (extra, key) in [
+            ("rate = \"50/d\"", "rate"),
+            ("rate = \"0/s\"", "rate"),
+            ("rate = \"fast\"", "rate"),
+            ("burst = 5", "burst"),
+            ("rate = \"1/s\"\nburst = 0", "burst"),
+        ] {
+            let err = parse(extra).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("client \"erp\".{key}")),
+                "{extra}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn limits_the_upstreams_impose_are_checked_by_name() {
         let config = |extra_upstream: &str, extra_credential: &str| {
             format!(
