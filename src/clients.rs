@@ -1,14 +1,19 @@
-//! Caller authentication: API keys (stored as SHA-256 digests, compared in constant time) and
-//! each client's GSTIN allow-list.
+//! Caller authentication: API keys (stored as SHA-256 digests, compared in constant time),
+//! each client's GSTIN allow-list, and its optional request rate limit.
 
 use std::collections::HashSet;
+use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota};
 
 use http::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::ClientConfig;
+use crate::config::{ClientConfig, Rate};
 use crate::gstin::Gstin;
 use crate::problem::GatewayError;
 
@@ -24,6 +29,48 @@ pub struct Client {
     dropin: Option<([u8; 32], [u8; 32])>,
     /// The most drop-in sessions it may hold at once.
     pub max_dropin_sessions: usize,
+    /// Its configured `rate` and `burst`, for the whole gateway.
+    limit: Option<(Rate, u32)>,
+    /// This replica's share of `limit`, enforced.
+    limiter: Option<Limiter>,
+}
+
+/// A client's rate limit on this replica: governor's GCRA bucket, which needs no timer task
+/// and takes one atomic compare-and-swap per request.
+struct Limiter {
+    bucket: DefaultDirectRateLimiter,
+    clock: DefaultClock,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Limiter")
+    }
+}
+
+impl Limiter {
+    /// One replica's share of `rate` and `burst` when `replicas` share the load: the rate
+    /// divided by them, the burst too (rounded up, at least 1). A replica cannot see the
+    /// others' requests, so each enforces its share of a load the balancer spreads evenly.
+    fn new((rate, burst): (Rate, u32), replicas: u32) -> Self {
+        let replicas = replicas.max(1);
+        let period = (rate.per * replicas / rate.count).max(Duration::from_nanos(1));
+        let burst = NonZeroU32::new(burst.div_ceil(replicas).max(1)).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst);
+        Self {
+            bucket: DefaultDirectRateLimiter::direct(quota),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// Takes one request from the bucket, or says how long until one is allowed.
+    fn check(&self) -> Result<(), Duration> {
+        self.bucket
+            .check()
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
 }
 
 #[derive(Debug)]
@@ -39,6 +86,20 @@ impl Client {
             Allowed::All => true,
             Allowed::Some(set) => set.contains(gstin),
         }
+    }
+
+    /// Counts a request against the client's rate, refusing it when over: called as soon as
+    /// the caller is identified, before any session or upstream work.
+    pub fn admit_rate(&self) -> Result<(), GatewayError> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        limiter
+            .check()
+            .map_err(|wait| GatewayError::ClientRateLimited {
+                client: self.name.to_string(),
+                retry_after_secs: wait.as_secs_f64().ceil() as u64,
+            })
     }
 }
 
@@ -96,16 +157,44 @@ impl Clients {
                     )),
                     _ => None,
                 };
+                let limit = match &c.rate {
+                    Some(rate) => {
+                        let rate = Rate::parse(rate)
+                            .map_err(|e| format!("client `{}`: rate {e}", c.name))?;
+                        Some((rate, c.burst.unwrap_or(rate.count)))
+                    }
+                    None => None,
+                };
                 Ok(Arc::new(Client {
                     name: c.name.as_str().into(),
                     digests,
                     gstins,
                     dropin,
                     max_dropin_sessions: c.max_dropin_sessions,
+                    limiter: limit.map(|l| Limiter::new(l, 1)),
+                    limit,
                 }))
             })
             .collect::<Result<_, String>>()?;
         Ok(Self { clients })
+    }
+
+    /// The same clients with each rate limit cut to one replica's share of `replicas`. Called
+    /// on a table fresh from [`Clients::from_config`], whose clients nobody else holds yet;
+    /// the limiters are new, so a reload starts every client with a full burst.
+    pub fn shared_by(mut self, replicas: u32) -> Self {
+        for c in &mut self.clients {
+            if let Some(c) = Arc::get_mut(c) {
+                c.limiter = c.limit.map(|l| Limiter::new(l, replicas));
+            }
+        }
+        self
+    }
+
+    /// The client of this name, if one is configured.
+    #[cfg(test)]
+    pub fn named(&self, name: &str) -> Option<&Arc<Client>> {
+        self.clients.iter().find(|c| &*c.name == name)
     }
 
     /// Finds the client whose key the request carries (`x-api-key` or `Authorization: Bearer`).
@@ -205,6 +294,8 @@ mod tests {
                 client_id: Some("asp-a".into()),
                 client_secret_sha256: Some(hex_sha256(b"secret-a")),
                 max_dropin_sessions: 10,
+                rate: None,
+                burst: None,
             },
             ClientConfig {
                 name: "b".into(),
@@ -213,6 +304,8 @@ mod tests {
                 client_id: None,
                 client_secret_sha256: None,
                 max_dropin_sessions: 10,
+                rate: None,
+                burst: None,
             },
         ])
         .unwrap()
@@ -270,6 +363,61 @@ mod tests {
         // An API key wins: such a caller is a gstgate caller, not a drop-in one.
         let both = with(&[("x-api-key", "key-a"), ("client_id", "asp-a")]);
         assert!(!Clients::is_dropin_caller(&both));
+    }
+
+    fn limited(rate: &str, burst: Option<u32>) -> Clients {
+        Clients::from_config(&[ClientConfig {
+            name: "batch".into(),
+            api_key_sha256: vec![hex_sha256(b"key-batch")],
+            gstins: vec!["*".into()],
+            client_id: None,
+            client_secret_sha256: None,
+            max_dropin_sessions: 10,
+            rate: Some(rate.into()),
+            burst,
+        }])
+        .unwrap()
+    }
+
+    fn admitted(c: &Clients) -> usize {
+        let client = c.named("batch").unwrap();
+        (0..10).take_while(|_| client.admit_rate().is_ok()).count()
+    }
+
+    #[test]
+    fn each_replica_enforces_its_share_of_the_rate_and_a_new_table_starts_afresh() {
+        // Alone, the whole burst; one of two replicas, half of it.
+        assert_eq!(admitted(&limited("4/h", None)), 4);
+        assert_eq!(admitted(&limited("4/h", None).shared_by(2)), 2);
+        // An odd burst rounds up rather than to nothing.
+        assert_eq!(admitted(&limited("1/h", Some(3)).shared_by(2)), 2);
+        assert_eq!(admitted(&limited("1/h", Some(1)).shared_by(4)), 1);
+
+        let c = limited("1/h", Some(1));
+        assert_eq!(admitted(&c), 1);
+        let err = c.named("batch").unwrap().admit_rate().unwrap_err();
+        let GatewayError::ClientRateLimited {
+            retry_after_secs, ..
+        } = err
+        else {
+            panic!("{err:?}")
+        };
+        assert!(
+            (3500..=3600).contains(&retry_after_secs),
+            "{retry_after_secs}"
+        );
+        // A reload builds the table again: the limit holds, with a fresh bucket.
+        assert_eq!(admitted(&limited("1/h", Some(1)).shared_by(1)), 1);
+        // A client without a rate is never refused.
+        assert_eq!(admitted_unlimited(), 10);
+    }
+
+    fn admitted_unlimited() -> usize {
+        let c = clients();
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", "key-b".parse().unwrap());
+        let b = c.authenticate(&h).unwrap();
+        (0..10).take_while(|_| b.admit_rate().is_ok()).count()
     }
 
     #[test]

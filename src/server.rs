@@ -181,6 +181,7 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
             max_header_bytes: server.max_header_bytes,
             max_body_bytes: server.max_body_bytes,
             request_timeout: server.request_timeout,
+            replicas: config.store.replicas,
         },
         dropin.clone(),
     ));

@@ -412,3 +412,51 @@ async fn a_rejection_spell_on_a_shared_gstin_costs_one_refresh_and_locks_no_tena
     assert_eq!(sim.count(GSTIN, "refreshes").await, before + 1);
     assert_eq!(gw.session_state("gstn", GSTIN).await, "valid");
 }
+
+/// Issue 19: the portal session ending under a live token (AUTH4038, and no refresh then) is
+/// its own replay outcome, `session_ended`, not a failed replay; the caller is told an OTP is
+/// needed, and the metrics say so by code. The OTP due gauge counts down to the portal's end.
+#[tokio::test]
+async fn a_portal_session_ending_is_no_failed_replay() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, gstn_opts()).await;
+    let due = r#"gstgate_gstn_otp_due_seconds{upstream="gstn"}"#;
+    gw.start_gstn_session(&sim, GSTIN).await;
+    // The default API-access period is 30 days; the gauge is the time left of it.
+    let left = gw.metric(due).await;
+    assert!(
+        (29.0 * 86_400.0..=30.0 * 86_400.0).contains(&left),
+        "{left}"
+    );
+    assert_eq!(return_summary(&gw).await.status(), 200);
+
+    sim.control(
+        "/_sim/gstn/end-session",
+        json!({"gstin": GSTIN, "username": USER}),
+    )
+    .await;
+    expect_problem(return_summary(&gw).await, 503, "otp_required").await;
+
+    let text = gw.metrics().await;
+    let value = |series: &str| metric_value(&text, series);
+    assert_eq!(
+        value(r#"gstgate_token_rejected_retries_total{upstream="gstn",result="session_ended"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(r#"gstgate_token_rejected_retries_total{upstream="gstn",result="failed"}"#),
+        0.0
+    );
+    assert_eq!(
+        value(r#"gstgate_requests_total{upstream="gstn",status="5xx",code="otp_required"}"#),
+        1.0
+    );
+    assert_eq!(
+        value(
+            r#"gstgate_upstream_errors_total{upstream="gstn",class="token_rejected",code="AUTH4038"}"#
+        ),
+        1.0
+    );
+    // No portal session is open any more: no series.
+    assert!(!text.contains(&format!("{due} ")), "{text}");
+}

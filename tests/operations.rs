@@ -18,6 +18,7 @@ const METRIC_NAMES: &[&str] = &[
     "gstgate_auth_requests_total",
     "gstgate_token_refreshes_total",
     "gstgate_token_rejected_retries_total",
+    "gstgate_upstream_errors_total",
     "gstgate_sessions",
     "gstgate_session_min_ttl_seconds",
     "gstgate_inflight_requests",
@@ -53,6 +54,30 @@ async fn metrics_expose_every_contract_name_and_count_requests() {
         metric_value(
             &text,
             r#"gstgate_requests_total{upstream="einvoice",status="4xx"}"#
+        ),
+        1.0
+    );
+    // By cause and by caller (issue 19): the refusal by its problem code, the relayed replies
+    // as `none`, all three by the configured client.
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"gstgate_requests_total{upstream="einvoice",status="4xx",client="billing",code="gstin_invalid"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"gstgate_requests_total{upstream="einvoice",status="2xx",client="billing",code="none"}"#
+        ),
+        2.0
+    );
+    // The revocation's rejection, by its classified e-invoice code.
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"gstgate_upstream_errors_total{upstream="einvoice",class="token_rejected",code="1005"}"#
         ),
         1.0
     );

@@ -432,6 +432,30 @@ async fn a_healthy_gateway_raises_no_alert_after_its_first_start_or_a_restart() 
     }
     assert_no_alert(&rules_file, &names, &first, &gw.admin.to_string());
 
+    // The Grafana dashboard queries only metrics a gateway exports, as the rules do.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(rules_dir().join("../grafana/gstgate.json")).unwrap(),
+    )
+    .unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    assert!(exprs.len() > 15, "{exprs:?}");
+    for expr in &exprs {
+        let used = metric_names(expr);
+        assert!(!used.is_empty(), "no metric found in {expr}");
+        for name in used {
+            assert!(
+                exported(&first, &name),
+                "the dashboard's `{expr}` uses `{name}`, which /metrics does not export:\n{first}"
+            );
+        }
+    }
+
     // A restart (SIGTERM flushes the store): the new process resumes every session.
     let logins = sim.count(GSTIN, "auth_calls").await;
     signal(&mut gw, "-TERM").await;

@@ -15,6 +15,7 @@ mod defaults;
 mod env;
 mod error;
 mod headers;
+mod rate;
 mod read;
 mod rebase;
 mod server;
@@ -39,6 +40,7 @@ pub use defaults::{
 pub use env::interpolate;
 pub use error::{client_entry, credential_entry, upstream_entry, ConfigError};
 pub use headers::{HEADER_ROLES, RESERVED_HEADERS, ROLE_COUNT};
+pub use rate::Rate;
 pub use read::{read_limited, MAX_CONFIG_BYTES, MAX_SECRET_FILE_BYTES};
 pub use validate::{check_otp_warning, check_webhook_url};
 
@@ -449,6 +451,13 @@ pub struct ClientConfig {
     /// The most drop-in sessions this client may hold at once, over all upstreams.
     #[serde(default = "default_max_dropin_sessions")]
     pub max_dropin_sessions: usize,
+    /// The most requests this client may send, over all upstreams (`"50/s"`, `"600/m"`,
+    /// `"10000/h"`); without it, no limit. With several replicas each allows its share.
+    #[serde(default, deserialize_with = "env_string_opt")]
+    pub rate: Option<String>,
+    /// How many requests may come at once within `rate` (default: the rate's count).
+    #[serde(default)]
+    pub burst: Option<u32>,
     /// GSTINs this client may act for; `"*"` for all.
     #[serde(deserialize_with = "env_vec")]
     pub gstins: Vec<String>,

@@ -328,6 +328,21 @@ impl Config {
             if c.max_dropin_sessions == 0 {
                 return Err((key("max_dropin_sessions"), "must be at least 1".into()));
             }
+            match (&c.rate, c.burst) {
+                (Some(rate), burst) => {
+                    super::Rate::parse(rate).map_err(|m| (key("rate"), m))?;
+                    if burst == Some(0) {
+                        return Err((key("burst"), "must be at least 1".into()));
+                    }
+                }
+                (None, Some(_)) => {
+                    return Err((
+                        key("burst"),
+                        "a burst is part of a `rate`: set `rate` too, or leave both out".into(),
+                    ))
+                }
+                (None, None) => {}
+            }
             for d in &c.api_key_sha256 {
                 if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err((
@@ -423,6 +438,33 @@ public_key = "k.pem"
 client_id = "a"
 client_secret = "b"
 "#;
+
+    #[test]
+    fn a_client_rate_must_parse_and_a_burst_needs_a_rate() {
+        let config = |extra: &str| {
+            format!(
+                "[server]\n{ONE_UPSTREAM}\n[[client]]\nname = \"erp\"\napi_key_sha256 = \"{}\"\ngstins = [\"*\"]\n{extra}\n",
+                "a".repeat(64)
+            )
+        };
+        let parse = |extra: &str| Config::parse(&config(extra), Path::new("c.toml"));
+        assert!(parse("").is_ok());
+        assert!(parse("rate = \"50/s\"\nburst = 100").is_ok());
+        assert!(parse("rate = \"600/m\"").is_ok());
+        for (extra, key) in [
+            ("rate = \"50/d\"", "rate"),
+            ("rate = \"0/s\"", "rate"),
+            ("rate = \"fast\"", "rate"),
+            ("burst = 5", "burst"),
+            ("rate = \"1/s\"\nburst = 0", "burst"),
+        ] {
+            let err = parse(extra).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("client \"erp\".{key}")),
+                "{extra}: {err}"
+            );
+        }
+    }
 
     #[test]
     fn limits_the_upstreams_impose_are_checked_by_name() {

@@ -45,13 +45,34 @@ impl prometheus_client::encoding::EncodeLabelValue for Name {
     }
 }
 
-/// `upstream` + `status` class.
+/// `upstream` + `status` class + `client` + problem `code`.
+///
+/// `client` and `code` were added to the contract's `gstgate_requests_total{upstream,status}`
+/// (a sum over them gives the old series): both are bounded, `client` by the configured
+/// clients (`none` before a caller is identified) and `code` by gstgate's problem codes
+/// (`none` for an answer that is not a gateway problem, such as a relayed upstream reply).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// Upstream name (`none` when no route matched).
     pub upstream: Name,
     /// `2xx`, `4xx`…
     pub status: &'static str,
+    /// The caller's client name, `none` when none was identified.
+    pub client: Name,
+    /// The problem code of the answer, `none` when it is not a gateway problem.
+    pub code: &'static str,
+}
+
+/// `upstream` + `class` + upstream error `code` of a reply that was not a success.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    /// Upstream name.
+    pub upstream: Name,
+    /// What gstgate made of the reply (`token_rejected`, `business`, …).
+    pub class: &'static str,
+    /// The upstream's code when its profile classifies it, else `other`: the set of codes an
+    /// upstream can send is open, and a label must not be.
+    pub code: Name,
 }
 
 /// `upstream` only.
@@ -88,7 +109,6 @@ pub struct AlertLabels {
     pub result: &'static str,
 }
 
-/// `op` + `result` of a session store operation.
 /// Labels of the drop-in sessions gauge.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropinLabels {
@@ -98,6 +118,7 @@ pub struct DropinLabels {
     pub client: Name,
 }
 
+/// `op` + `result` of a session store operation.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreLabels {
     /// `load` (records read at start-up or after Redis came back), `write`, `delete`, and for
@@ -121,6 +142,8 @@ pub struct Metrics {
     pub token_refreshes: Family<TriggerLabels, Counter>,
     /// `gstgate_token_rejected_retries_total`.
     pub rejected_retries: Family<ResultLabels, Counter>,
+    /// `gstgate_upstream_errors_total`.
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     /// `gstgate_inflight_requests`.
     pub inflight: Gauge<i64, AtomicI64>,
     /// `gstgate_alerts_total` (not part of the fixed metric contract).
@@ -153,6 +176,7 @@ impl Metrics {
             auth_requests: Family::default(),
             token_refreshes: Family::default(),
             rejected_retries: Family::default(),
+            upstream_errors: Family::default(),
             inflight: Gauge::default(),
             alerts: Family::default(),
             store_operations: Family::default(),
@@ -164,7 +188,7 @@ impl Metrics {
         let mut r = Registry::default();
         r.register(
             "gstgate_requests",
-            "Caller requests answered, by upstream and HTTP status class",
+            "Caller requests answered, by upstream, HTTP status class, client and problem code",
             m.requests.clone(),
         );
         r.register(
@@ -191,6 +215,11 @@ impl Metrics {
             "gstgate_token_rejected_retries",
             "Requests replayed after the upstream rejected the token, by outcome",
             m.rejected_retries.clone(),
+        );
+        r.register(
+            "gstgate_upstream_errors",
+            "Upstream replies that were not a success, by class and upstream error code (`other` for codes the profile does not classify)",
+            m.upstream_errors.clone(),
         );
         r.register(
             "gstgate_inflight_requests",

@@ -38,9 +38,10 @@ impl GatewayError {
             RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             BodyTooLarge(_) | AdminBodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            LoginThrottled { .. } | UpstreamThrottled { .. } | DropinSessionsExhausted { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            LoginThrottled { .. }
+            | UpstreamThrottled { .. }
+            | DropinSessionsExhausted { .. }
+            | ClientRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             CredentialsRejected { .. }
             | UpstreamConfigRejected { .. }
             | LoginBackoff { .. }
@@ -87,6 +88,7 @@ impl GatewayError {
             CredentialsRejected { .. } => "credentials_rejected",
             UpstreamConfigRejected { .. } => "upstream_config_rejected",
             LoginThrottled { .. } => "login_rate_limited",
+            ClientRateLimited { .. } => "client_rate_limited",
             LoginBackoff { .. } => "login_backoff",
             TokenRejected { .. } => "token_rejected",
             UpstreamThrottled { .. } => "upstream_throttled",
@@ -132,6 +134,7 @@ impl GatewayError {
             CredentialsRejected { .. } => "Credentials rejected",
             UpstreamConfigRejected { .. } => "Upstream rejected gateway configuration",
             LoginThrottled { .. } => "Login rate limited",
+            ClientRateLimited { .. } => "Client rate limited",
             LoginBackoff { .. } => "Upstream login failing",
             TokenRejected { .. } => "Token rejected",
             UpstreamThrottled { .. } => "Upstream throttling",
@@ -192,6 +195,7 @@ impl GatewayError {
             ConfigInvalid(_) => "Fix the configuration file as the detail says (`gstgate check-config` shows the same) and reload again; the running configuration stays until then.".into(),
             AdminBodyInvalid(_) => "Send the JSON body {\"otp\": \"123456\"} with the digits the taxpayer received.".into(),
             UpstreamConfigRejected { .. } => "Check the upstream's client_id, client_secret and public key in the gateway config against the GSP's onboarding details.".into(),
+            ClientRateLimited { .. } => "Send more slowly: retry after the `Retry-After` seconds, or ask the gateway operator to raise your client's `rate` or `burst`.".into(),
             LoginThrottled { .. } => "Wait and retry: the gateway limits logins per user to stay below the upstream's lockout threshold.".into(),
             LoginBackoff { .. } => "Retry later; if it persists check the GSP's status and the gateway's /admin/sessions.".into(),
             TokenRejected { .. } => "Check that the API user belongs to this GSTIN and that no other system logs in with the same user; retry later.".into(),
@@ -255,6 +259,7 @@ impl GatewayError {
             | OtpNotApplicable { .. }
             | OtpInvalid { .. } => Origin::Caller,
             LoginThrottled { .. }
+            | ClientRateLimited { .. }
             | LoginBackoff { .. }
             | DropinSessionsExhausted { .. }
             | OtpRequired { .. }
@@ -314,6 +319,7 @@ impl GatewayError {
             | ApiAccessDisabled { .. } => false,
             // A slow link, a limit that lifts, sessions that expire, an upstream that recovers.
             RequestTimeout(_)
+            | ClientRateLimited { .. }
             | DropinSessionsExhausted { .. }
             | LoginThrottled { .. }
             | LoginBackoff { .. }
@@ -335,6 +341,9 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             GatewayError::LoginThrottled { retry_after_secs }
+            | GatewayError::ClientRateLimited {
+                retry_after_secs, ..
+            }
             | GatewayError::LoginBackoff {
                 retry_after_secs, ..
             } => Some((*retry_after_secs).max(1)),
@@ -468,6 +477,14 @@ mod tests {
                 true,
             ),
             (
+                ClientRateLimited {
+                    client: s(),
+                    retry_after_secs: 1,
+                },
+                Gateway,
+                true,
+            ),
+            (
                 LoginBackoff {
                     retry_after_secs: 1,
                     reason: s(),
@@ -558,6 +575,7 @@ mod tests {
             CredentialsRejected { .. } => "CredentialsRejected",
             UpstreamConfigRejected { .. } => "UpstreamConfigRejected",
             LoginThrottled { .. } => "LoginThrottled",
+            ClientRateLimited { .. } => "ClientRateLimited",
             LoginBackoff { .. } => "LoginBackoff",
             TokenRejected { .. } => "TokenRejected",
             UpstreamThrottled { .. } => "UpstreamThrottled",
@@ -580,8 +598,8 @@ mod tests {
         let table = table();
         let names: std::collections::BTreeSet<_> = table.iter().map(|(e, ..)| variant(e)).collect();
         assert_eq!(names.len(), table.len(), "a variant is listed twice");
-        // The exhaustive `variant` names 44 variants; the table must hold each of them.
-        assert_eq!(names.len(), 44, "a variant is missing from the table");
+        // The exhaustive `variant` names 45 variants; the table must hold each of them.
+        assert_eq!(names.len(), 45, "a variant is missing from the table");
         for (e, origin, retryable) in &table {
             assert_eq!(e.origin(), *origin, "origin of {}", variant(e));
             assert_eq!(e.retryable(), *retryable, "retryable of {}", variant(e));

@@ -222,6 +222,14 @@ pub enum GatewayError {
         /// The upstream's message.
         message: String,
     },
+    /// The caller's client sends faster than its `rate` allows.
+    #[error("client `{client}` is over its rate limit; retry in {retry_after_secs} s")]
+    ClientRateLimited {
+        /// The client's name.
+        client: String,
+        /// Seconds until its next request is allowed.
+        retry_after_secs: u64,
+    },
     /// gstgate's own login rate limit for this credential is reached.
     #[error("login rate limit reached for this credential; retry in {retry_after_secs} s")]
     LoginThrottled {

@@ -1,5 +1,6 @@
-//! Phase 2, admit: everything decided about a request before its session is: the caller, the
-//! method, the path and its upstream, the taxpayer and its credential slot, and the body.
+//! Phase 2, admit: everything decided about a request before its session is: the caller and
+//! its rate limit, the method, the path and its upstream, the taxpayer and its credential
+//! slot, and the body.
 
 use std::sync::Arc;
 
@@ -61,6 +62,9 @@ impl Proxy {
         } else {
             let client = self.clients().authenticate(&parts.headers)?;
             outcome.client = Some(client.name.clone());
+            // Before routing, sessions or the upstream: a client over its rate costs the
+            // others nothing but this check.
+            client.admit_rate()?;
             Some(client)
         };
         if !matches!(

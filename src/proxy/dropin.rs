@@ -47,6 +47,8 @@ impl Proxy {
             }
         };
         outcome.client = Some(client.name.clone());
+        // The client's rate next, before anything of the request is read.
+        client.admit_rate()?;
         outcome.gstin = parts
             .headers
             .get("gstin")

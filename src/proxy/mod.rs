@@ -2,7 +2,7 @@
 //! the one place to read a request's story:
 //!
 //! 1. accept: request id, in-flight gauge, overall timeout, access log ([`Proxy::serve`])
-//! 2. admit: header size, caller key → client, method, path normalised and validated
+//! 2. admit: header size, caller key → client → its rate limit, method, path normalised and validated
 //!    ([`crate::path::CallerPath`]) → upstream by route prefix, `gstin` (+ `user_name`) → allowed? →
 //!    credential slot, and the caller's body (`admit`)
 //! 3. session: a usable session for the slot, logging in single-flight if needed
@@ -36,11 +36,13 @@ use crate::classify::{self, Decision};
 use crate::clients::Clients;
 use crate::dropin::Dropin;
 use crate::gstin::Gstin;
-use crate::metrics::{status_class, Metrics, RequestLabels, ResultLabels, UpstreamLabel};
+use crate::metrics::{
+    status_class, Metrics, RequestLabels, ResultLabels, UpstreamErrorLabels, UpstreamLabel,
+};
 use crate::problem::{chain, problem_response, ErrorCode, GatewayError, Origin};
 use crate::request::{loggable_path, request_id, REQUEST_ID};
 use crate::session::{Invalidation, Session, Sessions, Trigger};
-use crate::upstream::Upstream;
+use crate::upstream::{Class, Upstream, Verdict};
 
 use admit::{Admission, Admitted};
 use call::Call;
@@ -56,6 +58,10 @@ pub struct Proxy {
     max_body_bytes: usize,
     request_timeout: Duration,
     no_route: Arc<str>,
+    /// `store.replicas`, which divides each client's rate.
+    replicas: u32,
+    /// The `code` label of an upstream code its profile does not classify.
+    other_code: Arc<str>,
     /// The drop-in sessions.
     dropin: Arc<Dropin>,
     /// Whether any upstream has drop-in on: without one, no request is taken for a drop-in
@@ -71,6 +77,9 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// The most time for the whole request.
     pub request_timeout: Duration,
+    /// How many replicas share the callers (`store.replicas`): each enforces this share of
+    /// a client's `rate`.
+    pub replicas: u32,
 }
 
 /// What the access log line reports about a request.
@@ -110,7 +119,8 @@ impl Proxy {
         Self {
             dropin,
             dropin_on,
-            clients: RwLock::new(Arc::new(clients)),
+            clients: RwLock::new(Arc::new(clients.shared_by(limits.replicas))),
+            replicas: limits.replicas,
             upstreams,
             sessions,
             metrics,
@@ -118,6 +128,7 @@ impl Proxy {
             max_body_bytes: limits.max_body_bytes,
             request_timeout: limits.request_timeout,
             no_route: "none".into(),
+            other_code: "other".into(),
         }
     }
 
@@ -130,9 +141,11 @@ impl Proxy {
     }
 
     /// Replaces the callers (a configuration reload); requests under way keep the ones they
-    /// were admitted with.
+    /// were admitted with. Rate limits start afresh with the new clients (a full burst each):
+    /// a reload is rare, and the new `rate` may differ.
     pub fn set_clients(&self, clients: Clients) {
-        *self.clients.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(clients);
+        let clients = Arc::new(clients.shared_by(self.replicas));
+        *self.clients.write().unwrap_or_else(|p| p.into_inner()) = clients;
     }
 
     /// Phase 1, accept: wraps `Proxy::process` with the request id, the overall timeout,
@@ -197,11 +210,18 @@ impl Proxy {
             .clone()
             .unwrap_or_else(|| self.no_route.clone());
         let elapsed = started.elapsed();
+        let error = res.extensions().get::<ErrorCode>().map(|c| c.0);
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
                 upstream: upstream.clone().into(),
                 status: status_class(status),
+                client: outcome
+                    .client
+                    .clone()
+                    .unwrap_or_else(|| self.no_route.clone())
+                    .into(),
+                code: error.unwrap_or("none"),
             })
             .inc();
         self.metrics
@@ -210,7 +230,6 @@ impl Proxy {
                 upstream: upstream.clone().into(),
             })
             .observe(elapsed.as_secs_f64());
-        let error = res.extensions().get::<ErrorCode>().map(|c| c.0);
         tracing::info!(
             target: "gstgate::access",
             request_id = request_id.as_str(),
@@ -284,6 +303,7 @@ impl Proxy {
     ) -> Result<Response<Body>, GatewayError> {
         let sent = call.exchange(session, outcome).await?;
         let reply = sent.read(call.upstream, outcome);
+        self.count_upstream_error(call.upstream, &reply.verdict);
         match classify::reply(sent.status, &reply, call.slot.credential.whose()) {
             Decision::Respond => respond::respond(call, session, &sent, reply),
             Decision::Fail(err) => Err(err),
@@ -315,10 +335,21 @@ impl Proxy {
             .sessions
             .session(call.slot, Trigger::Rejected)
             .await
-            .inspect_err(|_| self.count_replay(upstream, "failed"))?;
+            .inspect_err(|e| {
+                // GSTN's AUTH4038 after the portal session's end: the refresh is refused and
+                // only an OTP helps. That is the session's lifetime running out (its own
+                // alert), not a replay that a mapping or a rogue login made fail.
+                let result = if matches!(e, GatewayError::OtpRequired { .. }) {
+                    "session_ended"
+                } else {
+                    "failed"
+                };
+                self.count_replay(upstream, result);
+            })?;
         outcome.retries = 1;
         let sent = call.exchange(&session, outcome).await?;
         let reply = sent.read(upstream, outcome);
+        self.count_upstream_error(upstream, &reply.verdict);
         match classify::reply(sent.status, &reply, call.slot.credential.whose()) {
             Decision::Replay => {
                 // Never a third attempt, and no login for the next rejection of this session
@@ -338,6 +369,27 @@ impl Proxy {
                 respond::respond(call, &session, &sent, reply)
             }
         }
+    }
+
+    /// Counts a reply that was not a success by its class and, where the profile classifies
+    /// it, its upstream code.
+    fn count_upstream_error(&self, upstream: &Upstream, verdict: &Verdict) {
+        if verdict.class == Class::Success {
+            return;
+        }
+        let code = verdict
+            .code
+            .as_deref()
+            .filter(|c| upstream.profile.classify_code(c) != Class::Business)
+            .map_or_else(|| self.other_code.clone(), Arc::from);
+        self.metrics
+            .upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                upstream: upstream.name.clone().into(),
+                class: verdict.class.label(),
+                code: code.into(),
+            })
+            .inc();
     }
 
     /// Counts the outcome of a replay after a token rejection.

@@ -1,5 +1,11 @@
-//! The session gauges, `gstgate_sessions{upstream,state}` and
-//! `gstgate_session_min_ttl_seconds{upstream}`, read from the session manager at scrape time.
+//! The session gauges, `gstgate_sessions{upstream,state}`,
+//! `gstgate_session_min_ttl_seconds{upstream}` and `gstgate_gstn_otp_due_seconds{upstream}`,
+//! read from the session manager at scrape time.
+//!
+//! The OTP gauge is the shortest time to a portal session's end over an upstream's sessions,
+//! not one series per GSTIN and user: no metric carries a GSTIN or username (cardinality and
+//! privacy), and one alert on the minimum fires as soon as any session is due. Which taxpayer
+//! is due is on `/status`, in `GET /admin/sessions` and in the `otp_needed_soon` webhook.
 
 use std::sync::{Arc, Weak};
 
@@ -76,11 +82,40 @@ impl prometheus_client::collector::Collector for SessionGauges {
             };
             ConstGauge::new(min_ttl.unwrap_or(0.0)).encode(family.encode_family(&labels)?)?;
         }
+        let mut family = encoder.encode_descriptor(
+            "gstgate_gstn_otp_due_seconds",
+            "Shortest time until an open GSTN portal session ends and its taxpayer must give a new OTP (no series while none is open)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (upstream, due) in sessions.otp_due() {
+            let labels = UpstreamLabel {
+                upstream: upstream.into(),
+            };
+            ConstGauge::new(due).encode(family.encode_family(&labels)?)?;
+        }
         Ok(())
     }
 }
 
 impl Sessions {
+    /// Per upstream with an open portal session: the seconds until the first of them ends.
+    pub fn otp_due(&self) -> Vec<(Arc<str>, f64)> {
+        let wall = crate::clock::wall();
+        let mut out: Vec<(Arc<str>, f64)> = Vec::new();
+        for slot in &self.table().slots {
+            let Some(ends) = slot.view().portal_ends_at() else {
+                continue;
+            };
+            let due = ends.duration_since(wall).unwrap_or_default().as_secs_f64();
+            match out.iter_mut().find(|(n, _)| *n == slot.upstream.name) {
+                Some(entry) => entry.1 = entry.1.min(due),
+                None => out.push((slot.upstream.name.clone(), due)),
+            }
+        }
+        out
+    }
+
     /// Per upstream: how many slots are in each state, and the shortest time to expiry of a
     /// valid session.
     pub fn gauges(&self) -> Vec<(Arc<str>, [u64; 6], Option<f64>)> {

@@ -196,6 +196,10 @@ impl Profile for Einvoice {
         Ok(out)
     }
 
+    fn classify_code(&self, code: &str) -> Class {
+        classify_code(code)
+    }
+
     fn read_reply<'a>(&self, status: StatusCode, body: &'a [u8]) -> Reply<'a> {
         Reply::parse(status, body, verdict_of)
     }

@@ -234,6 +234,10 @@ impl Profile for Gstn {
         seal_request(body, sek, Layers::Base64Json, true)
     }
 
+    fn classify_code(&self, code: &str) -> Class {
+        classify_code(code)
+    }
+
     fn read_reply<'a>(&self, status: StatusCode, body: &'a [u8]) -> Reply<'a> {
         Reply::parse(status, body, verdict_of)
     }

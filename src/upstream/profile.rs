@@ -43,6 +43,25 @@ pub enum Class {
     SessionLimit,
 }
 
+impl Class {
+    /// The class as a metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Class::Success => "success",
+            Class::TokenRejected => "token_rejected",
+            Class::CredentialsRejected => "credentials_rejected",
+            Class::Configuration => "configuration",
+            Class::CallerInput => "caller_input",
+            Class::Transient => "transient",
+            Class::Throttled => "throttled",
+            Class::Business => "business",
+            Class::OtpRejected => "otp_rejected",
+            Class::AccessDisabled => "access_disabled",
+            Class::SessionLimit => "session_limit",
+        }
+    }
+}
+
 /// A classified upstream reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
@@ -274,6 +293,10 @@ pub trait Profile: Send + Sync + 'static {
         body: &[u8],
         sek: &AesKey,
     ) -> Result<Vec<u8>, GatewayError>;
+
+    /// The class of one of the API's error codes; [`Class::Business`] for a code it does not
+    /// single out.
+    fn classify_code(&self, code: &str) -> Class;
 
     /// Parses and classifies a data reply.
     fn read_reply<'a>(&self, status: StatusCode, body: &'a [u8]) -> Reply<'a>;
