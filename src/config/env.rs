@@ -85,11 +85,18 @@ impl<'de> Deserialize<'de> for SecretText {
     }
 }
 
+/// What an empty secret is refused with: most often a `${VAR}` set to nothing, which would
+/// otherwise log in with an empty password or leave a store unencrypted-looking.
+const SECRET_EMPTY: &str =
+    "is empty: a secret setting needs a value (is its environment variable set but empty?); leave the setting out to not use it";
+
 pub(super) fn env_secret<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
     let SecretText(raw) = SecretText::deserialize(d)?;
-    interpolate(&raw)
-        .map(SecretString::from)
-        .map_err(serde::de::Error::custom)
+    let text = interpolate(&raw).map_err(serde::de::Error::custom)?;
+    if text.is_empty() {
+        return Err(serde::de::Error::custom(SECRET_EMPTY));
+    }
+    Ok(SecretString::from(text))
 }
 
 pub(super) fn env_secret_opt<'de, D: Deserializer<'de>>(
@@ -146,9 +153,23 @@ pub(super) fn env_map<'de, D: Deserializer<'de>>(
         .map(|(k, SecretText(v))| {
             let v = interpolate(&v)
                 .map_err(|e| serde::de::Error::custom(format!("header `{k}`: {e}")))?;
+            if v.is_empty() {
+                return Err(serde::de::Error::custom(format!(
+                    "header `{k}` {SECRET_EMPTY}"
+                )));
+            }
             Ok((k, SecretString::from(v)))
         })
         .collect()
+}
+
+pub(super) fn env_path_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, PathBuf>, D::Error> {
+    Ok(env_map_plain(d)?
+        .into_iter()
+        .map(|(k, v)| (k, PathBuf::from(v)))
+        .collect())
 }
 
 pub(super) fn env_map_plain<'de, D: Deserializer<'de>>(
