@@ -535,6 +535,13 @@ impl Config {
     /// the default store file. Relative file names in the config are relative to the working
     /// directory.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let unset = env::unset_variables(text);
+        if !unset.is_empty() {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: unset_message(&unset),
+            });
+        }
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: parse_message(text, &e),
@@ -568,6 +575,26 @@ impl Config {
                 message,
             })?;
         Ok(config)
+    }
+}
+
+/// Every unset variable in one message, in file order, each with the line and key of its
+/// first use: an operator sets them all at once instead of one per attempt.
+fn unset_message(unset: &[(String, usize, Option<String>)]) -> String {
+    let each: Vec<String> = unset
+        .iter()
+        .map(|(name, line, key)| match key {
+            Some(key) => format!("`{name}` (line {line}, key `{key}`)"),
+            None => format!("`{name}` (line {line})"),
+        })
+        .collect();
+    match each.as_slice() {
+        [one] => format!("environment variable {one} is not set"),
+        all => format!(
+            "{} environment variables are not set: {}",
+            all.len(),
+            all.join(", ")
+        ),
     }
 }
 
@@ -645,5 +672,17 @@ mod tests {
             .to_string();
         assert!(err.contains("expected a string"), "{err}");
         assert!(!err.contains("98765432"), "{err}");
+    }
+
+    #[test]
+    fn all_unset_variables_are_reported_at_once_in_file_order() {
+        let text = "[server]\nadmin_token = \"${GSTGATE_TEST_UNSET_B}\"\n[[upstream]]\nclient_id = \"${GSTGATE_TEST_UNSET_A}\"\nclient_secret = \"${GSTGATE_TEST_UNSET_B}\"\n";
+        let err = Config::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "c.toml: 2 environment variables are not set: `GSTGATE_TEST_UNSET_B` (line 2, key `admin_token`), `GSTGATE_TEST_UNSET_A` (line 4, key `client_id`)"
+        );
     }
 }
