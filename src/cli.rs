@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sha2::{Digest, Sha256};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::telemetry::LogFormat;
 
 /// gstgate — an HTTP gateway for India's GST APIs.
@@ -119,6 +119,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::upstream::check_profiles(&config, &path)?;
             crate::upstream::check_files(&config, &path)?;
             crate::tls::check_files(&config, &path)?;
+            if let Some(store) = &config.store.path {
+                crate::store::check_place(store).map_err(|message| ConfigError::Invalid {
+                    path: path.clone(),
+                    key: "store.path".into(),
+                    message,
+                })?;
+            }
             let mut out = std::io::stdout().lock();
             for warning in crate::upstream::config_warnings(&config) {
                 writeln!(out, "warning: {warning}")?;

@@ -451,6 +451,19 @@ fn check_config_refuses_what_serve_would_and_names_the_entry() {
     let (ok, out) = check_config(&sim_clash, &[]);
     assert!(!ok && out.contains("simulator.listen"), "{out}");
 
+    // A store directory that cannot be created (its parent is a file): `serve` would fail.
+    let no_place = demo.replacen(
+        "backend = \"memory\"",
+        "backend = \"embedded\"\npath = \"/etc/hostname/gstgate/sessions.redb\"",
+        1,
+    );
+    let (ok, out) = check_config(&no_place, &[]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("store.path") && out.contains("/etc/hostname is not a directory"),
+        "{out}"
+    );
+
     // A GSTN upstream with no admin token: no OTP can ever be submitted.
     let no_token = demo.replacen("admin_token = \"demo-admin-token-change-me\"", "", 1);
     let (ok, out) = check_config(&no_token, &[]);

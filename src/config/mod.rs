@@ -40,7 +40,7 @@ pub use defaults::{
 pub use env::interpolate;
 pub use error::{client_entry, credential_entry, upstream_entry, ConfigError};
 pub use headers::{HEADER_ROLES, RESERVED_HEADERS, ROLE_COUNT};
-pub use read::{read_limited, MAX_CONFIG_BYTES, MAX_SECRET_FILE_BYTES};
+pub use read::{read_limited, shown_path, MAX_CONFIG_BYTES, MAX_SECRET_FILE_BYTES};
 pub use secrets::read_secret_file;
 pub use validate::{check_otp_warning, check_webhook_url};
 

@@ -97,10 +97,11 @@ pub fn check_files(config: &Config, path: &Path) -> Result<(), ConfigError> {
             key: format!("{}.public_key", upstream_entry(i, &u.name)),
             message,
         };
+        let shown = crate::config::shown_path(&u.public_key);
         let bytes = std::fs::read(&u.public_key)
-            .map_err(|e| invalid(format!("cannot read {}: {e}", u.public_key.display())))?;
+            .map_err(|e| invalid(format!("cannot read {shown}: {e}")))?;
         crate::crypto::PublicKey::from_pem_or_cert(&bytes)
-            .map_err(|e| invalid(format!("{}: {e}", u.public_key.display())))?;
+            .map_err(|e| invalid(format!("{shown}: {e}")))?;
     }
     for (i, u) in config.upstreams.iter().enumerate() {
         if let Some(key) = &u.dropin_private_key {
