@@ -470,3 +470,49 @@ async fn a_sighup_reload_writes_an_audit_line() {
     gw.logs.wait_for_count("\"SIGHUP\"", before + 1).await;
     assert_eq!(audit("failed"), 1, "{}", gw.logs.text());
 }
+
+/// An upstream secret rotated in its file is not applied by a reload (the upstream is built
+/// at start-up), and the reload says so, by key, though the file's text did not change.
+#[tokio::test]
+async fn a_rotated_client_secret_file_is_reported_as_needing_a_restart() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("client-secret");
+    secret_file(&file, CLIENT_SECRET);
+    let opts = GwOpts::default();
+    let text = gateway_config(&sim.public_key, &sim.url(), &opts).replace(
+        "client_secret = \"${TEST_CLIENT_SECRET}\"",
+        &format!("client_secret_file = \"{}\"", file.display()),
+    );
+    assert!(
+        text.contains("client_secret_file"),
+        "the harness config changed"
+    );
+    let gw = Gateway::start_with_config(&text, &opts).await;
+    let res = gw.generate(GSTIN, "C/1").await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let report: Value = gw
+        .admin_post("/admin/reload", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["restart_needed"], serde_json::json!([]), "{report}");
+
+    secret_file(&file, "a-rotated-client-secret");
+    let report: Value = gw
+        .admin_post("/admin/reload", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        report["restart_needed"],
+        serde_json::json!(["upstream `einvoice`.client_secret"]),
+        "{report}"
+    );
+    assert!(!report.to_string().contains("a-rotated"));
+    // Until the restart, the running secret (the one the simulator accepts) is used.
+    let res = gw.generate(GSTIN, "C/2").await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+}

@@ -123,6 +123,41 @@ impl Config {
     }
 }
 
+impl Config {
+    /// A digest of every secret setting a reload does not apply (all but the passwords), by
+    /// key: a reload compares them to say that a rotated `client_secret_file` needs a restart,
+    /// which the file's text, naming only the path, cannot show. Digests, not values, so that
+    /// the running process keeps no second copy of each secret.
+    pub fn fixed_secret_digests(&self) -> Vec<(String, [u8; 32])> {
+        use sha2::{Digest as _, Sha256};
+        let digest = |s: &SecretString| Sha256::digest(s.expose_secret().as_bytes()).into();
+        let mut out = Vec::new();
+        for (key, value) in [
+            ("server.admin_token", &self.server.admin_token),
+            ("server.monitoring_token", &self.server.monitoring_token),
+            ("store.redis_url", &self.store.redis_url),
+            ("store.encryption_key", &self.store.encryption_key),
+            (
+                "store.previous_encryption_key",
+                &self.store.previous_encryption_key,
+            ),
+        ] {
+            if let Some(value) = value {
+                out.push((key.to_owned(), digest(value)));
+            }
+        }
+        for u in &self.upstreams {
+            let entry = format!("upstream `{}`", u.name);
+            out.push((format!("{entry}.client_id"), digest(&u.client_id)));
+            out.push((format!("{entry}.client_secret"), digest(&u.client_secret)));
+            for (name, value) in &u.headers {
+                out.push((format!("{entry}.headers.{name}"), digest(value)));
+            }
+        }
+        out
+    }
+}
+
 /// A required secret as parsed: empty means not written (an empty value is refused).
 fn set(value: &SecretString) -> Option<SecretString> {
     let text = value.expose_secret();
