@@ -112,7 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config: path, root } => {
-            let mut config = Config::load(&path)?;
+            let mut config = Config::load_under(&path, root.as_deref())?;
             if let Some(root) = &root {
                 config.rebase_files(root);
             }
@@ -127,6 +127,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 })?;
             }
             let mut out = std::io::stdout().lock();
+            for (key, file) in config.secret_files() {
+                writeln!(out, "secret {key}: read from {}", file.display())?;
+            }
             for warning in crate::upstream::config_warnings(&config) {
                 writeln!(out, "warning: {warning}")?;
             }

@@ -535,6 +535,16 @@ impl Config {
     /// the default store file. Relative file names in the config are relative to the working
     /// directory.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        Self::parse_under(text, path, None)
+    }
+
+    /// [`Config::load`] for `check-config --root`: absolute secret file names are read under
+    /// `root`, as [`Config::rebase_files`] moves the other file names after loading.
+    pub fn load_under(path: &Path, root: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::parse_under(&Self::read(path)?, path, root)
+    }
+
+    fn parse_under(text: &str, path: &Path, root: Option<&Path>) -> Result<Self, ConfigError> {
         let unset = env::unset_variables(text);
         if !unset.is_empty() {
             return Err(ConfigError::Parse {
@@ -557,7 +567,7 @@ impl Config {
             config.alerts.webhook_url = None;
         }
         config
-            .resolve_secrets()
+            .resolve_secrets(root)
             .map_err(|(key, message)| ConfigError::Invalid {
                 path: path.to_path_buf(),
                 key,

@@ -74,33 +74,36 @@ fn check_mode(mode: u32, owner: u32) -> Result<(), String> {
 /// Every secret setting and its `_file` twin, resolved in one place.
 impl Config {
     /// Replaces every `_file` setting by the file's contents, read now; called on every load.
-    pub(super) fn resolve_secrets(&mut self) -> Result<(), Problem> {
+    pub(super) fn resolve_secrets(&mut self, root: Option<&Path>) -> Result<(), Problem> {
+        let under = |file: &Option<PathBuf>| -> Option<PathBuf> {
+            file.as_deref().map(|file| rooted(root, file))
+        };
         let server = &mut self.server;
         server.admin_token = resolve(
             "server.admin_token",
             server.admin_token.take(),
-            server.admin_token_file.as_deref(),
+            under(&server.admin_token_file).as_deref(),
         )?;
         server.monitoring_token = resolve(
             "server.monitoring_token",
             server.monitoring_token.take(),
-            server.monitoring_token_file.as_deref(),
+            under(&server.monitoring_token_file).as_deref(),
         )?;
         let store = &mut self.store;
         store.redis_url = resolve(
             "store.redis_url",
             store.redis_url.take(),
-            store.redis_url_file.as_deref(),
+            under(&store.redis_url_file).as_deref(),
         )?;
         store.encryption_key = resolve(
             "store.encryption_key",
             store.encryption_key.take(),
-            store.encryption_key_file.as_deref(),
+            under(&store.encryption_key_file).as_deref(),
         )?;
         store.previous_encryption_key = resolve(
             "store.previous_encryption_key",
             store.previous_encryption_key.take(),
-            store.previous_encryption_key_file.as_deref(),
+            under(&store.previous_encryption_key_file).as_deref(),
         )?;
         for (i, u) in self.upstreams.iter_mut().enumerate() {
             let entry = upstream_entry(i, &u.name);
@@ -109,14 +112,19 @@ impl Config {
                 ("client_secret", &mut u.client_secret, &u.client_secret_file),
             ] {
                 let key = format!("{entry}.{field}");
-                *value = resolve(&key, set(value), file.as_deref())?
+                *value = resolve(&key, set(value), under(file).as_deref())?
                     .ok_or_else(|| (key, format!("is required (or {field}_file)")))?;
             }
-            resolve_headers(&entry, &mut u.headers, &u.headers_files)?;
+            let files = u
+                .headers_files
+                .iter()
+                .map(|(name, file)| (name.clone(), rooted(root, file)))
+                .collect();
+            resolve_headers(&entry, &mut u.headers, &files)?;
         }
         for (i, c) in self.credentials.iter_mut().enumerate() {
             let key = format!("{}.password", credential_entry(i, &c.gstin, &c.username));
-            let password = resolve(&key, set(&c.password), c.password_file.as_deref())?;
+            let password = resolve(&key, set(&c.password), under(&c.password_file).as_deref())?;
             c.password = password.unwrap_or_else(|| SecretString::from(String::new()));
         }
         Ok(())
@@ -124,6 +132,45 @@ impl Config {
 }
 
 impl Config {
+    /// Every secret setting read from a file, by key, with the file's name: what
+    /// `check-config` shows of the secrets (never their values).
+    pub fn secret_files(&self) -> Vec<(String, &Path)> {
+        let (server, store) = (&self.server, &self.store);
+        let mut all: Vec<(String, &Option<PathBuf>)> = vec![
+            ("server.admin_token".into(), &server.admin_token_file),
+            (
+                "server.monitoring_token".into(),
+                &server.monitoring_token_file,
+            ),
+            ("store.redis_url".into(), &store.redis_url_file),
+            ("store.encryption_key".into(), &store.encryption_key_file),
+            (
+                "store.previous_encryption_key".into(),
+                &store.previous_encryption_key_file,
+            ),
+        ];
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let entry = upstream_entry(i, &u.name);
+            all.push((format!("{entry}.client_id"), &u.client_id_file));
+            all.push((format!("{entry}.client_secret"), &u.client_secret_file));
+        }
+        for (i, c) in self.credentials.iter().enumerate() {
+            let entry = credential_entry(i, &c.gstin, &c.username);
+            all.push((format!("{entry}.password"), &c.password_file));
+        }
+        let mut out: Vec<(String, &Path)> = all
+            .into_iter()
+            .filter_map(|(key, file)| Some((key, file.as_deref()?)))
+            .collect();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let entry = upstream_entry(i, &u.name);
+            for (name, file) in &u.headers_files {
+                out.push((format!("{entry}.headers.{name}"), file.as_path()));
+            }
+        }
+        out
+    }
+
     /// A digest of every secret setting a reload does not apply (all but the passwords), by
     /// key: a reload compares them to say that a rotated `client_secret_file` needs a restart,
     /// which the file's text, naming only the path, cannot show. Digests, not values, so that
@@ -155,6 +202,14 @@ impl Config {
             }
         }
         out
+    }
+}
+
+/// `file` as `check-config --root` looks it up: an absolute name under `root`.
+fn rooted(root: Option<&Path>, file: &Path) -> PathBuf {
+    match (root, file.strip_prefix("/")) {
+        (Some(root), Ok(rest)) => root.join(rest),
+        _ => file.to_path_buf(),
     }
 }
 
@@ -405,5 +460,27 @@ upstreams = ["einvoice"]
             "{e}"
         );
         assert!(Config::parse(&format!("[server]\n{upstream}"), Path::new("c.toml")).is_ok());
+    }
+
+    #[test]
+    fn check_config_root_reads_absolute_secret_files_under_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("run/secrets")).unwrap();
+        secret_file(
+            &root.path().join("run/secrets"),
+            "token",
+            "admin-token-0123456789\n",
+            0o600,
+        );
+        let upstream = crate::config::validate::tests::ONE_UPSTREAM;
+        let text = format!("[server]\nadmin_token_file = \"/run/secrets/token\"\n{upstream}");
+        let c = Config::parse_under(&text, Path::new("c.toml"), Some(root.path())).unwrap();
+        let token = c.server.admin_token.unwrap();
+        assert_eq!(token.expose_secret(), "admin-token-0123456789");
+        assert!(c
+            .server
+            .admin_token_file
+            .unwrap()
+            .starts_with("/run/secrets"));
     }
 }
