@@ -207,6 +207,23 @@ upstreams = ["up"]
         assert_eq!(windows(&ewaybill("", "password = \"p\"")), 0);
     }
 
+    /// Relative to what is the question an operator asks of `k.pem`: the message answers it.
+    #[test]
+    fn a_missing_relative_public_key_says_what_it_is_relative_to() {
+        let config = one_upstream("einvoice", "", "password = \"p\"");
+        let err = check_files(&config, Path::new("/etc/gw/c.toml"))
+            .unwrap_err()
+            .to_string();
+        let cwd = std::env::current_dir().unwrap();
+        assert!(
+            err.contains(&format!(
+                "cannot read k.pem (relative to the working directory: {})",
+                cwd.join("k.pem").display()
+            )),
+            "{err}"
+        );
+    }
+
     #[test]
     fn a_ca_file_must_hold_a_certificate() {
         let dir = tempfile::tempdir().unwrap();
