@@ -150,25 +150,26 @@ fn install_keys(toml_text: &str, root: &Path) -> BTreeSet<PathBuf> {
 /// absolute `*_file` setting of `toml`, under `root`; returns the files' names.
 fn install_secret_files(toml_text: &str, root: &Path) -> BTreeSet<String> {
     use std::os::unix::fs::PermissionsExt as _;
-    fn walk(value: &toml::Value, found: &mut Vec<String>) {
+    // `files`: inside `headers_files`, whose every value is a file name.
+    fn walk(value: &toml::Value, files: bool, found: &mut Vec<String>) {
         match value {
             toml::Value::Table(t) => {
                 for (k, v) in t {
                     match v.as_str() {
-                        Some(path) if k.ends_with("_file") && path.starts_with('/') => {
+                        Some(path) if (files || k.ends_with("_file")) && path.starts_with('/') => {
                             found.push(path.to_owned())
                         }
-                        _ => walk(v, found),
+                        _ => walk(v, k == "headers_files", found),
                     }
                 }
             }
-            toml::Value::Array(a) => a.iter().for_each(|v| walk(v, found)),
+            toml::Value::Array(a) => a.iter().for_each(|v| walk(v, false, found)),
             _ => {}
         }
     }
     let value: toml::Value = toml::from_str(toml_text).expect("TOML");
     let mut found = Vec::new();
-    walk(&value, &mut found);
+    walk(&value, false, &mut found);
     let mut names = BTreeSet::new();
     for path in found {
         // Only secret files: the CA and key files are installed by their own helpers.
