@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use sha2::{Digest, Sha256};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::telemetry::LogFormat;
 
 /// gstgate — an HTTP gateway for India's GST APIs.
@@ -112,14 +112,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config: path, root } => {
-            let mut config = Config::load(&path)?;
+            let mut config = Config::load_under(&path, root.as_deref())?;
             if let Some(root) = &root {
                 config.rebase_files(root);
             }
             crate::upstream::check_profiles(&config, &path)?;
             crate::upstream::check_files(&config, &path)?;
             crate::tls::check_files(&config, &path)?;
+            if let Some(store) = &config.store.path {
+                crate::store::check_place(store).map_err(|message| ConfigError::Invalid {
+                    path: path.clone(),
+                    key: "store.path".into(),
+                    message,
+                })?;
+            }
             let mut out = std::io::stdout().lock();
+            for (key, file) in config.secret_files() {
+                writeln!(out, "secret {key}: read from {}", file.display())?;
+            }
             for warning in crate::upstream::config_warnings(&config) {
                 writeln!(out, "warning: {warning}")?;
             }

@@ -4,9 +4,11 @@
 //! passes, its `[[client]]` and `[[credential]]` entries take effect at once: the sessions of
 //! credentials that did not change are not touched, a changed password or session lifetime
 //! keeps the session but clears that credential's lockout, removed credentials are dropped
-//! and added ones start cold. If it does not pass, it is refused with the reason and the
+//! and added ones start cold. Secret files (`password_file`, …) are read again, so a rotated
+//! password applies at once. If it does not pass, it is refused with the reason and the
 //! running configuration stays. Everything else is read at start-up only; a change to the
-//! listener addresses or to the set of upstreams is reported as needing a restart.
+//! listener addresses, to the set of upstreams or to another setting — a rotated
+//! `client_secret_file` included — is reported as needing a restart.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -71,6 +73,9 @@ pub struct Reloader {
     /// The running file's settings that only a restart applies, as written (before `${VAR}`
     /// interpolation: the environment of a running process does not change).
     fixed: toml::Table,
+    /// Digests of the running secret settings a reload does not apply: a rotated file behind
+    /// one of them is reported as needing a restart.
+    fixed_secrets: Vec<(String, [u8; 32])>,
     /// One reload at a time: two at once could apply an older file last.
     one_at_a_time: Mutex<()>,
 }
@@ -90,6 +95,7 @@ impl Reloader {
             admin_listen: config.server.admin_listen,
             upstreams: config.upstreams.iter().map(|u| u.name.clone()).collect(),
             fixed,
+            fixed_secrets: config.fixed_secret_digests(),
             one_at_a_time: Mutex::new(()),
         }
     }
@@ -144,6 +150,13 @@ impl Reloader {
                     .into_iter()
                     .filter(|name| name != "server.listen" && name != "server.admin_listen"),
             );
+        }
+        let secrets = config.fixed_secret_digests();
+        for (key, digest) in &secrets {
+            let running = self.fixed_secrets.iter().find(|(k, _)| k == key);
+            if running.is_some_and(|(_, d)| d != digest) && !restart_needed.contains(key) {
+                restart_needed.push(key.clone());
+            }
         }
         let Changes {
             added,

@@ -453,11 +453,15 @@ async fn reload_on_sighup(
     while hangups.recv().await.is_some() {
         let reloader = reloader.clone();
         match tokio::task::spawn_blocking(move || reloader.reload()).await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => crate::admin::log_signal_reload(false),
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "configuration reload refused; the running configuration stays")
+                tracing::warn!(error = %e, "configuration reload refused; the running configuration stays");
+                crate::admin::log_signal_reload(true);
             }
-            Err(e) => tracing::error!(error = %e, "the reload task failed"),
+            Err(e) => {
+                tracing::error!(error = %e, "the reload task failed");
+                crate::admin::log_signal_reload(true);
+            }
         }
     }
 }

@@ -476,6 +476,19 @@ fn check_config_refuses_what_serve_would_and_names_the_entry() {
     let (ok, out) = check_config(&sim_clash, &[]);
     assert!(!ok && out.contains("simulator.listen"), "{out}");
 
+    // A store directory that cannot be created (its parent is a file): `serve` would fail.
+    let no_place = demo.replacen(
+        "backend = \"memory\"",
+        "backend = \"embedded\"\npath = \"/etc/hostname/gstgate/sessions.redb\"",
+        1,
+    );
+    let (ok, out) = check_config(&no_place, &[]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("store.path") && out.contains("/etc/hostname is not a directory"),
+        "{out}"
+    );
+
     // A GSTN upstream with no admin token: no OTP can ever be submitted.
     let no_token = demo.replacen("admin_token = \"demo-admin-token-change-me\"", "", 1);
     let (ok, out) = check_config(&no_token, &[]);
@@ -855,4 +868,76 @@ async fn an_address_in_use_is_named_by_its_setting() {
         );
     }
     drop(busy);
+}
+
+/// Issue 19: `check-config` shows a secret read from a file by its path and never its
+/// value, refuses a file others can read, refuses a variable set but empty, and names every
+/// unset variable at once, in file order.
+#[test]
+fn check_config_shows_secret_files_by_path_and_refuses_empty_and_unset_secrets() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let demo =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pw-file");
+    std::fs::write(&file, "demo-password\n").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let from_file = demo.replacen(
+        "password = \"demo-password\"",
+        &format!("password_file = \"{}\"", file.display()),
+        1,
+    );
+    assert_ne!(from_file, demo, "the demo config changed");
+    let (ok, out) = check_config(&from_file, &[]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(".password: read from {}", file.display())),
+        "{out}"
+    );
+    assert!(
+        !out.contains("demo-password\n") && !out.contains(": demo-password"),
+        "{out}"
+    );
+
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, out) = check_config(&from_file, &[]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("password_file") && out.contains("mode 0644"),
+        "{out}"
+    );
+
+    let empty = demo.replacen(
+        "password = \"demo-password\"",
+        "password = \"${GSTGATE_TEST_EMPTY_PWD}\"",
+        1,
+    );
+    let (ok, out) = check_config(&empty, &[("GSTGATE_TEST_EMPTY_PWD", "")]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("key `password`") && out.contains("is empty"),
+        "{out}"
+    );
+
+    let unset = demo
+        .replacen(
+            "password = \"demo-password\"",
+            "password = \"${GSTGATE_TEST_UNSET_2}\"",
+            1,
+        )
+        .replacen(
+            "admin_token = \"demo-admin-token-change-me\"",
+            "admin_token = \"${GSTGATE_TEST_UNSET_1}\"",
+            1,
+        );
+    let (ok, out) = check_config(&unset, &[]);
+    assert!(!ok, "{out}");
+    let (first, second) = (
+        out.find("GSTGATE_TEST_UNSET_1").unwrap_or(usize::MAX),
+        out.find("GSTGATE_TEST_UNSET_2").unwrap_or(usize::MAX),
+    );
+    assert!(
+        first < second && second < usize::MAX,
+        "both, in file order: {out}"
+    );
 }

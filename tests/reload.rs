@@ -351,3 +351,168 @@ async fn a_client_key_is_rotated_with_two_digests_and_a_reload() {
     assert_eq!(send(API_KEY).await.unwrap().status(), 401);
     assert_eq!(send(new_key).await.unwrap().status(), 200);
 }
+
+/// Writes a secret file readable by its owner only, as a secret volume would hold it.
+fn secret_file(path: &std::path::Path, value: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, format!("{value}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// The running gateway's file with one more credential, whose password is in `file`.
+fn with_password_file(gw: &Gateway, sim: &Sim, gstin: &str, file: &std::path::Path) {
+    let mut text = gateway_config(&sim.public_key, &sim.url(), &GwOpts::default());
+    text.push_str(&format!(
+        "\n[[credential]]\ngstin = \"{gstin}\"\nusername = \"{USER}\"\npassword_file = \"{}\"\nupstreams = [\"einvoice\"]\n",
+        file.display()
+    ));
+    std::fs::write(&gw.config, text).unwrap();
+}
+
+/// Issue 19, acceptance 1: a taxpayer added by reload with `password_file` is served with no
+/// restart; rotating the file and reloading logs in with the new value; a file others can
+/// read is refused, by `check-config` and by reload, and the running configuration stays.
+#[tokio::test]
+async fn a_password_file_arrives_and_rotates_by_reload_and_an_open_one_is_refused() {
+    let other = gstin_n(8);
+    let mut sim_opts = SimOpts::default();
+    sim_opts
+        .users
+        .push((other.clone(), USER.into(), "rotated-password-2".into()));
+    let sim = Sim::start(sim_opts).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("other-password");
+
+    // Added by SIGHUP with a password the simulator does not (or no longer) accept: the
+    // file's value is what the login sends.
+    secret_file(&file, "stale-password-1");
+    with_password_file(&gw, &sim, &other, &file);
+    sighup(&gw).await;
+    gw.logs.wait_for("configuration reloaded").await;
+    let res = gw.generate(&other, "S/1").await;
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["code"], "credentials_rejected", "{body}");
+    assert_eq!(sim.count(&other, "auth_calls").await, 1);
+
+    // The file rotated and the configuration reloaded: the new password logs in.
+    secret_file(&file, "rotated-password-2");
+    let res = gw.admin_post("/admin/reload", None).await;
+    assert_eq!(res.status(), 200);
+    let report: Value = res.json().await.unwrap();
+    assert_eq!(report["changed"], 1, "{report}");
+    let res = gw.generate(&other, "S/2").await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    assert_eq!(sim.count(&other, "auth_calls").await, 2);
+
+    // Readable by others: refused by check-config, by both reloads, and the value is never
+    // printed; the credential keeps its running password and session.
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&gw.config)
+        .env("TEST_CLIENT_SECRET", CLIENT_SECRET)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("password_file") && said.contains("mode 0644"),
+        "{said}"
+    );
+    assert!(said.contains(&file.display().to_string()), "{said}");
+    let body = expect_problem(
+        gw.admin_post("/admin/reload", None).await,
+        422,
+        "config_invalid",
+    )
+    .await;
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("mode 0644"), "{body}");
+    let refused = count(&gw, "configuration reload refused");
+    sighup(&gw).await;
+    gw.logs
+        .wait_for_count("configuration reload refused", refused + 1)
+        .await;
+    let res = gw.generate(&other, "S/3").await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    assert_eq!(sim.count(&other, "auth_calls").await, 2, "no re-login");
+    assert!(!said.contains("rotated-password") && !gw.logs.text().contains("rotated-password"));
+}
+
+/// A `SIGHUP` reload leaves the same audit line as `POST /admin/reload`, done or failed.
+#[tokio::test]
+async fn a_sighup_reload_writes_an_audit_line() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let audit = |outcome: &str| {
+        gw.logs
+            .text()
+            .lines()
+            .filter(|l| {
+                l.contains("\"admin action\"")
+                    && l.contains("gstgate::audit")
+                    && l.contains("\"SIGHUP\"")
+                    && l.contains("/admin/reload")
+                    && l.contains(&format!("\"outcome\":\"{outcome}\""))
+            })
+            .count()
+    };
+    assert_eq!(audit("done"), 0);
+    sighup(&gw).await;
+    gw.logs.wait_for("\"SIGHUP\"").await;
+    assert_eq!(audit("done"), 1, "{}", gw.logs.text());
+
+    std::fs::write(&gw.config, "[server\nnot toml").unwrap();
+    let before = count(&gw, "\"SIGHUP\"");
+    sighup(&gw).await;
+    gw.logs.wait_for_count("\"SIGHUP\"", before + 1).await;
+    assert_eq!(audit("failed"), 1, "{}", gw.logs.text());
+}
+
+/// An upstream secret rotated in its file is not applied by a reload (the upstream is built
+/// at start-up), and the reload says so, by key, though the file's text did not change.
+#[tokio::test]
+async fn a_rotated_client_secret_file_is_reported_as_needing_a_restart() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("client-secret");
+    secret_file(&file, CLIENT_SECRET);
+    let opts = GwOpts::default();
+    let text = gateway_config(&sim.public_key, &sim.url(), &opts).replace(
+        "client_secret = \"${TEST_CLIENT_SECRET}\"",
+        &format!("client_secret_file = \"{}\"", file.display()),
+    );
+    assert!(
+        text.contains("client_secret_file"),
+        "the harness config changed"
+    );
+    let gw = Gateway::start_with_config(&text, &opts).await;
+    let res = gw.generate(GSTIN, "C/1").await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let report: Value = gw
+        .admin_post("/admin/reload", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(report["restart_needed"], serde_json::json!([]), "{report}");
+
+    secret_file(&file, "a-rotated-client-secret");
+    let report: Value = gw
+        .admin_post("/admin/reload", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        report["restart_needed"],
+        serde_json::json!(["upstream `einvoice`.client_secret"]),
+        "{report}"
+    );
+    assert!(!report.to_string().contains("a-rotated"));
+    // Until the restart, the running secret (the one the simulator accepts) is used.
+    let res = gw.generate(GSTIN, "C/2").await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+}

@@ -146,11 +146,52 @@ fn install_keys(toml_text: &str, root: &Path) -> BTreeSet<PathBuf> {
     paths
 }
 
+/// Writes a secret file (mode 0600, a value of the right shape for its name) at every
+/// absolute `*_file` setting of `toml`, under `root`; returns the files' names.
+fn install_secret_files(toml_text: &str, root: &Path) -> BTreeSet<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    // `files`: inside `headers_files`, whose every value is a file name.
+    fn walk(value: &toml::Value, files: bool, found: &mut Vec<String>) {
+        match value {
+            toml::Value::Table(t) => {
+                for (k, v) in t {
+                    match v.as_str() {
+                        Some(path) if (files || k.ends_with("_file")) && path.starts_with('/') => {
+                            found.push(path.to_owned())
+                        }
+                        _ => walk(v, k == "headers_files", found),
+                    }
+                }
+            }
+            toml::Value::Array(a) => a.iter().for_each(|v| walk(v, false, found)),
+            _ => {}
+        }
+    }
+    let value: toml::Value = toml::from_str(toml_text).expect("TOML");
+    let mut found = Vec::new();
+    walk(&value, false, &mut found);
+    let mut names = BTreeSet::new();
+    for path in found {
+        // Only secret files: the CA and key files are installed by their own helpers.
+        if !path.starts_with("/run/secrets/") {
+            continue;
+        }
+        let file = root.join(path.trim_start_matches('/'));
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(&file, format!("{}\n", value_for(&name))).unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        names.insert(name);
+    }
+    names
+}
+
 /// Runs `check-config --root` on `toml` with a cleared environment holding only `vars`;
 /// panics with the output unless it passes without warnings.
 fn passes(label: &str, toml_text: &str, cwd: &Path, vars: &[(String, String)]) -> String {
     let root = tempfile::tempdir().unwrap();
     install_keys(toml_text, root.path());
+    install_secret_files(toml_text, root.path());
     let file = root.path().join("checked.toml");
     std::fs::write(&file, toml_text).unwrap();
     let out = Command::new(BIN)
@@ -353,6 +394,18 @@ fn the_kubernetes_configs_pass_with_the_secret_and_deployment() {
         without_store(&overlay),
         "the overlay's ConfigMap differs from the base's outside [store]"
     );
+    // The password files the config reads are keys of the Secret the Deployment mounts.
+    let files = install_secret_files(&base, tempfile::tempdir().unwrap().path());
+    assert!(!files.is_empty(), "the base config reads no secret file");
+    let secret = secret_keys(&read("deploy/kubernetes/secret.template.yaml"));
+    assert!(files.is_subset(&secret), "{files:?} not all in {secret:?}");
+    assert!(
+        deployment.contains("secretName: gstgate-secrets")
+            && deployment.contains("mountPath: /run/secrets/gstgate")
+            && deployment.contains("defaultMode: 0440"),
+        "deployment.yaml mounts the Secret's files, readable by gstgate's group only"
+    );
+
     // The key ConfigMap the docs create holds the files the config reads.
     let read_keys = file_names(&install_keys(&base, tempfile::tempdir().unwrap().path()));
     assert_eq!(

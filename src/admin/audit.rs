@@ -1,5 +1,6 @@
 //! The audit trail: one `admin action` line (target `gstgate::audit`) per admin action and
-//! per refused token, with who asked, what and the outcome.
+//! per refused token, with who asked, what and the outcome; a `SIGHUP` reload writes the same
+//! line as `POST /admin/reload`, so the trail shows every configuration change.
 
 use axum::extract::Request;
 use axum::http::{Method, StatusCode};
@@ -50,4 +51,17 @@ impl Audit {
             method = %self.method, path = %self.path, status = status.as_u16(), code, outcome,
             "admin action");
     }
+}
+
+/// The audit line of a reload asked for by `SIGHUP`: the line `POST /admin/reload` writes,
+/// with `method = "SIGHUP"` and `peer = "signal"` (whoever could signal the process), so one
+/// filter finds every reload however it was asked for.
+pub fn log_signal_reload(refused: bool) {
+    let (status, code, outcome) = if refused {
+        (422u16, Some("config_invalid"), "failed")
+    } else {
+        (200, None, "done")
+    };
+    tracing::info!(target: "gstgate::audit", request_id = "-", peer = "signal",
+        method = "SIGHUP", path = "/admin/reload", status, code, outcome, "admin action");
 }

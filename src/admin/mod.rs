@@ -37,6 +37,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use tokio::time::Instant;
 
+pub use self::audit::log_signal_reload;
 use self::audit::Audit;
 use self::auth::{authorize, authorize_monitoring, is_monitoring, needs_token};
 use crate::gstin::Gstin;

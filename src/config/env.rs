@@ -48,6 +48,104 @@ fn interpolate_with(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resu
     Ok(out)
 }
 
+/// Every `${VAR}` of a configuration text whose variable is not set, once each, in file
+/// order, with the line and key of the string that first uses it: `(name, line, key)`. Parsing stops at the first error,
+/// so this scan runs before it, to name every variable an operator has to set in one go.
+/// Comments and keys are skipped; syntax errors are left to the parser.
+pub(super) fn unset_variables(text: &str) -> Vec<(String, usize, Option<String>)> {
+    unset_variables_with(text, |name| std::env::var_os(name).is_some())
+}
+
+fn unset_variables_with(
+    text: &str,
+    is_set: impl Fn(&str) -> bool,
+) -> Vec<(String, usize, Option<String>)> {
+    let mut found: Vec<(String, usize, Option<String>)> = Vec::new();
+    for (start, content) in string_values(text) {
+        let missing = std::cell::RefCell::new(Vec::new());
+        let _ = interpolate_with(content, |name| {
+            if !is_set(name) {
+                missing.borrow_mut().push(name.to_owned());
+            }
+            Some(String::new())
+        });
+        for name in missing.into_inner() {
+            if found.iter().any(|(n, _, _)| *n == name) {
+                continue;
+            }
+            let before = &text[..start];
+            let line = before.matches('\n').count() + 1;
+            found.push((name, line, key_above(before)));
+        }
+    }
+    found
+}
+
+/// The TOML string values of `text` (not keys, not comments): each one's byte offset and
+/// raw contents. Escapes are not decoded: `${` is never written with one.
+fn string_values(text: &str) -> Vec<(usize, &str)> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'#' => {
+                i = text[i..].find('\n').map_or(bytes.len(), |n| i + n);
+                continue;
+            }
+            quote @ (b'"' | b'\'') => {
+                let multi = bytes.get(i + 1) == Some(&quote) && bytes.get(i + 2) == Some(&quote);
+                let open = if multi { 3 } else { 1 };
+                let start = i + open;
+                let mut j = start;
+                let end = loop {
+                    match bytes.get(j) {
+                        None => break bytes.len(),
+                        Some(b'\\') if quote == b'"' => j += 2,
+                        Some(&c) if c == quote => {
+                            if !multi {
+                                break j;
+                            }
+                            if bytes.get(j + 1) == Some(&quote) && bytes.get(j + 2) == Some(&quote)
+                            {
+                                break j;
+                            }
+                            j += 1;
+                        }
+                        Some(b'\n') if !multi => break j,
+                        Some(_) => j += 1,
+                    }
+                };
+                let after = (end + open).min(bytes.len());
+                let next = text[after..].trim_start_matches([' ', '\t']).bytes().next();
+                // A quoted key (`"X-Key" = …`, `a."b".c`) is not interpolated.
+                if !matches!(next, Some(b'=' | b'.')) {
+                    if let Some(content) = text.get(start..end.min(bytes.len())) {
+                        out.push((i, content));
+                    }
+                }
+                i = after;
+                continue;
+            }
+            _ => i += 1,
+        }
+    }
+    out
+}
+
+/// The key of the nearest `key = …` line at or above the end of `before`.
+fn key_above(before: &str) -> Option<String> {
+    before.rsplit('\n').find_map(|line| {
+        let (key, _) = line.split_once('=')?;
+        let key = key.trim();
+        (!key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '"')))
+        .then(|| key.to_owned())
+    })
+}
+
 pub(super) fn env_parse<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
@@ -85,11 +183,18 @@ impl<'de> Deserialize<'de> for SecretText {
     }
 }
 
+/// What an empty secret is refused with: most often a `${VAR}` set to nothing, which would
+/// otherwise log in with an empty password or leave a store unencrypted-looking.
+const SECRET_EMPTY: &str =
+    "is empty: a secret setting needs a value (is its environment variable set but empty?); leave the setting out to not use it";
+
 pub(super) fn env_secret<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
     let SecretText(raw) = SecretText::deserialize(d)?;
-    interpolate(&raw)
-        .map(SecretString::from)
-        .map_err(serde::de::Error::custom)
+    let text = interpolate(&raw).map_err(serde::de::Error::custom)?;
+    if text.is_empty() {
+        return Err(serde::de::Error::custom(SECRET_EMPTY));
+    }
+    Ok(SecretString::from(text))
 }
 
 pub(super) fn env_secret_opt<'de, D: Deserializer<'de>>(
@@ -146,9 +251,23 @@ pub(super) fn env_map<'de, D: Deserializer<'de>>(
         .map(|(k, SecretText(v))| {
             let v = interpolate(&v)
                 .map_err(|e| serde::de::Error::custom(format!("header `{k}`: {e}")))?;
+            if v.is_empty() {
+                return Err(serde::de::Error::custom(format!(
+                    "header `{k}` {SECRET_EMPTY}"
+                )));
+            }
             Ok((k, SecretString::from(v)))
         })
         .collect()
+}
+
+pub(super) fn env_path_map<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, PathBuf>, D::Error> {
+    Ok(env_map_plain(d)?
+        .into_iter()
+        .map(|(k, v)| (k, PathBuf::from(v)))
+        .collect())
 }
 
 pub(super) fn env_map_plain<'de, D: Deserializer<'de>>(
@@ -181,5 +300,37 @@ mod tests {
         assert!(interpolate_with("${A-B}", lookup)
             .unwrap_err()
             .contains("not a valid"));
+    }
+
+    #[test]
+    fn every_unset_variable_is_found_once_in_file_order_outside_comments_and_keys() {
+        let text = r#"
+# ${IN_COMMENT} is documentation
+[server]
+admin_token = "${ZED}" # ${ALSO_COMMENT}
+[[upstream]]
+client_id = '${ALPHA}'
+routes = [
+  "/a/${MID}",
+  "$${NOT_A_VAR}",
+]
+headers = { "${KEY_NOT_VALUE}" = "${ZED}-${SET}" }
+note = """
+${MULTI}"""
+"#;
+        let found = unset_variables_with(text, |name| name == "SET");
+        let found: Vec<(&str, usize, Option<&str>)> = found
+            .iter()
+            .map(|(n, l, k)| (n.as_str(), *l, k.as_deref()))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("ZED", 4, Some("admin_token")),
+                ("ALPHA", 6, Some("client_id")),
+                ("MID", 8, Some("routes")),
+                ("MULTI", 12, Some("note")),
+            ]
+        );
     }
 }

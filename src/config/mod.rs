@@ -18,6 +18,7 @@ mod headers;
 mod rate;
 mod read;
 mod rebase;
+mod secrets;
 mod server;
 mod store;
 mod validate;
@@ -41,7 +42,8 @@ pub use env::interpolate;
 pub use error::{client_entry, credential_entry, upstream_entry, ConfigError};
 pub use headers::{HEADER_ROLES, RESERVED_HEADERS, ROLE_COUNT};
 pub use rate::Rate;
-pub use read::{read_limited, MAX_CONFIG_BYTES, MAX_SECRET_FILE_BYTES};
+pub use read::{read_limited, shown_path, MAX_CONFIG_BYTES, MAX_SECRET_FILE_BYTES};
+pub use secrets::read_secret_file;
 pub use validate::{check_otp_warning, check_webhook_url};
 
 use defaults::{
@@ -54,7 +56,7 @@ use defaults::{
 };
 use env::{
     env_duration, env_duration_opt, env_map, env_map_plain, env_one_or_many, env_parse,
-    env_path_opt, env_secret, env_secret_opt, env_string_opt, env_vec,
+    env_path_map, env_path_opt, env_secret, env_secret_opt, env_string_opt, env_vec,
 };
 
 /// The longest token life gstgate believes: every GST API issues 6-hour tokens, and a longer
@@ -120,9 +122,15 @@ pub struct ServerConfig {
     /// Bearer token for `/admin/*`; without it the admin API is disabled.
     #[serde(default, deserialize_with = "env_secret_opt")]
     pub admin_token: Option<SecretString>,
+    /// A file holding `admin_token`; after loading, `admin_token` holds its contents.
+    #[serde(default, deserialize_with = "env_path_opt")]
+    pub admin_token_file: Option<PathBuf>,
     /// Bearer token for `GET /metrics` and `GET /status`; without it both are open.
     #[serde(default, deserialize_with = "env_secret_opt")]
     pub monitoring_token: Option<SecretString>,
+    /// A file holding `monitoring_token`.
+    #[serde(default, deserialize_with = "env_path_opt")]
+    pub monitoring_token_file: Option<PathBuf>,
     /// Largest caller request body.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
@@ -164,6 +172,9 @@ pub struct StoreConfig {
     /// `redis://` or `rediss://` URL of the shared store; may hold an ACL user and password.
     #[serde(default, deserialize_with = "env_secret_opt")]
     pub redis_url: Option<SecretString>,
+    /// A file holding `redis_url`.
+    #[serde(default, deserialize_with = "env_path_opt")]
+    pub redis_url_file: Option<PathBuf>,
     /// PEM file of the CA that signs the Redis server's certificate, for `rediss://`.
     #[serde(default, deserialize_with = "env_path_opt")]
     pub redis_ca_file: Option<PathBuf>,
@@ -180,9 +191,15 @@ pub struct StoreConfig {
     /// Base64 of 32 bytes: encrypts tokens and SEKs at rest.
     #[serde(default, deserialize_with = "env_secret_opt")]
     pub encryption_key: Option<SecretString>,
+    /// A file holding `encryption_key`.
+    #[serde(default, deserialize_with = "env_path_opt")]
+    pub encryption_key_file: Option<PathBuf>,
     /// Base64 of 32 bytes: the key before the last rotation, only ever read with.
     #[serde(default, deserialize_with = "env_secret_opt")]
     pub previous_encryption_key: Option<SecretString>,
+    /// A file holding `previous_encryption_key`.
+    #[serde(default, deserialize_with = "env_path_opt")]
+    pub previous_encryption_key_file: Option<PathBuf>,
 }
 
 impl Default for StoreConfig {
@@ -191,12 +208,15 @@ impl Default for StoreConfig {
             backend: StoreBackend::default(),
             path: None,
             redis_url: None,
+            redis_url_file: None,
             redis_ca_file: None,
             key_prefix: default_key_prefix(),
             lease: default_lease(),
             replicas: default_replicas(),
             encryption_key: None,
+            encryption_key_file: None,
             previous_encryption_key: None,
+            previous_encryption_key_file: None,
         }
     }
 }
@@ -337,12 +357,18 @@ pub struct UpstreamConfig {
     /// Who encrypts payloads.
     #[serde(deserialize_with = "env_parse", default = "default_encryption")]
     pub encryption: Encryption,
-    /// GSP/NIC client id.
-    #[serde(deserialize_with = "env_secret")]
+    /// GSP/NIC client id (this or `client_id_file` is required).
+    #[serde(deserialize_with = "env_secret", default = "empty_secret")]
     pub client_id: SecretString,
-    /// GSP/NIC client secret.
-    #[serde(deserialize_with = "env_secret")]
+    /// A file holding `client_id`.
+    #[serde(default, deserialize_with = "env_path_opt")]
+    pub client_id_file: Option<PathBuf>,
+    /// GSP/NIC client secret (this or `client_secret_file` is required).
+    #[serde(deserialize_with = "env_secret", default = "empty_secret")]
     pub client_secret: SecretString,
+    /// A file holding `client_secret`.
+    #[serde(default, deserialize_with = "env_path_opt")]
+    pub client_secret_file: Option<PathBuf>,
     /// Refresh a session this long before its token expires.
     #[serde(deserialize_with = "env_duration", default = "default_refresh_before")]
     pub refresh_before: Duration,
@@ -376,6 +402,10 @@ pub struct UpstreamConfig {
     /// Static extra headers sent on every call (GSP subscription keys…).
     #[serde(default, deserialize_with = "env_map")]
     pub headers: BTreeMap<String, SecretString>,
+    /// Extra headers whose values are read from files, by header name; after loading they
+    /// are in `headers`.
+    #[serde(default, deserialize_with = "env_path_map")]
+    pub headers_files: BTreeMap<String, PathBuf>,
     /// The end user's IP address sent as GSTN's `ip-usr` header.
     #[serde(deserialize_with = "env_parse", default = "default_ip_usr")]
     pub ip_usr: String,
@@ -407,6 +437,9 @@ pub struct CredentialConfig {
     /// API password (not used by GSTN, whose sessions start with an OTP).
     #[serde(deserialize_with = "env_secret", default = "empty_secret")]
     pub password: SecretString,
+    /// A file holding `password`.
+    #[serde(default, deserialize_with = "env_path_opt")]
+    pub password_file: Option<PathBuf>,
     /// Upstream names this credential logs in to.
     #[serde(deserialize_with = "env_vec")]
     pub upstreams: Vec<String>,
@@ -511,6 +544,23 @@ impl Config {
     /// the default store file. Relative file names in the config are relative to the working
     /// directory.
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        Self::parse_under(text, path, None)
+    }
+
+    /// [`Config::load`] for `check-config --root`: absolute secret file names are read under
+    /// `root`, as [`Config::rebase_files`] moves the other file names after loading.
+    pub fn load_under(path: &Path, root: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::parse_under(&Self::read(path)?, path, root)
+    }
+
+    fn parse_under(text: &str, path: &Path, root: Option<&Path>) -> Result<Self, ConfigError> {
+        let unset = env::unset_variables(text);
+        if !unset.is_empty() {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: unset_message(&unset),
+            });
+        }
         let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: parse_message(text, &e),
@@ -525,6 +575,13 @@ impl Config {
         {
             config.alerts.webhook_url = None;
         }
+        config
+            .resolve_secrets(root)
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                message,
+            })?;
         if config.store.backend == StoreBackend::Embedded && config.store.path.is_none() {
             let dir = path.parent().unwrap_or(Path::new(""));
             config.store.path = Some(dir.join(DEFAULT_STORE_FILE));
@@ -537,6 +594,26 @@ impl Config {
                 message,
             })?;
         Ok(config)
+    }
+}
+
+/// Every unset variable in one message, in file order, each with the line and key of its
+/// first use: an operator sets them all at once instead of one per attempt.
+fn unset_message(unset: &[(String, usize, Option<String>)]) -> String {
+    let each: Vec<String> = unset
+        .iter()
+        .map(|(name, line, key)| match key {
+            Some(key) => format!("`{name}` (line {line}, key `{key}`)"),
+            None => format!("`{name}` (line {line})"),
+        })
+        .collect();
+    match each.as_slice() {
+        [one] => format!("environment variable {one} is not set"),
+        all => format!(
+            "{} environment variables are not set: {}",
+            all.len(),
+            all.join(", ")
+        ),
     }
 }
 
@@ -614,5 +691,17 @@ mod tests {
             .to_string();
         assert!(err.contains("expected a string"), "{err}");
         assert!(!err.contains("98765432"), "{err}");
+    }
+
+    #[test]
+    fn all_unset_variables_are_reported_at_once_in_file_order() {
+        let text = "[server]\nadmin_token = \"${GSTGATE_TEST_UNSET_B}\"\n[[upstream]]\nclient_id = \"${GSTGATE_TEST_UNSET_A}\"\nclient_secret = \"${GSTGATE_TEST_UNSET_B}\"\n";
+        let err = Config::parse(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "c.toml: 2 environment variables are not set: `GSTGATE_TEST_UNSET_B` (line 2, key `admin_token`), `GSTGATE_TEST_UNSET_A` (line 4, key `client_id`)"
+        );
     }
 }

@@ -36,6 +36,22 @@ pub fn read_limited(path: &Path, limit: u64) -> std::io::Result<String> {
     })
 }
 
+/// A configured file name as messages show it: a relative one says what it is relative to
+/// (the working directory, not the configuration file's directory) and where that led.
+pub fn shown_path(path: &Path) -> String {
+    if path.is_absolute() {
+        return path.display().to_string();
+    }
+    match std::env::current_dir() {
+        Ok(dir) => format!(
+            "{} (relative to the working directory: {})",
+            path.display(),
+            dir.join(path).display()
+        ),
+        Err(_) => format!("{} (relative to the working directory)", path.display()),
+    }
+}
+
 fn too_large(limit: u64) -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::InvalidData,
@@ -48,6 +64,19 @@ fn too_large(limit: u64) -> std::io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relative_path_is_shown_with_what_it_is_relative_to() {
+        assert_eq!(shown_path(Path::new("/etc/k.pem")), "/etc/k.pem");
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(
+            shown_path(Path::new("keys/k.pem")),
+            format!(
+                "keys/k.pem (relative to the working directory: {})",
+                cwd.join("keys/k.pem").display()
+            )
+        );
+    }
 
     #[test]
     fn a_file_over_the_limit_is_refused_and_one_within_it_read() {

@@ -36,6 +36,67 @@ pub fn create_dir(path: &Path) -> Result<(), StoreError> {
     })
 }
 
+/// Whether [`create_dir`] and [`open`] could make the store at `path`, creating nothing:
+/// `check-config` must refuse a place `serve` would fail on, and must not leave directories
+/// behind. The nearest existing ancestor of the store's directory must be a directory this
+/// process may write in (or, if the directory exists, the file must be writable).
+pub fn check_place(path: &Path) -> Result<(), String> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut existing = dir;
+    // Up to the nearest ancestor that exists: "not found" and "a parent is not a directory"
+    // alike, as creating the directory would meet them.
+    let meta = loop {
+        if let Ok(meta) = std::fs::metadata(existing) {
+            break meta;
+        }
+        match existing.parent() {
+            Some(up) if !up.as_os_str().is_empty() => existing = up,
+            _ => return Ok(()),
+        }
+    };
+    if !meta.is_dir() {
+        return Err(format!(
+            "cannot create {}: {} is not a directory",
+            dir.display(),
+            existing.display()
+        ));
+    }
+    let target = if existing == dir && path.exists() {
+        path
+    } else {
+        existing
+    };
+    writable(target).map_err(|e| {
+        if target == path {
+            format!("cannot write {}: {e}", path.display())
+        } else {
+            format!(
+                "cannot create {} in {}: {e}",
+                path.display(),
+                existing.display()
+            )
+        }
+    })
+}
+
+/// Whether this process may write `path` (a file) or create a file in it (a directory),
+/// found by trying: ACLs, a read-only file system and root's rights are all answered. The
+/// probe file is removed at once; the store file is opened without truncating or changing it.
+fn writable(path: &Path) -> std::io::Result<()> {
+    if !path.is_dir() {
+        return std::fs::OpenOptions::new().write(true).open(path).map(drop);
+    }
+    let probe = path.join(format!(".gstgate-check-config-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)?;
+    std::fs::remove_file(&probe)
+}
+
 /// Opens the database at `path` (its directory exists: [`create_dir`]), creating it if
 /// needed. A file that is not a readable store — damaged, truncated, or not a redb file at
 /// all — is moved aside to `<path>.corrupt-<unix time>` and replaced by an empty one, so that
@@ -306,6 +367,29 @@ impl Records for File {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A place `serve` could not create the store in is refused; one it could is not created.
+    #[test]
+    fn check_place_refuses_an_uncreatable_directory_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, "").unwrap();
+        let err = check_place(&file.join("sub/s.redb")).unwrap_err();
+        assert!(err.contains("a-file is not a directory"), "{err}");
+        let fresh = dir.path().join("new/deeper/s.redb");
+        check_place(&fresh).unwrap();
+        assert!(
+            !dir.path().join("new").exists(),
+            "check-config created a directory"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no probe left"
+        );
+        std::fs::write(dir.path().join("s.redb"), "").unwrap();
+        check_place(&dir.path().join("s.redb")).unwrap();
+    }
 
     /// A store cut short (a disk that filled up while it was copied, say) is moved aside and
     /// replaced; the records it held are not invented back.

@@ -38,6 +38,7 @@ use crate::metrics::{Metrics, StoreLabels};
 use crate::tasks::Tasks;
 
 pub use backend::{BackendError, Coordination, Event, Lease, Records};
+pub use file::check_place;
 pub use memory::Memory;
 pub use record::{DecodeError, LockoutKind, Record, StoredGuard, StoredLockout, StoredSession};
 

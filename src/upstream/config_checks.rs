@@ -97,10 +97,11 @@ pub fn check_files(config: &Config, path: &Path) -> Result<(), ConfigError> {
             key: format!("{}.public_key", upstream_entry(i, &u.name)),
             message,
         };
+        let shown = crate::config::shown_path(&u.public_key);
         let bytes = std::fs::read(&u.public_key)
-            .map_err(|e| invalid(format!("cannot read {}: {e}", u.public_key.display())))?;
+            .map_err(|e| invalid(format!("cannot read {shown}: {e}")))?;
         crate::crypto::PublicKey::from_pem_or_cert(&bytes)
-            .map_err(|e| invalid(format!("{}: {e}", u.public_key.display())))?;
+            .map_err(|e| invalid(format!("{shown}: {e}")))?;
     }
     for (i, u) in config.upstreams.iter().enumerate() {
         if let Some(key) = &u.dropin_private_key {
@@ -204,6 +205,23 @@ upstreams = ["up"]
             1
         );
         assert_eq!(windows(&ewaybill("", "password = \"p\"")), 0);
+    }
+
+    /// Relative to what is the question an operator asks of `k.pem`: the message answers it.
+    #[test]
+    fn a_missing_relative_public_key_says_what_it_is_relative_to() {
+        let config = one_upstream("einvoice", "", "password = \"p\"");
+        let err = check_files(&config, Path::new("/etc/gw/c.toml"))
+            .unwrap_err()
+            .to_string();
+        let cwd = std::env::current_dir().unwrap();
+        assert!(
+            err.contains(&format!(
+                "cannot read k.pem (relative to the working directory: {})",
+                cwd.join("k.pem").display()
+            )),
+            "{err}"
+        );
     }
 
     #[test]

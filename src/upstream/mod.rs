@@ -219,7 +219,7 @@ impl Upstream {
     pub fn from_config(cfg: &UpstreamConfig, metrics: Arc<Metrics>) -> Result<Self, UpstreamError> {
         let name = cfg.name.clone();
         let profile = profile(cfg.api);
-        let path = cfg.public_key.display().to_string();
+        let path = crate::config::shown_path(&cfg.public_key);
         let pem = std::fs::read(&cfg.public_key).map_err(|source| UpstreamError::KeyFile {
             name: name.clone(),
             path: path.clone(),
