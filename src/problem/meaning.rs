@@ -166,7 +166,7 @@ impl GatewayError {
                 "Sessions on `{upstream}` start with the API user's password, not an OTP: to log in again now, POST /admin/sessions/{upstream}/{gstin}/refresh."
             )),
             CredentialsRejected { upstream, gstin, .. } => Cow::Owned(format!(
-                "Correct the API user's password in the gateway config (or reset it on the e-invoice/GST portal), then POST /admin/sessions/{upstream}/{gstin}/refresh."
+                "Correct the API user's password in the gateway config and reload it (a changed password lifts the stop); if it was reset on the e-invoice/GST portal to the configured one instead, POST /admin/sessions/{upstream}/{gstin}/refresh."
             )),
             Unauthenticated => "Send your API key in the `x-api-key` header (or `Authorization: Bearer`); ask the gateway operator for one.".into(),
             GstinMissing => "Send the taxpayer's GSTIN in the `gstin` header.".into(),
