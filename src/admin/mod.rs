@@ -16,6 +16,7 @@
 
 mod audit;
 mod auth;
+pub mod listing;
 pub mod status_page;
 
 use crate::dropin::Dropin;
@@ -236,7 +237,22 @@ where
     }
 }
 
-async fn sessions(State(admin): State<Arc<Admin>>) -> Response {
+/// `GET /admin/sessions`: one page of the sessions (filtered by `state`, `upstream`, `gstin`),
+/// a `next` link while more follow, and the summary over every session.
+async fn sessions(
+    State(admin): State<Arc<Admin>>,
+    Checked(Query(q)): Checked<Query<listing::SessionsQuery>>,
+) -> Result<Response, GatewayError> {
+    let (filter, position, limit) = q.parse()?;
+    let page = listing::list(&admin.sessions, &filter, &position, limit);
+    let next_cursor = page.next.as_ref().map(listing::encode_cursor);
+    let next = next_cursor.as_ref().map(|c| {
+        let query = listing::query_string(
+            &filter,
+            &[("limit", limit.to_string()), ("cursor", c.clone())],
+        );
+        format!("/admin/sessions?{query}")
+    });
     let dropin: Vec<serde_json::Value> = admin
         .dropin
         .counts()
@@ -245,11 +261,16 @@ async fn sessions(State(admin): State<Arc<Admin>>) -> Response {
             serde_json::json!({"upstream": &*upstream, "client": &*client, "live": live})
         })
         .collect();
-    Json(serde_json::json!({
-        "sessions": admin.sessions.snapshot(),
+    Ok(Json(serde_json::json!({
+        "sessions": page.sessions,
+        "total": page.matched,
+        "limit": limit,
+        "next": next,
+        "next_cursor": next_cursor,
+        "summary": page.summary,
         "dropin_sessions": dropin,
     }))
-    .into_response()
+    .into_response())
 }
 
 /// `?user=` picks one user when a GSTIN has several on the upstream.

@@ -187,7 +187,7 @@ impl GatewayError {
             AdminRouteNotFound(_) => ADMIN_ENDPOINTS.into(),
             AdminMethodNotAllowed { .. } => "Use a method from the `Allow` header; every /admin/sessions/… action is a POST.".into(),
             MethodNotAllowed(_) => "Use the method the GST API documents: GET, POST, PUT or DELETE (the `Allow` header lists them).".into(),
-            AdminRequestInvalid(_) => "Send a UTF-8 path of the form /admin/sessions/<upstream>/<gstin>/<action> and at most one `?user=NAME`.".into(),
+            AdminRequestInvalid(_) => "Send a UTF-8 path of the form /admin/sessions/<upstream>/<gstin>/<action> and at most one `?user=NAME`; to GET /admin/sessions only `state`, `upstream`, `gstin`, `limit` (1 to 1000) and the `cursor` its `next` gave, to GET /status only `state`, `upstream`, `gstin` and `page`, each at most once (docs/operations.md).".into(),
             AdminBodyTooLarge(_) => "Send only the documented body: {\"otp\": \"123456\"} for POST /admin/sessions/<upstream>/<gstin>/otp, nothing for the other endpoints.".into(),
             RequestTimeout(_) => "Send the whole request at once; the gateway waits at most `server.request_timeout` for it, the admin listener `server.header_read_timeout` for a body.".into(),
             HeadersTooLarge(_) => "Send fewer or shorter headers (look for large cookies or repeated headers), or ask the operator to raise `server.max_header_bytes`.".into(),
