@@ -43,7 +43,7 @@ impl Http {
         })
     }
 
-    fn get(&self, url: &str) -> Result<(u16, Vec<u8>)> {
+    pub(crate) fn get(&self, url: &str) -> Result<(u16, Vec<u8>)> {
         self.rt.block_on(async {
             let resp = self
                 .client

@@ -8,7 +8,10 @@
 //!    `--scale-concurrency` connections: every request needs a login first. Wall time,
 //!    latency percentiles, errors, logins seen by the upstream, and the resident memory added
 //!    per session.
-//! 4. A restart (SIGTERM, then `serve` again) with those sessions in the store: time to ready,
+//! 4. The admin listener with those sessions: `GET /admin/sessions` (one page, a full page,
+//!    filtered), `GET /status` (first and last page) and a `/metrics` scrape, each
+//!    [`PROBE_ROUNDS`] times in a row: median and slowest response time, and body size.
+//! 5. A restart (SIGTERM, then `serve` again) with those sessions in the store: time to ready,
 //!    memory, and the same GSTINs once more, which must cost no login at all.
 //!
 //! Everything runs on this machine: gstgate, the upstream and the load share its CPUs, so the
@@ -28,12 +31,15 @@ use serde_json::{json, Value};
 use crate::client::{fetch_json, Http};
 use crate::procs::{after, Proc};
 use crate::targets::{
-    hex_sha256, invoice_json, API_KEY, AUTH_PATH, CLIENT_ID, CLIENT_SECRET, INVOICE_PATH, STORE_KEY,
+    hex_sha256, invoice_json, ADMIN_TOKEN, API_KEY, AUTH_PATH, CLIENT_ID, CLIENT_SECRET,
+    INVOICE_PATH, STORE_KEY,
 };
 use crate::upstream;
 
 const USER: &str = "scale_user";
 const PASSWORD: &str = "Scale#Pass1";
+/// Requests per admin probe: enough for a median on a machine shared with other work.
+const PROBE_ROUNDS: usize = 15;
 
 /// What one size measured.
 struct Size {
@@ -44,10 +50,19 @@ struct Size {
     rss_start: u64,
     cold: Burst,
     rss_cold: u64,
+    admin: Vec<Probe>,
     restart: Duration,
     rss_restart: u64,
     warm: Burst,
     rss_warm: u64,
+}
+
+/// One admin endpoint, requested [`PROBE_ROUNDS`] times in a row.
+struct Probe {
+    what: String,
+    median: Duration,
+    max: Duration,
+    bytes: usize,
 }
 
 /// One burst of requests, each for another GSTIN.
@@ -116,7 +131,7 @@ fn one_size(
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let (gw, proxy, start) = serve(bin, dir, &config, &format!("gstgate-{n}"))?;
+    let (gw, proxy, admin_addr, start) = serve(bin, dir, &config, &format!("gstgate-{n}"))?;
     let rss_start = rss(&gw)?;
     let counters = format!("{upstream_url}/_sim/counters");
     let logins = || -> Result<f64> {
@@ -129,10 +144,24 @@ fn one_size(
     let mut cold_burst = burst(&proxy, &gstins[..cold], invoice, concurrency, "C")?;
     cold_burst.logins = logins()? - before;
     let rss_cold = rss(&gw)?;
+    let last_page = n.div_ceil(200).max(1);
+    let mut admin = Vec::new();
+    for path in [
+        "/admin/sessions".to_string(),
+        "/admin/sessions?limit=1000".to_string(),
+        "/admin/sessions?state=valid&limit=1000".to_string(),
+        format!("/admin/sessions?gstin={}", &gstins[n / 2][..7]),
+        "/status".to_string(),
+        format!("/status?page={last_page}"),
+        "/status?state=valid".to_string(),
+        "/metrics".to_string(),
+    ] {
+        admin.push(probe(http, &admin_addr, &path)?);
+    }
 
     // A restart: SIGTERM writes what is queued; the new process resumes every session.
     drop(gw);
-    let (gw, proxy, restart) = serve(bin, dir, &config, &format!("gstgate-{n}-restarted"))?;
+    let (gw, proxy, _, restart) = serve(bin, dir, &config, &format!("gstgate-{n}-restarted"))?;
     let rss_restart = rss(&gw)?;
     let before = logins()?;
     let mut warm = burst(&proxy, &gstins[..cold], invoice, concurrency, "W")?;
@@ -149,6 +178,7 @@ fn one_size(
         rss_start,
         cold: cold_burst,
         rss_cold,
+        admin,
         restart,
         rss_restart,
         warm,
@@ -215,6 +245,7 @@ fn write_config(
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
+admin_token = "{ADMIN_TOKEN}"
 
 [store]
 backend = "embedded"
@@ -252,9 +283,34 @@ gstins = ["*"]
     Ok(path)
 }
 
-/// Starts `serve` and waits for its ready line; returns the process, the proxy address and
-/// the time from spawn to ready.
-fn serve(bin: &Path, dir: &Path, config: &Path, name: &str) -> Result<(Proc, String, Duration)> {
+/// `GET http://{admin}{path}` [`PROBE_ROUNDS`] times in a row, each a 200.
+fn probe(http: &Http, admin: &str, path: &str) -> Result<Probe> {
+    let mut times = Vec::with_capacity(PROBE_ROUNDS);
+    let mut bytes = 0;
+    for _ in 0..PROBE_ROUNDS {
+        let started = Instant::now();
+        let (status, body) = http.get(&format!("http://{admin}{path}"))?;
+        times.push(started.elapsed());
+        ensure!(status == 200, "GET {path}: {status}");
+        bytes = body.len();
+    }
+    times.sort();
+    Ok(Probe {
+        what: path.to_string(),
+        median: times[times.len() / 2],
+        max: times[times.len() - 1],
+        bytes,
+    })
+}
+
+/// Starts `serve` and waits for its ready line; returns the process, the proxy address, the
+/// admin address and the time from spawn to ready.
+fn serve(
+    bin: &Path,
+    dir: &Path,
+    config: &Path,
+    name: &str,
+) -> Result<(Proc, String, String, Duration)> {
     let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .arg("--config")
@@ -269,7 +325,12 @@ fn serve(bin: &Path, dir: &Path, config: &Path, name: &str) -> Result<(Proc, Str
         .next()
         .unwrap_or_default()
         .to_string();
-    Ok((p, proxy, took))
+    let admin = after(&line, "admin http://")?
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    Ok((p, proxy, admin, took))
 }
 
 /// Resident memory of the process, bytes.
@@ -443,6 +504,24 @@ fn report(results: &[Size], cold: usize, concurrency: usize) -> String {
                 b.errors,
                 b.logins,
                 mib(rss),
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n| credentials | admin request ({PROBE_ROUNDS} in a row) | median ms | max ms | body |"
+    );
+    let _ = writeln!(out, "|---:|---|---:|---:|---:|");
+    for r in results {
+        for p in &r.admin {
+            let _ = writeln!(
+                out,
+                "| {} | `GET {}` | {:.1} | {:.1} | {:.1} KiB |",
+                r.credentials,
+                p.what,
+                p.median.as_secs_f64() * 1000.0,
+                p.max.as_secs_f64() * 1000.0,
+                p.bytes as f64 / 1024.0
             );
         }
     }
