@@ -1,6 +1,7 @@
 //! `GET /status` in a real headless browser: the page Chromium renders has one row per session
 //! with the right state, no secret from the simulator's live sessions, and a screenshot is
-//! saved as `target/status-page.png` for people to look at.
+//! saved as `target/status-page.png` for people to look at. The summary counts are links and
+//! the filter is a plain GET form: following one in the browser shows only those rows.
 //!
 //! Chromium is required, not optional: `scripts/test.sh` installs Debian's `chromium` when it
 //! is missing, and this test fails (rather than skips) without it.
@@ -175,6 +176,43 @@ async fn status_page_lists_every_session_in_a_real_browser() {
         "GSTN session end: {dom}"
     );
     assert!(dom.contains(">needs_otp</span>"), "{dom}");
+    // The summary over every session, as links, and the filter form: no script needed.
+    assert!(dom.contains(">needs_otp: 2</a>"), "{dom}");
+    assert!(
+        dom.contains(">gstn: 3</a>") && dom.contains(">einvoice: 3</a>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<form class=\"filter\" method=\"get\""),
+        "{dom}"
+    );
+    assert!(!dom.contains("<script"), "{dom}");
+
+    // The link the summary gives for needs_otp, followed by the browser: only those rows.
+    let link = "?state=needs_otp&amp;upstream=gstn";
+    let href = &dom[dom.find(">needs_otp: 2</a>").unwrap().saturating_sub(200)..];
+    assert!(href.contains("href=\"?state=needs_otp\""), "{href}");
+    let out = chromium(&[
+        "--dump-dom".into(),
+        format!("{url}{}", link.replace("&amp;", "&")),
+    ])
+    .await;
+    let filtered = String::from_utf8_lossy(&out.stdout);
+    let mut got = rows(&filtered);
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("needs_otp".to_string(), "gstn".to_string(), cold.clone()),
+            ("needs_otp".into(), "gstn".into(), rejected.clone()),
+        ],
+        "{filtered}"
+    );
+    assert!(filtered.contains("matching the filter"), "{filtered}");
+    assert!(
+        filtered.contains("<option value=\"needs_otp\" selected=\"\">"),
+        "{filtered}"
+    );
 
     // No secret the simulator knows, nor any of the gateway's own.
     let live = sim.get_json("/_sim/sessions").await;
