@@ -75,7 +75,8 @@ pub(crate) struct Opts {
     #[arg(long, env = "BENCH_COMMAND", hide = true)]
     pub(crate) command: Option<String>,
     /// Run the scale scenario (scale.rs) instead of the throughput rounds: one configuration
-    /// per size with that many credentials, e.g. `--scale 1000,10000,100000`.
+    /// per size with that many credentials, e.g. `--scale 1000,10000,100000`: start-up, a
+    /// cold burst, `/admin/sessions`, `/status` and `/metrics` response times, a restart.
     #[arg(long, env = "BENCH_SCALE", value_delimiter = ',')]
     pub(crate) scale: Vec<usize>,
     /// Scale scenario: how many distinct GSTINs the cold burst (and the burst after the

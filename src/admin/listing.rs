@@ -24,7 +24,7 @@ use crate::session::{SessionInfo, Sessions, State};
 pub const DEFAULT_LIMIT: usize = 100;
 /// The largest `limit`: a page stays a few hundred KiB of JSON.
 pub const MAX_LIMIT: usize = 1000;
-/// Rows on one `/status` page: a screenful for a person, and about 100 KiB of HTML.
+/// Rows on one `/status` page: a few screens for a person, and about 70 KiB of HTML.
 pub const STATUS_PAGE_ROWS: usize = 200;
 /// The largest `page` accepted: 200 rows a page covers 200 million sessions.
 pub const MAX_PAGE: usize = 1_000_000;

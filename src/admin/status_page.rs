@@ -12,7 +12,7 @@
 //! With a GSP's 100,000 sessions the page shows a summary over all of them (counts by state
 //! and by upstream, each a link to those rows), problems first, 200 rows a page with numbered
 //! page links, and a plain GET form to filter by state, upstream and GSTIN: links and a form
-//! work without scripts, and the page stays about 150 KiB whatever the number of sessions.
+//! work without scripts, and the page stays under 100 KiB or so whatever the number of sessions.
 //!
 //! Like `/metrics` it needs no token: a browser cannot send a bearer token, the page holds no
 //! secrets, and the admin listener is private (see `docs/operations.md`).
