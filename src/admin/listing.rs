@@ -193,6 +193,10 @@ fn page<'a>(mut rows: Vec<Row<'a>>, position: &Position, limit: usize) -> (Vec<R
         }
         Position::ProblemsFirst(skip) => (*skip, problems_first),
     };
+    if skip >= rows.len() {
+        // A page past the end (a hostile or stale `page`) costs no sort.
+        return (Vec::new(), false);
+    }
     let end = skip.saturating_add(limit);
     let more = rows.len() > end;
     if more {
