@@ -24,6 +24,7 @@
 //!   replicas take it up, so the group converges on one session.
 
 use super::guard::Admit;
+use futures_util::StreamExt as _;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +41,9 @@ use crate::tasks::Tasks;
 const LEASE_POLL_MAX: Duration = Duration::from_millis(250);
 /// ... and this often at least.
 const LEASE_POLL_MIN: Duration = Duration::from_millis(20);
+/// How many slots a rejoining replica offers to the group at once.
+const REJOIN_CONCURRENCY: usize = 32;
+
 /// After reconnecting, reading the group's records is tried this often...
 const REJOIN_ATTEMPTS: u32 = 20;
 /// ... this far apart.
@@ -413,23 +417,39 @@ impl Sessions {
             }
             slot.announcements().notify_waiters();
         }
-        for slot in offline {
-            let flight = Flight::wait(&slot).await;
-            match self.turn_to_act(&slot, &flight).await {
-                Ok(turn) => {
-                    // Still holding a session made offline after taking up the record: the group has nothing newer,
-                    // so this replica's session becomes the group's.
-                    if slot.change_on(&turn).offer_offline_session() {
-                        offered += 1;
-                    } else {
-                        taken_up += 1;
+        // Each offer is a lease, a write and an announcement: one slot after another, a
+        // replica that served many GSTINs through an outage would take minutes to rejoin.
+        // Slots are independent, so a few dozen go at once.
+        let outcomes: Vec<Option<bool>> = futures_util::stream::iter(offline)
+            .map(|slot| {
+                let me = &self;
+                async move {
+                    let flight = Flight::wait(&slot).await;
+                    match me.turn_to_act(&slot, &flight).await {
+                        Ok(turn) => {
+                            // Still holding a session made offline after taking up the record:
+                            // the group has nothing newer, so this replica's session becomes
+                            // the group's.
+                            let offer = slot.change_on(&turn).offer_offline_session();
+                            me.end_turn(&slot, turn, true).await;
+                            Some(offer)
+                        }
+                        Err(e) => {
+                            tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
+                                error = %e, "cannot offer this replica's session to the group yet");
+                            None
+                        }
                     }
-                    self.end_turn(&slot, turn, true).await;
                 }
-                Err(e) => {
-                    tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
-                        error = %e, "cannot offer this replica's session to the group yet");
-                }
+            })
+            .buffer_unordered(REJOIN_CONCURRENCY)
+            .collect()
+            .await;
+        for offer in outcomes.into_iter().flatten() {
+            if offer {
+                offered += 1;
+            } else {
+                taken_up += 1;
             }
         }
         tracing::info!(
