@@ -58,6 +58,10 @@ fn check_canonical(path: &str) -> Result<(), String> {
 
 /// Why a setting sent as a header value is refused; the value is not quoted (it may be a
 /// secret).
+/// The largest `max_concurrent_logins` and `logins_per_second`: far beyond any upstream's
+/// throttle, so a larger value is a typo.
+const MAX_LOGIN_PACE: u32 = 10_000;
+
 const NOT_A_HEADER_VALUE: &str = "must be a valid HTTP header value: printable characters, spaces and tabs only, no line break or other control character (look for a trailing newline from a file or variable)";
 
 impl Config {
@@ -177,6 +181,17 @@ impl Config {
             }
             if u.max_logins == 0 {
                 return Err((key("max_logins"), "must be at least 1".into()));
+            }
+            for (field, value) in [
+                ("max_concurrent_logins", u.max_concurrent_logins),
+                ("logins_per_second", u.logins_per_second),
+            ] {
+                if !(1..=MAX_LOGIN_PACE).contains(&value) {
+                    return Err((
+                        key(field),
+                        format!("must be between 1 and {MAX_LOGIN_PACE}"),
+                    ));
+                }
             }
             // Both travel as header values on every call: a line break or a control
             // character (a secret file's trailing newline, say) is refused here rather than
@@ -495,6 +510,13 @@ upstreams = ["ewb"]
         assert!(parse(config("max_logins = 5", "session_lifetime = \"6h\"")).is_ok());
         let err = parse(config("max_logins = 0", "")).unwrap_err().to_string();
         assert!(err.contains("upstream \"ewb\".max_logins"), "{err}");
+        for field in ["max_concurrent_logins", "logins_per_second"] {
+            let err = parse(config(&format!("{field} = 0"), ""))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("upstream \"ewb\".{field}")), "{err}");
+        }
+        assert!(parse(config("logins_per_second = 20\nmax_concurrent_logins = 4", "")).is_ok());
         let err = parse(config("", "session_lifetime = \"31d\""))
             .unwrap_err()
             .to_string();

@@ -10,6 +10,7 @@ use secrecy::ExposeSecret;
 
 use super::auth::{LoginError, LoginReply};
 use super::group::{Next, Turn};
+use super::pacer::Priority;
 use super::single_flight::Flight;
 use super::slot::{Issued, Setback};
 use super::{Session, Sessions, Slot, State, Trigger};
@@ -102,7 +103,13 @@ impl Sessions {
             let forced = matches!(kind, LoginKind::Password { force: true });
             self.count_login(slot, turn, now, true, Admit::Login)
                 .await?;
-            let result = self.login_call(slot, kind).await;
+            let priority = match (trigger, current.as_deref()) {
+                (Trigger::Proactive, Some(s)) => {
+                    Priority::Refresh(renewal.renewable_from(s.deadline).unwrap_or(s.deadline))
+                }
+                _ => Priority::Waited,
+            };
+            let result = self.login_call(slot, kind, priority).await;
             let purpose = if !stale(&result, current.as_deref()) {
                 Purpose::Renew
             } else {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use super::pacer::Priority;
 use super::group::Turn;
 use super::guard::Admit;
 use super::login::Purpose;
@@ -90,7 +91,10 @@ impl Sessions {
             .await?;
         let app_key = slot.upstream.profile.otp_app_key();
         let password = slot.view().password();
-        let outcome = self.auth.request_otp(slot, &password, &app_key).await;
+        let outcome = {
+            let _permit = self.pace(slot, Priority::Waited).await;
+            self.auth.request_otp(slot, &password, &app_key).await
+        };
         let label = |result: &'static str| ResultLabels {
             upstream: slot.upstream.name.clone().into(),
             result,
@@ -180,6 +184,7 @@ impl Sessions {
                     otp,
                     app_key: &app_key,
                 },
+                Priority::Waited,
             )
             .await;
         if sent.is_ok() {
