@@ -34,8 +34,8 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 pub use defaults::{
-    DEFAULT_IP_USR, DEFAULT_LEASE, DEFAULT_LOGIN_WINDOW, DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_LOGINS_PER_SECOND, DEFAULT_MAX_CONCURRENT_LOGINS, DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_IP_USR, DEFAULT_LEASE, DEFAULT_LOGINS_PER_SECOND, DEFAULT_LOGIN_WINDOW,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT_LOGINS, DEFAULT_MAX_HEADER_BYTES,
     DEFAULT_MAX_LOGINS, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_REFRESH_BEFORE, DEFAULT_TOKEN_LIFETIME,
 };
 pub use env::interpolate;
@@ -49,10 +49,10 @@ pub use validate::{check_otp_warning, check_webhook_url};
 use defaults::{
     default_admin_listen, default_checksum, default_connect_timeout, default_encryption,
     default_header_timeout, default_idle_ttl, default_ip_usr, default_key_prefix, default_lease,
-    default_listen, default_login_window, default_logins_per_second,
-    default_max_concurrent_logins, default_max_body, default_max_dropin_sessions,
-    default_max_header, default_max_logins, default_max_response, default_refresh_before,
-    default_replicas, default_request_timeout, default_shutdown_grace, default_token_lifetime,
+    default_listen, default_login_window, default_logins_per_second, default_max_body,
+    default_max_concurrent_logins, default_max_dropin_sessions, default_max_header,
+    default_max_logins, default_max_response, default_refresh_before, default_replicas,
+    default_request_timeout, default_shutdown_grace, default_token_lifetime,
     default_upstream_timeout, empty_secret,
 };
 use env::{

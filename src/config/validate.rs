@@ -516,7 +516,11 @@ upstreams = ["ewb"]
                 .to_string();
             assert!(err.contains(&format!("upstream \"ewb\".{field}")), "{err}");
         }
-        assert!(parse(config("logins_per_second = 20\nmax_concurrent_logins = 4", "")).is_ok());
+        assert!(parse(config(
+            "logins_per_second = 20\nmax_concurrent_logins = 4",
+            ""
+        ))
+        .is_ok());
         let err = parse(config("", "session_lifetime = \"31d\""))
             .unwrap_err()
             .to_string();

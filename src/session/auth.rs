@@ -15,9 +15,9 @@ use secrecy::SecretString;
 
 use super::pacer::{Permit, Priority};
 use super::{Sessions, Slot};
-use crate::metrics::UpstreamLabel;
 use crate::config::MAX_TOKEN_LIFETIME;
 use crate::crypto::AesKey;
+use crate::metrics::UpstreamLabel;
 use crate::problem::GatewayError;
 use crate::upstream::{Expiry, Login, LoginFailure, LoginKind, Verdict};
 

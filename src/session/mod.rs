@@ -182,8 +182,11 @@ impl Sessions {
                 let waiting = metrics.logins_waiting.get_or_create(&UpstreamLabel {
                     upstream: u.name.clone().into(),
                 });
-                let pacer =
-                    pacer::Pacer::new(u.max_concurrent_logins, u.logins_per_second, waiting.clone());
+                let pacer = pacer::Pacer::new(
+                    u.max_concurrent_logins,
+                    u.logins_per_second,
+                    waiting.clone(),
+                );
                 (u.name.clone(), pacer)
             })
             .collect();

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use super::pacer::Priority;
 use super::group::Turn;
 use super::guard::Admit;
 use super::login::Purpose;
+use super::pacer::Priority;
 use super::single_flight::Flight;
 use super::{Session, Sessions, Slot, Trigger};
 use crate::metrics::ResultLabels;

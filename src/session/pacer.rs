@@ -105,7 +105,11 @@ impl Drop for Place<'_> {
 impl Pacer {
     /// A pacer allowing `max_concurrent` logins in flight, `per_second` starts a second,
     /// counting its waiters in `waiting`.
-    pub(crate) fn new(max_concurrent: u32, per_second: u32, waiting: Gauge<i64, AtomicI64>) -> Self {
+    pub(crate) fn new(
+        max_concurrent: u32,
+        per_second: u32,
+        waiting: Gauge<i64, AtomicI64>,
+    ) -> Self {
         Self {
             max_concurrent: max_concurrent.max(1) as usize,
             per_second: per_second.max(1),
@@ -233,7 +237,14 @@ mod tests {
         let ms = |m| Duration::from_millis(m);
         assert_eq!(
             got,
-            [(0, ms(0)), (1, ms(100)), (99, ms(200)), (2, ms(300)), (3, ms(400)), (4, ms(500))]
+            [
+                (0, ms(0)),
+                (1, ms(100)),
+                (99, ms(200)),
+                (2, ms(300)),
+                (3, ms(400)),
+                (4, ms(500))
+            ]
         );
     }
 
@@ -245,7 +256,11 @@ mod tests {
         let _b = p.acquire(Priority::Waited).await;
         let waiting = tokio::time::timeout(Duration::from_secs(1), p.acquire(Priority::Waited));
         assert!(waiting.await.is_err(), "a third login got in");
-        assert_eq!(p.state().queue.len(), 0, "the cancelled waiter left the queue");
+        assert_eq!(
+            p.state().queue.len(),
+            0,
+            "the cancelled waiter left the queue"
+        );
         drop(a);
         let c = tokio::time::timeout(Duration::from_secs(1), p.acquire(Priority::Waited)).await;
         assert!(c.is_ok());

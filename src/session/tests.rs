@@ -671,3 +671,97 @@ async fn a_client_otp_request_never_clears_a_lockout() {
         "the operator's does"
     );
 }
+
+/// Installs a session for `slot` that expires at `deadline`, issued a six-hour life before
+/// it, and schedules its refresh as a restart taking it up from the store does.
+fn install_due(rig: &Rig, slot: &Arc<super::Slot>, deadline: Instant) {
+    let now = Instant::now();
+    let left = deadline - now;
+    let wall = crate::clock::wall();
+    let mut token = http::HeaderValue::from_static("restored-token");
+    token.set_sensitive(true);
+    let session = slot.change().install(super::slot::Issued {
+        token,
+        sek: crate::crypto::AesKey::random(),
+        expires_at: wall + left,
+        deadline: deadline.into_std(),
+        issued_at: wall - (6 * HOUR - left),
+    });
+    rig.sessions.schedule_taken_up(slot, &session);
+}
+
+/// Restart storm: 10,000 sessions that all expire in ten minutes (NIC's force window, the
+/// default `refresh_before`) are taken up at once, so every proactive refresh is due in the
+/// same 30 seconds of jitter. The upstream never sees more than `max_concurrent_logins`
+/// logins at once nor more than `logins_per_second` starts in any second, every session is
+/// renewed before it expires (the pacer admits refreshes by deadline, and 10,000 at 25 a
+/// second fit in the window), none counts as late, and a caller's cold login in the middle
+/// of the storm goes ahead of the thousands of queued refreshes. Broken by: no pacer (the
+/// fake sees thousands at once), a pacer without the rate (starts bunch up), or one in
+/// arrival order (the cold caller waits minutes behind the backlog).
+#[tokio::test(start_paused = true)]
+async fn a_restart_storm_stays_within_the_login_pace_expires_none_and_starves_no_caller() {
+    const DUE: usize = 10_000;
+    const MAX_CONCURRENT: usize = 8;
+    const RATE: usize = 25;
+    let fake = Fake::new(Api::Einvoice, GRACE);
+    fake.set_latency(Duration::from_millis(250));
+    let extra = format!("max_concurrent_logins = {MAX_CONCURRENT}\nlogins_per_second = {RATE}");
+    let rig = Rig::many(Api::Einvoice, &fake, &extra, DUE + 1);
+    let slots = rig.sessions.table().slots.clone();
+    let expiry = Instant::now() + TEN_MINUTES;
+    // The first slot stays without a session: its caller arrives during the storm.
+    for slot in &slots[1..] {
+        install_due(&rig, slot, expiry);
+    }
+
+    sleep(2 * MINUTE).await;
+    let asked = Instant::now();
+    let cold = session(&rig).await.unwrap();
+    let waited = Instant::now() - asked;
+    assert!(
+        waited <= Duration::from_secs(1),
+        "the cold caller waited {waited:?} behind the refreshes"
+    );
+    assert!(cold.deadline > expiry.into_std() + HOUR);
+
+    sleep_until(expiry + MINUTE).await;
+    let calls = fake.calls();
+    assert_eq!(calls.len(), DUE + 1, "one login per slot");
+    assert!(
+        fake.max_in_flight() <= MAX_CONCURRENT,
+        "{} logins in flight at once",
+        fake.max_in_flight()
+    );
+    let mut starts: Vec<Instant> = calls.iter().map(|(at, _)| Instant::from_std(*at)).collect();
+    starts.sort();
+    for window in starts.windows(RATE + 1) {
+        assert!(
+            window[RATE] - window[0] >= Duration::from_secs(1),
+            "{} logins started within {:?}",
+            RATE + 1,
+            window[RATE] - window[0]
+        );
+    }
+    let last = *starts.last().unwrap();
+    assert!(
+        last < expiry,
+        "the last refresh started {:?} after expiry",
+        last - expiry
+    );
+    for slot in &slots[1..] {
+        let now = slot
+            .current()
+            .expect("every session was renewed before it expired");
+        assert_ne!(now.token, "restored-token");
+    }
+    let late = rig
+        .sessions
+        .metrics()
+        .late_refreshes
+        .get_or_create(&crate::metrics::UpstreamLabel {
+            upstream: rig.slot.upstream.name.clone().into(),
+        })
+        .get();
+    assert_eq!(late, 0);
+}
