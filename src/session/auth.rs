@@ -140,16 +140,21 @@ impl Sessions {
         }
     }
 
-    /// Sends a login through the seam, once the upstream's pacer admits it at `priority`,
-    /// and reads the token's life from its reply, timed from when it was sent.
+    /// Sends a login through the seam, with `permit` or once the upstream's pacer admits it
+    /// at `priority`, and reads the token's life from its reply, timed from when it was sent.
     pub(super) async fn login_call(
         &self,
         slot: &Slot,
         kind: LoginKind<'_>,
         priority: Priority,
+        permit: Option<Permit<'_>>,
     ) -> Result<LoginReply, LoginError> {
         let password = slot.view().password();
-        let _permit = self.pace(slot, priority).await;
+        let mut permit = match permit {
+            Some(p) => Some(p),
+            None => self.pace(slot, priority).await,
+        };
+        permit.as_mut().map(Permit::used);
         let (at, instant) = (crate::clock::wall(), crate::clock::now());
         if let Priority::Refresh(due) = priority {
             if instant > due {

@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::group::Turn;
 use super::guard::Admit;
 use super::login::Purpose;
-use super::pacer::Priority;
+use super::pacer::{Permit, Priority};
 use super::single_flight::Flight;
 use super::{Session, Sessions, Slot, Trigger};
 use crate::metrics::ResultLabels;
@@ -92,7 +92,8 @@ impl Sessions {
         let app_key = slot.upstream.profile.otp_app_key();
         let password = slot.view().password();
         let outcome = {
-            let _permit = self.pace(slot, Priority::Waited).await;
+            let mut permit = self.pace(slot, Priority::Waited).await;
+            permit.as_mut().map(Permit::used);
             self.auth.request_otp(slot, &password, &app_key).await
         };
         let label = |result: &'static str| ResultLabels {
@@ -185,6 +186,7 @@ impl Sessions {
                     app_key: &app_key,
                 },
                 Priority::Waited,
+                None,
             )
             .await;
         if sent.is_ok() {

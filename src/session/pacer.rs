@@ -70,12 +70,29 @@ impl State {
 /// A login's permission to be in flight; dropping it frees its place.
 pub(crate) struct Permit<'a> {
     pacer: &'a Pacer,
+    /// Whether a call went out with it; one that did not gives its start slot back.
+    used: bool,
+    /// `next_start` before this permit's admission, and what the admission set it to.
+    before: Instant,
+    set: Instant,
+}
+
+impl Permit<'_> {
+    /// Records that a call to the auth endpoint goes out with this permit.
+    pub(crate) fn used(&mut self) {
+        self.used = true;
+    }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
         let mut st = self.pacer.state();
         st.in_flight -= 1;
+        // No call went out (the group's session was adopted instead): the start slot was
+        // not spent, unless another admission has already been spaced after it.
+        if !self.used && st.next_start == self.set {
+            st.next_start = self.before;
+        }
         st.wake_head();
     }
 }
@@ -172,11 +189,17 @@ impl Pacer {
                     if now >= st.next_start {
                         st.queue.remove(&key);
                         st.in_flight += 1;
+                        let before = st.next_start;
                         st.next_start = now + st.interval;
                         place.admitted = true;
                         // The next head waits for its own start slot.
                         st.wake_head();
-                        return Permit { pacer: self };
+                        return Permit {
+                            pacer: self,
+                            used: false,
+                            before,
+                            set: st.next_start,
+                        };
                     }
                     Some(st.next_start)
                 } else {
@@ -219,14 +242,16 @@ mod tests {
         for i in 0..5 {
             let (p, tx) = (p.clone(), tx.clone());
             tokio::spawn(async move {
-                let _permit = p.acquire(Priority::Refresh(far)).await;
+                let mut permit = p.acquire(Priority::Refresh(far)).await;
+                permit.used();
                 tx.send((i, Instant::now() - t0)).unwrap();
             });
         }
         tokio::time::sleep(Duration::from_millis(150)).await;
         let (p2, tx2) = (p.clone(), tx.clone());
         tokio::spawn(async move {
-            let _permit = p2.acquire(Priority::Waited).await;
+            let mut permit = p2.acquire(Priority::Waited).await;
+            permit.used();
             tx2.send((99, Instant::now() - t0)).unwrap();
         });
         drop(tx);
@@ -252,7 +277,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn at_most_max_concurrent_in_flight_and_cancelling_gives_the_place_up() {
         let p = pacer(2, 1000);
-        let a = p.acquire(Priority::Waited).await;
+        let mut a = p.acquire(Priority::Waited).await;
+        a.used();
         let _b = p.acquire(Priority::Waited).await;
         let waiting = tokio::time::timeout(Duration::from_secs(1), p.acquire(Priority::Waited));
         assert!(waiting.await.is_err(), "a third login got in");
@@ -264,5 +290,26 @@ mod tests {
         drop(a);
         let c = tokio::time::timeout(Duration::from_secs(1), p.acquire(Priority::Waited)).await;
         assert!(c.is_ok());
+    }
+
+    /// A permit no call went out with gives its start slot back; a replica's share of a
+    /// group's rate spaces its starts `replicas` times further apart.
+    #[tokio::test(start_paused = true)]
+    async fn an_unused_permit_gives_its_start_back_and_a_share_slows_the_pace() {
+        let p = pacer(8, 10);
+        let t0 = Instant::now();
+        drop(p.acquire(Priority::Waited).await);
+        p.acquire(Priority::Waited).await.used();
+        assert_eq!(
+            Instant::now() - t0,
+            Duration::ZERO,
+            "the unused start was given back"
+        );
+        p.acquire(Priority::Waited).await.used();
+        assert_eq!(Instant::now() - t0, Duration::from_millis(100));
+        p.share(2);
+        p.acquire(Priority::Waited).await.used();
+        p.acquire(Priority::Waited).await.used();
+        assert_eq!(Instant::now() - t0, Duration::from_millis(100 + 100 + 200));
     }
 }
