@@ -35,6 +35,9 @@ impl Sessions {
         // hold up every other replica's refresh of the slot, which would poll the lease and
         // give up. If the group's session is then adopted instead, the permit is given back
         // unused and costs no start.
+        // What this replica knew before the wait: a session the group made meanwhile is
+        // adopted, not renewed again.
+        let seen = slot.view().newest_generation();
         let deadline = slot.view().session().map(|s| s.deadline);
         let early = match (trigger, deadline) {
             (Trigger::Proactive, Some(deadline)) => {
@@ -44,7 +47,6 @@ impl Sessions {
             }
             _ => None,
         };
-        let seen = slot.view().newest_generation();
         let turn = match self.take_turn(slot, flight, seen).await? {
             Next::Adopt(session) => return Ok(session),
             Next::LogIn(turn) => turn,

@@ -765,3 +765,56 @@ async fn a_restart_storm_stays_within_the_login_pace_expires_none_and_starves_no
         .get();
     assert_eq!(late, 0);
 }
+
+/// The restart storm across a group: two replicas sharing a store take up the same 2,000
+/// due sessions. Each paces its logins at its share of the group's `logins_per_second`, so
+/// the upstream never sees more than the configured rate in any second; each session is
+/// renewed once for the group (the other replica adopts it, giving its start back) and
+/// before it expires, on both replicas. Broken by: pacing each replica at the full rate
+/// (21 starts within 500 ms), or renewing again a session the group made while this
+/// replica waited for its permit (3,694 logins for 2,000 slots).
+#[tokio::test(start_paused = true)]
+async fn a_groups_restart_storm_stays_within_the_groups_login_rate() {
+    const DUE: usize = 2_000;
+    const RATE: usize = 20;
+    let fake = Fake::new(Api::Einvoice, GRACE);
+    fake.set_latency(Duration::from_millis(100));
+    let memory = crate::store::Memory::default();
+    let extra = format!("logins_per_second = {RATE}");
+    let (a, b) = (
+        Rig::many(Api::Einvoice, &fake, &extra, DUE),
+        Rig::many(Api::Einvoice, &fake, &extra, DUE),
+    );
+    a.join(&memory, LEASE).await;
+    b.join(&memory, LEASE).await;
+    let expiry = Instant::now() + TEN_MINUTES;
+    for rig in [&a, &b] {
+        for slot in &rig.sessions.table().slots {
+            install_due(rig, slot, expiry);
+        }
+    }
+
+    sleep_until(expiry + MINUTE).await;
+    let mut starts: Vec<Instant> = fake
+        .calls()
+        .iter()
+        .map(|(at, _)| Instant::from_std(*at))
+        .collect();
+    assert_eq!(starts.len(), DUE, "one login per slot for the group");
+    starts.sort();
+    for window in starts.windows(RATE + 1) {
+        assert!(
+            window[RATE] - window[0] >= Duration::from_secs(1),
+            "{} logins started within {:?}",
+            RATE + 1,
+            window[RATE] - window[0]
+        );
+    }
+    assert!(*starts.last().unwrap() < expiry);
+    for rig in [&a, &b] {
+        for slot in &rig.sessions.table().slots {
+            let now = slot.current().expect("renewed before it expired");
+            assert_ne!(now.token, "restored-token");
+        }
+    }
+}
