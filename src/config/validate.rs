@@ -430,6 +430,16 @@ impl Config {
                     self.store.replicas, u.name, u.max_logins
                 ));
             }
+            for u in self
+                .upstreams
+                .iter()
+                .filter(|u| u.max_concurrent_logins < self.store.replicas)
+            {
+                warnings.push(format!(
+                    "store.replicas = {} is more than upstream `{}`'s max_concurrent_logins = {}: each replica still keeps one login in flight, so the group may have {} at once",
+                    self.store.replicas, u.name, u.max_concurrent_logins, self.store.replicas
+                ));
+            }
         }
         warnings
     }

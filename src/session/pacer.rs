@@ -40,8 +40,8 @@ struct Key {
 
 /// One upstream's login pacer.
 pub(crate) struct Pacer {
-    max_concurrent: usize,
-    /// The configured rate, for the whole group of replicas.
+    /// The configured limits, for the whole group of replicas.
+    max_concurrent: u32,
     per_second: u32,
     state: Mutex<State>,
     /// `gstgate_logins_waiting{upstream}`.
@@ -50,6 +50,8 @@ pub(crate) struct Pacer {
 
 struct State {
     in_flight: usize,
+    /// This replica's share of `max_concurrent`.
+    max_in_flight: usize,
     /// The least time between two login starts on this replica.
     interval: Duration,
     /// The earliest the next login may start.
@@ -128,10 +130,11 @@ impl Pacer {
         waiting: Gauge<i64, AtomicI64>,
     ) -> Self {
         Self {
-            max_concurrent: max_concurrent.max(1) as usize,
-            per_second: per_second.max(1),
+            max_concurrent,
+            per_second,
             state: Mutex::new(State {
                 in_flight: 0,
+                max_in_flight: concurrency(max_concurrent, 1),
                 interval: interval(per_second, 1),
                 next_start: Instant::now(),
                 queue: BTreeMap::new(),
@@ -141,10 +144,14 @@ impl Pacer {
         }
     }
 
-    /// Paces this replica at its share of the rate when `replicas` share the upstream (a Redis
-    /// group): the configured rate is the group's, as the login allowance is.
+    /// Paces this replica at its share of both limits when `replicas` share the upstream (a
+    /// Redis group): the configured limits are the group's, as the login allowance is.
     pub(crate) fn share(&self, replicas: u32) {
-        self.state().interval = interval(self.per_second, replicas);
+        let mut st = self.state();
+        st.interval = interval(self.per_second, replicas);
+        st.max_in_flight = concurrency(self.max_concurrent, replicas);
+        // Woken, the head re-checks its place against the new share.
+        st.wake_head();
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -184,7 +191,7 @@ impl Pacer {
             let start_at = {
                 let mut st = self.state();
                 let head = st.queue.first_key_value().map(|(k, _)| *k) == Some(key);
-                if head && st.in_flight < self.max_concurrent {
+                if head && st.in_flight < st.max_in_flight {
                     let now = Instant::now();
                     if now >= st.next_start {
                         st.queue.remove(&key);
@@ -217,6 +224,12 @@ impl Pacer {
             }
         }
     }
+}
+
+/// A replica's share of `max_concurrent` logins in flight: at least one, or it could never
+/// log in (the configuration warns when `store.replicas` exceeds it).
+fn concurrency(max_concurrent: u32, replicas: u32) -> usize {
+    (max_concurrent / replicas.max(1)).max(1) as usize
 }
 
 /// The least time between login starts at `per_second` shared by `replicas`.
@@ -308,6 +321,7 @@ mod tests {
         p.acquire(Priority::Waited).await.used();
         assert_eq!(Instant::now() - t0, Duration::from_millis(100));
         p.share(2);
+        assert_eq!(p.state().max_in_flight, 4, "half of 8 in flight");
         p.acquire(Priority::Waited).await.used();
         p.acquire(Priority::Waited).await.used();
         assert_eq!(Instant::now() - t0, Duration::from_millis(100 + 100 + 200));
