@@ -30,20 +30,18 @@ impl Sessions {
         flight: &Flight,
         trigger: Trigger,
     ) -> Result<Arc<Session>, GatewayError> {
+        // What this replica knew before any wait: a session the group made meanwhile is
+        // adopted, not renewed again.
+        let seen = slot.view().newest_generation();
         // A proactive refresh waits for the pacer before it takes the group's lease, not while
         // holding it: queued for minutes behind a storm's backlog with the lease, it would
         // hold up every other replica's refresh of the slot, which would poll the lease and
         // give up. If the group's session is then adopted instead, the permit is given back
         // unused and costs no start.
-        // What this replica knew before the wait: a session the group made meanwhile is
-        // adopted, not renewed again.
-        let seen = slot.view().newest_generation();
         let deadline = slot.view().session().map(|s| s.deadline);
         let early = match (trigger, deadline) {
             (Trigger::Proactive, Some(deadline)) => {
-                let renewal = slot.renewal();
-                let due = renewal.renewable_from(deadline).unwrap_or(deadline);
-                self.pace(slot, Priority::Refresh(due)).await
+                self.pace(slot, refresh_priority(slot, deadline)).await
             }
             _ => None,
         };
@@ -122,9 +120,7 @@ impl Sessions {
             self.count_login(slot, turn, now, true, Admit::Login)
                 .await?;
             let priority = match (trigger, current.as_deref()) {
-                (Trigger::Proactive, Some(s)) => {
-                    Priority::Refresh(renewal.renewable_from(s.deadline).unwrap_or(s.deadline))
-                }
+                (Trigger::Proactive, Some(s)) => refresh_priority(slot, s.deadline),
                 _ => Priority::Waited,
             };
             let result = self.login_call(slot, kind, priority, early.take()).await;
@@ -344,6 +340,12 @@ fn stale(result: &Result<LoginReply, LoginError>, current: Option<&Session>) -> 
             sent.login.token.expose_secret().as_bytes() == c.token.as_bytes()
                 && !c.usable(crate::clock::now())
         })
+}
+
+/// A proactive refresh's place in the pacer's queue: by when it must be renewed, the
+/// session's expiry or, where the API renews only after it (e-way bill), then.
+fn refresh_priority(slot: &Slot, deadline: Instant) -> Priority {
+    Priority::Refresh(slot.renewal().renewable_from(deadline).unwrap_or(deadline))
 }
 
 /// What a failed login means for the next ones.
