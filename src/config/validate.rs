@@ -464,6 +464,26 @@ client_id = "a"
 client_secret = "b"
 "#;
 
+    /// A group larger than an upstream's `max_concurrent_logins` cannot stay within it (each
+    /// replica keeps one login in flight): said at start-up, not refused.
+    #[test]
+    fn more_replicas_than_concurrent_logins_is_warned_of() {
+        let text = |max: u32| {
+            format!(
+                "[server]\n[store]\nbackend = \"redis\"\nredis_url = \"redis://h:6379\"\nencryption_key = \"QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=\"\nreplicas = 4\n{ONE_UPSTREAM}max_concurrent_logins = {max}\n"
+            )
+        };
+        let warned = |max: u32| {
+            Config::parse(&text(max), Path::new("c.toml"))
+                .unwrap()
+                .warnings()
+                .iter()
+                .any(|w| w.contains("max_concurrent_logins"))
+        };
+        assert!(warned(3));
+        assert!(!warned(4));
+    }
+
     #[test]
     fn a_client_rate_must_parse_and_a_burst_needs_a_rate() {
         let config = |extra: &str| {
