@@ -14,6 +14,13 @@ pub const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(10 * 60);
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(6 * 60 * 60);
 /// GSP help pages report a block after 5 logins in 15 minutes; stay one under it.
 pub const DEFAULT_MAX_LOGINS: u32 = 4;
+/// Logins in flight toward one upstream at once: enough to hide a login's round trip at
+/// `DEFAULT_LOGINS_PER_SECOND`, few enough that a restart storm is not a connection flood.
+pub const DEFAULT_MAX_CONCURRENT_LOGINS: u32 = 8;
+/// Logins started per second toward one upstream (a Redis group's total). NIC publishes no
+/// figure; 10 a second is well under what one GSP's ordinary traffic sends, and still
+/// renews 6,000 sessions inside NIC's 10-minute force window.
+pub const DEFAULT_LOGINS_PER_SECOND: u32 = 10;
 /// The window of the reported login limit.
 pub const DEFAULT_LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// GSTN's `ip-usr` when none is configured: the gateway stands in for the end user.
@@ -91,6 +98,12 @@ pub(super) fn default_connect_timeout() -> Duration {
 }
 pub(super) fn default_max_logins() -> u32 {
     DEFAULT_MAX_LOGINS
+}
+pub(super) fn default_max_concurrent_logins() -> u32 {
+    DEFAULT_MAX_CONCURRENT_LOGINS
+}
+pub(super) fn default_logins_per_second() -> u32 {
+    DEFAULT_LOGINS_PER_SECOND
 }
 pub(super) fn default_login_window() -> Duration {
     DEFAULT_LOGIN_WINDOW

@@ -34,9 +34,9 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 pub use defaults::{
-    DEFAULT_IP_USR, DEFAULT_LEASE, DEFAULT_LOGIN_WINDOW, DEFAULT_MAX_BODY_BYTES,
-    DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_LOGINS, DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_REFRESH_BEFORE, DEFAULT_TOKEN_LIFETIME,
+    DEFAULT_IP_USR, DEFAULT_LEASE, DEFAULT_LOGINS_PER_SECOND, DEFAULT_LOGIN_WINDOW,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT_LOGINS, DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_LOGINS, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_REFRESH_BEFORE, DEFAULT_TOKEN_LIFETIME,
 };
 pub use env::interpolate;
 pub use error::{client_entry, credential_entry, upstream_entry, ConfigError};
@@ -49,9 +49,10 @@ pub use validate::{check_otp_warning, check_webhook_url};
 use defaults::{
     default_admin_listen, default_checksum, default_connect_timeout, default_encryption,
     default_header_timeout, default_idle_ttl, default_ip_usr, default_key_prefix, default_lease,
-    default_listen, default_login_window, default_max_body, default_max_dropin_sessions,
-    default_max_header, default_max_logins, default_max_response, default_refresh_before,
-    default_replicas, default_request_timeout, default_shutdown_grace, default_token_lifetime,
+    default_listen, default_login_window, default_logins_per_second, default_max_body,
+    default_max_concurrent_logins, default_max_dropin_sessions, default_max_header,
+    default_max_logins, default_max_response, default_refresh_before, default_replicas,
+    default_request_timeout, default_shutdown_grace, default_token_lifetime,
     default_upstream_timeout, empty_secret,
 };
 use env::{
@@ -393,6 +394,12 @@ pub struct UpstreamConfig {
     /// The window of `max_logins`.
     #[serde(deserialize_with = "env_duration", default = "default_login_window")]
     pub login_window: Duration,
+    /// At most this many logins (of all credentials) in flight toward this upstream at once.
+    #[serde(default = "default_max_concurrent_logins")]
+    pub max_concurrent_logins: u32,
+    /// At most this many logins started per second toward this upstream, by the whole group.
+    #[serde(default = "default_logins_per_second")]
+    pub logins_per_second: u32,
     /// Sessions unused for this long are dropped instead of refreshed.
     #[serde(deserialize_with = "env_duration", default = "default_idle_ttl")]
     pub session_idle_ttl: Duration,

@@ -58,6 +58,10 @@ fn check_canonical(path: &str) -> Result<(), String> {
 
 /// Why a setting sent as a header value is refused; the value is not quoted (it may be a
 /// secret).
+/// The largest `max_concurrent_logins` and `logins_per_second`: far beyond any upstream's
+/// throttle, so a larger value is a typo.
+const MAX_LOGIN_PACE: u32 = 10_000;
+
 const NOT_A_HEADER_VALUE: &str = "must be a valid HTTP header value: printable characters, spaces and tabs only, no line break or other control character (look for a trailing newline from a file or variable)";
 
 impl Config {
@@ -177,6 +181,17 @@ impl Config {
             }
             if u.max_logins == 0 {
                 return Err((key("max_logins"), "must be at least 1".into()));
+            }
+            for (field, value) in [
+                ("max_concurrent_logins", u.max_concurrent_logins),
+                ("logins_per_second", u.logins_per_second),
+            ] {
+                if !(1..=MAX_LOGIN_PACE).contains(&value) {
+                    return Err((
+                        key(field),
+                        format!("must be between 1 and {MAX_LOGIN_PACE}"),
+                    ));
+                }
             }
             // Both travel as header values on every call: a line break or a control
             // character (a secret file's trailing newline, say) is refused here rather than
@@ -415,6 +430,16 @@ impl Config {
                     self.store.replicas, u.name, u.max_logins
                 ));
             }
+            for u in self
+                .upstreams
+                .iter()
+                .filter(|u| u.max_concurrent_logins < self.store.replicas)
+            {
+                warnings.push(format!(
+                    "store.replicas = {} is more than upstream `{}`'s max_concurrent_logins = {}: each replica still keeps one login in flight, so the group may have {} at once",
+                    self.store.replicas, u.name, u.max_concurrent_logins, self.store.replicas
+                ));
+            }
         }
         warnings
     }
@@ -438,6 +463,26 @@ public_key = "k.pem"
 client_id = "a"
 client_secret = "b"
 "#;
+
+    /// A group larger than an upstream's `max_concurrent_logins` cannot stay within it (each
+    /// replica keeps one login in flight): said at start-up, not refused.
+    #[test]
+    fn more_replicas_than_concurrent_logins_is_warned_of() {
+        let text = |max: u32| {
+            format!(
+                "[server]\n[store]\nbackend = \"redis\"\nredis_url = \"redis://h:6379\"\nencryption_key = \"QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=\"\nreplicas = 4\n{ONE_UPSTREAM}max_concurrent_logins = {max}\n"
+            )
+        };
+        let warned = |max: u32| {
+            Config::parse(&text(max), Path::new("c.toml"))
+                .unwrap()
+                .warnings()
+                .iter()
+                .any(|w| w.contains("max_concurrent_logins"))
+        };
+        assert!(warned(3));
+        assert!(!warned(4));
+    }
 
     #[test]
     fn a_client_rate_must_parse_and_a_burst_needs_a_rate() {
@@ -495,6 +540,17 @@ upstreams = ["ewb"]
         assert!(parse(config("max_logins = 5", "session_lifetime = \"6h\"")).is_ok());
         let err = parse(config("max_logins = 0", "")).unwrap_err().to_string();
         assert!(err.contains("upstream \"ewb\".max_logins"), "{err}");
+        for field in ["max_concurrent_logins", "logins_per_second"] {
+            let err = parse(config(&format!("{field} = 0"), ""))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("upstream \"ewb\".{field}")), "{err}");
+        }
+        assert!(parse(config(
+            "logins_per_second = 20\nmax_concurrent_logins = 4",
+            ""
+        ))
+        .is_ok());
         let err = parse(config("", "session_lifetime = \"31d\""))
             .unwrap_err()
             .to_string();

@@ -158,6 +158,10 @@ pub struct Metrics {
     pub dropin_sessions: Family<DropinLabels, Gauge<i64, AtomicI64>>,
     /// Drop-in logins answered, by upstream and result.
     pub dropin_logins: Family<ResultLabels, Counter>,
+    /// `gstgate_logins_waiting`: logins waiting for the upstream's pacer.
+    pub logins_waiting: Family<UpstreamLabel, Gauge<i64, AtomicI64>>,
+    /// `gstgate_late_refreshes_total`: proactive refreshes that started after expiry.
+    pub late_refreshes: Family<UpstreamLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -184,6 +188,8 @@ impl Metrics {
             store_up: Gauge::default(),
             dropin_sessions: Family::default(),
             dropin_logins: Family::default(),
+            logins_waiting: Family::default(),
+            late_refreshes: Family::default(),
         };
         let mut r = Registry::default();
         r.register(
@@ -255,6 +261,16 @@ impl Metrics {
             "gstgate_dropin_logins",
             "Drop-in logins to gstgate's auth path, by upstream and result",
             m.dropin_logins.clone(),
+        );
+        r.register(
+            "gstgate_logins_waiting",
+            "Logins waiting for the upstream's max_concurrent_logins or logins_per_second, by upstream",
+            m.logins_waiting.clone(),
+        );
+        r.register(
+            "gstgate_late_refreshes",
+            "Proactive refreshes that started after their session expired because logins were paced, by upstream",
+            m.late_refreshes.clone(),
         );
         r.register(
             "gstgate_build",

@@ -13,9 +13,11 @@ use std::time::{Duration, Instant, SystemTime};
 use http::{HeaderMap, Method};
 use secrecy::SecretString;
 
+use super::pacer::{Permit, Priority};
 use super::{Sessions, Slot};
 use crate::config::MAX_TOKEN_LIFETIME;
 use crate::crypto::AesKey;
+use crate::metrics::UpstreamLabel;
 use crate::problem::GatewayError;
 use crate::upstream::{Expiry, Login, LoginFailure, LoginKind, Verdict};
 
@@ -129,15 +131,45 @@ impl AuthEndpoint for HttpAuth {
 }
 
 impl Sessions {
-    /// Sends a login through the seam and reads the token's life from its reply, timed from
-    /// when it was sent.
+    /// Waits for the slot's upstream's pacer to admit one auth call at `priority`: every call
+    /// to an auth endpoint (cold, proactive, rejected, manual, OTP) takes this one way.
+    pub(super) async fn pace(&self, slot: &Slot, priority: Priority) -> Option<Permit<'_>> {
+        match self.pacers.get(&slot.upstream.name) {
+            Some(pacer) => Some(pacer.acquire(priority).await),
+            None => None,
+        }
+    }
+
+    /// Sends a login through the seam, with `permit` or once the upstream's pacer admits it
+    /// at `priority`, and reads the token's life from its reply, timed from when it was sent.
     pub(super) async fn login_call(
         &self,
         slot: &Slot,
         kind: LoginKind<'_>,
+        priority: Priority,
+        permit: Option<Permit<'_>>,
     ) -> Result<LoginReply, LoginError> {
         let password = slot.view().password();
+        let mut permit = match permit {
+            Some(p) => Some(p),
+            None => self.pace(slot, priority).await,
+        };
+        permit.as_mut().map(Permit::used);
         let (at, instant) = (crate::clock::wall(), crate::clock::now());
+        if let Priority::Refresh(due) = priority {
+            if instant > due {
+                self.metrics
+                    .late_refreshes
+                    .get_or_create(&UpstreamLabel {
+                        upstream: slot.upstream.name.clone().into(),
+                    })
+                    .inc();
+                tracing::warn!(upstream = %slot.upstream.name, gstin = %slot.credential.gstin,
+                    user = %slot.credential.username,
+                    late_by_secs = (instant - due).as_secs_f64(),
+                    "a proactive refresh started after its session expired: logins_per_second is too low for this many sessions");
+            }
+        }
         let answer = self.auth.login(slot, &password, kind).await?;
         let life = token_life(
             &answer.login.expiry,

@@ -131,6 +131,11 @@ impl Sessions {
     /// [`Sessions::resume`], and announcements of other replicas are followed.
     pub fn join_group(self: &Arc<Self>, group: Group) {
         let _ = self.group.set(group);
+        // The configured login rate is the group's: each replica paces its own logins at its
+        // share, as it takes its share of the login allowance while offline.
+        for pacer in self.pacers.values() {
+            pacer.share(group.replicas);
+        }
         let Some(events) = self.store.get().and_then(|s| s.subscribe()) else {
             return;
         };

@@ -10,6 +10,7 @@ use secrecy::ExposeSecret;
 
 use super::auth::{LoginError, LoginReply};
 use super::group::{Next, Turn};
+use super::pacer::{Permit, Priority};
 use super::single_flight::Flight;
 use super::slot::{Issued, Setback};
 use super::{Session, Sessions, Slot, State, Trigger};
@@ -29,12 +30,26 @@ impl Sessions {
         flight: &Flight,
         trigger: Trigger,
     ) -> Result<Arc<Session>, GatewayError> {
+        // What this replica knew before any wait: a session the group made meanwhile is
+        // adopted, not renewed again.
         let seen = slot.view().newest_generation();
+        // A proactive refresh waits for the pacer before it takes the group's lease, not while
+        // holding it: queued for minutes behind a storm's backlog with the lease, it would
+        // hold up every other replica's refresh of the slot, which would poll the lease and
+        // give up. If the group's session is then adopted instead, the permit is given back
+        // unused and costs no start.
+        let deadline = slot.view().session().map(|s| s.deadline);
+        let early = match (trigger, deadline) {
+            (Trigger::Proactive, Some(deadline)) => {
+                self.pace(slot, refresh_priority(slot, deadline)).await
+            }
+            _ => None,
+        };
         let turn = match self.take_turn(slot, flight, seen).await? {
             Next::Adopt(session) => return Ok(session),
             Next::LogIn(turn) => turn,
         };
-        let result = self.renew(slot, trigger, &turn).await;
+        let result = self.renew(slot, trigger, &turn, early).await;
         self.end_turn(slot, turn, result.is_ok()).await;
         result
     }
@@ -47,17 +62,19 @@ impl Sessions {
     ) -> Result<Arc<Session>, GatewayError> {
         let turn = self.turn_to_act(slot, flight).await?;
         slot.change_on(&turn).reset_guard();
-        let result = self.renew(slot, Trigger::Manual, &turn).await;
+        let result = self.renew(slot, Trigger::Manual, &turn, None).await;
         self.end_turn(slot, turn, result.is_ok()).await;
         result
     }
 
-    /// Renews the slot's session the way its API's renewal strategy says, on `turn`.
+    /// Renews the slot's session the way its API's renewal strategy says, on `turn`; the
+    /// first login uses `early`, the pacer's permit taken before the turn, if there is one.
     async fn renew(
         &self,
         slot: &Slot,
         trigger: Trigger,
         turn: &Turn,
+        mut early: Option<Permit<'_>>,
     ) -> Result<Arc<Session>, GatewayError> {
         let renewal = slot.renewal();
         // After a rejection or expiry the session is gone, but its token is what the upstream
@@ -102,7 +119,11 @@ impl Sessions {
             let forced = matches!(kind, LoginKind::Password { force: true });
             self.count_login(slot, turn, now, true, Admit::Login)
                 .await?;
-            let result = self.login_call(slot, kind).await;
+            let priority = match (trigger, current.as_deref()) {
+                (Trigger::Proactive, Some(s)) => refresh_priority(slot, s.deadline),
+                _ => Priority::Waited,
+            };
+            let result = self.login_call(slot, kind, priority, early.take()).await;
             let purpose = if !stale(&result, current.as_deref()) {
                 Purpose::Renew
             } else {
@@ -319,6 +340,12 @@ fn stale(result: &Result<LoginReply, LoginError>, current: Option<&Session>) -> 
             sent.login.token.expose_secret().as_bytes() == c.token.as_bytes()
                 && !c.usable(crate::clock::now())
         })
+}
+
+/// A proactive refresh's place in the pacer's queue: by when it must be renewed, the
+/// session's expiry or, where the API renews only after it (e-way bill), then.
+fn refresh_priority(slot: &Slot, deadline: Instant) -> Priority {
+    Priority::Refresh(slot.renewal().renewable_from(deadline).unwrap_or(deadline))
 }
 
 /// What a failed login means for the next ones.

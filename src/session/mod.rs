@@ -13,6 +13,8 @@
 //! * `auth`: the login seam, the one way to the upstream's auth endpoint.
 //! * `otp`: the operator's GSTN OTP flows.
 //! * `refresh` and [`scheduler`]: the proactive refresh and its timer queue.
+//! * `pacer`: each upstream's `max_concurrent_logins` and `logins_per_second`, admitting
+//!   logins someone waits for before proactive refreshes, and those by deadline.
 //! * `resume`: taking up the sessions a store kept, at start-up.
 //! * `guard`: credential rejections stop logins, logins are rate-limited, transient
 //!   failures back off with jitter.
@@ -33,6 +35,7 @@ mod group;
 mod guard;
 mod login;
 mod otp;
+mod pacer;
 mod refresh;
 mod resume;
 pub mod scheduler;
@@ -43,6 +46,7 @@ mod table;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
@@ -51,7 +55,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::CredentialConfig;
 use crate::gstin::Gstin;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UpstreamLabel};
 use crate::problem::GatewayError;
 use crate::store::Store;
 use crate::tasks::Tasks;
@@ -128,6 +132,8 @@ pub struct Sessions {
     upstreams: Vec<Arc<Upstream>>,
     /// The login seam: how logins reach the upstreams' auth endpoints.
     auth: Arc<dyn AuthEndpoint>,
+    /// Each upstream's login pacer, by upstream name: logins toward it take a permit here.
+    pacers: HashMap<Arc<str>, pacer::Pacer>,
     /// The next new slot's id.
     next_id: AtomicUsize,
     /// The store new slots write through to, once [`Sessions::resume`] attached one.
@@ -170,10 +176,25 @@ impl Sessions {
     ) -> Result<Arc<Self>, SessionsError> {
         let next_id = AtomicUsize::new(0);
         let (table, _) = Table::build(upstreams, credentials, None, &next_id)?;
+        let pacers = upstreams
+            .iter()
+            .map(|u| {
+                let waiting = metrics.logins_waiting.get_or_create(&UpstreamLabel {
+                    upstream: u.name.clone().into(),
+                });
+                let pacer = pacer::Pacer::new(
+                    u.max_concurrent_logins,
+                    u.logins_per_second,
+                    waiting.clone(),
+                );
+                (u.name.clone(), pacer)
+            })
+            .collect();
         let sessions = Arc::new_cyclic(|weak: &Weak<Sessions>| Sessions {
             table: RwLock::new(Arc::new(table)),
             upstreams: upstreams.to_vec(),
             auth,
+            pacers,
             next_id,
             store: OnceLock::new(),
             group: OnceLock::new(),

@@ -9,6 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::group::Turn;
 use super::guard::Admit;
 use super::login::Purpose;
+use super::pacer::{Permit, Priority};
 use super::single_flight::Flight;
 use super::{Session, Sessions, Slot, Trigger};
 use crate::metrics::ResultLabels;
@@ -90,7 +91,11 @@ impl Sessions {
             .await?;
         let app_key = slot.upstream.profile.otp_app_key();
         let password = slot.view().password();
-        let outcome = self.auth.request_otp(slot, &password, &app_key).await;
+        let outcome = {
+            let mut permit = self.pace(slot, Priority::Waited).await;
+            permit.as_mut().map(Permit::used);
+            self.auth.request_otp(slot, &password, &app_key).await
+        };
         let label = |result: &'static str| ResultLabels {
             upstream: slot.upstream.name.clone().into(),
             result,
@@ -180,6 +185,8 @@ impl Sessions {
                     otp,
                     app_key: &app_key,
                 },
+                Priority::Waited,
+                None,
             )
             .await;
         if sent.is_ok() {

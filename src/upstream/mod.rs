@@ -97,6 +97,10 @@ pub struct Upstream {
     pub max_logins: u32,
     /// Login-limit window.
     pub login_window: Duration,
+    /// Logins in flight toward this upstream at once, at most.
+    pub max_concurrent_logins: u32,
+    /// Logins started per second toward this upstream (the group's), at most.
+    pub logins_per_second: u32,
     /// Idle sessions are dropped after this.
     pub idle_ttl: Duration,
     /// Largest reply accepted.
@@ -327,6 +331,8 @@ impl Upstream {
                 .unwrap_or(crate::config::DEFAULT_TOKEN_LIFETIME),
             max_logins: cfg.max_logins,
             login_window: cfg.login_window,
+            max_concurrent_logins: cfg.max_concurrent_logins,
+            logins_per_second: cfg.logins_per_second,
             idle_ttl: cfg.session_idle_ttl,
             max_response_bytes: cfg.max_response_bytes,
             http,

@@ -1,6 +1,7 @@
 //! A scripted upstream behind the login seam, and the session managers the rule tests run.
 //!
-//! The fake keeps the one piece of upstream state the rules react to: the token it has live.
+//! The fake keeps the one piece of upstream state the rules react to: the token it has live
+//! for each credential (GSTIN and user).
 //! Unless a test scripted an answer, it behaves as the API it stands for. NIC e-invoice
 //! hands back the live token to a login outside the last 10 minutes of its life (with the
 //! force flag inside them, a new one); NIC e-way bill hands back the live token to any login
@@ -9,7 +10,7 @@
 //! `TokenExpiry` is whole seconds, and gstgate counts a token's life from when it sent the
 //! login.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -93,9 +94,18 @@ struct Live {
 struct Model {
     script: VecDeque<Scripted>,
     calls: Vec<(Instant, Call)>,
-    live: Option<Live>,
+    /// The live token of each credential, by `gstin/user`.
+    live: HashMap<String, Live>,
     issued: u64,
+    /// How long each login takes to answer.
+    latency: Duration,
+    /// Logins being answered now, and the most there ever were at once.
+    in_flight: usize,
+    max_in_flight: usize,
 }
+
+/// The rig's first credential, whose token `Fake::hold` sets.
+const FIRST: &str = "27AAPFU0939F1ZV/u";
 
 /// The fake upstream.
 pub(super) struct Fake {
@@ -117,8 +127,11 @@ impl Fake {
             model: Mutex::new(Model {
                 script: VecDeque::new(),
                 calls: Vec::new(),
-                live: None,
+                live: HashMap::new(),
                 issued: 0,
+                latency: Duration::ZERO,
+                in_flight: 0,
+                max_in_flight: 0,
             }),
         })
     }
@@ -144,30 +157,46 @@ impl Fake {
 
     /// Makes the fake hold `token` live until `until`, as if another client had logged in.
     pub(super) fn hold(&self, token: &str, until: SystemTime) {
-        self.model().live = Some(Live {
-            token: token.to_owned(),
-            until,
-        });
+        self.model().live.insert(
+            FIRST.to_owned(),
+            Live {
+                token: token.to_owned(),
+                until,
+            },
+        );
+    }
+
+    /// Makes every login take `latency` to answer, so that logins overlap.
+    pub(super) fn set_latency(&self, latency: Duration) {
+        self.model().latency = latency;
+    }
+
+    /// The most logins the fake was ever answering at once.
+    pub(super) fn max_in_flight(&self) -> usize {
+        self.model().max_in_flight
     }
 
     /// A new token, live from now.
-    fn issue(&self, m: &mut Model, now: SystemTime) -> (String, SystemTime) {
+    fn issue(&self, m: &mut Model, now: SystemTime, who: &str) -> (String, SystemTime) {
         m.issued += 1;
         let token = format!("{}-token-{}", self.api.name(), m.issued);
         let stated = now + self.life;
-        m.live = Some(Live {
-            token: token.clone(),
-            until: stated + self.grace,
-        });
+        m.live.insert(
+            who.to_owned(),
+            Live {
+                token: token.clone(),
+                until: stated + self.grace,
+            },
+        );
         (token, stated)
     }
 
     /// The fake's own answer to `call` at `now`: the live token or a new one.
-    fn answer(&self, call: Call, now: SystemTime) -> Login {
+    fn answer(&self, call: Call, now: SystemTime, who: &str) -> Login {
         let mut m = self.model();
         let live = m
             .live
-            .as_ref()
+            .get(who)
             .filter(|l| l.until > now)
             .map(|l| (l.token.clone(), l.until - self.grace));
         let keep = match (self.api, call) {
@@ -180,7 +209,7 @@ impl Fake {
             (Api::Ewaybill, Call::Password { .. }) => live,
             _ => None,
         };
-        let (token, stated) = keep.unwrap_or_else(|| self.issue(&mut m, now));
+        let (token, stated) = keep.unwrap_or_else(|| self.issue(&mut m, now, who));
         let expiry = match self.api {
             Api::Einvoice => Expiry::At(stated),
             Api::Ewaybill => Expiry::Unstated,
@@ -226,7 +255,7 @@ impl Fake {
 impl AuthEndpoint for Fake {
     fn login<'a>(
         &'a self,
-        _slot: &'a Slot,
+        slot: &'a Slot,
         password: &'a SecretString,
         kind: LoginKind<'a>,
     ) -> Pending<'a, Result<Answer, LoginError>> {
@@ -242,9 +271,19 @@ impl AuthEndpoint for Fake {
                 LoginKind::Otp { .. } => Call::Otp,
                 LoginKind::OtpRequest { .. } => Call::OtpRequest,
             };
-            self.take(call).await?;
+            let latency = {
+                let mut m = self.model();
+                m.in_flight += 1;
+                m.max_in_flight = m.max_in_flight.max(m.in_flight);
+                m.latency
+            };
+            let taken = self.take(call).await;
+            tokio::time::sleep(latency).await;
+            self.model().in_flight -= 1;
+            taken?;
+            let who = format!("{}/{}", slot.credential.gstin, slot.credential.username);
             Ok(Answer {
-                login: self.answer(call, crate::clock::wall()),
+                login: self.answer(call, crate::clock::wall(), &who),
                 server_date: None,
             })
         })
@@ -272,6 +311,12 @@ pub(super) struct Rig {
 
 impl Rig {
     pub(super) fn new(api: Api, fake: &Arc<Fake>, extra: &str) -> Self {
+        Self::many(api, fake, extra, 1)
+    }
+
+    /// As [`Rig::new`] with `n` credentials on the upstream: the first as there, the others
+    /// generated GSTINs with user `u`. `slot` is the first's.
+    pub(super) fn many(api: Api, fake: &Arc<Fake>, extra: &str, n: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let key = dir.path().join("upstream.pem");
         std::fs::write(&key, PUBLIC_KEY).unwrap();
@@ -298,14 +343,22 @@ public_key = "{key}"
 client_id = "a"
 client_secret = "b"
 {extra}
-[[credential]]
-gstin = "27AAPFU0939F1ZV"
-username = "u"
-password = "secret"
-upstreams = ["{name}"]
-{lifetime}"#,
+{credentials}"#,
             name = api.name(),
             key = key.display(),
+            credentials = (0..n)
+                .map(|i| {
+                    let gstin = if i == 0 {
+                        "27AAPFU0939F1ZV".to_owned()
+                    } else {
+                        numbered_gstin(i)
+                    };
+                    format!(
+                        "[[credential]]\ngstin = \"{gstin}\"\nusername = \"u\"\npassword = \"secret\"\nupstreams = [\"{}\"]\n{lifetime}\n",
+                        api.name()
+                    )
+                })
+                .collect::<String>(),
         );
         let config = Config::parse(&text, std::path::Path::new("c.toml")).unwrap();
         let sessions = Self::sessions(&config, fake);
@@ -384,6 +437,29 @@ upstreams = ["{name}"]
         let store = rig.open_store();
         (rig, store)
     }
+}
+
+/// The `i`th generated taxpayer: Maharashtra, a PAN-shaped middle made from `i`, a valid
+/// check character (as `benches/gateway/scale.rs` makes them).
+fn numbered_gstin(i: usize) -> String {
+    const CODES: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
+    let mut letters = i / 10_000;
+    let mut pan = String::new();
+    for _ in 0..5 {
+        pan.insert(0, char::from(b'A' + (letters % 26) as u8));
+        letters /= 26;
+    }
+    let first14 = format!("27{pan}{:04}A1Z", i % 10_000);
+    let sum: usize = first14
+        .bytes()
+        .enumerate()
+        .map(|(i, c)| {
+            let value = CODES.iter().position(|&x| x == c).unwrap_or(0);
+            let product = value * if i % 2 == 0 { 1 } else { 2 };
+            product / 36 + product % 36
+        })
+        .sum();
+    format!("{first14}{}", char::from(CODES[(36 - sum % 36) % 36]))
 }
 
 /// What the code under test logs, as text.
