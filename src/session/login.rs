@@ -30,6 +30,13 @@ impl Sessions {
         flight: &Flight,
         trigger: Trigger,
     ) -> Result<Arc<Session>, GatewayError> {
+        // A caller that finds no session because another request just had it rejected logs
+        // in for that rejection, whoever takes the flight first: the trigger says why the
+        // session is renewed, not which caller happened to lead.
+        let trigger = match trigger {
+            Trigger::Cold if rejected_just_now(slot) => Trigger::Rejected,
+            other => other,
+        };
         // What this replica knew before any wait: a session the group made meanwhile is
         // adopted, not renewed again.
         let seen = slot.view().newest_generation();
@@ -346,6 +353,16 @@ fn stale(result: &Result<LoginReply, LoginError>, current: Option<&Session>) -> 
 /// session's expiry or, where the API renews only after it (e-way bill), then.
 fn refresh_priority(slot: &Slot, deadline: Instant) -> Priority {
     Priority::Refresh(slot.renewal().renewable_from(deadline).unwrap_or(deadline))
+}
+
+/// Whether the slot's session was taken away by a token rejection: none is current, yet the
+/// latest one has not expired (an expired or forgotten one makes the next login cold).
+fn rejected_just_now(slot: &Slot) -> bool {
+    let view = slot.view();
+    view.session().is_none()
+        && view
+            .latest()
+            .is_some_and(|latest| latest.usable(crate::clock::now()))
 }
 
 /// What a failed login means for the next ones.

@@ -855,3 +855,34 @@ async fn a_storm_too_large_for_the_window_counts_late_refreshes_and_renews_every
         assert_ne!(now.token, "restored-token");
     }
 }
+
+/// A re-login after a rejection is counted as `trigger="rejected"` even when the caller that
+/// leads it came in cold (it found the session already taken away by another request's
+/// rejection). Broken by: labelling the login by the leading caller's trigger.
+#[tokio::test(start_paused = true)]
+async fn a_relogin_after_a_rejection_is_counted_as_rejected_whoever_leads_it() {
+    use crate::metrics::TriggerLabels;
+    let fake = Fake::new(Api::Einvoice, GRACE);
+    let rig = Rig::new(Api::Einvoice, &fake, "");
+    let first = session(&rig).await.unwrap();
+    // The upstream revoked it (another login): a re-login gets a new token.
+    fake.hold("after-revocation", crate::clock::wall() + 6 * HOUR);
+    assert_eq!(
+        rig.sessions.invalidate(&rig.slot, &first),
+        Invalidation::Invalidated
+    );
+    // A request arriving now finds no session: it comes in cold, and leads the re-login.
+    session(&rig).await.unwrap();
+    assert_eq!(fake.kinds().len(), 2, "one re-login");
+    let count = |trigger: &'static str| {
+        rig.sessions
+            .metrics()
+            .token_refreshes
+            .get_or_create(&TriggerLabels {
+                upstream: std::sync::Arc::<str>::from("einvoice").into(),
+                trigger,
+            })
+            .get()
+    };
+    assert_eq!((count("cold"), count("rejected")), (1, 1));
+}
