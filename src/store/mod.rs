@@ -10,6 +10,7 @@
 //! * `seal`: AES-256-GCM under the current key, opening with the previous one too.
 //! * `key`: the keys, from the configuration or a generated `0600` key file.
 //! * `record`: what is kept of a slot and its byte layout.
+//! * `dropin`: the drop-in sessions' records beside the slots'.
 //!
 //! Here: [`Store`], whose [`Store::put`] only queues a slot's new state in a map (the latest
 //! state per slot wins) and wakes a writer task; the writer seals the batch and commits it
@@ -18,6 +19,7 @@
 //! [`Store::flush`].
 
 mod backend;
+mod dropin;
 mod file;
 mod key;
 mod memory;
@@ -38,6 +40,7 @@ use crate::metrics::{Metrics, StoreLabels};
 use crate::tasks::Tasks;
 
 pub use backend::{BackendError, Coordination, Event, Lease, Records};
+pub use dropin::DROPIN_PREFIX;
 pub use file::check_place;
 pub use memory::Memory;
 pub use record::{DecodeError, LockoutKind, Record, StoredGuard, StoredLockout, StoredSession};
@@ -109,9 +112,6 @@ pub struct RedisSettings<'a> {
     /// Namespace of the keys.
     pub prefix: &'a str,
 }
-
-/// The names of drop-in session records start with this; every other record is a slot's.
-pub const DROPIN_PREFIX: &str = "dropin:";
 
 /// A record's new contents.
 #[derive(Clone)]
@@ -370,51 +370,6 @@ impl Store {
         }
     }
 
-    /// Opens a drop-in record, saying under which key; `None` (with a warning) if it does
-    /// not open.
-    fn open_dropin(&self, name: &str, sealed: &[u8]) -> Option<(Zeroizing<Vec<u8>>, Opened)> {
-        match self.sealer.open(name.as_bytes(), sealed) {
-            Ok(opened) => Some(opened),
-            Err(e) => {
-                tracing::warn!(store = %self.place, reason = %e,
-                    "skipping a stored drop-in session that does not open; its client logs in again");
-                None
-            }
-        }
-    }
-
-    /// The drop-in records the store held when it was opened (once; later calls get none).
-    pub fn take_dropins_at_open(&self) -> Vec<(String, Zeroizing<Vec<u8>>)> {
-        std::mem::take(
-            &mut *self
-                .dropins_at_open
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        )
-    }
-
-    /// Reads one drop-in record afresh (another replica may have written it).
-    pub async fn fetch_dropin(&self, name: &str) -> Option<Zeroizing<Vec<u8>>> {
-        let got = self.records.get(name).await;
-        let bytes = match self.coordination {
-            Some(_) => self.outcome("get", got),
-            None => got,
-        };
-        match bytes {
-            Ok(Some(sealed)) => self.open_dropin(name, &sealed).map(|(plain, _)| plain),
-            Ok(None) => None,
-            Err(e) => {
-                tracing::warn!(store = %self.place, error = %e, "cannot read a drop-in session");
-                None
-            }
-        }
-    }
-
-    /// Queues a drop-in record's new contents; never waits.
-    pub fn put_dropin(&self, name: &Arc<str>, encoded: Zeroizing<Vec<u8>>) {
-        self.queue(name.clone(), Some(Entry::Dropin(Arc::new(encoded))));
-    }
-
     fn open_row(&self, name: &str, sealed: &[u8], op: &'static str) -> Option<Loaded> {
         let opened = self
             .sealer
@@ -519,18 +474,6 @@ impl Store {
         if let Err(e) = self.outcome("publish", group.announce(name, revision).await) {
             tracing::warn!(store = %self.place, record = %name, error = %e,
                 "cannot announce the new session; other replicas pick it up when they need it");
-        }
-    }
-
-    /// Tells the other replicas that record `name` is gone (a drop-in session ended), so that
-    /// none keeps serving what it cached of it. Nothing to tell for a store nobody shares.
-    pub async fn announce_gone(&self, name: &str) {
-        let Some(group) = &self.coordination else {
-            return;
-        };
-        if let Err(e) = self.outcome("publish", group.announce(name, 0).await) {
-            tracing::warn!(store = %self.place, error = %e,
-                "cannot announce an ended drop-in session; other replicas accept its token until it expires");
         }
     }
 
