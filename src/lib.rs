@@ -37,3 +37,4 @@ pub(crate) mod telemetry;
 pub(crate) mod timestamp;
 pub(crate) mod tls;
 pub mod upstream;
+pub(crate) mod window;

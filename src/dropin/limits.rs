@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::problem::GatewayError;
+use crate::window::{prune, wait_for_room};
 
 /// A client may fail this many logins on its own guesses per [`FAILURE_WINDOW`].
 const MAX_FAILURES: usize = 5;
@@ -36,21 +37,13 @@ impl Counts {
         let Some(times) = all.get_mut(key) else {
             return Ok(());
         };
-        while times
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= window)
-        {
-            times.pop_front();
-        }
+        prune(times, window, now);
         if times.is_empty() {
             all.remove(key);
             return Ok(());
         }
-        match times.len().checked_sub(max) {
-            Some(over) => {
-                let frees = times.get(over).copied().unwrap_or(now);
-                Err((frees + window).saturating_duration_since(now))
-            }
+        match wait_for_room(times, 1, max, window, now) {
+            Some(wait) => Err(wait),
             None => Ok(()),
         }
     }

@@ -14,6 +14,7 @@ use super::State;
 use crate::classify::Whose;
 use crate::problem::GatewayError;
 use crate::store::{LockoutKind, StoredGuard, StoredLockout};
+use crate::window::{prune, wait_for_room};
 
 /// First backoff step after a transient login failure.
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -82,13 +83,7 @@ impl Guard {
         share: u32,
         need: Need,
     ) -> Result<(), GatewayError> {
-        while self
-            .offline
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= self.window)
-        {
-            self.offline.pop_front();
-        }
+        prune(&mut self.offline, self.window, now);
         if let Need::Room(room) = need {
             if let Some(wait) = wait_for_room(&self.offline, room, share as usize, self.window, now)
             {
@@ -167,13 +162,7 @@ impl Guard {
                     .unwrap_or_else(|| "previous login failed".into()),
             });
         }
-        while self
-            .recent
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= self.window)
-        {
-            self.recent.pop_front();
-        }
+        prune(&mut self.recent, self.window, now);
         if let Need::Room(room) = need {
             let max = self.max_logins as usize;
             if let Some(wait) = wait_for_room(&self.recent, room, max, self.window, now) {
@@ -267,22 +256,6 @@ impl Guard {
             .unwrap_or(BACKOFF_BASE)
             .max(BACKOFF_BASE)
     }
-}
-
-/// How long until `room` more logins fit under `max` in the window, given the logins `recent`
-/// (oldest first, all inside the window); `None` when they fit now. Room for more than `max`
-/// never comes: it is asked for as `max`.
-fn wait_for_room(
-    recent: &VecDeque<Instant>,
-    room: usize,
-    max: usize,
-    window: Duration,
-    now: Instant,
-) -> Option<Duration> {
-    let room = room.min(max).max(1);
-    let over = (recent.len() + room).checked_sub(max).filter(|n| *n > 0)?;
-    let frees = recent.get(over - 1).copied().unwrap_or(now);
-    Some((frees + window).saturating_duration_since(now))
 }
 
 /// A lockout as the store keeps it, for the errors that other replicas can rebuild.
