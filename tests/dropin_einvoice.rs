@@ -461,3 +461,28 @@ async fn an_unknown_client_is_refused_before_its_body_is_read() {
     }
     assert!(sim.requests(200).await.is_empty());
 }
+
+/// A drop-in caller's path is normalised and checked before anything else, as any caller's:
+/// encoded dot segments and slashes are refused with 400 `path_invalid`, whatever its client
+/// headers say, and nothing reaches the simulator.
+#[tokio::test]
+async fn a_drop_in_caller_cannot_walk_out_of_the_routes() {
+    let (sim, gw) = rig(4).await;
+    for target in [
+        "/eicore/v1.03/%2e%2e/%2e%2e/_sim/counters",
+        "/eivital/v1.04/%2E%2E/auth",
+        "/eicore/v1.03/Invoice%2f..%2f..%2f_sim",
+        "/eicore/v1.03/./Invoice",
+    ] {
+        let head = format!(
+            "GET {target} HTTP/1.1\r\nhost: gw\r\nclient_id: {DROPIN_CLIENT_ID}\r\nclient_secret: {}\r\nGstin: {GSTIN}\r\nconnection: close\r\n\r\n",
+            common::DROPIN_CLIENT_SECRET
+        );
+        let text =
+            common::raw_exchange(gw.proxy, &head, b"", std::time::Duration::from_secs(5)).await;
+        let (status, _, body) = common::parse_raw(&text);
+        assert_eq!(status, 400, "{target}: {text}");
+        assert_eq!(body["code"], "path_invalid", "{target}: {body}");
+    }
+    assert!(sim.requests(200).await.is_empty());
+}
