@@ -42,7 +42,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::faults::FaultRule;
-use super::portals::{self, Portal, PortalState};
+use super::portals::{Portal, PortalState};
+use super::server;
 use super::state::{lock, Counters, Knobs, REQUEST_LOG_LEN};
 use super::SimState;
 
@@ -413,7 +414,7 @@ async fn irp_down(
         ));
     }
     let received = received.map(|Extension(p)| p).unwrap_or_default();
-    portals::take_down(&sim, Portal(n), b.mode, received)
+    server::take_down(&sim, Portal(n), b.mode, received)
         .await
         .map_err(|e| BadRequest(e.to_string()))?;
     Ok(Json(
@@ -422,7 +423,7 @@ async fn irp_down(
 }
 
 async fn irp_up(State(sim): State<Arc<SimState>>, Path(n): Path<usize>) -> Reply {
-    portals::bring_up(&sim, Portal(n))
+    server::bring_up(&sim, Portal(n))
         .await
         .map_err(|e| BadRequest(e.to_string()))?;
     Ok(Json(

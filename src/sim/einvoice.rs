@@ -55,8 +55,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::clock::{ist_now, to_ist};
-use super::ewaybill::validity_end;
+use super::clock::{ist_now, to_ist, validity_end};
 use super::portals::{resolve_irp, Portal};
 use super::state::{lock, DocStatus, Document, IrnEwayBill, Issue};
 use super::SimState;

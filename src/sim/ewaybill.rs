@@ -41,11 +41,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::clock::ist;
+use super::clock::{ist, validity_end};
 use super::einvoice::{ct_eq, header, header_gstin};
 use super::portals::Portal;
 use super::state::{capped, lock, DocStatus, Issue, Knobs, TokenBook, MAX_DOCUMENTS};
@@ -80,12 +80,6 @@ const MAX_LIMITER_ENTRIES: usize = 10_000;
 
 /// NIC's e-way bill time format, IST: `dd/MM/yyyy hh:mm:ss AM/PM`.
 const EWB_TIME_FORMAT: &str = "%d/%m/%Y %I:%M:%S %p";
-
-/// NIC's validity rule for regular cargo: one day per 200 km (or part of it).
-const KM_PER_DAY: u64 = 200;
-
-/// The longest `transDistance` NIC accepts.
-const MAX_DISTANCE_KM: f64 = 4000.0;
 
 /// The e-way bill routes.
 pub fn routes() -> Router<Arc<SimState>> {
@@ -679,16 +673,6 @@ fn number(v: &Value, field: &str) -> Result<f64, EwbError> {
 
 fn ewb_time(t: DateTime<Utc>) -> String {
     t.with_timezone(&ist()).format(EWB_TIME_FORMAT).to_string()
-}
-
-/// When an e-way bill generated `now` for `distance_km` stops being valid (IST wall clock):
-/// the end of the day that is one day per 200 km (or part of it) ahead, at least one.
-pub(super) fn validity_end(distance_km: f64, now: DateTime<Utc>) -> Option<NaiveDateTime> {
-    // NIC accepts at most 4000 km; clamping also keeps the date arithmetic far from overflow.
-    let km = distance_km.clamp(0.0, MAX_DISTANCE_KM) as u64;
-    let days = km.div_ceil(KM_PER_DAY).max(1) as i64;
-    let today = now.with_timezone(&ist()).date_naive();
-    (today + chrono::Duration::days(days)).and_hms_opt(23, 59, 0)
 }
 
 fn generate(sim: &SimState, caller: &Caller, input: &Value) -> Result<Value, EwbError> {

@@ -8,17 +8,13 @@
 //! refused; `hang`: requests are accepted and never answered nor processed — and brought back
 //! up on the same port. Which portal received a request travels with it as the [`Portal`]
 //! request extension; which portal's documents a read searches is [`resolve_irp`]'s rule.
+//! This module keeps the portals' state; `server.rs` starts and stops their accept loops.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-use super::state::lock;
-use super::{server, SimState};
 
 /// A portal by its 1-based number: 1 is `NIC1`, the main listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -111,7 +107,7 @@ pub struct Portals {
 }
 
 impl Portals {
-    /// Portals at `addrs` (already bound), none serving yet: [`launch`] starts each.
+    /// Portals at `addrs` (already bound), none serving yet: `server::launch` starts each.
     pub fn new(addrs: &[SocketAddr], shutdown: watch::Receiver<bool>) -> Self {
         let slots = addrs
             .iter()
@@ -156,6 +152,58 @@ impl Portals {
             .collect()
     }
 
+    /// The stop signal to hand a new accept loop.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+
+    /// Whether `portal` has no accept loop, so that one may be started for it.
+    pub fn needs_listener(&self, portal: Portal) -> bool {
+        self.slot(portal).is_some_and(|s| s.task.is_none())
+    }
+
+    /// Records `portal`'s new accept loop and its down switch: it serves.
+    pub fn serving(&mut self, portal: Portal, down: watch::Sender<bool>, task: JoinHandle<()>) {
+        if let Ok(slot) = self.slot_mut(portal) {
+            slot.state = PortalState::Up;
+            slot.down = Some(down);
+            slot.task = Some(task);
+        }
+    }
+
+    /// Takes `portal` down in `mode`; `received` is the portal the call came through, which
+    /// must be another one. For `refuse`, signals its accept loop to stop and returns it, to
+    /// be awaited.
+    pub fn take_down(
+        &mut self,
+        portal: Portal,
+        mode: PortalState,
+        received: Portal,
+    ) -> Result<Option<JoinHandle<()>>, PortalError> {
+        let slot = self.slot_mut(portal)?;
+        if portal == received {
+            return Err(PortalError::ThroughItself(portal.0));
+        }
+        slot.state = mode;
+        if mode != PortalState::Refuse {
+            return Ok(None);
+        }
+        if let Some(down) = slot.down.take() {
+            let _ = down.send(true);
+        }
+        Ok(slot.task.take())
+    }
+
+    /// Brings a hanging `portal` back at once; returns its state after that and its address
+    /// (a refusing portal needs its listener bound again).
+    pub fn bring_up(&mut self, portal: Portal) -> Result<(PortalState, SocketAddr), PortalError> {
+        let slot = self.slot_mut(portal)?;
+        if slot.state == PortalState::Hang {
+            slot.state = PortalState::Up;
+        }
+        Ok((slot.state, slot.addr))
+    }
+
     fn slot(&self, portal: Portal) -> Option<&Slot> {
         portal.0.checked_sub(1).and_then(|i| self.slots.get(i))
     }
@@ -188,88 +236,6 @@ pub enum PortalError {
         /// The OS error.
         source: std::io::Error,
     },
-}
-
-/// Starts serving `portal` on `listener`.
-pub fn launch(sim: &Arc<SimState>, portal: Portal, listener: TcpListener) {
-    let app = super::router(sim.clone(), sim.path_prefix.as_deref());
-    let (down, down_rx) = watch::channel(false);
-    let mut portals = lock(&sim.portals);
-    let shutdown = portals.shutdown.clone();
-    let Ok(slot) = portals.slot_mut(portal) else {
-        return;
-    };
-    if slot.state == PortalState::Up && slot.task.is_some() {
-        // Another call brought it up meanwhile: this listener is not needed.
-        return;
-    }
-    slot.state = PortalState::Up;
-    slot.down = Some(down);
-    slot.task = Some(tokio::spawn(server::serve(
-        listener,
-        app,
-        server::Listener {
-            sim: sim.clone(),
-            portal,
-            shutdown,
-            down: down_rx,
-        },
-    )));
-}
-
-/// Takes `portal` down in `mode` (`refuse` or `hang`); `received` is the portal the call
-/// came through, which must be another one. Returns once a refusing portal's listener is
-/// closed.
-pub async fn take_down(
-    sim: &Arc<SimState>,
-    portal: Portal,
-    mode: PortalState,
-    received: Portal,
-) -> Result<(), PortalError> {
-    let task = {
-        let mut portals = lock(&sim.portals);
-        let slot = portals.slot_mut(portal)?;
-        if portal == received {
-            return Err(PortalError::ThroughItself(portal.0));
-        }
-        slot.state = mode;
-        match mode {
-            PortalState::Refuse => {
-                if let Some(down) = slot.down.take() {
-                    let _ = down.send(true);
-                }
-                slot.task.take()
-            }
-            PortalState::Hang | PortalState::Up => None,
-        }
-    };
-    if let Some(task) = task {
-        let _ = task.await;
-    }
-    Ok(())
-}
-
-/// Brings `portal` back up: a refusing one re-binds its port and serves again.
-pub async fn bring_up(sim: &Arc<SimState>, portal: Portal) -> Result<(), PortalError> {
-    let (state, addr) = {
-        let mut portals = lock(&sim.portals);
-        let slot = portals.slot_mut(portal)?;
-        if slot.state == PortalState::Hang {
-            slot.state = PortalState::Up;
-        }
-        (slot.state, slot.addr)
-    };
-    if state == PortalState::Refuse {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| PortalError::Rebind {
-                portal: portal.0,
-                addr,
-                source,
-            })?;
-        launch(sim, portal, listener);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

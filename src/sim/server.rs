@@ -26,7 +26,7 @@ use tower::ServiceExt as _;
 
 use super::einvoice::header_gstin;
 use super::faults::{self, ConnKill, FaultMode};
-use super::portals::{Portal, PortalState};
+use super::portals::{Portal, PortalError, PortalState};
 use super::state::{lock, LoggedRequest, LOGGED_BODY_MAX};
 use super::{is_auth_path, Api, SimState};
 
@@ -36,6 +36,55 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 /// How long in-flight requests get to finish at shutdown before their connections are dropped
 /// (hanging requests never finish on their own).
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+
+/// Starts serving `portal` on `listener` (unless another call started it meanwhile).
+pub fn launch(sim: &Arc<SimState>, portal: Portal, listener: TcpListener) {
+    let app = super::router(sim.clone(), sim.path_prefix.as_deref());
+    let (down, down_rx) = watch::channel(false);
+    let mut portals = lock(&sim.portals);
+    if !portals.needs_listener(portal) {
+        return;
+    }
+    let on = Listener {
+        sim: sim.clone(),
+        portal,
+        shutdown: portals.shutdown_signal(),
+        down: down_rx,
+    };
+    let task = tokio::spawn(serve(listener, app, on));
+    portals.serving(portal, down, task);
+}
+
+/// Takes `portal` down in `mode` (`refuse` or `hang`) through the portal `received`;
+/// returns once a refusing portal's listener is closed.
+pub async fn take_down(
+    sim: &Arc<SimState>,
+    portal: Portal,
+    mode: PortalState,
+    received: Portal,
+) -> Result<(), PortalError> {
+    let task = lock(&sim.portals).take_down(portal, mode, received)?;
+    if let Some(task) = task {
+        let _ = task.await;
+    }
+    Ok(())
+}
+
+/// Brings `portal` back up: a refusing one binds its port again and serves.
+pub async fn bring_up(sim: &Arc<SimState>, portal: Portal) -> Result<(), PortalError> {
+    let (state, addr) = lock(&sim.portals).bring_up(portal)?;
+    if state == PortalState::Refuse {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| PortalError::Rebind {
+                portal: portal.0,
+                addr,
+                source,
+            })?;
+        launch(sim, portal, listener);
+    }
+    Ok(())
+}
 
 /// What an accept loop serves as and listens to.
 pub struct Listener {
