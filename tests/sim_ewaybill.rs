@@ -591,8 +591,7 @@ async fn commit_drop_keeps_the_bill_the_lost_reply_was_for_and_a_retry_gets_604(
         .json(&body)
         .send()
         .await
-        .err()
-        .expect("the reply is dropped");
+        .expect_err("the reply is dropped");
     assert!(!lost.is_timeout(), "closed at once: {lost:?}");
 
     let docs = sim.documents().await;
