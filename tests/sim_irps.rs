@@ -286,9 +286,8 @@ async fn a_portal_taken_down_refuses_then_hangs_unprocessed_and_comes_back_on_it
     // Portal 1 serves meanwhile, with the same state.
     irps.generate(1, "DOWN-1").await.assert_ok();
 
-    irps.control(1, "/_sim/irps/2/up", json!({})).await;
-    irps.generate(2, "BACK-1").await.assert_ok();
-
+    // From refusing straight to hanging, as an IRP that half comes back: connections are
+    // accepted again, requests neither answered nor processed.
     let (status, answer) = irps
         .control(1, "/_sim/irps/2/down", json!({"mode": "hang"}))
         .await;
@@ -318,6 +317,12 @@ async fn a_portal_taken_down_refuses_then_hangs_unprocessed_and_comes_back_on_it
 
     irps.control(1, "/_sim/irps/2/up", json!({})).await;
     irps.generate(2, "HANG-1").await.assert_ok();
+
+    // Refused again, then up: the port is bound again.
+    irps.control(1, "/_sim/irps/2/down", json!({"mode": "refuse"}))
+        .await;
+    irps.control(1, "/_sim/irps/2/up", json!({})).await;
+    irps.generate(2, "BACK-1").await.assert_ok();
     let irps_state = irps.sim.get_json("/_sim/irps").await;
     assert_eq!(irps_state[1]["state"], "up", "{irps_state}");
     assert_eq!(irps_state[1]["irp"], "NIC2");

@@ -3,7 +3,7 @@
 //!
 //! | endpoint | effect |
 //! |---|---|
-//! | `GET /_sim/counters`, `POST /_sim/counters/reset` | totals and per-GSTIN counts of logins (every API's auth calls), forced refreshes, new tokens, token rejections, data calls, GSTN OTP requests and refreshes |
+//! | `GET /_sim/counters`, `POST /_sim/counters/reset` | totals and per-GSTIN counts of logins (every API's auth calls), forced refreshes, new tokens, token rejections, data calls, GSTN OTP requests and refreshes, generate calls processed; logins, data calls and generates per portal (`per_irp`) |
 //! | `POST /_sim/revoke {"gstin","username"}` | every token of that user dies at once, in all three APIs; the next login issues a new one (GSTN: the user's portal sessions are dropped too, so the next step is an OTP login) |
 //! | `POST /_sim/reject-tokens {"gstin","enabled"}` | every data call for that GSTIN is answered 1005 / 238 / AUTH4033 (or no longer) |
 //! | `GET`/`POST /_sim/knobs` | read / partially update `latency_ms`, `token_ttl_secs` (new tokens only), `force_window_secs`, `error_http_status`, `force_refresh_revokes_old`, `ewb_plain_errors`, `ewb_login_window_secs`, `tamper_hmac`, `fixed_otp` (six digits, or null for random), `gstn_session_ttl_secs` (new sessions only), `gstn_max_sessions`, `stated_expiry_early_ms` (e-invoice `TokenExpiry` this much before the real expiry) |
