@@ -327,6 +327,32 @@ async fn a_portal_taken_down_refuses_then_hangs_unprocessed_and_comes_back_on_it
     assert_eq!(irps_state[1]["state"], "up", "{irps_state}");
     assert_eq!(irps_state[1]["irp"], "NIC2");
     assert_eq!(irps.irn_count().await, 4);
+
+    // Portal 1, the main listener, is controlled through portal 2 the same way.
+    irps.sim
+        .control_at(
+            &irps.urls[1],
+            "/_sim/irps/1/down",
+            json!({"mode": "refuse"}),
+        )
+        .await;
+    let refused = irps
+        .try_call(
+            1,
+            Method::GET,
+            "/eivital/v1.04/Master/gstin/27AAPFU0939F1ZV",
+            None,
+            None,
+            Duration::from_secs(2),
+        )
+        .await
+        .err()
+        .expect("portal 1 refuses");
+    assert!(refused.is_connect(), "{refused:?}");
+    irps.sim
+        .control_at(&irps.urls[1], "/_sim/irps/1/up", json!({}))
+        .await;
+    irps.generate(1, "NIC1-BACK").await.assert_ok();
 }
 
 #[tokio::test]
@@ -457,6 +483,39 @@ async fn a_fault_probability_faults_a_share_and_every_dropped_generate_is_still_
         .unwrap()
         .iter()
         .all(|d| d["generate_calls"] == 1));
+    let cleared = irps
+        .http
+        .delete(format!("{}/_sim/documents", irps.sim.url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(cleared.status().is_success());
+    assert_eq!(irps.irn_count().await, 0, "DELETE forgets every document");
+}
+
+#[tokio::test]
+async fn an_in_process_simulator_serves_its_extra_portals_from_the_config() {
+    let sim = gstgate::sim::start(gstgate::sim::SimConfig {
+        irp_listen: vec!["127.0.0.1:0".parse().unwrap()],
+        ..gstgate::sim::SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let nic2 = sim.irp_base_url(2).expect("a second portal");
+    assert_eq!(sim.irp_base_url(1), Some(sim.base_url()));
+    assert_eq!(sim.irp_base_url(3), None);
+    let irps: Value = reqwest::get(format!("{nic2}/_sim/irps"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(irps[1]["irp"], "NIC2");
+    assert_eq!(
+        format!("http://{}", irps[1]["addr"].as_str().unwrap()),
+        nic2
+    );
+    sim.shutdown().await;
 }
 
 #[tokio::test]

@@ -208,6 +208,19 @@ impl Sim {
             .collect()
     }
 
+    /// POSTs JSON to a control endpoint of the portal at `base` (one of [`Self::irp_urls`]):
+    /// the way to reach the control API while this address (portal 1) is down.
+    pub async fn control_at(&self, base: &str, path: &str, body: Value) {
+        let res = self
+            .http
+            .post(format!("{base}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "{path}: {}", res.status());
+    }
+
     /// Stops the simulator process.
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
