@@ -200,6 +200,13 @@ async fn one_token_serves_both_portals_and_reads_find_a_document_on_the_portal_t
         &doc,
         "the document as generate answered it"
     );
+    let log = irps.sim.requests(3).await;
+    assert_eq!(
+        (&log[0]["irp"], &log[1]["irp"], &log[2]["irp"]),
+        (&json!("NIC2"), &json!("NIC1"), &json!("NIC1")),
+        "the portal that received each request"
+    );
+    assert_eq!(log[2]["headers"]["irp"], "NIC2");
     assert_eq!(irps.get_irn(2, irn, None).await.assert_ok(), &doc);
     irps.get_irn(2, irn, Some("nic1"))
         .await

@@ -11,7 +11,7 @@
 //! | `POST /_sim/gstn/access {"gstin","username","enabled"}` | switch the user's GSTN API access (off: OTPREQUEST/AUTHTOKEN answer AUTH4037) |
 //! | `POST /_sim/gstn/end-session {"gstin","username"}` | end the user's GSTN portal sessions now (refresh and data calls answer AUTH4038) |
 //! | `GET`/`POST`/`DELETE /_sim/faults` | read / replace / clear the fault rule (see `faults.rs`) |
-//! | `GET /_sim/requests?limit=n`, `DELETE /_sim/requests` | the last n (≤ 200) protocol requests, oldest first: method, path, query, headers, body |
+//! | `GET /_sim/requests?limit=n`, `DELETE /_sim/requests` | the last n (≤ 200) protocol requests, oldest first: method, path, query, headers, body, the portal that received it |
 //! | `GET /_sim/sessions` | live sessions of all three APIs: `api`, GSTIN, user, token, SEK (base64), IST expiry, previous still-valid token, GSTN portal session end — secrets on purpose, so tests can check nothing else leaks them |
 //! | `POST /_sim/users/password {"gstin","username","password"}` | change an e-invoice or e-way bill user's password: logins with the old one are refused (1019 / 102), as after a taxpayer changes it on the portal; tokens already issued stay valid |
 //! | `GET /_sim/public-key` | the RSA public key, PEM |

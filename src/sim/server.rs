@@ -323,6 +323,12 @@ fn log_request(sim: &SimState, parts: &axum::http::request::Parts, body: &[u8]) 
         headers,
         body: String::from_utf8_lossy(&body[..body.len().min(LOGGED_BODY_MAX)]).into_owned(),
         body_truncated: truncated,
+        irp: parts
+            .extensions
+            .get::<Portal>()
+            .copied()
+            .unwrap_or_default()
+            .name(),
     };
     lock(&sim.requests).push(entry);
 }
