@@ -456,7 +456,7 @@ async fn a_fault_probability_faults_a_share_and_every_dropped_generate_is_still_
     irps.sim
         .control(
             "/_sim/faults",
-            json!({"mode": "commit_drop", "path_prefix": INVOICE, "probability": 0.5}),
+            json!({"mode": "commit_drop", "path_prefix": INVOICE, "method": "POST", "probability": 0.5}),
         )
         .await;
     let mut dropped = 0;
@@ -480,6 +480,14 @@ async fn a_fault_probability_faults_a_share_and_every_dropped_generate_is_still_
     }
     // Binomial(40, 0.5) falls outside 5..=35 about once in a million runs.
     assert!((5..=35).contains(&dropped), "{dropped} of 40 dropped");
+    // The rule is for POSTs: the lookups under the same path are never dropped.
+    for n in 0..10 {
+        let path =
+            format!("{INVOICE}/irnbydocdetails?doctype=INV&docnum=PR-{n}&docdate=05/06/2024");
+        irps.call(1, Method::GET, &path, None, None)
+            .await
+            .assert_ok();
+    }
     let docs = irps.sim.documents().await;
     assert_eq!(
         docs["irn_count"], 40,

@@ -250,7 +250,7 @@ pub async fn intercept(State(sim): State<Arc<SimState>>, req: Request, next: Nex
         .extensions
         .get::<axum::extract::OriginalUri>()
         .map_or(path.as_str(), |u| u.path());
-    let fault = lock(&sim.faults).take(sent, rand::random::<f64>());
+    let fault = lock(&sim.faults).take(parts.method.as_str(), sent, rand::random::<f64>());
     let mut hop_header = false;
     let mut commit_drop = false;
     match fault {
