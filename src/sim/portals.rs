@@ -257,6 +257,77 @@ pub enum PortalError {
 mod tests {
     use super::*;
 
+    /// Two portals serving, with idle accept loops standing in for the real ones.
+    fn two_serving() -> (Portals, Vec<watch::Receiver<bool>>) {
+        let (_stop, stop_rx) = watch::channel(false);
+        let addrs: Vec<SocketAddr> = vec![
+            "127.0.0.1:1001".parse().unwrap(),
+            "127.0.0.1:1002".parse().unwrap(),
+        ];
+        let mut portals = Portals::new(&addrs, stop_rx);
+        let mut downs = Vec::new();
+        for n in 1..=2 {
+            assert!(portals.needs_listener(Portal(n)));
+            let (down, down_rx) = watch::channel(false);
+            portals.serving(Portal(n), down, tokio::spawn(async {}), PortalState::Up);
+            downs.push(down_rx);
+        }
+        (portals, downs)
+    }
+
+    #[tokio::test]
+    async fn refuse_stops_the_accept_loop_and_up_asks_for_a_new_listener() {
+        let (mut portals, downs) = two_serving();
+        let task = portals
+            .take_down(Portal(2), PortalState::Refuse, Portal(1))
+            .unwrap();
+        assert!(
+            task.is_some(),
+            "the accept loop is handed back to be awaited"
+        );
+        assert!(*downs[1].borrow(), "its down switch was sent");
+        assert_eq!(portals.state(Portal(2)), PortalState::Refuse);
+        assert!(portals.needs_listener(Portal(2)));
+        assert!(
+            portals.bring_up(Portal(2)).unwrap(),
+            "a listener must be bound again"
+        );
+        assert!(!*downs[0].borrow(), "the other portal is untouched");
+    }
+
+    #[tokio::test]
+    async fn hang_keeps_the_listener_and_up_serves_at_once() {
+        let (mut portals, downs) = two_serving();
+        let task = portals
+            .take_down(Portal(1), PortalState::Hang, Portal(2))
+            .unwrap();
+        assert!(task.is_none() && !*downs[0].borrow());
+        assert_eq!(portals.state(Portal(1)), PortalState::Hang);
+        assert!(
+            !portals.bring_up(Portal(1)).unwrap(),
+            "no new listener needed"
+        );
+        assert_eq!(portals.state(Portal(1)), PortalState::Up);
+    }
+
+    #[tokio::test]
+    async fn a_portal_is_not_taken_down_through_itself_nor_one_that_does_not_exist() {
+        let (mut portals, _downs) = two_serving();
+        assert!(matches!(
+            portals.take_down(Portal(1), PortalState::Refuse, Portal(1)),
+            Err(PortalError::ThroughItself(1))
+        ));
+        assert_eq!(portals.state(Portal(1)), PortalState::Up);
+        assert!(matches!(
+            portals.take_down(Portal(3), PortalState::Hang, Portal(1)),
+            Err(PortalError::Unknown(3))
+        ));
+        assert!(matches!(
+            portals.take_down(Portal(0), PortalState::Hang, Portal(1)),
+            Err(PortalError::Unknown(0))
+        ));
+    }
+
     #[test]
     fn no_irp_header_searches_the_receiving_portal() {
         assert_eq!(resolve_irp(None, Portal(2), 2), Ok(Portal(2)));
