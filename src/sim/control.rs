@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Extension, FromRequest, Path, Query, Request, State};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -42,7 +42,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::faults::FaultRule;
-use super::portals::{Portal, PortalState};
+use super::portals::{Portal, PortalState, Received};
 use super::server;
 use super::state::{lock, Counters, Knobs, REQUEST_LOG_LEN};
 use super::SimState;
@@ -405,7 +405,7 @@ struct DownBody {
 async fn irp_down(
     State(sim): State<Arc<SimState>>,
     Path(n): Path<usize>,
-    received: Option<Extension<Portal>>,
+    received: Received,
     JsonBody(b): JsonBody<DownBody>,
 ) -> Reply {
     if b.mode == PortalState::Up {
@@ -413,8 +413,7 @@ async fn irp_down(
             "mode must be \"refuse\" or \"hang\" (POST /_sim/irps/{n}/up brings it up)".into(),
         ));
     }
-    let received = received.map(|Extension(p)| p).unwrap_or_default();
-    server::take_down(&sim, Portal(n), b.mode, received)
+    server::take_down(&sim, Portal(n), b.mode, Portal::of(received))
         .await
         .map_err(|e| BadRequest(e.to_string()))?;
     Ok(Json(

@@ -42,7 +42,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -56,7 +56,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::clock::{ist_now, to_ist, validity_end};
-use super::portals::{resolve_irp, Portal};
+use super::portals::{resolve_irp, Portal, Received};
 use super::state::{lock, DocStatus, Document, IrnEwayBill, Issue};
 use super::SimState;
 use crate::crypto::{b64_decode, AesKey};
@@ -294,13 +294,6 @@ struct Caller {
     target: Portal,
 }
 
-/// The portal a request came in on (the main one when the extension is absent).
-type Received = Option<Extension<Portal>>;
-
-fn portal_of(received: Received) -> Portal {
-    received.map(|Extension(p)| p).unwrap_or_default()
-}
-
 /// How the request's `Data` came, and so how the reply's goes.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Form {
@@ -385,7 +378,7 @@ fn data_call(
     body: Option<&[u8]>,
     op: impl FnOnce(&SimState, &Caller, Value) -> Result<Value, NicError>,
 ) -> Response {
-    let result = authorize(sim, headers, portal_of(received)).and_then(|caller| {
+    let result = authorize(sim, headers, Portal::of(received)).and_then(|caller| {
         let (input, form) = match body {
             Some(b) => decode_input(sim, &caller, b)?,
             None if sim.plain => (Value::Null, Form::Plain),

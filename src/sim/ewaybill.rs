@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Extension, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -47,7 +47,7 @@ use serde_json::{json, Value};
 
 use super::clock::{ist, validity_end};
 use super::einvoice::{ct_eq, header, header_gstin};
-use super::portals::Portal;
+use super::portals::{Portal, Received};
 use super::state::{capped, lock, DocStatus, Issue, Knobs, TokenBook, MAX_DOCUMENTS};
 use super::SimState;
 use crate::crypto::{b64_decode, b64_encode, AesKey};
@@ -506,11 +506,11 @@ struct ActionBody {
 
 async fn ewayapi(
     State(sim): State<Arc<SimState>>,
-    received: Option<Extension<Portal>>,
+    received: Received,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let portal = received.map(|Extension(p)| p).unwrap_or_default();
+    let portal = Portal::of(received);
     let result = authorize(&sim, &headers).and_then(|caller| {
         let bad = |m: &str| EwbError::new("5001", m.to_string());
         let b: ActionBody = serde_json::from_slice(&body)

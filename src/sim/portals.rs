@@ -12,6 +12,7 @@
 
 use std::net::SocketAddr;
 
+use axum::extract::Extension;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -28,10 +29,18 @@ impl Default for Portal {
     }
 }
 
+/// The portal a request came in on, as handlers extract it.
+pub type Received = Option<Extension<Portal>>;
+
 impl Portal {
     /// NIC's name for it, the `irp` header value: `NIC1`, `NIC2`, …
     pub fn name(self) -> String {
         format!("NIC{}", self.0)
+    }
+
+    /// The portal a handler's request came in on (the main one when it is not marked).
+    pub fn of(received: Received) -> Self {
+        received.map(|Extension(p)| p).unwrap_or_default()
     }
 }
 
