@@ -1,0 +1,215 @@
+//! Issue 18, outcome-safe generation (acceptance 1, 2, 3 and 6): the real gateway binary in
+//! front of the real simulator, whose faults lose a generate's reply. Every caller gets its
+//! document, and the simulator holds each document once.
+
+mod common;
+
+use common::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+
+const INVOICE_PATH: &str = "/eicore/v1.03/Invoice";
+
+/// The paths (with query) of the simulator's e-invoice calls, oldest first.
+async fn einvoice_calls(sim: &Sim) -> Vec<String> {
+    sim.requests(200)
+        .await
+        .iter()
+        .filter(|r| {
+            r["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/eicore/"))
+        })
+        .map(|r| {
+            let path = r["path"].as_str().unwrap_or_default();
+            match r["query"].as_str() {
+                Some(q) => format!("{} {path}?{q}", r["method"].as_str().unwrap_or("")),
+                None => format!("{} {path}", r["method"].as_str().unwrap_or("")),
+            }
+        })
+        .collect()
+}
+
+/// How many generate-IRN calls reached the simulator.
+async fn generates(sim: &Sim) -> usize {
+    einvoice_calls(sim)
+        .await
+        .iter()
+        .filter(|c| *c == &format!("POST {INVOICE_PATH}"))
+        .count()
+}
+
+/// The IRN the simulator holds for document `doc_no`, read through the gateway.
+async fn irn_held(gw: &Gateway, doc_no: &str) -> Option<String> {
+    let query = format!(
+        "doctype=INV&docnum={}&docdate=20%2F11%2F2026",
+        doc_no.replace('/', "%2F")
+    );
+    let res = gw
+        .request(
+            Method::GET,
+            &format!("{INVOICE_PATH}/irnbydocdetails?{query}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    let body: Value = res.json().await.unwrap();
+    body["Data"]["Irn"].as_str().map(str::to_owned)
+}
+
+/// The outcome counter of the e-invoice upstream.
+async fn outcomes(gw: &Gateway, outcome: &str) -> f64 {
+    gw.metric(&format!(
+        "gstgate_generate_outcomes_total{{upstream=\"einvoice\",outcome=\"{outcome}\"}}"
+    ))
+    .await
+}
+
+/// A success that carries a signed IRN, and the IRN.
+async fn signed_irn(res: reqwest::Response) -> (Option<String>, String) {
+    let outcome = res
+        .headers()
+        .get("gstgate-outcome")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let status = res.status();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["Status"], 1, "{body}");
+    assert!(body["Data"]["SignedInvoice"].is_string(), "{body}");
+    assert!(body["Data"]["SignedQRCode"].is_string(), "{body}");
+    (outcome, body["Data"]["Irn"].as_str().unwrap().to_owned())
+}
+
+/// Acceptance 2, and the other ways a reply is lost before the upstream acted: a hang until
+/// gstgate's timeout, a reset connection, a 5xx page, garbage. Each is looked up (not there)
+/// and sent once more; the caller gets its IRN and the simulator made one.
+#[tokio::test]
+async fn a_generate_lost_before_the_upstream_acted_is_looked_up_then_sent_once_more() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            timeout: "1s",
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    for (i, mode) in ["hang", "reset", "status_500", "garbage"]
+        .into_iter()
+        .enumerate()
+    {
+        sim.control(
+            "/_sim/faults",
+            json!({"mode": mode, "count": 1, "path_prefix": INVOICE_PATH}),
+        )
+        .await;
+        let doc = format!("LOST/{i}");
+        let before = generates(&sim).await;
+        let (outcome, irn) = signed_irn(gw.generate(GSTIN, &doc).await).await;
+        assert_eq!(outcome.as_deref(), Some("recovered"), "{mode}");
+        assert_eq!(generates(&sim).await - before, 2, "{mode}: one retry");
+        let calls = einvoice_calls(&sim).await;
+        let n = calls.len();
+        assert_eq!(
+            &calls[n - 3..],
+            [
+                format!("POST {INVOICE_PATH}"),
+                format!(
+                    "GET {INVOICE_PATH}/irnbydocdetails?doctype=INV&docnum=LOST%2F{i}&docdate=20%2F11%2F2026"
+                ),
+                format!("POST {INVOICE_PATH}"),
+            ],
+            "{mode}: generate, lookup, generate"
+        );
+        assert_eq!(irn_held(&gw, &doc).await.as_deref(), Some(irn.as_str()));
+        assert_eq!(outcomes(&gw, "recovered").await, (i + 1) as f64);
+    }
+    assert_eq!(outcomes(&gw, "unknown").await, 0.0);
+}
+
+/// A lookup that cannot answer either: `outcome_unknown` with a remedy, and never a second
+/// generate.
+#[tokio::test]
+async fn when_the_lookup_cannot_tell_the_caller_gets_outcome_unknown_and_no_second_generate() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    assert_eq!(gw.generate(GSTIN, "WARM/1").await.status(), 200);
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "status_500", "count": 2, "path_prefix": INVOICE_PATH}),
+    )
+    .await;
+    let before = generates(&sim).await;
+    let problem = expect_problem(gw.generate(GSTIN, "DARK/1").await, 502, "outcome_unknown").await;
+    assert!(
+        problem["remedy"]
+            .as_str()
+            .is_some_and(|r| r.contains("irnbydocdetails")),
+        "{problem}"
+    );
+    assert_eq!(generates(&sim).await - before, 1, "no second generate");
+    assert_eq!(outcomes(&gw, "unknown").await, 1.0);
+    assert_eq!(irn_held(&gw, "DARK/1").await, None);
+}
+
+/// Acceptance 3: `return_existing` answers a duplicate with the existing IRN, its signed
+/// invoice and QR code; `pass` relays NIC's 2150 untouched.
+#[tokio::test]
+async fn a_duplicate_is_answered_with_the_existing_irn_only_with_return_existing() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let existing = Gateway::start(
+        &sim,
+        GwOpts {
+            upstream_extra: "duplicate = \"return_existing\"".into(),
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let (outcome, first) = signed_irn(existing.generate(GSTIN, "DUP/1").await).await;
+    assert_eq!(
+        outcome, None,
+        "an ordinary answer carries no outcome header"
+    );
+    let (outcome, again) = signed_irn(existing.generate(GSTIN, "DUP/1").await).await;
+    assert_eq!(outcome.as_deref(), Some("existing"));
+    assert_eq!(again, first);
+    assert_eq!(outcomes(&existing, "existing").await, 1.0);
+    assert_eq!(outcomes(&existing, "direct").await, 1.0);
+    assert_eq!(
+        generates(&sim).await,
+        2,
+        "the duplicate was the upstream's answer"
+    );
+
+    let pass = Gateway::start(&sim, GwOpts::default()).await;
+    let res = pass.generate(GSTIN, "DUP/1").await;
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().get("gstgate-outcome").is_none());
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["Status"], 0);
+    assert_eq!(body["ErrorDetails"][0]["ErrorCode"], "2150");
+    assert_eq!(body["InfoDtls"][0]["Desc"]["Irn"], first.as_str());
+    assert_eq!(outcomes(&pass, "direct").await, 1.0);
+}
+
+/// A read is never looked up or retried: only generates are.
+#[tokio::test]
+async fn a_read_whose_reply_is_lost_is_not_retried() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let (_, irn) = signed_irn(gw.generate(GSTIN, "READ/1").await).await;
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "reset", "count": 1, "path_prefix": "/eicore/"}),
+    )
+    .await;
+    let before = einvoice_calls(&sim).await.len();
+    let res = gw
+        .request(Method::GET, &format!("{INVOICE_PATH}/irn/{irn}"))
+        .send()
+        .await
+        .unwrap();
+    expect_problem(res, 502, "upstream_unavailable").await;
+    assert_eq!(einvoice_calls(&sim).await.len() - before, 1);
+    assert_eq!(outcomes(&gw, "recovered").await, 0.0);
+}
