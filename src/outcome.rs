@@ -71,9 +71,15 @@ pub enum Found {
     Document(Vec<u8>),
     /// The upstream says it holds no such document.
     Absent,
-    /// The lookup failed or its answer cannot stand for the document.
+    /// The lookup's own reply was lost (as a generate's is unknown): a read, safe to repeat.
+    Lost,
+    /// The lookup was refused, or its answer cannot stand for the document.
     CannotTell,
 }
+
+/// The most lookups for one generate: a GSP that just lost a reply may lose the next one too,
+/// and a read is safe to repeat.
+pub const LOOKUPS: u32 = 5;
 
 /// What to answer after a lookup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,18 +139,25 @@ pub fn after_attempt(
     }
 }
 
-/// The answer after a lookup made for `reason` in `round`.
+/// Whether to look the document up once more after the `lookups`-th lookup found `found`:
+/// its own reply was lost, and fewer than [`LOOKUPS`] were made.
+pub fn look_again(found: &Found, lookups: u32) -> bool {
+    *found == Found::Lost && lookups < LOOKUPS
+}
+
+/// The answer after the last lookup made for `reason` in `round`.
 pub fn after_lookup(reason: Reason, round: Round, found: Found) -> Settle {
     match (reason, found) {
         (Reason::Existing, Found::Document(doc)) => Settle::Existing(doc),
-        (Reason::Existing, Found::Absent | Found::CannotTell) => Settle::Original,
+        (Reason::Existing, Found::Absent | Found::CannotTell | Found::Lost) => Settle::Original,
         (Reason::Unknown | Reason::OwnDuplicate, Found::Document(doc)) => Settle::Recovered(doc),
         (Reason::Unknown, Found::Absent) if round == Round::First => Settle::Retry,
         // A duplicate the lookup cannot find, an unknown retry, or no answer: only the
         // caller, with the document's details, can go on safely.
-        (Reason::Unknown | Reason::OwnDuplicate, Found::Absent | Found::CannotTell) => {
-            Settle::Unknown
-        }
+        (
+            Reason::Unknown | Reason::OwnDuplicate,
+            Found::Absent | Found::CannotTell | Found::Lost,
+        ) => Settle::Unknown,
     }
 }
 
@@ -226,6 +239,25 @@ mod tests {
         assert_eq!(
             after_attempt(Seen::Known, Round::First, false, pass),
             Step::Answer
+        );
+    }
+
+    #[test]
+    fn a_lost_lookup_is_made_again_a_bounded_number_of_times() {
+        assert!(look_again(&Found::Lost, 1));
+        assert!(!look_again(&Found::Lost, LOOKUPS));
+        assert!(!look_again(&Found::CannotTell, 1));
+        assert!(!look_again(&Found::Absent, 1));
+        for reason in [Reason::Unknown, Reason::OwnDuplicate] {
+            assert_eq!(
+                after_lookup(reason, Round::First, Found::Lost),
+                Settle::Unknown,
+                "never a retry of the generate on lookups that said nothing"
+            );
+        }
+        assert_eq!(
+            after_lookup(Reason::Existing, Round::First, Found::Lost),
+            Settle::Original
         );
     }
 

@@ -136,7 +136,8 @@ async fn when_the_lookup_cannot_tell_the_caller_gets_outcome_unknown_and_no_seco
     assert_eq!(gw.generate(GSTIN, "WARM/1").await.status(), 200);
     sim.control(
         "/_sim/faults",
-        json!({"mode": "status_500", "count": 2, "path_prefix": INVOICE_PATH}),
+        // The generate, then each of gstgate's five lookups.
+        json!({"mode": "status_500", "count": 6, "path_prefix": INVOICE_PATH}),
     )
     .await;
     let before = generates(&sim).await;
@@ -212,4 +213,162 @@ async fn a_read_whose_reply_is_lost_is_not_retried() {
     expect_problem(res, 502, "upstream_unavailable").await;
     assert_eq!(einvoice_calls(&sim).await.len() - before, 1);
     assert_eq!(outcomes(&gw, "recovered").await, 0.0);
+}
+
+/// The documents the simulator holds: `GET /_sim/documents`.
+async fn documents(sim: &Sim) -> Value {
+    sim.get_json("/_sim/documents").await
+}
+
+/// Acceptance 1: 200 generates, each reply dropped at random after the simulator committed
+/// the IRN. Every caller gets its IRN, and the simulator holds exactly 200, each generated
+/// once (no generate was repeated for a document the upstream had).
+#[tokio::test]
+async fn two_hundred_generates_with_replies_dropped_after_commit_each_get_their_irn_once() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "commit_drop", "count": 1000, "probability": 0.1, "path_prefix": INVOICE_PATH}),
+    )
+    .await;
+    let docs: Vec<String> = (0..200).map(|i| format!("CD/{i}")).collect();
+    let mut answers = Vec::new();
+    for chunk in docs.chunks(20) {
+        let calls = chunk.iter().map(|doc| gw.generate(GSTIN, doc));
+        for res in futures_util::future::join_all(calls).await {
+            answers.push(signed_irn(res).await);
+        }
+    }
+    sim.clear_faults().await;
+    let held = documents(&sim).await;
+    assert_eq!(held["irn_count"], 200, "{held}");
+    let irns = held["irns"].as_array().unwrap();
+    for (doc, (_, irn)) in docs.iter().zip(&answers) {
+        let entry = irns
+            .iter()
+            .find(|d| d["doc_no"] == doc.as_str())
+            .unwrap_or_else(|| panic!("{doc} missing"));
+        assert_eq!(entry["irn"], irn.as_str(), "{doc}: the caller's IRN");
+        assert_eq!(entry["generate_calls"], 1, "{doc}: generated once");
+    }
+    let recovered = answers
+        .iter()
+        .filter(|(o, _)| o.as_deref() == Some("recovered"))
+        .count();
+    assert!(recovered > 0, "the fault dropped some replies");
+    assert_eq!(outcomes(&gw, "recovered").await, recovered as f64);
+    assert_eq!(outcomes(&gw, "unknown").await, 0.0);
+}
+
+/// Acceptance 6: e-way bill generates whose replies are dropped after commit: every caller
+/// gets its e-way bill number, and the simulator holds each bill once.
+#[tokio::test]
+async fn ewaybill_generates_with_replies_dropped_after_commit_make_no_duplicate_bill() {
+    const EWB_PATH: &str = "/ewaybillapi/v1.03/ewayapi";
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            apis: vec!["ewaybill"],
+            max_logins: 5,
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let generate = |doc: String| {
+        gw.request(Method::POST, EWB_PATH)
+            .json(&json!({"action": "GENEWAYBILL", "data": {
+                "supplyType": "O", "subSupplyType": "1", "docType": "INV", "docNo": doc,
+                "docDate": "25/11/2026", "fromGstin": GSTIN, "toGstin": "05AAACG2115R1ZN",
+                "transDistance": "100", "totInvValue": 1180.0, "itemList": []}}))
+            .send()
+    };
+    assert_eq!(generate("W-0".into()).await.unwrap().status(), 200);
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "commit_drop", "count": 1, "path_prefix": EWB_PATH}),
+    )
+    .await;
+    let res = generate("E-0".into()).await.unwrap();
+    assert_eq!(res.headers()["gstgate-outcome"], "recovered");
+    let first: Value = res.json().await.unwrap();
+    assert!(first["data"]["ewayBillNo"].is_number(), "{first}");
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "commit_drop", "count": 1000, "probability": 0.1, "path_prefix": EWB_PATH}),
+    )
+    .await;
+    let mut numbers = vec![first["data"]["ewayBillNo"].clone()];
+    for i in 1..50 {
+        let res = generate(format!("E-{i}")).await.unwrap();
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["status"], "1", "{body}");
+        numbers.push(body["data"]["ewayBillNo"].clone());
+    }
+    sim.clear_faults().await;
+    let held = documents(&sim).await;
+    assert_eq!(held["ewb_count"], 51, "{held}");
+    for (i, number) in numbers.iter().enumerate() {
+        let bill = held["ewbs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["doc_no"] == format!("E-{i}"))
+            .unwrap_or_else(|| panic!("E-{i} missing: {held}"));
+        assert_eq!(&bill["ewb_no"], number, "E-{i}: the caller's bill");
+        assert_eq!(bill["generate_calls"], 1, "E-{i}: generated once");
+    }
+    assert_eq!(
+        gw.metric(r#"gstgate_generate_outcomes_total{upstream="ewaybill",outcome="unknown"}"#)
+            .await,
+        0.0
+    );
+}
+
+/// Generate e-way bill by IRN, reply dropped after commit: the e-way bill NIC holds for the
+/// IRN is the answer; with `return_existing`, a second generate gets it too.
+#[tokio::test]
+async fn an_ewb_by_irn_whose_reply_is_dropped_is_recovered_and_a_duplicate_returns_it() {
+    const EWB_BY_IRN: &str = "/eiewb/v1.03/ewaybill";
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            upstream_extra: "duplicate = \"return_existing\"".into(),
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let (_, irn) = signed_irn(gw.generate(GSTIN, "EWBIRN/1").await).await;
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "commit_drop", "count": 1, "path_prefix": EWB_BY_IRN}),
+    )
+    .await;
+    let generate = || {
+        gw.request(Method::POST, EWB_BY_IRN)
+            .json(&json!({"Irn": irn, "Distance": 100}))
+            .send()
+    };
+    let res = generate().await.unwrap();
+    assert_eq!(res.headers()["gstgate-outcome"], "recovered");
+    let recovered: Value = res.json().await.unwrap();
+    assert_eq!(recovered["Status"], 1, "{recovered}");
+    let number = recovered["Data"]["EwbNo"].clone();
+    assert!(number.is_number(), "{recovered}");
+
+    let res = generate().await.unwrap();
+    assert_eq!(res.headers()["gstgate-outcome"], "existing");
+    let existing: Value = res.json().await.unwrap();
+    assert_eq!(existing["Data"]["EwbNo"], number);
+
+    let held = documents(&sim).await;
+    let entry = &held["irns"][0];
+    assert_eq!(entry["ewb_no"], number, "{held}");
+    assert_eq!(
+        entry["ewb_generate_calls"], 2,
+        "the dropped one and the duplicate"
+    );
 }

@@ -123,7 +123,12 @@ impl Proxy {
                 Step::Answer => return self.answer(call, attempted, round),
                 Step::LookUp(reason) => reason,
             };
-            let found = self.look_up(call, generate, outcome).await;
+            let mut lookups = 1;
+            let mut found = self.look_up(call, generate, outcome).await;
+            while rule::look_again(&found, lookups) {
+                lookups += 1;
+                found = self.look_up(call, generate, outcome).await;
+            }
             match rule::after_lookup(reason, round, found) {
                 Settle::Recovered(doc) => {
                     return Ok(self.found(call, doc, GenerateOutcome::Recovered))
@@ -186,15 +191,20 @@ impl Proxy {
             body: &empty,
             ..*call
         };
-        let Ok(sent) = lookup.exchange(&session, outcome).await else {
-            return Found::CannotTell;
+        let sent = match lookup.exchange(&session, outcome).await {
+            Ok(sent) => sent,
+            Err(err) if rule::unknown_after(&err) => return Found::Lost,
+            Err(_) => return Found::CannotTell,
         };
         let reply = sent.read(call.upstream, outcome);
+        if rule::unknown_reply(sent.status, &reply) {
+            return Found::Lost;
+        }
         let code = reply.verdict.code.clone();
         if reply.verdict.class == Class::Success {
             return match call.upstream.profile.decode_reply(reply, &session.sek) {
                 Ok(plain) => (generate.answer)(&plain).map_or(Found::CannotTell, Found::Document),
-                Err(_) => Found::CannotTell,
+                Err(_) => Found::Lost,
             };
         }
         let absent =

@@ -303,7 +303,7 @@ fn irn_answer(plain: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Generate e-way bill by IRN: found again by the IRN. 4002: the IRN has an e-way bill
-/// already; 4003: it has none (NIC's get-EWB-by-IRN).
+/// already; 4005: it has none (NIC's get-EWB-by-IRN).
 fn ewb_by_irn_generate(path: &CallerPath, body: &[u8]) -> Option<Generate> {
     let request: Value = serde_json::from_slice(body).ok()?;
     let irn = request.get("Irn")?.as_str()?.trim();
@@ -314,24 +314,27 @@ fn ewb_by_irn_generate(path: &CallerPath, body: &[u8]) -> Option<Generate> {
     Some(Generate {
         lookup,
         duplicate: &["4002"],
-        absent: &["4003"],
+        absent: &["4005"],
         answer: ewb_by_irn_answer,
     })
 }
 
 /// The generate's reply (`EwbNo`, `EwbDt`, `EwbValidTill`) from the e-way bill NIC holds for
-/// the IRN.
+/// the IRN; a cancelled one stands for no generate.
 fn ewb_by_irn_answer(plain: &[u8]) -> Option<Vec<u8>> {
     let reply: Value = serde_json::from_slice(plain).ok()?;
     let data = reply.get("Data")?;
     let number = data.get("EwbNo").filter(|n| !n.is_null())?;
+    if data.get("Status").and_then(Value::as_str) == Some("CNL") {
+        return None;
+    }
     serde_json::to_vec(&json!({
         "Status": 1,
         "Data": {
             "EwbNo": number,
             "EwbDt": data.get("EwbDt"),
             "EwbValidTill": data.get("EwbValidTill"),
-            "Remarks": null,
+            "Alert": null,
         },
         "ErrorDetails": null,
         "InfoDtls": null,

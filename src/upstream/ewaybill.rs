@@ -261,7 +261,8 @@ impl Profile for Ewaybill {
 }
 
 /// The generate's reply (`ewayBillNo`, `ewayBillDate`, `validUpto`) from the e-way bill NIC
-/// holds for the document (an object, or a list whose first entry is it).
+/// holds for the document (an object, or a list whose first entry is it); a cancelled one
+/// stands for no generate.
 fn generated_answer(plain: &[u8]) -> Option<Vec<u8>> {
     let reply: Value = serde_json::from_slice(plain).ok()?;
     let data = match reply.get("data")? {
@@ -269,6 +270,9 @@ fn generated_answer(plain: &[u8]) -> Option<Vec<u8>> {
         other => other,
     };
     let number = data.get("ewayBillNo").filter(|n| !n.is_null())?;
+    if data.get("status").and_then(Value::as_str) == Some("CNL") {
+        return None;
+    }
     serde_json::to_vec(&json!({
         "status": "1",
         "data": {
