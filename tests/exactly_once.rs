@@ -125,6 +125,14 @@ async fn a_generate_lost_before_the_upstream_acted_is_looked_up_then_sent_once_m
         assert_eq!(outcomes(&gw, "recovered").await, (i + 1) as f64);
     }
     assert_eq!(outcomes(&gw, "unknown").await, 0.0);
+    let held = documents(&sim).await;
+    assert_eq!(held["irn_count"], 4, "{held}");
+    for doc in held["irns"].as_array().unwrap() {
+        assert_eq!(
+            doc["generate_calls"], 1,
+            "one IRN, made by the retry: {doc}"
+        );
+    }
 }
 
 /// A lookup that cannot answer either: `outcome_unknown` with a remedy, and never a second
@@ -371,4 +379,29 @@ async fn an_ewb_by_irn_whose_reply_is_dropped_is_recovered_and_a_duplicate_retur
         entry["ewb_generate_calls"], 2,
         "the dropped one and the duplicate"
     );
+}
+
+/// A drop-in client (an unmodified NIC client) whose generate's reply is dropped after commit
+/// gets the IRN sealed under its own SEK, as a normal reply: it never learns of the loss.
+#[tokio::test]
+async fn a_dropin_clients_lost_generate_is_recovered_and_sealed_for_it() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, with_dropin(GwOpts::default(), &[GSTIN])).await;
+    let mut client = EinvoiceClient::new(dropin_client_config(&gw)).unwrap();
+    client.login(false).await.unwrap();
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "commit_drop", "count": 1, "path_prefix": INVOICE_PATH}),
+    )
+    .await;
+    let generated = client
+        .generate_irn(&invoice(GSTIN, "DROPIN/LOST"))
+        .await
+        .unwrap();
+    assert!(generated["SignedQRCode"].is_string(), "{generated}");
+    let held = documents(&sim).await;
+    assert_eq!(held["irn_count"], 1, "{held}");
+    assert_eq!(held["irns"][0]["irn"], generated["Irn"]);
+    assert_eq!(held["irns"][0]["generate_calls"], 1);
+    assert_eq!(outcomes(&gw, "recovered").await, 1.0);
 }
