@@ -15,7 +15,7 @@ use super::{Outcome, Proxy};
 use crate::metrics::GenerateOutcome;
 use crate::outcome::{self as rule, Found, Reason, Round, Seen, Settle, Step};
 use crate::problem::GatewayError;
-use crate::session::{Session, Trigger};
+use crate::session::{Invalidation, Session, Trigger};
 use crate::upstream::{Class, Generate, Reply};
 
 /// What one sending of a call came to: the answer as it stands, and what gstgate can tell of
@@ -123,11 +123,13 @@ impl Proxy {
                 Step::Answer => return self.answer(call, attempted, round),
                 Step::LookUp(reason) => reason,
             };
-            let mut lookups = 1;
-            let mut found = self.look_up(call, generate, outcome).await;
-            while rule::look_again(&found, lookups) {
-                lookups += 1;
-                found = self.look_up(call, generate, outcome).await;
+            let mut lookups = Lookups {
+                made: 0,
+                next: Trigger::Cold,
+            };
+            let mut found = self.look_up(call, generate, &mut lookups, outcome).await;
+            while rule::look_again(&found, lookups.made) {
+                found = self.look_up(call, generate, &mut lookups, outcome).await;
             }
             match rule::after_lookup(reason, round, found) {
                 Settle::Recovered(doc) => {
@@ -179,11 +181,20 @@ impl Proxy {
     }
 
     /// Looks the generate's document up with the slot's current session, through the same
-    /// build and send code as the call (its headers, GSTIN and encryption).
-    async fn look_up(&self, call: &Call<'_>, generate: &Generate, outcome: &mut Outcome) -> Found {
-        let Ok(session) = self.sessions.session(call.slot, Trigger::Cold).await else {
+    /// build and send code as the call (its headers, GSTIN and encryption). A rejected token
+    /// is invalidated, and the lookup counts as lost: the next one gets a new session.
+    async fn look_up(
+        &self,
+        call: &Call<'_>,
+        generate: &Generate,
+        lookups: &mut Lookups,
+        outcome: &mut Outcome,
+    ) -> Found {
+        lookups.made += 1;
+        let Ok(session) = self.sessions.session(call.slot, lookups.next).await else {
             return Found::CannotTell;
         };
+        lookups.next = Trigger::Cold;
         let empty = Bytes::new();
         let lookup = Call {
             method: &Method::GET,
@@ -198,6 +209,13 @@ impl Proxy {
         };
         let reply = sent.read(call.upstream, outcome);
         if rule::unknown_reply(sent.status, &reply) {
+            return Found::Lost;
+        }
+        if reply.verdict.class == Class::TokenRejected {
+            if self.sessions.invalidate(call.slot, &session) == Invalidation::KnownRejected {
+                return Found::CannotTell;
+            }
+            lookups.next = Trigger::Rejected;
             return Found::Lost;
         }
         let code = reply.verdict.code.clone();
@@ -233,6 +251,14 @@ impl Proxy {
         mark(&mut res, how);
         res
     }
+}
+
+/// The lookups of one generate so far.
+struct Lookups {
+    /// How many were made.
+    made: u32,
+    /// Why the next one may need a new session.
+    next: Trigger,
 }
 
 /// Marks an answer gstgate made up with how it came about.
