@@ -50,7 +50,7 @@ use crate::upstream::{Class, Upstream, Verdict};
 
 use admit::{Admission, Admitted};
 use call::Call;
-use outcome::Attempted;
+use outcome::{Attempted, Observed};
 
 /// The proxy listener's state.
 pub struct Proxy {
@@ -327,10 +327,10 @@ impl Proxy {
         };
         let reply = sent.read(call.upstream, outcome);
         self.count_upstream_error(call.upstream, &reply.verdict);
-        let seen = Attempted::seen(&sent, &reply);
+        let observed = Observed::of(&sent, &reply);
         match classify::reply(sent.status, &reply, call.slot.credential.whose()) {
-            Decision::Respond => seen.with(respond::respond(call, session, &sent, reply)),
-            Decision::Fail(err) => seen.with(Err(err)),
+            Decision::Respond => observed.with(respond::respond(call, session, &sent, reply)),
+            Decision::Fail(err) => observed.with(Err(err)),
             Decision::Replay => {
                 let code = reply.verdict.code;
                 self.replay(call, session, code, outcome).await
@@ -377,24 +377,24 @@ impl Proxy {
         };
         let reply = sent.read(upstream, outcome);
         self.count_upstream_error(upstream, &reply.verdict);
-        let seen = Attempted::seen(&sent, &reply);
+        let observed = Observed::of(&sent, &reply);
         match classify::reply(sent.status, &reply, call.slot.credential.whose()) {
             Decision::Replay => {
                 // Never a third attempt, and no login for the next rejection of this session
                 // either: a renewal did not help.
                 self.sessions.renewal_rejected(call.slot, &session);
                 self.count_replay(upstream, "failed");
-                seen.with(Err(GatewayError::TokenRejected {
+                observed.with(Err(GatewayError::TokenRejected {
                     upstream_code: reply.verdict.code,
                 }))
             }
             Decision::Fail(err) => {
                 self.count_replay(upstream, "recovered");
-                seen.with(Err(err))
+                observed.with(Err(err))
             }
             Decision::Respond => {
                 self.count_replay(upstream, "recovered");
-                seen.with(respond::respond(call, &session, &sent, reply))
+                observed.with(respond::respond(call, &session, &sent, reply))
             }
         }
     }

@@ -57,18 +57,18 @@ impl Attempted {
             observed: Observed::default(),
         }
     }
+}
 
+impl Observed {
     /// What `reply` says of the outcome.
-    pub(super) fn seen(sent: &Sent, reply: &Reply<'_>) -> Observed {
-        Observed {
+    pub(super) fn of(sent: &Sent, reply: &Reply<'_>) -> Self {
+        Self {
             unknown: rule::unknown_reply(sent.status, reply),
             success: reply.verdict.class == Class::Success,
             code: reply.verdict.code.clone(),
         }
     }
-}
 
-impl Observed {
     /// The attempt answered with `answer`: a success that could not be read (undecryptable)
     /// leaves the outcome unknown too.
     pub(super) fn with(mut self, answer: Result<Response<Body>, GatewayError>) -> Attempted {
