@@ -405,3 +405,31 @@ async fn a_dropin_clients_lost_generate_is_recovered_and_sealed_for_it() {
     assert_eq!(held["irns"][0]["generate_calls"], 1);
     assert_eq!(outcomes(&gw, "recovered").await, 1.0);
 }
+
+/// A generate that never left (nothing listens at the upstream's address) is not an unknown
+/// outcome: the caller gets `upstream_unavailable` at once, and gstgate looks nothing up.
+#[tokio::test]
+async fn a_generate_that_could_not_connect_is_answered_unavailable_without_a_lookup() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    assert_eq!(gw.generate(GSTIN, "UP/1").await.status(), 200);
+    let addr = sim.addr;
+    sim.kill().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the simulator still listens"
+        );
+        tokio::task::yield_now().await;
+    }
+    expect_problem(
+        gw.generate(GSTIN, "DOWN/1").await,
+        502,
+        "upstream_unavailable",
+    )
+    .await;
+    assert_eq!(outcomes(&gw, "direct").await, 2.0);
+    assert_eq!(outcomes(&gw, "unknown").await, 0.0);
+    assert_eq!(outcomes(&gw, "recovered").await, 0.0);
+}
