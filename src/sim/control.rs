@@ -3,7 +3,7 @@
 //!
 //! | endpoint | effect |
 //! |---|---|
-//! | `GET /_sim/counters`, `POST /_sim/counters/reset` | totals and per-GSTIN counts of logins (every API's auth calls), forced refreshes, new tokens, token rejections, data calls, GSTN OTP requests and refreshes |
+//! | `GET /_sim/counters`, `POST /_sim/counters/reset` | totals and per-GSTIN counts of logins (every API's auth calls), forced refreshes, new tokens, token rejections, data calls, GSTN OTP requests and refreshes, generate calls processed; logins, data calls and generates per portal (`per_irp`) |
 //! | `POST /_sim/revoke {"gstin","username"}` | every token of that user dies at once, in all three APIs; the next login issues a new one (GSTN: the user's portal sessions are dropped too, so the next step is an OTP login) |
 //! | `POST /_sim/reject-tokens {"gstin","enabled"}` | every data call for that GSTIN is answered 1005 / 238 / AUTH4033 (or no longer) |
 //! | `GET`/`POST /_sim/knobs` | read / partially update `latency_ms`, `token_ttl_secs` (new tokens only), `force_window_secs`, `error_http_status`, `force_refresh_revokes_old`, `ewb_plain_errors`, `ewb_login_window_secs`, `tamper_hmac`, `fixed_otp` (six digits, or null for random), `gstn_session_ttl_secs` (new sessions only), `gstn_max_sessions`, `stated_expiry_early_ms` (e-invoice `TokenExpiry` this much before the real expiry) |
@@ -11,7 +11,7 @@
 //! | `POST /_sim/gstn/access {"gstin","username","enabled"}` | switch the user's GSTN API access (off: OTPREQUEST/AUTHTOKEN answer AUTH4037) |
 //! | `POST /_sim/gstn/end-session {"gstin","username"}` | end the user's GSTN portal sessions now (refresh and data calls answer AUTH4038) |
 //! | `GET`/`POST`/`DELETE /_sim/faults` | read / replace / clear the fault rule (see `faults.rs`) |
-//! | `GET /_sim/requests?limit=n`, `DELETE /_sim/requests` | the last n (≤ 200) protocol requests, oldest first: method, path, query, headers, body |
+//! | `GET /_sim/requests?limit=n`, `DELETE /_sim/requests` | the last n (≤ 200) protocol requests, oldest first: method, path, query, headers, body, the portal that received it |
 //! | `GET /_sim/sessions` | live sessions of all three APIs: `api`, GSTIN, user, token, SEK (base64), IST expiry, previous still-valid token, GSTN portal session end — secrets on purpose, so tests can check nothing else leaks them |
 //! | `POST /_sim/users/password {"gstin","username","password"}` | change an e-invoice or e-way bill user's password: logins with the old one are refused (1019 / 102), as after a taxpayer changes it on the portal; tokens already issued stay valid |
 //! | `GET /_sim/public-key` | the RSA public key, PEM |

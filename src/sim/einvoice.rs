@@ -21,7 +21,7 @@
 //! | 2155 | `SellerDtls.Gstin` missing |
 //! | 2143 | `SellerDtls.Gstin` is not the header GSTIN, or the IRN belongs to another GSTIN |
 //! | 2150 | the document already has an IRN, cancelled or not (`InfoDtls` `DUPIRN` carries AckNo/AckDt/Irn); with `allow_duplicate_irn` the existing IRN is answered as a success instead |
-//! | 2148 | unknown IRN (never generated, or evicted from the bounded store) |
+//! | 2148 | unknown IRN (never generated, evicted from the bounded store, or held on another portal than the one searched) |
 //! | 9999 | cancelling an IRN that is already cancelled, or generating an e-way bill for it ("Invoice is not active") |
 //! | 4002 | generate EWB by IRN for an IRN that already has one |
 //! | 4005 | get EWB by IRN for an IRN without one |

@@ -4,6 +4,7 @@
 //! One fault rule is active at a time (`POST /_sim/faults` replaces it, `DELETE` clears it). A
 //! rule matches non-control requests whose path starts with its prefix (all of them when the
 //! prefix is null), login included, and is used up after `count` matches (never, when null).
+//! A `method` narrows the match (`POST`: a generate, not the lookups under the same path).
 //! With a `probability` below 1 a matching request is faulted only that often, and only
 //! faulted requests use up the count.
 //! `slow` and `hop_header` are the odd ones out: the request is answered normally, `slow`
@@ -86,6 +87,9 @@ pub struct FaultRule {
     /// `slow`: how late the answer comes (default 1000 ms).
     #[serde(default)]
     pub delay_ms: Option<u64>,
+    /// Only requests with this HTTP method (case-insensitive); `None` = any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
     /// How often a matching request is faulted, 0.0 to 1.0; `None` = always.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probability: Option<f64>,
@@ -123,12 +127,17 @@ impl Faults {
         self.0.as_ref()
     }
 
-    /// If the rule matches `path` and the draw (uniform in 0..1) falls under its
-    /// probability, uses up one count and returns its mode (and a `slow` rule's delay).
-    pub fn take(&mut self, path: &str, draw: f64) -> Option<(FaultMode, Duration)> {
+    /// If the rule matches `method` and `path` and the draw (uniform in 0..1) falls under
+    /// its probability, uses up one count and returns its mode (and a `slow` rule's delay).
+    pub fn take(&mut self, method: &str, path: &str, draw: f64) -> Option<(FaultMode, Duration)> {
         let rule = self.0.as_mut()?;
         if let Some(prefix) = &rule.path_prefix {
             if !path.starts_with(prefix.as_str()) {
+                return None;
+            }
+        }
+        if let Some(only) = &rule.method {
+            if !only.eq_ignore_ascii_case(method) {
                 return None;
             }
         }
@@ -288,13 +297,14 @@ mod tests {
             count: Some(2),
             path_prefix: Some("/eicore/".into()),
             delay_ms: None,
+            method: None,
             probability: None,
         });
         let garbage = Some((FaultMode::Garbage, Duration::from_millis(DEFAULT_SLOW_MS)));
-        assert_eq!(f.take("/eivital/v1.04/auth", 0.0), None);
-        assert_eq!(f.take("/eicore/v1.03/Invoice", 0.0), garbage);
-        assert_eq!(f.take("/eicore/v1.03/Invoice", 0.99), garbage);
-        assert_eq!(f.take("/eicore/v1.03/Invoice", 0.0), None);
+        assert_eq!(f.take("POST", "/eivital/v1.04/auth", 0.0), None);
+        assert_eq!(f.take("POST", "/eicore/v1.03/Invoice", 0.0), garbage);
+        assert_eq!(f.take("POST", "/eicore/v1.03/Invoice", 0.99), garbage);
+        assert_eq!(f.take("POST", "/eicore/v1.03/Invoice", 0.0), None);
         assert!(f.active().is_none());
     }
 
@@ -306,15 +316,20 @@ mod tests {
             count: Some(1),
             path_prefix: None,
             delay_ms: None,
+            method: Some("post".into()),
             probability: Some(0.25),
         });
-        assert_eq!(f.take("/eicore/v1.03/Invoice", 0.25), None);
-        assert_eq!(f.take("/eicore/v1.03/Invoice", 0.9), None);
+        assert_eq!(
+            f.take("GET", "/eicore/v1.03/Invoice/irnbydocdetails", 0.0),
+            None
+        );
+        assert_eq!(f.take("POST", "/eicore/v1.03/Invoice", 0.25), None);
+        assert_eq!(f.take("POST", "/eicore/v1.03/Invoice", 0.9), None);
         assert!(
             f.active().is_some(),
             "a request not faulted uses up no count"
         );
-        let hit = f.take("/eicore/v1.03/Invoice", 0.1);
+        let hit = f.take("POST", "/eicore/v1.03/Invoice", 0.1);
         assert_eq!(hit.map(|(m, _)| m), Some(FaultMode::CommitDrop));
         assert!(f.active().is_none());
     }
@@ -326,6 +341,7 @@ mod tests {
             count: None,
             path_prefix: None,
             delay_ms: None,
+            method: None,
             probability: Some(p),
         };
         assert!(rule(1.5).invalid().is_some());

@@ -461,7 +461,7 @@ pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
     for (i, listener) in listeners.into_iter().enumerate() {
         let portal = Portal(i + 1);
         tracing::info!(addr = %portal_addrs[i], irp = %portal.name(), "sim: listening");
-        server::launch(&state, portal, listener);
+        server::launch(&state, portal, listener, PortalState::Up);
     }
     Ok(SimHandle {
         addr,

@@ -162,18 +162,33 @@ impl Portals {
         self.slot(portal).is_some_and(|s| s.task.is_none())
     }
 
-    /// Records `portal`'s new accept loop and its down switch: it serves.
-    pub fn serving(&mut self, portal: Portal, down: watch::Sender<bool>, task: JoinHandle<()>) {
+    /// Records `portal`'s new accept loop and its down switch, and its state (`up`, or
+    /// `hang` for a refusing portal switched to hanging).
+    pub fn serving(
+        &mut self,
+        portal: Portal,
+        down: watch::Sender<bool>,
+        task: JoinHandle<()>,
+        state: PortalState,
+    ) {
         if let Ok(slot) = self.slot_mut(portal) {
-            slot.state = PortalState::Up;
+            slot.state = state;
             slot.down = Some(down);
             slot.task = Some(task);
         }
     }
 
+    /// The address `portal` listens on (again).
+    pub fn addr(&self, portal: Portal) -> Result<SocketAddr, PortalError> {
+        self.slot(portal)
+            .map(|s| s.addr)
+            .ok_or(PortalError::Unknown(portal.0))
+    }
+
     /// Takes `portal` down in `mode`; `received` is the portal the call came through, which
     /// must be another one. For `refuse`, signals its accept loop to stop and returns it, to
-    /// be awaited.
+    /// be awaited. A refusing portal switched to `hang` needs a listener again (see
+    /// [`Self::needs_listener`]).
     pub fn take_down(
         &mut self,
         portal: Portal,
@@ -194,14 +209,14 @@ impl Portals {
         Ok(slot.task.take())
     }
 
-    /// Brings a hanging `portal` back at once; returns its state after that and its address
-    /// (a refusing portal needs its listener bound again).
-    pub fn bring_up(&mut self, portal: Portal) -> Result<(PortalState, SocketAddr), PortalError> {
+    /// Brings `portal` back up if it still has its listener (it was hanging); returns
+    /// whether it needs one bound again (it was refusing).
+    pub fn bring_up(&mut self, portal: Portal) -> Result<bool, PortalError> {
         let slot = self.slot_mut(portal)?;
-        if slot.state == PortalState::Hang {
+        if slot.task.is_some() {
             slot.state = PortalState::Up;
         }
-        Ok((slot.state, slot.addr))
+        Ok(slot.task.is_none())
     }
 
     fn slot(&self, portal: Portal) -> Option<&Slot> {

@@ -37,8 +37,9 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 /// (hanging requests never finish on their own).
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
-/// Starts serving `portal` on `listener` (unless another call started it meanwhile).
-pub fn launch(sim: &Arc<SimState>, portal: Portal, listener: TcpListener) {
+/// Starts serving `portal` on `listener` in `state` (`up`, or `hang`), unless another call
+/// started it meanwhile.
+pub fn launch(sim: &Arc<SimState>, portal: Portal, listener: TcpListener, state: PortalState) {
     let app = super::router(sim.clone(), sim.path_prefix.as_deref());
     let (down, down_rx) = watch::channel(false);
     let mut portals = lock(&sim.portals);
@@ -52,11 +53,11 @@ pub fn launch(sim: &Arc<SimState>, portal: Portal, listener: TcpListener) {
         down: down_rx,
     };
     let task = tokio::spawn(serve(listener, app, on));
-    portals.serving(portal, down, task);
+    portals.serving(portal, down, task, state);
 }
 
 /// Takes `portal` down in `mode` (`refuse` or `hang`) through the portal `received`;
-/// returns once a refusing portal's listener is closed.
+/// returns once a refusing portal's listener is closed, or a hanging one listens.
 pub async fn take_down(
     sim: &Arc<SimState>,
     portal: Portal,
@@ -67,22 +68,42 @@ pub async fn take_down(
     if let Some(task) = task {
         let _ = task.await;
     }
+    if mode == PortalState::Hang {
+        // A refusing portal that is to hang must accept connections again.
+        rebind(sim, portal, PortalState::Hang).await?;
+    }
     Ok(())
 }
 
 /// Brings `portal` back up: a refusing one binds its port again and serves.
 pub async fn bring_up(sim: &Arc<SimState>, portal: Portal) -> Result<(), PortalError> {
-    let (state, addr) = lock(&sim.portals).bring_up(portal)?;
-    if state == PortalState::Refuse {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| PortalError::Rebind {
-                portal: portal.0,
-                addr,
-                source,
-            })?;
-        launch(sim, portal, listener);
+    if lock(&sim.portals).bring_up(portal)? {
+        rebind(sim, portal, PortalState::Up).await?;
     }
+    Ok(())
+}
+
+/// Binds `portal`'s address again and serves it in `state`, if it has no listener.
+async fn rebind(
+    sim: &Arc<SimState>,
+    portal: Portal,
+    state: PortalState,
+) -> Result<(), PortalError> {
+    let addr = {
+        let portals = lock(&sim.portals);
+        if !portals.needs_listener(portal) {
+            return Ok(());
+        }
+        portals.addr(portal)?
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| PortalError::Rebind {
+            portal: portal.0,
+            addr,
+            source,
+        })?;
+    launch(sim, portal, listener, state);
     Ok(())
 }
 
@@ -229,7 +250,7 @@ pub async fn intercept(State(sim): State<Arc<SimState>>, req: Request, next: Nex
         .extensions
         .get::<axum::extract::OriginalUri>()
         .map_or(path.as_str(), |u| u.path());
-    let fault = lock(&sim.faults).take(sent, rand::random::<f64>());
+    let fault = lock(&sim.faults).take(parts.method.as_str(), sent, rand::random::<f64>());
     let mut hop_header = false;
     let mut commit_drop = false;
     match fault {
@@ -302,6 +323,12 @@ fn log_request(sim: &SimState, parts: &axum::http::request::Parts, body: &[u8]) 
         headers,
         body: String::from_utf8_lossy(&body[..body.len().min(LOGGED_BODY_MAX)]).into_owned(),
         body_truncated: truncated,
+        irp: parts
+            .extensions
+            .get::<Portal>()
+            .copied()
+            .unwrap_or_default()
+            .name(),
     };
     lock(&sim.requests).push(entry);
 }

@@ -545,6 +545,8 @@ pub struct LoggedRequest {
     pub body: String,
     /// Whether the body was cut.
     pub body_truncated: bool,
+    /// The e-invoice portal (listener) that received it: `NIC1`, `NIC2`, …
+    pub irp: String,
 }
 
 /// The most recent requests, oldest first.

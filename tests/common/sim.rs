@@ -193,6 +193,34 @@ impl Sim {
         }
     }
 
+    /// `GET /_sim/documents`: the IRNs and e-way bills the simulator holds, with counts.
+    pub async fn documents(&self) -> Value {
+        self.get_json("/_sim/documents").await
+    }
+
+    /// The base URLs of the e-invoice portals, `NIC1` (this address) first.
+    pub async fn irp_urls(&self) -> Vec<String> {
+        let irps = self.get_json("/_sim/irps").await;
+        irps.as_array()
+            .expect("/_sim/irps is a list")
+            .iter()
+            .map(|p| format!("http://{}", p["addr"].as_str().expect("addr")))
+            .collect()
+    }
+
+    /// POSTs JSON to a control endpoint of the portal at `base` (one of [`Self::irp_urls`]):
+    /// the way to reach the control API while this address (portal 1) is down.
+    pub async fn control_at(&self, base: &str, path: &str, body: Value) {
+        let res = self
+            .http
+            .post(format!("{base}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "{path}: {}", res.status());
+    }
+
     /// Stops the simulator process.
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
