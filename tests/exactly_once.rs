@@ -237,7 +237,7 @@ async fn two_hundred_generates_with_replies_dropped_after_commit_each_get_their_
     let gw = Gateway::start(&sim, GwOpts::default()).await;
     sim.control(
         "/_sim/faults",
-        json!({"mode": "commit_drop", "count": 1000, "probability": 0.1, "path_prefix": INVOICE_PATH}),
+        json!({"mode": "commit_drop", "count": 1000, "probability": 0.3, "method": "POST", "path_prefix": INVOICE_PATH}),
     )
     .await;
     let docs: Vec<String> = (0..200).map(|i| format!("CD/{i}")).collect();
@@ -304,7 +304,7 @@ async fn ewaybill_generates_with_replies_dropped_after_commit_make_no_duplicate_
     assert!(first["data"]["ewayBillNo"].is_number(), "{first}");
     sim.control(
         "/_sim/faults",
-        json!({"mode": "commit_drop", "count": 1000, "probability": 0.1, "path_prefix": EWB_PATH}),
+        json!({"mode": "commit_drop", "count": 1000, "probability": 0.3, "method": "POST", "path_prefix": EWB_PATH}),
     )
     .await;
     let mut numbers = vec![first["data"]["ewayBillNo"].clone()];
@@ -432,4 +432,30 @@ async fn a_generate_that_could_not_connect_is_answered_unavailable_without_a_loo
     assert_eq!(outcomes(&gw, "direct").await, 2.0);
     assert_eq!(outcomes(&gw, "unknown").await, 0.0);
     assert_eq!(outcomes(&gw, "recovered").await, 0.0);
+}
+
+/// A lookup is a read: when its own reply is lost too, it is made again, and the caller still
+/// gets the document the first generate committed.
+#[tokio::test]
+async fn lookups_whose_replies_are_lost_are_made_again() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    // The generate, then two lookups: each processed, each reply dropped.
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "commit_drop", "count": 3, "path_prefix": INVOICE_PATH}),
+    )
+    .await;
+    let (outcome, irn) = signed_irn(gw.generate(GSTIN, "LOOK/1").await).await;
+    assert_eq!(outcome.as_deref(), Some("recovered"));
+    let calls = einvoice_calls(&sim).await;
+    let lookups = calls
+        .iter()
+        .filter(|c| c.contains("irnbydocdetails"))
+        .count();
+    assert_eq!(lookups, 3, "{calls:?}");
+    assert_eq!(generates(&sim).await, 1);
+    let held = documents(&sim).await;
+    assert_eq!(held["irn_count"], 1, "{held}");
+    assert_eq!(held["irns"][0]["irn"], irn.as_str());
 }
