@@ -91,6 +91,15 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// `upstream` + `outcome`: how a generate was answered.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// Upstream name.
+    pub upstream: Name,
+    /// `direct`, `recovered`, `existing`, `replayed` or `unknown`.
+    pub outcome: &'static str,
+}
+
 /// `upstream` + `trigger`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TriggerLabels {
@@ -128,44 +137,6 @@ pub struct StoreLabels {
     pub result: &'static str,
 }
 
-/// How a generate's caller got its answer: the `outcome` label of
-/// `gstgate_generate_outcomes_total`, the whole set in one place.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
-pub enum GenerateOutcome {
-    /// The generate's own reply, or an error that says what became of it.
-    Direct,
-    /// The document the generate created, found after its outcome was unknown.
-    Recovered,
-    /// The document that existed before, fetched for a duplicate (`return_existing`).
-    Existing,
-    /// A stored answer to an earlier request with the same `Idempotency-Key`.
-    Replayed,
-    /// gstgate could not tell whether the document was created (`outcome_unknown`).
-    Unknown,
-}
-
-impl GenerateOutcome {
-    /// The label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::Direct => "direct",
-            Self::Recovered => "recovered",
-            Self::Existing => "existing",
-            Self::Replayed => "replayed",
-            Self::Unknown => "unknown",
-        }
-    }
-}
-
-/// `upstream` + `outcome` of a generate.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct GenerateLabels {
-    /// Upstream name.
-    pub upstream: Name,
-    /// A [`GenerateOutcome`] label.
-    pub outcome: &'static str,
-}
-
 /// Every metric gstgate exports.
 pub struct Metrics {
     /// `gstgate_requests_total`.
@@ -200,8 +171,8 @@ pub struct Metrics {
     pub logins_waiting: Family<UpstreamLabel, Gauge<i64, AtomicI64>>,
     /// `gstgate_late_refreshes_total`: proactive refreshes that started after expiry.
     pub late_refreshes: Family<UpstreamLabel, Counter>,
-    /// `gstgate_generate_outcomes_total`: generates answered, by outcome.
-    pub generate_outcomes: Family<GenerateLabels, Counter>,
+    /// `gstgate_generate_outcomes_total`: how generates were answered, by upstream.
+    pub generate_outcomes: Family<OutcomeLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -315,7 +286,7 @@ impl Metrics {
         );
         r.register(
             "gstgate_generate_outcomes",
-            "Generate calls (IRN, e-way bill, e-way bill by IRN) answered, by outcome: direct, recovered, existing, replayed, unknown",
+            "Generate requests answered, by upstream and outcome (direct, recovered, existing, replayed, unknown)",
             m.generate_outcomes.clone(),
         );
         r.register(
@@ -342,11 +313,40 @@ pub fn status_class(status: u16) -> &'static str {
     }
 }
 
+/// How a generate's caller got its answer: the `outcome` label of
+/// `gstgate_generate_outcomes_total`, the whole set in one place.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum GenerateOutcome {
+    /// The generate's own reply, or an error that says what became of it.
+    Direct,
+    /// The document the generate created, found after its outcome was unknown.
+    Recovered,
+    /// The document that existed before, fetched for a duplicate (`return_existing`).
+    Existing,
+    /// A stored answer to an earlier request with the same `Idempotency-Key`.
+    Replayed,
+    /// gstgate could not tell whether the document was created (`outcome_unknown`).
+    Unknown,
+}
+
+impl GenerateOutcome {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Recovered => "recovered",
+            Self::Existing => "existing",
+            Self::Replayed => "replayed",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
 impl Metrics {
     /// Counts a generate's outcome.
     pub fn count_generate(&self, upstream: &Arc<str>, outcome: GenerateOutcome) {
         self.generate_outcomes
-            .get_or_create(&GenerateLabels {
+            .get_or_create(&OutcomeLabels {
                 upstream: upstream.clone().into(),
                 outcome: outcome.label(),
             })

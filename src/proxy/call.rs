@@ -34,8 +34,7 @@ pub(super) struct Call<'a> {
     /// The drop-in session of a drop-in caller: its reply is sealed with its SEK.
     pub(super) dropin: Option<&'a DropinSession>,
     /// An earlier attempt of this very request may have reached the upstream (an
-    /// idempotency claim abandoned by a dead replica): a generate's duplicate answer is then
-    /// that attempt's document.
+    /// idempotency claim abandoned by a dead replica).
     pub(super) earlier_attempt_unknown: bool,
 }
 
