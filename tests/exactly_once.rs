@@ -125,7 +125,7 @@ async fn a_generate_lost_before_the_upstream_acted_is_looked_up_then_sent_once_m
         assert_eq!(outcomes(&gw, "recovered").await, (i + 1) as f64);
     }
     assert_eq!(outcomes(&gw, "unknown").await, 0.0);
-    let held = documents(&sim).await;
+    let held = sim.documents().await;
     assert_eq!(held["irn_count"], 4, "{held}");
     for doc in held["irns"].as_array().unwrap() {
         assert_eq!(
@@ -223,11 +223,6 @@ async fn a_read_whose_reply_is_lost_is_not_retried() {
     assert_eq!(outcomes(&gw, "recovered").await, 0.0);
 }
 
-/// The documents the simulator holds: `GET /_sim/documents`.
-async fn documents(sim: &Sim) -> Value {
-    sim.get_json("/_sim/documents").await
-}
-
 /// Acceptance 1: 200 generates, each reply dropped at random after the simulator committed
 /// the IRN. Every caller gets its IRN, and the simulator holds exactly 200, each generated
 /// once (no generate was repeated for a document the upstream had).
@@ -249,7 +244,7 @@ async fn two_hundred_generates_with_replies_dropped_after_commit_each_get_their_
         }
     }
     sim.clear_faults().await;
-    let held = documents(&sim).await;
+    let held = sim.documents().await;
     assert_eq!(held["irn_count"], 200, "{held}");
     let irns = held["irns"].as_array().unwrap();
     for (doc, (_, irn)) in docs.iter().zip(&answers) {
@@ -316,7 +311,7 @@ async fn ewaybill_generates_with_replies_dropped_after_commit_make_no_duplicate_
         numbers.push(body["data"]["ewayBillNo"].clone());
     }
     sim.clear_faults().await;
-    let held = documents(&sim).await;
+    let held = sim.documents().await;
     assert_eq!(held["ewb_count"], 51, "{held}");
     for (i, number) in numbers.iter().enumerate() {
         let bill = held["ewbs"]
@@ -372,7 +367,7 @@ async fn an_ewb_by_irn_whose_reply_is_dropped_is_recovered_and_a_duplicate_retur
     let existing: Value = res.json().await.unwrap();
     assert_eq!(existing["Data"]["EwbNo"], number);
 
-    let held = documents(&sim).await;
+    let held = sim.documents().await;
     let entry = &held["irns"][0];
     assert_eq!(entry["ewb_no"], number, "{held}");
     assert_eq!(
@@ -399,7 +394,7 @@ async fn a_dropin_clients_lost_generate_is_recovered_and_sealed_for_it() {
         .await
         .unwrap();
     assert!(generated["SignedQRCode"].is_string(), "{generated}");
-    let held = documents(&sim).await;
+    let held = sim.documents().await;
     assert_eq!(held["irn_count"], 1, "{held}");
     assert_eq!(held["irns"][0]["irn"], generated["Irn"]);
     assert_eq!(held["irns"][0]["generate_calls"], 1);
@@ -455,7 +450,7 @@ async fn lookups_whose_replies_are_lost_are_made_again() {
         .count();
     assert_eq!(lookups, 3, "{calls:?}");
     assert_eq!(generates(&sim).await, 1);
-    let held = documents(&sim).await;
+    let held = sim.documents().await;
     assert_eq!(held["irn_count"], 1, "{held}");
     assert_eq!(held["irns"][0]["irn"], irn.as_str());
 }
