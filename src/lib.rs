@@ -23,6 +23,7 @@ pub(crate) mod gstin;
 pub(crate) mod heap;
 pub(crate) mod listener;
 pub mod metrics;
+pub(crate) mod outcome;
 pub mod path;
 pub mod problem;
 pub(crate) mod proxy;

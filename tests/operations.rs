@@ -22,6 +22,7 @@ const METRIC_NAMES: &[&str] = &[
     "gstgate_sessions",
     "gstgate_session_min_ttl_seconds",
     "gstgate_inflight_requests",
+    "gstgate_generate_outcomes_total",
 ];
 
 #[tokio::test]
@@ -138,7 +139,10 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
     assert_eq!(gw.generate(GSTIN, "LOG/r").await.status(), 200);
     sim.control("/_sim/faults", json!({"mode": "garbage", "count": 1}))
         .await;
-    assert_eq!(gw.generate(GSTIN, "LOG/g").await.status(), 502);
+    // The garbled reply's outcome is looked up, and the generate sent once more.
+    let res = gw.generate(GSTIN, "LOG/g").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["gstgate-outcome"], "recovered");
 
     let ewb = |doc: &str| {
         gw.request(Method::POST, "/ewaybillapi/v1.03/ewayapi")

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::{ChecksumPolicy, Encryption};
+use super::{ChecksumPolicy, Duplicate, Encryption};
 
 /// NIC allows a forced refresh only in the last 10 minutes of a token's life.
 pub const DEFAULT_REFRESH_BEFORE: Duration = Duration::from_secs(10 * 60);
@@ -72,6 +72,9 @@ pub(super) fn default_shutdown_grace() -> Duration {
 }
 pub(super) fn default_encryption() -> Encryption {
     Encryption::Gateway
+}
+pub(super) fn default_duplicate() -> Duplicate {
+    Duplicate::Pass
 }
 pub(super) fn default_refresh_before() -> Duration {
     DEFAULT_REFRESH_BEFORE

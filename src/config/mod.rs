@@ -47,13 +47,13 @@ pub use secrets::read_secret_file;
 pub use validate::{check_otp_warning, check_webhook_url};
 
 use defaults::{
-    default_admin_listen, default_checksum, default_connect_timeout, default_encryption,
-    default_header_timeout, default_idle_ttl, default_ip_usr, default_key_prefix, default_lease,
-    default_listen, default_login_window, default_logins_per_second, default_max_body,
-    default_max_concurrent_logins, default_max_dropin_sessions, default_max_header,
-    default_max_logins, default_max_response, default_refresh_before, default_replicas,
-    default_request_timeout, default_shutdown_grace, default_token_lifetime,
-    default_upstream_timeout, empty_secret,
+    default_admin_listen, default_checksum, default_connect_timeout, default_duplicate,
+    default_encryption, default_header_timeout, default_idle_ttl, default_ip_usr,
+    default_key_prefix, default_lease, default_listen, default_login_window,
+    default_logins_per_second, default_max_body, default_max_concurrent_logins,
+    default_max_dropin_sessions, default_max_header, default_max_logins, default_max_response,
+    default_refresh_before, default_replicas, default_request_timeout, default_shutdown_grace,
+    default_token_lifetime, default_upstream_timeout, empty_secret,
 };
 use env::{
     env_duration, env_duration_opt, env_map, env_map_plain, env_one_or_many, env_parse,
@@ -308,6 +308,28 @@ impl FromStr for Encryption {
     }
 }
 
+/// What a caller's generate answered "duplicate" (2150, 604, 4002) gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Duplicate {
+    /// The upstream's reply, untouched.
+    Pass,
+    /// The existing document's full details, fetched on the caller's behalf.
+    ReturnExisting,
+}
+
+impl FromStr for Duplicate {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "pass" => Ok(Self::Pass),
+            "return_existing" => Ok(Self::ReturnExisting),
+            other => Err(format!(
+                "unknown duplicate `{other}`, expected `pass` or `return_existing`"
+            )),
+        }
+    }
+}
+
 /// Whether a bad GSTIN check character refuses the request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChecksumPolicy {
@@ -358,6 +380,9 @@ pub struct UpstreamConfig {
     /// Who encrypts payloads.
     #[serde(deserialize_with = "env_parse", default = "default_encryption")]
     pub encryption: Encryption,
+    /// What a caller's generate answered "duplicate" gets.
+    #[serde(deserialize_with = "env_parse", default = "default_duplicate")]
+    pub duplicate: Duplicate,
     /// GSP/NIC client id (this or `client_id_file` is required).
     #[serde(deserialize_with = "env_secret", default = "empty_secret")]
     pub client_id: SecretString,

@@ -7,9 +7,9 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 
 use super::{
-    client_entry, credential_entry, upstream_entry, ChecksumPolicy, Config, StoreBackend,
-    HEADER_ROLES, MAX_SESSION_LIFETIME, MAX_TIMEOUT, MAX_TOKEN_LIFETIME, MIN_OTP_WARNING,
-    MIN_SESSION_LIFETIME, PROXY_VARIABLES, RESERVED_HEADERS,
+    client_entry, credential_entry, upstream_entry, ChecksumPolicy, Config, Duplicate, Encryption,
+    StoreBackend, HEADER_ROLES, MAX_SESSION_LIFETIME, MAX_TIMEOUT, MAX_TOKEN_LIFETIME,
+    MIN_OTP_WARNING, MIN_SESSION_LIFETIME, PROXY_VARIABLES, RESERVED_HEADERS,
 };
 use crate::gstin::Gstin;
 
@@ -419,6 +419,16 @@ impl Config {
                 format!("{v} is set, but gstgate connects to its upstreams directly and does not use it")
             })
             .collect();
+        for u in self.upstreams.iter().filter(|u| {
+            u.duplicate == Duplicate::ReturnExisting
+                && u.encryption == Encryption::Passthrough
+                && u.dropin_private_key.is_none()
+        }) {
+            warnings.push(format!(
+                "upstream `{}`: duplicate = \"return_existing\" has no effect with encryption = \"passthrough\": gstgate cannot read a caller's document to look it up",
+                u.name
+            ));
+        }
         if self.store.backend == StoreBackend::Redis {
             for u in self
                 .upstreams
@@ -482,6 +492,35 @@ client_secret = "b"
         };
         assert!(warned(3));
         assert!(!warned(4));
+    }
+
+    #[test]
+    fn duplicate_is_pass_by_default_and_return_existing_is_warned_of_where_it_cannot_work() {
+        let config = |extra: &str| {
+            Config::parse(
+                &format!("[server]\n{ONE_UPSTREAM}{extra}\n"),
+                Path::new("c.toml"),
+            )
+        };
+        assert_eq!(config("").unwrap().upstreams[0].duplicate, Duplicate::Pass);
+        let existing = config("duplicate = \"return_existing\"").unwrap();
+        assert_eq!(existing.upstreams[0].duplicate, Duplicate::ReturnExisting);
+        assert!(existing.warnings().iter().all(|w| !w.contains("duplicate")));
+        let passthrough =
+            config("duplicate = \"return_existing\"\nencryption = \"passthrough\"").unwrap();
+        assert!(
+            passthrough
+                .warnings()
+                .iter()
+                .any(|w| w.contains("duplicate = \"return_existing\" has no effect")),
+            "{:?}",
+            passthrough.warnings()
+        );
+        let err = config("duplicate = \"first\"").unwrap_err().to_string();
+        assert!(
+            err.contains("expected `pass` or `return_existing`"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -91,6 +91,15 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// `upstream` + `outcome`: how a generate was answered.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// Upstream name.
+    pub upstream: Name,
+    /// `direct`, `recovered`, `existing`, `replayed` or `unknown`.
+    pub outcome: &'static str,
+}
+
 /// `upstream` + `trigger`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TriggerLabels {
@@ -162,6 +171,8 @@ pub struct Metrics {
     pub logins_waiting: Family<UpstreamLabel, Gauge<i64, AtomicI64>>,
     /// `gstgate_late_refreshes_total`: proactive refreshes that started after expiry.
     pub late_refreshes: Family<UpstreamLabel, Counter>,
+    /// `gstgate_generate_outcomes_total`: how generates were answered, by upstream.
+    pub generate_outcomes: Family<OutcomeLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -190,6 +201,7 @@ impl Metrics {
             dropin_logins: Family::default(),
             logins_waiting: Family::default(),
             late_refreshes: Family::default(),
+            generate_outcomes: Family::default(),
         };
         let mut r = Registry::default();
         r.register(
@@ -273,6 +285,11 @@ impl Metrics {
             m.late_refreshes.clone(),
         );
         r.register(
+            "gstgate_generate_outcomes",
+            "Generate requests answered, by upstream and outcome (direct, recovered, existing, replayed, unknown)",
+            m.generate_outcomes.clone(),
+        );
+        r.register(
             "gstgate_build",
             "The running gstgate's version",
             prometheus_client::metrics::info::Info::new(vec![(
@@ -293,6 +310,47 @@ pub fn status_class(status: u16) -> &'static str {
         300..=399 => "3xx",
         400..=499 => "4xx",
         _ => "5xx",
+    }
+}
+
+/// How a generate's caller got its answer: the `outcome` label of
+/// `gstgate_generate_outcomes_total`, the whole set in one place.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum GenerateOutcome {
+    /// The generate's own reply, or an error that says what became of it.
+    Direct,
+    /// The document the generate created, found after its outcome was unknown.
+    Recovered,
+    /// The document that existed before, fetched for a duplicate (`return_existing`).
+    Existing,
+    /// A stored answer to an earlier request with the same `Idempotency-Key`.
+    Replayed,
+    /// gstgate could not tell whether the document was created (`outcome_unknown`).
+    Unknown,
+}
+
+impl GenerateOutcome {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Recovered => "recovered",
+            Self::Existing => "existing",
+            Self::Replayed => "replayed",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a generate's outcome.
+    pub fn count_generate(&self, upstream: &Arc<str>, outcome: GenerateOutcome) {
+        self.generate_outcomes
+            .get_or_create(&OutcomeLabels {
+                upstream: upstream.clone().into(),
+                outcome: outcome.label(),
+            })
+            .inc();
     }
 }
 

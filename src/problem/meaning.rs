@@ -53,6 +53,7 @@ impl GatewayError {
             | TooManySessions { .. }
             | UpstreamBadResponse(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout(_) | AdminActionTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            OutcomeUnknown(_) => StatusCode::BAD_GATEWAY,
             NotReady(_) | OtpRequired { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -96,6 +97,7 @@ impl GatewayError {
                 "upstream_unavailable"
             }
             UpstreamTimeout(_) | AdminActionTimeout(_) => "upstream_timeout",
+            OutcomeUnknown(_) => "outcome_unknown",
             UpstreamBadResponse(_) => "upstream_bad_response",
             OtpRequired { .. } => "otp_required",
             OtpInvalid { .. } => "otp_invalid",
@@ -142,6 +144,7 @@ impl GatewayError {
                 "Upstream unavailable"
             }
             UpstreamTimeout(_) | AdminActionTimeout(_) => "Upstream timeout",
+            OutcomeUnknown(_) => "Outcome unknown",
             UpstreamBadResponse(_) => "Bad upstream response",
             OtpRequired { .. } => "OTP required",
             OtpInvalid { .. } => "OTP refused",
@@ -203,6 +206,7 @@ impl GatewayError {
             UpstreamUnavailable(_) | UpstreamConnectionFailed(_) => "Retry with backoff; if it persists check the GSP's status page.".into(),
             UpstreamUnreachable(_) => "Retry with backoff; if it persists check the GSP's status page, and ask the gateway operator to read the gateway's log, which says why no connection could be made (DNS, network or TLS trust).".into(),
             UpstreamTimeout(_) => "Retry later, checking first whether the operation took effect (e.g. get the IRN by document details) to avoid duplicates.".into(),
+            OutcomeUnknown(_) => "Do not generate again blindly: look the document up first (e-invoice: GET …/Invoice/irnbydocdetails; e-way bill: GetEwayBillGeneratedByConsigner) and generate only if the upstream has none; a repeated generate may be answered as a duplicate (2150, 604, 4002) naming the existing document.".into(),
             AdminActionTimeout(_) => "Read GET /admin/sessions for the action's outcome before repeating it: it was not cancelled, and an OTP is good for one submission only.".into(),
             UpstreamBadResponse(_) => "Retry; if it persists the GSP or its session keys are misbehaving — contact the gateway operator.".into(),
             NotReady(_) => "Retry shortly; the gateway is starting or its store is unreachable.".into(),
@@ -273,6 +277,7 @@ impl GatewayError {
             | UpstreamUnreachable(_)
             | UpstreamConnectionFailed(_)
             | UpstreamTimeout(_)
+            | OutcomeUnknown(_)
             | AdminActionTimeout(_)
             | UpstreamBadResponse(_)
             | ApiAccessDisabled { .. }
@@ -329,6 +334,7 @@ impl GatewayError {
             | UpstreamUnreachable(_)
             | UpstreamConnectionFailed(_)
             | UpstreamTimeout(_)
+            | OutcomeUnknown(_)
             | AdminActionTimeout(_)
             | UpstreamBadResponse(_)
             | TooManySessions { .. }
@@ -510,6 +516,7 @@ mod tests {
             (UpstreamUnreachable(cause()), Upstream, true),
             (UpstreamConnectionFailed(cause()), Upstream, true),
             (UpstreamTimeout(1), Upstream, true),
+            (OutcomeUnknown(s()), Upstream, true),
             (AdminActionTimeout(1), Upstream, true),
             (UpstreamBadResponse(s()), Upstream, true),
             (
@@ -583,6 +590,7 @@ mod tests {
             UpstreamUnreachable(_) => "UpstreamUnreachable",
             UpstreamConnectionFailed(_) => "UpstreamConnectionFailed",
             UpstreamTimeout(_) => "UpstreamTimeout",
+            OutcomeUnknown(_) => "OutcomeUnknown",
             AdminActionTimeout(_) => "AdminActionTimeout",
             UpstreamBadResponse(_) => "UpstreamBadResponse",
             OtpRequired { .. } => "OtpRequired",
@@ -598,8 +606,8 @@ mod tests {
         let table = table();
         let names: std::collections::BTreeSet<_> = table.iter().map(|(e, ..)| variant(e)).collect();
         assert_eq!(names.len(), table.len(), "a variant is listed twice");
-        // The exhaustive `variant` names 45 variants; the table must hold each of them.
-        assert_eq!(names.len(), 45, "a variant is missing from the table");
+        // The exhaustive `variant` names 46 variants; the table must hold each of them.
+        assert_eq!(names.len(), 46, "a variant is missing from the table");
         for (e, origin, retryable) in &table {
             assert_eq!(e.origin(), *origin, "origin of {}", variant(e));
             assert_eq!(e.retryable(), *retryable, "retryable of {}", variant(e));

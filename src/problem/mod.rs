@@ -271,6 +271,10 @@ pub enum GatewayError {
     /// The upstream did not answer within its timeout.
     #[error("the upstream did not answer within {0} ms")]
     UpstreamTimeout(u128),
+    /// A generate's outcome was lost and the upstream could not say whether it created the
+    /// document; gstgate sent no further generate.
+    #[error("the outcome of the generate is unknown: {0}")]
+    OutcomeUnknown(String),
     /// An admin action (a login) outlasted `server.request_timeout`; it is not cancelled.
     #[error("the action did not finish within {0} ms; it goes on and its outcome is recorded")]
     AdminActionTimeout(u128),

@@ -12,7 +12,7 @@ use crate::dropin::DropinSession;
 use crate::path::CallerPath;
 use crate::problem::GatewayError;
 use crate::session::{Session, Slot};
-use crate::upstream::{Reply, Upstream};
+use crate::upstream::{Generate, Reply, Upstream};
 
 /// What one upstream call of a request is made of, fixed across its (at most two) attempts.
 pub(super) struct Call<'a> {
@@ -33,6 +33,9 @@ pub(super) struct Call<'a> {
     pub(super) body: &'a Bytes,
     /// The drop-in session of a drop-in caller: its reply is sealed with its SEK.
     pub(super) dropin: Option<&'a DropinSession>,
+    /// An earlier attempt of this very request may have reached the upstream (an
+    /// idempotency claim abandoned by a dead replica).
+    pub(super) earlier_attempt_unknown: bool,
 }
 
 /// The upstream's answer to one attempt.
@@ -54,6 +57,17 @@ impl Call<'_> {
         } else {
             self.upstream.encryption
         }
+    }
+
+    /// The generate this call is, where gstgate reads its plain body (gateway encryption or
+    /// drop-in): a passthrough body is the caller's ciphertext.
+    pub(super) fn generate(&self) -> Option<Generate> {
+        if self.encryption() != Encryption::Gateway {
+            return None;
+        }
+        self.upstream
+            .profile
+            .generate(self.method, self.path, self.body)
     }
 
     /// Builds the request with `session` (the token and SEK may differ between attempts) and

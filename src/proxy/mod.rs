@@ -12,6 +12,9 @@
 //! 5. send: pooled client, timeouts, size cap (`call`)
 //! 6. classify: respond, replay once, or fail, the same for every API ([`crate::classify`])
 //! 7. respond: decrypt or pass the reply through (`respond`)
+//! 8. outcome, for a generate (IRN, e-way bill): a lost or duplicate answer looked up and
+//!    answered with the document, one safe retry, or `outcome_unknown` (`outcome`, rule in
+//!    [`crate::outcome`])
 //!
 //! A token rejection invalidates that session generation, gets a session once more and
 //! replays once (`Proxy::replay`): two upstream attempts at most, never a loop. A token that
@@ -21,6 +24,7 @@
 mod admit;
 mod call;
 mod dropin;
+mod outcome;
 mod respond;
 
 use std::convert::Infallible;
@@ -46,6 +50,7 @@ use crate::upstream::{Class, Upstream, Verdict};
 
 use admit::{Admission, Admitted};
 use call::Call;
+use outcome::{Attempted, Observed};
 
 /// The proxy listener's state.
 pub struct Proxy {
@@ -289,24 +294,43 @@ impl Proxy {
             path: &path,
             body: &body,
             dropin: None,
+            earlier_attempt_unknown: false,
         };
         self.forward(&call, &session, outcome).await
     }
 
     /// Phases 4 to 7 of a call whose session is in hand: build, send, classify, and respond
-    /// or replay once.
+    /// or replay once; a generate's through the outcome phase (`outcome`), which may look
+    /// its document up and send it once more.
     async fn forward(
         &self,
         call: &Call<'_>,
         session: &Session,
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, GatewayError> {
-        let sent = call.exchange(session, outcome).await?;
+        match call.generate() {
+            Some(generate) => self.generate(call, &generate, session, outcome).await,
+            None => self.attempt(call, session, outcome).await.answer,
+        }
+    }
+
+    /// One sending of a call: build, send, classify, and respond or replay once.
+    async fn attempt(
+        &self,
+        call: &Call<'_>,
+        session: &Session,
+        outcome: &mut Outcome,
+    ) -> Attempted {
+        let sent = match call.exchange(session, outcome).await {
+            Ok(sent) => sent,
+            Err(err) => return Attempted::failed(err),
+        };
         let reply = sent.read(call.upstream, outcome);
         self.count_upstream_error(call.upstream, &reply.verdict);
+        let observed = Observed::of(&sent, &reply);
         match classify::reply(sent.status, &reply, call.slot.credential.whose()) {
-            Decision::Respond => respond::respond(call, session, &sent, reply),
-            Decision::Fail(err) => Err(err),
+            Decision::Respond => observed.with(respond::respond(call, session, &sent, reply)),
+            Decision::Fail(err) => observed.with(Err(err)),
             Decision::Replay => {
                 let code = reply.verdict.code;
                 self.replay(call, session, code, outcome).await
@@ -325,17 +349,15 @@ impl Proxy {
         rejected: &Session,
         upstream_code: Option<String>,
         outcome: &mut Outcome,
-    ) -> Result<Response<Body>, GatewayError> {
+    ) -> Attempted {
         let upstream = call.upstream;
         if self.sessions.invalidate(call.slot, rejected) == Invalidation::KnownRejected {
             self.count_replay(upstream, "failed");
-            return Err(GatewayError::TokenRejected { upstream_code });
+            return Attempted::known(Err(GatewayError::TokenRejected { upstream_code }));
         }
-        let session = self
-            .sessions
-            .session(call.slot, Trigger::Rejected)
-            .await
-            .inspect_err(|e| {
+        let session = match self.sessions.session(call.slot, Trigger::Rejected).await {
+            Ok(session) => session,
+            Err(e) => {
                 // GSTN's AUTH4038 after the portal session's end: the refresh is refused and
                 // only an OTP helps. That is the session's lifetime running out (its own
                 // alert), not a replay that a mapping or a rogue login made fail.
@@ -345,28 +367,34 @@ impl Proxy {
                     "failed"
                 };
                 self.count_replay(upstream, result);
-            })?;
+                return Attempted::known(Err(e));
+            }
+        };
         outcome.retries = 1;
-        let sent = call.exchange(&session, outcome).await?;
+        let sent = match call.exchange(&session, outcome).await {
+            Ok(sent) => sent,
+            Err(err) => return Attempted::failed(err),
+        };
         let reply = sent.read(upstream, outcome);
         self.count_upstream_error(upstream, &reply.verdict);
+        let observed = Observed::of(&sent, &reply);
         match classify::reply(sent.status, &reply, call.slot.credential.whose()) {
             Decision::Replay => {
                 // Never a third attempt, and no login for the next rejection of this session
                 // either: a renewal did not help.
                 self.sessions.renewal_rejected(call.slot, &session);
                 self.count_replay(upstream, "failed");
-                Err(GatewayError::TokenRejected {
+                observed.with(Err(GatewayError::TokenRejected {
                     upstream_code: reply.verdict.code,
-                })
+                }))
             }
             Decision::Fail(err) => {
                 self.count_replay(upstream, "recovered");
-                Err(err)
+                observed.with(Err(err))
             }
             Decision::Respond => {
                 self.count_replay(upstream, "recovered");
-                respond::respond(call, &session, &sent, reply)
+                observed.with(respond::respond(call, &session, &sent, reply))
             }
         }
     }

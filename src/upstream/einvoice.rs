@@ -10,12 +10,14 @@ use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use super::envelope::Envelope;
+use super::generate::{self, Generate};
 use super::{
     nic, renewal, Class, Expiry, HeaderContext, Login, LoginFailure, LoginKind, LoginRequest,
     Profile, Reply, Verdict, ROLE_COUNT,
 };
 use crate::config::{CredentialConfig, UpstreamConfig};
 use crate::crypto::{AesKey, PublicKey};
+use crate::path::CallerPath;
 use crate::problem::GatewayError;
 
 /// NIC issues a new token on `ForceRefreshAccessToken` only in its last 10 minutes.
@@ -245,6 +247,99 @@ impl Profile for Einvoice {
     ) -> Result<(), (&'static str, String)> {
         super::config_checks::require_password(upstream, credential)
     }
+
+    fn generate(&self, method: &Method, path: &CallerPath, body: &[u8]) -> Option<Generate> {
+        if method != Method::POST {
+            return None;
+        }
+        if generate::ends_with(path, &["eicore", "v", "Invoice"]) {
+            irn_generate(path, body)
+        } else if generate::ends_with(path, &["eiewb", "v", "ewaybill"]) {
+            ewb_by_irn_generate(path, body)
+        } else {
+            None
+        }
+    }
+}
+
+/// Generate IRN: found again by its document details (`DocDtls`), which NIC answers for a
+/// few days after generation. 2148: no IRN for those details.
+fn irn_generate(path: &CallerPath, body: &[u8]) -> Option<Generate> {
+    let invoice: Value = serde_json::from_slice(body).ok()?;
+    let field = |name: &str| {
+        invoice
+            .pointer(&format!("/DocDtls/{name}"))
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let lookup = generate::lookup(
+        path,
+        "/irnbydocdetails",
+        &[
+            ("doctype", field("Typ")?),
+            ("docnum", field("No")?),
+            ("docdate", field("Dt")?),
+        ],
+    )?;
+    Some(Generate {
+        lookup,
+        duplicate: &["2150"],
+        absent: &["2148"],
+        answer: irn_answer,
+    })
+}
+
+/// The IRN lookup's reply is the generate's own (AckNo, Irn, SignedInvoice, SignedQRCode…);
+/// a cancelled IRN stands for no generate.
+fn irn_answer(plain: &[u8]) -> Option<Vec<u8>> {
+    let reply: Value = serde_json::from_slice(plain).ok()?;
+    let data = reply.get("Data")?;
+    data.get("Irn")?.as_str()?;
+    if data.get("Status").and_then(Value::as_str) == Some("CNL") {
+        return None;
+    }
+    Some(plain.to_vec())
+}
+
+/// Generate e-way bill by IRN: found again by the IRN. 4002: the IRN has an e-way bill
+/// already; 4005: it has none (NIC's get-EWB-by-IRN).
+fn ewb_by_irn_generate(path: &CallerPath, body: &[u8]) -> Option<Generate> {
+    let request: Value = serde_json::from_slice(body).ok()?;
+    let irn = request.get("Irn")?.as_str()?.trim();
+    if irn.len() != 64 || !irn.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let lookup = generate::lookup(path, &format!("/irn/{irn}"), &[])?;
+    Some(Generate {
+        lookup,
+        duplicate: &["4002"],
+        absent: &["4005"],
+        answer: ewb_by_irn_answer,
+    })
+}
+
+/// The generate's reply (`EwbNo`, `EwbDt`, `EwbValidTill`) from the e-way bill NIC holds for
+/// the IRN; a cancelled one stands for no generate.
+fn ewb_by_irn_answer(plain: &[u8]) -> Option<Vec<u8>> {
+    let reply: Value = serde_json::from_slice(plain).ok()?;
+    let data = reply.get("Data")?;
+    let number = data.get("EwbNo").filter(|n| !n.is_null())?;
+    if data.get("Status").and_then(Value::as_str) == Some("CNL") {
+        return None;
+    }
+    serde_json::to_vec(&json!({
+        "Status": 1,
+        "Data": {
+            "EwbNo": number,
+            "EwbDt": data.get("EwbDt"),
+            "EwbValidTill": data.get("EwbValidTill"),
+            "Alert": null,
+        },
+        "ErrorDetails": null,
+        "InfoDtls": null,
+    }))
+    .ok()
 }
 
 #[cfg(test)]
@@ -302,6 +397,43 @@ mod tests {
             p.decode_reply(r, &sek),
             Err(GatewayError::UpstreamBadResponse(_))
         ));
+    }
+
+    #[test]
+    fn an_irn_generate_is_looked_up_by_its_document_details() {
+        let path = CallerPath::parse("/gsp/eicore/v1.03/Invoice", None).unwrap();
+        let body = br#"{"DocDtls":{"Typ":"INV","No":"A/1","Dt":"01/04/2026"}}"#;
+        let g = Einvoice.generate(&Method::POST, &path, body).unwrap();
+        assert_eq!(g.lookup.path(), "/gsp/eicore/v1.03/Invoice/irnbydocdetails");
+        assert_eq!(g.lookup.query_values("docnum"), vec!["A/1".to_owned()]);
+        assert_eq!(g.duplicate, &["2150"]);
+        assert!(Einvoice.generate(&Method::GET, &path, body).is_none());
+        assert!(Einvoice.generate(&Method::POST, &path, b"{}").is_none());
+        let cancel = CallerPath::parse("/eicore/v1.03/Invoice/Cancel", None).unwrap();
+        assert!(Einvoice.generate(&Method::POST, &cancel, body).is_none());
+        let found = br#"{"Status":1,"Data":{"Irn":"ab","Status":"ACT"}}"#;
+        assert_eq!((g.answer)(found).unwrap(), found.to_vec());
+        assert!((g.answer)(br#"{"Status":1,"Data":{"Irn":"ab","Status":"CNL"}}"#).is_none());
+    }
+
+    #[test]
+    fn an_ewb_by_irn_generate_is_looked_up_by_its_irn() {
+        let path = CallerPath::parse("/eiewb/v1.03/ewaybill", None).unwrap();
+        let irn = "a".repeat(64);
+        let body = format!(r#"{{"Irn":"{irn}","Distance":10}}"#);
+        let g = Einvoice
+            .generate(&Method::POST, &path, body.as_bytes())
+            .unwrap();
+        assert_eq!(g.lookup.path(), format!("/eiewb/v1.03/ewaybill/irn/{irn}"));
+        let bad = br#"{"Irn":"../x"}"#;
+        assert!(Einvoice.generate(&Method::POST, &path, bad).is_none());
+        let out: Value = serde_json::from_slice(
+            &(g.answer)(br#"{"Status":1,"Data":{"EwbNo":1,"EwbDt":"d","EwbValidTill":"t"}}"#)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(out["Data"]["EwbNo"], 1);
+        assert_eq!(out["Status"], 1);
     }
 
     #[test]

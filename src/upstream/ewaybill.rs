@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use super::envelope::Envelope;
+use super::generate::{self, Generate};
 use super::sealed::{open_reply, seal_request, Layers};
 use super::{
     renewal, Class, Expiry, HeaderContext, Login, LoginFailure, LoginKind, LoginRequest, Profile,
@@ -19,6 +20,7 @@ use super::{
 };
 use crate::config::{CredentialConfig, UpstreamConfig, DEFAULT_LOGIN_WINDOW};
 use crate::crypto::{b64_decode, AesKey, PublicKey};
+use crate::path::CallerPath;
 use crate::problem::GatewayError;
 
 /// NIC e-way bill reportedly blocks a user for 15 minutes after 5 logins in 15 minutes
@@ -214,6 +216,35 @@ impl Profile for Ewaybill {
         super::config_checks::require_password(upstream, credential)
     }
 
+    fn generate(&self, method: &Method, path: &CallerPath, body: &[u8]) -> Option<Generate> {
+        if method != Method::POST || !generate::ends_with(path, &["ewaybillapi", "v", "ewayapi"]) {
+            return None;
+        }
+        let request: Value = serde_json::from_slice(body).ok()?;
+        let action = request.get("action")?.as_str()?;
+        if !action.trim().eq_ignore_ascii_case("GENEWAYBILL") {
+            return None;
+        }
+        let field = |name: &str| {
+            request
+                .pointer(&format!("/data/{name}"))
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+        };
+        let lookup = generate::lookup(
+            path,
+            "/GetEwayBillGeneratedByConsigner",
+            &[("docType", field("docType")?), ("docNo", field("docNo")?)],
+        )?;
+        Some(Generate {
+            lookup,
+            duplicate: &["604"],
+            absent: &["325"],
+            answer: generated_answer,
+        })
+    }
+
     fn config_warnings(&self, upstream: &UpstreamConfig) -> Vec<String> {
         // Allowed because sandboxes scale NIC's window down; against NIC itself, a shorter
         // window lets more than its limit of logins into its 15 minutes.
@@ -227,6 +258,31 @@ impl Profile for Ewaybill {
             upstream.max_logins
         )]
     }
+}
+
+/// The generate's reply (`ewayBillNo`, `ewayBillDate`, `validUpto`) from the e-way bill NIC
+/// holds for the document (an object, or a list whose first entry is it); a cancelled one
+/// stands for no generate.
+fn generated_answer(plain: &[u8]) -> Option<Vec<u8>> {
+    let reply: Value = serde_json::from_slice(plain).ok()?;
+    let data = match reply.get("data")? {
+        Value::Array(bills) => bills.first()?,
+        other => other,
+    };
+    let number = data.get("ewayBillNo").filter(|n| !n.is_null())?;
+    if data.get("status").and_then(Value::as_str) == Some("CNL") {
+        return None;
+    }
+    serde_json::to_vec(&json!({
+        "status": "1",
+        "data": {
+            "ewayBillNo": number,
+            "ewayBillDate": data.get("ewayBillDate"),
+            "validUpto": data.get("validUpto"),
+            "alert": "",
+        },
+    }))
+    .ok()
 }
 
 #[cfg(test)]
@@ -309,6 +365,30 @@ mod tests {
             warnings[0].starts_with("upstream `up`: login_window 30s is shorter"),
             "{warnings:?}"
         );
+    }
+
+    #[test]
+    fn an_ewb_generate_is_looked_up_by_its_document() {
+        let path = CallerPath::parse("/ewaybillapi/v1.03/ewayapi", None).unwrap();
+        let body = br#"{"action":"GENEWAYBILL","data":{"docType":"INV","docNo":"E/1"}}"#;
+        let g = Ewaybill.generate(&Method::POST, &path, body).unwrap();
+        assert_eq!(
+            g.lookup.path(),
+            "/ewaybillapi/v1.03/ewayapi/GetEwayBillGeneratedByConsigner"
+        );
+        assert_eq!(g.lookup.query(), Some("docType=INV&docNo=E%2F1"));
+        assert_eq!(g.duplicate, &["604"]);
+        let cancel = br#"{"action":"CANEWB","data":{"ewbNo":1}}"#;
+        assert!(Ewaybill.generate(&Method::POST, &path, cancel).is_none());
+        let out: Value = serde_json::from_slice(
+            &(g.answer)(
+                br#"{"status":"1","data":{"ewayBillNo":7,"ewayBillDate":"d","validUpto":"v"}}"#,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(out["data"]["ewayBillNo"], 7);
+        assert!((g.answer)(br#"{"status":"1","data":{}}"#).is_none());
     }
 
     #[test]

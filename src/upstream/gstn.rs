@@ -20,7 +20,7 @@ use super::{
     renewal, transaction_id, Class, Expiry, HeaderContext, Login, LoginFailure, LoginKind,
     LoginRequest, Profile, Reply, Verdict, ROLE_COUNT,
 };
-use crate::config::{CredentialConfig, UpstreamConfig};
+use crate::config::{CredentialConfig, Duplicate, UpstreamConfig};
 use crate::crypto::{b64_encode, gstn_app_key, AesKey, PublicKey};
 use crate::gstin::Gstin;
 use crate::path::CallerPath;
@@ -284,12 +284,33 @@ impl Profile for Gstn {
         // login sends the password, so a GSTN-only credential may omit it.
         Ok(())
     }
+
+    fn config_warnings(&self, upstream: &UpstreamConfig) -> Vec<String> {
+        if upstream.duplicate == Duplicate::Pass {
+            return Vec::new();
+        }
+        vec![format!(
+            "upstream `{}`: duplicate = \"return_existing\" has no effect: GSTN has no generate call",
+            upstream.name
+        )]
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::upstream::config_checks::tests::one_upstream;
+
+    #[test]
+    fn return_existing_is_warned_of_on_gstn() {
+        assert!(Gstn
+            .config_warnings(&one_upstream("gstn", "", "").upstreams[0])
+            .is_empty());
+        let config = one_upstream("gstn", "duplicate = \"return_existing\"", "");
+        let warnings = Gstn.config_warnings(&config.upstreams[0]);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("GSTN has no generate call"));
+    }
 
     #[test]
     fn an_otp_flow_needs_two_logins_of_allowance() {

@@ -10,6 +10,8 @@
 //! * [`einvoice`], [`ewaybill`], [`gstn`]: the three profiles; [`nic`]: what NIC's two share.
 //! * [`renewal`]: the session-renewal strategies the profiles pick from.
 //! * [`envelope`], [`sealed`]: reading and rewriting JSON replies, and the REK-sealed payloads.
+//! * [`generate`]: what a profile says about a call that creates a document, for the outcome
+//!   phase.
 //! * `headers`: the header values and names injected upstream.
 //! * [`client`], [`tls`]: the pooled HTTP client and its TLS set-up.
 //! * `config_checks`: what `check-config` and `serve` check of a loaded configuration beyond
@@ -22,6 +24,7 @@ pub mod dropin;
 pub mod einvoice;
 pub mod envelope;
 pub mod ewaybill;
+pub mod generate;
 pub mod gstn;
 mod headers;
 pub mod nic;
@@ -38,13 +41,14 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use secrecy::ExposeSecret;
 
-use crate::config::{ApiKind, ChecksumPolicy, Encryption, UpstreamConfig};
+use crate::config::{ApiKind, ChecksumPolicy, Duplicate, Encryption, UpstreamConfig};
 pub use crate::config::{HEADER_ROLES, ROLE_COUNT};
 use crate::crypto::{KeyPair, PublicKey};
 use crate::metrics::{Metrics, UpstreamLabel};
 use crate::path::CallerPath;
 use crate::problem::{Cause, GatewayError};
 pub use config_checks::{check_files, check_profiles, config_warnings};
+pub use generate::Generate;
 pub use headers::{
     named_by_connection, transaction_id, HeaderContext, HeaderNames, GENERIC_CALLER_HEADERS,
 };
@@ -72,6 +76,8 @@ pub struct Upstream {
     pub dropin_key: Option<Arc<KeyPair>>,
     /// Who encrypts payloads.
     pub encryption: Encryption,
+    /// What a caller's generate answered "duplicate" gets.
+    pub duplicate: Duplicate,
     /// Client id header value (sensitive).
     pub client_id: HeaderValue,
     /// Client secret header value (sensitive).
@@ -314,6 +320,7 @@ impl Upstream {
             public_key,
             dropin_key,
             encryption: cfg.encryption,
+            duplicate: cfg.duplicate,
             client_id: sensitive(cfg.client_id.expose_secret(), &name, "client_id")?,
             client_secret: sensitive(cfg.client_secret.expose_secret(), &name, "client_secret")?,
             ip_usr: HeaderValue::from_str(&cfg.ip_usr).map_err(|_| UpstreamError::Header {

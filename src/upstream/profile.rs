@@ -7,6 +7,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use secrecy::SecretString;
 
 use super::envelope;
+use super::generate::Generate;
 use super::headers::HeaderContext;
 use super::renewal::Renewal;
 use crate::config::{CredentialConfig, UpstreamConfig, ROLE_COUNT};
@@ -325,6 +326,12 @@ pub trait Profile: Send + Sync + 'static {
     /// Settings of `upstream` this API accepts but that are likely a mistake.
     fn config_warnings(&self, _upstream: &UpstreamConfig) -> Vec<String> {
         Vec::new()
+    }
+
+    /// The generate a call is, if it creates a document and its plain `body` names it well
+    /// enough to look the document up; `None` for every other call.
+    fn generate(&self, _method: &Method, _path: &CallerPath, _body: &[u8]) -> Option<Generate> {
+        None
     }
 }
 

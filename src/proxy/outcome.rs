@@ -1,0 +1,284 @@
+//! Phase 8, outcome: a generate (IRN, e-way bill, e-way bill by IRN) whose reply was lost or
+//! said "duplicate" is answered with the document the upstream holds, found by a lookup on
+//! the same session through the same build and send code; or sent once more when the lookup
+//! says the upstream never saw it; or answered `outcome_unknown`. The rule is
+//! [`crate::outcome`]'s; this phase carries it out and counts
+//! `gstgate_generate_outcomes_total`.
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Response};
+
+use super::call::{Call, Sent};
+use super::respond::api_answer;
+use super::{Outcome, Proxy};
+use crate::metrics::GenerateOutcome;
+use crate::outcome::{self as rule, Found, Reason, Round, Seen, Settle, Step};
+use crate::problem::GatewayError;
+use crate::session::{Invalidation, Session, Trigger};
+use crate::upstream::{Class, Generate, Reply};
+
+/// What one sending of a call came to: the answer as it stands, and what gstgate can tell of
+/// the upstream's side.
+pub(super) struct Attempted {
+    /// The answer for the caller: a reply to relay, or a gateway error.
+    pub(super) answer: Result<Response<Body>, GatewayError>,
+    /// What the upstream's reply said, if it came.
+    observed: Observed,
+}
+
+/// What a reply says of the call's outcome, before it is answered.
+#[derive(Default)]
+pub(super) struct Observed {
+    /// The upstream may have acted without the reply saying so.
+    unknown: bool,
+    /// The reply is a success.
+    success: bool,
+    /// The reply's upstream error code.
+    code: Option<String>,
+}
+
+impl Attempted {
+    /// An attempt that ended in `err` before any reply: unknown if it may have been sent.
+    pub(super) fn failed(err: GatewayError) -> Self {
+        Self {
+            observed: Observed {
+                unknown: rule::unknown_after(&err),
+                ..Observed::default()
+            },
+            answer: Err(err),
+        }
+    }
+
+    /// An attempt whose answer says all (nothing was sent, or gstgate refused it).
+    pub(super) fn known(answer: Result<Response<Body>, GatewayError>) -> Self {
+        Self {
+            answer,
+            observed: Observed::default(),
+        }
+    }
+}
+
+impl Observed {
+    /// What `reply` says of the outcome.
+    pub(super) fn of(sent: &Sent, reply: &Reply<'_>) -> Self {
+        Self {
+            unknown: rule::unknown_reply(sent.status, reply),
+            success: reply.verdict.class == Class::Success,
+            code: reply.verdict.code.clone(),
+        }
+    }
+
+    /// The attempt answered with `answer`: a success that could not be read (undecryptable)
+    /// leaves the outcome unknown too.
+    pub(super) fn with(mut self, answer: Result<Response<Body>, GatewayError>) -> Attempted {
+        if let Err(err) = &answer {
+            self.unknown |= rule::unknown_after(err);
+        }
+        Attempted {
+            answer,
+            observed: self,
+        }
+    }
+
+    /// How the rule sees it, for a generate that answers `duplicate` codes when the document
+    /// exists.
+    fn seen(&self, generate: &Generate) -> Seen {
+        if self.unknown {
+            Seen::Unknown
+        } else if self
+            .code
+            .as_deref()
+            .is_some_and(|c| generate.duplicate.contains(&c))
+        {
+            Seen::Duplicate
+        } else {
+            Seen::Known
+        }
+    }
+}
+
+impl Proxy {
+    /// Sends a generate and settles its outcome: at most two generates, the second only
+    /// after a lookup said the upstream does not have the document.
+    pub(super) async fn generate(
+        &self,
+        call: &Call<'_>,
+        generate: &Generate,
+        session: &Session,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, GatewayError> {
+        let upstream = call.upstream;
+        let mut round = Round::First;
+        let mut attempted = self.attempt(call, session, outcome).await;
+        loop {
+            let seen = attempted.observed.seen(generate);
+            let step = rule::after_attempt(
+                seen,
+                round,
+                call.earlier_attempt_unknown,
+                upstream.duplicate,
+            );
+            let reason = match step {
+                Step::Answer => return self.answer(call, attempted, round),
+                Step::LookUp(reason) => reason,
+            };
+            let mut lookups = Lookups {
+                made: 0,
+                next: Trigger::Cold,
+            };
+            let mut found = self.look_up(call, generate, &mut lookups, outcome).await;
+            while rule::look_again(&found, lookups.made) {
+                found = self.look_up(call, generate, &mut lookups, outcome).await;
+            }
+            match rule::after_lookup(reason, round, found) {
+                Settle::Recovered(doc) => {
+                    return Ok(self.found(call, doc, GenerateOutcome::Recovered))
+                }
+                Settle::Existing(doc) => {
+                    return Ok(self.found(call, doc, GenerateOutcome::Existing))
+                }
+                Settle::Original => {
+                    self.metrics
+                        .count_generate(&upstream.name, GenerateOutcome::Direct);
+                    return attempted.answer;
+                }
+                Settle::Unknown => {
+                    self.metrics
+                        .count_generate(&upstream.name, GenerateOutcome::Unknown);
+                    return Err(GatewayError::OutcomeUnknown(unknown_detail(reason, round)));
+                }
+                Settle::Retry => {
+                    round = Round::Retry;
+                    attempted = match self.sessions.session(call.slot, Trigger::Cold).await {
+                        Ok(session) => self.attempt(call, &session, outcome).await,
+                        Err(e) => Attempted::known(Err(e)),
+                    };
+                }
+            }
+        }
+    }
+
+    /// The attempt's own answer; a retry's success is the recovered document.
+    fn answer(
+        &self,
+        call: &Call<'_>,
+        attempted: Attempted,
+        round: Round,
+    ) -> Result<Response<Body>, GatewayError> {
+        let recovered = round == Round::Retry && attempted.observed.success;
+        let how = if recovered {
+            GenerateOutcome::Recovered
+        } else {
+            GenerateOutcome::Direct
+        };
+        self.metrics.count_generate(&call.upstream.name, how);
+        let mut answer = attempted.answer;
+        if let (true, Ok(res)) = (recovered, &mut answer) {
+            mark(res, how);
+        }
+        answer
+    }
+
+    /// Looks the generate's document up with the slot's current session, through the same
+    /// build and send code as the call (its headers, GSTIN and encryption). A rejected token
+    /// is invalidated, and the lookup counts as lost: the next one gets a new session.
+    async fn look_up(
+        &self,
+        call: &Call<'_>,
+        generate: &Generate,
+        lookups: &mut Lookups,
+        outcome: &mut Outcome,
+    ) -> Found {
+        lookups.made += 1;
+        let Ok(session) = self.sessions.session(call.slot, lookups.next).await else {
+            return Found::CannotTell;
+        };
+        lookups.next = Trigger::Cold;
+        let empty = Bytes::new();
+        let lookup = Call {
+            method: &Method::GET,
+            path: &generate.lookup,
+            body: &empty,
+            ..*call
+        };
+        let sent = match lookup.exchange(&session, outcome).await {
+            Ok(sent) => sent,
+            Err(err) if rule::unknown_after(&err) => return Found::Lost,
+            Err(_) => return Found::CannotTell,
+        };
+        let reply = sent.read(call.upstream, outcome);
+        if rule::unknown_reply(sent.status, &reply) {
+            return Found::Lost;
+        }
+        if reply.verdict.class == Class::TokenRejected {
+            if self.sessions.invalidate(call.slot, &session) == Invalidation::KnownRejected {
+                return Found::CannotTell;
+            }
+            lookups.next = Trigger::Rejected;
+            return Found::Lost;
+        }
+        let code = reply.verdict.code.clone();
+        if reply.verdict.class == Class::Success {
+            return match call.upstream.profile.decode_reply(reply, &session.sek) {
+                Ok(plain) => (generate.answer)(&plain).map_or(Found::CannotTell, Found::Document),
+                Err(_) => Found::Lost,
+            };
+        }
+        let absent =
+            reply.envelope.is_some() && code.is_some_and(|c| generate.absent.contains(&c.as_str()));
+        if absent {
+            Found::Absent
+        } else {
+            Found::CannotTell
+        }
+    }
+
+    /// The document found, as the generate's success answer: plain JSON, sealed again for a
+    /// drop-in caller.
+    fn found(&self, call: &Call<'_>, plain: Vec<u8>, how: GenerateOutcome) -> Response<Body> {
+        self.metrics.count_generate(&call.upstream.name, how);
+        let body = match call.dropin {
+            Some(dropin) => {
+                call.upstream
+                    .profile
+                    .dropin()
+                    .seal_reply(call.method, &plain, &dropin.sek)
+            }
+            None => plain,
+        };
+        let mut res = api_answer(body);
+        mark(&mut res, how);
+        res
+    }
+}
+
+/// The lookups of one generate so far.
+struct Lookups {
+    /// How many were made.
+    made: u32,
+    /// Why the next one may need a new session.
+    next: Trigger,
+}
+
+/// Marks an answer gstgate made up with how it came about.
+fn mark(res: &mut Response<Body>, how: GenerateOutcome) {
+    res.headers_mut().insert(
+        HeaderName::from_static(rule::HEADER),
+        HeaderValue::from_static(how.label()),
+    );
+}
+
+/// What the caller is told of an unknown outcome.
+fn unknown_detail(reason: Reason, round: Round) -> String {
+    let what = match (reason, round) {
+        (Reason::OwnDuplicate, _) => {
+            "the upstream answered duplicate, but its lookup did not return the document"
+        }
+        (_, Round::Retry) => {
+            "the reply to the generate was lost twice, and the upstream's lookup did not find the document"
+        }
+        _ => "the reply to the generate was lost, and the upstream's lookup did not say whether it created the document",
+    };
+    what.to_owned()
+}
