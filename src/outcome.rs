@@ -6,9 +6,11 @@
 //! that is not the API's JSON, or a success whose content cannot be read. A connection that
 //! could not be made is not unknown: nothing was sent. After an unknown outcome gstgate looks
 //! the document up (on the same session) and answers with what it finds; only a lookup that
-//! says "not there" allows the one retry. A duplicate answer to that retry, or to a request
-//! whose earlier attempt may have reached the upstream, is the first attempt's document.
-//! Never a second generate for a document the upstream may have.
+//! says "not there" allows the one retry, and a duplicate answer to that retry is the first
+//! attempt's document. A request whose earlier attempt may have reached the upstream (an
+//! idempotency claim abandoned by a dead replica) starts as if its first attempt were that
+//! one, with an unknown outcome: it is looked up before anything is sent. Never a second
+//! generate for a document the upstream may have.
 //!
 //! This module decides; `crate::proxy`'s outcome phase acts, and each profile says what a
 //! generate and its lookup are (`crate::upstream::Generate`).
@@ -118,20 +120,12 @@ pub fn unknown_reply(status: StatusCode, reply: &Reply<'_>) -> bool {
         || (status.is_server_error() && reply.verdict.code.is_none())
 }
 
-/// The step after an attempt. `earlier_unknown`: an earlier attempt of this very request may
-/// have reached the upstream (an idempotency claim abandoned by a dead replica).
-pub fn after_attempt(
-    seen: Seen,
-    round: Round,
-    earlier_unknown: bool,
-    duplicate: Duplicate,
-) -> Step {
+/// The step after an attempt.
+pub fn after_attempt(seen: Seen, round: Round, duplicate: Duplicate) -> Step {
     match seen {
         Seen::Known => Step::Answer,
         Seen::Unknown => Step::LookUp(Reason::Unknown),
-        Seen::Duplicate if round == Round::Retry || earlier_unknown => {
-            Step::LookUp(Reason::OwnDuplicate)
-        }
+        Seen::Duplicate if round == Round::Retry => Step::LookUp(Reason::OwnDuplicate),
         Seen::Duplicate => match duplicate {
             Duplicate::ReturnExisting => Step::LookUp(Reason::Existing),
             Duplicate::Pass => Step::Answer,
@@ -216,7 +210,7 @@ mod tests {
     fn an_unknown_outcome_is_looked_up_and_retried_once_only_when_absent() {
         let pass = Duplicate::Pass;
         assert_eq!(
-            after_attempt(Seen::Unknown, Round::First, false, pass),
+            after_attempt(Seen::Unknown, Round::First, pass),
             Step::LookUp(Reason::Unknown)
         );
         let doc = || Found::Document(b"{}".to_vec());
@@ -236,10 +230,7 @@ mod tests {
             after_lookup(Reason::Unknown, Round::First, Found::CannotTell),
             Settle::Unknown
         );
-        assert_eq!(
-            after_attempt(Seen::Known, Round::First, false, pass),
-            Step::Answer
-        );
+        assert_eq!(after_attempt(Seen::Known, Round::First, pass), Step::Answer);
     }
 
     #[test]
@@ -262,14 +253,10 @@ mod tests {
     }
 
     #[test]
-    fn a_duplicate_is_the_first_attempts_after_a_retry_or_an_earlier_unknown_attempt() {
+    fn a_duplicate_is_the_first_attempts_after_a_retry() {
         for duplicate in [Duplicate::Pass, Duplicate::ReturnExisting] {
             assert_eq!(
-                after_attempt(Seen::Duplicate, Round::Retry, false, duplicate),
-                Step::LookUp(Reason::OwnDuplicate)
-            );
-            assert_eq!(
-                after_attempt(Seen::Duplicate, Round::First, true, duplicate),
+                after_attempt(Seen::Duplicate, Round::Retry, duplicate),
                 Step::LookUp(Reason::OwnDuplicate)
             );
         }
@@ -283,16 +270,11 @@ mod tests {
     #[test]
     fn a_callers_duplicate_is_passed_or_answered_with_the_existing_document() {
         assert_eq!(
-            after_attempt(Seen::Duplicate, Round::First, false, Duplicate::Pass),
+            after_attempt(Seen::Duplicate, Round::First, Duplicate::Pass),
             Step::Answer
         );
         assert_eq!(
-            after_attempt(
-                Seen::Duplicate,
-                Round::First,
-                false,
-                Duplicate::ReturnExisting
-            ),
+            after_attempt(Seen::Duplicate, Round::First, Duplicate::ReturnExisting),
             Step::LookUp(Reason::Existing)
         );
         assert_eq!(

@@ -50,6 +50,21 @@ impl Attempted {
         }
     }
 
+    /// The attempt an earlier, abandoned try of this very request may have made (a dead
+    /// replica's): its outcome is unknown, so the document is looked up before anything is
+    /// sent.
+    fn earlier() -> Self {
+        Self {
+            answer: Err(GatewayError::OutcomeUnknown(
+                "an earlier attempt of this request was abandoned".to_owned(),
+            )),
+            observed: Observed {
+                unknown: true,
+                ..Observed::default()
+            },
+        }
+    }
+
     /// An attempt whose answer says all (nothing was sent, or gstgate refused it).
     pub(super) fn known(answer: Result<Response<Body>, GatewayError>) -> Self {
         Self {
@@ -110,15 +125,14 @@ impl Proxy {
     ) -> Result<Response<Body>, GatewayError> {
         let upstream = call.upstream;
         let mut round = Round::First;
-        let mut attempted = self.attempt(call, session, outcome).await;
+        let mut attempted = if call.earlier_attempt_unknown {
+            Attempted::earlier()
+        } else {
+            self.attempt(call, session, outcome).await
+        };
         loop {
             let seen = attempted.observed.seen(generate);
-            let step = rule::after_attempt(
-                seen,
-                round,
-                call.earlier_attempt_unknown,
-                upstream.duplicate,
-            );
+            let step = rule::after_attempt(seen, round, upstream.duplicate);
             let reason = match step {
                 Step::Answer => return self.answer(call, attempted, round),
                 Step::LookUp(reason) => reason,
