@@ -91,6 +91,15 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// `upstream` + `outcome`: how a generate was answered.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// Upstream name.
+    pub upstream: Name,
+    /// `direct`, `recovered`, `existing`, `replayed` or `unknown`.
+    pub outcome: &'static str,
+}
+
 /// `upstream` + `trigger`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TriggerLabels {
@@ -162,6 +171,8 @@ pub struct Metrics {
     pub logins_waiting: Family<UpstreamLabel, Gauge<i64, AtomicI64>>,
     /// `gstgate_late_refreshes_total`: proactive refreshes that started after expiry.
     pub late_refreshes: Family<UpstreamLabel, Counter>,
+    /// `gstgate_generate_outcomes_total`: how generates were answered, by upstream.
+    pub generate_outcomes: Family<OutcomeLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -190,6 +201,7 @@ impl Metrics {
             dropin_logins: Family::default(),
             logins_waiting: Family::default(),
             late_refreshes: Family::default(),
+            generate_outcomes: Family::default(),
         };
         let mut r = Registry::default();
         r.register(
@@ -271,6 +283,11 @@ impl Metrics {
             "gstgate_late_refreshes",
             "Proactive refreshes that started after their session expired because logins were paced, by upstream",
             m.late_refreshes.clone(),
+        );
+        r.register(
+            "gstgate_generate_outcomes",
+            "Generate requests answered, by upstream and outcome (direct, recovered, existing, replayed, unknown)",
+            m.generate_outcomes.clone(),
         );
         r.register(
             "gstgate_build",

@@ -33,6 +33,9 @@ pub(super) struct Call<'a> {
     pub(super) body: &'a Bytes,
     /// The drop-in session of a drop-in caller: its reply is sealed with its SEK.
     pub(super) dropin: Option<&'a DropinSession>,
+    /// An earlier attempt of this very request may have reached the upstream (an
+    /// idempotency claim abandoned by a dead replica).
+    pub(super) earlier_attempt_unknown: bool,
 }
 
 /// The upstream's answer to one attempt.

@@ -111,6 +111,7 @@ impl Proxy {
             path: &path,
             body: &opened,
             dropin: Some(&session),
+            earlier_attempt_unknown: false,
         };
         self.forward(&call, &upstream_session, outcome).await
     }
