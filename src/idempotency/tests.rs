@@ -84,10 +84,11 @@ async fn a_waiter_gets_the_answer_once_the_first_request_settles() {
     let (a, b) = replicas(10);
     let claim = claimed(&a, "idem:k", [1; 32]).await;
     let started = crate::clock::now();
-    let waiter = tokio::spawn(async move { b.begin("idem:k", [1; 32], in_secs(30)).await });
+    let mut waiter = tokio::task::JoinSet::new();
+    waiter.spawn(async move { b.begin("idem:k", [1; 32], in_secs(30)).await });
     tokio::time::sleep(Duration::from_secs(3)).await;
     claim.answered(answer("{\"n\":1}"), 1024).await;
-    match waiter.await.unwrap() {
+    match waiter.join_next().await.unwrap().unwrap() {
         Ok(Begin::Replay(got)) => assert_eq!(got.body, "{\"n\":1}"),
         _ => panic!("the waiter got no replay"),
     }
