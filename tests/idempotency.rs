@@ -426,6 +426,7 @@ async fn replicas_killed_under_traffic_lose_and_duplicate_no_invoice() {
             ended
         }
     }));
+    let mut dead = Vec::new();
     let killer = async {
         let mut kills = 0;
         while Instant::now() + Duration::from_secs(30) < stop_at + Duration::from_secs(5) {
@@ -434,7 +435,7 @@ async fn replicas_killed_under_traffic_lose_and_duplicate_no_invoice() {
             kill_9(&mut gws[slot]).await;
             let fresh = Gateway::start(&sim, redis_opts(&redis, "2s")).await;
             live.lock().unwrap()[slot] = fresh.proxy;
-            gws[slot] = fresh;
+            dead.push(std::mem::replace(&mut gws[slot], fresh));
             kills += 1;
         }
         kills
@@ -485,8 +486,14 @@ async fn replicas_killed_under_traffic_lose_and_duplicate_no_invoice() {
             e.doc
         );
     }
+    let takeovers: usize = gws
+        .iter()
+        .chain(&dead)
+        .map(|g| g.logs.text().matches("an earlier attempt of which").count())
+        .sum();
     eprintln!(
-        "soak: {} callers, {retried} retried, {kills} kills",
+        "soak: {} callers, {retried} retried after a broken connection, {takeovers} keys taken over, {kills} kills",
         ended.len()
     );
+    assert!(retried > 0, "no kill broke a caller's connection");
 }

@@ -92,3 +92,34 @@ fn default_max_response_bytes() -> usize {
 fn default_lease() -> Duration {
     DEFAULT_IDEMPOTENCY_LEASE
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_optional_its_keys_known_and_its_bounds_checked() {
+        let all: IdempotencyConfig = toml::from_str(
+            "window = \"1h\"\nmax_keys = 5\nmax_response_bytes = 10\nlease = \"3s\"",
+        )
+        .unwrap();
+        assert_eq!(all.window, Duration::from_secs(3600));
+        assert_eq!((all.max_keys, all.max_response_bytes), (5, 10));
+        assert!(all.check().is_ok());
+        let defaults: IdempotencyConfig = toml::from_str("").unwrap();
+        assert_eq!(defaults.window, DEFAULT_IDEMPOTENCY_WINDOW);
+        assert!(defaults.check().is_ok());
+        let unknown = toml::from_str::<IdempotencyConfig>("windw = \"1h\"").unwrap_err();
+        assert!(unknown.to_string().contains("windw"), "{unknown}");
+        for (text, key) in [
+            ("window = \"0s\"", "idempotency.window"),
+            ("window = \"31days\"", "idempotency.window"),
+            ("max_keys = 0", "idempotency.max_keys"),
+            ("max_response_bytes = 0", "idempotency.max_response_bytes"),
+            ("lease = \"500ms\"", "idempotency.lease"),
+        ] {
+            let config: IdempotencyConfig = toml::from_str(text).unwrap();
+            assert_eq!(config.check().unwrap_err().0, key, "{text}");
+        }
+    }
+}
