@@ -497,3 +497,65 @@ async fn replicas_killed_under_traffic_lose_and_duplicate_no_invoice() {
     );
     assert!(retried > 0, "no kill broke a caller's connection");
 }
+
+/// `idempotency.max_keys` bounds the keys held, in the embedded store and in Redis: a new key
+/// beyond it is 503 `idempotency_unavailable` and not sent; a key already held still replays.
+#[tokio::test]
+async fn a_new_key_beyond_max_keys_is_refused_and_not_sent() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bounded = "\n[idempotency]\nmax_keys = 2\n".to_owned();
+    let stores = [
+        embedded(dir.path()),
+        GwOpts {
+            extra_toml: String::new(),
+            ..redis_opts(&redis, "10s")
+        },
+    ];
+    for (n, opts) in stores.into_iter().enumerate() {
+        let gw = Gateway::start(
+            &sim,
+            GwOpts {
+                extra_toml: bounded.clone(),
+                ..opts
+            },
+        )
+        .await;
+        for i in 0..2 {
+            let res = keyed(
+                &gw.http,
+                gw.proxy,
+                &format!("max-{n}-{i}"),
+                &format!("MAX-{n}-{i}"),
+            )
+            .send()
+            .await
+            .unwrap();
+            assert_eq!(res.status(), 200);
+        }
+        let calls = upstream_calls(&sim).await;
+        let res = keyed(
+            &gw.http,
+            gw.proxy,
+            &format!("max-{n}-x"),
+            &format!("MAX-{n}-x"),
+        )
+        .send()
+        .await
+        .unwrap();
+        expect_problem(res, 503, "idempotency_unavailable").await;
+        assert_eq!(upstream_calls(&sim).await, calls);
+        let (_, replayed) = got(keyed(
+            &gw.http,
+            gw.proxy,
+            &format!("max-{n}-0"),
+            &format!("MAX-{n}-0"),
+        )
+        .send()
+        .await
+        .unwrap())
+        .await;
+        assert!(replayed);
+    }
+}
