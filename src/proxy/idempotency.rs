@@ -41,13 +41,14 @@ impl Proxy {
         let Some(keys) = &self.idempotency else {
             return Ok(Keyed::Onwards(None));
         };
-        let Some(key) = idempotency::key(&parts.method, &parts.headers)? else {
-            return Ok(Keyed::Onwards(None));
-        };
         let upstream = admitted.upstream;
+        // A caller's login is answered from the session gstgate holds; it is never keyed.
         if upstream.is_auth_path(&admitted.path) {
             return Ok(Keyed::Onwards(None));
         }
+        let Some(key) = idempotency::key(&parts.method, &parts.headers)? else {
+            return Ok(Keyed::Onwards(None));
+        };
         let name = idempotency::record_name(
             outcome.client.as_deref().unwrap_or_default(),
             &upstream.name,
