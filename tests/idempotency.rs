@@ -559,3 +559,55 @@ async fn a_new_key_beyond_max_keys_is_refused_and_not_sent() {
         assert!(replayed);
     }
 }
+
+/// Acceptance 7 and 8's hard case, on Redis: the replica serving a key's first request is
+/// `kill -9`ed while that request is at the upstream. The same key sent to another replica
+/// waits for the dead claim's lease, takes the key over, says that an earlier attempt may
+/// have reached the upstream, and answers.
+#[tokio::test]
+async fn a_key_whose_replica_died_mid_request_is_taken_over_after_its_lease() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let redis = RedisServer::start().await;
+    let mut gws = on_redis(&sim, &redis, 2, "2s").await;
+    sim.control("/_sim/knobs", serde_json::json!({"latency_ms": 1500}))
+        .await;
+    let before = upstream_calls(&sim).await;
+    let (http, proxy) = (gws[0].http.clone(), gws[0].proxy);
+    let first = tokio::spawn(async move { keyed(&http, proxy, "dies", "IDEM-DIE").send().await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream_calls(&sim).await == before {
+        assert!(
+            Instant::now() < deadline,
+            "the first request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    kill_9(&mut gws[0]).await;
+    assert!(first.await.unwrap().is_err(), "the killed replica answered");
+    let started = Instant::now();
+    let (again, replayed) = got(keyed(&gws[1].http, gws[1].proxy, "dies", "IDEM-DIE")
+        .send()
+        .await
+        .unwrap())
+    .await;
+    assert!(!replayed);
+    assert!(
+        started.elapsed()
+            < Duration::from_secs(2) + Duration::from_millis(1500) + Duration::from_secs(2)
+    );
+    assert!(
+        gws[1].logs.text().contains("an earlier attempt of which"),
+        "the taker was not told"
+    );
+    eprintln!(
+        "taken over: {} {}",
+        again.status,
+        String::from_utf8_lossy(&again.body)
+    );
+    assert_eq!(
+        again.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&again.body)
+    );
+}
