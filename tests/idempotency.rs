@@ -591,18 +591,11 @@ async fn a_key_whose_replica_died_mid_request_is_taken_over_after_its_lease() {
         .unwrap())
     .await;
     assert!(!replayed);
-    assert!(
-        started.elapsed()
-            < Duration::from_secs(2) + Duration::from_millis(1500) + Duration::from_secs(2)
-    );
+    // At most the dead claim's lease, then the upstream's latency: no 409, no timeout.
+    assert!(started.elapsed() < Duration::from_secs(6));
     assert!(
         gws[1].logs.text().contains("an earlier attempt of which"),
         "the taker was not told"
-    );
-    eprintln!(
-        "taken over: {} {}",
-        again.status,
-        String::from_utf8_lossy(&again.body)
     );
     assert_eq!(
         again.status,
