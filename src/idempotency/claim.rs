@@ -38,6 +38,7 @@ pub(super) struct Held {
 
 /// A key this request owns until it settles it.
 pub struct Claim {
+    /// The claim's record, shared with its renewal.
     held: Arc<Held>,
     /// The renewal task.
     renewal: AbortHandle,

@@ -198,11 +198,17 @@ pub enum Begin {
 
 /// The idempotency keys: the store they live in and their bounds.
 pub struct Idempotency {
+    /// Where the keys' records live.
     store: Arc<Store>,
+    /// Where claims renew their leases.
     tasks: Tasks,
+    /// `idempotency.window`.
     window: Duration,
+    /// `idempotency.max_keys`.
     max_keys: usize,
+    /// `idempotency.max_response_bytes`.
     max_response_bytes: usize,
+    /// `idempotency.lease`.
     lease: Duration,
 }
 

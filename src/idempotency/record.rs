@@ -9,9 +9,11 @@ use http::{header, HeaderName, HeaderValue, Response, StatusCode};
 
 /// The layout's version byte, so a later layout can be told apart.
 const VERSION: u8 = 1;
-/// The state tags.
+/// The tag of [`State::Claimed`].
 const CLAIMED: u8 = 1;
+/// The tag of [`State::Open`].
 const OPEN: u8 = 2;
+/// The tag of [`State::Answered`].
 const ANSWERED: u8 = 3;
 
 /// The response header that marks an answer gstgate did not get from the upstream this time.
