@@ -604,3 +604,41 @@ async fn a_key_whose_replica_died_mid_request_is_taken_over_after_its_lease() {
         String::from_utf8_lossy(&again.body)
     );
 }
+
+/// While Redis is down a keyed POST is refused with 503 `idempotency_unavailable` and not
+/// sent (its promise could not be kept); a POST without a key is served as before, from the
+/// session in memory; once Redis is back, keys work again.
+#[tokio::test]
+async fn a_keyed_post_is_refused_unsent_while_the_shared_store_is_down() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let mut redis = RedisServer::start().await;
+    let gw = Gateway::start(&sim, redis_opts(&redis, "10s")).await;
+    let res = keyed(&gw.http, gw.proxy, "up", "IDEM-UP")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    redis.stop().await;
+    let calls = upstream_calls(&sim).await;
+    let res = keyed(&gw.http, gw.proxy, "down", "IDEM-DOWN")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(res, 503, "idempotency_unavailable").await;
+    assert_eq!(upstream_calls(&sim).await, calls);
+    let res = gw.generate(GSTIN, "IDEM-NOKEY").await;
+    assert_eq!(res.status(), 200);
+    redis.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let res = keyed(&gw.http, gw.proxy, "down", "IDEM-DOWN")
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "keys did not work again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
