@@ -21,6 +21,7 @@ pub mod crypto;
 pub(crate) mod dropin;
 pub(crate) mod gstin;
 pub(crate) mod heap;
+pub(crate) mod idempotency;
 pub(crate) mod listener;
 pub mod metrics;
 pub(crate) mod outcome;

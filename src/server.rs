@@ -28,6 +28,7 @@ use crate::alerts::{self, Alerts};
 use crate::clients::Clients;
 use crate::config::{Config, StoreBackend, StoreConfig};
 use crate::dropin::Dropin;
+use crate::idempotency::Idempotency;
 use crate::listener::{serve, Limits};
 use crate::metrics::Metrics;
 use crate::problem::{problem_response, GatewayError};
@@ -172,19 +173,26 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
     alerts::watcher::spawn(&tasks, &sessions, alerts.clone(), alerts.check_interval());
     let clients = Clients::from_config(&config.clients).map_err(StartError::Clients)?;
     let server = &config.server;
-    let proxy = Arc::new(Proxy::new(
-        clients,
-        upstreams,
-        sessions.clone(),
-        metrics,
-        ProxyLimits {
-            max_header_bytes: server.max_header_bytes,
-            max_body_bytes: server.max_body_bytes,
-            request_timeout: server.request_timeout,
-            replicas: config.store.replicas,
-        },
-        dropin.clone(),
-    ));
+    let proxy = Arc::new(
+        Proxy::new(
+            clients,
+            upstreams,
+            sessions.clone(),
+            metrics,
+            ProxyLimits {
+                max_header_bytes: server.max_header_bytes,
+                max_body_bytes: server.max_body_bytes,
+                request_timeout: server.request_timeout,
+                replicas: config.store.replicas,
+            },
+            dropin.clone(),
+        )
+        .with_idempotency(Idempotency::new(
+            store.clone(),
+            tasks.clone(),
+            &config.idempotency,
+        )),
+    );
     let reloader = Arc::new(Reloader::new(
         path,
         &config,

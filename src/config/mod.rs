@@ -15,6 +15,7 @@ mod defaults;
 mod env;
 mod error;
 mod headers;
+mod idempotency;
 mod rate;
 mod read;
 mod rebase;
@@ -41,6 +42,7 @@ pub use defaults::{
 pub use env::interpolate;
 pub use error::{client_entry, credential_entry, upstream_entry, ConfigError};
 pub use headers::{HEADER_ROLES, RESERVED_HEADERS, ROLE_COUNT};
+pub use idempotency::IdempotencyConfig;
 pub use rate::Rate;
 pub use read::{read_limited, shown_path, MAX_CONFIG_BYTES, MAX_SECRET_FILE_BYTES};
 pub use secrets::read_secret_file;
@@ -108,6 +110,9 @@ pub struct Config {
     /// Run the built-in GSP simulator in-process (demo and sandboxes; not for production).
     #[serde(default)]
     pub simulator: Option<SimulatorConfig>,
+    /// The `Idempotency-Key` answers kept in the session store.
+    #[serde(default)]
+    pub idempotency: IdempotencyConfig,
 }
 
 /// `[server]`: listeners, admin token, limits.

@@ -405,6 +405,7 @@ impl Config {
         if let Some(warning) = self.alerts.otp_warning {
             check_otp_warning(warning).map_err(|m| ("alerts.otp_warning".to_string(), m))?;
         }
+        self.idempotency.check()?;
         Ok(())
     }
 

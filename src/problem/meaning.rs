@@ -27,13 +27,14 @@ impl GatewayError {
             | BodyInvalid(_)
             | AdminBodyInvalid(_)
             | AdminRequestInvalid(_)
+            | IdempotencyKeyInvalid(_)
             | OtpInvalid { .. } => StatusCode::BAD_REQUEST,
             GstinNotAllowed(_) | NoCredential { .. } => StatusCode::FORBIDDEN,
             RouteNotFound(_) | AdminRouteNotFound(_) | UpstreamNotFound { .. } => {
                 StatusCode::NOT_FOUND
             }
-            OtpNotApplicable { .. } => StatusCode::CONFLICT,
-            ConfigInvalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            OtpNotApplicable { .. } | IdempotencyKeyInFlight => StatusCode::CONFLICT,
+            ConfigInvalid(_) | IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             AdminMethodNotAllowed { .. } | MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             BodyTooLarge(_) | AdminBodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -54,7 +55,9 @@ impl GatewayError {
             | UpstreamBadResponse(_) => StatusCode::BAD_GATEWAY,
             UpstreamTimeout(_) | AdminActionTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             OutcomeUnknown(_) => StatusCode::BAD_GATEWAY,
-            NotReady(_) | OtpRequired { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            NotReady(_) | OtpRequired { .. } | IdempotencyUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -103,6 +106,10 @@ impl GatewayError {
             OtpInvalid { .. } => "otp_invalid",
             ApiAccessDisabled { .. } => "api_access_disabled",
             TooManySessions { .. } => "too_many_sessions",
+            IdempotencyKeyInvalid(_) => "idempotency_key_invalid",
+            IdempotencyKeyReused => "idempotency_key_reused",
+            IdempotencyKeyInFlight => "idempotency_key_in_flight",
+            IdempotencyUnavailable(_) => "idempotency_unavailable",
             NotReady(_) => "not_ready",
             Internal(_) => "internal",
         }
@@ -150,6 +157,10 @@ impl GatewayError {
             OtpInvalid { .. } => "OTP refused",
             ApiAccessDisabled { .. } => "API access not enabled",
             TooManySessions { .. } => "Too many sessions",
+            IdempotencyKeyInvalid(_) => "Invalid Idempotency-Key",
+            IdempotencyKeyReused => "Idempotency-Key reused",
+            IdempotencyKeyInFlight => "Idempotency-Key in flight",
+            IdempotencyUnavailable(_) => "Idempotency keys unavailable",
             NotReady(_) => "Not ready",
             Internal(_) => "Internal error",
         }
@@ -209,6 +220,10 @@ impl GatewayError {
             OutcomeUnknown(_) => "Do not generate again blindly: look the document up first (e-invoice: GET …/Invoice/irnbydocdetails; e-way bill: GetEwayBillGeneratedByConsigner) and generate only if the upstream has none; a repeated generate may be answered as a duplicate (2150, 604, 4002) naming the existing document.".into(),
             AdminActionTimeout(_) => "Read GET /admin/sessions for the action's outcome before repeating it: it was not cancelled, and an OTP is good for one submission only.".into(),
             UpstreamBadResponse(_) => "Retry; if it persists the GSP or its session keys are misbehaving — contact the gateway operator.".into(),
+            IdempotencyKeyInvalid(_) => "Send one Idempotency-Key of 1 to 255 visible ASCII characters (a UUID is best), bare or as a quoted string, and no other characters.".into(),
+            IdempotencyKeyReused => "Use a new Idempotency-Key for a new request; a key stands for one request (method, path and body) for `idempotency.window`.".into(),
+            IdempotencyKeyInFlight => "Retry with the same Idempotency-Key and the same body in a few seconds: the first request is still running and its answer will be replayed.".into(),
+            IdempotencyUnavailable(_) => "Retry shortly with the same Idempotency-Key; nothing was sent upstream. If it persists, ask the gateway operator to check the session store and `idempotency.max_keys`.".into(),
             NotReady(_) => "Retry shortly; the gateway is starting or its store is unreachable.".into(),
             Internal(_) => "Retry; if it persists report it to the gateway operator with the x-request-id.".into(),
             OtpInvalid { .. } => "Request a new OTP with POST …/otp-request on the same upstream and GSTIN, and submit the 6 digits the taxpayer receives, once.".into(),
@@ -261,12 +276,16 @@ impl GatewayError {
             | HeadersTooLarge(_)
             | BodyInvalid(_)
             | OtpNotApplicable { .. }
+            | IdempotencyKeyInvalid(_)
+            | IdempotencyKeyReused
+            | IdempotencyKeyInFlight
             | OtpInvalid { .. } => Origin::Caller,
             LoginThrottled { .. }
             | ClientRateLimited { .. }
             | LoginBackoff { .. }
             | DropinSessionsExhausted { .. }
             | OtpRequired { .. }
+            | IdempotencyUnavailable(_)
             | NotReady(_)
             | Internal(_) => Origin::Gateway,
             CredentialsRejected { .. }
@@ -316,6 +335,8 @@ impl GatewayError {
             | HeadersTooLarge(_)
             | BodyInvalid(_)
             | OtpNotApplicable { .. }
+            | IdempotencyKeyInvalid(_)
+            | IdempotencyKeyReused
             | OtpInvalid { .. } => false,
             // An operator (config, password, OTP) or the taxpayer (portal setting) must act.
             CredentialsRejected { .. }
@@ -338,6 +359,8 @@ impl GatewayError {
             | AdminActionTimeout(_)
             | UpstreamBadResponse(_)
             | TooManySessions { .. }
+            | IdempotencyKeyInFlight
+            | IdempotencyUnavailable(_)
             | NotReady(_)
             | Internal(_) => true,
         }
@@ -543,6 +566,10 @@ mod tests {
                 Upstream,
                 true,
             ),
+            (IdempotencyKeyInvalid("x"), Caller, false),
+            (IdempotencyKeyReused, Caller, false),
+            (IdempotencyKeyInFlight, Caller, true),
+            (IdempotencyUnavailable(s()), Gateway, true),
             (NotReady(s()), Gateway, true),
             (Internal(s()), Gateway, true),
         ]
@@ -596,6 +623,10 @@ mod tests {
             OtpRequired { .. } => "OtpRequired",
             ApiAccessDisabled { .. } => "ApiAccessDisabled",
             TooManySessions { .. } => "TooManySessions",
+            IdempotencyKeyInvalid(_) => "IdempotencyKeyInvalid",
+            IdempotencyKeyReused => "IdempotencyKeyReused",
+            IdempotencyKeyInFlight => "IdempotencyKeyInFlight",
+            IdempotencyUnavailable(_) => "IdempotencyUnavailable",
             NotReady(_) => "NotReady",
             Internal(_) => "Internal",
         }
@@ -606,8 +637,8 @@ mod tests {
         let table = table();
         let names: std::collections::BTreeSet<_> = table.iter().map(|(e, ..)| variant(e)).collect();
         assert_eq!(names.len(), table.len(), "a variant is listed twice");
-        // The exhaustive `variant` names 46 variants; the table must hold each of them.
-        assert_eq!(names.len(), 46, "a variant is missing from the table");
+        // The exhaustive `variant` names 50 variants; the table must hold each of them.
+        assert_eq!(names.len(), 50, "a variant is missing from the table");
         for (e, origin, retryable) in &table {
             assert_eq!(e.origin(), *origin, "origin of {}", variant(e));
             assert_eq!(e.retryable(), *retryable, "retryable of {}", variant(e));

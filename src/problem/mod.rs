@@ -313,6 +313,20 @@ pub enum GatewayError {
         /// The upstream's error code.
         upstream_code: Option<String>,
     },
+    /// The `Idempotency-Key` header is not one key of 1 to 255 visible ASCII characters.
+    #[error("invalid Idempotency-Key: {0}")]
+    IdempotencyKeyInvalid(&'static str),
+    /// The `Idempotency-Key` was used before for another request (method, path or body).
+    #[error("this Idempotency-Key was used for a different request")]
+    IdempotencyKeyReused,
+    /// The first request with this `Idempotency-Key` was still in flight when this one's
+    /// wait for it ran out.
+    #[error("the first request with this Idempotency-Key is still in flight")]
+    IdempotencyKeyInFlight,
+    /// The session store cannot hold or check the `Idempotency-Key` now (unreachable, or
+    /// `idempotency.max_keys` reached): the request is not sent rather than sent unguarded.
+    #[error("idempotency keys unavailable: {0}")]
+    IdempotencyUnavailable(String),
     /// The store or a dependency is not ready.
     #[error("not ready: {0}")]
     NotReady(String),

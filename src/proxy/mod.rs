@@ -5,6 +5,8 @@
 //! 2. admit: header size, caller key → client → its rate limit, method, path normalised and validated
 //!    ([`crate::path::CallerPath`]) → upstream by route prefix, `gstin` (+ `user_name`) → allowed? →
 //!    credential slot, and the caller's body (`admit`)
+//!    2b. idempotency: a POST's `Idempotency-Key` replayed, or claimed until the answer is
+//!    settled ([`crate::idempotency`], `idempotency`)
 //! 3. session: a usable session for the slot, logging in single-flight if needed
 //!    ([`Sessions::session`])
 //! 4. build: the caller headers the API accepts (an allow-list) + the injected upstream
@@ -24,6 +26,7 @@
 mod admit;
 mod call;
 mod dropin;
+mod idempotency;
 mod outcome;
 mod respond;
 
@@ -40,6 +43,7 @@ use crate::classify::{self, Decision};
 use crate::clients::Clients;
 use crate::dropin::Dropin;
 use crate::gstin::Gstin;
+use crate::idempotency::{Claim, Idempotency};
 use crate::metrics::{
     status_class, Metrics, RequestLabels, ResultLabels, UpstreamErrorLabels, UpstreamLabel,
 };
@@ -50,6 +54,7 @@ use crate::upstream::{Class, Upstream, Verdict};
 
 use admit::{Admission, Admitted};
 use call::Call;
+use idempotency::Keyed;
 use outcome::{Attempted, Observed};
 
 /// The proxy listener's state.
@@ -72,6 +77,8 @@ pub struct Proxy {
     /// Whether any upstream has drop-in on: without one, no request is taken for a drop-in
     /// caller's.
     dropin_on: bool,
+    /// The `Idempotency-Key` records; `None` until the store is attached.
+    idempotency: Option<Idempotency>,
 }
 
 /// The proxy's limits on a request, from `[server]`.
@@ -99,6 +106,8 @@ struct Outcome {
     /// Whether the caller's whole body has arrived: a timeout before that is the caller's
     /// (408), after it the upstream's (504).
     body_read: bool,
+    /// When the request was accepted: what its deadline counts from.
+    accepted: Option<Instant>,
 }
 
 /// Decrements the in-flight gauge however the request ends (including cancellation).
@@ -134,7 +143,14 @@ impl Proxy {
             request_timeout: limits.request_timeout,
             no_route: "none".into(),
             other_code: "other".into(),
+            idempotency: None,
         }
+    }
+
+    /// Answers `Idempotency-Key`s from `idempotency`'s store.
+    pub fn with_idempotency(mut self, idempotency: Idempotency) -> Self {
+        self.idempotency = Some(idempotency);
+        self
     }
 
     /// The callers as configured now.
@@ -169,7 +185,10 @@ impl Proxy {
         let id_header = HeaderValue::from_str(&request_id).ok();
         let method = req.method().clone();
         let uri = req.uri().clone();
-        let mut outcome = Outcome::default();
+        let mut outcome = Outcome {
+            accepted: Some(started),
+            ..Outcome::default()
+        };
         let mut cause = None;
         let result = crate::request::serving(
             &request_id,
@@ -267,11 +286,7 @@ impl Proxy {
         B::Error: std::error::Error + Send + Sync + 'static,
     {
         let (parts, body) = req.into_parts();
-        let Admitted {
-            upstream,
-            slot,
-            path,
-        } = match self.admit(&parts, outcome)? {
+        let admitted = match self.admit(&parts, outcome)? {
             Admission::Caller(admitted) => admitted,
             Admission::Dropin { upstream, path } => {
                 return self
@@ -281,20 +296,54 @@ impl Proxy {
         };
         let body = self.read_body(&parts.headers, body).await?;
         outcome.body_read = true;
-        let session = self.sessions.session(&slot, Trigger::Cold).await?;
-        if upstream.is_auth_path(&path) {
-            return Ok(respond::login_answer(upstream, &slot, &session));
+        let claim = match self.claim_key(&parts, &admitted, &body, outcome).await? {
+            Keyed::Replay(res) => return Ok(res),
+            Keyed::Onwards(claim) => claim,
+        };
+        let earlier_attempt_unknown = claim.as_ref().is_some_and(Claim::earlier_attempt_unknown);
+        let answer = self
+            .answer(
+                &parts,
+                &admitted,
+                &body,
+                request_id,
+                earlier_attempt_unknown,
+                outcome,
+            )
+            .await;
+        self.settle_key(claim, answer).await
+    }
+
+    /// Phases 3 to 7 of an admitted caller's request: its session, then its login answered
+    /// or its call forwarded.
+    async fn answer(
+        &self,
+        parts: &http::request::Parts,
+        admitted: &Admitted<'_>,
+        body: &Bytes,
+        request_id: Option<&HeaderValue>,
+        earlier_attempt_unknown: bool,
+        outcome: &mut Outcome,
+    ) -> Result<Response<Body>, GatewayError> {
+        let Admitted {
+            upstream,
+            slot,
+            path,
+        } = admitted;
+        let session = self.sessions.session(slot, Trigger::Cold).await?;
+        if upstream.is_auth_path(path) {
+            return Ok(respond::login_answer(upstream, slot, &session));
         }
         let call = Call {
             upstream,
-            slot: &slot,
+            slot,
             caller: &parts.headers,
             request_id,
             method: &parts.method,
-            path: &path,
-            body: &body,
+            path,
+            body,
             dropin: None,
-            earlier_attempt_unknown: false,
+            earlier_attempt_unknown,
         };
         self.forward(&call, &session, outcome).await
     }

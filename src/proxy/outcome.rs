@@ -134,7 +134,7 @@ impl Proxy {
             let seen = attempted.observed.seen(generate);
             let step = rule::after_attempt(seen, round, upstream.duplicate);
             let reason = match step {
-                Step::Answer => return self.answer(call, attempted, round),
+                Step::Answer => return self.answer_attempt(call, attempted, round),
                 Step::LookUp(reason) => reason,
             };
             let mut lookups = Lookups {
@@ -174,7 +174,7 @@ impl Proxy {
     }
 
     /// The attempt's own answer; a retry's success is the recovered document.
-    fn answer(
+    fn answer_attempt(
         &self,
         call: &Call<'_>,
         attempted: Attempted,

@@ -1,7 +1,8 @@
 //! The two seams of the session store, which every backend implements:
 //!
-//! * [`Records`]: where sealed records live (get, scan, commit a batch) and the open alert
-//!   episodes. The embedded file, Redis and memory each implement it.
+//! * [`Records`]: where sealed records live (get, scan, commit a batch), the open alert
+//!   episodes, and the idempotency records, which change only by an atomic compare-and-swap
+//!   ([`KeySwap`]). The embedded file, Redis and memory each implement it.
 //! * [`Coordination`]: how replicas sharing the records act as one (the login lease, the
 //!   announcement of a record's new revision, the subscription to them). Redis implements it,
 //!   and so does the memory backend's group, which lets the session manager's tests run
@@ -52,6 +53,34 @@ pub enum Event {
     Reconnected,
 }
 
+/// A conditional write of an idempotency record: all of it happens atomically, or nothing.
+#[derive(Debug)]
+pub struct KeySwap {
+    /// The record's name.
+    pub name: String,
+    /// The sealed bytes the record must hold now; `None`: it must not exist (or be expired).
+    pub expected: Option<Vec<u8>>,
+    /// The record's new sealed bytes; `None` deletes it.
+    pub new: Option<Vec<u8>>,
+    /// How long the new record lives.
+    pub ttl: Duration,
+    /// A new record is refused while this many live ones exist.
+    pub limit: usize,
+    /// The wall clock, in Unix milliseconds, against which expiries are read.
+    pub now_ms: u64,
+}
+
+/// What a [`KeySwap`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Swapped {
+    /// The record held what was expected and now holds the new bytes.
+    Done,
+    /// The record held something else: nothing was written.
+    Changed,
+    /// The record would be new, and `limit` live ones exist: nothing was written.
+    Full,
+}
+
 /// A held login lease: only its holder can extend or release it.
 #[derive(Debug)]
 pub struct Lease {
@@ -82,6 +111,16 @@ pub trait Records: Send + Sync + 'static {
         key: &'a str,
         open: bool,
     ) -> Pending<'a, Result<bool, BackendError>>;
+
+    /// Idempotency record `name`'s sealed bytes, unless it is missing or expired at `now_ms`.
+    fn get_key<'a>(
+        &'a self,
+        name: &'a str,
+        now_ms: u64,
+    ) -> Pending<'a, Result<Option<Vec<u8>>, BackendError>>;
+
+    /// Writes an idempotency record only if it holds what the caller last saw.
+    fn swap_key(&self, swap: KeySwap) -> Pending<'_, Result<Swapped, BackendError>>;
 }
 
 /// How replicas sharing the records coordinate their logins.

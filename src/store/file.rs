@@ -9,15 +9,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redb::{Database, DatabaseError, ReadableTable as _, TableDefinition};
+use redb::{
+    Database, DatabaseError, ReadableTable as _, ReadableTableMetadata as _, TableDefinition,
+};
 
-use super::backend::{BackendError, Pending, Records, Rows};
+use super::backend::{BackendError, KeySwap, Pending, Records, Rows, Swapped};
+use super::memory::millis;
 use super::StoreError;
 
 /// Record name → sealed record.
 const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions_v1");
 /// Open alert episodes: `kind:upstream:gstin:user` → nothing.
 const EPISODES: TableDefinition<&str, ()> = TableDefinition::new("alert_episodes_v1");
+/// Idempotency record name → (expiry in Unix milliseconds, sealed record).
+const KEYS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("idempotency_v1");
+/// The idempotency records by expiry, so that expired ones are dropped without a scan.
+const KEY_EXPIRIES: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("idempotency_expiries_v1");
 
 /// Creates the directory of the store at `path` when it is missing (with any missing
 /// parents), owner-only (`0700`): the store file and its key file go there. An existing
@@ -300,6 +308,93 @@ fn set_episode(db: &Database, key: &str, open: bool) -> Result<bool, DbError> {
     Ok(changed)
 }
 
+/// Idempotency record `name`, unless missing or expired at `now_ms`.
+fn get_key(db: &Database, name: &str, now_ms: u64) -> Result<Option<Vec<u8>>, DbError> {
+    let txn = db.begin_read().map_err(boxed)?;
+    let table = match txn.open_table(KEYS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(boxed(e)),
+    };
+    let row = table.get(name).map_err(boxed)?;
+    Ok(row.and_then(|r| {
+        let (until, sealed) = r.value();
+        (until > now_ms).then(|| sealed.to_vec())
+    }))
+}
+
+/// A [`KeySwap`] in one durable transaction: redb's single writer makes it atomic.
+fn swap_key(db: &Database, swap: &KeySwap) -> Result<Swapped, DbError> {
+    let now = swap.now_ms;
+    let txn = db.begin_write().map_err(boxed)?;
+    let swapped = {
+        let mut keys = txn.open_table(KEYS).map_err(boxed)?;
+        let mut expiries = txn.open_table(KEY_EXPIRIES).map_err(boxed)?;
+        let current = keys.get(swap.name.as_str()).map_err(boxed)?.map(|r| {
+            let (until, sealed) = r.value();
+            (until, sealed.to_vec())
+        });
+        let live = current.as_ref().filter(|(until, _)| *until > now);
+        if live.map(|(_, v)| v) != swap.expected.as_ref() {
+            return Ok(Swapped::Changed);
+        }
+        if let Some((until, _)) = &current {
+            expiries
+                .remove((*until, swap.name.as_str()))
+                .map_err(boxed)?;
+        }
+        match &swap.new {
+            None => {
+                keys.remove(swap.name.as_str()).map_err(boxed)?;
+                Swapped::Done
+            }
+            Some(new) => {
+                if swap.expected.is_none()
+                    && !room_for_one(&mut keys, &mut expiries, now, swap.limit)?
+                {
+                    return Ok(Swapped::Full);
+                }
+                let until = now.saturating_add(millis(swap.ttl));
+                keys.insert(swap.name.as_str(), (until, new.as_slice()))
+                    .map_err(boxed)?;
+                expiries
+                    .insert((until, swap.name.as_str()), ())
+                    .map_err(boxed)?;
+                Swapped::Done
+            }
+        }
+    };
+    txn.commit().map_err(boxed)?;
+    Ok(swapped)
+}
+
+/// Drops the idempotency records expired at `now`; whether fewer than `limit` remain.
+fn room_for_one(
+    keys: &mut redb::Table<&str, (u64, &[u8])>,
+    expiries: &mut redb::Table<(u64, &str), ()>,
+    now: u64,
+    limit: usize,
+) -> Result<bool, DbError> {
+    // (now + 1, "") is the first entry that expires after `now`.
+    let expired: Vec<(u64, String)> = expiries
+        .range(..(now.saturating_add(1), ""))
+        .map_err(boxed)?
+        .map(|row| {
+            row.map(|(k, _)| {
+                let (until, name) = k.value();
+                (until, name.to_owned())
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(boxed)?;
+    for (until, name) in &expired {
+        expiries.remove((*until, name.as_str())).map_err(boxed)?;
+        keys.remove(name.as_str()).map_err(boxed)?;
+    }
+    let held = keys.len().map_err(boxed)?;
+    Ok(usize::try_from(held).unwrap_or(usize::MAX) < limit)
+}
+
 /// The embedded store's records: one redb file, used on the blocking pool.
 pub struct File(Arc<Database>);
 
@@ -327,6 +422,19 @@ impl File {
 impl Records for File {
     fn scan(&self) -> Pending<'_, Result<Rows, BackendError>> {
         self.blocking(read_all)
+    }
+
+    fn get_key<'a>(
+        &'a self,
+        name: &'a str,
+        now_ms: u64,
+    ) -> Pending<'a, Result<Option<Vec<u8>>, BackendError>> {
+        let name = name.to_owned();
+        self.blocking(move |db| get_key(db, &name, now_ms))
+    }
+
+    fn swap_key(&self, swap: KeySwap) -> Pending<'_, Result<Swapped, BackendError>> {
+        self.blocking(move |db| swap_key(db, &swap))
     }
 
     fn get<'a>(&'a self, name: &'a str) -> Pending<'a, Result<Option<Vec<u8>>, BackendError>> {

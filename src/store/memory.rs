@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use zeroize::Zeroizing;
 
-use super::backend::{BackendError, Coordination, Event, Lease, Pending, Records, Rows};
+use super::backend::{
+    BackendError, Coordination, Event, KeySwap, Lease, Pending, Records, Rows, Swapped,
+};
 use super::seal::{Sealer, KEY_LEN};
 use crate::tasks::Tasks;
 
@@ -25,6 +27,8 @@ struct Held {
     leases: HashMap<String, (String, Instant)>,
     /// The subscribers' channels.
     subscribers: Vec<mpsc::UnboundedSender<Event>>,
+    /// Idempotency record name → (sealed bytes, expiry in Unix milliseconds).
+    keys: HashMap<String, (Vec<u8>, u64)>,
 }
 
 /// A memory store; clones share it.
@@ -132,6 +136,47 @@ impl Records for Memory {
             }
         }))
     }
+
+    fn get_key<'a>(
+        &'a self,
+        name: &'a str,
+        now_ms: u64,
+    ) -> Pending<'a, Result<Option<Vec<u8>>, BackendError>> {
+        ready(self.held().map(|h| {
+            h.keys
+                .get(name)
+                .filter(|(_, until)| *until > now_ms)
+                .map(|(v, _)| v.clone())
+        }))
+    }
+
+    fn swap_key(&self, swap: KeySwap) -> Pending<'_, Result<Swapped, BackendError>> {
+        ready(self.held().map(|mut h| {
+            let now = swap.now_ms;
+            let current = h.keys.get(&swap.name).filter(|(_, until)| *until > now);
+            if current.map(|(v, _)| v) != swap.expected.as_ref() {
+                return Swapped::Changed;
+            }
+            let Some(new) = swap.new else {
+                h.keys.remove(&swap.name);
+                return Swapped::Done;
+            };
+            if swap.expected.is_none() {
+                h.keys.retain(|_, (_, until)| *until > now);
+                if h.keys.len() >= swap.limit {
+                    return Swapped::Full;
+                }
+            }
+            let until = now.saturating_add(millis(swap.ttl));
+            h.keys.insert(swap.name, (new, until));
+            Swapped::Done
+        }))
+    }
+}
+
+/// `d` in whole milliseconds, saturating.
+pub(super) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Coordination for Memory {

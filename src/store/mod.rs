@@ -11,6 +11,7 @@
 //! * `key`: the keys, from the configuration or a generated `0600` key file.
 //! * `record`: what is kept of a slot and its byte layout.
 //! * `dropin`: the drop-in sessions' records beside the slots'.
+//! * `idempotency`: the `Idempotency-Key` records, changed only by compare-and-swap.
 //!
 //! Here: [`Store`], whose [`Store::put`] only queues a slot's new state in a map (the latest
 //! state per slot wins) and wakes a writer task; the writer seals the batch and commits it
@@ -21,6 +22,7 @@
 mod backend;
 mod dropin;
 mod file;
+mod idempotency;
 mod key;
 mod memory;
 mod record;
@@ -42,6 +44,7 @@ use crate::tasks::Tasks;
 pub use backend::{BackendError, Coordination, Event, Lease, Records};
 pub use dropin::DROPIN_PREFIX;
 pub use file::check_place;
+pub use idempotency::{wall_ms, KeyWritten, IDEMPOTENCY_PREFIX};
 pub use memory::Memory;
 pub use record::{DecodeError, LockoutKind, Record, StoredGuard, StoredLockout, StoredSession};
 

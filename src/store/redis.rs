@@ -1,6 +1,8 @@
 //! The Redis backend: the store replicas share. Sealed records under `<prefix>:session:<name>`,
 //! the login lease under `<prefix>:lease:<name>`, and records' new revisions announced on the
-//! channel `<prefix>:revisions`.
+//! channel `<prefix>:revisions`. Idempotency records under `<prefix>:idem:<name>` (with Redis
+//! expiring them) and indexed by expiry in the sorted set `<prefix>:idem-index`, which counts
+//! them against `idempotency.max_keys`.
 //!
 //! One multiplexed connection, made lazily and made again after an I/O error, so that a
 //! gateway starts and serves while Redis is down. While it is down, attempts to connect are
@@ -15,7 +17,10 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisError};
 use tokio::sync::{mpsc, Mutex};
 
-use super::backend::{BackendError, Coordination, Event, Lease, Pending, Records, Rows};
+use super::backend::{
+    BackendError, Coordination, Event, KeySwap, Lease, Pending, Records, Rows, Swapped,
+};
+use super::memory::millis;
 use crate::tasks::Tasks;
 
 /// How long a connection attempt may take.
@@ -31,6 +36,27 @@ const READ_BATCH: usize = 500;
 const RELEASE: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 /// Extends the lease only if this holder still has it.
 const EXTEND: &str = r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+
+/// A [`KeySwap`], atomic as every script is. KEYS: the record, the index. ARGV: expected
+/// (empty: none; a sealed value never is), new (empty: delete), ttl ms, now ms, limit, the
+/// record's name. Returns 1 done, 0 changed, 2 full.
+const SWAP_KEY: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current == false then current = '' end
+if current ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[6])
+  return 1
+end
+if ARGV[1] == '' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[4])
+  if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[5]) then return 2 end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('ZADD', KEYS[2], tonumber(ARGV[4]) + tonumber(ARGV[3]), ARGV[6])
+return 1
+";
 
 /// The Redis connection and key layout.
 pub struct Redis {
@@ -219,6 +245,41 @@ impl Redis {
         self.run(Op::Pipe(pipe)).await
     }
 
+    fn key_key(&self, name: &str) -> String {
+        format!("{}:idem:{name}", self.prefix)
+    }
+
+    /// Idempotency record `name`'s sealed bytes; Redis drops expired ones itself.
+    async fn get_key(&self, name: &str) -> Result<Option<Vec<u8>>, BackendError> {
+        self.run(Op::Cmd(redis::cmd("GET").arg(self.key_key(name)).clone()))
+            .await
+    }
+
+    /// A [`KeySwap`] as one script.
+    async fn swap_key(&self, swap: KeySwap) -> Result<Swapped, BackendError> {
+        let n: i64 = self
+            .run(Op::Cmd(
+                redis::cmd("EVAL")
+                    .arg(SWAP_KEY)
+                    .arg(2)
+                    .arg(self.key_key(&swap.name))
+                    .arg(format!("{}:idem-index", self.prefix))
+                    .arg(swap.expected.unwrap_or_default())
+                    .arg(swap.new.unwrap_or_default())
+                    .arg(millis(swap.ttl).max(1))
+                    .arg(swap.now_ms)
+                    .arg(swap.limit)
+                    .arg(&swap.name)
+                    .clone(),
+            ))
+            .await?;
+        Ok(match n {
+            1 => Swapped::Done,
+            2 => Swapped::Full,
+            _ => Swapped::Changed,
+        })
+    }
+
     /// Takes record `name`'s login lease for `ttl`, if no replica holds it.
     async fn lease(&self, name: &str, ttl: Duration) -> Result<Option<Lease>, BackendError> {
         let key = format!("{}:lease:{name}", self.prefix);
@@ -271,6 +332,18 @@ impl Redis {
 impl Records for Redis {
     fn scan(&self) -> Pending<'_, Result<Rows, BackendError>> {
         Box::pin(Redis::scan(self))
+    }
+
+    fn get_key<'a>(
+        &'a self,
+        name: &'a str,
+        _now_ms: u64,
+    ) -> Pending<'a, Result<Option<Vec<u8>>, BackendError>> {
+        Box::pin(Redis::get_key(self, name))
+    }
+
+    fn swap_key(&self, swap: KeySwap) -> Pending<'_, Result<Swapped, BackendError>> {
+        Box::pin(Redis::swap_key(self, swap))
     }
 
     fn get<'a>(&'a self, name: &'a str) -> Pending<'a, Result<Option<Vec<u8>>, BackendError>> {

@@ -1,0 +1,286 @@
+//! The key rules on Tokio's paused clock, over a memory store that two "replicas" share:
+//! replay, refusal of another request, waiting, the lease's renewal, expiry and takeover,
+//! the window and the bound.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method};
+
+use super::*;
+use crate::metrics::Metrics;
+use crate::store::Memory;
+
+const LEASE: Duration = Duration::from_secs(10);
+const WINDOW: Duration = Duration::from_secs(24 * 3600);
+
+/// Two gateways sharing one memory store, as replicas share Redis.
+fn replicas(max_keys: usize) -> (Idempotency, Idempotency) {
+    let memory = Memory::default();
+    let one = || {
+        let (metrics, _) = Metrics::new();
+        let tasks = Tasks::default();
+        let store = Store::in_memory(&memory, true, metrics, tasks.clone());
+        let config = IdempotencyConfig {
+            window: WINDOW,
+            max_keys,
+            max_response_bytes: 1024,
+            lease: LEASE,
+        };
+        Idempotency::new(store, tasks, &config)
+    };
+    (one(), one())
+}
+
+fn answer(body: &'static str) -> Answer {
+    Answer {
+        status: 200,
+        content_type: Some("application/json".into()),
+        body: Bytes::from_static(body.as_bytes()),
+    }
+}
+
+fn in_secs(secs: u64) -> Instant {
+    crate::clock::now() + Duration::from_secs(secs)
+}
+
+async fn claimed(idem: &Idempotency, name: &str, fp: Fingerprint) -> Claim {
+    match idem.begin(name, fp, in_secs(30)).await {
+        Ok(Begin::Claimed(claim)) => claim,
+        Ok(Begin::Replay(a)) => panic!("a replay of {a:?} where a claim was expected"),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answered_key_replays_its_answer_on_another_replica() {
+    let (a, b) = replicas(10);
+    let claim = claimed(&a, "idem:k", [1; 32]).await;
+    assert!(!claim.earlier_attempt_unknown());
+    claim.answered(answer("{\"Irn\":\"1\"}"), 1024).await;
+    match b.begin("idem:k", [1; 32], in_secs(30)).await {
+        Ok(Begin::Replay(got)) => assert_eq!(got, answer("{\"Irn\":\"1\"}")),
+        _ => panic!("no replay"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_same_key_with_another_request_is_refused_in_flight_and_answered() {
+    let (a, b) = replicas(10);
+    let claim = claimed(&a, "idem:k", [1; 32]).await;
+    assert!(matches!(
+        b.begin("idem:k", [2; 32], in_secs(30)).await,
+        Err(GatewayError::IdempotencyKeyReused)
+    ));
+    claim.answered(answer("{}"), 1024).await;
+    assert!(matches!(
+        b.begin("idem:k", [2; 32], in_secs(30)).await,
+        Err(GatewayError::IdempotencyKeyReused)
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiter_gets_the_answer_once_the_first_request_settles() {
+    let (a, b) = replicas(10);
+    let claim = claimed(&a, "idem:k", [1; 32]).await;
+    let started = crate::clock::now();
+    let mut waiter = tokio::task::JoinSet::new();
+    waiter.spawn(async move { b.begin("idem:k", [1; 32], in_secs(30)).await });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    claim.answered(answer("{\"n\":1}"), 1024).await;
+    match waiter.join_next().await.unwrap().unwrap() {
+        Ok(Begin::Replay(got)) => assert_eq!(got.body, "{\"n\":1}"),
+        _ => panic!("the waiter got no replay"),
+    }
+    // Its polls are at most MAX_PAUSE apart.
+    assert!(crate::clock::now() - started <= Duration::from_secs(3) + MAX_PAUSE);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renewed_claim_outlives_its_lease_and_a_waiter_gets_409_at_its_deadline() {
+    let (a, b) = replicas(10);
+    let _claim = claimed(&a, "idem:k", [1; 32]).await;
+    tokio::time::sleep(LEASE * 5).await;
+    let deadline = in_secs(2);
+    assert!(matches!(
+        b.begin("idem:k", [1; 32], deadline).await,
+        Err(GatewayError::IdempotencyKeyInFlight)
+    ));
+    assert!(crate::clock::now() >= deadline);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_claim_is_taken_over_after_its_lease_and_the_taker_is_told() {
+    let (a, b) = replicas(10);
+    let started = crate::clock::now();
+    claimed(&a, "idem:k", [1; 32]).await.abandon();
+    let claim = claimed(&b, "idem:k", [1; 32]).await;
+    assert!(claim.earlier_attempt_unknown());
+    let waited = crate::clock::now() - started;
+    assert!(waited >= LEASE && waited <= LEASE + MAX_PAUSE, "{waited:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_freed_after_a_failure_is_a_first_attempt_again() {
+    let (a, b) = replicas(10);
+    claimed(&a, "idem:k", [1; 32])
+        .await
+        .release(Release::Free)
+        .await;
+    assert!(!claimed(&b, "idem:k", [1; 32])
+        .await
+        .earlier_attempt_unknown());
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_an_unknown_outcome_or_a_cancelled_request_the_next_attempt_is_told() {
+    let (a, b) = replicas(10);
+    claimed(&a, "idem:k", [1; 32])
+        .await
+        .release(Release::Unknown)
+        .await;
+    let next = claimed(&b, "idem:k", [1; 32]).await;
+    assert!(next.earlier_attempt_unknown());
+    drop(next);
+    let started = crate::clock::now();
+    let again = claimed(&a, "idem:k", [1; 32]).await;
+    assert!(again.earlier_attempt_unknown());
+    assert!(
+        crate::clock::now() - started < LEASE,
+        "waited for the lease"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_is_replayed_within_the_window_and_forgotten_after_it() {
+    let (a, b) = replicas(10);
+    claimed(&a, "idem:k", [1; 32])
+        .await
+        .answered(answer("{}"), 1024)
+        .await;
+    tokio::time::sleep(WINDOW - Duration::from_secs(1)).await;
+    assert!(matches!(
+        b.begin("idem:k", [1; 32], in_secs(1)).await,
+        Ok(Begin::Replay(_))
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!claimed(&b, "idem:k", [2; 32])
+        .await
+        .earlier_attempt_unknown());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_over_the_byte_bound_is_not_kept() {
+    let (a, b) = replicas(10);
+    claimed(&a, "idem:k", [1; 32])
+        .await
+        .answered(answer("0123456789"), 4)
+        .await;
+    assert!(claimed(&b, "idem:k", [1; 32])
+        .await
+        .earlier_attempt_unknown());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_key_beyond_max_keys_is_refused_until_one_expires() {
+    let (a, b) = replicas(1);
+    claimed(&a, "idem:one", [1; 32])
+        .await
+        .answered(answer("{}"), 1024)
+        .await;
+    assert!(matches!(
+        b.begin("idem:two", [1; 32], in_secs(1)).await,
+        Err(GatewayError::IdempotencyUnavailable(_))
+    ));
+    tokio::time::sleep(WINDOW).await;
+    claimed(&b, "idem:two", [1; 32]).await;
+}
+
+fn headers(values: &[&[u8]]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for v in values {
+        h.append(HEADER, HeaderValue::from_bytes(v).unwrap());
+    }
+    h
+}
+
+#[test]
+fn a_key_is_visible_ascii_bare_or_quoted_and_only_on_a_post() {
+    let post = Method::POST;
+    let uuid = b"8e03978e-40d5-43e8-bc93-6894a57f9324";
+    assert_eq!(
+        key(&post, &headers(&[uuid])).unwrap().as_deref(),
+        Some("8e03978e-40d5-43e8-bc93-6894a57f9324")
+    );
+    assert_eq!(
+        key(&post, &headers(&[b"\"abc\""])).unwrap().as_deref(),
+        Some("abc")
+    );
+    assert_eq!(key(&post, &HeaderMap::new()).unwrap(), None);
+    assert_eq!(key(&Method::GET, &headers(&[b"\xff"])).unwrap(), None);
+    let long = vec![b'a'; MAX_KEY_LEN + 1];
+    for bad in [
+        &b""[..],
+        b"\"\"",
+        b"a b",
+        b"caf\xc3\xa9",
+        b"a\\b",
+        long.as_slice(),
+    ] {
+        assert!(
+            matches!(
+                key(&post, &headers(&[bad])),
+                Err(GatewayError::IdempotencyKeyInvalid(_))
+            ),
+            "{bad:?}"
+        );
+    }
+    assert!(key(&post, &headers(&[b"a", b"b"])).is_err());
+}
+
+#[test]
+fn keys_are_scoped_by_client_upstream_and_gstin() {
+    let base = record_name("asp1", "einvoice", "29AAGCB7383J1Z4", "k");
+    assert!(base.starts_with(IDEMPOTENCY_PREFIX));
+    assert_ne!(
+        base,
+        record_name("asp2", "einvoice", "29AAGCB7383J1Z4", "k")
+    );
+    assert_ne!(
+        base,
+        record_name("asp1", "ewaybill", "29AAGCB7383J1Z4", "k")
+    );
+    assert_ne!(
+        base,
+        record_name("asp1", "einvoice", "27AAPFU0939F1ZV", "k")
+    );
+    assert_ne!(
+        record_name("ab", "c", "g", "k"),
+        record_name("a", "bc", "g", "k")
+    );
+}
+
+#[test]
+fn a_failure_frees_the_key_only_when_nothing_can_have_reached_the_upstream() {
+    assert_eq!(
+        after_failure(&GatewayError::UpstreamTimeout(1)),
+        Release::Unknown
+    );
+    assert_eq!(
+        after_failure(&GatewayError::UpstreamUnavailable("5002".into())),
+        Release::Unknown
+    );
+    assert_eq!(
+        after_failure(&GatewayError::UpstreamThrottled {
+            upstream_code: None
+        }),
+        Release::Free
+    );
+    assert_eq!(
+        after_failure(&GatewayError::LoginBackoff {
+            retry_after_secs: 1,
+            reason: String::new()
+        }),
+        Release::Free
+    );
+}

@@ -1,0 +1,98 @@
+//! Phase 2b, idempotency: after the body is read and before a session is taken, a POST with
+//! an `Idempotency-Key` either gets its key's stored answer (no upstream call), or claims
+//! the key and goes on; once answered, the claim is settled (`crate::idempotency` holds the
+//! rule).
+
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::request::Parts;
+use http::Response;
+
+use super::admit::Admitted;
+use super::{Outcome, Proxy};
+use crate::idempotency::{self, after_failure, Begin, Claim};
+use crate::metrics::GenerateOutcome;
+use crate::problem::GatewayError;
+
+/// How a request goes on after the idempotency phase.
+pub(super) enum Keyed {
+    /// Its key's stored answer, replayed.
+    Replay(Response<Body>),
+    /// Onwards, holding its key's claim if it sent one.
+    Onwards(Option<Claim>),
+}
+
+/// What a waiter leaves of the request timeout for its own answer (a 409 rather than the
+/// overall timeout's 504).
+const ANSWER_MARGIN: Duration = Duration::from_millis(250);
+
+impl Proxy {
+    /// Phase 2b: replays the key's answer, or claims the key (waiting, within the request's
+    /// time, for a first request with it still in flight).
+    pub(super) async fn claim_key(
+        &self,
+        parts: &Parts,
+        admitted: &Admitted<'_>,
+        body: &Bytes,
+        outcome: &Outcome,
+    ) -> Result<Keyed, GatewayError> {
+        let Some(keys) = &self.idempotency else {
+            return Ok(Keyed::Onwards(None));
+        };
+        let upstream = admitted.upstream;
+        // A caller's login is answered from the session gstgate holds; it is never keyed.
+        if upstream.is_auth_path(&admitted.path) {
+            return Ok(Keyed::Onwards(None));
+        }
+        let Some(key) = idempotency::key(&parts.method, &parts.headers)? else {
+            return Ok(Keyed::Onwards(None));
+        };
+        let name = idempotency::record_name(
+            outcome.client.as_deref().unwrap_or_default(),
+            &upstream.name,
+            admitted.slot.credential.gstin.as_str(),
+            &key,
+        );
+        let target = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path(), |p| p.as_str());
+        let fingerprint = idempotency::fingerprint(&parts.method, target, body);
+        let deadline = outcome.accepted.map_or_else(crate::clock::now, |at| {
+            at + self.request_timeout.saturating_sub(ANSWER_MARGIN)
+        });
+        match keys.begin(&name, fingerprint, deadline).await? {
+            Begin::Replay(answer) => {
+                self.metrics
+                    .count_generate(&upstream.name, GenerateOutcome::Replayed);
+                Ok(Keyed::Replay(answer.replay()))
+            }
+            Begin::Claimed(claim) => Ok(Keyed::Onwards(Some(claim))),
+        }
+    }
+
+    /// After phase 7: stores the answer for the key, or releases the key as the failure's
+    /// class says.
+    pub(super) async fn settle_key(
+        &self,
+        claim: Option<Claim>,
+        answer: Result<Response<Body>, GatewayError>,
+    ) -> Result<Response<Body>, GatewayError> {
+        let (Some(claim), Some(keys)) = (claim, &self.idempotency) else {
+            return answer;
+        };
+        match answer {
+            Ok(res) => {
+                let (res, stored) = idempotency::capture(res).await?;
+                claim.answered(stored, keys.max_response_bytes()).await;
+                Ok(res)
+            }
+            Err(err) => {
+                claim.release(after_failure(&err)).await;
+                Err(err)
+            }
+        }
+    }
+}
