@@ -100,6 +100,15 @@ pub struct TriggerLabels {
     pub trigger: &'static str,
 }
 
+/// `upstream` + `target` (an IRP's `irp` name, or `default`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    /// Upstream name.
+    pub upstream: Name,
+    /// The target's `irp` name, `default` for an upstream's only `base_url`.
+    pub target: Name,
+}
+
 /// `kind` + `result` of an operator alert (not a contract metric: see `alerts`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AlertLabels {
@@ -162,6 +171,8 @@ pub struct Metrics {
     pub logins_waiting: Family<UpstreamLabel, Gauge<i64, AtomicI64>>,
     /// `gstgate_late_refreshes_total`: proactive refreshes that started after expiry.
     pub late_refreshes: Family<UpstreamLabel, Counter>,
+    /// `gstgate_upstream_up`: 1 while a target's circuit is closed.
+    pub upstream_up: Family<TargetLabels, Gauge<i64, AtomicI64>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -190,6 +201,7 @@ impl Metrics {
             dropin_logins: Family::default(),
             logins_waiting: Family::default(),
             late_refreshes: Family::default(),
+            upstream_up: Family::default(),
         };
         let mut r = Registry::default();
         r.register(
@@ -271,6 +283,11 @@ impl Metrics {
             "gstgate_late_refreshes",
             "Proactive refreshes that started after their session expired because logins were paced, by upstream",
             m.late_refreshes.clone(),
+        );
+        r.register(
+            "gstgate_upstream_up",
+            "1 while the target's circuit breaker is closed (requests go to it), 0 while it is open or probing, by upstream and target",
+            m.upstream_up.clone(),
         );
         r.register(
             "gstgate_build",

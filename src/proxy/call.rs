@@ -43,6 +43,8 @@ pub(super) struct Sent {
     pub(super) headers: HeaderMap,
     /// Its whole body.
     pub(super) body: Bytes,
+    /// The label of the target (IRP) that answered.
+    pub(super) target: Option<Arc<str>>,
 }
 
 impl Call<'_> {
@@ -64,15 +66,18 @@ impl Call<'_> {
         outcome: &mut Outcome,
     ) -> Result<Sent, GatewayError> {
         let (headers, wire) = self.build(session)?;
-        let (status, headers, body) = self
+        let routed = self
             .upstream
-            .send(self.method.clone(), self.path, headers, wire)
-            .await?;
+            .dispatch(self.method.clone(), self.path, headers, wire)
+            .await;
+        outcome.target.clone_from(&routed.target);
+        let (status, headers, body) = routed.result?;
         outcome.upstream_status = Some(status.as_u16());
         Ok(Sent {
             status,
             headers,
             body,
+            target: routed.target,
         })
     }
 }

@@ -90,6 +90,9 @@ struct Outcome {
     gstin: Option<Gstin>,
     upstream_status: Option<u16>,
     upstream_code: Option<String>,
+    /// The upstream target (IRP) that had the last attempt, set even when it failed: a
+    /// lookup after an unknown outcome names it in the portal header.
+    target: Option<Arc<str>>,
     retries: u32,
     /// Whether the caller's whole body has arrived: a timeout before that is the caller's
     /// (408), after it the upstream's (504).
@@ -239,6 +242,7 @@ impl Proxy {
             method = method.as_str(),
             path = &*loggable_path(uri.path()),
             status,
+            target = outcome.target.as_deref(),
             upstream_status = outcome.upstream_status,
             upstream_code = outcome.upstream_code.as_deref(),
             error,

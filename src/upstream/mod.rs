@@ -28,6 +28,7 @@ pub mod nic;
 mod profile;
 pub mod renewal;
 pub mod sealed;
+pub mod targets;
 pub mod tls;
 
 use std::sync::Arc;
@@ -50,8 +51,9 @@ pub use headers::{
 };
 pub(crate) use profile::{accepted_login, bodiless};
 pub use profile::{
-    Class, Expiry, Login, LoginFailure, LoginKind, LoginRequest, Profile, Reply, Verdict,
+    Class, Expiry, Login, LoginFailure, LoginKind, LoginRequest, Portals, Profile, Reply, Verdict,
 };
+use targets::Health;
 
 /// A configured upstream, ready to call.
 pub struct Upstream {
@@ -59,9 +61,9 @@ pub struct Upstream {
     pub name: Arc<str>,
     /// The API-specific behaviour.
     pub profile: Box<dyn Profile>,
-    /// `scheme://authority/base-path` without a trailing slash; requests go to it + the
-    /// caller's validated path.
-    base: String,
+    /// Where requests go: the base URLs (`scheme://authority/base-path`), each behind its
+    /// circuit breaker; a request goes to one of them + the caller's validated path.
+    pub targets: targets::Targets,
     /// Path prefixes routed here.
     pub routes: Vec<String>,
     /// Login path.
@@ -108,6 +110,29 @@ pub struct Upstream {
     http: client::HttpClient,
     metrics: Arc<Metrics>,
     label: UpstreamLabel,
+}
+
+/// What [`Upstream::dispatch`] came to: the reply or the failure, and the target that had
+/// the request last.
+pub struct Routed {
+    /// The label of the target that had the request (`NIC1`, `default`); `None` only if
+    /// none was tried.
+    pub target: Option<Arc<str>>,
+    /// Its reply (status, headers, body) or why there is none.
+    pub result: Result<(StatusCode, HeaderMap, Bytes), GatewayError>,
+}
+
+/// What an attempt's result says of its target's health.
+fn health(result: &Result<(StatusCode, HeaderMap, Bytes), GatewayError>) -> Health {
+    match result {
+        Ok((status, ..)) if status.is_server_error() => Health::Failed,
+        Ok(_) => Health::Answered,
+        Err(GatewayError::UpstreamUnreachable(_)) => Health::Unreached,
+        Err(GatewayError::UpstreamTimeout(_) | GatewayError::UpstreamConnectionFailed(_)) => {
+            Health::Failed
+        }
+        Err(_) => Health::Unknown,
+    }
 }
 
 /// Why an upstream could not be built from its configuration.
@@ -290,20 +315,43 @@ impl Upstream {
                 source,
             })?;
         let http = client::build(tls, cfg.connect_timeout);
+        let endpoints = cfg
+            .endpoints()
+            .into_iter()
+            .map(|(url, irp)| {
+                let base = reqwest::Url::parse(url)
+                    .map_err(|_| UpstreamError::Setting {
+                        name: name.clone(),
+                        what: format!("base_url `{url}` is not a URL"),
+                    })?
+                    .as_str()
+                    .trim_end_matches('/')
+                    .to_owned();
+                let portal = irp
+                    .map(|irp| {
+                        HeaderValue::from_str(irp).map_err(|_| UpstreamError::Header {
+                            name: name.clone(),
+                            what: "targets.irp".into(),
+                        })
+                    })
+                    .transpose()?;
+                Ok((base, portal))
+            })
+            .collect::<Result<Vec<_>, UpstreamError>>()?;
+        let targets = targets::Targets::new(
+            &name,
+            endpoints,
+            profile.portals().map(|p| HeaderName::from_static(p.header)),
+            (cfg.breaker_failures, cfg.breaker_cool_down),
+            &metrics,
+        );
         Ok(Self {
             label: UpstreamLabel {
                 upstream: crate::metrics::Name(name.as_str().into()),
             },
             name: name.as_str().into(),
             profile,
-            base: reqwest::Url::parse(&cfg.base_url)
-                .map_err(|_| UpstreamError::Setting {
-                    name: name.clone(),
-                    what: "base_url is not a URL".into(),
-                })?
-                .as_str()
-                .trim_end_matches('/')
-                .to_owned(),
+            targets,
             routes: cfg.routes.clone(),
             auth_path: CallerPath::parse(&cfg.auth_path, None).map_err(|e| {
                 UpstreamError::Setting {
@@ -378,12 +426,12 @@ impl Upstream {
     /// the path was checked by [`CallerPath`], so the upstream gets exactly the path gstgate
     /// routed on, under the base URL's own path. (A URL parser would resolve dot segments,
     /// which is how `..` used to climb out of the base path.)
-    fn uri(&self, path: &CallerPath) -> Result<Uri, GatewayError> {
+    fn uri(base: &str, path: &CallerPath) -> Result<Uri, GatewayError> {
         let query = path.query();
         let mut text = String::with_capacity(
-            self.base.len() + path.path().len() + query.map_or(0, |q| q.len() + 1),
+            base.len() + path.path().len() + query.map_or(0, |q| q.len() + 1),
         );
-        text.push_str(&self.base);
+        text.push_str(base);
         text.push_str(path.path());
         if let Some(q) = query {
             text.push('?');
@@ -394,7 +442,8 @@ impl Upstream {
             .map_err(|_| GatewayError::Internal("the upstream URL is not a valid URI".into()))
     }
 
-    /// Sends one request and reads the whole reply, within the timeout and size cap.
+    /// Sends one request and reads the whole reply, within the timeout and size cap, to
+    /// the target routing picks (see [`Upstream::dispatch`]).
     pub async fn send(
         &self,
         method: Method,
@@ -402,7 +451,64 @@ impl Upstream {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<(StatusCode, HeaderMap, Bytes), GatewayError> {
-        let uri = self.uri(path)?;
+        self.dispatch(method, path, headers, body).await.result
+    }
+
+    /// Sends one request to the first target whose circuit lets it through (a read of a
+    /// document gstgate saw generated: its holder first, with the portal header naming it),
+    /// and says which target had it. A target that could not be reached (nothing was sent)
+    /// hands the request to the next one at once; a timeout or 5xx after sending is never
+    /// sent again here, it only counts against the target's circuit.
+    pub async fn dispatch(
+        &self,
+        method: Method,
+        path: &CallerPath,
+        mut headers: HeaderMap,
+        body: Bytes,
+    ) -> Routed {
+        let mut first = self.targets.named_in(&headers);
+        if first.is_none() {
+            let document = self.profile.document_read(&method, path);
+            if let Some((name, value)) = self.targets.portal_for(document) {
+                headers.insert(name, value);
+                first = self.targets.named_in(&headers);
+            }
+        }
+        let mut routed = Routed {
+            target: None,
+            result: Err(GatewayError::Internal("no upstream target".into())),
+        };
+        for turn in self.targets.turns(first) {
+            routed.target = Some(turn.target.label.clone());
+            routed.result = self
+                .attempt(
+                    &turn.target.base,
+                    method.clone(),
+                    path,
+                    headers.clone(),
+                    body.clone(),
+                )
+                .await;
+            let health = health(&routed.result);
+            let unreached = matches!(health, Health::Unreached);
+            turn.judge(health);
+            if !unreached {
+                break;
+            }
+        }
+        routed
+    }
+
+    /// One attempt on one target, within the timeout, timed in the upstream's histogram.
+    async fn attempt(
+        &self,
+        base: &str,
+        method: Method,
+        path: &CallerPath,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), GatewayError> {
+        let uri = Self::uri(base, path)?;
         let started = Instant::now();
         let result =
             match tokio::time::timeout(self.timeout, self.exchange(method, uri, headers, body))
@@ -416,6 +522,14 @@ impl Upstream {
             .get_or_create(&self.label)
             .observe(started.elapsed().as_secs_f64());
         result
+    }
+
+    /// Remembers which target generated the document a successful reply's plain body
+    /// reports (the profile reads it), so that reads of it go there.
+    pub fn note_generated(&self, method: &Method, path: &CallerPath, plain: &[u8], target: &str) {
+        if let Some(document) = self.profile.generated_document(method, path, plain) {
+            self.targets.remember(&document, target);
+        }
     }
 
     async fn exchange(
