@@ -174,7 +174,7 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
     let server = &config.server;
     let proxy = Arc::new(Proxy::new(
         clients,
-        upstreams,
+        upstreams.clone(),
         sessions.clone(),
         metrics,
         ProxyLimits {
@@ -195,6 +195,7 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
         sessions,
         dropin,
         registry,
+        upstreams,
         token: server.admin_token.clone(),
         monitoring_token: server.monitoring_token.clone(),
         request_timeout: server.request_timeout,

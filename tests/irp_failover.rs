@@ -59,6 +59,20 @@ async fn an_irp_refusing_connections_costs_no_caller_an_error_and_reads_carry_th
         10,
         "one upstream call each"
     );
+    let status = gw
+        .http
+        .get(format!("http://{}/status", gw.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        status.contains("<td>NIC1</td><td class=\"c-open\">open</td>")
+            && status.contains("<td>NIC2</td><td class=\"c-closed\">closed</td>"),
+        "{status}"
+    );
 
     let res = gw
         .request(

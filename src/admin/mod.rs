@@ -46,6 +46,7 @@ use crate::problem::{fill_request_id, GatewayError};
 use crate::reload::Reloader;
 use crate::session::{Session, Sessions, Slot};
 use crate::tasks::Tasks;
+use crate::upstream::Upstream;
 
 /// The largest request body the admin listener reads. Only `{"otp": "…"}` is ever sent, so a
 /// few KiB is ample, and nobody can make the listener buffer more.
@@ -59,6 +60,8 @@ pub struct Admin {
     pub dropin: Arc<Dropin>,
     /// Metrics registry.
     pub registry: Registry,
+    /// The upstreams, whose targets' circuits the status page shows.
+    pub upstreams: Vec<Arc<Upstream>>,
     /// Bearer token for `/admin/*`.
     pub token: Option<SecretString>,
     /// Token for `/metrics` and `/status`, when they are not open.
