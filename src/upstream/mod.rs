@@ -53,7 +53,7 @@ pub(crate) use profile::{accepted_login, bodiless};
 pub use profile::{
     Class, Expiry, Login, LoginFailure, LoginKind, LoginRequest, Portals, Profile, Reply, Verdict,
 };
-use targets::Health;
+use targets::{Health, Order};
 
 /// A configured upstream, ready to call.
 pub struct Upstream {
@@ -455,10 +455,11 @@ impl Upstream {
     }
 
     /// Sends one request to the first target whose circuit lets it through (a read of a
-    /// document gstgate saw generated: its holder first, with the portal header naming it),
-    /// and says which target had it. A target that could not be reached (nothing was sent)
-    /// hands the request to the next one at once; a timeout or 5xx after sending is never
-    /// sent again here, it only counts against the target's circuit.
+    /// document gstgate saw generated, or whose portal the request's portal header names:
+    /// its holder first, with the portal header naming it), and says which target had it. A
+    /// target that could not be reached (nothing was sent) hands the request to the next one
+    /// at once; a timeout or 5xx after sending is never sent again here, it only counts
+    /// against the target's circuit.
     pub async fn dispatch(
         &self,
         method: Method,
@@ -466,19 +467,54 @@ impl Upstream {
         mut headers: HeaderMap,
         body: Bytes,
     ) -> Routed {
-        let mut first = self.targets.named_in(&headers);
-        if first.is_none() {
+        if self.targets.named_in(&headers).is_none() {
             let document = self.profile.document_read(&method, path);
             if let Some((name, value)) = self.targets.portal_for(document) {
                 headers.insert(name, value);
-                first = self.targets.named_in(&headers);
             }
         }
+        let order = self
+            .targets
+            .named_in(&headers)
+            .map_or(Order::Configured, Order::First);
+        self.route(order, method, path, headers, body).await
+    }
+
+    /// Sends a read about a document whose generate had an unknown outcome on the target
+    /// labelled `failed` (the `target` of that exchange): with the portal header naming
+    /// `failed`, where the document would be, and to the other targets first, `failed` last.
+    pub async fn dispatch_elsewhere(
+        &self,
+        failed: &str,
+        method: Method,
+        path: &CallerPath,
+        mut headers: HeaderMap,
+        body: Bytes,
+    ) -> Routed {
+        if let Some((name, value)) = self.targets.portal_of(failed) {
+            headers.insert(name, value);
+        }
+        let order = self
+            .targets
+            .position(failed)
+            .map_or(Order::Configured, Order::Last);
+        self.route(order, method, path, headers, body).await
+    }
+
+    /// Tries the targets in `order` until one was reached.
+    async fn route(
+        &self,
+        order: Order,
+        method: Method,
+        path: &CallerPath,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Routed {
         let mut routed = Routed {
             target: None,
             result: Err(GatewayError::Internal("no upstream target".into())),
         };
-        for turn in self.targets.turns(first) {
+        for turn in self.targets.turns(order) {
             routed.target = Some(turn.target.label.clone());
             routed.result = self
                 .attempt(
@@ -575,6 +611,120 @@ impl Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::sync::mpsc;
+
+    /// A loopback HTTP server that answers every request `200 {}` and sends each request's
+    /// head (lower-cased) down the channel.
+    async fn recorder() -> (String, mpsc::UnboundedReceiver<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n")
+                        && conn.read(&mut byte).await.unwrap_or(0) == 1
+                    {
+                        head.push(byte[0]);
+                    }
+                    let _ = tx.send(String::from_utf8_lossy(&head).to_ascii_lowercase());
+                    let _ = conn
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+                        )
+                        .await;
+                });
+            }
+        });
+        (url, rx)
+    }
+
+    /// An e-invoice upstream whose targets are `NIC1` at `irp1` and `NIC2` at `irp2`.
+    fn two_irps(irp1: &str, irp2: &str) -> (Upstream, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("upstream.pem");
+        let pem = KeyPair::generate().unwrap().public_key().to_pem().unwrap();
+        std::fs::write(&key, pem).unwrap();
+        let text = format!(
+            r#"
+[server]
+[[upstream]]
+name = "einvoice"
+api = "einvoice"
+routes = ["/eicore/"]
+auth_path = "/eivital/v1.04/auth"
+public_key = "{}"
+client_id = "a"
+client_secret = "b"
+[[upstream.targets]]
+base_url = "{irp1}"
+irp = "NIC1"
+[[upstream.targets]]
+base_url = "{irp2}"
+irp = "NIC2"
+"#,
+            key.display()
+        );
+        let config = crate::config::Config::parse(&text, std::path::Path::new("c.toml")).unwrap();
+        let (metrics, _) = Metrics::new();
+        (
+            Upstream::from_config(&config.upstreams[0], metrics).unwrap(),
+            dir,
+        )
+    }
+
+    fn lookup() -> CallerPath {
+        CallerPath::parse(
+            "/eicore/v1.03/Invoice/irnbydocdetails",
+            Some("doctype=INV&docnum=1&docdate=01/04/2026"),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_target_refusing_connections_hands_the_request_to_the_next_at_once() {
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let (irp2, mut seen) = recorder().await;
+        let (upstream, _dir) = two_irps(&refused, &irp2);
+        let routed = upstream
+            .dispatch(Method::GET, &lookup(), HeaderMap::new(), Bytes::new())
+            .await;
+        assert_eq!(routed.target.as_deref(), Some("NIC2"));
+        assert_eq!(routed.result.map(|r| r.0).ok(), Some(StatusCode::OK));
+        assert!(!seen.recv().await.unwrap().contains("\r\nirp:"));
+    }
+
+    #[tokio::test]
+    async fn a_lookup_after_a_failure_on_one_irp_goes_to_the_other_naming_the_first() {
+        let (irp1, mut seen1) = recorder().await;
+        let (irp2, mut seen2) = recorder().await;
+        let (upstream, _dir) = two_irps(&irp1, &irp2);
+        let routed = upstream
+            .dispatch_elsewhere(
+                "NIC1",
+                Method::GET,
+                &lookup(),
+                HeaderMap::new(),
+                Bytes::new(),
+            )
+            .await;
+        assert_eq!(routed.target.as_deref(), Some("NIC2"));
+        assert!(seen2.recv().await.unwrap().contains("\r\nirp: nic1\r\n"));
+        assert!(seen1.try_recv().is_err(), "NIC1 was not asked");
+        // Any other call goes to the primary, without an `irp` header.
+        let routed = upstream
+            .dispatch(Method::GET, &lookup(), HeaderMap::new(), Bytes::new())
+            .await;
+        assert_eq!(routed.target.as_deref(), Some("NIC1"));
+        assert!(!seen1.recv().await.unwrap().contains("\r\nirp:"));
+    }
 
     #[test]
     fn no_header_a_profile_injects_can_be_forwarded_from_a_caller() {

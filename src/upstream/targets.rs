@@ -88,6 +88,17 @@ impl Turn<'_> {
     }
 }
 
+/// The order in which a request tries the targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// As configured: the primary first.
+    Configured,
+    /// This target (a document's holder) first, then the others as configured.
+    First(usize),
+    /// The others as configured, this one (which just failed the request) last.
+    Last(usize),
+}
+
 /// Which target generated which document, bounded, oldest forgotten first.
 #[derive(Default)]
 struct Holders {
@@ -169,6 +180,19 @@ impl Targets {
         Some((header.clone(), portal))
     }
 
+    /// The index of the target labelled `label`.
+    pub fn position(&self, label: &str) -> Option<usize> {
+        self.list.iter().position(|t| &*t.label == label)
+    }
+
+    /// The portal header naming the target labelled `label`, if the targets have portal
+    /// names.
+    pub fn portal_of(&self, label: &str) -> Option<(HeaderName, HeaderValue)> {
+        let header = self.header.as_ref()?;
+        let portal = self.list.get(self.position(label)?)?.portal.clone()?;
+        Some((header.clone(), portal))
+    }
+
     /// The portal a request names in the portal header (the caller's, or the one
     /// [`Targets::portal_for`] added): its holder goes first.
     pub fn named_in(&self, headers: &http::HeaderMap) -> Option<usize> {
@@ -178,11 +202,18 @@ impl Targets {
             .position(|t| t.portal.as_ref() == Some(value))
     }
 
-    /// The targets to try, in order, each with its circuit's leave: `first` (a document's
-    /// holder) if its circuit admits, then the others in configured order. When no circuit
-    /// admits, every target is tried anyway: an open circuit steers traffic away, it never
-    /// refuses a request that some target might still answer.
-    pub fn turns(&self, first: Option<usize>) -> Vec<Turn<'_>> {
+    /// The targets to try, in order, each with its circuit's leave: the configured order,
+    /// with a document's holder moved first or a target that just failed moved last, and
+    /// only those whose circuit admits. When no circuit admits, every target is tried
+    /// anyway: an open circuit steers traffic away, it never refuses a request that some
+    /// target might still answer.
+    pub fn turns(&self, order: Order) -> Vec<Turn<'_>> {
+        let (first, last) = match order {
+            Order::Configured => (None, None),
+            Order::First(i) => (Some(i), None),
+            Order::Last(i) => (None, Some(i)),
+        };
+        let moved = |i: usize| Some(i) == first || Some(i) == last;
         let order: Vec<&Target> = first
             .and_then(|i| self.list.get(i))
             .into_iter()
@@ -190,9 +221,10 @@ impl Targets {
                 self.list
                     .iter()
                     .enumerate()
-                    .filter(|(i, _)| Some(*i) != first)
+                    .filter(|(i, _)| !moved(*i))
                     .map(|(_, t)| t),
             )
+            .chain(last.and_then(|i| self.list.get(i)))
             .collect();
         let admitted: Vec<Turn<'_>> = order
             .iter()
@@ -216,7 +248,7 @@ impl Targets {
         if self.header.is_none() {
             return;
         }
-        let Some(index) = self.list.iter().position(|t| &*t.label == label) else {
+        let Some(index) = self.position(label) else {
             return;
         };
         let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
@@ -257,23 +289,23 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_primary_goes_first_and_an_open_one_is_skipped() {
         let t = two_irps();
-        assert_eq!(labels(&t.turns(None)), ["NIC1", "NIC2"]);
+        assert_eq!(labels(&t.turns(Order::Configured)), ["NIC1", "NIC2"]);
         for _ in 0..2 {
-            let mut turns = t.turns(None);
+            let mut turns = t.turns(Order::Configured);
             turns.remove(0).judge(Health::Unreached);
         }
-        assert_eq!(labels(&t.turns(None)), ["NIC2"]);
+        assert_eq!(labels(&t.turns(Order::Configured)), ["NIC2"]);
     }
 
     #[tokio::test(start_paused = true)]
     async fn with_every_circuit_open_every_target_is_still_tried_in_order() {
         let t = two_irps();
         for _ in 0..2 {
-            for turn in t.turns(None) {
+            for turn in t.turns(Order::Configured) {
                 turn.judge(Health::Failed);
             }
         }
-        assert_eq!(labels(&t.turns(None)), ["NIC1", "NIC2"]);
+        assert_eq!(labels(&t.turns(Order::Configured)), ["NIC1", "NIC2"]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -284,8 +316,13 @@ mod tests {
         assert_eq!((name.as_str(), value.to_str().ok()), ("irp", Some("NIC2")));
         let mut headers = http::HeaderMap::new();
         headers.insert(name, value);
-        let first = t.named_in(&headers);
-        assert_eq!(labels(&t.turns(first)), ["NIC2", "NIC1"]);
+        let first = t.named_in(&headers).expect("NIC2 is a target");
+        assert_eq!(labels(&t.turns(Order::First(first))), ["NIC2", "NIC1"]);
+        assert_eq!(labels(&t.turns(Order::Last(0))), ["NIC2", "NIC1"]);
+        assert_eq!(
+            t.portal_of("NIC1").map(|(_, v)| v),
+            Some(HeaderValue::from_static("NIC1"))
+        );
         assert!(t.portal_for(Some("irn-b")).is_none());
     }
 
@@ -311,6 +348,6 @@ mod tests {
         );
         t.remember("doc", DEFAULT_TARGET);
         assert!(t.portal_for(Some("doc")).is_none());
-        assert_eq!(labels(&t.turns(None)), [DEFAULT_TARGET]);
+        assert_eq!(labels(&t.turns(Order::Configured)), [DEFAULT_TARGET]);
     }
 }
