@@ -841,6 +841,8 @@ async fn counters_and_request_log_show_what_the_client_sent() {
     assert_eq!(c["requests"], 2);
     assert_eq!(c["new_tokens"], 1);
     assert_eq!(c["per_gstin"][GSTIN]["requests"], 2);
+    assert_eq!(c["generates"], 1, "the generate, not the master lookup");
+    assert_eq!(c["per_irp"]["NIC1"]["requests"], 2);
 
     let log = asp
         .control(reqwest::Method::GET, "/_sim/requests?limit=2", Value::Null)
@@ -868,7 +870,7 @@ async fn counters_and_request_log_show_what_the_client_sent() {
     let c = asp.counters().await;
     assert_eq!(
         c,
-        json!({"auth_calls":0,"force_refreshes":0,"new_tokens":0,"token_rejections":0,"requests":0,"otp_requests":0,"refreshes":0,"blocked_logins":0,"per_gstin":{}})
+        json!({"auth_calls":0,"force_refreshes":0,"new_tokens":0,"token_rejections":0,"requests":0,"otp_requests":0,"refreshes":0,"blocked_logins":0,"generates":0,"per_gstin":{},"per_irp":{}})
     );
     let pem = asp
         .send(asp.http.get(format!("{}/_sim/public-key", asp.base)))

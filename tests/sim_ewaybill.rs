@@ -525,3 +525,88 @@ async fn undecryptable_fault_answers_an_ewaybill_envelope() {
     let (r, _) = ewb.action(&s, "GENEWAYBILL", &bill(GSTIN, "F/1")).await;
     r.assert_ok();
 }
+
+#[tokio::test]
+async fn get_by_document_answers_the_consigners_bill_for_it_and_325_otherwise() {
+    let sim = sim_with(&[]).await;
+    let ewb = Ewb::new(&sim);
+    let s = ewb.login().await;
+    let (r, gen) = ewb.action(&s, "GENEWAYBILL", &bill(GSTIN, "DOC/7")).await;
+    r.assert_ok();
+    let by_doc = |query: &str| {
+        ewb.send(ewb.data_request(
+            reqwest::Method::GET,
+            &format!("{EWAYAPI}/GetEwayBillGeneratedByConsigner?{query}"),
+            Some(&s.token),
+        ))
+    };
+
+    // Document type and number match case-insensitively, as generate's duplicate check does.
+    let found = by_doc("docType=inv&docNo=doc/7").await;
+    found.assert_ok();
+    let body = open_rek_reply(&s, &found).unwrap();
+    assert_eq!(body["ewayBillNo"], gen["ewayBillNo"], "{body}");
+    assert_eq!(body["ewayBillDate"], gen["ewayBillDate"]);
+    assert_eq!(body["validUpto"], gen["validUpto"]);
+    assert_eq!(
+        (&body["docNo"], &body["fromGstin"], &body["status"]),
+        (&json!("DOC/7"), &json!(GSTIN), &json!("ACT"))
+    );
+
+    by_doc("docType=INV&docNo=DOC/8").await.assert_error("325");
+    by_doc("docType=BIL&docNo=DOC/7").await.assert_error("325");
+    by_doc("docNo=DOC/7").await.assert_error("5002");
+    // Another GSTIN did not generate it.
+    let other = Ewb {
+        gstin: GSTIN_B.into(),
+        ..Ewb::new(&sim)
+    };
+    let t = other.login().await;
+    other
+        .send(other.data_request(
+            reqwest::Method::GET,
+            &format!("{EWAYAPI}/GetEwayBillGeneratedByConsigner?docType=INV&docNo=DOC/7"),
+            Some(&t.token),
+        ))
+        .await
+        .assert_error("325");
+}
+
+#[tokio::test]
+async fn commit_drop_keeps_the_bill_the_lost_reply_was_for_and_a_retry_gets_604() {
+    let sim = sim_with(&[]).await;
+    let ewb = Ewb::new(&sim);
+    let s = ewb.login().await;
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "commit_drop", "count": 1, "path_prefix": EWAYAPI}),
+    )
+    .await;
+    let body = json!({
+        "action": "GENEWAYBILL",
+        "data": s.sek.encrypt_b64(bill(GSTIN, "CD/1").to_string().as_bytes()),
+    });
+    let lost = ewb
+        .data_request(reqwest::Method::POST, EWAYAPI, Some(&s.token))
+        .json(&body)
+        .send()
+        .await
+        .expect_err("the reply is dropped");
+    assert!(!lost.is_timeout(), "closed at once: {lost:?}");
+
+    let docs = sim.documents().await;
+    assert_eq!(docs["ewb_count"], 1, "the bill was committed: {docs}");
+    let (retry, _) = ewb.action(&s, "GENEWAYBILL", &bill(GSTIN, "CD/1")).await;
+    retry.assert_error("604");
+    let docs = sim.documents().await;
+    assert_eq!(
+        (
+            &docs["ewb_count"],
+            &docs["ewbs"][0]["doc_no"],
+            &docs["ewbs"][0]["generate_calls"]
+        ),
+        (&json!(1), &json!("CD/1"), &json!(2)),
+        "{docs}"
+    );
+    assert_eq!(sim.count(GSTIN, "generates").await, 2);
+}

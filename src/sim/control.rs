@@ -3,7 +3,7 @@
 //!
 //! | endpoint | effect |
 //! |---|---|
-//! | `GET /_sim/counters`, `POST /_sim/counters/reset` | totals and per-GSTIN counts of logins (every API's auth calls), forced refreshes, new tokens, token rejections, data calls, GSTN OTP requests and refreshes |
+//! | `GET /_sim/counters`, `POST /_sim/counters/reset` | totals and per-GSTIN counts of logins (every API's auth calls), forced refreshes, new tokens, token rejections, data calls, GSTN OTP requests and refreshes, generate calls processed; logins, data calls and generates per portal (`per_irp`) |
 //! | `POST /_sim/revoke {"gstin","username"}` | every token of that user dies at once, in all three APIs; the next login issues a new one (GSTN: the user's portal sessions are dropped too, so the next step is an OTP login) |
 //! | `POST /_sim/reject-tokens {"gstin","enabled"}` | every data call for that GSTIN is answered 1005 / 238 / AUTH4033 (or no longer) |
 //! | `GET`/`POST /_sim/knobs` | read / partially update `latency_ms`, `token_ttl_secs` (new tokens only), `force_window_secs`, `error_http_status`, `force_refresh_revokes_old`, `ewb_plain_errors`, `ewb_login_window_secs`, `tamper_hmac`, `fixed_otp` (six digits, or null for random), `gstn_session_ttl_secs` (new sessions only), `gstn_max_sessions`, `stated_expiry_early_ms` (e-invoice `TokenExpiry` this much before the real expiry) |
@@ -15,11 +15,16 @@
 //! | `GET /_sim/sessions` | live sessions of all three APIs: `api`, GSTIN, user, token, SEK (base64), IST expiry, previous still-valid token, GSTN portal session end — secrets on purpose, so tests can check nothing else leaks them |
 //! | `POST /_sim/users/password {"gstin","username","password"}` | change an e-invoice or e-way bill user's password: logins with the old one are refused (1019 / 102), as after a taxpayer changes it on the portal; tokens already issued stay valid |
 //! | `GET /_sim/public-key` | the RSA public key, PEM |
+//! | `GET /_sim/irps` | the e-invoice portals: `irp` (`NIC1`…), `addr`, `state` (`up`, `refuse`, `hang`) |
+//! | `POST /_sim/irps/{n}/down {"mode"}` | take portal n down: `refuse` (listener closed, connections dropped) or `hang` (requests accepted, never answered nor processed); refused through portal n itself |
+//! | `POST /_sim/irps/{n}/up` | portal n serves again (a refusing one re-binds its port) |
+//! | `GET /_sim/documents`, `DELETE /_sim/documents` | every e-invoice document (`irn`, `irp`, `generate_calls`, …) and e-way bill held, with counts; forget them all |
 //!
 //! Bodies are JSON, with or without `Content-Type: application/json`: a `curl -d` sends
 //! another content type, and a control call refused for that only confuses.
 //!
-//! Control calls are not logged, counted or faulted. There is no authentication here on purpose: this is a simulator bound to loopback by
+//! Control calls are not logged, counted or faulted. They are answered on every portal that
+//! is up. There is no authentication here on purpose: this is a simulator bound to loopback by
 //! default, and its whole point is that a test can reach in and change it. Never expose a
 //! simulator port to a network you do not trust.
 
@@ -27,7 +32,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequest, Query, Request, State};
+use axum::extract::{Extension, FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -37,6 +42,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::faults::FaultRule;
+use super::portals::{Portal, PortalState};
+use super::server;
 use super::state::{lock, Counters, Knobs, REQUEST_LOG_LEN};
 use super::SimState;
 
@@ -59,6 +66,10 @@ pub fn routes() -> Router<Arc<SimState>> {
         .route("/_sim/gstn/access", post(gstn_access))
         .route("/_sim/gstn/end-session", post(gstn_end_session))
         .route("/_sim/users/password", post(set_password))
+        .route("/_sim/irps", get(irps))
+        .route("/_sim/irps/{n}/down", post(irp_down))
+        .route("/_sim/irps/{n}/up", post(irp_up))
+        .route("/_sim/documents", get(documents).delete(clear_documents))
 }
 
 /// A 400 with a JSON `{"error": …}` body.
@@ -252,6 +263,9 @@ async fn set_faults(
     State(sim): State<Arc<SimState>>,
     JsonBody(rule): JsonBody<FaultRule>,
 ) -> Reply {
+    if let Some(why) = rule.invalid() {
+        return Err(BadRequest(why));
+    }
     if let Some(prefix) = rule.path_prefix.as_deref() {
         if prefix.starts_with("/_sim") {
             return Err(BadRequest("faults never apply to the control API".into()));
@@ -376,4 +390,60 @@ async fn public_key(State(sim): State<Arc<SimState>>) -> Response {
         sim.public_key_pem.clone(),
     )
         .into_response()
+}
+
+async fn irps(State(sim): State<Arc<SimState>>) -> Json<Value> {
+    Json(json!(lock(&sim.portals).views()))
+}
+
+/// Body of `/_sim/irps/{n}/down`.
+#[derive(Deserialize)]
+struct DownBody {
+    mode: PortalState,
+}
+
+async fn irp_down(
+    State(sim): State<Arc<SimState>>,
+    Path(n): Path<usize>,
+    received: Option<Extension<Portal>>,
+    JsonBody(b): JsonBody<DownBody>,
+) -> Reply {
+    if b.mode == PortalState::Up {
+        return Err(BadRequest(
+            "mode must be \"refuse\" or \"hang\" (POST /_sim/irps/{n}/up brings it up)".into(),
+        ));
+    }
+    let received = received.map(|Extension(p)| p).unwrap_or_default();
+    server::take_down(&sim, Portal(n), b.mode, received)
+        .await
+        .map_err(|e| BadRequest(e.to_string()))?;
+    Ok(Json(
+        json!({"ok": true, "irps": lock(&sim.portals).views()}),
+    ))
+}
+
+async fn irp_up(State(sim): State<Arc<SimState>>, Path(n): Path<usize>) -> Reply {
+    server::bring_up(&sim, Portal(n))
+        .await
+        .map_err(|e| BadRequest(e.to_string()))?;
+    Ok(Json(
+        json!({"ok": true, "irps": lock(&sim.portals).views()}),
+    ))
+}
+
+async fn documents(State(sim): State<Arc<SimState>>) -> Json<Value> {
+    let irns = lock(&sim.documents).views();
+    let ewbs = lock(&sim.ewb).views();
+    Json(json!({
+        "irn_count": irns.len(),
+        "irns": irns,
+        "ewb_count": ewbs.len(),
+        "ewbs": ewbs,
+    }))
+}
+
+async fn clear_documents(State(sim): State<Arc<SimState>>) -> Json<Value> {
+    lock(&sim.documents).clear();
+    lock(&sim.ewb).clear_bills();
+    Json(json!({"ok": true}))
 }

@@ -22,8 +22,16 @@
 //! | 2143 | `SellerDtls.Gstin` is not the header GSTIN, or the IRN belongs to another GSTIN |
 //! | 2150 | the document already has an IRN, cancelled or not (`InfoDtls` `DUPIRN` carries AckNo/AckDt/Irn); with `allow_duplicate_irn` the existing IRN is answered as a success instead |
 //! | 2148 | unknown IRN (never generated, or evicted from the bounded store) |
-//! | 9999 | cancelling an IRN that is already cancelled ("Invoice is not active") |
+//! | 9999 | cancelling an IRN that is already cancelled, or generating an e-way bill for it ("Invoice is not active") |
+//! | 4002 | generate EWB by IRN for an IRN that already has one |
+//! | 4005 | get EWB by IRN for an IRN without one |
+//! | 3098 | an `irp` header that names none of the simulator's portals (`portals.rs`) |
 //! | 3028 | master lookup of a GSTIN that fails the shape or checksum check |
+//!
+//! Portals: every document remembers the portal that generated it, and the calls that name
+//! an existing IRN (get by IRN or document, cancel, EWB by IRN) find it only on the portal
+//! the `irp` header names, or without one on the portal that received the call (2148
+//! elsewhere). Duplicate detection (2150) spans every portal.
 //!
 //! Not simulated: 1008 (the simulator always says which of user / password is wrong), 1014
 //! inactive users, 1018 client-to-user mapping (every client may log in every user), NIC's
@@ -34,7 +42,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -47,8 +55,9 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::clock::{ist_now, to_ist};
-use super::state::{lock, DocStatus, Document, Issue};
+use super::clock::{ist_now, to_ist, validity_end};
+use super::portals::{resolve_irp, Portal};
+use super::state::{lock, DocStatus, Document, IrnEwayBill, Issue};
 use super::SimState;
 use crate::crypto::{b64_decode, AesKey};
 use crate::gstin::Gstin;
@@ -68,6 +77,8 @@ pub fn routes() -> Router<Arc<SimState>> {
             "/eicore/v1.03/Invoice/irnbydocdetails",
             get(get_by_doc_details),
         )
+        .route("/eiewb/v1.03/ewaybill", post(generate_ewb))
+        .route("/eiewb/v1.03/ewaybill/irn/{irn}", get(get_ewb))
         .route("/eivital/v1.04/Master/gstin/{gstin}", get(master_gstin))
         .route("/eivital/v1.04/Master/syncgstin/{gstin}", get(master_gstin))
 }
@@ -273,10 +284,21 @@ fn ok_reply(data: Value, info: Option<Value>) -> Response {
 // Data calls: authorize, decode, operate, encode
 // ---------------------------------------------------------------------------------------------
 
-/// Who is calling, established from the five e-invoice headers.
+/// Who is calling, established from the five e-invoice headers, and where.
 struct Caller {
     gstin: String,
     sek: AesKey,
+    /// The portal that received the call: a generate commits there.
+    received: Portal,
+    /// The portal whose documents the call searches (the `irp` header's).
+    target: Portal,
+}
+
+/// The portal a request came in on (the main one when the extension is absent).
+type Received = Option<Extension<Portal>>;
+
+fn portal_of(received: Received) -> Portal {
+    received.map(|Extension(p)| p).unwrap_or_default()
 }
 
 /// How the request's `Data` came, and so how the reply's goes.
@@ -286,7 +308,7 @@ enum Form {
     Plain,
 }
 
-fn authorize(sim: &SimState, h: &HeaderMap) -> Result<Caller, NicError> {
+fn authorize(sim: &SimState, h: &HeaderMap, received: Portal) -> Result<Caller, NicError> {
     check_client(sim, h)?;
     let gstin = require_gstin(h)?;
     if lock(&sim.rejected).contains(&gstin) {
@@ -306,9 +328,18 @@ fn authorize(sim: &SimState, h: &HeaderMap) -> Result<Caller, NicError> {
         Some(u) if u == grant.username => {}
         _ => return Err(NicError::invalid_token("user_name is not the token's user")),
     }
+    let portals = lock(&sim.portals).count();
+    let target = resolve_irp(header(h, &["irp"]), received, portals).map_err(|_| {
+        NicError::new(
+            "3098",
+            format!("Invalid value in the irp header: expected NIC1 to NIC{portals}"),
+        )
+    })?;
     Ok(Caller {
         gstin,
         sek: grant.sek,
+        received,
+        target,
     })
 }
 
@@ -350,10 +381,11 @@ fn encode_reply(caller: &Caller, form: Form, data: Value) -> Response {
 fn data_call(
     sim: &SimState,
     headers: &HeaderMap,
+    received: Received,
     body: Option<&[u8]>,
     op: impl FnOnce(&SimState, &Caller, Value) -> Result<Value, NicError>,
 ) -> Response {
-    let result = authorize(sim, headers).and_then(|caller| {
+    let result = authorize(sim, headers, portal_of(received)).and_then(|caller| {
         let (input, form) = match body {
             Some(b) => decode_input(sim, &caller, b)?,
             None if sim.plain => (Value::Null, Form::Plain),
@@ -365,21 +397,52 @@ fn data_call(
     result.unwrap_or_else(|e| sim.error_reply(headers, e))
 }
 
-async fn generate(State(sim): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -> Response {
-    data_call(&sim, &headers, Some(&body), generate_irn)
+async fn generate(
+    State(sim): State<Arc<SimState>>,
+    received: Received,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    data_call(&sim, &headers, received, Some(&body), generate_irn)
 }
 
-async fn cancel(State(sim): State<Arc<SimState>>, headers: HeaderMap, body: Bytes) -> Response {
-    data_call(&sim, &headers, Some(&body), cancel_irn)
+async fn cancel(
+    State(sim): State<Arc<SimState>>,
+    received: Received,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    data_call(&sim, &headers, received, Some(&body), cancel_irn)
 }
 
 async fn get_by_irn(
     State(sim): State<Arc<SimState>>,
     Path(irn): Path<String>,
+    received: Received,
     headers: HeaderMap,
 ) -> Response {
-    data_call(&sim, &headers, None, |sim, caller, _| {
+    data_call(&sim, &headers, received, None, |sim, caller, _| {
         lookup(sim, caller, &irn)
+    })
+}
+
+async fn generate_ewb(
+    State(sim): State<Arc<SimState>>,
+    received: Received,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    data_call(&sim, &headers, received, Some(&body), generate_ewb_by_irn)
+}
+
+async fn get_ewb(
+    State(sim): State<Arc<SimState>>,
+    Path(irn): Path<String>,
+    received: Received,
+    headers: HeaderMap,
+) -> Response {
+    data_call(&sim, &headers, received, None, |sim, caller, _| {
+        ewb_by_irn(sim, caller, &irn)
     })
 }
 
@@ -394,9 +457,10 @@ struct DocQuery {
 async fn get_by_doc_details(
     State(sim): State<Arc<SimState>>,
     Query(q): Query<DocQuery>,
+    received: Received,
     headers: HeaderMap,
 ) -> Response {
-    data_call(&sim, &headers, None, |sim, caller, _| {
+    data_call(&sim, &headers, received, None, |sim, caller, _| {
         let (Some(t), Some(n), Some(d)) = (q.doctype, q.docnum, q.docdate) else {
             return Err(NicError::new(
                 "2142",
@@ -411,9 +475,12 @@ async fn get_by_doc_details(
 async fn master_gstin(
     State(sim): State<Arc<SimState>>,
     Path(gstin): Path<String>,
+    received: Received,
     headers: HeaderMap,
 ) -> Response {
-    data_call(&sim, &headers, None, |_, _, _| taxpayer_master(&gstin))
+    data_call(&sim, &headers, received, None, |_, _, _| {
+        taxpayer_master(&gstin)
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -497,7 +564,13 @@ fn required<'a>(v: &'a Value, pointer: &str, field: &str) -> Result<&'a str, Nic
     str_at(v, pointer).ok_or_else(|| NicError::new("2140", format!("{field} is required")))
 }
 
+/// Counts a generate call the simulator processes, on the portal that received it.
+fn count_generate(sim: &SimState, caller: &Caller) {
+    lock(&sim.counters).bump_at(caller.received, Some(&caller.gstin), |c| c.generates += 1);
+}
+
 fn generate_irn(sim: &SimState, caller: &Caller, inv: Value) -> Result<Value, NicError> {
+    count_generate(sim, caller);
     let seller = str_at(&inv, "/SellerDtls/Gstin")
         .ok_or_else(|| NicError::new("2155", "Supplier GSTIN is required"))?;
     if !seller.eq_ignore_ascii_case(&caller.gstin) {
@@ -517,7 +590,8 @@ fn generate_irn(sim: &SimState, caller: &Caller, inv: Value) -> Result<Value, Ni
     )?;
     let irn = key.irn();
     let mut docs = lock(&sim.documents);
-    if let Some(existing) = docs.get(&irn) {
+    if let Some(existing) = docs.get_mut(&irn) {
+        existing.generate_calls += 1;
         if sim.allow_duplicate_irn {
             return Ok(document_reply(existing));
         }
@@ -539,6 +613,10 @@ fn generate_irn(sim: &SimState, caller: &Caller, inv: Value) -> Result<Value, Ni
         doc_date: key.doc_date,
         total_value: inv.pointer("/ValDtls/TotInvVal").and_then(Value::as_f64),
         status: DocStatus::Active,
+        irp: caller.received,
+        generate_calls: 1,
+        ewb: None,
+        ewb_generate_calls: 0,
     };
     let reply = document_reply(&doc);
     docs.insert(doc);
@@ -557,9 +635,7 @@ fn cancel_irn(sim: &SimState, caller: &Caller, req: Value) -> Result<Value, NicE
         return Err(NicError::new("2140", "CnlRsn must be 1, 2, 3 or 4"));
     }
     let mut docs = lock(&sim.documents);
-    let doc = docs
-        .get(&irn)
-        .ok_or_else(|| NicError::new("2148", "Requested IRN data is not available"))?;
+    let doc = held(docs.get(&irn), caller)?;
     if doc.seller_gstin != caller.gstin {
         return Err(NicError::new(
             "2143",
@@ -574,18 +650,94 @@ fn cancel_irn(sim: &SimState, caller: &Caller, req: Value) -> Result<Value, NicE
     Ok(json!({"Irn": irn, "CancelDate": when}))
 }
 
-fn lookup(sim: &SimState, caller: &Caller, irn: &str) -> Result<Value, NicError> {
-    let docs = lock(&sim.documents);
-    let doc = docs
-        .get(&irn.trim().to_ascii_lowercase())
-        .ok_or_else(|| NicError::new("2148", "Requested IRN data is not available"))?;
+/// The document, if it is held on the portal the caller searches; 2148 otherwise.
+fn held<D: std::ops::Deref<Target = Document>>(
+    doc: Option<D>,
+    caller: &Caller,
+) -> Result<D, NicError> {
+    doc.filter(|d| d.irp == caller.target)
+        .ok_or_else(|| NicError::new("2148", "Requested IRN data is not available"))
+}
+
+/// The caller's document: held on the portal searched and generated by the caller's GSTIN.
+fn owned<D: std::ops::Deref<Target = Document>>(
+    doc: Option<D>,
+    caller: &Caller,
+) -> Result<D, NicError> {
+    let doc = held(doc, caller)?;
     if doc.seller_gstin != caller.gstin {
         return Err(NicError::new(
             "2143",
             "Invoice does not belongs to the user GSTIN",
         ));
     }
+    Ok(doc)
+}
+
+fn lookup(sim: &SimState, caller: &Caller, irn: &str) -> Result<Value, NicError> {
+    let docs = lock(&sim.documents);
+    let doc = owned(docs.get(&irn.trim().to_ascii_lowercase()), caller)?;
     Ok(document_reply(doc))
+}
+
+fn generate_ewb_by_irn(sim: &SimState, caller: &Caller, req: Value) -> Result<Value, NicError> {
+    count_generate(sim, caller);
+    let irn = required(&req, "/Irn", "Irn")?.to_ascii_lowercase();
+    let distance = match req.get("Distance") {
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) => s.trim().parse().ok(),
+        _ => None,
+    }
+    .filter(|d: &f64| d.is_finite() && *d >= 0.0)
+    .ok_or_else(|| NicError::new("2140", "Distance must be a number of kilometres"))?;
+    let mut docs = lock(&sim.documents);
+    {
+        let doc = owned(docs.get_mut(&irn), caller)?;
+        if doc.status != DocStatus::Active {
+            return Err(NicError::new("9999", "Invoice is not active"));
+        }
+        doc.ewb_generate_calls += 1;
+        if doc.ewb.is_some() {
+            return Err(NicError::new(
+                "4002",
+                "EwayBill is already generated for this IRN",
+            ));
+        }
+    }
+    let now = Utc::now();
+    let bill = IrnEwayBill {
+        no: docs.next_ewb_no(),
+        date: to_ist(now),
+        valid_till: validity_end(distance, now)
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default(),
+    };
+    let reply = json!({
+        "EwbNo": bill.no,
+        "EwbDt": bill.date,
+        "EwbValidTill": bill.valid_till,
+        "Alert": "",
+    });
+    if let Some(doc) = docs.get_mut(&irn) {
+        doc.ewb = Some(bill);
+    }
+    Ok(reply)
+}
+
+fn ewb_by_irn(sim: &SimState, caller: &Caller, irn: &str) -> Result<Value, NicError> {
+    let docs = lock(&sim.documents);
+    let doc = owned(docs.get(&irn.trim().to_ascii_lowercase()), caller)?;
+    let bill = doc
+        .ewb
+        .as_ref()
+        .ok_or_else(|| NicError::new("4005", "Eway Bill details are not found"))?;
+    Ok(json!({
+        "EwbNo": bill.no,
+        "Status": "ACT",
+        "GenGstin": doc.seller_gstin,
+        "EwbDt": bill.date,
+        "EwbValidTill": bill.valid_till,
+    }))
 }
 
 /// The reply of generate and of the IRN lookups.
@@ -621,9 +773,9 @@ fn document_reply(doc: &Document) -> Value {
         "SignedQRCode": pseudo_jwt(&qr),
         "Status": status,
         "CancelDate": cancel_date,
-        "EwbNo": null,
-        "EwbDt": null,
-        "EwbValidTill": null,
+        "EwbNo": doc.ewb.as_ref().map(|e| e.no),
+        "EwbDt": doc.ewb.as_ref().map(|e| e.date.clone()),
+        "EwbValidTill": doc.ewb.as_ref().map(|e| e.valid_till.clone()),
         "Remarks": null,
     })
 }

@@ -4,8 +4,14 @@
 //! One fault rule is active at a time (`POST /_sim/faults` replaces it, `DELETE` clears it). A
 //! rule matches non-control requests whose path starts with its prefix (all of them when the
 //! prefix is null), login included, and is used up after `count` matches (never, when null).
+//! With a `probability` below 1 a matching request is faulted only that often, and only
+//! faulted requests use up the count.
 //! `slow` and `hop_header` are the odd ones out: the request is answered normally, `slow`
 //! only `delay_ms` late, `hop_header` with a header its `Connection` header marks hop-by-hop.
+//!
+//! Whether the request is processed is the point of some modes: `hang` and `reset` fail it
+//! before the simulator looks at it (the network lost it), `commit_drop` processes it — a
+//! generate commits its document — and then loses the reply (see `server.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +42,9 @@ pub enum FaultMode {
     Status503,
     /// The connection is closed without any response.
     Reset,
+    /// The request is processed as without a fault (a generate commits its document), then
+    /// the connection is closed without any response: the reply lost after the commit.
+    CommitDrop,
     /// HTTP 200 whose body is not JSON.
     Garbage,
     /// HTTP 200 success envelope of the path's API whose encrypted fields (`Data`, `Sek`;
@@ -77,6 +86,21 @@ pub struct FaultRule {
     /// `slow`: how late the answer comes (default 1000 ms).
     #[serde(default)]
     pub delay_ms: Option<u64>,
+    /// How often a matching request is faulted, 0.0 to 1.0; `None` = always.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probability: Option<f64>,
+}
+
+impl FaultRule {
+    /// Why the rule cannot be installed, if it cannot.
+    pub fn invalid(&self) -> Option<String> {
+        match self.probability {
+            Some(p) if !(0.0..=1.0).contains(&p) => {
+                Some(format!("probability {p} is not between 0.0 and 1.0"))
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The slot holding the active rule.
@@ -99,14 +123,17 @@ impl Faults {
         self.0.as_ref()
     }
 
-    /// If the rule matches `path`, uses up one count and returns its mode (and a `slow`
-    /// rule's delay).
-    pub fn take(&mut self, path: &str) -> Option<(FaultMode, Duration)> {
+    /// If the rule matches `path` and the draw (uniform in 0..1) falls under its
+    /// probability, uses up one count and returns its mode (and a `slow` rule's delay).
+    pub fn take(&mut self, path: &str, draw: f64) -> Option<(FaultMode, Duration)> {
         let rule = self.0.as_mut()?;
         if let Some(prefix) = &rule.path_prefix {
             if !path.starts_with(prefix.as_str()) {
                 return None;
             }
+        }
+        if draw >= rule.probability.unwrap_or(1.0) {
+            return None;
         }
         let mode = rule.mode;
         let delay = Duration::from_millis(rule.delay_ms.unwrap_or(DEFAULT_SLOW_MS));
@@ -126,7 +153,8 @@ impl Faults {
 pub struct ConnKill(pub Arc<Notify>);
 
 /// Produces the faulty reply. `Reset` and `Hang` never return: the first has the connection
-/// dropped under it, the second waits until the connection goes away.
+/// dropped under it, the second waits until the connection goes away. `CommitDrop` is
+/// answered by the intercept layer, after processing, with [`drop_connection`].
 pub async fn respond(mode: FaultMode, api: Api, is_auth: bool, kill: Option<ConnKill>) -> Response {
     match mode {
         FaultMode::Status500 => html_error(StatusCode::INTERNAL_SERVER_ERROR),
@@ -139,17 +167,23 @@ pub async fn respond(mode: FaultMode, api: Api, is_auth: bool, kill: Option<Conn
         )
             .into_response(),
         FaultMode::Undecryptable => undecryptable(api, is_auth),
-        FaultMode::Reset => {
-            if let Some(k) = kill {
-                k.0.notify_one();
-            }
-            std::future::pending().await
-        }
+        FaultMode::Reset => drop_connection(kill).await,
         FaultMode::Hang => std::future::pending().await,
         FaultMode::HostileError => hostile_error(api),
-        // The caller answers these itself: late, or with the hop-by-hop header added.
-        FaultMode::Slow | FaultMode::HopHeader => html_error(StatusCode::INTERNAL_SERVER_ERROR),
+        // The caller answers these itself: late, with the hop-by-hop header added, or
+        // processed and then dropped.
+        FaultMode::Slow | FaultMode::HopHeader | FaultMode::CommitDrop => {
+            html_error(StatusCode::INTERNAL_SERVER_ERROR)
+        }
     }
+}
+
+/// Closes the request's connection without a reply; never returns.
+pub async fn drop_connection(kill: Option<ConnKill>) -> Response {
+    if let Some(k) = kill {
+        k.0.notify_one();
+    }
+    std::future::pending().await
 }
 
 /// Adds the `hop_header` fault's fields to a normal answer.
@@ -254,13 +288,50 @@ mod tests {
             count: Some(2),
             path_prefix: Some("/eicore/".into()),
             delay_ms: None,
+            probability: None,
         });
         let garbage = Some((FaultMode::Garbage, Duration::from_millis(DEFAULT_SLOW_MS)));
-        assert_eq!(f.take("/eivital/v1.04/auth"), None);
-        assert_eq!(f.take("/eicore/v1.03/Invoice"), garbage);
-        assert_eq!(f.take("/eicore/v1.03/Invoice"), garbage);
-        assert_eq!(f.take("/eicore/v1.03/Invoice"), None);
+        assert_eq!(f.take("/eivital/v1.04/auth", 0.0), None);
+        assert_eq!(f.take("/eicore/v1.03/Invoice", 0.0), garbage);
+        assert_eq!(f.take("/eicore/v1.03/Invoice", 0.99), garbage);
+        assert_eq!(f.take("/eicore/v1.03/Invoice", 0.0), None);
         assert!(f.active().is_none());
+    }
+
+    #[test]
+    fn only_requests_drawn_under_the_probability_are_faulted_and_counted() {
+        let mut f = Faults::default();
+        f.set(FaultRule {
+            mode: FaultMode::CommitDrop,
+            count: Some(1),
+            path_prefix: None,
+            delay_ms: None,
+            probability: Some(0.25),
+        });
+        assert_eq!(f.take("/eicore/v1.03/Invoice", 0.25), None);
+        assert_eq!(f.take("/eicore/v1.03/Invoice", 0.9), None);
+        assert!(
+            f.active().is_some(),
+            "a request not faulted uses up no count"
+        );
+        let hit = f.take("/eicore/v1.03/Invoice", 0.1);
+        assert_eq!(hit.map(|(m, _)| m), Some(FaultMode::CommitDrop));
+        assert!(f.active().is_none());
+    }
+
+    #[test]
+    fn a_probability_outside_zero_to_one_is_refused() {
+        let rule = |p| FaultRule {
+            mode: FaultMode::Reset,
+            count: None,
+            path_prefix: None,
+            delay_ms: None,
+            probability: Some(p),
+        };
+        assert!(rule(1.5).invalid().is_some());
+        assert!(rule(-0.1).invalid().is_some());
+        assert!(rule(f64::NAN).invalid().is_some());
+        assert!(rule(0.0).invalid().is_none() && rule(1.0).invalid().is_none());
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //!   which [`SimState`] here puts together with each profile's own state;
 //! - `clock.rs` — NIC's IST wall-clock time format;
 //! - `control.rs` — the `/_sim/` API; `faults.rs` — fault injection;
-//! - `server.rs` — accept loop and the intercept layer (log, count, fault, latency).
+//! - `server.rs` — accept loop and the intercept layer (log, count, fault, latency);
+//! - `portals.rs` — the e-invoice portals (IRP 1, 2, …) on their own listeners, down and up.
 //!
 //! The three profiles are routed by path prefix in one process and share the users, clients,
 //! RSA key, knobs, counters, request log, revocation, token rejection and faults.
@@ -35,6 +36,7 @@ mod einvoice;
 mod ewaybill;
 mod faults;
 mod gstn;
+mod portals;
 mod server;
 mod state;
 
@@ -48,11 +50,10 @@ use axum::http::StatusCode;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use crate::crypto::{CryptoError, KeyPair};
 use crate::gstin::Gstin;
-use state::{Counters, Documents, Knobs, RejectSet, RequestLog, TokenBook};
+use state::{lock, Counters, Documents, Knobs, RejectSet, RequestLog, TokenBook};
 
 pub use clock::to_ist;
 pub use einvoice::financial_year;
@@ -64,6 +65,7 @@ pub use gstn::{
     DEFAULT_MAX_SESSIONS as DEFAULT_GSTN_MAX_SESSIONS,
     DEFAULT_SESSION_TTL as DEFAULT_GSTN_SESSION_TTL,
 };
+pub use portals::{Portal, PortalState};
 
 /// Token lifetime: NIC production's 360 minutes (the sandbox uses 60).
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(360 * 60);
@@ -214,6 +216,8 @@ pub struct SimState {
     pub rejected: Mutex<RejectSet>,
     /// The active fault rule.
     pub faults: Mutex<faults::Faults>,
+    /// The e-invoice portals: their listeners and whether each serves.
+    pub portals: Mutex<portals::Portals>,
     /// E-way bill tokens, e-way bills and the login limiter (one lock: a login touches both).
     pub ewb: Mutex<ewaybill::EwbState>,
     /// GSTN OTPs, portal sessions and tokens.
@@ -262,6 +266,9 @@ pub struct SimConfig {
     /// Serve the protocol APIs under this path (`/gus/irp/nic`), as GSPs do; the control API
     /// stays at `/_sim/`.
     pub path_prefix: Option<String>,
+    /// More e-invoice portals (`NIC2`, `NIC3`, …) serving the same routes and state; the
+    /// main `listen` address is `NIC1`.
+    pub irp_listen: Vec<SocketAddr>,
 }
 
 impl Default for SimConfig {
@@ -287,6 +294,7 @@ impl Default for SimConfig {
             gstn_session_ttl: DEFAULT_GSTN_SESSION_TTL,
             gstn_max_sessions: DEFAULT_GSTN_MAX_SESSIONS,
             path_prefix: None,
+            irp_listen: Vec::new(),
         }
     }
 }
@@ -329,9 +337,10 @@ pub enum SimError {
 /// A running simulator. Dropping the handle stops it too; [`SimHandle::shutdown`] also waits.
 pub struct SimHandle {
     addr: SocketAddr,
+    portal_addrs: Vec<SocketAddr>,
     public_key_pem: String,
     stop: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
+    state: Arc<SimState>,
 }
 
 impl SimHandle {
@@ -350,10 +359,18 @@ impl SimHandle {
         format!("http://{}", self.addr)
     }
 
+    /// `http://ADDR` of e-invoice portal `n` (1 is the main listener, `NIC1`), if there is
+    /// one.
+    pub fn irp_base_url(&self, n: usize) -> Option<String> {
+        let addr = n.checked_sub(1).and_then(|i| self.portal_addrs.get(i))?;
+        Some(format!("http://{addr}"))
+    }
+
     /// Stops accepting, lets in-flight requests finish briefly, drops the rest, and waits.
-    pub async fn shutdown(mut self) {
+    pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        if let Some(task) = self.task.take() {
+        let tasks = lock(&self.state.portals).take_tasks();
+        for task in tasks {
             let _ = task.await;
         }
     }
@@ -398,16 +415,16 @@ pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
             source,
         })?;
     }
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|source| SimError::Bind {
-            addr: cfg.listen,
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| SimError::Bind {
-        addr: cfg.listen,
-        source,
-    })?;
+    let mut listeners = Vec::new();
+    let mut portal_addrs = Vec::new();
+    for want in std::iter::once(cfg.listen).chain(cfg.irp_listen.iter().copied()) {
+        let bind_err = |source| SimError::Bind { addr: want, source };
+        let listener = TcpListener::bind(want).await.map_err(bind_err)?;
+        portal_addrs.push(listener.local_addr().map_err(bind_err)?);
+        listeners.push(listener);
+    }
+    let addr = portal_addrs[0];
+    let (stop, stop_rx) = watch::channel(false);
 
     let state = Arc::new(SimState {
         keypair,
@@ -439,16 +456,19 @@ pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
         faults: Mutex::new(Default::default()),
         ewb: Mutex::new(Default::default()),
         gstn: Mutex::new(Default::default()),
+        portals: Mutex::new(portals::Portals::new(&portal_addrs, stop_rx)),
     });
-    let (stop, stop_rx) = watch::channel(false);
-    let app = router(state, cfg.path_prefix.as_deref());
-    let task = tokio::spawn(server::serve(listener, app, stop_rx));
-    tracing::info!(%addr, "sim: listening");
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let portal = Portal(i + 1);
+        tracing::info!(addr = %portal_addrs[i], irp = %portal.name(), "sim: listening");
+        server::launch(&state, portal, listener, PortalState::Up);
+    }
     Ok(SimHandle {
         addr,
+        portal_addrs,
         public_key_pem,
         stop,
-        task: Some(task),
+        state,
     })
 }
 
@@ -629,6 +649,10 @@ pub struct SimArgs {
     /// `base_url` then ends with it.
     #[arg(long, value_name = "PATH")]
     pub path_prefix: Option<String>,
+    /// Another e-invoice portal on this address (repeatable): NIC2, NIC3, … serving the same
+    /// state; `--listen` is NIC1. `GET /_sim/irps` lists the addresses.
+    #[arg(long = "irp-listen", value_name = "ADDR")]
+    pub irp_listen: Vec<SocketAddr>,
 }
 
 fn parse_otp(s: &str) -> Result<String, String> {
@@ -670,6 +694,7 @@ impl SimArgs {
             gstn_session_ttl: self.gstn_session_ttl,
             gstn_max_sessions: self.gstn_max_sessions,
             path_prefix: self.path_prefix,
+            irp_listen: self.irp_listen,
         }
     }
 }

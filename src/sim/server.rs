@@ -4,7 +4,8 @@
 //! The accept loop is hand-written rather than `axum::serve` because the `reset` fault must be
 //! able to drop one connection without answering, and `hang` connections must not keep the
 //! simulator from stopping: each connection task selects between serving, its kill switch and
-//! the shutdown signal.
+//! the shutdown signal. One accept loop runs per e-invoice portal (`portals.rs`); a portal
+//! taken down drops its listener and connections, a hanging one never answers.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use tower::ServiceExt as _;
 
 use super::einvoice::header_gstin;
 use super::faults::{self, ConnKill, FaultMode};
+use super::portals::{Portal, PortalError, PortalState};
 use super::state::{lock, LoggedRequest, LOGGED_BODY_MAX};
 use super::{is_auth_path, Api, SimState};
 
@@ -35,15 +37,111 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 /// (hanging requests never finish on their own).
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
-/// Accepts connections until `shutdown` fires (or its sender is dropped).
-pub async fn serve(listener: TcpListener, app: Router, mut shutdown: watch::Receiver<bool>) {
+/// Starts serving `portal` on `listener` in `state` (`up`, or `hang`), unless another call
+/// started it meanwhile.
+pub fn launch(sim: &Arc<SimState>, portal: Portal, listener: TcpListener, state: PortalState) {
+    let app = super::router(sim.clone(), sim.path_prefix.as_deref());
+    let (down, down_rx) = watch::channel(false);
+    let mut portals = lock(&sim.portals);
+    if !portals.needs_listener(portal) {
+        return;
+    }
+    let on = Listener {
+        sim: sim.clone(),
+        portal,
+        shutdown: portals.shutdown_signal(),
+        down: down_rx,
+    };
+    let task = tokio::spawn(serve(listener, app, on));
+    portals.serving(portal, down, task, state);
+}
+
+/// Takes `portal` down in `mode` (`refuse` or `hang`) through the portal `received`;
+/// returns once a refusing portal's listener is closed, or a hanging one listens.
+pub async fn take_down(
+    sim: &Arc<SimState>,
+    portal: Portal,
+    mode: PortalState,
+    received: Portal,
+) -> Result<(), PortalError> {
+    let task = lock(&sim.portals).take_down(portal, mode, received)?;
+    if let Some(task) = task {
+        let _ = task.await;
+    }
+    if mode == PortalState::Hang {
+        // A refusing portal that is to hang must accept connections again.
+        rebind(sim, portal, PortalState::Hang).await?;
+    }
+    Ok(())
+}
+
+/// Brings `portal` back up: a refusing one binds its port again and serves.
+pub async fn bring_up(sim: &Arc<SimState>, portal: Portal) -> Result<(), PortalError> {
+    if lock(&sim.portals).bring_up(portal)? {
+        rebind(sim, portal, PortalState::Up).await?;
+    }
+    Ok(())
+}
+
+/// Binds `portal`'s address again and serves it in `state`, if it has no listener.
+async fn rebind(
+    sim: &Arc<SimState>,
+    portal: Portal,
+    state: PortalState,
+) -> Result<(), PortalError> {
+    let addr = {
+        let portals = lock(&sim.portals);
+        if !portals.needs_listener(portal) {
+            return Ok(());
+        }
+        portals.addr(portal)?
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| PortalError::Rebind {
+            portal: portal.0,
+            addr,
+            source,
+        })?;
+    launch(sim, portal, listener, state);
+    Ok(())
+}
+
+/// What an accept loop serves as and listens to.
+pub struct Listener {
+    /// The shared state (the portal's state is read per request).
+    pub sim: Arc<SimState>,
+    /// Which portal this listener is.
+    pub portal: Portal,
+    /// The simulator's stop signal: stop accepting, let requests finish briefly.
+    pub shutdown: watch::Receiver<bool>,
+    /// The portal's down signal: close the listener and drop every connection at once.
+    pub down: watch::Receiver<bool>,
+}
+
+/// Accepts connections until `shutdown` fires (or its sender is dropped), or drops them all
+/// when the portal is taken down.
+pub async fn serve(listener: TcpListener, app: Router, mut on: Listener) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
-            _ = shutdown.changed() => break,
+            _ = on.shutdown.changed() => break,
+            _ = on.down.changed() => {
+                // Connection refused from now on, and no reply on open connections.
+                drop(listener);
+                conns.abort_all();
+                while conns.join_next().await.is_some() {}
+                return;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
-                    conns.spawn(serve_connection(stream, app.clone(), shutdown.clone()));
+                    conns.spawn(serve_connection(
+                        stream,
+                        app.clone(),
+                        on.sim.clone(),
+                        on.portal,
+                        on.shutdown.clone(),
+                    ));
                 }
                 Err(e) => {
                     // Usually EMFILE: back off instead of spinning.
@@ -62,13 +160,28 @@ pub async fn serve(listener: TcpListener, app: Router, mut shutdown: watch::Rece
     conns.abort_all();
 }
 
-async fn serve_connection(stream: TcpStream, app: Router, mut shutdown: watch::Receiver<bool>) {
+async fn serve_connection(
+    stream: TcpStream,
+    app: Router,
+    sim: Arc<SimState>,
+    portal: Portal,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let _ = stream.set_nodelay(true);
     let kill = Arc::new(Notify::new());
     let conn_kill = ConnKill(kill.clone());
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        let app = app.clone();
+        let hung = lock(&sim.portals).state(portal) == PortalState::Hang;
         req.extensions_mut().insert(conn_kill.clone());
-        app.clone().oneshot(req.map(Body::new))
+        req.extensions_mut().insert(portal);
+        async move {
+            if hung {
+                // A hanging portal reads the request and never looks at it.
+                return std::future::pending().await;
+            }
+            app.oneshot(req.map(Body::new)).await
+        }
     });
     // The timer drives hyper's header-read timeout (30 s), so a silent client cannot pin a task.
     let conn = hyper::server::conn::http1::Builder::new()
@@ -120,9 +233,14 @@ pub async fn intercept(State(sim): State<Arc<SimState>>, req: Request, next: Nex
         Kind::Unrouted
     };
     let gstin = header_gstin(&parts.headers);
+    let portal = parts
+        .extensions
+        .get::<Portal>()
+        .copied()
+        .unwrap_or_default();
     match kind {
-        Kind::Auth => lock(&sim.counters).bump(gstin.as_deref(), |c| c.auth_calls += 1),
-        Kind::Data => lock(&sim.counters).bump(gstin.as_deref(), |c| c.requests += 1),
+        Kind::Auth => lock(&sim.counters).bump_at(portal, gstin.as_deref(), |c| c.auth_calls += 1),
+        Kind::Data => lock(&sim.counters).bump_at(portal, gstin.as_deref(), |c| c.requests += 1),
         Kind::Unrouted => {}
     }
 
@@ -132,8 +250,9 @@ pub async fn intercept(State(sim): State<Arc<SimState>>, req: Request, next: Nex
         .extensions
         .get::<axum::extract::OriginalUri>()
         .map_or(path.as_str(), |u| u.path());
-    let fault = lock(&sim.faults).take(sent);
+    let fault = lock(&sim.faults).take(sent, rand::random::<f64>());
     let mut hop_header = false;
+    let mut commit_drop = false;
     match fault {
         Some((FaultMode::Slow, delay)) => {
             tracing::info!(path = %path, delay_ms = delay.as_millis(), "sim: answering late");
@@ -142,6 +261,10 @@ pub async fn intercept(State(sim): State<Arc<SimState>>, req: Request, next: Nex
         Some((FaultMode::HopHeader, _)) => {
             tracing::info!(path = %path, "sim: answering with a hop-by-hop header");
             hop_header = true;
+        }
+        Some((FaultMode::CommitDrop, _)) => {
+            tracing::info!(path = %path, "sim: processing, then dropping the reply");
+            commit_drop = true;
         }
         Some((mode, _)) => {
             tracing::info!(path = %path, ?mode, "sim: injecting fault");
@@ -161,9 +284,13 @@ pub async fn intercept(State(sim): State<Arc<SimState>>, req: Request, next: Nex
             tokio::time::sleep(latency).await;
         }
     }
+    let kill = parts.extensions.get::<ConnKill>().cloned();
     let mut res = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
+    if commit_drop {
+        return faults::drop_connection(kill).await;
+    }
     if hop_header {
         faults::add_hop_header(&mut res);
     }

@@ -193,6 +193,21 @@ impl Sim {
         }
     }
 
+    /// `GET /_sim/documents`: the IRNs and e-way bills the simulator holds, with counts.
+    pub async fn documents(&self) -> Value {
+        self.get_json("/_sim/documents").await
+    }
+
+    /// The base URLs of the e-invoice portals, `NIC1` (this address) first.
+    pub async fn irp_urls(&self) -> Vec<String> {
+        let irps = self.get_json("/_sim/irps").await;
+        irps.as_array()
+            .expect("/_sim/irps is a list")
+            .iter()
+            .map(|p| format!("http://{}", p["addr"].as_str().expect("addr")))
+            .collect()
+    }
+
     /// Stops the simulator process.
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
