@@ -1,11 +1,14 @@
-//! Issue 18, IRP failover: an e-invoice upstream with two IRPs as `[[upstream.targets]]`,
-//! the real gateway binary in front of real simulator processes.
+//! Issue 18, IRP failover (acceptance 5): an e-invoice upstream with two IRPs as
+//! `[[upstream.targets]]`, the real gateway binary in front of the real simulator, whose two
+//! portals (`--irp-listen`) share one token store and answer 3098 for a bad `irp` header.
 
 mod common;
 
+use std::time::{Duration, Instant};
+
 use common::*;
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// A loopback address nothing listens on: connections to it are refused.
 fn refused_url() -> String {
@@ -92,4 +95,240 @@ async fn an_irp_refusing_connections_costs_no_caller_an_error_and_reads_carry_th
     assert_eq!(header(read, "irp"), Some("NIC2"), "{read}");
     // The access log names the target that served each call.
     gw.logs.wait_for("\"target\":\"NIC2\"").await;
+}
+
+/// A simulator with two e-invoice portals, and a client that speaks to its control API
+/// through portal 2 (portal 1 is the one taken down).
+struct Portals {
+    sim: Sim,
+    urls: Vec<String>,
+    http: reqwest::Client,
+}
+
+impl Portals {
+    async fn start() -> Self {
+        let sim = Sim::start(SimOpts {
+            extra: vec!["--irp-listen".into(), "127.0.0.1:0".into()],
+            ..SimOpts::default()
+        })
+        .await;
+        let urls = sim.irp_urls().await;
+        assert_eq!(urls.len(), 2, "{urls:?}");
+        Self {
+            sim,
+            urls,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn targets(&self) -> Vec<(String, &'static str)> {
+        vec![
+            (self.urls[0].clone(), "NIC1"),
+            (self.urls[1].clone(), "NIC2"),
+        ]
+    }
+
+    async fn control(&self, path: &str, body: Value) {
+        let res = self
+            .http
+            .post(format!("{}{path}", self.urls[1]))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "{path}: {}", res.status());
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.urls[1]))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Generate calls each portal received: (NIC1, NIC2).
+    async fn generates(&self) -> (u64, u64) {
+        let c = self.get("/_sim/counters").await;
+        let of = |irp: &str| c["per_irp"][irp]["generates"].as_u64().unwrap_or(0);
+        (of("NIC1"), of("NIC2"))
+    }
+
+    /// The IRNs the simulator holds, and how many generate calls created each.
+    async fn irns(&self) -> Vec<(String, String, u64)> {
+        let docs = self.get("/_sim/documents").await;
+        docs["irns"]
+            .as_array()
+            .expect("irns")
+            .iter()
+            .map(|d| {
+                (
+                    d["irn"].as_str().unwrap().to_owned(),
+                    d["irp"].as_str().unwrap().to_owned(),
+                    d["generate_calls"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Generates document `no` and returns its IRN; any other answer fails the test.
+async fn generate_ok(gw: &Gateway, no: &str) -> String {
+    let res = gw.generate(GSTIN, no).await;
+    let status = res.status();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(
+        (status.as_u16(), &body["Status"]),
+        (200, &json!(1)),
+        "{no}: {body}"
+    );
+    body["Data"]["Irn"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn irp_1_refusing_then_hanging_sends_every_generate_to_irp_2_and_its_return_takes_traffic_back(
+) {
+    let irps = Portals::start().await;
+    let cool_down = Duration::from_secs(6);
+    let gw = Gateway::start(
+        &irps.sim,
+        GwOpts {
+            targets: irps.targets(),
+            timeout: "2s",
+            upstream_extra: format!(
+                "breaker_failures = 3\nbreaker_cool_down = \"{}s\"",
+                cool_down.as_secs()
+            ),
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let mut irns = Vec::new();
+    for i in 0..3 {
+        irns.push(generate_ok(&gw, &format!("UP/{i}")).await);
+    }
+    assert_eq!(
+        irps.generates().await,
+        (3, 0),
+        "the primary takes every call"
+    );
+
+    // Refused: every call that could not connect goes to IRP 2 at once; not one caller error.
+    irps.control("/_sim/irps/1/down", json!({"mode": "refuse"}))
+        .await;
+    let opened = Instant::now();
+    for i in 0..10 {
+        irns.push(generate_ok(&gw, &format!("REFUSED/{i}")).await);
+    }
+    assert_eq!(irps.generates().await, (3, 10));
+    assert_eq!(
+        gw.metric(&up("NIC1")).await,
+        0.0,
+        "three refusals opened it"
+    );
+    assert_eq!(gw.metric(&up("NIC2")).await, 1.0);
+
+    // Then hanging: its circuit is open, so nothing is sent there to hang.
+    irps.control("/_sim/irps/1/down", json!({"mode": "hang"}))
+        .await;
+    for i in 0..5 {
+        irns.push(generate_ok(&gw, &format!("HANG/{i}")).await);
+    }
+    assert!(
+        opened.elapsed() < cool_down,
+        "the hanging phase ended before the cool-down; make it longer on a slow machine"
+    );
+    assert_eq!(irps.generates().await, (3, 15));
+
+    // Back: after the cool-down one call probes IRP 1, succeeds, and traffic returns.
+    irps.control("/_sim/irps/1/up", json!({})).await;
+    let deadline = Instant::now() + cool_down + Duration::from_secs(20);
+    let mut n = 0;
+    while irps.generates().await.0 == 3 {
+        assert!(Instant::now() < deadline, "IRP 1 never took traffic back");
+        irns.push(generate_ok(&gw, &format!("BACK/{n}")).await);
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(gw.metric(&up("NIC1")).await, 1.0, "the probe closed it");
+    let before = irps.generates().await;
+    for i in 0..3 {
+        irns.push(generate_ok(&gw, &format!("AFTER/{i}")).await);
+    }
+    let after = irps.generates().await;
+    assert_eq!((after.0 - before.0, after.1 - before.1), (3, 0));
+
+    // Each document once, and every caller got its IRN.
+    let held = irps.irns().await;
+    assert_eq!(held.len(), irns.len(), "{held:?}");
+    assert!(held.iter().all(|(_, _, calls)| *calls == 1), "{held:?}");
+
+    // A read of a document IRP 2 generated, now served by IRP 1, names IRP 2: the portal
+    // finds it (without the header it would answer 2148).
+    let (on_irp2, ..) = held
+        .iter()
+        .find(|(_, irp, _)| irp == "NIC2")
+        .expect("IRP 2 generated some");
+    let res = gw
+        .request(Method::GET, &format!("/eicore/v1.03/Invoice/irn/{on_irp2}"))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["Status"], 1, "{body}");
+    assert_eq!(body["Data"]["Irn"], on_irp2.as_str());
+    let requests = irps.sim.requests(5).await;
+    let read = requests
+        .iter()
+        .rev()
+        .find(|r| r["path"].as_str().is_some_and(|p| p.contains("/irn/")))
+        .expect("the simulator saw the read");
+    assert_eq!(header(read, "irp"), Some("NIC2"), "{read}");
+}
+
+#[tokio::test]
+async fn an_irp_that_hangs_costs_at_most_the_threshold_in_timeouts_then_generates_go_to_irp_2() {
+    let irps = Portals::start().await;
+    let gw = Gateway::start(
+        &irps.sim,
+        GwOpts {
+            targets: irps.targets(),
+            timeout: "1s",
+            upstream_extra: "breaker_failures = 2\nbreaker_cool_down = \"10m\"".into(),
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    generate_ok(&gw, "WARM").await;
+    irps.control("/_sim/irps/1/down", json!({"mode": "hang"}))
+        .await;
+    let mut answered = 1;
+    let mut timeouts = 0;
+    for i in 0..8 {
+        let res = gw.generate(GSTIN, &format!("HUNG/{i}")).await;
+        if res.status() == 200 {
+            let body: Value = res.json().await.unwrap();
+            assert_eq!(body["Status"], 1, "{body}");
+            answered += 1;
+            continue;
+        }
+        // Before the threshold: the answer a timeout gets today, and only then.
+        assert_eq!(res.status(), 504, "generate {i}");
+        let problem: Value = res.json().await.unwrap();
+        assert_eq!(problem["code"], "upstream_timeout", "{problem}");
+        assert_eq!(
+            answered, 1,
+            "a timeout after the circuit opened (generate {i})"
+        );
+        timeouts += 1;
+    }
+    assert_eq!(timeouts, 2, "breaker_failures timeouts, then none");
+    assert_eq!(gw.metric(&up("NIC1")).await, 0.0);
+    // The hung calls were never processed: each answered caller's document, once.
+    let held = irps.irns().await;
+    assert_eq!(held.len(), answered, "{held:?}");
+    assert_eq!(irps.generates().await, (1, answered as u64 - 1));
 }
