@@ -71,6 +71,23 @@ async fn an_irp_refusing_connections_costs_no_caller_an_error_and_reads_carry_th
         .text()
         .await
         .unwrap();
+    let targets: Value = gw
+        .http
+        .get(format!("http://{}/admin/upstreams", gw.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        targets,
+        json!({"targets": [
+            {"upstream": "einvoice", "target": "NIC1", "state": "open"},
+            {"upstream": "einvoice", "target": "NIC2", "state": "closed"},
+        ]})
+    );
     assert!(
         status.contains("<td>NIC1</td><td class=\"c-open\">open</td>")
             && status.contains("<td>NIC2</td><td class=\"c-closed\">closed</td>"),

@@ -95,6 +95,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         )
         .route("/admin/sessions/{upstream}/{gstin}/otp", post(otp))
         .route("/admin/reload", post(reload))
+        .route("/admin/upstreams", get(upstreams))
         // After the routes: it applies to the routes present. axum still adds `Allow`.
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
             GatewayError::AdminMethodNotAllowed {
@@ -242,6 +243,17 @@ where
 
 /// `GET /admin/sessions`: one page of the sessions (filtered by `state`, `upstream`, `gstin`),
 /// a `next` link while more follow, and the summary over every session.
+/// `GET /admin/upstreams`: each upstream target's circuit, in configured order.
+async fn upstreams(State(admin): State<Arc<Admin>>) -> Json<serde_json::Value> {
+    let targets: Vec<serde_json::Value> = status_page::target_rows(&admin.upstreams)
+        .into_iter()
+        .map(|(upstream, target, state)| {
+            serde_json::json!({"upstream": &*upstream, "target": &*target, "state": state.label()})
+        })
+        .collect();
+    Json(serde_json::json!({ "targets": targets }))
+}
+
 async fn sessions(
     State(admin): State<Arc<Admin>>,
     Checked(Query(q)): Checked<Query<listing::SessionsQuery>>,
