@@ -115,7 +115,7 @@ async fn an_irp_refusing_connections_costs_no_caller_an_error_and_reads_carry_th
 }
 
 /// A simulator with two e-invoice portals, and a client that speaks to its control API
-/// through portal 2 (portal 1 is the one taken down).
+/// through a portal that is up.
 struct Portals {
     sim: Sim,
     urls: Vec<String>,
@@ -145,10 +145,22 @@ impl Portals {
         ]
     }
 
-    async fn control(&self, path: &str, body: Value) {
+    /// A call to the control API through the first portal that is up, portal 2 first.
+    async fn send(&self, req: impl Fn(&str) -> reqwest::RequestBuilder) -> reqwest::Response {
+        for url in self.urls.iter().rev() {
+            if let Ok(res) = req(url).send().await {
+                return res;
+            }
+        }
+        panic!("no portal is up")
+    }
+
+    /// A control call through portal `via` (1 or 2): a portal cannot be taken down through
+    /// itself.
+    async fn control(&self, via: usize, path: &str, body: Value) {
         let res = self
             .http
-            .post(format!("{}{path}", self.urls[1]))
+            .post(format!("{}{path}", self.urls[via - 1]))
             .json(&body)
             .send()
             .await
@@ -157,11 +169,8 @@ impl Portals {
     }
 
     async fn get(&self, path: &str) -> Value {
-        self.http
-            .get(format!("{}{path}", self.urls[1]))
-            .send()
+        self.send(|url| self.http.get(format!("{url}{path}")))
             .await
-            .unwrap()
             .json()
             .await
             .unwrap()
@@ -172,6 +181,12 @@ impl Portals {
         let c = self.get("/_sim/counters").await;
         let of = |irp: &str| c["per_irp"][irp]["generates"].as_u64().unwrap_or(0);
         (of("NIC1"), of("NIC2"))
+    }
+
+    /// Data calls portal `irp` received.
+    async fn requests_on(&self, irp: &str) -> u64 {
+        let c = self.get("/_sim/counters").await;
+        c["per_irp"][irp]["requests"].as_u64().unwrap_or(0)
     }
 
     /// The IRNs the simulator holds, and how many generate calls created each.
@@ -234,7 +249,7 @@ async fn irp_1_refusing_then_hanging_sends_every_generate_to_irp_2_and_its_retur
     );
 
     // Refused: every call that could not connect goes to IRP 2 at once; not one caller error.
-    irps.control("/_sim/irps/1/down", json!({"mode": "refuse"}))
+    irps.control(2, "/_sim/irps/1/down", json!({"mode": "refuse"}))
         .await;
     let opened = Instant::now();
     for i in 0..10 {
@@ -249,7 +264,7 @@ async fn irp_1_refusing_then_hanging_sends_every_generate_to_irp_2_and_its_retur
     assert_eq!(gw.metric(&up("NIC2")).await, 1.0);
 
     // Then hanging: its circuit is open, so nothing is sent there to hang.
-    irps.control("/_sim/irps/1/down", json!({"mode": "hang"}))
+    irps.control(2, "/_sim/irps/1/down", json!({"mode": "hang"}))
         .await;
     for i in 0..5 {
         irns.push(generate_ok(&gw, &format!("HANG/{i}")).await);
@@ -261,7 +276,7 @@ async fn irp_1_refusing_then_hanging_sends_every_generate_to_irp_2_and_its_retur
     assert_eq!(irps.generates().await, (3, 15));
 
     // Back: after the cool-down one call probes IRP 1, succeeds, and traffic returns.
-    irps.control("/_sim/irps/1/up", json!({})).await;
+    irps.control(2, "/_sim/irps/1/up", json!({})).await;
     let deadline = Instant::now() + cool_down + Duration::from_secs(20);
     let mut n = 0;
     while irps.generates().await.0 == 3 {
@@ -283,12 +298,12 @@ async fn irp_1_refusing_then_hanging_sends_every_generate_to_irp_2_and_its_retur
     assert_eq!(held.len(), irns.len(), "{held:?}");
     assert!(held.iter().all(|(_, _, calls)| *calls == 1), "{held:?}");
 
-    // A read of a document IRP 2 generated, now served by IRP 1, names IRP 2: the portal
-    // finds it (without the header it would answer 2148).
+    // A read of a document IRP 2 generated goes to IRP 2 and names it.
     let (on_irp2, ..) = held
         .iter()
         .find(|(_, irp, _)| irp == "NIC2")
         .expect("IRP 2 generated some");
+    let served = irps.requests_on("NIC2").await;
     let res = gw
         .request(Method::GET, &format!("/eicore/v1.03/Invoice/irn/{on_irp2}"))
         .send()
@@ -297,13 +312,44 @@ async fn irp_1_refusing_then_hanging_sends_every_generate_to_irp_2_and_its_retur
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["Status"], 1, "{body}");
     assert_eq!(body["Data"]["Irn"], on_irp2.as_str());
-    let requests = irps.sim.requests(5).await;
-    let read = requests
+    assert_eq!(
+        irps.requests_on("NIC2").await,
+        served + 1,
+        "its holder served it"
+    );
+    let logged = irps.sim.requests(5).await;
+    let read = logged
         .iter()
         .rev()
         .find(|r| r["path"].as_str().is_some_and(|p| p.contains("/irn/")))
         .expect("the simulator saw the read");
     assert_eq!(header(read, "irp"), Some("NIC2"), "{read}");
+
+    // With IRP 2 down, a cancel of it (the IRN is in the body) goes to IRP 1 naming IRP 2,
+    // which is how IRP 1 finds it (without the header it answers 2148).
+    irps.control(1, "/_sim/irps/2/down", json!({"mode": "refuse"}))
+        .await;
+    let served = irps.requests_on("NIC1").await;
+    let res = gw
+        .request(Method::POST, "/eicore/v1.03/Invoice/Cancel")
+        .json(&json!({"Irn": on_irp2, "CnlRsn": "2", "CnlRem": "wrong rate"}))
+        .send()
+        .await
+        .unwrap();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["Status"], 1, "{body}");
+    assert_eq!(
+        irps.requests_on("NIC1").await,
+        served + 1,
+        "IRP 1 served it"
+    );
+    let logged = irps.sim.requests(5).await;
+    let cancel = logged
+        .iter()
+        .rev()
+        .find(|r| r["path"].as_str().is_some_and(|p| p.ends_with("/Cancel")))
+        .expect("the simulator saw the cancel");
+    assert_eq!(header(cancel, "irp"), Some("NIC2"), "{cancel}");
 }
 
 #[tokio::test]
@@ -320,7 +366,7 @@ async fn an_irp_that_hangs_costs_at_most_the_threshold_in_timeouts_then_generate
     )
     .await;
     generate_ok(&gw, "WARM").await;
-    irps.control("/_sim/irps/1/down", json!({"mode": "hang"}))
+    irps.control(2, "/_sim/irps/1/down", json!({"mode": "hang"}))
         .await;
     let mut answered = 1;
     let mut timeouts = 0;

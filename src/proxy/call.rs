@@ -106,13 +106,14 @@ impl Call<'_> {
             Encryption::Passthrough => self.body.clone(),
         };
         let gstgate_wrote_body = encryption == Encryption::Gateway && !wire.is_empty();
-        let headers = upstream.data_call_headers(
+        let mut headers = upstream.data_call_headers(
             &self.slot.header_context(),
             &session.token,
             self.caller,
             self.request_id,
             gstgate_wrote_body,
         );
+        upstream.name_holder(&mut headers, self.method, self.path, self.body);
         Ok((headers, wire))
     }
 }

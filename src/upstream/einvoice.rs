@@ -130,16 +130,28 @@ impl Profile for Einvoice {
         Some(&IRPS)
     }
 
-    /// Get IRN by IRN (`…/Invoice/irn/{irn}`) and get e-way bill by IRN
-    /// (`…/ewaybill/irn/{irn}`).
-    fn document_read<'p>(&self, method: &Method, path: &'p CallerPath) -> Option<&'p str> {
-        if method != Method::GET {
+    /// Get IRN by IRN (`GET …/Invoice/irn/{irn}`) and get e-way bill by IRN
+    /// (`GET …/ewaybill/irn/{irn}`) name it in the path; cancel IRN (`POST …/Invoice/Cancel`)
+    /// and generate e-way bill by IRN (`POST …/ewaybill`) in the body's `Irn`.
+    fn document_named(&self, method: &Method, path: &CallerPath, body: &[u8]) -> Option<String> {
+        let mut segments = path.path().rsplit('/');
+        let last = segments.next()?;
+        if method == Method::GET {
+            let kind = segments.next()?;
+            return (kind.eq_ignore_ascii_case("irn") && is_irn(last)).then(|| last.to_owned());
+        }
+        let about_an_irn =
+            last.eq_ignore_ascii_case("Cancel") || last.eq_ignore_ascii_case("ewaybill");
+        if method != Method::POST || !about_an_irn {
             return None;
         }
-        let mut segments = path.path().rsplit('/');
-        let irn = segments.next()?;
-        let kind = segments.next()?;
-        (kind.eq_ignore_ascii_case("irn") && is_irn(irn)).then_some(irn)
+        #[derive(Deserialize)]
+        struct Named {
+            #[serde(rename = "Irn")]
+            irn: String,
+        }
+        let named: Named = serde_json::from_slice(body).ok()?;
+        is_irn(&named.irn).then_some(named.irn)
     }
 
     /// The `Irn` of a generate IRN reply (`POST …/Invoice`).
@@ -319,7 +331,7 @@ mod tests {
     use crate::upstream::config_checks::tests::one_upstream;
 
     #[test]
-    fn reads_by_irn_name_their_irn_and_a_generate_reply_its_irn() {
+    fn calls_about_an_irn_name_it_and_a_generate_reply_its_irn() {
         let p = Einvoice;
         let irn = "a".repeat(IRN_LEN);
         let path = |text: &str| CallerPath::parse(text, None).unwrap();
@@ -328,15 +340,29 @@ mod tests {
             format!("/eiewb/v1.03/ewaybill/irn/{irn}"),
         ] {
             let read = path(&read);
-            assert_eq!(p.document_read(&Method::GET, &read), Some(irn.as_str()));
-            assert_eq!(p.document_read(&Method::POST, &read), None);
+            assert_eq!(
+                p.document_named(&Method::GET, &read, b""),
+                Some(irn.clone())
+            );
+            assert_eq!(p.document_named(&Method::POST, &read, b""), None);
         }
+        let body = format!(r#"{{"Irn":"{irn}","CnlRsn":"1"}}"#);
+        for post in ["/eicore/v1.03/Invoice/Cancel", "/eiewb/v1.03/ewaybill"] {
+            assert_eq!(
+                p.document_named(&Method::POST, &path(post), body.as_bytes()),
+                Some(irn.clone())
+            );
+        }
+        let generate = path("/eicore/v1.03/Invoice");
         assert_eq!(
-            p.document_read(&Method::GET, &path("/eicore/v1.03/Invoice/irn/short")),
+            p.document_named(&Method::POST, &generate, body.as_bytes()),
+            None
+        );
+        assert_eq!(
+            p.document_named(&Method::GET, &path("/eicore/v1.03/Invoice/irn/short"), b""),
             None
         );
         let reply = format!(r#"{{"Status":1,"Data":{{"AckNo":1,"Irn":"{irn}"}}}}"#);
-        let generate = path("/eicore/v1.03/Invoice");
         assert_eq!(
             p.generated_document(&Method::POST, &generate, reply.as_bytes()),
             Some(irn.clone())

@@ -454,25 +454,37 @@ impl Upstream {
         self.dispatch(method, path, headers, body).await.result
     }
 
-    /// Sends one request to the first target whose circuit lets it through (a read of a
-    /// document gstgate saw generated, or whose portal the request's portal header names:
-    /// its holder first, with the portal header naming it), and says which target had it. A
-    /// target that could not be reached (nothing was sent) hands the request to the next one
-    /// at once; a timeout or 5xx after sending is never sent again here, it only counts
-    /// against the target's circuit.
+    /// Names, in the API's portal header, the portal that generated the document a call is
+    /// about (the profile reads which from the path or the caller's plain `body`), when
+    /// gstgate remembers it and the caller named no portal itself.
+    pub fn name_holder(
+        &self,
+        headers: &mut HeaderMap,
+        method: &Method,
+        path: &CallerPath,
+        body: &[u8],
+    ) {
+        if self.targets.carries_portal(headers) {
+            return;
+        }
+        let document = self.profile.document_named(method, path, body);
+        if let Some((name, value)) = self.targets.portal_for(document.as_deref()) {
+            headers.insert(name, value);
+        }
+    }
+
+    /// Sends one request to the first target whose circuit lets it through (the portal the
+    /// request's portal header names first), and says which target had it. A target that
+    /// could not be reached (nothing was sent) hands the request to the next one at once; a
+    /// timeout or 5xx after sending is never sent again here, it only counts against the
+    /// target's circuit.
     pub async fn dispatch(
         &self,
         method: Method,
         path: &CallerPath,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         body: Bytes,
     ) -> Routed {
-        if self.targets.named_in(&headers).is_none() {
-            let document = self.profile.document_read(&method, path);
-            if let Some((name, value)) = self.targets.portal_for(document) {
-                headers.insert(name, value);
-            }
-        }
         let order = self
             .targets
             .named_in(&headers)

@@ -338,9 +338,10 @@ pub trait Profile: Send + Sync + 'static {
         None
     }
 
-    /// The document a read names in its path (an IRN), whose generating portal it should go
-    /// to.
-    fn document_read<'p>(&self, _method: &Method, _path: &'p CallerPath) -> Option<&'p str> {
+    /// The document a call is about (an IRN: in a read's path, in a cancel's body), so that
+    /// it goes to the portal that generated it; `body` is the caller's plain JSON in gateway
+    /// mode.
+    fn document_named(&self, _method: &Method, _path: &CallerPath, _body: &[u8]) -> Option<String> {
         None
     }
 

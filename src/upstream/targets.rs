@@ -175,7 +175,7 @@ impl Targets {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .by_document
-            .get(document?)?;
+            .get(document?.to_ascii_lowercase().as_str())?;
         let portal = self.list.get(index)?.portal.clone()?;
         Some((header.clone(), portal))
     }
@@ -191,6 +191,14 @@ impl Targets {
         let header = self.header.as_ref()?;
         let portal = self.list.get(self.position(label)?)?.portal.clone()?;
         Some((header.clone(), portal))
+    }
+
+    /// Whether a request carries the portal header at all (the caller's own is passed on as
+    /// sent, a value NIC refuses included).
+    pub fn carries_portal(&self, headers: &http::HeaderMap) -> bool {
+        self.header
+            .as_ref()
+            .is_some_and(|h| headers.contains_key(h))
     }
 
     /// The portal a request names in the portal header (the caller's, or the one
@@ -251,9 +259,15 @@ impl Targets {
         let Some(index) = self.position(label) else {
             return;
         };
+        // NIC's IRNs are hex, which callers may write in either case.
+        let document: Box<str> = document.to_ascii_lowercase().into();
         let mut holders = self.holders.lock().unwrap_or_else(|p| p.into_inner());
-        if holders.by_document.insert(document.into(), index).is_none() {
-            holders.order.push_back(document.into());
+        if holders
+            .by_document
+            .insert(document.clone(), index)
+            .is_none()
+        {
+            holders.order.push_back(document);
             while holders.order.len() > MAX_HOLDERS {
                 if let Some(old) = holders.order.pop_front() {
                     holders.by_document.remove(&old);
