@@ -698,6 +698,30 @@ irp = "NIC2"
     }
 
     #[tokio::test]
+    async fn the_holder_of_a_generated_irn_is_named_unless_the_caller_named_a_portal() {
+        let (upstream, _dir) = two_irps("http://127.0.0.1:1", "http://127.0.0.1:2");
+        let irn = "b".repeat(64);
+        let generate = CallerPath::parse("/eicore/v1.03/Invoice", None).unwrap();
+        let reply = format!(r#"{{"Status":1,"Data":{{"Irn":"{irn}"}}}}"#);
+        upstream.note_generated(&Method::POST, &generate, reply.as_bytes(), "NIC2");
+        let read = format!("/eicore/v1.03/Invoice/irn/{}", irn.to_ascii_uppercase());
+        let read = CallerPath::parse(&read, None).unwrap();
+        let mut headers = HeaderMap::new();
+        upstream.name_holder(&mut headers, &Method::GET, &read, b"");
+        assert_eq!(
+            headers.get("irp").map(HeaderValue::as_bytes),
+            Some(&b"NIC2"[..])
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("irp", HeaderValue::from_static("NIC9"));
+        upstream.name_holder(&mut headers, &Method::GET, &read, b"");
+        assert_eq!(
+            headers.get("irp").map(HeaderValue::as_bytes),
+            Some(&b"NIC9"[..])
+        );
+    }
+
+    #[tokio::test]
     async fn a_target_refusing_connections_hands_the_request_to_the_next_at_once() {
         let refused = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
