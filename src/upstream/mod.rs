@@ -12,9 +12,11 @@
 //! * [`envelope`], [`sealed`]: reading and rewriting JSON replies, and the REK-sealed payloads.
 //! * `headers`: the header values and names injected upstream.
 //! * [`client`], [`tls`]: the pooled HTTP client and its TLS set-up.
+//! * [`targets`]: the base URLs an upstream's calls may go to (NIC's IRPs), each behind its
+//!   circuit breaker, and which one a call goes to.
 //! * `config_checks`: what `check-config` and `serve` check of a loaded configuration beyond
 //!   what the configuration can check alone (each profile's rules, key and CA files).
-//! * Here: [`Upstream`], a configured upstream ready to call, and its `send`.
+//! * Here: [`Upstream`], a configured upstream ready to call, and its `send` and `dispatch`.
 
 pub mod client;
 mod config_checks;

@@ -1,6 +1,6 @@
 //! The base URLs an upstream's requests may go to (`base_url`, or `[[upstream.targets]]`:
-//! NIC's IRPs, which share one login), each behind its own circuit [`Breaker`], and which
-//! one a request goes to.
+//! NIC's IRPs, which share one login), each behind its own circuit breaker
+//! (`crate::breaker`), and which one a request goes to.
 //!
 //! Not a load balancer: every request goes to the first target in configured order whose
 //! circuit lets it through, the primary while it is healthy. A read of a document that
