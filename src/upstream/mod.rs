@@ -515,7 +515,9 @@ impl Upstream {
         self.route(order, method, path, headers, body).await
     }
 
-    /// Tries the targets in `order` until one was reached.
+    /// Tries the targets in `order` until one was reached: first those whose circuit admits
+    /// the call, then, if none of them could be reached, the others anyway (a connect
+    /// failure costs nothing, and an open circuit may hide a target that is back).
     async fn route(
         &self,
         order: Order,
@@ -528,22 +530,35 @@ impl Upstream {
             target: None,
             result: Err(GatewayError::Internal("no upstream target".into())),
         };
-        for turn in self.targets.turns(order) {
-            routed.target = Some(turn.target.label.clone());
-            routed.result = self
-                .attempt(
-                    &turn.target.base,
-                    method.clone(),
-                    path,
-                    headers.clone(),
-                    body.clone(),
-                )
-                .await;
-            let health = health(&routed.result);
-            let unreached = matches!(health, Health::Unreached);
-            turn.judge(health);
-            if !unreached {
-                break;
+        let ordered = self.targets.ordered(order);
+        let mut tried = vec![false; ordered.len()];
+        for forced in [false, true] {
+            for (target, tried) in ordered.iter().zip(tried.iter_mut()) {
+                let turn = match (*tried, forced) {
+                    (true, _) => continue,
+                    (false, false) => match target.admit() {
+                        Some(turn) => turn,
+                        None => continue,
+                    },
+                    (false, true) => target.force(),
+                };
+                *tried = true;
+                routed.target = Some(target.label.clone());
+                routed.result = self
+                    .attempt(
+                        &target.base,
+                        method.clone(),
+                        path,
+                        headers.clone(),
+                        body.clone(),
+                    )
+                    .await;
+                let health = health(&routed.result);
+                let unreached = matches!(health, Health::Unreached);
+                turn.judge(health);
+                if !unreached {
+                    return routed;
+                }
             }
         }
         routed
@@ -737,6 +752,26 @@ irp = "NIC2"
         assert_eq!(routed.target.as_deref(), Some("NIC2"));
         assert_eq!(routed.result.map(|r| r.0).ok(), Some(StatusCode::OK));
         assert!(!seen.recv().await.unwrap().contains("\r\nirp:"));
+    }
+
+    #[tokio::test]
+    async fn an_open_target_is_still_tried_when_no_target_its_circuit_admits_could_be_reached() {
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let (irp1, mut seen) = recorder().await;
+        let (upstream, _dir) = two_irps(&irp1, &refused);
+        let nic1 = upstream.targets.ordered(Order::Configured)[0];
+        while nic1.state() == crate::breaker::State::Closed {
+            nic1.admit().expect("closed").judge(Health::Failed);
+        }
+        let routed = upstream
+            .dispatch(Method::GET, &lookup(), HeaderMap::new(), Bytes::new())
+            .await;
+        assert_eq!(routed.target.as_deref(), Some("NIC1"));
+        assert_eq!(routed.result.map(|r| r.0).ok(), Some(StatusCode::OK));
+        assert!(seen.recv().await.is_some());
     }
 
     #[tokio::test]

@@ -3,12 +3,13 @@
 //! (`crate::breaker`), and which one a request goes to.
 //!
 //! Not a load balancer: every request goes to the first target in configured order whose
-//! circuit lets it through, the primary while it is healthy. A read of a document that
-//! gstgate saw generated (the profile names it) goes first to the target that generated it,
-//! and always carries the API's portal header naming that target, so that another portal
-//! can serve it while its holder is down. Which target generated which document is kept in
-//! memory, the newest [`MAX_HOLDERS`] only: after a restart, or for a document generated
-//! elsewhere, the caller's own portal header is what routes the read.
+//! circuit lets it through, the primary while it is healthy. A call about a document that
+//! gstgate saw generated (a read by IRN, a cancel: the profile names the document) goes
+//! first to the target that generated it, and always carries the API's portal header naming
+//! that target, so that another portal can serve it while its holder is down. Which target
+//! generated which document is kept in memory, the newest [`MAX_HOLDERS`] only: after a
+//! restart, or for a document generated elsewhere, the caller's own portal header is what
+//! routes the call.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::AtomicI64;
@@ -20,8 +21,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use crate::breaker::{Breaker, Permit, State};
 use crate::metrics::{Metrics, Name, TargetLabels};
 
-/// The most documents whose generating target is remembered: about 100 bytes each, so a few
-/// MiB, and reads of a document mostly follow its generation within minutes.
+/// The most documents whose generating target is remembered: about 200 bytes each (the IRN
+/// in the map and in the queue), so 10 MiB at most, and calls about a document mostly follow
+/// its generation within hours.
 pub const MAX_HOLDERS: usize = 50_000;
 
 /// The `target` label of an upstream's only, unnamed target.
@@ -46,6 +48,24 @@ impl Target {
     /// Its circuit's state now.
     pub fn state(&self) -> State {
         self.breaker.state()
+    }
+
+    /// Its circuit's leave for one attempt, or `None` while it is open or being probed.
+    pub fn admit(&self) -> Option<Turn<'_>> {
+        self.breaker.admit().map(|permit| Turn {
+            target: self,
+            permit,
+        })
+    }
+
+    /// An attempt whatever its circuit says, for when no target that it admits could be
+    /// reached: an open circuit steers calls away, it never refuses one that this target
+    /// might still answer.
+    pub fn force(&self) -> Turn<'_> {
+        Turn {
+            target: self,
+            permit: self.breaker.force(),
+        }
     }
 
     /// The gauge follows the circuit after each verdict.
@@ -210,19 +230,16 @@ impl Targets {
             .position(|t| t.portal.as_ref() == Some(value))
     }
 
-    /// The targets to try, in order, each with its circuit's leave: the configured order,
-    /// with a document's holder moved first or a target that just failed moved last, and
-    /// only those whose circuit admits. When no circuit admits, every target is tried
-    /// anyway: an open circuit steers traffic away, it never refuses a request that some
-    /// target might still answer.
-    pub fn turns(&self, order: Order) -> Vec<Turn<'_>> {
+    /// The targets in the order a request tries them: as configured, with a document's
+    /// holder moved first or a target that just failed the request moved last.
+    pub fn ordered(&self, order: Order) -> Vec<&Target> {
         let (first, last) = match order {
             Order::Configured => (None, None),
             Order::First(i) => (Some(i), None),
             Order::Last(i) => (None, Some(i)),
         };
         let moved = |i: usize| Some(i) == first || Some(i) == last;
-        let order: Vec<&Target> = first
+        first
             .and_then(|i| self.list.get(i))
             .into_iter()
             .chain(
@@ -233,20 +250,6 @@ impl Targets {
                     .map(|(_, t)| t),
             )
             .chain(last.and_then(|i| self.list.get(i)))
-            .collect();
-        let admitted: Vec<Turn<'_>> = order
-            .iter()
-            .filter_map(|t| t.breaker.admit().map(|permit| Turn { target: t, permit }))
-            .collect();
-        if !admitted.is_empty() {
-            return admitted;
-        }
-        order
-            .into_iter()
-            .map(|t| Turn {
-                target: t,
-                permit: t.breaker.force(),
-            })
             .collect()
     }
 
@@ -296,30 +299,44 @@ mod tests {
         )
     }
 
-    fn labels(turns: &[Turn<'_>]) -> Vec<String> {
-        turns.iter().map(|t| t.target.label.to_string()).collect()
+    fn labels(targets: &[&Target]) -> Vec<String> {
+        targets.iter().map(|t| t.label.to_string()).collect()
+    }
+
+    /// The targets that would take an attempt now, in `order`.
+    fn admitted(t: &Targets, order: Order) -> Vec<String> {
+        let ordered = t.ordered(order);
+        let open: Vec<&Target> = ordered
+            .into_iter()
+            .filter(|target| target.admit().is_some())
+            .collect();
+        labels(&open)
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_primary_goes_first_and_an_open_one_is_skipped() {
         let t = two_irps();
-        assert_eq!(labels(&t.turns(Order::Configured)), ["NIC1", "NIC2"]);
+        assert_eq!(admitted(&t, Order::Configured), ["NIC1", "NIC2"]);
         for _ in 0..2 {
-            let mut turns = t.turns(Order::Configured);
-            turns.remove(0).judge(Health::Unreached);
+            t.ordered(Order::Configured)[0]
+                .admit()
+                .expect("closed")
+                .judge(Health::Unreached);
         }
-        assert_eq!(labels(&t.turns(Order::Configured)), ["NIC2"]);
+        assert_eq!(admitted(&t, Order::Configured), ["NIC2"]);
+        assert_eq!(t.iter().next().map(Target::state), Some(State::Open));
     }
 
     #[tokio::test(start_paused = true)]
-    async fn with_every_circuit_open_every_target_is_still_tried_in_order() {
+    async fn a_forced_attempt_on_an_open_target_counts_without_closing_it() {
         let t = two_irps();
+        let nic1 = t.ordered(Order::Configured)[0];
         for _ in 0..2 {
-            for turn in t.turns(Order::Configured) {
-                turn.judge(Health::Failed);
-            }
+            nic1.admit().expect("closed").judge(Health::Failed);
         }
-        assert_eq!(labels(&t.turns(Order::Configured)), ["NIC1", "NIC2"]);
+        nic1.force().judge(Health::Answered);
+        assert_eq!(nic1.state(), State::Open);
+        assert_eq!(nic1.up.get(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -331,8 +348,8 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.insert(name, value);
         let first = t.named_in(&headers).expect("NIC2 is a target");
-        assert_eq!(labels(&t.turns(Order::First(first))), ["NIC2", "NIC1"]);
-        assert_eq!(labels(&t.turns(Order::Last(0))), ["NIC2", "NIC1"]);
+        assert_eq!(labels(&t.ordered(Order::First(first))), ["NIC2", "NIC1"]);
+        assert_eq!(labels(&t.ordered(Order::Last(0))), ["NIC2", "NIC1"]);
         assert_eq!(
             t.portal_of("NIC1").map(|(_, v)| v),
             Some(HeaderValue::from_static("NIC1"))
@@ -362,6 +379,6 @@ mod tests {
         );
         t.remember("doc", DEFAULT_TARGET);
         assert!(t.portal_for(Some("doc")).is_none());
-        assert_eq!(labels(&t.turns(Order::Configured)), [DEFAULT_TARGET]);
+        assert_eq!(labels(&t.ordered(Order::Configured)), [DEFAULT_TARGET]);
     }
 }
