@@ -395,3 +395,58 @@ async fn an_irp_that_hangs_costs_at_most_the_threshold_in_timeouts_then_generate
     assert_eq!(held.len(), answered, "{held:?}");
     assert_eq!(irps.generates().await, (1, answered as u64 - 1));
 }
+
+/// `gstgate check-config` on the demo configuration with its e-invoice upstream's
+/// `base_url` replaced by `[[upstream.targets]]` (or kept beside them): success, or the
+/// refusal and the key it names.
+fn check_config_with_targets(keep_base_url: bool, irp2: &str) -> (bool, String) {
+    let demo =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml")).unwrap();
+    let mut text = if keep_base_url {
+        demo.clone()
+    } else {
+        demo.replacen("base_url = \"http://127.0.0.1:8081\"\n", "", 1)
+    };
+    let next = text.find("[[upstream]]\nname = \"ewaybill\"").unwrap();
+    text.insert_str(
+        next,
+        &format!(
+            "[[upstream.targets]]\nbase_url = \"http://127.0.0.1:8081\"\nirp = \"NIC1\"\n\
+             [[upstream.targets]]\nbase_url = \"http://127.0.0.1:8082\"\nirp = \"{irp2}\"\n\n"
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut command = std::process::Command::new(BIN);
+    for proxy in gstgate::config::PROXY_VARIABLES {
+        command.env_remove(proxy);
+    }
+    let out = command
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn check_config_takes_irp_targets_and_refuses_them_beside_base_url_or_with_an_unknown_irp() {
+    let (ok, out) = check_config_with_targets(false, "NIC2");
+    assert!(ok, "{out}");
+    let (ok, out) = check_config_with_targets(true, "NIC2");
+    assert!(
+        !ok && out.contains(
+            "upstream \"einvoice\".targets: give either base_url or [[upstream.targets]], not both"
+        ),
+        "{out}"
+    );
+    let (ok, out) = check_config_with_targets(false, "NIC3");
+    assert!(
+        !ok && out.contains("upstream \"einvoice\".targets.irp: `NIC3` is not one of NIC1, NIC2"),
+        "{out}"
+    );
+}
