@@ -124,10 +124,20 @@ pub struct Routed {
     pub result: Result<(StatusCode, HeaderMap, Bytes), GatewayError>,
 }
 
-/// What an attempt's result says of its target's health.
-fn health(result: &Result<(StatusCode, HeaderMap, Bytes), GatewayError>) -> Health {
+/// What an attempt's result says of its target's health: a 5xx fails it unless it carries
+/// one of the API's own answers that are not the upstream's trouble (a GSP that sends NIC's
+/// business errors with a 5xx status).
+fn health(
+    profile: &dyn Profile,
+    result: &Result<(StatusCode, HeaderMap, Bytes), GatewayError>,
+) -> Health {
     match result {
-        Ok((status, ..)) if status.is_server_error() => Health::Failed,
+        Ok((status, _, body)) if status.is_server_error() => {
+            match profile.read_reply(*status, body).verdict.class {
+                Class::Transient => Health::Failed,
+                _ => Health::Answered,
+            }
+        }
         Ok(_) => Health::Answered,
         Err(GatewayError::UpstreamUnreachable(_)) => Health::Unreached,
         Err(GatewayError::UpstreamTimeout(_) | GatewayError::UpstreamConnectionFailed(_)) => {
@@ -553,7 +563,7 @@ impl Upstream {
                         body.clone(),
                     )
                     .await;
-                let health = health(&routed.result);
+                let health = health(&*self.profile, &routed.result);
                 let unreached = matches!(health, Health::Unreached);
                 turn.judge(health);
                 if !unreached {
@@ -712,6 +722,36 @@ irp = "NIC2"
             Some("doctype=INV&docnum=1&docdate=01/04/2026"),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_5xx_fails_a_target_unless_it_carries_a_business_answer_and_a_timeout_fails_it() {
+        let reply = |status: u16, body: &'static str| {
+            Ok((
+                StatusCode::from_u16(status).unwrap(),
+                HeaderMap::new(),
+                Bytes::from_static(body.as_bytes()),
+            ))
+        };
+        let of = |result| health(&einvoice::Einvoice, &result);
+        assert!(matches!(
+            of(reply(502, "<html>Bad gateway</html>")),
+            Health::Failed
+        ));
+        let down = r#"{"Status":0,"ErrorDetails":[{"ErrorCode":"5002","ErrorMessage":"application error"}]}"#;
+        assert!(matches!(of(reply(500, down)), Health::Failed));
+        let duplicate =
+            r#"{"Status":0,"ErrorDetails":[{"ErrorCode":"2150","ErrorMessage":"Duplicate IRN"}]}"#;
+        assert!(matches!(of(reply(500, duplicate)), Health::Answered));
+        assert!(matches!(of(reply(200, down)), Health::Answered));
+        assert!(matches!(
+            of(Err(GatewayError::UpstreamTimeout(1000))),
+            Health::Failed
+        ));
+        assert!(matches!(
+            of(Err(GatewayError::Internal("x".into()))),
+            Health::Unknown
+        ));
     }
 
     #[tokio::test]
