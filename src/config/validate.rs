@@ -557,6 +557,52 @@ client_secret = "b"
     }
 
     #[test]
+    fn an_upstream_needs_a_base_url_or_named_targets_and_a_breaker_that_can_open() {
+        let config = |endpoints: &str, extra: &str| {
+            let text = format!(
+                r#"
+[server]
+[[upstream]]
+name = "einv"
+api = "einvoice"
+routes = ["/eicore/"]
+auth_path = "/eivital/v1.04/auth"
+public_key = "k.pem"
+client_id = "a"
+client_secret = "b"
+{extra}
+{endpoints}
+"#
+            );
+            Config::parse(&text, Path::new("c.toml")).map_err(|e| e.to_string())
+        };
+        let two = |irp2: &str| {
+            format!(
+                "[[upstream.targets]]\nbase_url = \"http://127.0.0.1:1\"\nirp = \"NIC1\"\n\
+                 [[upstream.targets]]\nbase_url = \"http://127.0.0.1:2\"\n{irp2}"
+            )
+        };
+        assert!(config(&two("irp = \"NIC2\""), "").is_ok());
+        let err = config("", "").unwrap_err();
+        assert!(
+            err.contains("upstream \"einv\".base_url: is required"),
+            "{err}"
+        );
+        let err = config(&two(""), "").unwrap_err();
+        assert!(
+            err.contains("upstream \"einv\".targets.irp: every target of an upstream with several needs its own `irp`"),
+            "{err}"
+        );
+        let err = config(&two("irp = \"NIC2\""), "breaker_failures = 0").unwrap_err();
+        assert!(err.contains("upstream \"einv\".breaker_failures"), "{err}");
+        let err = config("[[upstream.targets]]\nbase_url = \"ftp://x\"", "").unwrap_err();
+        assert!(
+            err.contains("upstream \"einv\".targets.base_url: must be an http"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn limits_the_upstreams_impose_are_checked_by_name() {
         let config = |extra_upstream: &str, extra_credential: &str| {
             format!(
