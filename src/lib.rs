@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod alerts;
+pub(crate) mod breaker;
 pub(crate) mod classify;
 pub mod cli;
 pub(crate) mod clients;

@@ -176,7 +176,7 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
     let proxy = Arc::new(
         Proxy::new(
             clients,
-            upstreams,
+            upstreams.clone(),
             sessions.clone(),
             metrics,
             ProxyLimits {
@@ -203,6 +203,7 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
         sessions,
         dropin,
         registry,
+        upstreams,
         token: server.admin_token.clone(),
         monitoring_token: server.monitoring_token.clone(),
         request_timeout: server.request_timeout,

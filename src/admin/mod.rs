@@ -46,6 +46,7 @@ use crate::problem::{fill_request_id, GatewayError};
 use crate::reload::Reloader;
 use crate::session::{Session, Sessions, Slot};
 use crate::tasks::Tasks;
+use crate::upstream::Upstream;
 
 /// The largest request body the admin listener reads. Only `{"otp": "…"}` is ever sent, so a
 /// few KiB is ample, and nobody can make the listener buffer more.
@@ -59,6 +60,8 @@ pub struct Admin {
     pub dropin: Arc<Dropin>,
     /// Metrics registry.
     pub registry: Registry,
+    /// The upstreams, whose targets' circuits the status page shows.
+    pub upstreams: Vec<Arc<Upstream>>,
     /// Bearer token for `/admin/*`.
     pub token: Option<SecretString>,
     /// Token for `/metrics` and `/status`, when they are not open.
@@ -92,6 +95,7 @@ pub fn router(admin: Arc<Admin>) -> Router {
         )
         .route("/admin/sessions/{upstream}/{gstin}/otp", post(otp))
         .route("/admin/reload", post(reload))
+        .route("/admin/upstreams", get(upstreams))
         // After the routes: it applies to the routes present. axum still adds `Allow`.
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
             GatewayError::AdminMethodNotAllowed {
@@ -239,6 +243,17 @@ where
 
 /// `GET /admin/sessions`: one page of the sessions (filtered by `state`, `upstream`, `gstin`),
 /// a `next` link while more follow, and the summary over every session.
+/// `GET /admin/upstreams`: each upstream target's circuit, in configured order.
+async fn upstreams(State(admin): State<Arc<Admin>>) -> Json<serde_json::Value> {
+    let targets: Vec<serde_json::Value> = status_page::target_rows(&admin.upstreams)
+        .into_iter()
+        .map(|(upstream, target, state)| {
+            serde_json::json!({"upstream": &*upstream, "target": &*target, "state": state.label()})
+        })
+        .collect();
+    Json(serde_json::json!({ "targets": targets }))
+}
+
 async fn sessions(
     State(admin): State<Arc<Admin>>,
     Checked(Query(q)): Checked<Query<listing::SessionsQuery>>,

@@ -27,9 +27,11 @@ use axum::response::{IntoResponse, Response};
 
 use super::listing::{self, Filter, Listing, Position, StatusQuery, Summary, STATUS_PAGE_ROWS};
 use super::{Admin, Checked};
+use crate::breaker;
 use crate::problem::GatewayError;
 use crate::session::{SessionInfo, State};
 use crate::timestamp::rfc3339;
+use crate::upstream::Upstream;
 
 /// Seconds between the page's own reloads.
 const REFRESH_SECS: u32 = 15;
@@ -47,11 +49,13 @@ pub(super) async fn handler(
         &Position::ProblemsFirst(skip),
         STATUS_PAGE_ROWS,
     );
+    let targets = target_rows(&admin.upstreams);
     let html = render(
         &View {
             listing: &listing,
             filter: &filter,
             page,
+            targets: &targets,
         },
         &admin.dropin.counts(),
         SystemTime::now(),
@@ -82,6 +86,23 @@ pub struct View<'a> {
     pub filter: &'a Filter,
     /// The page number, from 1.
     pub page: usize,
+    /// Each upstream target's circuit: (upstream, target, state).
+    pub targets: &'a [TargetRow],
+}
+
+/// One upstream target's circuit as the page shows it: upstream, target, state.
+pub type TargetRow = (Arc<str>, Arc<str>, breaker::State);
+
+/// The circuits of every upstream's targets, in configured order.
+pub fn target_rows(upstreams: &[Arc<Upstream>]) -> Vec<TargetRow> {
+    upstreams
+        .iter()
+        .flat_map(|u| {
+            u.targets
+                .iter()
+                .map(|t| (u.name.clone(), t.label.clone(), t.state()))
+        })
+        .collect()
 }
 
 /// Escapes text for HTML element content and quoted attribute values.
@@ -264,7 +285,34 @@ fn write_page(
         }
         out.push_str("</tbody></table>\n");
     }
+    write_targets(out, view.targets)?;
     out.push_str("</body></html>\n");
+    Ok(())
+}
+
+/// The upstream targets' circuits, when there is something to see: an upstream with several
+/// targets (IRPs), or a circuit that is not closed.
+fn write_targets(out: &mut String, targets: &[TargetRow]) -> fmt::Result {
+    let several = targets
+        .iter()
+        .any(|(u, t, _)| targets.iter().any(|(u2, t2, _)| u2 == u && t2 != t));
+    if !several && targets.iter().all(|(.., s)| *s == breaker::State::Closed) {
+        return Ok(());
+    }
+    out.push_str(
+        "<h2>Upstream targets</h2>\n<table id=\"targets\"><thead><tr><th>Upstream</th>\
+         <th>Target</th><th>Circuit</th></tr></thead>\n<tbody>\n",
+    );
+    for (upstream, target, state) in targets {
+        writeln!(
+            out,
+            "<tr data-target=\"{t}\"><td>{}</td><td>{t}</td><td class=\"c-{s}\">{s}</td></tr>",
+            escape(upstream),
+            t = escape(target),
+            s = state.label(),
+        )?;
+    }
+    out.push_str("</tbody></table>\n");
     Ok(())
 }
 
@@ -501,12 +549,46 @@ mod tests {
             listing: &listing,
             filter: &Filter::default(),
             page: 1,
+            targets: &[],
         };
         render(&view, dropin, now, v)
     }
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn the_targets_table_shows_each_irp_circuit_only_where_there_is_a_choice_or_a_fault() {
+        let listing = Listing {
+            matched: 0,
+            sessions: vec![],
+            summary: Summary::of([]),
+            next: None,
+            more: false,
+        };
+        let page = |targets: &[TargetRow]| {
+            let view = View {
+                listing: &listing,
+                filter: &Filter::default(),
+                page: 1,
+                targets,
+            };
+            render(&view, &[], at(0), "1")
+        };
+        let row = |u: &str, t: &str, s| -> TargetRow { (u.into(), t.into(), s) };
+        let single = [row("ewaybill", "default", breaker::State::Closed)];
+        assert!(!page(&single).contains("id=\"targets\""));
+        let html = page(&[
+            row("einvoice", "NIC1", breaker::State::Open),
+            row("einvoice", "NIC2", breaker::State::Closed),
+        ]);
+        assert!(
+            html.contains("<tr data-target=\"NIC1\"><td>einvoice</td><td>NIC1</td><td class=\"c-open\">open</td></tr>"),
+            "{html}"
+        );
+        let broken = [row("ewaybill", "default", breaker::State::HalfOpen)];
+        assert!(page(&broken).contains("half_open"));
     }
 
     #[test]
@@ -617,6 +699,7 @@ mod tests {
                 listing: &listing,
                 filter: &filter,
                 page: 2,
+                targets: &[],
             },
             &[],
             at(0),

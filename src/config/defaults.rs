@@ -118,3 +118,20 @@ pub(super) fn default_idle_ttl() -> Duration {
 pub(super) fn default_max_dropin_sessions() -> usize {
     1000
 }
+
+pub(super) fn default_breaker_failures() -> u32 {
+    DEFAULT_BREAKER_FAILURES
+}
+pub(super) fn default_breaker_cool_down() -> Duration {
+    DEFAULT_BREAKER_COOL_DOWN
+}
+
+/// Consecutive failures that open a circuit, unless `breaker_failures` says otherwise: few
+/// enough that callers stop waiting on a dead IRP within seconds, enough that one slow reply
+/// does not move traffic.
+pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
+
+/// How long an open circuit stays open before a probe, unless `breaker_cool_down` says
+/// otherwise: an IRP outage lasts minutes to hours, and one probe per half minute costs
+/// nothing.
+pub const DEFAULT_BREAKER_COOL_DOWN: Duration = Duration::from_secs(30);

@@ -35,9 +35,10 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 pub use defaults::{
-    DEFAULT_IP_USR, DEFAULT_LEASE, DEFAULT_LOGINS_PER_SECOND, DEFAULT_LOGIN_WINDOW,
-    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONCURRENT_LOGINS, DEFAULT_MAX_HEADER_BYTES,
-    DEFAULT_MAX_LOGINS, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_REFRESH_BEFORE, DEFAULT_TOKEN_LIFETIME,
+    DEFAULT_BREAKER_COOL_DOWN, DEFAULT_BREAKER_FAILURES, DEFAULT_IP_USR, DEFAULT_LEASE,
+    DEFAULT_LOGINS_PER_SECOND, DEFAULT_LOGIN_WINDOW, DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_CONCURRENT_LOGINS, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_LOGINS,
+    DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_REFRESH_BEFORE, DEFAULT_TOKEN_LIFETIME,
 };
 pub use env::interpolate;
 pub use error::{client_entry, credential_entry, upstream_entry, ConfigError};
@@ -49,13 +50,14 @@ pub use secrets::read_secret_file;
 pub use validate::{check_otp_warning, check_webhook_url};
 
 use defaults::{
-    default_admin_listen, default_checksum, default_connect_timeout, default_duplicate,
-    default_encryption, default_header_timeout, default_idle_ttl, default_ip_usr,
-    default_key_prefix, default_lease, default_listen, default_login_window,
-    default_logins_per_second, default_max_body, default_max_concurrent_logins,
-    default_max_dropin_sessions, default_max_header, default_max_logins, default_max_response,
-    default_refresh_before, default_replicas, default_request_timeout, default_shutdown_grace,
-    default_token_lifetime, default_upstream_timeout, empty_secret,
+    default_admin_listen, default_breaker_cool_down, default_breaker_failures, default_checksum,
+    default_connect_timeout, default_duplicate, default_encryption, default_header_timeout,
+    default_idle_ttl, default_ip_usr, default_key_prefix, default_lease, default_listen,
+    default_login_window, default_logins_per_second, default_max_body,
+    default_max_concurrent_logins, default_max_dropin_sessions, default_max_header,
+    default_max_logins, default_max_response, default_refresh_before, default_replicas,
+    default_request_timeout, default_shutdown_grace, default_token_lifetime,
+    default_upstream_timeout, empty_secret,
 };
 use env::{
     env_duration, env_duration_opt, env_map, env_map_plain, env_one_or_many, env_parse,
@@ -367,9 +369,22 @@ pub struct UpstreamConfig {
     /// Which protocol profile.
     #[serde(deserialize_with = "env_parse")]
     pub api: ApiKind,
-    /// Requests go to `base_url` + caller path.
-    #[serde(deserialize_with = "env_parse")]
-    pub base_url: String,
+    /// Requests go to `base_url` + caller path; `None` when the upstream lists `targets`.
+    #[serde(default, deserialize_with = "env_string_opt")]
+    pub base_url: Option<String>,
+    /// `[[upstream.targets]]`: several base URLs sharing this upstream's login (NIC's IRPs),
+    /// tried in order, instead of `base_url`.
+    #[serde(default)]
+    pub targets: Vec<TargetConfig>,
+    /// Consecutive failures (connect failures, timeouts, 5xx) that open a target's circuit.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an open circuit stays open before one probe request.
+    #[serde(
+        deserialize_with = "env_duration",
+        default = "default_breaker_cool_down"
+    )]
+    pub breaker_cool_down: Duration,
     /// Path prefixes served by this upstream.
     #[serde(deserialize_with = "env_vec")]
     pub routes: Vec<String>,
@@ -459,6 +474,34 @@ pub struct UpstreamConfig {
     /// NIC/GSTN clients log in to gstgate with its public half and get drop-in sessions.
     #[serde(default, deserialize_with = "env_path_opt")]
     pub dropin_private_key: Option<PathBuf>,
+}
+
+/// `[[upstream.targets]]`: one base URL of an upstream that has several (NIC's IRPs).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Requests routed to this target go to `base_url` + caller path.
+    #[serde(deserialize_with = "env_parse")]
+    pub base_url: String,
+    /// The portal's name in the API's own header (`NIC1`, `NIC2`), which reads of a document
+    /// held by another portal carry.
+    #[serde(default, deserialize_with = "env_string_opt")]
+    pub irp: Option<String>,
+}
+
+impl UpstreamConfig {
+    /// The base URLs requests may go to, in order, with their portal names: `base_url` alone
+    /// is one target without a name.
+    pub fn endpoints(&self) -> Vec<(&str, Option<&str>)> {
+        match &self.base_url {
+            Some(url) => vec![(url.as_str(), None)],
+            None => self
+                .targets
+                .iter()
+                .map(|t| (t.base_url.as_str(), t.irp.as_deref()))
+                .collect(),
+        }
+    }
 }
 
 /// `[[credential]]`: one taxpayer user's API login.

@@ -8,8 +8,8 @@ use secrecy::ExposeSecret;
 
 use super::{
     client_entry, credential_entry, upstream_entry, ChecksumPolicy, Config, Duplicate, Encryption,
-    StoreBackend, HEADER_ROLES, MAX_SESSION_LIFETIME, MAX_TIMEOUT, MAX_TOKEN_LIFETIME,
-    MIN_OTP_WARNING, MIN_SESSION_LIFETIME, PROXY_VARIABLES, RESERVED_HEADERS,
+    StoreBackend, UpstreamConfig, HEADER_ROLES, MAX_SESSION_LIFETIME, MAX_TIMEOUT,
+    MAX_TOKEN_LIFETIME, MIN_OTP_WARNING, MIN_SESSION_LIFETIME, PROXY_VARIABLES, RESERVED_HEADERS,
 };
 use crate::gstin::Gstin;
 
@@ -64,6 +64,70 @@ const MAX_LOGIN_PACE: u32 = 10_000;
 
 const NOT_A_HEADER_VALUE: &str = "must be a valid HTTP header value: printable characters, spaces and tabs only, no line break or other control character (look for a trailing newline from a file or variable)";
 
+impl UpstreamConfig {
+    /// Checks `base_url` or `[[upstream.targets]]` (one of the two) and the breaker's
+    /// settings; `key` names a field of this upstream.
+    fn validate_endpoints(&self, key: &dyn Fn(&str) -> String) -> Result<(), (String, String)> {
+        let field = match (&self.base_url, self.targets.is_empty()) {
+            (Some(_), false) => {
+                return Err((
+                    key("targets"),
+                    "give either base_url or [[upstream.targets]], not both".into(),
+                ))
+            }
+            (None, true) => {
+                return Err((
+                    key("base_url"),
+                    "is required (or list the base URLs as [[upstream.targets]])".into(),
+                ))
+            }
+            (Some(_), true) => key("base_url"),
+            (None, false) => key("targets.base_url"),
+        };
+        let mut irps = HashSet::new();
+        for (url, irp) in self.endpoints() {
+            check_base_url(url).map_err(|m| (field.clone(), m))?;
+            if let Some(irp) = irp {
+                if !irps.insert(irp) {
+                    return Err((key("targets.irp"), format!("`{irp}` names two targets")));
+                }
+            }
+        }
+        if self.targets.len() > 1 && irps.len() != self.targets.len() {
+            return Err((
+                key("targets.irp"),
+                "every target of an upstream with several needs its own `irp`".into(),
+            ));
+        }
+        if self.breaker_failures == 0 {
+            return Err((key("breaker_failures"), "must be at least 1".into()));
+        }
+        check_duration(
+            self.breaker_cool_down,
+            Duration::from_millis(1),
+            MAX_TIMEOUT,
+        )
+        .map_err(|m| (key("breaker_cool_down"), m))
+    }
+}
+
+/// Checks one base URL: http(s) with a host, no query, fragment or user, a canonical path.
+fn check_base_url(text: &str) -> Result<(), String> {
+    let url = reqwest::Url::parse(text).map_err(|e| format!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err("must be an http:// or https:// URL with a host".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry a user or password (it would end up in logs and in HTTP/2's :authority); send GSP credentials as [upstream.headers]".into());
+    }
+    // Routing compares canonical caller paths, and the upstream gets base path + caller path
+    // verbatim: every configured path must already be canonical.
+    check_canonical(url.path()).map_err(|m| format!("its path {m}"))
+}
+
 impl Config {
     /// Whether every upstream refuses GSTINs whose check character is wrong.
     fn all_enforce_checksums(&self) -> bool {
@@ -100,26 +164,7 @@ impl Config {
                     format!("`{}` is used by two upstreams", u.name),
                 ));
             }
-            let url = reqwest::Url::parse(&u.base_url)
-                .map_err(|e| (key("base_url"), format!("not a URL: {e}")))?;
-            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-                return Err((
-                    key("base_url"),
-                    "must be an http:// or https:// URL with a host".into(),
-                ));
-            }
-            if url.query().is_some() || url.fragment().is_some() {
-                return Err((key("base_url"), "must not have a query or fragment".into()));
-            }
-            if !url.username().is_empty() || url.password().is_some() {
-                return Err((
-                    key("base_url"),
-                    "must not carry a user or password (it would end up in logs and in HTTP/2's :authority); send GSP credentials as [upstream.headers]".into(),
-                ));
-            }
-            // Routing compares canonical caller paths, and the upstream gets base path +
-            // caller path verbatim: every configured path must already be canonical.
-            check_canonical(url.path()).map_err(|m| (key("base_url"), format!("its path {m}")))?;
+            u.validate_endpoints(&key)?;
             if u.routes.is_empty() {
                 return Err((key("routes"), "at least one path prefix is needed".into()));
             }
@@ -549,6 +594,52 @@ client_secret = "b"
                 "{extra}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn an_upstream_needs_a_base_url_or_named_targets_and_a_breaker_that_can_open() {
+        let config = |endpoints: &str, extra: &str| {
+            let text = format!(
+                r#"
+[server]
+[[upstream]]
+name = "einv"
+api = "einvoice"
+routes = ["/eicore/"]
+auth_path = "/eivital/v1.04/auth"
+public_key = "k.pem"
+client_id = "a"
+client_secret = "b"
+{extra}
+{endpoints}
+"#
+            );
+            Config::parse(&text, Path::new("c.toml")).map_err(|e| e.to_string())
+        };
+        let two = |irp2: &str| {
+            format!(
+                "[[upstream.targets]]\nbase_url = \"http://127.0.0.1:1\"\nirp = \"NIC1\"\n\
+                 [[upstream.targets]]\nbase_url = \"http://127.0.0.1:2\"\n{irp2}"
+            )
+        };
+        assert!(config(&two("irp = \"NIC2\""), "").is_ok());
+        let err = config("", "").unwrap_err();
+        assert!(
+            err.contains("upstream \"einv\".base_url: is required"),
+            "{err}"
+        );
+        let err = config(&two(""), "").unwrap_err();
+        assert!(
+            err.contains("upstream \"einv\".targets.irp: every target of an upstream with several needs its own `irp`"),
+            "{err}"
+        );
+        let err = config(&two("irp = \"NIC2\""), "breaker_failures = 0").unwrap_err();
+        assert!(err.contains("upstream \"einv\".breaker_failures"), "{err}");
+        let err = config("[[upstream.targets]]\nbase_url = \"ftp://x\"", "").unwrap_err();
+        assert!(
+            err.contains("upstream \"einv\".targets.base_url: must be an http"),
+            "{err}"
+        );
     }
 
     #[test]

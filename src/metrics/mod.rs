@@ -109,6 +109,15 @@ pub struct TriggerLabels {
     pub trigger: &'static str,
 }
 
+/// `upstream` + `target` (an IRP's `irp` name, or `default`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    /// Upstream name.
+    pub upstream: Name,
+    /// The target's `irp` name, `default` for an upstream's only `base_url`.
+    pub target: Name,
+}
+
 /// `kind` + `result` of an operator alert (not a contract metric: see `alerts`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AlertLabels {
@@ -173,6 +182,8 @@ pub struct Metrics {
     pub late_refreshes: Family<UpstreamLabel, Counter>,
     /// `gstgate_generate_outcomes_total`: how generates were answered, by upstream.
     pub generate_outcomes: Family<OutcomeLabels, Counter>,
+    /// `gstgate_upstream_up`: 1 while a target's circuit is closed.
+    pub upstream_up: Family<TargetLabels, Gauge<i64, AtomicI64>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -202,6 +213,7 @@ impl Metrics {
             logins_waiting: Family::default(),
             late_refreshes: Family::default(),
             generate_outcomes: Family::default(),
+            upstream_up: Family::default(),
         };
         let mut r = Registry::default();
         r.register(
@@ -288,6 +300,11 @@ impl Metrics {
             "gstgate_generate_outcomes",
             "Generate requests answered, by upstream and outcome (direct, recovered, existing, replayed, unknown)",
             m.generate_outcomes.clone(),
+        );
+        r.register(
+            "gstgate_upstream_up",
+            "1 while the target's circuit breaker is closed (requests go to it), 0 while it is open or probing, by upstream and target",
+            m.upstream_up.clone(),
         );
         r.register(
             "gstgate_build",

@@ -36,6 +36,22 @@ pub(super) struct Call<'a> {
     /// An earlier attempt of this very request may have reached the upstream (an
     /// idempotency claim abandoned by a dead replica).
     pub(super) earlier_attempt_unknown: bool,
+    /// Which of the upstream's targets to try first.
+    pub(super) aim: Aim<'a>,
+}
+
+/// Where an attempt goes among the upstream's targets (IRPs), when one of them may just have
+/// failed the call.
+#[derive(Clone, Copy)]
+pub(super) enum Aim<'a> {
+    /// As configured, or to the holder of the document the call names.
+    Usual,
+    /// A lookup of a document this IRP may hold after a generate there had an unknown
+    /// outcome: the other IRPs first (it may be the one failing), with `irp` naming it.
+    About(&'a str),
+    /// A generate sent again after this IRP failed it and a lookup found nothing: the other
+    /// IRPs first.
+    Avoiding(&'a str),
 }
 
 /// The upstream's answer to one attempt.
@@ -46,6 +62,8 @@ pub(super) struct Sent {
     pub(super) headers: HeaderMap,
     /// Its whole body.
     pub(super) body: Bytes,
+    /// The label of the target (IRP) that answered.
+    pub(super) target: Option<Arc<str>>,
 }
 
 impl Call<'_> {
@@ -78,15 +96,28 @@ impl Call<'_> {
         outcome: &mut Outcome,
     ) -> Result<Sent, GatewayError> {
         let (headers, wire) = self.build(session)?;
-        let (status, headers, body) = self
-            .upstream
-            .send(self.method.clone(), self.path, headers, wire)
-            .await?;
+        let (method, upstream) = (self.method.clone(), self.upstream);
+        let routed = match self.aim {
+            Aim::Usual => upstream.dispatch(method, self.path, headers, wire).await,
+            Aim::About(holder) => {
+                upstream
+                    .dispatch_elsewhere(holder, method, self.path, headers, wire)
+                    .await
+            }
+            Aim::Avoiding(failed) => {
+                upstream
+                    .dispatch_avoiding(failed, method, self.path, headers, wire)
+                    .await
+            }
+        };
+        outcome.target.clone_from(&routed.target);
+        let (status, headers, body) = routed.result?;
         outcome.upstream_status = Some(status.as_u16());
         Ok(Sent {
             status,
             headers,
             body,
+            target: routed.target,
         })
     }
 }
@@ -115,13 +146,14 @@ impl Call<'_> {
             Encryption::Passthrough => self.body.clone(),
         };
         let gstgate_wrote_body = encryption == Encryption::Gateway && !wire.is_empty();
-        let headers = upstream.data_call_headers(
+        let mut headers = upstream.data_call_headers(
             &self.slot.header_context(),
             &session.token,
             self.caller,
             self.request_id,
             gstgate_wrote_body,
         );
+        upstream.name_holder(&mut headers, self.method, self.path, self.body);
         Ok((headers, wire))
     }
 }

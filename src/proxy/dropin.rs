@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Response};
 
-use super::call::Call;
+use super::call::{Aim, Call};
 use super::respond::api_answer;
 use super::{Outcome, Proxy};
 use crate::dropin::Refused;
@@ -112,6 +112,7 @@ impl Proxy {
             body: &opened,
             dropin: Some(&session),
             earlier_attempt_unknown: false,
+            aim: Aim::Usual,
         };
         self.forward(&call, &upstream_session, outcome).await
     }

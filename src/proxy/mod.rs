@@ -53,7 +53,7 @@ use crate::session::{Invalidation, Session, Sessions, Trigger};
 use crate::upstream::{Class, Upstream, Verdict};
 
 use admit::{Admission, Admitted};
-use call::Call;
+use call::{Aim, Call};
 use idempotency::Keyed;
 use outcome::{Attempted, Observed};
 
@@ -102,6 +102,9 @@ struct Outcome {
     gstin: Option<Gstin>,
     upstream_status: Option<u16>,
     upstream_code: Option<String>,
+    /// The upstream target (IRP) that had the last attempt, set even when it failed: a
+    /// lookup after an unknown outcome names it in the portal header.
+    target: Option<Arc<str>>,
     retries: u32,
     /// Whether the caller's whole body has arrived: a timeout before that is the caller's
     /// (408), after it the upstream's (504).
@@ -263,6 +266,7 @@ impl Proxy {
             method = method.as_str(),
             path = &*loggable_path(uri.path()),
             status,
+            target = outcome.target.as_deref(),
             upstream_status = outcome.upstream_status,
             upstream_code = outcome.upstream_code.as_deref(),
             error,
@@ -344,6 +348,7 @@ impl Proxy {
             body,
             dropin: None,
             earlier_attempt_unknown,
+            aim: Aim::Usual,
         };
         self.forward(&call, &session, outcome).await
     }

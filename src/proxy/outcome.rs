@@ -5,11 +5,13 @@
 //! [`crate::outcome`]'s; this phase carries it out and counts
 //! `gstgate_generate_outcomes_total`.
 
+use std::sync::Arc;
+
 use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Response};
 
-use super::call::{Call, Sent};
+use super::call::{Aim, Call, Sent};
 use super::respond::api_answer;
 use super::{Outcome, Proxy};
 use crate::metrics::GenerateOutcome;
@@ -130,7 +132,13 @@ impl Proxy {
         } else {
             self.attempt(call, session, outcome).await
         };
+        // The IRP that may hold the document: the one that had the last attempt whose outcome
+        // is unknown (a later retry went elsewhere only after a lookup said "not there").
+        let mut holder = None;
         loop {
+            if attempted.observed.unknown || holder.is_none() {
+                holder.clone_from(&outcome.target);
+            }
             let seen = attempted.observed.seen(generate);
             let step = rule::after_attempt(seen, round, upstream.duplicate);
             let reason = match step {
@@ -140,6 +148,7 @@ impl Proxy {
             let mut lookups = Lookups {
                 made: 0,
                 next: Trigger::Cold,
+                holder: holder.clone(),
             };
             let mut found = self.look_up(call, generate, &mut lookups, outcome).await;
             while rule::look_again(&found, lookups.made) {
@@ -147,10 +156,10 @@ impl Proxy {
             }
             match rule::after_lookup(reason, round, found) {
                 Settle::Recovered(doc) => {
-                    return Ok(self.found(call, doc, GenerateOutcome::Recovered))
+                    return Ok(self.found(call, doc, holder, GenerateOutcome::Recovered))
                 }
                 Settle::Existing(doc) => {
-                    return Ok(self.found(call, doc, GenerateOutcome::Existing))
+                    return Ok(self.found(call, doc, holder, GenerateOutcome::Existing))
                 }
                 Settle::Original => {
                     self.metrics
@@ -164,8 +173,12 @@ impl Proxy {
                 }
                 Settle::Retry => {
                     round = Round::Retry;
+                    let again = Call {
+                        aim: holder.as_deref().map_or(Aim::Usual, Aim::Avoiding),
+                        ..*call
+                    };
                     attempted = match self.sessions.session(call.slot, Trigger::Cold).await {
-                        Ok(session) => self.attempt(call, &session, outcome).await,
+                        Ok(session) => self.attempt(&again, &session, outcome).await,
                         Err(e) => Attempted::known(Err(e)),
                     };
                 }
@@ -214,6 +227,7 @@ impl Proxy {
             method: &Method::GET,
             path: &generate.lookup,
             body: &empty,
+            aim: lookups.holder.as_deref().map_or(Aim::Usual, Aim::About),
             ..*call
         };
         let sent = match lookup.exchange(&session, outcome).await {
@@ -250,8 +264,19 @@ impl Proxy {
 
     /// The document found, as the generate's success answer: plain JSON, sealed again for a
     /// drop-in caller.
-    fn found(&self, call: &Call<'_>, plain: Vec<u8>, how: GenerateOutcome) -> Response<Body> {
+    /// Later reads of it are sent with the `irp` of `holder`, the IRP it was looked up for.
+    fn found(
+        &self,
+        call: &Call<'_>,
+        plain: Vec<u8>,
+        holder: Option<Arc<str>>,
+        how: GenerateOutcome,
+    ) -> Response<Body> {
         self.metrics.count_generate(&call.upstream.name, how);
+        if let Some(holder) = holder {
+            call.upstream
+                .note_generated(call.method, call.path, &plain, &holder);
+        }
         let body = match call.dropin {
             Some(dropin) => {
                 call.upstream
@@ -273,6 +298,9 @@ struct Lookups {
     made: u32,
     /// Why the next one may need a new session.
     next: Trigger,
+    /// The IRP (target) that may hold the document: lookups go to the other IRPs first,
+    /// naming it in the `irp` header, since it may be the one that just failed.
+    holder: Option<Arc<str>>,
 }
 
 /// Marks an answer gstgate made up with how it came about.

@@ -40,6 +40,9 @@ pub(super) fn respond(
     let gateway = call.encryption() == Encryption::Gateway;
     let body = if success && gateway {
         let plain = upstream.profile.decode_reply(reply, &session.sek)?;
+        if let Some(target) = &sent.target {
+            upstream.note_generated(call.method, call.path, &plain, target);
+        }
         match call.dropin {
             // Sealed again for the drop-in caller, under its own SEK, as the API seals it.
             Some(dropin) => Bytes::from(upstream.profile.dropin().seal_reply(

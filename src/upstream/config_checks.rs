@@ -6,7 +6,7 @@ use std::path::Path;
 
 use secrecy::ExposeSecret;
 
-use super::{profile, tls};
+use super::{profile, tls, Portals};
 use crate::config::{
     credential_entry, upstream_entry, Config, ConfigError, CredentialConfig, UpstreamConfig,
 };
@@ -22,8 +22,9 @@ pub fn check_profiles(config: &Config, path: &Path) -> Result<(), ConfigError> {
         message,
     };
     for (i, u) in config.upstreams.iter().enumerate() {
-        profile(u.api)
-            .check_upstream(u)
+        let profile = profile(u.api);
+        check_targets(profile.portals(), u)
+            .and_then(|()| profile.check_upstream(u))
             .map_err(|(field, m)| invalid(format!("{}.{field}", upstream_entry(i, &u.name)), m))?;
     }
     for (i, c) in config.credentials.iter().enumerate() {
@@ -39,6 +40,35 @@ pub fn check_profiles(config: &Config, path: &Path) -> Result<(), ConfigError> {
                     let entry = credential_entry(i, &c.gstin, &c.username);
                     invalid(format!("{entry}.{field}"), m)
                 })?;
+        }
+    }
+    Ok(())
+}
+
+/// `[[upstream.targets]]` only for an API served by several portals, each `irp` one of its
+/// portal names.
+fn check_targets(
+    portals: Option<&'static Portals>,
+    upstream: &UpstreamConfig,
+) -> Result<(), (&'static str, String)> {
+    if upstream.targets.is_empty() {
+        return Ok(());
+    }
+    let Some(portals) = portals else {
+        return Err((
+            "targets",
+            format!(
+                "api `{}` is served at one base URL: use base_url",
+                upstream.api
+            ),
+        ));
+    };
+    for irp in upstream.targets.iter().filter_map(|t| t.irp.as_deref()) {
+        if !portals.names.contains(&irp) {
+            return Err((
+                "targets.irp",
+                format!("`{irp}` is not one of {}", portals.names.join(", ")),
+            ));
         }
     }
     Ok(())
@@ -205,6 +235,59 @@ upstreams = ["up"]
             1
         );
         assert_eq!(windows(&ewaybill("", "password = \"p\"")), 0);
+    }
+
+    #[test]
+    fn targets_are_for_apis_with_portals_named_as_the_api_names_them_and_replace_base_url() {
+        let config = |api: &str, base_url: &str, irps: [&str; 2]| {
+            let text = format!(
+                r#"
+[server]
+[[upstream]]
+name = "up"
+api = "{api}"
+{base_url}
+routes = ["/r/"]
+auth_path = "/auth"
+public_key = "k.pem"
+client_id = "a"
+client_secret = "b"
+[[upstream.targets]]
+base_url = "http://127.0.0.1:1"
+irp = "{}"
+[[upstream.targets]]
+base_url = "http://127.0.0.1:2"
+irp = "{}"
+[[credential]]
+gstin = "27AAPFU0939F1ZV"
+username = "u"
+password = "p"
+upstreams = ["up"]
+"#,
+                irps[0], irps[1]
+            );
+            Config::parse(&text, Path::new("c.toml"))
+                .and_then(|c| check_profiles(&c, Path::new("c.toml")).map(|()| c))
+                .map(|c| c.upstreams[0].endpoints().len())
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(config("einvoice", "", ["NIC1", "NIC2"]), Ok(2));
+        assert_eq!(
+            config("einvoice", "", ["NIC1", "NIC3"]),
+            Err("c.toml: upstream \"up\".targets.irp: `NIC3` is not one of NIC1, NIC2".into())
+        );
+        assert_eq!(
+            config("einvoice", "", ["NIC1", "NIC1"]),
+            Err("c.toml: upstream \"up\".targets.irp: `NIC1` names two targets".into())
+        );
+        assert_eq!(
+            config("einvoice", "base_url = \"http://127.0.0.1:3\"", ["NIC1", "NIC2"]),
+            Err("c.toml: upstream \"up\".targets: give either base_url or [[upstream.targets]], not both".into())
+        );
+        assert_eq!(
+            config("ewaybill", "", ["NIC1", "NIC2"]),
+            Err("c.toml: upstream \"up\".targets: api `ewaybill` is served at one base URL: use base_url".into())
+        );
     }
 
     /// Relative to what is the question an operator asks of `k.pem`: the message answers it.

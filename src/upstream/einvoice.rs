@@ -13,7 +13,7 @@ use super::envelope::Envelope;
 use super::generate::{self, Generate};
 use super::{
     nic, renewal, Class, Expiry, HeaderContext, Login, LoginFailure, LoginKind, LoginRequest,
-    Profile, Reply, Verdict, ROLE_COUNT,
+    Portals, Profile, Reply, Verdict, ROLE_COUNT,
 };
 use crate::config::{CredentialConfig, UpstreamConfig};
 use crate::crypto::{AesKey, PublicKey};
@@ -25,6 +25,21 @@ pub const FORCE_WINDOW: Duration = Duration::from_secs(10 * 60);
 
 /// The NIC e-invoice API.
 pub struct Einvoice;
+
+/// NIC's IRPs (e-invoice 1 and 2), which accept each other's tokens since July 2024; a read
+/// of a document generated on the other one names it in `irp` (error 3098 for a bad name).
+pub static IRPS: Portals = Portals {
+    header: "irp",
+    names: &["NIC1", "NIC2"],
+};
+
+/// The length of an IRN: a SHA-256 in hex.
+const IRN_LEN: usize = 64;
+
+/// Whether `text` has the shape of an IRN.
+fn is_irn(text: &str) -> bool {
+    text.len() == IRN_LEN && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
 
 /// The class of a NIC e-invoice error code.
 fn classify_code(code: &str) -> Class {
@@ -106,6 +121,68 @@ impl Profile for Einvoice {
 
     fn dropin(&self) -> &'static dyn super::dropin::Face {
         &super::dropin::EinvoiceFace
+    }
+
+    fn caller_headers(&self) -> &'static [&'static str] {
+        &["irp"]
+    }
+
+    fn portals(&self) -> Option<&'static Portals> {
+        Some(&IRPS)
+    }
+
+    /// Get IRN by IRN (`GET …/Invoice/irn/{irn}`) and get e-way bill by IRN
+    /// (`GET …/ewaybill/irn/{irn}`) name it in the path; cancel IRN (`POST …/Invoice/Cancel`)
+    /// and generate e-way bill by IRN (`POST …/ewaybill`) in the body's `Irn`.
+    fn document_named(&self, method: &Method, path: &CallerPath, body: &[u8]) -> Option<String> {
+        let mut segments = path.path().rsplit('/');
+        let last = segments.next()?;
+        if method == Method::GET {
+            let kind = segments.next()?;
+            return (kind.eq_ignore_ascii_case("irn") && is_irn(last)).then(|| last.to_owned());
+        }
+        let about_an_irn =
+            last.eq_ignore_ascii_case("Cancel") || last.eq_ignore_ascii_case("ewaybill");
+        if method != Method::POST || !about_an_irn {
+            return None;
+        }
+        #[derive(Deserialize)]
+        struct Named {
+            #[serde(rename = "Irn")]
+            irn: String,
+        }
+        let named: Named = serde_json::from_slice(body).ok()?;
+        is_irn(&named.irn).then_some(named.irn)
+    }
+
+    /// The `Irn` of a generate IRN reply (`POST …/Invoice`).
+    fn generated_document(
+        &self,
+        method: &Method,
+        path: &CallerPath,
+        plain: &[u8],
+    ) -> Option<String> {
+        let generate = method == Method::POST
+            && path
+                .path()
+                .rsplit('/')
+                .next()
+                .is_some_and(|last| last.eq_ignore_ascii_case("Invoice"));
+        if !generate {
+            return None;
+        }
+        #[derive(Deserialize)]
+        struct Reply {
+            #[serde(rename = "Data")]
+            data: Generated,
+        }
+        #[derive(Deserialize)]
+        struct Generated {
+            #[serde(rename = "Irn")]
+            irn: String,
+        }
+        let reply: Reply = serde_json::from_slice(plain).ok()?;
+        is_irn(&reply.data.irn).then_some(reply.data.irn)
     }
 
     fn renewal(&self) -> &'static dyn renewal::Renewal {
@@ -346,6 +423,54 @@ fn ewb_by_irn_answer(plain: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
     use crate::upstream::config_checks::tests::one_upstream;
+
+    #[test]
+    fn calls_about_an_irn_name_it_and_a_generate_reply_its_irn() {
+        let p = Einvoice;
+        let irn = "a".repeat(IRN_LEN);
+        let path = |text: &str| CallerPath::parse(text, None).unwrap();
+        for read in [
+            format!("/eicore/v1.03/Invoice/irn/{irn}"),
+            format!("/eiewb/v1.03/ewaybill/irn/{irn}"),
+        ] {
+            let read = path(&read);
+            assert_eq!(
+                p.document_named(&Method::GET, &read, b""),
+                Some(irn.clone())
+            );
+            assert_eq!(p.document_named(&Method::POST, &read, b""), None);
+        }
+        let body = format!(r#"{{"Irn":"{irn}","CnlRsn":"1"}}"#);
+        for post in ["/eicore/v1.03/Invoice/Cancel", "/eiewb/v1.03/ewaybill"] {
+            assert_eq!(
+                p.document_named(&Method::POST, &path(post), body.as_bytes()),
+                Some(irn.clone())
+            );
+        }
+        let generate = path("/eicore/v1.03/Invoice");
+        assert_eq!(
+            p.document_named(&Method::POST, &generate, body.as_bytes()),
+            None
+        );
+        assert_eq!(
+            p.document_named(&Method::GET, &path("/eicore/v1.03/Invoice/irn/short"), b""),
+            None
+        );
+        let reply = format!(r#"{{"Status":1,"Data":{{"AckNo":1,"Irn":"{irn}"}}}}"#);
+        assert_eq!(
+            p.generated_document(&Method::POST, &generate, reply.as_bytes()),
+            Some(irn.clone())
+        );
+        assert_eq!(
+            p.generated_document(
+                &Method::POST,
+                &path("/eicore/v1.03/Invoice/Cancel"),
+                reply.as_bytes()
+            ),
+            None
+        );
+        assert!(p.caller_headers().contains(&IRPS.header));
+    }
 
     #[test]
     fn classification_reads_the_body_and_lenient_status() {

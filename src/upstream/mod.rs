@@ -14,9 +14,11 @@
 //!   phase.
 //! * `headers`: the header values and names injected upstream.
 //! * [`client`], [`tls`]: the pooled HTTP client and its TLS set-up.
+//! * [`targets`]: the base URLs an upstream's calls may go to (NIC's IRPs), each behind its
+//!   circuit breaker, and which one a call goes to.
 //! * `config_checks`: what `check-config` and `serve` check of a loaded configuration beyond
 //!   what the configuration can check alone (each profile's rules, key and CA files).
-//! * Here: [`Upstream`], a configured upstream ready to call, and its `send`.
+//! * Here: [`Upstream`], a configured upstream ready to call, and its `send` and `dispatch`.
 
 pub mod client;
 mod config_checks;
@@ -31,6 +33,7 @@ pub mod nic;
 mod profile;
 pub mod renewal;
 pub mod sealed;
+pub mod targets;
 pub mod tls;
 
 use std::sync::Arc;
@@ -54,8 +57,9 @@ pub use headers::{
 };
 pub(crate) use profile::{accepted_login, bodiless};
 pub use profile::{
-    Class, Expiry, Login, LoginFailure, LoginKind, LoginRequest, Profile, Reply, Verdict,
+    Class, Expiry, Login, LoginFailure, LoginKind, LoginRequest, Portals, Profile, Reply, Verdict,
 };
+use targets::{Health, Order};
 
 /// A configured upstream, ready to call.
 pub struct Upstream {
@@ -63,9 +67,9 @@ pub struct Upstream {
     pub name: Arc<str>,
     /// The API-specific behaviour.
     pub profile: Box<dyn Profile>,
-    /// `scheme://authority/base-path` without a trailing slash; requests go to it + the
-    /// caller's validated path.
-    base: String,
+    /// Where requests go: the base URLs (`scheme://authority/base-path`), each behind its
+    /// circuit breaker; a request goes to one of them + the caller's validated path.
+    pub targets: targets::Targets,
     /// Path prefixes routed here.
     pub routes: Vec<String>,
     /// Login path.
@@ -114,6 +118,39 @@ pub struct Upstream {
     http: client::HttpClient,
     metrics: Arc<Metrics>,
     label: UpstreamLabel,
+}
+
+/// What [`Upstream::dispatch`] came to: the reply or the failure, and the target that had
+/// the request last.
+pub struct Routed {
+    /// The label of the target that had the request (`NIC1`, `default`); `None` only if
+    /// none was tried.
+    pub target: Option<Arc<str>>,
+    /// Its reply (status, headers, body) or why there is none.
+    pub result: Result<(StatusCode, HeaderMap, Bytes), GatewayError>,
+}
+
+/// What an attempt's result says of its target's health: a 5xx fails it unless it carries
+/// one of the API's own answers that are not the upstream's trouble (a GSP that sends NIC's
+/// business errors with a 5xx status).
+fn health(
+    profile: &dyn Profile,
+    result: &Result<(StatusCode, HeaderMap, Bytes), GatewayError>,
+) -> Health {
+    match result {
+        Ok((status, _, body)) if status.is_server_error() => {
+            match profile.read_reply(*status, body).verdict.class {
+                Class::Transient => Health::Failed,
+                _ => Health::Answered,
+            }
+        }
+        Ok(_) => Health::Answered,
+        Err(GatewayError::UpstreamUnreachable(_)) => Health::Unreached,
+        Err(GatewayError::UpstreamTimeout(_) | GatewayError::UpstreamConnectionFailed(_)) => {
+            Health::Failed
+        }
+        Err(_) => Health::Unknown,
+    }
 }
 
 /// Why an upstream could not be built from its configuration.
@@ -296,20 +333,43 @@ impl Upstream {
                 source,
             })?;
         let http = client::build(tls, cfg.connect_timeout);
+        let endpoints = cfg
+            .endpoints()
+            .into_iter()
+            .map(|(url, irp)| {
+                let base = reqwest::Url::parse(url)
+                    .map_err(|_| UpstreamError::Setting {
+                        name: name.clone(),
+                        what: format!("base_url `{url}` is not a URL"),
+                    })?
+                    .as_str()
+                    .trim_end_matches('/')
+                    .to_owned();
+                let portal = irp
+                    .map(|irp| {
+                        HeaderValue::from_str(irp).map_err(|_| UpstreamError::Header {
+                            name: name.clone(),
+                            what: "targets.irp".into(),
+                        })
+                    })
+                    .transpose()?;
+                Ok((base, portal))
+            })
+            .collect::<Result<Vec<_>, UpstreamError>>()?;
+        let targets = targets::Targets::new(
+            &name,
+            endpoints,
+            profile.portals().map(|p| HeaderName::from_static(p.header)),
+            (cfg.breaker_failures, cfg.breaker_cool_down),
+            &metrics,
+        );
         Ok(Self {
             label: UpstreamLabel {
                 upstream: crate::metrics::Name(name.as_str().into()),
             },
             name: name.as_str().into(),
             profile,
-            base: reqwest::Url::parse(&cfg.base_url)
-                .map_err(|_| UpstreamError::Setting {
-                    name: name.clone(),
-                    what: "base_url is not a URL".into(),
-                })?
-                .as_str()
-                .trim_end_matches('/')
-                .to_owned(),
+            targets,
             routes: cfg.routes.clone(),
             auth_path: CallerPath::parse(&cfg.auth_path, None).map_err(|e| {
                 UpstreamError::Setting {
@@ -385,12 +445,12 @@ impl Upstream {
     /// the path was checked by [`CallerPath`], so the upstream gets exactly the path gstgate
     /// routed on, under the base URL's own path. (A URL parser would resolve dot segments,
     /// which is how `..` used to climb out of the base path.)
-    fn uri(&self, path: &CallerPath) -> Result<Uri, GatewayError> {
+    fn uri(base: &str, path: &CallerPath) -> Result<Uri, GatewayError> {
         let query = path.query();
         let mut text = String::with_capacity(
-            self.base.len() + path.path().len() + query.map_or(0, |q| q.len() + 1),
+            base.len() + path.path().len() + query.map_or(0, |q| q.len() + 1),
         );
-        text.push_str(&self.base);
+        text.push_str(base);
         text.push_str(path.path());
         if let Some(q) = query {
             text.push('?');
@@ -401,7 +461,8 @@ impl Upstream {
             .map_err(|_| GatewayError::Internal("the upstream URL is not a valid URI".into()))
     }
 
-    /// Sends one request and reads the whole reply, within the timeout and size cap.
+    /// Sends one request and reads the whole reply, within the timeout and size cap, to
+    /// the target routing picks (see [`Upstream::dispatch`]).
     pub async fn send(
         &self,
         method: Method,
@@ -409,7 +470,145 @@ impl Upstream {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<(StatusCode, HeaderMap, Bytes), GatewayError> {
-        let uri = self.uri(path)?;
+        self.dispatch(method, path, headers, body).await.result
+    }
+
+    /// Names, in the API's portal header, the portal that generated the document a call is
+    /// about (the profile reads which from the path or the caller's plain `body`), when
+    /// gstgate remembers it and the caller named no portal itself.
+    pub fn name_holder(
+        &self,
+        headers: &mut HeaderMap,
+        method: &Method,
+        path: &CallerPath,
+        body: &[u8],
+    ) {
+        if self.targets.carries_portal(headers) {
+            return;
+        }
+        let document = self.profile.document_named(method, path, body);
+        if let Some((name, value)) = self.targets.portal_for(document.as_deref()) {
+            headers.insert(name, value);
+        }
+    }
+
+    /// Sends one request to the first target whose circuit lets it through (the portal the
+    /// request's portal header names first), and says which target had it. A target that
+    /// could not be reached (nothing was sent) hands the request to the next one at once; a
+    /// timeout or 5xx after sending is never sent again here, it only counts against the
+    /// target's circuit.
+    pub async fn dispatch(
+        &self,
+        method: Method,
+        path: &CallerPath,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Routed {
+        let order = self
+            .targets
+            .named_in(&headers)
+            .map_or(Order::Configured, Order::First);
+        self.route(order, method, path, headers, body).await
+    }
+
+    /// Sends a read about a document whose generate had an unknown outcome on the target
+    /// labelled `failed` (the `target` of that exchange): with the portal header naming
+    /// `failed`, where the document would be, and to the other targets first, `failed` last.
+    pub async fn dispatch_elsewhere(
+        &self,
+        failed: &str,
+        method: Method,
+        path: &CallerPath,
+        mut headers: HeaderMap,
+        body: Bytes,
+    ) -> Routed {
+        if let Some((name, value)) = self.targets.portal_of(failed) {
+            headers.insert(name, value);
+        }
+        let order = self
+            .targets
+            .position(failed)
+            .map_or(Order::Configured, Order::Last);
+        self.route(order, method, path, headers, body).await
+    }
+
+    /// Sends a generate again after its first attempt failed on the target `failed` and a
+    /// lookup said no IRP has the document: the other targets first, so that a hanging IRP
+    /// whose circuit is not open yet does not fail the retry too.
+    pub async fn dispatch_avoiding(
+        &self,
+        failed: &str,
+        method: Method,
+        path: &CallerPath,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Routed {
+        let order = self
+            .targets
+            .position(failed)
+            .map_or(Order::Configured, Order::Last);
+        self.route(order, method, path, headers, body).await
+    }
+
+    /// Tries the targets in `order` until one was reached: first those whose circuit admits
+    /// the call, then, if none of them could be reached, the others anyway (a connect
+    /// failure costs nothing, and an open circuit may hide a target that is back).
+    async fn route(
+        &self,
+        order: Order,
+        method: Method,
+        path: &CallerPath,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Routed {
+        let mut routed = Routed {
+            target: None,
+            result: Err(GatewayError::Internal("no upstream target".into())),
+        };
+        let ordered = self.targets.ordered(order);
+        let mut tried = vec![false; ordered.len()];
+        for forced in [false, true] {
+            for (target, tried) in ordered.iter().zip(tried.iter_mut()) {
+                let turn = match (*tried, forced) {
+                    (true, _) => continue,
+                    (false, false) => match target.admit() {
+                        Some(turn) => turn,
+                        None => continue,
+                    },
+                    (false, true) => target.force(),
+                };
+                *tried = true;
+                routed.target = Some(target.label.clone());
+                routed.result = self
+                    .attempt(
+                        &target.base,
+                        method.clone(),
+                        path,
+                        headers.clone(),
+                        body.clone(),
+                    )
+                    .await;
+                let health = health(&*self.profile, &routed.result);
+                let unreached = matches!(health, Health::Unreached);
+                turn.judge(health);
+                if !unreached {
+                    return routed;
+                }
+            }
+        }
+        routed
+    }
+
+    /// One attempt on one target, within the timeout, timed in the upstream's histogram.
+    async fn attempt(
+        &self,
+        base: &str,
+        method: Method,
+        path: &CallerPath,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), GatewayError> {
+        let uri = Self::uri(base, path)?;
         let started = Instant::now();
         let result =
             match tokio::time::timeout(self.timeout, self.exchange(method, uri, headers, body))
@@ -423,6 +622,14 @@ impl Upstream {
             .get_or_create(&self.label)
             .observe(started.elapsed().as_secs_f64());
         result
+    }
+
+    /// Remembers which target generated the document a successful reply's plain body
+    /// reports (the profile reads it), so that reads of it go there.
+    pub fn note_generated(&self, method: &Method, path: &CallerPath, plain: &[u8], target: &str) {
+        if let Some(document) = self.profile.generated_document(method, path, plain) {
+            self.targets.remember(&document, target);
+        }
     }
 
     async fn exchange(
@@ -468,6 +675,194 @@ impl Upstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::sync::mpsc;
+
+    /// A loopback HTTP server that answers every request `200 {}` and sends each request's
+    /// head (lower-cased) down the channel.
+    async fn recorder() -> (String, mpsc::UnboundedReceiver<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n")
+                        && conn.read(&mut byte).await.unwrap_or(0) == 1
+                    {
+                        head.push(byte[0]);
+                    }
+                    let _ = tx.send(String::from_utf8_lossy(&head).to_ascii_lowercase());
+                    let _ = conn
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
+                        )
+                        .await;
+                });
+            }
+        });
+        (url, rx)
+    }
+
+    /// An e-invoice upstream whose targets are `NIC1` at `irp1` and `NIC2` at `irp2`.
+    fn two_irps(irp1: &str, irp2: &str) -> (Upstream, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("upstream.pem");
+        let pem = KeyPair::generate().unwrap().public_key().to_pem().unwrap();
+        std::fs::write(&key, pem).unwrap();
+        let text = format!(
+            r#"
+[server]
+[[upstream]]
+name = "einvoice"
+api = "einvoice"
+routes = ["/eicore/"]
+auth_path = "/eivital/v1.04/auth"
+public_key = "{}"
+client_id = "a"
+client_secret = "b"
+[[upstream.targets]]
+base_url = "{irp1}"
+irp = "NIC1"
+[[upstream.targets]]
+base_url = "{irp2}"
+irp = "NIC2"
+"#,
+            key.display()
+        );
+        let config = crate::config::Config::parse(&text, std::path::Path::new("c.toml")).unwrap();
+        let (metrics, _) = Metrics::new();
+        (
+            Upstream::from_config(&config.upstreams[0], metrics).unwrap(),
+            dir,
+        )
+    }
+
+    fn lookup() -> CallerPath {
+        CallerPath::parse(
+            "/eicore/v1.03/Invoice/irnbydocdetails",
+            Some("doctype=INV&docnum=1&docdate=01/04/2026"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_5xx_fails_a_target_unless_it_carries_a_business_answer_and_a_timeout_fails_it() {
+        let reply = |status: u16, body: &'static str| {
+            Ok((
+                StatusCode::from_u16(status).unwrap(),
+                HeaderMap::new(),
+                Bytes::from_static(body.as_bytes()),
+            ))
+        };
+        let of = |result| health(&einvoice::Einvoice, &result);
+        assert!(matches!(
+            of(reply(502, "<html>Bad gateway</html>")),
+            Health::Failed
+        ));
+        let down = r#"{"Status":0,"ErrorDetails":[{"ErrorCode":"5002","ErrorMessage":"application error"}]}"#;
+        assert!(matches!(of(reply(500, down)), Health::Failed));
+        let duplicate =
+            r#"{"Status":0,"ErrorDetails":[{"ErrorCode":"2150","ErrorMessage":"Duplicate IRN"}]}"#;
+        assert!(matches!(of(reply(500, duplicate)), Health::Answered));
+        assert!(matches!(of(reply(200, down)), Health::Answered));
+        assert!(matches!(
+            of(Err(GatewayError::UpstreamTimeout(1000))),
+            Health::Failed
+        ));
+        assert!(matches!(
+            of(Err(GatewayError::Internal("x".into()))),
+            Health::Unknown
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_holder_of_a_generated_irn_is_named_unless_the_caller_named_a_portal() {
+        let (upstream, _dir) = two_irps("http://127.0.0.1:1", "http://127.0.0.1:2");
+        let irn = "b".repeat(64);
+        let generate = CallerPath::parse("/eicore/v1.03/Invoice", None).unwrap();
+        let reply = format!(r#"{{"Status":1,"Data":{{"Irn":"{irn}"}}}}"#);
+        upstream.note_generated(&Method::POST, &generate, reply.as_bytes(), "NIC2");
+        let read = format!("/eicore/v1.03/Invoice/irn/{}", irn.to_ascii_uppercase());
+        let read = CallerPath::parse(&read, None).unwrap();
+        let mut headers = HeaderMap::new();
+        upstream.name_holder(&mut headers, &Method::GET, &read, b"");
+        assert_eq!(
+            headers.get("irp").map(HeaderValue::as_bytes),
+            Some(&b"NIC2"[..])
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("irp", HeaderValue::from_static("NIC9"));
+        upstream.name_holder(&mut headers, &Method::GET, &read, b"");
+        assert_eq!(
+            headers.get("irp").map(HeaderValue::as_bytes),
+            Some(&b"NIC9"[..])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_target_refusing_connections_hands_the_request_to_the_next_at_once() {
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let (irp2, mut seen) = recorder().await;
+        let (upstream, _dir) = two_irps(&refused, &irp2);
+        let routed = upstream
+            .dispatch(Method::GET, &lookup(), HeaderMap::new(), Bytes::new())
+            .await;
+        assert_eq!(routed.target.as_deref(), Some("NIC2"));
+        assert_eq!(routed.result.map(|r| r.0).ok(), Some(StatusCode::OK));
+        assert!(!seen.recv().await.unwrap().contains("\r\nirp:"));
+    }
+
+    #[tokio::test]
+    async fn an_open_target_is_still_tried_when_no_target_its_circuit_admits_could_be_reached() {
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let (irp1, mut seen) = recorder().await;
+        let (upstream, _dir) = two_irps(&irp1, &refused);
+        let nic1 = upstream.targets.ordered(Order::Configured)[0];
+        while nic1.state() == crate::breaker::State::Closed {
+            nic1.admit().expect("closed").judge(Health::Failed);
+        }
+        let routed = upstream
+            .dispatch(Method::GET, &lookup(), HeaderMap::new(), Bytes::new())
+            .await;
+        assert_eq!(routed.target.as_deref(), Some("NIC1"));
+        assert_eq!(routed.result.map(|r| r.0).ok(), Some(StatusCode::OK));
+        assert!(seen.recv().await.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_lookup_after_a_failure_on_one_irp_goes_to_the_other_naming_the_first() {
+        let (irp1, mut seen1) = recorder().await;
+        let (irp2, mut seen2) = recorder().await;
+        let (upstream, _dir) = two_irps(&irp1, &irp2);
+        let routed = upstream
+            .dispatch_elsewhere(
+                "NIC1",
+                Method::GET,
+                &lookup(),
+                HeaderMap::new(),
+                Bytes::new(),
+            )
+            .await;
+        assert_eq!(routed.target.as_deref(), Some("NIC2"));
+        assert!(seen2.recv().await.unwrap().contains("\r\nirp: nic1\r\n"));
+        assert!(seen1.try_recv().is_err(), "NIC1 was not asked");
+        // Any other call goes to the primary, without an `irp` header.
+        let routed = upstream
+            .dispatch(Method::GET, &lookup(), HeaderMap::new(), Bytes::new())
+            .await;
+        assert_eq!(routed.target.as_deref(), Some("NIC1"));
+        assert!(!seen1.recv().await.unwrap().contains("\r\nirp:"));
+    }
 
     #[test]
     fn no_header_a_profile_injects_can_be_forwarded_from_a_caller() {

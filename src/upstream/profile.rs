@@ -224,6 +224,16 @@ pub(crate) fn bodiless(method: &Method, body: &[u8]) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::DELETE) && body.is_empty()
 }
 
+/// The portals of an API that several serve with one login, and the header that names the
+/// portal holding a call's document.
+#[derive(Debug)]
+pub struct Portals {
+    /// The header (lower case).
+    pub header: &'static str,
+    /// The portal names it takes, which `[[upstream.targets]]`' `irp` must be one of.
+    pub names: &'static [&'static str],
+}
+
 /// The API-specific behaviour of an upstream.
 pub trait Profile: Send + Sync + 'static {
     /// Default header names, in [`crate::config::HEADER_ROLES`] order.
@@ -322,6 +332,30 @@ pub trait Profile: Send + Sync + 'static {
         upstream: &UpstreamConfig,
         credential: &CredentialConfig,
     ) -> Result<(), (&'static str, String)>;
+
+    /// The portals of an API served by several that share one login (NIC's IRPs), which an
+    /// upstream may list as `[[upstream.targets]]`; `None`: one base URL only.
+    fn portals(&self) -> Option<&'static Portals> {
+        None
+    }
+
+    /// The document a call is about (an IRN: in a read's path, in a cancel's body), so that
+    /// it goes to the portal that generated it; `body` is the caller's plain JSON in gateway
+    /// mode.
+    fn document_named(&self, _method: &Method, _path: &CallerPath, _body: &[u8]) -> Option<String> {
+        None
+    }
+
+    /// The document a successful generate created, from its plain reply (an IRN), so that
+    /// reads of it go to the portal that generated it.
+    fn generated_document(
+        &self,
+        _method: &Method,
+        _path: &CallerPath,
+        _plain: &[u8],
+    ) -> Option<String> {
+        None
+    }
 
     /// Settings of `upstream` this API accepts but that are likely a mistake.
     fn config_warnings(&self, _upstream: &UpstreamConfig) -> Vec<String> {

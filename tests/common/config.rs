@@ -47,6 +47,8 @@ pub struct GwOpts {
     pub extra_toml: String,
     /// Extra TOML lines at the end of the `[server]` table.
     pub server_extra: String,
+    /// `[[upstream.targets]]` as (base URL, `irp`), replacing `base_url` when not empty.
+    pub targets: Vec<(String, &'static str)>,
     /// The body of the `[store]` table. `memory` unless a test is about the store, so that
     /// no test writes a store file it does not own.
     pub store: String,
@@ -75,6 +77,7 @@ impl Default for GwOpts {
             extra_toml: String::new(),
             server_extra: String::new(),
             store: "backend = \"memory\"".into(),
+            targets: vec![],
         }
     }
 }
@@ -116,12 +119,17 @@ shutdown_grace = "{grace}"
     );
     for api in &o.apis {
         let (routes, auth_path) = api_paths(api);
+        let base = if o.targets.is_empty() {
+            format!("base_url = \"{base_url}\"")
+        } else {
+            String::new()
+        };
         s.push_str(&format!(
             r#"
 [[upstream]]
 name = "{api}"
 api = "{api}"
-base_url = "{base_url}"
+{base}
 routes = {routes}
 auth_path = "{auth_path}"
 public_key = "{key}"
@@ -144,6 +152,11 @@ max_logins = {max_logins}
             checksum = o.gstin_checksum,
             extra = o.upstream_extra,
         ));
+        for (url, irp) in &o.targets {
+            s.push_str(&format!(
+                "[[upstream.targets]]\nbase_url = \"{url}\"\nirp = \"{irp}\"\n"
+            ));
+        }
     }
     let upstreams: Vec<String> = o.apis.iter().map(|a| format!("\"{a}\"")).collect();
     for (g, u, p) in &o.credentials {
