@@ -406,6 +406,34 @@ async fn commit_drop_commits_the_document_and_closes_the_connection_without_a_re
     assert_eq!(counters["generates"], 2, "{counters}");
 }
 
+/// `reply_latency_ms` holds the reply after the document is committed: a client that gives
+/// up meanwhile has lost the reply of an IRN that exists (what a replica killed mid-request
+/// leaves behind).
+#[tokio::test]
+async fn reply_latency_holds_the_reply_of_a_committed_document() {
+    let irps = Irps::start().await;
+    irps.sim
+        .control("/_sim/knobs", json!({"reply_latency_ms": 5000}))
+        .await;
+    let gave_up = irps
+        .try_call(
+            1,
+            Method::POST,
+            INVOICE,
+            Some(&invoice("RL-1")),
+            None,
+            Duration::from_millis(400),
+        )
+        .await
+        .err()
+        .expect("no reply within the client's patience");
+    assert!(gave_up.is_timeout(), "{gave_up:?}");
+    let docs = irps.sim.documents().await;
+    assert_eq!(docs["irn_count"], 1, "the document was committed: {docs}");
+    let knobs = irps.sim.get_json("/_sim/knobs").await;
+    assert_eq!(knobs["reply_latency_ms"], 5000, "{knobs}");
+}
+
 #[tokio::test]
 async fn a_hang_fault_holds_the_request_before_the_simulator_processes_it() {
     let irps = Irps::start().await;

@@ -6,7 +6,7 @@
 //! | `GET /_sim/counters`, `POST /_sim/counters/reset` | totals and per-GSTIN counts of logins (every API's auth calls), forced refreshes, new tokens, token rejections, data calls, GSTN OTP requests and refreshes, generate calls processed; logins, data calls and generates per portal (`per_irp`) |
 //! | `POST /_sim/revoke {"gstin","username"}` | every token of that user dies at once, in all three APIs; the next login issues a new one (GSTN: the user's portal sessions are dropped too, so the next step is an OTP login) |
 //! | `POST /_sim/reject-tokens {"gstin","enabled"}` | every data call for that GSTIN is answered 1005 / 238 / AUTH4033 (or no longer) |
-//! | `GET`/`POST /_sim/knobs` | read / partially update `latency_ms`, `token_ttl_secs` (new tokens only), `force_window_secs`, `error_http_status`, `force_refresh_revokes_old`, `ewb_plain_errors`, `ewb_login_window_secs`, `tamper_hmac`, `fixed_otp` (six digits, or null for random), `gstn_session_ttl_secs` (new sessions only), `gstn_max_sessions`, `stated_expiry_early_ms` (e-invoice `TokenExpiry` this much before the real expiry) |
+//! | `GET`/`POST /_sim/knobs` | read / partially update `latency_ms`, `reply_latency_ms`, `token_ttl_secs` (new tokens only), `force_window_secs`, `error_http_status`, `force_refresh_revokes_old`, `ewb_plain_errors`, `ewb_login_window_secs`, `tamper_hmac`, `fixed_otp` (six digits, or null for random), `gstn_session_ttl_secs` (new sessions only), `gstn_max_sessions`, `stated_expiry_early_ms` (e-invoice `TokenExpiry` this much before the real expiry) |
 //! | `GET /_sim/otp?gstin=&username=` | the user's pending GSTN OTP `{"otp"}` (404 `{"error"}` when none) — the SMS a taxpayer would get |
 //! | `POST /_sim/gstn/access {"gstin","username","enabled"}` | switch the user's GSTN API access (off: OTPREQUEST/AUTHTOKEN answer AUTH4037) |
 //! | `POST /_sim/gstn/end-session {"gstin","username"}` | end the user's GSTN portal sessions now (refresh and data calls answer AUTH4038) |
@@ -153,6 +153,7 @@ async fn reject_tokens(
 #[serde(deny_unknown_fields)]
 struct KnobsBody {
     latency_ms: Option<u64>,
+    reply_latency_ms: Option<u64>,
     token_ttl_secs: Option<u64>,
     force_window_secs: Option<u64>,
     error_http_status: Option<u16>,
@@ -180,6 +181,7 @@ where
 fn knobs_json(k: &Knobs) -> Json<Value> {
     Json(json!({
         "latency_ms": k.latency.as_millis() as u64,
+        "reply_latency_ms": k.reply_latency.as_millis() as u64,
         "token_ttl_secs": k.token_ttl.as_secs(),
         "force_window_secs": k.force_window.as_secs(),
         "error_http_status": k.error_http_status,
@@ -214,6 +216,9 @@ async fn set_knobs(State(sim): State<Arc<SimState>>, JsonBody(b): JsonBody<Knobs
     let mut k = lock(&sim.knobs);
     if let Some(ms) = b.latency_ms {
         k.latency = Duration::from_millis(ms);
+    }
+    if let Some(ms) = b.reply_latency_ms {
+        k.reply_latency = Duration::from_millis(ms);
     }
     if let Some(s) = b.token_ttl_secs {
         k.token_ttl = Duration::from_secs(s);

@@ -436,6 +436,7 @@ pub async fn start(cfg: SimConfig) -> Result<SimHandle, SimError> {
         allow_duplicate_irn: cfg.allow_duplicate_irn,
         knobs: Mutex::new(Knobs {
             latency: cfg.latency,
+            reply_latency: Duration::ZERO,
             token_ttl: cfg.token_ttl,
             force_window: cfg.force_window,
             error_http_status: cfg.error_http_status,

@@ -209,7 +209,8 @@ enum Kind {
 }
 
 /// The layer in front of every protocol route (and the 404 fallback): buffers the body, logs
-/// the request, counts it, applies an active fault, adds the artificial latency to data calls.
+/// the request, counts it, applies an active fault, adds the artificial latency to data calls (`latency` before
+/// the handler, `reply_latency` after it).
 pub async fn intercept(State(sim): State<Arc<SimState>>, req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
@@ -288,6 +289,13 @@ pub async fn intercept(State(sim): State<Arc<SimState>>, req: Request, next: Nex
     let mut res = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
+    if kind == Kind::Data {
+        // After the handler: the document exists while the reply waits.
+        let reply_latency = lock(&sim.knobs).reply_latency;
+        if !reply_latency.is_zero() {
+            tokio::time::sleep(reply_latency).await;
+        }
+    }
     if commit_drop {
         return faults::drop_connection(kill).await;
     }

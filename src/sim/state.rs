@@ -55,6 +55,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct Knobs {
     /// Artificial latency added to every data call.
     pub latency: Duration,
+    /// Delay between processing a data call (a generate's document committed) and sending
+    /// its reply: a client that gives up or dies in it has lost a reply whose document exists.
+    pub reply_latency: Duration,
     /// Lifetime of newly issued tokens (existing tokens keep their expiry).
     pub token_ttl: Duration,
     /// How close to expiry `ForceRefreshAccessToken` starts to be honoured.
@@ -579,6 +582,7 @@ mod tests {
     fn knobs(ttl: u64, window: u64) -> Knobs {
         Knobs {
             latency: Duration::ZERO,
+            reply_latency: Duration::ZERO,
             token_ttl: Duration::from_secs(ttl),
             force_window: Duration::from_secs(window),
             error_http_status: 200,
