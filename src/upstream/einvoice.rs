@@ -48,7 +48,9 @@ fn classify_code(code: &str) -> Class {
         "1008" | "1014" | "1017" | "1019" => Class::CredentialsRejected,
         "1007" | "1010" | "1011" | "1012" | "1013" | "1016" | "1018" => Class::Configuration,
         "1004" | "1006" | "1015" => Class::CallerInput,
-        "5001" | "5002" => Class::Transient,
+        // 5001/5002 "application error", and a GSP's word that the IRP is down: the
+        // upstream's trouble, which may have struck after it committed.
+        "5001" | "5002" | "GSPGSTDOWN" => Class::Transient,
         _ => Class::Business,
     }
 }
