@@ -517,25 +517,32 @@ impl Upstream {
         self.route(order, method, path, headers, body).await
     }
 
-    /// Sends a read about a document whose generate had an unknown outcome on the target
-    /// labelled `failed` (the `target` of that exchange): with the portal header naming
-    /// `failed`, where the document would be, and to the other targets first, `failed` last.
+    /// Sends a read about a document that the target labelled `portal` may hold, with the
+    /// portal header naming it; to the targets other than `failed` first (the one that had a
+    /// generate whose outcome is unknown, and may be failing), `failed` last.
     pub async fn dispatch_elsewhere(
         &self,
-        failed: &str,
+        portal: &str,
+        failed: Option<&str>,
         method: Method,
         path: &CallerPath,
         mut headers: HeaderMap,
         body: Bytes,
     ) -> Routed {
-        if let Some((name, value)) = self.targets.portal_of(failed) {
+        if let Some((name, value)) = self.targets.portal_of(portal) {
             headers.insert(name, value);
         }
-        let order = self
-            .targets
-            .position(failed)
+        let order = failed
+            .and_then(|failed| self.targets.position(failed))
             .map_or(Order::Configured, Order::Last);
         self.route(order, method, path, headers, body).await
+    }
+
+    /// The labels of the targets that have a portal name (NIC's IRPs), in configured order
+    /// with `first` moved first: the portals a lookup asks about in turn. Empty for an
+    /// upstream with one unnamed target.
+    pub fn portals(&self, first: Option<&str>) -> Vec<Arc<str>> {
+        self.targets.portals(first)
     }
 
     /// Sends a generate again after its first attempt failed on the target `failed` and a
@@ -870,6 +877,7 @@ irp = "NIC2"
         let routed = upstream
             .dispatch_elsewhere(
                 "NIC1",
+                Some("NIC1"),
                 Method::GET,
                 &lookup(),
                 HeaderMap::new(),
@@ -885,6 +893,25 @@ irp = "NIC2"
             .await;
         assert_eq!(routed.target.as_deref(), Some("NIC1"));
         assert!(!seen1.recv().await.unwrap().contains("\r\nirp:"));
+        // A lookup asking about NIC2 while NIC1 is the one that failed: NIC2, naming NIC2.
+        let routed = upstream
+            .dispatch_elsewhere(
+                "NIC2",
+                Some("NIC1"),
+                Method::GET,
+                &lookup(),
+                HeaderMap::new(),
+                Bytes::new(),
+            )
+            .await;
+        assert_eq!(routed.target.as_deref(), Some("NIC2"));
+        assert!(seen2.recv().await.unwrap().contains("\r\nirp: nic2\r\n"));
+        assert!(seen1.try_recv().is_err(), "NIC1 was not asked");
+        assert_eq!(
+            upstream.portals(Some("NIC2")),
+            [Arc::from("NIC2"), "NIC1".into()]
+        );
+        assert_eq!(upstream.portals(None), [Arc::from("NIC1"), "NIC2".into()]);
     }
 
     #[test]
