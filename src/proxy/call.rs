@@ -94,6 +94,14 @@ impl Call<'_> {
             .generate(self.method, self.path, self.body)
     }
 
+    /// Whether this call may create a document though gstgate cannot read it as a generate
+    /// (a passthrough body): the profile tells by method, path and the body's plain parts.
+    pub(super) fn may_generate(&self) -> bool {
+        self.upstream
+            .profile
+            .may_generate(self.method, self.path, self.body)
+    }
+
     /// Builds the request with `session` (the token and SEK may differ between attempts) and
     /// sends it.
     pub(super) async fn exchange(

@@ -180,6 +180,18 @@ impl Proxy {
         }
     }
 
+    /// A generate gstgate cannot read (a passthrough body) whose earlier attempt may have
+    /// reached the upstream: it cannot be looked up, and sending it again could make a second
+    /// document or answer a duplicate. Nothing is sent; the caller, who can read it,
+    /// reconciles.
+    pub(super) fn unreadable_generate(&self, call: &Call<'_>) -> GatewayError {
+        self.metrics
+            .count_generate(&call.upstream.name, GenerateOutcome::Unknown);
+        GatewayError::OutcomeUnknown(
+            "an earlier attempt of this request may have reached the upstream, and gstgate cannot read this generate (its body is encrypted by the caller) to look its document up, so it did not send it again".to_owned(),
+        )
+    }
+
     /// The attempt's own answer; a retry's success is the recovered document.
     fn answer_attempt(
         &self,

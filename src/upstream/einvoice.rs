@@ -327,8 +327,12 @@ impl Profile for Einvoice {
         super::config_checks::require_password(upstream, credential)
     }
 
+    fn may_generate(&self, method: &Method, path: &CallerPath, _body: &[u8]) -> bool {
+        is_generate(method, path)
+    }
+
     fn generate(&self, method: &Method, path: &CallerPath, body: &[u8]) -> Option<Generate> {
-        if method != Method::POST {
+        if !is_generate(method, path) {
             return None;
         }
         if generate::ends_with(path, &["eicore", "v", "Invoice"]) {
@@ -339,6 +343,13 @@ impl Profile for Einvoice {
             None
         }
     }
+}
+
+/// Whether a call is a generate IRN or a generate e-way bill by IRN, by method and path.
+fn is_generate(method: &Method, path: &CallerPath) -> bool {
+    method == Method::POST
+        && (generate::ends_with(path, &["eicore", "v", "Invoice"])
+            || generate::ends_with(path, &["eiewb", "v", "ewaybill"]))
 }
 
 /// Generate IRN: found again by its document details (`DocDtls`), which NIC answers for a
@@ -600,6 +611,12 @@ mod tests {
         assert!(Einvoice.generate(&Method::POST, &path, b"{}").is_none());
         let cancel = CallerPath::parse("/eicore/v1.03/Invoice/Cancel", None).unwrap();
         assert!(Einvoice.generate(&Method::POST, &cancel, body).is_none());
+        // A passthrough generate's body is ciphertext: it is one by method and path alone.
+        assert!(Einvoice.may_generate(&Method::POST, &path, br#"{"Data":"x"}"#));
+        assert!(!Einvoice.may_generate(&Method::POST, &cancel, b""));
+        assert!(!Einvoice.may_generate(&Method::GET, &path, b""));
+        let by_irn = CallerPath::parse("/eiewb/v1.03/ewaybill", None).unwrap();
+        assert!(Einvoice.may_generate(&Method::POST, &by_irn, b""));
         let found = found_irn(
             "ACT",
             r#"{"DocTyp":"INV","DocNo":"a/1","DocDt":"01/04/2026"}"#,

@@ -216,6 +216,23 @@ impl Profile for Ewaybill {
         super::config_checks::require_password(upstream, credential)
     }
 
+    /// A POST to `ewayapi` whose plain `action` is `GENEWAYBILL`, or cannot be read (the
+    /// action travels in clear beside the encrypted `data`, so this is rarely a guess).
+    fn may_generate(&self, method: &Method, path: &CallerPath, body: &[u8]) -> bool {
+        if method != Method::POST || !generate::ends_with(path, &["ewaybillapi", "v", "ewayapi"]) {
+            return false;
+        }
+        let action = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|request| {
+                request
+                    .get("action")
+                    .and_then(Value::as_str)
+                    .map(|a| a.trim().to_ascii_uppercase())
+            });
+        action.is_none_or(|action| action == "GENEWAYBILL")
+    }
+
     fn generate(&self, method: &Method, path: &CallerPath, body: &[u8]) -> Option<Generate> {
         if method != Method::POST || !generate::ends_with(path, &["ewaybillapi", "v", "ewayapi"]) {
             return None;
@@ -406,6 +423,11 @@ mod tests {
         assert_eq!(g.duplicate, &["604"]);
         let cancel = br#"{"action":"CANEWB","data":{"ewbNo":1}}"#;
         assert!(Ewaybill.generate(&Method::POST, &path, cancel).is_none());
+        assert!(!Ewaybill.may_generate(&Method::POST, &path, cancel));
+        let sealed = br#"{"action":"GENEWAYBILL","data":"c2VhbGVk"}"#;
+        assert!(Ewaybill.may_generate(&Method::POST, &path, sealed));
+        assert!(Ewaybill.may_generate(&Method::POST, &path, b"not json"));
+        assert!(!Ewaybill.may_generate(&Method::GET, &path, sealed));
         let out: Value = serde_json::from_slice(
             &(g.answer)(&found(
                 json!({"ewayBillNo": 7, "ewayBillDate": "d", "validUpto": "v"}),
