@@ -443,6 +443,7 @@ fn check_config_takes_irp_targets_and_refuses_them_beside_base_url_or_with_an_un
 /// starts with its earlier attempt's outcome unknown, and with no IRP known to hold it
 /// (nothing was sent yet in this request): gstgate asks about each IRP in turn, finds the
 /// document on IRP 2 (IRP 1 alone says "not there") and answers it, with no second generate.
+/// A duplicate of it answered by IRP 1 is, with `return_existing`, found on IRP 2 the same way.
 #[tokio::test]
 async fn a_document_on_irp_2_is_found_when_no_holder_is_known_and_not_generated_again() {
     let irps = Portals::start().await;
@@ -450,7 +451,7 @@ async fn a_document_on_irp_2_is_found_when_no_holder_is_known_and_not_generated_
         &irps.sim,
         GwOpts {
             targets: irps.targets(),
-            upstream_extra: "breaker_failures = 100".into(),
+            upstream_extra: "breaker_failures = 100\nduplicate = \"return_existing\"".into(),
             ..GwOpts::default()
         },
     )
@@ -503,4 +504,16 @@ async fn a_document_on_irp_2_is_found_when_no_holder_is_known_and_not_generated_
         held.iter().all(|(_, _, calls)| *calls == 1),
         "a second generate reached the simulator: {held:?}"
     );
+
+    // The caller's own duplicate of it, answered 2150 by IRP 1 (duplicates span the IRPs):
+    // with `return_existing`, the existing IRN, found on IRP 2.
+    let res = gw.generate(GSTIN, "HOLDER/1").await;
+    let marked = res
+        .headers()
+        .get("gstgate-outcome")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["Status"], 1, "{body}");
+    assert_eq!(marked.as_deref(), Some("existing"));
+    assert_eq!(body["Data"]["Irn"], irn.as_str());
 }
