@@ -1,7 +1,8 @@
 //! Phase 8, outcome: a generate (IRN, e-way bill, e-way bill by IRN) whose reply was lost or
 //! said "duplicate" is answered with the document the upstream holds, found by a lookup on
-//! the same session through the same build and send code; or sent once more when the lookup
-//! says the upstream never saw it; or answered `outcome_unknown`. The rule is
+//! the same session through the same build and send code (asked about each IRP in turn,
+//! for an upstream with several); or sent once more when the lookups say the upstream never
+//! saw it; or answered `outcome_unknown`. The rule is
 //! [`crate::outcome`]'s; this phase carries it out and counts
 //! `gstgate_generate_outcomes_total`.
 
