@@ -79,8 +79,8 @@ pub enum Found {
     CannotTell,
 }
 
-/// The most lookups for one generate: a GSP that just lost a reply may lose the next one too,
-/// and a read is safe to repeat.
+/// The most lookups for one generate (about each IRP, for an upstream with several): a GSP
+/// that just lost a reply may lose the next one too, and a read is safe to repeat.
 pub const LOOKUPS: u32 = 5;
 
 /// What to answer after a lookup.

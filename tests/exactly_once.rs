@@ -454,3 +454,87 @@ async fn lookups_whose_replies_are_lost_are_made_again() {
     assert_eq!(held["irn_count"], 1, "{held}");
     assert_eq!(held["irns"][0]["irn"], irn.as_str());
 }
+
+/// A passthrough generate (its body the caller's, which gstgate cannot read) whose reply was
+/// lost after NIC committed leaves its `Idempotency-Key` open; the same request sent again
+/// cannot be looked up, so it is answered 502 `outcome_unknown` with nothing sent (review of
+/// issue 18: it used to be sent blind, and NIC's 2150 stored as the key's answer). A keyed
+/// cancel, which creates no document, is sent again after its own lost reply.
+#[tokio::test]
+async fn a_passthrough_generate_whose_earlier_attempt_may_have_landed_is_not_sent_again() {
+    let sim = Sim::start(SimOpts {
+        plain: true,
+        ..SimOpts::default()
+    })
+    .await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            encryption: "passthrough",
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let keyed = |key: &str, path: &str, body: &Value| {
+        gw.request(Method::POST, path)
+            .header("idempotency-key", key)
+            .json(body)
+    };
+    let generate = json!({ "Data": invoice(GSTIN, "PT-KEY/1") });
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "commit_drop", "count": 1, "path_prefix": INVOICE_PATH, "method": "POST"}),
+    )
+    .await;
+    let first = keyed("pt-generate", INVOICE_PATH, &generate)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 502, "the reply was lost");
+    assert_eq!(generates(&sim).await, 1);
+
+    let again = keyed("pt-generate", INVOICE_PATH, &generate)
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(again, 502, "outcome_unknown").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("cannot read this generate")),
+        "{problem}"
+    );
+    assert_eq!(generates(&sim).await, 1, "the generate was sent again");
+    let documents = sim.documents().await;
+    let held = documents["irns"].as_array().unwrap();
+    assert_eq!(held.len(), 1, "{documents}");
+    assert_eq!(held[0]["generate_calls"], 1, "{documents}");
+    assert_eq!(outcomes(&gw, "unknown").await, 1.0);
+
+    // A cancel creates no document: sent again after its lost reply.
+    let irn = held[0]["irn"].as_str().unwrap();
+    let cancel = json!({ "Data": {"Irn": irn, "CnlRsn": "2", "CnlRem": "wrong rate"} });
+    let cancel_path = format!("{INVOICE_PATH}/Cancel");
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "commit_drop", "count": 1, "path_prefix": cancel_path}),
+    )
+    .await;
+    let first = keyed("pt-cancel", &cancel_path, &cancel)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 502, "the reply was lost");
+    let again = keyed("pt-cancel", &cancel_path, &cancel)
+        .send()
+        .await
+        .unwrap();
+    let body: Value = again.json().await.unwrap();
+    assert_eq!(body["ErrorDetails"][0]["ErrorCode"], "9999", "{body}");
+    let cancels = einvoice_calls(&sim)
+        .await
+        .iter()
+        .filter(|c| c.ends_with("/Cancel"))
+        .count();
+    assert_eq!(cancels, 2, "the cancel was sent again");
+}

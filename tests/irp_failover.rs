@@ -436,3 +436,84 @@ fn check_config_takes_irp_targets_and_refuses_them_beside_base_url_or_with_an_un
         "{out}"
     );
 }
+
+/// A document one IRP holds is found whichever IRP gstgate asks (review of issue 18): a
+/// keyed generate commits on IRP 2 (IRP 1 refusing) and every reply from IRP 2 is lost, so it
+/// ends `outcome_unknown` and its key stays open. Sent again with IRP 1 back, the request
+/// starts with its earlier attempt's outcome unknown, and with no IRP known to hold it
+/// (nothing was sent yet in this request): gstgate asks about each IRP in turn, finds the
+/// document on IRP 2 (IRP 1 alone says "not there") and answers it, with no second generate.
+/// A duplicate of it answered by IRP 1 is, with `return_existing`, found on IRP 2 the same way.
+#[tokio::test]
+async fn a_document_on_irp_2_is_found_when_no_holder_is_known_and_not_generated_again() {
+    let irps = Portals::start().await;
+    let gw = Gateway::start(
+        &irps.sim,
+        GwOpts {
+            targets: irps.targets(),
+            upstream_extra: "breaker_failures = 100\nduplicate = \"return_existing\"".into(),
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    generate_ok(&gw, "WARM").await;
+    let keyed = || {
+        gw.request(Method::POST, "/eicore/v1.03/Invoice")
+            .header("idempotency-key", "irp-holder-unknown")
+            .json(&invoice(GSTIN, "HOLDER/1"))
+    };
+
+    irps.control(2, "/_sim/irps/1/down", json!({"mode": "refuse"}))
+        .await;
+    irps.control(
+        2,
+        "/_sim/faults",
+        json!({"mode": "commit_drop", "path_prefix": "/eicore/"}),
+    )
+    .await;
+    expect_problem(keyed().send().await.unwrap(), 502, "outcome_unknown").await;
+    let held = irps.irns().await;
+    assert_eq!(held.len(), 2, "WARM and the keyed one: {held:?}");
+    let (irn, _, calls) = held
+        .iter()
+        .find(|(_, irp, _)| irp == "NIC2")
+        .cloned()
+        .unwrap_or_else(|| panic!("the keyed document is not on NIC2: {held:?}"));
+    assert_eq!(calls, 1);
+
+    irps.http
+        .delete(format!("{}/_sim/faults", irps.urls[1]))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    irps.control(2, "/_sim/irps/1/up", json!({})).await;
+    let res = keyed().send().await.unwrap();
+    let marked = res
+        .headers()
+        .get("gstgate-outcome")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["Status"], 1, "{body}");
+    assert_eq!(marked.as_deref(), Some("recovered"));
+    assert_eq!(body["Data"]["Irn"], irn.as_str());
+    let held = irps.irns().await;
+    assert_eq!(held.len(), 2, "{held:?}");
+    assert!(
+        held.iter().all(|(_, _, calls)| *calls == 1),
+        "a second generate reached the simulator: {held:?}"
+    );
+
+    // The caller's own duplicate of it, answered 2150 by IRP 1 (duplicates span the IRPs):
+    // with `return_existing`, the existing IRN, found on IRP 2.
+    let res = gw.generate(GSTIN, "HOLDER/1").await;
+    let marked = res
+        .headers()
+        .get("gstgate-outcome")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["Status"], 1, "{body}");
+    assert_eq!(marked.as_deref(), Some("existing"));
+    assert_eq!(body["Data"]["Irn"], irn.as_str());
+}

@@ -46,9 +46,15 @@ pub(super) struct Call<'a> {
 pub(super) enum Aim<'a> {
     /// As configured, or to the holder of the document the call names.
     Usual,
-    /// A lookup of a document this IRP may hold after a generate there had an unknown
-    /// outcome: the other IRPs first (it may be the one failing), with `irp` naming it.
-    About(&'a str),
+    /// A lookup of a document IRP `portal` may hold, with `irp` naming it (NIC answers a
+    /// document held on another IRP as absent); sent to the IRPs other than `avoiding` first:
+    /// the one that had the generate whose outcome is unknown, which may be failing.
+    About {
+        /// The IRP (target label) the lookup asks about.
+        portal: &'a str,
+        /// The IRP that may have just failed the generate: tried last.
+        avoiding: Option<&'a str>,
+    },
     /// A generate sent again after this IRP failed it and a lookup found nothing: the other
     /// IRPs first.
     Avoiding(&'a str),
@@ -88,6 +94,14 @@ impl Call<'_> {
             .generate(self.method, self.path, self.body)
     }
 
+    /// Whether this call may create a document though gstgate cannot read it as a generate
+    /// (a passthrough body): the profile tells by method, path and the body's plain parts.
+    pub(super) fn may_generate(&self) -> bool {
+        self.upstream
+            .profile
+            .may_generate(self.method, self.path, self.body)
+    }
+
     /// Builds the request with `session` (the token and SEK may differ between attempts) and
     /// sends it.
     pub(super) async fn exchange(
@@ -99,9 +113,9 @@ impl Call<'_> {
         let (method, upstream) = (self.method.clone(), self.upstream);
         let routed = match self.aim {
             Aim::Usual => upstream.dispatch(method, self.path, headers, wire).await,
-            Aim::About(holder) => {
+            Aim::About { portal, avoiding } => {
                 upstream
-                    .dispatch_elsewhere(holder, method, self.path, headers, wire)
+                    .dispatch_elsewhere(portal, avoiding, method, self.path, headers, wire)
                     .await
             }
             Aim::Avoiding(failed) => {

@@ -364,6 +364,9 @@ impl Proxy {
     ) -> Result<Response<Body>, GatewayError> {
         match call.generate() {
             Some(generate) => self.generate(call, &generate, session, outcome).await,
+            None if call.earlier_attempt_unknown && call.may_generate() => {
+                Err(self.unreadable_generate(call))
+            }
             None => self.attempt(call, session, outcome).await.answer,
         }
     }

@@ -1,7 +1,8 @@
 //! Phase 8, outcome: a generate (IRN, e-way bill, e-way bill by IRN) whose reply was lost or
 //! said "duplicate" is answered with the document the upstream holds, found by a lookup on
-//! the same session through the same build and send code; or sent once more when the lookup
-//! says the upstream never saw it; or answered `outcome_unknown`. The rule is
+//! the same session through the same build and send code (asked about each IRP in turn,
+//! for an upstream with several); or sent once more when the lookups say the upstream never
+//! saw it; or answered `outcome_unknown`. The rule is
 //! [`crate::outcome`]'s; this phase carries it out and counts
 //! `gstgate_generate_outcomes_total`.
 
@@ -145,21 +146,15 @@ impl Proxy {
                 Step::Answer => return self.answer_attempt(call, attempted, round),
                 Step::LookUp(reason) => reason,
             };
-            let mut lookups = Lookups {
-                made: 0,
-                next: Trigger::Cold,
-                holder: holder.clone(),
-            };
-            let mut found = self.look_up(call, generate, &mut lookups, outcome).await;
-            while rule::look_again(&found, lookups.made) {
-                found = self.look_up(call, generate, &mut lookups, outcome).await;
-            }
+            let (found, at) = self
+                .look_up_everywhere(call, generate, holder.as_ref(), outcome)
+                .await;
             match rule::after_lookup(reason, round, found) {
                 Settle::Recovered(doc) => {
-                    return Ok(self.found(call, doc, holder, GenerateOutcome::Recovered))
+                    return Ok(self.found(call, doc, at, GenerateOutcome::Recovered))
                 }
                 Settle::Existing(doc) => {
-                    return Ok(self.found(call, doc, holder, GenerateOutcome::Existing))
+                    return Ok(self.found(call, doc, at, GenerateOutcome::Existing))
                 }
                 Settle::Original => {
                     self.metrics
@@ -186,6 +181,18 @@ impl Proxy {
         }
     }
 
+    /// A generate gstgate cannot read (a passthrough body) whose earlier attempt may have
+    /// reached the upstream: it cannot be looked up, and sending it again could make a second
+    /// document or answer a duplicate. Nothing is sent; the caller, who can read it,
+    /// reconciles.
+    pub(super) fn unreadable_generate(&self, call: &Call<'_>) -> GatewayError {
+        self.metrics
+            .count_generate(&call.upstream.name, GenerateOutcome::Unknown);
+        GatewayError::OutcomeUnknown(
+            "an earlier attempt of this request may have reached the upstream, and gstgate cannot read this generate (its body is encrypted by the caller) to look its document up, so it did not send it again".to_owned(),
+        )
+    }
+
     /// The attempt's own answer; a retry's success is the recovered document.
     fn answer_attempt(
         &self,
@@ -207,6 +214,66 @@ impl Proxy {
         answer
     }
 
+    /// Looks the generate's document up about each of the upstream's portals (IRPs) in turn,
+    /// `holder` (the one that had the last attempt, when known) first: NIC answers a document
+    /// held on another IRP as absent, and the document may be on any of them (a generate
+    /// failed over, or a dead replica's on another IRP). Absent only when every portal says
+    /// so; a document found on any is the answer, with the portal it was found about. An
+    /// upstream without portal names makes one lookup.
+    async fn look_up_everywhere(
+        &self,
+        call: &Call<'_>,
+        generate: &Generate,
+        holder: Option<&Arc<str>>,
+        outcome: &mut Outcome,
+    ) -> (Found, Option<Arc<str>>) {
+        let portals = call.upstream.portals(holder.map(|h| &**h));
+        if portals.is_empty() {
+            let found = self
+                .look_up_about(call, generate, holder, holder, outcome)
+                .await;
+            return (found, holder.cloned());
+        }
+        let mut said = Found::Absent;
+        for portal in portals {
+            match self
+                .look_up_about(call, generate, Some(&portal), holder, outcome)
+                .await
+            {
+                Found::Document(doc) => return (Found::Document(doc), Some(portal)),
+                Found::Absent => {}
+                other => said = other,
+            }
+        }
+        (said, holder.cloned())
+    }
+
+    /// Looks the document up as IRP `portal` holds it (asked of the IRPs other than
+    /// `avoiding` first), once more while the lookup's own reply is lost, a bounded number
+    /// of times.
+    async fn look_up_about(
+        &self,
+        call: &Call<'_>,
+        generate: &Generate,
+        portal: Option<&Arc<str>>,
+        avoiding: Option<&Arc<str>>,
+        outcome: &mut Outcome,
+    ) -> Found {
+        let mut lookups = Lookups {
+            made: 0,
+            next: Trigger::Cold,
+            aim: portal.map_or(Aim::Usual, |portal| Aim::About {
+                portal,
+                avoiding: avoiding.map(|a| &**a),
+            }),
+        };
+        let mut found = self.look_up(call, generate, &mut lookups, outcome).await;
+        while rule::look_again(&found, lookups.made) {
+            found = self.look_up(call, generate, &mut lookups, outcome).await;
+        }
+        found
+    }
+
     /// Looks the generate's document up with the slot's current session, through the same
     /// build and send code as the call (its headers, GSTIN and encryption). A rejected token
     /// is invalidated, and the lookup counts as lost: the next one gets a new session.
@@ -214,7 +281,7 @@ impl Proxy {
         &self,
         call: &Call<'_>,
         generate: &Generate,
-        lookups: &mut Lookups,
+        lookups: &mut Lookups<'_>,
         outcome: &mut Outcome,
     ) -> Found {
         lookups.made += 1;
@@ -227,7 +294,7 @@ impl Proxy {
             method: &Method::GET,
             path: &generate.lookup,
             body: &empty,
-            aim: lookups.holder.as_deref().map_or(Aim::Usual, Aim::About),
+            aim: lookups.aim,
             ..*call
         };
         let sent = match lookup.exchange(&session, outcome).await {
@@ -264,7 +331,7 @@ impl Proxy {
 
     /// The document found, as the generate's success answer: plain JSON, sealed again for a
     /// drop-in caller.
-    /// Later reads of it are sent with the `irp` of `holder`, the IRP it was looked up for.
+    /// Later reads of it are sent with the `irp` of `holder`, the IRP it was found on.
     fn found(
         &self,
         call: &Call<'_>,
@@ -292,15 +359,14 @@ impl Proxy {
     }
 }
 
-/// The lookups of one generate so far.
-struct Lookups {
+/// The lookups of one generate about one IRP so far.
+struct Lookups<'a> {
     /// How many were made.
     made: u32,
     /// Why the next one may need a new session.
     next: Trigger,
-    /// The IRP (target) that may hold the document: lookups go to the other IRPs first,
-    /// naming it in the `irp` header, since it may be the one that just failed.
-    holder: Option<Arc<str>>,
+    /// Which IRP they ask about (the `irp` header) and which one they try last.
+    aim: Aim<'a>,
 }
 
 /// Marks an answer gstgate made up with how it came about.

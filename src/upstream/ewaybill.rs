@@ -216,6 +216,23 @@ impl Profile for Ewaybill {
         super::config_checks::require_password(upstream, credential)
     }
 
+    /// A POST to `ewayapi` whose plain `action` is `GENEWAYBILL`, or cannot be read (the
+    /// action travels in clear beside the encrypted `data`, so this is rarely a guess).
+    fn may_generate(&self, method: &Method, path: &CallerPath, body: &[u8]) -> bool {
+        if method != Method::POST || !generate::ends_with(path, &["ewaybillapi", "v", "ewayapi"]) {
+            return false;
+        }
+        let action = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|request| {
+                request
+                    .get("action")
+                    .and_then(Value::as_str)
+                    .map(|a| a.trim().to_ascii_uppercase())
+            });
+        action.is_none_or(|action| action == "GENEWAYBILL")
+    }
+
     fn generate(&self, method: &Method, path: &CallerPath, body: &[u8]) -> Option<Generate> {
         if method != Method::POST || !generate::ends_with(path, &["ewaybillapi", "v", "ewayapi"]) {
             return None;
@@ -232,16 +249,22 @@ impl Profile for Ewaybill {
                 .map(str::trim)
                 .filter(|v| !v.is_empty())
         };
+        let wanted = Bill {
+            typ: field("docType")?.to_owned(),
+            no: field("docNo")?.to_owned(),
+            date: field("docDate")?.to_owned(),
+            from: field("fromGstin")?.to_owned(),
+        };
         let lookup = generate::lookup(
             path,
             "/GetEwayBillGeneratedByConsigner",
-            &[("docType", field("docType")?), ("docNo", field("docNo")?)],
+            &[("docType", &wanted.typ), ("docNo", &wanted.no)],
         )?;
         Some(Generate {
             lookup,
             duplicate: &["604"],
             absent: &["325"],
-            answer: generated_answer,
+            answer: Box::new(move |plain| generated_answer(plain, &wanted)),
         })
     }
 
@@ -260,15 +283,35 @@ impl Profile for Ewaybill {
     }
 }
 
+/// The document a generate e-way bill is for, as its lookup's reply must show it.
+struct Bill {
+    /// `docType`.
+    typ: String,
+    /// `docNo`.
+    no: String,
+    /// `docDate`, dd/mm/yyyy.
+    date: String,
+    /// `fromGstin`, the consignor.
+    from: String,
+}
+
 /// The generate's reply (`ewayBillNo`, `ewayBillDate`, `validUpto`) from the e-way bill NIC
-/// holds for the document (an object, or a list whose first entry is it); a cancelled one
-/// stands for no generate.
-fn generated_answer(plain: &[u8]) -> Option<Vec<u8>> {
+/// holds for the document (an object, or a list of them): the one whose `docType`, `docNo`,
+/// `docDate` and `fromGstin` are the request's, for the lookup asks by type and number only
+/// and a GSP may answer for another document. None of them, or a cancelled one, stands for
+/// no generate.
+fn generated_answer(plain: &[u8], wanted: &Bill) -> Option<Vec<u8>> {
     let reply: Value = serde_json::from_slice(plain).ok()?;
-    let data = match reply.get("data")? {
-        Value::Array(bills) => bills.first()?,
-        other => other,
+    let bills = match reply.get("data")? {
+        Value::Array(bills) => bills.iter().collect::<Vec<_>>(),
+        other => vec![other],
     };
+    let data = bills.into_iter().find(|bill| {
+        generate::same(bill.get("docType"), &wanted.typ)
+            && generate::same(bill.get("docNo"), &wanted.no)
+            && generate::same(bill.get("docDate"), &wanted.date)
+            && generate::same(bill.get("fromGstin"), &wanted.from)
+    })?;
     let number = data.get("ewayBillNo").filter(|n| !n.is_null())?;
     if data.get("status").and_then(Value::as_str) == Some("CNL") {
         return None;
@@ -370,7 +413,7 @@ mod tests {
     #[test]
     fn an_ewb_generate_is_looked_up_by_its_document() {
         let path = CallerPath::parse("/ewaybillapi/v1.03/ewayapi", None).unwrap();
-        let body = br#"{"action":"GENEWAYBILL","data":{"docType":"INV","docNo":"E/1"}}"#;
+        let body = br#"{"action":"GENEWAYBILL","data":{"docType":"INV","docNo":"E/1","docDate":"01/04/2026","fromGstin":"29AAGCB1286Q000"}}"#;
         let g = Ewaybill.generate(&Method::POST, &path, body).unwrap();
         assert_eq!(
             g.lookup.path(),
@@ -380,15 +423,64 @@ mod tests {
         assert_eq!(g.duplicate, &["604"]);
         let cancel = br#"{"action":"CANEWB","data":{"ewbNo":1}}"#;
         assert!(Ewaybill.generate(&Method::POST, &path, cancel).is_none());
+        assert!(!Ewaybill.may_generate(&Method::POST, &path, cancel));
+        let sealed = br#"{"action":"GENEWAYBILL","data":"c2VhbGVk"}"#;
+        assert!(Ewaybill.may_generate(&Method::POST, &path, sealed));
+        assert!(Ewaybill.may_generate(&Method::POST, &path, b"not json"));
+        assert!(!Ewaybill.may_generate(&Method::GET, &path, sealed));
         let out: Value = serde_json::from_slice(
-            &(g.answer)(
-                br#"{"status":"1","data":{"ewayBillNo":7,"ewayBillDate":"d","validUpto":"v"}}"#,
-            )
+            &(g.answer)(&found(
+                json!({"ewayBillNo": 7, "ewayBillDate": "d", "validUpto": "v"}),
+            ))
             .unwrap(),
         )
         .unwrap();
         assert_eq!(out["data"]["ewayBillNo"], 7);
         assert!((g.answer)(br#"{"status":"1","data":{}}"#).is_none());
+        let without = br#"{"action":"GENEWAYBILL","data":{"docType":"INV","docNo":"E/1"}}"#;
+        assert!(
+            Ewaybill.generate(&Method::POST, &path, without).is_none(),
+            "no docDate nor fromGstin to check a lookup against"
+        );
+    }
+
+    /// A decoded lookup reply holding the e-way bill of the test's document, with `extra`.
+    fn found(extra: Value) -> Vec<u8> {
+        let mut bill = json!({"docType": "INV", "docNo": "e/1", "docDate": "01/04/2026",
+            "fromGstin": "29AAGCB1286Q000", "status": "ACT"});
+        for (k, v) in extra.as_object().unwrap() {
+            bill[k] = v.clone();
+        }
+        json!({"status": "1", "data": bill})
+            .to_string()
+            .into_bytes()
+    }
+
+    #[test]
+    fn an_ewb_found_for_another_document_or_gstin_is_not_the_callers() {
+        let path = CallerPath::parse("/ewaybillapi/v1.03/ewayapi", None).unwrap();
+        let body = br#"{"action":"GENEWAYBILL","data":{"docType":"INV","docNo":"E/1","docDate":"01/04/2026","fromGstin":"29AAGCB1286Q000"}}"#;
+        let g = Ewaybill.generate(&Method::POST, &path, body).unwrap();
+        assert!((g.answer)(&found(json!({"ewayBillNo": 7}))).is_some());
+        for other in [
+            json!({"ewayBillNo": 7, "docNo": "E/2"}),
+            json!({"ewayBillNo": 7, "docType": "CHL"}),
+            json!({"ewayBillNo": 7, "docDate": "02/04/2026"}),
+            json!({"ewayBillNo": 7, "fromGstin": "27AAGCB1286Q000"}),
+            json!({"ewayBillNo": 7, "docDate": null}),
+        ] {
+            assert!((g.answer)(&found(other.clone())).is_none(), "{other}");
+        }
+        // In a list, the caller's bill is picked, not the first.
+        let list = json!({"status": "1", "data": [
+            {"ewayBillNo": 1, "docType": "INV", "docNo": "E/1", "docDate": "02/04/2026",
+             "fromGstin": "29AAGCB1286Q000"},
+            {"ewayBillNo": 2, "docType": "INV", "docNo": "E/1", "docDate": "01/04/2026",
+             "fromGstin": "29AAGCB1286Q000"},
+        ]});
+        let out: Value =
+            serde_json::from_slice(&(g.answer)(list.to_string().as_bytes()).unwrap()).unwrap();
+        assert_eq!(out["data"]["ewayBillNo"], 2);
     }
 
     #[test]

@@ -14,8 +14,20 @@ pub struct Generate {
     /// The upstream error codes with which the lookup says it holds no such document.
     pub absent: &'static [&'static str],
     /// Turns the lookup's decoded reply into the generate's own success reply (plain JSON);
-    /// `None` when the document found cannot stand for one (cancelled, unreadable).
-    pub answer: fn(&[u8]) -> Option<Vec<u8>>,
+    /// `None` when the document found cannot stand for one (cancelled, unreadable, or not the
+    /// caller's: its document details differ from the request's).
+    pub answer: Answer,
+}
+
+/// How a lookup's decoded reply becomes the generate's success reply, knowing the request.
+pub type Answer = Box<dyn Fn(&[u8]) -> Option<Vec<u8>> + Send + Sync>;
+
+/// Whether a document detail in a lookup's reply is the request's: both present, equal but
+/// for surrounding blanks and ASCII case (NIC takes document numbers in either case).
+pub fn same(found: Option<&serde_json::Value>, wanted: &str) -> bool {
+    found
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|f| f.trim().eq_ignore_ascii_case(wanted.trim()))
 }
 
 /// Whether `path` ends with the segments of `pattern`, ASCII case ignored; a `"v"` in the
@@ -79,6 +91,15 @@ mod tests {
 
     fn path(p: &str) -> CallerPath {
         CallerPath::parse(p, None).unwrap()
+    }
+
+    #[test]
+    fn a_detail_is_the_same_only_when_present_and_equal_but_for_case_and_blanks() {
+        let v = serde_json::json!({"No": " a/1 ", "n": 1});
+        assert!(same(v.get("No"), "A/1"));
+        assert!(!same(v.get("No"), "A/2"));
+        assert!(!same(v.get("missing"), "A/1"));
+        assert!(!same(v.get("n"), "1"));
     }
 
     #[test]

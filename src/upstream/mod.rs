@@ -130,21 +130,27 @@ pub struct Routed {
     pub result: Result<(StatusCode, HeaderMap, Bytes), GatewayError>,
 }
 
-/// What an attempt's result says of its target's health: a 5xx fails it unless it carries
-/// one of the API's own answers that are not the upstream's trouble (a GSP that sends NIC's
-/// business errors with a 5xx status).
+/// What an attempt's result says of its target's health: a reply is a failure when it says
+/// the upstream is in trouble, whatever its HTTP status: a transient API error (NIC's 5001 and
+/// 5002 "application error", a GSP's `GSPGSTDOWN`: an IRP that is down answers so, often with
+/// a 200), or a 5xx without an API error code (an error page, a JSON body from a proxy). A
+/// 5xx that carries one of the API's own answers (a GSP that sends NIC's business errors with
+/// a 5xx status) is an answer.
 fn health(
     profile: &dyn Profile,
     result: &Result<(StatusCode, HeaderMap, Bytes), GatewayError>,
 ) -> Health {
     match result {
-        Ok((status, _, body)) if status.is_server_error() => {
-            match profile.read_reply(*status, body).verdict.class {
-                Class::Transient => Health::Failed,
-                _ => Health::Answered,
+        Ok((status, _, body)) => {
+            let verdict = profile.read_reply(*status, body).verdict;
+            let troubled = verdict.class == Class::Transient
+                || (status.is_server_error() && verdict.code.is_none());
+            if troubled {
+                Health::Failed
+            } else {
+                Health::Answered
             }
         }
-        Ok(_) => Health::Answered,
         Err(GatewayError::UpstreamUnreachable(_)) => Health::Unreached,
         Err(GatewayError::UpstreamTimeout(_) | GatewayError::UpstreamConnectionFailed(_)) => {
             Health::Failed
@@ -511,25 +517,32 @@ impl Upstream {
         self.route(order, method, path, headers, body).await
     }
 
-    /// Sends a read about a document whose generate had an unknown outcome on the target
-    /// labelled `failed` (the `target` of that exchange): with the portal header naming
-    /// `failed`, where the document would be, and to the other targets first, `failed` last.
+    /// Sends a read about a document that the target labelled `portal` may hold, with the
+    /// portal header naming it; to the targets other than `failed` first (the one that had a
+    /// generate whose outcome is unknown, and may be failing), `failed` last.
     pub async fn dispatch_elsewhere(
         &self,
-        failed: &str,
+        portal: &str,
+        failed: Option<&str>,
         method: Method,
         path: &CallerPath,
         mut headers: HeaderMap,
         body: Bytes,
     ) -> Routed {
-        if let Some((name, value)) = self.targets.portal_of(failed) {
+        if let Some((name, value)) = self.targets.portal_of(portal) {
             headers.insert(name, value);
         }
-        let order = self
-            .targets
-            .position(failed)
+        let order = failed
+            .and_then(|failed| self.targets.position(failed))
             .map_or(Order::Configured, Order::Last);
         self.route(order, method, path, headers, body).await
+    }
+
+    /// The labels of the targets that have a portal name (NIC's IRPs), in configured order
+    /// with `first` moved first: the portals a lookup asks about in turn. Empty for an
+    /// upstream with one unnamed target.
+    pub fn portals(&self, first: Option<&str>) -> Vec<Arc<str>> {
+        self.targets.portals(first)
     }
 
     /// Sends a generate again after its first attempt failed on the target `failed` and a
@@ -750,7 +763,8 @@ irp = "NIC2"
     }
 
     #[test]
-    fn a_5xx_fails_a_target_unless_it_carries_a_business_answer_and_a_timeout_fails_it() {
+    fn a_5xx_without_an_api_code_a_transient_code_or_a_timeout_fails_a_target_a_business_answer_does_not(
+    ) {
         let reply = |status: u16, body: &'static str| {
             Ok((
                 StatusCode::from_u16(status).unwrap(),
@@ -768,7 +782,23 @@ irp = "NIC2"
         let duplicate =
             r#"{"Status":0,"ErrorDetails":[{"ErrorCode":"2150","ErrorMessage":"Duplicate IRN"}]}"#;
         assert!(matches!(of(reply(500, duplicate)), Health::Answered));
-        assert!(matches!(of(reply(200, down)), Health::Answered));
+        // An IRP that is down answers 5002 "application error" or GSPGSTDOWN with a 200.
+        assert!(matches!(of(reply(200, down)), Health::Failed));
+        let gsp_down = r#"{"Status":0,"ErrorDetails":[{"ErrorCode":"GSPGSTDOWN","ErrorMessage":"GST system is down"}]}"#;
+        assert!(matches!(of(reply(200, gsp_down)), Health::Failed));
+        // A 5xx with a JSON body but no API error code (a proxy's) is the upstream's trouble.
+        assert!(matches!(
+            of(reply(502, r#"{"message":"bad gateway"}"#)),
+            Health::Failed
+        ));
+        assert!(matches!(of(reply(503, r#"{"Status":0}"#)), Health::Failed));
+        let business =
+            r#"{"Status":0,"ErrorDetails":[{"ErrorCode":"2148","ErrorMessage":"not found"}]}"#;
+        assert!(matches!(of(reply(200, business)), Health::Answered));
+        assert!(matches!(
+            of(reply(200, r#"{"Status":1}"#)),
+            Health::Answered
+        ));
         assert!(matches!(
             of(Err(GatewayError::UpstreamTimeout(1000))),
             Health::Failed
@@ -847,6 +877,7 @@ irp = "NIC2"
         let routed = upstream
             .dispatch_elsewhere(
                 "NIC1",
+                Some("NIC1"),
                 Method::GET,
                 &lookup(),
                 HeaderMap::new(),
@@ -862,6 +893,25 @@ irp = "NIC2"
             .await;
         assert_eq!(routed.target.as_deref(), Some("NIC1"));
         assert!(!seen1.recv().await.unwrap().contains("\r\nirp:"));
+        // A lookup asking about NIC2 while NIC1 is the one that failed: NIC2, naming NIC2.
+        let routed = upstream
+            .dispatch_elsewhere(
+                "NIC2",
+                Some("NIC1"),
+                Method::GET,
+                &lookup(),
+                HeaderMap::new(),
+                Bytes::new(),
+            )
+            .await;
+        assert_eq!(routed.target.as_deref(), Some("NIC2"));
+        assert!(seen2.recv().await.unwrap().contains("\r\nirp: nic2\r\n"));
+        assert!(seen1.try_recv().is_err(), "NIC1 was not asked");
+        assert_eq!(
+            upstream.portals(Some("NIC2")),
+            [Arc::from("NIC2"), "NIC1".into()]
+        );
+        assert_eq!(upstream.portals(None), [Arc::from("NIC1"), "NIC2".into()]);
     }
 
     #[test]

@@ -367,6 +367,13 @@ pub trait Profile: Send + Sync + 'static {
     fn generate(&self, _method: &Method, _path: &CallerPath, _body: &[u8]) -> Option<Generate> {
         None
     }
+
+    /// Whether a call may create a document, as far as its method, path and what of its
+    /// `body` is plain tell (a passthrough body's payload is the caller's ciphertext): such a
+    /// call whose earlier attempt may have reached the upstream is never sent blindly.
+    fn may_generate(&self, _method: &Method, _path: &CallerPath, _body: &[u8]) -> bool {
+        false
+    }
 }
 
 /// `text` with every character that could forge a log line or reorder what a reader sees

@@ -213,6 +213,17 @@ impl Targets {
         Some((header.clone(), portal))
     }
 
+    /// The labels of the targets with a portal name, in configured order with `first`
+    /// moved first (when it is one of them).
+    pub fn portals(&self, first: Option<&str>) -> Vec<Arc<str>> {
+        let named = self.list.iter().filter(|t| t.portal.is_some());
+        let (mut head, tail): (Vec<_>, Vec<_>) = named
+            .map(|t| t.label.clone())
+            .partition(|label| Some(&**label) == first);
+        head.extend(tail);
+        head
+    }
+
     /// Whether a request carries the portal header at all (the caller's own is passed on as
     /// sent, a value NIC refuses included).
     pub fn carries_portal(&self, headers: &http::HeaderMap) -> bool {
@@ -355,6 +366,8 @@ mod tests {
             Some(HeaderValue::from_static("NIC1"))
         );
         assert!(t.portal_for(Some("irn-b")).is_none());
+        assert_eq!(t.portals(Some("NIC2")), [Arc::from("NIC2"), "NIC1".into()]);
+        assert_eq!(t.portals(Some("NIC9")), [Arc::from("NIC1"), "NIC2".into()]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -379,6 +392,7 @@ mod tests {
         );
         t.remember("doc", DEFAULT_TARGET);
         assert!(t.portal_for(Some("doc")).is_none());
+        assert!(t.portals(Some(DEFAULT_TARGET)).is_empty());
         assert_eq!(labels(&t.ordered(Order::Configured)), [DEFAULT_TARGET]);
     }
 }
