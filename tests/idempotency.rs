@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::future::join_all;
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const GENERATE: &str = "/eicore/v1.03/Invoice";
 const KEY_A: &str = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";
@@ -657,4 +657,127 @@ async fn a_keyed_post_is_refused_unsent_while_the_shared_store_is_down() {
         assert!(Instant::now() < deadline, "keys did not work again");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Review finding 1: a key left open by an attempt whose outcome is unknown stays open when
+/// the next attempt fails before it sends anything (here its session: the password changed
+/// at the portal). The third attempt looks the document up first and gets its IRN, instead
+/// of generating blind and relaying NIC's "duplicate IRN".
+#[tokio::test]
+async fn a_key_left_open_stays_open_when_the_next_attempt_fails_before_sending() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    // The document exists at NIC: an earlier attempt made it.
+    let (seed, _) = got(keyed(&gw.http, gw.proxy, "k-seed", "OPEN-1")
+        .send()
+        .await
+        .unwrap())
+    .await;
+    let made = irn(&seed.body);
+    // This key's first attempt: the generate and each of its five lookups fail, so its
+    // outcome is unknown and the key is left open.
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "status_500", "count": 6, "path_prefix": GENERATE}),
+    )
+    .await;
+    let res = keyed(&gw.http, gw.proxy, "k-open", "OPEN-1")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(res, 502, "outcome_unknown").await;
+    sim.clear_faults().await;
+
+    // The second attempt fails getting a session: nothing is sent.
+    let password = |p: &str| json!({"gstin": GSTIN, "username": USER, "password": p});
+    sim.control("/_sim/users/password", password("changed-on-the-portal"))
+        .await;
+    sim.control("/_sim/revoke", json!({"gstin": GSTIN, "username": USER}))
+        .await;
+    expect_problem(
+        gw.generate(GSTIN, "OPEN-2").await,
+        502,
+        "credentials_rejected",
+    )
+    .await;
+    let res = keyed(&gw.http, gw.proxy, "k-open", "OPEN-1")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(res, 502, "credentials_rejected").await;
+
+    sim.control("/_sim/users/password", password(PASSWORD))
+        .await;
+    assert_eq!(gw.admin_refresh(GSTIN).await.status(), 200);
+    let res = keyed(&gw.http, gw.proxy, "k-open", "OPEN-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()
+            .get("gstgate-outcome")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .as_deref(),
+        Some("recovered"),
+        "the key stayed open: looked up first"
+    );
+    let (third, _) = got(res).await;
+    assert_eq!(irn(&third.body), made);
+}
+
+/// An e-invoice cancel of `irn` with `key`.
+fn keyed_cancel(gw: &Gateway, key: &str, irn: &str) -> reqwest::RequestBuilder {
+    gw.request(Method::POST, "/eicore/v1.03/Invoice/Cancel")
+        .header("idempotency-key", key)
+        .json(&json!({"Irn": irn, "CnlRsn": "1", "CnlRem": "test"}))
+}
+
+/// Review finding 5: a relayed 5xx (here NIC's JSON error at 503) is not the key's answer:
+/// it is never replayed, and the key is left open for the next attempt.
+#[tokio::test]
+async fn a_relayed_5xx_is_not_stored_as_the_keys_answer() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let unknown_irn = "0".repeat(64);
+    sim.control("/_sim/knobs", json!({"error_http_status": 503}))
+        .await;
+    let res = keyed_cancel(&gw, "k-5xx", &unknown_irn)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    sim.control("/_sim/knobs", json!({"error_http_status": 200}))
+        .await;
+    let (again, replayed) = got(keyed_cancel(&gw, "k-5xx", &unknown_irn)
+        .send()
+        .await
+        .unwrap())
+    .await;
+    assert!(!replayed, "the 503 was replayed: {again:?}");
+    assert_ne!(again.status, 503);
+}
+
+/// Review finding 12: a replayed cancel is not counted as a generate's outcome.
+#[tokio::test]
+async fn a_replayed_cancel_is_not_counted_as_a_generate_outcome() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let unknown_irn = "0".repeat(64);
+    let (first, _) = got(keyed_cancel(&gw, "k-cancel", &unknown_irn)
+        .send()
+        .await
+        .unwrap())
+    .await;
+    let (again, replayed) = got(keyed_cancel(&gw, "k-cancel", &unknown_irn)
+        .send()
+        .await
+        .unwrap())
+    .await;
+    assert!(replayed);
+    assert_eq!(again, first);
+    assert_eq!(
+        gw.metric(r#"gstgate_generate_outcomes_total{upstream="einvoice",outcome="replayed"}"#)
+            .await,
+        0.0
+    );
 }

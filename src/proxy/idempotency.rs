@@ -11,10 +11,13 @@ use http::request::Parts;
 use http::Response;
 
 use super::admit::Admitted;
+use super::respond::ReplyClass;
 use super::{Outcome, Proxy};
-use crate::idempotency::{self, after_failure, Begin, Claim};
+use crate::config::Encryption;
+use crate::idempotency::{self, after_failure, Begin, Claim, Release};
 use crate::metrics::GenerateOutcome;
 use crate::problem::GatewayError;
+use crate::upstream::Class;
 
 /// How a request goes on after the idempotency phase.
 pub(super) enum Keyed {
@@ -49,10 +52,12 @@ impl Proxy {
         let Some(key) = idempotency::key(&parts.method, &parts.headers)? else {
             return Ok(Keyed::Onwards(None));
         };
+        let client = outcome.client.as_deref().unwrap_or_default();
         let name = idempotency::record_name(
-            outcome.client.as_deref().unwrap_or_default(),
+            client,
             &upstream.name,
             admitted.slot.credential.gstin.as_str(),
+            &admitted.slot.credential.username,
             &key,
         );
         let target = parts
@@ -63,10 +68,19 @@ impl Proxy {
         let deadline = outcome.accepted.map_or_else(crate::clock::now, |at| {
             at + self.request_timeout.saturating_sub(ANSWER_MARGIN)
         });
-        match keys.begin(&name, fingerprint, deadline).await? {
+        match keys.begin(client, &name, fingerprint, deadline).await? {
             Begin::Replay(answer) => {
-                self.metrics
-                    .count_generate(&upstream.name, GenerateOutcome::Replayed);
+                // `generate_outcomes` counts generates only: a replayed cancel or GSTN call
+                // is not one.
+                let generate = upstream.encryption == Encryption::Gateway
+                    && upstream
+                        .profile
+                        .generate(&parts.method, &admitted.path, body)
+                        .is_some();
+                if generate {
+                    self.metrics
+                        .count_generate(&upstream.name, GenerateOutcome::Replayed);
+                }
                 Ok(Keyed::Replay(answer.replay()))
             }
             Begin::Claimed(claim) => Ok(Keyed::Onwards(Some(claim))),
@@ -74,23 +88,38 @@ impl Proxy {
     }
 
     /// After phase 7: stores the answer for the key, or releases the key as the failure's
-    /// class says.
+    /// class says. A relayed throttle is a refusal (the key is freed) and a relayed transient
+    /// error or 5xx an unknown outcome (the key is left open): neither is the key's answer.
+    /// A key is never freed once an earlier attempt or a send of this request may have
+    /// been acted on: the next attempt must look the document up first.
     pub(super) async fn settle_key(
         &self,
         claim: Option<Claim>,
         answer: Result<Response<Body>, GatewayError>,
+        outcome: &Outcome,
     ) -> Result<Response<Body>, GatewayError> {
         let (Some(claim), Some(keys)) = (claim, &self.idempotency) else {
             return answer;
         };
+        let acted = claim.earlier_attempt_unknown() || outcome.sends_unsettled > 0;
+        let floor = |release| if acted { Release::Unknown } else { release };
         match answer {
             Ok(res) => {
+                let class = res.extensions().get::<ReplyClass>().map(|c| c.0);
+                if class == Some(Class::Throttled) {
+                    claim.release(floor(Release::Free)).await;
+                    return Ok(res);
+                }
+                if class == Some(Class::Transient) || res.status().is_server_error() {
+                    claim.release(Release::Unknown).await;
+                    return Ok(res);
+                }
                 let (res, stored) = idempotency::capture(res).await?;
                 claim.answered(stored, keys.max_response_bytes()).await;
                 Ok(res)
             }
             Err(err) => {
-                claim.release(after_failure(&err)).await;
+                claim.release(floor(after_failure(&err))).await;
                 Err(err)
             }
         }
