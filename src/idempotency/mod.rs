@@ -16,9 +16,14 @@
 //!   have reached the upstream.
 //! * **What is stored**: every answer the upstream gave (success or business error) is
 //!   stored and replayed byte for byte (status, content type, body) with
-//!   `gstgate-outcome: replayed`. A gateway failure stores nothing ([`after_failure`]): the
-//!   key is freed when the request cannot have reached the upstream, and left open (the next
-//!   attempt is told) when it may have.
+//!   `gstgate-outcome: replayed`; a relayed throttle, transient error or 5xx is not an answer
+//!   (the proxy's `settle_key` frees or leaves the key open by the reply's class). A gateway
+//!   failure stores nothing ([`after_failure`]): the key is freed when the request cannot
+//!   have reached the upstream, and left open (the next attempt is told) when it may have,
+//!   and never freed once the key was open or anything the request sent may have been
+//!   acted on.
+//! * **Whose store**: a record this gateway cannot open (sealed under a key it lacks) is
+//!   refused (503), never taken over; one client creates at most its quota of keys.
 
 mod claim;
 mod record;
