@@ -781,3 +781,42 @@ async fn a_replayed_cancel_is_not_counted_as_a_generate_outcome() {
         0.0
     );
 }
+
+/// Review finding 10: two users (`user_name`) of one client and GSTIN have their own keys:
+/// one user's answer is never replayed to the other.
+#[tokio::test]
+async fn one_users_key_never_replays_to_another_user_of_the_gstin() {
+    const SECOND: &str = "api_user_2";
+    let users = vec![
+        (GSTIN.into(), USER.into(), PASSWORD.into()),
+        (GSTIN.into(), SECOND.into(), PASSWORD.into()),
+    ];
+    let sim = Sim::start(SimOpts {
+        users: users.clone(),
+        ..SimOpts::default()
+    })
+    .await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            credentials: users,
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let as_user = |user: &str| {
+        keyed(&gw.http, gw.proxy, "k-user", "USER-1")
+            .header("user_name", user)
+            .send()
+    };
+    let (first, replayed) = got(as_user(USER).await.unwrap()).await;
+    assert_eq!(first.status, 200);
+    assert!(!replayed);
+    let calls = upstream_calls(&sim).await;
+    let (other, replayed) = got(as_user(SECOND).await.unwrap()).await;
+    assert!(!replayed, "the first user's answer was replayed: {other:?}");
+    assert_eq!(upstream_calls(&sim).await, calls + 1);
+    let (again, replayed) = got(as_user(USER).await.unwrap()).await;
+    assert!(replayed);
+    assert_eq!(again, first);
+}
