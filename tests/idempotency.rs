@@ -820,3 +820,54 @@ async fn one_users_key_never_replays_to_another_user_of_the_gstin() {
     assert!(replayed);
     assert_eq!(again, first);
 }
+
+/// Generate-IRN calls the simulator has logged.
+async fn generate_posts(sim: &Sim) -> usize {
+    sim.requests(200)
+        .await
+        .iter()
+        .filter(|r| r["method"] == "POST" && r["path"] == GENERATE)
+        .count()
+}
+
+/// Review finding 3: a replica that can no longer renew its claim (Redis down for more than
+/// half the lease) sends nothing more for the key: after its generate was lost and the
+/// lookup found nothing, the retry is not sent (another replica may hold the key by then),
+/// and the caller gets 503 `idempotency_unavailable`.
+#[tokio::test]
+async fn a_claim_that_cannot_be_renewed_sends_no_second_generate() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let mut redis = RedisServer::start().await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            timeout: "2s",
+            ..redis_opts(&redis, "3s")
+        },
+    )
+    .await;
+    assert_eq!(gw.generate(GSTIN, "WARM-R").await.status(), 200);
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "hang", "count": 1, "method": "POST", "path_prefix": GENERATE}),
+    )
+    .await;
+    let before = generate_posts(&sim).await;
+    let calls = upstream_calls(&sim).await;
+    let pending = tokio::spawn(keyed(&gw.http, gw.proxy, "k-renew", "RENEW-1").send());
+    // The generate reached the simulator (and hangs there): Redis goes down now, for the
+    // rest of the request.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream_calls(&sim).await == calls {
+        assert!(Instant::now() < deadline, "the generate never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    redis.stop().await;
+    let res = pending.await.unwrap().unwrap();
+    expect_problem(res, 503, "idempotency_unavailable").await;
+    assert_eq!(
+        generate_posts(&sim).await - before,
+        1,
+        "a second generate was sent without the claim"
+    );
+}
