@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::Bytes;
 use http::request::Parts;
-use http::Response;
+use http::{Response, StatusCode};
 
 use super::admit::Admitted;
 use super::respond::ReplyClass;
@@ -102,26 +102,122 @@ impl Proxy {
             return answer;
         };
         let acted = claim.earlier_attempt_unknown() || outcome.sends_unsettled > 0;
-        let floor = |release| if acted { Release::Unknown } else { release };
         match answer {
             Ok(res) => {
                 let class = res.extensions().get::<ReplyClass>().map(|c| c.0);
-                if class == Some(Class::Throttled) {
-                    claim.release(floor(Release::Free)).await;
-                    return Ok(res);
+                match kept(class, res.status(), acted) {
+                    Kept::Released(release) => {
+                        claim.release(release).await;
+                        Ok(res)
+                    }
+                    Kept::Stored => {
+                        let (res, stored) = idempotency::capture(res).await?;
+                        claim.answered(stored, keys.max_response_bytes()).await;
+                        Ok(res)
+                    }
                 }
-                if class == Some(Class::Transient) || res.status().is_server_error() {
-                    claim.release(Release::Unknown).await;
-                    return Ok(res);
-                }
-                let (res, stored) = idempotency::capture(res).await?;
-                claim.answered(stored, keys.max_response_bytes()).await;
-                Ok(res)
             }
             Err(err) => {
-                claim.release(floor(after_failure(&err))).await;
+                claim.release(at_least(after_failure(&err), acted)).await;
                 Err(err)
             }
         }
+    }
+}
+
+/// What becomes of a key whose request was answered.
+#[derive(Debug, PartialEq, Eq)]
+enum Kept {
+    /// The answer is the key's: stored and replayed.
+    Stored,
+    /// The answer is not the key's (a relayed throttle, transient error or 5xx): released.
+    Released(Release),
+}
+
+/// The rule for an answer relaying an upstream reply of `class` (`None`: an answer gstgate
+/// made, such as a recovered document) with `status`, after a request that `acted` (it, or
+/// an earlier attempt, may have been acted on upstream).
+fn kept(class: Option<Class>, status: StatusCode, acted: bool) -> Kept {
+    match class {
+        Some(Class::Throttled) => Kept::Released(at_least(Release::Free, acted)),
+        Some(Class::Transient) => Kept::Released(Release::Unknown),
+        _ if status.is_server_error() => Kept::Released(Release::Unknown),
+        _ => Kept::Stored,
+    }
+}
+
+/// `release`, but never `Free` once the request `acted`.
+fn at_least(release: Release, acted: bool) -> Release {
+    if acted {
+        Release::Unknown
+    } else {
+        release
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review finding 5: a relayed throttle frees the key (unless something may have been
+    /// acted on), a relayed transient error or 5xx leaves it open, and only the rest is
+    /// stored.
+    #[test]
+    fn only_answers_that_settle_the_request_are_stored() {
+        let ok = StatusCode::OK;
+        for (class, status, acted, want) in [
+            (
+                Some(Class::Throttled),
+                ok,
+                false,
+                Kept::Released(Release::Free),
+            ),
+            (
+                Some(Class::Throttled),
+                ok,
+                true,
+                Kept::Released(Release::Unknown),
+            ),
+            (
+                Some(Class::Transient),
+                ok,
+                false,
+                Kept::Released(Release::Unknown),
+            ),
+            (
+                Some(Class::Business),
+                StatusCode::SERVICE_UNAVAILABLE,
+                false,
+                Kept::Released(Release::Unknown),
+            ),
+            (Some(Class::Success), ok, true, Kept::Stored),
+            (Some(Class::Business), ok, false, Kept::Stored),
+            (
+                Some(Class::CallerInput),
+                StatusCode::BAD_REQUEST,
+                true,
+                Kept::Stored,
+            ),
+            (None, ok, true, Kept::Stored),
+        ] {
+            assert_eq!(
+                kept(class, status, acted),
+                want,
+                "{class:?} {status} {acted}"
+            );
+        }
+    }
+
+    /// Review finding 1: a failure that frees the key alone leaves it open once the
+    /// request, or an earlier attempt of it, may have been acted on.
+    #[test]
+    fn a_key_is_never_freed_once_something_may_have_been_acted_on() {
+        let err = GatewayError::LoginBackoff {
+            retry_after_secs: 1,
+            reason: "a login failed".into(),
+        };
+        assert_eq!(after_failure(&err), Release::Free);
+        assert_eq!(at_least(after_failure(&err), false), Release::Free);
+        assert_eq!(at_least(after_failure(&err), true), Release::Unknown);
     }
 }
