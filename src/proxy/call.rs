@@ -106,7 +106,7 @@ impl Call<'_> {
         let acts = self.method != Method::GET;
         if acts && self.claim.is_some_and(|c| !c.still_held()) {
             return Err(GatewayError::IdempotencyUnavailable(
-                "this request's Idempotency-Key claim could not be renewed in the session store, so it was not sent".into(),
+                "this request's Idempotency-Key claim could not be kept (renewals failed, or another replica took the key over), so nothing more was sent".into(),
             ));
         }
         let (headers, wire) = self.build(session)?;
