@@ -23,10 +23,11 @@ pub const DEFAULT_IDEMPOTENCY_MAX_KEYS_PER_CLIENT: usize = 10_000;
 /// document. This bound times `max_keys` is what the store may have to hold.
 pub const DEFAULT_IDEMPOTENCY_MAX_RESPONSE_BYTES: usize = 256 * 1024;
 /// How long a key's claim outlives a replica that stopped renewing it, unless configured:
-/// twice the default upstream `timeout` (30 s) and more, since a holder stops sending once
-/// less than half its lease is surely its own (a generate under way then ends before any
-/// other replica may take the key over).
-pub const DEFAULT_IDEMPOTENCY_LEASE: Duration = Duration::from_secs(75);
+/// more than twice the longest upstream `timeout` of the shipped examples (30 s for NIC's
+/// APIs, 60 s for GSTN's), since a holder stops sending once less than half its lease is surely its
+/// own, and a send it made must end before any other replica may take the key over (a
+/// shorter lease is warned of at start-up).
+pub const DEFAULT_IDEMPOTENCY_LEASE: Duration = Duration::from_secs(150);
 
 /// `[idempotency]`: the `Idempotency-Key` answers kept in the session store.
 #[derive(Debug, Deserialize)]
