@@ -191,6 +191,7 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
             store.clone(),
             tasks.clone(),
             &config.idempotency,
+            config.store.replicas,
         )),
     );
     let reloader = Arc::new(Reloader::new(

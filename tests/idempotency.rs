@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::future::join_all;
 use reqwest::Method;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const GENERATE: &str = "/eicore/v1.03/Invoice";
 const KEY_A: &str = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE=";
@@ -657,4 +657,217 @@ async fn a_keyed_post_is_refused_unsent_while_the_shared_store_is_down() {
         assert!(Instant::now() < deadline, "keys did not work again");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Review finding 1: a key left open by an attempt whose outcome is unknown stays open when
+/// the next attempt fails before it sends anything (here its session: the password changed
+/// at the portal). The third attempt looks the document up first and gets its IRN, instead
+/// of generating blind and relaying NIC's "duplicate IRN".
+#[tokio::test]
+async fn a_key_left_open_stays_open_when_the_next_attempt_fails_before_sending() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    // The document exists at NIC: an earlier attempt made it.
+    let (seed, _) = got(keyed(&gw.http, gw.proxy, "k-seed", "OPEN-1")
+        .send()
+        .await
+        .unwrap())
+    .await;
+    let made = irn(&seed.body);
+    // This key's first attempt: the generate and each of its five lookups fail, so its
+    // outcome is unknown and the key is left open.
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "status_500", "count": 6, "path_prefix": GENERATE}),
+    )
+    .await;
+    let res = keyed(&gw.http, gw.proxy, "k-open", "OPEN-1")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(res, 502, "outcome_unknown").await;
+    sim.clear_faults().await;
+
+    // The second attempt fails getting a session: nothing is sent.
+    let password = |p: &str| json!({"gstin": GSTIN, "username": USER, "password": p});
+    sim.control("/_sim/users/password", password("changed-on-the-portal"))
+        .await;
+    sim.control("/_sim/revoke", json!({"gstin": GSTIN, "username": USER}))
+        .await;
+    expect_problem(
+        gw.generate(GSTIN, "OPEN-2").await,
+        502,
+        "credentials_rejected",
+    )
+    .await;
+    let res = keyed(&gw.http, gw.proxy, "k-open", "OPEN-1")
+        .send()
+        .await
+        .unwrap();
+    expect_problem(res, 502, "credentials_rejected").await;
+
+    sim.control("/_sim/users/password", password(PASSWORD))
+        .await;
+    assert_eq!(gw.admin_refresh(GSTIN).await.status(), 200);
+    let res = keyed(&gw.http, gw.proxy, "k-open", "OPEN-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()
+            .get("gstgate-outcome")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .as_deref(),
+        Some("recovered"),
+        "the key stayed open: looked up first"
+    );
+    let (third, _) = got(res).await;
+    assert_eq!(irn(&third.body), made);
+}
+
+/// An e-invoice cancel of `irn` with `key`.
+fn keyed_cancel(gw: &Gateway, key: &str, irn: &str) -> reqwest::RequestBuilder {
+    gw.request(Method::POST, "/eicore/v1.03/Invoice/Cancel")
+        .header("idempotency-key", key)
+        .json(&json!({"Irn": irn, "CnlRsn": "1", "CnlRem": "test"}))
+}
+
+/// Review finding 5: a relayed 5xx (here NIC's JSON error at 503) is not the key's answer:
+/// it is never replayed, and the key is left open for the next attempt.
+#[tokio::test]
+async fn a_relayed_5xx_is_not_stored_as_the_keys_answer() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let unknown_irn = "0".repeat(64);
+    sim.control("/_sim/knobs", json!({"error_http_status": 503}))
+        .await;
+    let res = keyed_cancel(&gw, "k-5xx", &unknown_irn)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    sim.control("/_sim/knobs", json!({"error_http_status": 200}))
+        .await;
+    let (again, replayed) = got(keyed_cancel(&gw, "k-5xx", &unknown_irn)
+        .send()
+        .await
+        .unwrap())
+    .await;
+    assert!(!replayed, "the 503 was replayed: {again:?}");
+    assert_ne!(again.status, 503);
+}
+
+/// Review finding 12: a replayed cancel is not counted as a generate's outcome.
+#[tokio::test]
+async fn a_replayed_cancel_is_not_counted_as_a_generate_outcome() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(&sim, GwOpts::default()).await;
+    let unknown_irn = "0".repeat(64);
+    let (first, _) = got(keyed_cancel(&gw, "k-cancel", &unknown_irn)
+        .send()
+        .await
+        .unwrap())
+    .await;
+    let (again, replayed) = got(keyed_cancel(&gw, "k-cancel", &unknown_irn)
+        .send()
+        .await
+        .unwrap())
+    .await;
+    assert!(replayed);
+    assert_eq!(again, first);
+    assert_eq!(
+        gw.metric(r#"gstgate_generate_outcomes_total{upstream="einvoice",outcome="replayed"}"#)
+            .await,
+        0.0
+    );
+}
+
+/// Review finding 10: two users (`user_name`) of one client and GSTIN have their own keys:
+/// one user's answer is never replayed to the other.
+#[tokio::test]
+async fn one_users_key_never_replays_to_another_user_of_the_gstin() {
+    const SECOND: &str = "api_user_2";
+    let users = vec![
+        (GSTIN.into(), USER.into(), PASSWORD.into()),
+        (GSTIN.into(), SECOND.into(), PASSWORD.into()),
+    ];
+    let sim = Sim::start(SimOpts {
+        users: users.clone(),
+        ..SimOpts::default()
+    })
+    .await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            credentials: users,
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let as_user = |user: &str| {
+        keyed(&gw.http, gw.proxy, "k-user", "USER-1")
+            .header("user_name", user)
+            .send()
+    };
+    let (first, replayed) = got(as_user(USER).await.unwrap()).await;
+    assert_eq!(first.status, 200);
+    assert!(!replayed);
+    let calls = upstream_calls(&sim).await;
+    let (other, replayed) = got(as_user(SECOND).await.unwrap()).await;
+    assert!(!replayed, "the first user's answer was replayed: {other:?}");
+    assert_eq!(upstream_calls(&sim).await, calls + 1);
+    let (again, replayed) = got(as_user(USER).await.unwrap()).await;
+    assert!(replayed);
+    assert_eq!(again, first);
+}
+
+/// Generate-IRN calls the simulator has logged.
+async fn generate_posts(sim: &Sim) -> usize {
+    sim.requests(200)
+        .await
+        .iter()
+        .filter(|r| r["method"] == "POST" && r["path"] == GENERATE)
+        .count()
+}
+
+/// Review finding 3: a replica that can no longer renew its claim (Redis down for more than
+/// half the lease) sends nothing more for the key: after its generate was lost and the
+/// lookup found nothing, the retry is not sent (another replica may hold the key by then),
+/// and the caller gets 503 `idempotency_unavailable`.
+#[tokio::test]
+async fn a_claim_that_cannot_be_renewed_sends_no_second_generate() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let mut redis = RedisServer::start().await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            timeout: "2s",
+            ..redis_opts(&redis, "3s")
+        },
+    )
+    .await;
+    assert_eq!(gw.generate(GSTIN, "WARM-R").await.status(), 200);
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "hang", "count": 1, "method": "POST", "path_prefix": GENERATE}),
+    )
+    .await;
+    let before = generate_posts(&sim).await;
+    let calls = upstream_calls(&sim).await;
+    let pending = tokio::spawn(keyed(&gw.http, gw.proxy, "k-renew", "RENEW-1").send());
+    // The generate reached the simulator (and hangs there): Redis goes down now, for the
+    // rest of the request.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream_calls(&sim).await == calls {
+        assert!(Instant::now() < deadline, "the generate never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    redis.stop().await;
+    let res = pending.await.unwrap().unwrap();
+    expect_problem(res, 503, "idempotency_unavailable").await;
+    assert_eq!(
+        generate_posts(&sim).await - before,
+        1,
+        "a second generate was sent without the claim"
+    );
 }

@@ -12,11 +12,22 @@ use super::env::env_duration;
 pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// How many keys the store holds at once, unless configured.
 pub const DEFAULT_IDEMPOTENCY_MAX_KEYS: usize = 100_000;
-/// The largest answer stored for a key, unless configured: NIC's signed invoices are tens
-/// of kilobytes.
-pub const DEFAULT_IDEMPOTENCY_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
-/// How long a key's claim outlives a replica that stopped renewing it, unless configured.
-pub const DEFAULT_IDEMPOTENCY_LEASE: Duration = Duration::from_secs(10);
+/// How many keys one client creates within the window, unless configured: a tenant that
+/// sends a fresh key per request fills its own quota, not the store.
+pub const DEFAULT_IDEMPOTENCY_MAX_KEYS_PER_CLIENT: usize = 10_000;
+/// The largest answer stored for a key, unless configured. A generate's answer is the
+/// largest NIC sends: an IRN with its signed invoice (the whole invoice, signed) and QR code
+/// is a few kilobytes for an invoice of tens of lines, and about 1 KiB more per line, so a
+/// few hundred lines fit; e-way bills and cancels are under a kilobyte. A larger answer is
+/// not lost: its key is left open, and the retry looks the document up and gets the same
+/// document. This bound times `max_keys` is what the store may have to hold.
+pub const DEFAULT_IDEMPOTENCY_MAX_RESPONSE_BYTES: usize = 256 * 1024;
+/// How long a key's claim outlives a replica that stopped renewing it, unless configured:
+/// more than twice the longest upstream `timeout` of the shipped examples (30 s for NIC's
+/// APIs, 60 s for GSTN's), since a holder stops sending once less than half its lease is surely its
+/// own, and a send it made must end before any other replica may take the key over (a
+/// shorter lease is warned of at start-up).
+pub const DEFAULT_IDEMPOTENCY_LEASE: Duration = Duration::from_secs(150);
 
 /// `[idempotency]`: the `Idempotency-Key` answers kept in the session store.
 #[derive(Debug, Deserialize)]
@@ -28,6 +39,10 @@ pub struct IdempotencyConfig {
     /// The most keys held at once; a new key beyond it is refused with 503.
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
+    /// The most keys one client creates within the window (shared among `store.replicas`);
+    /// a new key beyond it is refused with 503.
+    #[serde(default = "default_max_keys_per_client")]
+    pub max_keys_per_client: usize,
     /// The largest answer body stored; a larger answer is passed on but not kept.
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
@@ -42,6 +57,7 @@ impl Default for IdempotencyConfig {
         Self {
             window: DEFAULT_IDEMPOTENCY_WINDOW,
             max_keys: DEFAULT_IDEMPOTENCY_MAX_KEYS,
+            max_keys_per_client: DEFAULT_IDEMPOTENCY_MAX_KEYS_PER_CLIENT,
             max_response_bytes: DEFAULT_IDEMPOTENCY_MAX_RESPONSE_BYTES,
             lease: DEFAULT_IDEMPOTENCY_LEASE,
         }
@@ -60,6 +76,12 @@ impl IdempotencyConfig {
         }
         if self.max_keys == 0 {
             return Err(("idempotency.max_keys".into(), "must be at least 1".into()));
+        }
+        if self.max_keys_per_client == 0 {
+            return Err((
+                "idempotency.max_keys_per_client".into(),
+                "must be at least 1".into(),
+            ));
         }
         if self.max_response_bytes == 0 {
             return Err((
@@ -83,6 +105,10 @@ fn default_window() -> Duration {
 
 fn default_max_keys() -> usize {
     DEFAULT_IDEMPOTENCY_MAX_KEYS
+}
+
+fn default_max_keys_per_client() -> usize {
+    DEFAULT_IDEMPOTENCY_MAX_KEYS_PER_CLIENT
 }
 
 fn default_max_response_bytes() -> usize {
@@ -115,6 +141,7 @@ mod tests {
             ("window = \"0s\"", "idempotency.window"),
             ("window = \"31days\"", "idempotency.window"),
             ("max_keys = 0", "idempotency.max_keys"),
+            ("max_keys_per_client = 0", "idempotency.max_keys_per_client"),
             ("max_response_bytes = 0", "idempotency.max_response_bytes"),
             ("lease = \"500ms\"", "idempotency.lease"),
         ] {

@@ -475,6 +475,20 @@ impl Config {
                 u.name
             ));
         }
+        // A key's holder sends only while half its lease is surely its own: a send that can
+        // outlast that half may still be under way when another replica takes the key over.
+        for u in self
+            .upstreams
+            .iter()
+            .filter(|u| u.timeout.saturating_mul(2) >= self.idempotency.lease)
+        {
+            warnings.push(format!(
+                "idempotency.lease = {} is not more than twice upstream `{}`'s timeout = {}: a keyed request's send may still be under way when another replica takes its key over; make the lease longer",
+                humantime::format_duration(self.idempotency.lease),
+                u.name,
+                humantime::format_duration(u.timeout)
+            ));
+        }
         if self.store.backend == StoreBackend::Redis {
             for u in self
                 .upstreams
@@ -522,6 +536,30 @@ client_secret = "b"
 
     /// A group larger than an upstream's `max_concurrent_logins` cannot stay within it (each
     /// replica keeps one login in flight): said at start-up, not refused.
+    /// Review finding 3: a lease not over twice an upstream's timeout is warned of.
+    #[test]
+    fn a_lease_within_twice_an_upstream_timeout_is_warned_of() {
+        let warned = |lease: &str| {
+            Config::parse(
+                &format!("[server]\n{ONE_UPSTREAM}timeout = \"30s\"\n[idempotency]\nlease = \"{lease}\"\n"),
+                Path::new("c.toml"),
+            )
+            .unwrap()
+            .warnings()
+            .iter()
+            .any(|w| w.contains("idempotency.lease"))
+        };
+        assert!(warned("60s"));
+        assert!(warned("10s"));
+        assert!(!warned("61s"));
+        let defaults = Config::parse(&format!("[server]\n{ONE_UPSTREAM}"), Path::new("c.toml"));
+        assert!(defaults
+            .unwrap()
+            .warnings()
+            .iter()
+            .all(|w| !w.contains("idempotency.lease")));
+    }
+
     #[test]
     fn more_replicas_than_concurrent_logins_is_warned_of() {
         let text = |max: u32| {

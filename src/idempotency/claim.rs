@@ -3,7 +3,13 @@
 //! dropped unsettled (the request was cancelled, e.g. by its timeout) is released as "may
 //! have reached the upstream"; a claim whose replica died is not renewed and is taken over
 //! once its lease runs out.
+//!
+//! A claim knows until when its lease is surely its own (the last lease it wrote), and a
+//! keyed request asks [`Claim::still_held`] before every send: a claim whose renewals have
+//! failed for half its lease (a store outage, a paused process) may soon be taken over, and
+//! another replica may then send the same request, so this one sends nothing more.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +40,11 @@ pub(super) struct Held {
     /// The record's sealed bytes as last written by this claim, which its next write must
     /// find; held across the store call so that a renewal and the settlement never race.
     pub(super) current: Mutex<Option<Vec<u8>>>,
+    /// The lease (Unix milliseconds) of the last claim record this claim wrote: no other
+    /// replica takes the key over before it.
+    pub(super) held_until: AtomicU64,
+    /// Whether the record was found taken over (or settled): nothing more is sent for it.
+    pub(super) lost: AtomicBool,
 }
 
 /// A key this request owns until it settles it.
@@ -49,44 +60,90 @@ pub struct Claim {
 }
 
 impl Held {
-    /// The claim record with a lease from now.
-    pub(super) fn claim_record(&self) -> Vec<u8> {
-        State::Claimed {
+    /// The claim record with a lease from now, and that lease.
+    pub(super) fn claim_record(&self) -> (Vec<u8>, u64) {
+        let lease_until = wall_ms().saturating_add(super::millis(self.lease));
+        let record = State::Claimed {
             fingerprint: self.fingerprint,
             owner: self.owner,
-            lease_until: wall_ms().saturating_add(super::millis(self.lease)),
+            lease_until,
         }
-        .encode()
+        .encode();
+        (record, lease_until)
+    }
+
+    /// Whether this claim surely still holds its key for at least half its lease more: a
+    /// send made now ends (the upstream timeout being shorter than half the lease, as
+    /// documented) before any other replica may take the key over.
+    pub(super) fn still_held(&self) -> bool {
+        let margin = super::millis(self.lease / 2);
+        !self.lost.load(Ordering::Acquire)
+            && self.held_until.load(Ordering::Acquire) > wall_ms().saturating_add(margin)
+    }
+
+    /// Renews the claim: its record with a new lease; false once the key is lost.
+    async fn renew(&self) -> bool {
+        let (record, lease_until) = self.claim_record();
+        let written = self.write(Some(&record)).await;
+        if written {
+            self.held_until.fetch_max(lease_until, Ordering::AcqRel);
+        }
+        written
     }
 
     /// Writes `new` (or deletes the record) if it still holds what this claim last wrote;
-    /// false when another replica took the key over.
+    /// false when another replica took the key over, or the store failed.
     async fn write(&self, new: Option<&[u8]>) -> bool {
         let mut current = self.current.lock().await;
-        let Some(expected) = current.as_deref() else {
-            return false;
-        };
-        match self
-            .store
-            .swap_key(&self.name, Some(expected), new, self.window, usize::MAX)
-            .await
-        {
-            Ok(KeyWritten::Done(sealed)) => {
-                *current = sealed;
-                true
-            }
-            Ok(KeyWritten::Changed | KeyWritten::Full) => {
-                *current = None;
-                tracing::warn!(
-                    "an idempotency key was taken over while its request was in flight (its lease ran out: is the store slow, or was this process paused?)"
-                );
-                false
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot write an idempotency record");
-                false
+        // Twice at most: once more after finding that an earlier write of this claim was
+        // applied although the store's answer was lost (the record then holds this claim
+        // under other sealed bytes: each write seals afresh).
+        for _ in 0..2 {
+            let Some(expected) = current.as_deref() else {
+                return false;
+            };
+            match self
+                .store
+                .swap_key(&self.name, Some(expected), new, self.window, usize::MAX)
+                .await
+            {
+                Ok(KeyWritten::Done(sealed)) => {
+                    *current = sealed;
+                    return true;
+                }
+                Ok(KeyWritten::Changed | KeyWritten::Full) => match self.ours().await {
+                    Ok(Some(sealed)) => *current = Some(sealed),
+                    Ok(None) => {
+                        *current = None;
+                        self.lost.store(true, Ordering::Release);
+                        tracing::warn!(
+                            "an idempotency key was taken over while its request was in flight (its lease ran out: is the store slow, or was this process paused?)"
+                        );
+                        return false;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read an idempotency record");
+                        return false;
+                    }
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot write an idempotency record");
+                    return false;
+                }
             }
         }
+        false
+    }
+
+    /// The record's sealed bytes if it is still this claim's (the same owner); `None` if
+    /// another holder has it, or it is settled or gone.
+    async fn ours(&self) -> Result<Option<Vec<u8>>, crate::store::BackendError> {
+        let found = self.store.key_record(&self.name).await?;
+        Ok(found.and_then(|found| {
+            let state = found.plain.as_deref().and_then(|p| State::decode(p));
+            matches!(state, Some(State::Claimed { owner, .. }) if owner == self.owner)
+                .then_some(found.sealed)
+        }))
     }
 
     /// Settles the key as `release` says.
@@ -115,10 +172,7 @@ impl Claim {
                 let every = renewing.lease / 3;
                 loop {
                     tokio::time::sleep(every).await;
-                    let record = renewing.claim_record();
-                    if !renewing.write(Some(&record)).await
-                        && renewing.current.lock().await.is_none()
-                    {
+                    if !renewing.renew().await && renewing.lost.load(Ordering::Acquire) {
                         return;
                     }
                 }
@@ -136,6 +190,13 @@ impl Claim {
     /// key was taken over from a dead replica, or released after an unknown outcome.
     pub fn earlier_attempt_unknown(&self) -> bool {
         self.earlier_attempt_unknown
+    }
+
+    /// Whether the claim surely still holds its key long enough for one more send (see
+    /// [`Held::still_held`]): false once a renewal found it taken over, or when the
+    /// renewals have failed for half the lease.
+    pub fn still_held(&self) -> bool {
+        self.held.still_held()
     }
 
     /// Stores `answer` for the window; an answer over `max_bytes` is not kept, and the key

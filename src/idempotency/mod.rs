@@ -5,7 +5,7 @@
 //! * **Which key**: one header value of 1 to [`MAX_KEY_LEN`] visible ASCII characters, bare
 //!   or as a structured-field string (`"…"`); anything else is 400. Only POSTs are keyed (the
 //!   others are safe or idempotent by themselves): on another method the header is ignored.
-//! * **Whose key**: scoped by client, upstream and GSTIN ([`record_name`]), so one client's
+//! * **Whose key**: scoped by client, upstream, GSTIN and user ([`record_name`]), so one client's
 //!   key never answers another's request. A key stands for one request: its method, path
 //!   and query, and body ([`fingerprint`]); the same key with another request is 422.
 //! * **One request at a time**: the first request claims the key atomically in the session
@@ -16,14 +16,21 @@
 //!   have reached the upstream.
 //! * **What is stored**: every answer the upstream gave (success or business error) is
 //!   stored and replayed byte for byte (status, content type, body) with
-//!   `gstgate-outcome: replayed`. A gateway failure stores nothing ([`after_failure`]): the
-//!   key is freed when the request cannot have reached the upstream, and left open (the next
-//!   attempt is told) when it may have.
+//!   `gstgate-outcome: replayed`; a relayed throttle, transient error or 5xx is not an answer
+//!   (the proxy's `settle_key` frees or leaves the key open by the reply's class). A gateway
+//!   failure stores nothing ([`after_failure`]): the key is freed when the request cannot
+//!   have reached the upstream, and left open (the next attempt is told) when it may have,
+//!   and never freed once the key was open or anything the request sent may have been
+//!   acted on.
+//! * **Whose store**: a record this gateway cannot open (sealed under a key it lacks) is
+//!   refused (503), never taken over; one client creates at most its quota of keys.
 
 mod claim;
 mod record;
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -88,12 +95,13 @@ pub fn key(method: &Method, headers: &HeaderMap) -> Result<Option<String>, Gatew
     Ok(Some(String::from_utf8_lossy(bare).into_owned()))
 }
 
-/// The record name of `key` for `client` on `upstream` for `gstin`: a digest, so that the
+/// The record name of `key` for `client` on `upstream` for `gstin` as `user` (the
+/// credential's username: two users of one GSTIN are two scopes): a digest, so that the
 /// caller's characters never reach a store key, and each part length-prefixed, so that no
 /// two scopes share a name.
-pub fn record_name(client: &str, upstream: &str, gstin: &str, key: &str) -> String {
+pub fn record_name(client: &str, upstream: &str, gstin: &str, user: &str, key: &str) -> String {
     let mut hash = Sha256::new();
-    for part in [client, upstream, gstin, key] {
+    for part in [client, upstream, gstin, user, key] {
         hash.update(u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
         hash.update(part.as_bytes());
     }
@@ -211,12 +219,21 @@ pub struct Idempotency {
     max_response_bytes: usize,
     /// `idempotency.lease`.
     lease: Duration,
+    /// This replica's share of `idempotency.max_keys_per_client`.
+    max_keys_per_client: usize,
+    /// The keys each client created on this replica within the window, as their expiries
+    /// (Unix milliseconds, oldest first): one client cannot hold every key.
+    created: std::sync::Mutex<HashMap<String, VecDeque<u64>>>,
 }
 
 impl Idempotency {
-    /// Keys in `store`, bounded as `config` says; claims renew on `tasks`.
-    pub fn new(store: Arc<Store>, tasks: Tasks, config: &IdempotencyConfig) -> Self {
+    /// Keys in `store`, bounded as `config` says (a client's quota shared by `replicas`);
+    /// claims renew on `tasks`.
+    pub fn new(store: Arc<Store>, tasks: Tasks, config: &IdempotencyConfig, replicas: u32) -> Self {
+        let replicas = usize::try_from(replicas.max(1)).unwrap_or(1);
         Self {
+            max_keys_per_client: (config.max_keys_per_client / replicas).max(1),
+            created: std::sync::Mutex::default(),
             store,
             tasks,
             window: config.window,
@@ -235,6 +252,7 @@ impl Idempotency {
     /// claim in flight elsewhere until `deadline`, then answers 409.
     pub async fn begin(
         &self,
+        client: &str,
         name: &str,
         fingerprint: Fingerprint,
         deadline: Instant,
@@ -246,8 +264,13 @@ impl Idempotency {
                 None => (None, false),
                 Some(found) => match found.plain.as_deref().and_then(|p| State::decode(p)) {
                     // A record this gateway cannot read (sealed under a key it does not
-                    // have): whatever it held, an attempt may have been made.
-                    None => (Some(found.sealed), true),
+                    // have, as during a key rotation): it may be another replica's live
+                    // claim or answer, so it is never taken over nor overwritten.
+                    None => {
+                        return Err(GatewayError::IdempotencyUnavailable(
+                            "a record of this key is sealed under a key this gateway does not have (store.key rotation under way?)".into(),
+                        ))
+                    }
                     Some(state) if *state.fingerprint() != fingerprint => {
                         return Err(GatewayError::IdempotencyKeyReused)
                     }
@@ -268,7 +291,7 @@ impl Idempotency {
                 },
             };
             if let Some(claim) = self
-                .claim(name, fingerprint, expected, earlier_attempt_unknown)
+                .claim(client, name, fingerprint, expected, earlier_attempt_unknown)
                 .await?
             {
                 return Ok(Begin::Claimed(claim));
@@ -279,6 +302,7 @@ impl Idempotency {
     /// Writes a claim over `expected`; `None` if another request got there first.
     async fn claim(
         &self,
+        client: &str,
         name: &str,
         fingerprint: Fingerprint,
         expected: Option<Vec<u8>>,
@@ -295,8 +319,14 @@ impl Idempotency {
             lease: self.lease,
             window: self.window,
             current: tokio::sync::Mutex::new(None),
+            held_until: AtomicU64::new(0),
+            lost: AtomicBool::new(false),
         };
-        let record = held.claim_record();
+        let (record, lease_until) = held.claim_record();
+        let new = expected.is_none();
+        if new {
+            self.reserve(client)?;
+        }
         let written = self
             .store
             .swap_key(
@@ -307,16 +337,47 @@ impl Idempotency {
                 self.max_keys,
             )
             .await
-            .map_err(unavailable)?;
-        match written {
+            .map_err(unavailable);
+        if new && !matches!(written, Ok(KeyWritten::Done(_))) {
+            self.unreserve(client);
+        }
+        match written? {
             KeyWritten::Done(sealed) => {
                 *held.current.get_mut() = sealed;
+                *held.held_until.get_mut() = lease_until;
                 Ok(Some(Claim::start(held, earlier_attempt_unknown)))
             }
             KeyWritten::Changed => Ok(None),
             KeyWritten::Full => Err(GatewayError::IdempotencyUnavailable(
                 "idempotency.max_keys keys are held".into(),
             )),
+        }
+    }
+}
+
+impl Idempotency {
+    /// Counts a new key against `client`'s quota on this replica, or refuses it.
+    fn reserve(&self, client: &str) -> Result<(), GatewayError> {
+        let now = wall_ms();
+        let mut created = self.created.lock().unwrap_or_else(PoisonError::into_inner);
+        let made = created.entry(client.to_owned()).or_default();
+        while made.front().is_some_and(|&until| until <= now) {
+            made.pop_front();
+        }
+        if made.len() >= self.max_keys_per_client {
+            return Err(GatewayError::IdempotencyUnavailable(
+                "this client holds its idempotency.max_keys_per_client keys".into(),
+            ));
+        }
+        made.push_back(now.saturating_add(millis(self.window)));
+        Ok(())
+    }
+
+    /// Gives back a reservation whose key was not written.
+    fn unreserve(&self, client: &str) {
+        let mut created = self.created.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(made) = created.get_mut(client) {
+            made.pop_back();
         }
     }
 }

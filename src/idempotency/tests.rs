@@ -17,19 +17,25 @@ const WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Two gateways sharing one memory store, as replicas share Redis.
 fn replicas(max_keys: usize) -> (Idempotency, Idempotency) {
     let memory = Memory::default();
+    (on(&memory, max_keys), on(&memory, max_keys))
+}
+
+/// A gateway on `memory`, with `max_keys` keys in all and per client.
+fn on(memory: &Memory, max_keys: usize) -> Idempotency {
     let one = || {
         let (metrics, _) = Metrics::new();
         let tasks = Tasks::default();
-        let store = Store::in_memory(&memory, true, metrics, tasks.clone());
+        let store = Store::in_memory(memory, true, metrics, tasks.clone());
         let config = IdempotencyConfig {
             window: WINDOW,
             max_keys,
+            max_keys_per_client: max_keys,
             max_response_bytes: 1024,
             lease: LEASE,
         };
-        Idempotency::new(store, tasks, &config)
+        Idempotency::new(store, tasks, &config, 1)
     };
-    (one(), one())
+    one()
 }
 
 fn answer(body: &'static str) -> Answer {
@@ -45,7 +51,7 @@ fn in_secs(secs: u64) -> Instant {
 }
 
 async fn claimed(idem: &Idempotency, name: &str, fp: Fingerprint) -> Claim {
-    match idem.begin(name, fp, in_secs(30)).await {
+    match idem.begin("c", name, fp, in_secs(30)).await {
         Ok(Begin::Claimed(claim)) => claim,
         Ok(Begin::Replay(a)) => panic!("a replay of {a:?} where a claim was expected"),
         Err(e) => panic!("{e}"),
@@ -58,7 +64,7 @@ async fn an_answered_key_replays_its_answer_on_another_replica() {
     let claim = claimed(&a, "idem:k", [1; 32]).await;
     assert!(!claim.earlier_attempt_unknown());
     claim.answered(answer("{\"Irn\":\"1\"}"), 1024).await;
-    match b.begin("idem:k", [1; 32], in_secs(30)).await {
+    match b.begin("c", "idem:k", [1; 32], in_secs(30)).await {
         Ok(Begin::Replay(got)) => assert_eq!(got, answer("{\"Irn\":\"1\"}")),
         _ => panic!("no replay"),
     }
@@ -69,12 +75,12 @@ async fn the_same_key_with_another_request_is_refused_in_flight_and_answered() {
     let (a, b) = replicas(10);
     let claim = claimed(&a, "idem:k", [1; 32]).await;
     assert!(matches!(
-        b.begin("idem:k", [2; 32], in_secs(30)).await,
+        b.begin("c", "idem:k", [2; 32], in_secs(30)).await,
         Err(GatewayError::IdempotencyKeyReused)
     ));
     claim.answered(answer("{}"), 1024).await;
     assert!(matches!(
-        b.begin("idem:k", [2; 32], in_secs(30)).await,
+        b.begin("c", "idem:k", [2; 32], in_secs(30)).await,
         Err(GatewayError::IdempotencyKeyReused)
     ));
 }
@@ -85,7 +91,7 @@ async fn a_waiter_gets_the_answer_once_the_first_request_settles() {
     let claim = claimed(&a, "idem:k", [1; 32]).await;
     let started = crate::clock::now();
     let mut waiter = tokio::task::JoinSet::new();
-    waiter.spawn(async move { b.begin("idem:k", [1; 32], in_secs(30)).await });
+    waiter.spawn(async move { b.begin("c", "idem:k", [1; 32], in_secs(30)).await });
     tokio::time::sleep(Duration::from_secs(3)).await;
     claim.answered(answer("{\"n\":1}"), 1024).await;
     match waiter.join_next().await.unwrap().unwrap() {
@@ -103,7 +109,7 @@ async fn a_renewed_claim_outlives_its_lease_and_a_waiter_gets_409_at_its_deadlin
     tokio::time::sleep(LEASE * 5).await;
     let deadline = in_secs(2);
     assert!(matches!(
-        b.begin("idem:k", [1; 32], deadline).await,
+        b.begin("c", "idem:k", [1; 32], deadline).await,
         Err(GatewayError::IdempotencyKeyInFlight)
     ));
     assert!(crate::clock::now() >= deadline);
@@ -160,7 +166,7 @@ async fn an_answer_is_replayed_within_the_window_and_forgotten_after_it() {
         .await;
     tokio::time::sleep(WINDOW - Duration::from_secs(1)).await;
     assert!(matches!(
-        b.begin("idem:k", [1; 32], in_secs(1)).await,
+        b.begin("c", "idem:k", [1; 32], in_secs(1)).await,
         Ok(Begin::Replay(_))
     ));
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -189,11 +195,149 @@ async fn a_new_key_beyond_max_keys_is_refused_until_one_expires() {
         .answered(answer("{}"), 1024)
         .await;
     assert!(matches!(
-        b.begin("idem:two", [1; 32], in_secs(1)).await,
+        b.begin("c", "idem:two", [1; 32], in_secs(1)).await,
         Err(GatewayError::IdempotencyUnavailable(_))
     ));
     tokio::time::sleep(WINDOW).await;
     claimed(&b, "idem:two", [1; 32]).await;
+}
+
+/// Finding 6: one client's fresh keys fill its own quota, not the store: another client
+/// still gets keys, and the client gets one again once its keys expire.
+#[tokio::test(start_paused = true)]
+async fn one_client_fills_its_own_quota_not_the_store() {
+    let memory = Memory::default();
+    let (metrics, _) = Metrics::new();
+    let tasks = Tasks::default();
+    let store = Store::in_memory(&memory, true, metrics, tasks.clone());
+    let config = IdempotencyConfig {
+        window: WINDOW,
+        max_keys: 100,
+        max_keys_per_client: 4,
+        max_response_bytes: 1024,
+        lease: LEASE,
+    };
+    // Two replicas: each creates half a client's quota.
+    let idem = Idempotency::new(store, tasks, &config, 2);
+    for i in 0..2 {
+        let name = format!("idem:g{i}");
+        let Ok(Begin::Claimed(claim)) = idem.begin("greedy", &name, [1; 32], in_secs(1)).await
+        else {
+            panic!("key {i} refused");
+        };
+        claim.release(Release::Free).await;
+    }
+    assert!(matches!(
+        idem.begin("greedy", "idem:g9", [1; 32], in_secs(1)).await,
+        Err(GatewayError::IdempotencyUnavailable(_))
+    ));
+    assert!(matches!(
+        idem.begin("other", "idem:o1", [1; 32], in_secs(1)).await,
+        Ok(Begin::Claimed(_))
+    ));
+    tokio::time::sleep(WINDOW).await;
+    assert!(matches!(
+        idem.begin("greedy", "idem:g9", [1; 32], in_secs(1)).await,
+        Ok(Begin::Claimed(_))
+    ));
+}
+
+/// Finding 7: a record another gateway sealed under a key this one lacks (a key rotation)
+/// is neither replayed nor taken over: 503, and the other gateway's claim stands.
+#[tokio::test(start_paused = true)]
+async fn a_record_this_gateway_cannot_open_is_never_taken_over() {
+    let memory = Memory::default();
+    let (a, rotated) = (on(&memory, 10), on(&memory.with_another_key(), 10));
+    let claim = claimed(&a, "idem:k", [1; 32]).await;
+    for fp in [[1; 32], [2; 32]] {
+        assert!(matches!(
+            rotated.begin("c", "idem:k", fp, in_secs(1)).await,
+            Err(GatewayError::IdempotencyUnavailable(_))
+        ));
+    }
+    assert!(claim.still_held());
+    claim.answered(answer("{\"Irn\":\"1\"}"), 1024).await;
+    assert!(matches!(
+        rotated.begin("c", "idem:k", [1; 32], in_secs(1)).await,
+        Err(GatewayError::IdempotencyUnavailable(_))
+    ));
+    assert!(matches!(
+        a.begin("c", "idem:k", [1; 32], in_secs(1)).await,
+        Ok(Begin::Replay(_))
+    ));
+}
+
+/// Finding 3: a renewal applied by the store although its answer was lost leaves the
+/// record sealed afresh; the next renewal finds it still this claim's (by its owner, not
+/// its bytes) and goes on renewing, so no waiter takes the key over.
+#[tokio::test(start_paused = true)]
+async fn a_renewal_whose_answer_was_lost_is_recognised_as_the_claims_own() {
+    let (a, b) = replicas(10);
+    let claim = claimed(&a, "idem:k", [1; 32]).await;
+    // The claim's record rewritten as is: the same state, other sealed bytes, as a write
+    // the store applied after the client gave up on it.
+    let found = a.store.key_record("idem:k").await.unwrap().unwrap();
+    let plain = found.plain.as_deref().unwrap().to_vec();
+    assert!(matches!(
+        a.store
+            .swap_key("idem:k", Some(&found.sealed), Some(&plain), WINDOW, 10)
+            .await,
+        Ok(KeyWritten::Done(_))
+    ));
+    let waited = crate::clock::now();
+    assert!(matches!(
+        b.begin("c", "idem:k", [1; 32], in_secs(3 * LEASE.as_secs()))
+            .await,
+        Err(GatewayError::IdempotencyKeyInFlight)
+    ));
+    assert!(crate::clock::now() - waited >= 3 * LEASE - Duration::from_secs(1));
+    assert!(claim.still_held(), "the claim kept its key");
+    claim.answered(answer("{}"), 1024).await;
+    assert!(matches!(
+        b.begin("c", "idem:k", [1; 32], in_secs(1)).await,
+        Ok(Begin::Replay(_))
+    ));
+}
+
+/// Finding 3: a claim taken over, or whose renewals failed for half its lease (a store
+/// outage), is no longer held: its request sends nothing more.
+#[tokio::test(start_paused = true)]
+async fn a_claim_not_surely_held_for_half_its_lease_is_not_held() {
+    let memory = Memory::default();
+    let a = on(&memory, 10);
+    let claim = claimed(&a, "idem:k", [1; 32]).await;
+    assert!(claim.still_held());
+    memory.set_down(true);
+    tokio::time::sleep(LEASE / 3 + Duration::from_millis(10)).await;
+    assert!(
+        claim.still_held(),
+        "one renewal failed: still a lease ahead"
+    );
+    tokio::time::sleep(LEASE / 6).await;
+    assert!(
+        !claim.still_held(),
+        "less than half the lease is surely its own"
+    );
+    memory.set_down(false);
+    tokio::time::sleep(LEASE / 3).await;
+    assert!(claim.still_held(), "renewed again once the store was back");
+
+    // Taken over: another owner's claim in the record.
+    let found = a.store.key_record("idem:k").await.unwrap().unwrap();
+    let other = State::Claimed {
+        fingerprint: [1; 32],
+        owner: [9; 16],
+        lease_until: wall_ms() + 60_000,
+    }
+    .encode();
+    assert!(matches!(
+        a.store
+            .swap_key("idem:k", Some(&found.sealed), Some(&other), WINDOW, 10)
+            .await,
+        Ok(KeyWritten::Done(_))
+    ));
+    tokio::time::sleep(LEASE / 3 + Duration::from_millis(10)).await;
+    assert!(!claim.still_held(), "taken over");
 }
 
 fn headers(values: &[&[u8]]) -> HeaderMap {
@@ -239,24 +383,25 @@ fn a_key_is_visible_ascii_bare_or_quoted_and_only_on_a_post() {
 }
 
 #[test]
-fn keys_are_scoped_by_client_upstream_and_gstin() {
-    let base = record_name("asp1", "einvoice", "29AAGCB7383J1Z4", "k");
+fn keys_are_scoped_by_client_upstream_gstin_and_user() {
+    let base = record_name("asp1", "einvoice", "29AAGCB7383J1Z4", "u1", "k");
     assert!(base.starts_with(IDEMPOTENCY_PREFIX));
+    for other in [
+        record_name("asp2", "einvoice", "29AAGCB7383J1Z4", "u1", "k"),
+        record_name("asp1", "ewaybill", "29AAGCB7383J1Z4", "u1", "k"),
+        record_name("asp1", "einvoice", "27AAPFU0939F1ZV", "u1", "k"),
+        // Two credentials (`user_name`) of one client and GSTIN never share a key.
+        record_name("asp1", "einvoice", "29AAGCB7383J1Z4", "u2", "k"),
+    ] {
+        assert_ne!(base, other);
+    }
     assert_ne!(
-        base,
-        record_name("asp2", "einvoice", "29AAGCB7383J1Z4", "k")
+        record_name("ab", "c", "g", "u", "k"),
+        record_name("a", "bc", "g", "u", "k")
     );
     assert_ne!(
-        base,
-        record_name("asp1", "ewaybill", "29AAGCB7383J1Z4", "k")
-    );
-    assert_ne!(
-        base,
-        record_name("asp1", "einvoice", "27AAPFU0939F1ZV", "k")
-    );
-    assert_ne!(
-        record_name("ab", "c", "g", "k"),
-        record_name("a", "bc", "g", "k")
+        record_name("a", "b", "g", "uk", ""),
+        record_name("a", "b", "g", "u", "k")
     );
 }
 

@@ -9,10 +9,11 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use super::Outcome;
 use crate::config::Encryption;
 use crate::dropin::DropinSession;
+use crate::idempotency::{after_failure, Claim, Release};
 use crate::path::CallerPath;
 use crate::problem::GatewayError;
 use crate::session::{Session, Slot};
-use crate::upstream::{Generate, Reply, Upstream};
+use crate::upstream::{Class, Generate, Reply, Upstream};
 
 /// What one upstream call of a request is made of, fixed across its (at most two) attempts.
 pub(super) struct Call<'a> {
@@ -38,6 +39,9 @@ pub(super) struct Call<'a> {
     pub(super) earlier_attempt_unknown: bool,
     /// Which of the upstream's targets to try first.
     pub(super) aim: Aim<'a>,
+    /// The request's idempotency claim, if it holds one: asked before every send whether
+    /// it is still held ([`Call::exchange`]).
+    pub(super) claim: Option<&'a Claim>,
 }
 
 /// Where an attempt goes among the upstream's targets (IRPs), when one of them may just have
@@ -70,6 +74,8 @@ pub(super) struct Sent {
     pub(super) body: Bytes,
     /// The label of the target (IRP) that answered.
     pub(super) target: Option<Arc<str>>,
+    /// Whether the call may act upstream (not a lookup).
+    acts: bool,
 }
 
 impl Call<'_> {
@@ -103,12 +109,20 @@ impl Call<'_> {
     }
 
     /// Builds the request with `session` (the token and SEK may differ between attempts) and
-    /// sends it.
+    /// sends it. A request whose idempotency claim may have been taken over sends nothing:
+    /// another replica may be sending it. A send that may act upstream (not a lookup's GET)
+    /// is counted in `outcome` unless nothing went out.
     pub(super) async fn exchange(
         &self,
         session: &Session,
         outcome: &mut Outcome,
     ) -> Result<Sent, GatewayError> {
+        let acts = self.method != Method::GET;
+        if acts && self.claim.is_some_and(|c| !c.still_held()) {
+            return Err(GatewayError::IdempotencyUnavailable(
+                "this request's Idempotency-Key claim could not be kept (renewals failed, or another replica took the key over), so nothing more was sent".into(),
+            ));
+        }
         let (headers, wire) = self.build(session)?;
         let (method, upstream) = (self.method.clone(), self.upstream);
         let routed = match self.aim {
@@ -125,22 +139,46 @@ impl Call<'_> {
             }
         };
         outcome.target.clone_from(&routed.target);
-        let (status, headers, body) = routed.result?;
+        let (status, headers, body) = match routed.result {
+            Ok(reply) => reply,
+            Err(err) => {
+                if acts && after_failure(&err) == Release::Unknown {
+                    outcome.sends_unsettled += 1;
+                }
+                return Err(err);
+            }
+        };
         outcome.upstream_status = Some(status.as_u16());
         Ok(Sent {
             status,
             headers,
             body,
             target: routed.target,
+            acts,
         })
     }
 }
 
 impl Sent {
-    /// The profile's reading of the reply: its verdict and JSON envelope.
+    /// The profile's reading of the reply: its verdict and JSON envelope. A reply to a call
+    /// that may act is counted in `outcome` unless it is a refusal that did nothing.
     pub(super) fn read(&self, upstream: &Upstream, outcome: &mut Outcome) -> Reply<'_> {
         let reply = upstream.profile.read_reply(self.status, &self.body);
         outcome.upstream_code = reply.verdict.code.clone();
+        let refused = reply.envelope.is_some()
+            && matches!(
+                reply.verdict.class,
+                Class::TokenRejected
+                    | Class::CredentialsRejected
+                    | Class::Configuration
+                    | Class::Throttled
+                    | Class::OtpRejected
+                    | Class::AccessDisabled
+                    | Class::SessionLimit
+            );
+        if self.acts && !refused {
+            outcome.sends_unsettled += 1;
+        }
         reply
     }
 }

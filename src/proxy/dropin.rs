@@ -113,6 +113,7 @@ impl Proxy {
             dropin: Some(&session),
             earlier_attempt_unknown: false,
             aim: Aim::Usual,
+            claim: None,
         };
         self.forward(&call, &upstream_session, outcome).await
     }

@@ -106,6 +106,10 @@ struct Outcome {
     /// lookup after an unknown outcome names it in the portal header.
     target: Option<Arc<str>>,
     retries: u32,
+    /// How many sends of this request that may act upstream (not lookups) may have been
+    /// acted on: sent, and not answered with a refusal that did nothing. Its key is never
+    /// freed after one.
+    sends_unsettled: u32,
     /// Whether the caller's whole body has arrived: a timeout before that is the caller's
     /// (408), after it the upstream's (504).
     body_read: bool,
@@ -304,18 +308,17 @@ impl Proxy {
             Keyed::Replay(res) => return Ok(res),
             Keyed::Onwards(claim) => claim,
         };
-        let earlier_attempt_unknown = claim.as_ref().is_some_and(Claim::earlier_attempt_unknown);
         let answer = self
             .answer(
                 &parts,
                 &admitted,
                 &body,
                 request_id,
-                earlier_attempt_unknown,
+                claim.as_ref(),
                 outcome,
             )
             .await;
-        self.settle_key(claim, answer).await
+        self.settle_key(claim, answer, outcome).await
     }
 
     /// Phases 3 to 7 of an admitted caller's request: its session, then its login answered
@@ -326,9 +329,10 @@ impl Proxy {
         admitted: &Admitted<'_>,
         body: &Bytes,
         request_id: Option<&HeaderValue>,
-        earlier_attempt_unknown: bool,
+        claim: Option<&Claim>,
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, GatewayError> {
+        let earlier_attempt_unknown = claim.is_some_and(Claim::earlier_attempt_unknown);
         let Admitted {
             upstream,
             slot,
@@ -349,6 +353,7 @@ impl Proxy {
             dropin: None,
             earlier_attempt_unknown,
             aim: Aim::Usual,
+            claim,
         };
         self.forward(&call, &session, outcome).await
     }

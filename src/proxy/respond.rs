@@ -27,6 +27,11 @@ const DROPPED_REPLY_HEADERS: &[&str] = &[
     "set-cookie",
 ];
 
+/// The class of the upstream reply an answer relays, for the idempotency phase: a relayed
+/// throttle or transient error is not the key's answer.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct ReplyClass(pub(super) Class);
+
 /// The reply classify decided to relay: decrypted in gateway mode when it succeeded, passed
 /// through as it came otherwise.
 pub(super) fn respond(
@@ -36,7 +41,8 @@ pub(super) fn respond(
     reply: Reply<'_>,
 ) -> Result<Response<Body>, GatewayError> {
     let upstream = call.upstream;
-    let success = reply.verdict.class == Class::Success;
+    let reply_class = reply.verdict.class;
+    let success = reply_class == Class::Success;
     let gateway = call.encryption() == Encryption::Gateway;
     let body = if success && gateway {
         let plain = upstream.profile.decode_reply(reply, &session.sek)?;
@@ -57,6 +63,7 @@ pub(super) fn respond(
     };
     let mut res = Response::new(Body::from(body));
     *res.status_mut() = sent.status;
+    res.extensions_mut().insert(ReplyClass(reply_class));
     let headers = res.headers_mut();
     for (name, value) in &sent.headers {
         if !DROPPED_REPLY_HEADERS.contains(&name.as_str())

@@ -56,6 +56,16 @@ impl Default for Memory {
 }
 
 impl Memory {
+    /// The same memory seen by a gateway with another sealing key (as during a key
+    /// rotation): it cannot open the records of this one (tests only).
+    #[cfg(test)]
+    pub fn with_another_key(&self) -> Self {
+        Self {
+            key: Arc::new(super::key::random_key()),
+            ..self.clone()
+        }
+    }
+
     /// The sealer of this memory's records.
     pub(super) fn sealer(&self) -> Sealer {
         Sealer::new(&self.key, None)
@@ -161,7 +171,9 @@ impl Records for Memory {
                 h.keys.remove(&swap.name);
                 return Swapped::Done;
             };
-            if swap.expected.is_none() {
+            // Expired records are swept only when the bound is reached: a sweep per new key
+            // would cost every key a pass over all of them.
+            if swap.expected.is_none() && h.keys.len() >= swap.limit {
                 h.keys.retain(|_, (_, until)| *until > now);
                 if h.keys.len() >= swap.limit {
                     return Swapped::Full;
