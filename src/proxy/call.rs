@@ -100,8 +100,9 @@ impl Call<'_> {
             .generate(self.method, self.path, self.body)
     }
 
-    /// Whether this call may create a document though gstgate cannot read it as a generate
-    /// (a passthrough body): the profile tells by method, path and the body's plain parts.
+    /// Whether this call may create a document (a generate), by method, path and the body's
+    /// plain parts: cheap, unlike reading it as a generate, and true of a passthrough body
+    /// gstgate cannot read.
     pub(super) fn may_generate(&self) -> bool {
         self.upstream
             .profile

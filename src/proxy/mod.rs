@@ -41,6 +41,7 @@ use http::{header, HeaderValue, Request, Response};
 
 use crate::classify::{self, Decision};
 use crate::clients::Clients;
+use crate::config::Encryption;
 use crate::dropin::Dropin;
 use crate::gstin::Gstin;
 use crate::idempotency::{Claim, Idempotency};
@@ -367,13 +368,16 @@ impl Proxy {
         session: &Session,
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, GatewayError> {
-        match call.generate() {
-            Some(generate) => self.generate(call, &generate, session, outcome).await,
-            None if call.earlier_attempt_unknown && call.may_generate() => {
-                Err(self.unreadable_generate(call))
-            }
-            None => self.attempt(call, session, outcome).await.answer,
+        if !call.may_generate() {
+            return self.attempt(call, session, outcome).await.answer;
         }
+        if call.encryption() == Encryption::Gateway {
+            return self.generate(call, session, outcome).await;
+        }
+        if call.earlier_attempt_unknown {
+            return Err(self.unreadable_generate(call));
+        }
+        self.attempt(call, session, outcome).await.answer
     }
 
     /// One sending of a call: build, send, classify, and respond or replay once.

@@ -119,10 +119,12 @@ impl Observed {
 impl Proxy {
     /// Sends a generate and settles its outcome: at most two generates, the second only
     /// after a lookup said the upstream does not have the document.
+    ///
+    /// The profile reads the generate (a JSON pass over the caller's body) only when its
+    /// outcome needs settling: a plain success, the usual answer, costs no more than any call.
     pub(super) async fn generate(
         &self,
         call: &Call<'_>,
-        generate: &Generate,
         session: &Session,
         outcome: &mut Outcome,
     ) -> Result<Response<Body>, GatewayError> {
@@ -133,6 +135,19 @@ impl Proxy {
         } else {
             self.attempt(call, session, outcome).await
         };
+        if attempted.observed.success && !attempted.observed.unknown {
+            return self.answer_attempt(call, attempted, round);
+        }
+        let Some(generate) = call.generate() else {
+            // A body the profile cannot read as a generate (no document details): nothing to
+            // look up, so its answer is the attempt's own, unless only a lookup may send it.
+            return if call.earlier_attempt_unknown {
+                Err(self.unreadable_generate(call))
+            } else {
+                attempted.answer
+            };
+        };
+        let generate = &generate;
         // The IRP that may hold the document: the one that had the last attempt whose outcome
         // is unknown (a later retry went elsewhere only after a lookup said "not there").
         let mut holder = None;

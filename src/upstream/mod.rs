@@ -640,6 +640,11 @@ impl Upstream {
     /// Remembers which target generated the document a successful reply's plain body
     /// reports (the profile reads it), so that reads of it go there.
     pub fn note_generated(&self, method: &Method, path: &CallerPath, plain: &[u8], target: &str) {
+        // Without IRPs to choose between there is no holder to remember, and reading the
+        // reply's IRN would cost every generate a JSON pass.
+        if !self.targets.has_portals() {
+            return;
+        }
         if let Some(document) = self.profile.generated_document(method, path, plain) {
             self.targets.remember(&document, target);
         }

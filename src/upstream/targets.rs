@@ -213,6 +213,11 @@ impl Targets {
         Some((header.clone(), portal))
     }
 
+    /// Whether any target is an IRP named by an `irp` value (holders are worth remembering).
+    pub fn has_portals(&self) -> bool {
+        self.list.iter().any(|t| t.portal.is_some())
+    }
+
     /// The labels of the targets with a portal name, in configured order with `first`
     /// moved first (when it is one of them).
     pub fn portals(&self, first: Option<&str>) -> Vec<Arc<str>> {
