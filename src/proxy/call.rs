@@ -1,6 +1,7 @@
 //! Phases 4 and 5, build and send: one upstream call of a request, made again with a new
 //! session if the first attempt's token was rejected.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -13,7 +14,7 @@ use crate::idempotency::{after_failure, Claim, Release};
 use crate::path::CallerPath;
 use crate::problem::GatewayError;
 use crate::session::{Session, Slot};
-use crate::upstream::{Class, Generate, Reply, Upstream};
+use crate::upstream::{Class, Generate, Pending, Reply, Upstream};
 
 /// What one upstream call of a request is made of, fixed across its (at most two) attempts.
 pub(super) struct Call<'a> {
@@ -65,7 +66,7 @@ pub(super) enum Aim<'a> {
 }
 
 /// The upstream's answer to one attempt.
-pub(super) struct Sent {
+pub(super) struct Sent<'a> {
     /// Its HTTP status.
     pub(super) status: StatusCode,
     /// Its headers.
@@ -76,9 +77,11 @@ pub(super) struct Sent {
     pub(super) target: Option<Arc<str>>,
     /// Whether the call may act upstream (not a lookup).
     acts: bool,
+    /// The reply's verdict for its target's circuit, given when the reply is read.
+    pending: Cell<Pending<'a>>,
 }
 
-impl Call<'_> {
+impl<'a> Call<'a> {
     /// Who encrypts the payloads to the upstream: gstgate, always, for a drop-in caller (its
     /// payloads arrive opened); else as the upstream is configured.
     pub(super) fn encryption(&self) -> Encryption {
@@ -117,7 +120,7 @@ impl Call<'_> {
         &self,
         session: &Session,
         outcome: &mut Outcome,
-    ) -> Result<Sent, GatewayError> {
+    ) -> Result<Sent<'a>, GatewayError> {
         let acts = self.method != Method::GET;
         if acts && self.claim.is_some_and(|c| !c.still_held()) {
             return Err(GatewayError::IdempotencyUnavailable(
@@ -156,15 +159,17 @@ impl Call<'_> {
             body,
             target: routed.target,
             acts,
+            pending: Cell::new(routed.pending),
         })
     }
 }
 
-impl Sent {
+impl Sent<'_> {
     /// The profile's reading of the reply: its verdict and JSON envelope. A reply to a call
     /// that may act is counted in `outcome` unless it is a refusal that did nothing.
     pub(super) fn read(&self, upstream: &Upstream, outcome: &mut Outcome) -> Reply<'_> {
         let reply = upstream.profile.read_reply(self.status, &self.body);
+        self.pending.take().judge(self.status, &reply.verdict);
         outcome.upstream_code = reply.verdict.code.clone();
         let refused = reply.envelope.is_some()
             && matches!(

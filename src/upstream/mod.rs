@@ -59,7 +59,7 @@ pub(crate) use profile::{accepted_login, bodiless};
 pub use profile::{
     Class, Expiry, Login, LoginFailure, LoginKind, LoginRequest, Portals, Profile, Reply, Verdict,
 };
-use targets::{Health, Order};
+use targets::{Health, Order, Turn};
 
 /// A configured upstream, ready to call.
 pub struct Upstream {
@@ -122,12 +122,42 @@ pub struct Upstream {
 
 /// What [`Upstream::dispatch`] came to: the reply or the failure, and the target that had
 /// the request last.
-pub struct Routed {
+pub struct Routed<'a> {
     /// The label of the target that had the request (`NIC1`, `default`); `None` only if
     /// none was tried.
     pub target: Option<Arc<str>>,
     /// Its reply (status, headers, body) or why there is none.
     pub result: Result<(StatusCode, HeaderMap, Bytes), GatewayError>,
+    /// The target's verdict on a reply, left to whoever reads the reply anyway, so that no
+    /// reply is parsed twice on the request path.
+    pub pending: Pending<'a>,
+}
+
+/// A reply's effect on its target's circuit, until the reply is read ([`Pending::judge`]).
+/// Dropped unjudged, it leaves the circuit as it was (a probe's slot is freed).
+#[derive(Default)]
+pub struct Pending<'a>(Option<Turn<'a>>);
+
+impl Pending<'_> {
+    /// Records the reply's verdict in its target's circuit and gauge.
+    pub fn judge(self, status: StatusCode, verdict: &Verdict) {
+        if let Some(turn) = self.0 {
+            turn.judge(reply_health(status, verdict));
+        }
+    }
+}
+
+/// A routed result's health, judged as the request path judges it: an error at once, a reply
+/// once read ([`reply_health`]).
+#[cfg(test)]
+fn health(
+    profile: &dyn Profile,
+    result: &Result<(StatusCode, HeaderMap, Bytes), GatewayError>,
+) -> Health {
+    match result {
+        Ok((status, _, body)) => reply_health(*status, &profile.read_reply(*status, body).verdict),
+        Err(err) => error_health(err),
+    }
 }
 
 /// What an attempt's result says of its target's health: a reply is a failure when it says
@@ -136,26 +166,25 @@ pub struct Routed {
 /// a 200), or a 5xx without an API error code (an error page, a JSON body from a proxy). A
 /// 5xx that carries one of the API's own answers (a GSP that sends NIC's business errors with
 /// a 5xx status) is an answer.
-fn health(
-    profile: &dyn Profile,
-    result: &Result<(StatusCode, HeaderMap, Bytes), GatewayError>,
-) -> Health {
-    match result {
-        Ok((status, _, body)) => {
-            let verdict = profile.read_reply(*status, body).verdict;
-            let troubled = verdict.class == Class::Transient
-                || (status.is_server_error() && verdict.code.is_none());
-            if troubled {
-                Health::Failed
-            } else {
-                Health::Answered
-            }
-        }
-        Err(GatewayError::UpstreamUnreachable(_)) => Health::Unreached,
-        Err(GatewayError::UpstreamTimeout(_) | GatewayError::UpstreamConnectionFailed(_)) => {
+fn reply_health(status: StatusCode, verdict: &Verdict) -> Health {
+    let troubled =
+        verdict.class == Class::Transient || (status.is_server_error() && verdict.code.is_none());
+    if troubled {
+        Health::Failed
+    } else {
+        Health::Answered
+    }
+}
+
+/// What a failed attempt says of its target: unreached (nothing sent), failed (sent, no
+/// answer), or nothing (gstgate's own failure).
+fn error_health(err: &GatewayError) -> Health {
+    match err {
+        GatewayError::UpstreamUnreachable(_) => Health::Unreached,
+        GatewayError::UpstreamTimeout(_) | GatewayError::UpstreamConnectionFailed(_) => {
             Health::Failed
         }
-        Err(_) => Health::Unknown,
+        _ => Health::Unknown,
     }
 }
 
@@ -476,7 +505,12 @@ impl Upstream {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<(StatusCode, HeaderMap, Bytes), GatewayError> {
-        self.dispatch(method, path, headers, body).await.result
+        let routed = self.dispatch(method, path, headers, body).await;
+        if let Ok((status, _, body)) = &routed.result {
+            let verdict = self.profile.read_reply(*status, body).verdict;
+            routed.pending.judge(*status, &verdict);
+        }
+        routed.result
     }
 
     /// Names, in the API's portal header, the portal that generated the document a call is
@@ -489,7 +523,7 @@ impl Upstream {
         path: &CallerPath,
         body: &[u8],
     ) {
-        if self.targets.carries_portal(headers) {
+        if !self.targets.has_portals() || self.targets.carries_portal(headers) {
             return;
         }
         let document = self.profile.document_named(method, path, body);
@@ -509,7 +543,7 @@ impl Upstream {
         path: &CallerPath,
         headers: HeaderMap,
         body: Bytes,
-    ) -> Routed {
+    ) -> Routed<'_> {
         let order = self
             .targets
             .named_in(&headers)
@@ -528,7 +562,7 @@ impl Upstream {
         path: &CallerPath,
         mut headers: HeaderMap,
         body: Bytes,
-    ) -> Routed {
+    ) -> Routed<'_> {
         if let Some((name, value)) = self.targets.portal_of(portal) {
             headers.insert(name, value);
         }
@@ -555,7 +589,7 @@ impl Upstream {
         path: &CallerPath,
         headers: HeaderMap,
         body: Bytes,
-    ) -> Routed {
+    ) -> Routed<'_> {
         let order = self
             .targets
             .position(failed)
@@ -573,10 +607,11 @@ impl Upstream {
         path: &CallerPath,
         headers: HeaderMap,
         body: Bytes,
-    ) -> Routed {
+    ) -> Routed<'_> {
         let mut routed = Routed {
             target: None,
             result: Err(GatewayError::Internal("no upstream target".into())),
+            pending: Pending::default(),
         };
         let ordered = self.targets.ordered(order);
         let mut tried = vec![false; ordered.len()];
@@ -601,7 +636,11 @@ impl Upstream {
                         body.clone(),
                     )
                     .await;
-                let health = health(&*self.profile, &routed.result);
+                let Err(err) = &routed.result else {
+                    routed.pending = Pending(Some(turn));
+                    return routed;
+                };
+                let health = error_health(err);
                 let unreached = matches!(health, Health::Unreached);
                 turn.judge(health);
                 if !unreached {
