@@ -63,7 +63,10 @@ pub(super) fn respond(
     };
     let mut res = Response::new(Body::from(body));
     *res.status_mut() = sent.status;
-    res.extensions_mut().insert(ReplyClass(reply_class));
+    // Only the idempotency phase reads it, and the extension map costs an allocation.
+    if call.claim.is_some() {
+        res.extensions_mut().insert(ReplyClass(reply_class));
+    }
     let headers = res.headers_mut();
     for (name, value) in &sent.headers {
         if !DROPPED_REPLY_HEADERS.contains(&name.as_str())

@@ -59,7 +59,7 @@ pub(crate) use profile::{accepted_login, bodiless};
 pub use profile::{
     Class, Expiry, Login, LoginFailure, LoginKind, LoginRequest, Portals, Profile, Reply, Verdict,
 };
-use targets::{Health, Order, Turn};
+use targets::{Health, Order, Target, Turn};
 
 /// A configured upstream, ready to call.
 pub struct Upstream {
@@ -608,15 +608,19 @@ impl Upstream {
         headers: HeaderMap,
         body: Bytes,
     ) -> Routed<'_> {
-        let mut routed = Routed {
-            target: None,
-            result: Err(GatewayError::Internal("no upstream target".into())),
-            pending: Pending::default(),
-        };
-        let ordered = self.targets.ordered(order);
-        let mut tried = vec![false; ordered.len()];
+        let mut ordered: Vec<(&Target, bool)> = self
+            .targets
+            .ordered(order)
+            .into_iter()
+            .map(|t| (t, false))
+            .collect();
+        let mut untried = ordered.len();
+        // The last target that may be tried takes the headers themselves: with one target
+        // (the usual upstream) no request copies its header map.
+        let mut headers = Some(headers);
+        let mut last = None;
         for forced in [false, true] {
-            for (target, tried) in ordered.iter().zip(tried.iter_mut()) {
+            for (target, tried) in &mut ordered {
                 let turn = match (*tried, forced) {
                     (true, _) => continue,
                     (false, false) => match target.admit() {
@@ -626,29 +630,48 @@ impl Upstream {
                     (false, true) => target.force(),
                 };
                 *tried = true;
-                routed.target = Some(target.label.clone());
-                routed.result = self
+                untried -= 1;
+                let sent_headers = if untried == 0 {
+                    headers.take().unwrap_or_default()
+                } else {
+                    headers.clone().unwrap_or_default()
+                };
+                let result = self
                     .attempt(
                         &target.base,
                         method.clone(),
                         path,
-                        headers.clone(),
+                        sent_headers,
                         body.clone(),
                     )
                     .await;
-                let Err(err) = &routed.result else {
-                    routed.pending = Pending(Some(turn));
-                    return routed;
+                let target_label = Some(target.label.clone());
+                let Err(err) = &result else {
+                    return Routed {
+                        target: target_label,
+                        result,
+                        pending: Pending(Some(turn)),
+                    };
                 };
                 let health = error_health(err);
                 let unreached = matches!(health, Health::Unreached);
                 turn.judge(health);
+                let routed = Routed {
+                    target: target_label,
+                    result,
+                    pending: Pending::default(),
+                };
                 if !unreached {
                     return routed;
                 }
+                last = Some(routed);
             }
         }
-        routed
+        last.unwrap_or_else(|| Routed {
+            target: None,
+            result: Err(GatewayError::Internal("no upstream target".into())),
+            pending: Pending::default(),
+        })
     }
 
     /// One attempt on one target, within the timeout, timed in the upstream's histogram.
