@@ -517,3 +517,37 @@ async fn a_document_on_irp_2_is_found_when_no_holder_is_known_and_not_generated_
     assert_eq!(marked.as_deref(), Some("existing"));
     assert_eq!(body["Data"]["Irn"], irn.as_str());
 }
+
+/// Attack: a caller with a valid key forges the `irp` header (a portal that does not exist, a
+/// URL). The header cannot move the request off the configured IRPs: the call reaches one of
+/// them, which answers NIC's 3098 for the bad value, relayed to the caller as NIC's reply.
+#[tokio::test]
+async fn a_forged_irp_header_reaches_only_the_configured_irps() {
+    let irps = Portals::start().await;
+    let gw = Gateway::start(
+        &irps.sim,
+        GwOpts {
+            targets: irps.targets(),
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let irn = generate_ok(&gw, "FORGED/1").await;
+    for forged in ["NIC9", "http://evil.example/", "NIC1, NIC2"] {
+        let before = irps.requests_on("NIC1").await + irps.requests_on("NIC2").await;
+        let res = gw
+            .request(Method::GET, &format!("/eicore/v1.03/Invoice/irn/{irn}"))
+            .header("irp", forged)
+            .send()
+            .await
+            .unwrap();
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["Status"], 0, "{forged}: {body}");
+        assert_eq!(
+            body["ErrorDetails"][0]["ErrorCode"], "3098",
+            "{forged}: {body}"
+        );
+        let after = irps.requests_on("NIC1").await + irps.requests_on("NIC2").await;
+        assert_eq!(after, before + 1, "{forged}: one call, to a configured IRP");
+    }
+}
