@@ -68,6 +68,11 @@ pub(crate) struct Opts {
     /// experiments: `RUST_LOG=warn`, `GSTGATE_LOG_FORMAT=json`, `LD_PRELOAD=…`.
     #[arg(long = "gstgate-env", value_name = "KEY=VALUE")]
     pub(crate) gstgate_env: Vec<String>,
+    /// Another gstgate binary (say, a release build of the commit before a change), run as the
+    /// `base-passthrough` and `base-gateway` targets in the same interleaved rounds as this
+    /// build's targets: an A/B comparison that the machine's drift affects equally.
+    #[arg(long, env = "BENCH_BASELINE")]
+    pub(crate) baseline: Option<PathBuf>,
     /// Keep the scratch directory (configs, logs, wrk output) and print its path.
     #[arg(long, env = "BENCH_KEEP")]
     pub(crate) keep: bool,
@@ -185,6 +190,10 @@ pub(crate) enum TargetKind {
     Dropin,
     /// `passthrough` with `[store] backend = "redis"` on a redis-server of the benchmark's own.
     Redis,
+    /// `passthrough` run by the `--baseline` binary, for an A/B comparison within one run.
+    BasePassthrough,
+    /// `gateway` run by the `--baseline` binary.
+    BaseGateway,
 }
 
 impl TargetKind {
@@ -196,6 +205,8 @@ impl TargetKind {
             TargetKind::Gateway => "gateway",
             TargetKind::Dropin => "dropin",
             TargetKind::Redis => "redis",
+            TargetKind::BasePassthrough => "base-passthrough",
+            TargetKind::BaseGateway => "base-gateway",
         }
     }
 
@@ -207,6 +218,8 @@ impl TargetKind {
             TargetKind::Gateway => "gstgate, gateway encryption",
             TargetKind::Dropin => "gstgate, drop-in (gateway encryption + drop-in SEK)",
             TargetKind::Redis => "gstgate, passthrough, Redis session store",
+            TargetKind::BasePassthrough => "baseline build, passthrough",
+            TargetKind::BaseGateway => "baseline build, gateway encryption",
         }
     }
 
@@ -214,7 +227,12 @@ impl TargetKind {
     pub(crate) fn is_gstgate(self) -> bool {
         matches!(
             self,
-            TargetKind::Passthrough | TargetKind::Gateway | TargetKind::Dropin | TargetKind::Redis
+            TargetKind::Passthrough
+                | TargetKind::Gateway
+                | TargetKind::Dropin
+                | TargetKind::Redis
+                | TargetKind::BasePassthrough
+                | TargetKind::BaseGateway
         )
     }
 }

@@ -43,6 +43,8 @@ const USER_PASSTHROUGH: (&str, &str) = ("bench_passthrough", "Passthrough#Pass1"
 const USER_GATEWAY: (&str, &str) = ("bench_gateway", "Gateway#Pass1");
 const USER_REDIS: (&str, &str) = ("bench_redis", "Redis#Pass1");
 const USER_DROPIN: (&str, &str) = ("bench_dropin", "Dropin#Pass1");
+const USER_BASE_PASSTHROUGH: (&str, &str) = ("bench_base_passthrough", "BasePass#Pass1");
+const USER_BASE_GATEWAY: (&str, &str) = ("bench_base_gateway", "BaseGate#Pass1");
 
 /// The `redis` target's `[store] encryption_key` (base64 of 32 bytes; seals tokens and SEKs at
 /// rest in Redis).
@@ -108,6 +110,8 @@ pub(crate) fn start_upstream(b: &Bench) -> Result<Upstream> {
         USER_GATEWAY,
         USER_REDIS,
         USER_DROPIN,
+        USER_BASE_PASSTHROUGH,
+        USER_BASE_GATEWAY,
     ];
     let (mut sim, ready) = match opts.upstream {
         UpstreamKind::Sim => {
@@ -235,6 +239,9 @@ pub(crate) fn start_targets(
             {
                 Err(anyhow!("`gstgate serve` is not available in this build"))
             }
+            TargetKind::BasePassthrough | TargetKind::BaseGateway if opts.baseline.is_none() => {
+                Err(anyhow!("the base-* targets need --baseline PATH"))
+            }
             TargetKind::Dropin => start_dropin(b, sim, &body_plain).map(|(p, t)| {
                 procs.push(p);
                 Target {
@@ -242,8 +249,12 @@ pub(crate) fn start_targets(
                     ..t
                 }
             }),
-            TargetKind::Passthrough | TargetKind::Gateway | TargetKind::Redis => {
-                let gateway = kind == TargetKind::Gateway;
+            TargetKind::Passthrough
+            | TargetKind::Gateway
+            | TargetKind::Redis
+            | TargetKind::BasePassthrough
+            | TargetKind::BaseGateway => {
+                let gateway = matches!(kind, TargetKind::Gateway | TargetKind::BaseGateway);
                 // The `redis` target's own redis-server first; it is stopped (dropped) if
                 // gstgate does not start.
                 let redis = if kind == TargetKind::Redis {
@@ -480,7 +491,13 @@ fn start_gstgate(
         TargetKind::Gateway => ("gateway", USER_GATEWAY),
         TargetKind::Dropin => ("gateway", USER_DROPIN),
         TargetKind::Redis => ("passthrough", USER_REDIS),
+        TargetKind::BasePassthrough => ("passthrough", USER_BASE_PASSTHROUGH),
+        TargetKind::BaseGateway => ("gateway", USER_BASE_GATEWAY),
         _ => ("passthrough", USER_PASSTHROUGH),
+    };
+    let bin = match (kind, &opts.baseline) {
+        (TargetKind::BasePassthrough | TargetKind::BaseGateway, Some(base)) => base,
+        _ => bin,
     };
     let store = match redis_url {
         Some(url) => format!(
