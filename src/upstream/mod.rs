@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use secrecy::ExposeSecret;
 
 use crate::config::{ApiKind, ChecksumPolicy, Duplicate, Encryption, UpstreamConfig};
@@ -300,7 +300,7 @@ impl Upstream {
                 name: name.clone(),
                 source,
             })?;
-        let http = client::build(tls, cfg.connect_timeout);
+        let http = client::HttpClient::new(tls, cfg.connect_timeout);
         let endpoints = cfg
             .endpoints()
             .into_iter()
@@ -465,31 +465,18 @@ impl Upstream {
         *req.method_mut() = method;
         *req.uri_mut() = uri;
         *req.headers_mut() = headers;
-        let res = self.http.request(req).await.map_err(|e| {
-            if e.is_connect() {
-                GatewayError::UpstreamUnreachable(tls::connect_cause(e))
-            } else {
-                GatewayError::UpstreamConnectionFailed(Cause::new(e))
+        match self.http.exchange(req, self.max_response_bytes).await {
+            Ok((parts, body)) => Ok((parts.status, parts.headers, body)),
+            Err(client::ExchangeError::Connect(e)) => {
+                Err(GatewayError::UpstreamUnreachable(tls::connect_cause(e)))
             }
-        })?;
-        let (parts, body) = res.into_parts();
-        if let Some(len) = hyper::body::Body::size_hint(&body).exact() {
-            if len > self.max_response_bytes as u64 {
-                return Err(GatewayError::UpstreamBadResponse(format!(
-                    "response of {len} bytes exceeds the limit of {}",
-                    self.max_response_bytes
-                )));
+            Err(client::ExchangeError::Failed(e)) => {
+                Err(GatewayError::UpstreamConnectionFailed(Cause::from(e)))
             }
-        }
-        match Limited::new(body, self.max_response_bytes).collect().await {
-            Ok(collected) => Ok((parts.status, parts.headers, collected.to_bytes())),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                Err(GatewayError::UpstreamBadResponse(format!(
-                    "response exceeds the limit of {} bytes",
-                    self.max_response_bytes
-                )))
+            Err(e @ client::ExchangeError::TooLarge(_)) => {
+                Err(GatewayError::UpstreamBadResponse(e.to_string()))
             }
-            Err(e) => Err(GatewayError::UpstreamConnectionFailed(Cause::from(e))),
+            Err(e @ client::ExchangeError::NoHost) => Err(GatewayError::Internal(e.to_string())),
         }
     }
 }

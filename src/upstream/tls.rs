@@ -53,18 +53,18 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<ClientConfig, TlsError> {
 /// Names a failed connection a TLS handshake failure when rustls refused it (a certificate
 /// that neither the public roots nor the `ca_file` vouch for, no common protocol version), so
 /// that a wrong `ca_file` is not logged as a plain "cannot connect".
-pub fn connect_cause(err: hyper_util::client::legacy::Error) -> Cause {
-    if refused_by_rustls(&err) {
+pub fn connect_cause(err: super::client::BoxError) -> Cause {
+    if refused_by_rustls(&*err) {
         Cause::new(HandshakeFailed(err))
     } else {
-        Cause::new(err)
+        Cause::from(err)
     }
 }
 
 /// A connection that failed in the TLS handshake; its cause carries rustls's reason.
 #[derive(Debug, thiserror::Error)]
 #[error("TLS handshake with the upstream failed")]
-struct HandshakeFailed(#[source] hyper_util::client::legacy::Error);
+struct HandshakeFailed(#[source] super::client::BoxError);
 
 /// Whether a rustls error is among `err`'s causes. tokio-rustls reports it inside an
 /// `std::io::Error`, which hyper-rustls wraps in another; an `io::Error`'s `source()` skips

@@ -1,23 +1,16 @@
-//! The pooled HTTP client an upstream is called with: hyper-util's directly (reqwest's
-//! redirect, retry and URL layers cost more CPU than the exchange itself; BENCHMARKS.md),
-//! with the transport settings a long-lived gateway needs spelled out here.
+//! Opening a connection to an upstream: TCP with the transport settings a long-lived gateway
+//! needs, then TLS for `https` URLs, the whole set-up bounded by the connect timeout.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Uri;
-use http_body_util::Full;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioIo;
 
-/// How long an idle pooled connection is kept.
-const POOL_IDLE: Duration = Duration::from_secs(60);
-/// Idle connections kept per upstream host.
-const POOL_MAX_IDLE: usize = 256;
 /// TCP keepalive probes on pooled connections, so that a NAT or firewall that silently drops
 /// an idle connection is noticed before a request (an IRN generation, say) is written into it.
 const KEEPALIVE: Duration = Duration::from_secs(15);
@@ -26,14 +19,15 @@ const KEEPALIVE_RETRIES: u32 = 3;
 /// How long written data may stay unacknowledged before the kernel gives the connection up.
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The client type every upstream uses.
-pub type HttpClient = hyper_util::client::legacy::Client<Connector, Full<Bytes>>;
-
 /// TCP, then TLS for `https` URLs, the whole set-up bounded by the connect timeout.
 pub type Connector = ConnectTimeout<HttpsConnector<HttpConnector>>;
 
-/// Builds the client for one upstream.
-pub fn build(tls: rustls::ClientConfig, connect_timeout: Duration) -> HttpClient {
+/// What a [`Connector`] opens: a TCP stream, wrapped in TLS for `https`.
+pub type Stream = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+
+/// Builds the connector for one upstream. TLS offers HTTP/1.1 only in ALPN: the client
+/// speaks HTTP/1.1, which every GSP and NIC endpoint serves.
+pub fn build(tls: rustls::ClientConfig, connect_timeout: Duration) -> Connector {
     let mut tcp = HttpConnector::new();
     tcp.set_connect_timeout(Some(connect_timeout));
     tcp.set_nodelay(true);
@@ -45,20 +39,16 @@ pub fn build(tls: rustls::ClientConfig, connect_timeout: Duration) -> HttpClient
     let https = HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
-        .enable_all_versions()
+        .enable_http1()
         .wrap_connector(tcp);
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE)
-        .pool_max_idle_per_host(POOL_MAX_IDLE)
-        .build(ConnectTimeout {
-            inner: https,
-            timeout: connect_timeout,
-        })
+    ConnectTimeout {
+        inner: https,
+        timeout: connect_timeout,
+    }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The error type of a connection set-up.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Bounds a whole connection set-up (DNS, TCP and TLS) by `connect_timeout`. hyper's TCP
 /// connector bounds only the TCP part: a TLS handshake that stalled would otherwise run into
