@@ -22,24 +22,42 @@ fn install_due(rig: &Rig, slot: &Arc<crate::session::Slot>, deadline: Instant) {
     rig.sessions.schedule_taken_up(slot, &session);
 }
 
-/// Restart storm: 10,000 sessions that all expire in ten minutes (NIC's force window, the
-/// default `refresh_before`) are taken up at once, so every proactive refresh is due in the
-/// same 30 seconds of jitter. The upstream never sees more than `max_concurrent_logins`
-/// logins at once nor more than `logins_per_second` starts in any second, every session is
-/// renewed before it expires (the pacer admits refreshes by deadline, and 10,000 at 25 a
-/// second fit in the window), none counts as late, and a caller's cold login in the middle
-/// of the storm goes ahead of the thousands of queued refreshes. Broken by: no pacer (the
-/// fake sees thousands at once), a pacer without the rate (starts bunch up), or one in
-/// arrival order (the cold caller waits minutes behind the backlog).
+/// The storm's size and the limits it runs under: 10,000 due sessions, 8 logins at once, 25
+/// a second, unless `GSTGATE_STORM` says `due,max_concurrent,per_second` (a GSP-sized run:
+/// `GSTGATE_STORM=100000,32,200 cargo test --release --lib restart_storm -- --nocapture`;
+/// 100,000 refreshes in NIC's ten-minute force window need at least 167 logins a second).
+fn storm_size() -> (usize, usize, usize) {
+    sized("GSTGATE_STORM").unwrap_or((10_000, 8, 25))
+}
+
+/// `due,max_concurrent,per_second` from the variable `name`, if it holds three numbers.
+fn sized(name: &str) -> Option<(usize, usize, usize)> {
+    let value = std::env::var(name).ok()?;
+    let n: Vec<usize> = value
+        .split(',')
+        .filter_map(|x| x.trim().parse().ok())
+        .collect();
+    (n.len() == 3).then(|| (n[0], n[1], n[2]))
+}
+
+/// Restart storm: 10,000 sessions (see [`storm_size`]) that all expire in ten minutes (NIC's
+/// force window, the default `refresh_before`) are taken up at once, so every proactive
+/// refresh is due in the same 30 seconds of jitter. The upstream never sees more than
+/// `max_concurrent_logins` logins at once nor more than `logins_per_second` starts in any
+/// second, every session is renewed before it expires (the pacer admits refreshes by
+/// deadline, and 10,000 at 25 a second fit in the window), none counts as late, and a
+/// caller's cold login in the middle of the storm goes ahead of the thousands of queued
+/// refreshes. Broken by: no pacer (the fake sees thousands at once), a pacer without the
+/// rate (starts bunch up), or one in arrival order (the cold caller waits minutes behind the
+/// backlog).
 #[tokio::test(start_paused = true)]
 async fn a_restart_storm_stays_within_the_login_pace_expires_none_and_starves_no_caller() {
-    const DUE: usize = 10_000;
-    const MAX_CONCURRENT: usize = 8;
-    const RATE: usize = 25;
+    let (due, max_concurrent, rate) = storm_size();
+    let started = std::time::Instant::now();
     let fake = Fake::new(Api::Einvoice, GRACE);
     fake.set_latency(Duration::from_millis(250));
-    let extra = format!("max_concurrent_logins = {MAX_CONCURRENT}\nlogins_per_second = {RATE}");
-    let rig = Rig::many(Api::Einvoice, &fake, &extra, DUE + 1);
+    let extra = format!("max_concurrent_logins = {max_concurrent}\nlogins_per_second = {rate}");
+    let rig = Rig::many(Api::Einvoice, &fake, &extra, due + 1);
     let slots = rig.sessions.table().slots.clone();
     let expiry = Instant::now() + TEN_MINUTES;
     // The first slot stays without a session: its caller arrives during the storm.
@@ -54,7 +72,7 @@ async fn a_restart_storm_stays_within_the_login_pace_expires_none_and_starves_no
     let metrics = rig.sessions.metrics();
     let waiting = || metrics.logins_waiting.get_or_create(&label).get();
     assert!(
-        waiting() > 5_000,
+        waiting() > i64::try_from(due / 2).unwrap(),
         "the backlog shows: {} waiting",
         waiting()
     );
@@ -69,22 +87,28 @@ async fn a_restart_storm_stays_within_the_login_pace_expires_none_and_starves_no
 
     sleep_until(expiry + MINUTE).await;
     let calls = fake.calls();
-    assert_eq!(calls.len(), DUE + 1, "one login per slot");
+    assert_eq!(calls.len(), due + 1, "one login per slot");
     assert!(
-        fake.max_in_flight() <= MAX_CONCURRENT,
+        fake.max_in_flight() <= max_concurrent,
         "{} logins in flight at once",
         fake.max_in_flight()
     );
     let mut starts: Vec<Instant> = calls.iter().map(|(at, _)| Instant::from_std(*at)).collect();
     starts.sort();
-    for window in starts.windows(RATE + 1) {
+    for window in starts.windows(rate + 1) {
         assert!(
-            window[RATE] - window[0] >= Duration::from_secs(1),
+            window[rate] - window[0] >= Duration::from_secs(1),
             "{} logins started within {:?}",
-            RATE + 1,
-            window[RATE] - window[0]
+            rate + 1,
+            window[rate] - window[0]
         );
     }
+    let busiest_second = starts
+        .iter()
+        .enumerate()
+        .map(|(i, at)| starts[i..].partition_point(|t| *t - *at < Duration::from_secs(1)))
+        .max()
+        .unwrap_or(0);
     let last = *starts.last().unwrap();
     assert!(
         last < expiry,
@@ -99,6 +123,18 @@ async fn a_restart_storm_stays_within_the_login_pace_expires_none_and_starves_no
     }
     assert_eq!(metrics.late_refreshes.get_or_create(&label).get(), 0);
     assert_eq!(waiting(), 0);
+    // The figures BENCHMARKS.md quotes for a GSP-sized storm (`--nocapture` shows them).
+    println!(
+        "restart storm: {due} due sessions, max_concurrent_logins {max_concurrent}, \
+         logins_per_second {rate}: {} logins, at most {} in flight and {busiest_second} \
+         started in any one second, the last {:.0} s before expiry, 0 late, 0 expired; \
+         cold caller waited {:.2} s; {:.1} s of real time",
+        calls.len(),
+        fake.max_in_flight(),
+        (expiry - last).as_secs_f64(),
+        waited.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// The restart storm across a group: two replicas sharing a store take up the same 2,000
@@ -107,18 +143,19 @@ async fn a_restart_storm_stays_within_the_login_pace_expires_none_and_starves_no
 /// renewed once for the group (the other replica adopts it, giving its start back) and
 /// before it expires, on both replicas. Broken by: pacing each replica at the full rate
 /// (21 starts within 500 ms), or renewing again a session the group made while this
-/// replica waited for its permit (3,694 logins for 2,000 slots).
+/// replica waited for its permit (3,694 logins for 2,000 slots). `GSTGATE_GROUP_STORM`
+/// says `due,max_concurrent,per_second` for a larger run (as [`storm_size`]).
 #[tokio::test(start_paused = true)]
 async fn a_groups_restart_storm_stays_within_the_groups_login_rate() {
-    const DUE: usize = 2_000;
-    const RATE: usize = 20;
+    let (due, max_concurrent, rate) = sized("GSTGATE_GROUP_STORM").unwrap_or((2_000, 8, 20));
+    let started = std::time::Instant::now();
     let fake = Fake::new(Api::Einvoice, GRACE);
     fake.set_latency(Duration::from_millis(100));
     let memory = crate::store::Memory::default();
-    let extra = format!("logins_per_second = {RATE}");
+    let extra = format!("max_concurrent_logins = {max_concurrent}\nlogins_per_second = {rate}");
     let (a, b) = (
-        Rig::many(Api::Einvoice, &fake, &extra, DUE),
-        Rig::many(Api::Einvoice, &fake, &extra, DUE),
+        Rig::many(Api::Einvoice, &fake, &extra, due),
+        Rig::many(Api::Einvoice, &fake, &extra, due),
     );
     a.join(&memory, LEASE).await;
     b.join(&memory, LEASE).await;
@@ -135,23 +172,32 @@ async fn a_groups_restart_storm_stays_within_the_groups_login_rate() {
         .iter()
         .map(|(at, _)| Instant::from_std(*at))
         .collect();
-    assert_eq!(starts.len(), DUE, "one login per slot for the group");
+    assert_eq!(starts.len(), due, "one login per slot for the group");
     starts.sort();
-    for window in starts.windows(RATE + 1) {
+    for window in starts.windows(rate + 1) {
         assert!(
-            window[RATE] - window[0] >= Duration::from_secs(1),
+            window[rate] - window[0] >= Duration::from_secs(1),
             "{} logins started within {:?}",
-            RATE + 1,
-            window[RATE] - window[0]
+            rate + 1,
+            window[rate] - window[0]
         );
     }
-    assert!(*starts.last().unwrap() < expiry);
+    let last = *starts.last().unwrap();
+    assert!(last < expiry);
     for rig in [&a, &b] {
         for slot in &rig.sessions.table().slots {
             let now = slot.current().expect("renewed before it expired");
             assert_ne!(now.token, "restored-token");
         }
     }
+    println!(
+        "group restart storm: 2 replicas, {due} due sessions, max_concurrent_logins \
+         {max_concurrent}, logins_per_second {rate}: {} logins, the last {:.0} s before \
+         expiry, 0 expired; {:.1} s of real time",
+        starts.len(),
+        (expiry - last).as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// A storm larger than the pacer can renew in `refresh_before` (1,000 sessions at one login
