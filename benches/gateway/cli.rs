@@ -91,6 +91,14 @@ pub(crate) struct Opts {
     /// Scale scenario: concurrent connections of the bursts.
     #[arg(long, env = "BENCH_SCALE_CONCURRENCY", default_value_t = 64)]
     pub(crate) scale_concurrency: usize,
+    /// Load with the built-in open-loop generator (openloop.rs) instead of wrk: requests are
+    /// scheduled at `--rate` whatever the target does, and latency counts from each one's due
+    /// time (wrk2's correction for coordinated omission). Needs `--rate`.
+    #[arg(long, env = "BENCH_OPEN_LOOP", requires = "rate")]
+    pub(crate) open_loop: bool,
+    /// Internal: run as the open-loop generator against this URL (see openloop.rs).
+    #[arg(long, hide = true)]
+    pub(crate) open_loop_load: Option<String>,
     /// Internal: run as the lean upstream with this JSON config (see upstream.rs).
     #[arg(long, hide = true)]
     pub(crate) serve_upstream: Option<PathBuf>,

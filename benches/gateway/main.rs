@@ -51,6 +51,7 @@ mod cli;
 mod client;
 mod cpu;
 mod machine;
+mod openloop;
 mod procs;
 mod profile;
 mod report;
@@ -91,7 +92,9 @@ fn main() -> ExitCode {
     // measure a debug build, so it only says so.
     let args: Vec<String> = std::env::args().collect();
     let under_cargo_bench = args.iter().any(|a| a == "--bench");
-    let internal = args.iter().any(|a| a == "--serve-upstream");
+    let internal = args
+        .iter()
+        .any(|a| a == "--serve-upstream" || a == "--open-loop-load");
     if !internal && (!under_cargo_bench || cfg!(debug_assertions)) {
         eprintln!(
             "gateway-bench: skipped (not under `cargo bench`); run `bench/run.sh` or \
@@ -100,6 +103,19 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let opts = Opts::parse();
+    if let Some(url) = &opts.open_loop_load {
+        let secs = std::env::var("BENCH_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1);
+        return match openloop::main(url, opts.rate, opts.connections, secs) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("open-loop: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(config) = &opts.serve_upstream {
         return match upstream::main(config) {
             Ok(()) => ExitCode::SUCCESS,

@@ -58,19 +58,30 @@ pub(crate) fn run_wrk(
         .wrk
         .as_deref()
         .map_or(String::new(), |c| format!("taskset -c {c} "));
-    let script = format!(
-        "{taskset}wrk -t{threads} -c{conns} -d{secs}s --timeout 5s --latency -s '{lua}' '{url}'; rc=$?; times; exit $rc",
-        threads = opts.threads,
-        conns = opts.connections,
-        lua = lua.display(),
-        url = t.url,
-    );
+    let script = if opts.open_loop {
+        format!(
+            "{taskset}'{exe}' --open-loop-load '{url}' --rate {rate} --connections {conns}; rc=$?; times; exit $rc",
+            exe = std::env::current_exe()?.display(),
+            rate = opts.rate,
+            conns = opts.connections,
+            url = t.url,
+        )
+    } else {
+        format!(
+            "{taskset}wrk -t{threads} -c{conns} -d{secs}s --timeout 5s --latency -s '{lua}' '{url}'; rc=$?; times; exit $rc",
+            threads = opts.threads,
+            conns = opts.connections,
+            lua = lua.display(),
+            url = t.url,
+        )
+    };
     let out = Command::new("bash")
         .arg("-c")
         .arg(&script)
         .env("BENCH_BODY", &t.body)
         .env("BENCH_HEADERS", t.headers_file(dir))
         .env("BENCH_DELAY_MS", delay_ms(opts).to_string())
+        .env("BENCH_SECS", secs.to_string())
         .output()
         .context("running wrk")?;
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -133,7 +144,7 @@ pub(crate) fn run_wrk(
 /// The pause wrk's `delay()` puts between an answer and the next request on one connection
 /// for `--rate` (0 = none); wrk counts it in whole milliseconds.
 pub(crate) fn delay_ms(opts: &Opts) -> u64 {
-    if opts.rate == 0 {
+    if opts.rate == 0 || opts.open_loop {
         0
     } else {
         (u64::from(opts.connections) * 1000 / u64::from(opts.rate)).max(1)
