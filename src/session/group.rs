@@ -394,6 +394,7 @@ impl Sessions {
         let Some((store, _)) = self.shared() else {
             return;
         };
+        let started = crate::clock::now();
         // The subscription may come back a moment before the command connection does.
         let mut attempts = 0;
         let mut records = loop {
@@ -410,6 +411,7 @@ impl Sessions {
                 }
             }
         };
+        let read = crate::clock::now().saturating_duration_since(started);
         let table = self.table();
         let (mut taken_up, mut offered) = (0usize, 0usize);
         let mut offline = Vec::new();
@@ -422,6 +424,7 @@ impl Sessions {
             }
             slot.announcements().notify_waiters();
         }
+        let (to_offer, offering) = (offline.len(), crate::clock::now());
         // Each offer is a lease, a write and an announcement: one slot after another, a
         // replica that served many GSTINs through an outage would take minutes to rejoin.
         // Slots are independent, so a few dozen go at once.
@@ -460,6 +463,12 @@ impl Sessions {
         tracing::info!(
             taken_up,
             offered,
+            to_offer,
+            read_ms = read.as_millis(),
+            take_up_ms = offering.saturating_duration_since(started + read).as_millis(),
+            offer_ms = crate::clock::now()
+                .saturating_duration_since(offering)
+                .as_millis(),
             "rejoined the group: took up the sessions other replicas made, offered the ones made while the store was unreachable"
         );
     }
