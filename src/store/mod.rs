@@ -12,6 +12,7 @@
 //! * `record`: what is kept of a slot and its byte layout.
 //! * `dropin`: the drop-in sessions' records beside the slots'.
 //! * `idempotency`: the `Idempotency-Key` records, changed only by compare-and-swap.
+//! * `seed`: records made outside a gateway, as it writes them (the scale benchmark's sessions).
 //!
 //! Here: [`Store`], whose [`Store::put`] only queues a slot's new state in a map (the latest
 //! state per slot wins) and wakes a writer task; the writer seals the batch and commits it
@@ -28,6 +29,7 @@ mod memory;
 mod record;
 mod redis;
 mod seal;
+pub mod seed;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
