@@ -20,6 +20,8 @@
 //!    restart to it (reconnecting, reading every record again, taking them up, and offering
 //!    the group the sessions made during the outage, one lease each), with the rejoin's own
 //!    breakdown, and the logins meanwhile (must be 0).
+//!    Meanwhile a burst of up to 30 000 seeded GSTINs goes on through the replicas: its
+//!    latencies show whether the rejoin holds requests up.
 //! 5. The C credentials once more, each through another replica than the one that logged in
 //!    for it during the outage: 0 logins shows that every offered session reached the group.
 
@@ -51,6 +53,8 @@ const LOG: &str = "warn,gstgate::session::group=info";
 const REJOINED: &str = "rejoined the group";
 /// Records written to Redis per pipeline while seeding.
 const SEED_BATCH: usize = 1000;
+/// Requests of the burst sent while the group rejoins (at most the seeded GSTINs).
+const DURING_REJOIN: usize = 30_000;
 /// The longest the group may take to rejoin before the scenario gives up.
 const REJOIN_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -68,6 +72,7 @@ struct Size {
     rejoins: Vec<Rejoin>,
     group_rejoined: Duration,
     rejoin_logins: f64,
+    during: Burst,
     after: Burst,
     rss_end: Vec<u64>,
 }
@@ -220,29 +225,23 @@ fn one_size(
     let restarted = Instant::now();
     redis.start_again()?;
     let redis_load = restarted.elapsed();
-    let mut rejoins: Vec<Option<Rejoin>> = (0..gws.len()).map(|_| None).collect();
-    while rejoins.iter().any(Option::is_none) {
-        for (gw, seen) in gws.iter_mut().zip(rejoins.iter_mut()) {
-            if seen.is_some() {
-                continue;
-            }
-            gw.check_alive()?;
-            if let Some(line) = gw.find_line(REJOINED)? {
-                *seen = Some(Rejoin {
-                    after: restarted.elapsed(),
-                    fields: rejoin_fields(&line),
-                });
-            }
-        }
-        ensure!(
-            restarted.elapsed() < REJOIN_TIMEOUT,
-            "the group did not rejoin within {REJOIN_TIMEOUT:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let rejoins: Vec<Rejoin> = rejoins.into_iter().flatten().collect();
-    let group_rejoined = restarted.elapsed();
+    // Callers go on through the rejoin: a burst of seeded GSTINs, served from memory, shows
+    // whether reading and taking up every record holds requests up.
+    let during_gstins = &gstins[..seeded.min(DURING_REJOIN)];
+    let (during, rejoins) = std::thread::scope(|s| {
+        let during = s.spawn(|| burst(&proxies, during_gstins, invoice, concurrency, "R"));
+        let rejoins = wait_for_rejoins(&mut gws, restarted);
+        let during = during
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("the burst during the rejoin panicked")));
+        (during, rejoins)
+    });
+    let (during, rejoins) = (during?, rejoins?);
+    let group_rejoined = rejoins.iter().map(|r| r.after).max().unwrap_or_default();
     let rejoin_logins = logins()? - before;
+    // The burst's window is the rejoin's: from the restart until both ended.
+    let mut during = during;
+    during.logins = rejoin_logins;
 
     // The same credentials through another replica each: the group's session, no login.
     let mut rotated = proxies.clone();
@@ -267,9 +266,35 @@ fn one_size(
         rejoins,
         group_rejoined,
         rejoin_logins,
+        during,
         after,
         rss_end,
     })
+}
+
+/// Polls every replica's log until each has rejoined the group; when, and what it said.
+fn wait_for_rejoins(gws: &mut [Proc], restarted: Instant) -> Result<Vec<Rejoin>> {
+    let mut rejoins: Vec<Option<Rejoin>> = (0..gws.len()).map(|_| None).collect();
+    while rejoins.iter().any(Option::is_none) {
+        for (gw, seen) in gws.iter_mut().zip(rejoins.iter_mut()) {
+            if seen.is_some() {
+                continue;
+            }
+            gw.check_alive()?;
+            if let Some(line) = gw.find_line(REJOINED)? {
+                *seen = Some(Rejoin {
+                    after: restarted.elapsed(),
+                    fields: rejoin_fields(&line),
+                });
+            }
+        }
+        ensure!(
+            restarted.elapsed() < REJOIN_TIMEOUT,
+            "the group did not rejoin within {REJOIN_TIMEOUT:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(rejoins.into_iter().flatten().collect())
 }
 
 /// The seeded session of `gstin`: a token of the lean upstream's form (30 hex digits) and a
@@ -433,6 +458,7 @@ fn report(results: &[Size], replicas: usize, concurrency: usize) -> String {
         for (label, b) in [
             ("warm (seeded sessions)", &r.warm),
             ("during the outage (no session yet)", &r.outage),
+            ("from the restart on, through the rejoin", &r.during),
             ("after the rejoin, another replica each", &r.after),
         ] {
             let _ = writeln!(
