@@ -35,6 +35,9 @@ pub(crate) mod server;
 pub(crate) mod session;
 pub mod sim;
 pub(crate) mod store;
+/// Seeding a Redis store with sessions, for the scale benchmark; not a supported API.
+#[doc(hidden)]
+pub use store::seed as store_seed;
 pub(crate) mod tasks;
 pub(crate) mod telemetry;
 pub(crate) mod timestamp;

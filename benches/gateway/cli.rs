@@ -99,12 +99,28 @@ pub(crate) struct Opts {
     /// Internal: run as the open-loop generator against this URL (see openloop.rs).
     #[arg(long, hide = true)]
     pub(crate) open_loop_load: Option<String>,
+    /// Scale scenario: the session store. `embedded`: one gateway on the redb file (a cold
+    /// burst, the admin listener, a restart); `redis`: `--scale-replicas` replicas sharing a
+    /// redis-server of the scenario's own, seeded with sessions (start-up, a warm burst, an
+    /// outage and the group's rejoin; see scale_redis.rs).
+    #[arg(long, env = "BENCH_SCALE_STORE", value_enum, default_value_t = ScaleStore::Embedded)]
+    pub(crate) scale_store: ScaleStore,
+    /// Scale scenario with `--scale-store redis`: how many replicas share the store.
+    #[arg(long, env = "BENCH_SCALE_REPLICAS", default_value_t = 3)]
+    pub(crate) scale_replicas: usize,
     /// Internal: run as the lean upstream with this JSON config (see upstream.rs).
     #[arg(long, hide = true)]
     pub(crate) serve_upstream: Option<PathBuf>,
     /// Passed by `cargo bench` (not by `cargo test`, and then nothing runs: see `main`).
     #[arg(long, hide = true)]
     bench: bool,
+}
+
+/// The scale scenario's session store.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ScaleStore {
+    Embedded,
+    Redis,
 }
 
 /// Which server plays the GSP.

@@ -37,7 +37,9 @@
 //! `cargo bench --bench gateway -- --rounds 5 --duration 10s`.
 //!
 //! `--scale 1000,10000,100000` runs another scenario instead (scale.rs): start-up, a burst of
-//! cold GSTINs, memory per session and a restart, with that many credentials.
+//! cold GSTINs, memory per session and a restart, with that many credentials; with
+//! `--scale-store redis`, a group of `--scale-replicas` replicas on a seeded Redis store:
+//! start-up, a warm burst, an outage and the group's rejoin (scale_redis.rs).
 
 use std::fs;
 use std::path::PathBuf;
@@ -57,11 +59,12 @@ mod profile;
 mod report;
 mod rounds;
 mod scale;
+mod scale_redis;
 mod targets;
 mod upstream;
 mod wrk;
 
-use cli::{Layout, Opts, TargetKind};
+use cli::{Layout, Opts, ScaleStore, TargetKind};
 use client::Http;
 use cpu::{clock_ticks, wait_until_quiet};
 use machine::Machine;
@@ -141,14 +144,25 @@ fn run(opts: Opts) -> Result<()> {
         let scratch = tempfile::Builder::new()
             .prefix("gstgate-scale-")
             .tempdir()?;
-        let report = scale::run(
-            &bin,
-            &manifest,
-            scratch.path(),
-            &opts.scale,
-            opts.scale_cold,
-            opts.scale_concurrency,
-        )?;
+        let report = match opts.scale_store {
+            ScaleStore::Embedded => scale::run(
+                &bin,
+                &manifest,
+                scratch.path(),
+                &opts.scale,
+                opts.scale_cold,
+                opts.scale_concurrency,
+            )?,
+            ScaleStore::Redis => scale_redis::run(
+                &bin,
+                &manifest,
+                scratch.path(),
+                &opts.scale,
+                opts.scale_cold,
+                opts.scale_concurrency,
+                opts.scale_replicas,
+            )?,
+        };
         println!("{report}");
         if opts.keep {
             eprintln!("scale-bench: scratch kept at {}", scratch.keep().display());

@@ -122,6 +122,15 @@ impl Proc {
         text[start..].to_string()
     }
 
+    /// The first line of the log containing `needle`, if there is one yet.
+    pub(crate) fn find_line(&self, needle: &str) -> Result<Option<String>> {
+        let text = fs::read_to_string(&self.log)?;
+        Ok(text
+            .lines()
+            .find(|l| l.contains(needle))
+            .map(|l| l.trim().to_string()))
+    }
+
     /// Polls the log for a line containing `needle` and returns it.
     pub(crate) fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;

@@ -36,8 +36,8 @@ use crate::targets::{
 };
 use crate::upstream;
 
-const USER: &str = "scale_user";
-const PASSWORD: &str = "Scale#Pass1";
+pub(crate) const USER: &str = "scale_user";
+pub(crate) const PASSWORD: &str = "Scale#Pass1";
 /// Requests per admin probe: enough for a median on a machine shared with other work.
 const PROBE_ROUNDS: usize = 15;
 
@@ -66,14 +66,14 @@ struct Probe {
 }
 
 /// One burst of requests, each for another GSTIN.
-struct Burst {
-    requests: usize,
-    wall: Duration,
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
-    errors: usize,
-    logins: f64,
+pub(crate) struct Burst {
+    pub(crate) requests: usize,
+    pub(crate) wall: Duration,
+    pub(crate) p50: Duration,
+    pub(crate) p99: Duration,
+    pub(crate) max: Duration,
+    pub(crate) errors: usize,
+    pub(crate) logins: f64,
 }
 
 /// Runs the scenario for every size and returns the Markdown report.
@@ -114,9 +114,21 @@ fn one_size(
     concurrency: usize,
 ) -> Result<Size> {
     let gstins: Vec<String> = (0..n).map(gstin).collect();
-    let (_upstream, upstream_url, public_key) = start_upstream(dir, &gstins)?;
+    let (_upstream, upstream_url, public_key) = start_upstream(dir, &gstins, Vec::new())?;
     let store = dir.join(format!("scale-{n}.redb"));
-    let config = write_config(dir, n, &gstins, &upstream_url, &public_key, &store)?;
+    let store_section = format!(
+        "backend = \"embedded\"\npath = \"{}\"\nencryption_key = \"{STORE_KEY}\"\n",
+        store.display()
+    );
+    let config = write_config(
+        dir,
+        &format!("scale-{n}"),
+        &gstins,
+        &upstream_url,
+        &public_key,
+        &store_section,
+        "",
+    )?;
     let config_bytes = fs::metadata(&config)?.len();
 
     let started = Instant::now();
@@ -141,7 +153,7 @@ fn one_size(
     };
 
     let before = logins()?;
-    let mut cold_burst = burst(&proxy, &gstins[..cold], invoice, concurrency, "C")?;
+    let mut cold_burst = burst(&[proxy], &gstins[..cold], invoice, concurrency, "C")?;
     cold_burst.logins = logins()? - before;
     let rss_cold = rss(&gw)?;
     let last_page = n.div_ceil(200).max(1);
@@ -164,7 +176,7 @@ fn one_size(
     let (gw, proxy, _, restart) = serve(bin, dir, &config, &format!("gstgate-{n}-restarted"))?;
     let rss_restart = rss(&gw)?;
     let before = logins()?;
-    let mut warm = burst(&proxy, &gstins[..cold], invoice, concurrency, "W")?;
+    let mut warm = burst(&[proxy], &gstins[..cold], invoice, concurrency, "W")?;
     warm.logins = logins()? - before;
     let rss_warm = rss(&gw)?;
     drop(gw);
@@ -188,7 +200,7 @@ fn one_size(
 
 /// The `i`th taxpayer: Maharashtra (27), a PAN-shaped middle made from `i`, a valid check
 /// character.
-fn gstin(i: usize) -> String {
+pub(crate) fn gstin(i: usize) -> String {
     let mut letters = i / 10_000;
     let mut pan = String::new();
     for _ in 0..5 {
@@ -211,7 +223,13 @@ fn check_char(first14: &str) -> char {
     char::from(CODES[(36 - sum % 36) % 36])
 }
 
-fn start_upstream(dir: &Path, gstins: &[String]) -> Result<(Proc, String, PathBuf)> {
+/// Starts the lean upstream with one user per GSTIN (and `sessions` already issued, see
+/// [`upstream::UpstreamConfig::sessions`]); returns it, its URL and its public key's file.
+pub(crate) fn start_upstream(
+    dir: &Path,
+    gstins: &[String],
+    sessions: Vec<(String, String, String, String)>,
+) -> Result<(Proc, String, PathBuf)> {
     let public_key = dir.join("scale-upstream-public.pem");
     let cfg = upstream::UpstreamConfig {
         listen: "127.0.0.1:0".parse()?,
@@ -221,6 +239,7 @@ fn start_upstream(dir: &Path, gstins: &[String]) -> Result<(Proc, String, PathBu
             .map(|g| (g.clone(), USER.to_string(), PASSWORD.to_string()))
             .collect(),
         clients: vec![(CLIENT_ID.into(), CLIENT_SECRET.into())],
+        sessions,
     };
     let cfg_path = dir.join("scale-upstream.json");
     fs::write(&cfg_path, serde_json::to_vec(&cfg)?)?;
@@ -232,14 +251,18 @@ fn start_upstream(dir: &Path, gstins: &[String]) -> Result<(Proc, String, PathBu
     Ok((p, url, public_key))
 }
 
-fn write_config(
+/// Writes `{name}.toml`: one credential per GSTIN in front of the upstream, passthrough, the
+/// `[store]` section `store` and `upstream_extra` lines in the `[[upstream]]` table.
+pub(crate) fn write_config(
     dir: &Path,
-    n: usize,
+    name: &str,
     gstins: &[String],
     upstream_url: &str,
     public_key: &Path,
-    store: &Path,
+    store: &str,
+    upstream_extra: &str,
 ) -> Result<PathBuf> {
+    let n = gstins.len();
     let mut text = format!(
         r#"# gstgate scale benchmark: {n} credentials; written by benches/gateway/scale.rs
 [server]
@@ -248,9 +271,7 @@ admin_listen = "127.0.0.1:0"
 admin_token = "{ADMIN_TOKEN}"
 
 [store]
-backend = "embedded"
-path = "{store}"
-encryption_key = "{STORE_KEY}"
+{store}
 
 [[upstream]]
 name = "einvoice"
@@ -262,13 +283,13 @@ public_key = "{public_key}"
 encryption = "passthrough"
 client_id = "{CLIENT_ID}"
 client_secret = "{CLIENT_SECRET}"
+{upstream_extra}
 
 [[client]]
 name = "scale"
 api_key_sha256 = "{key_hash}"
 gstins = ["*"]
 "#,
-        store = store.display(),
         public_key = public_key.display(),
         key_hash = hex_sha256(API_KEY.as_bytes()),
     );
@@ -278,7 +299,7 @@ gstins = ["*"]
             "\n[[credential]]\ngstin = \"{g}\"\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\nupstreams = [\"einvoice\"]"
         )?;
     }
-    let path = dir.join(format!("scale-{n}.toml"));
+    let path = dir.join(format!("{name}.toml"));
     fs::write(&path, text)?;
     Ok(path)
 }
@@ -305,17 +326,28 @@ fn probe(http: &Http, admin: &str, path: &str) -> Result<Probe> {
 
 /// Starts `serve` and waits for its ready line; returns the process, the proxy address, the
 /// admin address and the time from spawn to ready.
-fn serve(
+pub(crate) fn serve(
     bin: &Path,
     dir: &Path,
     config: &Path,
     name: &str,
 ) -> Result<(Proc, String, String, Duration)> {
+    serve_logging(bin, dir, config, name, "warn")
+}
+
+/// [`serve`] with `RUST_LOG` set to `log`.
+pub(crate) fn serve_logging(
+    bin: &Path,
+    dir: &Path,
+    config: &Path,
+    name: &str,
+    log: &str,
+) -> Result<(Proc, String, String, Duration)> {
     let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .arg("--config")
         .arg(config)
-        .env("RUST_LOG", "warn");
+        .env("RUST_LOG", log);
     let started = Instant::now();
     let ready = "gstgate ready: proxy http://";
     let (p, line) = Proc::spawn_until(name, cmd, dir, ready, Duration::from_secs(600))?;
@@ -334,7 +366,7 @@ fn serve(
 }
 
 /// Resident memory of the process, bytes.
-fn rss(p: &Proc) -> Result<u64> {
+pub(crate) fn rss(p: &Proc) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{}/status", p.pid()))?;
     let kib = status
         .lines()
@@ -344,9 +376,10 @@ fn rss(p: &Proc) -> Result<u64> {
     Ok(kib * 1024)
 }
 
-/// One generate-IRN request per GSTIN of `gstins`, `concurrency` at a time.
-fn burst(
-    proxy: &str,
+/// One generate-IRN request per GSTIN of `gstins`, `concurrency` at a time; the `i`th goes
+/// to `proxies[i % proxies.len()]` (replicas share the burst round-robin).
+pub(crate) fn burst(
+    proxies: &[String],
     gstins: &[String],
     invoice: &Value,
     concurrency: usize,
@@ -361,7 +394,13 @@ fn burst(
         .pool_max_idle_per_host(concurrency)
         .timeout(Duration::from_secs(120))
         .build()?;
-    let url = format!("{proxy}{INVOICE_PATH}");
+    ensure!(!proxies.is_empty(), "no proxy to send the burst to");
+    let urls: Arc<Vec<String>> = Arc::new(
+        proxies
+            .iter()
+            .map(|p| format!("{p}{INVOICE_PATH}"))
+            .collect(),
+    );
     let bodies: Arc<Vec<(String, Vec<u8>)>> = Arc::new(
         gstins
             .iter()
@@ -382,8 +421,8 @@ fn burst(
     let results: Vec<(Vec<Duration>, usize)> = rt.block_on(async {
         let mut workers = Vec::new();
         for _ in 0..concurrency {
-            let (client, url, bodies, next) =
-                (client.clone(), url.clone(), bodies.clone(), next.clone());
+            let (client, urls, bodies, next) =
+                (client.clone(), urls.clone(), bodies.clone(), next.clone());
             workers.push(tokio::spawn(async move {
                 let mut latencies = Vec::new();
                 let mut errors = 0;
@@ -394,7 +433,7 @@ fn burst(
                     };
                     let sent = Instant::now();
                     let res = client
-                        .post(&url)
+                        .post(&urls[i % urls.len()])
                         .header("x-api-key", API_KEY)
                         .header("gstin", gstin)
                         .header("content-type", "application/json")
@@ -443,11 +482,11 @@ fn burst(
     })
 }
 
-fn mib(bytes: u64) -> String {
+pub(crate) fn mib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.0}", d.as_secs_f64() * 1000.0)
 }
 

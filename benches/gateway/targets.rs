@@ -143,6 +143,7 @@ pub(crate) fn start_upstream(b: &Bench) -> Result<Upstream> {
                     .map(|(u, p)| (GSTIN.into(), u.to_string(), p.to_string()))
                     .collect(),
                 clients: vec![(CLIENT_ID.into(), CLIENT_SECRET.into())],
+                sessions: Vec::new(),
             };
             let cfg_path = dir.join("upstream.json");
             fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;

@@ -57,6 +57,11 @@ pub struct UpstreamConfig {
     pub users: Vec<(String, String, String)>,
     /// (client id, client secret)
     pub clients: Vec<(String, String)>,
+    /// Sessions issued before this process started: (GSTIN, username, token, SEK in base64).
+    /// The scale scenario seeds a Redis store with 100 000 sessions instead of making 100 000
+    /// logins; their tokens must be valid here as if this upstream had issued them.
+    #[serde(default)]
+    pub sessions: Vec<(String, String, String, String)>,
 }
 
 /// A live session: what an AuthToken stands for.
@@ -105,12 +110,13 @@ pub fn main(config: &Path) -> Result<()> {
             .iter()
             .map(|(g, u, p)| ((g.to_ascii_uppercase(), u.clone()), p.clone()))
             .collect();
+        let (by_user, by_token) = issued(&cfg.sessions)?;
         let state = Arc::new(State {
             keypair,
             cfg,
             passwords,
-            by_user: RwLock::default(),
-            by_token: RwLock::default(),
+            by_user: RwLock::new(by_user),
+            by_token: RwLock::new(by_token),
             documents: RwLock::default(),
             ack_no: AtomicU64::new(112_010_000_000_000),
             requests: AtomicU64::new(0),
@@ -135,6 +141,31 @@ pub fn main(config: &Path) -> Result<()> {
 }
 
 type Reply = Response<Full<Bytes>>;
+
+/// The sessions of `UpstreamConfig::sessions`, by (GSTIN, user) and by token.
+#[allow(clippy::type_complexity)]
+fn issued(
+    sessions: &[(String, String, String, String)],
+) -> Result<(
+    HashMap<(String, String), Arc<Session>>,
+    HashMap<String, Arc<Session>>,
+)> {
+    let expiry = chrono::Utc::now() + chrono::Duration::minutes(TOKEN_TTL_MINUTES + 330);
+    let expiry_ist = expiry.format("%Y-%m-%d %H:%M:%S").to_string();
+    let (mut by_user, mut by_token) = (HashMap::new(), HashMap::new());
+    for (gstin, user, token, sek) in sessions {
+        let s = Arc::new(Session {
+            gstin: gstin.to_ascii_uppercase(),
+            user: user.clone(),
+            token: token.clone(),
+            sek: AesKey::from_slice(&b64_decode(sek)?)?,
+            expiry_ist: expiry_ist.clone(),
+        });
+        by_user.insert((s.gstin.clone(), s.user.clone()), s.clone());
+        by_token.insert(s.token.clone(), s);
+    }
+    Ok((by_user, by_token))
+}
 
 async fn handle(st: Arc<State>, req: http::Request<Incoming>) -> Result<Reply, Infallible> {
     let (parts, body) = req.into_parts();

@@ -44,6 +44,9 @@ const LEASE_POLL_MIN: Duration = Duration::from_millis(20);
 /// How many slots a rejoining replica offers to the group at once.
 const REJOIN_CONCURRENCY: usize = 32;
 
+/// Slots taken up between two yields to the scheduler when a serving replica rejoins.
+const TAKE_UP_CHUNK: usize = 1024;
+
 /// After reconnecting, reading the group's records is tried this often...
 const REJOIN_ATTEMPTS: u32 = 20;
 /// ... this far apart.
@@ -394,6 +397,7 @@ impl Sessions {
         let Some((store, _)) = self.shared() else {
             return;
         };
+        let started = crate::clock::now();
         // The subscription may come back a moment before the command connection does.
         let mut attempts = 0;
         let mut records = loop {
@@ -410,10 +414,11 @@ impl Sessions {
                 }
             }
         };
+        let read = crate::clock::now().saturating_duration_since(started);
         let table = self.table();
         let (mut taken_up, mut offered) = (0usize, 0usize);
         let mut offline = Vec::new();
-        for slot in &table.slots {
+        for (i, slot) in table.slots.iter().enumerate() {
             if let Some(loaded) = records.remove(slot.record_name().as_str()) {
                 taken_up += usize::from(self.take_up(slot, loaded.record));
             }
@@ -421,7 +426,13 @@ impl Sessions {
                 offline.push(slot.clone());
             }
             slot.announcements().notify_waiters();
+            // The replica serves meanwhile: 100,000 slots are ≈ 0.3 s of work, which would
+            // otherwise hold up every request queued on this worker thread.
+            if i % TAKE_UP_CHUNK == TAKE_UP_CHUNK - 1 {
+                tokio::task::yield_now().await;
+            }
         }
+        let (to_offer, offering) = (offline.len(), crate::clock::now());
         // Each offer is a lease, a write and an announcement: one slot after another, a
         // replica that served many GSTINs through an outage would take minutes to rejoin.
         // Slots are independent, so a few dozen go at once.
@@ -460,6 +471,12 @@ impl Sessions {
         tracing::info!(
             taken_up,
             offered,
+            to_offer,
+            read_ms = read.as_millis(),
+            take_up_ms = offering.saturating_duration_since(started + read).as_millis(),
+            offer_ms = crate::clock::now()
+                .saturating_duration_since(offering)
+                .as_millis(),
             "rejoined the group: took up the sessions other replicas made, offered the ones made while the store was unreachable"
         );
     }

@@ -545,6 +545,71 @@ async fn a_session_made_offline_is_offered_to_the_group_when_the_store_is_back()
     assert_eq!(fake.calls().len(), 1, "B made no login");
 }
 
+/// Both replicas made a session offline for each of many slots (more than a rejoin offers
+/// at once), each with a token of its own; when the store is back both offer theirs at the
+/// same time. For every slot the group settles on one session: both replicas use it, the
+/// group's record holds it, and nothing logs in again. Broken by: an offer written without
+/// the slot's lease, or without taking up the record first (the later write wins in the
+/// store while the earlier replica keeps its own token: two owners), or a batch of offers
+/// that writes over another replica's.
+#[tokio::test(start_paused = true)]
+async fn offline_sessions_offered_at_once_for_many_slots_settle_on_one_owner_each() {
+    const SLOTS: usize = 100;
+    let fake = Fake::new(Api::Einvoice, GRACE);
+    let memory = crate::store::Memory::default();
+    let a = Rig::many(Api::Einvoice, &fake, "", SLOTS);
+    let b = Rig::many(Api::Einvoice, &fake, "", SLOTS);
+    a.join(&memory, LEASE).await;
+    b.join(&memory, LEASE).await;
+    let (slots_a, slots_b) = (
+        a.sessions.table().slots.clone(),
+        b.sessions.table().slots.clone(),
+    );
+    memory.set_down(true);
+    for slot in &slots_a {
+        a.sessions.session(slot, Trigger::Cold).await.unwrap();
+    }
+    // B's logins get tokens of their own, not A's handed back.
+    fake.forget_all();
+    for slot in &slots_b {
+        b.sessions.session(slot, Trigger::Cold).await.unwrap();
+    }
+    let logins = fake.calls().len();
+    assert_eq!(logins, 2 * SLOTS, "each replica logged in for each slot");
+    for (sa, sb) in slots_a.iter().zip(&slots_b) {
+        assert_ne!(sa.current().unwrap().token, sb.current().unwrap().token);
+    }
+
+    memory.set_down(false);
+    sleep(Duration::from_secs(5)).await;
+    let (metrics, _) = crate::metrics::Metrics::new();
+    let group = crate::store::Store::in_memory(&memory, true, metrics, Default::default());
+    for (sa, sb) in slots_a.iter().zip(&slots_b) {
+        let (on_a, on_b) = (sa.current().unwrap(), sb.current().unwrap());
+        assert_eq!(
+            on_a.token, on_b.token,
+            "{}: the replicas use different tokens",
+            sa.credential.gstin
+        );
+        let record = group
+            .fetch(&sa.record_name())
+            .await
+            .unwrap()
+            .expect("the group's record")
+            .record;
+        assert_eq!(
+            record.session.map(|s| s.token),
+            Some(on_a.token.clone()),
+            "{}: the record holds another session",
+            sa.credential.gstin
+        );
+    }
+    for slot in &slots_b {
+        b.sessions.session(slot, Trigger::Cold).await.unwrap();
+    }
+    assert_eq!(fake.calls().len(), logins, "no login after the rejoin");
+}
+
 /// An OTP is never wasted, and the allowance never overdrawn: with the default 4 logins per
 /// window, every sequence of five operator calls (OTP request, OTP submission, a wrong OTP,
 /// refresh) at one instant, the worst case for the window, makes at most 4 upstream calls

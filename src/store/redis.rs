@@ -96,7 +96,7 @@ impl Redis {
     }
 
     fn record_key(&self, name: &str) -> String {
-        format!("{}:session:{name}", self.prefix)
+        session_key(&self.prefix, name)
     }
 
     fn channel(&self) -> String {
@@ -483,6 +483,11 @@ fn eval(script: &str, lease: &Lease) -> redis::Cmd {
         .arg(&lease.key)
         .arg(&lease.owner)
         .clone()
+}
+
+/// The Redis key of record `name` under `prefix`.
+pub(super) fn session_key(prefix: &str, name: &str) -> String {
+    format!("{prefix}:session:{name}")
 }
 
 /// A lease holder's identity: random, so that only the holder can extend or release it.

@@ -166,6 +166,12 @@ impl Fake {
         );
     }
 
+    /// Forgets every live token, as an upstream that restarted would: the next login of any
+    /// credential gets a new token.
+    pub(super) fn forget_all(&self) {
+        self.model().live.clear();
+    }
+
     /// Makes every login take `latency` to answer, so that logins overlap.
     pub(super) fn set_latency(&self, latency: Duration) {
         self.model().latency = latency;
