@@ -13,7 +13,6 @@ mod pool;
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -50,7 +49,7 @@ pub enum ExchangeError {
 pub struct HttpClient {
     connector: Connector,
     http1: http1::Builder,
-    pool: Arc<Pool>,
+    pool: Pool,
 }
 
 /// A connection and the handle requests are written into it with.
@@ -67,7 +66,7 @@ impl HttpClient {
         Self {
             connector: connect::build(tls, connect_timeout),
             http1: http1::Builder::new(),
-            pool: Arc::default(),
+            pool: Pool::default(),
         }
     }
 

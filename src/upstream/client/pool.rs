@@ -1,9 +1,13 @@
 //! The idle connections of one upstream, kept per origin (scheme and authority) and handed out
 //! most recently used first, so the busiest connections stay warm and the rest age out.
+//!
+//! No task sweeps the pool: a connection is checked when it is taken (too old, or closed by
+//! the upstream: closed, and the next one tried), and the ones past the idle period are
+//! closed whenever a connection is returned. Connections to an upstream that gets no more
+//! requests at all therefore stay open, at most [`MAX_IDLE`] per origin, until its next
+//! request.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Wake, Waker};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -35,8 +39,6 @@ struct Idle {
 #[derive(Default)]
 pub(super) struct Pool {
     origins: Mutex<Vec<(Origin, Vec<Idle>)>>,
-    /// Whether the sweeper task runs.
-    sweeping: AtomicBool,
 }
 
 impl Pool {
@@ -63,9 +65,11 @@ impl Pool {
         found
     }
 
-    /// Keeps `conn` for the next request to `origin`.
-    pub(super) fn put(self: &Arc<Self>, origin: &Origin, conn: Conn) {
-        let extra = {
+    /// Keeps `conn` for the next request to `origin`, and closes that origin's connections
+    /// idle past the idle period.
+    pub(super) fn put(&self, origin: &Origin, conn: Conn) {
+        let now = Instant::now();
+        let (extra, stale) = {
             let mut origins = self.lock();
             let idle = match origins.iter().position(|(o, _)| o == origin) {
                 Some(i) => &mut origins[i].1,
@@ -75,55 +79,21 @@ impl Pool {
                     &mut origins[last].1
                 }
             };
+            // Oldest first: the stale ones are a prefix.
+            let old = idle
+                .iter()
+                .take_while(|entry| now.duration_since(entry.since) >= IDLE_FOR)
+                .count();
+            let stale: Vec<Idle> = idle.drain(..old).collect();
             if idle.len() >= MAX_IDLE {
-                Some(conn)
+                (Some(conn), stale)
             } else {
-                idle.push(Idle {
-                    conn,
-                    since: Instant::now(),
-                });
-                None
+                idle.push(Idle { conn, since: now });
+                (None, stale)
             }
         };
-        drop(extra);
-        self.start_sweeping();
-    }
-
-    /// Starts, once, the task that closes connections idle too long or closed by the
-    /// upstream, so a quiet upstream does not hold a pool's worth of dead sockets.
-    fn start_sweeping(self: &Arc<Self>) {
-        if self.sweeping.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(sweep(Arc::downgrade(self)));
-            }
-            Err(_) => self.sweeping.store(false, Ordering::Relaxed),
-        }
-    }
-
-    /// Closes what is too old or already closed by its peer.
-    fn sweep_once(&self) {
-        let now = Instant::now();
-        let mut gone = Vec::new();
-        {
-            let mut origins = self.lock();
-            let waker = Waker::from(Arc::new(Unwoken));
-            let mut cx = Context::from_waker(&waker);
-            for (_, idle) in origins.iter_mut() {
-                let mut kept = Vec::with_capacity(idle.len());
-                for mut entry in idle.drain(..) {
-                    if now.duration_since(entry.since) < IDLE_FOR && entry.conn.reusable(&mut cx) {
-                        kept.push(entry);
-                    } else {
-                        gone.push(entry);
-                    }
-                }
-                *idle = kept;
-            }
-        }
-        drop(gone);
+        // Closing sockets is a system call each: never under the lock.
+        drop((extra, stale));
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<(Origin, Vec<Idle>)>> {
@@ -138,27 +108,5 @@ impl Pool {
     #[cfg(test)]
     pub(super) fn idle(&self) -> usize {
         self.lock().iter().map(|(_, idle)| idle.len()).sum()
-    }
-}
-
-/// The waker a sweep polls idle connections with: nothing waits on them, the next request to
-/// take one polls it again with its own.
-struct Unwoken;
-
-impl Wake for Unwoken {
-    fn wake(self: Arc<Self>) {}
-}
-
-/// Sweeps `pool` every half idle period until the upstream holding it is gone.
-async fn sweep(pool: Weak<Pool>) {
-    let mut every = tokio::time::interval(IDLE_FOR / 2);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    every.tick().await;
-    loop {
-        every.tick().await;
-        match pool.upgrade() {
-            Some(pool) => pool.sweep_once(),
-            None => return,
-        }
     }
 }
