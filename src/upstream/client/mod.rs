@@ -200,8 +200,11 @@ fn origin_form(req: &mut Request<Full<Bytes>>) -> Result<Origin, ExchangeError> 
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     if !req.headers().contains_key(HOST) {
         let default_port = if https { 443 } else { 80 };
+        // Host and port only: never a `user:password@` an authority could carry.
         let host = match authority.port_u16() {
-            Some(port) if port != default_port => HeaderValue::from_str(authority.as_str()),
+            Some(port) if port != default_port => {
+                HeaderValue::from_str(&format!("{}:{port}", authority.host()))
+            }
             _ => HeaderValue::from_str(authority.host()),
         }
         .map_err(|_| ExchangeError::NoHost)?;

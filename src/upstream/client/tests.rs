@@ -276,3 +276,16 @@ async fn a_connection_idle_past_the_idle_period_is_not_used_again() {
     assert_eq!(server.connections(), 2, "an old one is not");
     assert_eq!(client.pool.idle(), 1, "and is closed");
 }
+
+/// A URL's `user:password@` never reaches the upstream in `Host` (configuration refuses such a
+/// `base_url`; the client does not rely on it). Broken by: `Host` built from the whole
+/// authority.
+#[tokio::test]
+async fn the_host_header_carries_no_userinfo() {
+    let server = Server::start(r#"{"Status":1}"#, After::KeepAlive).await;
+    let url = server.url.replace("http://", "http://user:secret@") + "/x";
+    client().exchange(post(&url, "{}"), 1024).await.unwrap();
+    let head = server.heads.lock().unwrap()[0].to_ascii_lowercase();
+    assert!(!head.contains("secret") && !head.contains("user"), "{head}");
+    assert!(head.contains("host: 127.0.0.1:"), "{head}");
+}
