@@ -374,7 +374,8 @@ async fn no_spelling_of_an_auth_path_reaches_the_upstream() {
 }
 
 /// Headers a caller sends that no GST API call needs from it: identity and credential
-/// spellings, hop-by-hop headers, and an unlisted one.
+/// spellings, hop-by-hop headers, and an unlisted one. (Every raw request also sends
+/// `host: gstgate`, which must not reach the upstream either.)
 const FORGED: &[(&str, &str)] = &[
     ("username", "attacker"),
     ("UserName", "attacker"),
@@ -468,6 +469,12 @@ async fn only_the_headers_an_api_needs_reach_the_upstream_with_gstgates_values()
         );
         assert_eq!(status, 200, "{api}: {reply}");
         let seen = logged(&sim, &id).await;
+        // The caller's `Host: gstgate` is gstgate's own; the upstream gets its own authority.
+        assert_eq!(
+            seen.get("host"),
+            Some(&sim.addr.to_string()),
+            "{api}: the upstream's Host: {seen:?}"
+        );
 
         for (name, _) in FORGED {
             let name = name.to_ascii_lowercase();
