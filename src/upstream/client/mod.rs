@@ -31,7 +31,8 @@ use pool::{Origin, Pool};
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ExchangeError {
-    /// No connection could be opened (DNS, TCP, TLS or the connect timeout): nothing was sent.
+    /// No connection could be opened (DNS, TCP, TLS or the connect timeout), or the one opened
+    /// closed before any of the request was written: nothing was sent.
     #[error("cannot connect to the upstream")]
     Connect(#[source] BoxError),
     /// The exchange failed once the request may have been written.
@@ -84,17 +85,18 @@ impl HttpClient {
         let sent = conn.tx.try_send_request(req);
         let reply = match conn.drive(sent).await {
             Ok(reply) => reply,
-            Err(mut refused) => match refused.take_message() {
+            Err(mut refused) => match (reused, refused.take_message()) {
                 // A pooled connection the upstream was closing as the request reached it:
                 // none of the request was written, so it goes to a new connection.
-                Some(req) if reused => {
+                (true, Some(req)) => {
                     conn = self.connect(&origin).await?;
                     let sent = conn.tx.try_send_request(req);
-                    conn.drive(sent)
-                        .await
-                        .map_err(|e| ExchangeError::Failed(e.into_error().into()))?
+                    conn.drive(sent).await.map_err(unsent_or_failed)?
                 }
-                _ => return Err(ExchangeError::Failed(refused.into_error().into())),
+                (false, Some(_)) => {
+                    return Err(ExchangeError::Connect(refused.into_error().into()))
+                }
+                (_, None) => return Err(ExchangeError::Failed(refused.into_error().into())),
             },
         };
         let (parts, body) = reply.into_parts();
@@ -185,6 +187,20 @@ impl Conn {
     /// Whether the connection may go back to the pool after a whole reply.
     fn kept(&self) -> bool {
         !self.done && !self.tx.is_closed()
+    }
+}
+
+/// What a failed send means for the caller: hyper hands the request back only when none of it
+/// was written, which is as good as a connection that could not be opened.
+fn unsent_or_failed(
+    mut refused: hyper::client::conn::TrySendError<Request<Full<Bytes>>>,
+) -> ExchangeError {
+    let unsent = refused.take_message().is_some();
+    let error = refused.into_error().into();
+    if unsent {
+        ExchangeError::Connect(error)
+    } else {
+        ExchangeError::Failed(error)
     }
 }
 
