@@ -205,6 +205,74 @@ async fn revoked_session_is_recovered_transparently_with_one_login() {
     assert!(recovered >= 2.0, "recovered replays: {recovered}");
 }
 
+/// A request whose token was rejected may find a newer session already in its slot and
+/// replay with it. That session is no renewal of the rejected one when the upstream has
+/// already accepted it (or, in a group, when it was logged in for before the request was
+/// sent): if the upstream rejects it too, it was revoked since, so the request renews once
+/// and the caller still never sees "Invalid Token".
+///
+/// Request A's call is answered late; meanwhile request B renews the session and succeeds
+/// with it, and that session is revoked before A's rejection arrives. The delay of A's call
+/// is the scenario (a slow upstream), not the synchronisation: the test waits for A's call
+/// to reach the simulator, and checks that A is still waiting once B is done. The upstream
+/// timeout is raised above the delay so that A's call is answered, not given up.
+#[tokio::test]
+async fn a_replay_with_an_older_adopted_session_that_fails_too_renews_once_more() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            timeout: "30s",
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    assert_eq!(gw.generate(GSTIN, "O/0").await.status(), 200);
+    sim.control(
+        "/_sim/faults",
+        json!({"mode": "slow", "delay_ms": 3_000, "count": 1, "method": "POST",
+               "path_prefix": "/eicore/"}),
+    )
+    .await;
+    let a = gw
+        .request(Method::POST, "/eicore/v1.03/Invoice")
+        .json(&invoice(GSTIN, "O/A"));
+    let a = tokio::spawn(async move {
+        let res = a.send().await.unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
+    });
+    while sim.count(GSTIN, "requests").await < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sim.control("/_sim/revoke", json!({"gstin": GSTIN, "username": USER}))
+        .await;
+    assert_eq!(gw.generate(GSTIN, "O/B").await.status(), 200, "B renews");
+    assert_eq!(sim.count(GSTIN, "auth_calls").await, 2);
+    sim.control("/_sim/revoke", json!({"gstin": GSTIN, "username": USER}))
+        .await;
+    assert!(!a.is_finished(), "A was answered before B was done");
+
+    let (status, body) = a.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        sim.count(GSTIN, "auth_calls").await,
+        3,
+        "A's own renewal, once"
+    );
+    assert_eq!(
+        sim.count(GSTIN, "token_rejections").await,
+        3,
+        "B's first call, A's first call and A's replay with B's session"
+    );
+    assert_eq!(
+        gw.metric(
+            r#"gstgate_token_rejected_retries_total{upstream="einvoice",result="recovered"}"#
+        )
+        .await,
+        2.0
+    );
+}
+
 #[tokio::test]
 async fn a_gstin_whose_every_call_is_rejected_fails_after_exactly_two_attempts() {
     let sim = Sim::start(SimOpts::default()).await;

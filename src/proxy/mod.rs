@@ -19,9 +19,9 @@
 //!    [`crate::outcome`])
 //!
 //! A token rejection invalidates that session generation, gets a session once more and
-//! replays once (`Proxy::replay`): two upstream attempts at most, never a loop. A token that
-//! a re-login after a rejection handed back unchanged is not replayed nor logged in for again
-//! for a while.
+//! replays (`Proxy::replay`): one renewal and one send after it at most, never a loop. A
+//! token that a re-login after a rejection handed back unchanged is not replayed nor logged
+//! in for again for a while.
 
 mod admit;
 mod call;
@@ -33,7 +33,7 @@ mod respond;
 use std::convert::Infallible;
 use std::error::Error;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
 use bytes::Bytes;
@@ -387,6 +387,7 @@ impl Proxy {
         session: &Session,
         outcome: &mut Outcome,
     ) -> Attempted {
+        let sent_at = crate::clock::wall();
         let sent = match call.exchange(session, outcome).await {
             Ok(sent) => sent,
             Err(err) => return Attempted::failed(err),
@@ -394,73 +395,100 @@ impl Proxy {
         let reply = sent.read(call.upstream, outcome);
         self.count_upstream_error(call.upstream, &reply.verdict);
         let observed = Observed::of(&sent, &reply);
+        if reply.verdict.class == Class::Success {
+            session.mark_accepted();
+        }
         match classify::reply(sent.status, &reply, call.slot.credential.whose()) {
             Decision::Respond => observed.with(respond::respond(call, session, &sent, reply)),
             Decision::Fail(err) => observed.with(Err(err)),
             Decision::Replay => {
                 let code = reply.verdict.code;
-                self.replay(call, session, code, outcome).await
+                self.replay(call, session, sent_at, code, outcome).await
             }
         }
     }
 
     /// After the upstream rejected the token of `rejected`: compare-and-invalidate, get a
-    /// session once more, and send the call a second and last time. If another request
-    /// already replaced that generation, this one simply picks up the newer session; if a
-    /// re-login after a rejection already got this very token back, another one would too,
-    /// so the call fails without spending a login (see `Invalidation::KnownRejected`).
+    /// session once more, and send the call again. If another request already replaced that
+    /// generation, this one picks up the newer session; if a re-login after a rejection
+    /// already got this very token back, another one would too, so the call fails without
+    /// spending a login (see `Invalidation::KnownRejected`).
+    ///
+    /// A request renews at most once, sends at most once after its renewal, and at most
+    /// three times in all. The session it replays with is no renewal of the rejected one if
+    /// it was logged in for before the rejected send (`sent_at`: the slot adopted it
+    /// meanwhile, say another replica's, as old as the rejected one) or the upstream has
+    /// already accepted it (it was revoked since). If that is rejected too, it is invalidated
+    /// in turn and the request renews. Every send before the last was refused for its token,
+    /// which does nothing upstream.
     async fn replay(
         &self,
         call: &Call<'_>,
         rejected: &Session,
+        sent_at: SystemTime,
         upstream_code: Option<String>,
         outcome: &mut Outcome,
     ) -> Attempted {
         let upstream = call.upstream;
-        if self.sessions.invalidate(call.slot, rejected) == Invalidation::KnownRejected {
-            self.count_replay(upstream, "failed");
-            return Attempted::known(Err(GatewayError::TokenRejected { upstream_code }));
-        }
-        let session = match self.sessions.session(call.slot, Trigger::Rejected).await {
-            Ok(session) => session,
-            Err(e) => {
-                // GSTN's AUTH4038 after the portal session's end: the refresh is refused and
-                // only an OTP helps. That is the session's lifetime running out (its own
-                // alert), not a replay that a mapping or a rogue login made fail.
-                let result = if matches!(e, GatewayError::OtpRequired { .. }) {
-                    "session_ended"
-                } else {
-                    "failed"
-                };
-                self.count_replay(upstream, result);
-                return Attempted::known(Err(e));
-            }
-        };
-        outcome.retries = 1;
-        let sent = match call.exchange(&session, outcome).await {
-            Ok(sent) => sent,
-            Err(err) => return Attempted::failed(err),
-        };
-        let reply = sent.read(upstream, outcome);
-        self.count_upstream_error(upstream, &reply.verdict);
-        let observed = Observed::of(&sent, &reply);
-        match classify::reply(sent.status, &reply, call.slot.credential.whose()) {
-            Decision::Replay => {
-                // Never a third attempt, and no login for the next rejection of this session
-                // either: a renewal did not help.
-                self.sessions.renewal_rejected(call.slot, &session);
+        let mut upstream_code = upstream_code;
+        let mut adopted_and_rejected: Option<Arc<Session>> = None;
+        loop {
+            let rejected = adopted_and_rejected.as_deref().unwrap_or(rejected);
+            if self.sessions.invalidate(call.slot, rejected) == Invalidation::KnownRejected {
                 self.count_replay(upstream, "failed");
-                observed.with(Err(GatewayError::TokenRejected {
-                    upstream_code: reply.verdict.code,
-                }))
+                return Attempted::known(Err(GatewayError::TokenRejected { upstream_code }));
             }
-            Decision::Fail(err) => {
-                self.count_replay(upstream, "recovered");
-                observed.with(Err(err))
+            let session = match self.sessions.session(call.slot, Trigger::Rejected).await {
+                Ok(session) => session,
+                Err(e) => {
+                    // GSTN's AUTH4038 after the portal session's end: the refresh is refused
+                    // and only an OTP helps. That is the session's lifetime running out (its
+                    // own alert), not a replay that a mapping or a rogue login made fail.
+                    let result = if matches!(e, GatewayError::OtpRequired { .. }) {
+                        "session_ended"
+                    } else {
+                        "failed"
+                    };
+                    self.count_replay(upstream, result);
+                    return Attempted::known(Err(e));
+                }
+            };
+            let renews = session.issued_at >= sent_at && !session.was_accepted();
+            outcome.retries += 1;
+            let sent = match call.exchange(&session, outcome).await {
+                Ok(sent) => sent,
+                Err(err) => return Attempted::failed(err),
+            };
+            let reply = sent.read(upstream, outcome);
+            self.count_upstream_error(upstream, &reply.verdict);
+            let observed = Observed::of(&sent, &reply);
+            if reply.verdict.class == Class::Success {
+                session.mark_accepted();
             }
-            Decision::Respond => {
-                self.count_replay(upstream, "recovered");
-                observed.with(respond::respond(call, &session, &sent, reply))
+            match classify::reply(sent.status, &reply, call.slot.credential.whose()) {
+                Decision::Replay if !renews && adopted_and_rejected.is_none() => {
+                    upstream_code = reply.verdict.code;
+                    adopted_and_rejected = Some(session);
+                }
+                Decision::Replay => {
+                    // No further attempt. After a renewal, no login for the next rejection of
+                    // this session either: a renewal did not help.
+                    if renews {
+                        self.sessions.renewal_rejected(call.slot, &session);
+                    }
+                    self.count_replay(upstream, "failed");
+                    return observed.with(Err(GatewayError::TokenRejected {
+                        upstream_code: reply.verdict.code,
+                    }));
+                }
+                Decision::Fail(err) => {
+                    self.count_replay(upstream, "recovered");
+                    return observed.with(Err(err));
+                }
+                Decision::Respond => {
+                    self.count_replay(upstream, "recovered");
+                    return observed.with(respond::respond(call, &session, &sent, reply));
+                }
             }
         }
     }

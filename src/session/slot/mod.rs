@@ -10,6 +10,7 @@
 
 mod state;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
@@ -82,12 +83,29 @@ pub struct Session {
     pub issued_at: SystemTime,
     /// Monotonic per slot; compare-and-invalidate keys on it.
     pub generation: u64,
+    /// Whether the upstream has accepted its token: a rejection after that is news (the
+    /// token was revoked since), not a renewal that failed.
+    pub(super) accepted: AtomicBool,
 }
 
 impl Session {
     /// Whether a request sent with it now would arrive before it expires.
     pub(super) fn usable(&self, now: Instant) -> bool {
         self.deadline > now + EXPIRY_MARGIN
+    }
+
+    /// Records that the upstream accepted the token.
+    pub fn mark_accepted(&self) {
+        // A load first: the flag is set once, and a store on every request would bounce
+        // the cache line between cores.
+        if !self.accepted.load(Ordering::Relaxed) {
+            self.accepted.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the upstream has accepted the token at least once.
+    pub fn was_accepted(&self) -> bool {
+        self.accepted.load(Ordering::Relaxed)
     }
 
     /// What the renewal strategy looks at.

@@ -445,6 +445,7 @@ impl<'a> Change<'a> {
             deadline: issued.deadline,
             issued_at: issued.issued_at,
             generation: st.next_generation,
+            accepted: Default::default(),
         });
         st.next_generation += 1;
         st.session = Some(session.clone());

@@ -155,5 +155,6 @@ fn revive(s: StoredSession, now: Instant, wall: SystemTime) -> Arc<Session> {
         deadline: now + left,
         issued_at: s.issued_at,
         generation: s.generation,
+        accepted: Default::default(),
     })
 }
