@@ -825,6 +825,7 @@ async fn metrics_carry_the_build_and_the_process() {
         ("process_open_fds", 3.0),
         ("process_max_fds", 3.0),
         ("process_start_time_seconds", 1_700_000_000.0),
+        ("gstgate_heap_allocated_bytes", 100_000.0),
     ] {
         let value = metric_value(&text, series);
         assert!(value >= at_least, "{series} = {value}");

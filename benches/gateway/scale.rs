@@ -48,8 +48,11 @@ struct Size {
     check_config: Duration,
     start: Duration,
     rss_start: u64,
+    /// `gstgate_heap_allocated_bytes` at ready and after the cold burst.
+    heap_start: Option<f64>,
     cold: Burst,
     rss_cold: u64,
+    heap_cold: Option<f64>,
     admin: Vec<Probe>,
     restart: Duration,
     rss_restart: u64,
@@ -127,7 +130,10 @@ fn one_size(
         &upstream_url,
         &public_key,
         &store_section,
-        "",
+        // The default pacing (10 logins/s, 8 at once) would make a cold burst of 10,000
+        // GSTINs last 1,000 s and measure the pacer, which the session storm tests prove; the
+        // local upstream takes this much.
+        "logins_per_second = 2000\nmax_concurrent_logins = 64",
     )?;
     let config_bytes = fs::metadata(&config)?.len();
 
@@ -145,6 +151,7 @@ fn one_size(
 
     let (gw, proxy, admin_addr, start) = serve(bin, dir, &config, &format!("gstgate-{n}"))?;
     let rss_start = rss(&gw)?;
+    let heap_start = heap(http, &admin_addr);
     let counters = format!("{upstream_url}/_sim/counters");
     let logins = || -> Result<f64> {
         fetch_json(http, &counters)
@@ -156,6 +163,7 @@ fn one_size(
     let mut cold_burst = burst(&[proxy], &gstins[..cold], invoice, concurrency, "C")?;
     cold_burst.logins = logins()? - before;
     let rss_cold = rss(&gw)?;
+    let heap_cold = heap(http, &admin_addr);
     let last_page = n.div_ceil(200).max(1);
     let mut admin = Vec::new();
     for path in [
@@ -188,8 +196,10 @@ fn one_size(
         check_config,
         start,
         rss_start,
+        heap_start,
         cold: cold_burst,
         rss_cold,
+        heap_cold,
         admin,
         restart,
         rss_restart,
@@ -302,6 +312,19 @@ gstins = ["*"]
     let path = dir.join(format!("{name}.toml"));
     fs::write(&path, text)?;
     Ok(path)
+}
+
+/// The gateway's heap in use, from its `/metrics` (glibc only).
+fn heap(http: &Http, admin: &str) -> Option<f64> {
+    let (status, body) = http.get(&format!("http://{admin}/metrics")).ok()?;
+    if status != 200 {
+        return None;
+    }
+    String::from_utf8_lossy(&body).lines().find_map(|line| {
+        line.strip_prefix("gstgate_heap_allocated_bytes ")?
+            .parse()
+            .ok()
+    })
 }
 
 /// `GET http://{admin}{path}` [`PROBE_ROUNDS`] times in a row, each a 200.
@@ -499,13 +522,23 @@ fn report(results: &[Size], cold: usize, concurrency: usize) -> String {
     );
     let _ = writeln!(
         out,
-        "| credentials | config | check-config | start to ready | RSS at ready |"
+        "| credentials | config | check-config | start to ready | RSS at ready | heap at ready (per credential) |"
     );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|");
     for r in results {
+        let heap = r.heap_start.map_or_else(
+            || "–".to_string(),
+            |h| {
+                format!(
+                    "{} MiB ({:.0} B)",
+                    mib(h as u64),
+                    h / r.credentials.max(1) as f64
+                )
+            },
+        );
         let _ = writeln!(
             out,
-            "| {} | {} MiB | {} ms | {} ms | {} MiB |",
+            "| {} | {} MiB | {} ms | {} ms | {} MiB | {heap} |",
             r.credentials,
             mib(r.config_bytes),
             ms(r.check_config),
@@ -515,24 +548,36 @@ fn report(results: &[Size], cold: usize, concurrency: usize) -> String {
     }
     let _ = writeln!(
         out,
-        "\n| credentials | burst | requests | wall | req/s | p50 ms | p99 ms | max ms | errors | logins | RSS after | RSS per session |"
+        "\n| credentials | burst | requests | wall | req/s | p50 ms | p99 ms | max ms | errors | logins | RSS after | RSS per session | heap per session |"
     );
     let _ = writeln!(
         out,
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in results {
         // Memory per session from the cold burst only: after a restart the sessions are in
         // memory before the first request.
         let per_session =
             r.rss_cold.saturating_sub(r.rss_start) as f64 / r.cold.requests.max(1) as f64 / 1024.0;
-        for (label, b, rss, per) in [
-            ("cold", &r.cold, r.rss_cold, format!("{per_session:.1} KiB")),
-            ("after restart", &r.warm, r.rss_warm, "–".to_string()),
+        let heap_per_session = match (r.heap_start, r.heap_cold) {
+            (Some(start), Some(cold)) => {
+                format!("{:.0} B", (cold - start) / r.cold.requests.max(1) as f64)
+            }
+            _ => "–".to_string(),
+        };
+        for (label, b, rss, per, heap) in [
+            (
+                "cold",
+                &r.cold,
+                r.rss_cold,
+                format!("{per_session:.1} KiB"),
+                heap_per_session,
+            ),
+            ("after restart", &r.warm, r.rss_warm, "–".into(), "–".into()),
         ] {
             let _ = writeln!(
                 out,
-                "| {} | {label} | {} | {} ms | {:.0} | {} | {} | {} | {} | {} | {} MiB | {per} |",
+                "| {} | {label} | {} | {} ms | {:.0} | {} | {} | {} | {} | {} | {} MiB | {per} | {heap} |",
                 r.credentials,
                 b.requests,
                 ms(b.wall),

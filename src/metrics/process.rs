@@ -1,5 +1,6 @@
 //! The standard `process_*` metrics (CPU, memory, file descriptors, start time), read from
-//! `/proc/self` when Prometheus scrapes. On systems without `/proc` nothing is reported.
+//! `/proc/self` when Prometheus scrapes, and `gstgate_heap_allocated_bytes` from the
+//! allocator. On systems without `/proc` (or glibc) those are not reported.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -116,7 +117,12 @@ impl Collector for ProcessMetrics {
                 r.start_time_seconds,
             ),
         ];
-        for (name, help, value) in gauges {
+        let heap = (
+            "gstgate_heap_allocated_bytes",
+            "Heap bytes in use (allocated and not freed), without the free memory the allocator keeps",
+            crate::heap::allocated().map(|b| b as f64),
+        );
+        for (name, help, value) in gauges.into_iter().chain([heap]) {
             if let Some(value) = value {
                 let gauge = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
                 ConstGauge::new(value).encode(gauge)?;
