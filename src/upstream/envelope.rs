@@ -37,6 +37,17 @@ impl<'a> Envelope<'a> {
         serde_json::from_str(self.raw(key)?.get()).ok()
     }
 
+    /// The string member named `key`, borrowed from the body when it holds no escape (base64
+    /// never does), else decoded; `None` when absent or not a string. A reply's `Data` is its
+    /// largest member: read this way it is neither copied nor scanned a second time.
+    pub fn str(&self, key: &str) -> Option<Cow<'_, str>> {
+        let raw = self.raw(key)?.get();
+        match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+            Some(inner) if !inner.contains('\\') => Some(Cow::Borrowed(inner)),
+            _ => self.get::<String>(key).map(Cow::Owned),
+        }
+    }
+
     /// The reply's status, from the first of `names` present: the GST APIs send it as `1` or
     /// `"1"`, so both count.
     pub fn status(&self, names: &[&str]) -> Option<i64> {
@@ -124,6 +135,19 @@ mod tests {
             String::from_utf8(e.to_vec()).unwrap(),
             r#"{"Status":1,"Data":{"Irn":"x"},"InfoDtls":null,"Zeta":{"b":1, "a":2}}"#
         );
+    }
+
+    #[test]
+    fn strings_are_borrowed_without_escapes_and_decoded_with_them() {
+        let text = br#"{"a":"abc+/=","b":"x\u0041\"y","c":1,"d":null,"e":"\\"}"#;
+        let e = Envelope::parse(text).unwrap();
+        assert!(matches!(e.str("a"), Some(Cow::Borrowed("abc+/="))));
+        assert_eq!(e.str("b").as_deref(), Some("xA\"y"));
+        assert!(matches!(e.str("b"), Some(Cow::Owned(_))));
+        assert_eq!(e.str("e").as_deref(), Some("\\"));
+        assert_eq!(e.str("c"), None);
+        assert_eq!(e.str("d"), None);
+        assert_eq!(e.str("missing"), None);
     }
 
     #[test]

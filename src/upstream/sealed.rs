@@ -80,24 +80,25 @@ pub fn open_reply(
     sek: &AesKey,
     layers: Layers,
 ) -> Result<(), GatewayError> {
-    let Some(data) = envelope.get::<String>("data") else {
+    let Some(data) = envelope.str("data") else {
         return Ok(());
     };
-    let json = match envelope.get::<String>("rek") {
+    let (json, sealed) = match envelope.str("rek") {
         Some(rek) => {
             let hmac = envelope
-                .get::<String>("hmac")
+                .str("hmac")
                 .ok_or_else(|| bad("a sealed reply (rek) has no hmac".into()))?;
             let rek = sek
                 .unwrap_key(&rek)
                 .map_err(|e| bad(format!("rek does not decrypt with the session key: {e}")))?;
-            let json = unwrap_layers(&rek, &data, layers, Some(&hmac))?;
-            envelope.remove("rek");
-            envelope.remove("hmac");
-            json
+            (unwrap_layers(&rek, &data, layers, Some(&hmac))?, true)
         }
-        None => unwrap_layers(sek, &data, layers, None)?,
+        None => (unwrap_layers(sek, &data, layers, None)?, false),
     };
+    if sealed {
+        envelope.remove("rek");
+        envelope.remove("hmac");
+    }
     let json = String::from_utf8(json).map_err(|_| bad("decrypted data is not UTF-8".into()))?;
     let value =
         RawValue::from_string(json).map_err(|_| bad("decrypted data is not JSON".into()))?;

@@ -89,7 +89,7 @@ impl Face for EinvoiceFace {
             return Ok(Vec::new());
         }
         let envelope = Envelope::parse(body).ok_or(Refusal::DataInvalid)?;
-        let data = envelope.get::<String>("Data").ok_or(Refusal::DataInvalid)?;
+        let data = envelope.str("Data").ok_or(Refusal::DataInvalid)?;
         let plain = sek.decrypt_b64(&data).map_err(|_| Refusal::DataInvalid)?;
         serde_json::from_slice::<serde::de::IgnoredAny>(&plain)
             .map_err(|_| Refusal::DataInvalid)?;

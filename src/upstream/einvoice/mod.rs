@@ -290,8 +290,9 @@ impl Profile for Einvoice {
 
     fn decode_reply(&self, reply: Reply<'_>, sek: &AesKey) -> Result<Vec<u8>, GatewayError> {
         let mut envelope = reply.into_envelope()?;
-        if let Some(data) = envelope.get::<String>("Data") {
-            let plain = sek.decrypt_b64(&data).map_err(|e| {
+        let plain = envelope.str("Data").map(|data| sek.decrypt_b64(&data));
+        if let Some(plain) = plain {
+            let plain = plain.map_err(|e| {
                 GatewayError::UpstreamBadResponse(format!(
                     "Data does not decrypt with the session key: {e}"
                 ))
