@@ -10,7 +10,7 @@
 /// (glibc); elsewhere it does nothing.
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // The crate's one exception to `deny(unsafe_code)`.
+    // One of the crate's two exceptions to `deny(unsafe_code)`, both here.
     #[allow(unsafe_code)]
     // SAFETY: malloc_trim only walks the allocator's own free lists; it takes no pointer and
     // may be called at any time from any thread.
@@ -25,6 +25,7 @@ pub fn release_free_memory() {
 pub fn allocated() -> Option<u64> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
+        // The other exception to `deny(unsafe_code)`.
         #[allow(unsafe_code)]
         // SAFETY: mallinfo2 takes no argument and only reads the allocator's own counters,
         // under its arena locks; it may be called at any time from any thread.

@@ -6,8 +6,9 @@
 //! API-specific protocol in [`upstream`]; the simulator used as a sandbox and in tests in
 //! [`sim`].
 
-// Not `forbid`: `forbid` admits no exception, and glibc's `malloc_trim` (src/heap.rs) has no
-// safe binding. That one call is allowed where it is; tests/architecture.rs fails on any other.
+// Not `forbid`: `forbid` admits no exception, and glibc's `malloc_trim` and `mallinfo2`
+// (src/heap.rs) have no safe binding. Those two calls are allowed where they are;
+// tests/architecture.rs fails on any other.
 #![deny(unsafe_code)]
 
 pub mod admin;
