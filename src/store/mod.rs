@@ -13,12 +13,13 @@
 //! * `dropin`: the drop-in sessions' records beside the slots'.
 //! * `idempotency`: the `Idempotency-Key` records, changed only by compare-and-swap.
 //! * `seed`: records made outside a gateway, as it writes them (the scale benchmark's sessions).
+//! * `write_behind`: [`Store::put`] only queues a slot's new state (the latest per slot wins)
+//!   and wakes the writer task, which seals each batch and commits it; a login that must be
+//!   recorded before it goes on awaits [`Store::flush`].
 //!
-//! Here: [`Store`], whose [`Store::put`] only queues a slot's new state in a map (the latest
-//! state per slot wins) and wakes a writer task; the writer seals the batch and commits it
-//! (on the blocking pool for the file). So a change under a slot's lock never waits for the
-//! disk or the network; a login that must be recorded before it goes on awaits
-//! [`Store::flush`].
+//! Here: [`Store`] over any backend: opening it, reading every record at start-up (opening
+//! them, resealing those under the previous key), the shared store's reads, leases,
+//! announcements and health check.
 
 mod backend;
 mod dropin;
@@ -30,6 +31,7 @@ mod record;
 mod redis;
 mod seal;
 pub mod seed;
+mod write_behind;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -52,12 +54,10 @@ pub use record::{DecodeError, LockoutKind, Record, StoredGuard, StoredLockout, S
 
 use self::redis::Redis;
 use seal::{Opened, Sealer};
+use write_behind::{Entry, Pending};
 
 /// Records opened between two yields to the scheduler when a serving replica reads them all.
 const OPEN_CHUNK: usize = 1024;
-
-/// After a failed commit, the writer waits this long before trying the batch again.
-const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Why the store could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -119,33 +119,6 @@ pub struct RedisSettings<'a> {
     pub ca_pem: Option<Vec<u8>>,
     /// Namespace of the keys.
     pub prefix: &'a str,
-}
-
-/// A record's new contents.
-#[derive(Clone)]
-enum Entry {
-    /// A slot's state.
-    Session(Box<Record>),
-    /// A drop-in session, encoded by its owner (`crate::dropin`).
-    Dropin(Arc<Zeroizing<Vec<u8>>>),
-}
-
-impl Entry {
-    fn encode(&self) -> Zeroizing<Vec<u8>> {
-        match self {
-            Entry::Session(record) => record.encode(),
-            Entry::Dropin(bytes) => Zeroizing::new(bytes.to_vec()),
-        }
-    }
-}
-
-/// Changes not yet in the store.
-#[derive(Default)]
-struct Pending {
-    /// Queued: record name → new contents, or `None` to delete it.
-    changes: HashMap<Arc<str>, Option<Entry>>,
-    /// Taken by the commit under way.
-    committing: usize,
 }
 
 /// The session store.
@@ -529,37 +502,6 @@ impl Store {
         })
     }
 
-    /// Queues `record` as the new state of `name`; never waits for the disk.
-    pub fn put(&self, name: &Arc<str>, record: Record) {
-        self.queue(name.clone(), Some(Entry::Session(Box::new(record))));
-    }
-
-    /// Queues the deletion of `name`.
-    pub fn delete(&self, name: &str) {
-        self.queue(name.into(), None);
-    }
-
-    fn queue(&self, name: Arc<str>, change: Option<Entry>) {
-        let mut pending = self.lock_pending();
-        pending.changes.insert(name, change);
-        self.set_pending_gauge(&pending);
-        drop(pending);
-        self.wake.notify_one();
-    }
-
-    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Pending> {
-        // Only whole map operations happen under this lock; a panic cannot leave it torn.
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Sets the pending gauge; called under the pending lock, so it never shows a stale count.
-    fn set_pending_gauge(&self, pending: &Pending) {
-        let n = pending.changes.len() + pending.committing;
-        self.metrics
-            .store_pending
-            .set(i64::try_from(n).unwrap_or(i64::MAX));
-    }
-
     /// For a shared store, starts a task that checks every `every` that Redis answers, so
     /// that `gstgate_store_up` and `/readyz` tell the truth when no session changes (the
     /// request path never touches Redis). It runs until shutdown.
@@ -585,91 +527,6 @@ impl Store {
                 }
             }
         });
-    }
-
-    /// Starts the writer task: it commits queued changes as they come, until shutdown. A
-    /// commit under way is finished first (a dropped one could lose its batch); what is
-    /// queued after it is left to the last [`Store::flush`].
-    pub fn spawn_writer(self: &Arc<Self>) {
-        let store = self.clone();
-        self.tasks.spawn(async move {
-            loop {
-                tokio::select! {
-                    () = store.tasks.stopped() => return,
-                    () = store.wake.notified() => {}
-                }
-                if !store.flush().await {
-                    tokio::select! {
-                        () = store.tasks.stopped() => return,
-                        () = tokio::time::sleep(RETRY_AFTER) => {}
-                    }
-                }
-            }
-        });
-    }
-
-    /// Commits every queued change now; on shutdown, after the last change. Returns whether
-    /// the commit succeeded (a failed batch is queued again unless newer changes replaced it).
-    pub async fn flush(&self) -> bool {
-        let _order = self.committing.lock().await;
-        let batch = {
-            let mut pending = self.lock_pending();
-            let batch = std::mem::take(&mut pending.changes);
-            pending.committing = batch.len();
-            self.set_pending_gauge(&pending);
-            batch
-        };
-        if batch.is_empty() {
-            return true;
-        }
-        let names: Vec<(Arc<str>, Option<Entry>)> = batch.into_iter().collect();
-        let result = self.commit(names.clone()).await;
-        let ok = result.is_ok();
-        let label = if ok { "ok" } else { "error" };
-        for (_, change) in &names {
-            let op = if change.is_some() { "write" } else { "delete" };
-            count(&self.metrics, op, label);
-        }
-        self.set_up_gauge();
-        if ok {
-            self.resealed(names.iter().map(|(name, _)| &**name));
-        }
-        let mut pending = self.lock_pending();
-        pending.committing = 0;
-        if let Err(e) = &result {
-            tracing::error!(store = %self.place, error = %e, records = names.len(),
-                "cannot write sessions to the store; retrying");
-            for (name, change) in names {
-                pending.changes.entry(name).or_insert(change);
-            }
-            self.wake.notify_one();
-        }
-        self.set_pending_gauge(&pending);
-        ok
-    }
-
-    /// Seals a batch and writes it.
-    async fn commit(&self, work: Vec<(Arc<str>, Option<Entry>)>) -> Result<(), String> {
-        let sealer = self.sealer.clone();
-        let seal = move || {
-            let mut rows = Vec::with_capacity(work.len());
-            for (name, change) in &work {
-                let value = match change {
-                    Some(record) => Some(
-                        sealer
-                            .seal(name.as_bytes(), &record.encode())
-                            .map_err(|_| "sealing failed".to_string())?,
-                    ),
-                    None => None,
-                };
-                rows.push((name.to_string(), value));
-            }
-            Ok::<_, String>(rows)
-        };
-        self.records
-            .commit(seal()?)
-            .await
-            .map_err(|e| e.to_string())
     }
 }
 
