@@ -206,10 +206,11 @@ async fn revoked_session_is_recovered_transparently_with_one_login() {
 }
 
 /// A request whose token was rejected may find a newer session already in its slot and
-/// replay with it. That session is no renewal of the rejected one when the upstream has
-/// already accepted it (or, in a group, when it was logged in for before the request was
-/// sent): if the upstream rejects it too, it was revoked since, so the request renews once
-/// and the caller still never sees "Invalid Token".
+/// replay with it. When no login happened while it waited, that session is no renewal of
+/// the rejected one if the upstream has already accepted it (or, in a group, if it was
+/// logged in for before the request was sent): if the upstream rejects it too, it was
+/// revoked since, so the request renews once and the caller still never sees "Invalid
+/// Token".
 ///
 /// Request A's call is answered late; meanwhile request B renews the session and succeeds
 /// with it, and that session is revoked before A's rejection arrives. The delay of A's call
@@ -217,7 +218,7 @@ async fn revoked_session_is_recovered_transparently_with_one_login() {
 /// to reach the simulator, and checks that A is still waiting once B is done. The upstream
 /// timeout is raised above the delay so that A's call is answered, not given up.
 #[tokio::test]
-async fn a_replay_with_an_older_adopted_session_that_fails_too_renews_once_more() {
+async fn a_replay_with_a_session_revoked_since_it_was_accepted_renews_once_more() {
     let sim = Sim::start(SimOpts::default()).await;
     let gw = Gateway::start(
         &sim,

@@ -16,7 +16,7 @@ use crate::problem::GatewayError;
 use crate::session::{Session, Slot};
 use crate::upstream::{Class, Generate, Pending, Reply, Upstream};
 
-/// What one upstream call of a request is made of, fixed across its (at most two) attempts.
+/// What one upstream call of a request is made of, fixed across its (at most three) attempts.
 pub(super) struct Call<'a> {
     /// Where it goes.
     pub(super) upstream: &'a Upstream,

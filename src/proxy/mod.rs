@@ -12,7 +12,7 @@
 //! 4. build: the caller headers the API accepts (an allow-list) + the injected upstream
 //!    headers and request id, body encrypted (`call`)
 //! 5. send: pooled client, timeouts, size cap (`call`)
-//! 6. classify: respond, replay once, or fail, the same for every API ([`crate::classify`])
+//! 6. classify: respond, renew and replay, or fail, the same for every API ([`crate::classify`])
 //! 7. respond: decrypt or pass the reply through (`respond`)
 //! 8. outcome, for a generate (IRN, e-way bill): a lost or duplicate answer looked up and
 //!    answered with the document, one safe retry, or `outcome_unknown` (`outcome`, rule in
@@ -360,7 +360,7 @@ impl Proxy {
     }
 
     /// Phases 4 to 7 of a call whose session is in hand: build, send, classify, and respond
-    /// or replay once; a generate's through the outcome phase (`outcome`), which may look
+    /// or renew and replay; a generate's through the outcome phase (`outcome`), which may look
     /// its document up and send it once more.
     async fn forward(
         &self,
@@ -380,7 +380,7 @@ impl Proxy {
         self.attempt(call, session, outcome).await.answer
     }
 
-    /// One sending of a call: build, send, classify, and respond or replay once.
+    /// One sending of a call: build, send, classify, and respond or renew and replay.
     async fn attempt(
         &self,
         call: &Call<'_>,
@@ -415,12 +415,12 @@ impl Proxy {
     /// spending a login (see `Invalidation::KnownRejected`).
     ///
     /// A request renews at most once, sends at most once after its renewal, and at most
-    /// three times in all. The session it replays with is no renewal of the rejected one if
-    /// it was logged in for before the rejected send (`sent_at`: the slot adopted it
-    /// meanwhile, say another replica's, as old as the rejected one) or the upstream has
-    /// already accepted it (it was revoked since). If that is rejected too, it is invalidated
-    /// in turn and the request renews. Every send before the last was refused for its token,
-    /// which does nothing upstream.
+    /// three times in all. The session it replays with is no renewal if no login happened
+    /// while it waited and that session was logged in for before the rejected send
+    /// (`sent_at`: the slot adopted it meanwhile, say another replica's, as old as the
+    /// rejected one) or the upstream has already accepted it (it was revoked since). If that
+    /// is rejected too, it is invalidated in turn and the request renews. Every send before
+    /// the last was refused for its token, which does nothing upstream.
     async fn replay(
         &self,
         call: &Call<'_>,
@@ -432,8 +432,10 @@ impl Proxy {
         let upstream = call.upstream;
         let mut upstream_code = upstream_code;
         let mut adopted_and_rejected: Option<Arc<Session>> = None;
+        let mut sends_after_rejection = 0;
         loop {
             let rejected = adopted_and_rejected.as_deref().unwrap_or(rejected);
+            let logins = call.slot.logins();
             if self.sessions.invalidate(call.slot, rejected) == Invalidation::KnownRejected {
                 self.count_replay(upstream, "failed");
                 return Attempted::known(Err(GatewayError::TokenRejected { upstream_code }));
@@ -453,8 +455,12 @@ impl Proxy {
                     return Attempted::known(Err(e));
                 }
             };
-            let renews = session.issued_at >= sent_at && !session.was_accepted();
-            outcome.retries += 1;
+            // A login while this request waited (its own, or one it joined) is its renewal;
+            // so is a session logged in for after the rejected send and never accepted.
+            let renews = call.slot.logins() != logins
+                || (session.issued_at >= sent_at && !session.was_accepted());
+            sends_after_rejection += 1;
+            outcome.retries = outcome.retries.max(sends_after_rejection);
             let sent = match call.exchange(&session, outcome).await {
                 Ok(sent) => sent,
                 Err(err) => return Attempted::failed(err),

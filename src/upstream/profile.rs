@@ -22,7 +22,7 @@ use crate::problem::GatewayError;
 pub enum Class {
     /// It worked.
     Success,
-    /// The token is expired, revoked or does not match the headers: re-login once, replay once.
+    /// The token is expired, revoked or does not match the headers: re-login once, replay.
     TokenRejected,
     /// The taxpayer's username/password are wrong: never retry.
     CredentialsRejected,

@@ -257,6 +257,12 @@ impl Slot {
         self.lock().touch(crate::clock::now())
     }
 
+    /// How many logins this replica has completed for the slot (wrapping): compared before
+    /// and after a wait for a session, it says whether a login happened meanwhile.
+    pub fn logins(&self) -> u32 {
+        self.lock().logins()
+    }
+
     /// The values the upstream's profile puts in headers for this slot.
     pub fn header_context(&self) -> HeaderContext<'_> {
         self.upstream.header_context(

@@ -73,6 +73,9 @@ pub(in crate::session) struct SlotState {
     last_used: Instant,
     /// The generation the next new token gets.
     next_generation: u64,
+    /// Logins this replica completed for the slot (wrapping): a request that waited for a
+    /// session tells by it whether a login happened meanwhile.
+    logins: u32,
     /// Login limits, backoff and lockout.
     guard: Guard,
     /// The API user's password; a configuration reload may change it.
@@ -114,6 +117,7 @@ impl SlotState {
             known_rejected: None,
             last_used: crate::clock::now(),
             next_generation: 1,
+            logins: 0,
             guard,
             password,
             session_lifetime,
@@ -131,6 +135,11 @@ impl SlotState {
     pub(super) fn touch(&mut self, now: Instant) -> Option<Arc<Session>> {
         self.last_used = now;
         self.session.as_ref().filter(|s| s.usable(now)).cloned()
+    }
+
+    /// How many logins this replica has completed for the slot (wrapping).
+    pub(super) fn logins(&self) -> u32 {
+        self.logins
     }
 
     /// The session callers use, if any (it may have expired).
@@ -395,6 +404,7 @@ impl<'a> Change<'a> {
     /// A login succeeded (sent at `sent_at`): past failures are forgotten.
     pub(in crate::session) fn login_succeeded(&mut self, sent_at: SystemTime) {
         let st = &mut *self.st;
+        st.logins = st.logins.wrapping_add(1);
         st.refreshing = false;
         st.guard.succeeded();
         st.last_error = None;
