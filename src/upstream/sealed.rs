@@ -112,8 +112,8 @@ pub fn open_reply(
 pub fn open_request(body: &[u8], sek: &AesKey, layers: Layers) -> Option<Vec<u8>> {
     let mut envelope = Envelope::parse(body)?;
     envelope.get::<String>("action")?;
-    let data = envelope.get::<String>("data")?;
-    let hmac = envelope.get::<String>("hmac");
+    let data = envelope.str("data")?;
+    let hmac = envelope.str("hmac");
     let plain = sek.decrypt_b64(&data).ok()?;
     let json = match layers {
         Layers::Json => plain,
