@@ -23,8 +23,21 @@ const BATCH: u32 = 20_000;
 /// Batches per step; the median is reported.
 const BATCHES: usize = 7;
 
-/// The median time of `f` over [`BATCHES`] batches of [`BATCH`] calls.
-fn time(name: &str, mut f: impl FnMut()) {
+/// How the steps run: timed under `cargo bench`; once each under `cargo test --all-targets`
+/// (a debug build, no `--bench` argument), as a check that they still work, since timings
+/// there would mean nothing.
+#[derive(Clone, Copy)]
+enum Mode {
+    Measure,
+    Check,
+}
+
+/// The median time of `f` over [`BATCHES`] batches of [`BATCH`] calls, as a table row.
+fn time(mode: Mode, name: &str, mut f: impl FnMut()) {
+    if let Mode::Check = mode {
+        f();
+        return;
+    }
     for _ in 0..BATCH {
         f();
     }
@@ -77,54 +90,69 @@ fn main() {
     let ciphertext = sek.encrypt(&invoice);
     let request_b64 = b64_encode(&ciphertext);
 
-    println!(
-        "caller body {} B; reply {} B, its Data {} B plain\n",
-        invoice.len(),
-        reply.len(),
-        data.len()
-    );
-    println!("| step | µs |\n|---|---:|");
+    let mode = if std::env::args().any(|a| a == "--bench") && !cfg!(debug_assertions) {
+        println!(
+            "caller body {} B; reply {} B, its Data {} B plain\n",
+            invoice.len(),
+            reply.len(),
+            data.len()
+        );
+        println!("| step | µs |\n|---|---:|");
+        Mode::Measure
+    } else {
+        println!("payload-bench: each step run once (not under `cargo bench`); `cargo bench --bench payload` times them");
+        Mode::Check
+    };
     time(
+        mode,
         "request: `encode_request` (validate, encrypt, base64, envelope)",
         || {
             black_box(profile.encode_request(&Method::POST, black_box(&invoice), &sek)).ok();
         },
     );
-    time("  of which: validate the caller's JSON", || {
+    time(mode, "  of which: validate the caller's JSON", || {
         black_box(serde_json::from_slice::<serde::de::IgnoredAny>(black_box(
             &invoice,
         )))
         .ok();
     });
-    time("  of which: AES-256-ECB encrypt", || {
+    time(mode, "  of which: AES-256-ECB encrypt", || {
         black_box(sek.encrypt(black_box(&invoice)));
     });
-    time("  of which: base64 encode", || {
+    time(mode, "  of which: base64 encode", || {
         black_box(b64_encode(black_box(&ciphertext)));
     });
-    time("reply: `read_reply` (the verdict)", || {
+    time(mode, "reply: `read_reply` (the verdict)", || {
         black_box(profile.read_reply(StatusCode::OK, black_box(reply.as_bytes())));
     });
-    time("passthrough reply (plain `Data`): `read_reply`", || {
-        black_box(profile.read_reply(StatusCode::OK, black_box(plain_reply.as_bytes())));
-    });
-    time("reply: `read_reply` + `decode_reply`", || {
+    time(
+        mode,
+        "passthrough reply (plain `Data`): `read_reply`",
+        || {
+            black_box(profile.read_reply(StatusCode::OK, black_box(plain_reply.as_bytes())));
+        },
+    );
+    time(mode, "reply: `read_reply` + `decode_reply`", || {
         let read = profile.read_reply(StatusCode::OK, black_box(reply.as_bytes()));
         black_box(profile.decode_reply(read, &sek)).ok();
     });
-    time("  of which: base64 decode", || {
+    time(mode, "  of which: base64 decode", || {
         black_box(b64_decode(black_box(&sealed))).ok();
     });
-    time("  of which: base64 decode + AES decrypt", || {
+    time(mode, "  of which: base64 decode + AES decrypt", || {
         black_box(sek.decrypt_b64(black_box(&sealed))).ok();
     });
-    time("  of which: check the decrypted JSON", || {
+    time(mode, "  of which: check the decrypted JSON", || {
         black_box(serde_json::value::RawValue::from_string(black_box(
             data.clone(),
         )))
         .ok();
     });
-    time("(for scale) base64 decode of the request's Data", || {
-        black_box(b64_decode(black_box(&request_b64))).ok();
-    });
+    time(
+        mode,
+        "(for scale) base64 decode of the request's Data",
+        || {
+            black_box(b64_decode(black_box(&request_b64))).ok();
+        },
+    );
 }
