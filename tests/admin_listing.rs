@@ -174,6 +174,17 @@ async fn ten_thousand_credentials_start_serve_and_page() {
     assert_eq!(filtered.matches("<tr data-state=\"valid\"").count(), 3);
     assert_eq!(filtered.matches("<tr data-state=").count(), 3);
     assert!(filtered.contains("Rows 1\u{2013}3 of 3 matching the filter"));
+
+    // A flood of the largest pages (rendered a few at a time, off the runtime's workers) is
+    // served in full, and the proxy answers meanwhile.
+    let gw = &gw;
+    let flood = futures_util::future::join_all((0..24).map(|i| {
+        let path = ["/status?page=50", "/metrics", "/admin/sessions?limit=1000"][i % 3];
+        async move { (path, admin_get(gw, path).await.status().as_u16()) }
+    }));
+    let (pages, proxied) = tokio::join!(flood, gw.generate(&active[0], "FLOOD/1"));
+    assert!(pages.iter().all(|(_, status)| *status == 200), "{pages:?}");
+    assert_eq!(proxied.status(), 200);
 }
 
 #[tokio::test]

@@ -60,6 +60,10 @@ struct Size {
     rss_restart: u64,
     warm: Burst,
     rss_warm: u64,
+    /// The warm burst again, while the largest admin pages are requested back to back.
+    scraped: Burst,
+    /// How many admin pages were served during it.
+    scrapes: usize,
 }
 
 /// One admin endpoint, requested [`PROBE_ROUNDS`] times in a row.
@@ -186,12 +190,26 @@ fn one_size(
 
     // A restart: SIGTERM writes what is queued; the new process resumes every session.
     drop(gw);
-    let (gw, proxy, _, restart) = serve(bin, dir, &config, &format!("gstgate-{n}-restarted"))?;
+    let (gw, proxy, admin_addr, restart) =
+        serve(bin, dir, &config, &format!("gstgate-{n}-restarted"))?;
     let rss_restart = rss(&gw)?;
     let before = logins()?;
-    let mut warm = burst(&[proxy], &gstins[..cold], invoice, concurrency, "W")?;
+    let mut warm = burst(
+        std::slice::from_ref(&proxy),
+        &gstins[..cold],
+        invoice,
+        concurrency,
+        "W",
+    )?;
     warm.logins = logins()? - before;
     let rss_warm = rss(&gw)?;
+    // The same burst again while an operator's browser and Prometheus ask for the largest
+    // pages back to back: what the admin listener's work costs the proxy's callers.
+    let status = format!("/status?page={last_page}");
+    let (scraped, scrapes) = under_admin_load(&admin_addr, &[&status, "/metrics"], || {
+        burst(&[proxy], &gstins[..cold], invoice, concurrency, "S")
+    });
+    let scraped = scraped?;
     drop(gw);
     let _ = fs::remove_file(&store);
 
@@ -211,6 +229,8 @@ fn one_size(
         rss_restart,
         warm,
         rss_warm,
+        scraped,
+        scrapes,
     })
 }
 
@@ -354,6 +374,35 @@ fn peak_heap<T>(admin: &str, work: impl FnOnce() -> T) -> (T, Option<f64>) {
         let out = work();
         done.store(true, Ordering::Relaxed);
         (out, sampler.join().ok().flatten())
+    })
+}
+
+/// Runs `work` while another thread requests `paths` from the admin listener in turn, back to
+/// back; returns what `work` returned and how many pages were served meanwhile.
+fn under_admin_load<T>(admin: &str, paths: &[&str], work: impl FnOnce() -> T) -> (T, usize) {
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let scraper = scope.spawn(|| {
+            let Ok(http) = Http::new() else {
+                return 0;
+            };
+            let mut served = 0;
+            for path in paths.iter().cycle() {
+                if done.load(Ordering::Relaxed) {
+                    break;
+                }
+                if http
+                    .get(&format!("http://{admin}{path}"))
+                    .is_ok_and(|(status, _)| status == 200)
+                {
+                    served += 1;
+                }
+            }
+            served
+        });
+        let out = work();
+        done.store(true, Ordering::Relaxed);
+        (out, scraper.join().unwrap_or(0))
     })
 }
 
@@ -608,6 +657,13 @@ fn report(results: &[Size], cold: usize, concurrency: usize) -> String {
                 heap_per_session,
             ),
             ("after restart", &r.warm, r.rss_warm, "–".into(), "–".into()),
+            (
+                &format!("after restart, {} admin pages served meanwhile", r.scrapes),
+                &r.scraped,
+                r.rss_warm,
+                "–".into(),
+                "–".into(),
+            ),
         ] {
             let _ = writeln!(
                 out,

@@ -208,9 +208,32 @@ async fn receive(admin: &Admin, req: Request, deadline: Instant) -> Result<Reque
     Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
+/// Admin pages rendered at once; more wait their turn. `/metrics` and `/status` may be open
+/// to anyone who reaches the admin listener (no `monitoring_token`), and at 100,000 sessions
+/// each costs 10–25 ms of CPU: a flood of them must not take every core from the proxy.
+const RENDERS_AT_ONCE: usize = 2;
+
+static RENDERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(RENDERS_AT_ONCE);
+
+/// Runs `render` on the blocking pool, at most [`RENDERS_AT_ONCE`] at a time. On a runtime
+/// worker, a render that long would hold up the proxied requests queued behind it
+/// (BENCHMARKS.md, the scale scenario's burst under admin load).
+pub(super) async fn off_the_runtime<T: Send + 'static>(
+    render: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, GatewayError> {
+    let _turn = RENDERS
+        .acquire()
+        .await
+        .map_err(|e| GatewayError::Internal(format!("rendering failed: {e}")))?;
+    tokio::task::spawn_blocking(render)
+        .await
+        .map_err(|e| GatewayError::Internal(format!("rendering failed: {e}")))
+}
+
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
-    match crate::metrics::render(&admin.registry) {
-        Ok(text) => (
+    let rendered = off_the_runtime(move || crate::metrics::render(&admin.registry)).await;
+    match rendered {
+        Ok(Ok(text)) => (
             [(
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -218,7 +241,8 @@ async fn metrics(State(admin): State<Arc<Admin>>) -> Response {
             text,
         )
             .into_response(),
-        Err(_) => GatewayError::Internal("metrics encoding failed".into()).into_response(),
+        Ok(Err(_)) => GatewayError::Internal("metrics encoding failed".into()).into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -259,7 +283,14 @@ async fn sessions(
     Checked(Query(q)): Checked<Query<listing::SessionsQuery>>,
 ) -> Result<Response, GatewayError> {
     let (filter, position, limit) = q.parse()?;
-    let page = listing::list(&admin.sessions, &filter, &position, limit);
+    let (page, filter) = {
+        let admin = admin.clone();
+        off_the_runtime(move || {
+            let page = listing::list(&admin.sessions, &filter, &position, limit);
+            (page, filter)
+        })
+        .await?
+    };
     let next_cursor = page.next.as_ref().map(listing::encode_cursor);
     let next = next_cursor.as_ref().map(|c| {
         let query = listing::query_string(

@@ -42,25 +42,28 @@ pub(super) async fn handler(
     Checked(Query(q)): Checked<Query<StatusQuery>>,
 ) -> Result<Response, GatewayError> {
     let (filter, page) = q.parse()?;
-    let skip = (page - 1).saturating_mul(STATUS_PAGE_ROWS);
-    let listing = listing::list(
-        &admin.sessions,
-        &filter,
-        &Position::ProblemsFirst(skip),
-        STATUS_PAGE_ROWS,
-    );
-    let targets = target_rows(&admin.upstreams);
-    let html = render(
-        &View {
-            listing: &listing,
-            filter: &filter,
-            page,
-            targets: &targets,
-        },
-        &admin.dropin.counts(),
-        SystemTime::now(),
-        env!("CARGO_PKG_VERSION"),
-    );
+    let html = super::off_the_runtime(move || {
+        let skip = (page - 1).saturating_mul(STATUS_PAGE_ROWS);
+        let listing = listing::list(
+            &admin.sessions,
+            &filter,
+            &Position::ProblemsFirst(skip),
+            STATUS_PAGE_ROWS,
+        );
+        let targets = target_rows(&admin.upstreams);
+        render(
+            &View {
+                listing: &listing,
+                filter: &filter,
+                page,
+                targets: &targets,
+            },
+            &admin.dropin.counts(),
+            SystemTime::now(),
+            env!("CARGO_PKG_VERSION"),
+        )
+    })
+    .await?;
     Ok((
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
