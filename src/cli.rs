@@ -36,6 +36,11 @@ pub enum Command {
         /// Log line format.
         #[arg(long, value_enum, default_value = "pretty", env = "GSTGATE_LOG_FORMAT")]
         log_format: LogFormat,
+        /// Add `gstgate_heap_allocated_bytes` to /metrics: the heap in use, to investigate
+        /// memory. Off by default: each scrape walks the allocator's free lists under its
+        /// locks, which holds up allocations meanwhile.
+        #[arg(long, env = "GSTGATE_HEAP_METRIC", value_parser = clap::builder::BoolishValueParser::new())]
+        heap_metric: bool,
     },
     /// Validate a configuration file without starting (exit status 1 and the reason if invalid).
     CheckConfig {
@@ -103,12 +108,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve {
             config: path,
             log_format,
+            heap_metric,
         } => {
             crate::telemetry::init(log_format);
             let config = Config::load(&path)?;
             crate::upstream::check_profiles(&config, &path)?;
             let rt = runtime()?;
-            rt.block_on(crate::server::run(config, path))?;
+            let options = crate::server::Options { heap_metric };
+            rt.block_on(crate::server::run(config, path, options))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config: path, root } => {

@@ -22,13 +22,14 @@ pub fn release_free_memory() {
 /// Bytes the allocator has handed out and not had back: glibc's in-use chunks and mmapped
 /// blocks. Unlike the resident size, it leaves out freed memory the allocator keeps, so it
 /// shows what the gateway's data holds (bytes per session). `None` with another allocator.
+/// Not cheap: glibc walks each arena's free lists under its lock (see `HeapMetric`).
 pub fn allocated() -> Option<u64> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // The other exception to `deny(unsafe_code)`.
         #[allow(unsafe_code)]
-        // SAFETY: mallinfo2 takes no argument and only reads the allocator's own counters,
-        // under its arena locks; it may be called at any time from any thread.
+        // SAFETY: mallinfo2 takes no argument and only reads the allocator's own state, under
+        // its arena locks; it may be called at any time from any thread (glibc 2.33 or later).
         let info = unsafe { libc::mallinfo2() };
         Some(info.uordblks as u64 + info.hblkhd as u64)
     }

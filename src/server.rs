@@ -136,7 +136,7 @@ impl Running {
 }
 
 /// Builds everything from `config` and starts serving; returns once both ports listen.
-pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError> {
+pub async fn start(config: Config, path: PathBuf, options: Options) -> Result<Running, StartError> {
     for warning in crate::upstream::config_warnings(&config) {
         tracing::warn!("{warning}");
     }
@@ -145,6 +145,9 @@ pub async fn start(config: Config, path: PathBuf) -> Result<Running, StartError>
         None => None,
     };
     let (metrics, mut registry) = Metrics::new();
+    if options.heap_metric {
+        registry.register_collector(Box::new(crate::metrics::process::HeapMetric));
+    }
     let upstreams = config
         .upstreams
         .iter()
@@ -411,13 +414,20 @@ async fn start_simulator(
         .map_err(|e| StartError::Simulator(e.to_string()))
 }
 
+/// What `serve`'s command line adds to the configuration file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Report `gstgate_heap_allocated_bytes` on /metrics (costly at scrape time).
+    pub heap_metric: bool,
+}
+
 /// Runs the gateway until SIGTERM or SIGINT: prints the ready line, then shuts down gracefully.
-pub async fn run(config: Config, path: PathBuf) -> Result<(), StartError> {
+pub async fn run(config: Config, path: PathBuf, options: Options) -> Result<(), StartError> {
     // Taken before start-up, so that a `systemctl reload` during it does not end the process
     // (SIGHUP's default action); it is acted on once the gateway serves.
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let demo_key = demo_key_hint(&config);
-    let running = start(config, path).await?;
+    let running = start(config, path, options).await?;
     crate::heap::release_free_memory();
     {
         use std::io::Write as _;

@@ -512,7 +512,8 @@ fn every_task_the_gateway_spawns_is_tracked() {
     );
 }
 
-/// The one file with `unsafe` code: glibc's `malloc_trim`, which has no safe binding.
+/// The one file with `unsafe` code: glibc's `malloc_trim` and `mallinfo2`, which have no safe
+/// binding.
 const UNSAFE_ALLOWED: &str = "src/heap.rs";
 
 /// How often `word` occurs in `text` as a whole word (not inside a longer identifier).
@@ -528,7 +529,7 @@ fn word_count(text: &str, word: &str) -> usize {
 
 /// The library denies unsafe code (it cannot forbid it: `forbid` admits no exception, and
 /// glibc's allocator calls need one), the binary forbids it, and the exceptions are the two
-/// argument-free allocator calls in `src/heap.rs` (`malloc_trim`, `mallinfo2`), each allowed
+/// pointer-free allocator calls in `src/heap.rs` (`malloc_trim`, `mallinfo2`), each allowed
 /// right there: any other `unsafe`, or `allow(unsafe_code)` anywhere else, fails.
 #[test]
 fn unsafe_code_is_the_two_allocator_calls() {

@@ -446,9 +446,12 @@ pub(crate) fn serve_logging(
     log: &str,
 ) -> Result<(Proc, String, String, Duration)> {
     let mut cmd = Command::new(bin);
+    // The heap metric costs a walk of the allocator's free lists per scrape: on for the
+    // benchmark, which reads it a few times, off by default.
     cmd.arg("serve")
         .arg("--config")
         .arg(config)
+        .arg("--heap-metric")
         .env("RUST_LOG", log);
     let started = Instant::now();
     let ready = "gstgate ready: proxy http://";

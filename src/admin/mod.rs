@@ -20,7 +20,7 @@ pub mod listing;
 pub mod status_page;
 
 use crate::dropin::Dropin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -208,26 +208,40 @@ async fn receive(admin: &Admin, req: Request, deadline: Instant) -> Result<Reque
     Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
-/// Admin pages rendered at once; more wait their turn. `/metrics` and `/status` may be open
+/// How long a page waits for its turn to render before it is refused (503): a flood of
+/// open monitoring pages must not queue up work that goes on long after its callers left.
+const RENDER_WAIT: Duration = Duration::from_secs(10);
+
+/// Pages rendered at once: half the cores, at least one. `/metrics` and `/status` may be open
 /// to anyone who reaches the admin listener (no `monitoring_token`), and at 100,000 sessions
 /// each costs 10–25 ms of CPU: a flood of them must not take every core from the proxy.
-const RENDERS_AT_ONCE: usize = 2;
+fn renders() -> &'static tokio::sync::Semaphore {
+    static RENDERS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    RENDERS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tokio::sync::Semaphore::new((cores / 2).max(1))
+    })
+}
 
-static RENDERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(RENDERS_AT_ONCE);
-
-/// Runs `render` on the blocking pool, at most [`RENDERS_AT_ONCE`] at a time. On a runtime
-/// worker, a render that long would hold up the proxied requests queued behind it
-/// (BENCHMARKS.md, the scale scenario's burst under admin load).
-pub(super) async fn off_the_runtime<T: Send + 'static>(
+/// Runs `render` on the blocking pool when its turn comes ([`renders`]). On a runtime worker,
+/// a render that long would hold up the proxied requests queued behind it (BENCHMARKS.md,
+/// the scale scenario's burst under admin load).
+async fn off_the_runtime<T: Send + 'static>(
     render: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, GatewayError> {
-    let _turn = RENDERS
-        .acquire()
-        .await
-        .map_err(|e| GatewayError::Internal(format!("rendering failed: {e}")))?;
-    tokio::task::spawn_blocking(render)
-        .await
-        .map_err(|e| GatewayError::Internal(format!("rendering failed: {e}")))
+    let busy = || {
+        GatewayError::NotReady(
+            "the admin listener is busy rendering other pages; retry shortly".into(),
+        )
+    };
+    let _turn = match tokio::time::timeout(RENDER_WAIT, renders().acquire()).await {
+        Ok(Ok(turn)) => turn,
+        Ok(Err(_)) | Err(_) => return Err(busy()),
+    };
+    tokio::task::spawn_blocking(render).await.map_err(|e| {
+        tracing::error!(error = %e, "rendering an admin page failed");
+        GatewayError::Internal("rendering the page failed".into())
+    })
 }
 
 async fn metrics(State(admin): State<Arc<Admin>>) -> Response {

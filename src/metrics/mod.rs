@@ -6,7 +6,7 @@
 //!
 //! Besides the contract: `gstgate_build_info{version}` and the standard `process_*` metrics
 //! ([`process`]), so that dashboards can tell versions apart during a rollout and see memory
-//! and file descriptors.
+//! and file descriptors; with `serve --heap-metric`, `gstgate_heap_allocated_bytes`.
 
 pub mod process;
 

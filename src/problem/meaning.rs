@@ -224,7 +224,7 @@ impl GatewayError {
             IdempotencyKeyReused => "Use a new Idempotency-Key for a new request; a key stands for one request (method, path and body) for `idempotency.window`.".into(),
             IdempotencyKeyInFlight => "Retry with the same Idempotency-Key and the same body in a few seconds: the first request is still running and its answer will be replayed.".into(),
             IdempotencyUnavailable(_) => "Retry shortly with the same Idempotency-Key; nothing was sent upstream. If it persists, ask the gateway operator to check the session store and `idempotency.max_keys`.".into(),
-            NotReady(_) => "Retry shortly; the gateway is starting or its store is unreachable.".into(),
+            NotReady(_) => "Retry shortly; the gateway is starting, its store is unreachable, or its admin listener is busy rendering other pages.".into(),
             Internal(_) => "Retry; if it persists report it to the gateway operator with the x-request-id.".into(),
             OtpInvalid { .. } => "Request a new OTP with POST …/otp-request on the same upstream and GSTIN, and submit the 6 digits the taxpayer receives, once.".into(),
             ApiAccessDisabled { .. } => "The taxpayer must enable API access on the GST portal (My Profile → Manage API Access, up to 30 days); then request a new OTP.".into(),

@@ -13,7 +13,7 @@
 //! * `dropin`: the drop-in sessions' records beside the slots'.
 //! * `idempotency`: the `Idempotency-Key` records, changed only by compare-and-swap.
 //! * `seed`: records made outside a gateway, as it writes them (the scale benchmark's sessions).
-//! * `write_behind`: [`Store::put`] only queues a slot's new state (the latest per slot wins)
+//! * `write_behind`: [`Store::put`] only queues a record's new contents (the latest per record wins)
 //!   and wakes the writer task, which seals each batch and commits it; a login that must be
 //!   recorded before it goes on awaits [`Store::flush`].
 //!
