@@ -1,10 +1,11 @@
 //! Gives the heap's free pages back to the operating system after a configuration is read,
 //! and says how much of the heap is in use.
 //!
-//! Parsing a configuration with 100 000 credentials allocates a few hundred megabytes that are
-//! freed once the slot table is built. glibc's allocator keeps such memory for reuse, so the
-//! process would show (and a container limit would count) that peak for the rest of its life.
-//! A gateway does not need it again until the next reload, so it is handed back right away.
+//! Starting with 100 000 credentials holds the file's text, the parsed configuration and the
+//! slot table at once, tens of megabytes that are freed once the slot table is built. glibc's
+//! allocator keeps such memory for reuse, so the process would show (and a container limit
+//! would count) that peak for the rest of its life. A gateway does not need it again until
+//! the next reload, so it is handed back right away.
 
 /// Returns the allocator's free memory to the operating system where the allocator allows it
 /// (glibc); elsewhere it does nothing.

@@ -48,6 +48,8 @@ struct Size {
     check_config: Duration,
     start: Duration,
     rss_start: u64,
+    /// The process's most resident memory up to ready (start-up's peak).
+    peak_start: u64,
     /// `gstgate_heap_allocated_bytes` at ready and after the cold burst.
     heap_start: Option<f64>,
     cold: Burst,
@@ -157,6 +159,7 @@ fn one_size(
 
     let (gw, proxy, admin_addr, start) = serve(bin, dir, &config, &format!("gstgate-{n}"))?;
     let rss_start = rss(&gw)?;
+    let peak_start = peak_rss(&gw)?;
     let heap_start = heap(http, &admin_addr);
     let counters = format!("{upstream_url}/_sim/counters");
     let logins = || -> Result<f64> {
@@ -219,6 +222,7 @@ fn one_size(
         check_config,
         start,
         rss_start,
+        peak_start,
         heap_start,
         cold: cold_burst,
         rss_cold,
@@ -472,12 +476,21 @@ pub(crate) fn serve_logging(
 
 /// Resident memory of the process, bytes.
 pub(crate) fn rss(p: &Proc) -> Result<u64> {
+    status_bytes(p, "VmRSS:")
+}
+
+/// The most resident memory the process has had so far (its high-water mark), bytes.
+pub(crate) fn peak_rss(p: &Proc) -> Result<u64> {
+    status_bytes(p, "VmHWM:")
+}
+
+fn status_bytes(p: &Proc, field: &str) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{}/status", p.pid()))?;
     let kib = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .context("no VmRSS")?;
+        .with_context(|| format!("no {field}"))?;
     Ok(kib * 1024)
 }
 
@@ -604,7 +617,7 @@ fn report(results: &[Size], cold: usize, concurrency: usize) -> String {
     );
     let _ = writeln!(
         out,
-        "| credentials | config | check-config | start to ready | RSS at ready | heap at ready (per credential) |"
+        "| credentials | config | check-config | start to ready | RSS at ready (peak before) | heap at ready (per credential) |"
     );
     let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|");
     for r in results {
@@ -620,12 +633,13 @@ fn report(results: &[Size], cold: usize, concurrency: usize) -> String {
         );
         let _ = writeln!(
             out,
-            "| {} | {} MiB | {} ms | {} ms | {} MiB | {heap} |",
+            "| {} | {} MiB | {} ms | {} ms | {} MiB ({} MiB) | {heap} |",
             r.credentials,
             mib(r.config_bytes),
             ms(r.check_config),
             ms(r.start),
-            mib(r.rss_start)
+            mib(r.rss_start),
+            mib(r.peak_start)
         );
     }
     let _ = writeln!(

@@ -1,6 +1,6 @@
 //! Loading: a configuration file read within its size limit, its `${VAR}`s checked all at
-//! once, parsed, its secrets resolved, the default store file placed, and validated; parse
-//! errors say where without quoting the line.
+//! once, parsed (`parse.rs`), its secrets resolved, the default store file placed, and
+//! validated.
 
 use std::path::Path;
 
@@ -47,9 +47,9 @@ impl Config {
                 message: unset_message(&unset),
             });
         }
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut config = super::parse::document(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
-            message: parse_message(text, &e),
+            message: e.message(text),
         })?;
         // `webhook_url = "${GSTGATE_ALERT_WEBHOOK}"` with the variable set empty switches
         // webhooks off, so that one file serves deployments with and without them.
@@ -100,31 +100,6 @@ fn unset_message(unset: &[(String, usize, Option<String>)]) -> String {
             all.len(),
             all.join(", ")
         ),
-    }
-}
-
-/// The parser's complaint and where it is, without the source line the parser quotes: that
-/// line can hold a password or a token, and the message reaches logs and the reload answer.
-fn parse_message(text: &str, e: &toml::de::Error) -> String {
-    let complaint = e.message().trim_end().replace('\n', "; ");
-    let Some(before) = e.span().and_then(|span| text.get(..span.start)) else {
-        return complaint;
-    };
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let column = before[line_start..].chars().count() + 1;
-    // The key of a `key = value` line is named; its value never is.
-    let key = text[line_start..]
-        .split_once('=')
-        .map(|(k, _)| k.trim())
-        .filter(|k| {
-            !k.is_empty()
-                && k.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-        });
-    match key {
-        Some(key) => format!("line {line}, column {column}, key `{key}`: {complaint}"),
-        None => format!("line {line}, column {column}: {complaint}"),
     }
 }
 
