@@ -4,14 +4,16 @@
 //! The TOML parser holds a token for every lexeme of the text it parses, and a tree of every
 //! value with its position, at once: about 5 KB per credential table, 500 MB at the peak of
 //! a 100 000-credential file. A GSP sizes a container by what the gateway holds at rest, so
-//! that peak would be the limit a restart dies of. A first pass (the lexer only, nothing
-//! kept) finds the top-level table headers; the credential tables are then parsed
-//! [`CHUNK`] at a time and the rest of the file on its own, so the peak is one slice's.
+//! that peak would be the limit a restart dies of. A first pass (the lexer only, keeping
+//! where the headers are) finds the top-level table headers; the credential tables are then
+//! parsed [`CHUNK`] at a time and the rest of the file on its own, so the peak is one slice's.
 //!
 //! The result is the whole-file parse's: every slice starts at a `[[credential]]` header, so
-//! it means what it means in the file. Where the first pass cannot tell that for sure (a
-//! `credential` key at the top, a quoted or dotted table name starting with `credential`,
-//! brackets that do not balance), the file is parsed whole, and its error is the parser's.
+//! it means what it means in the file. Where the first pass cannot tell that for sure, the
+//! file is parsed whole (with the old peak), and its error is the parser's: a top-level key
+//! that is not bare, or is `credential`; a table name whose first part is quoted, or that
+//! starts with `credential` without being exactly `[[credential]]`; brackets that do not
+//! balance.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -50,9 +52,11 @@ impl ParseError {
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let column = before[line_start..].chars().count() + 1;
-        // The key of a `key = value` line is named; its value never is.
-        let key = text[line_start..]
-            .split_once('=')
+        // The key of a `key = value` line is named; its value never is. A line inside a
+        // multi-line string is a value's, whatever it looks like.
+        let key = Some(&text[line_start..])
+            .filter(|_| !in_multiline_string(text, line_start))
+            .and_then(|line| line.split_once('='))
             .map(|(k, _)| k.trim())
             .filter(|k| {
                 !k.is_empty()
@@ -64,6 +68,19 @@ impl ParseError {
             None => format!("line {line}, column {column}: {complaint}"),
         }
     }
+}
+
+/// Whether offset `at` of `text` falls inside a multi-line string.
+fn in_multiline_string(text: &str, at: usize) -> bool {
+    toml_parser::Source::new(text)
+        .lex()
+        .take_while(|t| t.span().start() < at)
+        .any(|t| {
+            matches!(
+                t.kind(),
+                TokenKind::MlBasicString | TokenKind::MlLiteralString
+            ) && t.span().end() > at
+        })
 }
 
 /// Parses the whole configuration text, credential tables [`CHUNK`] at a time.
@@ -80,7 +97,9 @@ pub fn without_credentials(text: &str) -> Cow<'_, str> {
     }
 }
 
-/// [`document`] with `chunk` credential tables per slice (tests use small ones).
+/// [`document`] with `chunk` credential tables per slice (tests use small ones). A file with
+/// several mistakes may have a different one named first than a whole parse would name: the
+/// rest of the file is parsed before the credential slices.
 pub(super) fn document_in(text: &str, chunk: usize) -> Result<Config, ParseError> {
     let Some(layout) = Layout::scan(text, chunk.max(1)) else {
         return toml::from_str(text).map_err(|e| ParseError::new(&e, 0));
@@ -88,9 +107,12 @@ pub(super) fn document_in(text: &str, chunk: usize) -> Result<Config, ParseError
     let rest = layout.rest(text);
     let mut config: Config = toml::from_str(&rest.text).map_err(|e| {
         let mut err = ParseError::new(&e, 0);
-        err.span = err
-            .span
-            .map(|s| rest.original(s.start)..rest.original(s.end));
+        // An empty span at 0 is about the whole document (a missing `[server]`): it stays
+        // at the file's start rather than the first piece's.
+        err.span = err.span.map(|s| match s {
+            s if s == (0..0) => s,
+            s => rest.original(s.start)..rest.original(s.end),
+        });
         err
     })?;
     for slice in &layout.slices {
@@ -135,7 +157,7 @@ impl Rest {
 enum Header {
     /// `[[credential]]`: a new credential table; a slice may start here.
     Credential,
-    /// Any table whose name does not start with `credential`.
+    /// Any table whose name's first part is bare and not `credential`.
     Other,
 }
 
@@ -176,14 +198,13 @@ impl Layout {
             .iter()
             .chain(std::iter::once(&(text.len()..text.len())))
         {
+            // A piece ends where a header starts a line (or at the end of the file), and
+            // the next one starts with a header: joined, each header still starts its line.
+            // Nothing is added between them: a lone `\r` at a piece's end stays the error
+            // it is in the file.
             if slice.start > from {
                 rest.pieces.push((rest.text.len(), from));
                 rest.text.push_str(&text[from..slice.start]);
-                // A piece can end without a newline only at the end of the file; the next
-                // piece starts with a header, which needs a line of its own.
-                if !rest.text.ends_with('\n') {
-                    rest.text.push('\n');
-                }
             }
             from = slice.end;
         }
@@ -245,16 +266,17 @@ fn header(
     let array = tokens
         .next_if(|t| t.kind() == TokenKind::LeftSquareBracket)
         .is_some();
-    let mut name: Vec<&str> = Vec::new();
-    let mut quoted = false;
+    // The name's parts (each bare or quoted) and the dots between them.
+    let mut parts: Vec<(&str, bool)> = Vec::new();
+    let mut dots = 0;
     loop {
         let token = tokens.next()?;
         match token.kind() {
-            TokenKind::Whitespace | TokenKind::Dot => {}
-            TokenKind::Atom => name.push(source.get(token.span())?.as_str()),
+            TokenKind::Whitespace => {}
+            TokenKind::Dot => dots += 1,
+            TokenKind::Atom => parts.push((source.get(token.span())?.as_str(), false)),
             TokenKind::BasicString | TokenKind::LiteralString => {
-                quoted = true;
-                name.push(source.get(token.span())?.as_str());
+                parts.push((source.get(token.span())?.as_str(), true));
             }
             TokenKind::RightSquareBracket => break,
             _ => return None,
@@ -263,11 +285,13 @@ fn header(
     if array && tokens.next()?.kind() != TokenKind::RightSquareBracket {
         return None;
     }
-    match name.first() {
-        Some(&"credential") if array && name.len() == 1 && !quoted => Some(Header::Credential),
-        // `[credential]`, `[credential.x]` and quoted names are left to the whole parse.
-        Some(&"credential") => None,
-        _ if quoted => None,
+    match parts.first() {
+        Some(&("credential", false)) if array && parts.len() == 1 && dots == 0 => {
+            Some(Header::Credential)
+        }
+        // `[credential]`, `[credential.x]`, and a quoted first part, which may spell
+        // `credential` with escapes, are left to the whole parse.
+        Some(&("credential", false)) | Some(&(_, true)) => None,
         _ => Some(Header::Other),
     }
 }
@@ -427,6 +451,34 @@ upstreams = [ "einvoice" ]"#;
         agree(&after, 2).unwrap();
     }
 
+    #[test]
+    fn what_only_the_whole_file_shows_is_still_seen() {
+        let credential = "[[credential]]\ngstin = \"g\"\nusername = \"u\"\nupstreams = []\n";
+        // A lone carriage return before a cut is the error it is in the file.
+        for text in [
+            format!("[server]\r{credential}"),
+            format!("[server] # c\r{credential}"),
+            format!("{credential}[server]\r"),
+            format!("\r{credential}[server]\n"),
+        ] {
+            assert!(document_in(&text, 1).is_err(), "{text:?}");
+            agree(&text, 1).unwrap();
+        }
+        // A missing `[server]` is the document's fault: line 1, not the first piece's line.
+        let text = format!("{credential}[alerts]\n");
+        let err = document_in(&text, 1).expect_err("refused").message(&text);
+        assert!(err.starts_with("line 1, column 1:"), "{err}");
+        assert!(err.contains("server"), "{err}");
+    }
+
+    #[test]
+    fn a_line_of_a_multi_line_string_names_no_key() {
+        let text = "[server]\nadmin_token = \"\"\"\nabc123=\\q\"\"\"\n";
+        let err = document(text).expect_err("refused").message(text);
+        assert!(err.starts_with("line 3, column "), "{err}");
+        assert!(!err.contains("abc123"), "{err}");
+    }
+
     /// Pieces of a configuration file: mostly valid ones, some of them traps for the first
     /// pass, and some mistakes (a whole parse refuses a file with one).
     fn piece() -> impl Strategy<Value = &'static str> {
@@ -449,6 +501,8 @@ upstreams = [ "einvoice" ]"#;
             "x = 1\n",
             "[[credential]]\ngstin = \"h\"\nusername = \"u\"\nupstreams = [\"a\",\n",
             "]\n",
+            "[alerts]\r",
+            "# c\r",
         ]);
         prop_oneof![12 => valid, 1 => mistake]
     }
