@@ -1,10 +1,12 @@
-//! Where alerts come from: a task that reads the session manager's snapshot every
+//! Where alerts come from: a task that reads the sessions needing attention every
 //! [`POLL_INTERVAL`] and turns what it sees into alert episodes.
 //!
-//! Reading the snapshot — the same data `/admin/sessions` and the status page show — keeps the
-//! session manager free of alerting code: it only has to report its state truthfully, and the
+//! Reading the session manager's rows — the same data `/admin/sessions` and the status page
+//! show — keeps it free of alerting code: it only has to report its state truthfully, and the
 //! rules for when an operator is told live here, in one place. The price is latency of at most
-//! one interval, which is nothing next to how fast a person reacts to an alert.
+//! one interval, which is nothing next to how fast a person reacts to an alert. Each pass
+//! runs on the blocking pool: with 100,000 slots it is a pass over all of them, which the
+//! proxy's worker threads should not wait behind.
 //!
 //! | alert | open while | closed when |
 //! |---|---|---|
@@ -37,9 +39,22 @@ pub fn spawn(tasks: &Tasks, sessions: &Arc<Sessions>, alerts: Arc<Alerts>, every
             let Some(sessions) = sessions.upgrade() else {
                 break;
             };
-            let snapshot = sessions.snapshot();
-            drop(sessions);
-            rules.observe(&snapshot, &alerts);
+            let alerts = alerts.clone();
+            let pass = tokio::task::spawn_blocking(move || {
+                let rows = sessions.needing_attention(alerts.otp_warning());
+                drop(sessions);
+                rules.observe(&rows, &alerts);
+                rules
+            });
+            rules = match pass.await {
+                Ok(rules) => rules,
+                // A pass that panicked lost its memory of failing logins; the next pass
+                // starts again (a "refresh failing" alert waits one pass longer).
+                Err(e) => {
+                    tracing::error!(error = %e, "alert pass failed");
+                    Rules::default()
+                }
+            };
         }
     });
 }
@@ -52,7 +67,9 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// One pass over a snapshot: raises and resolves episodes by the table in the module doc.
+    /// One pass: raises and resolves episodes by the table in the module doc. `sessions`
+    /// holds at least every slot that needs attention ([`Sessions::needing_attention`]); an
+    /// open episode of any other slot is resolved (it recovered, or its credential is gone).
     pub fn observe(&mut self, sessions: &[SessionInfo], alerts: &Alerts) {
         let mut failing = HashSet::new();
         let mut present = HashSet::with_capacity(sessions.len());

@@ -45,6 +45,12 @@ fn state(rig: &Rig) -> State {
     rig.sessions.snapshot()[0].state
 }
 
+/// The states of the rows the alert watcher is given (a 48-hour OTP warning).
+fn attention(rig: &Rig) -> Vec<State> {
+    let rows = rig.sessions.needing_attention(48 * HOUR);
+    rows.iter().map(|r| r.state).collect()
+}
+
 /// Force window: the proactive refresh comes `refresh_before` (plus at most 30 s of jitter)
 /// ahead of expiry and forces a new token; the session moves to the new generation. Broken
 /// by: `ForceWindow::step` never forcing (the fake hands the old token back and the
@@ -336,6 +342,7 @@ async fn an_idle_gstn_session_is_kept_alive_until_the_portal_session_ends() {
     );
     assert_eq!(calls.len(), 6);
     assert_eq!(state(&rig), State::NeedsOtp);
+    assert_eq!(attention(&rig), [State::NeedsOtp]);
     assert!(matches!(
         session(&rig).await,
         Err(GatewayError::OtpRequired { .. })
@@ -379,9 +386,15 @@ async fn rejected_credentials_stop_logins_until_an_operator_refresh() {
     }
     assert_eq!(fake.calls().len(), 1);
     assert_eq!(state(&rig), State::CredentialsRejected);
+    assert_eq!(attention(&rig), [State::CredentialsRejected]);
     rig.sessions.refresh_now(&rig.slot).await.unwrap();
     assert_eq!(fake.calls().len(), 2);
     assert_eq!(state(&rig), State::Valid);
+    assert_eq!(
+        attention(&rig),
+        [],
+        "a healthy slot is not handed to the alert rules"
+    );
 }
 
 /// Backoff and the login limit: after a transient failure the next login waits out a
@@ -401,6 +414,11 @@ async fn failed_logins_back_off_and_stay_within_the_login_limit() {
         Err(GatewayError::LoginBackoff { .. })
     ));
     assert_eq!(fake.calls().len(), 1, "no call during the backoff");
+    assert_eq!(
+        attention(&rig).len(),
+        1,
+        "a failed login is handed to the alert rules"
+    );
     let start = Instant::now();
     while Instant::now() < start + LOGIN_WINDOW - MINUTE {
         let _ = session(&rig).await;
