@@ -82,7 +82,7 @@ impl Snapshot {
 }
 
 /// (comm, ppid, utime + stime) from /proc/PID/stat.
-fn proc_stat(pid: u32) -> Option<(String, u32, u64)> {
+pub(crate) fn proc_stat(pid: u32) -> Option<(String, u32, u64)> {
     let (comm, ppid, user, sys) = proc_stat_split(&format!("/proc/{pid}/stat"))?;
     Some((comm, ppid, user + sys))
 }

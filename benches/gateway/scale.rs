@@ -50,6 +50,8 @@ struct Size {
     rss_start: u64,
     /// The process's most resident memory up to ready (start-up's peak).
     peak_start: u64,
+    /// CPU the idle gateway used per second, after the cold burst.
+    idle_cpu: Duration,
     /// `gstgate_heap_allocated_bytes` at ready and after the cold burst.
     heap_start: Option<f64>,
     cold: Burst,
@@ -191,6 +193,10 @@ fn one_size(
         admin.push(probe(http, &admin_addr, &path)?);
     }
 
+    // Idle: what the gateway's own periodic work (an alert check each second here, every
+    // 15 s by default) costs with these sessions.
+    let idle_cpu = idle_cpu(&gw, IDLE_FOR)?;
+
     // A restart: SIGTERM writes what is queued; the new process resumes every session.
     drop(gw);
     let (gw, proxy, admin_addr, restart) =
@@ -229,6 +235,7 @@ fn one_size(
         heap_cold,
         heap_peak,
         admin,
+        idle_cpu,
         restart,
         rss_restart,
         warm,
@@ -324,6 +331,10 @@ encryption = "passthrough"
 client_id = "{CLIENT_ID}"
 client_secret = "{CLIENT_SECRET}"
 {upstream_extra}
+
+# An alert check every second instead of 15, so that the idle measurement sees five.
+[alerts]
+check_interval = "1s"
 
 [[client]]
 name = "scale"
@@ -472,6 +483,22 @@ pub(crate) fn serve_logging(
         .unwrap_or_default()
         .to_string();
     Ok((p, proxy, admin, took))
+}
+
+/// How long the idle measurement lasts.
+const IDLE_FOR: Duration = Duration::from_secs(5);
+
+/// The CPU time (user and system, all threads) `p` uses per second over `span` of idling.
+fn idle_cpu(p: &Proc, span: Duration) -> Result<Duration> {
+    let ticks = || {
+        crate::cpu::proc_stat(p.pid())
+            .map(|(_, _, t)| t)
+            .context("no /proc stat")
+    };
+    let before = ticks()?;
+    std::thread::sleep(span);
+    let used = (ticks()? - before) as f64 / crate::cpu::clock_ticks();
+    Ok(Duration::from_secs_f64(used / span.as_secs_f64()))
 }
 
 /// Resident memory of the process, bytes.
@@ -715,6 +742,19 @@ fn report(results: &[Size], cold: usize, concurrency: usize) -> String {
                 p.bytes as f64 / 1024.0
             );
         }
+    }
+    let _ = writeln!(
+        out,
+        "\n| credentials | idle CPU per second (an alert check each second), after the cold burst |"
+    );
+    let _ = writeln!(out, "|---:|---:|");
+    for r in results {
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} ms |",
+            r.credentials,
+            r.idle_cpu.as_secs_f64() * 1000.0
+        );
     }
     let _ = writeln!(
         out,
