@@ -136,7 +136,11 @@ impl Running {
 }
 
 /// Builds everything from `config` and starts serving; returns once both ports listen.
-pub async fn start(config: Config, path: PathBuf, options: Options) -> Result<Running, StartError> {
+pub async fn start(
+    mut config: Config,
+    path: PathBuf,
+    options: Options,
+) -> Result<Running, StartError> {
     for warning in crate::upstream::config_warnings(&config) {
         tracing::warn!("{warning}");
     }
@@ -155,6 +159,9 @@ pub async fn start(config: Config, path: PathBuf, options: Options) -> Result<Ru
         .collect::<Result<Vec<_>, _>>()?;
     let tasks = Tasks::default();
     let sessions = Sessions::new(&upstreams, &config.credentials, metrics.clone(), &tasks)?;
+    // The slot table holds what a credential needs from here on; with 100,000 credentials the
+    // parsed entries are tens of megabytes that the store's load would otherwise pile on.
+    drop(std::mem::take(&mut config.credentials));
     let (store, loaded) = open_store(&config.store, &metrics, &tasks).await?;
     let resumed = sessions.resume(&store, loaded);
     tracing::info!(store = %store.place(), resumed, "sessions resumed from the store");
