@@ -11,6 +11,7 @@ use super::slot::{Credential, Slot, SlotState};
 use super::{Guard, SessionsError, DEFAULT_SESSION_LIFETIME};
 use crate::config::CredentialConfig;
 use crate::gstin::Gstin;
+use crate::store::record_name;
 use crate::upstream::Upstream;
 
 /// The slots, and how a caller's (upstream, GSTIN) finds them. Immutable once built: a
@@ -49,21 +50,9 @@ impl Table {
         previous: Option<&Table>,
         next_id: &AtomicUsize,
     ) -> Result<(Self, Changes), SessionsError> {
-        let mut old: HashMap<(String, String, String), &Arc<Slot>> = previous
-            .map(|t| {
-                t.slots
-                    .iter()
-                    .map(|s| {
-                        let key = (
-                            s.upstream.name.to_string(),
-                            s.credential.gstin.to_string(),
-                            s.credential.username.to_string(),
-                        );
-                        (key, s)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        // The previous slots are found by their store record name, which the new table
+        // needs anyway: a reload of 100,000 credentials builds no map of the old ones.
+        let mut taken = vec![false; previous.map_or(0, |t| t.slots.len())];
         let mut table = Table {
             slots: Vec::new(),
             by_id: HashMap::new(),
@@ -83,12 +72,12 @@ impl Table {
                     .find(|u| &*u.name == name)
                     .ok_or_else(|| err(format!("no upstream `{name}`")))?;
                 let lifetime = c.session_lifetime.unwrap_or(DEFAULT_SESSION_LIFETIME);
-                // At start-up there is nothing to compare with, and nothing to allocate for it.
-                let before = if old.is_empty() {
-                    None
-                } else {
-                    old.remove(&(name.clone(), gstin.to_string(), c.username.clone()))
-                };
+                let record: Arc<str> = record_name(name, gstin.as_str(), &c.username).into();
+                let before = previous.and_then(|t| {
+                    let at = *t.by_record.get(&record)?;
+                    let first = !std::mem::replace(taken.get_mut(at)?, true);
+                    first.then(|| t.slots.get(at)).flatten()
+                });
                 let slot = match before {
                     Some(s) => {
                         if s.view().same_credential(&c.password, lifetime) {
@@ -113,7 +102,7 @@ impl Table {
                 };
                 let at = table.slots.len();
                 table.by_id.insert(slot.id, at);
-                table.by_record.insert(slot.record_name().into(), at);
+                table.by_record.insert(record, at);
                 table
                     .by_gstin
                     .entry(upstream.name.clone())
@@ -124,7 +113,7 @@ impl Table {
                 table.slots.push(slot);
             }
         }
-        changes.removed = old.len();
+        changes.removed = taken.iter().filter(|&&t| !t).count();
         Ok((table, changes))
     }
 
