@@ -93,7 +93,8 @@ pub(in crate::session) struct SlotState {
     /// this replica's next turn, after taking up the record that still holds it.
     clear_group_lockout: bool,
     /// The app key of the OTP requested last and not used yet, and when it was requested.
-    otp_app_key: Option<(AesKey, SystemTime)>,
+    /// Boxed: rare (GSTN, between an OTP request and its use), 48 bytes inline otherwise.
+    otp_app_key: Option<Box<(AesKey, SystemTime)>>,
     /// An OTP login was made with that key (and refused): the room its request left is
     /// spent. Kept in memory only: after a restart one more OTP login may use the room.
     otp_tried: bool,
@@ -223,7 +224,7 @@ impl SlotState {
 
     /// The app key of an OTP requested less than `max_age` ago and not used yet.
     pub(in crate::session) fn otp_app_key(&self, max_age: Duration) -> Option<AesKey> {
-        let (key, at) = self.otp_app_key.as_ref()?;
+        let (key, at) = self.otp_app_key.as_deref()?;
         let age = crate::clock::wall().duration_since(*at).ok()?;
         (age < max_age).then(|| key.clone())
     }
@@ -359,7 +360,7 @@ impl<'a> Change<'a> {
         // An OTP request leaves room for the OTP login it brings; until that OTP is used or
         // stale, no other login may take that room.
         let owed = !self.st.otp_tried
-            && self.st.otp_app_key.as_ref().is_some_and(|(_, at)| {
+            && self.st.otp_app_key.as_deref().is_some_and(|(_, at)| {
                 crate::clock::wall()
                     .duration_since(*at)
                     .is_ok_and(|age| age < OTP_LIFE)
@@ -545,7 +546,7 @@ impl<'a> Change<'a> {
     /// Keeps the app key an OTP was requested with, requested at `at`: the OTP must be
     /// exchanged under it, maybe through another replica.
     pub(in crate::session) fn keep_otp_app_key(&mut self, key: AesKey, at: SystemTime) {
-        self.st.otp_app_key = Some((key, at));
+        self.st.otp_app_key = Some(Box::new((key, at)));
         self.st.otp_tried = false;
         self.dirty = true;
     }

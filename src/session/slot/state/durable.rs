@@ -22,7 +22,7 @@ impl SlotState {
             revision: self.revision,
             last_error: self.last_error.clone(),
             last_upstream_code: self.last_upstream_code.clone(),
-            otp_app_key: self.otp_app_key.clone(),
+            otp_app_key: self.otp_app_key.as_deref().cloned(),
         }
     }
 }
@@ -49,7 +49,7 @@ impl Change<'_> {
             st.revision = record.revision;
             st.last_error.clone_from(&record.last_error);
             st.last_upstream_code.clone_from(&record.last_upstream_code);
-            st.otp_app_key.clone_from(&record.otp_app_key);
+            st.otp_app_key = record.otp_app_key.clone().map(Box::new);
         }
         let record_newest = [&record.session, &record.latest]
             .into_iter()
@@ -103,7 +103,7 @@ impl SlotState {
         let (now, wall) = (crate::clock::now(), crate::clock::wall());
         self.guard.take_up(&record.guard, now, wall, whose);
         self.revision = self.revision.max(record.revision);
-        self.otp_app_key.clone_from(&record.otp_app_key);
+        self.otp_app_key = record.otp_app_key.clone().map(Box::new);
         let portal = record.portal_ends_at.filter(|&end| end > wall);
         // A portal session that ended while gstgate was down is over as if it had ended
         // while running: nothing may be refreshed any more (see `Change::end_portal`).
