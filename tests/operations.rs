@@ -598,15 +598,18 @@ fn check_config_refuses_what_serve_would_and_names_the_entry() {
         !ok && out.contains("client \"other-app\".api_key_sha256") && out.contains("twice"),
         "{out}"
     );
-    // One API user configured twice for an upstream: two sessions would knock each other out.
-    let twice_user = format!(
-        "{demo}\n[[credential]]\ngstin = \"27aapfu0939f1zv\"\nusername = \"demo_api_user\"\npassword = \"p\"\nupstreams = [\"ewaybill\"]\n"
-    );
-    let (ok, out) = check_config(&twice_user, &[]);
-    assert!(
-        !ok && out.contains("demo_api_user") && out.contains("configured twice"),
-        "{out}"
-    );
+    // One API user configured twice for an upstream: two sessions would knock each other out
+    // (and share one store record), however the GSTIN is spelt.
+    for spelling in ["27aapfu0939f1zv", " 27AAPFU0939F1ZV "] {
+        let twice_user = format!(
+            "{demo}\n[[credential]]\ngstin = \"{spelling}\"\nusername = \"demo_api_user\"\npassword = \"p\"\nupstreams = [\"ewaybill\"]\n"
+        );
+        let (ok, out) = check_config(&twice_user, &[]);
+        assert!(
+            !ok && out.contains("demo_api_user") && out.contains("configured twice"),
+            "{spelling:?}: {out}"
+        );
+    }
 
     // Errors name credentials by GSTIN and user.
     let lifetime = demo.replacen(

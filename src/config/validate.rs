@@ -317,8 +317,9 @@ impl Config {
                         format!("{e}; upstream `{u}` enforces the check character (gstin_checksum = \"enforce\"), so no request for this credential can be admitted: correct the GSTIN, or set gstin_checksum = \"warn\" on a sandbox upstream"),
                     ));
                 }
-                if !identities.insert((u.clone(), c.gstin.to_ascii_uppercase(), c.username.clone()))
-                {
+                // The GSTIN as the slot table keys it (trimmed, upper-case), or two spellings of
+                // one would share a slot's store record.
+                if !identities.insert((u.clone(), gstin.as_str().to_owned(), c.username.clone())) {
                     return Err((
                         key("username"),
                         format!(
