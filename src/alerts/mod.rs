@@ -22,7 +22,7 @@
 //! * **Shutdown.** [`Alerts::shutdown`] gives queued alerts [`SHUTDOWN_FLUSH`] to go out, then
 //!   abandons them; dropping the last handle stops the task at once.
 //!
-//! Where alerts come from is [`watcher`]: it reads the session manager's snapshot. What an
+//! Where alerts come from is [`watcher`]: it reads the sessions that need attention. What an
 //! alert says is in `model`, how it reaches the webhook in `webhook`; this file keeps the
 //! episodes.
 

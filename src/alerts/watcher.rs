@@ -27,15 +27,21 @@ use crate::tasks::Tasks;
 pub const POLL_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Starts watching `sessions` every `every`, on `tasks` until shutdown. The task holds the
-/// session manager weakly, so it never keeps it alive, and ends when it is gone.
+/// session manager weakly, so it never keeps it alive, and ends when it is gone. Shutdown
+/// stops it between two checks, never during one: a check raises and resolves episodes,
+/// whose store writes shutdown waits for.
 pub fn spawn(tasks: &Tasks, sessions: &Arc<Sessions>, alerts: Arc<Alerts>, every: Duration) {
     let sessions: Weak<Sessions> = Arc::downgrade(sessions);
-    tasks.spawn_until_shutdown(async move {
+    let stop = tasks.clone();
+    tasks.spawn(async move {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut rules = Rules::default();
         loop {
-            ticks.tick().await;
+            tokio::select! {
+                () = stop.stopped() => break,
+                _ = ticks.tick() => {}
+            }
             let Some(sessions) = sessions.upgrade() else {
                 break;
             };
@@ -228,6 +234,26 @@ mod tests {
         assert!(!a.is_open(AlertKind::RefreshFailing, &subject(g)));
         rules.observe(&[info(g, State::Valid, None)], &a);
         assert!(!a.is_open(AlertKind::CredentialsRejected, &subject(g)));
+    }
+
+    /// The watcher hands over only the slots that need attention: one that recovered is
+    /// simply not among them, and every episode it had closes. Broken by: resolving only
+    /// the subjects handed over.
+    #[test]
+    fn a_slot_no_longer_handed_over_has_its_episodes_closed() {
+        let a = alerts();
+        let mut rules = Rules::default();
+        let g = "27AAPFU0939F1ZV";
+        rules.observe(&[info(g, State::CredentialsRejected, Some("1019"))], &a);
+        rules.observe(&[info(g, State::Failed, Some("timeout"))], &a);
+        rules.observe(&[info(g, State::Failed, Some("timeout"))], &a);
+        assert!(a.is_open(AlertKind::RefreshFailing, &subject(g)));
+        rules.observe(&[info(g, State::CredentialsRejected, Some("1019"))], &a);
+        assert!(a.is_open(AlertKind::CredentialsRejected, &subject(g)));
+        rules.observe(&[], &a);
+        for kind in [AlertKind::CredentialsRejected, AlertKind::RefreshFailing] {
+            assert!(!a.is_open(kind, &subject(g)), "{kind:?}");
+        }
     }
 
     #[test]

@@ -333,6 +333,8 @@ async fn an_idle_gstn_session_is_kept_alive_until_the_portal_session_ends() {
         .submit_otp(&rig.slot, "575757".to_owned().into())
         .await
         .unwrap();
+    // A valid session whose portal session ends within the warning is handed over too.
+    assert_eq!(attention(&rig), [State::Valid]);
     sleep(30 * HOUR).await;
     let calls = fake.kinds();
     let refreshes = calls.iter().filter(|c| **c == Call::Refresh).count();
