@@ -48,7 +48,7 @@ mod tests;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -128,6 +128,8 @@ pub enum Invalidation {
 pub struct Sessions {
     /// The current slot table; a reload swaps in a new one.
     table: RwLock<Arc<Table>>,
+    /// Held for a whole reload, so that each builds on the table the one before swapped in.
+    reloading: Mutex<()>,
     /// The upstreams, in configuration order.
     upstreams: Vec<Arc<Upstream>>,
     /// The login seam: how logins reach the upstreams' auth endpoints.
@@ -192,6 +194,7 @@ impl Sessions {
             .collect();
         let sessions = Arc::new_cyclic(|weak: &Weak<Sessions>| Sessions {
             table: RwLock::new(Arc::new(table)),
+            reloading: Mutex::new(()),
             upstreams: upstreams.to_vec(),
             auth,
             pacers,
@@ -221,18 +224,29 @@ impl Sessions {
     /// Applies a reloaded configuration's credentials: slots of unchanged credentials stay as
     /// they are, changed ones keep their session with a clear guard, removed ones are dropped
     /// (with their stored record), added ones start cold. Nothing changes on an error.
+    ///
+    /// The new table is built beside the current one, which callers keep using meanwhile
+    /// (with 100,000 credentials the build takes a good part of a second), and swapped in
+    /// whole. Reloads run one at a time.
     pub fn reload(&self, credentials: &[CredentialConfig]) -> Result<Changes, SessionsError> {
-        let mut current = self.table.write().unwrap_or_else(|p| p.into_inner());
+        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let current = self.table();
         let (table, changes) =
             Table::build(&self.upstreams, credentials, Some(&current), &self.next_id)?;
-        if let Some(store) = self.store.get() {
+        let store = self.store.get();
+        if let Some(store) = store {
             for slot in &table.slots {
                 let mut change = slot.change();
                 if !change.is_durable() {
                     change.attach(store.clone(), slot.record_name().into());
                 }
             }
-            for slot in table.gone(&current) {
+        }
+        let gone: Vec<Arc<Slot>> = table.gone(&current).into_iter().cloned().collect();
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        // Detached once no caller can find them any more.
+        if let Some(store) = store {
+            for slot in gone {
                 slot.change().detach();
                 // A shared record may still serve replicas that have not reloaded yet.
                 if !store.is_shared() {
@@ -240,7 +254,6 @@ impl Sessions {
                 }
             }
         }
-        *current = Arc::new(table);
         Ok(changes)
     }
 
