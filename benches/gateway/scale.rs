@@ -68,6 +68,10 @@ struct Size {
     scraped: Burst,
     /// How many admin pages were served during it.
     scrapes: usize,
+    /// The warm burst again while the configuration is reloaded back to back.
+    reloaded: Burst,
+    /// Reloads completed during it.
+    reloads: usize,
 }
 
 /// One admin endpoint, requested [`PROBE_ROUNDS`] times in a row.
@@ -215,10 +219,37 @@ fn one_size(
     // The same burst again while an operator's browser and Prometheus ask for the largest
     // pages back to back: what the admin listener's work costs the proxy's callers.
     let status = format!("/status?page={last_page}");
-    let (scraped, scrapes) = under_admin_load(&admin_addr, &[&status, "/metrics"], || {
-        burst(&[proxy], &gstins[..cold], invoice, concurrency, "S")
-    });
+    let pages = [status.as_str(), "/metrics"];
+    let next = AtomicUsize::new(0);
+    let (scraped, scrapes) = under_load(
+        |http| {
+            let path = pages[next.fetch_add(1, Ordering::Relaxed) % pages.len()];
+            http.get(&format!("http://{admin_addr}{path}"))
+                .is_ok_and(|(status, _)| status == 200)
+        },
+        || {
+            burst(
+                std::slice::from_ref(&proxy),
+                &gstins[..cold],
+                invoice,
+                concurrency,
+                "S",
+            )
+        },
+    );
     let scraped = scraped?;
+    // Once more while the configuration is reloaded back to back: every credential is
+    // compared and a new slot table built, while callers keep finding the current one.
+    let reload_url = format!("http://{admin_addr}/admin/reload");
+    let bearer = [("Authorization".to_string(), format!("Bearer {ADMIN_TOKEN}"))];
+    let (reloaded, reloads) = under_load(
+        |http| {
+            http.post(&reload_url, &bearer, Vec::new())
+                .is_ok_and(|(status, _)| status == 200)
+        },
+        || burst(&[proxy], &gstins[..cold], invoice, concurrency, "R"),
+    );
+    let reloaded = reloaded?;
     drop(gw);
     let _ = fs::remove_file(&store);
 
@@ -242,6 +273,8 @@ fn one_size(
         rss_warm,
         scraped,
         scrapes,
+        reloaded,
+        reloads,
     })
 }
 
@@ -392,24 +425,18 @@ fn peak_heap<T>(admin: &str, work: impl FnOnce() -> T) -> (T, Option<f64>) {
     })
 }
 
-/// Runs `work` while another thread requests `paths` from the admin listener in turn, back to
-/// back; returns what `work` returned and how many pages were served meanwhile.
-fn under_admin_load<T>(admin: &str, paths: &[&str], work: impl FnOnce() -> T) -> (T, usize) {
+/// Runs `work` while another thread calls `hit` back to back (an admin page, a reload);
+/// returns what `work` returned and how many hits succeeded meanwhile.
+fn under_load<T>(hit: impl Fn(&Http) -> bool + Sync, work: impl FnOnce() -> T) -> (T, usize) {
     let done = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        let scraper = scope.spawn(|| {
+        let hitter = scope.spawn(|| {
             let Ok(http) = Http::new() else {
                 return 0;
             };
             let mut served = 0;
-            for path in paths.iter().cycle() {
-                if done.load(Ordering::Relaxed) {
-                    break;
-                }
-                if http
-                    .get(&format!("http://{admin}{path}"))
-                    .is_ok_and(|(status, _)| status == 200)
-                {
+            while !done.load(Ordering::Relaxed) {
+                if hit(&http) {
                     served += 1;
                 }
             }
@@ -417,7 +444,7 @@ fn under_admin_load<T>(admin: &str, paths: &[&str], work: impl FnOnce() -> T) ->
         });
         let out = work();
         done.store(true, Ordering::Relaxed);
-        (out, scraper.join().unwrap_or(0))
+        (out, hitter.join().unwrap_or(0))
     })
 }
 
@@ -704,6 +731,13 @@ fn report(results: &[Size], cold: usize, concurrency: usize) -> String {
             (
                 &format!("after restart, {} admin pages served meanwhile", r.scrapes),
                 &r.scraped,
+                r.rss_warm,
+                "–".into(),
+                "–".into(),
+            ),
+            (
+                &format!("after restart, {} reloads meanwhile", r.reloads),
+                &r.reloaded,
                 r.rss_warm,
                 "–".into(),
                 "–".into(),
