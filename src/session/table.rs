@@ -53,6 +53,8 @@ impl Table {
         // The previous slots are found by their store record name, which the new table
         // needs anyway: a reload of 100,000 credentials builds no map of the old ones.
         let mut taken = vec![false; previous.map_or(0, |t| t.slots.len())];
+        // Slots taken over whose password or session lifetime changes, with the new values.
+        let mut changed = Vec::new();
         let mut table = Table {
             slots: Vec::new(),
             by_id: HashMap::new(),
@@ -86,11 +88,12 @@ impl Table {
                             // The same slot, so its single-flight, session and store record
                             // stay one: a login in flight finishes where callers look.
                             changes.changed += 1;
-                            s.change().change_credential(
+                            changed.push((
+                                s.clone(),
                                 c.password.clone(),
                                 lifetime,
                                 Guard::new(upstream.max_logins, upstream.login_window),
-                            );
+                            ));
                         }
                         s.clone()
                     }
@@ -114,6 +117,11 @@ impl Table {
             }
         }
         changes.removed = taken.iter().filter(|&&t| !t).count();
+        // Only now that every credential was taken: a build that fails part-way (a reload
+        // naming an upstream this process does not run) changes no slot it shares.
+        for (slot, password, lifetime, guard) in changed {
+            slot.change().change_credential(password, lifetime, guard);
+        }
         Ok((table, changes))
     }
 

@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use tokio::time::{sleep, sleep_until, Instant};
 
-use super::{Invalidation, Session, State, Trigger};
+use secrecy::SecretString;
+
+use super::{Invalidation, Session, State, Trigger, DEFAULT_SESSION_LIFETIME};
+use crate::config::CredentialConfig;
 use crate::problem::GatewayError;
 use crate::upstream::Class;
 use fake::{Api, Call, Fake, Logs, Rig, Scripted};
@@ -617,4 +620,40 @@ async fn a_relogin_after_a_rejection_is_counted_as_rejected_whoever_leads_it() {
             .get()
     };
     assert_eq!((count("cold"), count("rejected")), (1, 1));
+}
+
+/// A reload that fails part-way changes nothing: a changed password listed before a
+/// credential the table cannot take (an upstream this process does not run) stays the old
+/// one. Broken by: changing a slot's password while the new table is still being built.
+#[tokio::test(start_paused = true)]
+async fn a_refused_reload_changes_no_password() {
+    let fake = Fake::new(Api::Einvoice, GRACE);
+    let rig = Rig::new(Api::Einvoice, &fake, "");
+    let credential = |gstin: &str, password: &str, upstream: &str| CredentialConfig {
+        gstin: gstin.into(),
+        username: "u".into(),
+        password: password.to_owned().into(),
+        password_file: None,
+        upstreams: vec![upstream.into()],
+        session_lifetime: None,
+    };
+    let refused = rig.sessions.reload(&[
+        credential("27AAPFU0939F1ZV", "changed", "einvoice"),
+        credential("29AAPFU0939F1ZR", "secret", "nowhere"),
+    ]);
+    assert!(refused.is_err());
+    let old = SecretString::from("secret".to_owned());
+    assert!(rig
+        .slot
+        .view()
+        .same_credential(&old, DEFAULT_SESSION_LIFETIME));
+    let applied = rig
+        .sessions
+        .reload(&[credential("27AAPFU0939F1ZV", "changed", "einvoice")])
+        .unwrap();
+    assert_eq!(applied.changed, 1);
+    assert!(!rig
+        .slot
+        .view()
+        .same_credential(&old, DEFAULT_SESSION_LIFETIME));
 }
