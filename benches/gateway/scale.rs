@@ -1,21 +1,26 @@
 //! The scale scenario (`--scale N,…`): what a GSP's numbers cost gstgate, one size at a time.
 //!
 //! For each N, a configuration with N credentials (N taxpayers, one API user each) in front of
-//! the lean upstream, with the embedded session store:
+//! the lean upstream, with the embedded session store and an alert check every second:
 //! 1. `check-config` on it: wall time.
-//! 2. `serve` with an empty store: time from spawn to the ready line, resident memory then.
+//! 2. `serve` with an empty store: time from spawn to the ready line, resident memory then and
+//!    its peak before, and the heap in use.
 //! 3. A burst of `--scale-cold` distinct GSTINs, one generate-IRN request each, over
 //!    `--scale-concurrency` connections: every request needs a login first. Wall time,
-//!    latency percentiles, errors, logins seen by the upstream, and the resident memory added
-//!    per session.
+//!    latency percentiles, errors, logins seen by the upstream, and the resident memory and
+//!    heap added per session.
 //! 4. The admin listener with those sessions: `GET /admin/sessions` (one page, a full page,
 //!    filtered), `GET /status` (first and last page) and a `/metrics` scrape, each
 //!    [`PROBE_ROUNDS`] times in a row: median and slowest response time, and body size.
-//! 5. A restart (SIGTERM, then `serve` again) with those sessions in the store: time to ready,
-//!    memory, and the same GSTINs once more, which must cost no login at all.
+//! 5. The idle gateway's CPU per second: what its periodic work costs with these sessions.
+//! 6. A restart (SIGTERM, then `serve` again) with those sessions in the store: time to ready,
+//!    memory, and the same GSTINs once more, which must cost no login at all; then again
+//!    while the largest admin pages are requested back to back, and again while the
+//!    configuration is reloaded back to back.
 //!
 //! Everything runs on this machine: gstgate, the upstream and the load share its CPUs, so the
-//! burst's wall time includes the upstream's RSA work for every login.
+//! burst's wall time includes the upstream's RSA work for every login. The report's tables are
+//! in `scale/report.rs`.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -35,6 +40,9 @@ use crate::targets::{
     INVOICE_PATH, STORE_KEY,
 };
 use crate::upstream;
+
+mod report;
+use report::report;
 
 pub(crate) const USER: &str = "scale_user";
 pub(crate) const PASSWORD: &str = "Scale#Pass1";
@@ -660,150 +668,4 @@ pub(crate) fn mib(bytes: u64) -> String {
 
 pub(crate) fn ms(d: Duration) -> String {
     format!("{:.0}", d.as_secs_f64() * 1000.0)
-}
-
-fn report(results: &[Size], cold: usize, concurrency: usize) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "Embedded store, passthrough, lean upstream on the same machine; bursts of up to {cold} \
-         distinct GSTINs over {concurrency} connections.\n"
-    );
-    let _ = writeln!(
-        out,
-        "| credentials | config | check-config | start to ready | RSS at ready (peak before) | heap at ready (per credential) |"
-    );
-    let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|");
-    for r in results {
-        let heap = r.heap_start.map_or_else(
-            || "–".to_string(),
-            |h| {
-                format!(
-                    "{} MiB ({:.0} B)",
-                    mib(h as u64),
-                    h / r.credentials.max(1) as f64
-                )
-            },
-        );
-        let _ = writeln!(
-            out,
-            "| {} | {} MiB | {} ms | {} ms | {} MiB ({} MiB) | {heap} |",
-            r.credentials,
-            mib(r.config_bytes),
-            ms(r.check_config),
-            ms(r.start),
-            mib(r.rss_start),
-            mib(r.peak_start)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\n| credentials | burst | requests | wall | req/s | p50 ms | p99 ms | max ms | errors | logins | RSS after | RSS per session | heap per session at rest (peak in the burst) |"
-    );
-    let _ = writeln!(
-        out,
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    );
-    for r in results {
-        // Memory per session from the cold burst only: after a restart the sessions are in
-        // memory before the first request.
-        let per_session =
-            r.rss_cold.saturating_sub(r.rss_start) as f64 / r.cold.requests.max(1) as f64 / 1024.0;
-        let heap_per_session = match (r.heap_start, r.heap_cold) {
-            (Some(start), Some(cold)) => {
-                let sessions = r.cold.requests.max(1) as f64;
-                let peak = r.heap_peak.map_or_else(String::new, |peak| {
-                    format!(" ({:.0} B)", (peak - start) / sessions)
-                });
-                format!("{:.0} B{peak}", (cold - start) / sessions)
-            }
-            _ => "–".to_string(),
-        };
-        for (label, b, rss, per, heap) in [
-            (
-                "cold",
-                &r.cold,
-                r.rss_cold,
-                format!("{per_session:.1} KiB"),
-                heap_per_session,
-            ),
-            ("after restart", &r.warm, r.rss_warm, "–".into(), "–".into()),
-            (
-                &format!("after restart, {} admin pages served meanwhile", r.scrapes),
-                &r.scraped,
-                r.rss_warm,
-                "–".into(),
-                "–".into(),
-            ),
-            (
-                &format!("after restart, {} reloads meanwhile", r.reloads),
-                &r.reloaded,
-                r.rss_warm,
-                "–".into(),
-                "–".into(),
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "| {} | {label} | {} | {} ms | {:.0} | {} | {} | {} | {} | {} | {} MiB | {per} | {heap} |",
-                r.credentials,
-                b.requests,
-                ms(b.wall),
-                b.requests as f64 / b.wall.as_secs_f64(),
-                ms(b.p50),
-                ms(b.p99),
-                ms(b.max),
-                b.errors,
-                b.logins,
-                mib(rss),
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "\n| credentials | admin request ({PROBE_ROUNDS} in a row) | median ms | max ms | body |"
-    );
-    let _ = writeln!(out, "|---:|---|---:|---:|---:|");
-    for r in results {
-        for p in &r.admin {
-            let _ = writeln!(
-                out,
-                "| {} | `GET {}` | {:.1} | {:.1} | {:.1} KiB |",
-                r.credentials,
-                p.what,
-                p.median.as_secs_f64() * 1000.0,
-                p.max.as_secs_f64() * 1000.0,
-                p.bytes as f64 / 1024.0
-            );
-        }
-    }
-    let _ = writeln!(
-        out,
-        "\n| credentials | idle CPU per second (an alert check each second), after the cold burst |"
-    );
-    let _ = writeln!(out, "|---:|---:|");
-    for r in results {
-        let _ = writeln!(
-            out,
-            "| {} | {:.1} ms |",
-            r.credentials,
-            r.idle_cpu.as_secs_f64() * 1000.0
-        );
-    }
-    let _ = writeln!(
-        out,
-        "\n| credentials | restart to ready (sessions in store) | RSS at ready after restart |"
-    );
-    let _ = writeln!(out, "|---:|---:|---:|");
-    for r in results {
-        let _ = writeln!(
-            out,
-            "| {} | {} ms ({} sessions) | {} MiB |",
-            r.credentials,
-            ms(r.restart),
-            r.cold.requests - r.cold.errors,
-            mib(r.rss_restart)
-        );
-    }
-    out
 }
