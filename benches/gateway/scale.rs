@@ -101,6 +101,23 @@ pub(crate) struct Burst {
     pub(crate) logins: f64,
 }
 
+impl Burst {
+    /// The burst's cells of a report row: requests, wall, req/s, p50, p99, max, errors, logins.
+    pub(crate) fn cells(&self) -> String {
+        format!(
+            "{} | {} ms | {:.0} | {} | {} | {} | {} | {}",
+            self.requests,
+            ms(self.wall),
+            self.requests as f64 / self.wall.as_secs_f64(),
+            ms(self.p50),
+            ms(self.p99),
+            ms(self.max),
+            self.errors,
+            self.logins,
+        )
+    }
+}
+
 /// Runs the scenario for every size and returns the Markdown report.
 pub(crate) fn run(
     bin: &Path,

@@ -88,16 +88,9 @@ pub(super) fn report(results: &[Size], cold: usize, concurrency: usize) -> Strin
         ] {
             let _ = writeln!(
                 out,
-                "| {} | {label} | {} | {} ms | {:.0} | {} | {} | {} | {} | {} | {} MiB | {per} | {heap} |",
+                "| {} | {label} | {} | {} MiB | {per} | {heap} |",
                 r.credentials,
-                b.requests,
-                ms(b.wall),
-                b.requests as f64 / b.wall.as_secs_f64(),
-                ms(b.p50),
-                ms(b.p99),
-                ms(b.max),
-                b.errors,
-                b.logins,
+                b.cells(),
                 mib(rss),
             );
         }
