@@ -111,6 +111,9 @@ pub(crate) struct Opts {
     /// Internal: run as the lean upstream with this JSON config (see upstream.rs).
     #[arg(long, hide = true)]
     pub(crate) serve_upstream: Option<PathBuf>,
+    /// Internal: run as the floor proxy with this JSON config (see floor.rs).
+    #[arg(long, hide = true)]
+    pub(crate) serve_floor: Option<PathBuf>,
     /// Passed by `cargo bench` (not by `cargo test`, and then nothing runs: see `main`).
     #[arg(long, hide = true)]
     bench: bool,
@@ -207,6 +210,8 @@ impl Layout {
 pub(crate) enum TargetKind {
     Direct,
     Nginx,
+    /// The least a proxy on gstgate's stack (Tokio, hyper) does: floor.rs.
+    Floor,
     Passthrough,
     Gateway,
     /// `gateway` with drop-in on: the client logs in to gstgate and encrypts with its drop-in
@@ -225,6 +230,7 @@ impl TargetKind {
         match self {
             TargetKind::Direct => "direct",
             TargetKind::Nginx => "nginx",
+            TargetKind::Floor => "floor",
             TargetKind::Passthrough => "passthrough",
             TargetKind::Gateway => "gateway",
             TargetKind::Dropin => "dropin",
@@ -238,6 +244,7 @@ impl TargetKind {
         match self {
             TargetKind::Direct => "direct to the upstream (the limit)",
             TargetKind::Nginx => "nginx reverse proxy, static headers",
+            TargetKind::Floor => "hyper proxy on gstgate's stack, static headers, no log",
             TargetKind::Passthrough => "gstgate, passthrough",
             TargetKind::Gateway => "gstgate, gateway encryption",
             TargetKind::Dropin => "gstgate, drop-in (gateway encryption + drop-in SEK)",

@@ -1,4 +1,4 @@
-//! The gateway benchmark: one generate-IRN request, six ways, on one machine.
+//! The gateway benchmark: one generate-IRN request, seven ways, on one machine.
 //!
 //! Targets, all doing `POST /eicore/v1.03/Invoice` with the same ~2.7 KB NIC e-invoice
 //! (`bench/invoice.json`):
@@ -6,23 +6,25 @@
 //!    generator (the ceiling: no proxy can be faster than its upstream);
 //! 2. `nginx` — Debian's nginx as a plain reverse proxy injecting the same headers statically
 //!    (`bench/nginx.conf.in`): what a user would otherwise deploy;
-//! 3. `passthrough` — `gstgate serve` with `encryption = "passthrough"` (bodies untouched);
-//! 4. `gateway` — `gstgate serve` with `encryption = "gateway"`: the caller sends plain JSON,
+//! 3. `floor` — a hyper proxy on gstgate's own stack doing only what nginx does (floor.rs):
+//!    how much of gstgate's cost is the stack and how much its own work;
+//! 4. `passthrough` — `gstgate serve` with `encryption = "passthrough"` (bodies untouched);
+//! 5. `gateway` — `gstgate serve` with `encryption = "gateway"`: the caller sends plain JSON,
 //!    gstgate encrypts it with the SEK and decrypts the reply;
-//! 5. `dropin` — as `gateway`, with drop-in on (`dropin_private_key`, a `[[client]]` with a
+//! 6. `dropin` — as `gateway`, with drop-in on (`dropin_private_key`, a `[[client]]` with a
 //!    `client_id`): the benchmark logs in to gstgate as an unmodified NIC client would (RSA
 //!    with gstgate's key, SEK under its AppKey) and sends the invoice encrypted with the
 //!    drop-in SEK and NIC's headers, so gstgate also decrypts the request and encrypts the
 //!    reply for the client: the cost of drop-in over gateway mode;
-//! 6. `redis` — as `passthrough`, but with the Redis session store (`[store] backend = "redis"`)
+//! 7. `redis` — as `passthrough`, but with the Redis session store (`[store] backend = "redis"`)
 //!    on a `redis-server` the benchmark starts for it (loopback, no persistence, pinned as the
 //!    upstream). In steady state a request causes no store operation: the report's
 //!    "store ops/request" column (from `gstgate_store_operations_total`) checks that.
 //!
 //! The upstream (`--upstream`) is either the lean server of `upstream.rs` (default) or
 //! the built-in simulator; both accept a `{"Data": {..}}` object and answer it in plain JSON
-//! (the "enriched GSP" form), so targets 1–3 and 6 carry no payload crypto, while in targets 4
-//! and 5 gstgate and the upstream each do one AES round trip per request, as with the real IRP.
+//! (the "enriched GSP" form), so targets 1–4 and 7 carry no payload crypto, while in targets 5
+//! and 6 gstgate and the upstream each do one AES round trip per request, as with the real IRP.
 //!
 //! Method: every target is verified first (HTTP 200, `Status` 1 and an `Irn` in the reply,
 //! `dropin`'s after decrypting `Data` with its drop-in SEK);
@@ -52,6 +54,7 @@ use serde_json::json;
 mod cli;
 mod client;
 mod cpu;
+mod floor;
 mod machine;
 mod openloop;
 mod procs;
@@ -97,7 +100,7 @@ fn main() -> ExitCode {
     let under_cargo_bench = args.iter().any(|a| a == "--bench");
     let internal = args
         .iter()
-        .any(|a| a == "--serve-upstream" || a == "--open-loop-load");
+        .any(|a| a == "--serve-upstream" || a == "--serve-floor" || a == "--open-loop-load");
     if !internal && (!under_cargo_bench || cfg!(debug_assertions)) {
         eprintln!(
             "gateway-bench: skipped (not under `cargo bench`); run `bench/run.sh` or \
@@ -124,6 +127,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bench-upstream: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(config) = &opts.serve_floor {
+        return match floor::main(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench-floor: error: {e:#}");
                 ExitCode::FAILURE
             }
         };

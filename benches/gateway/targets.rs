@@ -232,6 +232,19 @@ pub(crate) fn start_targets(
                     reply_sek: None,
                 }
             }),
+            TargetKind::Floor => start_floor(dir, layout, sim_addr, &token).map(|(p, url)| {
+                procs.push(p);
+                Target {
+                    kind,
+                    url,
+                    body: body_envelope.clone(),
+                    headers: vec![],
+                    proc_index: Some(procs.len() - 1),
+                    admin_url: None,
+                    store_pid: None,
+                    reply_sek: None,
+                }
+            }),
             TargetKind::Passthrough
             | TargetKind::Gateway
             | TargetKind::Dropin
@@ -381,6 +394,34 @@ fn start_nginx(
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok((p, format!("http://{listen}{INVOICE_PATH}")))
+}
+
+/// Starts the floor proxy (floor.rs: this binary with `--serve-floor`), injecting the headers
+/// nginx injects.
+fn start_floor(dir: &Path, layout: &Layout, sim_addr: &str, token: &str) -> Result<(Proc, String)> {
+    let cfg = crate::floor::FloorConfig {
+        listen: "127.0.0.1:0".parse()?,
+        upstream: sim_addr.parse()?,
+        headers: [
+            ("client_id", CLIENT_ID),
+            ("client_secret", CLIENT_SECRET),
+            ("Gstin", GSTIN),
+            ("user_name", USER_DIRECT.0),
+            ("AuthToken", token),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    };
+    let cfg_path = dir.join("floor.json");
+    fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
+    let mut cmd = pinned(layout.proxy.as_deref(), &std::env::current_exe()?);
+    cmd.arg("--serve-floor").arg(&cfg_path);
+    let mut p = Proc::spawn("floor", cmd, dir)?;
+    let ready = "bench-floor listening on http://";
+    let line = p.wait_for_line(ready, Duration::from_secs(20))?;
+    let addr = after(&line, ready)?.to_string();
+    Ok((p, format!("http://{addr}{INVOICE_PATH}")))
 }
 
 /// Starts the `redis` target's redis-server: on a free loopback port, without persistence
