@@ -80,7 +80,10 @@ pub enum Command {
 /// Parses the command line, runs the subcommand and maps its outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let result = run(cli);
+    // Lines a worker gathered and had no wait to write since, before anything else.
+    crate::telemetry::flush();
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("gstgate: error: {}", report(&e));
@@ -351,5 +354,7 @@ pub fn hex_sha256(bytes: &[u8]) -> String {
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(crate::telemetry::worker_waits)
+        .on_thread_stop(crate::telemetry::flush)
         .build()?)
 }

@@ -569,13 +569,9 @@ async fn admin_actions_leave_an_audit_line_with_request_id_and_outcome() {
         },
     )
     .await;
-    let audit_line = |id: &str| {
-        let text = gw.logs.text();
-        let line = text
-            .lines()
-            .find(|l| l.contains("\"admin action\"") && l.contains(id))
-            .unwrap_or_else(|| panic!("no audit line for {id}:\n{text}"))
-            .to_owned();
+    let logs = &gw.logs;
+    let audit_line = |id: String| async move {
+        let line = logs.line_with(&["\"admin action\"", &id]).await;
         serde_json::from_str::<Value>(&line).unwrap()
     };
     let id_of = |res: &Response| {
@@ -607,7 +603,7 @@ async fn admin_actions_leave_an_audit_line_with_request_id_and_outcome() {
         );
         chrono::DateTime::parse_from_rfc3339(at).unwrap();
     }
-    let line = audit_line(&id);
+    let line = audit_line(id).await;
     assert_eq!(line["outcome"], "done", "{line}");
     assert_eq!(line["method"], "POST");
     assert_eq!(
@@ -623,12 +619,12 @@ async fn admin_actions_leave_an_audit_line_with_request_id_and_outcome() {
     assert_eq!(line["target"], "gstgate::audit");
 
     let otp = gw.start_gstn_session(&sim, GSTIN).await;
+    let otp_line = gw
+        .logs
+        .line_with(&["\"admin action\"", &format!("{GSTIN}/otp\"")])
+        .await;
     let submitted = gw.logs.text();
-    let otp_line = submitted
-        .lines()
-        .find(|l| l.contains("\"admin action\"") && l.contains(&format!("{GSTIN}/otp\"")))
-        .expect("an audit line for the OTP submission");
-    let otp_line: Value = serde_json::from_str(otp_line).unwrap();
+    let otp_line: Value = serde_json::from_str(&otp_line).unwrap();
     assert_eq!(otp_line["outcome"], "done", "{otp_line}");
     assert!(otp_line["request_id"].is_string());
     assert!(!submitted.contains(&otp), "the OTP is in the log");
@@ -644,7 +640,7 @@ async fn admin_actions_leave_an_audit_line_with_request_id_and_outcome() {
         .await
         .unwrap();
     assert_eq!(wrong.status(), 401);
-    let line = audit_line(&id_of(&wrong));
+    let line = audit_line(id_of(&wrong)).await;
     assert_eq!(line["outcome"], "refused", "{line}");
     assert_eq!(line["code"], "unauthenticated", "{line}");
 }
@@ -772,13 +768,9 @@ async fn a_monitoring_token_closes_metrics_and_status_but_not_the_probes() {
         assert_eq!(res.status(), 200, "{probe}");
     }
     // A wrong token on a monitoring page is a guess at the admin token too: audited.
-    let text = gw.logs.text();
-    assert!(
-        text.lines().any(|l| l.contains("\"admin action\"")
-            && l.contains("/metrics")
-            && l.contains("refused")),
-        "{text}"
-    );
+    gw.logs
+        .line_with(&["\"admin action\"", "/metrics", "refused"])
+        .await;
     // The monitoring token is not an admin token.
     let res = gw
         .admin_anonymous(Method::GET, "/admin/sessions")

@@ -207,9 +207,16 @@ async fn no_secret_reaches_the_logs_even_at_trace_level() {
         secrets.len() >= 11,
         "tokens and SEKs of the sessions of all three APIs are checked: {sessions}"
     );
-    // Let the trailing log lines of the last request arrive: the access line is written
-    // before the response, so one more request flushes everything before it.
-    assert_eq!(gw.generate(GSTIN, "LOG/last").await.status(), 200);
+    // Every line before the last request's access line is written by then.
+    let last = gw
+        .request(reqwest::Method::POST, "/eicore/v1.03/Invoice")
+        .header("x-request-id", "log-last-0001")
+        .json(&invoice(GSTIN, "LOG/last"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(last.status(), 200);
+    gw.logs.line_with(&["\"request\"", "log-last-0001"]).await;
     let logs = gw.logs.text();
     assert!(logs.lines().count() > 20, "trace logging was on:\n{logs}");
     assert!(logs.contains("\"request_id\""), "access log lines present");
@@ -793,6 +800,7 @@ async fn a_failed_login_is_traced_to_the_request_that_caused_it() {
         .unwrap();
     assert_eq!(res.status(), 502, "{}", res.text().await.unwrap());
     gw.logs.wait_for("\"login failed\"").await;
+    gw.logs.line_with(&["\"request\"", "trace-me-0001"]).await;
     let text = gw.logs.text();
     let line = |message: &str| -> Value {
         let found = text

@@ -143,6 +143,8 @@ async fn a_broken_file_is_refused_with_the_reason_and_the_running_config_stays()
 
     // Not TOML at all, by SIGHUP: logged, and the running configuration keeps serving.
     std::fs::write(&gw.config, "[server\nthis is not toml").unwrap();
+    // The refusal above is in the log before the count.
+    gw.logs.wait_for("configuration reload refused").await;
     let refused = count(&gw, "configuration reload refused");
     sighup(&gw).await;
     gw.logs
@@ -430,6 +432,8 @@ async fn a_password_file_arrives_and_rotates_by_reload_and_an_open_one_is_refuse
     .await;
     let detail = body["detail"].as_str().unwrap_or_default();
     assert!(detail.contains("mode 0644"), "{body}");
+    // The refusal above is in the log before the count.
+    gw.logs.wait_for("configuration reload refused").await;
     let refused = count(&gw, "configuration reload refused");
     sighup(&gw).await;
     gw.logs

@@ -852,6 +852,8 @@ async fn hostile_upstream_error_text_is_escaped_and_capped_everywhere_it_is_show
     let res = gw.generate(GSTIN, "HOSTILE/1").await;
     assert_eq!(res.status(), 502, "{}", res.text().await.unwrap());
     gw.logs.wait_for("login failed").await;
+    // The request's access line too, which quotes the cause.
+    gw.logs.wait_for("gstgate::access").await;
     let log = gw.logs.text();
     assert!(!log.contains('\u{1b}'), "a raw escape reached the log");
     assert!(

@@ -40,6 +40,32 @@ impl Captured {
         self.wait_for_count(marker, 1).await;
     }
 
+    /// Waits (up to 30 s) for a line holding every one of `parts`; returns the first such line.
+    /// A log line is written when the worker that logged it next waits for work, just after
+    /// the response went out: read it with this, not with `text()` right after a response.
+    pub async fn line_with(&self, parts: &[&str]) -> String {
+        let found = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let grew = self.0.grew.notified();
+                if let Some(line) = self
+                    .text()
+                    .lines()
+                    .find(|l| parts.iter().all(|p| l.contains(p)))
+                {
+                    return line.to_owned();
+                }
+                grew.await;
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| {
+            panic!(
+                "no line with {parts:?} within 30 s; output:\n{}",
+                self.text()
+            )
+        })
+    }
+
     /// Waits (up to 30 s) until `marker` occurs `n` times in the captured output.
     pub async fn wait_for_count(&self, marker: &str, n: usize) {
         let found = tokio::time::timeout(Duration::from_secs(30), async {
