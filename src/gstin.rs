@@ -8,9 +8,10 @@ use std::fmt;
 
 const ALPHABET: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
 
-/// A syntactically valid GSTIN, upper-case.
+/// A syntactically valid GSTIN, upper-case: its 15 ASCII bytes, held inline (no allocation per
+/// request or per credential).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Gstin(Box<str>);
+pub struct Gstin([u8; 15]);
 
 /// Why a string is not a GSTIN.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,8 +41,10 @@ impl Gstin {
         if t.len() != 15 || !t.is_ascii() {
             return Err(GstinError::Length(t.chars().count()));
         }
-        let up = t.to_ascii_uppercase();
-        let b = up.as_bytes();
+        let mut up = [0u8; 15];
+        up.copy_from_slice(t.as_bytes());
+        up.make_ascii_uppercase();
+        let b = &up;
         let ok = |range: std::ops::Range<usize>, f: fn(&u8) -> bool| -> Result<(), GstinError> {
             for i in range {
                 if !f(&b[i]) {
@@ -57,7 +60,7 @@ impl Gstin {
         ok(11..12, u8::is_ascii_uppercase)?;
         // Entity number, category and check character: alphanumeric.
         ok(12..15, u8::is_ascii_alphanumeric)?;
-        Ok(Self(up.into_boxed_str()))
+        Ok(Self(up))
     }
 
     /// Parses and also checks the mod-36 check character.
@@ -69,8 +72,8 @@ impl Gstin {
 
     /// Checks the mod-36 check character.
     pub fn verify_checksum(&self) -> Result<(), GstinError> {
-        let expected = check_char(&self.0.as_bytes()[..14]);
-        if self.0.as_bytes()[14] == expected {
+        let expected = check_char(&self.0[..14]);
+        if self.0[14] == expected {
             Ok(())
         } else {
             Err(GstinError::Checksum {
@@ -81,12 +84,13 @@ impl Gstin {
 
     /// The two-digit state code (GSTN's `state-cd` header).
     pub fn state_code(&self) -> &str {
-        &self.0[..2]
+        &self.as_str()[..2]
     }
 
     /// The GSTIN text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Parsing let only ASCII in, so this never falls back.
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 }
 
@@ -106,13 +110,13 @@ fn check_char(first14: &[u8]) -> u8 {
 
 impl fmt::Display for Gstin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for Gstin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Gstin({})", self.0)
+        write!(f, "Gstin({})", self.as_str())
     }
 }
 

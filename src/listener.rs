@@ -8,6 +8,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,7 +92,7 @@ pub(crate) async fn serve<F, Fut>(
     mut stop: watch::Receiver<bool>,
     handler: F,
 ) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<http::Response<axum::body::Body>, Infallible>> + Send + 'static,
 {
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -117,10 +118,10 @@ pub(crate) async fn serve<F, Fut>(
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
-                let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-                    req.extensions_mut().insert(crate::request::Peer(peer));
-                    handler(req)
-                });
+                // The peer as an argument, not an extension: a request's extension map is an
+                // allocation the proxy has no use for.
+                let service =
+                    hyper::service::service_fn(move |req: Request<Incoming>| handler(req, peer));
                 let watcher = graceful.watcher();
                 let http = http.clone();
                 let acceptor = tls.as_ref().map(|(t, which)| t.acceptor(*which));

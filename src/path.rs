@@ -194,14 +194,13 @@ fn is_version(segment: &str) -> bool {
 pub fn canonical(raw: &str) -> Result<String, PathError> {
     let rest = raw.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
     let mut out = String::with_capacity(raw.len());
-    let segments: Vec<&str> = rest.split('/').collect();
-    let last = segments.len() - 1;
-    for (i, segment) in segments.iter().enumerate() {
+    let mut segments = rest.split('/').enumerate().peekable();
+    while let Some((i, segment)) = segments.next() {
         let n = i + 1;
         out.push('/');
         if segment.is_empty() {
             // `/` alone, or one trailing slash, is a path; `//` inside one is not.
-            if i == last {
+            if segments.peek().is_none() {
                 continue;
             }
             return Err(PathError::EmptySegment(n));

@@ -3,8 +3,10 @@
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
-use http::{HeaderMap, HeaderName, Method};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 /// The `x-request-id` header.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -12,39 +14,62 @@ pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 tokio::task_local! {
     /// The id of the caller's request being served, for the logs of work it causes (a login
     /// runs in a task of its own, which carries it on).
-    static CURRENT: std::sync::Arc<str>;
+    static CURRENT: Arc<str>;
 }
 
 /// Runs `work` as serving request `id`.
-pub async fn serving<F: std::future::Future>(id: &str, work: F) -> F::Output {
-    CURRENT.scope(id.into(), work).await
+pub async fn serving<F: std::future::Future>(id: Arc<str>, work: F) -> F::Output {
+    CURRENT.scope(id, work).await
 }
 
 /// The id of the request being served, if any (a proactive refresh has none).
-pub fn current() -> Option<std::sync::Arc<str>> {
+pub fn current() -> Option<Arc<str>> {
     CURRENT.try_with(|id| id.clone()).ok()
 }
 
 /// Runs `work` as serving the same request as the caller, if any: for tasks a request spawns.
-pub async fn carry<F: std::future::Future>(id: Option<std::sync::Arc<str>>, work: F) -> F::Output {
+pub async fn carry<F: std::future::Future>(id: Option<Arc<str>>, work: F) -> F::Output {
     match id {
         Some(id) => CURRENT.scope(id, work).await,
         None => work.await,
     }
 }
 
-/// The address a request's connection came from, put in its extensions by the listener.
+/// The address a request's connection came from, put in an admin request's extensions.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub std::net::SocketAddr);
 
-/// The caller's id if it is sane, else a new random one.
-pub fn request_id(headers: &HeaderMap) -> String {
-    headers
+/// The caller's id if it is sane, else a new random one (16 hex digits).
+pub fn request_id(headers: &HeaderMap) -> Arc<str> {
+    let sane = headers
         .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("{:016x}", rand::random::<u64>()))
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()));
+    if let Some(id) = sane {
+        return Arc::from(id);
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n = rand::random::<u64>();
+    let mut text = [0u8; 16];
+    for (i, digit) in text.iter_mut().enumerate() {
+        *digit = HEX[((n >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    Arc::from(std::str::from_utf8(&text).unwrap_or_default())
+}
+
+/// `id` as the `x-request-id` value, sharing its text: sent upstream and back to the caller
+/// without a copy. `request_id` keeps visible ASCII only, which is always a valid value.
+pub fn id_header(id: &Arc<str>) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from_owner(IdText(id.clone()))).ok()
+}
+
+/// A request id's text as the bytes of a header value.
+struct IdText(Arc<str>);
+
+impl AsRef<[u8]> for IdText {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
 }
 
 /// A request path as log lines show it: every byte outside printable ASCII is
@@ -86,6 +111,27 @@ pub fn head_len(method: &Method, uri: &http::Uri, headers: &HeaderMap) -> usize 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_id_is_the_callers_when_sane_else_sixteen_hex_digits() {
+        let mut headers = HeaderMap::new();
+        headers.insert(&REQUEST_ID, HeaderValue::from_static("abc-123"));
+        let id = request_id(&headers);
+        assert_eq!(&*id, "abc-123");
+        assert_eq!(id_header(&id).unwrap(), "abc-123");
+        for bad in ["", "has space", &"x".repeat(129)] {
+            headers.insert(&REQUEST_ID, HeaderValue::from_str(bad).unwrap());
+            let id = request_id(&headers);
+            assert!(
+                id.len() == 16
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+                "{bad:?} gave {id}"
+            );
+            assert_ne!(request_id(&headers), id, "random");
+        }
+    }
 
     #[test]
     fn a_loggable_path_escapes_every_byte_outside_printable_ascii() {

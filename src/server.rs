@@ -260,7 +260,7 @@ pub async fn start(
         limits,
         tls.clone().map(|t| (t, tls::Listener::Proxy)),
         watch_rx.clone(),
-        move |req| proxy.clone().serve(req),
+        move |req, _peer| proxy.clone().serve(req),
     ));
     let router = admin::router(admin);
     let max_header_bytes = server.max_header_bytes;
@@ -269,9 +269,10 @@ pub async fn start(
         limits,
         tls.clone().map(|t| (t, tls::Listener::Admin)),
         watch_rx,
-        move |mut req: Request<Incoming>| {
+        move |mut req: Request<Incoming>, peer| {
             let router = router.clone();
             async move {
+                req.extensions_mut().insert(crate::request::Peer(peer));
                 let id = crate::request::request_id(req.headers());
                 // The router's problem bodies carry the same id as the header.
                 req.extensions_mut().insert(admin::RequestId(id.clone()));

@@ -78,7 +78,7 @@ pub struct Admin {
 
 /// The request id the listener chose (the caller's or a new one), for the problem bodies.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub struct RequestId(pub std::sync::Arc<str>);
 
 /// The admin router.
 pub fn router(admin: Arc<Admin>) -> Router {
@@ -140,7 +140,7 @@ async fn gate(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Resp
         Ok(req) => match tokio::time::timeout_at(
             deadline,
             admin.tasks.spawn(crate::request::carry(
-                Some(request_id.as_str().into()),
+                Some(request_id.clone()),
                 next.run(req),
             )),
         )

@@ -49,7 +49,7 @@ use crate::metrics::{
     status_class, Metrics, RequestLabels, ResultLabels, UpstreamErrorLabels, UpstreamLabel,
 };
 use crate::problem::{chain, problem_response, ErrorCode, GatewayError, Origin};
-use crate::request::{loggable_path, request_id, REQUEST_ID};
+use crate::request::{id_header, loggable_path, request_id, REQUEST_ID};
 use crate::session::{Invalidation, Session, Sessions, Trigger};
 use crate::upstream::{Class, Upstream, Verdict};
 
@@ -188,9 +188,8 @@ impl Proxy {
         self.metrics.inflight.inc();
         let _inflight = Inflight(&self.metrics);
         let request_id = request_id(req.headers());
-        // `request_id` keeps visible ASCII only, which is always a valid header value; the
-        // same value goes upstream and back to the caller.
-        let id_header = HeaderValue::from_str(&request_id).ok();
+        // The same value goes upstream and back to the caller.
+        let id_header = id_header(&request_id);
         let method = req.method().clone();
         let uri = req.uri().clone();
         let mut outcome = Outcome {
@@ -199,7 +198,7 @@ impl Proxy {
         };
         let mut cause = None;
         let result = crate::request::serving(
-            &request_id,
+            request_id.clone(),
             tokio::time::timeout(
                 self.request_timeout,
                 self.process(req, id_header.as_ref(), &mut outcome),
@@ -264,7 +263,7 @@ impl Proxy {
             .observe(elapsed.as_secs_f64());
         tracing::info!(
             target: "gstgate::access",
-            request_id = request_id.as_str(),
+            request_id = &*request_id,
             client = outcome.client.as_deref(),
             upstream = &*upstream,
             gstin = outcome.gstin.as_ref().map(Gstin::as_str),

@@ -13,9 +13,10 @@ use serde::de::{DeserializeOwned, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-/// A JSON object's members, in order, values as raw JSON borrowed from the body.
+/// A JSON object's members, in order, names and values borrowed from the body (a name is
+/// copied only when it holds an escape).
 pub struct Envelope<'a> {
-    members: Vec<(String, Cow<'a, RawValue>)>,
+    members: Vec<(Cow<'a, str>, Cow<'a, RawValue>)>,
 }
 
 impl<'a> Envelope<'a> {
@@ -65,7 +66,9 @@ impl<'a> Envelope<'a> {
     pub fn set(&mut self, key: &str, value: Box<RawValue>) {
         match self.members.iter_mut().find(|(k, _)| k == key) {
             Some((_, v)) => *v = Cow::Owned(value),
-            None => self.members.push((key.to_owned(), Cow::Owned(value))),
+            None => self
+                .members
+                .push((Cow::Owned(key.to_owned()), Cow::Owned(value))),
         }
     }
 
@@ -107,13 +110,36 @@ impl<'de: 'a, 'a> Deserialize<'de> for Envelope<'a> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope<'a>, A::Error> {
                 let mut members = Vec::with_capacity(map.size_hint().unwrap_or(4));
-                while let Some((k, v)) = map.next_entry::<String, &'de RawValue>()? {
+                while let Some((Name(k), v)) = map.next_entry::<Name<'a>, &'de RawValue>()? {
                     members.push((k, Cow::Borrowed(v)));
                 }
                 Ok(Envelope { members })
             }
         }
         d.deserialize_map(Members(PhantomData))
+    }
+}
+
+/// A member's name: borrowed from the body unless it holds an escape. (`Cow<str>`'s own
+/// `Deserialize` always copies.)
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Name<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Text<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Text<'a> {
+            type Value = Name<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a member name")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Name<'a>, E> {
+                Ok(Name(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Name<'a>, E> {
+                Ok(Name(Cow::Owned(v.to_owned())))
+            }
+        }
+        d.deserialize_str(Text(PhantomData))
     }
 }
 
@@ -148,6 +174,15 @@ mod tests {
         assert_eq!(e.str("c"), None);
         assert_eq!(e.str("d"), None);
         assert_eq!(e.str("missing"), None);
+    }
+
+    #[test]
+    fn names_with_escapes_are_decoded_and_found() {
+        let text = br#"{"St\u0061tus":1,"Data":"x"}"#;
+        let mut e = Envelope::parse(text).unwrap();
+        assert_eq!(e.get::<i64>("Status"), Some(1));
+        e.remove("Data");
+        assert_eq!(String::from_utf8(e.to_vec()).unwrap(), r#"{"Status":1}"#);
     }
 
     #[test]

@@ -34,18 +34,18 @@ pub fn same(found: Option<&serde_json::Value>, wanted: &str) -> bool {
 /// pattern stands for any API version segment (`v1.03`, `v1.04`). A GSP's prefix before them
 /// does not matter: the lookup is derived from the caller's own path.
 pub fn ends_with(path: &CallerPath, pattern: &[&str]) -> bool {
-    let segments: Vec<&str> = path.path().trim_end_matches('/').split('/').collect();
-    if segments.len() <= pattern.len() {
-        return false;
-    }
-    let tail = &segments[segments.len() - pattern.len()..];
-    tail.iter().zip(pattern).all(|(seg, want)| {
-        if *want == "v" {
-            is_version(seg)
-        } else {
-            seg.eq_ignore_ascii_case(want)
-        }
-    })
+    let mut segments = path.path().trim_end_matches('/').rsplit('/');
+    let tail_matches = pattern.iter().rev().all(|want| {
+        segments.next().is_some_and(|seg| {
+            if *want == "v" {
+                is_version(seg)
+            } else {
+                seg.eq_ignore_ascii_case(want)
+            }
+        })
+    });
+    // More segments than the pattern: the path's leading `/` leaves an empty one first.
+    tail_matches && segments.next().is_some()
 }
 
 /// `v` then digits and dots, as NIC numbers its API versions.
@@ -113,6 +113,8 @@ mod tests {
         assert!(!ends_with(&path("/eicore/v1.03/Invoice/Cancel"), &pattern));
         assert!(!ends_with(&path("/eicore/latest/Invoice"), &pattern));
         assert!(!ends_with(&path("/eicore/v/Invoice"), &pattern));
+        assert!(!ends_with(&path("/v1.03/Invoice"), &pattern));
+        assert!(!ends_with(&path("/"), &pattern));
     }
 
     #[test]

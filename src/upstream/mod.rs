@@ -20,6 +20,7 @@
 //!   what the configuration can check alone (each profile's rules, key and CA files).
 //! * Here: [`Upstream`], a configured upstream ready to call, and its `send` and `dispatch`.
 
+pub mod base;
 pub mod client;
 mod config_checks;
 pub mod dropin;
@@ -305,14 +306,10 @@ impl Upstream {
             .endpoints()
             .into_iter()
             .map(|(url, irp)| {
-                let base = reqwest::Url::parse(url)
-                    .map_err(|_| UpstreamError::Setting {
-                        name: name.clone(),
-                        what: format!("base_url `{url}` is not a URL"),
-                    })?
-                    .as_str()
-                    .trim_end_matches('/')
-                    .to_owned();
+                let base = base::Base::parse(url).map_err(|e| UpstreamError::Setting {
+                    name: name.clone(),
+                    what: format!("base_url `{url}`: {e}"),
+                })?;
                 let portal = irp
                     .map(|irp| {
                         HeaderValue::from_str(irp).map_err(|_| UpstreamError::Header {
@@ -409,36 +406,17 @@ impl Upstream {
         }
     }
 
-    /// `base_url` + the caller's validated path + its query, concatenated and never resolved:
-    /// the path was checked by [`CallerPath`], so the upstream gets exactly the path gstgate
-    /// routed on, under the base URL's own path. (A URL parser would resolve dot segments,
-    /// which is how `..` used to climb out of the base path.)
-    fn uri(base: &str, path: &CallerPath) -> Result<Uri, GatewayError> {
-        let query = path.query();
-        let mut text = String::with_capacity(
-            base.len() + path.path().len() + query.map_or(0, |q| q.len() + 1),
-        );
-        text.push_str(base);
-        text.push_str(path.path());
-        if let Some(q) = query {
-            text.push('?');
-            text.push_str(q);
-        }
-        // The base is a parsed http(s) URL and the path and query passed hyper's parser.
-        Uri::try_from(text)
-            .map_err(|_| GatewayError::Internal("the upstream URL is not a valid URI".into()))
-    }
-
     /// One attempt on one target, within the timeout, timed in the upstream's histogram.
     async fn attempt(
         &self,
-        base: &str,
+        base: &base::Base,
         method: Method,
         path: &CallerPath,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         body: Bytes,
     ) -> Result<(StatusCode, HeaderMap, Bytes), GatewayError> {
-        let uri = Self::uri(base, path)?;
+        let uri = base.uri(path)?;
+        headers.insert(http::header::HOST, base.host().clone());
         let started = Instant::now();
         let result =
             match tokio::time::timeout(self.timeout, self.exchange(method, uri, headers, body))

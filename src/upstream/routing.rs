@@ -196,12 +196,8 @@ impl Upstream {
         headers: HeaderMap,
         body: Bytes,
     ) -> Routed<'_> {
-        let mut ordered: Vec<(&Target, bool)> = self
-            .targets
-            .ordered(order)
-            .into_iter()
-            .map(|t| (t, false))
-            .collect();
+        let mut ordered: Vec<(&Target, bool)> = Vec::with_capacity(self.targets.iter().count());
+        ordered.extend(self.targets.ordered(order).map(|t| (t, false)));
         let mut untried = ordered.len();
         // The last target that may be tried takes the headers themselves: with one target
         // (the usual upstream) no request copies its header map.
@@ -452,7 +448,10 @@ irp = "NIC2"
         };
         let (irp1, mut seen) = recorder().await;
         let (upstream, _dir) = two_irps(&irp1, &refused);
-        let nic1 = upstream.targets.ordered(Order::Configured)[0];
+        let nic1 = upstream
+            .targets
+            .ordered(Order::Configured)
+            .collect::<Vec<_>>()[0];
         while nic1.state() == crate::breaker::State::Closed {
             nic1.admit().expect("closed").judge(Health::Failed);
         }

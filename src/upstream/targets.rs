@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use http::{HeaderName, HeaderValue};
 use prometheus_client::metrics::gauge::Gauge;
 
+use super::base::Base;
 use crate::breaker::{Breaker, Permit, State};
 use crate::metrics::{Metrics, Name, TargetLabels};
 
@@ -36,8 +37,8 @@ pub struct Target {
     /// Its portal name as the header value reads of its documents carry; `None` for an
     /// unnamed target.
     portal: Option<HeaderValue>,
-    /// `scheme://authority/base-path` without a trailing slash.
-    pub(super) base: String,
+    /// Its base URL.
+    pub(super) base: Base,
     /// Its circuit.
     breaker: Arc<Breaker>,
     /// `gstgate_upstream_up{upstream,target}`.
@@ -143,7 +144,7 @@ impl Targets {
     /// already checked), each with a closed circuit.
     pub fn new(
         upstream: &str,
-        endpoints: Vec<(String, Option<HeaderValue>)>,
+        endpoints: Vec<(Base, Option<HeaderValue>)>,
         header: Option<HeaderName>,
         breaker: (u32, std::time::Duration),
         metrics: &Metrics,
@@ -248,13 +249,13 @@ impl Targets {
 
     /// The targets in the order a request tries them: as configured, with a document's
     /// holder moved first or a target that just failed the request moved last.
-    pub fn ordered(&self, order: Order) -> Vec<&Target> {
+    pub fn ordered(&self, order: Order) -> impl Iterator<Item = &Target> {
         let (first, last) = match order {
             Order::Configured => (None, None),
             Order::First(i) => (Some(i), None),
             Order::Last(i) => (None, Some(i)),
         };
-        let moved = |i: usize| Some(i) == first || Some(i) == last;
+        let moved = move |i: usize| Some(i) == first || Some(i) == last;
         first
             .and_then(|i| self.list.get(i))
             .into_iter()
@@ -262,11 +263,10 @@ impl Targets {
                 self.list
                     .iter()
                     .enumerate()
-                    .filter(|(i, _)| !moved(*i))
+                    .filter(move |(i, _)| !moved(*i))
                     .map(|(_, t)| t),
             )
             .chain(last.and_then(|i| self.list.get(i)))
-            .collect()
     }
 
     /// Remembers that the target labelled `label` generated `document`, forgetting the
@@ -306,8 +306,14 @@ mod tests {
         Targets::new(
             "einv",
             vec![
-                ("http://irp1".into(), Some(HeaderValue::from_static("NIC1"))),
-                ("http://irp2".into(), Some(HeaderValue::from_static("NIC2"))),
+                (
+                    Base::parse("http://irp1").unwrap(),
+                    Some(HeaderValue::from_static("NIC1")),
+                ),
+                (
+                    Base::parse("http://irp2").unwrap(),
+                    Some(HeaderValue::from_static("NIC2")),
+                ),
             ],
             Some(HeaderName::from_static("irp")),
             (2, Duration::from_secs(30)),
@@ -321,7 +327,7 @@ mod tests {
 
     /// The targets that would take an attempt now, in `order`.
     fn admitted(t: &Targets, order: Order) -> Vec<String> {
-        let ordered = t.ordered(order);
+        let ordered = t.ordered(order).collect::<Vec<_>>();
         let open: Vec<&Target> = ordered
             .into_iter()
             .filter(|target| target.admit().is_some())
@@ -334,7 +340,7 @@ mod tests {
         let t = two_irps();
         assert_eq!(admitted(&t, Order::Configured), ["NIC1", "NIC2"]);
         for _ in 0..2 {
-            t.ordered(Order::Configured)[0]
+            t.ordered(Order::Configured).collect::<Vec<_>>()[0]
                 .admit()
                 .expect("closed")
                 .judge(Health::Unreached);
@@ -346,7 +352,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_forced_attempt_on_an_open_target_counts_without_closing_it() {
         let t = two_irps();
-        let nic1 = t.ordered(Order::Configured)[0];
+        let nic1 = t.ordered(Order::Configured).collect::<Vec<_>>()[0];
         for _ in 0..2 {
             nic1.admit().expect("closed").judge(Health::Failed);
         }
@@ -364,8 +370,14 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.insert(name, value);
         let first = t.named_in(&headers).expect("NIC2 is a target");
-        assert_eq!(labels(&t.ordered(Order::First(first))), ["NIC2", "NIC1"]);
-        assert_eq!(labels(&t.ordered(Order::Last(0))), ["NIC2", "NIC1"]);
+        assert_eq!(
+            labels(&t.ordered(Order::First(first)).collect::<Vec<_>>()),
+            ["NIC2", "NIC1"]
+        );
+        assert_eq!(
+            labels(&t.ordered(Order::Last(0)).collect::<Vec<_>>()),
+            ["NIC2", "NIC1"]
+        );
         assert_eq!(
             t.portal_of("NIC1").map(|(_, v)| v),
             Some(HeaderValue::from_static("NIC1"))
@@ -390,7 +402,7 @@ mod tests {
         let (metrics, _) = Metrics::new();
         let t = Targets::new(
             "ewb",
-            vec![("http://ewb".into(), None)],
+            vec![(Base::parse("http://ewb").unwrap(), None)],
             None,
             (5, Duration::from_secs(30)),
             &metrics,
@@ -398,6 +410,9 @@ mod tests {
         t.remember("doc", DEFAULT_TARGET);
         assert!(t.portal_for(Some("doc")).is_none());
         assert!(t.portals(Some(DEFAULT_TARGET)).is_empty());
-        assert_eq!(labels(&t.ordered(Order::Configured)), [DEFAULT_TARGET]);
+        assert_eq!(
+            labels(&t.ordered(Order::Configured).collect::<Vec<_>>()),
+            [DEFAULT_TARGET]
+        );
     }
 }
