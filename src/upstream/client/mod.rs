@@ -56,7 +56,9 @@ pub struct HttpClient {
 /// A connection and the handle requests are written into it with.
 pub(super) struct Conn {
     tx: http1::SendRequest<Full<Bytes>>,
-    io: http1::Connection<Stream, Full<Bytes>>,
+    /// Boxed: its buffers and state are ≈ 1.7 KB, which every future holding a `Conn` (the
+    /// exchange, and so each request's) would otherwise carry and copy when moved.
+    io: Box<http1::Connection<Stream, Full<Bytes>>>,
     /// The connection future has finished: the connection is closed.
     done: bool,
 }
@@ -80,7 +82,8 @@ impl HttpClient {
         let origin = origin_form(&mut req)?;
         let (mut conn, reused) = match self.idle(&origin).await {
             Some(conn) => (conn, true),
-            None => (self.connect(&origin).await?, false),
+            // Boxed: connecting (TCP, TLS, the handshake) is rare and its future large.
+            None => (Box::pin(self.connect(&origin)).await?, false),
         };
         let sent = conn.tx.try_send_request(req);
         let reply = match conn.drive(sent).await {
@@ -89,7 +92,7 @@ impl HttpClient {
                 // A pooled connection the upstream was closing as the request reached it:
                 // none of the request was written, so it goes to a new connection.
                 (true, Some(req)) => {
-                    conn = self.connect(&origin).await?;
+                    conn = Box::pin(self.connect(&origin)).await?;
                     let sent = conn.tx.try_send_request(req);
                     conn.drive(sent).await.map_err(unsent_or_failed)?
                 }
@@ -154,7 +157,7 @@ impl HttpClient {
             .map_err(|e| ExchangeError::Connect(e.into()))?;
         Ok(Conn {
             tx,
-            io,
+            io: Box::new(io),
             done: false,
         })
     }
