@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::Full;
+use prometheus_client::metrics::histogram::Histogram;
 use secrecy::ExposeSecret;
 
 use crate::config::{ApiKind, ChecksumPolicy, Duplicate, Encryption, UpstreamConfig};
@@ -118,8 +119,8 @@ pub struct Upstream {
     /// Largest reply accepted.
     pub max_response_bytes: usize,
     http: client::HttpClient,
-    metrics: Arc<Metrics>,
-    label: UpstreamLabel,
+    /// `gstgate_upstream_request_duration_seconds` of this upstream, looked up once.
+    upstream_duration: Histogram,
 }
 
 /// Why an upstream could not be built from its configuration.
@@ -328,10 +329,14 @@ impl Upstream {
             (cfg.breaker_failures, cfg.breaker_cool_down),
             &metrics,
         );
-        Ok(Self {
-            label: UpstreamLabel {
+        let upstream_duration = metrics
+            .upstream_duration
+            .get_or_create(&UpstreamLabel {
                 upstream: crate::metrics::Name(name.as_str().into()),
-            },
+            })
+            .clone();
+        Ok(Self {
+            upstream_duration,
             name: name.as_str().into(),
             profile,
             targets,
@@ -368,7 +373,6 @@ impl Upstream {
             idle_ttl: cfg.session_idle_ttl,
             max_response_bytes: cfg.max_response_bytes,
             http,
-            metrics,
         })
     }
 
@@ -425,9 +429,7 @@ impl Upstream {
                 Ok(result) => result,
                 Err(_) => Err(GatewayError::UpstreamTimeout(self.timeout.as_millis())),
             };
-        self.metrics
-            .upstream_duration
-            .get_or_create(&self.label)
+        self.upstream_duration
             .observe(started.elapsed().as_secs_f64());
         result
     }
