@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The gateway benchmark: generate-IRN requests/s and p50/p99 latency, in one run on this
-# machine, against the simulator directly, nginx (static headers), gstgate in passthrough mode,
+# machine, against the simulator directly, nginx (static headers), a bare hyper proxy on
+# gstgate's own stack (the floor: what the stack costs), gstgate in passthrough mode,
 # gstgate in gateway-encryption mode, gstgate in gateway mode with a drop-in client (logged in
 # to gstgate, encrypting with gstgate's SEK) and gstgate in passthrough mode with the Redis
 # session store. See BENCHMARKS.md.

@@ -50,7 +50,7 @@ pub(crate) struct Opts {
         env = "BENCH_TARGETS",
         value_enum,
         value_delimiter = ',',
-        default_value = "direct,nginx,passthrough,gateway,dropin,redis"
+        default_value = "direct,nginx,floor,passthrough,gateway,dropin,redis"
     )]
     pub(crate) targets: Vec<TargetKind>,
     /// Markdown file whose results section is replaced with this run's (`none`: do not write).
