@@ -218,33 +218,27 @@ pub(crate) fn start_targets(
                 store_pid: None,
                 reply_sek: None,
             }),
-            TargetKind::Nginx => start_nginx(manifest, dir, layout, sim_addr, &token).map(|p| {
-                let url = p.1.clone();
-                procs.push(p.0);
-                Target {
-                    kind,
-                    url,
-                    body: body_envelope.clone(),
-                    headers: vec![],
-                    proc_index: Some(procs.len() - 1),
-                    admin_url: None,
-                    store_pid: None,
-                    reply_sek: None,
-                }
-            }),
-            TargetKind::Floor => start_floor(dir, layout, sim_addr, &token).map(|(p, url)| {
-                procs.push(p);
-                Target {
-                    kind,
-                    url,
-                    body: body_envelope.clone(),
-                    headers: vec![],
-                    proc_index: Some(procs.len() - 1),
-                    admin_url: None,
-                    store_pid: None,
-                    reply_sek: None,
-                }
-            }),
+            // Proxies with the headers built in: the load generator sends none.
+            TargetKind::Nginx | TargetKind::Floor => {
+                let started = if kind == TargetKind::Nginx {
+                    start_nginx(manifest, dir, layout, sim_addr, &token)
+                } else {
+                    start_floor(dir, layout, sim_addr, &token)
+                };
+                started.map(|(p, url)| {
+                    procs.push(p);
+                    Target {
+                        kind,
+                        url,
+                        body: body_envelope.clone(),
+                        headers: vec![],
+                        proc_index: Some(procs.len() - 1),
+                        admin_url: None,
+                        store_pid: None,
+                        reply_sek: None,
+                    }
+                })
+            }
             TargetKind::Passthrough
             | TargetKind::Gateway
             | TargetKind::Dropin
