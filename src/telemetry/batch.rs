@@ -8,10 +8,14 @@
 //! its request ends, and nothing waits on a timer. A line from any other thread (the main
 //! thread, the blocking pool, a worker before its first wait) writes everything gathered with
 //! it, so lines keep their order. Two bounds keep a busy period from holding lines back:
-//! [`LIMIT`] bytes, and [`MAX_DELAY`] since the oldest gathered line.
+//! [`LIMIT`] bytes, and [`MAX_DELAY`] since the oldest gathered line, which a line arriving
+//! checks and a thread of its own checks every [`MAX_DELAY`] (a saturated gateway's workers
+//! may not wait for minutes, and with access lines off its rare warnings must still come).
+//! The buffer is the process's, not a worker's: any worker's wait writes every line.
 //!
-//! What this costs: a `kill -9` under load loses the lines gathered since the worker's last
-//! wait (at most [`LIMIT`] bytes, at most [`MAX_DELAY`] old); a graceful stop writes them all.
+//! What this costs: a `kill -9` under load loses the lines gathered since a worker last
+//! waited (about [`LIMIT`] bytes and twice [`MAX_DELAY`] at most); a graceful stop writes
+//! them all.
 
 use std::cell::Cell;
 use std::io::{self, Write};
@@ -35,6 +39,17 @@ pub struct Batch<W> {
     inner: Mutex<Inner<W>>,
 }
 
+/// What became of a line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// Gathered, the first of a new batch.
+    Started,
+    /// Gathered with others.
+    Added,
+    /// Written, with everything gathered before it.
+    Written,
+}
+
 struct Inner<W> {
     pending: Vec<u8>,
     /// When the oldest pending line came.
@@ -55,20 +70,45 @@ impl<W: Write> Batch<W> {
     }
 
     /// Takes one formatted line: gathered if `gather` and within the bounds, else written at
-    /// once with everything gathered before it.
-    pub fn line(&self, line: &[u8], gather: bool, now: Instant) -> io::Result<()> {
+    /// once with everything gathered before it. Says whether it started a batch.
+    pub fn line(&self, line: &[u8], gather: bool, now: Instant) -> io::Result<Taken> {
         let mut inner = self.lock();
+        let first = inner.since.is_none();
         inner.pending.extend_from_slice(line);
         let since = *inner.since.get_or_insert(now);
         if gather && inner.pending.len() < LIMIT && now.duration_since(since) < MAX_DELAY {
-            return Ok(());
+            return Ok(if first { Taken::Started } else { Taken::Added });
         }
-        inner.write_pending()
+        inner.write_pending().map(|()| Taken::Written)
+    }
+
+    /// Whether any line is gathered.
+    pub fn is_pending(&self) -> bool {
+        self.lock().since.is_some()
     }
 
     /// Writes everything gathered.
     pub fn flush(&self) -> io::Result<()> {
         self.lock().write_pending()
+    }
+
+    /// Writes everything gathered if its oldest line is [`MAX_DELAY`] old by `now`.
+    pub fn flush_aged(&self, now: Instant) -> io::Result<()> {
+        let mut inner = self.lock();
+        match inner.since {
+            Some(since) if now.duration_since(since) >= MAX_DELAY => inner.write_pending(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes everything gathered unless another thread holds the lines right now (a panic
+    /// hook must not wait, nor lock twice).
+    pub fn try_flush(&self) -> io::Result<()> {
+        match self.inner.try_lock() {
+            Ok(mut inner) => inner.write_pending(),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().write_pending(),
+            Err(std::sync::TryLockError::WouldBlock) => Ok(()),
+        }
     }
 
     /// The lock, also after a thread panicked holding it: the bytes are still lines.
@@ -134,10 +174,12 @@ mod tests {
         let sink = Sink::default();
         let batch = Batch::new(sink.clone());
         let t0 = Instant::now();
-        batch.line(b"a\n", true, t0).unwrap();
-        batch.line(b"b\n", true, t0).unwrap();
+        assert_eq!(batch.line(b"a\n", true, t0).unwrap(), Taken::Started);
+        assert!(batch.is_pending());
+        assert_eq!(batch.line(b"b\n", true, t0).unwrap(), Taken::Added);
         assert!(sink.writes().is_empty());
         batch.flush().unwrap();
+        assert!(!batch.is_pending());
         assert_eq!(sink.writes(), ["a\nb\n"]);
         batch.flush().unwrap();
         assert_eq!(sink.writes().len(), 1, "an empty flush writes nothing");
@@ -149,8 +191,9 @@ mod tests {
         let batch = Batch::new(sink.clone());
         let t0 = Instant::now();
         batch.line(b"worker\n", true, t0).unwrap();
-        batch.line(b"main\n", false, t0).unwrap();
+        assert_eq!(batch.line(b"main\n", false, t0).unwrap(), Taken::Written);
         assert_eq!(sink.writes(), ["worker\nmain\n"]);
+        assert_eq!(batch.line(b"next\n", true, t0).unwrap(), Taken::Started);
     }
 
     #[test]
@@ -185,6 +228,25 @@ mod tests {
         // The delay counts from the oldest line of the next batch, not from the first ever.
         batch.line(b"d\n", true, t0 + MAX_DELAY * 2).unwrap();
         assert_eq!(sink.writes().len(), 1);
+    }
+
+    #[test]
+    fn the_age_check_writes_only_a_batch_whose_oldest_line_is_max_delay_old() {
+        let sink = Sink::default();
+        let batch = Batch::new(sink.clone());
+        let t0 = Instant::now();
+        batch.line(b"a\n", true, t0).unwrap();
+        batch
+            .flush_aged(t0 + MAX_DELAY - Duration::from_millis(1))
+            .unwrap();
+        assert!(sink.writes().is_empty());
+        batch.flush_aged(t0 + MAX_DELAY).unwrap();
+        assert_eq!(sink.writes(), ["a\n"]);
+        batch.flush_aged(t0 + MAX_DELAY * 5).unwrap();
+        assert_eq!(sink.writes().len(), 1, "nothing gathered, nothing written");
+        batch.line(b"b\n", true, t0).unwrap();
+        batch.try_flush().unwrap();
+        assert_eq!(sink.writes(), ["a\n", "b\n"]);
     }
 
     #[test]

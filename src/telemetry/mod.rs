@@ -8,12 +8,13 @@
 mod batch;
 
 use std::io::{self, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
 use tracing_subscriber::EnvFilter;
 
-use batch::Batch;
+use batch::{Batch, Taken};
 
 /// The writer every log line goes through once `init` ran.
 static LINES: OnceLock<Batch<io::Stderr>> = OnceLock::new();
@@ -29,6 +30,9 @@ pub enum LogFormat {
 
 /// Installs the global subscriber; a second call (tests) is a no-op.
 pub fn init(format: LogFormat) {
+    if LINES.set(Batch::new(io::stderr())).is_ok() {
+        watch_lines();
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -61,13 +65,71 @@ pub fn flush() {
     }
 }
 
+/// The two things that write gathered lines besides a worker's wait: a thread that writes a
+/// batch once its oldest line is `MAX_DELAY` old (workers of a saturated gateway may not wait
+/// for a long time), and a panic, whose message would otherwise come before lines logged
+/// earlier.
+fn watch_lines() {
+    let spawned = std::thread::Builder::new()
+        .name("gstgate-log".into())
+        .spawn(age_check);
+    match spawned {
+        Ok(handle) => {
+            let _ = AGE_CHECK.set(handle.thread().clone());
+        }
+        // Lines are still written at every worker's wait and at the size bound.
+        Err(e) => eprintln!("gstgate: cannot start the log writer's thread: {e}"),
+    }
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if let Some(lines) = LINES.get() {
+            let _ = lines.try_flush();
+        }
+        report(info);
+    }));
+}
+
+/// The age check's thread, for waking it when a batch starts.
+static AGE_CHECK: OnceLock<std::thread::Thread> = OnceLock::new();
+
+/// Whether the age check is parked, waiting for a batch to start (then the line that starts
+/// one wakes it). It sleeps only while there is a batch to check, so an idle gateway costs no
+/// wake-ups, and a busy one at most one per `MAX_DELAY`.
+static AGE_CHECK_PARKED: AtomicBool = AtomicBool::new(false);
+
+/// The age check's loop: park until a batch starts, give it `MAX_DELAY`, write it if it is
+/// still there and old enough, and again.
+fn age_check() {
+    loop {
+        AGE_CHECK_PARKED.store(true, Ordering::SeqCst);
+        // A batch that started before the flag was up woke no one: look before parking.
+        if !LINES.get().is_some_and(Batch::is_pending) {
+            std::thread::park();
+        }
+        AGE_CHECK_PARKED.store(false, Ordering::SeqCst);
+        std::thread::sleep(batch::MAX_DELAY);
+        if let Some(lines) = LINES.get() {
+            let _ = lines.flush_aged(Instant::now());
+        }
+    }
+}
+
 /// One log line on its way to standard error; the formatter writes each line in one call.
 struct Line;
 
 impl Write for Line {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let lines = LINES.get_or_init(|| Batch::new(io::stderr()));
-        lines.line(buf, batch::gathers(), Instant::now())?;
+        match LINES.get() {
+            Some(lines) => {
+                let taken = lines.line(buf, batch::gathers(), Instant::now())?;
+                if taken == Taken::Started && AGE_CHECK_PARKED.swap(false, Ordering::SeqCst) {
+                    if let Some(thread) = AGE_CHECK.get() {
+                        thread.unpark();
+                    }
+                }
+            }
+            None => io::stderr().write_all(buf)?,
+        }
         Ok(buf.len())
     }
 

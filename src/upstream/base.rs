@@ -111,6 +111,8 @@ mod tests {
             ("http://h:443", "h:443"),
             ("https://h:8443/", "h:8443"),
             ("http://[::1]:8080", "[::1]:8080"),
+            // check-config refuses a user in a base URL; the Host would not carry it anyway.
+            ("http://user:secret@h:8080/x", "h:8080"),
         ] {
             assert_eq!(Base::parse(url).unwrap().host(), host, "{url}");
         }
