@@ -580,6 +580,54 @@ async fn headers_the_upstreams_connection_header_names_do_not_reach_the_caller()
     assert!(!headers.contains("x-leak"), "{headers}");
 }
 
+/// The `gstin` header in every spelling a caller could try: another case or surrounding space
+/// reaches the caller's own credential, and the upstream gets gstgate's canonical value; another
+/// tenant's GSTIN is refused whatever its case; bytes outside ASCII that still count 15 (where
+/// the GSTIN is copied into its fixed 15-byte form) are refused without a panic.
+#[tokio::test]
+async fn a_gstin_header_reaches_only_the_callers_own_taxpayer_in_any_spelling() {
+    let (sim_opts, gw_opts) = two_tenants();
+    let sim = Sim::start(sim_opts).await;
+    let gw = Gateway::start(&sim, gw_opts).await;
+    let path = "/eivital/v1.04/Master/gstin/27AAACR5055K1Z7";
+    let send = |gstin: String, id: &'static str| {
+        let extra = format!("x-request-id: {id}\r\n");
+        let head = head("GET", path, API_KEY, &gstin, &extra);
+        async move { parse_raw(&raw_exchange(gw.proxy, &head, b"", Duration::from_secs(10)).await) }
+    };
+
+    let (status, _, body) = send(format!(" {} ", GSTIN.to_ascii_lowercase()), "gstin-lower").await;
+    assert_eq!(status, 200, "{body}");
+    let seen = logged(&sim, "gstin-lower").await;
+    assert_eq!(
+        seen.get("gstin").map(String::as_str),
+        Some(GSTIN),
+        "{seen:?}"
+    );
+
+    let before = upstream_log(&sim).await.len();
+    let other_lower = other().to_ascii_lowercase();
+    for (gstin, code) in [
+        (other_lower, "gstin_not_allowed"),
+        (other(), "gstin_not_allowed"),
+        // 13 ASCII characters and a two-byte one: 15 bytes, 14 characters.
+        (format!("{}\u{e9}", &GSTIN[..13]), "gstin_invalid"),
+        (format!("{}\u{e9}", &GSTIN[..14]), "gstin_invalid"),
+        (GSTIN.replace('Z', "\u{17f}"), "gstin_invalid"),
+    ] {
+        let (status, _, body) = send(gstin.clone(), "gstin-refused").await;
+        assert!(status == 400 || status == 403, "{gstin:?}: {status} {body}");
+        assert_eq!(body["code"], code, "{gstin:?}: {body}");
+    }
+    assert_eq!(
+        upstream_log(&sim).await.len(),
+        before,
+        "a refused GSTIN reached the upstream"
+    );
+    let (status, _, _) = send(GSTIN.into(), "gstin-after").await;
+    assert_eq!(status, 200, "the gateway still serves");
+}
+
 #[tokio::test]
 async fn the_upstream_and_the_caller_see_the_same_valid_request_id() {
     let sim = Sim::start(SimOpts::default()).await;
