@@ -33,13 +33,9 @@ impl Base {
         else {
             return Err("must be an http:// or https:// URL with a host".into());
         };
-        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
-        let host = match authority.port_u16() {
-            Some(port) if port != default_port => format!("{}:{port}", authority.host()),
-            _ => authority.host().to_owned(),
-        };
         Ok(Self {
-            host: HeaderValue::from_str(&host).map_err(|_| "its host is not a header value")?,
+            host: host_header(scheme == Scheme::HTTPS, &authority)
+                .ok_or("its host is not a header value")?,
             path: uri.path().trim_end_matches('/').to_owned(),
             scheme,
             authority,
@@ -75,6 +71,18 @@ impl Base {
     /// The `Host` header requests to this base carry.
     pub fn host(&self) -> &HeaderValue {
         &self.host
+    }
+}
+
+/// The `Host` header for `authority`: the host, and the port unless it is the scheme's
+/// default; never the `user:password@` an authority may carry.
+pub fn host_header(https: bool, authority: &Authority) -> Option<HeaderValue> {
+    let default_port = if https { 443 } else { 80 };
+    match authority.port_u16() {
+        Some(port) if port != default_port => {
+            HeaderValue::from_str(&format!("{}:{port}", authority.host())).ok()
+        }
+        _ => HeaderValue::from_str(authority.host()).ok(),
     }
 }
 

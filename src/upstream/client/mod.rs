@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::HOST;
 use http::uri::{PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Uri};
+use http::{Request, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1;
 use tower::Service;
@@ -219,15 +219,7 @@ fn origin_form(req: &mut Request<Full<Bytes>>) -> Result<Origin, ExchangeError> 
         .path_and_query
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     if !req.headers().contains_key(HOST) {
-        let default_port = if https { 443 } else { 80 };
-        // Host and port only: never a `user:password@` an authority could carry.
-        let host = match authority.port_u16() {
-            Some(port) if port != default_port => {
-                HeaderValue::from_str(&format!("{}:{port}", authority.host()))
-            }
-            _ => HeaderValue::from_str(authority.host()),
-        }
-        .map_err(|_| ExchangeError::NoHost)?;
+        let host = super::base::host_header(https, &authority).ok_or(ExchangeError::NoHost)?;
         req.headers_mut().insert(HOST, host);
     }
     *req.uri_mut() = Uri::from(path);
