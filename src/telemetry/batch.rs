@@ -8,9 +8,9 @@
 //! its request ends, and nothing waits on a timer. A line from any other thread (the main
 //! thread, the blocking pool, a worker before its first wait) writes everything gathered with
 //! it, so lines keep their order. Two bounds keep a busy period from holding lines back:
-//! [`LIMIT`] bytes, and [`MAX_DELAY`] since the oldest gathered line, which a line arriving
-//! checks and a thread of its own checks every [`MAX_DELAY`] (a saturated gateway's workers
-//! may not wait for minutes, and with access lines off its rare warnings must still come).
+//! [`LIMIT`] bytes, and [`MAX_DELAY`] since the oldest gathered line, which a thread of its
+//! own checks (a saturated gateway's workers may not wait for minutes, and with access lines
+//! off its rare warnings must still come).
 //! The buffer is the process's, not a worker's: any worker's wait writes every line.
 //!
 //! What this costs: a `kill -9` under load loses the lines gathered since a worker last
@@ -69,14 +69,23 @@ impl<W: Write> Batch<W> {
         }
     }
 
-    /// Takes one formatted line: gathered if `gather` and within the bounds, else written at
-    /// once with everything gathered before it. Says whether it started a batch.
-    pub fn line(&self, line: &[u8], gather: bool, now: Instant) -> io::Result<Taken> {
+    /// Takes one formatted line: gathered if `gather` and under [`LIMIT`], else written at
+    /// once with everything gathered before it. Says whether it started a batch; `now` is
+    /// asked only then (the age of a batch is its first line's, and [`Batch::flush_aged`]
+    /// judges it).
+    pub fn line(
+        &self,
+        line: &[u8],
+        gather: bool,
+        now: impl FnOnce() -> Instant,
+    ) -> io::Result<Taken> {
         let mut inner = self.lock();
         let first = inner.since.is_none();
+        if first {
+            inner.since = Some(now());
+        }
         inner.pending.extend_from_slice(line);
-        let since = *inner.since.get_or_insert(now);
-        if gather && inner.pending.len() < LIMIT && now.duration_since(since) < MAX_DELAY {
+        if gather && inner.pending.len() < LIMIT {
             return Ok(if first { Taken::Started } else { Taken::Added });
         }
         inner.write_pending().map(|()| Taken::Written)
@@ -174,9 +183,9 @@ mod tests {
         let sink = Sink::default();
         let batch = Batch::new(sink.clone());
         let t0 = Instant::now();
-        assert_eq!(batch.line(b"a\n", true, t0).unwrap(), Taken::Started);
+        assert_eq!(batch.line(b"a\n", true, || t0).unwrap(), Taken::Started);
         assert!(batch.is_pending());
-        assert_eq!(batch.line(b"b\n", true, t0).unwrap(), Taken::Added);
+        assert_eq!(batch.line(b"b\n", true, || t0).unwrap(), Taken::Added);
         assert!(sink.writes().is_empty());
         batch.flush().unwrap();
         assert!(!batch.is_pending());
@@ -190,10 +199,10 @@ mod tests {
         let sink = Sink::default();
         let batch = Batch::new(sink.clone());
         let t0 = Instant::now();
-        batch.line(b"worker\n", true, t0).unwrap();
-        assert_eq!(batch.line(b"main\n", false, t0).unwrap(), Taken::Written);
+        batch.line(b"worker\n", true, || t0).unwrap();
+        assert_eq!(batch.line(b"main\n", false, || t0).unwrap(), Taken::Written);
         assert_eq!(sink.writes(), ["worker\nmain\n"]);
-        assert_eq!(batch.line(b"next\n", true, t0).unwrap(), Taken::Started);
+        assert_eq!(batch.line(b"next\n", true, || t0).unwrap(), Taken::Started);
     }
 
     #[test]
@@ -205,29 +214,28 @@ mod tests {
         let mut line = line;
         line.push(b'\n');
         for _ in 0..LIMIT / 1024 - 1 {
-            batch.line(&line, true, t0).unwrap();
+            batch.line(&line, true, || t0).unwrap();
         }
         assert!(sink.writes().is_empty());
-        batch.line(&line, true, t0).unwrap();
+        batch.line(&line, true, || t0).unwrap();
         assert_eq!(sink.writes().len(), 1);
         assert_eq!(sink.writes()[0].len(), LIMIT);
     }
 
     #[test]
-    fn a_busy_worker_writes_once_its_oldest_line_is_max_delay_old() {
+    fn a_batch_is_as_old_as_its_first_line_however_many_follow() {
         let sink = Sink::default();
         let batch = Batch::new(sink.clone());
         let t0 = Instant::now();
-        batch.line(b"a\n", true, t0).unwrap();
+        batch.line(b"a\n", true, || t0).unwrap();
+        // Later lines do not read the clock: the batch keeps its first line's age.
         batch
-            .line(b"b\n", true, t0 + MAX_DELAY - Duration::from_millis(1))
+            .line(b"b\n", true, || {
+                unreachable!("the clock is read once a batch")
+            })
             .unwrap();
-        assert!(sink.writes().is_empty());
-        batch.line(b"c\n", true, t0 + MAX_DELAY).unwrap();
-        assert_eq!(sink.writes(), ["a\nb\nc\n"]);
-        // The delay counts from the oldest line of the next batch, not from the first ever.
-        batch.line(b"d\n", true, t0 + MAX_DELAY * 2).unwrap();
-        assert_eq!(sink.writes().len(), 1);
+        batch.flush_aged(t0 + MAX_DELAY).unwrap();
+        assert_eq!(sink.writes(), ["a\nb\n"]);
     }
 
     #[test]
@@ -235,7 +243,7 @@ mod tests {
         let sink = Sink::default();
         let batch = Batch::new(sink.clone());
         let t0 = Instant::now();
-        batch.line(b"a\n", true, t0).unwrap();
+        batch.line(b"a\n", true, || t0).unwrap();
         batch
             .flush_aged(t0 + MAX_DELAY - Duration::from_millis(1))
             .unwrap();
@@ -244,7 +252,7 @@ mod tests {
         assert_eq!(sink.writes(), ["a\n"]);
         batch.flush_aged(t0 + MAX_DELAY * 5).unwrap();
         assert_eq!(sink.writes().len(), 1, "nothing gathered, nothing written");
-        batch.line(b"b\n", true, t0).unwrap();
+        batch.line(b"b\n", true, || t0).unwrap();
         batch.try_flush().unwrap();
         assert_eq!(sink.writes(), ["a\n", "b\n"]);
     }

@@ -121,7 +121,7 @@ impl Write for Line {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match LINES.get() {
             Some(lines) => {
-                let taken = lines.line(buf, batch::gathers(), Instant::now())?;
+                let taken = lines.line(buf, batch::gathers(), Instant::now)?;
                 if taken == Taken::Started && AGE_CHECK_PARKED.swap(false, Ordering::SeqCst) {
                     if let Some(thread) = AGE_CHECK.get() {
                         thread.unpark();
