@@ -8,6 +8,10 @@
 //! It runs as a child process of the orchestrator (`--open-loop-load URL`), pinned where wrk
 //! would be, and prints the same `BENCH_RESULT` line as bench/generate-irn.lua, so that the
 //! rest of the harness treats it as wrk.
+//!
+//! With `BENCH_LATENCY_TRACE=DIR` set, each run also writes every request's due time (µs from
+//! the start) and latency (µs) to `DIR/openloop-<unix ms>.tsv`, one run per file in the order
+//! the rounds ran: whether a tail is spread evenly or comes in stalls, and how often.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -28,8 +32,9 @@ use tokio::time::Instant;
 struct Shared {
     due: Mutex<VecDeque<Instant>>,
     wake: Notify,
-    /// Latencies in µs, from due time to the whole reply read.
-    latencies: Mutex<Vec<u64>>,
+    /// Per answered request: its due time (µs from the start) and its latency in µs, from
+    /// due time to the whole reply read.
+    latencies: Mutex<Vec<(u64, u64)>>,
     non2xx: AtomicU64,
     errors: AtomicU64,
 }
@@ -75,19 +80,19 @@ async fn run(
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let shared = Arc::new(Shared::default());
     let done = Arc::new(AtomicU64::new(0));
+    let start = Instant::now() + Duration::from_millis(10);
     for _ in 0..connections {
         let (shared, done, body, headers) =
             (shared.clone(), done.clone(), body.clone(), headers.clone());
         let (authority, path) = (authority.clone(), path.clone());
         tokio::spawn(async move {
-            worker(&authority, &path, &body, &headers, &shared, &done).await;
+            worker(&authority, &path, &body, &headers, &shared, &done, start).await;
         });
     }
 
     // The schedule: request i is due at start + i / rate. Tokio's timer has a millisecond
     // grain, so the last stretch before a due time is spun (yielding, so replies are still
     // read); the load generator has its CPU to itself.
-    let start = Instant::now() + Duration::from_millis(10);
     let end = start + Duration::from_secs(secs);
     let step = 1e9 / f64::from(rate);
     let mut sent = 0u64;
@@ -121,7 +126,11 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let finished = done.load(Ordering::Relaxed);
-    let mut lat = std::mem::take(&mut *shared.latencies.lock().map_err(|_| anyhow!("poisoned"))?);
+    let answered = std::mem::take(&mut *shared.latencies.lock().map_err(|_| anyhow!("poisoned"))?);
+    if let Ok(dir) = std::env::var("BENCH_LATENCY_TRACE") {
+        write_trace(std::path::Path::new(&dir), &answered)?;
+    }
+    let mut lat: Vec<u64> = answered.iter().map(|&(_, us)| us).collect();
     lat.sort_unstable();
     let q = |p: f64| -> u64 {
         if lat.is_empty() {
@@ -160,6 +169,7 @@ async fn worker(
     headers: &[(HeaderName, HeaderValue)],
     shared: &Shared,
     done: &AtomicU64,
+    start: Instant,
 ) {
     let mut conn: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> = None;
     loop {
@@ -213,8 +223,9 @@ async fn worker(
         };
         if ok {
             let us = u64::try_from(due.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let at = u64::try_from((due - start).as_micros()).unwrap_or(u64::MAX);
             if let Ok(mut l) = shared.latencies.lock() {
-                l.push(us);
+                l.push((at, us));
             }
         } else {
             shared.errors.fetch_add(1, Ordering::Relaxed);
@@ -222,6 +233,21 @@ async fn worker(
         }
         done.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Writes one run's (due time, latency) pairs, in due order, to a new file in `dir`.
+fn write_trace(dir: &std::path::Path, answered: &[(u64, u64)]) -> Result<()> {
+    let mut rows = answered.to_vec();
+    rows.sort_unstable();
+    let mut text = String::from("due_us\tlatency_us\n");
+    for (at, us) in rows {
+        text.push_str(&format!("{at}\t{us}\n"));
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let path = dir.join(format!("openloop-{stamp}.tsv"));
+    fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 async fn connect(
