@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod alerts;
+pub(crate) mod body;
 pub(crate) mod breaker;
 pub(crate) mod classify;
 pub mod cli;

@@ -32,7 +32,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use http_body_util::BodyExt as _;
 use prometheus_client::registry::Registry;
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -41,6 +40,7 @@ use tokio::time::Instant;
 pub use self::audit::log_signal_reload;
 use self::audit::Audit;
 use self::auth::{authorize, authorize_monitoring, is_monitoring, needs_token};
+use crate::body::{read_whole, ReadError};
 use crate::gstin::Gstin;
 use crate::problem::{fill_request_id, GatewayError};
 use crate::reload::Reloader;
@@ -183,23 +183,13 @@ async fn receive(admin: &Admin, req: Request, deadline: Instant) -> Result<Reque
         authorize_monitoring(admin, req.headers())?;
     }
     let (parts, body) = req.into_parts();
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return Err(GatewayError::AdminBodyTooLarge(MAX_BODY_BYTES));
-    }
-    let read = http_body_util::Limited::new(body, MAX_BODY_BYTES).collect();
+    let read = read_whole(body, MAX_BODY_BYTES);
     let bound = admin.body_timeout.min(admin.request_timeout);
     let bytes = match tokio::time::timeout_at(deadline.min(Instant::now() + bound), read).await {
         Err(_) => return Err(GatewayError::RequestTimeout(bound.as_millis())),
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(GatewayError::AdminBodyTooLarge(MAX_BODY_BYTES))
-        }
-        Ok(Err(_)) => {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(ReadError::TooLarge(limit))) => return Err(GatewayError::AdminBodyTooLarge(limit)),
+        Ok(Err(ReadError::Failed(_))) => {
             return Err(GatewayError::AdminRequestInvalid(
                 "the request body could not be read".into(),
             ))

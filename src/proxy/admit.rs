@@ -7,9 +7,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::request::Parts;
 use http::{header, HeaderMap, Method};
-use http_body_util::BodyExt;
 
 use super::{Outcome, Proxy};
+use crate::body::{read_whole, ReadError};
 use crate::clients::{Client, Clients};
 use crate::config::ChecksumPolicy;
 use crate::gstin::Gstin;
@@ -140,33 +140,17 @@ impl Proxy {
         self.sessions.lookup(&upstream.name, &gstin, user)
     }
 
-    /// Reads the caller's body, refusing more than `max_body_bytes` (buffered so it can be
-    /// replayed after a token rejection).
-    pub(super) async fn read_body<B>(
-        &self,
-        headers: &HeaderMap,
-        body: B,
-    ) -> Result<Bytes, GatewayError>
+    /// Reads the caller's body, refusing more than `max_body_bytes`, announced or sent
+    /// (buffered so it can be replayed after a token rejection).
+    pub(super) async fn read_body<B>(&self, body: B) -> Result<Bytes, GatewayError>
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: std::error::Error + Send + Sync + 'static,
     {
-        let declared = headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
-            return Err(GatewayError::BodyTooLarge(self.max_body_bytes));
-        }
-        match http_body_util::Limited::new(body, self.max_body_bytes)
-            .collect()
-            .await
-        {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                Err(GatewayError::BodyTooLarge(self.max_body_bytes))
-            }
-            Err(_) => Err(GatewayError::BodyInvalid(
+        match read_whole(body, self.max_body_bytes).await {
+            Ok(body) => Ok(body),
+            Err(ReadError::TooLarge(limit)) => Err(GatewayError::BodyTooLarge(limit)),
+            Err(ReadError::Failed(_)) => Err(GatewayError::BodyInvalid(
                 "the request body could not be read".into(),
             )),
         }

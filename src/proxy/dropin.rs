@@ -54,7 +54,7 @@ impl Proxy {
             .get("gstin")
             .and_then(|v| v.to_str().ok())
             .and_then(|g| crate::gstin::Gstin::parse(g.trim()).ok());
-        let body = self.read_body(&parts.headers, body).await?;
+        let body = self.read_body(body).await?;
         outcome.body_read = true;
         if upstream.is_auth_path(&path) {
             let answer = self

@@ -303,7 +303,7 @@ impl Proxy {
                     .await
             }
         };
-        let body = self.read_body(&parts.headers, body).await?;
+        let body = self.read_body(body).await?;
         outcome.body_read = true;
         let claim = match self.claim_key(&parts, &admitted, &body, outcome).await? {
             Keyed::Replay(res) => return Ok(res),

@@ -20,13 +20,15 @@ use bytes::Bytes;
 use http::header::HOST;
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use hyper::client::conn::http1;
 use tower::Service;
 
 pub use connect::BoxError;
 use connect::{Connector, Stream};
 use pool::{Origin, Pool};
+
+use crate::body::{read_whole, ReadError};
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -103,17 +105,10 @@ impl HttpClient {
             },
         };
         let (parts, body) = reply.into_parts();
-        if let Some(len) = hyper::body::Body::size_hint(&body).exact() {
-            if len > limit as u64 {
-                return Err(ExchangeError::TooLarge(limit));
-            }
-        }
-        let body = match conn.drive(Limited::new(body, limit).collect()).await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return Err(ExchangeError::TooLarge(limit))
-            }
-            Err(e) => return Err(ExchangeError::Failed(e)),
+        let body = match conn.drive(read_whole(body, limit)).await {
+            Ok(body) => body,
+            Err(ReadError::TooLarge(limit)) => return Err(ExchangeError::TooLarge(limit)),
+            Err(ReadError::Failed(e)) => return Err(ExchangeError::Failed(e.into())),
         };
         if conn.kept() {
             self.pool.put(&origin, conn);
