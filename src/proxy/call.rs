@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
 use super::Outcome;
 use crate::config::Encryption;
@@ -69,8 +69,8 @@ pub(super) enum Aim<'a> {
 pub(super) struct Sent<'a> {
     /// Its HTTP status.
     pub(super) status: StatusCode,
-    /// Its headers.
-    pub(super) headers: HeaderMap,
+    /// Its headers, until the answer that relays them takes them.
+    pub(super) headers: Cell<HeaderMap>,
     /// Its whole body.
     pub(super) body: Bytes,
     /// The label of the target (IRP) that answered.
@@ -155,7 +155,7 @@ impl<'a> Call<'a> {
         outcome.upstream_status = Some(status.as_u16());
         Ok(Sent {
             status,
-            headers,
+            headers: Cell::new(headers),
             body,
             target: routed.target,
             acts,
@@ -212,6 +212,26 @@ impl Call<'_> {
             gstgate_wrote_body,
         );
         upstream.name_holder(&mut headers, self.method, self.path, self.body);
+        if encryption == Encryption::Passthrough {
+            if let Some(length) = self.caller_length(wire.len()) {
+                // Otherwise the client writes the same number into a header value of its own,
+                // an allocation a request.
+                headers.insert(header::CONTENT_LENGTH, length);
+            }
+        }
         Ok((headers, wire))
+    }
+
+    /// The caller's `Content-Length`, when it says `len` in plain digits: the body goes
+    /// upstream unchanged, so its length header can too.
+    fn caller_length(&self, len: usize) -> Option<HeaderValue> {
+        let value = self.caller.get(header::CONTENT_LENGTH)?;
+        let digits = value.as_bytes();
+        let plain = !digits.is_empty()
+            && digits.len() <= 20
+            && digits.iter().all(u8::is_ascii_digit)
+            && (digits == b"0" || digits[0] != b'0');
+        let said = std::str::from_utf8(digits).ok()?.parse::<usize>().ok()?;
+        (plain && said == len).then(|| value.clone())
     }
 }

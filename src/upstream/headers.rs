@@ -144,7 +144,7 @@ impl Upstream {
 
 /// Whether a message's `Connection` header names `name`, which makes that header hop-by-hop
 /// (RFC 9110 §7.6.1): it is for this hop only and must not be relayed, in either direction.
-pub fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
+fn named_by_connection(headers: &HeaderMap, name: &HeaderName) -> bool {
     headers.get_all(header::CONNECTION).iter().any(|v| {
         v.to_str().is_ok_and(|v| {
             v.split(',')

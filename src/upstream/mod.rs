@@ -55,9 +55,7 @@ use crate::path::CallerPath;
 use crate::problem::{Cause, GatewayError};
 pub use config_checks::{check_files, check_profiles, config_warnings};
 pub use generate::Generate;
-pub use headers::{
-    named_by_connection, transaction_id, HeaderContext, HeaderNames, GENERIC_CALLER_HEADERS,
-};
+pub use headers::{transaction_id, HeaderContext, HeaderNames, GENERIC_CALLER_HEADERS};
 pub(crate) use profile::{accepted_login, bodiless};
 pub use profile::{
     Class, Expiry, Login, LoginFailure, LoginKind, LoginRequest, Portals, Profile, Reply, Verdict,
