@@ -144,13 +144,26 @@ impl CallerPath {
     /// case is ignored, a trailing slash too, and a version segment of `pattern` (`v1.04`)
     /// matches any version segment, so `/eivital/v1.03/auth` is the e-invoice auth path too.
     pub fn matches_loosely(&self, pattern: &str) -> bool {
-        let ours = self.path.trim_end_matches('/').split('/');
-        let theirs = pattern.trim_end_matches('/').split('/');
-        ours.clone().count() == theirs.clone().count()
-            && ours
-                .zip(theirs)
-                .all(|(a, b)| a.eq_ignore_ascii_case(b) || (is_version(a) && is_version(b)))
+        // Bytes, and compared from the end: it runs on every request, and the last segment
+        // (`auth`) tells nearly every path apart at once.
+        let mut ours = segments(&self.path).rev();
+        let mut theirs = segments(pattern).rev();
+        loop {
+            match (ours.next(), theirs.next()) {
+                (None, None) => return true,
+                (Some(a), Some(b))
+                    if a.eq_ignore_ascii_case(b) || (is_version(a) && is_version(b)) => {}
+                _ => return false,
+            }
+        }
     }
+}
+
+/// A path's segments, trailing slashes ignored.
+pub(crate) fn segments(path: &str) -> impl DoubleEndedIterator<Item = &[u8]> {
+    let bytes = path.as_bytes();
+    let end = bytes.iter().rposition(|&b| b != b'/').map_or(0, |i| i + 1);
+    bytes[..end].split(|&b| b == b'/')
 }
 
 /// A query component decoded (`%XX` and `+`); bytes that are not UTF-8 come out lossily.
@@ -182,12 +195,10 @@ fn decode_query(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `v` or `V`, then digits and dots: an API version segment.
-fn is_version(segment: &str) -> bool {
-    let mut bytes = segment.bytes();
-    matches!(bytes.next(), Some(b'v' | b'V'))
-        && segment.len() > 1
-        && bytes.all(|b| b.is_ascii_digit() || b == b'.')
+/// `v` or `V`, then digits and dots: an API version segment, as NIC numbers them.
+pub(crate) fn is_version(segment: &[u8]) -> bool {
+    matches!(segment, [b'v' | b'V', rest @ ..]
+        if !rest.is_empty() && rest.iter().all(|b| b.is_ascii_digit() || *b == b'.'))
 }
 
 /// The decoded, validated form of a raw path (see the module doc for the rule).
@@ -431,5 +442,10 @@ mod tests {
         assert!(
             p("/taxpayerapi/v0.2/authenticate").matches_loosely("/taxpayerapi/v1.0/authenticate")
         );
+        assert!(!p("/").matches_loosely(auth));
+        assert!(!p("/v1.04/auth").matches_loosely(auth));
+        assert!(!p("/x/eivital/v1.04/auth").matches_loosely(auth));
+        assert!(!p("/eivital/v/auth").matches_loosely(auth));
+        assert!(p("/").matches_loosely("/"));
     }
 }

@@ -3,7 +3,7 @@
 //! The outcome phase (`crate::outcome`) needs this to answer a generate whose reply was lost;
 //! each profile fills it in from the caller's plain body, and only the profile knows the API.
 
-use crate::path::CallerPath;
+use crate::path::{is_version, segments, CallerPath};
 
 /// A caller's generate call, as its profile reads it.
 pub struct Generate {
@@ -34,28 +34,18 @@ pub fn same(found: Option<&serde_json::Value>, wanted: &str) -> bool {
 /// pattern stands for any API version segment (`v1.03`, `v1.04`). A GSP's prefix before them
 /// does not matter: the lookup is derived from the caller's own path.
 pub fn ends_with(path: &CallerPath, pattern: &[&str]) -> bool {
-    let mut segments = path.path().trim_end_matches('/').rsplit('/');
+    let mut segments = segments(path.path()).rev();
     let tail_matches = pattern.iter().rev().all(|want| {
         segments.next().is_some_and(|seg| {
             if *want == "v" {
                 is_version(seg)
             } else {
-                seg.eq_ignore_ascii_case(want)
+                seg.eq_ignore_ascii_case(want.as_bytes())
             }
         })
     });
     // More segments than the pattern: the path's leading `/` leaves an empty one first.
     tail_matches && segments.next().is_some()
-}
-
-/// `v` then digits and dots, as NIC numbers its API versions.
-fn is_version(segment: &str) -> bool {
-    let Some(rest) = segment.strip_prefix(['v', 'V']) else {
-        return false;
-    };
-    !rest.is_empty()
-        && rest.starts_with(|c: char| c.is_ascii_digit())
-        && rest.chars().all(|c| c.is_ascii_digit() || c == '.')
 }
 
 /// The lookup path: the generate's path (trailing `/` dropped) + `suffix`, with `query` pairs
