@@ -76,15 +76,13 @@ mod tests {
 
     use super::*;
 
-    fn pieces(
-        items: Vec<Result<Frame<Bytes>, std::io::Error>>,
-    ) -> StreamBody<
-        futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::io::Error>>>,
-    > {
+    type Piece = Result<Frame<Bytes>, std::io::Error>;
+
+    fn pieces(items: Vec<Piece>) -> impl Body<Data = Bytes, Error = std::io::Error> {
         StreamBody::new(futures_util::stream::iter(items))
     }
 
-    fn data(text: &'static str) -> Result<Frame<Bytes>, std::io::Error> {
+    fn data(text: &'static str) -> Piece {
         Ok(Frame::data(Bytes::from_static(text.as_bytes())))
     }
 
