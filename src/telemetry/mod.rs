@@ -6,6 +6,7 @@
 //! access log names only the client, GSTIN, path, statuses and codes.
 
 mod batch;
+mod fields;
 
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,7 +47,7 @@ pub fn init(format: LogFormat) {
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+        LogFormat::Pretty => builder.compact().fmt_fields(fields::Fields).try_init(),
     };
 }
 
