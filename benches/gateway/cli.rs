@@ -64,6 +64,11 @@ pub(crate) struct Opts {
     /// (proxy and upstream processes, DWARF call graphs) and add the result to the report.
     #[arg(long, env = "BENCH_PERF", value_enum, value_delimiter = ',')]
     pub(crate) perf: Vec<TargetKind>,
+    /// Callers (`[[client]]`) configured in each gstgate target: the benchmark's own comes
+    /// last, after N−1 others with keys of their own, as a GSP with many ASPs configures
+    /// them. What finding the caller costs as their number grows.
+    #[arg(long, env = "BENCH_CLIENTS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) clients: u32,
     /// Extra environment for the `gstgate serve` processes, KEY=VALUE (repeatable), for
     /// experiments: `RUST_LOG=warn`, `GSTGATE_LOG_FORMAT=json`, `LD_PRELOAD=…`.
     #[arg(long = "gstgate-env", value_name = "KEY=VALUE")]

@@ -152,6 +152,13 @@ impl Report<'_> {
                 f64::from(o.connections) * 1000.0 / delay_ms(o) as f64
             );
         }
+        if o.clients > 1 {
+            let _ = writeln!(
+                s,
+                "| callers | `--clients {}`: the benchmark's client is the last of {} configured |",
+                o.clients, o.clients
+            );
+        }
         if !o.gstgate_env.is_empty() {
             let _ = writeln!(s, "| gstgate environment | `{}` |", o.gstgate_env.join(" "));
         }

@@ -580,13 +580,14 @@ username = "{user}"
 password = "{pass}"
 upstreams = ["einvoice"]
 
-[[client]]
+{other_clients}[[client]]
 name = "bench"
 api_key_sha256 = "{key_hash}"
 gstins = ["*"]
 {dropin_client}"#,
         pubkey = sim_pub.display(),
         key_hash = hex_sha256(API_KEY.as_bytes()),
+        other_clients = other_clients(opts.clients),
     );
     let path = dir.join(format!("gstgate-{name}.toml"));
     fs::write(&path, config)?;
@@ -735,4 +736,16 @@ fn clip(s: &str, n: usize) -> String {
         end -= 1;
     }
     format!("{}…", &s[..end])
+}
+
+/// `count − 1` callers besides the benchmark's, each with a key of its own (`--clients`).
+fn other_clients(count: u32) -> String {
+    (1..count)
+        .map(|i| {
+            format!(
+                "[[client]]\nname = \"asp-{i}\"\napi_key_sha256 = \"{}\"\ngstins = [\"*\"]\n\n",
+                hex_sha256(format!("bench-other-key-{i}").as_bytes())
+            )
+        })
+        .collect()
 }
