@@ -929,3 +929,65 @@ async fn hostile_upstream_error_text_is_escaped_and_capped_everywhere_it_is_show
         .unwrap();
     assert!(status.len() < 64 << 10, "/status is {} bytes", status.len());
 }
+
+/// The length the upstream is told is the length of what it is sent, however the caller
+/// framed its body: a passthrough body goes up with the caller's own `Content-Length` only
+/// when that is the body's length in plain digits, and a chunked or zero-padded one gets
+/// gstgate's. A wrong length would split or merge requests on the pooled upstream connection.
+#[tokio::test]
+async fn the_upstream_is_told_the_length_of_what_it_is_sent_however_the_caller_framed_it() {
+    let sim = Sim::start(SimOpts::default()).await;
+    let gw = Gateway::start(
+        &sim,
+        GwOpts {
+            encryption: "passthrough",
+            ..GwOpts::default()
+        },
+    )
+    .await;
+    let body = r#"{"Irn":"a","CnlRsn":"1","CnlRem":"wrong entry"}"#;
+    let (first, rest) = body.split_at(7);
+    let cases = [
+        (
+            "len-plain",
+            format!("content-length: {}\r\n", body.len()),
+            body.to_owned(),
+        ),
+        (
+            "len-zeros",
+            format!("content-length: 000{}\r\n", body.len()),
+            body.to_owned(),
+        ),
+        (
+            "len-chunked",
+            "transfer-encoding: chunked\r\n".to_owned(),
+            format!(
+                "{:x}\r\n{first}\r\n{:x}\r\n{rest}\r\n0\r\n\r\n",
+                first.len(),
+                rest.len()
+            ),
+        ),
+    ];
+    for (id, framing, wire) in cases {
+        let head = format!(
+            "POST /eicore/v1.03/Invoice/Cancel HTTP/1.1\r\nhost: gstgate\r\nx-api-key: {API_KEY}\r\ngstin: {GSTIN}\r\nx-request-id: {id}\r\n{framing}connection: close\r\n\r\n"
+        );
+        let raw = raw_exchange(gw.proxy, &head, wire.as_bytes(), Duration::from_secs(10)).await;
+        let (status, _, _) = parse_raw(&raw);
+        assert_ne!(status, 0, "{id}: {raw}");
+        let seen = logged(&sim, id).await;
+        assert_eq!(
+            seen.get("content-length").map(String::as_str),
+            Some(body.len().to_string().as_str()),
+            "{id}: {seen:?}"
+        );
+        assert!(!seen.contains_key("transfer-encoding"), "{id}: {seen:?}");
+        let entry = upstream_log(&sim).await;
+        let sent = entry
+            .iter()
+            .rev()
+            .find(|r| r["headers"]["x-request-id"] == id)
+            .map(|r| r["body"].clone());
+        assert_eq!(sent, Some(Value::from(body)), "{id}");
+    }
+}

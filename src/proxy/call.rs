@@ -212,7 +212,8 @@ impl Call<'_> {
             gstgate_wrote_body,
         );
         upstream.name_holder(&mut headers, self.method, self.path, self.body);
-        if encryption == Encryption::Passthrough {
+        // Not for an empty body: the client sends no length for one, and neither does this.
+        if encryption == Encryption::Passthrough && !wire.is_empty() {
             if let Some(length) = self.caller_length(wire.len()) {
                 // Otherwise the client writes the same number into a header value of its own,
                 // an allocation a request.
