@@ -49,9 +49,10 @@ pub async fn read_whole<B: Body<Data = Bytes>>(
         pieces = match pieces {
             Pieces::None => Pieces::One(data),
             Pieces::One(first) => {
-                // Room for what is announced, so that a long body is joined without regrowing.
-                let announced = usize::try_from(body.size_hint().lower()).unwrap_or(0);
-                let mut joined = BytesMut::with_capacity(len.max(announced).min(limit));
+                // Room for what has arrived, not for what is announced: a caller (or an
+                // upstream) announcing the limit and sending a byte at a time must not make
+                // the gateway set the whole limit aside. Later pieces grow it by doubling.
+                let mut joined = BytesMut::with_capacity(len);
                 joined.extend_from_slice(&first);
                 joined.extend_from_slice(&data);
                 Pieces::Joined(joined)
