@@ -232,7 +232,10 @@ impl Call<'_> {
             && digits.len() <= 20
             && digits.iter().all(u8::is_ascii_digit)
             && (digits == b"0" || digits[0] != b'0');
+        if !plain {
+            return None;
+        }
         let said = std::str::from_utf8(digits).ok()?.parse::<usize>().ok()?;
-        (plain && said == len).then(|| value.clone())
+        (said == len).then(|| value.clone())
     }
 }
