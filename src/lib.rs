@@ -25,6 +25,7 @@ pub(crate) mod dropin;
 pub(crate) mod gstin;
 pub(crate) mod heap;
 pub(crate) mod idempotency;
+pub mod json;
 pub(crate) mod listener;
 pub mod metrics;
 pub(crate) mod outcome;

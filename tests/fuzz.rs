@@ -81,6 +81,7 @@ use std::time::{Duration, Instant};
 
 use gstgate::config::{self, interpolate, Config, ConfigError};
 use gstgate::crypto::{b64_decode, b64_encode, AesKey, PublicKey};
+use gstgate::json;
 use gstgate::problem::GatewayError;
 use gstgate::upstream::envelope::Envelope;
 use gstgate::upstream::sealed::{open_reply, seal_request, Layers};
@@ -729,11 +730,85 @@ fn corpus_env_ops() -> Vec<EnvOp> {
 
 /// The text of member `key`, if any.
 fn raw_text(e: &Envelope<'_>, key: &str) -> Option<String> {
-    e.raw(key).map(|v| v.get().to_owned())
+    e.raw(key).map(str::to_owned)
+}
+
+/// The members serde_json reads from an object body, in order (names decoded, values as raw
+/// text): the oracle gstgate's own scanner must agree with.
+fn serde_members(body: &[u8]) -> Option<Vec<(String, String)>> {
+    struct Members;
+    impl<'de> serde::de::Visitor<'de> for Members {
+        type Value = Vec<(String, String)>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some((k, v)) = map.next_entry::<String, &'de RawValue>()? {
+                out.push((k, v.get().to_owned()));
+            }
+            Ok(out)
+        }
+    }
+    struct Object(Vec<(String, String)>);
+    impl<'de> serde::Deserialize<'de> for Object {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_map(Members).map(Object)
+        }
+    }
+    serde_json::from_slice::<Object>(body).ok().map(|o| o.0)
+}
+
+/// gstgate's JSON scanner accepts exactly what serde_json accepts (in UTF-8 text), and reads
+/// an object's members as serde_json does.
+fn check_scanner(body: &[u8]) -> Result<(), TestCaseError> {
+    // serde_json's `IgnoredAny` pass does not check UTF-8 inside strings; JSON text must be
+    // UTF-8 (RFC 8259 §8.1), and gstgate refuses it anywhere.
+    prop_assert_eq!(
+        json::validate(body).is_ok(),
+        serde_json::from_slice::<IgnoredAny>(body).is_ok() && std::str::from_utf8(body).is_ok(),
+        "json::validate disagrees with serde_json"
+    );
+    if let Ok(text) = std::str::from_utf8(body) {
+        prop_assert_eq!(
+            json::Json::parse(text.to_owned())
+                .ok()
+                .map(|j| j.get().to_owned()),
+            RawValue::from_string(text.to_owned())
+                .ok()
+                .map(|r| r.get().to_owned()),
+            "Json::parse disagrees with RawValue::from_string"
+        );
+    }
+    let theirs = serde_members(body);
+    prop_assert_eq!(
+        Envelope::parse(body).is_some(),
+        theirs.is_some(),
+        "Envelope::parse disagrees with serde_json"
+    );
+    if let (Ok(ours), Some(theirs)) = (json::members(body), theirs) {
+        let ours: Vec<(String, String)> = ours
+            .iter()
+            .map(|m| {
+                let name = if m.escaped {
+                    serde_json::from_str(&format!("\"{}\"", m.name)).unwrap_or_default()
+                } else {
+                    m.name.to_owned()
+                };
+                (name, m.value.to_owned())
+            })
+            .collect();
+        prop_assert_eq!(ours, theirs, "members differ");
+    }
+    Ok(())
 }
 
 fn check_envelope(case: &EnvelopeCase) -> Result<(), TestCaseError> {
     let body = &case.body.0;
+    check_scanner(body)?;
     let as_value = serde_json::from_slice::<Value>(body);
     let Some(mut env) = Envelope::parse(body) else {
         note("not an envelope");

@@ -6,27 +6,36 @@
 //! fields pass through unchanged" — and none is copied or parsed into a tree.
 
 use std::borrow::Cow;
-use std::fmt;
-use std::marker::PhantomData;
 
-use serde::de::{DeserializeOwned, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
-use serde_json::value::RawValue;
+use serde::de::DeserializeOwned;
+
+use crate::json::{self, Json};
 
 /// A JSON object's members, in order, names and values borrowed from the body (a name is
 /// copied only when it holds an escape).
 pub struct Envelope<'a> {
-    members: Vec<(Cow<'a, str>, Cow<'a, RawValue>)>,
+    members: Vec<(Cow<'a, str>, Cow<'a, str>)>,
 }
 
 impl<'a> Envelope<'a> {
     /// Parses a JSON object; `None` for anything else (garbage, an array, an HTML page).
     pub fn parse(body: &'a [u8]) -> Option<Self> {
-        serde_json::from_slice(body).ok()
+        let members = json::members(body).ok()?;
+        let mut out = Vec::with_capacity(members.len());
+        for m in members {
+            let name = if m.escaped {
+                // Decoded as serde_json decodes a name: a lone surrogate is refused.
+                Cow::Owned(serde_json::from_str::<String>(&format!("\"{}\"", m.name)).ok()?)
+            } else {
+                Cow::Borrowed(m.name)
+            };
+            out.push((name, Cow::Borrowed(m.value)));
+        }
+        Some(Envelope { members: out })
     }
 
-    /// The raw value of the first member named `key`.
-    pub fn raw(&self, key: &str) -> Option<&RawValue> {
+    /// The JSON text of the first member named `key`.
+    pub fn raw(&self, key: &str) -> Option<&str> {
         self.members
             .iter()
             .find(|(k, _)| k == key)
@@ -35,14 +44,14 @@ impl<'a> Envelope<'a> {
 
     /// The member named `key`, deserialised; `None` when absent or of another shape.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
-        serde_json::from_str(self.raw(key)?.get()).ok()
+        serde_json::from_str(self.raw(key)?).ok()
     }
 
     /// The string member named `key`, borrowed from the body when it holds no escape (base64
     /// never does), else decoded; `None` when absent or not a string. A reply's `Data` is its
     /// largest member: read this way it is neither copied nor scanned a second time.
     pub fn str(&self, key: &str) -> Option<Cow<'_, str>> {
-        let raw = self.raw(key)?.get();
+        let raw = self.raw(key)?;
         match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
             Some(inner) if !inner.contains('\\') => Some(Cow::Borrowed(inner)),
             _ => self.get::<String>(key).map(Cow::Owned),
@@ -63,12 +72,11 @@ impl<'a> Envelope<'a> {
     }
 
     /// Replaces the value of `key` (or appends it).
-    pub fn set(&mut self, key: &str, value: Box<RawValue>) {
+    pub fn set(&mut self, key: &str, value: impl Into<Json>) {
+        let value = Cow::Owned(value.into().into_string());
         match self.members.iter_mut().find(|(k, _)| k == key) {
-            Some((_, v)) => *v = Cow::Owned(value),
-            None => self
-                .members
-                .push((Cow::Owned(key.to_owned()), Cow::Owned(value))),
+            Some((_, v)) => *v = value,
+            None => self.members.push((Cow::Owned(key.to_owned()), value)),
         }
     }
 
@@ -82,7 +90,7 @@ impl<'a> Envelope<'a> {
         let size = self
             .members
             .iter()
-            .map(|(k, v)| k.len() + v.get().len() + 4)
+            .map(|(k, v)| k.len() + v.len() + 4)
             .sum::<usize>();
         let mut out = Vec::with_capacity(size + 2);
         out.push(b'{');
@@ -93,59 +101,17 @@ impl<'a> Envelope<'a> {
             // Writing a string into a Vec cannot fail.
             let _ = serde_json::to_writer(&mut out, k);
             out.push(b':');
-            out.extend_from_slice(v.get().as_bytes());
+            out.extend_from_slice(v.as_bytes());
         }
         out.push(b'}');
         out
     }
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for Envelope<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Members<'a>(PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for Members<'a> {
-            type Value = Envelope<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope<'a>, A::Error> {
-                let mut members = Vec::with_capacity(map.size_hint().unwrap_or(4));
-                while let Some((Name(k), v)) = map.next_entry::<Name<'a>, &'de RawValue>()? {
-                    members.push((k, Cow::Borrowed(v)));
-                }
-                Ok(Envelope { members })
-            }
-        }
-        d.deserialize_map(Members(PhantomData))
-    }
-}
-
-/// A member's name: borrowed from the body unless it holds an escape. (`Cow<str>`'s own
-/// `Deserialize` always copies.)
-struct Name<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Name<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Text<'a>(PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for Text<'a> {
-            type Value = Name<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a member name")
-            }
-            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Name<'a>, E> {
-                Ok(Name(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Name<'a>, E> {
-                Ok(Name(Cow::Owned(v.to_owned())))
-            }
-        }
-        d.deserialize_str(Text(PhantomData))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::value::RawValue;
 
     #[test]
     fn members_keep_their_order_and_bytes_when_one_is_replaced() {

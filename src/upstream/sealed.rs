@@ -11,6 +11,7 @@ use serde_json::value::{to_raw_value, RawValue};
 
 use super::envelope::Envelope;
 use crate::crypto::{b64_decode, b64_encode, AesKey};
+use crate::json::Json;
 use crate::problem::GatewayError;
 
 /// Whether the encrypted `data` holds the JSON itself or its base64 text.
@@ -50,7 +51,7 @@ pub fn seal_request(
     }
     let data = envelope
         .raw("data")
-        .map(|raw| raw.get().trim_start().to_owned())
+        .map(|raw| raw.trim_start().to_owned())
         .ok_or_else(|| GatewayError::BodyInvalid("the body needs a `data` member".into()))?;
     if !(data.starts_with('{') || data.starts_with('[')) {
         return Err(GatewayError::BodyInvalid(
@@ -100,8 +101,7 @@ pub fn open_reply(
         envelope.remove("hmac");
     }
     let json = String::from_utf8(json).map_err(|_| bad("decrypted data is not UTF-8".into()))?;
-    let value =
-        RawValue::from_string(json).map_err(|_| bad("decrypted data is not JSON".into()))?;
+    let value = Json::parse(json).map_err(|_| bad("decrypted data is not JSON".into()))?;
     envelope.set("data", value);
     Ok(())
 }
@@ -125,7 +125,7 @@ pub fn open_request(body: &[u8], sek: &AesKey, layers: Layers) -> Option<Vec<u8>
             b64_decode(text.trim()).ok()?
         }
     };
-    let value = RawValue::from_string(String::from_utf8(json).ok()?).ok()?;
+    let value = Json::parse(String::from_utf8(json).ok()?).ok()?;
     envelope.set("data", value);
     envelope.remove("hmac");
     Some(envelope.to_vec())
@@ -138,7 +138,7 @@ pub fn seal_reply(plain: &[u8], sek: &AesKey, layers: Layers, rek: bool) -> Vec<
     let Some(mut envelope) = Envelope::parse(plain) else {
         return plain.to_vec();
     };
-    let Some(data) = envelope.raw("data").map(|raw| raw.get().trim().to_owned()) else {
+    let Some(data) = envelope.raw("data").map(|raw| raw.trim().to_owned()) else {
         return plain.to_vec();
     };
     if !(data.starts_with('{') || data.starts_with('[')) {

@@ -1,11 +1,12 @@
 //! The drop-in face of NIC e-invoice.
 
 use http::Method;
-use serde_json::value::{to_raw_value, RawValue};
+use serde_json::value::to_raw_value;
 use serde_json::{json, Value};
 
 use super::{nic_app_key, open_nic_login, text_of, username_of, CallerLogin, Face, Grant, Refusal};
 use crate::crypto::{AesKey, KeyPair};
+use crate::json;
 use crate::upstream::envelope::Envelope;
 use crate::upstream::{bodiless, nic};
 
@@ -91,8 +92,7 @@ impl Face for EinvoiceFace {
         let envelope = Envelope::parse(body).ok_or(Refusal::DataInvalid)?;
         let data = envelope.str("Data").ok_or(Refusal::DataInvalid)?;
         let plain = sek.decrypt_b64(&data).map_err(|_| Refusal::DataInvalid)?;
-        serde_json::from_slice::<serde::de::IgnoredAny>(&plain)
-            .map_err(|_| Refusal::DataInvalid)?;
+        json::validate(&plain).map_err(|_| Refusal::DataInvalid)?;
         Ok(plain)
     }
 
@@ -100,7 +100,7 @@ impl Face for EinvoiceFace {
         let Some(mut envelope) = Envelope::parse(plain) else {
             return plain.to_vec();
         };
-        let Some(data) = envelope.raw("Data").map(RawValue::get) else {
+        let Some(data) = envelope.raw("Data") else {
             return plain.to_vec();
         };
         if data.trim() == "null" {

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use serde_json::value::RawValue;
+
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
@@ -19,6 +19,7 @@ use super::{
 };
 use crate::config::{CredentialConfig, UpstreamConfig};
 use crate::crypto::{AesKey, PublicKey};
+use crate::json::{self, Json};
 use crate::path::CallerPath;
 use crate::problem::GatewayError;
 use lookup::{ewb_by_irn_generate, irn_generate, is_generate};
@@ -270,8 +271,7 @@ impl Profile for Einvoice {
             return Ok(Vec::new());
         }
         // Validate without building a tree: the upstream gets the caller's bytes, encrypted.
-        serde_json::from_slice::<serde::de::IgnoredAny>(body)
-            .map_err(|e| GatewayError::BodyInvalid(format!("not JSON: {e}")))?;
+        json::validate(body).map_err(|e| GatewayError::BodyInvalid(format!("not JSON: {e}")))?;
         let data = sek.encrypt_b64(body);
         let mut out = Vec::with_capacity(data.len() + 12);
         out.extend_from_slice(b"{\"Data\":\"");
@@ -300,7 +300,7 @@ impl Profile for Einvoice {
             let plain = String::from_utf8(plain).map_err(|_| {
                 GatewayError::UpstreamBadResponse("decrypted Data is not UTF-8".into())
             })?;
-            let value = RawValue::from_string(plain).map_err(|_| {
+            let value = Json::parse(plain).map_err(|_| {
                 GatewayError::UpstreamBadResponse("decrypted Data is not JSON".into())
             })?;
             envelope.set("Data", value);

@@ -1,0 +1,612 @@
+//! Strict JSON (RFC 8259) checked in one pass over the bytes, reading a top-level object's
+//! members on the way.
+//!
+//! Every upstream reply is checked before it is relayed (a reply that is not JSON is a 502,
+//! never a success), and in gateway mode so is every caller body and decrypted `Data`. A NIC
+//! reply is mostly one long string (a signed invoice is kilobytes of base64), so the cost is
+//! the string scan. serde_json's pass finds a string's end 8 bytes at a time and then checks
+//! the whole value's UTF-8 a second time; here the text's UTF-8 is checked once (the
+//! standard library's ASCII fast path) and strings are scanned in blocks of 64 bytes, loops
+//! the compiler turns into vector compares. What is accepted is what serde_json accepts in
+//! UTF-8 text: a property test in `tests/fuzz.rs` compares the two on random and mutated
+//! documents.
+
+use std::fmt;
+use std::ops::Range;
+
+/// Why a text is not JSON, and where (1-based line, and byte column within the line).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    what: &'static str,
+    line: usize,
+    column: usize,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} at line {} column {}",
+            self.what, self.line, self.column
+        )
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A text known to be one JSON value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Json(Box<str>);
+
+impl Json {
+    /// Checks `text` and keeps its value, without the whitespace around it.
+    pub fn parse(text: String) -> Result<Self, Error> {
+        let span = value_span(text.as_bytes())?;
+        if span.len() == text.len() {
+            return Ok(Self(text.into_boxed_str()));
+        }
+        Ok(Self(text[span].into()))
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        &self.0
+    }
+
+    /// The JSON text, owned.
+    pub fn into_string(self) -> String {
+        self.0.into_string()
+    }
+}
+
+impl From<Box<serde_json::value::RawValue>> for Json {
+    fn from(raw: Box<serde_json::value::RawValue>) -> Self {
+        Self(raw.into())
+    }
+}
+
+/// A member of an object: its name as written between the quotes, and its value's JSON text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member<'a> {
+    /// The name's text between its quotes, escapes not decoded.
+    pub name: &'a str,
+    /// Whether the name holds an escape (then it must be decoded to be compared).
+    pub escaped: bool,
+    /// The value, from its first byte to its last (no surrounding whitespace).
+    pub value: &'a str,
+}
+
+/// Checks that `text` is one JSON value, with only whitespace around it.
+pub fn validate(text: &[u8]) -> Result<(), Error> {
+    value_span(text).map(drop)
+}
+
+/// Where the one JSON value in `text` is, when only whitespace is around it.
+fn value_span(text: &[u8]) -> Result<Range<usize>, Error> {
+    let mut scan = Scanner::new(text)?;
+    scan.whitespace();
+    let from = scan.at;
+    scan.value()?;
+    let to = scan.at;
+    scan.end()?;
+    Ok(from..to)
+}
+
+/// The members of the JSON object `text`, in order, when the whole text is valid JSON and
+/// its value an object.
+pub fn members(text: &[u8]) -> Result<Vec<Member<'_>>, Error> {
+    let mut scan = Scanner::new(text)?;
+    let mut members = Vec::with_capacity(4);
+    match scan.whitespace() {
+        Some(b'{') => scan.at += 1,
+        Some(_) => return Err(scan.error("expected an object")),
+        None => return Err(scan.error("EOF while parsing a value")),
+    }
+    match scan.whitespace() {
+        Some(b'}') => scan.at += 1,
+        Some(b'"') => loop {
+            scan.at += 1;
+            let start = scan.at;
+            let escaped = scan.string()?;
+            let name = &scan.text[start..scan.at - 1];
+            scan.colon()?;
+            scan.whitespace();
+            let from = scan.at;
+            scan.value()?;
+            members.push(Member {
+                name,
+                escaped,
+                value: &scan.text[from..scan.at],
+            });
+            match scan.whitespace() {
+                Some(b',') => {
+                    scan.at += 1;
+                    match scan.whitespace() {
+                        Some(b'"') => {}
+                        Some(_) => return Err(scan.error("key must be a string")),
+                        None => return Err(scan.error("EOF while parsing an object")),
+                    }
+                }
+                Some(b'}') => {
+                    scan.at += 1;
+                    break;
+                }
+                Some(_) => return Err(scan.error("expected `,` or `}`")),
+                None => return Err(scan.error("EOF while parsing an object")),
+            }
+        },
+        Some(_) => return Err(scan.error("key must be a string")),
+        None => return Err(scan.error("EOF while parsing an object")),
+    }
+    scan.end()?;
+    Ok(members)
+}
+
+/// A position in a text already known to be UTF-8.
+struct Scanner<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl<'a> Scanner<'a> {
+    fn new(bytes: &'a [u8]) -> Result<Self, Error> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Ok(Self { text, at: 0 }),
+            Err(e) => {
+                Err(Self { text: "", at: 0 }.error_in(bytes, e.valid_up_to(), "invalid UTF-8"))
+            }
+        }
+    }
+
+    fn bytes(&self) -> &'a [u8] {
+        self.text.as_bytes()
+    }
+
+    fn error(&self, what: &'static str) -> Error {
+        self.error_in(self.bytes(), self.at, what)
+    }
+
+    fn error_in(&self, bytes: &[u8], at: usize, what: &'static str) -> Error {
+        let before = &bytes[..at.min(bytes.len())];
+        let line_start = before
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        Error {
+            what,
+            line: 1 + before.iter().filter(|&&b| b == b'\n').count(),
+            column: before.len() - line_start + 1,
+        }
+    }
+
+    /// Skips whitespace; the next byte, if any.
+    fn whitespace(&mut self) -> Option<u8> {
+        while let Some(&b) = self.bytes().get(self.at) {
+            match b {
+                b' ' | b'\n' | b'\t' | b'\r' => self.at += 1,
+                _ => return Some(b),
+            }
+        }
+        None
+    }
+
+    /// Only whitespace may follow the value.
+    fn end(&mut self) -> Result<(), Error> {
+        match self.whitespace() {
+            None => Ok(()),
+            Some(_) => Err(self.error("trailing characters")),
+        }
+    }
+
+    fn colon(&mut self) -> Result<(), Error> {
+        match self.whitespace() {
+            Some(b':') => {
+                self.at += 1;
+                Ok(())
+            }
+            Some(_) => Err(self.error("expected `:`")),
+            None => Err(self.error("EOF while parsing an object")),
+        }
+    }
+
+    /// One value and everything nested in it, without recursion (nesting has no limit and
+    /// costs a bit per level).
+    fn value(&mut self) -> Result<(), Error> {
+        let mut open = Open::default();
+        loop {
+            // A value starts here.
+            match self.whitespace() {
+                Some(b'{') => {
+                    self.at += 1;
+                    match self.whitespace() {
+                        Some(b'}') => self.at += 1,
+                        Some(b'"') => {
+                            open.push(true);
+                            self.key()?;
+                            continue;
+                        }
+                        Some(_) => return Err(self.error("key must be a string")),
+                        None => return Err(self.error("EOF while parsing an object")),
+                    }
+                }
+                Some(b'[') => {
+                    self.at += 1;
+                    match self.whitespace() {
+                        Some(b']') => self.at += 1,
+                        Some(_) => {
+                            open.push(false);
+                            continue;
+                        }
+                        None => return Err(self.error("EOF while parsing a list")),
+                    }
+                }
+                Some(b'"') => {
+                    self.at += 1;
+                    self.string()?;
+                }
+                Some(b'-' | b'0'..=b'9') => self.number()?,
+                Some(b't') => self.word("true")?,
+                Some(b'f') => self.word("false")?,
+                Some(b'n') => self.word("null")?,
+                Some(_) => return Err(self.error("expected value")),
+                None => return Err(self.error("EOF while parsing a value")),
+            }
+            // A value ended: close what it ends, or go on to the next element.
+            loop {
+                let Some(object) = open.innermost() else {
+                    return Ok(());
+                };
+                match self.whitespace() {
+                    Some(b',') => {
+                        self.at += 1;
+                        if object {
+                            match self.whitespace() {
+                                Some(b'"') => self.key()?,
+                                Some(_) => return Err(self.error("key must be a string")),
+                                None => return Err(self.error("EOF while parsing an object")),
+                            }
+                        }
+                        break;
+                    }
+                    Some(b'}') if object => {
+                        self.at += 1;
+                        open.pop();
+                    }
+                    Some(b']') if !object => {
+                        self.at += 1;
+                        open.pop();
+                    }
+                    Some(_) if object => return Err(self.error("expected `,` or `}`")),
+                    Some(_) => return Err(self.error("expected `,` or `]`")),
+                    None if object => return Err(self.error("EOF while parsing an object")),
+                    None => return Err(self.error("EOF while parsing a list")),
+                }
+            }
+        }
+    }
+
+    /// A member's name (at its opening quote) and the colon after it.
+    fn key(&mut self) -> Result<(), Error> {
+        self.at += 1;
+        self.string()?;
+        self.colon()
+    }
+
+    /// The rest of a string whose opening quote is just behind; ends past the closing quote.
+    /// Whether it held an escape.
+    fn string(&mut self) -> Result<bool, Error> {
+        let mut escaped = false;
+        loop {
+            self.at += special(&self.bytes()[self.at..]);
+            match self.bytes().get(self.at) {
+                Some(b'"') => {
+                    self.at += 1;
+                    return Ok(escaped);
+                }
+                Some(b'\\') => {
+                    escaped = true;
+                    self.at += 1;
+                    self.escape()?;
+                }
+                Some(_) => {
+                    return Err(self.error("control character (\\u0000-\\u001F) in a string"))
+                }
+                None => return Err(self.error("EOF while parsing a string")),
+            }
+        }
+    }
+
+    /// The rest of an escape whose backslash is just behind.
+    fn escape(&mut self) -> Result<(), Error> {
+        match self.bytes().get(self.at) {
+            Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.at += 1,
+            Some(b'u') => {
+                self.at += 1;
+                for _ in 0..4 {
+                    match self.bytes().get(self.at) {
+                        Some(b) if b.is_ascii_hexdigit() => self.at += 1,
+                        Some(_) => return Err(self.error("invalid escape")),
+                        None => return Err(self.error("EOF while parsing a string")),
+                    }
+                }
+            }
+            Some(_) => return Err(self.error("invalid escape")),
+            None => return Err(self.error("EOF while parsing a string")),
+        }
+        Ok(())
+    }
+
+    /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`
+    fn number(&mut self) -> Result<(), Error> {
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+        }
+        match self.peek() {
+            Some(b'0') => {
+                self.at += 1;
+                if self.peek().is_some_and(|b| b.is_ascii_digit()) {
+                    return Err(self.error("invalid number"));
+                }
+            }
+            Some(b'1'..=b'9') => self.digits(),
+            _ => return Err(self.error("invalid number")),
+        }
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            if !self.peek().is_some_and(|b| b.is_ascii_digit()) {
+                return Err(self.error("invalid number"));
+            }
+            self.digits();
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.at += 1;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.at += 1;
+            }
+            if !self.peek().is_some_and(|b| b.is_ascii_digit()) {
+                return Err(self.error("invalid number"));
+            }
+            self.digits();
+        }
+        Ok(())
+    }
+
+    fn digits(&mut self) {
+        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            self.at += 1;
+        }
+    }
+
+    fn peek(&self) -> Option<u8> {
+        self.bytes().get(self.at).copied()
+    }
+
+    fn word(&mut self, word: &str) -> Result<(), Error> {
+        for &expected in word.as_bytes() {
+            match self.peek() {
+                Some(b) if b == expected => self.at += 1,
+                Some(_) => return Err(self.error("expected ident")),
+                None => return Err(self.error("EOF while parsing a value")),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where in `s` the first `"`, `\\` or control character is (`s.len()` when none).
+fn special(s: &[u8]) -> usize {
+    let mut skipped = clear_blocks::<64>(s);
+    skipped += clear_blocks::<16>(&s[skipped..]);
+    let rest = &s[skipped..];
+    skipped
+        + rest
+            .iter()
+            .position(|&b| is_special(b))
+            .unwrap_or(rest.len())
+}
+
+/// The length of the leading whole `N`-byte blocks of `s` that hold no special byte. With no
+/// early exit inside a block the compiler makes each a few vector compares: 64-byte blocks
+/// for long strings (a signed invoice), 16-byte ones for the rest.
+#[inline(always)]
+fn clear_blocks<const N: usize>(s: &[u8]) -> usize {
+    let mut clear = 0;
+    for block in s.chunks_exact(N) {
+        let mut hit = false;
+        for &b in block {
+            hit |= is_special(b);
+        }
+        if hit {
+            break;
+        }
+        clear += N;
+    }
+    clear
+}
+
+/// A byte that ends a string's plain run: its closing quote, an escape, or a control
+/// character (not allowed raw in a string).
+#[inline(always)]
+fn is_special(b: u8) -> bool {
+    (b == b'"') | (b == b'\\') | (b < 0x20)
+}
+
+/// The arrays and objects open around the scan position, innermost last: `true` for an
+/// object. The first 128 levels are bits; deeper ones (a hostile or absurd reply) a vector.
+#[derive(Default)]
+struct Open {
+    depth: usize,
+    bits: u128,
+    deeper: Vec<bool>,
+}
+
+impl Open {
+    fn push(&mut self, object: bool) {
+        if self.depth < 128 {
+            self.bits = (self.bits & !(1 << self.depth)) | (u128::from(object) << self.depth);
+        } else {
+            self.deeper.push(object);
+        }
+        self.depth += 1;
+    }
+
+    fn pop(&mut self) {
+        if self.depth > 128 {
+            self.deeper.pop();
+        }
+        self.depth = self.depth.saturating_sub(1);
+    }
+
+    fn innermost(&self) -> Option<bool> {
+        match self.depth {
+            0 => None,
+            d if d <= 128 => Some(self.bits >> (d - 1) & 1 == 1),
+            _ => self.deeper.last().copied(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(text: &str) -> bool {
+        validate(text.as_bytes()).is_ok()
+    }
+
+    #[test]
+    fn accepts_what_json_allows() {
+        for text in [
+            "0",
+            "-0",
+            "1.5e+3",
+            "-12.0E-01",
+            "true",
+            " null ",
+            "\"\"",
+            "\"a\\u00e9\\n\"",
+            "[]",
+            "[1, [2, {}], {\"a\": [true]}]",
+            "{\"a\":{\"b\":{\"c\":[]}}}",
+            "\"é✓\"",
+        ] {
+            assert!(ok(text), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_what_json_does_not() {
+        for text in [
+            "",
+            " ",
+            "01",
+            "-",
+            "1.",
+            "1e",
+            "+1",
+            ".5",
+            "tru",
+            "nul",
+            "True",
+            "[1,]",
+            "[,1]",
+            "{\"a\":1,}",
+            "{,}",
+            "{\"a\" 1}",
+            "{1:2}",
+            "[1 2]",
+            "[}",
+            "{]",
+            "\"\\x\"",
+            "\"\\u12G4\"",
+            "\"a\u{1}b\"",
+            "\"open",
+            "[",
+            "{",
+            "{\"a\":",
+            "1 2",
+            "\u{feff}1",
+            "NaN",
+            "[1]]",
+        ] {
+            assert!(!ok(text), "{text:?}");
+        }
+        assert!(validate(b"\"\xff\"").is_err());
+    }
+
+    #[test]
+    fn strings_longer_than_a_step_are_scanned_to_their_end() {
+        for len in [0, 1, 15, 16, 17, 31, 32, 33, 100] {
+            for at in 0..len {
+                let mut inner = vec![b'a'; len];
+                inner[at] = b'"';
+                let text = [b"\"".as_slice(), &inner, b"\""].concat();
+                // An early quote leaves the rest outside the string: invalid unless nothing
+                // follows but the final quote... which makes another string start: invalid.
+                assert!(validate(&text).is_err(), "len {len} quote at {at}");
+                inner[at] = 1;
+                let text = [b"\"".as_slice(), &inner, b"\""].concat();
+                assert!(validate(&text).is_err(), "len {len} control at {at}");
+            }
+            let text = format!("\"{}\"", "é".repeat(len));
+            assert!(ok(&text), "len {len}");
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_checked_without_recursion() {
+        for depth in [127, 128, 129, 300, 100_000] {
+            let text = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            assert!(ok(&text), "depth {depth}");
+            let text = format!("{}1{}", "[{\"a\":".repeat(depth), "}]".repeat(depth));
+            assert!(ok(&text), "depth {depth}");
+            let text = format!("{}{}", "[".repeat(depth), "}".repeat(depth));
+            assert!(!ok(&text), "depth {depth}");
+        }
+    }
+
+    #[test]
+    fn members_are_read_in_order_with_their_raw_text() {
+        let text = br#" { "Status" : 1 , "Data":{"a": [1]},"N\u0061me":"x" } "#;
+        let got = members(text).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Member {
+                    name: "Status",
+                    escaped: false,
+                    value: "1"
+                },
+                Member {
+                    name: "Data",
+                    escaped: false,
+                    value: r#"{"a": [1]}"#
+                },
+                Member {
+                    name: r"N\u0061me",
+                    escaped: true,
+                    value: "\"x\""
+                },
+            ]
+        );
+        assert_eq!(members(b"{}").unwrap(), vec![]);
+        assert!(members(b"[1]").is_err());
+        assert!(members(b"{\"a\":1} x").is_err());
+    }
+
+    #[test]
+    fn a_kept_value_loses_the_whitespace_around_it() {
+        let json = Json::parse(" \n{\"a\": 1}\t\r\n".into()).unwrap();
+        assert_eq!(json.get(), "{\"a\": 1}");
+        assert_eq!(Json::parse("[]".into()).unwrap().get(), "[]");
+        assert!(Json::parse("[] x".into()).is_err());
+    }
+
+    #[test]
+    fn errors_say_where() {
+        let e = validate(b"{\n  \"a\": tru\n}").unwrap_err();
+        assert_eq!(e.to_string(), "expected ident at line 2 column 11");
+        let e = validate(b"[1,\xff]").unwrap_err();
+        assert_eq!(e.to_string(), "invalid UTF-8 at line 1 column 4");
+    }
+}
