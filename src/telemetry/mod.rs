@@ -7,6 +7,7 @@
 
 mod batch;
 mod fields;
+mod line;
 
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,7 +48,10 @@ pub fn init(format: LogFormat) {
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
-        LogFormat::Pretty => builder.compact().fmt_fields(fields::Fields).try_init(),
+        LogFormat::Pretty => builder
+            .event_format(line::Frame::default())
+            .fmt_fields(fields::Fields)
+            .try_init(),
     };
 }
 
