@@ -87,8 +87,8 @@ impl Verdict {
     fn tamed(self) -> Self {
         Self {
             class: self.class,
-            code: self.code.map(|c| tame(&c, MAX_CODE_BYTES)),
-            message: self.message.map(|m| tame(&m, MAX_MESSAGE_BYTES)),
+            code: self.code.map(|c| tame(c, MAX_CODE_BYTES)),
+            message: self.message.map(|m| tame(m, MAX_MESSAGE_BYTES)),
         }
     }
 
@@ -378,21 +378,28 @@ pub trait Profile: Send + Sync + 'static {
 
 /// `text` with every character that could forge a log line or reorder what a reader sees
 /// escaped, cut after at most `max` bytes (at a character boundary, marked with `…`).
-fn tame(text: &str, max: usize) -> String {
+fn tame(text: String, max: usize) -> String {
+    // Printable ASCII that fits, the usual error message, is kept as it is.
+    if text.len() <= max && text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return text;
+    }
     let mut out = String::with_capacity(text.len().min(max));
+    let mut utf8 = [0u8; 4];
     for c in text.chars() {
         let invisible = c.is_control()
             || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}');
-        let piece = if invisible {
-            format!("\\u{{{:x}}}", u32::from(c))
+        let escaped;
+        let piece: &str = if invisible {
+            escaped = format!("\\u{{{:x}}}", u32::from(c));
+            &escaped
         } else {
-            c.to_string()
+            c.encode_utf8(&mut utf8)
         };
         if out.len() + piece.len() > max {
             out.push('…');
             break;
         }
-        out.push_str(&piece);
+        out.push_str(piece);
     }
     out
 }
