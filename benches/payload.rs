@@ -111,6 +111,9 @@ fn main() {
         },
     );
     time(mode, "  of which: validate the caller's JSON", || {
+        black_box(gstgate::json::validate(black_box(&invoice))).ok();
+    });
+    time(mode, "  (the same with serde_json's `IgnoredAny`)", || {
         black_box(serde_json::from_slice::<serde::de::IgnoredAny>(black_box(
             &invoice,
         )))
@@ -143,11 +146,24 @@ fn main() {
         black_box(sek.decrypt_b64(black_box(&sealed))).ok();
     });
     time(mode, "  of which: check the decrypted JSON", || {
+        black_box(gstgate::json::Json::parse(black_box(data.clone()))).ok();
+    });
+    time(mode, "  (the same with serde_json's `RawValue`)", || {
         black_box(serde_json::value::RawValue::from_string(black_box(
             data.clone(),
         )))
         .ok();
     });
+    time(
+        mode,
+        "(for scale) serde_json's pass over the plain reply",
+        || {
+            black_box(serde_json::from_slice::<serde::de::IgnoredAny>(black_box(
+                plain_reply.as_bytes(),
+            )))
+            .ok();
+        },
+    );
     time(
         mode,
         "(for scale) base64 decode of the request's Data",

@@ -790,7 +790,7 @@ fn check_scanner(body: &[u8]) -> Result<(), TestCaseError> {
         "Envelope::parse disagrees with serde_json"
     );
     if let (Ok(ours), Some(theirs)) = (json::members(body), theirs) {
-        let ours: Vec<(String, String)> = ours
+        let ours: Vec<(String, Vec<u8>)> = ours
             .iter()
             .map(|m| {
                 let name = if m.escaped {
@@ -798,8 +798,12 @@ fn check_scanner(body: &[u8]) -> Result<(), TestCaseError> {
                 } else {
                     m.name.to_owned()
                 };
-                (name, m.value.to_owned())
+                (name, m.value.to_vec())
             })
+            .collect();
+        let theirs: Vec<(String, Vec<u8>)> = theirs
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
             .collect();
         prop_assert_eq!(ours, theirs, "members differ");
     }

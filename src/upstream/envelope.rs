@@ -12,9 +12,10 @@ use serde::de::DeserializeOwned;
 use crate::json::{self, Json};
 
 /// A JSON object's members, in order, names and values borrowed from the body (a name is
-/// copied only when it holds an escape).
+/// copied only when it holds an escape). Values stay bytes (checked UTF-8): the largest,
+/// `Data`, goes back to the caller without a second look.
 pub struct Envelope<'a> {
-    members: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    members: Vec<(Cow<'a, str>, Cow<'a, [u8]>)>,
 }
 
 impl<'a> Envelope<'a> {
@@ -36,6 +37,10 @@ impl<'a> Envelope<'a> {
 
     /// The JSON text of the first member named `key`.
     pub fn raw(&self, key: &str) -> Option<&str> {
+        std::str::from_utf8(self.raw_bytes(key)?).ok()
+    }
+
+    fn raw_bytes(&self, key: &str) -> Option<&[u8]> {
         self.members
             .iter()
             .find(|(k, _)| k == key)
@@ -44,16 +49,18 @@ impl<'a> Envelope<'a> {
 
     /// The member named `key`, deserialised; `None` when absent or of another shape.
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Option<T> {
-        serde_json::from_str(self.raw(key)?).ok()
+        serde_json::from_slice(self.raw_bytes(key)?).ok()
     }
 
     /// The string member named `key`, borrowed from the body when it holds no escape (base64
     /// never does), else decoded; `None` when absent or not a string. A reply's `Data` is its
     /// largest member: read this way it is neither copied nor scanned a second time.
     pub fn str(&self, key: &str) -> Option<Cow<'_, str>> {
-        let raw = self.raw(key)?;
-        match raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
-            Some(inner) if !inner.contains('\\') => Some(Cow::Borrowed(inner)),
+        let raw = self.raw_bytes(key)?;
+        match raw.strip_prefix(b"\"").and_then(|r| r.strip_suffix(b"\"")) {
+            Some(inner) if !inner.contains(&b'\\') => {
+                std::str::from_utf8(inner).ok().map(Cow::Borrowed)
+            }
             _ => self.get::<String>(key).map(Cow::Owned),
         }
     }
@@ -73,7 +80,7 @@ impl<'a> Envelope<'a> {
 
     /// Replaces the value of `key` (or appends it).
     pub fn set(&mut self, key: &str, value: impl Into<Json>) {
-        let value = Cow::Owned(value.into().into_string());
+        let value = Cow::Owned(value.into().into_string().into_bytes());
         match self.members.iter_mut().find(|(k, _)| k == key) {
             Some((_, v)) => *v = value,
             None => self.members.push((Cow::Owned(key.to_owned()), value)),
@@ -101,7 +108,7 @@ impl<'a> Envelope<'a> {
             // Writing a string into a Vec cannot fail.
             let _ = serde_json::to_writer(&mut out, k);
             out.push(b':');
-            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(v);
         }
         out.push(b'}');
         out
