@@ -19,7 +19,7 @@
 
 use std::cell::Cell;
 use std::io::{self, Write};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant};
 
 /// Gathered bytes written at once whatever else happens.
@@ -35,8 +35,16 @@ thread_local! {
 }
 
 /// Lines not yet written, and where they go.
+///
+/// Two locks, so that a worker adding a line never waits for another thread's `write`: the
+/// lines' lock is held only to copy a line in or to take the whole batch out; the sink's is
+/// held while a batch is written. A writer takes the sink's lock first and the batch under
+/// it, so batches reach the sink in the order they were taken. (With one lock held across the
+/// `write`, a saturated gateway's two workers met there on one line in three: a futex wait
+/// and a context switch each, BENCHMARKS.md.)
 pub struct Batch<W> {
-    inner: Mutex<Inner<W>>,
+    lines: Mutex<Lines>,
+    sink: Mutex<W>,
 }
 
 /// What became of a line.
@@ -50,22 +58,25 @@ pub enum Taken {
     Written,
 }
 
-struct Inner<W> {
+struct Lines {
     pending: Vec<u8>,
     /// When the oldest pending line came.
     since: Option<Instant>,
-    sink: W,
+    /// The buffer the last written batch was in, emptied, for the next one (so that taking a
+    /// batch out allocates nothing).
+    spare: Vec<u8>,
 }
 
 impl<W: Write> Batch<W> {
     /// An empty batch writing to `sink`.
     pub fn new(sink: W) -> Self {
         Self {
-            inner: Mutex::new(Inner {
+            lines: Mutex::new(Lines {
                 pending: Vec::with_capacity(LIMIT),
                 since: None,
-                sink,
+                spare: Vec::with_capacity(LIMIT),
             }),
+            sink: Mutex::new(sink),
         }
     }
 
@@ -79,65 +90,92 @@ impl<W: Write> Batch<W> {
         gather: bool,
         now: impl FnOnce() -> Instant,
     ) -> io::Result<Taken> {
-        let mut inner = self.lock();
-        let first = inner.since.is_none();
-        if first {
-            inner.since = Some(now());
+        {
+            let mut lines = lock(&self.lines);
+            let first = lines.since.is_none();
+            if first {
+                lines.since = Some(now());
+            }
+            lines.pending.extend_from_slice(line);
+            if gather && lines.pending.len() < LIMIT {
+                return Ok(if first { Taken::Started } else { Taken::Added });
+            }
         }
-        inner.pending.extend_from_slice(line);
-        if gather && inner.pending.len() < LIMIT {
-            return Ok(if first { Taken::Started } else { Taken::Added });
-        }
-        inner.write_pending().map(|()| Taken::Written)
+        // Written by this flush, or by one that took the batch after the line went in.
+        self.flush().map(|()| Taken::Written)
     }
 
     /// Whether any line is gathered.
     pub fn is_pending(&self) -> bool {
-        self.lock().since.is_some()
+        lock(&self.lines).since.is_some()
     }
 
     /// Writes everything gathered.
     pub fn flush(&self) -> io::Result<()> {
-        self.lock().write_pending()
+        let mut sink = lock(&self.sink);
+        self.write_taken(&mut sink, |_| true)
+    }
+
+    /// Writes everything gathered, unless another thread is writing right now.
+    pub fn flush_unless_busy(&self) -> io::Result<()> {
+        let mut sink = match self.sink.try_lock() {
+            Ok(sink) => sink,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Ok(()),
+        };
+        self.write_taken(&mut sink, |_| true)
     }
 
     /// Writes everything gathered if its oldest line is [`MAX_DELAY`] old by `now`.
     pub fn flush_aged(&self, now: Instant) -> io::Result<()> {
-        let mut inner = self.lock();
-        match inner.since {
-            Some(since) if now.duration_since(since) >= MAX_DELAY => inner.write_pending(),
-            _ => Ok(()),
-        }
+        let mut sink = lock(&self.sink);
+        self.write_taken(&mut sink, |since| now.duration_since(since) >= MAX_DELAY)
     }
 
-    /// Writes everything gathered unless another thread holds the lines right now (a panic
-    /// hook must not wait, nor lock twice).
+    /// Writes everything gathered unless another thread holds the lines or the sink right now
+    /// (a panic hook must not wait, nor lock twice).
     pub fn try_flush(&self) -> io::Result<()> {
-        match self.inner.try_lock() {
-            Ok(mut inner) => inner.write_pending(),
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().write_pending(),
-            Err(std::sync::TryLockError::WouldBlock) => Ok(()),
-        }
+        let mut sink = match self.sink.try_lock() {
+            Ok(sink) => sink,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Ok(()),
+        };
+        let mut lines = match self.lines.try_lock() {
+            Ok(lines) => lines,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => return Ok(()),
+        };
+        lines.since = None;
+        let written = sink.write_all(&lines.pending);
+        lines.pending.clear();
+        written
     }
 
-    /// The lock, also after a thread panicked holding it: the bytes are still lines.
-    fn lock(&self) -> MutexGuard<'_, Inner<W>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    /// Takes the batch out (if `due` says so of its oldest line's time) and writes it to
+    /// `sink`, whose lock the caller holds.
+    fn write_taken(&self, sink: &mut W, due: impl FnOnce(Instant) -> bool) -> io::Result<()> {
+        let mut batch = {
+            let mut lines = lock(&self.lines);
+            match lines.since {
+                Some(since) if due(since) => {}
+                _ => return Ok(()),
+            }
+            lines.since = None;
+            let spare = std::mem::take(&mut lines.spare);
+            std::mem::replace(&mut lines.pending, spare)
+        };
+        let written = sink.write_all(&batch);
+        // A line that could not be written is dropped rather than retried forever; the
+        // buffer goes back, keeping its capacity.
+        batch.clear();
+        lock(&self.lines).spare = batch;
+        written
     }
 }
 
-impl<W: Write> Inner<W> {
-    fn write_pending(&mut self) -> io::Result<()> {
-        self.since = None;
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let written = self.sink.write_all(&self.pending);
-        // A line that could not be written is dropped rather than retried forever; the
-        // buffer keeps its capacity.
-        self.pending.clear();
-        written
-    }
+/// A lock, also after a thread panicked holding it: the bytes are still lines.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Marks the calling thread as a runtime worker about to wait for work: from now on its lines
@@ -255,6 +293,70 @@ mod tests {
         batch.line(b"b\n", true, || t0).unwrap();
         batch.try_flush().unwrap();
         assert_eq!(sink.writes(), ["a\n", "b\n"]);
+    }
+
+    /// A sink whose `write` says it has begun, then waits to be let through.
+    struct Gate {
+        entered: std::sync::mpsc::Sender<()>,
+        release: std::sync::mpsc::Receiver<()>,
+        writes: Sink,
+    }
+
+    impl Write for Gate {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.entered.send(()).unwrap();
+            self.release.recv().unwrap();
+            self.writes.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_worker_neither_adds_a_line_nor_waits_for_work_behind_another_threads_write() {
+        use std::sync::mpsc::channel;
+        use std::sync::Arc;
+        let (entered, entered_rx) = channel();
+        let (release_tx, release) = channel();
+        let writes = Sink::default();
+        let batch = Arc::new(Batch::new(Gate {
+            entered,
+            release,
+            writes: writes.clone(),
+        }));
+        let t0 = Instant::now();
+        batch.line(b"a\n", true, || t0).unwrap();
+        let writer = {
+            let batch = batch.clone();
+            std::thread::spawn(move || batch.flush().unwrap())
+        };
+        entered_rx.recv().unwrap();
+        // The writer is inside `write`, holding the sink. Adding a line must not wait for it
+        // (it would wait forever here: the write is let through only after).
+        let (added_tx, added) = channel();
+        let adder = {
+            let batch = batch.clone();
+            std::thread::spawn(move || added_tx.send(batch.line(b"b\n", true, || t0).unwrap()))
+        };
+        let taken = added.recv_timeout(Duration::from_secs(30));
+        // A worker about to wait does not wait for the write either; its line stays gathered.
+        let (skipped_tx, skipped) = channel();
+        let parker = {
+            let batch = batch.clone();
+            std::thread::spawn(move || skipped_tx.send(batch.flush_unless_busy().is_ok()))
+        };
+        let skipped = skipped.recv_timeout(Duration::from_secs(30));
+        release_tx.send(()).unwrap();
+        writer.join().unwrap();
+        adder.join().unwrap().ok();
+        parker.join().unwrap().ok();
+        assert_eq!(taken, Ok(Taken::Started), "the line waited for the write");
+        assert_eq!(skipped, Ok(true), "the worker's flush waited for the write");
+        assert!(batch.is_pending());
+        release_tx.send(()).unwrap();
+        batch.flush().unwrap();
+        assert_eq!(writes.writes(), ["a\n", "b\n"], "batches keep their order");
     }
 
     #[test]

@@ -56,10 +56,15 @@ pub fn init(format: LogFormat) {
 }
 
 /// For Tokio's `on_thread_park`: the calling worker is about to wait for work, so its lines
-/// are gathered from now on and everything gathered is written now.
+/// are gathered from now on and everything gathered is written now, unless another thread is
+/// writing at this moment: then the worker does not wait for it (lines that thread did not
+/// take started a batch, which the age check writes within `MAX_DELAY` if no one else does).
 pub fn worker_waits() {
     batch::worker_waits();
-    flush();
+    if let Some(lines) = LINES.get() {
+        // Standard error cannot be written: there is nowhere to say so.
+        let _ = lines.flush_unless_busy();
+    }
 }
 
 /// Writes every gathered line (a worker's stop, the end of `main`).
