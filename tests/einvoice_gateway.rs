@@ -239,6 +239,25 @@ async fn caller_errors_get_problems_and_never_reach_the_upstream() {
     expect_problem(res, 400, "body_invalid").await;
     assert_eq!(sim.counters().await["requests"], 0);
 
+    // JSON in form but not UTF-8 inside a string (a Latin-1 "é"): refused too, not encrypted
+    // and sent.
+    let res = gw
+        .request(Method::POST, "/eicore/v1.03/Invoice")
+        .header("content-type", "application/json")
+        .body(b"{\"DocDtls\": {\"No\": \"caf\xe9/1\"}}".to_vec())
+        .send()
+        .await
+        .unwrap();
+    let problem = expect_problem(res, 400, "body_invalid").await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("UTF-8"),
+        "{problem}"
+    );
+    assert_eq!(sim.counters().await["requests"], 0);
+
     // Still serving.
     assert_eq!(gw.generate(GSTIN, "OK/1").await.status(), 200);
 }
