@@ -166,8 +166,9 @@ impl<W: Write> Batch<W> {
         };
         let written = sink.write_all(&batch);
         // A line that could not be written is dropped rather than retried forever; the
-        // buffer goes back, keeping its capacity.
+        // buffer goes back, keeping its capacity unless one huge line had grown it.
         batch.clear();
+        batch.shrink_to(LIMIT);
         lock(&self.lines).spare = batch;
         written
     }

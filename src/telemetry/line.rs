@@ -42,9 +42,12 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
+        // The compact format names the event's parent span, or else the current one, even
+        // for an event marked as having none: the direct path is for events with neither.
         let direct = !writer.has_ansi_escapes()
             && meta.target().starts_with("gstgate")
-            && ctx.event_scope().is_none();
+            && event.parent().is_none()
+            && ctx.lookup_current().is_none();
         if !direct {
             return self.compact.format_event(ctx, writer, event);
         }
@@ -142,9 +145,12 @@ mod tests {
         tracing::debug!(target: "gstgate::x", "debugging");
         tracing::trace!(target: "gstgate::x", n = 1u64, "tracing");
         tracing::info!(target: "hyper::client", "another crate's");
+        let outer = tracing::info_span!("outer", n = 1u64);
+        tracing::info!(target: "gstgate::access", parent: &outer, "an explicit parent");
         let span = tracing::info_span!("serving", request_id = "abc");
         let _entered = span.enter();
         tracing::info!(target: "gstgate::access", "in a span");
+        tracing::info!(target: "gstgate::access", parent: None, "no parent, in a span");
     }
 
     fn render(frame: bool) -> Vec<String> {
@@ -183,7 +189,7 @@ mod tests {
     #[test]
     fn lines_are_byte_for_byte_the_compact_formats() {
         let compact = render(false);
-        assert_eq!(compact.len(), 7, "{compact:?}");
+        assert_eq!(compact.len(), 9, "{compact:?}");
         assert_eq!(
             compact[0],
             "  INFO gstgate::access: request request_id=\"3f2a\" status=200"

@@ -58,12 +58,17 @@ pub fn init(format: LogFormat) {
 /// For Tokio's `on_thread_park`: the calling worker is about to wait for work, so its lines
 /// are gathered from now on and everything gathered is written now, unless another thread is
 /// writing at this moment: then the worker does not wait for it (lines that thread did not
-/// take started a batch, which the age check writes within `MAX_DELAY` if no one else does).
+/// take started a batch, which the age check writes within twice `MAX_DELAY` if no one else
+/// does; without the age check's thread the worker waits).
 pub fn worker_waits() {
     batch::worker_waits();
     if let Some(lines) = LINES.get() {
         // Standard error cannot be written: there is nowhere to say so.
-        let _ = lines.flush_unless_busy();
+        let _ = if AGE_CHECK.get().is_some() {
+            lines.flush_unless_busy()
+        } else {
+            lines.flush()
+        };
     }
 }
 
