@@ -386,10 +386,8 @@ fn tame(text: String, max: usize) -> String {
     let mut out = String::with_capacity(text.len().min(max));
     let mut utf8 = [0u8; 4];
     for c in text.chars() {
-        let invisible = c.is_control()
-            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}');
         let escaped;
-        let piece: &str = if invisible {
+        let piece: &str = if invisible(c) {
             escaped = format!("\\u{{{:x}}}", u32::from(c));
             &escaped
         } else {
@@ -402,6 +400,17 @@ fn tame(text: String, max: usize) -> String {
         out.push_str(piece);
     }
     out
+}
+
+/// Whether `c` could end a line, move the cursor, reorder what a reader sees or hide text:
+/// control characters, zero-width and joiner characters, bidirectional marks, embeddings and
+/// isolates, the line and paragraph separators, the soft hyphen, the byte order mark and the
+/// tag characters.
+fn invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}' | '\u{E0000}'..='\u{E007F}')
 }
 
 /// The verdict on a reply that is not JSON: only the HTTP status says anything.
@@ -429,7 +438,7 @@ mod tests {
     #[test]
     fn hostile_upstream_error_text_is_escaped_and_capped() {
         let hostile = format!(
-            "bad\r\nlevel=INFO forged\u{1b}[31m red \u{202e}txet\u{2028}{}",
+            "bad\r\nlevel=INFO forged\u{1b}[31m red \u{202e}txet\u{2028}\u{61c}\u{ad}\u{2060}\u{e0041}{}",
             "x".repeat(8 << 20)
         );
         let code = format!("1008\n{}", "9".repeat(1000));
@@ -456,12 +465,17 @@ mod tests {
                     "{}",
                     text.len()
                 );
-                assert!(
-                    !text
-                        .chars()
-                        .any(|c| c.is_control() || ('\u{2028}'..='\u{202e}').contains(&c)),
-                    "{text:?}"
-                );
+                assert!(!text.chars().any(char::is_control), "{text:?}");
+                for c in [
+                    '\u{202e}',
+                    '\u{2028}',
+                    '\u{61c}',
+                    '\u{ad}',
+                    '\u{2060}',
+                    '\u{e0041}',
+                ] {
+                    assert!(!text.contains(c), "{c:?} kept in {text:?}");
+                }
             }
             if let Some(m) = &verdict.message {
                 assert!(
