@@ -277,7 +277,8 @@ impl Proxy {
             error,
             cause = cause.as_deref(),
             retries = outcome.retries,
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            // To the microsecond: the log writes such a number without the float formatter.
+            latency_ms = elapsed.as_micros() as f64 / 1000.0,
             "request"
         );
         Ok(res)
