@@ -85,6 +85,51 @@ fn strings_longer_than_a_step_are_scanned_to_their_end() {
     }
 }
 
+/// Short strings take a word-at-a-time path of their own: every length up to three words,
+/// with a quote, an escape, a control, DEL, valid and invalid UTF-8 at every position, as a
+/// name and as a value, at the text's end and before more text, judged as serde_json judges
+/// them.
+#[test]
+fn short_strings_are_judged_as_serde_json_judges_them() {
+    let odd: [&[u8]; 8] = [
+        b"\"",
+        b"\\n",
+        b"\x1f",
+        b"\x7f",
+        "\u{e9}".as_bytes(),
+        b"\xff",
+        b"\x80",
+        b"\xe2\x9c",
+    ];
+    let mut checked = 0;
+    for len in 0..=24 {
+        for at in 0..=len {
+            for bytes in odd {
+                let mut inner = vec![b'a'; len];
+                inner.splice(at..at.min(len).max(at), bytes.iter().copied());
+                let string = [b"\"".as_slice(), &inner, b"\""].concat();
+                for (before, after) in [
+                    (b"".as_slice(), b"".as_slice()),
+                    (b"[", b"]"),
+                    (b"{\"k\":", b", \"next\": [1, 2, 3]}"),
+                    (b"{", b": true}"),
+                ] {
+                    let text = [before, &string, after].concat();
+                    let serde = serde_json::from_slice::<serde_json::Value>(&text).is_ok();
+                    assert_eq!(
+                        validate(&text).is_ok(),
+                        serde,
+                        "{}",
+                        String::from_utf8_lossy(&text)
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 10_000);
+}
+
 #[test]
 fn deep_nesting_is_checked_without_recursion() {
     for depth in [127, 128, 129, 300, 100_000] {
