@@ -11,7 +11,8 @@
 //! - `sealed_roundtrip`: a sealed reply built with the crypto helpers opens to exactly its
 //!   payload; changing any one byte of its `rek`, `data` or `hmac` makes it fail, and changing
 //!   any byte elsewhere never yields different data.
-//! - `crypto`: the decoders upstream bytes reach — [`b64_decode`], [`AesKey::decrypt_b64`],
+//! - `crypto`: the decoders upstream bytes reach — [`b64_decode`] (which must accept and
+//!   refuse exactly what the `base64` crate's standard engine does), [`AesKey::decrypt_b64`],
 //!   [`AesKey::unwrap_key`], [`AesKey::verify_hmac_b64`], [`PublicKey::from_pem_or_cert`].
 //! - `config`: [`Config::parse`] and [`interpolate`] on hostile TOML: huge durations and
 //!   integers, broken `${VAR}` forms, unicode, NULs. Interpolation reads the environment; the
@@ -79,6 +80,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 use gstgate::config::{self, interpolate, Config, ConfigError};
 use gstgate::crypto::{b64_decode, b64_encode, AesKey, PublicKey};
 use gstgate::json;
@@ -1654,6 +1657,11 @@ fn check_crypto(case: &CryptoCase) -> Result<(), TestCaseError> {
     } else {
         "not base64"
     });
+    // The vector engine accepts and refuses exactly what the scalar `base64` crate's standard
+    // engine (which it replaced) does, and encodes the same text.
+    let scalar = STANDARD.decode(text.trim()).ok();
+    prop_assert_eq!(decoded.as_ref().ok(), scalar.as_ref());
+    prop_assert_eq!(b64_encode(&bytes), STANDARD.encode(&bytes));
     if let Ok(d) = &decoded {
         // Standard base64 decodes canonical text only: encoding gives the text back.
         prop_assert_eq!(b64_encode(d), text.trim().to_owned());
@@ -1729,6 +1737,9 @@ fn crypto() {
         2 => der_mutated(&files).prop_map(CryptoInput::Bytes),
         1 => "[A-Za-z0-9+/=\\-_ \\n\\t]{0,120}".prop_map(|s| CryptoInput::Bytes(Bytes(s.into_bytes()))),
         1 => vec(any::<u8>(), 0..200).prop_map(|b| CryptoInput::Bytes(Bytes(b))),
+        // Long enough for every block size of the vector code, and its tail.
+        1 => (vec(any::<u8>(), 0..700), vec(mutation(), 0..3))
+            .prop_map(|(plain, m)| CryptoInput::Cipher(Bytes(plain), m)),
         2 => (vec(any::<u8>(), 0..64), vec(mutation(), 0..4))
             .prop_map(|(plain, m)| CryptoInput::Cipher(Bytes(plain), m)),
     ];
