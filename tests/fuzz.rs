@@ -793,6 +793,17 @@ fn check_scanner(body: &[u8]) -> Result<(), TestCaseError> {
         "Envelope::parse disagrees with serde_json"
     );
     if let (Ok(ours), Some(theirs)) = (json::members(body), theirs) {
+        for m in &ours {
+            // `plain`: a string whose text is exactly the bytes between its quotes.
+            let decoded = serde_json::from_slice::<String>(m.value).ok();
+            let inner = m.value.get(1..m.value.len().saturating_sub(1));
+            let exact = matches!((&decoded, inner), (Some(d), Some(i)) if d.as_bytes() == i);
+            prop_assert!(!m.plain || exact, "a plain member is not its own text");
+            prop_assert!(
+                m.plain || !exact || m.value.contains(&b'\\'),
+                "a string without escape is not marked plain"
+            );
+        }
         let ours: Vec<(String, Vec<u8>)> = ours
             .iter()
             .map(|m| {

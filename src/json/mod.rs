@@ -80,6 +80,9 @@ pub struct Member<'a> {
     pub escaped: bool,
     /// The value, from its first byte to its last (no surrounding whitespace).
     pub value: &'a [u8],
+    /// Whether the value is a string holding no escape: the bytes between its quotes are then
+    /// its text (already checked).
+    pub plain: bool,
 }
 
 /// Checks that `text` is one JSON value, with only whitespace around it.
@@ -118,13 +121,23 @@ pub fn members(text: &[u8]) -> Result<Vec<Member<'_>>, Error> {
             let name = std::str::from_utf8(&scan.text[start..scan.at - 1])
                 .map_err(|_| scan.error("invalid UTF-8"))?;
             scan.colon()?;
-            scan.whitespace();
+            let next = scan.whitespace();
             let from = scan.at;
-            scan.value()?;
+            let plain = match next {
+                Some(b'"') => {
+                    scan.at += 1;
+                    !scan.string()?
+                }
+                _ => {
+                    scan.value()?;
+                    false
+                }
+            };
             members.push(Member {
                 name,
                 escaped,
                 value: &scan.text[from..scan.at],
+                plain,
             });
             match scan.whitespace() {
                 Some(b',') => {

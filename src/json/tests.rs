@@ -144,7 +144,7 @@ fn deep_nesting_is_checked_without_recursion() {
 
 #[test]
 fn members_are_read_in_order_with_their_raw_text() {
-    let text = br#" { "Status" : 1 , "Data":{"a": [1]},"N\u0061me":"x" } "#;
+    let text = br#" { "Status" : 1 , "Data":{"a": [1]},"N\u0061me":"x", "e": "a\/b" } "#;
     let got = members(text).unwrap();
     assert_eq!(
         got,
@@ -152,17 +152,26 @@ fn members_are_read_in_order_with_their_raw_text() {
             Member {
                 name: "Status",
                 escaped: false,
-                value: b"1"
+                value: b"1",
+                plain: false,
             },
             Member {
                 name: "Data",
                 escaped: false,
-                value: br#"{"a": [1]}"#
+                value: br#"{"a": [1]}"#,
+                plain: false,
             },
             Member {
                 name: r"N\u0061me",
                 escaped: true,
-                value: b"\"x\""
+                value: b"\"x\"",
+                plain: true,
+            },
+            Member {
+                name: "e",
+                escaped: false,
+                value: br#""a\/b""#,
+                plain: false,
             },
         ]
     );

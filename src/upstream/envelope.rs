@@ -15,7 +15,15 @@ use crate::json::{self, Json};
 /// copied only when it holds an escape). Values stay bytes (checked UTF-8): the largest,
 /// `Data`, goes back to the caller without a second look.
 pub struct Envelope<'a> {
-    members: Vec<(Cow<'a, str>, Cow<'a, [u8]>)>,
+    members: Vec<Entry<'a>>,
+}
+
+/// One member: its name (decoded), its value's JSON text, and whether that is a string
+/// holding no escape (from the scan, so that reading it needs no second look for one).
+struct Entry<'a> {
+    name: Cow<'a, str>,
+    value: Cow<'a, [u8]>,
+    plain: bool,
 }
 
 impl<'a> Envelope<'a> {
@@ -30,7 +38,11 @@ impl<'a> Envelope<'a> {
             } else {
                 Cow::Borrowed(m.name)
             };
-            out.push((name, Cow::Borrowed(m.value)));
+            out.push(Entry {
+                name,
+                value: Cow::Borrowed(m.value),
+                plain: m.plain,
+            });
         }
         Some(Envelope { members: out })
     }
@@ -41,10 +53,11 @@ impl<'a> Envelope<'a> {
     }
 
     fn raw_bytes(&self, key: &str) -> Option<&[u8]> {
-        self.members
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_ref())
+        self.entry(key).map(|e| e.value.as_ref())
+    }
+
+    fn entry(&self, key: &str) -> Option<&Entry<'a>> {
+        self.members.iter().find(|e| e.name == key)
     }
 
     /// The member named `key`, deserialised; `None` when absent or of another shape.
@@ -54,13 +67,16 @@ impl<'a> Envelope<'a> {
 
     /// The string member named `key`, borrowed from the body when it holds no escape (base64
     /// never does), else decoded; `None` when absent or not a string. A reply's `Data` is its
-    /// largest member: read this way it is neither copied nor scanned a second time.
+    /// largest member: read this way it is not copied, and the scan already told whether it
+    /// holds an escape.
     pub fn str(&self, key: &str) -> Option<Cow<'_, str>> {
-        let raw = self.raw_bytes(key)?;
-        match raw.strip_prefix(b"\"").and_then(|r| r.strip_suffix(b"\"")) {
-            Some(inner) if !inner.contains(&b'\\') => {
-                std::str::from_utf8(inner).ok().map(Cow::Borrowed)
-            }
+        let entry = self.entry(key)?;
+        let inner = entry
+            .value
+            .strip_prefix(b"\"")
+            .and_then(|r| r.strip_suffix(b"\""));
+        match inner {
+            Some(inner) if entry.plain => std::str::from_utf8(inner).ok().map(Cow::Borrowed),
             _ => self.get::<String>(key).map(Cow::Owned),
         }
     }
@@ -81,15 +97,23 @@ impl<'a> Envelope<'a> {
     /// Replaces the value of `key` (or appends it).
     pub fn set(&mut self, key: &str, value: impl Into<Json>) {
         let value = Cow::Owned(value.into().into_string().into_bytes());
-        match self.members.iter_mut().find(|(k, _)| k == key) {
-            Some((_, v)) => *v = value,
-            None => self.members.push((Cow::Owned(key.to_owned()), value)),
+        // Not known to be a plain string: read through serde_json if ever read back.
+        match self.members.iter_mut().find(|e| e.name == key) {
+            Some(e) => {
+                e.value = value;
+                e.plain = false;
+            }
+            None => self.members.push(Entry {
+                name: Cow::Owned(key.to_owned()),
+                value,
+                plain: false,
+            }),
         }
     }
 
     /// Removes every member named `key`.
     pub fn remove(&mut self, key: &str) {
-        self.members.retain(|(k, _)| k != key);
+        self.members.retain(|e| e.name != key);
     }
 
     /// The envelope as JSON bytes.
@@ -97,18 +121,18 @@ impl<'a> Envelope<'a> {
         let size = self
             .members
             .iter()
-            .map(|(k, v)| k.len() + v.len() + 4)
+            .map(|e| e.name.len() + e.value.len() + 4)
             .sum::<usize>();
         let mut out = Vec::with_capacity(size + 2);
         out.push(b'{');
-        for (i, (k, v)) in self.members.iter().enumerate() {
+        for (i, e) in self.members.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
             // Writing a string into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut out, k);
+            let _ = serde_json::to_writer(&mut out, &e.name);
             out.push(b':');
-            out.extend_from_slice(v);
+            out.extend_from_slice(&e.value);
         }
         out.push(b'}');
         out
