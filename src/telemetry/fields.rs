@@ -87,16 +87,7 @@ impl FieldVisitor<'_> {
             });
         }
         let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut rest = magnitude;
-        loop {
-            at -= 1;
-            digits[at] = b'0' + (rest % 10) as u8;
-            rest /= 10;
-            if rest == 0 {
-                break;
-            }
-        }
+        let at = decimal_before(&mut digits, 20, magnitude);
         self.result = self.name(field).and_then(|()| {
             if negative {
                 self.writer.write_char('-')?;
@@ -140,16 +131,23 @@ fn thousandths(value: f64, text: &mut [u8; 24]) -> Option<&str> {
     }
     at -= 1;
     text[at] = b'.';
-    let mut rest = int;
+    let at = decimal_before(text, at, int);
+    std::str::from_utf8(&text[at..]).ok()
+}
+
+/// Writes `n`'s decimal digits into `buf` so that they end just before `end`; where they
+/// start. `buf` must have room: 20 bytes for any `u64`.
+fn decimal_before(buf: &mut [u8], end: usize, n: u64) -> usize {
+    let mut at = end;
+    let mut rest = n;
     loop {
         at -= 1;
-        text[at] = b'0' + (rest % 10) as u8;
+        buf[at] = b'0' + (rest % 10) as u8;
         rest /= 10;
         if rest == 0 {
-            break;
+            return at;
         }
     }
-    std::str::from_utf8(&text[at..]).ok()
 }
 
 /// Whether `value`'s `Debug` form is `value` in quotes: printable ASCII, no `"` or `\`.
