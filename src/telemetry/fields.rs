@@ -317,8 +317,8 @@ pub(super) mod tests {
         assert_eq!(render(true, false), default);
     }
 
-    /// Every whole number of thousandths up to 10 s, and a spread of them up to 10⁹, written
-    /// as `Debug` writes them; other floats are refused.
+    /// Every seventh thousandth up to 10 s, and two million spread up to 10⁹, written as
+    /// `Debug` writes them; other floats are refused.
     #[test]
     fn thousandths_are_written_as_debug_writes_them() {
         let mut checked = 0;
@@ -337,6 +337,9 @@ pub(super) mod tests {
             -1.0,
             0.1 + 0.2,
             0.0005,
+            1.0005,
+            999_999_999.999_5,
+            5e-324,
             1e9,
             1e20,
             f64::NAN,
