@@ -343,6 +343,35 @@ async fn a_drop_in_token_is_bound_to_its_client_and_gstin() {
     );
 }
 
+/// gstgate's base64 decoder is vector code now; an `AppKey` spelled in base64 that is not
+/// canonical (trailing bits set) is still refused as no AppKey, while the canonical spelling
+/// of the same 32 bytes logs in.
+#[tokio::test]
+async fn a_non_canonical_base64_app_key_is_refused() {
+    use common::spec_client::crypto::public_key_from_pem;
+    let (_sim, gw) = rig(4).await;
+    let config = dropin_client_config(&gw);
+    let client = EinvoiceClient::new(dropin_client_config(&gw)).unwrap();
+    let ours = public_key_from_pem(&common::dropin_public_pem()).unwrap();
+    let payload = |app_key: String| {
+        json!({
+            "UserName": config.username,
+            "Password": config.password,
+            "AppKey": app_key,
+            "ForceRefreshAccessToken": false,
+        })
+    };
+    let canonical = client
+        .login_raw(&payload(format!("{}=", "A".repeat(43))), &ours)
+        .await;
+    assert!(canonical.is_ok(), "{canonical:?}");
+    let loose = client
+        .login_raw(&payload(format!("{}B=", "A".repeat(42))), &ours)
+        .await
+        .unwrap_err();
+    assert_eq!(loose.codes(), ["1016"], "{loose:?}");
+}
+
 /// The login answer never tells whether gstgate's RSA padding held (no padding oracle): a
 /// payload under another key and a payload under gstgate's key that decrypts to garbage get
 /// the same code.
