@@ -262,25 +262,23 @@ impl Proxy {
                 upstream: upstream.clone().into(),
             })
             .observe(elapsed.as_secs_f64());
-        tracing::info!(
-            target: "gstgate::access",
-            request_id = &*request_id,
-            client = outcome.client.as_deref(),
-            upstream = &*upstream,
-            gstin = outcome.gstin.as_ref().map(Gstin::as_str),
-            method = method.as_str(),
-            path = &*loggable_path(uri.path()),
+        crate::telemetry::Access {
+            request_id: &request_id,
+            client: outcome.client.as_deref(),
+            upstream: &upstream,
+            gstin: outcome.gstin.as_ref().map(Gstin::as_str),
+            method: method.as_str(),
+            path: &loggable_path(uri.path()),
             status,
-            target = outcome.target.as_deref(),
-            upstream_status = outcome.upstream_status,
-            upstream_code = outcome.upstream_code.as_deref(),
+            target: outcome.target.as_deref(),
+            upstream_status: outcome.upstream_status,
+            upstream_code: outcome.upstream_code.as_deref(),
             error,
-            cause = cause.as_deref(),
-            retries = outcome.retries,
-            // To the microsecond: the log writes such a number without the float formatter.
-            latency_ms = elapsed.as_micros() as f64 / 1000.0,
-            "request"
-        );
+            cause: cause.as_deref(),
+            retries: outcome.retries,
+            latency: elapsed,
+        }
+        .log();
         Ok(res)
     }
 

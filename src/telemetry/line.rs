@@ -80,19 +80,25 @@ fn level(level: &Level) -> &'static str {
 
 /// `.` and six digits of microseconds, then `Z`.
 fn write_micros(writer: &mut Writer<'_>, micros: u32) -> fmt::Result {
+    let text = micros_text(micros);
+    // Only ASCII was written into it.
+    writer.write_str(std::str::from_utf8(&text).unwrap_or_default())
+}
+
+/// `.` and six digits of `micros` (below a million), then `Z`.
+fn micros_text(micros: u32) -> [u8; 8] {
     let mut text = *b".000000Z";
     let mut rest = micros;
     for at in (1..7).rev() {
         text[at] = b'0' + (rest % 10) as u8;
         rest /= 10;
     }
-    // Only ASCII was written into it.
-    writer.write_str(std::str::from_utf8(&text).unwrap_or_default())
+    text
 }
 
 /// A second since the epoch and its text, `YYYY-MM-DDTHH:MM:SS`.
 #[derive(Clone, Copy)]
-struct Second {
+pub(super) struct Second {
     since_epoch: u64,
     text: [u8; 19],
 }
@@ -104,11 +110,12 @@ thread_local! {
 
 impl Second {
     /// The current second and microsecond; `None` outside years 1970 to 9999.
-    fn now() -> Option<(Second, u32)> {
+    pub(super) fn now() -> Option<(Second, u32)> {
         Self::at(SystemTime::now())
     }
 
-    fn at(time: SystemTime) -> Option<(Second, u32)> {
+    /// The second and microsecond of `time`; `None` outside years 1970 to 9999.
+    pub(super) fn at(time: SystemTime) -> Option<(Second, u32)> {
         let since = time.duration_since(UNIX_EPOCH).ok()?;
         let micros = since.subsec_micros();
         let since_epoch = since.as_secs();
@@ -127,6 +134,12 @@ impl Second {
     fn text(&self) -> &str {
         // Only ASCII was written into it.
         std::str::from_utf8(&self.text).unwrap_or_default()
+    }
+
+    /// Appends the time as a line starts with it: this second, `micros`, `Z`.
+    pub(super) fn write(&self, out: &mut Vec<u8>, micros: u32) {
+        out.extend_from_slice(&self.text);
+        out.extend_from_slice(&micros_text(micros));
     }
 }
 

@@ -5,9 +5,12 @@
 //! passwords and client secrets live in `secrecy` types or sensitive `HeaderValue`s, and the
 //! access log names only the client, GSTIN, path, statuses and codes.
 
+mod access;
 mod batch;
 mod fields;
 mod line;
+
+pub use access::Access;
 
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,13 +39,14 @@ pub fn init(format: LogFormat) {
         watch_lines();
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour escapes are noise in a file or a collector's pipe, and rendering them was
+    // ≈ 8 % of the CPU gstgate spends on a proxied request (BENCHMARKS.md).
+    let ansi = std::io::stderr().is_terminal();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(|| Line)
-        // Colour escapes are noise in a file or a collector's pipe, and rendering them was
-        // ≈ 8 % of the CPU gstgate spends on a proxied request (BENCHMARKS.md).
-        .with_ansi(std::io::stderr().is_terminal());
-    let _ = match format {
+        .with_ansi(ansi);
+    let installed = match format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
@@ -53,6 +57,10 @@ pub fn init(format: LogFormat) {
             .fmt_fields(fields::Fields)
             .try_init(),
     };
+    // Only lines this subscriber would write human-readable and plain are written directly.
+    if installed.is_ok() {
+        access::set_direct(format == LogFormat::Pretty && !ansi);
+    }
 }
 
 /// For Tokio's `on_thread_park`: the calling worker is about to wait for work, so its lines
@@ -132,19 +140,25 @@ fn age_check() {
 /// One log line on its way to standard error; the formatter writes each line in one call.
 struct Line;
 
-impl Write for Line {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match LINES.get() {
-            Some(lines) => {
-                let taken = lines.line(buf, batch::gathers(), Instant::now)?;
-                if taken == Taken::Started && AGE_CHECK_PARKED.swap(false, Ordering::SeqCst) {
-                    if let Some(thread) = AGE_CHECK.get() {
-                        thread.unpark();
-                    }
+/// Gathers or writes one whole line.
+fn write_line(line: &[u8]) -> io::Result<()> {
+    match LINES.get() {
+        Some(lines) => {
+            let taken = lines.line(line, batch::gathers(), Instant::now)?;
+            if taken == Taken::Started && AGE_CHECK_PARKED.swap(false, Ordering::SeqCst) {
+                if let Some(thread) = AGE_CHECK.get() {
+                    thread.unpark();
                 }
             }
-            None => io::stderr().write_all(buf)?,
+            Ok(())
         }
+        None => io::stderr().write_all(line),
+    }
+}
+
+impl Write for Line {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        write_line(buf)?;
         Ok(buf.len())
     }
 
