@@ -294,7 +294,7 @@ fn first_value<'h>(headers: &'h HeaderMap, names: &[&str]) -> Option<&'h str> {
 
 /// The caller's API key from `x-api-key`, else from `Authorization: Bearer`.
 fn api_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(v) = headers.get("x-api-key") {
+    if let Some(v) = headers.get(&crate::request::API_KEY) {
         return v.to_str().ok().map(str::trim).filter(|k| !k.is_empty());
     }
     let auth = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;

@@ -11,6 +11,16 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 /// The `x-request-id` header.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The caller's `gstin` header: the taxpayer a call is for. Looked up by name rather than by
+/// text, which `HeaderMap` would check and hash anew for every request.
+pub static GSTIN: HeaderName = HeaderName::from_static("gstin");
+
+/// The caller's `user_name` header: which of the taxpayer's API users, when several.
+pub static USER_NAME: HeaderName = HeaderName::from_static("user_name");
+
+/// The caller's `x-api-key` header.
+pub static API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
 tokio::task_local! {
     /// The id of the caller's request being served, for the logs of work it causes (a login
     /// runs in a task of its own, which carries it on).

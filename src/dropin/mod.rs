@@ -145,7 +145,7 @@ fn client_refusal(r: ClientRefusal) -> Refusal {
 /// The GSTIN header of a drop-in call.
 fn gstin_header(headers: &HeaderMap) -> Result<Gstin, Refusal> {
     let raw = headers
-        .get("gstin")
+        .get(&crate::request::GSTIN)
         .and_then(|v| v.to_str().ok())
         .map(str::trim)
         .filter(|v| !v.is_empty())

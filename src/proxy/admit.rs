@@ -15,7 +15,7 @@ use crate::config::ChecksumPolicy;
 use crate::gstin::Gstin;
 use crate::path::CallerPath;
 use crate::problem::GatewayError;
-use crate::request::head_len;
+use crate::request::{head_len, GSTIN, USER_NAME};
 use crate::session::Slot;
 use crate::upstream::Upstream;
 
@@ -115,7 +115,7 @@ impl Proxy {
         outcome: &mut Outcome,
     ) -> Result<Arc<Slot>, GatewayError> {
         let raw = headers
-            .get("gstin")
+            .get(&GSTIN)
             .ok_or(GatewayError::GstinMissing)?
             .to_str()
             .map_err(|_| GatewayError::GstinInvalid("not ASCII".into()))?;
@@ -133,7 +133,7 @@ impl Proxy {
             return Err(GatewayError::GstinNotAllowed(gstin.to_string()));
         }
         let user = headers
-            .get("user_name")
+            .get(&USER_NAME)
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
             .filter(|u| !u.is_empty());
