@@ -203,6 +203,38 @@ pub(crate) fn is_version(segment: &[u8]) -> bool {
 
 /// The decoded, validated form of a raw path (see the module doc for the rule).
 pub fn canonical(raw: &str) -> Result<String, PathError> {
+    if already_canonical(raw) {
+        return Ok(raw.to_owned());
+    }
+    decoded(raw)
+}
+
+/// Whether `raw` passes the rule as it is, with nothing to decode: what callers send. One
+/// pass over the bytes, where decoding segment by segment cost ≈ 60 instructions a byte;
+/// any path this does not pass is decoded and judged by [`decoded`], which also says why.
+fn already_canonical(raw: &str) -> bool {
+    let Some(rest) = raw.strip_prefix('/') else {
+        return false;
+    };
+    // The byte before the current one, `/` at a segment's start.
+    let mut before = b'/';
+    for &b in rest.as_bytes() {
+        if b == b'/' {
+            // An empty segment before a `/`, or one ending in a dot (dots only, too).
+            if before == b'/' || before == b'.' {
+                return false;
+            }
+        } else if !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+            return false;
+        }
+        before = b;
+    }
+    // The last segment may be empty (a trailing slash, or `/` alone), not end in a dot.
+    before != b'.'
+}
+
+/// [`canonical`]'s full reading: percent-decoded segment by segment, each checked.
+fn decoded(raw: &str) -> Result<String, PathError> {
     let rest = raw.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
     let mut out = String::with_capacity(raw.len());
     let mut segments = rest.split('/').enumerate().peekable();
@@ -356,6 +388,46 @@ mod tests {
         }
         // A multi-byte character is refused byte by byte, never split into a bad string.
         assert!(matches!(canonical("/é"), Err(PathError::Disallowed { .. })));
+    }
+
+    /// Every string up to six bytes over an alphabet of path bytes, escapes and refused
+    /// bytes: what passes as it is passes the full reading unchanged, and anything else gets
+    /// the full reading's answer.
+    #[test]
+    fn the_shortcut_agrees_with_the_full_reading() {
+        let alphabet = [
+            "/", ".", "a", "Z", "9", "-", "_", "%", "2F", "%2e", "\\", ";", " ", "\u{e9}",
+        ];
+        let mut texts = vec![String::new()];
+        let mut passed = 0;
+        for _ in 0..6 {
+            let mut longer = Vec::new();
+            for text in &texts {
+                for piece in alphabet {
+                    let text = format!("{text}{piece}");
+                    if already_canonical(&text) {
+                        assert_eq!(decoded(&text).as_deref(), Ok(text.as_str()), "{text:?}");
+                        passed += 1;
+                    }
+                    assert_eq!(canonical(&text), decoded(&text), "{text:?}");
+                    longer.push(text);
+                }
+            }
+            // Keep the search to strings that start like paths, and to a bounded number.
+            texts = longer
+                .into_iter()
+                .filter(|t| t.starts_with('/') && t.len() <= 7)
+                .collect();
+        }
+        assert!(passed > 10_000, "{passed}");
+        for refused in [
+            "/a/.", "/a/..", "/a./b", "//a", "/a//", "/.", "/a.", "a/b", "",
+        ] {
+            assert!(!already_canonical(refused), "{refused:?}");
+        }
+        for kept in ["/", "/a/", "/a.b/c", "/eicore/v1.03/Invoice", "/a_b-c/d"] {
+            assert!(already_canonical(kept), "{kept:?}");
+        }
     }
 
     #[test]
