@@ -390,11 +390,23 @@ mod tests {
         assert!(matches!(canonical("/é"), Err(PathError::Disallowed { .. })));
     }
 
-    /// Every string up to six bytes over an alphabet of path bytes, escapes and refused
-    /// bytes: what passes as it is passes the full reading unchanged, and anything else gets
-    /// the full reading's answer.
+    /// Every string of up to six pieces over path bytes, escapes and refused bytes, and every
+    /// ASCII byte and a few beyond at every position of real paths: what passes as it is
+    /// passes the full reading unchanged, and anything else gets the full reading's answer.
     #[test]
     fn the_shortcut_agrees_with_the_full_reading() {
+        for path in ["/eicore/v1.03/Invoice", "/a/b/", "/x"] {
+            for at in 0..=path.len() {
+                let bytes = (0u8..0x80)
+                    .map(char::from)
+                    .chain(['\u{e9}', '\u{2028}', '\u{ff0e}']);
+                for c in bytes {
+                    let mut text = path.to_owned();
+                    text.insert(at, c);
+                    assert_eq!(canonical(&text), decoded(&text), "{text:?}");
+                }
+            }
+        }
         let alphabet = [
             "/", ".", "a", "Z", "9", "-", "_", "%", "2F", "%2e", "\\", ";", " ", "\u{e9}",
         ];

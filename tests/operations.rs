@@ -285,6 +285,62 @@ async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_connections() {
     assert!(status.success(), "clean exit: {status:?}");
 }
 
+/// The text format writes the access line itself, not through `tracing`'s event: it must
+/// still be written exactly when `RUST_LOG` lets the event through, including directives
+/// that name fields or spans (which only the event itself can be matched against). Each
+/// gateway serves one request and stops; its whole output is read after it exited.
+#[tokio::test]
+async fn the_text_formats_access_line_follows_rust_log() {
+    let sim = Sim::start(SimOpts::default()).await;
+    for (rust_log, written) in [
+        ("info", true),
+        ("warn,gstgate::access=info", true),
+        ("warn", false),
+        ("info,gstgate::access=off", false),
+        ("info,gstgate::access=warn", false),
+        // Field and span directives: a `peer` field enables only the audit line; a `gstin`
+        // field enables the access line, which has one.
+        ("off,gstgate[{peer}]=info", false),
+        ("warn,gstgate[{trigger}]=info", false),
+        ("off,gstgate[{gstin}]=info", true),
+    ] {
+        let mut gw = Gateway::start(
+            &sim,
+            GwOpts {
+                log_format: "pretty",
+                rust_log,
+                ..GwOpts::default()
+            },
+        )
+        .await;
+        let res = gw.generate(GSTIN, &format!("LOG/{}", rust_log.len())).await;
+        assert_eq!(res.status(), 200, "{rust_log}");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &gw.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(gw.wait().await.success(), "{rust_log}");
+        gw.logs.wait_closed().await;
+        let text = gw.logs.text();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("gstgate::access"))
+            .collect();
+        if written {
+            assert_eq!(lines.len(), 1, "RUST_LOG={rust_log}:\n{text}");
+            assert!(
+                lines[0].contains("  INFO gstgate::access: request request_id=")
+                    && lines[0].contains(" status=200 "),
+                "RUST_LOG={rust_log}: {}",
+                lines[0]
+            );
+        } else {
+            assert!(lines.is_empty(), "RUST_LOG={rust_log}:\n{text}");
+        }
+    }
+}
+
 fn check_config(text: &str, env: &[(&str, &str)]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");

@@ -51,7 +51,7 @@ impl Proxy {
         client.admit_rate()?;
         outcome.gstin = parts
             .headers
-            .get("gstin")
+            .get(&crate::request::GSTIN)
             .and_then(|v| v.to_str().ok())
             .and_then(|g| crate::gstin::Gstin::parse(g.trim()).ok());
         let body = self.read_body(body).await?;
@@ -136,7 +136,7 @@ fn refused(
     let gstin = || {
         parts
             .headers
-            .get("gstin")
+            .get(&crate::request::GSTIN)
             .and_then(|v| v.to_str().ok())
             .map(|g| g.chars().take(15).collect())
             .unwrap_or_default()

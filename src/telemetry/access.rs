@@ -1,6 +1,7 @@
 //! The access line, one per proxied request: written straight into the log's batch in the
 //! human-readable format, byte for byte as the `tracing` event it stands for would be, and
-//! logged as that event otherwise (JSON lines, colours, a span around it).
+//! logged as that event otherwise (JSON lines, colours, a span around it, a `RUST_LOG`
+//! directive that names spans or fields).
 //!
 //! Every request pays for this line. As an event it went through the dispatcher, the filter,
 //! the formatter and a visitor call per field, each field written in three or four calls
@@ -17,10 +18,11 @@ use tracing::Level;
 use super::fields::{debug_is_quoted, decimal_before, whole_thousandths};
 use super::line::Second;
 
-/// Whether lines are human-readable without colours: only then is the line written directly.
+/// Whether the global subscriber writes lines human-readable without colours and filters by
+/// target and level alone: only then is the line written directly. Set once, by `init`.
 static DIRECT: AtomicBool = AtomicBool::new(false);
 
-/// Called by `init`: whether the human-readable format without colours is in use.
+/// Called by `init`: whether the line may be written directly (see [`DIRECT`]).
 pub(super) fn set_direct(direct: bool) {
     DIRECT.store(direct, Ordering::Relaxed);
 }
@@ -63,7 +65,8 @@ thread_local! {
 }
 
 impl Access<'_> {
-    /// Logs the line at `info` under the target `gstgate::access`, as `RUST_LOG` allows.
+    /// Logs the line at `info` under the target `gstgate::access`, as `RUST_LOG` allows: a
+    /// directive by target and level is asked directly, any other goes with the event.
     pub fn log(&self) {
         let direct = DIRECT.load(Ordering::Relaxed)
             && tracing::enabled!(target: "gstgate::access", Level::INFO)
@@ -74,8 +77,9 @@ impl Access<'_> {
         }
     }
 
-    /// Writes the line into the log's batch; `false` when the time cannot be written here
-    /// (then the event writes it).
+    /// Writes the line into the log's batch; `false` when it cannot be written here (a time
+    /// outside years 1970 to 9999, or a log call made while this thread writes one): then
+    /// the event writes it.
     fn write_direct(&self) -> bool {
         let Some((second, micros)) = Second::now() else {
             return false;

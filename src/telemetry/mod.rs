@@ -39,6 +39,9 @@ pub fn init(format: LogFormat) {
         watch_lines();
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // A directive naming spans or fields (`[...]`) is matched against the event itself, which
+    // the access line's direct path does not build: with one, that line is an event.
+    let plain_filter = !std::env::var(EnvFilter::DEFAULT_ENV).is_ok_and(|f| f.contains('['));
     // Colour escapes are noise in a file or a collector's pipe, and rendering them was
     // ≈ 8 % of the CPU gstgate spends on a proxied request (BENCHMARKS.md).
     let ansi = std::io::stderr().is_terminal();
@@ -59,7 +62,7 @@ pub fn init(format: LogFormat) {
     };
     // Only lines this subscriber would write human-readable and plain are written directly.
     if installed.is_ok() {
-        access::set_direct(format == LogFormat::Pretty && !ansi);
+        access::set_direct(format == LogFormat::Pretty && !ansi && plain_filter);
     }
 }
 

@@ -18,6 +18,8 @@ pub struct Captured(Arc<CapturedInner>);
 struct CapturedInner {
     text: Mutex<String>,
     grew: tokio::sync::Notify,
+    /// The stream ended: everything the process wrote is in `text`.
+    ended: std::sync::atomic::AtomicBool,
 }
 
 impl Captured {
@@ -32,6 +34,29 @@ impl Captured {
             text.push_str(line);
             text.push('\n');
         }
+        self.0.grew.notify_waiters();
+    }
+
+    /// Waits (up to 30 s) for the stream's end (the process exited and closed it): then
+    /// `text()` holds everything it wrote.
+    pub async fn wait_closed(&self) {
+        let ended = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let grew = self.0.grew.notified();
+                if self.0.ended.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                grew.await;
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "the stream did not end within 30 s");
+    }
+
+    fn end(&self) {
+        self.0
+            .ended
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.0.grew.notify_waiters();
     }
 
@@ -118,6 +143,7 @@ where
         while let Ok(Some(line)) = lines.next_line().await {
             capture.push_line(&line);
         }
+        capture.end();
     });
     found
 }
@@ -132,6 +158,7 @@ where
         while let Ok(Some(line)) = lines.next_line().await {
             capture.push_line(&line);
         }
+        capture.end();
     });
 }
 
