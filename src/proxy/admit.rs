@@ -78,7 +78,7 @@ impl Proxy {
         body_coding(&parts.headers)?;
         let path = CallerPath::parse(parts.uri.path(), parts.uri.query())?;
         let upstream = self.route(&path)?;
-        outcome.upstream = Some(upstream.name.clone());
+        outcome.upstream = Some(upstream.clone());
         let Some(client) = client else {
             if upstream.dropin_key.is_none() {
                 return Err(GatewayError::Unauthenticated);

@@ -99,7 +99,7 @@ pub struct Limits {
 #[derive(Default)]
 struct Outcome {
     client: Option<Arc<str>>,
-    upstream: Option<Arc<str>>,
+    upstream: Option<Arc<Upstream>>,
     gstin: Option<Gstin>,
     upstream_status: Option<u16>,
     upstream_code: Option<String>,
@@ -239,8 +239,8 @@ impl Proxy {
         let status = res.status().as_u16();
         let upstream = outcome
             .upstream
-            .clone()
-            .unwrap_or_else(|| self.no_route.clone());
+            .as_ref()
+            .map_or_else(|| self.no_route.clone(), |u| u.name.clone());
         let elapsed = started.elapsed();
         let error = res.extensions().get::<ErrorCode>().map(|c| c.0);
         self.metrics
@@ -256,12 +256,16 @@ impl Proxy {
                 code: error.unwrap_or("none"),
             })
             .inc();
-        self.metrics
-            .request_duration
-            .get_or_create(&UpstreamLabel {
-                upstream: upstream.clone().into(),
-            })
-            .observe(elapsed.as_secs_f64());
+        match &outcome.upstream {
+            Some(routed) => routed.request_duration.observe(elapsed.as_secs_f64()),
+            None => self
+                .metrics
+                .request_duration
+                .get_or_create(&UpstreamLabel {
+                    upstream: upstream.clone().into(),
+                })
+                .observe(elapsed.as_secs_f64()),
+        }
         crate::telemetry::Access {
             request_id: &request_id,
             client: outcome.client.as_deref(),

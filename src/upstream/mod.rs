@@ -119,6 +119,9 @@ pub struct Upstream {
     http: client::HttpClient,
     /// `gstgate_upstream_request_duration_seconds` of this upstream, looked up once.
     upstream_duration: Histogram,
+    /// `gstgate_request_duration_seconds` of the requests routed here, looked up once: a
+    /// lookup per request hashed the label and took the family's lock.
+    pub request_duration: Histogram,
 }
 
 /// Why an upstream could not be built from its configuration.
@@ -327,14 +330,14 @@ impl Upstream {
             (cfg.breaker_failures, cfg.breaker_cool_down),
             &metrics,
         );
-        let upstream_duration = metrics
-            .upstream_duration
-            .get_or_create(&UpstreamLabel {
-                upstream: crate::metrics::Name(name.as_str().into()),
-            })
-            .clone();
+        let label = UpstreamLabel {
+            upstream: crate::metrics::Name(name.as_str().into()),
+        };
+        let upstream_duration = metrics.upstream_duration.get_or_create(&label).clone();
+        let request_duration = metrics.request_duration.get_or_create(&label).clone();
         Ok(Self {
             upstream_duration,
+            request_duration,
             name: name.as_str().into(),
             profile,
             targets,
