@@ -130,6 +130,67 @@ fn short_strings_are_judged_as_serde_json_judges_them() {
     assert!(checked > 10_000);
 }
 
+/// Longer strings take `memchr`'s search and the block loops: lengths around the word, 16-
+/// and 64-byte boundaries up to 300 bytes, with one odd byte at every position, and with a
+/// byte above ASCII before a control or an escape, judged as serde_json judges them.
+#[test]
+fn long_strings_are_judged_as_serde_json_judges_them() {
+    let odd: [&[u8]; 8] = [
+        b"\"",
+        b"\\n",
+        b"\x1f",
+        b"\x00",
+        b"\x7f",
+        "\u{e9}".as_bytes(),
+        b"\xff",
+        b"\xe2\x9c",
+    ];
+    let judge = |inner: &[u8]| {
+        let string = [b"\"".as_slice(), inner, b"\""].concat();
+        for (before, after) in [
+            (b"".as_slice(), b"".as_slice()),
+            (b"{\"k\":", b", \"n\": 1}"),
+        ] {
+            let text = [before, &string, after].concat();
+            let serde = serde_json::from_slice::<serde_json::Value>(&text).is_ok();
+            assert_eq!(
+                validate(&text).is_ok(),
+                serde,
+                "{}",
+                String::from_utf8_lossy(&text)
+            );
+        }
+    };
+    let mut checked = 0;
+    let lengths = [
+        33, 40, 47, 48, 49, 63, 64, 65, 79, 80, 81, 95, 96, 97, 111, 112, 113, 127, 128, 129, 143,
+        144, 159, 160, 161, 200, 255, 256, 257, 300,
+    ];
+    for len in lengths {
+        for at in 0..=len {
+            for bytes in odd {
+                let mut inner = vec![b'a'; len];
+                inner.splice(at..at, bytes.iter().copied());
+                judge(&inner);
+                checked += 1;
+            }
+            // A byte above ASCII at `at`, then a control or an escape further on.
+            for later in [b"\x01".as_slice(), b"\\u00e9", b"\\x"] {
+                let mut inner = vec![b'a'; len];
+                inner.splice(len..len, later.iter().copied());
+                inner.splice(at..at, "\u{e9}".bytes());
+                judge(&inner);
+                let mut inner = vec![b'a'; len];
+                inner.splice(len..len, later.iter().copied());
+                inner.splice(at..at, [0xffu8]);
+                judge(&inner);
+                checked += 2;
+            }
+        }
+    }
+    assert!(checked > 40_000, "{checked}");
+}
+
 #[test]
 fn deep_nesting_is_checked_without_recursion() {
     for depth in [127, 128, 129, 300, 100_000] {
