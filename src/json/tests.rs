@@ -85,6 +85,22 @@ fn strings_longer_than_a_step_are_scanned_to_their_end() {
     }
 }
 
+/// Asserts that the string `inner`, quoted, is judged in each `(before, after)` context as
+/// serde_json judges it.
+fn judge_string(inner: &[u8], contexts: &[(&[u8], &[u8])]) {
+    let string = [b"\"".as_slice(), inner, b"\""].concat();
+    for (before, after) in contexts {
+        let text = [*before, &string, *after].concat();
+        let serde = serde_json::from_slice::<serde_json::Value>(&text).is_ok();
+        assert_eq!(
+            validate(&text).is_ok(),
+            serde,
+            "{}",
+            String::from_utf8_lossy(&text)
+        );
+    }
+}
+
 /// Short strings take a word-at-a-time path of their own: every length up to three words,
 /// with a quote, an escape, a control, DEL, valid and invalid UTF-8 at every position, as a
 /// name and as a value, at the text's end and before more text, judged as serde_json judges
@@ -107,23 +123,16 @@ fn short_strings_are_judged_as_serde_json_judges_them() {
             for bytes in odd {
                 let mut inner = vec![b'a'; len];
                 inner.splice(at..at, bytes.iter().copied());
-                let string = [b"\"".as_slice(), &inner, b"\""].concat();
-                for (before, after) in [
-                    (b"".as_slice(), b"".as_slice()),
-                    (b"[", b"]"),
-                    (b"{\"k\":", b", \"next\": [1, 2, 3]}"),
-                    (b"{", b": true}"),
-                ] {
-                    let text = [before, &string, after].concat();
-                    let serde = serde_json::from_slice::<serde_json::Value>(&text).is_ok();
-                    assert_eq!(
-                        validate(&text).is_ok(),
-                        serde,
-                        "{}",
-                        String::from_utf8_lossy(&text)
-                    );
-                    checked += 1;
-                }
+                judge_string(
+                    &inner,
+                    &[
+                        (b"", b""),
+                        (b"[", b"]"),
+                        (b"{\"k\":", b", \"next\": [1, 2, 3]}"),
+                        (b"{", b": true}"),
+                    ],
+                );
+                checked += 4;
             }
         }
     }
@@ -145,22 +154,7 @@ fn long_strings_are_judged_as_serde_json_judges_them() {
         b"\xff",
         b"\xe2\x9c",
     ];
-    let judge = |inner: &[u8]| {
-        let string = [b"\"".as_slice(), inner, b"\""].concat();
-        for (before, after) in [
-            (b"".as_slice(), b"".as_slice()),
-            (b"{\"k\":", b", \"n\": 1}"),
-        ] {
-            let text = [before, &string, after].concat();
-            let serde = serde_json::from_slice::<serde_json::Value>(&text).is_ok();
-            assert_eq!(
-                validate(&text).is_ok(),
-                serde,
-                "{}",
-                String::from_utf8_lossy(&text)
-            );
-        }
-    };
+    let judge = |inner: &[u8]| judge_string(inner, &[(b"", b""), (b"{\"k\":", b", \"n\": 1}")]);
     let mut checked = 0;
     let lengths = [
         33, 40, 47, 48, 49, 63, 64, 65, 79, 80, 81, 95, 96, 97, 111, 112, 113, 127, 128, 129, 143,
