@@ -10,7 +10,7 @@
 //! inlined where the string starts. Any other string's first 32 bytes are looked at a word at
 //! a time; for the rest `memchr` finds the closing quote or an escape with the CPU's widest
 //! vector compares, and the run before it is checked for controls and bytes above ASCII in
-//! blocks of 64 bytes, one signed compare a byte. Only a string holding a byte above ASCII
+//! blocks of 64 bytes, then 16, then byte by byte, one signed compare a byte. Only a string holding a byte above ASCII
 //! has its UTF-8 checked (outside strings such a byte is a syntax error).
 //!
 //! What is accepted is what serde_json accepts in UTF-8 text: a property test in

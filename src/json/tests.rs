@@ -144,7 +144,7 @@ fn short_strings_are_judged_as_serde_json_judges_them() {
 /// byte above ASCII before a control or an escape, judged as serde_json judges them.
 #[test]
 fn long_strings_are_judged_as_serde_json_judges_them() {
-    let odd: [&[u8]; 8] = [
+    let odd: [&[u8]; 9] = [
         b"\"",
         b"\\n",
         b"\x1f",
@@ -152,6 +152,7 @@ fn long_strings_are_judged_as_serde_json_judges_them() {
         b"\x7f",
         "\u{e9}".as_bytes(),
         b"\xff",
+        b"\x80",
         b"\xe2\x9c",
     ];
     let judge = |inner: &[u8]| judge_string(inner, &[(b"", b""), (b"{\"k\":", b", \"n\": 1}")]);
