@@ -113,6 +113,13 @@ async fn every_traversal_spelling_is_refused_before_the_upstream_sees_it() {
         ("DELETE", "/eicore/../_sim/requests"),
         ("POST", "/taxpayerapi/v1.0/./authenticate"),
         ("POST", "/taxpayerapi/v1.0/.%2E/v1.0/authenticate"),
+        // Nothing to decode: these are judged by the one-pass check alone.
+        ("POST", "/eicore/v1.03/Invoice."),
+        ("POST", "/eicore./v1.03/Invoice"),
+        ("POST", "/eicore//v1.03/Invoice"),
+        ("POST", "/eicore/v1.03/Invoice//"),
+        ("GET", "/eicore/v1.03/~Invoice"),
+        ("GET", "/eivital/v1.04/Master/gstin/27AAACR5055K1Z7:80"),
     ];
     for (key, gstin) in [(OTHER_KEY, other()), (API_KEY, GSTIN.to_owned())] {
         for (method, target) in probes {
