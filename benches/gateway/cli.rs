@@ -217,6 +217,8 @@ pub(crate) enum TargetKind {
     Nginx,
     /// The least a proxy on gstgate's stack (Tokio, hyper) does: floor.rs.
     Floor,
+    /// `floor` thread-per-core: a current-thread runtime per CPU, `SO_REUSEPORT` listeners.
+    FloorTpc,
     Passthrough,
     Gateway,
     /// `gateway` with drop-in on: the client logs in to gstgate and encrypts with its drop-in
@@ -236,6 +238,7 @@ impl TargetKind {
             TargetKind::Direct => "direct",
             TargetKind::Nginx => "nginx",
             TargetKind::Floor => "floor",
+            TargetKind::FloorTpc => "floor-tpc",
             TargetKind::Passthrough => "passthrough",
             TargetKind::Gateway => "gateway",
             TargetKind::Dropin => "dropin",
@@ -250,6 +253,7 @@ impl TargetKind {
             TargetKind::Direct => "direct to the upstream (the limit)",
             TargetKind::Nginx => "nginx reverse proxy, static headers",
             TargetKind::Floor => "hyper proxy on gstgate's stack, static headers, no log",
+            TargetKind::FloorTpc => "the floor proxy, thread-per-core",
             TargetKind::Passthrough => "gstgate, passthrough",
             TargetKind::Gateway => "gstgate, gateway encryption",
             TargetKind::Dropin => "gstgate, drop-in (gateway encryption + drop-in SEK)",

@@ -45,6 +45,9 @@ pub struct FloorConfig {
     pub upstream: SocketAddr,
     /// Headers set on every forwarded request, as nginx's `proxy_set_header`.
     pub headers: Vec<(String, String)>,
+    /// Thread-per-core (one current-thread runtime per CPU the process may run on) instead of
+    /// Tokio's work-stealing runtime, which gstgate runs on.
+    pub per_core: bool,
 }
 
 /// One upstream connection, driven by whichever request is using it.
@@ -67,32 +70,83 @@ pub fn main(config: &Path) -> Result<()> {
     }
     set.insert(HOST, HeaderValue::from_str(&cfg.upstream.to_string())?);
     let set = Arc::new(set);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
-        println!("bench-floor listening on http://{}", listener.local_addr()?);
-        std::io::stdout().flush()?;
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
-            .keep_alive(true);
-        loop {
-            let (stream, _) = listener.accept().await?;
-            let _ = stream.set_nodelay(true);
-            let (http, set, upstream) = (http.clone(), set.clone(), cfg.upstream);
-            // One upstream connection per caller connection: no pool to look into, the
-            // cheapest way there is to keep connections.
-            let kept: Arc<Mutex<Option<Upstream>>> = Arc::default();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    forward(req, upstream, set.clone(), kept.clone())
-                });
-                let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+    if !cfg.per_core {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        return rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+            ready(listener.local_addr()?)?;
+            serve(listener, set, cfg.upstream).await
+        });
+    }
+    // Thread-per-core: each thread its own current-thread runtime and its own listener on the
+    // same port (`SO_REUSEPORT`: the kernel spreads connections), so a connection, its task
+    // and its upstream connection never leave the thread that accepted it.
+    // The CPUs this process may run on (its affinity mask, as nginx's `worker_processes auto`).
+    let threads = std::thread::available_parallelism()?.get();
+    let mut listen = cfg.listen;
+    let mut workers = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        let (set, upstream) = (set.clone(), cfg.upstream);
+        let (bound_tx, bound_rx) = std::sync::mpsc::channel();
+        workers.push(std::thread::spawn(move || -> Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.set_reuseport(true)?;
+                socket.bind(listen)?;
+                let listener = socket.listen(1024)?;
+                bound_tx.send(listener.local_addr()?)?;
+                serve(listener, set, upstream).await
+            })
+        }));
+        // The first thread picks the port (the config may say 0); the others share it.
+        listen = bound_rx
+            .recv()
+            .context("a floor thread failed before listening")?;
+    }
+    ready(listen)?;
+    for worker in workers {
+        worker
+            .join()
+            .map_err(|_| anyhow::anyhow!("a floor thread panicked"))??;
+    }
+    Ok(())
+}
+
+/// Tells the orchestrator where the proxy listens.
+fn ready(addr: SocketAddr) -> Result<()> {
+    println!("bench-floor listening on http://{addr}");
+    std::io::stdout().flush()?;
+    Ok(())
+}
+
+async fn serve(
+    listener: tokio::net::TcpListener,
+    set: Arc<HeaderMap>,
+    upstream: SocketAddr,
+) -> Result<()> {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .keep_alive(true);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let (http, set) = (http.clone(), set.clone());
+        // One upstream connection per caller connection: no pool to look into, the
+        // cheapest way there is to keep connections.
+        let kept: Arc<Mutex<Option<Upstream>>> = Arc::default();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                forward(req, upstream, set.clone(), kept.clone())
             });
-        }
-    })
+            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
 }
 
 type Reply = Response<Full<Bytes>>;

@@ -7,7 +7,9 @@
 //! 2. `nginx` — Debian's nginx as a plain reverse proxy injecting the same headers statically
 //!    (`bench/nginx.conf.in`): what a user would otherwise deploy;
 //! 3. `floor` — a hyper proxy on gstgate's own stack doing only what nginx does (floor.rs):
-//!    how much of gstgate's cost is the stack and how much its own work;
+//!    how much of gstgate's cost is the stack and how much its own work; `floor-tpc`, only
+//!    when named in `--targets`, is the same proxy thread-per-core (a current-thread runtime
+//!    per CPU, `SO_REUSEPORT` listeners), the layout tried for gstgate itself (BENCHMARKS.md);
 //! 4. `passthrough` — `gstgate serve` with `encryption = "passthrough"` (bodies untouched);
 //! 5. `gateway` — `gstgate serve` with `encryption = "gateway"`: the caller sends plain JSON,
 //!    gstgate encrypts it with the SEK and decrypts the reply;

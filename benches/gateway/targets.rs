@@ -219,11 +219,10 @@ pub(crate) fn start_targets(
                 reply_sek: None,
             }),
             // Proxies with the headers built in: the load generator sends none.
-            TargetKind::Nginx | TargetKind::Floor => {
-                let started = if kind == TargetKind::Nginx {
-                    start_nginx(manifest, dir, layout, sim_addr, &token)
-                } else {
-                    start_floor(dir, layout, sim_addr, &token)
+            TargetKind::Nginx | TargetKind::Floor | TargetKind::FloorTpc => {
+                let started = match kind {
+                    TargetKind::Nginx => start_nginx(manifest, dir, layout, sim_addr, &token),
+                    _ => start_floor(dir, layout, sim_addr, &token, kind == TargetKind::FloorTpc),
                 };
                 started.map(|(p, url)| {
                     procs.push(p);
@@ -391,8 +390,14 @@ fn start_nginx(
 }
 
 /// Starts the floor proxy (floor.rs: this binary with `--serve-floor`), injecting the headers
-/// nginx injects.
-fn start_floor(dir: &Path, layout: &Layout, sim_addr: &str, token: &str) -> Result<(Proc, String)> {
+/// nginx injects; `per_core` runs it thread-per-core.
+fn start_floor(
+    dir: &Path,
+    layout: &Layout,
+    sim_addr: &str,
+    token: &str,
+    per_core: bool,
+) -> Result<(Proc, String)> {
     let cfg = crate::floor::FloorConfig {
         listen: "127.0.0.1:0".parse()?,
         upstream: sim_addr.parse()?,
@@ -406,8 +411,13 @@ fn start_floor(dir: &Path, layout: &Layout, sim_addr: &str, token: &str) -> Resu
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect(),
+        per_core,
     };
-    let cfg_path = dir.join("floor.json");
+    let cfg_path = dir.join(if per_core {
+        "floor-tpc.json"
+    } else {
+        "floor.json"
+    });
     fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
     let mut cmd = pinned(layout.proxy.as_deref(), &std::env::current_exe()?);
     cmd.arg("--serve-floor").arg(&cfg_path);
