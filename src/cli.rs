@@ -352,6 +352,13 @@ pub fn hex_sha256(bytes: &[u8]) -> String {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // Tokio panics on a value it cannot use; a clear error instead.
+    if let Some(value) = std::env::var_os("TOKIO_WORKER_THREADS") {
+        let usable = value.to_str().and_then(|v| v.parse::<usize>().ok());
+        if !usable.is_some_and(|n| n > 0) {
+            anyhow::bail!("TOKIO_WORKER_THREADS must be a positive whole number, not {value:?}");
+        }
+    }
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_park(crate::telemetry::worker_waits)

@@ -797,6 +797,32 @@ fn a_startup_error_says_its_cause_once() {
     }
 }
 
+/// A thread count the runtime cannot use is refused with a sentence, not Tokio's panic.
+#[test]
+fn a_worker_thread_count_that_is_not_a_positive_number_is_refused() {
+    use std::os::unix::ffi::OsStrExt as _;
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/config/demo.toml");
+    let not_text = std::ffi::OsStr::from_bytes(b"2\xff");
+    for value in ["abc", "0", "", "-1", " 2"]
+        .map(std::ffi::OsStr::new)
+        .into_iter()
+        .chain([not_text])
+    {
+        let out = std::process::Command::new(BIN)
+            .args(["serve", "--config", demo])
+            .env("TOKIO_WORKER_THREADS", value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("TOKIO_WORKER_THREADS must be a positive whole number")
+                && !err.contains("panicked"),
+            "{value:?}: {err}"
+        );
+    }
+}
+
 /// A configuration path that names a device is read no further than the size limit, at
 /// start-up as on a reload: both commands refuse it at once, saying why.
 #[test]
@@ -928,45 +954,54 @@ async fn the_heap_metric_is_there_on_request() {
 }
 
 /// A listen address another process holds: `serve` exits at once, and its error names the
-/// setting and the address, and says what to do.
+/// setting and the address, and says what to do. Also when the holder allows the port to be
+/// shared (`SO_REUSEPORT`): broken by a gateway that joins such a port and quietly takes a
+/// share of another process's connections.
 #[tokio::test]
 async fn an_address_in_use_is_named_by_its_setting() {
     let sim = Sim::start(SimOpts::default()).await;
-    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = busy.local_addr().unwrap();
-    for (line, setting) in [
-        ("listen = \"127.0.0.1:0\"", "server.listen"),
-        ("admin_listen = \"127.0.0.1:0\"", "server.admin_listen"),
-    ] {
-        let text = gateway_config(&sim.public_key, &sim.url(), &GwOpts::default()).replacen(
-            &format!("\n{line}"),
-            &format!("\n{}\"{addr}\"", &line[..line.find('"').unwrap()]),
-            1,
-        );
-        assert!(text.contains(&addr.to_string()), "{text}");
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("c.toml");
-        std::fs::write(&path, &text).unwrap();
-        let out = tokio::time::timeout(
-            Duration::from_secs(20),
-            tokio::process::Command::new(BIN)
-                .args(["serve", "--config"])
-                .arg(&path)
-                .env("TEST_CLIENT_SECRET", CLIENT_SECRET)
-                .output(),
-        )
-        .await
-        .expect("serve exits when it cannot listen")
-        .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success());
-        assert!(
-            stderr.contains(&format!("{setting}: cannot listen on {addr}"))
-                && stderr.contains("another process"),
-            "{stderr}"
-        );
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sharing = {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseport(true).unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        socket.listen(16).unwrap()
+    };
+    for busy in [&plain, &sharing] {
+        let addr = busy.local_addr().unwrap();
+        for (line, setting) in [
+            ("listen = \"127.0.0.1:0\"", "server.listen"),
+            ("admin_listen = \"127.0.0.1:0\"", "server.admin_listen"),
+        ] {
+            let text = gateway_config(&sim.public_key, &sim.url(), &GwOpts::default()).replacen(
+                &format!("\n{line}"),
+                &format!("\n{}\"{addr}\"", &line[..line.find('"').unwrap()]),
+                1,
+            );
+            assert!(text.contains(&addr.to_string()), "{text}");
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("c.toml");
+            std::fs::write(&path, &text).unwrap();
+            let out = tokio::time::timeout(
+                Duration::from_secs(20),
+                tokio::process::Command::new(BIN)
+                    .args(["serve", "--config"])
+                    .arg(&path)
+                    .env("TEST_CLIENT_SECRET", CLIENT_SECRET)
+                    .output(),
+            )
+            .await
+            .expect("serve exits when it cannot listen")
+            .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success());
+            assert!(
+                stderr.contains(&format!("{setting}: cannot listen on {addr}"))
+                    && stderr.contains("another process"),
+                "{stderr}"
+            );
+        }
     }
-    drop(busy);
 }
 
 /// Issue 19: `check-config` shows a secret read from a file by its path and never its
