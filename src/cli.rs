@@ -355,7 +355,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     // Tokio panics on a value it cannot use; a clear error instead.
     if let Some(value) = std::env::var_os("TOKIO_WORKER_THREADS") {
         let usable = value.to_str().and_then(|v| v.parse::<usize>().ok());
-        if !usable.is_some_and(|n| n > 0) {
+        if usable.is_none_or(|n| n == 0) {
             anyhow::bail!("TOKIO_WORKER_THREADS must be a positive whole number, not {value:?}");
         }
     }

@@ -797,7 +797,8 @@ fn a_startup_error_says_its_cause_once() {
     }
 }
 
-/// A thread count the runtime cannot use is refused with a sentence, not Tokio's panic.
+/// A thread count the runtime cannot use is refused with a sentence, not Tokio's panic; one
+/// it can use (`+2`, as Rust reads numbers) gets past the check.
 #[test]
 fn a_worker_thread_count_that_is_not_a_positive_number_is_refused() {
     use std::os::unix::ffi::OsStrExt as _;
@@ -821,6 +822,18 @@ fn a_worker_thread_count_that_is_not_a_positive_number_is_refused() {
             "{value:?}: {err}"
         );
     }
+    // `sim` builds the same runtime; on a port in use it stops right after the check.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["sim", "--listen", &busy.local_addr().unwrap().to_string()])
+        .env("TOKIO_WORKER_THREADS", "+2")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Address already in use") && !err.contains("TOKIO_WORKER_THREADS"),
+        "{err}"
+    );
 }
 
 /// A configuration path that names a device is read no further than the size limit, at
@@ -988,6 +1001,7 @@ async fn an_address_in_use_is_named_by_its_setting() {
                     .args(["serve", "--config"])
                     .arg(&path)
                     .env("TEST_CLIENT_SECRET", CLIENT_SECRET)
+                    .kill_on_drop(true)
                     .output(),
             )
             .await

@@ -83,25 +83,39 @@ pub fn main(config: &Path) -> Result<()> {
     // Thread-per-core: each thread its own current-thread runtime and its own listener on the
     // same port (`SO_REUSEPORT`: the kernel spreads connections), so a connection, its task
     // and its upstream connection never leave the thread that accepted it.
-    // The CPUs this process may run on (its affinity mask, as nginx's `worker_processes auto`).
+    // The CPUs this process may run on (its affinity mask and CPU quota), as nginx's
+    // `worker_processes auto`.
     let threads = std::thread::available_parallelism()?.get();
     let mut listen = cfg.listen;
     let mut workers = Vec::with_capacity(threads);
     for _ in 0..threads {
         let (set, upstream) = (set.clone(), cfg.upstream);
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
-        workers.push(std::thread::spawn(move || -> Result<()> {
-            let rt = tokio::runtime::Builder::new_current_thread()
+        workers.push(std::thread::spawn(move || {
+            let served = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .build()?;
-            rt.block_on(async move {
-                let socket = tokio::net::TcpSocket::new_v4()?;
-                socket.set_reuseport(true)?;
-                socket.bind(listen)?;
-                let listener = socket.listen(1024)?;
-                bound_tx.send(listener.local_addr()?)?;
-                serve(listener, set, upstream).await
-            })
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    rt.block_on(async move {
+                        let socket = if listen.is_ipv6() {
+                            tokio::net::TcpSocket::new_v6()?
+                        } else {
+                            tokio::net::TcpSocket::new_v4()?
+                        };
+                        socket.set_reuseport(true)?;
+                        socket.bind(listen)?;
+                        let listener = socket.listen(1024)?;
+                        bound_tx.send(listener.local_addr()?)?;
+                        serve(listener, set, upstream).await
+                    })
+                });
+            // A thread that stops would leave the run on fewer threads, its figures skewed
+            // and nothing said: the whole proxy stops instead, as the single runtime does.
+            if let Err(e) = served {
+                eprintln!("bench-floor: error: {e:#}");
+                std::process::exit(1);
+            }
         }));
         // The first thread picks the port (the config may say 0); the others share it.
         listen = bound_rx
@@ -112,7 +126,7 @@ pub fn main(config: &Path) -> Result<()> {
     for worker in workers {
         worker
             .join()
-            .map_err(|_| anyhow::anyhow!("a floor thread panicked"))??;
+            .map_err(|_| anyhow::anyhow!("a floor thread panicked"))?;
     }
     Ok(())
 }

@@ -421,7 +421,7 @@ fn start_floor(
     fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg)?)?;
     let mut cmd = pinned(layout.proxy.as_deref(), &std::env::current_exe()?);
     cmd.arg("--serve-floor").arg(&cfg_path);
-    let mut p = Proc::spawn("floor", cmd, dir)?;
+    let mut p = Proc::spawn(if per_core { "floor-tpc" } else { "floor" }, cmd, dir)?;
     let ready = "bench-floor listening on http://";
     let line = p.wait_for_line(ready, Duration::from_secs(20))?;
     let addr = after(&line, ready)?.to_string();
