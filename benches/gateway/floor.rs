@@ -80,11 +80,11 @@ pub fn main(config: &Path) -> Result<()> {
             serve(listener, set, cfg.upstream).await
         });
     }
-    // Thread-per-core: each thread its own current-thread runtime and its own listener on the
-    // same port (`SO_REUSEPORT`: the kernel spreads connections), so a connection, its task
-    // and its upstream connection never leave the thread that accepted it.
-    // The CPUs this process may run on (its affinity mask and CPU quota), as nginx's
-    // `worker_processes auto`.
+    // Thread-per-core: a thread per CPU this process may run on (its affinity mask and CPU
+    // quota, as nginx's `worker_processes auto`), each with its own current-thread runtime and
+    // its own listener on the same port (`SO_REUSEPORT`: the kernel spreads connections), so
+    // a connection, its task and its upstream connection never leave the thread that
+    // accepted it.
     let threads = std::thread::available_parallelism()?.get();
     let mut listen = cfg.listen;
     let mut workers = Vec::with_capacity(threads);
